@@ -1,0 +1,120 @@
+// The paged KV cache of one sequence on the GPU: per layer a pool of blocks of BS tokens,
+// (blocks, KV, BS, D) f16 packed, and the lists the attention kernels read (block table for
+// prefill, (block, tokens) entries for decode). Blocks are handed out from a free list, so
+// logical and physical order may differ; only append/reset change the sequence.
+import type { ModelConfig } from "../models/types.ts"
+import { storageBuffer } from "./buffers.ts"
+
+/** Token slots a decode-attention workgroup covers per tile (its workgroup size). */
+export const ATTN_TILE = 256
+/** Aim for this many decode-attention workgroups (splits x kv heads) per step. */
+const TARGET_WORKGROUPS = 256
+
+export class KvPool {
+  readonly layers: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
+  readonly table: GPUBuffer // (maxBlocks) u32 logical -> physical block
+  readonly entries: GPUBuffer // (maxBlocks) vec2<u32> (physical block, tokens used)
+  readonly seqs: GPUBuffer // (1) vec2<u32> (first entry, entry count)
+  readonly maxBlocks: number
+  readonly maxSplits: number
+  private readonly free: number[] = []
+  private readonly blocks: number[] = []
+  private tokens = 0
+  private tableSynced = 0
+  private entriesSynced = 0
+  private readonly scratch = new Uint32Array(2)
+
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly config: ModelConfig,
+    readonly blockTokens: number,
+    maxContext: number,
+  ) {
+    if (ATTN_TILE % blockTokens !== 0) throw new RangeError(`block size ${blockTokens} must divide ${ATTN_TILE}`)
+    this.maxBlocks = Math.ceil(maxContext / blockTokens)
+    this.maxSplits = Math.ceil(this.maxBlocks / this.tileEntries)
+    const blockBytes = config.numKvHeads * blockTokens * config.headDim * 2
+    this.layers = Array.from({ length: config.numLayers }, (_, l) => ({
+      k: storageBuffer(device, `L${l} k pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
+      v: storageBuffer(device, `L${l} v pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
+    }))
+    this.table = storageBuffer(device, "block table (blocks) u32", this.maxBlocks * 4)
+    this.entries = storageBuffer(device, "decode entries (blocks) vec2<u32>", this.maxBlocks * 8)
+    this.seqs = storageBuffer(device, "decode seqs (1) vec2<u32>", 16)
+    for (let b = this.maxBlocks - 1; b >= 0; b--) this.free.push(b)
+  }
+
+  get tileEntries(): number {
+    return ATTN_TILE / this.blockTokens
+  }
+
+  get length(): number {
+    return this.tokens
+  }
+
+  get bytesPerToken(): number {
+    return this.config.numLayers * 2 * this.config.numKvHeads * this.config.headDim * 2
+  }
+
+  /** Reserves the next token's slot (block * BS + offset), taking a new block when needed. */
+  append(): number {
+    const off = this.tokens % this.blockTokens
+    if (off === 0) {
+      const block = this.free.pop()
+      if (block === undefined) throw new RangeError("KV pool is full")
+      this.blocks.push(block)
+    }
+    this.tokens++
+    return this.blocks[this.blocks.length - 1] * this.blockTokens + off
+  }
+
+  /** Writes table entries for blocks taken since the last sync. */
+  syncTable(): void {
+    if (this.tableSynced < this.blocks.length) {
+      const fresh = Uint32Array.from(this.blocks.slice(this.tableSynced))
+      this.device.queue.writeBuffer(this.table, this.tableSynced * 4, fresh)
+      this.tableSynced = this.blocks.length
+    }
+  }
+
+  /**
+   * Writes the decode list (every block, in order; only what changed since the last
+   * sync) and returns how to split it over workgroups.
+   */
+  syncDecodeList(): { splits: number; entriesPerSplit: number } {
+    const n = this.blocks.length
+    const from = Math.max(0, Math.min(this.entriesSynced, n) - 1) // the last block's count changes
+    const data = new Uint32Array((n - from) * 2)
+    for (let i = from; i < n; i++) {
+      data[(i - from) * 2] = this.blocks[i]
+      data[(i - from) * 2 + 1] = i === n - 1 ? this.tokens - i * this.blockTokens : this.blockTokens
+    }
+    this.device.queue.writeBuffer(this.entries, from * 8, data)
+    this.entriesSynced = n
+    this.scratch[0] = 0
+    this.scratch[1] = n
+    this.device.queue.writeBuffer(this.seqs, 0, this.scratch)
+    this.syncTable()
+    const targetSplits = Math.max(1, Math.floor(TARGET_WORKGROUPS / this.config.numKvHeads))
+    const tile = this.tileEntries
+    const entriesPerSplit = Math.max(tile, Math.ceil(Math.ceil(n / targetSplits) / tile) * tile)
+    return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit }
+  }
+
+  reset(): void {
+    while (this.blocks.length > 0) this.free.push(this.blocks.pop()!)
+    this.tokens = 0
+    this.tableSynced = 0
+    this.entriesSynced = 0
+  }
+
+  destroy(): void {
+    for (const l of this.layers) {
+      l.k.destroy()
+      l.v.destroy()
+    }
+    this.table.destroy()
+    this.entries.destroy()
+    this.seqs.destroy()
+  }
+}

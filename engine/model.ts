@@ -1,0 +1,421 @@
+// The GPU forward pass of a Llama-family model: weights, activations, the paged KV pool
+// of one sequence, and two prepared programs (prefill of a chunk of tokens, decode of one
+// token) whose bind groups are built once and replayed. A step writes its few changing
+// uniforms, encodes the program and submits; nothing is read back unless asked for.
+// Only `prefill`, `decode` and `reset` change the sequence state.
+import type { ModelConfig, WeightSource } from "../models/types.ts"
+import { ropeInvFreq } from "./cpu-reference.ts"
+import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "./buffers.ts"
+import type { Gpu } from "./gpu.ts"
+import { type PipelineKey, Pipelines } from "./pipelines.ts"
+import { checkKernelShapes, destroyWeights, type ModelWeights, uploadWeights } from "./weights.ts"
+import { KvPool } from "./kv-pool.ts"
+
+export interface EngineOptions {
+  /** Most tokens the sequence may hold (prompt + generated); default: the model's max positions. */
+  readonly maxContext?: number
+  /** Tokens per prefill pass; longer prompts are prefilled in chunks. */
+  readonly prefillChunk?: number
+  /** Tokens per KV block (page). */
+  readonly blockTokens?: number
+  /** GEMV tuning: threads per workgroup and rows per workgroup. */
+  readonly gemv?: { readonly wg: number; readonly rows: number }
+}
+
+export class ContextOverflow extends Error {
+  readonly code = "context_overflow"
+}
+
+const ARGMAX_GROUPS = 64
+const ID_SLOTS = 256
+
+export class GpuModel {
+  readonly config: ModelConfig
+  readonly maxContext: number
+  readonly prefillChunk: number
+  readonly kv: KvPool
+  /** Token ids chosen on the GPU: (ID_SLOTS) u32 ring; decode step reads its input here. */
+  readonly tokenIds: GPUBuffer
+  /** Logits of the last position of the last pass: (vocab) f32. */
+  readonly logits: GPUBuffer
+
+  private readonly device: GPUDevice
+  private readonly invFreq: Float32Array
+  private readonly act: ReturnType<typeof allocateActivations>
+  private readonly u: ReturnType<typeof createUniforms>
+  private readonly prefillProgram: Dispatch[]
+  private readonly decodeProgram: Dispatch[]
+  private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
+  private readonly attnDecode: Dispatch[]
+  private readonly attnCombine: Dispatch[]
+  private readonly attnPrefill: Dispatch[]
+  private readonly gemms: Array<{ d: Dispatch; n: number }>
+  private readonly rowDispatches: Dispatch[]
+  private readonly ropeHost: Float32Array
+  private readonly slotHost: Uint32Array
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly weights: ModelWeights,
+    readonly pipelines: Pipelines,
+    config: ModelConfig,
+    options: Required<Omit<EngineOptions, "gemv">> & { gemv: { wg: number; rows: number } },
+  ) {
+    const device = gpu.device
+    this.device = device
+    this.config = config
+    this.maxContext = options.maxContext
+    this.prefillChunk = options.prefillChunk
+    this.invFreq = ropeInvFreq(config)
+    this.kv = new KvPool(device, config, options.blockTokens, options.maxContext)
+    this.act = allocateActivations(device, config, options.prefillChunk, this.kv.maxSplits)
+    this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
+    this.logits = this.act.logits
+    this.u = createUniforms(device, config, options.gemv.rows, this.kv.blockTokens)
+    this.ropeHost = new Float32Array(options.prefillChunk * config.headDim)
+    this.slotHost = new Uint32Array(options.prefillChunk)
+
+    const keys = pipelineKeys(config, options.gemv)
+    const P = (key: PipelineKey) => pipelines.now(key)
+    const a = this.act
+    const u = this.u
+    const c = config
+    const H = c.numHeads
+    const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
+    const gemvGroups = (n: number) => Math.ceil(n / options.gemv.rows)
+    const gx = (n: number) => Math.min(gemvGroups(n), 65535)
+    const gy = (n: number) => Math.ceil(gemvGroups(n) / 65535)
+    const d = (pipeline: GPUComputePipeline, entries: Array<readonly [number, GPUBuffer]>, x: number, y = 1, z = 1): Dispatch => ({
+      pipeline,
+      bindGroup: bind(device, pipeline, entries),
+      x,
+      y,
+      z,
+    })
+
+    // ---- decode: one token, GEMVs with fused RMSNorm / residual / SwiGLU
+    const dec: Dispatch[] = []
+    const attnDecode: Dispatch[] = []
+    const attnCombine: Dispatch[] = []
+    dec.push(d(P(keys.embed), [[0, u.embedDecode.buffer], [1, weights.embed], [2, this.tokenIds], [3, a.x]], Math.ceil(c.hiddenSize / 2 / 256), 1))
+    weights.layers.forEach((w, l) => {
+      const kvl = this.kv.layers[l]
+      dec.push(
+        d(P(w.bqkv ? keys.gemvNormBias : keys.gemvNorm), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])], gx(qkvRows), gy(qkvRows)),
+        d(P(keys.rope), [[0, u.ropeDecode.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1),
+      )
+      const ad = d(P(keys.attnDecode), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
+      const ac = d(P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, a.attn]], H, 1)
+      attnDecode.push(ad)
+      attnCombine.push(ac)
+      dec.push(
+        ad,
+        ac,
+        d(P(w.bo ? keys.gemvAccBias : keys.gemvAcc), [[0, u.gemvO.buffer], [1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])], gx(c.hiddenSize), gy(c.hiddenSize)),
+        d(P(keys.gemvNormSwiglu), [[0, u.gemvGu.buffer], [1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]], gx(2 * c.intermediateSize), gy(2 * c.intermediateSize)),
+        d(P(keys.gemvAcc), [[0, u.gemvDown.buffer], [1, w.wdown], [2, a.ffn], [3, a.x]], gx(c.hiddenSize), gy(c.hiddenSize)),
+      )
+    })
+    dec.push(d(P(keys.gemvNorm), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx(c.vocabSize), gy(c.vocabSize)))
+    this.decodeProgram = dec
+    this.attnDecode = attnDecode
+    this.attnCombine = attnCombine
+
+    // ---- prefill: a chunk of M tokens, GEMMs
+    const pre: Dispatch[] = []
+    const gemms: Array<{ d: Dispatch; n: number }> = []
+    const rowDispatches: Dispatch[] = []
+    const attnPrefill: Dispatch[] = []
+    const gemm = (key: PipelineKey, uniform: Uniform, wbuf: GPUBuffer, xbuf: GPUBuffer, ybuf: GPUBuffer, n: number, bias?: GPUBuffer) => {
+      const g = d(P(key), [[0, uniform.buffer], [1, xbuf], [2, wbuf], [3, ybuf], ...(bias ? [[5, bias] as const] : [])], Math.ceil(n / 64), 1)
+      gemms.push({ d: g, n })
+      return g
+    }
+    const embedPre = d(P(keys.embed), [[0, u.embedPrefill.buffer], [1, weights.embed], [2, a.promptIds], [3, a.x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
+    rowDispatches.push(embedPre)
+    pre.push(embedPre)
+    weights.layers.forEach((w, l) => {
+      const kvl = this.kv.layers[l]
+      const norm1 = d(P(keys.rmsnorm), [[0, u.rmsnorm.buffer], [1, a.x], [2, w.attnNorm], [3, a.xn]], 1)
+      const rope = d(P(keys.rope), [[0, u.ropePrefill.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1)
+      const attn = d(P(keys.attnPrefill), [[0, u.attnPrefill.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.table], [5, a.attn]], 1, c.numKvHeads)
+      const norm2 = d(P(keys.rmsnorm), [[0, u.rmsnorm.buffer], [1, a.x], [2, w.mlpNorm], [3, a.xn]], 1)
+      rowDispatches.push(norm1, norm2, rope)
+      attnPrefill.push(attn)
+      pre.push(
+        norm1,
+        gemm(w.bqkv ? keys.gemmBias : keys.gemm, u.gemmQkv, w.wqkv, a.xn, a.qkv, qkvRows, w.bqkv),
+        rope,
+        attn,
+        gemm(w.bo ? keys.gemmAccBias : keys.gemmAcc, u.gemmO, w.wo, a.attn, a.x, c.hiddenSize, w.bo),
+        norm2,
+        gemm(keys.gemmSwiglu, u.gemmGu, w.wgu, a.xn, a.ffn, 2 * c.intermediateSize),
+        gemm(keys.gemmAcc, u.gemmDown, w.wdown, a.ffn, a.x, c.hiddenSize),
+      )
+    })
+    this.prefillProgram = pre
+    this.gemms = gemms
+    this.rowDispatches = rowDispatches
+    this.attnPrefill = attnPrefill
+    // After prefill: the last row's logits through the decode head (copied row -> xlast).
+    this.headLast = d(P(keys.gemvNorm), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.xlast], [3, a.logits], [4, weights.finalNorm]], gx(c.vocabSize), gy(c.vocabSize))
+
+    const argmax = (gumbel: boolean) => [
+      d(P(gumbel ? keys.gumbel : keys.argmax), [[0, u.sample.buffer], [1, a.logits], [2, a.samplePart]], ARGMAX_GROUPS),
+      d(P(keys.argmaxFinal), [[0, u.sample.buffer], [2, a.samplePart], [3, this.tokenIds]], 1),
+    ]
+    this.samplePrograms = { argmax: argmax(false), gumbel: argmax(true) }
+  }
+
+  private readonly headLast: Dispatch
+
+  static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
+    const c = source.config
+    checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
+    const gemv = options.gemv ?? defaultGemvTuning(gpu)
+    const pipelines = new Pipelines(gpu)
+    const keys = pipelineKeys(c, gemv)
+    const compiling = pipelines.prewarm(Object.values(keys))
+    const weights = uploadWeights(gpu.device, source, progress)
+    await compiling
+    const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
+    return new GpuModel(gpu, weights, pipelines, c, {
+      maxContext,
+      prefillChunk: options.prefillChunk ?? 512,
+      blockTokens: options.blockTokens ?? 16,
+      gemv,
+    })
+  }
+
+  /** Tokens currently in the sequence's KV cache. */
+  get length(): number {
+    return this.kv.length
+  }
+
+  /** Forgets the sequence (its blocks go back to the pool). */
+  reset(): void {
+    this.kv.reset()
+  }
+
+  private writeRope(pos0: number, m: number): void {
+    const half = this.config.headDim / 2
+    const r = this.ropeHost
+    for (let t = 0; t < m; t++) {
+      for (let i = 0; i < half; i++) {
+        const angle = Math.fround((pos0 + t) * this.invFreq[i])
+        r[(t * half + i) * 2] = Math.cos(angle)
+        r[(t * half + i) * 2 + 1] = Math.sin(angle)
+      }
+    }
+    this.device.queue.writeBuffer(this.act.rope, 0, r.buffer, 0, m * half * 8)
+  }
+
+  private appendSlots(m: number): void {
+    for (let t = 0; t < m; t++) this.slotHost[t] = this.kv.append()
+    this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, m * 4)
+  }
+
+  /**
+   * Runs the prompt through the model, appending its KV. Afterwards `logits` holds the
+   * last position's logits. With `allLogits`, returns the logits of every position
+   * (tests only: one readback per chunk).
+   */
+  async prefill(ids: ReadonlyArray<number>, allLogits = false): Promise<Float32Array | undefined> {
+    const c = this.config
+    if (ids.length === 0) throw new RangeError("prefill of zero tokens")
+    if (this.kv.length + ids.length > this.maxContext) {
+      throw new ContextOverflow(`${this.kv.length + ids.length} tokens exceed the context of ${this.maxContext}`)
+    }
+    const all = allLogits ? new Float32Array(ids.length * c.vocabSize) : undefined
+    for (let start = 0; start < ids.length; start += this.prefillChunk) {
+      const m = Math.min(this.prefillChunk, ids.length - start)
+      const pos0 = this.kv.length
+      this.device.queue.writeBuffer(this.act.promptIds, 0, Uint32Array.from(ids.slice(start, start + m)))
+      this.writeRope(pos0, m)
+      this.appendSlots(m)
+      this.kv.syncTable()
+      const u = this.u
+      u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
+      u.ropePrefill.set(m, c.numHeads, c.numKvHeads, c.headDim, this.kv.blockTokens)
+      u.attnPrefill.set(m, c.numHeads, c.numKvHeads, this.kv.blockTokens, pos0, 1 / Math.sqrt(c.headDim))
+      u.setGemmRows(m)
+      for (const r of this.rowDispatches) r.y = m
+      const rowsPerTile = 32
+      for (const a of this.attnPrefill) a.x = Math.ceil((m * (c.numHeads / c.numKvHeads)) / rowsPerTile)
+      for (const g of this.gemms) g.d.y = Math.ceil(m / 64)
+      const encoder = this.device.createCommandEncoder()
+      const pass = encoder.beginComputePass()
+      encodeAll(pass, this.prefillProgram)
+      pass.end()
+      const rowBytes = c.hiddenSize * 4
+      encoder.copyBufferToBuffer(this.act.x, (m - 1) * rowBytes, this.act.xlast, 0, rowBytes)
+      const head = encoder.beginComputePass()
+      encodeAll(head, [this.headLast])
+      head.end()
+      this.device.queue.submit([encoder.finish()])
+      if (all) all.set(await this.allPositionLogits(m), start * c.vocabSize)
+    }
+    return all
+  }
+
+  // Logits of every row of the last chunk, one GEMV per row through the decode head.
+  private async allPositionLogits(m: number): Promise<Float32Array> {
+    const c = this.config
+    const out = new Float32Array(m * c.vocabSize)
+    const rowBytes = c.hiddenSize * 4
+    for (let t = 0; t < m; t++) {
+      const encoder = this.device.createCommandEncoder()
+      encoder.copyBufferToBuffer(this.act.x, t * rowBytes, this.act.xlast, 0, rowBytes)
+      const pass = encoder.beginComputePass()
+      encodeAll(pass, [this.headLast])
+      pass.end()
+      this.device.queue.submit([encoder.finish()])
+      out.set(await readF32(this.device, this.act.logits, 0, c.vocabSize), t * c.vocabSize)
+    }
+    return out
+  }
+
+  /**
+   * One decode step: the input token is tokenIds[inSlot] (chosen on the GPU by the last
+   * step, or written by `writeToken`), its KV is appended, and `logits` receives the next
+   * distribution. With `sample`, the next token is chosen on the GPU into tokenIds[outSlot].
+   */
+  decode(inSlot: number, sample?: { readonly outSlot: number; readonly temperature: number; readonly seed: number; readonly step: number }): void {
+    const c = this.config
+    if (this.kv.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
+    const pos = this.kv.length
+    this.writeRope(pos, 1)
+    this.appendSlots(1)
+    const { splits, entriesPerSplit } = this.kv.syncDecodeList()
+    const u = this.u
+    u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot % ID_SLOTS)
+    u.attnDecode.set(c.numHeads, c.numKvHeads, this.kv.blockTokens, entriesPerSplit, splits, 1 / Math.sqrt(c.headDim))
+    u.combine.set(c.numHeads, splits, c.headDim)
+    for (const a of this.attnDecode) a.x = splits
+    const encoder = this.device.createCommandEncoder()
+    const pass = encoder.beginComputePass()
+    encodeAll(pass, this.decodeProgram)
+    if (sample) this.encodeSample(pass, sample)
+    pass.end()
+    this.device.queue.submit([encoder.finish()])
+  }
+
+  /** Chooses a token from `logits` on the GPU into tokenIds[outSlot] (after prefill). */
+  sample(sample: { readonly outSlot: number; readonly temperature: number; readonly seed: number; readonly step: number }): void {
+    const encoder = this.device.createCommandEncoder()
+    const pass = encoder.beginComputePass()
+    this.encodeSample(pass, sample)
+    pass.end()
+    this.device.queue.submit([encoder.finish()])
+  }
+
+  private encodeSample(pass: GPUComputePassEncoder, s: { outSlot: number; temperature: number; seed: number; step: number }) {
+    const gumbel = s.temperature > 0
+    this.u.sample.set(this.config.vocabSize, ARGMAX_GROUPS, s.outSlot % ID_SLOTS, s.seed, s.step, gumbel ? 1 / s.temperature : 1)
+    encodeAll(pass, gumbel ? this.samplePrograms.gumbel : this.samplePrograms.argmax)
+  }
+
+  /** Writes a host-chosen token into tokenIds[slot]. */
+  writeToken(slot: number, id: number): void {
+    this.device.queue.writeBuffer(this.tokenIds, (slot % ID_SLOTS) * 4, Uint32Array.of(id))
+  }
+
+  static readonly idSlots = ID_SLOTS
+
+  destroy(): void {
+    destroyWeights(this.weights)
+    this.kv.destroy()
+    for (const b of Object.values(this.act)) b.destroy()
+    this.tokenIds.destroy()
+  }
+}
+
+export const defaultGemvTuning = (gpu: Gpu) => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 256, rows: 4 })
+
+const pipelineKeys = (c: ModelConfig, gemv: { wg: number; rows: number }) => {
+  const g = (flags: Record<string, boolean>): PipelineKey => ({ op: "gemv", flags, constants: { WG: gemv.wg, ROWS: gemv.rows } })
+  const G = c.numHeads / c.numKvHeads
+  return {
+    embed: { op: "embed" },
+    rmsnorm: { op: "rmsnorm" },
+    rope: { op: "rope_kv" },
+    gemvNorm: g({ NORM: true }),
+    gemvNormBias: g({ NORM: true, BIAS: true }),
+    gemvAcc: g({ ACC: true }),
+    gemvAccBias: g({ ACC: true, BIAS: true }),
+    gemvNormSwiglu: g({ NORM: true, SWIGLU: true }),
+    gemm: { op: "gemm" },
+    gemmBias: { op: "gemm", flags: { BIAS: true } },
+    gemmAcc: { op: "gemm", flags: { ACC: true } },
+    gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
+    gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
+    attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
+    combine: { op: "attn_combine" },
+    attnPrefill: { op: "attn_prefill", constants: { G, D: c.headDim } },
+    argmax: { op: "argmax" },
+    gumbel: { op: "argmax", flags: { GUMBEL: true } },
+    argmaxFinal: { op: "argmax", flags: { FINAL: true } },
+  } satisfies Record<string, PipelineKey>
+}
+
+const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, maxSplits: number) => {
+  const f = 4
+  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
+  const qDim = c.numHeads * c.headDim
+  return {
+    x: storageBuffer(device, "x (chunk, hidden) f32 residual stream", chunk * c.hiddenSize * f),
+    xn: storageBuffer(device, "xn (chunk, hidden) f32 normed", chunk * c.hiddenSize * f),
+    xlast: storageBuffer(device, "xlast (hidden) f32", c.hiddenSize * f),
+    qkv: storageBuffer(device, "qkv (chunk, q+k+v) f32", chunk * qkvRows * f),
+    q: storageBuffer(device, "q (chunk, H, D) f32 roped", chunk * qDim * f),
+    attn: storageBuffer(device, "attn (chunk, H, D) f32", chunk * qDim * f),
+    ffn: storageBuffer(device, "ffn (chunk, F) f32", chunk * c.intermediateSize * f),
+    logits: storageBuffer(device, "logits (vocab) f32", c.vocabSize * f),
+    rope: storageBuffer(device, "rope (chunk, D/2) vec2 cos,sin", chunk * c.headDim * f),
+    slot: storageBuffer(device, "slot (chunk) u32", chunk * 4),
+    promptIds: storageBuffer(device, "prompt ids (chunk) u32", chunk * 4),
+    partO: storageBuffer(device, "attn partials (H, splits, D) f32", c.numHeads * maxSplits * c.headDim * f),
+    partML: storageBuffer(device, "attn partial max,sum (H, splits) vec2", c.numHeads * maxSplits * 8),
+    samplePart: storageBuffer(device, "sample partials (groups) vec2", ARGMAX_GROUPS * 8),
+  }
+}
+
+const createUniforms = (device: GPUDevice, c: ModelConfig, gemvRows: number, blockTokens: number) => {
+  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
+  const qDim = c.numHeads * c.headDim
+  const gemvU = (label: string, n: number, k: number) => {
+    const u = new Uniform(device, label, "uufu")
+    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRows), 65535))
+    return u
+  }
+  const gemmU = (label: string) => new Uniform(device, label, "uuuu")
+  const u = {
+    embedDecode: new Uniform(device, "embed decode", "uuuuuuuu"),
+    embedPrefill: new Uniform(device, "embed prefill", "uuuuuuuu"),
+    rmsnorm: new Uniform(device, "rmsnorm", "ufuu"),
+    ropeDecode: new Uniform(device, "rope decode", "uuuuuuuu"),
+    ropePrefill: new Uniform(device, "rope prefill", "uuuuuuuu"),
+    attnDecode: new Uniform(device, "attn decode", "uuuuufuu"),
+    combine: new Uniform(device, "attn combine", "uuuu"),
+    attnPrefill: new Uniform(device, "attn prefill", "uuuuufuu"),
+    sample: new Uniform(device, "sample", "uuuuufuu"),
+    gemvQkv: gemvU("gemv qkv", qkvRows, c.hiddenSize),
+    gemvO: gemvU("gemv o", c.hiddenSize, qDim),
+    gemvGu: gemvU("gemv gate/up", 2 * c.intermediateSize, c.hiddenSize),
+    gemvDown: gemvU("gemv down", c.hiddenSize, c.intermediateSize),
+    gemvHead: gemvU("gemv head", c.vocabSize, c.hiddenSize),
+    gemmQkv: gemmU("gemm qkv"),
+    gemmO: gemmU("gemm o"),
+    gemmGu: gemmU("gemm gate/up"),
+    gemmDown: gemmU("gemm down"),
+    setGemmRows(m: number) {
+      u.gemmQkv.set(m, qkvRows, c.hiddenSize)
+      u.gemmO.set(m, c.hiddenSize, qDim)
+      u.gemmGu.set(m, 2 * c.intermediateSize, c.hiddenSize)
+      u.gemmDown.set(m, c.hiddenSize, c.intermediateSize)
+    },
+  }
+  u.rmsnorm.set(c.hiddenSize, c.rmsNormEps)
+  u.ropeDecode.set(1, c.numHeads, c.numKvHeads, c.headDim, blockTokens)
+  return u
+}

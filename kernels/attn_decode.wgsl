@@ -1,0 +1,155 @@
+// Decode attention over a list of KV blocks, split across workgroups (flash-decoding):
+// workgroup (split, kv head, query m) attends the G = H/KV query heads of its group over
+// the entries [split * EPS, (split + 1) * EPS) of query m's block list, and writes an
+// unnormalised partial (running max, sum, weighted values); attn_combine merges splits.
+// The tiered cache hands it exactly the chunks it selected, in any order.
+//   q:        (M, H, D) f32 (RoPE applied)
+//   kpool:    (blocks, KV, BS, D) f16 packed, read as vec4<u32>;  vpool: same, read as u32
+//   entries:  (E) vec2<u32> (physical block, tokens used in it)
+//   seqs:     (M) vec2<u32> (first entry, entry count) of each query's list
+//   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp)
+struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kpool: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> vpool: array<u32>;
+@group(0) @binding(4) var<storage, read> entries: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> seqs: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
+@group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
+
+override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG
+override G: u32 = 1;      // query heads per kv head
+override D: u32 = 128;    // head dim, multiple of 8
+const MAX_G: u32 = 8u;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> qs: array<f32, G * D>;
+var<workgroup> sc: array<f32, G * WG>;
+var<workgroup> red: array<f32, 2u * G * WG>;
+
+// Reduces red[g * WG + i] over i for every g < G, by max or by sum; result in red[g * WG].
+fn reduce(lid: u32, by_max: bool) {
+  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+    workgroupBarrier();
+    if (lid < stride) {
+      for (var g = 0u; g < G; g = g + 1u) {
+        let a = red[g * WG + lid];
+        let b = red[g * WG + lid + stride];
+        red[g * WG + lid] = select(a + b, max(a, b), by_max);
+      }
+    }
+  }
+  workgroupBarrier();
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let split = wid.x;
+  let kvh = wid.y;
+  let m = wid.z;
+  let seq = seqs[m];
+  let end = seq.x + seq.y;
+  let e0 = min(seq.x + split * p.EPS, end);
+  let e1 = min(e0 + p.EPS, end);
+  let half_d = D / 2u;
+  let d8 = D / 8u;
+
+  for (var i = lid; i < G * D; i = i + WG) {
+    qs[i] = q[(m * p.H + kvh * G) * D + i] * p.scale;
+  }
+  workgroupBarrier();
+
+  var mrun: array<f32, MAX_G>;
+  var lsum: array<f32, MAX_G>;
+  var acc: array<vec2<f32>, MAX_G>;
+  var alpha: array<f32, MAX_G>;
+  for (var g = 0u; g < MAX_G; g = g + 1u) { mrun[g] = NEG; lsum[g] = 0.0; acc[g] = vec2<f32>(0.0); }
+  let dp = lid % half_d;
+  let tg = lid / half_d;
+  let ntg = WG / half_d;
+  let tile_entries = WG / p.BS;
+
+  for (var et = e0; et < e1; et = et + tile_entries) {
+    // Phase 1: one token slot per thread, scores for all G heads.
+    let e = et + lid / p.BS;
+    let off = lid % p.BS;
+    var valid = false;
+    if (e < e1) { valid = off < entries[e].y; }
+    var s: array<f32, MAX_G>;
+    for (var g = 0u; g < G; g = g + 1u) { s[g] = 0.0; }
+    if (valid) {
+      let kb = ((entries[e].x * p.KV + kvh) * p.BS + off) * d8;
+      for (var i = 0u; i < d8; i = i + 1u) {
+        let kv = kpool[kb + i];
+        let k01 = unpack2x16float(kv.x);
+        let k23 = unpack2x16float(kv.y);
+        let k45 = unpack2x16float(kv.z);
+        let k67 = unpack2x16float(kv.w);
+        for (var g = 0u; g < G; g = g + 1u) {
+          let qb = g * D + 8u * i;
+          s[g] = s[g] + qs[qb] * k01.x + qs[qb + 1u] * k01.y + qs[qb + 2u] * k23.x + qs[qb + 3u] * k23.y
+                      + qs[qb + 4u] * k45.x + qs[qb + 5u] * k45.y + qs[qb + 6u] * k67.x + qs[qb + 7u] * k67.y;
+        }
+      }
+    }
+    for (var g = 0u; g < G; g = g + 1u) {
+      let v = select(NEG, s[g], valid);
+      sc[g * WG + lid] = v;
+      red[g * WG + lid] = v;
+    }
+    reduce(lid, true);
+    for (var g = 0u; g < G; g = g + 1u) {
+      let mnew = max(mrun[g], red[g * WG]);
+      alpha[g] = exp(mrun[g] - mnew);
+      mrun[g] = mnew;
+    }
+    for (var g = 0u; g < G; g = g + 1u) {
+      let pv = select(0.0, exp(sc[g * WG + lid] - mrun[g]), valid);
+      sc[g * WG + lid] = pv;
+      lsum[g] = lsum[g] * alpha[g] + pv;
+      acc[g] = acc[g] * alpha[g];
+    }
+    workgroupBarrier();
+    // Phase 2: thread (token group tg, element pair dp) accumulates values.
+    for (var t = tg; t < WG; t = t + ntg) {
+      let et2 = et + t / p.BS;
+      let off2 = t % p.BS;
+      if (et2 < e1) {
+        let ent = entries[et2];
+        if (off2 < ent.y) {
+          let vv = unpack2x16float(vpool[((ent.x * p.KV + kvh) * p.BS + off2) * half_d + dp]);
+          for (var g = 0u; g < G; g = g + 1u) {
+            acc[g] = acc[g] + sc[g * WG + t] * vv;
+          }
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  for (var g = 0u; g < G; g = g + 1u) { red[g * WG + lid] = lsum[g]; }
+  reduce(lid, false);
+  var ltot: array<f32, MAX_G>;
+  for (var g = 0u; g < G; g = g + 1u) { ltot[g] = red[g * WG]; }
+  workgroupBarrier();
+  for (var g = 0u; g < G; g = g + 1u) {
+    red[(tg * G + g) * D + 2u * dp] = acc[g].x;
+    red[(tg * G + g) * D + 2u * dp + 1u] = acc[g].y;
+  }
+  workgroupBarrier();
+  if (tg == 0u) {
+    for (var g = 0u; g < G; g = g + 1u) {
+      var o = vec2<f32>(0.0);
+      for (var j = 0u; j < ntg; j = j + 1u) {
+        o = o + vec2<f32>(red[(j * G + g) * D + 2u * dp], red[(j * G + g) * D + 2u * dp + 1u]);
+      }
+      let ob = ((m * p.H + kvh * G + g) * p.S + split) * D + 2u * dp;
+      part_o[ob] = o.x;
+      part_o[ob + 1u] = o.y;
+    }
+  }
+  if (lid < G) {
+    part_ml[(m * p.H + kvh * G + lid) * p.S + split] = vec2<f32>(mrun[lid], ltot[lid]);
+  }
+}

@@ -1,0 +1,107 @@
+// Causal prefill attention, tiled (flash-attention style) over the paged KV pool.
+// Workgroup (tile, kv head) owns 32 rows = (query, head-in-group) pairs of that kv head,
+// so every K/V tile loaded into workgroup memory serves all G query heads; thread
+// (row r, lane j of 8) scores 2 of the 16 keys of a tile and accumulates D/8 output columns
+// with an online softmax. Queries are positions pos0 .. pos0 + M - 1 of one sequence;
+// keys 0 .. pos0 + M - 1 are read through the block table.
+//   q:     (M, H, D) f32 (RoPE applied);  out: (M, H, D) f32
+//   kpool, vpool: (blocks, KV, BS, D) f16 packed in u32 pairs;  table: logical -> physical block
+struct Params { M: u32, H: u32, KV: u32, BS: u32, pos0: u32, scale: f32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kpool: array<u32>;
+@group(0) @binding(3) var<storage, read> vpool: array<u32>;
+@group(0) @binding(4) var<storage, read> table: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+override G: u32 = 1;      // query heads per kv head
+override D: u32 = 128;    // head dim: multiple of 16, at most 128
+const ROWS: u32 = 32u;
+const BK: u32 = 16u;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> qs: array<f32, ROWS * D>;
+var<workgroup> ks: array<u32, BK * D / 2u>;
+var<workgroup> vs: array<u32, BK * D / 2u>;
+var<workgroup> sc: array<f32, ROWS * BK>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let kvh = wid.y;
+  let row0 = wid.x * ROWS;
+  let total_rows = p.M * G;
+  let half_d = D / 2u;
+  let r = lid / 8u;
+  let j = lid % 8u;
+  let grow = row0 + r;
+  let row_ok = grow < total_rows;
+  let qi = min(grow, total_rows - 1u) / G;
+  let h = kvh * G + min(grow, total_rows - 1u) % G;
+  let qpos = p.pos0 + qi;
+  let last_row = min(row0 + ROWS, total_rows) - 1u;
+  let kend = p.pos0 + last_row / G + 1u;   // keys [0, kend) are visible to some row
+
+  for (var i = lid; i < ROWS * D; i = i + 256u) {
+    let rr = row0 + i / D;
+    let rc = min(rr, total_rows - 1u);
+    qs[i] = q[((rc / G) * p.H + kvh * G + rc % G) * D + i % D] * p.scale;
+  }
+
+  var mrun = NEG;
+  var l = 0.0;
+  var acc: array<vec2<f32>, 8>;
+  for (var c = 0u; c < 8u; c = c + 1u) { acc[c] = vec2<f32>(0.0); }
+  let npairs = D / 16u;    // column pairs per thread: pair j + 8c
+
+  for (var kt = 0u; kt < kend; kt = kt + BK) {
+    workgroupBarrier();
+    for (var i = lid; i < BK * half_d; i = i + 256u) {
+      let pos = kt + i / half_d;
+      var kw = 0u;
+      var vw = 0u;
+      if (pos < kend) {
+        let blk = table[pos / p.BS];
+        let idx = ((blk * p.KV + kvh) * p.BS + pos % p.BS) * half_d + i % half_d;
+        kw = kpool[idx];
+        vw = vpool[idx];
+      }
+      ks[i] = kw;
+      vs[i] = vw;
+    }
+    workgroupBarrier();
+    for (var kk = 2u * j; kk < 2u * j + 2u; kk = kk + 1u) {
+      var s = 0.0;
+      for (var c = 0u; c < half_d; c = c + 1u) {
+        let k2 = unpack2x16float(ks[kk * half_d + c]);
+        s = s + qs[r * D + 2u * c] * k2.x + qs[r * D + 2u * c + 1u] * k2.y;
+      }
+      let pos = kt + kk;
+      sc[r * BK + kk] = select(NEG, s, pos <= qpos && pos < kend);
+    }
+    workgroupBarrier();
+    var tmax = NEG;
+    for (var kk = 0u; kk < BK; kk = kk + 1u) { tmax = max(tmax, sc[r * BK + kk]); }
+    let mnew = max(mrun, tmax);
+    let alpha = exp(mrun - mnew);
+    mrun = mnew;
+    l = l * alpha;
+    for (var c = 0u; c < npairs; c = c + 1u) { acc[c] = acc[c] * alpha; }
+    for (var kk = 0u; kk < BK; kk = kk + 1u) {
+      let sv = sc[r * BK + kk];
+      let pv = select(0.0, exp(sv - mnew), sv > NEG);
+      l = l + pv;
+      for (var c = 0u; c < npairs; c = c + 1u) {
+        acc[c] = acc[c] + pv * unpack2x16float(vs[kk * half_d + j + 8u * c]);
+      }
+    }
+  }
+
+  if (row_ok) {
+    let ob = (qi * p.H + h) * D;
+    for (var c = 0u; c < npairs; c = c + 1u) {
+      let pc = j + 8u * c;
+      out[ob + 2u * pc] = acc[c].x / l;
+      out[ob + 2u * pc + 1u] = acc[c].y / l;
+    }
+  }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what leoam needs on a Debian 12 machine with Node 20, and only what is missing:
+# Debian packages (Mesa 25's lavapipe from bookworm-backports for WebGPU on the CPU,
+# nats-server) and the npm packages of package-lock.json. Sourced by scripts/demo.sh and
+# scripts/test.sh; says what it does, and stops with a clear message when a step fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '[leoam setup] %s\n' "$*" >&2; }
+fail() { printf '[leoam setup] FAILED: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_node() {
+  command -v node >/dev/null || fail "node is not installed (Node.js >= 20 is required)"
+  local major; major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 20 ] || fail "Node.js >= 20 is required, found $(node --version)"
+}
+
+# Mesa >= 24 (Debian 12's Mesa 22 is refused by Dawn): lavapipe lives in mesa-vulkan-drivers.
+mesa_ok() {
+  local v; v=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)
+  [ -n "$v" ] && dpkg --compare-versions "$v" ge 24 && [ -n "$(ls /usr/share/vulkan/icd.d/lvp_icd*.json 2>/dev/null)" ] \
+    && ldconfig -p | grep -q 'libvulkan.so.1'
+}
+
+add_backports() {
+  local src=/etc/apt/sources.list.d/debian.sources
+  if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then return; fi
+  if [ -f "$src" ]; then
+    say "adding bookworm-backports to the Suites of $src"
+    # Only the stanza whose Suites has plain 'bookworm' (not bookworm-security).
+    $SUDO sed -i -E '/^Suites:/{/(^|[[:space:]])bookworm([[:space:]]|$)/s/$/ bookworm-backports/}' "$src"
+  elif [ -f /etc/apt/sources.list ]; then
+    local line; line=$(grep -E '^deb [^ ]+ bookworm main' /etc/apt/sources.list | head -n1 || true)
+    [ -n "$line" ] || fail "no Debian bookworm apt source found to extend with bookworm-backports"
+    say "adding bookworm-backports beside: $line"
+    echo "${line/ bookworm / bookworm-backports }" | $SUDO tee -a /etc/apt/sources.list >/dev/null
+  else
+    fail "no apt source file found (/etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list)"
+  fi
+}
+
+apt_updated=0
+apt_update() {
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    $SUDO apt-get update -qq || fail "apt-get update"
+    apt_updated=1
+  fi
+}
+
+ensure_debian() {
+  command -v apt-get >/dev/null || { say "no apt-get: skipping Debian packages"; return; }
+  if ! mesa_ok; then
+    add_backports
+    apt_update
+    say "installing mesa-vulkan-drivers (lavapipe) and libvulkan1 from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports \
+      mesa-vulkan-drivers libvulkan1 >/dev/null || fail "apt-get install mesa-vulkan-drivers from bookworm-backports"
+    mesa_ok || fail "mesa-vulkan-drivers >= 24 with lavapipe is still missing after install"
+  fi
+  if [ -n "${LEOAM_NEED_NATS:-1}" ] && ! command -v nats-server >/dev/null; then
+    apt_update
+    say "installing nats-server"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null || fail "apt-get install nats-server"
+  fi
+}
+
+ensure_npm() {
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    say "installing npm packages (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error || fail "npm ci"
+  fi
+}
+
+need_node
+ensure_debian
+ensure_npm
