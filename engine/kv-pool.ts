@@ -101,6 +101,16 @@ export class KvPool {
     return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit }
   }
 
+  /** Keeps the first `length` tokens, returning the blocks past them to the pool. */
+  truncate(length: number): void {
+    if (length >= this.tokens) return
+    const keep = Math.ceil(length / this.blockTokens)
+    while (this.blocks.length > keep) this.free.push(this.blocks.pop()!)
+    this.tokens = length
+    this.tableSynced = Math.min(this.tableSynced, keep)
+    this.entriesSynced = Math.min(this.entriesSynced, keep)
+  }
+
   reset(): void {
     while (this.blocks.length > 0) this.free.push(this.blocks.pop()!)
     this.tokens = 0

@@ -8,7 +8,7 @@ import { ropeInvFreq } from "./cpu-reference.ts"
 import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "./buffers.ts"
 import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
-import { checkKernelShapes, destroyWeights, type ModelWeights, uploadWeights } from "./weights.ts"
+import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import { KvPool } from "./kv-pool.ts"
 
 export interface EngineOptions {
@@ -20,6 +20,20 @@ export interface EngineOptions {
   readonly blockTokens?: number
   /** GEMV tuning: threads per workgroup and rows per workgroup. */
   readonly gemv?: { readonly wg: number; readonly rows: number }
+}
+
+export interface SampleParams {
+  readonly outSlot: number
+  readonly temperature: number
+  readonly seed: number
+  readonly step: number
+}
+
+/** A 4-byte copy appended to a step's command buffer (the chosen token, for read-back). */
+export interface CopyOut {
+  readonly src: GPUBuffer
+  readonly offset: number
+  readonly dst: GPUBuffer
 }
 
 export class ContextOverflow extends Error {
@@ -176,7 +190,9 @@ export class GpuModel {
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv)
     const compiling = pipelines.prewarm(Object.values(keys))
-    const weights = uploadWeights(gpu.device, source, progress)
+    const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
+    const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
+    const weights = uploadWeights(gpu.device, source, progress, fill)
     await compiling
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
     return new GpuModel(gpu, weights, pipelines, c, {
@@ -280,7 +296,7 @@ export class GpuModel {
    * step, or written by `writeToken`), its KV is appended, and `logits` receives the next
    * distribution. With `sample`, the next token is chosen on the GPU into tokenIds[outSlot].
    */
-  decode(inSlot: number, sample?: { readonly outSlot: number; readonly temperature: number; readonly seed: number; readonly step: number }): void {
+  decode(inSlot: number, sample?: SampleParams, copyOut?: CopyOut): void {
     const c = this.config
     if (this.kv.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
     const pos = this.kv.length
@@ -297,19 +313,31 @@ export class GpuModel {
     encodeAll(pass, this.decodeProgram)
     if (sample) this.encodeSample(pass, sample)
     pass.end()
+    if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
     this.device.queue.submit([encoder.finish()])
   }
 
   /** Chooses a token from `logits` on the GPU into tokenIds[outSlot] (after prefill). */
-  sample(sample: { readonly outSlot: number; readonly temperature: number; readonly seed: number; readonly step: number }): void {
+  sample(sample: SampleParams, copyOut?: CopyOut): void {
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     this.encodeSample(pass, sample)
     pass.end()
+    if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
     this.device.queue.submit([encoder.finish()])
   }
 
-  private encodeSample(pass: GPUComputePassEncoder, s: { outSlot: number; temperature: number; seed: number; step: number }) {
+  /** The logits of the last position (host sampling, tests). */
+  readLogits(): Promise<Float32Array> {
+    return readF32(this.device, this.logits, 0, this.config.vocabSize)
+  }
+
+  /** Drops tokens past `length` from the sequence (those computed after a stop). */
+  truncate(length: number): void {
+    this.kv.truncate(length)
+  }
+
+  private encodeSample(pass: GPUComputePassEncoder, s: SampleParams) {
     const gumbel = s.temperature > 0
     this.u.sample.set(this.config.vocabSize, ARGMAX_GROUPS, s.outSlot % ID_SLOTS, s.seed, s.step, gumbel ? 1 / s.temperature : 1)
     encodeAll(pass, gumbel ? this.samplePrograms.gumbel : this.samplePrograms.argmax)
@@ -327,6 +355,37 @@ export class GpuModel {
     this.kv.destroy()
     for (const b of Object.values(this.act)) b.destroy()
     this.tokenIds.destroy()
+  }
+}
+
+const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: PipelineKey; ones: PipelineKey }): Promise<GpuFill> => {
+  const device = gpu.device
+  const random = await pipelines.get(keys.random)
+  const ones = await pipelines.get(keys.ones)
+  const align = device.limits.minStorageBufferOffsetAlignment
+  return (buffer, at, count, spec) => {
+    const offset = at * 2
+    if (offset % align !== 0 || count % 2 !== 0) return false
+    const words = count / 2
+    const pipeline = spec.kind === "ones" ? ones : random
+    const uniform = new Uniform(device, "fill", "uufu")
+    const groups = Math.min(Math.ceil(words / 256), 65535)
+    uniform.set(words, spec.kind === "random" ? spec.seed : 0, spec.kind === "random" ? spec.amplitude : 0, groups * 256)
+    const bindGroup = device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: uniform.buffer } },
+        { binding: 1, resource: { buffer, offset, size: words * 4 } },
+      ],
+    })
+    const encoder = device.createCommandEncoder()
+    const pass = encoder.beginComputePass()
+    pass.setPipeline(pipeline)
+    pass.setBindGroup(0, bindGroup)
+    pass.dispatchWorkgroups(groups)
+    pass.end()
+    device.queue.submit([encoder.finish()])
+    return true
   }
 }
 

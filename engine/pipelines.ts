@@ -19,6 +19,7 @@ export type KernelName =
   | "swiglu"
   | "argmax"
   | "copy"
+  | "fill"
 
 export interface PipelineKey {
   readonly op: KernelName

@@ -45,11 +45,20 @@ export const checkKernelShapes = (c: ModelConfig, maxBinding: number): void => {
   }
 }
 
+/** Fills `count` f16 elements of `buffer` from element `at` on the GPU (dummy weights). */
+export type GpuFill = (
+  buffer: GPUBuffer,
+  at: number,
+  count: number,
+  spec: { readonly kind: "ones" } | { readonly kind: "random"; readonly seed: number; readonly amplitude: number },
+) => boolean
+
 /** Streams tensors into GPU buffers; `progress(bytesDone)` is called as pieces land. */
 export const uploadWeights = (
   device: GPUDevice,
   source: WeightSource,
   progress: (bytes: number) => void = () => {},
+  fill?: GpuFill,
 ): ModelWeights => {
   const c = source.config
   let bytes = 0
@@ -64,6 +73,11 @@ export const uploadWeights = (
   }
   // Writes tensor `name` as f16 at element offset `at` of `buffer`.
   const put = (buffer: GPUBuffer, name: string, at = 0) => {
+    const spec = source.gpuFill?.(name)
+    if (spec && fill && fill(buffer, at, shapeOf(name), spec)) {
+      progress(shapeOf(name) * 2)
+      return
+    }
     source.readF16(name, (piece, offset) => {
       // writeBuffer needs a size that is a multiple of 4 bytes: pad an odd tail.
       const even = piece.length % 2 === 0 ? piece : padded(piece)

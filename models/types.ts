@@ -67,5 +67,10 @@ export interface WeightSource {
    * the call returns. Throws ModelError (models/errors.ts) when the tensor is missing or unreadable.
    */
   readF16(name: string, sink: (piece: Uint16Array, elementOffset: number) => void, maxElements?: number): void
+  /**
+   * For synthetic sources: how the GPU may generate a tensor itself instead of receiving
+   * its bytes (random dummy weights at 7B/8B shapes load in seconds this way).
+   */
+  readonly gpuFill?: (name: string) => { readonly kind: "ones" } | { readonly kind: "random"; readonly seed: number; readonly amplitude: number }
   close(): void
 }

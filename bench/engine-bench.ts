@@ -1,0 +1,218 @@
+// The engine benchmark (issue 2), one run, side by side on one device:
+//   (a) a WGSL copy kernel's bandwidth (the ceiling) and the GEMV kernel's bandwidth at
+//       8192x8192 fp16 for several tunings, as a fraction of the copy;
+//   (b) decode ms/token at the shapes of a dummy model (default Llama-3.1-8B), 1K context,
+//       batch 1, tokens chosen on the GPU and steps submitted back to back;
+//   (c) prefill time of a long prompt (default 8K tokens) at those shapes.
+// Prints a table and writes JSON (--out). Timing starts right after warm-up (DESIGN §6).
+import { writeFileSync } from "node:fs"
+import { Command } from "commander"
+import { bind, readBack, storageBuffer, Uniform } from "../engine/buffers.ts"
+import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
+import { GpuModel } from "../engine/model.ts"
+import { Pipelines } from "../engine/pipelines.ts"
+import { resolveDummyConfig } from "../models/config.ts"
+import { DummyWeightSource } from "../models/dummy.ts"
+import { parameterCount } from "../models/layout.ts"
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]
+const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
+
+/** Runs `encode` reps times per submit, `trials` times; median seconds per rep. */
+const timeKernel = async (device: GPUDevice, reps: number, trials: number, encode: (pass: GPUComputePassEncoder, rep: number) => void) => {
+  const once = async () => {
+    const enc = device.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    for (let r = 0; r < reps; r++) encode(pass, r)
+    pass.end()
+    device.queue.submit([enc.finish()])
+    await done(device)
+  }
+  await once() // warm-up, immediately followed by the timed trials
+  const times: number[] = []
+  for (let t = 0; t < trials; t++) {
+    const t0 = performance.now()
+    await once()
+    times.push((performance.now() - t0) / 1000 / reps)
+  }
+  return median(times)
+}
+
+const benchKernels = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean) => {
+  const device = gpu.device
+  const pipelines = new Pipelines(gpu)
+  // Copy ceiling: 4 pairs of 256 MiB buffers (larger than any L2) rotated.
+  const copyBytes = quick ? 16 << 20 : 256 << 20
+  const pairs = Array.from({ length: 4 }, (_, i) => [storageBuffer(device, `copy src ${i}`, copyBytes), storageBuffer(device, `copy dst ${i}`, copyBytes)] as const)
+  const copy = await pipelines.get({ op: "copy" })
+  const copyU = new Uniform(device, "copy", "uuuu")
+  const copyGroups = Math.min(65535, Math.ceil(copyBytes / 16 / 256))
+  copyU.set(copyBytes / 16, copyGroups * 256)
+  const copyBinds = pairs.map(([s, d]) => bind(device, copy, [[0, copyU.buffer], [1, s], [2, d]]))
+  const copyT = await timeKernel(device, 8, 5, (pass, r) => {
+    pass.setPipeline(copy)
+    pass.setBindGroup(0, copyBinds[r % 4])
+    pass.dispatchWorkgroups(copyGroups)
+  })
+  const copyGBs = (2 * copyBytes) / copyT / 1e9
+  for (const [s, d] of pairs) {
+    s.destroy()
+    d.destroy()
+  }
+
+  // GEMV: 4 weight matrices rotated so that the L2 never holds the one being read.
+  const wBytes = rowsN * colsK * 2
+  const mats = Array.from({ length: 4 }, (_, i) => storageBuffer(device, `gemv W ${i}`, wBytes))
+  const fillKey = { op: "fill" as const }
+  const fill = await pipelines.get(fillKey)
+  for (const m of mats) {
+    const u = new Uniform(device, "fill", "uufu")
+    const words = wBytes / 4
+    const groups = Math.min(65535, Math.ceil(words / 256))
+    u.set(words, 7, 0.04, groups * 256)
+    const enc = device.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    pass.setPipeline(fill)
+    pass.setBindGroup(0, bind(device, fill, [[0, u.buffer], [1, m]]))
+    pass.dispatchWorkgroups(groups)
+    pass.end()
+    device.queue.submit([enc.finish()])
+  }
+  const x = storageBuffer(device, "gemv x", colsK * 4)
+  device.queue.writeBuffer(x, 0, Float32Array.from({ length: colsK }, (_, i) => Math.sin(i) * 0.5))
+  const y = storageBuffer(device, "gemv y", rowsN * 4)
+  const tunings = quick
+    ? [{ wg: 64, rows: 4 }]
+    : [
+        { wg: 256, rows: 4 }, { wg: 256, rows: 2 }, { wg: 256, rows: 8 }, { wg: 128, rows: 4 },
+        { wg: 128, rows: 8 }, { wg: 128, rows: 2 }, { wg: 64, rows: 8 }, { wg: 512, rows: 4 }, { wg: 64, rows: 4 },
+      ]
+  const gemv = []
+  for (const t of tunings) {
+    const key = { op: "gemv" as const, constants: { WG: t.wg, ROWS: t.rows } }
+    const pipe = await pipelines.get(key)
+    const groups = Math.ceil(rowsN / t.rows)
+    const u = new Uniform(device, "gemv", "uufu")
+    u.set(rowsN, colsK, 1e-5, Math.min(groups, 65535))
+    const binds = mats.map((m) => bind(device, pipe, [[0, u.buffer], [1, m], [2, x], [3, y]]))
+    const sec = await timeKernel(device, 16, 7, (pass, r) => {
+      pass.setPipeline(pipe)
+      pass.setBindGroup(0, binds[r % 4])
+      pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535))
+    })
+    // Correctness of the last matrix's product against the host, on a few rows.
+    const got = new Float32Array(await readBack(device, y, 0, rowsN * 4))
+    const gbs = (wBytes + colsK * 4 + rowsN * 4) / sec / 1e9
+    gemv.push({ ...t, us: sec * 1e6, gbs, fractionOfCopy: gbs / copyGBs, finite: got.every(Number.isFinite) })
+  }
+  for (const m of mats) m.destroy()
+  x.destroy()
+  y.destroy()
+  const best = gemv.filter((g) => g.finite).sort((a, b) => b.gbs - a.gbs)[0]
+  return { copyGBs, gemv, best }
+}
+
+const benchModel = async (gpu: Gpu, preset: string, context: number, steps: number, prefillTokens: number, gemvTuning: { wg: number; rows: number }) => {
+  const config = resolveDummyConfig(preset)
+  const source = new DummyWeightSource(config)
+  const t0 = performance.now()
+  const maxContext = Math.max(context + steps + 64, prefillTokens) + 16
+  const model = await GpuModel.load(gpu, source, { maxContext, prefillChunk: 1024, gemv: gemvTuning })
+  await done(gpu.device)
+  const loadS = (performance.now() - t0) / 1000
+  const device = gpu.device
+  const rand = (n: number) => Array.from({ length: n }, (_, i) => (i * 7919 + 13) % config.vocabSize)
+
+  // (b) decode at `context`: prefill, then warm-up steps immediately followed by timed steps.
+  await model.prefill(rand(context))
+  model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
+  let slot = 0
+  const step = () => {
+    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 })
+    slot++
+  }
+  for (let i = 0; i < 16; i++) step()
+  await done(device)
+  for (let i = 0; i < 4; i++) step() // keep the clocks up across the gap
+  const tStart = performance.now()
+  let cpuMs = 0
+  for (let i = 0; i < steps; i++) {
+    const c0 = performance.now()
+    step()
+    cpuMs += performance.now() - c0
+  }
+  await done(device)
+  const pipelinedMs = (performance.now() - tStart) / steps
+  // Synchronous steps (read the token back every step): the latency a client sees.
+  const lat: number[] = []
+  for (let i = 0; i < Math.min(steps, 48); i++) {
+    const s0 = performance.now()
+    step()
+    await readBack(device, model.tokenIds, (slot % GpuModel.idSlots) * 4, 4)
+    lat.push(performance.now() - s0)
+  }
+  const tokenCheck = new Uint32Array(await readBack(device, model.tokenIds, 0, 64))
+  const weightBytes = model.weights.bytes
+
+  // (c) prefill of `prefillTokens` from an empty cache, warmed by a short prefill first.
+  model.reset()
+  await model.prefill(rand(256))
+  await done(device)
+  model.reset()
+  const p0 = performance.now()
+  await model.prefill(rand(prefillTokens))
+  await done(device)
+  const prefillMs = performance.now() - p0
+  model.destroy()
+  return {
+    model: preset,
+    params: parameterCount(config),
+    weightBytes,
+    loadS,
+    context,
+    steps,
+    decodeMsPerToken: pipelinedMs,
+    cpuEncodeMsPerToken: cpuMs / steps,
+    syncStepMsP50: median(lat),
+    syncStepMsP99: percentile(lat, 0.99),
+    weightGBsAtDecode: weightBytes / (pipelinedMs / 1000) / 1e9,
+    tokensValid: [...tokenCheck].every((t) => t < config.vocabSize),
+    prefillTokens,
+    prefillMs,
+    prefillTokensPerS: prefillTokens / (prefillMs / 1000),
+  }
+}
+
+const program = new Command()
+  .name("engine-bench")
+  .description("Kernel bandwidth, decode latency and prefill time of the leoam engine on this machine's GPU.")
+  .option("--model <preset>", "dummy model preset or config.json", "llama-3.1-8b")
+  .option("--context <n>", "context length for decode", (v) => parseInt(v, 10), 1024)
+  .option("--steps <n>", "timed decode steps", (v) => parseInt(v, 10), 128)
+  .option("--prefill <n>", "prefill length", (v) => parseInt(v, 10), 8192)
+  .option("--gemv-n <n>", "GEMV rows", (v) => parseInt(v, 10), 8192)
+  .option("--gemv-k <n>", "GEMV columns", (v) => parseInt(v, 10), 8192)
+  .option("--quick", "tiny sizes (a smoke test on the CPU)")
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+
+const o = program.opts()
+const gpu = await acquireGpu()
+console.log(`device: ${gpu.adapterName} (${gpu.kind}), subgroups ${gpu.hasSubgroups}, max binding ${gpu.limits.maxStorageBufferBindingSize}`)
+const kernels = await benchKernels(gpu, o.gemvN, o.gemvK, !!o.quick)
+console.log(`\n(a) copy kernel: ${kernels.copyGBs.toFixed(0)} GB/s (read + write)`)
+console.log(`    GEMV ${o.gemvN}x${o.gemvK} fp16:`)
+console.log("      wg  rows      us     GB/s  of copy")
+for (const g of kernels.gemv) {
+  console.log(`    ${String(g.wg).padStart(4)} ${String(g.rows).padStart(5)} ${g.us.toFixed(1).padStart(7)} ${g.gbs.toFixed(0).padStart(8)}  ${(100 * g.fractionOfCopy).toFixed(1)}%${g.finite ? "" : " (non-finite output!)"}`)
+}
+const tuning = { wg: kernels.best.wg, rows: kernels.best.rows }
+const model = await benchModel(gpu, o.model, o.context, o.steps, o.prefill, tuning)
+console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, GEMV wg ${tuning.wg} rows ${tuning.rows}:`)
+console.log(`    ${model.decodeMsPerToken.toFixed(3)} ms/token pipelined (${model.weightGBsAtDecode.toFixed(0)} GB/s of weights); host encode ${model.cpuEncodeMsPerToken.toFixed(3)} ms/token`)
+console.log(`    synchronous step (token read back each step): p50 ${model.syncStepMsP50.toFixed(3)} ms, p99 ${model.syncStepMsP99.toFixed(3)} ms`)
+console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
+const result = { date: new Date().toISOString(), device: gpu.adapterName, argv: process.argv.slice(2), kernels, tuning, model }
+if (o.out) writeFileSync(o.out, JSON.stringify(result, null, 2))
+await releaseGpu()
