@@ -1,0 +1,47 @@
+// Correctness on whatever GPU this runs on (the H200 included): the tiny test model's four
+// golden prompts (input ids, 32 greedy ids, top-5 logits) and a ~2K-token pass key. Exits
+// non-zero on a mismatch, so a device run checks the kernels before timing them.
+import { readFileSync } from "node:fs"
+import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { generate } from "../engine/generate.ts"
+import { GpuModel } from "../engine/model.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer } from "../models/tokenizer.ts"
+import { passKey, passKeyPrompt } from "./passkey.ts"
+
+interface Golden {
+  prompt: string
+  input_ids: number[]
+  greedy_ids: number[]
+  last_logits_top5: { ids: number[]; values: number[] }
+}
+
+const [modelDir = "models/tiny-leo-14m", goldenFile = "../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json"] = process.argv.slice(2)
+const golden: Golden[] = JSON.parse(readFileSync(goldenFile, "utf8"))
+const gpu = await acquireGpu()
+console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups})`)
+const tok = loadTokenizer(modelDir)
+const model = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096 })
+let failures = 0
+for (const g of golden) {
+  const ids = tok.encode(g.prompt)
+  const idsOk = JSON.stringify(ids) === JSON.stringify(g.input_ids)
+  model.reset()
+  await model.prefill(ids)
+  const logits = await model.readLogits()
+  const rel = Math.max(...g.last_logits_top5.ids.map((id, k) => Math.abs(logits[id] - g.last_logits_top5.values[k]) / Math.abs(g.last_logits_top5.values[k])))
+  const r = await generate(model, ids, { maxTokens: 32, temperature: 0 })
+  const greedyOk = JSON.stringify(r.ids) === JSON.stringify(g.greedy_ids)
+  const ok = idsOk && greedyOk && rel <= 1e-2
+  if (!ok) failures++
+  console.log(`${ok ? "ok  " : "FAIL"} ${JSON.stringify(g.prompt)}: input ids ${idsOk ? "equal" : "differ"}, greedy ids ${greedyOk ? "equal" : "differ"}, top-5 max rel err ${rel.toExponential(2)}`)
+}
+const p = passKeyPrompt(tok, 2048, passKey(7), 0.5)
+const r = await generate(model, p.ids, { maxTokens: 6, temperature: 0 })
+const answer = tok.decode(r.ids)
+const pkOk = answer.trim().startsWith(p.key)
+if (!pkOk) failures++
+console.log(`${pkOk ? "ok  " : "FAIL"} pass key at ${p.ids.length} tokens: expected ${p.key}, got ${JSON.stringify(answer)} (prefill ${r.timings.prefillMs.toFixed(1)} ms)`)
+model.destroy()
+await releaseGpu()
+process.exit(failures === 0 ? 0 : 1)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Prepares what a run on the GPU machine (the `device` tool) carries: .gpu/ (Node binary,
+# Vulkan loader, prelude; from ../shared/tools/gpu-bundle.sh) and .bench-bundle/ (the
+# benchmark programs bundled into single files, webgpu's loader and dawn.node, xz'd).
+# The kernels travel as the tracked kernels/ folder. Then run on the device:
+#   . .gpu/prelude.sh && bash scripts/gpu-run.sh   (with carry: [".gpu", ".bench-bundle"])
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sh ../shared/tools/gpu-bundle.sh >/dev/null
+rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
+for prog in engine-bench golden-check; do
+  npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
+    --external:webgpu --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
+    --banner:js="import { createRequire as __cr } from 'module'; const require = __cr(import.meta.url);"
+done
+cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
+xz -T2 -6 -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
+cp ../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json .bench-bundle/golden.json
+du -sh .gpu .bench-bundle

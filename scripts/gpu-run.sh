@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine after `. .gpu/prelude.sh`: unpacks dawn.node, checks the kernels
+# against the golden outputs, then runs the engine benchmark. Results go to $OUT (or bench/results).
+set -euo pipefail
+out="${OUT:-bench/results}"
+mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
+[ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
+node .bench-bundle/golden-check.mjs models/tiny-leo-14m .bench-bundle/golden.json 2>&1 | tee "$out/golden-check.txt"
+node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
