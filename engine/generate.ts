@@ -13,6 +13,8 @@ export interface GenerateOptions extends Sampling {
   readonly stopIds?: ReadonlyArray<number>
   /** Called with every new token; return true to stop after it (stop strings). */
   readonly onToken?: (id: number, index: number) => boolean | void
+  /** Called after each prefill chunk. */
+  readonly onPrefill?: (done: number, total: number) => void
 }
 
 export interface GenerateResult {
@@ -37,7 +39,7 @@ export class NumericalFailure extends Error {
 export const generate = async (model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<GenerateResult> => {
   const t0 = performance.now()
   model.reset()
-  await model.prefill(prompt)
+  await model.prefill(prompt, false, options.onPrefill)
   const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
   const result = onGpu ? await decodeOnGpu(model, options) : await decodeOnHost(model, options)
   const tEnd = performance.now()

@@ -236,7 +236,11 @@ export class GpuModel {
    * last position's logits. With `allLogits`, returns the logits of every position
    * (tests only: one readback per chunk).
    */
-  async prefill(ids: ReadonlyArray<number>, allLogits = false): Promise<Float32Array | undefined> {
+  async prefill(
+    ids: ReadonlyArray<number>,
+    allLogits = false,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<Float32Array | undefined> {
     const c = this.config
     if (ids.length === 0) throw new RangeError("prefill of zero tokens")
     if (this.kv.length + ids.length > this.maxContext) {
@@ -270,6 +274,10 @@ export class GpuModel {
       head.end()
       this.device.queue.submit([encoder.finish()])
       if (all) all.set(await this.allPositionLogits(m), start * c.vocabSize)
+      if (onProgress) {
+        await this.device.queue.onSubmittedWorkDone()
+        onProgress(start + m, ids.length)
+      }
     }
     return all
   }

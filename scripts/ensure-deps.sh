@@ -61,7 +61,7 @@ ensure_debian() {
       mesa-vulkan-drivers libvulkan1 >/dev/null || fail "apt-get install mesa-vulkan-drivers from bookworm-backports"
     mesa_ok || fail "mesa-vulkan-drivers >= 24 with lavapipe is still missing after install"
   fi
-  if [ -n "${LEOAM_NEED_NATS:-1}" ] && ! command -v nats-server >/dev/null; then
+  if [ "${LEOAM_NEED_NATS:-0}" = 1 ] && ! command -v nats-server >/dev/null; then
     apt_update
     say "installing nats-server"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null || fail "apt-get install nats-server"

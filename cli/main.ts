@@ -1,0 +1,86 @@
+// The `leoam` command line: parses arguments (commander), runs the subcommand, and turns
+// any failure into `leoam: error [code]: message` on stderr with a stable exit status.
+import { Command, InvalidArgumentError, Option } from "commander"
+import { readFileSync } from "node:fs"
+import { ModelError } from "../models/errors.ts"
+import { CliError, exitCodeOf } from "./errors.ts"
+import { bundledModelDir, runGenerate } from "./generate.ts"
+
+const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
+
+const integer = (name: string, min: number, max = Number.MAX_SAFE_INTEGER) => (value: string) => {
+  if (!/^-?\d+$/.test(value.trim())) throw new InvalidArgumentError(`${name} must be an integer`)
+  const n = Number(value)
+  if (n < min || n > max) throw new InvalidArgumentError(`${name} must be between ${min} and ${max}`)
+  return n
+}
+const real = (name: string, min: number, max: number, minExclusive = false) => (value: string) => {
+  const n = Number(value)
+  if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`)
+  if (n > max || n < min || (minExclusive && n === min)) throw new InvalidArgumentError(`${name} must be in ${minExclusive ? "(" : "["}${min}, ${max}]`)
+  return n
+}
+
+const program = new Command()
+  .name("leoam")
+  .description("Long-context LLM inference on one GPU with a three-tier (GPU, host, disk) KV cache.")
+  .version(pkg.version)
+  .showHelpAfterError("(run with --help for usage)")
+  .configureOutput({ outputError: (text, write) => write(`leoam: error [invalid_argument]: ${text.replace(/^error: /, "")}`) })
+  .exitOverride()
+
+program
+  .command("generate")
+  .description("Generate a continuation of one prompt on the GPU (or lavapipe on the CPU).")
+  .option("--model <dir>", "Hugging Face model directory (Llama family), or dummy:PRESET for random weights (llama-3.1-8b, llama-2-7b, longchat-7b-32k, llama-3.2-1b, mistral-7b, qwen2-0.5b, tiny)", bundledModelDir)
+  .option("--prompt <text>", "prompt text (tokenized as is; the tokenizer adds no <s> by itself, write it in the text if the model wants it)")
+  .option("--ids <ids>", "prompt as token ids, comma or space separated: 1,2,3")
+  .option("--ids-file <file>", "prompt as token ids read from a file, comma or whitespace separated")
+  .option("--max-tokens <n>", "most tokens to generate (capped by the context)", integer("--max-tokens", 1, 1 << 20), 64)
+  .option("--temperature <t>", "0 = greedy; > 0 samples from softmax(logits / t)", real("--temperature", 0, 100), 0)
+  .option("--top-p <p>", "nucleus sampling: keep the smallest set of tokens with probability >= p", real("--top-p", 0, 1, true), 1)
+  .option("--top-k <k>", "sample only among the k most likely tokens (0 = no limit)", integer("--top-k", 0), 0)
+  .option("--seed <s>", "random seed: the same seed and inputs give the same tokens", integer("--seed", 0, 2 ** 32 - 1), 0)
+  .option("--max-context <n>", "context window to allocate (default: the model's max_position_embeddings)", integer("--max-context", 2))
+  .addOption(new Option("--device <kind>", "gpu: a hardware GPU only; cpu: lavapipe; auto: a GPU if there is one").choices(["auto", "gpu", "cpu"]).default("auto"))
+  .option("--json", "print one JSON object: ids, text, finish_reason, usage, timings {load_ms, prefill_ms, decode_ms_per_token, total_ms}")
+  .addHelpText(
+    "after",
+    `
+Exit status: 0 on success, 2 for bad input (unknown model, bad ids, prompt longer than the
+context, malformed model files), 1 for other failures (no GPU adapter, numerical failure).
+Errors are printed as "leoam: error [code]: message".`,
+  )
+  .action(async (o) => {
+    await runGenerate({
+      model: o.model,
+      prompt: o.prompt,
+      ids: o.ids,
+      idsFile: o.idsFile,
+      maxTokens: o.maxTokens,
+      temperature: o.temperature,
+      topP: o.topP,
+      topK: o.topK,
+      seed: o.seed,
+      maxContext: o.maxContext,
+      device: o.device,
+      json: !!o.json,
+    })
+  })
+
+const fail = (code: string, message: string): never => {
+  process.stderr.write(`leoam: error [${code}]: ${message}\n`)
+  process.exit(exitCodeOf(code))
+}
+
+try {
+  await program.parseAsync(process.argv)
+  process.exit(0)
+} catch (e) {
+  const err = e as { code?: string; message?: string; exitCode?: number }
+  if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.code === "commander.help") process.exit(0)
+  if (typeof err.code === "string" && err.code.startsWith("commander.")) process.exit(2) // already printed
+  if (e instanceof CliError || e instanceof ModelError) fail(e.code, e.message)
+  if (typeof err.code === "string") fail(err.code, err.message ?? String(e))
+  fail("internal", (e as Error)?.stack ?? String(e))
+}

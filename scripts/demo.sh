@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: installs what is missing, then runs a long-context request (a pass key
+# hidden in ~2K tokens of text) on the bundled test model and prints the answer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-deps.sh
+echo "[leoam demo] pass-key retrieval on the bundled model (models/tiny-leo-14m), WebGPU on $( [ -e /dev/nvidia0 ] && echo 'the GPU' || echo 'lavapipe (CPU): the 2K-token prefill takes about a minute')" >&2
+exec node --import tsx scripts/demo.ts "$@"
