@@ -1,0 +1,105 @@
+// End to end on WebGPU (lavapipe in CI): the bundled test model against the Hugging Face
+// golden outputs (input ids, 32 greedy ids, top-5 logits), a ~2K-token pass key, and the
+// sampling contract (a seed reproduces a run; different seeds differ).
+import { readFileSync } from "node:fs"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { passKey, passKeyPrompt } from "../bench/passkey.ts"
+import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { generate } from "../engine/generate.ts"
+import { GpuModel } from "../engine/model.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
+
+interface Golden {
+  prompt: string
+  input_ids: number[]
+  greedy_ids: number[]
+  greedy_text: string
+  last_logits_top5: { ids: number[]; values: number[] }
+  last_logits_first16: number[]
+  logits_l2_per_pos: number[]
+}
+
+const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
+const golden: Golden[] = JSON.parse(
+  readFileSync(new URL("../../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json", import.meta.url), "utf8"),
+)
+
+let model: GpuModel
+let tok: Tokenizer
+
+beforeAll(async () => {
+  const gpu = await acquireGpu()
+  tok = loadTokenizer(modelDir)
+  model = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 2304, prefillChunk: 256 })
+})
+
+afterAll(async () => {
+  model?.destroy()
+  await releaseGpu()
+})
+
+describe("tiny-leo-14m on WebGPU vs Hugging Face transformers (fp32)", () => {
+  for (const g of golden) {
+    it(`reproduces ${JSON.stringify(g.prompt)}`, async () => {
+      const ids = tok.encode(g.prompt)
+      expect(ids).toEqual(g.input_ids)
+      model.reset()
+      const all = (await model.prefill(ids, true))!
+      const V = model.config.vocabSize
+      const last = all.subarray((ids.length - 1) * V)
+      const top5 = Array.from(last.keys()).sort((a, b) => last[b] - last[a] || a - b).slice(0, 5)
+      expect(top5).toEqual(g.last_logits_top5.ids)
+      g.last_logits_top5.ids.forEach((id, k) => {
+        const want = g.last_logits_top5.values[k]
+        expect(Math.abs(last[id] - want) / Math.abs(want)).toBeLessThanOrEqual(1e-2)
+      })
+      g.last_logits_first16.forEach((want, i) => expect(Math.abs(last[i] - want)).toBeLessThan(0.05))
+      g.logits_l2_per_pos.forEach((want, p) => {
+        let ss = 0
+        for (let i = 0; i < V; i++) ss += all[p * V + i] ** 2
+        expect(Math.abs(Math.sqrt(ss) - want) / want).toBeLessThan(1e-2)
+      })
+      const r = await generate(model, ids, { maxTokens: 32, temperature: 0 })
+      expect(r.ids).toEqual(g.greedy_ids)
+      expect(tok.decode(r.ids)).toBe(g.greedy_text)
+      expect(r.finishReason).toBe("length")
+    })
+  }
+})
+
+describe("long context", () => {
+  it("answers a pass key hidden at 40% of a ~2K-token prompt (chunked prefill)", async () => {
+    const p = passKeyPrompt(tok, 2048, passKey(3), 0.4)
+    expect(p.ids.length).toBeGreaterThan(2000)
+    const r = await generate(model, p.ids, { maxTokens: 6, temperature: 0 })
+    expect(tok.decode(r.ids).trim().startsWith(p.key)).toBe(true)
+  })
+})
+
+describe("sampling", () => {
+  const prompt = [3622, 347, 1407, 261, 577]
+  it("a seed reproduces a temperature run on the GPU; another seed differs", async () => {
+    const run = (seed: number) => generate(model, prompt, { maxTokens: 12, temperature: 1.5, seed })
+    const a = await run(11)
+    const b = await run(11)
+    const c = await run(12)
+    expect(a.ids).toEqual(b.ids)
+    expect(c.ids).not.toEqual(a.ids)
+  })
+  it("top-k 1 is greedy; a seed reproduces top-p on the host", async () => {
+    const greedy = await generate(model, prompt, { maxTokens: 8, temperature: 0 })
+    const k1 = await generate(model, prompt, { maxTokens: 8, temperature: 1, topK: 1, seed: 5 })
+    expect(k1.ids).toEqual(greedy.ids)
+    const p1 = await generate(model, prompt, { maxTokens: 8, temperature: 0.9, topP: 0.9, seed: 5 })
+    const p2 = await generate(model, prompt, { maxTokens: 8, temperature: 0.9, topP: 0.9, seed: 5 })
+    expect(p1.ids).toEqual(p2.ids)
+  })
+  it("stops at a stop id and keeps the cache exact", async () => {
+    const greedy = await generate(model, prompt, { maxTokens: 8, temperature: 0 })
+    const r = await generate(model, prompt, { maxTokens: 8, temperature: 0, stopIds: [greedy.ids[2]] })
+    expect(r.ids).toEqual(greedy.ids.slice(0, 3))
+    expect(r.finishReason).toBe("stop")
+    expect(model.length).toBe(prompt.length + 2)
+  })
+})
