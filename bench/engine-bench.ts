@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs"
 import { Command } from "commander"
 import { bind, readBack, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
-import { GpuModel } from "../engine/model.ts"
+import { type GemvOp, type GemvTuning, gemvShapes, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
@@ -56,11 +56,24 @@ const benchKernels = async (gpu: Gpu, rowsN: number, colsK: number, quick: boole
     pass.dispatchWorkgroups(copyGroups)
   })
   const copyGBs = (2 * copyBytes) / copyT / 1e9
+  const read = await pipelines.get({ op: "copy", flags: { READ: true } })
+  const readBinds = pairs.map(([s, d]) => bind(device, read, [[0, copyU.buffer], [1, s], [2, d]]))
+  const readT = await timeKernel(device, 8, 5, (pass, r) => {
+    pass.setPipeline(read)
+    pass.setBindGroup(0, readBinds[r % 4])
+    pass.dispatchWorkgroups(copyGroups)
+  })
+  const readGBs = copyBytes / readT / 1e9
   for (const [s, d] of pairs) {
     s.destroy()
     d.destroy()
   }
+  return { copyGBs, readGBs, ...(await benchGemv(gpu, rowsN, colsK, quick)) }
+}
 
+const benchGemv = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean) => {
+  const device = gpu.device
+  const pipelines = new Pipelines(gpu)
   // GEMV: 4 weight matrices rotated so that the L2 never holds the one being read.
   const wBytes = rowsN * colsK * 2
   const mats = Array.from({ length: 4 }, (_, i) => storageBuffer(device, `gemv W ${i}`, wBytes))
@@ -104,20 +117,31 @@ const benchKernels = async (gpu: Gpu, rowsN: number, colsK: number, quick: boole
     // Correctness of the last matrix's product against the host, on a few rows.
     const got = new Float32Array(await readBack(device, y, 0, rowsN * 4))
     const gbs = (wBytes + colsK * 4 + rowsN * 4) / sec / 1e9
-    gemv.push({ ...t, us: sec * 1e6, gbs, fractionOfCopy: gbs / copyGBs, finite: got.every(Number.isFinite) })
+    gemv.push({ ...t, us: sec * 1e6, gbs, finite: got.every(Number.isFinite) })
   }
   for (const m of mats) m.destroy()
   x.destroy()
   y.destroy()
   const best = gemv.filter((g) => g.finite).sort((a, b) => b.gbs - a.gbs)[0]
-  return { copyGBs, gemv, best }
+  return { gemv, best }
 }
 
-const benchModel = async (gpu: Gpu, preset: string, context: number, steps: number, prefillTokens: number, gemvTuning: { wg: number; rows: number }) => {
+/** The best GEMV tuning for each decode matrix of the model, measured here. */
+const tuneModelGemvs = async (gpu: Gpu, config: ReturnType<typeof resolveDummyConfig>, quick: boolean) => {
+  const shapes = gemvShapes(config)
+  const out: Record<string, { rows: number; cols: number; best: { wg: number; rows: number; gbs: number; us: number }; all: Array<{ wg: number; rows: number; gbs: number }> }> = {}
+  for (const [op, [n, k]] of Object.entries(shapes)) {
+    const r = await benchGemv(gpu, n, k, quick)
+    out[op] = { rows: n, cols: k, best: r.best, all: r.gemv.map((g) => ({ wg: g.wg, rows: g.rows, gbs: g.gbs })) }
+  }
+  return out
+}
+
+const benchModel = async (gpu: Gpu, preset: string, context: number, steps: number, prefillTokens: number, gemvTuning: (op: GemvOp) => GemvTuning) => {
   const config = resolveDummyConfig(preset)
   const source = new DummyWeightSource(config)
   const t0 = performance.now()
-  const maxContext = Math.max(context + steps + 64, prefillTokens) + 16
+  const maxContext = Math.max(context + 2 * steps + 4 * 72 + 64, prefillTokens) + 16
   const model = await GpuModel.load(gpu, source, { maxContext, prefillChunk: 1024, gemv: gemvTuning })
   await done(gpu.device)
   const loadS = (performance.now() - t0) / 1000
@@ -153,6 +177,22 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
     lat.push(performance.now() - s0)
   }
   const tokenCheck = new Uint32Array(await readBack(device, model.tokenIds, 0, 64))
+  // Breakdown: the same pipelined steps with some kernels left out (timing only).
+  const timeSteps = async (keep: ((kernel: string) => boolean) | undefined) => {
+    model.decodeFilter = keep
+    for (let i = 0; i < 8; i++) step()
+    const s0 = performance.now()
+    for (let i = 0; i < 64; i++) step()
+    await done(device)
+    model.decodeFilter = undefined
+    return (performance.now() - s0) / 64
+  }
+  const breakdown = {
+    all: await timeSteps(undefined),
+    withoutAttention: await timeSteps((k) => !k.startsWith("attn_")),
+    withoutAttentionAndRope: await timeSteps((k) => !k.startsWith("attn_") && !k.startsWith("rope")),
+    gemvOnly: await timeSteps((k) => k.startsWith("gemv")),
+  }
   const weightBytes = model.weights.bytes
 
   // (c) prefill of `prefillTokens` from an empty cache, warmed by a short prefill first.
@@ -178,6 +218,7 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
     syncStepMsP99: percentile(lat, 0.99),
     weightGBsAtDecode: weightBytes / (pipelinedMs / 1000) / 1e9,
     tokensValid: [...tokenCheck].every((t) => t < config.vocabSize),
+    breakdown,
     prefillTokens,
     prefillMs,
     prefillTokensPerS: prefillTokens / (prefillMs / 1000),
@@ -201,18 +242,27 @@ const o = program.opts()
 const gpu = await acquireGpu()
 console.log(`device: ${gpu.adapterName} (${gpu.kind}), subgroups ${gpu.hasSubgroups}, max binding ${gpu.limits.maxStorageBufferBindingSize}`)
 const kernels = await benchKernels(gpu, o.gemvN, o.gemvK, !!o.quick)
-console.log(`\n(a) copy kernel: ${kernels.copyGBs.toFixed(0)} GB/s (read + write)`)
+console.log(`\n(a) copy kernel: ${kernels.copyGBs.toFixed(0)} GB/s (read + write); read-only kernel: ${kernels.readGBs.toFixed(0)} GB/s`)
 console.log(`    GEMV ${o.gemvN}x${o.gemvK} fp16:`)
-console.log("      wg  rows      us     GB/s  of copy")
+console.log("      wg  rows      us     GB/s of copy of read")
 for (const g of kernels.gemv) {
-  console.log(`    ${String(g.wg).padStart(4)} ${String(g.rows).padStart(5)} ${g.us.toFixed(1).padStart(7)} ${g.gbs.toFixed(0).padStart(8)}  ${(100 * g.fractionOfCopy).toFixed(1)}%${g.finite ? "" : " (non-finite output!)"}`)
+  const pct = (ceiling: number) => `${((100 * g.gbs) / ceiling).toFixed(1)}%`.padStart(7)
+  console.log(`    ${String(g.wg).padStart(4)} ${String(g.rows).padStart(5)} ${g.us.toFixed(1).padStart(7)} ${g.gbs.toFixed(0).padStart(8)} ${pct(kernels.copyGBs)} ${pct(kernels.readGBs)}${g.finite ? "" : " (non-finite output!)"}`)
 }
-const tuning = { wg: kernels.best.wg, rows: kernels.best.rows }
+const tunings = await tuneModelGemvs(gpu, resolveDummyConfig(o.model), !!o.quick)
+console.log(`\n    best GEMV tuning per matrix of ${o.model}:`)
+for (const [op, t] of Object.entries(tunings)) {
+  console.log(`    ${op.padEnd(5)} ${String(t.rows).padStart(6)}x${String(t.cols).padEnd(6)} wg ${t.best.wg} rows ${t.best.rows}: ${t.best.us.toFixed(1)} us, ${t.best.gbs.toFixed(0)} GB/s`)
+}
+const tuning = (op: GemvOp) => ({ wg: tunings[op].best.wg, rows: tunings[op].best.rows })
 const model = await benchModel(gpu, o.model, o.context, o.steps, o.prefill, tuning)
-console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, GEMV wg ${tuning.wg} rows ${tuning.rows}:`)
+console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, GEMV tuned per matrix:`)
 console.log(`    ${model.decodeMsPerToken.toFixed(3)} ms/token pipelined (${model.weightGBsAtDecode.toFixed(0)} GB/s of weights); host encode ${model.cpuEncodeMsPerToken.toFixed(3)} ms/token`)
 console.log(`    synchronous step (token read back each step): p50 ${model.syncStepMsP50.toFixed(3)} ms, p99 ${model.syncStepMsP99.toFixed(3)} ms`)
+const bd = model.breakdown
+console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attention ${bd.withoutAttention.toFixed(3)}, without attention+rope ${bd.withoutAttentionAndRope.toFixed(3)}, GEMVs only ${bd.gemvOnly.toFixed(3)}`)
+console.log(`    weight-bytes floor at the read-only ceiling: ${(model.weightBytes / kernels.readGBs / 1e6).toFixed(3)} ms/token`)
 console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
-const result = { date: new Date().toISOString(), device: gpu.adapterName, argv: process.argv.slice(2), kernels, tuning, model }
+const result = { date: new Date().toISOString(), device: gpu.adapterName, argv: process.argv.slice(2), kernels, tunings, model }
 if (o.out) writeFileSync(o.out, JSON.stringify(result, null, 2))
 await releaseGpu()

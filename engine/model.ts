@@ -18,8 +18,8 @@ export interface EngineOptions {
   readonly prefillChunk?: number
   /** Tokens per KV block (page). */
   readonly blockTokens?: number
-  /** GEMV tuning: threads per workgroup and rows per workgroup. */
-  readonly gemv?: { readonly wg: number; readonly rows: number }
+  /** GEMV tuning (threads and rows per workgroup), one for all or one per matrix. */
+  readonly gemv?: GemvTuning | ((op: GemvOp, rows: number, cols: number) => GemvTuning)
 }
 
 export interface SampleParams {
@@ -73,7 +73,7 @@ export class GpuModel {
     readonly weights: ModelWeights,
     readonly pipelines: Pipelines,
     config: ModelConfig,
-    options: Required<Omit<EngineOptions, "gemv">> & { gemv: { wg: number; rows: number } },
+    options: Required<Omit<EngineOptions, "gemv">> & { gemv: GemvTunings },
   ) {
     const device = gpu.device
     this.device = device
@@ -85,7 +85,7 @@ export class GpuModel {
     this.act = allocateActivations(device, config, options.prefillChunk, this.kv.maxSplits)
     this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
     this.logits = this.act.logits
-    this.u = createUniforms(device, config, options.gemv.rows, this.kv.blockTokens)
+    this.u = createUniforms(device, config, options.gemv, this.kv.blockTokens)
     this.ropeHost = new Float32Array(options.prefillChunk * config.headDim)
     this.slotHost = new Uint32Array(options.prefillChunk)
 
@@ -96,9 +96,8 @@ export class GpuModel {
     const c = config
     const H = c.numHeads
     const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
-    const gemvGroups = (n: number) => Math.ceil(n / options.gemv.rows)
-    const gx = (n: number) => Math.min(gemvGroups(n), 65535)
-    const gy = (n: number) => Math.ceil(gemvGroups(n) / 65535)
+    const gx = (op: GemvOp, n: number) => Math.min(Math.ceil(n / options.gemv[op].rows), 65535)
+    const gy = (op: GemvOp, n: number) => Math.ceil(Math.ceil(n / options.gemv[op].rows) / 65535)
     const d = (pipeline: GPUComputePipeline, entries: Array<readonly [number, GPUBuffer]>, x: number, y = 1, z = 1): Dispatch => ({
       pipeline,
       bindGroup: bind(device, pipeline, entries),
@@ -115,7 +114,7 @@ export class GpuModel {
     weights.layers.forEach((w, l) => {
       const kvl = this.kv.layers[l]
       dec.push(
-        d(P(w.bqkv ? keys.gemvNormBias : keys.gemvNorm), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])], gx(qkvRows), gy(qkvRows)),
+        d(P(w.bqkv ? keys.gemvQkvBias : keys.gemvQkv), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])], gx("qkv", qkvRows), gy("qkv", qkvRows)),
         d(P(keys.rope), [[0, u.ropeDecode.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1),
       )
       const ad = d(P(keys.attnDecode), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
@@ -125,12 +124,12 @@ export class GpuModel {
       dec.push(
         ad,
         ac,
-        d(P(w.bo ? keys.gemvAccBias : keys.gemvAcc), [[0, u.gemvO.buffer], [1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])], gx(c.hiddenSize), gy(c.hiddenSize)),
-        d(P(keys.gemvNormSwiglu), [[0, u.gemvGu.buffer], [1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]], gx(2 * c.intermediateSize), gy(2 * c.intermediateSize)),
-        d(P(keys.gemvAcc), [[0, u.gemvDown.buffer], [1, w.wdown], [2, a.ffn], [3, a.x]], gx(c.hiddenSize), gy(c.hiddenSize)),
+        d(P(w.bo ? keys.gemvOBias : keys.gemvO), [[0, u.gemvO.buffer], [1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])], gx("o", c.hiddenSize), gy("o", c.hiddenSize)),
+        d(P(keys.gemvGu), [[0, u.gemvGu.buffer], [1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]], gx("gu", 2 * c.intermediateSize), gy("gu", 2 * c.intermediateSize)),
+        d(P(keys.gemvDown), [[0, u.gemvDown.buffer], [1, w.wdown], [2, a.ffn], [3, a.x]], gx("down", c.hiddenSize), gy("down", c.hiddenSize)),
       )
     })
-    dec.push(d(P(keys.gemvNorm), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx(c.vocabSize), gy(c.vocabSize)))
+    dec.push(d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize)))
     this.decodeProgram = dec
     this.attnDecode = attnDecode
     this.attnCombine = attnCombine
@@ -172,7 +171,7 @@ export class GpuModel {
     this.rowDispatches = rowDispatches
     this.attnPrefill = attnPrefill
     // After prefill: the last row's logits through the decode head (copied row -> xlast).
-    this.headLast = d(P(keys.gemvNorm), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.xlast], [3, a.logits], [4, weights.finalNorm]], gx(c.vocabSize), gy(c.vocabSize))
+    this.headLast = d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.xlast], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize))
 
     const argmax = (gumbel: boolean) => [
       d(P(gumbel ? keys.gumbel : keys.argmax), [[0, u.sample.buffer], [1, a.logits], [2, a.samplePart]], ARGMAX_GROUPS),
@@ -183,10 +182,16 @@ export class GpuModel {
 
   private readonly headLast: Dispatch
 
+  /**
+   * Benchmarks only (time breakdowns): decode skips the dispatches whose kernel name
+   * (e.g. "attn_decode_D128_G4") this rejects. The results are then meaningless.
+   */
+  decodeFilter: ((kernel: string) => boolean) | undefined
+
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
     const c = source.config
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
-    const gemv = options.gemv ?? defaultGemvTuning(gpu)
+    const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu))
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv)
     const compiling = pipelines.prewarm(Object.values(keys))
@@ -318,7 +323,7 @@ export class GpuModel {
     for (const a of this.attnDecode) a.x = splits
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
-    encodeAll(pass, this.decodeProgram)
+    encodeAll(pass, this.decodeFilter ? this.decodeProgram.filter((d) => this.decodeFilter!(d.pipeline.label)) : this.decodeProgram)
     if (sample) this.encodeSample(pass, sample)
     pass.end()
     if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
@@ -397,20 +402,51 @@ const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: Pipelin
   }
 }
 
-export const defaultGemvTuning = (gpu: Gpu) => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 256, rows: 4 })
+export interface GemvTuning {
+  readonly wg: number
+  readonly rows: number
+}
+export type GemvOp = "qkv" | "o" | "gu" | "down" | "head"
+type GemvTunings = Readonly<Record<GemvOp, GemvTuning>>
 
-const pipelineKeys = (c: ModelConfig, gemv: { wg: number; rows: number }) => {
-  const g = (flags: Record<string, boolean>): PipelineKey => ({ op: "gemv", flags, constants: { WG: gemv.wg, ROWS: gemv.rows } })
+/** The matrix (rows, cols) of each decode GEMV. */
+export const gemvShapes = (c: ModelConfig): Record<GemvOp, readonly [number, number]> => ({
+  qkv: [(c.numHeads + 2 * c.numKvHeads) * c.headDim, c.hiddenSize],
+  o: [c.hiddenSize, c.numHeads * c.headDim],
+  gu: [2 * c.intermediateSize, c.hiddenSize],
+  down: [c.hiddenSize, c.intermediateSize],
+  head: [c.vocabSize, c.hiddenSize],
+})
+
+const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]>): GemvTunings => {
+  const shapes = gemvShapes(c)
+  const pick = (op: GemvOp) => (typeof t === "function" ? t(op, shapes[op][0], shapes[op][1]) : t)
+  const out = { qkv: pick("qkv"), o: pick("o"), gu: pick("gu"), down: pick("down"), head: pick("head") }
+  for (const [op, v] of Object.entries(out)) {
+    if (!(v.wg >= 32 && v.wg <= 1024 && (v.wg & (v.wg - 1)) === 0 && v.rows >= 1 && v.rows <= 8 && v.rows % 2 === 0)) {
+      throw new RangeError(`GEMV tuning for ${op}: wg must be a power of two in [32, 1024] and rows even in [2, 8]`)
+    }
+  }
+  return out
+}
+
+/** Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows. */
+export const defaultGemvTuning = (gpu: Gpu): GemvTuning => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 128, rows: 2 })
+
+const pipelineKeys = (c: ModelConfig, gemv: GemvTunings) => {
+  const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => ({ op: "gemv", flags, constants: { WG: gemv[op].wg, ROWS: gemv[op].rows } })
   const G = c.numHeads / c.numKvHeads
   return {
     embed: { op: "embed" },
     rmsnorm: { op: "rmsnorm" },
     rope: { op: "rope_kv" },
-    gemvNorm: g({ NORM: true }),
-    gemvNormBias: g({ NORM: true, BIAS: true }),
-    gemvAcc: g({ ACC: true }),
-    gemvAccBias: g({ ACC: true, BIAS: true }),
-    gemvNormSwiglu: g({ NORM: true, SWIGLU: true }),
+    gemvQkv: g("qkv", { NORM: true }),
+    gemvQkvBias: g("qkv", { NORM: true, BIAS: true }),
+    gemvO: g("o", { ACC: true }),
+    gemvOBias: g("o", { ACC: true, BIAS: true }),
+    gemvGu: g("gu", { NORM: true, SWIGLU: true }),
+    gemvDown: g("down", { ACC: true }),
+    gemvHead: g("head", { NORM: true }),
     gemm: { op: "gemm" },
     gemmBias: { op: "gemm", flags: { BIAS: true } },
     gemmAcc: { op: "gemm", flags: { ACC: true } },
@@ -447,12 +483,12 @@ const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, m
   }
 }
 
-const createUniforms = (device: GPUDevice, c: ModelConfig, gemvRows: number, blockTokens: number) => {
+const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTunings, blockTokens: number) => {
   const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
   const qDim = c.numHeads * c.headDim
-  const gemvU = (label: string, n: number, k: number) => {
-    const u = new Uniform(device, label, "uufu")
-    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRows), 65535))
+  const gemvU = (label: GemvOp, n: number, k: number) => {
+    const u = new Uniform(device, `gemv ${label}`, "uufu")
+    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemv[label].rows), 65535))
     return u
   }
   const gemmU = (label: string) => new Uniform(device, label, "uuuu")
@@ -466,11 +502,11 @@ const createUniforms = (device: GPUDevice, c: ModelConfig, gemvRows: number, blo
     combine: new Uniform(device, "attn combine", "uuuu"),
     attnPrefill: new Uniform(device, "attn prefill", "uuuuufuu"),
     sample: new Uniform(device, "sample", "uuuuufuu"),
-    gemvQkv: gemvU("gemv qkv", qkvRows, c.hiddenSize),
-    gemvO: gemvU("gemv o", c.hiddenSize, qDim),
-    gemvGu: gemvU("gemv gate/up", 2 * c.intermediateSize, c.hiddenSize),
-    gemvDown: gemvU("gemv down", c.hiddenSize, c.intermediateSize),
-    gemvHead: gemvU("gemv head", c.vocabSize, c.hiddenSize),
+    gemvQkv: gemvU("qkv", qkvRows, c.hiddenSize),
+    gemvO: gemvU("o", c.hiddenSize, qDim),
+    gemvGu: gemvU("gu", 2 * c.intermediateSize, c.hiddenSize),
+    gemvDown: gemvU("down", c.hiddenSize, c.intermediateSize),
+    gemvHead: gemvU("head", c.vocabSize, c.hiddenSize),
     gemmQkv: gemmU("gemm qkv"),
     gemmO: gemmU("gemm o"),
     gemmGu: gemmU("gemm gate/up"),
