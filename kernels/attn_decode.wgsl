@@ -27,6 +27,9 @@ const NEG: f32 = -3.0e38;
 var<workgroup> qs: array<f32, G * D>;
 var<workgroup> sc: array<f32, G * WG>;
 var<workgroup> red: array<f32, 2u * G * WG>;
+// Per token slot of the tile: the u32 offset of its V row in vpool (0 when the slot is
+// empty, its weight then being 0), so that phase 2 issues independent loads.
+var<workgroup> vrow: array<u32, WG>;
 
 // Reduces red[g * WG + i] over i for every g < G, by max or by sum; result in red[g * WG].
 fn reduce(lid: u32, by_max: bool) {
@@ -78,8 +81,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (e < e1) { valid = off < entries[e].y; }
     var s: array<f32, MAX_G>;
     for (var g = 0u; g < G; g = g + 1u) { s[g] = 0.0; }
+    var row = 0u;
     if (valid) {
-      let kb = ((entries[e].x * p.KV + kvh) * p.BS + off) * d8;
+      row = (entries[e].x * p.KV + kvh) * p.BS + off;
+    }
+    vrow[lid] = row * half_d;
+    if (valid) {
+      let kb = row * d8;
       for (var i = 0u; i < d8; i = i + 1u) {
         let kv = kpool[kb + i];
         let k01 = unpack2x16float(kv.x);
@@ -112,17 +120,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     workgroupBarrier();
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
+    // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data.
     for (var t = tg; t < WG; t = t + ntg) {
-      let et2 = et + t / p.BS;
-      let off2 = t % p.BS;
-      if (et2 < e1) {
-        let ent = entries[et2];
-        if (off2 < ent.y) {
-          let vv = unpack2x16float(vpool[((ent.x * p.KV + kvh) * p.BS + off2) * half_d + dp]);
-          for (var g = 0u; g < G; g = g + 1u) {
-            acc[g] = acc[g] + sc[g * WG + t] * vv;
-          }
-        }
+      let vv = unpack2x16float(vpool[vrow[t] + dp]);
+      for (var g = 0u; g < G; g = g + 1u) {
+        acc[g] = acc[g] + sc[g * WG + t] * vv;
       }
     }
     workgroupBarrier();
