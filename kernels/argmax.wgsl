@@ -30,7 +30,8 @@ fn score(i: u32) -> f32 {
 #else
 #if GUMBEL
   let h = pcg(pcg(pcg(p.seed) ^ p.step) ^ i);
-  let u = (f32(h >> 8u) + 0.5) / 16777216.0;     // (0, 1)
+  // 23 bits: (k + 0.5) / 2^23 is exact in f32 and strictly inside (0, 1), so the noise is finite.
+  let u = (f32(h >> 9u) + 0.5) / 8388608.0;
   return logits[i] * p.inv_temp - log(-log(u));
 #else
   return logits[i];

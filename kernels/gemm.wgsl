@@ -96,7 +96,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (m >= p.M) { continue; }
     var v = acc[i];
 #if BIAS
-    for (var c = 0u; c < 4u; c = c + 1u) { if (n + c < p.N) { v[c] = v[c] + bias[n + c]; } }
+    for (var c = 0u; c < 4u; c = c + 1u) { if (n + c < p.N) { v[c] = v[c] + bias[phys(n + c)]; } }
 #endif
 #if SWIGLU
     // columns (n, n+1) and (n+2, n+3) are (gate, up) pairs; n is a multiple of 4

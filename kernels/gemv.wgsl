@@ -134,8 +134,8 @@ fn main(@builtin(local_invocation_index) lid: u32,
       var g = total(2u * lid, nparts);
       var u = total(2u * lid + 1u, nparts);
 #if BIAS
-      g = g + bias[row];
-      u = u + bias[row + 1u];
+      g = g + bias[phys(row)];
+      u = u + bias[phys(row + 1u)];
 #endif
       let out = g / (1.0 + exp(-g)) * u;
       let idx = m * (p.N / 2u) + row / 2u;
