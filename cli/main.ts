@@ -5,6 +5,9 @@ import { readFileSync } from "node:fs"
 import { ModelError } from "../models/errors.ts"
 import { CliError, exitCodeOf } from "./errors.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
+import { runRequest } from "./request.ts"
+import { parseActorName, runServe } from "./serve.ts"
+import { parseSize } from "./sizes.ts"
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
 
@@ -67,6 +70,73 @@ Errors are printed as "leoam: error [code]: message".`,
       json: !!o.json,
     })
   })
+
+const size = (name: string) => (value: string) => {
+  try {
+    return parseSize(value)
+  } catch (e) {
+    throw new InvalidArgumentError(`${name}: ${(e as Error).message}`)
+  }
+}
+
+/** Options shared by `serve` and `actor`. */
+const nodeOptions = (cmd: Command, embedded: boolean) => {
+  cmd
+    .option("--model <dir>", "Hugging Face model directory (the scheduler needs its tokenizer); dummy:PRESET for a gpu-executor alone", bundledModelDir)
+    .option("--nats-url <url>", embedded ? "use this NATS server instead of starting an embedded one" : "the NATS server the other actors use (required)")
+    .option("--nats-user <user>", "NATS user name")
+    .option("--nats-pass <password>", "NATS password")
+    .option("--max-context <n>", "context window to allocate (default: the model's max_position_embeddings)", integer("--max-context", 2))
+    .addOption(new Option("--device <kind>", "gpu, cpu (lavapipe) or auto").choices(["auto", "gpu", "cpu"]).default("auto"))
+    .option("--queue <n>", "generate requests admitted (queued or running) before new ones get `busy`", integer("--queue", 1, 1 << 16), 64)
+    .option("--kv-dir <dir>", "the disk tier: LMDB index and chunk files (default: $XDG_CACHE_HOME/leoam/kv)")
+    .option("--host-kv-budget <size>", "host-memory KV arena: bytes or KiB/MiB/GiB", size("--host-kv-budget"), 256 * 1024 * 1024)
+    .option("--drain-timeout <ms>", "on SIGTERM, how long in-flight requests may take to finish", integer("--drain-timeout", 0), 30_000)
+  if (embedded) cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
+  return cmd
+}
+
+const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorName>[]) => ({
+  actors,
+  model: o.model,
+  natsUrl: o.natsUrl,
+  natsPort: o.natsPort,
+  natsUser: o.natsUser,
+  natsPass: o.natsPass,
+  maxContext: o.maxContext,
+  device: o.device,
+  queue: o.queue,
+  kvDir: o.kvDir,
+  hostKvBudget: o.hostKvBudget,
+  drainTimeoutMs: o.drainTimeout,
+})
+
+nodeOptions(
+  program.command("serve").description("Run all four actors (scheduler, gpu-executor, host-cache, disk-store) and the public NATS service leoam.v1.*; starts an embedded nats-server on 127.0.0.1 unless --nats-url is given."),
+  true,
+).action(async (o) => runServe(serveArgs(o, ["gpu-executor", "disk-store", "host-cache", "scheduler"])))
+
+nodeOptions(
+  program
+    .command("actor")
+    .argument("<name>", "scheduler | gpu-executor | host-cache | disk-store")
+    .description("Run one actor alone against an existing NATS server (the others run elsewhere on the same bus)."),
+  false,
+).action(async (name, o) => {
+  if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
+  await runServe(serveArgs(o, [parseActorName(name)]))
+})
+
+program
+  .command("request")
+  .argument("<subject>", "e.g. leoam.v1.generate, leoam.v1.health")
+  .argument("[json]", "the request body", "")
+  .description("Send one request to a leoam service and print the reply (exit 1 on an error reply).")
+  .requiredOption("--nats-url <url>", "the NATS server")
+  .option("--nats-user <user>", "NATS user name")
+  .option("--nats-pass <password>", "NATS password")
+  .option("--timeout <ms>", "how long to wait for the reply", integer("--timeout", 1), 600_000)
+  .action(async (subject, json, o) => runRequest({ subject, body: json, natsUrl: o.natsUrl, user: o.natsUser, pass: o.natsPass, timeoutMs: o.timeout }))
 
 const fail = (code: string, message: string): never => {
   process.stderr.write(`leoam: error [${code}]: ${message}\n`)

@@ -1,0 +1,43 @@
+// The disk-store actor: owns the DiskStore (LMDB index + chunk segment files under
+// --kv-dir) and serves it over internal subjects. Control messages only: chunk bytes are
+// read and written through the files that both sides map, never through NATS.
+import { Schema } from "effect"
+import { leoamError } from "../protocol/errors.ts"
+import { internalSubjects } from "../protocol/subjects.ts"
+import type { ActorDefinition } from "./actor.ts"
+import { DiskStore } from "./disk-store/store.ts"
+import { decodeAs } from "./nats.ts"
+
+const SessionGet = Schema.Struct({ id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)) })
+const SessionPut = Schema.Struct({
+  id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)),
+  model: Schema.String,
+  tokens: Schema.Int.pipe(Schema.nonNegative()),
+})
+
+export const diskStoreActor = (options: { readonly kvDir: string }): ActorDefinition<DiskStore> => ({
+  name: "disk-store",
+  mailbox: 1024,
+  start: async () => DiskStore.open({ kvDir: options.kvDir }),
+  stop: async (store) => store.close(),
+  stats: (store) => ({ kv_dir: options.kvDir, ...store.stats() }),
+  handlers: [
+    [
+      internalSubjects.diskPutSession,
+      async (store, body) => {
+        const req = decodeAs(SessionPut, body)
+        return store.putSession(req.id, { model: req.model, tokens: req.tokens })
+      },
+    ],
+    [
+      internalSubjects.diskGetSession,
+      async (store, body) => {
+        const { id } = decodeAs(SessionGet, body)
+        const record = store.getSession(id)
+        if (!record) throw leoamError("invalid_request", `no session "${id}"`)
+        return record
+      },
+    ],
+  ],
+  immediate: [[internalSubjects.diskStats, async (store) => store.stats()]],
+})

@@ -1,0 +1,147 @@
+// NATS plumbing shared by every actor: the embedded nats-server (loopback, generated
+// config, stopped with its owner), connections, and `endpoint`, the wrapper that makes
+// every request end in exactly one reply: a value, or an error with a stable code.
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { connect, type NatsConnection } from "@nats-io/transport-node"
+import type { Msg } from "@nats-io/nats-core"
+import { Schema } from "effect"
+import { asLeoamError, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
+
+/** Largest request body a public endpoint accepts (the server's max_payload is larger). */
+export const MAX_REQUEST_BYTES = 4 * 1024 * 1024
+export const SERVER_MAX_PAYLOAD = 8 * 1024 * 1024
+
+export interface EmbeddedNats {
+  readonly url: string
+  readonly port: number
+  stop(): Promise<void>
+}
+
+export const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once("error", reject)
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port
+      srv.close(() => resolve(port))
+    })
+  })
+
+/** Starts nats-server on 127.0.0.1 (a free port unless given); resolves once it accepts clients. */
+export const startNatsServer = async (options: { port?: number; extraConfig?: string } = {}): Promise<EmbeddedNats> => {
+  const port = options.port ?? (await freePort())
+  const dir = mkdtempSync(join(tmpdir(), "leoam-nats-"))
+  const conf = join(dir, "nats.conf")
+  writeFileSync(conf, `listen: "127.0.0.1:${port}"\nmax_payload: ${SERVER_MAX_PAYLOAD}\n${options.extraConfig ?? ""}\n`)
+  let child: ChildProcess
+  try {
+    child = spawn("nats-server", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] })
+  } catch (e) {
+    throw new Error(`cannot start nats-server: ${(e as Error).message}`)
+  }
+  let stderr = ""
+  child.stderr?.on("data", (d) => (stderr = (stderr + String(d)).slice(-4000)))
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+  child.once("error", () => {})
+  const url = `nats://127.0.0.1:${port}`
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const early = await Promise.race([exited, new Promise<"wait">((r) => setTimeout(() => r("wait"), 50))])
+    if (early !== "wait") throw new Error(`nats-server exited (${early}) at start: ${stderr.trim() || "is nats-server installed?"}`)
+    try {
+      const nc = await connect({ servers: url, timeout: 500 })
+      await nc.close()
+      break
+    } catch {
+      if (Date.now() > deadline) {
+        child.kill("SIGKILL")
+        throw new Error(`nats-server did not accept connections on ${url} within 10 s: ${stderr.trim()}`)
+      }
+    }
+  }
+  return {
+    url,
+    port,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM")
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))])
+        if (child.exitCode === null) child.kill("SIGKILL")
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+export const connectNats = (url: string, name: string, auth?: { user?: string; pass?: string }): Promise<NatsConnection> =>
+  connect({ servers: url, name, maxReconnectAttempts: -1, ...(auth ?? {}) })
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder("utf-8", { fatal: true })
+
+export const encodeJson = (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value))
+
+/** Parses a request body: empty -> {}, else strict UTF-8 JSON. */
+export const parseBody = (data: Uint8Array): unknown => {
+  if (data.length > MAX_REQUEST_BYTES) {
+    throw leoamError("payload_too_large", `the request is ${data.length} bytes; at most ${MAX_REQUEST_BYTES} are accepted`)
+  }
+  if (data.length === 0) return {}
+  let text: string
+  try {
+    text = decoder.decode(data)
+  } catch {
+    throw leoamError("invalid_json", "the request is not valid UTF-8")
+  }
+  try {
+    return JSON.parse(text)
+  } catch (e) {
+    throw leoamError("invalid_json", `the request is not JSON: ${(e as Error).message}`)
+  }
+}
+
+/** Decodes with a schema, turning a parse failure into invalid_request with its path. */
+export const decodeAs = <A, I>(schema: Schema.Schema<A, I>, value: unknown): A => {
+  const result = Schema.decodeUnknownEither(schema, { errors: "first", onExcessProperty: "error" })(value)
+  if (result._tag === "Left") {
+    const text = result.left.message.split("\n").slice(0, 6).join(" ").replace(/\s+/g, " ")
+    throw leoamError("invalid_request", text.length > 400 ? `${text.slice(0, 397)}...` : text)
+  }
+  return result.right
+}
+
+/** Replies with an error: JSON body plus the NATS services error headers. */
+export const respondError = (msg: Msg & { respondError?: (code: number, description: string, data?: Uint8Array) => boolean }, error: LeoamError): void => {
+  if (!msg.reply) return
+  const body = encodeJson({ error: { code: error.code, message: error.message } })
+  const description = `${error.code}: ${error.message}`.slice(0, 1000).replace(/[\r\n]+/g, " ")
+  if (msg.respondError) msg.respondError(errorStatus[error.code], description, body)
+  else msg.respond(body)
+}
+
+/**
+ * Wraps an async handler so that every message gets exactly one reply: the handler's
+ * value as JSON, or an error reply — also when it throws or rejects.
+ */
+export const endpoint =
+  (handler: (body: unknown, msg: Msg) => Promise<unknown>) =>
+  (err: Error | null, msg: Msg): void => {
+    if (err) return
+    let body: unknown
+    try {
+      body = parseBody(msg.data)
+    } catch (e) {
+      respondError(msg, asLeoamError(e))
+      return
+    }
+    handler(body, msg).then(
+      (value) => {
+        if (msg.reply) msg.respond(encodeJson(value))
+      },
+      (e) => respondError(msg, asLeoamError(e)),
+    )
+  }

@@ -1,0 +1,65 @@
+// `leoam serve` (all actors, embedded NATS unless --nats-url) and `leoam actor NAME`
+// (one actor against an existing NATS). Both print one ready line and drain on
+// SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
+import { homedir } from "node:os"
+import { join } from "node:path"
+import { type ActorName, actorNames } from "../actors/actor.ts"
+import { startNode } from "../actors/node.ts"
+import { CliError } from "./errors.ts"
+
+export interface ServeArgs {
+  readonly actors: ReadonlyArray<ActorName>
+  readonly model: string
+  readonly natsUrl?: string
+  readonly natsPort?: number
+  readonly natsUser?: string
+  readonly natsPass?: string
+  readonly maxContext?: number
+  readonly device: "auto" | "gpu" | "cpu"
+  readonly queue: number
+  readonly kvDir?: string
+  readonly hostKvBudget: number
+  readonly drainTimeoutMs: number
+}
+
+export const defaultKvDir = () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "leoam", "kv")
+
+export const parseActorName = (name: string): ActorName => {
+  if (!(actorNames as ReadonlyArray<string>).includes(name)) throw new CliError("invalid_argument", `unknown actor "${name}" (one of ${actorNames.join(", ")})`)
+  return name as ActorName
+}
+
+export const runServe = async (args: ServeArgs): Promise<void> => {
+  // The scheduler waits for the executor's description, so it starts last.
+  const actors = [...args.actors].sort((a, b) => Number(a === "scheduler") - Number(b === "scheduler"))
+  const node = await startNode({
+    actors,
+    model: args.model,
+    natsUrl: args.natsUrl,
+    natsPort: args.natsPort,
+    natsUser: args.natsUser,
+    natsPass: args.natsPass,
+    maxContext: args.maxContext,
+    device: args.device,
+    queueCapacity: args.queue,
+    kvDir: args.kvDir ?? defaultKvDir(),
+    hostKvBudget: args.hostKvBudget,
+    drainTimeoutMs: args.drainTimeoutMs,
+  })
+  process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})\n`)
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const stop = (signal: string) => {
+      if (stopping) return
+      stopping = true
+      process.stderr.write(`leoam: ${signal}: draining (up to ${args.drainTimeoutMs} ms)\n`)
+      node.stop().then(resolve, (e) => {
+        process.stderr.write(`leoam: error while stopping: ${(e as Error).message}\n`)
+        resolve()
+      })
+    }
+    process.once("SIGTERM", () => stop("SIGTERM"))
+    process.once("SIGINT", () => stop("SIGINT"))
+  })
+  process.stdout.write("leoam: stopped\n")
+}

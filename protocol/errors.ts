@@ -1,0 +1,48 @@
+// The stable error codes of every reply, and the one error type that carries them. An
+// error reply has the JSON body {"error": {"code", "message"}} and the NATS services
+// headers Nats-Service-Error-Code (a numeric class below) and Nats-Service-Error
+// ("code: message").
+import { Schema } from "effect"
+
+export const errorStatus = {
+  invalid_json: 400,
+  invalid_request: 400,
+  invalid_ids: 400,
+  unknown_model: 404,
+  context_overflow: 413,
+  payload_too_large: 413,
+  busy: 429,
+  shutting_down: 503,
+  actor_restarted: 503,
+  actor_unavailable: 503,
+  timeout: 504,
+  kv_dir_unavailable: 503,
+  disk_full: 507,
+  budget_exceeded: 507,
+  chunk_missing: 404,
+  abstract_missing: 404,
+  chunk_corrupt: 500,
+  numerical_failure: 500,
+  internal: 500,
+} as const
+
+export type ErrorCode = keyof typeof errorStatus
+
+export class LeoamError extends Schema.TaggedError<LeoamError>()("LeoamError", {
+  code: Schema.Literal(...(Object.keys(errorStatus) as [ErrorCode, ...ErrorCode[]])),
+  message: Schema.String,
+}) {}
+
+export const leoamError = (code: ErrorCode, message: string) => new LeoamError({ code, message })
+
+/** Any thrown or failed value as a LeoamError (engine errors carry their own codes). */
+export const asLeoamError = (e: unknown): LeoamError => {
+  if (e instanceof LeoamError) return e
+  const code = (e as { code?: unknown })?.code
+  const message = (e as { message?: unknown })?.message
+  if (typeof code === "string" && code in errorStatus) return leoamError(code as ErrorCode, String(message ?? code))
+  if (typeof code === "string" && /^(config|tensor|shard|safetensors|tokenizer|unsupported)/.test(code)) {
+    return leoamError("unknown_model", String(message ?? code))
+  }
+  return leoamError("internal", e instanceof Error ? e.message : String(e))
+}

@@ -1,0 +1,54 @@
+// Messages between the actors (control plane only: ids and numbers, never KV bytes).
+import { Schema } from "effect"
+
+/** scheduler -> gpu-executor: one run = prefill + up to max_tokens decode steps. */
+export const RunRequest = Schema.Struct({
+  run_id: Schema.String,
+  ids: Schema.Array(Schema.Int),
+  max_tokens: Schema.Int,
+  temperature: Schema.Number,
+  top_p: Schema.Number,
+  top_k: Schema.Int,
+  seed: Schema.Int,
+  stop_ids: Schema.Array(Schema.Int),
+  /** Subject that receives one TokenEvent per decode step (at most one message a step). */
+  tokens: Schema.String,
+})
+export type RunRequest = typeof RunRequest.Type
+
+export const TokenEvent = Schema.Struct({ run_id: Schema.String, index: Schema.Int, id: Schema.Int })
+export type TokenEvent = typeof TokenEvent.Type
+
+export const RunResult = Schema.Struct({
+  run_id: Schema.String,
+  ids: Schema.Array(Schema.Int),
+  finish_reason: Schema.Literal("length", "stop", "cancelled"),
+  prefill_ms: Schema.Number,
+  decode_ms_per_token: Schema.Number,
+  total_ms: Schema.Number,
+})
+export type RunResult = typeof RunResult.Type
+
+export const CancelRequest = Schema.Struct({ run_id: Schema.String })
+
+export const ActorStatus = Schema.Struct({
+  name: Schema.String,
+  pid: Schema.Int,
+  status: Schema.Literal("running", "restarting"),
+  restarts: Schema.Int,
+  stats: Schema.optional(Schema.Unknown),
+})
+export type ActorStatus = typeof ActorStatus.Type
+
+export const ModelDescription = Schema.Struct({
+  name: Schema.String,
+  context_length: Schema.Int,
+  vocab_size: Schema.Int,
+  layers: Schema.Int,
+  hidden_size: Schema.Int,
+  heads: Schema.Int,
+  kv_heads: Schema.Int,
+  eos_ids: Schema.Array(Schema.Int),
+  device: Schema.String,
+})
+export type ModelDescription = typeof ModelDescription.Type

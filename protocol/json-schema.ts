@@ -1,0 +1,31 @@
+// JSON Schema files of the public messages, generated from the Effect Schemas so that
+// clients in other languages can validate. `npm run schemas` rewrites protocol/schema/;
+// a test fails when the checked-in files are stale.
+import { JSONSchema } from "effect"
+import {
+  ErrorReply,
+  GenerateReply,
+  GenerateRequest,
+  HealthReply,
+  ModelsReply,
+  StreamEvent,
+  TokenizeReply,
+  TokenizeRequest,
+} from "./messages.ts"
+
+export const publicSchemas = {
+  GenerateRequest,
+  GenerateReply,
+  StreamEvent,
+  TokenizeRequest,
+  TokenizeReply,
+  ModelsReply,
+  HealthReply,
+  ErrorReply,
+} as const
+
+/** File name -> JSON text (2-space indent, trailing newline). */
+export const renderSchemas = (): Record<string, string> =>
+  Object.fromEntries(
+    Object.entries(publicSchemas).map(([name, schema]) => [`${name}.json`, JSON.stringify(JSONSchema.make(schema as never), null, 2) + "\n"]),
+  )

@@ -1,0 +1,90 @@
+// Every message on leoam's public subjects, as one Effect Schema each. Handlers decode
+// requests with these (unknown fields are rejected, numbers are range-checked) and the
+// JSON Schema files in protocol/schema/ are generated from them for other languages.
+import { Schema } from "effect"
+
+const TokenId = Schema.Int.pipe(Schema.between(0, 2 ** 31 - 1))
+
+export const GenerateRequest = Schema.Struct({
+  /** Prompt text, tokenized by the model's tokenizer. Exactly one of prompt / ids. */
+  prompt: Schema.optional(Schema.String.pipe(Schema.maxLength(4 * 1024 * 1024))),
+  /** Prompt as token ids. */
+  ids: Schema.optional(Schema.Array(TokenId).pipe(Schema.minItems(1), Schema.maxItems(1 << 20))),
+  /** Model name (GET leoam.v1.models); the server's default when absent. */
+  model: Schema.optional(Schema.String.pipe(Schema.maxLength(256))),
+  max_tokens: Schema.optional(Schema.Int.pipe(Schema.between(1, 1 << 20))),
+  temperature: Schema.optional(Schema.Number.pipe(Schema.between(0, 100))),
+  top_p: Schema.optional(Schema.Number.pipe(Schema.greaterThan(0), Schema.lessThanOrEqualTo(1))),
+  top_k: Schema.optional(Schema.Int.pipe(Schema.between(0, 1 << 20))),
+  seed: Schema.optional(Schema.Int.pipe(Schema.between(0, 2 ** 32 - 1))),
+  /** Strings that end generation; the reply's text stops before the first match. */
+  stop: Schema.optional(Schema.Array(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256))).pipe(Schema.maxItems(16))),
+  /** A subject that receives StreamEvent messages as tokens come. */
+  stream: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_\-.$]+$/), Schema.maxLength(256))),
+}).annotations({ identifier: "GenerateRequest", parseOptions: { onExcessProperty: "error" } })
+export type GenerateRequest = typeof GenerateRequest.Type
+
+export const Usage = Schema.Struct({ prompt_tokens: Schema.Int, completion_tokens: Schema.Int })
+
+export const GenerateReply = Schema.Struct({
+  model: Schema.String,
+  ids: Schema.Array(Schema.Int),
+  text: Schema.String,
+  finish_reason: Schema.Literal("length", "stop"),
+  usage: Usage,
+  timings: Schema.Struct({
+    queue_ms: Schema.Number,
+    prefill_ms: Schema.Number,
+    decode_ms_per_token: Schema.Number,
+    total_ms: Schema.Number,
+  }),
+}).annotations({ identifier: "GenerateReply" })
+export type GenerateReply = typeof GenerateReply.Type
+
+/** Published to the request's `stream` subject: one per token, then one with done. */
+export const StreamEvent = Schema.Struct({
+  index: Schema.Int,
+  id: Schema.optional(Schema.Int),
+  text: Schema.String,
+  done: Schema.Boolean,
+}).annotations({ identifier: "StreamEvent" })
+export type StreamEvent = typeof StreamEvent.Type
+
+export const TokenizeRequest = Schema.Struct({
+  text: Schema.String.pipe(Schema.maxLength(4 * 1024 * 1024)),
+  model: Schema.optional(Schema.String.pipe(Schema.maxLength(256))),
+}).annotations({ identifier: "TokenizeRequest", parseOptions: { onExcessProperty: "error" } })
+export type TokenizeRequest = typeof TokenizeRequest.Type
+
+export const TokenizeReply = Schema.Struct({ model: Schema.String, ids: Schema.Array(Schema.Int), count: Schema.Int }).annotations({
+  identifier: "TokenizeReply",
+})
+
+export const ModelInfo = Schema.Struct({
+  name: Schema.String,
+  default: Schema.Boolean,
+  context_length: Schema.Int,
+  vocab_size: Schema.Int,
+  layers: Schema.Int,
+  hidden_size: Schema.Int,
+  heads: Schema.Int,
+  kv_heads: Schema.Int,
+})
+export const ModelsReply = Schema.Struct({ models: Schema.Array(ModelInfo) }).annotations({ identifier: "ModelsReply" })
+
+export const HealthReply = Schema.Struct({
+  status: Schema.Literal("ok", "draining"),
+  version: Schema.String,
+  device: Schema.String,
+  actors: Schema.Array(Schema.Struct({ name: Schema.String, status: Schema.Literal("running", "restarting"), restarts: Schema.Int })),
+  queue: Schema.Struct({ depth: Schema.Int, capacity: Schema.Int, in_flight: Schema.Int }),
+}).annotations({ identifier: "HealthReply" })
+
+/** The body of every error reply (also in the Nats-Service-Error headers). */
+export const ErrorReply = Schema.Struct({
+  error: Schema.Struct({ code: Schema.String, message: Schema.String }),
+}).annotations({ identifier: "ErrorReply" })
+export type ErrorReply = typeof ErrorReply.Type
+
+/** Requests with an empty body are allowed on these (models, health). */
+export const EmptyRequest = Schema.Struct({}).annotations({ identifier: "EmptyRequest", parseOptions: { onExcessProperty: "error" } })

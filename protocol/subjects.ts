@@ -1,0 +1,32 @@
+// Every NATS subject leoam uses, in one place. Public subjects are versioned
+// (`leoam.v1.*`); internal actor subjects live under `leoam.int.v1.*` so that access
+// control can deny them to clients by one wildcard.
+export const SERVICE_NAME = "leoam"
+
+export const publicSubjects = {
+  generate: "leoam.v1.generate",
+  tokenize: "leoam.v1.tokenize",
+  models: "leoam.v1.models",
+  health: "leoam.v1.health",
+} as const
+
+/** Internal control plane between the actors (never KV bytes). */
+export const internalSubjects = {
+  /** scheduler -> gpu-executor: prefill a prompt and decode up to n tokens (one message per run). */
+  executorRun: "leoam.int.v1.gpu-executor.run",
+  /** scheduler -> gpu-executor: stop a run early (a stop string matched, the client left). */
+  executorCancel: "leoam.int.v1.gpu-executor.cancel",
+  /** -> gpu-executor: the model it serves (ModelDescription). */
+  executorDescribe: "leoam.int.v1.gpu-executor.describe",
+  hostCacheStats: "leoam.int.v1.host-cache.stats",
+  hostCachePut: "leoam.int.v1.host-cache.put",
+  hostCacheGet: "leoam.int.v1.host-cache.get",
+  diskStats: "leoam.int.v1.disk-store.stats",
+  diskPutSession: "leoam.int.v1.disk-store.session.put",
+  diskGetSession: "leoam.int.v1.disk-store.session.get",
+  /** Every actor answers here with its name and generation (restart count). */
+  ping: "leoam.int.v1.ping",
+} as const
+
+export const INTERNAL_PREFIX = "leoam.int.v1."
+export const PUBLIC_PREFIX = "leoam.v1."
