@@ -1,5 +1,6 @@
-// HostArena: the host tier. Owns one ArrayBuffer of `budgetBytes` in which every resident
-// chunk's bytes live, and the entries that say where. Invariants: entries never overlap
+// HostArena: the host tier. Owns `budgetBytes` of host memory, as slabs of one ArrayBuffer
+// each (Node 20 caps an ArrayBuffer at 4 GiB), in which every resident chunk's bytes live,
+// and the entries that say where. Invariants: entries never overlap nor cross a slab,
 // and the budget is a hard cap on bytes held; a pinned entry (being stored or loaded) is
 // never evicted or moved, so views handed out stay valid until complete*/unpin; eviction
 // is all or nothing, chosen by the swappable policy. Only the host-cache actor calls it.
@@ -12,6 +13,8 @@ import { lru, type EntryView, type EvictionPolicy, type Key } from "./policies.t
 export interface HostArenaOptions {
   readonly budgetBytes: number
   readonly policy?: EvictionPolicy
+  /** Bytes per slab (the largest chunk it can hold). Default: the budget, at most 1 GiB. */
+  readonly slabBytes?: number
   /**
    * When a store must evict, first try to evict this many bytes more, so the next stores
    * find room without asking the policy again (each ask scans every entry). Default:
@@ -62,6 +65,9 @@ interface Entry extends EntryView {
   ticket: number
 }
 
+const DEFAULT_SLAB_BYTES = 2 ** 30
+const MAX_SLAB_BYTES = 2 ** 32
+
 interface SpacePlan {
   readonly evict: ReadonlyArray<Key>
   readonly compact: boolean
@@ -69,8 +75,9 @@ interface SpacePlan {
 
 export class HostArena {
   readonly budgetBytes: number
-  /** (budgetBytes) u8: the bytes of every resident chunk, as the disk tier wrote them. */
-  private readonly bytes: Uint8Array
+  readonly slabBytes: number
+  /** (slab, slabBytes) u8, the last slab shorter: every resident chunk's bytes as the disk tier wrote them. */
+  private readonly slabs: Uint8Array[]
   private readonly entries = new Map<Key, Entry>()
   /** The same entries as an array: the policy's view, kept without copying. */
   private readonly list: Entry[] = []
@@ -88,8 +95,15 @@ export class HostArena {
       throw hostCacheError("invalid_size", undefined, `budget ${options.budgetBytes} is not a positive integer`)
     }
     this.budgetBytes = options.budgetBytes
-    this.bytes = new Uint8Array(new ArrayBuffer(options.budgetBytes))
-    this.free = FreeList.empty(options.budgetBytes)
+    this.slabBytes = Math.min(options.budgetBytes, options.slabBytes ?? DEFAULT_SLAB_BYTES)
+    if (!Number.isSafeInteger(this.slabBytes) || this.slabBytes <= 0 || this.slabBytes > MAX_SLAB_BYTES) {
+      throw hostCacheError("invalid_size", undefined, `slab size ${options.slabBytes} is not an integer in [1, ${MAX_SLAB_BYTES}]`)
+    }
+    this.slabs = []
+    for (let at = 0; at < this.budgetBytes; at += this.slabBytes) {
+      this.slabs.push(new Uint8Array(new ArrayBuffer(Math.min(this.slabBytes, this.budgetBytes - at))))
+    }
+    this.free = FreeList.empty(this.budgetBytes, this.slabBytes)
     this.current = options.policy ?? lru
     this.evictAhead = Math.max(0, Math.floor(options.evictAheadBytes ?? options.budgetBytes / 64))
   }
@@ -108,8 +122,9 @@ export class HostArena {
   /** Reserves `length` bytes for `key`, evicting by policy if needed; the entry is pinned until completeStore. */
   prepareStore(key: Key, length: number): StoreTicket {
     if (!Number.isSafeInteger(length) || length <= 0) throw hostCacheError("invalid_size", key, `size ${length} is not a positive integer`)
-    if (length > this.budgetBytes) {
-      throw hostCacheError("budget_exceeded", key, `${length} bytes exceed the whole budget of ${this.budgetBytes}`)
+    if (length > this.slabBytes) {
+      const whole = this.slabBytes === this.budgetBytes ? `the whole budget of ${this.budgetBytes}` : `a slab of ${this.slabBytes}`
+      throw hostCacheError("budget_exceeded", key, `${length} bytes exceed ${whole}`)
     }
     const replaced = this.entries.get(key)
     if (replaced !== undefined && replaced.pins > 0) throw hostCacheError("entry_busy", key, "cannot replace a pinned chunk")
@@ -131,7 +146,7 @@ export class HostArena {
     this.list.push(entry)
     this.pinned.add(key)
     this.residentBytes += length
-    return { key, view: this.bytes.subarray(offset, offset + length), evicted: plan.evict, id }
+    return { key, view: this.view(offset, length), evicted: plan.evict, id }
   }
 
   /** Marks the ticket's bytes written: the chunk becomes loadable and unpinned. */
@@ -169,7 +184,7 @@ export class HostArena {
     entry.accesses++
     entry.lastAccess = ++this.tick
     this.pinEntry(entry)
-    return this.bytes.subarray(entry.offset, entry.offset + entry.length)
+    return this.view(entry.offset, entry.length)
   }
 
   completeLoad(key: Key): void {
@@ -296,10 +311,12 @@ export class HostArena {
     return freed >= needBytes ? chosen : null
   }
 
-  /** Entries split into those compaction may move and those it must not (pinned), minus `gone`. */
+  /** Entries split into those compaction may move and those it must not (pinned, and slab edges), minus `gone`. */
   private split(gone: ReadonlySet<Key>) {
     const movable: Array<Extent & { key: Key }> = []
     const fixed: Extent[] = []
+    // Empty fixed extents at slab boundaries keep moved chunks from straddling two slabs.
+    for (let at = this.slabBytes; at < this.budgetBytes; at += this.slabBytes) fixed.push({ offset: at, length: 0 })
     for (const e of this.entries.values()) {
       if (gone.has(e.key)) continue
       if (e.pins > 0) fixed.push(e)
@@ -314,12 +331,27 @@ export class HostArena {
     const plan = planCompaction(movable, fixed, this.budgetBytes, need)
     if (plan === null) throw new Error(`HostArena: compaction planned for ${need} bytes found no hole`)
     for (const m of plan.moves) {
-      this.bytes.copyWithin(m.to, m.from, m.from + m.length)
+      const to = this.locate(m.to)
+      const from = this.locate(m.from)
+      const target = this.slabs[to.slab]!
+      if (to.slab === from.slab) target.copyWithin(to.at, from.at, from.at + m.length)
+      else target.set(this.slabs[from.slab]!.subarray(from.at, from.at + m.length), to.at)
       this.entries.get(m.key)!.offset = m.to
       this.counters.movedBytes += m.length
     }
     this.counters.compactions++
-    this.free = FreeList.around(this.budgetBytes, [...this.entries.values()])
+    this.free = FreeList.around(this.budgetBytes, this.list, this.slabBytes)
+  }
+
+  /** Slab and offset in it of an arena offset. */
+  private locate(offset: number): { readonly slab: number; readonly at: number } {
+    const slab = Math.floor(offset / this.slabBytes)
+    return { slab, at: offset - slab * this.slabBytes }
+  }
+
+  private view(offset: number, length: number): Uint8Array {
+    const { slab, at } = this.locate(offset)
+    return this.slabs[slab]!.subarray(at, at + length)
   }
 
   private pending(ticket: StoreTicket): Entry {

@@ -1,6 +1,8 @@
-// The free space of the host arena: a sorted list of disjoint, coalesced holes in
-// [0, capacity). Invariants: holes never touch or overlap (neighbours merge on release)
-// and none is empty. Only HostArena changes it; planning works on clone()s.
+// The free space of the host arena: a sorted list of disjoint holes in [0, capacity),
+// cut into slabs of `slabBytes` (one ArrayBuffer each). Invariants: no hole is empty or
+// crosses a slab boundary, and holes within a slab never touch (neighbours merge on
+// release), so first-fit never hands out a range split across two buffers. Only
+// HostArena changes it; planning works on clone()s.
 
 /** A byte range of the arena. */
 export interface Extent {
@@ -11,41 +13,43 @@ export interface Extent {
 export class FreeList {
   private constructor(
     readonly capacity: number,
+    readonly slabBytes: number,
     private readonly holes: Extent[],
   ) {}
 
   /** All of [0, capacity) free. */
-  static empty(capacity: number): FreeList {
-    return new FreeList(capacity, capacity > 0 ? [{ offset: 0, length: capacity }] : [])
+  static empty(capacity: number, slabBytes = capacity): FreeList {
+    return FreeList.around(capacity, [], slabBytes)
   }
 
-  /** The complement of `used` (disjoint extents, any order) in [0, capacity). */
-  static around(capacity: number, used: ReadonlyArray<Extent>): FreeList {
+  /** The complement of `used` (disjoint extents, any order) in [0, capacity), cut at slab boundaries. */
+  static around(capacity: number, used: ReadonlyArray<Extent>, slabBytes = capacity): FreeList {
     const sorted = [...used].sort((a, b) => a.offset - b.offset)
     const holes: Extent[] = []
+    const add = (from: number, to: number) => {
+      for (let at = from; at < to; ) {
+        const end = Math.min(to, (Math.floor(at / slabBytes) + 1) * slabBytes)
+        holes.push({ offset: at, length: end - at })
+        at = end
+      }
+    }
     let cursor = 0
     for (const u of sorted) {
-      if (u.offset > cursor) holes.push({ offset: cursor, length: u.offset - cursor })
+      add(cursor, u.offset)
       cursor = Math.max(cursor, u.offset + u.length)
     }
-    if (cursor < capacity) holes.push({ offset: cursor, length: capacity - cursor })
-    return new FreeList(capacity, holes)
+    add(cursor, capacity)
+    return new FreeList(capacity, slabBytes, holes)
   }
 
   clone(): FreeList {
-    return new FreeList(this.capacity, [...this.holes])
+    return new FreeList(this.capacity, this.slabBytes, [...this.holes])
   }
 
   get freeBytes(): number {
     let total = 0
     for (const h of this.holes) total += h.length
     return total
-  }
-
-  get largest(): number {
-    let best = 0
-    for (const h of this.holes) best = Math.max(best, h.length)
-    return best
   }
 
   /** Holes in address order (a copy). */
@@ -65,7 +69,7 @@ export class FreeList {
     return null
   }
 
-  /** Returns an extent to the free space, merging it with the holes it touches. */
+  /** Returns an extent (within one slab) to the free space, merging it with the holes it touches in its slab. */
   release(extent: Extent): void {
     if (extent.length === 0) return
     // Index of the first hole past the extent.
@@ -81,13 +85,13 @@ export class FreeList {
     let first = lo
     let count = 0
     const before = this.holes[lo - 1]
-    if (before !== undefined && before.offset + before.length === offset) {
+    if (before !== undefined && before.offset + before.length === offset && offset % this.slabBytes !== 0) {
       offset = before.offset
       first = lo - 1
       count++
     }
     const after = this.holes[lo]
-    if (after !== undefined && after.offset === end) {
+    if (after !== undefined && after.offset === end && end % this.slabBytes !== 0) {
       end = after.offset + after.length
       count++
     }
