@@ -66,10 +66,21 @@ export const startActor = async <S>(nc: NatsConnection, def: ActorDefinition<S>)
   let serving: Envelope<S> | undefined
   const subs: Subscription[] = []
 
-  const build = Effect.tryPromise(() => def.start()).pipe(
-    Effect.retry(Schedule.exponential(Duration.millis(100)).pipe(Schedule.upTo(Duration.seconds(30)))),
+  // A start that fails with a code (bad configuration) is final; others are retried with
+  // backoff for 30 s (a device or file that is not ready yet).
+  const build = Effect.tryPromise({ try: () => def.start(), catch: (e) => e }).pipe(
+    Effect.retry({
+      schedule: Schedule.exponential(Duration.millis(100)).pipe(Schedule.upTo(Duration.seconds(30))),
+      while: (e) => typeof (e as { code?: unknown })?.code !== "string",
+    }),
   )
-  state = await Effect.runPromise(build)
+  const first = await Effect.runPromiseExit(build)
+  if (Exit.isFailure(first)) {
+    const cause = first.cause
+    const error = cause._tag === "Fail" ? cause.error : cause
+    throw error instanceof Error ? error : new Error(`${def.name} failed to start: ${String(error)}`)
+  }
+  state = first.value
 
   // One message: its reply, or a crash that rebuilds the state.
   const handle = (env: Envelope<S>) =>
@@ -136,7 +147,8 @@ export const startActor = async <S>(nc: NatsConnection, def: ActorDefinition<S>)
   return {
     name: def.name,
     status,
-    load: () => ({ queued: Effect.runSync(Queue.size(mailbox)), busy: serving !== undefined, capacity }),
+    // Queue.size goes negative while the loop waits in take: that is an empty mailbox.
+    load: () => ({ queued: Math.max(0, Effect.runSync(Queue.size(mailbox))), busy: serving !== undefined, capacity }),
     drain: async (timeoutMs) => {
       draining = true
       const deadline = Date.now() + timeoutMs

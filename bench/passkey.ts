@@ -34,3 +34,12 @@ export const passKeyPrompt = (tok: Tokenizer, tokens: number, key: string, depth
 
 /** A deterministic 5-digit key for case i. */
 export const passKey = (i: number): string => String(10000 + ((i * 48271 + 12345) % 90000))
+
+/** The same task as text (the server tokenizes it): `<s>`, filler, needle at `depth`, query. */
+export const passKeyText = (approxTokens: number, key: string, depth: number): string => {
+  // The filler sentence is 26 tokens with the test model's tokenizer (the demo reports the real count).
+  const reps = Math.max(1, Math.round((approxTokens - 40) / 26))
+  const at = Math.round(reps * Math.min(1, Math.max(0, depth)))
+  const filler = (n: number) => FILLER.repeat(n)
+  return `<s>${filler(at)} The pass key is ${key}. Remember it. ${key} is the pass key.${filler(reps - at)} What is the pass key? The pass key is`
+}

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
-echo "[leoam demo] pass-key retrieval on the bundled model (models/tiny-leo-14m), WebGPU on $( [ -e /dev/nvidia0 ] && echo 'the GPU' || echo 'lavapipe (CPU): the 2K-token prefill takes about a minute')" >&2
+echo "[leoam demo] a pass-key request through NATS; WebGPU on $( [ -e /dev/nvidia0 ] && echo 'the GPU' || echo 'lavapipe (CPU): the prefill of ~3000 tokens takes a minute or two')" >&2
 exec node --import tsx scripts/demo.ts "$@"

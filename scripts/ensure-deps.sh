@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what leoam needs on a Debian 12 machine with Node 20, and only what is missing:
 # Debian packages (Mesa 25's lavapipe from bookworm-backports for WebGPU on the CPU,
-# nats-server) and the npm packages of package-lock.json. Sourced by scripts/demo.sh and
-# scripts/test.sh; says what it does, and stops with a clear message when a step fails.
+# nats-server unless LEOAM_NEED_NATS=0; with LEOAM_NEED_TEST_TOOLS=1, as scripts/test.sh
+# sets, also gcc and libnats-dev for the C client test) and the npm packages of
+# package-lock.json. Sourced by scripts/demo.sh and scripts/test.sh; says what it does,
+# and stops with a clear message when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -61,10 +63,23 @@ ensure_debian() {
       mesa-vulkan-drivers libvulkan1 >/dev/null || fail "apt-get install mesa-vulkan-drivers from bookworm-backports"
     mesa_ok || fail "mesa-vulkan-drivers >= 24 with lavapipe is still missing after install"
   fi
-  if [ "${LEOAM_NEED_NATS:-0}" = 1 ] && ! command -v nats-server >/dev/null; then
+  if [ "${LEOAM_NEED_NATS:-1}" = 1 ] && ! command -v nats-server >/dev/null; then
     apt_update
     say "installing nats-server"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null || fail "apt-get install nats-server"
+  fi
+  # The tests' C client (test/clients/generate.c) is built with gcc against the NATS C client.
+  if [ "${LEOAM_NEED_TEST_TOOLS:-0}" = 1 ]; then
+    if ! dpkg-query -W -f='${Status}' libnats-dev 2>/dev/null | grep -q 'install ok installed'; then
+      apt_update
+      say "installing libnats-dev (the NATS C client, for the C client test)"
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libnats-dev >/dev/null || fail "apt-get install libnats-dev"
+    fi
+    if ! command -v gcc >/dev/null; then
+      apt_update
+      say "installing gcc (for the C client test)"
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc >/dev/null || fail "apt-get install gcc"
+    fi
   fi
 }
 

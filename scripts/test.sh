@@ -3,7 +3,7 @@
 # (WebGPU kernels on lavapipe, the CPU reference, HF golden outputs, the CLI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/ensure-deps.sh
+LEOAM_NEED_TEST_TOOLS=1 bash scripts/ensure-deps.sh
 echo "[leoam test] type-checking (tsc --noEmit)" >&2
 npx tsc -p tsconfig.json || { echo "[leoam test] FAILED: type errors" >&2; exit 1; }
 echo "[leoam test] running the test suite (vitest)" >&2

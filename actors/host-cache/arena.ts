@@ -260,32 +260,58 @@ export class HostArena {
 
   // --- internals -----------------------------------------------------------------
 
-  /** Decides, without changing anything, what to evict and whether to compact so `length` bytes fit. */
+  /**
+   * Decides, without changing anything, what to evict and whether to compact so `length`
+   * bytes fit. Enough free bytes may still not make a hole (pinned chunks and slab edges
+   * cut it up), so the ask to the policy grows until the bytes fit or it can give no more.
+   * Each ask scans every entry; growing asks are the rare path (pins or slab edges).
+   */
   private planSpace(key: Key, length: number, replaced: Entry | undefined): SpacePlan {
     const freeBytes = this.budgetBytes - this.residentBytes + (replaced?.length ?? 0)
-    const need = length - freeBytes
-    const evict =
-      need <= 0
-        ? []
-        : ((this.evictAhead > 0 ? this.select(need + this.evictAhead, replaced?.key) : null) ?? this.select(need, replaced?.key))
-    if (evict === null) {
-      throw hostCacheError(
-        "budget_exceeded",
-        key,
-        `${length} bytes do not fit: ${freeBytes} free of ${this.budgetBytes}, ${this.pinned.size} chunks pinned, policy ${this.current.name} found too little to evict`,
-      )
+    let ask = Math.max(0, length - freeBytes)
+    let evict = ask === 0 ? [] : ((this.evictAhead > 0 ? this.select(ask + this.evictAhead, replaced?.key) : null) ?? this.select(ask, replaced?.key))
+    let evictable = Infinity
+    for (let round = 0; ; round++) {
+      if (evict === null) {
+        throw hostCacheError(
+          "budget_exceeded",
+          key,
+          `${length} bytes do not fit: ${freeBytes} free of ${this.budgetBytes}, ${this.pinned.size} chunks pinned, ` +
+            `policy ${this.current.name} cannot evict enough around them`,
+        )
+      }
+      const fit = this.fits(length, evict, replaced)
+      if (fit !== null) return { evict, compact: fit === "compact" }
+      if (evictable === Infinity) evictable = this.unpinnedBytes(replaced?.key)
+      if (ask >= evictable) evict = null
+      else {
+        // One more chunk than this choice (for policies that take a prefix of their order);
+        // after a few rounds, double, to bound the number of scans.
+        const freed = evict.reduce((sum, k) => sum + this.entries.get(k)!.length, 0)
+        ask = Math.min(evictable, round < 8 ? freed + 1 : Math.max(2 * ask, freed + 1))
+        evict = this.select(ask, replaced?.key)
+      }
     }
+  }
+
+  /** Whether `length` bytes fit once `evict` and `replaced` are gone: directly, after a compaction, or not at all. */
+  private fits(length: number, evict: ReadonlyArray<Key>, replaced: Entry | undefined): "direct" | "compact" | null {
     const released: Entry[] = evict.map((k) => this.entries.get(k)!)
     if (replaced !== undefined) released.push(replaced)
-    const sim = this.free.clone()
-    for (const e of released) sim.release(e)
-    if (sim.alloc(length) !== null) return { evict, compact: false }
-    const gone = new Set(released.map((e) => e.key))
-    const { movable, fixed } = this.split(gone)
-    if (planCompaction(movable, fixed, this.budgetBytes, length) === null) {
-      throw hostCacheError("budget_exceeded", key, `${length} bytes do not fit: pinned chunks split the free space into smaller holes`)
+    let sim = this.free
+    if (released.length > 0) {
+      sim = sim.clone()
+      for (const e of released) sim.release(e)
     }
-    return { evict, compact: true }
+    if (sim.fits(length)) return "direct"
+    const { movable, fixed } = this.split(new Set(released.map((e) => e.key)))
+    return planCompaction(movable, fixed, this.budgetBytes, length) === null ? null : "compact"
+  }
+
+  private unpinnedBytes(exclude: Key | undefined): number {
+    let total = 0
+    for (const e of this.list) if (e.pins === 0 && e.key !== exclude) total += e.length
+    return total
   }
 
   /** The policy's choice, checked: unpinned, distinct, resident keys adding up to `needBytes`, or null. */

@@ -57,6 +57,12 @@ export class FreeList {
     return [...this.holes]
   }
 
+  /** Whether some hole holds `length` bytes (what alloc would find, without taking it). */
+  fits(length: number): boolean {
+    for (const h of this.holes) if (h.length >= length) return true
+    return false
+  }
+
   /** First-fit: takes `length` bytes from the front of the lowest hole that holds them; null if none does. */
   alloc(length: number): number | null {
     for (let i = 0; i < this.holes.length; i++) {
