@@ -15,7 +15,8 @@ import { decodeToken } from "./gpu-executor.ts"
 import { decodeAs, encodeJson } from "./nats.ts"
 
 export interface SchedulerOptions {
-  readonly loadTokenizer: () => Tokenizer
+  /** Absent for dummy weights: then only `ids` prompts are served and replies carry no text. */
+  readonly loadTokenizer?: () => Tokenizer
   /** Generate requests waiting or running, at most. */
   readonly queueCapacity: number
   readonly version: string
@@ -29,7 +30,7 @@ export interface SchedulerOptions {
 }
 
 export interface SchedulerState {
-  readonly tokenizer: Tokenizer
+  readonly tokenizer: Tokenizer | undefined
   readonly model: ModelDescription
   requests: number
   generated: number
@@ -83,7 +84,8 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     const req = decodeAs(GenerateRequest, body)
     if ((req.prompt === undefined) === (req.ids === undefined)) throw leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
     if (req.model !== undefined && req.model !== s.model.name) throw leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
-    const ids = req.prompt !== undefined ? s.tokenizer.encode(req.prompt) : [...req.ids!]
+    if (req.prompt !== undefined && !s.tokenizer) throw leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``)
+    const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
     if (ids.length === 0) throw leoamError("invalid_request", "the prompt is empty")
     const bad = ids.find((id) => id >= s.model.vocab_size)
     if (bad !== undefined) throw leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
@@ -98,7 +100,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
 
     const runId = nuid.next()
     const tokensSubject = `_INBOX.leoam.tokens.${runId}`
-    const decoder = s.tokenizer.streamDecoder()
+    const decoder = s.tokenizer?.streamDecoder()
     let text = ""
     let cancelled = false
     const stream = (event: StreamEvent) => {
@@ -108,7 +110,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
       callback: (_e, m) => {
         if (cancelled) return
         const { index, id } = decodeToken(m.data)
-        const delta = decoder.push(id)
+        const delta = decoder ? decoder.push(id) : ""
         text += delta
         if (stops.length > 0 && firstStop(text, stops) >= 0) {
           cancelled = true
@@ -142,13 +144,14 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     const result = reply.json<RunResult>()
     // The reply is the truth: text and stop strings are applied to its ids.
     let outIds = result.ids
-    let outText = s.tokenizer.decode(outIds)
+    const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")
+    let outText = decode(outIds)
     let finish: "length" | "stop" = result.finish_reason === "length" ? "length" : "stop"
     const at = stops.length > 0 ? firstStop(outText, stops) : -1
     if (at >= 0) {
       // Keep the fewest ids whose text reaches the stop string.
       let n = 1
-      while (n < outIds.length && s.tokenizer.decode(outIds.slice(0, n)).length < at + 1) n++
+      while (n < outIds.length && decode(outIds.slice(0, n)).length < at + 1) n++
       outIds = outIds.slice(0, n)
       outText = outText.slice(0, at)
       finish = "stop"
@@ -173,7 +176,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
   return {
     name: "scheduler",
     mailbox: options.queueCapacity,
-    start: async () => ({ tokenizer: options.loadTokenizer(), model: await describeModel(nc), requests: 0, generated: 0 }),
+    start: async () => ({ tokenizer: options.loadTokenizer?.(), model: await describeModel(nc), requests: 0, generated: 0 }),
     stats: (s) => ({ requests: s.requests, generated_tokens: s.generated, queue: options.load() }),
     handlers: [[options.sources.generate, generateHandler]],
     immediate: [
@@ -181,6 +184,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
         options.sources.tokenize,
         async (s, body) => {
           const req = decodeAs(TokenizeRequest, body)
+          if (!s.tokenizer) throw leoamError("invalid_request", `${s.model.name} has no tokenizer`)
           if (req.model !== undefined && req.model !== s.model.name) throw leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
           const ids = s.tokenizer.encode(req.text)
           return { model: s.model.name, ids, count: ids.length }

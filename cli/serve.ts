@@ -1,6 +1,7 @@
 // `leoam serve` (all actors, embedded NATS unless --nats-url) and `leoam actor NAME`
 // (one actor against an existing NATS). Both print one ready line and drain on
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
+import { mkdirSync } from "node:fs"
 import { homedir } from "node:os"
 import { join } from "node:path"
 import { type ActorName, actorNames } from "../actors/actor.ts"
@@ -24,6 +25,13 @@ export interface ServeArgs {
 
 export const defaultKvDir = () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "leoam", "kv")
 
+/** The default KV directory, created with its parents (an explicit --kv-dir is not). */
+const ensuredDefaultKvDir = () => {
+  const dir = defaultKvDir()
+  mkdirSync(dir, { recursive: true })
+  return dir
+}
+
 export const parseActorName = (name: string): ActorName => {
   if (!(actorNames as ReadonlyArray<string>).includes(name)) throw new CliError("invalid_argument", `unknown actor "${name}" (one of ${actorNames.join(", ")})`)
   return name as ActorName
@@ -42,7 +50,7 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     maxContext: args.maxContext,
     device: args.device,
     queueCapacity: args.queue,
-    kvDir: args.kvDir ?? defaultKvDir(),
+    kvDir: args.kvDir ?? ensuredDefaultKvDir(),
     hostKvBudget: args.hostKvBudget,
     drainTimeoutMs: args.drainTimeoutMs,
   })

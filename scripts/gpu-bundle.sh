@@ -8,12 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sh ../shared/tools/gpu-bundle.sh >/dev/null
 rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
-for prog in engine-bench golden-check; do
+for prog in engine-bench golden-check actor-overhead; do
   npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
-    --external:webgpu --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
+    --external:webgpu --external:lmdb --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'module'; const require = __cr(import.meta.url);"
+  xz -T2 -6 ".bench-bundle/$prog.mjs"   # the device tool carries 64 MiB in all
 done
 cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
 xz -T2 -6 -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
 cp ../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json .bench-bundle/golden.json
+# lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball.
+tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
+  node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast
+# The actor benchmark starts an embedded nats-server: Debian's static binary.
+xz -T2 -6 -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz
 du -sh .gpu .bench-bundle
