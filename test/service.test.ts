@@ -113,7 +113,7 @@ describe("bad input", () => {
     expect(r.json.error.code).toBe("payload_too_large")
   })
 
-  it("survives 600 random and malformed messages on every public subject, then serves a valid request", async () => {
+  it("survives 500 random and malformed messages on each public subject, then serves a valid request", async () => {
     const subjects = Object.values(publicSubjects)
     let seed = 12345
     const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32)
@@ -132,11 +132,12 @@ describe("bad input", () => {
     }
     let answered = 0
     const batch = 50
-    for (let start = 0; start < 600; start += batch) {
+    const perSubject = 500
+    for (let start = 0; start < perSubject * subjects.length; start += batch) {
       const replies = await Promise.all(
-        Array.from({ length: batch }, () => {
+        Array.from({ length: batch }, (_, i) => {
           const body = message()
-          return ask(cluster.client, pick(subjects), body, 60_000)
+          return ask(cluster.client, subjects[Math.floor((start + i) / perSubject)], body, 60_000)
         }),
       )
       for (const r of replies) {
@@ -145,7 +146,7 @@ describe("bad input", () => {
         answered++
       }
     }
-    expect(answered).toBe(600)
+    expect(answered).toBe(perSubject * subjects.length)
     const ok = await ask(cluster.client, gen, { prompt: "Once upon a time", max_tokens: 4 })
     expect(ok.json.ids).toEqual([1936, 223, 20, 22])
   })
