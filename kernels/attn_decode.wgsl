@@ -18,7 +18,7 @@ struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, _a: u32,
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
 
-override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG
+override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG, WG/(D/2) * 8 <= WG
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim, multiple of 8
 const MAX_G: u32 = 8u;
@@ -120,11 +120,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     workgroupBarrier();
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
-    // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data.
-    for (var t = tg; t < WG; t = t + ntg) {
-      let vv = unpack2x16float(vpool[vrow[t] + dp]);
-      for (var g = 0u; g < G; g = g + 1u) {
-        acc[g] = acc[g] + sc[g * WG + t] * vv;
+    // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data;
+    // 8 slots at a time so that 8 loads are in flight (WG / ntg is a multiple of 8).
+    for (var t0 = tg; t0 < WG; t0 = t0 + 8u * ntg) {
+      var vv: array<vec2<f32>, 8>;
+      for (var j = 0u; j < 8u; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
+      for (var j = 0u; j < 8u; j = j + 1u) {
+        let t = t0 + j * ntg;
+        for (var g = 0u; g < G; g = g + 1u) {
+          acc[g] = acc[g] + sc[g * WG + t] * vv[j];
+        }
       }
     }
     workgroupBarrier();
