@@ -24,7 +24,7 @@ say(`service up on ${url}`)
 let failed = false
 try {
   const nc = await connect({ servers: url })
-  const key = passKey(Date.now() % 1000)
+  const key = passKey(1)
   const prompt = passKeyText(tokens, key, 0.5)
   const count = (await nc.request("leoam.v1.tokenize", JSON.stringify({ text: prompt }), { timeout: 30_000 })).json<{ count: number }>().count
   say(`request: leoam.v1.generate, ${count} prompt tokens, pass key ${key} hidden at 50% depth`)
