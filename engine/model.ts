@@ -61,7 +61,6 @@ export class GpuModel {
   private readonly decodeProgram: Dispatch[]
   private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
   private readonly attnDecode: Dispatch[]
-  private readonly attnCombine: Dispatch[]
   private readonly attnPrefill: Dispatch[]
   private readonly gemms: Array<{ d: Dispatch; n: number }>
   private readonly rowDispatches: Dispatch[]
@@ -132,7 +131,6 @@ export class GpuModel {
     dec.push(d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize)))
     this.decodeProgram = dec
     this.attnDecode = attnDecode
-    this.attnCombine = attnCombine
 
     // ---- prefill: a chunk of M tokens, GEMMs
     const pre: Dispatch[] = []

@@ -26,7 +26,6 @@ struct Params {
 override WG: u32 = 256;
 override ROWS: u32 = 4;
 const MAX_ROWS: u32 = 8u;
-const UNROLL: u32 = 4u;
 
 var<workgroup> red: array<f32, WG * ROWS>;
 
@@ -43,18 +42,6 @@ fn phys(row: u32) -> u32 {
 fn dot8(wv: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
   return dot(unpack2x16float(wv.x), xa.xy) + dot(unpack2x16float(wv.y), xa.zw)
        + dot(unpack2x16float(wv.z), xb.xy) + dot(unpack2x16float(wv.w), xb.zw);
-}
-
-// The 8 inputs matching weight vec4 i (RMSNorm applied with NORM).
-fn load_x(xbase: u32, i: u32, scale: f32) -> array<vec4<f32>, 2> {
-  var xa = x[xbase + 2u * i];
-  var xb = x[xbase + 2u * i + 1u];
-#if NORM
-  let g = gamma[i];
-  xa = xa * vec4<f32>(unpack2x16float(g.x), unpack2x16float(g.y)) * scale;
-  xb = xb * vec4<f32>(unpack2x16float(g.z), unpack2x16float(g.w)) * scale;
-#endif
-  return array<vec4<f32>, 2>(xa, xb);
 }
 
 // Sums v over the workgroup for slot r (0 <= r < ROWS); the result is valid in red[r * WG].
@@ -102,27 +89,19 @@ fn main(@builtin(local_invocation_index) lid: u32,
 #endif
 
   var acc: array<f32, MAX_ROWS>;
-  var rowoff: array<u32, MAX_ROWS>;
-  for (var r = 0u; r < MAX_ROWS; r = r + 1u) {
-    acc[r] = 0.0;
-    rowoff[r] = phys(min(row0 + r, p.N - 1u)) * kv;
-  }
-  // UNROLL strides at a time: every thread keeps ROWS * UNROLL 16-byte weight loads in
-  // flight (one stride at a time left the 4096-wide matrices latency-bound on the H200).
-  var i = lid;
-  for (; i + (UNROLL - 1u) * WG < kv; i = i + UNROLL * WG) {
-    var wv: array<vec4<u32>, UNROLL * MAX_ROWS>;
-    for (var u = 0u; u < UNROLL; u = u + 1u) {
-      for (var r = 0u; r < ROWS; r = r + 1u) { wv[u * MAX_ROWS + r] = w[rowoff[r] + i + u * WG]; }
+  for (var r = 0u; r < MAX_ROWS; r = r + 1u) { acc[r] = 0.0; }
+  for (var i = lid; i < kv; i = i + WG) {
+    var xa = x[xbase + 2u * i];
+    var xb = x[xbase + 2u * i + 1u];
+#if NORM
+    let g = gamma[i];
+    xa = xa * vec4<f32>(unpack2x16float(g.x), unpack2x16float(g.y)) * scale;
+    xb = xb * vec4<f32>(unpack2x16float(g.z), unpack2x16float(g.w)) * scale;
+#endif
+    for (var r = 0u; r < ROWS; r = r + 1u) {
+      let row = min(row0 + r, p.N - 1u);
+      acc[r] = acc[r] + dot8(w[phys(row) * kv + i], xa, xb);
     }
-    for (var u = 0u; u < UNROLL; u = u + 1u) {
-      let xs = load_x(xbase, i + u * WG, scale);
-      for (var r = 0u; r < ROWS; r = r + 1u) { acc[r] = acc[r] + dot8(wv[u * MAX_ROWS + r], xs[0], xs[1]); }
-    }
-  }
-  for (; i < kv; i = i + WG) {
-    let xs = load_x(xbase, i, scale);
-    for (var r = 0u; r < ROWS; r = r + 1u) { acc[r] = acc[r] + dot8(w[rowoff[r] + i], xs[0], xs[1]); }
   }
 
   // Per-row totals: red[r * WG + j] for j < nparts hold partial sums of row r.

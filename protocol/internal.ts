@@ -1,5 +1,6 @@
 // Messages between the actors (control plane only: ids and numbers, never KV bytes).
 import { Schema } from "effect"
+import { modelShapeFields } from "./messages.ts"
 
 /** scheduler -> gpu-executor: one run = prefill + up to max_tokens decode steps. */
 export const RunRequest = Schema.Struct({
@@ -42,12 +43,7 @@ export type ActorStatus = typeof ActorStatus.Type
 
 export const ModelDescription = Schema.Struct({
   name: Schema.String,
-  context_length: Schema.Int,
-  vocab_size: Schema.Int,
-  layers: Schema.Int,
-  hidden_size: Schema.Int,
-  heads: Schema.Int,
-  kv_heads: Schema.Int,
+  ...modelShapeFields,
   eos_ids: Schema.Array(Schema.Int),
   device: Schema.String,
 })

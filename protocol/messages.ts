@@ -60,16 +60,17 @@ export const TokenizeReply = Schema.Struct({ model: Schema.String, ids: Schema.A
   identifier: "TokenizeReply",
 })
 
-export const ModelInfo = Schema.Struct({
-  name: Schema.String,
-  default: Schema.Boolean,
+/** The shape of a served model, shared by the public models reply and the actors. */
+export const modelShapeFields = {
   context_length: Schema.Int,
   vocab_size: Schema.Int,
   layers: Schema.Int,
   hidden_size: Schema.Int,
   heads: Schema.Int,
   kv_heads: Schema.Int,
-})
+}
+
+export const ModelInfo = Schema.Struct({ name: Schema.String, default: Schema.Boolean, ...modelShapeFields })
 export const ModelsReply = Schema.Struct({ models: Schema.Array(ModelInfo) }).annotations({ identifier: "ModelsReply" })
 
 export const HealthReply = Schema.Struct({

@@ -4,8 +4,9 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "vitest"
 import { dummyPresets, loadConfig, parseConfig, resolveDummyConfig } from "../models/config.ts"
-import { ModelError } from "../models/errors.ts"
+import type { ModelError } from "../models/errors.ts"
 import { parameterCount } from "../models/layout.ts"
+import { modelErrorOf } from "./support/errors.ts"
 
 const tinyDir = fileURLToPath(new URL("../models/tiny-leo-14m/", import.meta.url))
 
@@ -55,17 +56,6 @@ const qwen2 = {
   tie_word_embeddings: true,
   use_sliding_window: false,
   vocab_size: 151936,
-}
-
-/** Runs `f`, which must throw a ModelError, and returns it. */
-const modelErrorOf = (f: () => unknown): ModelError => {
-  try {
-    f()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ModelError)
-    return e as ModelError
-  }
-  throw new Error("expected a ModelError")
 }
 
 const expectError = (f: () => unknown, code: ModelError["code"], field: string | undefined, ...inMessage: string[]) => {

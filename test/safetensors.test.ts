@@ -4,10 +4,10 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { parseConfig } from "../models/config.ts"
-import { ModelError } from "../models/errors.ts"
 import { bf16ToF16Bits, f32ToF16Bits } from "../models/half.ts"
 import { expectedTensors, numElements } from "../models/layout.ts"
 import { HfWeightSource, SafetensorsFiles, readSafetensorsHeader } from "../models/safetensors.ts"
+import { modelErrorOf } from "./support/errors.ts"
 
 const tinyDir = fileURLToPath(new URL("../models/tiny-leo-14m/", import.meta.url))
 
@@ -73,16 +73,6 @@ const readAll = (read: (sink: (p: Uint16Array, at: number) => void, max?: number
     for (const bits of piece) out.push(bits)
   }, maxElements)
   return { out, pieces }
-}
-
-const modelErrorOf = (f: () => unknown): ModelError => {
-  try {
-    f()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ModelError)
-    return e as ModelError
-  }
-  throw new Error("expected a ModelError")
 }
 
 let dir = ""

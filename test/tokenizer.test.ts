@@ -3,23 +3,13 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "vitest"
-import { ModelError } from "../models/errors.ts"
 import { decodeStream, loadTokenizer } from "../models/tokenizer.ts"
+import { modelErrorOf } from "./support/errors.ts"
 
 const tinyDir = fileURLToPath(new URL("../models/tiny-leo-14m/", import.meta.url))
 const golden: ReadonlyArray<{ prompt: string; input_ids: number[]; greedy_ids: number[]; greedy_text: string }> = JSON.parse(
   fs.readFileSync(path.join(tinyDir, "golden/hf-transformers-5.17-fp32.json"), "utf8"),
 )
-
-const modelErrorOf = (f: () => unknown): ModelError => {
-  try {
-    f()
-  } catch (e) {
-    expect(e).toBeInstanceOf(ModelError)
-    return e as ModelError
-  }
-  throw new Error("expected a ModelError")
-}
 
 describe("Tokenizer on the test model", () => {
   const tok = loadTokenizer(tinyDir)
