@@ -64,6 +64,20 @@ const firstStop = (text: string, stops: ReadonlyArray<string>): number => {
   return at
 }
 
+/** Length of the longest suffix of `text` that is a proper prefix of a stop string. */
+const pendingStop = (text: string, stops: ReadonlyArray<string>): number => {
+  let best = 0
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > best; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        best = n
+        break
+      }
+    }
+  }
+  return best
+}
+
 /** An executor error reply (services headers + JSON body) as a LeoamError. */
 const errorOf = (m: Msg) => {
   const code = m.headers?.get("Nats-Service-Error-Code")
@@ -102,6 +116,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     const tokensSubject = `_INBOX.leoam.tokens.${runId}`
     const decoder = s.tokenizer?.streamDecoder()
     let text = ""
+    let emitted = 0 // characters of `text` already streamed
     let cancelled = false
     const stream = (event: StreamEvent) => {
       if (req.stream) nc.publish(req.stream, encodeJson(event))
@@ -117,7 +132,10 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
           nc.publish(internalSubjects.executorCancel, encodeJson({ run_id: runId }))
           return
         }
-        stream({ index, id, text: delta, done: false })
+        // Text that may turn out to be the start of a stop string is held back.
+        const safe = text.length - pendingStop(text, stops)
+        stream({ index, id, text: text.slice(emitted, safe), done: false })
+        emitted = Math.max(emitted, safe)
       },
     })
     const run: RunRequest = {
@@ -156,7 +174,8 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
       outText = outText.slice(0, at)
       finish = "stop"
     }
-    stream({ index: outIds.length, text: "", done: true })
+    // The last event carries what was held back (up to a stop string, which is never sent).
+    stream({ index: outIds.length, text: outText.slice(Math.min(emitted, outText.length)), done: true })
     s.generated += outIds.length
     return {
       model: s.model.name,

@@ -38,7 +38,7 @@ describe("leoam.v1.generate", () => {
     sub.unsubscribe()
     expect(r.json.ids.length).toBe(12)
     expect(events.at(-1)?.done).toBe(true)
-    expect(events.filter((e) => !e.done).map((e) => e.text).join("")).toBe(r.json.text)
+    expect(events.map((e) => e.text).join("")).toBe(r.json.text)
   })
 
   it("stops at a stop string, cutting the text before it", async () => {
@@ -48,6 +48,19 @@ describe("leoam.v1.generate", () => {
     expect(r.json.finish_reason).toBe("stop")
     expect(r.json.text).toBe(full.json.text.slice(0, full.json.text.indexOf(stop)))
     expect(full.json.ids.slice(0, r.json.ids.length)).toEqual(r.json.ids)
+  })
+
+  it("never streams text past a stop string, even a part of it", async () => {
+    const full = await ask(cluster.client, gen, { prompt: "The jury said it did find that", max_tokens: 24 })
+    const stop = full.json.text.slice(10, 16)
+    const events: Array<{ text: string; done: boolean }> = []
+    const sub = cluster.client.subscribe("test.stream.stop", { callback: (_e, m) => void events.push(m.json()) })
+    const r = await ask(cluster.client, gen, { prompt: "The jury said it did find that", max_tokens: 24, stop: [stop], stream: "test.stream.stop" })
+    await cluster.client.flush()
+    await new Promise((res) => setTimeout(res, 100))
+    sub.unsubscribe()
+    expect(events.at(-1)?.done).toBe(true)
+    expect(events.map((e) => e.text).join("")).toBe(r.json.text)
   })
 })
 
