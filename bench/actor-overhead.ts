@@ -20,7 +20,7 @@ const o = new Command()
   .option("--model <spec>", "dummy:PRESET or a model directory", "dummy:llama-3.1-8b")
   .option("--context <n>", "prompt tokens", (v) => parseInt(v, 10), 1024)
   .option("--tokens <n>", "tokens generated per run", (v) => parseInt(v, 10), 128)
-  .option("--runs <n>", "runs of each kind (alternating)", (v) => parseInt(v, 10), 3)
+  .option("--runs <n>", "runs of each kind (alternating)", (v) => parseInt(v, 10), 7)
   .option("--out <file>", "write JSON here")
   .parse()
   .opts()
@@ -33,22 +33,13 @@ const maxContext = o.context + o.tokens + 8
 const gpu = await acquireGpu()
 console.log(`device: ${gpu.adapterName}; model ${o.model}; ${o.context} prompt tokens, ${o.tokens} generated, ${o.runs} runs each`)
 
-// Direct: the engine in this process.
-const direct: number[] = []
-{
-  const model = await GpuModel.load(gpu, openWeights(), { maxContext })
-  await generate(model, prompt, { maxTokens: 16, temperature: 0 }) // warm-up
-  for (let r = 0; r < o.runs; r++) {
-    const res = await generate(model, prompt, { maxTokens: o.tokens, temperature: 0 })
-    direct.push(res.timings.decodeMsPerToken)
-  }
-  model.destroy()
-}
-
-// Through the actors: a node on an embedded nats-server, the client on its own connection.
+// Both paths hold the same model on the same GPU at once, and the runs alternate
+// (direct, actors, direct, ...), so that clock and memory state are shared fairly.
+const directModel = await GpuModel.load(gpu, openWeights(), { maxContext })
 const kvDir = mkdtempSync(join(tmpdir(), "leoam-bench-kv-"))
 const node = await startNode({ actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"], model: o.model, maxContext, kvDir, hostKvBudget: 64 << 20 })
 const nc = await connectNats(node.url, "bench-client")
+const direct: number[] = []
 const viaActors: number[] = []
 const executorSide: number[] = []
 const request = async (tokens: number) => {
@@ -61,13 +52,17 @@ const request = async (tokens: number) => {
   if (body.error) throw new Error(JSON.stringify(body.error))
   return { arrivals, body }
 }
-await request(16) // warm-up
+await generate(directModel, prompt, { maxTokens: 16, temperature: 0 }) // warm-up of both
+await request(16)
 for (let r = 0; r < o.runs; r++) {
+  const res = await generate(directModel, prompt, { maxTokens: o.tokens, temperature: 0 })
+  direct.push(res.timings.decodeMsPerToken)
   const { arrivals, body } = await request(o.tokens)
   viaActors.push((arrivals[arrivals.length - 1] - arrivals[0]) / (arrivals.length - 1))
   executorSide.push(body.timings.decode_ms_per_token)
 }
 await nc.close()
+directModel.destroy()
 await node.stop()
 rmSync(kvDir, { recursive: true, force: true })
 
