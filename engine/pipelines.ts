@@ -20,6 +20,8 @@ export type KernelName =
   | "argmax"
   | "copy"
   | "fill"
+  | "abstract"
+  | "score"
 
 export interface PipelineKey {
   readonly op: KernelName
