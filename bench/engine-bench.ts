@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs"
 import { Command } from "commander"
 import { bind, readBack, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
-import { type GemvOp, type GemvTuning, gemvShapes, GpuModel } from "../engine/model.ts"
+import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
@@ -43,7 +43,7 @@ const benchKernels = async (gpu: Gpu, rowsN: number, colsK: number, quick: boole
   const device = gpu.device
   const pipelines = new Pipelines(gpu)
   // Copy ceiling: 4 pairs of 256 MiB buffers (larger than any L2) rotated.
-  const copyBytes = quick ? 16 << 20 : 256 << 20
+  const copyBytes = quick ? 16 << 20 : Math.min(256 << 20, Math.floor(gpu.limits.maxStorageBufferBindingSize / 4096) * 4096)
   const pairs = Array.from({ length: 4 }, (_, i) => [storageBuffer(device, `copy src ${i}`, copyBytes), storageBuffer(device, `copy dst ${i}`, copyBytes)] as const)
   const copy = await pipelines.get({ op: "copy" })
   const copyU = new Uniform(device, "copy", "uuuu")
@@ -95,17 +95,23 @@ const benchGemv = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean)
   const x = storageBuffer(device, "gemv x", colsK * 4)
   device.queue.writeBuffer(x, 0, Float32Array.from({ length: colsK }, (_, i) => Math.sin(i) * 0.5))
   const y = storageBuffer(device, "gemv y", rowsN * 4)
-  const tunings = quick
+  const tunings: GemvTuning[] = quick
     ? [{ wg: 64, rows: 4 }]
     : [
-        { wg: 256, rows: 4 }, { wg: 256, rows: 2 }, { wg: 256, rows: 8 }, { wg: 128, rows: 4 },
-        { wg: 128, rows: 8 }, { wg: 128, rows: 2 }, { wg: 64, rows: 8 }, { wg: 512, rows: 4 }, { wg: 64, rows: 4 },
+        { wg: 256, rows: 4 }, { wg: 256, rows: 2 }, { wg: 256, rows: 8 }, { wg: 128, rows: 4 }, { wg: 128, rows: 8 },
+        { wg: 128, rows: 2 }, { wg: 64, rows: 8 }, { wg: 512, rows: 4 }, { wg: 64, rows: 4 }, { wg: 64, rows: 2 }, { wg: 32, rows: 2 },
       ]
+  if (gpu.hasSubgroups && !quick) {
+    tunings.push(
+      { kind: "sg", wg: 128, rows: 2, rpw: 8 }, { kind: "sg", wg: 128, rows: 2, rpw: 16 }, { kind: "sg", wg: 256, rows: 2, rpw: 16 },
+      { kind: "sg", wg: 64, rows: 2, rpw: 4 }, { kind: "sg", wg: 128, rows: 4, rpw: 16 }, { kind: "sg", wg: 32, rows: 2, rpw: 2 },
+      { kind: "sg", wg: 32, rows: 4, rpw: 4 }, { kind: "sg", wg: 256, rows: 4, rpw: 32 },
+    )
+  }
   const gemv = []
   for (const t of tunings) {
-    const key = { op: "gemv" as const, constants: { WG: t.wg, ROWS: t.rows } }
-    const pipe = await pipelines.get(key)
-    const groups = Math.ceil(rowsN / t.rows)
+    const pipe = await pipelines.get(gemvKey(t))
+    const groups = Math.ceil(rowsN / gemvRowsPerGroup(t))
     const u = new Uniform(device, "gemv", "uufu")
     u.set(rowsN, colsK, 1e-5, Math.min(groups, 65535))
     const binds = mats.map((m) => bind(device, pipe, [[0, u.buffer], [1, m], [2, x], [3, y]]))
@@ -129,10 +135,10 @@ const benchGemv = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean)
 /** The best GEMV tuning for each decode matrix of the model, measured here. */
 const tuneModelGemvs = async (gpu: Gpu, config: ReturnType<typeof resolveDummyConfig>, quick: boolean) => {
   const shapes = gemvShapes(config)
-  const out: Record<string, { rows: number; cols: number; best: { wg: number; rows: number; gbs: number; us: number }; all: Array<{ wg: number; rows: number; gbs: number }> }> = {}
+  const out: Record<string, { rows: number; cols: number; best: GemvTuning & { gbs: number; us: number }; all: Array<GemvTuning & { gbs: number }> }> = {}
   for (const [op, [n, k]] of Object.entries(shapes)) {
     const r = await benchGemv(gpu, n, k, quick)
-    out[op] = { rows: n, cols: k, best: r.best, all: r.gemv.map((g) => ({ wg: g.wg, rows: g.rows, gbs: g.gbs })) }
+    out[op] = { rows: n, cols: k, best: r.best, all: r.gemv.map((g) => ({ kind: g.kind, wg: g.wg, rows: g.rows, rpw: g.rpw, gbs: g.gbs })) }
   }
   return out
 }
@@ -244,17 +250,17 @@ console.log(`device: ${gpu.adapterName} (${gpu.kind}), subgroups ${gpu.hasSubgro
 const kernels = await benchKernels(gpu, o.gemvN, o.gemvK, !!o.quick)
 console.log(`\n(a) copy kernel: ${kernels.copyGBs.toFixed(0)} GB/s (read + write); read-only kernel: ${kernels.readGBs.toFixed(0)} GB/s`)
 console.log(`    GEMV ${o.gemvN}x${o.gemvK} fp16:`)
-console.log("      wg  rows      us     GB/s of copy of read")
+console.log("    kernel   wg  rows  rpw      us     GB/s of copy of read")
 for (const g of kernels.gemv) {
   const pct = (ceiling: number) => `${((100 * g.gbs) / ceiling).toFixed(1)}%`.padStart(7)
-  console.log(`    ${String(g.wg).padStart(4)} ${String(g.rows).padStart(5)} ${g.us.toFixed(1).padStart(7)} ${g.gbs.toFixed(0).padStart(8)} ${pct(kernels.copyGBs)} ${pct(kernels.readGBs)}${g.finite ? "" : " (non-finite output!)"}`)
+  console.log(`    ${(g.kind === "sg" ? "gemv_sg" : "gemv").padEnd(7)} ${String(g.wg).padStart(4)} ${String(g.rows).padStart(5)} ${String(gemvRowsPerGroup(g)).padStart(4)} ${g.us.toFixed(1).padStart(7)} ${g.gbs.toFixed(0).padStart(8)} ${pct(kernels.copyGBs)} ${pct(kernels.readGBs)}${g.finite ? "" : " (non-finite output!)"}`)
 }
 const tunings = await tuneModelGemvs(gpu, resolveDummyConfig(o.model), !!o.quick)
 console.log(`\n    best GEMV tuning per matrix of ${o.model}:`)
 for (const [op, t] of Object.entries(tunings)) {
-  console.log(`    ${op.padEnd(5)} ${String(t.rows).padStart(6)}x${String(t.cols).padEnd(6)} wg ${t.best.wg} rows ${t.best.rows}: ${t.best.us.toFixed(1)} us, ${t.best.gbs.toFixed(0)} GB/s`)
+  console.log(`    ${op.padEnd(5)} ${String(t.rows).padStart(6)}x${String(t.cols).padEnd(6)} ${t.best.kind === "sg" ? `gemv_sg wg ${t.best.wg} rows ${t.best.rows} rpw ${t.best.rpw}` : `gemv wg ${t.best.wg} rows ${t.best.rows}`}: ${t.best.us.toFixed(1)} us, ${t.best.gbs.toFixed(0)} GB/s`)
 }
-const tuning = (op: GemvOp) => ({ wg: tunings[op].best.wg, rows: tunings[op].best.rows })
+const tuning = (op: GemvOp): GemvTuning => ({ kind: tunings[op].best.kind, wg: tunings[op].best.wg, rows: tunings[op].best.rows, rpw: tunings[op].best.rpw })
 const model = await benchModel(gpu, o.model, o.context, o.steps, o.prefill, tuning)
 console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, GEMV tuned per matrix:`)
 console.log(`    ${model.decodeMsPerToken.toFixed(3)} ms/token pipelined (${model.weightGBsAtDecode.toFixed(0)} GB/s of weights); host encode ${model.cpuEncodeMsPerToken.toFixed(3)} ms/token`)

@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
-import { GpuModel } from "../engine/model.ts"
+import { type GemvTuning, GpuModel } from "../engine/model.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer } from "../models/tokenizer.ts"
 import { passKey, passKeyPrompt } from "./passkey.ts"
@@ -21,20 +21,27 @@ const golden: Golden[] = JSON.parse(readFileSync(goldenFile, "utf8"))
 const gpu = await acquireGpu()
 console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups})`)
 const tok = loadTokenizer(modelDir)
-const model = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096 })
 let failures = 0
-for (const g of golden) {
-  const ids = tok.encode(g.prompt)
-  const idsOk = JSON.stringify(ids) === JSON.stringify(g.input_ids)
-  model.reset()
-  await model.prefill(ids)
-  const logits = await model.readLogits()
-  const rel = Math.max(...g.last_logits_top5.ids.map((id, k) => Math.abs(logits[id] - g.last_logits_top5.values[k]) / Math.abs(g.last_logits_top5.values[k])))
-  const r = await generate(model, ids, { maxTokens: 32, temperature: 0 })
-  const greedyOk = JSON.stringify(r.ids) === JSON.stringify(g.greedy_ids)
-  const ok = idsOk && greedyOk && rel <= 1e-2
-  if (!ok) failures++
-  console.log(`${ok ? "ok  " : "FAIL"} ${JSON.stringify(g.prompt)}: input ids ${idsOk ? "equal" : "differ"}, greedy ids ${greedyOk ? "equal" : "differ"}, top-5 max rel err ${rel.toExponential(2)}`)
+// The default GEMV and, where the device has subgroups, the subgroup GEMV the benchmark may pick.
+const tunings: Array<GemvTuning | undefined> = [undefined, ...(gpu.hasSubgroups ? [{ kind: "sg", wg: 128, rows: 2, rpw: 8 } as const] : [])]
+let model!: GpuModel
+for (const tuning of tunings) {
+  model?.destroy()
+  model = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096, gemv: tuning })
+  console.log(`GEMV ${tuning ? JSON.stringify(tuning) : "default"}:`)
+  for (const g of golden) {
+    const ids = tok.encode(g.prompt)
+    const idsOk = JSON.stringify(ids) === JSON.stringify(g.input_ids)
+    model.reset()
+    await model.prefill(ids)
+    const logits = await model.readLogits()
+    const rel = Math.max(...g.last_logits_top5.ids.map((id, k) => Math.abs(logits[id] - g.last_logits_top5.values[k]) / Math.abs(g.last_logits_top5.values[k])))
+    const r = await generate(model, ids, { maxTokens: 32, temperature: 0 })
+    const greedyOk = JSON.stringify(r.ids) === JSON.stringify(g.greedy_ids)
+    const ok = idsOk && greedyOk && rel <= 1e-2
+    if (!ok) failures++
+    console.log(`${ok ? "ok  " : "FAIL"} ${JSON.stringify(g.prompt)}: input ids ${idsOk ? "equal" : "differ"}, greedy ids ${greedyOk ? "equal" : "differ"}, top-5 max rel err ${rel.toExponential(2)}`)
+  }
 }
 const p = passKeyPrompt(tok, 2048, passKey(7), 0.5)
 const r = await generate(model, p.ids, { maxTokens: 6, temperature: 0 })

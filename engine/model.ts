@@ -95,8 +95,8 @@ export class GpuModel {
     const c = config
     const H = c.numHeads
     const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
-    const gx = (op: GemvOp, n: number) => Math.min(Math.ceil(n / options.gemv[op].rows), 65535)
-    const gy = (op: GemvOp, n: number) => Math.ceil(Math.ceil(n / options.gemv[op].rows) / 65535)
+    const gx = (op: GemvOp, n: number) => Math.min(Math.ceil(n / gemvRowsPerGroup(options.gemv[op])), 65535)
+    const gy = (op: GemvOp, n: number) => Math.ceil(Math.ceil(n / gemvRowsPerGroup(options.gemv[op])) / 65535)
     const d = (pipeline: GPUComputePipeline, entries: Array<readonly [number, GPUBuffer]>, x: number, y = 1, z = 1): Dispatch => ({
       pipeline,
       bindGroup: bind(device, pipeline, entries),
@@ -189,7 +189,7 @@ export class GpuModel {
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
     const c = source.config
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
-    const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu))
+    const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv)
     const compiling = pipelines.prewarm(Object.values(keys))
@@ -403,7 +403,22 @@ const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: Pipelin
 export interface GemvTuning {
   readonly wg: number
   readonly rows: number
+  /**
+   * "sg": kernels/gemv_sg.wgsl, one subgroup per `rows` rows and `rpw` rows per workgroup
+   * (devices with subgroups); otherwise kernels/gemv.wgsl, `rows` rows per workgroup.
+   */
+  readonly kind?: "wg" | "sg"
+  readonly rpw?: number
 }
+
+/** Rows one GEMV workgroup covers. */
+export const gemvRowsPerGroup = (t: GemvTuning): number => (t.kind === "sg" ? (t.rpw ?? t.rows) : t.rows)
+
+/** The pipeline key of a GEMV with its flags under a tuning. */
+export const gemvKey = (t: GemvTuning, flags: Record<string, boolean> = {}): PipelineKey =>
+  t.kind === "sg"
+    ? { op: "gemv_sg", flags, constants: { WG: t.wg, ROWS: t.rows, RPW: gemvRowsPerGroup(t) } }
+    : { op: "gemv", flags, constants: { WG: t.wg, ROWS: t.rows } }
 export type GemvOp = "qkv" | "o" | "gu" | "down" | "head"
 type GemvTunings = Readonly<Record<GemvOp, GemvTuning>>
 
@@ -416,13 +431,16 @@ export const gemvShapes = (c: ModelConfig): Record<GemvOp, readonly [number, num
   head: [c.vocabSize, c.hiddenSize],
 })
 
-const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]>): GemvTunings => {
+const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]>, subgroups: boolean): GemvTunings => {
   const shapes = gemvShapes(c)
   const pick = (op: GemvOp) => (typeof t === "function" ? t(op, shapes[op][0], shapes[op][1]) : t)
   const out = { qkv: pick("qkv"), o: pick("o"), gu: pick("gu"), down: pick("down"), head: pick("head") }
   for (const [op, v] of Object.entries(out)) {
     if (!(v.wg >= 32 && v.wg <= 1024 && (v.wg & (v.wg - 1)) === 0 && v.rows >= 1 && v.rows <= 8 && v.rows % 2 === 0)) {
       throw new RangeError(`GEMV tuning for ${op}: wg must be a power of two in [32, 1024] and rows even in [2, 8]`)
+    }
+    if (v.kind === "sg" && (!subgroups || gemvRowsPerGroup(v) % v.rows !== 0)) {
+      throw new RangeError(`GEMV tuning for ${op}: the subgroup kernel needs subgroups and rpw a multiple of rows`)
     }
   }
   return out
@@ -432,7 +450,7 @@ const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]
 export const defaultGemvTuning = (gpu: Gpu): GemvTuning => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 128, rows: 2 })
 
 const pipelineKeys = (c: ModelConfig, gemv: GemvTunings) => {
-  const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => ({ op: "gemv", flags, constants: { WG: gemv[op].wg, ROWS: gemv[op].rows } })
+  const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {
     embed: { op: "embed" },
@@ -486,7 +504,7 @@ const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTunings, bl
   const qDim = c.numHeads * c.headDim
   const gemvU = (label: GemvOp, n: number, k: number) => {
     const u = new Uniform(device, `gemv ${label}`, "uufu")
-    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemv[label].rows), 65535))
+    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535))
     return u
   }
   const gemmU = (label: string) => new Uniform(device, label, "uuuu")

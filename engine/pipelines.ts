@@ -11,6 +11,7 @@ export type KernelName =
   | "embed"
   | "rmsnorm"
   | "gemv"
+  | "gemv_sg"
   | "gemm"
   | "rope_kv"
   | "attn_decode"

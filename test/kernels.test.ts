@@ -35,6 +35,8 @@ interface GemvCase {
   readonly flags: Readonly<Record<string, boolean>>
   readonly wg: number
   readonly rows: number
+  /** gemv_sg.wgsl with this many rows per workgroup (else gemv.wgsl). */
+  readonly rpw?: number
   /** Workgroups along x; the rest of the row groups go along y. */
   readonly groupsX?: number
 }
@@ -79,10 +81,12 @@ const runGemv = async (r: KernelRig, c: GemvCase, seed: number): Promise<void> =
   const gamma = randomHalf(rand, K, 1.5) // (K) f16
   const bias = uniformF32(rand, N) // (N) f32
   const y0 = uniformF32(rand, M * outs) // (M, outs) f32, the residual for ACC
-  const groups = Math.ceil(N / c.rows)
+  const groups = Math.ceil(N / (c.rpw ?? c.rows))
   const gx = c.groupsX ?? groups
   const y = r.input(y0, "y (M, outs) f32")
-  const key: PipelineKey = { op: "gemv", flags, constants: { WG: c.wg, ROWS: c.rows } }
+  const key: PipelineKey = c.rpw
+    ? { op: "gemv_sg", flags, constants: { WG: c.wg, ROWS: c.rows, RPW: c.rpw } }
+    : { op: "gemv", flags, constants: { WG: c.wg, ROWS: c.rows } }
   await r.run(
     key,
     { layout: "uufu", values: [N, K, EPS, gx] },
@@ -134,6 +138,22 @@ describe.each([
 
   it("K smaller than one pass of the workgroup (most threads idle)", async () => {
     await runGemv(rigOf(), { N: 9, K: 16, M: 2, flags: { NORM: true }, wg: 256, rows: 4 }, 9)
+  })
+})
+
+describe("gemv_sg (one subgroup per row group)", () => {
+  it.each([
+    [128, 2, 8],
+    [32, 4, 12],
+  ])("WG %i ROWS %i RPW %i: every fused variant, N not a multiple of RPW, M = 3 along z", async (wg, rows, rpw) => {
+    for (const [i, flags] of gemvVariants.entries()) {
+      const N = flags.SWIGLU ? 38 : 37
+      await runGemv(rig, { N, K: 520, M: 3, flags, wg, rows, rpw }, 1000 + 100 * wg + 10 * rows + i)
+    }
+  })
+  it("K below one subgroup pass, and row groups over x and y", async () => {
+    await runGemv(rig, { N: 9, K: 16, M: 2, flags: { NORM: true }, wg: 128, rows: 2, rpw: 4 }, 21)
+    await runGemv(rig, { N: 62, K: 64, M: 1, flags: { NORM: true, SWIGLU: true }, wg: 64, rows: 2, rpw: 4, groupsX: 5 }, 22)
   })
 })
 
