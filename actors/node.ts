@@ -3,14 +3,14 @@
 // all four; `leoam actor NAME` runs one against the same NATS. SIGTERM/SIGINT drain:
 // new requests get `shutting_down`, those in flight finish (bounded), then it stops.
 import { readFileSync } from "node:fs"
-import type { NatsConnection } from "@nats-io/nats-core"
+import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { Svcm } from "@nats-io/services"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer } from "../models/tokenizer.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { releaseGpu } from "../engine/gpu.ts"
-import { publicSubjects, SERVICE_NAME } from "../protocol/subjects.ts"
+import { SERVICE_NAME } from "../protocol/subjects.ts"
 import { type ActorName, type RunningActor, startActor } from "./actor.ts"
 import { diskStoreActor } from "./disk-store.ts"
 import { gpuExecutor } from "./gpu-executor.ts"
@@ -57,7 +57,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     nc = await connectNats(url, `leoam-${options.actors.join("+")}`, { user: options.natsUser, pass: options.natsPass })
     const version = packageVersion()
     for (const name of options.actors) {
-      running.push(await startNamed(nc, name, options, version, () => draining, running))
+      running.push(await startNamed(nc, name, options, version, () => draining))
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
@@ -90,7 +90,6 @@ const startNamed = async (
   o: NodeOptions,
   version: string,
   draining: () => boolean,
-  running: RunningActor[],
 ): Promise<RunningActor> => {
   switch (name) {
     case "gpu-executor":
@@ -102,8 +101,8 @@ const startNamed = async (
     case "scheduler": {
       const svc = await new Svcm(nc).add({ name: SERVICE_NAME, version, description: "leoam: long-context LLM inference with a three-tier KV cache" })
       const group = svc.addGroup("leoam.v1")
-      const source = (endpoint: string) => (callback: Parameters<typeof group.addEndpoint>[1] & ((...a: never[]) => void)) => {
-        group.addEndpoint(endpoint, { handler: callback as never })
+      const source = (endpoint: string) => (callback: (err: Error | null, msg: Msg) => void) => {
+        group.addEndpoint(endpoint, { handler: callback })
       }
       let self: RunningActor | undefined
       const actor = await startActor(
@@ -123,8 +122,6 @@ const startNamed = async (
         }),
       )
       self = actor
-      void running
-      void publicSubjects
       return {
         ...actor,
         drain: async (ms) => {
