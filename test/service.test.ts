@@ -87,6 +87,7 @@ describe("tokenize, models, health and discovery", () => {
     expect(info.json.endpoints.map((e: { subject: string }) => e.subject).sort()).toEqual(
       ["leoam.v1.generate", "leoam.v1.health", "leoam.v1.models", "leoam.v1.tokenize"],
     )
+    await ask(cluster.client, gen, { ids: [1, 2], max_tokens: 1 })
     const stats = await ask(cluster.client, "$SRV.STATS.leoam", "")
     expect(stats.json.endpoints.find((e: { name: string }) => e.name === "generate").num_requests).toBeGreaterThan(0)
   })
