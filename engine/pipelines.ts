@@ -44,18 +44,31 @@ export const pipelineName = (key: PipelineKey): string => {
 }
 
 const kernelDir = fileURLToPath(new URL("../kernels/", import.meta.url))
-const sources = new Map<KernelName, string>()
-const kernelSource = (op: KernelName): string => {
-  let text = sources.get(op)
+const sources = new Map<string, string>()
+const readKernelFile = (file: string): string => {
+  let text = sources.get(file)
   if (text === undefined) {
-    text = readFileSync(`${kernelDir}${op}.wgsl`, "utf8")
-    sources.set(op, text)
+    text = readFileSync(`${kernelDir}${file}`, "utf8")
+    sources.set(file, text)
   }
   return text
 }
 
+/** A kernel's text with `#include FILE` lines (relative to kernels/) replaced, once each. */
+const kernelSource = (op: KernelName): string => {
+  const seen = new Set<string>()
+  const expand = (file: string): string =>
+    readKernelFile(file).replace(/^\s*#include\s+(\S+)\s*$/gm, (_, inc: string) => {
+      if (seen.has(inc)) return ""
+      seen.add(inc)
+      return expand(inc)
+    })
+  return expand(`${op}.wgsl`)
+}
+
 /**
- * A minimal line preprocessor: `#if NAME`, `#if !NAME`, `#else`, `#endif` (nestable).
+ * A minimal line preprocessor: `#if NAME`, `#if !NAME`, `#else`, `#endif` (nestable);
+ * `#include FILE` is expanded before it (see kernelSource).
  * Needed because `enable subgroups;` and subgroup builtins must not appear at all in a
  * shader compiled for a device without them.
  */

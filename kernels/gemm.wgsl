@@ -20,15 +20,7 @@ const BK: u32 = 16u;
 var<workgroup> xs: array<vec4<f32>, 256>;   // (BK, BM/4): xs[k * 16 + i/4] holds X[m0+i..i+3, k]
 var<workgroup> ws: array<vec4<f32>, 256>;   // (BK, BN/4): ws[k * 16 + j/4] holds W[n0+j..j+3, k]
 
-// With SWIGLU, W is cat(gate, up) (rows [0, N/2) and [N/2, N)) and logical column L is
-// gate row L/2 when L is even, up row L/2 when odd, so (gate_j, up_j) are adjacent.
-fn phys(row: u32) -> u32 {
-#if SWIGLU
-  return select(row / 2u, p.N / 2u + row / 2u, (row & 1u) == 1u);
-#else
-  return row;
-#endif
-}
+#include lib/swiglu_rows.wgsl
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -1,7 +1,5 @@
 // Matrix-vector product for decode, one subgroup per group of ROWS rows (devices with
-// subgroups; gemv.wgsl is the portable variant). Same contract as gemv.wgsl:
-//   y[m, n] (+)= sum_k W[n, k] * x'[m, k] (+ bias[n]);  W: (N, K) f16 packed, K % 8 == 0;
-//   x: (M, K) f32;  NORM: x' = RMSNorm(x) * gamma;  ACC: y +=;  SWIGLU: y = silu(gate) * up
+// subgroups; gemv.wgsl is the portable variant); contract in lib/gemv_io.wgsl.
 // A workgroup owns RPW consecutive rows; its subgroups take groups of ROWS rows in turn, so
 // any subgroup size covers them. Lanes stride over K with UNROLL loads in flight per row,
 // and each row's sum is one subgroupAdd: no workgroup barrier outside the NORM prologue.
@@ -9,22 +7,7 @@
 // analysis cannot see.
 diagnostic(off, subgroup_uniformity);
 
-struct Params {
-  N: u32,
-  K: u32,
-  eps: f32,
-  groups_x: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#if NORM
-@group(0) @binding(4) var<storage, read> gamma: array<vec4<u32>>;
-#endif
-#if BIAS
-@group(0) @binding(5) var<storage, read> bias: array<f32>;
-#endif
+#include lib/gemv_io.wgsl
 
 override WG: u32 = 128;
 override ROWS: u32 = 2;   // rows per subgroup pass (even with SWIGLU)
@@ -33,39 +16,6 @@ const MAX_ROWS: u32 = 8u;
 const UNROLL: u32 = 4u;
 
 var<workgroup> red: array<f32, WG>;
-
-fn phys(row: u32) -> u32 {
-#if SWIGLU
-  return select(row / 2u, p.N / 2u + row / 2u, (row & 1u) == 1u);
-#else
-  return row;
-#endif
-}
-
-fn dot8(wv: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-  return dot(unpack2x16float(wv.x), xa.xy) + dot(unpack2x16float(wv.y), xa.zw)
-       + dot(unpack2x16float(wv.z), xb.xy) + dot(unpack2x16float(wv.w), xb.zw);
-}
-
-fn load_x(xbase: u32, i: u32, scale: f32) -> array<vec4<f32>, 2> {
-  var xa = x[xbase + 2u * i];
-  var xb = x[xbase + 2u * i + 1u];
-#if NORM
-  let g = gamma[i];
-  xa = xa * vec4<f32>(unpack2x16float(g.x), unpack2x16float(g.y)) * scale;
-  xb = xb * vec4<f32>(unpack2x16float(g.z), unpack2x16float(g.w)) * scale;
-#endif
-  return array<vec4<f32>, 2>(xa, xb);
-}
-
-fn store(m: u32, row: u32, v: f32) {
-  let idx = m * p.N + row;
-#if ACC
-  y[idx] = y[idx] + v;
-#else
-  y[idx] = v;
-#endif
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32,
@@ -129,13 +79,7 @@ fn main(@builtin(local_invocation_index) lid: u32,
           g = g + bias[phys(row)];
           u = u + bias[phys(row + 1u)];
 #endif
-          let idx = m * (p.N / 2u) + row / 2u;
-          let out = g / (1.0 + exp(-g)) * u;
-#if ACC
-          y[idx] = y[idx] + out;
-#else
-          y[idx] = out;
-#endif
+          write_out(m, row, g / (1.0 + exp(-g)) * u);
         }
       }
 #else
@@ -146,7 +90,7 @@ fn main(@builtin(local_invocation_index) lid: u32,
 #if BIAS
           out = out + bias[row];
 #endif
-          store(m, row, out);
+          write_out(m, row, out);
         }
       }
 #endif
