@@ -23,6 +23,7 @@ export type KernelName =
   | "fill"
   | "abstract"
   | "score"
+  | "select"
 
 export interface PipelineKey {
   readonly op: KernelName

@@ -6,9 +6,10 @@
 //   q:        (M, H, D) f32 (RoPE applied)
 //   kpool:    (blocks, KV, BS, D) f16 packed, read as vec4<u32>;  vpool: same, read as u32
 //   entries:  (E) vec2<u32> (physical block, tokens used in it)
-//   seqs:     (M) vec2<u32> (first entry, entry count) of each query's list
+//   seqs:     (M) vec2<u32> (first entry, entry count) of each query's list; with per_head = 1,
+//             (M, KV): one list per query and KV head (sparse selection per head)
 //   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp)
-struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, _a: u32, _b: u32 }
+struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> kpool: array<vec4<u32>>;
@@ -51,7 +52,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let split = wid.x;
   let kvh = wid.y;
   let m = wid.z;
-  let seq = seqs[m];
+  let seq = seqs[select(m, m * p.KV + kvh, p.per_head == 1u)];
   let end = seq.x + seq.y;
   let e0 = min(seq.x + split * p.EPS, end);
   let e1 = min(e0 + p.EPS, end);

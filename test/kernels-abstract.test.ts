@@ -108,3 +108,51 @@ describe("score.wgsl", () => {
     })
   })
 })
+
+describe("select.wgsl", () => {
+  const runSelect = async (n: number, KV: number, S: number, R: number, K: number, partial: number, scores: Float32Array) => {
+    const BS = 16
+    const stride = n + 1
+    const blocks = Uint32Array.from({ length: n + 1 }, (_, i) => 1000 + i)
+    const entries = rig.output(KV * stride * 8)
+    const seqs = rig.output(KV * 8)
+    await rig.run({ op: "select" }, { layout: "uuuuuuuu", values: [n, KV, S, R, K, BS, stride, partial] }, { 1: rig.input(scores), 2: rig.input(blocks), 3: entries, 4: seqs }, [KV])
+    const e = await rig.u32(entries, KV * stride * 2)
+    const sq = await rig.u32(seqs, KV * 2)
+    return Array.from({ length: KV }, (_, kvh) => {
+      const [first, count] = [sq[kvh * 2], sq[kvh * 2 + 1]]
+      expect(first).toBe(kvh * stride)
+      return Array.from({ length: count }, (_, j) => ({ chunk: e[(first + j) * 2] - 1000, tokens: e[(first + j) * 2 + 1] }))
+    })
+  }
+
+  for (const [n, S, R, K, partial, ties] of [
+    [300, 2, 4, 20, 7, false],
+    [300, 0, 0, 50, 0, true],
+    [40, 5, 5, 100, 3, false],
+    [10, 20, 20, 3, 1, false],
+    [513, 1, 8, 0, 16, false],
+  ] as const) {
+    it(`keeps sink ${S}, recent ${R}, the best ${K} of the rest and the partial block (n ${n}${ties ? ", many ties" : ""})`, async () => {
+      const KV = 2
+      const rand = rng(n + K)
+      const scores = Float32Array.from({ length: n * KV }, () => (ties ? Math.floor(rand() * 5) : (rand() - 0.5) * 100))
+      const lists = await runSelect(n, KV, S, R, K, partial, scores)
+      lists.forEach((list, kvh) => {
+        const chunks = list.filter((x) => x.chunk < n).map((x) => x.chunk)
+        expect(new Set(chunks).size).toBe(chunks.length)
+        const lo = Math.min(S, n)
+        const hi = Math.max(lo, n - R)
+        for (let i = 0; i < lo; i++) expect(chunks).toContain(i)
+        for (let i = hi; i < n; i++) expect(chunks).toContain(i)
+        const picked = chunks.filter((c) => c >= lo && c < hi)
+        expect(picked.length).toBe(Math.min(K, hi - lo))
+        const minPicked = Math.min(...picked.map((c) => scores[c * KV + kvh]))
+        for (let c = lo; c < hi; c++) if (!picked.includes(c)) expect(scores[c * KV + kvh]).toBeLessThanOrEqual(minPicked)
+        const tail = list.filter((x) => x.chunk === n)
+        expect(tail).toEqual(partial > 0 ? [{ chunk: n, tokens: partial }] : [])
+        expect(list.filter((x) => x.chunk < n).every((x) => x.tokens === 16)).toBe(true)
+      })
+    })
+  }
+})
