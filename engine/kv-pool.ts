@@ -52,6 +52,11 @@ export class KvPool {
     return this.tokens
   }
 
+  /** The sequence's physical blocks in logical order (read-only view). */
+  get blockList(): ReadonlyArray<number> {
+    return this.blocks
+  }
+
   get bytesPerToken(): number {
     return this.config.numLayers * 2 * this.config.numKvHeads * this.config.headDim * 2
   }

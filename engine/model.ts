@@ -10,6 +10,7 @@ import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import { KvPool } from "./kv-pool.ts"
+import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
 
 export interface EngineOptions {
   /** Most tokens the sequence may hold (prompt + generated); default: the model's max positions. */
@@ -18,6 +19,8 @@ export interface EngineOptions {
   readonly prefillChunk?: number
   /** Tokens per KV block (page). */
   readonly blockTokens?: number
+  /** Sparse decode attention (Quest-style top-k blocks per KV head); absent: full attention. */
+  readonly sparse?: SparsePolicy
   /** GEMV tuning (threads and rows per workgroup), one for all or one per matrix. */
   readonly gemv?: GemvTuning | ((op: GemvOp, rows: number, cols: number) => GemvTuning)
 }
@@ -59,6 +62,9 @@ export class GpuModel {
   private readonly u: ReturnType<typeof createUniforms>
   private readonly prefillProgram: Dispatch[]
   private readonly decodeProgram: Dispatch[]
+  private readonly sparseDecodeProgram: Dispatch[]
+  /** Sparse decode attention, when the options ask for it. */
+  readonly sparse: SparseAttention | undefined
   private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
   private readonly attnDecode: Dispatch[]
   private readonly attnPrefill: Dispatch[]
@@ -72,7 +78,7 @@ export class GpuModel {
     readonly weights: ModelWeights,
     readonly pipelines: Pipelines,
     config: ModelConfig,
-    options: Required<Omit<EngineOptions, "gemv">> & { gemv: GemvTunings },
+    options: Required<Omit<EngineOptions, "gemv" | "sparse">> & { gemv: GemvTunings; sparse: SparsePolicy | undefined },
   ) {
     const device = gpu.device
     this.device = device
@@ -90,6 +96,8 @@ export class GpuModel {
 
     const keys = pipelineKeys(config, options.gemv)
     const P = (key: PipelineKey) => pipelines.now(key)
+    this.sparse = options.sparse ? new SparseAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.sparse) : undefined
+    const sparse = this.sparse
     const a = this.act
     const u = this.u
     const c = config
@@ -116,6 +124,7 @@ export class GpuModel {
         d(P(w.bqkv ? keys.gemvQkvBias : keys.gemvQkv), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])], gx("qkv", qkvRows), gy("qkv", qkvRows)),
         d(P(keys.rope), [[0, u.ropeDecode.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1),
       )
+      if (sparse) dec.push(sparse.abstractOf(l))
       const ad = d(P(keys.attnDecode), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
       const ac = d(P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, a.attn]], H, 1)
       attnDecode.push(ad)
@@ -131,6 +140,8 @@ export class GpuModel {
     dec.push(d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize)))
     this.decodeProgram = dec
     this.attnDecode = attnDecode
+    // The sparse program is the same but for attention: score, select, attend per layer.
+    this.sparseDecodeProgram = sparse ? dec.flatMap((x) => (attnDecode.includes(x) ? sparse.attentionOf(attnDecode.indexOf(x)) : [x])) : []
 
     // ---- prefill: a chunk of M tokens, GEMMs
     const pre: Dispatch[] = []
@@ -157,6 +168,7 @@ export class GpuModel {
         norm1,
         gemm(w.bqkv ? keys.gemmBias : keys.gemm, u.gemmQkv, w.wqkv, a.xn, a.qkv, qkvRows, w.bqkv),
         rope,
+        ...(sparse ? [sparse.abstractOf(l)] : []),
         attn,
         gemm(w.bo ? keys.gemmAccBias : keys.gemmAcc, u.gemmO, w.wo, a.attn, a.x, c.hiddenSize, w.bo),
         norm2,
@@ -192,7 +204,7 @@ export class GpuModel {
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv)
-    const compiling = pipelines.prewarm(Object.values(keys))
+    const compiling = pipelines.prewarm([...Object.values(keys), ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : [])])
     const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
     const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
     const weights = uploadWeights(gpu.device, source, progress, fill)
@@ -203,6 +215,7 @@ export class GpuModel {
       prefillChunk: options.prefillChunk ?? 512,
       blockTokens: options.blockTokens ?? 16,
       gemv,
+      sparse: options.sparse,
     })
   }
 
@@ -211,9 +224,13 @@ export class GpuModel {
     return this.kv.length
   }
 
+  /** Decode steps that ran sparse attention (the context was past the budget). */
+  sparseSteps = 0
+
   /** Forgets the sequence (its blocks go back to the pool). */
   reset(): void {
     this.kv.reset()
+    this.sparse?.invalidate()
   }
 
   private writeRope(pos0: number, m: number): void {
@@ -229,9 +246,15 @@ export class GpuModel {
     this.device.queue.writeBuffer(this.act.rope, 0, r.buffer, 0, m * half * 8)
   }
 
+  /** Reserves slots for m tokens; blocks they fill get their abstracts in the same pass. */
   private appendSlots(m: number): void {
-    for (let t = 0; t < m; t++) this.slotHost[t] = this.kv.append()
+    const filled: number[] = []
+    for (let t = 0; t < m; t++) {
+      this.slotHost[t] = this.kv.append()
+      if (this.kv.length % this.kv.blockTokens === 0) filled.push(this.kv.blockList[this.kv.blockList.length - 1])
+    }
     this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, m * 4)
+    this.sparse?.queueAbstracts(filled)
   }
 
   /**
@@ -313,15 +336,23 @@ export class GpuModel {
     const pos = this.kv.length
     this.writeRope(pos, 1)
     this.appendSlots(1)
-    const { splits, entriesPerSplit } = this.kv.syncDecodeList()
     const u = this.u
     u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot % ID_SLOTS)
-    u.attnDecode.set(c.numHeads, c.numKvHeads, this.kv.blockTokens, entriesPerSplit, splits, 1 / Math.sqrt(c.headDim))
-    u.combine.set(c.numHeads, splits, c.headDim)
-    for (const a of this.attnDecode) a.x = splits
+    const sparse = this.sparse?.pays() === true
+    let program = this.decodeProgram
+    if (sparse) {
+      program = this.sparseDecodeProgram
+      u.combine.set(c.numHeads, this.sparse!.prepareStep(), c.headDim)
+    } else {
+      const { splits, entriesPerSplit } = this.kv.syncDecodeList()
+      u.attnDecode.set(c.numHeads, c.numKvHeads, this.kv.blockTokens, entriesPerSplit, splits, 1 / Math.sqrt(c.headDim), 0)
+      u.combine.set(c.numHeads, splits, c.headDim)
+      for (const a of this.attnDecode) a.x = splits
+    }
+    this.sparseSteps += sparse ? 1 : 0
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
-    encodeAll(pass, this.decodeFilter ? this.decodeProgram.filter((d) => this.decodeFilter!(d.pipeline.label)) : this.decodeProgram)
+    encodeAll(pass, this.decodeFilter ? program.filter((d) => this.decodeFilter!(d.pipeline.label)) : program)
     if (sample) this.encodeSample(pass, sample)
     pass.end()
     if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
@@ -346,6 +377,7 @@ export class GpuModel {
   /** Drops tokens past `length` from the sequence (those computed after a stop). */
   truncate(length: number): void {
     this.kv.truncate(length)
+    this.sparse?.invalidate()
   }
 
   private encodeSample(pass: GPUComputePassEncoder, s: SampleParams) {
@@ -364,6 +396,7 @@ export class GpuModel {
   destroy(): void {
     destroyWeights(this.weights)
     this.kv.destroy()
+    this.sparse?.destroy()
     for (const b of Object.values(this.act)) b.destroy()
     this.tokenIds.destroy()
   }
