@@ -231,6 +231,34 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   }
 }
 
+/** (d) Decode at a long context: full attention versus sparse (top-k blocks per KV head), one model. */
+const benchLongContext = async (gpu: Gpu, preset: string, context: number, budget: number, steps: number, gemvTuning: (op: GemvOp) => GemvTuning) => {
+  const config = resolveDummyConfig(preset)
+  const policy = { budgetTokens: budget, sinkTokens: 64, recentTokens: 256 }
+  const model = await GpuModel.load(gpu, new DummyWeightSource(config), { maxContext: context + 4 * steps + 64, prefillChunk: 1024, gemv: gemvTuning, sparse: policy })
+  const device = gpu.device
+  const p0 = performance.now()
+  await model.prefill(Array.from({ length: context }, (_, i) => (i * 7919 + 13) % config.vocabSize))
+  await done(device)
+  const prefillMs = performance.now() - p0
+  model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
+  let slot = 0
+  const time = async (sparse: boolean) => {
+    model.sparseEnabled = sparse
+    for (let i = 0; i < 8; i++) model.decode(slot, { outSlot: ++slot, temperature: 0, seed: 0, step: slot })
+    const t0 = performance.now()
+    for (let i = 0; i < steps; i++) model.decode(slot, { outSlot: ++slot, temperature: 0, seed: 0, step: slot })
+    await done(device)
+    return (performance.now() - t0) / steps
+  }
+  const full = await time(false)
+  const sparse = await time(true)
+  const full2 = await time(false)
+  const sparse2 = await time(true)
+  model.destroy()
+  return { context, policy, prefillMs, fullMsPerToken: [full, full2], sparseMsPerToken: [sparse, sparse2], speedup: (full + full2) / (sparse + sparse2) }
+}
+
 const program = new Command()
   .name("engine-bench")
   .description("Kernel bandwidth, decode latency and prefill time of the leoam engine on this machine's GPU.")
@@ -240,6 +268,8 @@ const program = new Command()
   .option("--prefill <n>", "prefill length", (v) => parseInt(v, 10), 8192)
   .option("--gemv-n <n>", "GEMV rows", (v) => parseInt(v, 10), 8192)
   .option("--gemv-k <n>", "GEMV columns", (v) => parseInt(v, 10), 8192)
+  .option("--long-context <n>", "context of the full-vs-sparse decode comparison (0: skip)", (v) => parseInt(v, 10), 16384)
+  .option("--sparse-budget <n>", "tokens per KV head per step in the sparse decode", (v) => parseInt(v, 10), 2048)
   .option("--quick", "tiny sizes (a smoke test on the CPU)")
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -269,6 +299,11 @@ const bd = model.breakdown
 console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attention ${bd.withoutAttention.toFixed(3)}, without attention+rope ${bd.withoutAttentionAndRope.toFixed(3)}, GEMVs only ${bd.gemvOnly.toFixed(3)}`)
 console.log(`    weight-bytes floor at the read-only ceiling: ${(model.weightBytes / kernels.readGBs / 1e6).toFixed(3)} ms/token`)
 console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
-const result = { date: new Date().toISOString(), device: gpu.adapterName, argv: process.argv.slice(2), kernels, tunings, model }
+const long = o.longContext > 0 ? await benchLongContext(gpu, o.model, o.longContext, o.sparseBudget, 64, tuning) : undefined
+if (long) {
+  console.log(`(d) decode at ${long.context} tokens of context (prefill ${long.prefillMs.toFixed(0)} ms), full attention vs sparse (budget ${long.policy.budgetTokens} tokens per KV head, sink ${long.policy.sinkTokens}, recent ${long.policy.recentTokens}), alternating:`)
+  console.log(`    full ${long.fullMsPerToken.map((v) => v.toFixed(3)).join(" / ")} ms/token; sparse ${long.sparseMsPerToken.map((v) => v.toFixed(3)).join(" / ")} ms/token; speedup ${long.speedup.toFixed(2)}x`)
+}
+const result = { date: new Date().toISOString(), device: gpu.adapterName, argv: process.argv.slice(2), kernels, tunings, model, long }
 if (o.out) writeFileSync(o.out, JSON.stringify(result, null, 2))
 await releaseGpu()

@@ -50,5 +50,13 @@ const pkOk = answer.trim().startsWith(p.key)
 if (!pkOk) failures++
 console.log(`${pkOk ? "ok  " : "FAIL"} pass key at ${p.ids.length} tokens: expected ${p.key}, got ${JSON.stringify(answer)} (prefill ${r.timings.prefillMs.toFixed(1)} ms)`)
 model.destroy()
+// Sparse decode attention (score/select kernels): the same pass key at a 256-token budget.
+const sparse = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096, sparse: { budgetTokens: 256, sinkTokens: 16, recentTokens: 64 } })
+const rs = await generate(sparse, p.ids, { maxTokens: 6, temperature: 0 })
+const sparseAnswer = tok.decode(rs.ids)
+const sparseOk = sparseAnswer.trim().startsWith(p.key) && sparse.sparseSteps === 5
+if (!sparseOk) failures++
+console.log(`${sparseOk ? "ok  " : "FAIL"} sparse decode (256-token budget): expected ${p.key}, got ${JSON.stringify(sparseAnswer)} in ${sparse.sparseSteps} sparse steps`)
+sparse.destroy()
 await releaseGpu()
 process.exit(failures === 0 ? 0 : 1)

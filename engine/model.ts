@@ -226,6 +226,8 @@ export class GpuModel {
 
   /** Decode steps that ran sparse attention (the context was past the budget). */
   sparseSteps = 0
+  /** With a sparse policy: false forces full attention (for side-by-side measurements). */
+  sparseEnabled = true
 
   /** Forgets the sequence (its blocks go back to the pool). */
   reset(): void {
@@ -338,7 +340,7 @@ export class GpuModel {
     this.appendSlots(1)
     const u = this.u
     u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot % ID_SLOTS)
-    const sparse = this.sparse?.pays() === true
+    const sparse = this.sparseEnabled && this.sparse?.pays() === true
     let program = this.decodeProgram
     if (sparse) {
       program = this.sparseDecodeProgram
