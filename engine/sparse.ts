@@ -20,7 +20,7 @@ export interface SparsePolicy {
 
 export const sparsePipelineKeys = (c: ModelConfig) => ({
   abstract: { op: "abstract" } as PipelineKey,
-  score: { op: "score", constants: { G: c.numHeads / c.numKvHeads } } as PipelineKey,
+  score: { op: "score", constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
   select: { op: "select" } as PipelineKey,
 })
 
@@ -82,7 +82,9 @@ export class SparseAttention {
         z: 1,
       })
       this.abstractDispatches.push(mk(P(keys.abstract), [[0, this.u.abstract.buffer], [1, kvl.k], [2, this.jobs], [3, ab.amin], [4, ab.amax]], 0, c.numKvHeads))
-      this.scoreDispatches.push(mk(P(keys.score), [[0, this.u.score.buffer], [1, act.q], [2, ab.amin], [3, ab.amax], [4, this.chunkBlocks], [5, this.scores]], 0))
+      const score = mk(P(keys.score), [[0, this.u.score.buffer], [1, act.q], [2, ab.amin], [3, ab.amax], [4, this.chunkBlocks], [5, this.scores]], 0)
+      score.z = c.numKvHeads
+      this.scoreDispatches.push(score)
       this.selectDispatches.push(mk(P(keys.select), [[0, this.u.select.buffer], [1, this.scores], [2, this.chunkBlocks], [3, this.entries], [4, this.seqs]], c.numKvHeads))
       this.attnDispatches.push(
         mk(P(attnDecodeKey), [[0, this.u.attn.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, this.entries], [5, this.seqs], [6, act.partO], [7, act.partML]], 1, c.numKvHeads),
@@ -142,7 +144,10 @@ export class SparseAttention {
     const k = Math.max(0, Math.floor(this.policy.budgetTokens / bs) - sink - recent - (partial > 0 ? 1 : 0))
     this.u.score.set(full, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
     this.u.select.set(full, c.numKvHeads, sink, recent, k, bs, this.stride, partial)
-    for (const d of this.scoreDispatches) d.x = Math.ceil((full * c.numKvHeads) / 64)
+    for (const d of this.scoreDispatches) {
+      d.x = Math.min(full, 65535)
+      d.y = Math.max(1, Math.ceil(full / 65535))
+    }
     // Every head's list has the same length.
     const count = Math.min(full, sink + recent + k) + (partial > 0 ? 1 : 0)
     const tile = this.kv.tileEntries

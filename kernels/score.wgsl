@@ -4,7 +4,8 @@
 //   q:      (H, D) f32, RoPE applied (one query token)
 //   amin, amax: (slots, KV, D/2) f16 packed in u32 pairs
 //   chunks: (n) u32 abstract slots;  scores: (n, KV) f32
-// One thread per (chunk, kv head).
+// Workgroup (chunk, kv head), thread j the element pair (2j, 2j+1): one load of each
+// abstract per thread, then a tree sum per query head (the step is latency-bound otherwise).
 struct Params { n: u32, KV: u32, D: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -13,29 +14,36 @@ struct Params { n: u32, KV: u32, D: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> chunks: array<u32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 
-override WG: u32 = 64;
-override G: u32 = 1;
+override G: u32 = 1;      // query heads per KV head, at most 8
+override HALF_D: u32 = 64; // D / 2: the workgroup size
+const MAX_G: u32 = 8u;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x;
-  if (i >= p.n * p.KV) { return; }
-  let c = i / p.KV;
-  let kvh = i % p.KV;
-  let half_d = p.D / 2u;
-  let base = (chunks[c] * p.KV + kvh) * half_d;
-  var best = -3.0e38;
+var<workgroup> red: array<f32, MAX_G * HALF_D>;
+
+@compute @workgroup_size(HALF_D)
+fn main(@builtin(local_invocation_index) j: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let c = wid.y * 65535u + wid.x;
+  let kvh = wid.z;
+  if (c >= p.n) { return; }   // uniform per workgroup
+  let a = (chunks[c] * p.KV + kvh) * HALF_D + j;
+  let lo = unpack2x16float(amin[a]);
+  let hi = unpack2x16float(amax[a]);
   for (var g = 0u; g < G; g = g + 1u) {
-    let qb = (kvh * G + g) * p.D;
-    var s = 0.0;
-    for (var j = 0u; j < half_d; j = j + 1u) {
-      let lo = unpack2x16float(amin[base + j]);
-      let hi = unpack2x16float(amax[base + j]);
-      let qv = vec2<f32>(q[qb + 2u * j], q[qb + 2u * j + 1u]);
-      let m = max(qv * lo, qv * hi);
-      s = s + m.x + m.y;
-    }
-    best = max(best, s);
+    let qb = (kvh * G + g) * p.D + 2u * j;
+    let qv = vec2<f32>(q[qb], q[qb + 1u]);
+    let m = max(qv * lo, qv * hi);
+    red[g * HALF_D + j] = m.x + m.y;
   }
-  scores[i] = best * p.scale;
+  for (var stride = HALF_D / 2u; stride > 0u; stride = stride / 2u) {
+    workgroupBarrier();
+    if (j < stride) {
+      for (var g = 0u; g < G; g = g + 1u) { red[g * HALF_D + j] = red[g * HALF_D + j] + red[g * HALF_D + j + stride]; }
+    }
+  }
+  workgroupBarrier();
+  if (j == 0u) {
+    var best = -3.0e38;
+    for (var g = 0u; g < G; g = g + 1u) { best = max(best, red[g * HALF_D]); }
+    scores[c * p.KV + kvh] = best * p.scale;
+  }
 }

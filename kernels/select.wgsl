@@ -12,9 +12,10 @@ struct Params { n: u32, KV: u32, S: u32, R: u32, K: u32, BS: u32, stride: u32, p
 @group(0) @binding(3) var<storage, read_write> entries: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> seqs: array<vec2<u32>>;
 
-override WG: u32 = 256;
+const WG: u32 = 256u;   // one thread per radix bin
 
 var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> above: array<u32, 256>;
 var<workgroup> count: atomic<u32>;
 var<workgroup> ties: atomic<u32>;
 var<workgroup> prefix: u32;
@@ -55,17 +56,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       if ((key & mask) == (known & mask)) { atomicAdd(&hist[(key >> shift) & 0xffu], 1u); }
     }
     workgroupBarrier();
-    if (lid == 0u && want > 0u) {
-      var need = want;
-      var b = 255u;
-      loop {
-        let c = atomicLoad(&hist[b]);
-        if (c >= need || b == 0u) { break; }
-        need = need - c;
-        b = b - 1u;
+    // Suffix sums over the 256 bins (how many keys are in bin b or above), in parallel.
+    for (var b = lid; b < 256u; b = b + WG) { above[b] = atomicLoad(&hist[b]); }
+    for (var step = 1u; step < 256u; step = step * 2u) {
+      workgroupBarrier();
+      var v = 0u;
+      for (var b = lid; b < 256u; b = b + WG) { if (b + step < 256u) { v = above[b + step]; } }
+      workgroupBarrier();
+      for (var b = lid; b < 256u; b = b + WG) { if (b + step < 256u) { above[b] = above[b] + v; } }
+    }
+    workgroupBarrier();
+    let need = want;
+    workgroupBarrier();
+    // The bin holding the need-th largest key: suffix(b) >= need > suffix(b + 1).
+    for (var b = lid; b < 256u; b = b + WG) {
+      let next = select(0u, above[b + 1u], b < 255u);
+      if (need > 0u && above[b] >= need && next < need) {
+        prefix = known | (b << shift);
+        want = need - next;   // how many keys equal to the prefix so far are still needed
       }
-      prefix = known | (b << shift);
-      want = need;   // how many keys equal to the prefix so far are still needed
     }
     workgroupBarrier();
   }

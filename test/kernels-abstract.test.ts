@@ -78,7 +78,7 @@ describe("score.wgsl", () => {
     const scale = 1 / Math.sqrt(o.D)
     const chunkList = Uint32Array.from(shuffled(rand, order.map((_, i) => i)).slice(0, 8))
     const scores = rig.output(chunkList.length * o.KV * 4)
-    await rig.run({ op: "score", constants: { G } }, { layout: "uuuf", values: [chunkList.length, o.KV, o.D, scale] }, { 1: rig.input(q), 2: amin, 3: amax, 4: rig.input(chunkList), 5: scores }, [Math.ceil((chunkList.length * o.KV) / 64)])
+    await rig.run({ op: "score", constants: { G, HALF_D: o.D / 2 } }, { layout: "uuuf", values: [chunkList.length, o.KV, o.D, scale] }, { 1: rig.input(q), 2: amin, 3: amax, 4: rig.input(chunkList), 5: scores }, [chunkList.length, 1, o.KV])
     const got = await rig.f32(scores, chunkList.length * o.KV)
     const lo = await rig.u16(amin, order.length * o.KV * o.D)
     const hi = await rig.u16(amax, order.length * o.KV * o.D)
