@@ -89,28 +89,12 @@ fn main(@builtin(local_invocation_index) lid: u32,
 
 #if SWIGLU
   // rows (2j, 2j+1) are (gate_j, up_j); ROWS is even and N is even.
-  if (lid < ROWS / 2u) {
-    let row = row0 + 2u * lid;
-    if (row + 1u < p.N) {
-      var g = total(2u * lid, nparts);
-      var u = total(2u * lid + 1u, nparts);
-#if BIAS
-      g = g + bias[phys(row)];
-      u = u + bias[phys(row + 1u)];
-#endif
-      write_out(m, row, g / (1.0 + exp(-g)) * u);
-    }
+  if (lid < ROWS / 2u && row0 + 2u * lid + 1u < p.N) {
+    finish(m, row0 + 2u * lid, total(2u * lid, nparts), total(2u * lid + 1u, nparts));
   }
 #else
-  if (lid < ROWS) {
-    let row = row0 + lid;
-    if (row < p.N) {
-      var out = total(lid, nparts);
-#if BIAS
-      out = out + bias[row];
-#endif
-      write_out(m, row, out);
-    }
+  if (lid < ROWS && row0 + lid < p.N) {
+    finish(m, row0 + lid, total(lid, nparts), 0.0);
   }
 #endif
 }

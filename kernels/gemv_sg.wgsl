@@ -71,27 +71,11 @@ fn main(@builtin(local_invocation_index) lid: u32,
     if (sgi == 0u) {
 #if SWIGLU
       for (var r = 0u; r + 1u < ROWS; r = r + 2u) {
-        let row = r0 + r;
-        if (row + 1u < p.N) {
-          var g = acc[r];
-          var u = acc[r + 1u];
-#if BIAS
-          g = g + bias[phys(row)];
-          u = u + bias[phys(row + 1u)];
-#endif
-          write_out(m, row, g / (1.0 + exp(-g)) * u);
-        }
+        if (r0 + r + 1u < p.N) { finish(m, r0 + r, acc[r], acc[r + 1u]); }
       }
 #else
       for (var r = 0u; r < ROWS; r = r + 1u) {
-        let row = r0 + r;
-        if (row < p.N) {
-          var out = acc[r];
-#if BIAS
-          out = out + bias[row];
-#endif
-          write_out(m, row, out);
-        }
+        if (r0 + r < p.N) { finish(m, r0 + r, acc[r], 0.0); }
       }
 #endif
     }

@@ -24,6 +24,17 @@ const setup = (seed: number, o: { blocks: number; KV: number; BS: number; D: num
   return { rand, keys, order, tokens }
 }
 
+/** Runs abstract.wgsl over `order` (block of abstract slot i) and returns its outputs. */
+const abstracts = async (o: { KV: number; BS: number; D: number }, bits: Uint16Array, order: number[], tokens: number[]) => {
+  const jobs = new Uint32Array(order.length * 4)
+  order.forEach((b, i) => jobs.set([b, tokens[i], i, 0], i * 4))
+  const bytes = order.length * o.KV * (o.D / 2) * 4
+  const amin = rig.output(bytes)
+  const amax = rig.output(bytes)
+  await rig.run({ op: "abstract" }, { layout: "uuuu", values: [o.KV, o.BS, o.D, order.length] }, { 1: rig.input(bits), 2: rig.input(jobs), 3: amin, 4: amax }, [order.length, o.KV])
+  return { amin, amax }
+}
+
 const key = (keys: Float32Array, o: { KV: number; BS: number; D: number }, block: number, kvh: number, t: number, d: number) =>
   keys[((block * o.KV + kvh) * o.BS + t) * o.D + d]
 
@@ -32,12 +43,7 @@ describe("abstract.wgsl", () => {
     it(`min/max per block and KV head, rounded outward (KV ${shape.KV}, BS ${shape.BS}, D ${shape.D})`, async () => {
       const o = { blocks: 9, ...shape }
       const { keys, order, tokens } = setup(11, o)
-      const jobs = new Uint32Array(order.length * 4)
-      order.forEach((b, i) => jobs.set([b, tokens[i], i, 0], i * 4))
-      const half = o.D / 2
-      const amin = rig.output(order.length * o.KV * half * 4)
-      const amax = rig.output(order.length * o.KV * half * 4)
-      await rig.run({ op: "abstract" }, { layout: "uuuu", values: [o.KV, o.BS, o.D, order.length] }, { 1: rig.input(keys.bits), 2: rig.input(jobs), 3: amin, 4: amax }, [order.length, o.KV])
+      const { amin, amax } = await abstracts(o, keys.bits, order, tokens)
       const lo = await rig.u16(amin, order.length * o.KV * o.D)
       const hi = await rig.u16(amax, order.length * o.KV * o.D)
       order.forEach((b, slot) => {
@@ -68,12 +74,7 @@ describe("score.wgsl", () => {
     const H = o.KV * G
     const { rand, keys, order, tokens } = setup(23, o)
     const values = keys.values
-    const jobs = new Uint32Array(order.length * 4)
-    order.forEach((b, i) => jobs.set([b, tokens[i], i, 0], i * 4))
-    const half = o.D / 2
-    const amin = rig.output(order.length * o.KV * half * 4)
-    const amax = rig.output(order.length * o.KV * half * 4)
-    await rig.run({ op: "abstract" }, { layout: "uuuu", values: [o.KV, o.BS, o.D, order.length] }, { 1: rig.input(keys.bits), 2: rig.input(jobs), 3: amin, 4: amax }, [order.length, o.KV])
+    const { amin, amax } = await abstracts(o, keys.bits, order, tokens)
     const q = Float32Array.from({ length: H * o.D }, () => (rand() - 0.5) * 4)
     const scale = 1 / Math.sqrt(o.D)
     const chunkList = Uint32Array.from(shuffled(rand, order.map((_, i) => i)).slice(0, 8))

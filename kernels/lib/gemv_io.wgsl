@@ -39,6 +39,26 @@ fn load_x(xbase: u32, i: u32, scale: f32) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(xa, xb);
 }
 
+// The output of row `row` (its bias added), or with SWIGLU of the pair (row, row + 1)
+// given gate and up: silu(gate + bias) * (up + bias).
+fn finish(m: u32, row: u32, v: f32, up: f32) {
+#if SWIGLU
+  var g = v;
+  var u = up;
+#if BIAS
+  g = g + bias[phys(row)];
+  u = u + bias[phys(row + 1u)];
+#endif
+  write_out(m, row, g / (1.0 + exp(-g)) * u);
+#else
+  var out = v;
+#if BIAS
+  out = out + bias[row];
+#endif
+  write_out(m, row, out);
+#endif
+}
+
 // Writes one output: silu(gate) * up for a SWIGLU pair (row even), else the row's value.
 fn write_out(m: u32, row: u32, v: f32) {
 #if SWIGLU
