@@ -94,7 +94,7 @@ export class GpuModel {
     this.ropeHost = new Float32Array(options.prefillChunk * config.headDim)
     this.slotHost = new Uint32Array(options.prefillChunk)
 
-    const keys = pipelineKeys(config, options.gemv)
+    const keys = pipelineKeys(config, options.gemv, prefillWithSubgroups(gpu))
     const P = (key: PipelineKey) => pipelines.now(key)
     this.sparse = options.sparse ? new SparseAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.sparse) : undefined
     const sparse = this.sparse
@@ -203,7 +203,7 @@ export class GpuModel {
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
     const pipelines = new Pipelines(gpu)
-    const keys = pipelineKeys(c, gemv)
+    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu))
     const compiling = pipelines.prewarm([...Object.values(keys), ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : [])])
     const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
     const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
@@ -481,10 +481,13 @@ const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]
   return out
 }
 
+/** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
+const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8
+
 /** Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows. */
 export const defaultGemvTuning = (gpu: Gpu): GemvTuning => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 128, rows: 2 })
 
-const pipelineKeys = (c: ModelConfig, gemv: GemvTunings) => {
+const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {
@@ -505,7 +508,7 @@ const pipelineKeys = (c: ModelConfig, gemv: GemvTunings) => {
     gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
     attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
     combine: { op: "attn_combine" },
-    attnPrefill: { op: "attn_prefill", constants: { G, D: c.headDim } },
+    attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
     argmax: { op: "argmax" },
     gumbel: { op: "argmax", flags: { GUMBEL: true } },
     argmaxFinal: { op: "argmax", flags: { FINAL: true } },

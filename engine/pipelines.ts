@@ -17,6 +17,7 @@ export type KernelName =
   | "attn_decode"
   | "attn_combine"
   | "attn_prefill"
+  | "attn_prefill_sg"
   | "swiglu"
   | "argmax"
   | "copy"

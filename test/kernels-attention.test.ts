@@ -197,7 +197,7 @@ describe("attn_decode + attn_combine", () => {
 
 // --- prefill ------------------------------------------------------------------------
 
-describe("attn_prefill", () => {
+describe.each(["attn_prefill", "attn_prefill_sg"] as const)("%s", (op) => {
   it.each([
     // G, D, BS, pos0, M: rows M * G are never a multiple of the 32-row tile
     [3, 64, 16, 0, 45],
@@ -216,7 +216,7 @@ describe("attn_prefill", () => {
     const { k, v } = poolBuffers(pool)
     const out = rig.output(M * H * D * 4)
     await rig.run(
-      { op: "attn_prefill", constants: { G, D } },
+      { op, constants: { G, D } },
       { layout: "uuuuufuu", values: [M, H, s.KV, BS, pos0, 1 / Math.sqrt(D)] },
       { 1: rig.input(q), 2: k, 3: v, 4: rig.input(Uint32Array.from(pool.table)), 5: out },
       [Math.ceil((M * G) / 32), s.KV],
@@ -224,6 +224,6 @@ describe("attn_prefill", () => {
     const kv = gather(pool, s, range(pos0 + M))
     const want = new Float32Array(M * H * D)
     for (let i = 0; i < M; i++) want.set(cpuAttention(s, q, i * H * D, kv, pos0 + i + 1), i * H * D)
-    expectClose(await rig.f32(out, M * H * D), want, TOL.f32, "prefill")
+    expectClose(await rig.f32(out, M * H * D), want, TOL.f32, op)
   })
 })
