@@ -3,7 +3,7 @@
 // submitted ahead and each token costs a 4-byte read-back that overlaps the next step;
 // top-k / top-p read the logits back and sample on the host with the same seed.
 import { GpuModel } from "./model.ts"
-import { sampleHost, type Sampling } from "./sampling.ts"
+import { sampleCandidates, sampleHost, type Sampling } from "./sampling.ts"
 
 export type { Sampling } from "./sampling.ts"
 
@@ -27,6 +27,9 @@ export interface GenerateResult {
     readonly totalMs: number
   }
 }
+
+/** Candidates read back for top-p sampling without top-k. */
+const TOP_P_CANDIDATES = 1024
 
 /** Steps in flight before the loop waits for the oldest token. */
 const LAG = 4
@@ -104,9 +107,12 @@ const decodeOnGpu = async (model: GpuModel, options: GenerateOptions): Promise<L
 const decodeOnHost = async (model: GpuModel, options: GenerateOptions): Promise<LoopResult> => {
   const out: LoopResult = { ids: [], finishReason: "length", firstTokenAt: 0 }
   const accept = makeAccept(model, options, out)
+  // Top-k reads back the k best logits; top-p alone the best 1024 and the softmax mass,
+  // falling back to all logits when those do not hold the nucleus.
+  const count = options.topK && options.topK > 0 ? options.topK : TOP_P_CANDIDATES
   for (let step = 0; ; step++) {
-    const logits = await model.readLogits()
-    const id = sampleHost(logits, options, step)
+    const cand = await model.topCandidates(count, options.temperature)
+    const id = sampleCandidates(cand.ids, cand.logits, cand, options, step) ?? sampleHost(await model.readLogits(), options, step)
     if (accept(id)) break
     if (model.length >= model.maxContext) break
     model.writeToken(step, id)

@@ -95,6 +95,7 @@ export class GpuModel {
     this.slotHost = new Uint32Array(options.prefillChunk)
 
     const keys = pipelineKeys(config, options.gemv, prefillWithSubgroups(gpu))
+    this.keys = keys
     const P = (key: PipelineKey) => pipelines.now(key)
     this.sparse = options.sparse ? new SparseAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.sparse) : undefined
     const sparse = this.sparse
@@ -191,6 +192,7 @@ export class GpuModel {
   }
 
   private readonly headLast: Dispatch
+  private readonly keys: ReturnType<typeof pipelineKeys>
 
   /**
    * Benchmarks only (time breakdowns): decode skips the dispatches whose kernel name
@@ -376,6 +378,74 @@ export class GpuModel {
     return readF32(this.device, this.logits, 0, this.config.vocabSize)
   }
 
+  /**
+   * The `count` largest logits (ids and values, any order) and (max, sum of exp) of
+   * logits / temperature over the whole vocabulary: what host top-k / top-p sampling needs,
+   * read back in count * 8 + 16 bytes instead of the whole logits.
+   */
+  async topCandidates(count: number, temperature: number): Promise<{ ids: Uint32Array; logits: Float32Array; max: number; sumExp: number }> {
+    const c = this.config
+    const n = Math.max(1, Math.min(count, c.vocabSize))
+    const cand = this.candidates(n)
+    cand.select.set(c.vocabSize, 1, 0, 0, n, 0, n, 0)
+    cand.lse.set(c.vocabSize, ARGMAX_GROUPS, 1 / temperature)
+    const encoder = this.device.createCommandEncoder()
+    const pass = encoder.beginComputePass()
+    encodeAll(pass, cand.program)
+    pass.end()
+    encoder.copyBufferToBuffer(cand.entries, 0, cand.readback, 0, n * 8)
+    encoder.copyBufferToBuffer(cand.lseOut, 0, cand.readback, n * 8, 8)
+    this.device.queue.submit([encoder.finish()])
+    await cand.readback.mapAsync(GPUMapMode.READ, 0, n * 8 + 8)
+    const raw = cand.readback.getMappedRange(0, n * 8 + 8).slice(0)
+    cand.readback.unmap()
+    const words = new Uint32Array(raw, 0, n * 2)
+    const ids = new Uint32Array(n)
+    const logits = new Float32Array(n)
+    const bits = new Float32Array(words.buffer, 0, n * 2)
+    for (let i = 0; i < n; i++) {
+      ids[i] = words[2 * i]
+      logits[i] = bits[2 * i + 1]
+    }
+    const lse = new Float32Array(raw, n * 8, 2)
+    return { ids, logits, max: lse[0], sumExp: lse[1] }
+  }
+
+  private candidateState: { count: number; select: Uniform; lse: Uniform; entries: GPUBuffer; lseOut: GPUBuffer; readback: GPUBuffer; program: Dispatch[] } | undefined
+
+  // Buffers and dispatches of topCandidates, built for a count on first use.
+  private candidates(count: number) {
+    if (this.candidateState?.count === count) return this.candidateState
+    const prev = this.candidateState
+    if (prev) for (const b of [prev.entries, prev.lseOut, prev.readback, prev.select.buffer, prev.lse.buffer]) b.destroy()
+    const device = this.device
+    const c = this.config
+    this.tokenIdentity ??= (() => {
+      const b = storageBuffer(device, "token ids 0..V (V) u32", c.vocabSize * 4)
+      device.queue.writeBuffer(b, 0, Uint32Array.from({ length: c.vocabSize }, (_, i) => i))
+      return b
+    })()
+    const entries = storageBuffer(device, "sampling candidates (count) vec2<u32> (id, logit bits)", count * 8)
+    const seqs = storageBuffer(device, "sampling candidates count", 16)
+    const lsePart = storageBuffer(device, "lse parts (groups) vec2", ARGMAX_GROUPS * 8)
+    const lseOut = storageBuffer(device, "lse (max, sum)", 16)
+    const readback = device.createBuffer({ label: "sampling readback", size: count * 8 + 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    const select = new Uniform(device, "candidates", "uuuuuuuu")
+    const lse = new Uniform(device, "lse", "uufu")
+    const P = (key: PipelineKey) => this.pipelines.now(key)
+    const keys = this.keys
+    const mk = (pipeline: GPUComputePipeline, e: Array<readonly [number, GPUBuffer]>, x: number): Dispatch => ({ pipeline, bindGroup: bind(device, pipeline, e), x, y: 1, z: 1 })
+    const program = [
+      mk(P(keys.candidates), [[0, select.buffer], [1, this.logits], [2, this.tokenIdentity], [3, entries], [4, seqs]], 1),
+      mk(P(keys.lse), [[0, lse.buffer], [1, this.logits], [2, lsePart]], ARGMAX_GROUPS),
+      mk(P(keys.lseFinal), [[0, lse.buffer], [2, lsePart], [3, lseOut]], 1),
+    ]
+    this.candidateState = { count, select, lse, entries, lseOut, readback, program }
+    return this.candidateState
+  }
+
+  private tokenIdentity: GPUBuffer | undefined
+
   /** Drops tokens past `length` from the sequence (those computed after a stop). */
   truncate(length: number): void {
     this.kv.truncate(length)
@@ -400,6 +470,9 @@ export class GpuModel {
     this.kv.destroy()
     this.sparse?.destroy()
     for (const b of Object.values(this.act)) b.destroy()
+    const cand = this.candidateState
+    if (cand) for (const b of [cand.entries, cand.lseOut, cand.readback, cand.select.buffer, cand.lse.buffer]) b.destroy()
+    this.tokenIdentity?.destroy()
     this.tokenIds.destroy()
   }
 }
@@ -512,6 +585,9 @@ const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boole
     argmax: { op: "argmax" },
     gumbel: { op: "argmax", flags: { GUMBEL: true } },
     argmaxFinal: { op: "argmax", flags: { FINAL: true } },
+    candidates: { op: "select", flags: { VALUES: true } },
+    lse: { op: "lse" },
+    lseFinal: { op: "lse", flags: { FINAL: true } },
   } satisfies Record<string, PipelineKey>
 }
 

@@ -25,6 +25,7 @@ export type KernelName =
   | "abstract"
   | "score"
   | "select"
+  | "lse"
 
 export interface PipelineKey {
   readonly op: KernelName

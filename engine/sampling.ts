@@ -27,36 +27,76 @@ export const argmaxHost = (logits: Float32Array): number => {
   return best
 }
 
-/** Chooses a token from logits under the sampling options. */
-export const sampleHost = (logits: Float32Array, s: Sampling, step: number): number => {
-  if (s.temperature <= 0) return argmaxHost(logits)
-  const topK = s.topK && s.topK > 0 ? Math.min(s.topK, logits.length) : logits.length
+/**
+ * The seeded draw shared by both host paths: `ids`/`logits` are candidates sorted by logit
+ * (descending, ties by id), `total` the weight of the whole distribution they come from,
+ * in units of exp((l - logits[0]) / T). Applies top-p against `total`; returns undefined
+ * when the candidates hold less than top-p of the mass (the caller then needs them all).
+ */
+const drawSorted = (ids: ArrayLike<number>, logits: ArrayLike<number>, total: number, s: Sampling, step: number, complete: boolean): number | undefined => {
   const topP = s.topP ?? 1
-  // Candidates sorted by logit (descending, ties by id), cut to top-k.
-  const order = Array.from({ length: logits.length }, (_, i) => i)
-  order.sort((a, b) => logits[b] - logits[a] || a - b)
-  const cand = order.slice(0, topK)
-  const max = logits[cand[0]]
-  const weights = cand.map((i) => Math.exp((logits[i] - max) / s.temperature))
-  const total = weights.reduce((a, b) => a + b, 0)
-  // Nucleus: the smallest prefix whose probability reaches top_p.
-  let keep = cand.length
+  const weights = Array.from({ length: ids.length }, (_, i) => Math.exp((logits[i] - logits[0]) / s.temperature))
+  let keep = ids.length
   if (topP < 1) {
     let acc = 0
-    for (let i = 0; i < cand.length; i++) {
+    keep = -1
+    for (let i = 0; i < ids.length; i++) {
       acc += weights[i] / total
       if (acc >= topP) {
         keep = i + 1
         break
       }
     }
+    if (keep < 0) {
+      if (!complete) return undefined
+      keep = ids.length
+    }
+  } else if (!complete) {
+    return undefined
   }
-  const kept = weights.slice(0, keep)
-  const sum = kept.reduce((a, b) => a + b, 0)
+  let sum = 0
+  for (let i = 0; i < keep; i++) sum += weights[i]
   let u = seededUniform(s.seed ?? 0, step) * sum
   for (let i = 0; i < keep; i++) {
-    u -= kept[i]
-    if (u < 0) return cand[i]
+    u -= weights[i]
+    if (u < 0) return ids[i]
   }
-  return cand[keep - 1]
+  return ids[keep - 1]
+}
+
+const sortByLogit = (ids: number[], logit: (id: number) => number) => ids.sort((a, b) => logit(b) - logit(a) || a - b)
+
+/** Chooses a token from logits under the sampling options. */
+export const sampleHost = (logits: Float32Array, s: Sampling, step: number): number => {
+  if (s.temperature <= 0) return argmaxHost(logits)
+  const topK = s.topK && s.topK > 0 ? Math.min(s.topK, logits.length) : logits.length
+  const cand = sortByLogit(Array.from({ length: logits.length }, (_, i) => i), (i) => logits[i]).slice(0, topK)
+  const values = cand.map((i) => logits[i])
+  let total = 0
+  for (const v of values) total += Math.exp((v - values[0]) / s.temperature)
+  return drawSorted(cand, values, total, s, step, true)!
+}
+
+/**
+ * The same choice from GPU-chosen candidates (ids and raw logits, any order): with top-k,
+ * the candidates are the top k; with top-p alone, `lse` = (max, sum of exp(l / T - max))
+ * over the whole vocabulary tells whether they hold the nucleus. Undefined: read all logits.
+ */
+export const sampleCandidates = (
+  ids: ArrayLike<number>,
+  logits: ArrayLike<number>,
+  lse: { readonly max: number; readonly sumExp: number },
+  s: Sampling,
+  step: number,
+): number | undefined => {
+  const value = new Map<number, number>()
+  for (let i = 0; i < ids.length; i++) value.set(ids[i], logits[i])
+  const order = sortByLogit([...value.keys()], (id) => value.get(id)!)
+  const values = order.map((id) => value.get(id)!)
+  if (order.length === 0) return undefined
+  const topK = s.topK && s.topK > 0
+  let total = 0
+  if (topK) for (const v of values) total += Math.exp((v - values[0]) / s.temperature)
+  else total = lse.sumExp * Math.exp(lse.max - values[0] / s.temperature)
+  return drawSorted(order, values, total, s, step, topK === true)
 }

@@ -5,6 +5,8 @@
 //   scores: (n, KV) f32 from score.wgsl;  blocks: (n + 1) u32 physical block of each listed
 //   chunk, then the partial block (when partial > 0)
 //   entries: (KV, stride) vec2<u32> (block, tokens);  seqs: (KV) vec2<u32> (first, count)
+// With VALUES (top-k sampling candidates: scores = logits, blocks = token ids, KV = 1) the
+// chosen entries are (id, bits of its logit).
 struct Params { n: u32, KV: u32, S: u32, R: u32, K: u32, BS: u32, stride: u32, partial: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
@@ -30,6 +32,16 @@ fn key_of(s: f32) -> u32 {
 fn put(kvh: u32, block: u32, tokens: u32) {
   let j = atomicAdd(&count, 1u);
   entries[kvh * p.stride + j] = vec2<u32>(block, tokens);
+}
+
+// A selected candidate: with VALUES (sampling candidates) its score's bits instead of tokens.
+fn put_scored(kvh: u32, i: u32) {
+#if VALUES
+  let j = atomicAdd(&count, 1u);
+  entries[kvh * p.stride + j] = vec2<u32>(blocks[i], bitcast<u32>(scores[i * p.KV + kvh]));
+#else
+  put(kvh, blocks[i], p.BS);
+#endif
 }
 
 @compute @workgroup_size(WG)
@@ -85,9 +97,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var i = lo + lid; i < hi; i = i + WG) {
       let key = key_of(scores[i * p.KV + kvh]);
       if (key > threshold) {
-        put(kvh, blocks[i], p.BS);
+        put_scored(kvh, i);
       } else if (key == threshold && atomicAdd(&ties, 1u) < tie_quota) {
-        put(kvh, blocks[i], p.BS);
+        put_scored(kvh, i);
       }
     }
   }

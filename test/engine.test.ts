@@ -7,6 +7,7 @@ import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
 import { GpuModel } from "../engine/model.ts"
+import { sampleCandidates, sampleHost } from "../engine/sampling.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 
@@ -95,6 +96,25 @@ describe("sampling", () => {
     const p2 = await generate(model, prompt, { maxTokens: 8, temperature: 0.9, topP: 0.9, seed: 5 })
     expect(p1.ids).toEqual(p2.ids)
   })
+  it("host sampling from GPU candidates equals sampling from all logits (top-k, top-p)", async () => {
+    model.reset()
+    await model.prefill(prompt)
+    const logits = await model.readLogits()
+    for (const s of [
+      { temperature: 0.8, topK: 40 },
+      { temperature: 1.2, topP: 0.9 },
+      { temperature: 0.7, topK: 100, topP: 0.8 },
+    ]) {
+      const cand = await model.topCandidates(s.topK ?? 1024, s.temperature)
+      const lse = logits.reduce((a, l) => Math.max(a, l / s.temperature), -Infinity)
+      expect(Math.abs(cand.max - lse)).toBeLessThan(1e-4)
+      for (let seed = 0; seed < 20; seed++) {
+        const o = { ...s, seed }
+        expect(sampleCandidates(cand.ids, cand.logits, cand, o, seed), JSON.stringify(o)).toBe(sampleHost(logits, o, seed))
+      }
+    }
+  })
+
   it("stops at a stop id and keeps the cache exact", async () => {
     const greedy = await generate(model, prompt, { maxTokens: 8, temperature: 0 })
     const r = await generate(model, prompt, { maxTokens: 8, temperature: 0, stopIds: [greedy.ids[2]] })
