@@ -8,6 +8,9 @@ import { ropeInvFreq } from "./cpu-reference.ts"
 import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "./buffers.ts"
 import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
+import { defaultGemvTuning, type GemvOp, type GemvTuningOption, type GemvTunings, gemvRowsPerGroup, resolveGemvTunings } from "./gemv-tuning.ts"
+import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys } from "./model-resources.ts"
+import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import { KvPool } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
@@ -22,7 +25,7 @@ export interface EngineOptions {
   /** Sparse decode attention (Quest-style top-k blocks per KV head); absent: full attention. */
   readonly sparse?: SparsePolicy
   /** GEMV tuning (threads and rows per workgroup), one for all or one per matrix. */
-  readonly gemv?: GemvTuning | ((op: GemvOp, rows: number, cols: number) => GemvTuning)
+  readonly gemv?: GemvTuningOption
 }
 
 export interface SampleParams {
@@ -43,7 +46,6 @@ export class ContextOverflow extends Error {
   readonly code = "context_overflow"
 }
 
-const ARGMAX_GROUPS = 64
 const ID_SLOTS = 256
 
 export class GpuModel {
@@ -380,71 +382,14 @@ export class GpuModel {
 
   /**
    * The `count` largest logits (ids and values, any order) and (max, sum of exp) of
-   * logits / temperature over the whole vocabulary: what host top-k / top-p sampling needs,
-   * read back in count * 8 + 16 bytes instead of the whole logits.
+   * logits / temperature over the whole vocabulary: what host top-k / top-p sampling needs.
    */
-  async topCandidates(count: number, temperature: number): Promise<{ ids: Uint32Array; logits: Float32Array; max: number; sumExp: number }> {
-    const c = this.config
-    const n = Math.max(1, Math.min(count, c.vocabSize))
-    const cand = this.candidates(n)
-    cand.select.set(c.vocabSize, 1, 0, 0, n, 0, n, 0)
-    cand.lse.set(c.vocabSize, ARGMAX_GROUPS, 1 / temperature)
-    const encoder = this.device.createCommandEncoder()
-    const pass = encoder.beginComputePass()
-    encodeAll(pass, cand.program)
-    pass.end()
-    encoder.copyBufferToBuffer(cand.entries, 0, cand.readback, 0, n * 8)
-    encoder.copyBufferToBuffer(cand.lseOut, 0, cand.readback, n * 8, 8)
-    this.device.queue.submit([encoder.finish()])
-    await cand.readback.mapAsync(GPUMapMode.READ, 0, n * 8 + 8)
-    const raw = cand.readback.getMappedRange(0, n * 8 + 8).slice(0)
-    cand.readback.unmap()
-    const words = new Uint32Array(raw, 0, n * 2)
-    const ids = new Uint32Array(n)
-    const logits = new Float32Array(n)
-    const bits = new Float32Array(words.buffer, 0, n * 2)
-    for (let i = 0; i < n; i++) {
-      ids[i] = words[2 * i]
-      logits[i] = bits[2 * i + 1]
-    }
-    const lse = new Float32Array(raw, n * 8, 2)
-    return { ids, logits, max: lse[0], sumExp: lse[1] }
+  topCandidates(count: number, temperature: number): Promise<Candidates> {
+    this.sampling ??= new SamplingCandidates(this.device, this.pipelines, this.keys, this.logits, this.config.vocabSize)
+    return this.sampling.read(count, temperature)
   }
 
-  private candidateState: { count: number; select: Uniform; lse: Uniform; entries: GPUBuffer; lseOut: GPUBuffer; readback: GPUBuffer; program: Dispatch[] } | undefined
-
-  // Buffers and dispatches of topCandidates, built for a count on first use.
-  private candidates(count: number) {
-    if (this.candidateState?.count === count) return this.candidateState
-    const prev = this.candidateState
-    if (prev) for (const b of [prev.entries, prev.lseOut, prev.readback, prev.select.buffer, prev.lse.buffer]) b.destroy()
-    const device = this.device
-    const c = this.config
-    this.tokenIdentity ??= (() => {
-      const b = storageBuffer(device, "token ids 0..V (V) u32", c.vocabSize * 4)
-      device.queue.writeBuffer(b, 0, Uint32Array.from({ length: c.vocabSize }, (_, i) => i))
-      return b
-    })()
-    const entries = storageBuffer(device, "sampling candidates (count) vec2<u32> (id, logit bits)", count * 8)
-    const seqs = storageBuffer(device, "sampling candidates count", 16)
-    const lsePart = storageBuffer(device, "lse parts (groups) vec2", ARGMAX_GROUPS * 8)
-    const lseOut = storageBuffer(device, "lse (max, sum)", 16)
-    const readback = device.createBuffer({ label: "sampling readback", size: count * 8 + 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-    const select = new Uniform(device, "candidates", "uuuuuuuu")
-    const lse = new Uniform(device, "lse", "uufu")
-    const P = (key: PipelineKey) => this.pipelines.now(key)
-    const keys = this.keys
-    const mk = (pipeline: GPUComputePipeline, e: Array<readonly [number, GPUBuffer]>, x: number): Dispatch => ({ pipeline, bindGroup: bind(device, pipeline, e), x, y: 1, z: 1 })
-    const program = [
-      mk(P(keys.candidates), [[0, select.buffer], [1, this.logits], [2, this.tokenIdentity], [3, entries], [4, seqs]], 1),
-      mk(P(keys.lse), [[0, lse.buffer], [1, this.logits], [2, lsePart]], ARGMAX_GROUPS),
-      mk(P(keys.lseFinal), [[0, lse.buffer], [2, lsePart], [3, lseOut]], 1),
-    ]
-    this.candidateState = { count, select, lse, entries, lseOut, readback, program }
-    return this.candidateState
-  }
-
-  private tokenIdentity: GPUBuffer | undefined
+  private sampling: SamplingCandidates | undefined
 
   /** Drops tokens past `length` from the sequence (those computed after a stop). */
   truncate(length: number): void {
@@ -470,9 +415,7 @@ export class GpuModel {
     this.kv.destroy()
     this.sparse?.destroy()
     for (const b of Object.values(this.act)) b.destroy()
-    const cand = this.candidateState
-    if (cand) for (const b of [cand.entries, cand.lseOut, cand.readback, cand.select.buffer, cand.lse.buffer]) b.destroy()
-    this.tokenIdentity?.destroy()
+    this.sampling?.destroy()
     this.tokenIds.destroy()
   }
 }
@@ -508,147 +451,5 @@ const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: Pipelin
   }
 }
 
-export interface GemvTuning {
-  readonly wg: number
-  readonly rows: number
-  /**
-   * "sg": kernels/gemv_sg.wgsl, one subgroup per `rows` rows and `rpw` rows per workgroup
-   * (devices with subgroups); otherwise kernels/gemv.wgsl, `rows` rows per workgroup.
-   */
-  readonly kind?: "wg" | "sg"
-  readonly rpw?: number
-}
-
-/** Rows one GEMV workgroup covers. */
-export const gemvRowsPerGroup = (t: GemvTuning): number => (t.kind === "sg" ? (t.rpw ?? t.rows) : t.rows)
-
-/** The pipeline key of a GEMV with its flags under a tuning. */
-export const gemvKey = (t: GemvTuning, flags: Record<string, boolean> = {}): PipelineKey =>
-  t.kind === "sg"
-    ? { op: "gemv_sg", flags, constants: { WG: t.wg, ROWS: t.rows, RPW: gemvRowsPerGroup(t) } }
-    : { op: "gemv", flags, constants: { WG: t.wg, ROWS: t.rows } }
-export type GemvOp = "qkv" | "o" | "gu" | "down" | "head"
-type GemvTunings = Readonly<Record<GemvOp, GemvTuning>>
-
-/** The matrix (rows, cols) of each decode GEMV. */
-export const gemvShapes = (c: ModelConfig): Record<GemvOp, readonly [number, number]> => ({
-  qkv: [(c.numHeads + 2 * c.numKvHeads) * c.headDim, c.hiddenSize],
-  o: [c.hiddenSize, c.numHeads * c.headDim],
-  gu: [2 * c.intermediateSize, c.hiddenSize],
-  down: [c.hiddenSize, c.intermediateSize],
-  head: [c.vocabSize, c.hiddenSize],
-})
-
-const resolveGemvTunings = (c: ModelConfig, t: NonNullable<EngineOptions["gemv"]>, subgroups: boolean): GemvTunings => {
-  const shapes = gemvShapes(c)
-  const pick = (op: GemvOp) => (typeof t === "function" ? t(op, shapes[op][0], shapes[op][1]) : t)
-  const out = { qkv: pick("qkv"), o: pick("o"), gu: pick("gu"), down: pick("down"), head: pick("head") }
-  for (const [op, v] of Object.entries(out)) {
-    if (!(v.wg >= 32 && v.wg <= 1024 && (v.wg & (v.wg - 1)) === 0 && v.rows >= 1 && v.rows <= 8 && v.rows % 2 === 0)) {
-      throw new RangeError(`GEMV tuning for ${op}: wg must be a power of two in [32, 1024] and rows even in [2, 8]`)
-    }
-    if (v.kind === "sg" && (!subgroups || gemvRowsPerGroup(v) % v.rows !== 0)) {
-      throw new RangeError(`GEMV tuning for ${op}: the subgroup kernel needs subgroups and rpw a multiple of rows`)
-    }
-  }
-  return out
-}
-
 /** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
 const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8
-
-/** Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows. */
-export const defaultGemvTuning = (gpu: Gpu): GemvTuning => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 128, rows: 2 })
-
-const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean) => {
-  const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
-  const G = c.numHeads / c.numKvHeads
-  return {
-    embed: { op: "embed" },
-    rmsnorm: { op: "rmsnorm" },
-    rope: { op: "rope_kv" },
-    gemvQkv: g("qkv", { NORM: true }),
-    gemvQkvBias: g("qkv", { NORM: true, BIAS: true }),
-    gemvO: g("o", { ACC: true }),
-    gemvOBias: g("o", { ACC: true, BIAS: true }),
-    gemvGu: g("gu", { NORM: true, SWIGLU: true }),
-    gemvDown: g("down", { ACC: true }),
-    gemvHead: g("head", { NORM: true }),
-    gemm: { op: "gemm" },
-    gemmBias: { op: "gemm", flags: { BIAS: true } },
-    gemmAcc: { op: "gemm", flags: { ACC: true } },
-    gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
-    gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
-    attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
-    combine: { op: "attn_combine" },
-    attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
-    argmax: { op: "argmax" },
-    gumbel: { op: "argmax", flags: { GUMBEL: true } },
-    argmaxFinal: { op: "argmax", flags: { FINAL: true } },
-    candidates: { op: "select", flags: { VALUES: true } },
-    lse: { op: "lse" },
-    lseFinal: { op: "lse", flags: { FINAL: true } },
-  } satisfies Record<string, PipelineKey>
-}
-
-const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, maxSplits: number) => {
-  const f = 4
-  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
-  const qDim = c.numHeads * c.headDim
-  return {
-    x: storageBuffer(device, "x (chunk, hidden) f32 residual stream", chunk * c.hiddenSize * f),
-    xn: storageBuffer(device, "xn (chunk, hidden) f32 normed", chunk * c.hiddenSize * f),
-    xlast: storageBuffer(device, "xlast (hidden) f32", c.hiddenSize * f),
-    qkv: storageBuffer(device, "qkv (chunk, q+k+v) f32", chunk * qkvRows * f),
-    q: storageBuffer(device, "q (chunk, H, D) f32 roped", chunk * qDim * f),
-    attn: storageBuffer(device, "attn (chunk, H, D) f32", chunk * qDim * f),
-    ffn: storageBuffer(device, "ffn (chunk, F) f32", chunk * c.intermediateSize * f),
-    logits: storageBuffer(device, "logits (vocab) f32", c.vocabSize * f),
-    rope: storageBuffer(device, "rope (chunk, D/2) vec2 cos,sin", chunk * c.headDim * f),
-    slot: storageBuffer(device, "slot (chunk) u32", chunk * 4),
-    promptIds: storageBuffer(device, "prompt ids (chunk) u32", chunk * 4),
-    partO: storageBuffer(device, "attn partials (H, splits, D) f32", c.numHeads * maxSplits * c.headDim * f),
-    partML: storageBuffer(device, "attn partial max,sum (H, splits) vec2", c.numHeads * maxSplits * 8),
-    samplePart: storageBuffer(device, "sample partials (groups) vec2", ARGMAX_GROUPS * 8),
-  }
-}
-
-const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTunings, blockTokens: number) => {
-  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
-  const qDim = c.numHeads * c.headDim
-  const gemvU = (label: GemvOp, n: number, k: number) => {
-    const u = new Uniform(device, `gemv ${label}`, "uufu")
-    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535))
-    return u
-  }
-  const gemmU = (label: string) => new Uniform(device, label, "uuuu")
-  const u = {
-    embedDecode: new Uniform(device, "embed decode", "uuuuuuuu"),
-    embedPrefill: new Uniform(device, "embed prefill", "uuuuuuuu"),
-    rmsnorm: new Uniform(device, "rmsnorm", "ufuu"),
-    ropeDecode: new Uniform(device, "rope decode", "uuuuuuuu"),
-    ropePrefill: new Uniform(device, "rope prefill", "uuuuuuuu"),
-    attnDecode: new Uniform(device, "attn decode", "uuuuufuu"),
-    combine: new Uniform(device, "attn combine", "uuuu"),
-    attnPrefill: new Uniform(device, "attn prefill", "uuuuufuu"),
-    sample: new Uniform(device, "sample", "uuuuufuu"),
-    gemvQkv: gemvU("qkv", qkvRows, c.hiddenSize),
-    gemvO: gemvU("o", c.hiddenSize, qDim),
-    gemvGu: gemvU("gu", 2 * c.intermediateSize, c.hiddenSize),
-    gemvDown: gemvU("down", c.hiddenSize, c.intermediateSize),
-    gemvHead: gemvU("head", c.vocabSize, c.hiddenSize),
-    gemmQkv: gemmU("gemm qkv"),
-    gemmO: gemmU("gemm o"),
-    gemmGu: gemmU("gemm gate/up"),
-    gemmDown: gemmU("gemm down"),
-    setGemmRows(m: number) {
-      u.gemmQkv.set(m, qkvRows, c.hiddenSize)
-      u.gemmO.set(m, c.hiddenSize, qDim)
-      u.gemmGu.set(m, 2 * c.intermediateSize, c.hiddenSize)
-      u.gemmDown.set(m, c.hiddenSize, c.intermediateSize)
-    },
-  }
-  u.rmsnorm.set(c.hiddenSize, c.rmsNormEps)
-  u.ropeDecode.set(1, c.numHeads, c.numKvHeads, c.headDim, blockTokens)
-  return u
-}

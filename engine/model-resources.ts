@@ -1,0 +1,103 @@
+// What a GpuModel allocates besides weights and KV: the pipeline keys of every kernel it
+// runs, its activation buffers (sized for one prefill chunk), and the uniforms of its
+// dispatches. Shapes are in the labels.
+import type { ModelConfig } from "../models/types.ts"
+import { storageBuffer, Uniform } from "./buffers.ts"
+import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
+import type { PipelineKey } from "./pipelines.ts"
+
+/** Workgroups of the first argmax / log-sum-exp pass. */
+export const ARGMAX_GROUPS = 64
+
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean) => {
+  const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
+  const G = c.numHeads / c.numKvHeads
+  return {
+    embed: { op: "embed" },
+    rmsnorm: { op: "rmsnorm" },
+    rope: { op: "rope_kv" },
+    gemvQkv: g("qkv", { NORM: true }),
+    gemvQkvBias: g("qkv", { NORM: true, BIAS: true }),
+    gemvO: g("o", { ACC: true }),
+    gemvOBias: g("o", { ACC: true, BIAS: true }),
+    gemvGu: g("gu", { NORM: true, SWIGLU: true }),
+    gemvDown: g("down", { ACC: true }),
+    gemvHead: g("head", { NORM: true }),
+    gemm: { op: "gemm" },
+    gemmBias: { op: "gemm", flags: { BIAS: true } },
+    gemmAcc: { op: "gemm", flags: { ACC: true } },
+    gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
+    gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
+    attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
+    combine: { op: "attn_combine" },
+    attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
+    argmax: { op: "argmax" },
+    gumbel: { op: "argmax", flags: { GUMBEL: true } },
+    argmaxFinal: { op: "argmax", flags: { FINAL: true } },
+    candidates: { op: "select", flags: { VALUES: true } },
+    lse: { op: "lse" },
+    lseFinal: { op: "lse", flags: { FINAL: true } },
+  } satisfies Record<string, PipelineKey>
+}
+
+export const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, maxSplits: number) => {
+  const f = 4
+  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
+  const qDim = c.numHeads * c.headDim
+  return {
+    x: storageBuffer(device, "x (chunk, hidden) f32 residual stream", chunk * c.hiddenSize * f),
+    xn: storageBuffer(device, "xn (chunk, hidden) f32 normed", chunk * c.hiddenSize * f),
+    xlast: storageBuffer(device, "xlast (hidden) f32", c.hiddenSize * f),
+    qkv: storageBuffer(device, "qkv (chunk, q+k+v) f32", chunk * qkvRows * f),
+    q: storageBuffer(device, "q (chunk, H, D) f32 roped", chunk * qDim * f),
+    attn: storageBuffer(device, "attn (chunk, H, D) f32", chunk * qDim * f),
+    ffn: storageBuffer(device, "ffn (chunk, F) f32", chunk * c.intermediateSize * f),
+    logits: storageBuffer(device, "logits (vocab) f32", c.vocabSize * f),
+    rope: storageBuffer(device, "rope (chunk, D/2) vec2 cos,sin", chunk * c.headDim * f),
+    slot: storageBuffer(device, "slot (chunk) u32", chunk * 4),
+    promptIds: storageBuffer(device, "prompt ids (chunk) u32", chunk * 4),
+    partO: storageBuffer(device, "attn partials (H, splits, D) f32", c.numHeads * maxSplits * c.headDim * f),
+    partML: storageBuffer(device, "attn partial max,sum (H, splits) vec2", c.numHeads * maxSplits * 8),
+    samplePart: storageBuffer(device, "sample partials (groups) vec2", ARGMAX_GROUPS * 8),
+  }
+}
+
+export const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTunings, blockTokens: number) => {
+  const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
+  const qDim = c.numHeads * c.headDim
+  const gemvU = (label: GemvOp, n: number, k: number) => {
+    const u = new Uniform(device, `gemv ${label}`, "uufu")
+    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535))
+    return u
+  }
+  const gemmU = (label: string) => new Uniform(device, label, "uuuu")
+  const u = {
+    embedDecode: new Uniform(device, "embed decode", "uuuuuuuu"),
+    embedPrefill: new Uniform(device, "embed prefill", "uuuuuuuu"),
+    rmsnorm: new Uniform(device, "rmsnorm", "ufuu"),
+    ropeDecode: new Uniform(device, "rope decode", "uuuuuuuu"),
+    ropePrefill: new Uniform(device, "rope prefill", "uuuuuuuu"),
+    attnDecode: new Uniform(device, "attn decode", "uuuuufuu"),
+    combine: new Uniform(device, "attn combine", "uuuu"),
+    attnPrefill: new Uniform(device, "attn prefill", "uuuuufuu"),
+    sample: new Uniform(device, "sample", "uuuuufuu"),
+    gemvQkv: gemvU("qkv", qkvRows, c.hiddenSize),
+    gemvO: gemvU("o", c.hiddenSize, qDim),
+    gemvGu: gemvU("gu", 2 * c.intermediateSize, c.hiddenSize),
+    gemvDown: gemvU("down", c.hiddenSize, c.intermediateSize),
+    gemvHead: gemvU("head", c.vocabSize, c.hiddenSize),
+    gemmQkv: gemmU("gemm qkv"),
+    gemmO: gemmU("gemm o"),
+    gemmGu: gemmU("gemm gate/up"),
+    gemmDown: gemmU("gemm down"),
+    setGemmRows(m: number) {
+      u.gemmQkv.set(m, qkvRows, c.hiddenSize)
+      u.gemmO.set(m, c.hiddenSize, qDim)
+      u.gemmGu.set(m, 2 * c.intermediateSize, c.hiddenSize)
+      u.gemmDown.set(m, c.hiddenSize, c.intermediateSize)
+    },
+  }
+  u.rmsnorm.set(c.hiddenSize, c.rmsNormEps)
+  u.ropeDecode.set(1, c.numHeads, c.numKvHeads, c.headDim, blockTokens)
+  return u
+}
