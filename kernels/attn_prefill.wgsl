@@ -4,15 +4,8 @@
 // (row r, lane j of 8) scores 2 of the 16 keys of a tile and accumulates D/8 output columns
 // with an online softmax. Queries are positions pos0 .. pos0 + M - 1 of one sequence;
 // keys 0 .. pos0 + M - 1 are read through the block table.
-//   q:     (M, H, D) f32 (RoPE applied);  out: (M, H, D) f32
-//   kpool, vpool: (blocks, KV, BS, D) f16 packed in u32 pairs;  table: logical -> physical block
-struct Params { M: u32, H: u32, KV: u32, BS: u32, pos0: u32, scale: f32, _a: u32, _b: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kpool: array<u32>;
-@group(0) @binding(3) var<storage, read> vpool: array<u32>;
-@group(0) @binding(4) var<storage, read> table: array<u32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// Buffers and the tile load: lib/attn_prefill_io.wgsl.
+#include lib/attn_prefill_io.wgsl
 
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim: multiple of 16, at most 128
@@ -55,19 +48,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
   for (var kt = 0u; kt < kend; kt = kt + BK) {
     workgroupBarrier();
-    for (var i = lid; i < BK * half_d; i = i + 256u) {
-      let pos = kt + i / half_d;
-      var kw = 0u;
-      var vw = 0u;
-      if (pos < kend) {
-        let blk = table[pos / p.BS];
-        let idx = ((blk * p.KV + kvh) * p.BS + pos % p.BS) * half_d + i % half_d;
-        kw = kpool[idx];
-        vw = vpool[idx];
-      }
-      ks[i] = kw;
-      vs[i] = vw;
-    }
+    load_tile(lid, kt, kend, kvh);
     workgroupBarrier();
     for (var kk = 2u * j; kk < 2u * j + 2u; kk = kk + 1u) {
       var s = 0.0;

@@ -4,17 +4,10 @@
 // its output in registers. Per tile of BK keys a lane forms partial scores over its dims,
 // three xor-shuffles give every lane the full scores, and the online softmax and P·V run
 // in registers: one shared-memory load per two FMAs (the plain kernel needs three per two).
-//   q:     (M, H, D) f32 (RoPE applied);  out: (M, H, D) f32
-//   kpool, vpool: (blocks, KV, BS, D) f16 packed in u32 pairs;  table: logical -> physical block
+// Buffers and the tile load: lib/attn_prefill_io.wgsl.
 diagnostic(off, subgroup_uniformity);
 
-struct Params { M: u32, H: u32, KV: u32, BS: u32, pos0: u32, scale: f32, _a: u32, _b: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kpool: array<u32>;
-@group(0) @binding(3) var<storage, read> vpool: array<u32>;
-@group(0) @binding(4) var<storage, read> table: array<u32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+#include lib/attn_prefill_io.wgsl
 
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim: multiple of 16, at most 128
@@ -58,18 +51,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
   for (var kt = 0u; kt < kend; kt = kt + BK) {
     workgroupBarrier();
-    for (var i = lid; i < BK * half_d; i = i + 256u) {
-      let pos = kt + i / half_d;
-      var kw = 0u;
-      var vw = 0u;
-      if (pos < kend) {
-        let idx = ((table[pos / p.BS] * p.KV + kvh) * p.BS + pos % p.BS) * half_d + i % half_d;
-        kw = kpool[idx];
-        vw = vpool[idx];
-      }
-      ks[i] = kw;
-      vs[i] = vw;
-    }
+    load_tile(lid, kt, kend, kvh);
     workgroupBarrier();
     // Partial scores over this lane's dims, then the sum over the row's 8 lanes.
     var s: array<f32, BK>;
