@@ -6,6 +6,7 @@ import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
 import type { GemvTuning } from "../engine/gemv-tuning.ts"
 import { GpuModel } from "../engine/model.ts"
+import { sampleCandidates, sampleHost } from "../engine/sampling.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer } from "../models/tokenizer.ts"
 import { passKey, passKeyPrompt } from "./passkey.ts"
@@ -50,6 +51,17 @@ const answer = tok.decode(r.ids)
 const pkOk = answer.trim().startsWith(p.key)
 if (!pkOk) failures++
 console.log(`${pkOk ? "ok  " : "FAIL"} pass key at ${p.ids.length} tokens: expected ${p.key}, got ${JSON.stringify(answer)} (prefill ${r.timings.prefillMs.toFixed(1)} ms)`)
+// Top-k / top-p from GPU candidates (select.wgsl VALUES, lse.wgsl) choose as sampling from all logits.
+model.reset()
+await model.prefill(golden[0].input_ids)
+const all = await model.readLogits()
+let sameChoice = true
+for (const s of [{ temperature: 0.8, topK: 40 }, { temperature: 1.2, topP: 0.9 }]) {
+  const cand = await model.topCandidates(s.topK ?? 1024, s.temperature)
+  for (let seed = 0; seed < 16; seed++) sameChoice &&= sampleCandidates(cand.ids, cand.logits, cand, { ...s, seed }, seed) === sampleHost(all, { ...s, seed }, seed)
+}
+if (!sameChoice) failures++
+console.log(`${sameChoice ? "ok  " : "FAIL"} top-k / top-p from GPU candidates equal sampling from all logits`)
 model.destroy()
 // Sparse decode attention (score/select kernels): the same pass key at a 256-token budget.
 const sparse = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096, sparse: { budgetTokens: 256, sinkTokens: 16, recentTokens: 64 } })
