@@ -18,7 +18,7 @@ interface Golden {
   last_logits_top5: { ids: number[]; values: number[] }
 }
 
-const [modelDir = "models/tiny-leo-14m", goldenFile = "../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json"] = process.argv.slice(2)
+const [modelDir = "models/tiny-leo-14m", goldenFile = `${modelDir}/golden/hf-transformers-5.17-fp32.json`] = process.argv.slice(2)
 const golden: Golden[] = JSON.parse(readFileSync(goldenFile, "utf8"))
 const gpu = await acquireGpu()
 console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups})`)

@@ -16,7 +16,6 @@ for prog in engine-bench golden-check actor-overhead; do
 done
 cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
 xz -T2 -6 -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
-cp ../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json .bench-bundle/golden.json
 # lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball.
 tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
   node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast \

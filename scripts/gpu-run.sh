@@ -9,6 +9,6 @@ for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz
 [ -d .bench-bundle/node_modules/lmdb ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
 command -v nats-server >/dev/null || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
-node .bench-bundle/golden-check.mjs models/tiny-leo-14m .bench-bundle/golden.json 2>&1 | tee "$out/golden-check.txt"
+node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
 node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
 node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"

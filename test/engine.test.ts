@@ -23,7 +23,8 @@ interface Golden {
 
 const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
 const golden: Golden[] = JSON.parse(
-  readFileSync(new URL("../../shared/models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json", import.meta.url), "utf8"),
+  // The repository's copy of ../shared/models/tiny-leo-14m/golden (byte-identical).
+  readFileSync(new URL("../models/tiny-leo-14m/golden/hf-transformers-5.17-fp32.json", import.meta.url), "utf8"),
 )
 
 let model: GpuModel
