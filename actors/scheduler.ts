@@ -110,6 +110,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     }
     const maxTokens = req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room)
     const stops = req.stop ?? []
+    const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
     s.requests++
 
     const runId = nuid.next()
@@ -127,7 +128,8 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
         const { index, id } = decodeToken(m.data)
         const delta = decoder ? decoder.push(id) : ""
         text += delta
-        if (stops.length > 0 && firstStop(text, stops) >= 0) {
+        // A new match ends inside this delta: search only the tail it can start in.
+        if (stops.length > 0 && firstStop(text.slice(Math.max(0, text.length - delta.length - longestStop + 1)), stops) >= 0) {
           cancelled = true
           nc.publish(internalSubjects.executorCancel, encodeJson({ run_id: runId }))
           return
@@ -167,10 +169,16 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     let finish: "length" | "stop" = result.finish_reason === "length" ? "length" : "stop"
     const at = stops.length > 0 ? firstStop(outText, stops) : -1
     if (at >= 0) {
-      // Keep the fewest ids whose text reaches the stop string.
-      let n = 1
-      while (n < outIds.length && decode(outIds.slice(0, n)).length < at + 1) n++
-      outIds = outIds.slice(0, n)
+      // Keep the fewest ids whose text reaches the stop string (decoded length grows with
+      // the ids, so a binary search: O(log n) decodes rather than n).
+      let lo = 1
+      let hi = outIds.length
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1
+        if (decode(outIds.slice(0, mid)).length < at + 1) lo = mid + 1
+        else hi = mid
+      }
+      outIds = outIds.slice(0, lo)
       outText = outText.slice(0, at)
       finish = "stop"
     }
