@@ -23,6 +23,8 @@ export class KvPool {
   private tableSynced = 0
   private entriesSynced = 0
   private readonly scratch = new Uint32Array(2)
+  // Host copy of the entries to write; allocated once, not per decode step.
+  private readonly entryScratch: Uint32Array
 
   constructor(
     private readonly device: GPUDevice,
@@ -33,6 +35,7 @@ export class KvPool {
     if (ATTN_TILE % blockTokens !== 0) throw new RangeError(`block size ${blockTokens} must divide ${ATTN_TILE}`)
     this.maxBlocks = Math.ceil(maxContext / blockTokens)
     this.maxSplits = Math.ceil(this.maxBlocks / this.tileEntries)
+    this.entryScratch = new Uint32Array(this.maxBlocks * 2)
     const blockBytes = config.numKvHeads * blockTokens * config.headDim * 2
     this.layers = Array.from({ length: config.numLayers }, (_, l) => ({
       k: storageBuffer(device, `L${l} k pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
@@ -89,12 +92,12 @@ export class KvPool {
   syncDecodeList(): { splits: number; entriesPerSplit: number } {
     const n = this.blocks.length
     const from = Math.max(0, Math.min(this.entriesSynced, n) - 1) // the last block's count changes
-    const data = new Uint32Array((n - from) * 2)
+    const data = this.entryScratch
     for (let i = from; i < n; i++) {
       data[(i - from) * 2] = this.blocks[i]
       data[(i - from) * 2 + 1] = i === n - 1 ? this.tokens - i * this.blockTokens : this.blockTokens
     }
-    this.device.queue.writeBuffer(this.entries, from * 8, data)
+    this.device.queue.writeBuffer(this.entries, from * 8, data.buffer, 0, (n - from) * 8)
     this.entriesSynced = n
     this.scratch[0] = 0
     this.scratch[1] = n

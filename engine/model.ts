@@ -254,13 +254,13 @@ export class GpuModel {
 
   /** Reserves slots for m tokens; blocks they fill get their abstracts in the same pass. */
   private appendSlots(m: number): void {
-    const filled: number[] = []
+    let filled: number[] | undefined
     for (let t = 0; t < m; t++) {
       this.slotHost[t] = this.kv.append()
-      if (this.kv.length % this.kv.blockTokens === 0) filled.push(this.kv.blockList[this.kv.blockList.length - 1])
+      if (this.sparse && this.kv.length % this.kv.blockTokens === 0) (filled ??= []).push(this.kv.blockList[this.kv.blockList.length - 1])
     }
     this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, m * 4)
-    this.sparse?.queueAbstracts(filled)
+    this.sparse?.queueAbstracts(filled ?? noBlocks)
   }
 
   /**
@@ -452,4 +452,6 @@ const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: Pipelin
 }
 
 /** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
+const noBlocks: ReadonlyArray<number> = []
+
 const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8

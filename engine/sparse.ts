@@ -40,6 +40,7 @@ export class SparseAttention {
   private readonly selectDispatches: Dispatch[] = []
   private readonly attnDispatches: Dispatch[] = []
   private blocksSynced = 0
+  private readonly one = new Uint32Array(1)
   private readonly stride: number
 
   constructor(
@@ -138,7 +139,10 @@ export class SparseAttention {
       this.device.queue.writeBuffer(this.chunkBlocks, this.blocksSynced * 4, Uint32Array.from(list.slice(this.blocksSynced, full)))
       this.blocksSynced = full
     }
-    if (partial > 0) this.device.queue.writeBuffer(this.chunkBlocks, full * 4, Uint32Array.of(list[full]))
+    if (partial > 0) {
+      this.one[0] = list[full]
+      this.device.queue.writeBuffer(this.chunkBlocks, full * 4, this.one)
+    }
     const sink = Math.ceil(this.policy.sinkTokens / bs)
     const recent = Math.ceil(Math.max(0, this.policy.recentTokens - partial) / bs)
     const k = Math.max(0, Math.floor(this.policy.budgetTokens / bs) - sink - recent - (partial > 0 ? 1 : 0))
