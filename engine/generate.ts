@@ -89,7 +89,7 @@ const decodeOnGpu = async (model: GpuModel, options: GenerateOptions): Promise<L
     while (pending.length > 0) {
       // Queue ahead: step s consumes token s-1 and produces token s.
       while (submitted < options.maxTokens && pending.length < LAG && model.length < model.maxContext) {
-        model.decode(submitted - 1, params(submitted), reads.next(model.tokenIds, submitted))
+        await model.decode(submitted - 1, params(submitted), reads.next(model.tokenIds, submitted))
         pending.push(reads.take())
         submitted++
       }
@@ -116,7 +116,7 @@ const decodeOnHost = async (model: GpuModel, options: GenerateOptions): Promise<
     if (accept(id)) break
     if (model.length >= model.maxContext) break
     model.writeToken(step, id)
-    model.decode(step)
+    await model.decode(step)
   }
   return out
 }

@@ -40,6 +40,9 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
   } satisfies Record<string, PipelineKey>
 }
 
+/** The prefill attention kernel in window mode (softmax state carried between passes). */
+export const windowedPrefillKey = (key: PipelineKey): PipelineKey => ({ ...key, flags: { ...key.flags, WINDOW: true } })
+
 export const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, maxSplits: number) => {
   const f = 4
   const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim

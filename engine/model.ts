@@ -9,11 +9,13 @@ import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from 
 import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvOp, type GemvTuningOption, type GemvTunings, gemvRowsPerGroup, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys, windowedPrefillKey } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
-import { KvPool } from "./kv-pool.ts"
+import { ATTN_TILE, KvPool } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
+import { TIER_PARTIALS, TieredKv, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
+import { TieredSteps } from "./tiered-steps.ts"
 
 export interface EngineOptions {
   /** Most tokens the sequence may hold (prompt + generated); default: the model's max positions. */
@@ -26,6 +28,8 @@ export interface EngineOptions {
   readonly sparse?: SparsePolicy
   /** GEMV tuning (threads and rows per workgroup), one for all or one per matrix. */
   readonly gemv?: GemvTuningOption
+  /** The tiered KV cache (GPU budget, host arena, disk); absent: all KV on the GPU. */
+  readonly tiered?: { readonly policy: TieredPolicy; readonly stores: TierStores }
 }
 
 export interface SampleParams {
@@ -80,7 +84,11 @@ export class GpuModel {
     readonly weights: ModelWeights,
     readonly pipelines: Pipelines,
     config: ModelConfig,
-    options: Required<Omit<EngineOptions, "gemv" | "sparse">> & { gemv: GemvTunings; sparse: SparsePolicy | undefined },
+    options: Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered">> & {
+      gemv: GemvTunings
+      sparse: SparsePolicy | undefined
+      tiered: EngineOptions["tiered"]
+    },
   ) {
     const device = gpu.device
     this.device = device
@@ -88,8 +96,17 @@ export class GpuModel {
     this.maxContext = options.maxContext
     this.prefillChunk = options.prefillChunk
     this.invFreq = ropeInvFreq(config)
-    this.kv = new KvPool(device, config, options.blockTokens, options.maxContext)
-    this.act = allocateActivations(device, config, options.prefillChunk, this.kv.maxSplits)
+    const fullSplits = Math.ceil(Math.ceil(options.maxContext / options.blockTokens) / (ATTN_TILE / options.blockTokens))
+    this.act = allocateActivations(device, config, options.prefillChunk, options.tiered ? Math.max(fullSplits, TIER_PARTIALS) : fullSplits)
+    this.tiered = options.tiered
+      ? new TieredKv(device, pipelines, config, options.tiered.policy, options.tiered.stores, {
+          blockTokens: options.blockTokens,
+          maxContext: options.maxContext,
+          prefillChunk: options.prefillChunk,
+          q: this.act.q,
+        })
+      : undefined
+    this.kv = new KvPool(device, config, options.blockTokens, options.maxContext, this.tiered?.pools)
     this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
     this.logits = this.act.logits
     this.u = createUniforms(device, config, options.gemv, this.kv.blockTokens)
@@ -118,6 +135,7 @@ export class GpuModel {
 
     // ---- decode: one token, GEMVs with fused RMSNorm / residual / SwiGLU
     const dec: Dispatch[] = []
+    const decodeLayers: Array<{ pre: Dispatch[]; combine: Dispatch; post: Dispatch[] }> = []
     const attnDecode: Dispatch[] = []
     const attnCombine: Dispatch[] = []
     dec.push(d(P(keys.embed), [[0, u.embedDecode.buffer], [1, weights.embed], [2, this.tokenIds], [3, a.x]], Math.ceil(c.hiddenSize / 2 / 256), 1))
@@ -132,16 +150,17 @@ export class GpuModel {
       const ac = d(P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, a.attn]], H, 1)
       attnDecode.push(ad)
       attnCombine.push(ac)
-      dec.push(
-        ad,
-        ac,
+      const post = [
         d(P(w.bo ? keys.gemvOBias : keys.gemvO), [[0, u.gemvO.buffer], [1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])], gx("o", c.hiddenSize), gy("o", c.hiddenSize)),
         d(P(keys.gemvGu), [[0, u.gemvGu.buffer], [1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]], gx("gu", 2 * c.intermediateSize), gy("gu", 2 * c.intermediateSize)),
         d(P(keys.gemvDown), [[0, u.gemvDown.buffer], [1, w.wdown], [2, a.ffn], [3, a.x]], gx("down", c.hiddenSize), gy("down", c.hiddenSize)),
-      )
+      ]
+      decodeLayers.push({ pre: dec.slice(dec.length - 2), combine: ac, post })
+      dec.push(ad, ac, ...post)
     })
     dec.push(d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize)))
     this.decodeProgram = dec
+    const decodeParts = { embed: dec[0], layers: decodeLayers, head: dec[dec.length - 1] }
     this.attnDecode = attnDecode
     // The sparse program is the same but for attention: score, select, attend per layer.
     this.sparseDecodeProgram = sparse ? dec.flatMap((x) => (attnDecode.includes(x) ? sparse.attentionOf(attnDecode.indexOf(x)) : [x])) : []
@@ -151,6 +170,7 @@ export class GpuModel {
     const gemms: Array<{ d: Dispatch; n: number }> = []
     const rowDispatches: Dispatch[] = []
     const attnPrefill: Dispatch[] = []
+    const prefillLayers: Array<{ pre: Dispatch[]; post: Dispatch[] }> = []
     const gemm = (key: PipelineKey, uniform: Uniform, wbuf: GPUBuffer, xbuf: GPUBuffer, ybuf: GPUBuffer, n: number, bias?: GPUBuffer) => {
       const g = d(P(key), [[0, uniform.buffer], [1, xbuf], [2, wbuf], [3, ybuf], ...(bias ? [[5, bias] as const] : [])], Math.ceil(n / 64), 1)
       gemms.push({ d: g, n })
@@ -167,17 +187,15 @@ export class GpuModel {
       const norm2 = d(P(keys.rmsnorm), [[0, u.rmsnorm.buffer], [1, a.x], [2, w.mlpNorm], [3, a.xn]], 1)
       rowDispatches.push(norm1, norm2, rope)
       attnPrefill.push(attn)
-      pre.push(
-        norm1,
-        gemm(w.bqkv ? keys.gemmBias : keys.gemm, u.gemmQkv, w.wqkv, a.xn, a.qkv, qkvRows, w.bqkv),
-        rope,
-        ...(sparse ? [sparse.abstractOf(l)] : []),
-        attn,
+      const layerPre = [norm1, gemm(w.bqkv ? keys.gemmBias : keys.gemm, u.gemmQkv, w.wqkv, a.xn, a.qkv, qkvRows, w.bqkv), rope]
+      const layerPost = [
         gemm(w.bo ? keys.gemmAccBias : keys.gemmAcc, u.gemmO, w.wo, a.attn, a.x, c.hiddenSize, w.bo),
         norm2,
         gemm(keys.gemmSwiglu, u.gemmGu, w.wgu, a.xn, a.ffn, 2 * c.intermediateSize),
         gemm(keys.gemmAcc, u.gemmDown, w.wdown, a.ffn, a.x, c.hiddenSize),
-      )
+      ]
+      prefillLayers.push({ pre: layerPre, post: layerPost })
+      pre.push(...layerPre, ...(sparse ? [sparse.abstractOf(l)] : []), attn, ...layerPost)
     })
     this.prefillProgram = pre
     this.gemms = gemms
@@ -191,6 +209,23 @@ export class GpuModel {
       d(P(keys.argmaxFinal), [[0, u.sample.buffer], [2, a.samplePart], [3, this.tokenIds]], 1),
     ]
     this.samplePrograms = { argmax: argmax(false), gumbel: argmax(true) }
+    this.tieredSteps = this.tiered
+      ? new TieredSteps(device, pipelines, config, this.tiered, this.kv, a, u, keys, {
+          decode: decodeParts,
+          prefill: { embed: embedPre, layers: prefillLayers, headLast: this.headLast },
+          rowDispatches,
+          gemms,
+        }, options.prefillChunk)
+      : undefined
+  }
+
+  /** The tiered KV cache, when the options ask for one. */
+  readonly tiered: TieredKv | undefined
+  private readonly tieredSteps: TieredSteps | undefined
+
+  /** KV statistics of the tiered cache since the last reset (undefined without tiers). */
+  tierStats() {
+    return this.tieredSteps?.stats()
   }
 
   private readonly headLast: Dispatch
@@ -208,7 +243,12 @@ export class GpuModel {
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu))
-    const compiling = pipelines.prewarm([...Object.values(keys), ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : [])])
+    if (options.sparse && options.tiered) throw new RangeError("sparse (quest) attention and the tiered cache are exclusive")
+    const compiling = pipelines.prewarm([
+      ...Object.values(keys),
+      ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : []),
+      ...(options.tiered ? [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(keys.attnPrefill)] : []),
+    ])
     const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
     const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
     const weights = uploadWeights(gpu.device, source, progress, fill)
@@ -220,12 +260,13 @@ export class GpuModel {
       blockTokens: options.blockTokens ?? 16,
       gemv,
       sparse: options.sparse,
+      tiered: options.tiered,
     })
   }
 
   /** Tokens currently in the sequence's KV cache. */
   get length(): number {
-    return this.kv.length
+    return this.tiered ? this.tiered.length : this.kv.length
   }
 
   /** Decode steps that ran sparse attention (the context was past the budget). */
@@ -235,6 +276,8 @@ export class GpuModel {
 
   /** Forgets the sequence (its blocks go back to the pool). */
   reset(): void {
+    this.tiered?.reset()
+    this.tieredSteps?.resetStats()
     this.kv.reset()
     this.sparse?.invalidate()
   }
@@ -275,8 +318,13 @@ export class GpuModel {
   ): Promise<Float32Array | undefined> {
     const c = this.config
     if (ids.length === 0) throw new RangeError("prefill of zero tokens")
-    if (this.kv.length + ids.length > this.maxContext) {
-      throw new ContextOverflow(`${this.kv.length + ids.length} tokens exceed the context of ${this.maxContext}`)
+    if (this.length + ids.length > this.maxContext) {
+      throw new ContextOverflow(`${this.length + ids.length} tokens exceed the context of ${this.maxContext}`)
+    }
+    if (this.tieredSteps) {
+      if (allLogits) throw new RangeError("all-position logits are not kept with the tiered cache")
+      await this.tieredSteps.prefill(ids, (pos0, m) => this.writeRope(pos0, m), onProgress)
+      return undefined
     }
     const all = allLogits ? new Float32Array(ids.length * c.vocabSize) : undefined
     for (let start = 0; start < ids.length; start += this.prefillChunk) {
@@ -336,9 +384,13 @@ export class GpuModel {
    * step, or written by `writeToken`), its KV is appended, and `logits` receives the next
    * distribution. With `sample`, the next token is chosen on the GPU into tokenIds[outSlot].
    */
-  decode(inSlot: number, sample?: SampleParams, copyOut?: CopyOut): void {
+  decode(inSlot: number, sample?: SampleParams, copyOut?: CopyOut): void | Promise<void> {
     const c = this.config
-    if (this.kv.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
+    if (this.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
+    if (this.tieredSteps) {
+      this.writeRope(this.length, 1)
+      return this.tieredSteps.decode(inSlot % ID_SLOTS, (pass) => sample && this.encodeSample(pass, sample), copyOut)
+    }
     const pos = this.kv.length
     this.writeRope(pos, 1)
     this.appendSlots(1)
@@ -393,6 +445,7 @@ export class GpuModel {
 
   /** Drops tokens past `length` from the sequence (those computed after a stop). */
   truncate(length: number): void {
+    this.tiered?.truncate(length)
     this.kv.truncate(length)
     this.sparse?.invalidate()
   }
@@ -414,6 +467,7 @@ export class GpuModel {
     destroyWeights(this.weights)
     this.kv.destroy()
     this.sparse?.destroy()
+    this.tiered?.destroy()
     for (const b of Object.values(this.act)) b.destroy()
     this.sampling?.destroy()
     this.tokenIds.destroy()

@@ -8,8 +8,10 @@
 //   entries:  (E) vec2<u32> (physical block, tokens used in it)
 //   seqs:     (M) vec2<u32> (first entry, entry count) of each query's list; with per_head = 1,
 //             (M, KV): one list per query and KV head (sparse selection per head)
-//   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp)
-struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, _b: u32 }
+//   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp); workgroup
+//             `split` writes partial s0 + split, so passes over several lists (windows of a
+//             tiered cache) fill disjoint partials that one attn_combine merges
+struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, s0: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> kpool: array<vec4<u32>>;
@@ -152,12 +154,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       for (var j = 0u; j < ntg; j = j + 1u) {
         o = o + vec2<f32>(red[(j * G + g) * D + 2u * dp], red[(j * G + g) * D + 2u * dp + 1u]);
       }
-      let ob = ((m * p.H + kvh * G + g) * p.S + split) * D + 2u * dp;
+      let ob = ((m * p.H + kvh * G + g) * p.S + p.s0 + split) * D + 2u * dp;
       part_o[ob] = o.x;
       part_o[ob + 1u] = o.y;
     }
   }
   if (lid < G) {
-    part_ml[(m * p.H + kvh * G + lid) * p.S + split] = vec2<f32>(mrun[lid], ltot[lid]);
+    part_ml[(m * p.H + kvh * G + lid) * p.S + p.s0 + split] = vec2<f32>(mrun[lid], ltot[lid]);
   }
 }

@@ -4,7 +4,8 @@
 // (row r, lane j of 8) scores 2 of the 16 keys of a tile and accumulates D/8 output columns
 // with an online softmax. Queries are positions pos0 .. pos0 + M - 1 of one sequence;
 // keys 0 .. pos0 + M - 1 are read through the block table.
-// Buffers and the tile load: lib/attn_prefill_io.wgsl.
+// Buffers, the tile load and the WINDOW mode (one pass of several over the keys, the
+// softmax state carried between passes): lib/attn_prefill_io.wgsl.
 #include lib/attn_prefill_io.wgsl
 
 override G: u32 = 1;      // query heads per kv head
@@ -32,7 +33,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let h = kvh * G + min(grow, total_rows - 1u) % G;
   let qpos = p.pos0 + qi;
   let last_row = min(row0 + ROWS, total_rows) - 1u;
-  let kend = p.pos0 + last_row / G + 1u;   // keys [0, kend) are visible to some row
+  let kbeg = keys_begin();
+  let kend = keys_end(p.pos0 + last_row / G + 1u);   // keys [kbeg, kend) are visible to some row
 
   for (var i = lid; i < ROWS * D; i = i + 256u) {
     let rr = row0 + i / D;
@@ -45,8 +47,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var acc: array<vec2<f32>, 8>;
   for (var c = 0u; c < 8u; c = c + 1u) { acc[c] = vec2<f32>(0.0); }
   let npairs = D / 16u;    // column pairs per thread: pair j + 8c
+#if WINDOW
+  let sb = state_base(qi, h);
+  if ((p.flags & FIRST) == 0u && row_ok) {
+    for (var c = 0u; c < npairs; c = c + 1u) {
+      let pc = j + 8u * c;
+      acc[c] = vec2<f32>(state[sb + 2u * pc], state[sb + 2u * pc + 1u]);
+    }
+    mrun = state[sb + D];
+    l = state[sb + D + 1u];
+  }
+#endif
 
-  for (var kt = 0u; kt < kend; kt = kt + BK) {
+  for (var kt = kbeg; kt < kend; kt = kt + BK) {
     workgroupBarrier();
     load_tile(lid, kt, kend, kvh);
     workgroupBarrier();
@@ -78,6 +91,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
 
   if (row_ok) {
+#if WINDOW
+    if ((p.flags & LAST) == 0u) {
+      for (var c = 0u; c < npairs; c = c + 1u) {
+        let pc = j + 8u * c;
+        state[sb + 2u * pc] = acc[c].x;
+        state[sb + 2u * pc + 1u] = acc[c].y;
+      }
+      if (j == 0u) {
+        state[sb + D] = mrun;
+        state[sb + D + 1u] = l;
+      }
+      return;
+    }
+#endif
     let ob = (qi * p.H + h) * D;
     for (var c = 0u; c < npairs; c = c + 1u) {
       let pc = j + 8u * c;

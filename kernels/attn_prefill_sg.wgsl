@@ -4,7 +4,7 @@
 // its output in registers. Per tile of BK keys a lane forms partial scores over its dims,
 // three xor-shuffles give every lane the full scores, and the online softmax and P·V run
 // in registers: one shared-memory load per two FMAs (the plain kernel needs three per two).
-// Buffers and the tile load: lib/attn_prefill_io.wgsl.
+// Buffers, the tile load and the WINDOW mode: lib/attn_prefill_io.wgsl.
 diagnostic(off, subgroup_uniformity);
 
 #include lib/attn_prefill_io.wgsl
@@ -35,7 +35,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let h = kvh * G + rc % G;
   let qpos = p.pos0 + qi;
   let last_row = min(row0 + ROWS, total_rows) - 1u;
-  let kend = p.pos0 + last_row / G + 1u;
+  let kbeg = keys_begin();
+  let kend = keys_end(p.pos0 + last_row / G + 1u);
 
   // This lane's slice of q, pre-scaled: dims 2 * (j * words + w) and +1.
   var qv: array<vec2<f32>, MAX_DL>;
@@ -48,8 +49,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   var mrun = NEG;
   var l = 0.0;
+#if WINDOW
+  let sb = state_base(qi, h);
+  if ((p.flags & FIRST) == 0u && row_ok) {
+    for (var w = 0u; w < words; w = w + 1u) {
+      let d = 2u * (j * words + w);
+      acc[w] = vec2<f32>(state[sb + d], state[sb + d + 1u]);
+    }
+    mrun = state[sb + D];
+    l = state[sb + D + 1u];
+  }
+#endif
 
-  for (var kt = 0u; kt < kend; kt = kt + BK) {
+  for (var kt = kbeg; kt < kend; kt = kt + BK) {
     workgroupBarrier();
     load_tile(lid, kt, kend, kvh);
     workgroupBarrier();
@@ -84,6 +96,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
 
   if (row_ok) {
+#if WINDOW
+    if ((p.flags & LAST) == 0u) {
+      for (var w = 0u; w < words; w = w + 1u) {
+        let d = 2u * (j * words + w);
+        state[sb + d] = acc[w].x;
+        state[sb + d + 1u] = acc[w].y;
+      }
+      if (j == 0u) {
+        state[sb + D] = mrun;
+        state[sb + D + 1u] = l;
+      }
+      return;
+    }
+#endif
     for (var w = 0u; w < words; w = w + 1u) {
       let d = 2u * (j * words + w);
       out[qb + d] = acc[w].x / l;

@@ -6,6 +6,8 @@
 //   chunks: (n) u32 abstract slots;  scores: (n, KV) f32
 // Workgroup (chunk, kv head), thread j the element pair (2j, 2j+1): one load of each
 // abstract per thread, then a tree sum per query head (the step is latency-bound otherwise).
+// With ALL_HEADS (the tiered cache moves whole chunks, all heads together): workgroup
+// (chunk) scores every KV head in turn and writes the largest bound, scores: (n) f32.
 struct Params { n: u32, KV: u32, D: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -23,8 +25,22 @@ var<workgroup> red: array<f32, MAX_G * HALF_D>;
 @compute @workgroup_size(HALF_D)
 fn main(@builtin(local_invocation_index) j: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let c = wid.y * 65535u + wid.x;
-  let kvh = wid.z;
   if (c >= p.n) { return; }   // uniform per workgroup
+#if ALL_HEADS
+  var best = -3.0e38;
+  for (var kvh = 0u; kvh < p.KV; kvh = kvh + 1u) {
+    best = max(best, bound(c, kvh, j));
+  }
+  if (j == 0u) { scores[c] = best * p.scale; }
+#else
+  let best = bound(c, wid.z, j);
+  if (j == 0u) { scores[c * p.KV + wid.z] = best * p.scale; }
+#endif
+}
+
+// The largest over the group's query heads of chunk c's bound for KV head kvh (in every
+// thread; uniform control flow).
+fn bound(c: u32, kvh: u32, j: u32) -> f32 {
   let a = (chunks[c] * p.KV + kvh) * HALF_D + j;
   let lo = unpack2x16float(amin[a]);
   let hi = unpack2x16float(amax[a]);
@@ -41,9 +57,8 @@ fn main(@builtin(local_invocation_index) j: u32, @builtin(workgroup_id) wid: vec
     }
   }
   workgroupBarrier();
-  if (j == 0u) {
-    var best = -3.0e38;
-    for (var g = 0u; g < G; g = g + 1u) { best = max(best, red[g * HALF_D]); }
-    scores[c * p.KV + kvh] = best * p.scale;
-  }
+  var best = -3.0e38;
+  for (var g = 0u; g < G; g = g + 1u) { best = max(best, red[g * HALF_D]); }
+  workgroupBarrier();   // red is reused by the next call
+  return best;
 }

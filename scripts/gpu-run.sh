@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `. .gpu/prelude.sh`: unpacks dawn.node, checks the kernels
-# against the golden outputs, then runs the engine benchmark. Results go to $OUT (or bench/results).
+# against the golden outputs, then runs the engine, actor and upload (host <-> GPU transfer)
+# benchmarks. Results go to $OUT (or bench/results).
 set -euo pipefail
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
@@ -12,3 +13,4 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
 node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
 node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
+node .bench-bundle/upload-bench.mjs --total-mib 512 --json "$out/upload-bench.json" 2>&1 | tee "$out/upload-bench.txt"

@@ -1,0 +1,226 @@
+// Prefill and decode over the tiered KV cache. The model's prepared dispatches are replayed
+// layer by layer, because between a layer's query and its attention the host takes part:
+// in decode it reads the chosen chunks back (leoam) and makes them resident; in both it
+// stages misses through the upload ring and runs attention in windows when the chosen
+// chunks do not fit in the GPU cache at once. Every uniform or list written for a window
+// is written after the submit of the work that used the previous value (queue order).
+import type { ModelConfig } from "../models/types.ts"
+import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "./buffers.ts"
+import type { KvPool } from "./kv-pool.ts"
+import type { allocateActivations, createUniforms, pipelineKeys } from "./model-resources.ts"
+import type { PipelineKey, Pipelines } from "./pipelines.ts"
+import { windowedPrefillKey } from "./model-resources.ts"
+import { TIER_PARTIALS, type TieredKv, type TierStats } from "./tiered.ts"
+
+export interface TieredParts {
+  readonly decode: {
+    readonly embed: Dispatch
+    readonly layers: ReadonlyArray<{ readonly pre: ReadonlyArray<Dispatch>; readonly combine: Dispatch; readonly post: ReadonlyArray<Dispatch> }>
+    readonly head: Dispatch
+  }
+  readonly prefill: {
+    readonly embed: Dispatch
+    readonly layers: ReadonlyArray<{ readonly pre: ReadonlyArray<Dispatch>; readonly post: ReadonlyArray<Dispatch> }>
+    readonly headLast: Dispatch
+  }
+  /** Prefill dispatches with one workgroup row per token (y = m), and the GEMMs (y = m / 64). */
+  readonly rowDispatches: ReadonlyArray<Dispatch>
+  readonly gemms: ReadonlyArray<{ readonly d: Dispatch }>
+}
+
+/** Rows of prefill attention per workgroup (both kernels). */
+const PREFILL_ROWS = 32
+const FIRST = 1
+const LAST = 2
+
+export class TieredSteps {
+  private readonly attnDecode: Dispatch[] = []
+  private readonly attnPrefill: Dispatch[] = []
+  private readonly uAttn: Uniform
+  private readonly uWindow: Uniform
+  private readonly state: GPUBuffer
+  private readonly selRead: GPUBuffer
+  private readonly slotHost: Uint32Array
+  private steps = 0
+
+  constructor(
+    private readonly device: GPUDevice,
+    pipelines: Pipelines,
+    private readonly config: ModelConfig,
+    private readonly tiered: TieredKv,
+    private readonly kv: KvPool,
+    private readonly act: ReturnType<typeof allocateActivations>,
+    private readonly u: ReturnType<typeof createUniforms>,
+    keys: ReturnType<typeof pipelineKeys>,
+    private readonly parts: TieredParts,
+    prefillChunk: number,
+  ) {
+    const c = config
+    this.uAttn = new Uniform(device, "tier attn decode", "uuuuufuu")
+    this.uWindow = new Uniform(device, "tier attn prefill window", "uuuuufuuuuuu")
+    this.state = storageBuffer(device, "prefill attention state (chunk, H, D + 2) f32", prefillChunk * c.numHeads * (c.headDim + 2) * 4)
+    this.selRead = device.createBuffer({ label: "selected chunks read-back", size: Math.max(16, tiered.maxChunks * 8), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    this.slotHost = new Uint32Array(prefillChunk)
+    const a = act
+    const windowKey = windowedPrefillKey(keys.attnPrefill)
+    kv.layers.forEach((kvl, l) => {
+      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, y: number): Dispatch => {
+        const pipeline = pipelines.now(key)
+        return { pipeline, bindGroup: bind(device, pipeline, entries), x: 1, y, z: 1 }
+      }
+      this.attnDecode.push(
+        mk(keys.attnDecode, [[0, this.uAttn.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, tiered.entries], [5, tiered.seqs], [6, a.partO], [7, a.partML]], c.numKvHeads),
+      )
+      this.attnPrefill.push(mk(windowKey, [[0, this.uWindow.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, kv.table], [5, a.attn], [6, this.state]], c.numKvHeads))
+    })
+  }
+
+  /** Runs the prompt through the model chunk by chunk, attending the tiered history in windows. */
+  async prefill(ids: ReadonlyArray<number>, writeRope: (pos0: number, m: number) => void, onProgress?: (done: number, total: number) => void): Promise<void> {
+    const c = this.config
+    const t = this.tiered
+    const u = this.u
+    const chunk = t.prefillTokens
+    const G = c.numHeads / c.numKvHeads
+    for (let start = 0; start < ids.length; start += chunk) {
+      await t.settle()
+      const m = Math.min(chunk, ids.length - start)
+      const pos0 = t.length
+      this.device.queue.writeBuffer(this.act.promptIds, 0, Uint32Array.from(ids.slice(start, start + m)))
+      writeRope(pos0, m)
+      for (let i = 0; i < m; i++) this.slotHost[i] = t.append()
+      this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, m * 4)
+      u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
+      u.ropePrefill.set(m, c.numHeads, c.numKvHeads, c.headDim, t.blockTokens)
+      u.setGemmRows(m)
+      for (const r of this.parts.rowDispatches) r.y = m
+      for (const g of this.parts.gemms) g.d.y = Math.ceil(m / 64)
+      const groups = Math.ceil((m * G) / PREFILL_ROWS)
+      let encoder = this.device.createCommandEncoder()
+      let pass = encoder.beginComputePass()
+      encodeAll(pass, [this.parts.prefill.embed])
+      for (let l = 0; l < c.numLayers; l++) {
+        encodeAll(pass, this.parts.prefill.layers[l].pre)
+        pass.end()
+        this.device.queue.submit([encoder.finish()])
+        await t.prefillLayer(l, this.kv.table, (k0, k1, first, last) => {
+          this.uWindow.set(m, c.numHeads, c.numKvHeads, t.blockTokens, pos0, 1 / Math.sqrt(c.headDim), k0, k1, (first ? FIRST : 0) | (last ? LAST : 0))
+          const d = this.attnPrefill[l]
+          d.x = groups
+          const e = this.device.createCommandEncoder()
+          const p = e.beginComputePass()
+          encodeAll(p, [d])
+          p.end()
+          this.device.queue.submit([e.finish()])
+        })
+        encoder = this.device.createCommandEncoder()
+        pass = encoder.beginComputePass()
+        encodeAll(pass, this.parts.prefill.layers[l].post)
+      }
+      pass.end()
+      const rowBytes = c.hiddenSize * 4
+      encoder.copyBufferToBuffer(this.act.x, (m - 1) * rowBytes, this.act.xlast, 0, rowBytes)
+      const head = encoder.beginComputePass()
+      encodeAll(head, [this.parts.prefill.headLast])
+      head.end()
+      this.device.queue.submit([encoder.finish()])
+      t.seal()
+      if (onProgress) {
+        await this.device.queue.onSubmittedWorkDone()
+        onProgress(start + m, ids.length)
+      }
+    }
+    await t.settle()
+  }
+
+  /**
+   * One decode step (the rope row of its position is written): input token tokenIds[inSlot],
+   * its KV appended to the tail, attention per layer over the chosen chunks and the tail.
+   */
+  async decode(inSlot: number, encodeSample: (pass: GPUComputePassEncoder) => void, copyOut?: { src: GPUBuffer; offset: number; dst: GPUBuffer }): Promise<void> {
+    const c = this.config
+    const t = this.tiered
+    const u = this.u
+    await t.settle()
+    this.slotHost[0] = t.append()
+    this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, 4)
+    u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot)
+    const selecting = t.selects()
+    let encoder = this.device.createCommandEncoder()
+    let pass = encoder.beginComputePass()
+    encodeAll(pass, [this.parts.decode.embed])
+    const tile = this.kv.tileEntries
+    for (let l = 0; l < c.numLayers; l++) {
+      const layer = this.parts.decode.layers[l]
+      encodeAll(pass, layer.pre)
+      let chosen: number[]
+      if (selecting) {
+        const count = t.encodeSelect(l, pass)
+        pass.end()
+        if (count > 0) encoder.copyBufferToBuffer(t.selection, 0, this.selRead, 0, count * 8)
+        this.device.queue.submit([encoder.finish()])
+        const t0 = performance.now()
+        chosen = count > 0 ? await this.readChoice(count) : []
+        t.countStep(count, performance.now() - t0)
+      } else {
+        pass.end()
+        this.device.queue.submit([encoder.finish()])
+        chosen = t.allChunks()
+        t.countStep(chosen.length, 0)
+      }
+      encoder = this.device.createCommandEncoder()
+      pass = encoder.beginComputePass()
+      let s0 = 0
+      const windows = Math.ceil(chosen.length / Math.max(1, t.cacheSlots)) + 1
+      const cap = Math.max(1, Math.floor(TIER_PARTIALS / windows))
+      await t.attendLayer(l, chosen, (count, last) => {
+        const { splits, entriesPerSplit } = t.splitsOf(count, tile, cap)
+        if (s0 + splits > TIER_PARTIALS) throw new RangeError(`layer ${l}: attention needs more than ${TIER_PARTIALS} partials`)
+        this.uAttn.set(c.numHeads, c.numKvHeads, t.blockTokens, entriesPerSplit, TIER_PARTIALS, 1 / Math.sqrt(c.headDim), 0, s0)
+        const d = this.attnDecode[l]
+        d.x = splits
+        encodeAll(pass, [d])
+        s0 += splits
+        if (!last) {
+          pass.end()
+          this.device.queue.submit([encoder.finish()])
+          encoder = this.device.createCommandEncoder()
+          pass = encoder.beginComputePass()
+        }
+      })
+      u.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
+      // The next layer's pre goes into this encoder, which is submitted before that layer
+      // writes its own lists and uniforms.
+      encodeAll(pass, [layer.combine, ...layer.post])
+    }
+    encodeAll(pass, [this.parts.decode.head])
+    encodeSample(pass)
+    pass.end()
+    if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
+    this.device.queue.submit([encoder.finish()])
+    this.steps++
+    t.seal()
+  }
+
+  private async readChoice(count: number): Promise<number[]> {
+    await this.selRead.mapAsync(GPUMapMode.READ, 0, count * 8)
+    const view = new Uint32Array(this.selRead.getMappedRange(0, count * 8))
+    const out = new Array<number>(count)
+    for (let i = 0; i < count; i++) out[i] = view[i * 2]
+    this.selRead.unmap()
+    return out
+  }
+
+  stats(): TierStats {
+    return this.tiered.stats(this.steps)
+  }
+
+  resetStats(): void {
+    this.steps = 0
+  }
+
+  destroy(): void {
+    this.state.destroy()
+    this.selRead.destroy()
+  }
+}

@@ -1,0 +1,786 @@
+// The tiered KV cache (LeoAM): the sequence's KV lives in chunks, written through to the
+// disk tier (segment files + LMDB, DiskStore), cached in the host arena (HostArena) and,
+// within a byte budget, in a per-layer GPU chunk cache. Each chunk has a min/max abstract
+// per KV head, computed on the GPU when the chunk is sealed, kept on the GPU for scoring
+// and in LMDB under [session, layer, chunk].
+//
+// GPU layout, per layer: one pool of KV blocks (the engine's paged layout) split into the
+// tail (a ring of blocks the model writes new tokens into; the same physical blocks in
+// every layer, so one slot per token serves all layers) and cache slots of one chunk each.
+// A decode step per layer: score every sealed chunk from its abstracts against the current
+// query, select the sink, the recent and the best chunks under the token budget, read the
+// choice back (a few bytes), make the chosen chunks resident (hits stay, misses come from
+// the host arena or disk through the staging ring, evicting by policy), and attend them
+// plus the tail. What does not fit in the cache at once is attended in windows whose
+// partial softmax states one combine merges, so attention is exact over what was chosen.
+import type { DiskStore } from "../actors/disk-store/store.ts"
+import type { HostArena } from "../actors/host-cache/arena.ts"
+import { chunkKey, type EntryView, type EvictionPolicy } from "../actors/host-cache/policies.ts"
+import type { ModelConfig } from "../models/types.ts"
+import { bind, type Dispatch, storageBuffer, Uniform } from "./buffers.ts"
+import type { PipelineKey, Pipelines } from "./pipelines.ts"
+import { ReadbackRing, type StagedCopy, UploadRing } from "./staging.ts"
+
+/** How the tiered cache chooses what to attend. */
+export interface TieredPolicy {
+  /** `leoam`: abstracts + selection + GPU cache; `offload-all`: every step attends all chunks, fetched from host/disk (exact). */
+  readonly mode: "leoam" | "offload-all"
+  /** Tokens per chunk (`fixed` chunking; a multiple of the block size). */
+  readonly chunkTokens: number
+  /** Most tokens attended per step (sink, recent and tail included); or a fraction of the context. */
+  readonly budgetTokens?: number
+  readonly budgetFraction?: number
+  readonly sinkTokens: number
+  readonly recentTokens: number
+  /** Eviction of the GPU chunk cache. */
+  readonly gpuEviction: EvictionPolicy
+}
+
+export interface TierStores {
+  readonly gpuBudgetBytes: number
+  readonly arena: HostArena
+  readonly store: DiskStore
+  /** The session id the chunks are kept under (LMDB keys, host keys). */
+  readonly session: string
+}
+
+export class KvBudgetError extends Error {
+  readonly code = "kv_budget_too_small"
+}
+
+export class KvTierError extends Error {
+  constructor(
+    readonly code: "kv_chunk_corrupt" | "kv_chunk_missing" | "kv_disk_full" | "kv_dir_unavailable" | "kv_io_failed",
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+/** Per-request counters of the tiered cache (the `kv` object of replies). */
+export interface TierStats {
+  readonly policy: string
+  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number }
+  readonly host: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; bytes_written: number }
+  readonly disk: { hits: number; bytes_read: number; bytes_written: number }
+  readonly chunk_tokens: number
+  readonly chunks_sealed: number
+  readonly steps: number
+  readonly windows: number
+  readonly chunks_selected_per_step: number
+  readonly tokens_selected_per_step: number
+  /** Host wall time: waiting for the selection read-back (includes the layer's QKV GEMV and scoring), staging transfers, sealing. */
+  readonly time_ms: { select: number; transfer: number; seal: number }
+}
+
+export const tieredPipelineKeys = (c: ModelConfig) => ({
+  abstract: { op: "abstract" } as PipelineKey,
+  score: { op: "score", flags: { ALL_HEADS: true }, constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
+  select: { op: "select" } as PipelineKey,
+})
+
+/** Staging buffers: upload slots and read-back slots, each budget / 64 (a chunk at least, 16 MiB at most). */
+const STAGING_MAX_BYTES = 16 * 2 ** 20
+const UPLOAD_SLOTS = 4
+const READBACK_SLOTS = 2
+/** Aim for this many decode-attention workgroups per window. */
+const TARGET_WORKGROUPS = 256
+/** Attention partials (splits) one step may produce over all its windows. */
+export const TIER_PARTIALS = 512
+
+interface CacheEntry extends EntryView {
+  lastAccess: number
+  accesses: number
+  score: number
+  scoredAt: number
+  readonly chunk: number
+  readonly slot: number
+}
+
+/** One layer's GPU chunk cache: which chunk each slot holds, chosen for eviction by policy. */
+class LayerCache {
+  readonly byChunk = new Map<number, CacheEntry>()
+  private readonly free: number[] = []
+  private list: CacheEntry[] = []
+
+  constructor(readonly slots: number, private readonly chunkBytes: number) {
+    for (let s = slots - 1; s >= 0; s--) this.free.push(s)
+  }
+
+  get resident(): number {
+    return this.byChunk.size
+  }
+
+  touch(e: CacheEntry, tick: number): void {
+    e.lastAccess = tick
+    e.accesses++
+  }
+
+  /** A slot for `chunk`, evicting by policy among chunks not in `pinned`; undefined if all are pinned. */
+  take(chunk: number, policy: EvictionPolicy, pinned: ReadonlySet<string>, tick: number): number | undefined {
+    let slot = this.free.pop()
+    if (slot === undefined) {
+      const chosen = policy.select(this.list, this.chunkBytes, pinned)
+      if (chosen === null || chosen.length === 0) return undefined
+      const victim = this.byChunk.get(Number(chosen[0]))!
+      this.drop(victim)
+      slot = this.free.pop()!
+    }
+    const e: CacheEntry = { key: String(chunk), length: this.chunkBytes, lastAccess: tick, accesses: 1, score: 0, scoredAt: tick, chunk, slot }
+    this.byChunk.set(chunk, e)
+    this.list.push(e)
+    return slot
+  }
+
+  drop(e: CacheEntry): void {
+    this.byChunk.delete(e.chunk)
+    this.list = this.list.filter((x) => x !== e)
+    this.free.push(e.slot)
+  }
+
+  clear(): void {
+    for (const e of [...this.byChunk.values()]) this.drop(e)
+  }
+}
+
+/** The key of chunk c in a layer cache's pinned set. */
+const pinKey = (c: number) => String(c)
+
+export class TieredKv {
+  readonly blockTokens: number
+  readonly chunkTokens: number
+  readonly blocksPerChunk: number
+  /** Tail ring blocks (a multiple of blocksPerChunk), then cache slots of blocksPerChunk blocks. */
+  readonly tailBlocks: number
+  readonly cacheSlots: number
+  readonly physicalBlocks: number
+  /** Bytes of one chunk in one layer: K then V, (blocksPerChunk, KV, BS, D) f16 each. */
+  readonly chunkBytes: number
+  readonly maxChunks: number
+  /** Tokens per prefill pass (what the tail holds besides one unsealed chunk). */
+  readonly prefillTokens: number
+  readonly upload: UploadRing
+  readonly readback: ReadbackRing
+  readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
+
+  private readonly caches: LayerCache[]
+  private tokens = 0
+  /** Tokens [0, sealed) are in sealed chunks (tail holds [sealed, tokens)). */
+  private sealedTokens = 0
+  private tick = 0
+  private readonly blockBytes: number
+  private readonly jobs: GPUBuffer
+  private readonly chunkIds: GPUBuffer
+  private readonly scores: GPUBuffer
+  readonly entries: GPUBuffer
+  readonly seqs: GPUBuffer
+  private readonly selectOut: GPUBuffer
+  private readonly u: { abstract: Uniform; score: Uniform; select: Uniform }
+  private readonly abstractDispatches: Dispatch[] = []
+  private readonly scoreDispatches: Dispatch[] = []
+  private readonly selectDispatches: Dispatch[] = []
+  private readonly entryHost: Uint32Array
+  private pendingSeals: Array<Promise<void>> = []
+  private counters = emptyCounters()
+
+  constructor(
+    private readonly device: GPUDevice,
+    pipelines: Pipelines,
+    private readonly config: ModelConfig,
+    readonly policy: TieredPolicy,
+    private readonly stores: TierStores,
+    options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number; readonly q: GPUBuffer },
+  ) {
+    const c = config
+    const bs = options.blockTokens
+    this.blockTokens = bs
+    if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
+      throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
+    }
+    this.chunkTokens = policy.chunkTokens
+    this.blocksPerChunk = policy.chunkTokens / bs
+    this.blockBytes = c.numKvHeads * bs * c.headDim * 2
+    this.chunkBytes = 2 * this.blocksPerChunk * this.blockBytes
+    this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
+    const half = c.headDim / 2
+    const sealBytes = this.chunkBytes + 2 * c.numKvHeads * half * 4
+    const slotBytes = Math.ceil(Math.max(sealBytes, Math.min(STAGING_MAX_BYTES, stores.gpuBudgetBytes / 64)) / 4) * 4
+    const staging = slotBytes * (UPLOAD_SLOTS + READBACK_SLOTS) + this.blocksPerChunk * this.blockBytes
+    const perLayer = Math.floor((stores.gpuBudgetBytes - staging) / c.numLayers)
+    // The tail holds a prefill chunk plus the unsealed rest of the chunk before it; with a
+    // small budget, prefill goes in smaller chunks so that the tail takes at most half of it.
+    const fitChunks = Math.floor(perLayer / 2 / this.chunkBytes) - 1
+    const prefillChunks = Math.max(1, Math.min(Math.ceil(options.prefillChunk / policy.chunkTokens), fitChunks))
+    this.prefillTokens = prefillChunks * policy.chunkTokens
+    const tailChunks = prefillChunks + 1
+    this.tailBlocks = tailChunks * this.blocksPerChunk
+    const tailBytes = this.tailBlocks * 2 * this.blockBytes
+    this.cacheSlots = Math.min(this.maxChunks, Math.floor((perLayer - tailBytes) / this.chunkBytes))
+    const needSlots = this.minimumSlots()
+    if (!(this.cacheSlots >= needSlots)) {
+      const need = c.numLayers * (tailBytes + needSlots * this.chunkBytes) + staging
+      throw new KvBudgetError(
+        `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
+          `at least ${need} bytes (${(need / 2 ** 20).toFixed(1)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
+      )
+    }
+    if (this.chunkBytes > stores.arena.slabBytes) {
+      throw new KvBudgetError(`a chunk of ${this.chunkBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
+    }
+    this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.blocksPerChunk
+    this.pools = Array.from({ length: c.numLayers }, (_, l) => ({
+      k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
+      v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
+    }))
+    this.caches = Array.from({ length: c.numLayers }, () => new LayerCache(this.cacheSlots, this.chunkBytes))
+    this.upload = new UploadRing(device, { slotBytes, slots: UPLOAD_SLOTS, label: "kv upload ring" })
+    this.readback = new ReadbackRing(device, { slotBytes, slots: READBACK_SLOTS, label: "kv seal read-back" })
+
+    const abstractBytes = this.maxChunks * c.numKvHeads * half * 4
+    this.abstracts = Array.from({ length: c.numLayers }, (_, l) => ({
+      amin: storageBuffer(device, `L${l} chunk abstract min (chunks, KV, D/2) f16`, abstractBytes),
+      amax: storageBuffer(device, `L${l} chunk abstract max (chunks, KV, D/2) f16`, abstractBytes),
+    }))
+    this.sealScratch = storageBuffer(device, "seal scratch (blocksPerChunk, KV, BS, D) f16", this.blocksPerChunk * this.blockBytes)
+    this.jobs = storageBuffer(device, "seal jobs (chunks) vec4<u32>", (tailChunks + 1) * 16)
+    this.chunkIds = storageBuffer(device, "chunk ids (chunks) u32", this.maxChunks * 4)
+    device.queue.writeBuffer(this.chunkIds, 0, Uint32Array.from({ length: this.maxChunks }, (_, i) => i))
+    this.scores = storageBuffer(device, "chunk scores (chunks) f32", this.maxChunks * 4)
+    this.selectOut = storageBuffer(device, "selected chunks (chunks) vec2<u32>", this.maxChunks * 8)
+    const listMax = this.physicalBlocks
+    this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", listMax * 8)
+    this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
+    this.entryHost = new Uint32Array(listMax * 2)
+    this.u = {
+      abstract: new Uniform(device, "tier abstract", "uuuu"),
+      score: new Uniform(device, "tier score", "uuuf"),
+      select: new Uniform(device, "tier select", "uuuuuuuu"),
+    }
+    this.u.abstract.set(c.numKvHeads, bs, c.headDim, 0)
+    const keys = tieredPipelineKeys(c)
+    const P = (key: PipelineKey) => pipelines.now(key)
+    const selectSeqs = storageBuffer(device, "tier select seqs (1) vec2<u32>", 16)
+    this.selectSeqs = selectSeqs
+    for (let l = 0; l < c.numLayers; l++) {
+      const ab = this.abstracts[l]
+      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, x: number): Dispatch => {
+        const pipeline = P(key)
+        return { pipeline, bindGroup: bind(device, pipeline, entries), x, y: 1, z: 1 }
+      }
+      this.abstractDispatches.push({ ...mk(keys.abstract, [[0, this.u.abstract.buffer], [1, this.pools[l].k], [2, this.jobs], [3, ab.amin], [4, ab.amax]], 0), y: c.numKvHeads })
+      this.scoreDispatches.push(mk(keys.score, [[0, this.u.score.buffer], [1, options.q], [2, ab.amin], [3, ab.amax], [4, this.chunkIds], [5, this.scores]], 0))
+      this.selectDispatches.push(mk(keys.select, [[0, this.u.select.buffer], [1, this.scores], [2, this.chunkIds], [3, this.selectOut], [4, selectSeqs]], 1))
+    }
+  }
+
+  private readonly selectSeqs: GPUBuffer
+  private readonly sealScratch: GPUBuffer
+  /** Per layer: K and V pools of `physicalBlocks` blocks (the engine's KvPool uses them). */
+  readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
+
+  /** Cache slots that must fit at once: the sink and recent chunks plus one. */
+  private minimumSlots(): number {
+    const p = this.policy
+    if (p.mode === "offload-all") return 1
+    return Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
+  }
+
+  get length(): number {
+    return this.tokens
+  }
+
+  get sealedChunks(): number {
+    return this.sealedTokens / this.chunkTokens
+  }
+
+  /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
+  get gpuBytes(): number {
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.readback.bytes + this.sealScratch.size
+  }
+
+  /** The physical slot (block * BS + offset) of the next token; it goes to the tail. */
+  append(): number {
+    const t = this.tokens++
+    return this.tailSlot(t)
+  }
+
+  private tailBlock(logicalBlock: number): number {
+    return logicalBlock % this.tailBlocks
+  }
+
+  private tailSlot(t: number): number {
+    return this.tailBlock(Math.floor(t / this.blockTokens)) * this.blockTokens + (t % this.blockTokens)
+  }
+
+  private cacheBlock(slot: number): number {
+    return this.tailBlocks + slot * this.blocksPerChunk
+  }
+
+  /** Chunks the tokens written so far complete (to seal after the pass that wrote them). */
+  get sealable(): number {
+    return Math.floor(this.tokens / this.chunkTokens) - this.sealedChunks
+  }
+
+  // --- sealing: abstracts, write-through to host and disk, GPU cache admission ---
+
+  /**
+   * Submits, after the pass that wrote them, the abstracts of the chunks just completed and
+   * their copies into the GPU cache, then reads them (and their abstracts) back into the
+   * host arena and the disk store. Call once all layers have written those tokens.
+   */
+  seal(): void {
+    const n = this.sealable
+    if (n === 0) return
+    const c = this.config
+    const encoder = this.device.createCommandEncoder()
+    const first = this.sealedChunks
+    const jobs = new Uint32Array(n * 4)
+    for (let i = 0; i < n; i++) jobs.set([this.tailBlock((first + i) * this.blocksPerChunk), this.chunkTokens, first + i, 0], i * 4)
+    this.device.queue.writeBuffer(this.jobs, 0, jobs)
+    const pass = encoder.beginComputePass()
+    for (const d of this.abstractDispatches) {
+      d.x = n
+      pass.setPipeline(d.pipeline)
+      pass.setBindGroup(0, d.bindGroup)
+      pass.dispatchWorkgroups(n, c.numKvHeads)
+    }
+    pass.end()
+    const half = c.headDim / 2
+    const abstractBytes = c.numKvHeads * half * 4
+    const kvBytes = this.blocksPerChunk * this.blockBytes
+    const admit = this.policy.mode === "leoam"
+    const reads: Array<{ layer: number; chunk: number }> = []
+    const copies: Array<{ src: GPUBuffer; srcOffset: number; size: number }> = []
+    for (let l = 0; l < c.numLayers; l++) {
+      const pool = this.pools[l]
+      for (let i = 0; i < n; i++) {
+        const chunk = first + i
+        const tailOff = this.tailBlock(chunk * this.blocksPerChunk) * this.blockBytes
+        copies.push({ src: pool.k, srcOffset: tailOff, size: kvBytes }, { src: pool.v, srcOffset: tailOff, size: kvBytes })
+        copies.push(
+          { src: this.abstracts[l].amin, srcOffset: chunk * abstractBytes, size: abstractBytes },
+          { src: this.abstracts[l].amax, srcOffset: chunk * abstractBytes, size: abstractBytes },
+        )
+        reads.push({ layer: l, chunk })
+        if (admit) {
+          const slot = this.caches[l].take(chunk, this.policy.gpuEviction, noPins, ++this.tick)
+          if (slot !== undefined) {
+            // A buffer cannot be both source and destination of one copy: go through scratch.
+            const dst = this.cacheBlock(slot) * this.blockBytes
+            for (const buf of [pool.k, pool.v]) {
+              encoder.copyBufferToBuffer(buf, tailOff, this.sealScratch, 0, kvBytes)
+              encoder.copyBufferToBuffer(this.sealScratch, 0, buf, dst, kvBytes)
+            }
+          }
+        }
+      }
+    }
+    this.device.queue.submit([encoder.finish()])
+    this.sealedTokens += n * this.chunkTokens
+    this.counters.chunksSealed += n
+    const per = 2 * kvBytes + 2 * abstractBytes
+    // Each read fits one staging buffer, so its sink sees all of it at once.
+    const perRead = Math.max(1, Math.floor(this.readback.slotBytes / per))
+    for (let at = 0; at < reads.length; at += perRead) {
+      const part = reads.slice(at, at + perRead)
+      const partCopies = copies.slice(at * 4, (at + part.length) * 4)
+      this.pendingSeals.push(
+        this.readback.read(partCopies, (view) => this.storeSealed(part, view, per, kvBytes, abstractBytes)),
+      )
+    }
+  }
+
+  private storeSealed(parts: ReadonlyArray<{ layer: number; chunk: number }>, view: Uint8Array, per: number, kvBytes: number, abstractBytes: number) {
+    const { arena, store, session } = this.stores
+    const writes = []
+    const abstracts = []
+    for (let i = 0; i < parts.length; i++) {
+      const { layer, chunk } = parts[i]
+      const bytes = view.subarray(i * per, i * per + 2 * kvBytes)
+      writes.push({ key: [session, layer, chunk] as const, bytes, meta: { tokens: this.chunkTokens, dtype: "f16" } })
+      abstracts.push({ key: [session, layer, chunk] as const, bytes: view.slice(i * per + 2 * kvBytes, (i + 1) * per) })
+    }
+    try {
+      store.putChunks(writes)
+      store.putAbstracts(abstracts)
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+    this.counters.diskWritten += writes.length * 2 * kvBytes
+    for (const w of writes) {
+      arena.put(chunkKey(session, w.key[1], w.key[2]), w.bytes)
+      this.counters.hostWritten += w.bytes.length
+    }
+  }
+
+  /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
+  async settle(): Promise<void> {
+    if (this.pendingSeals.length === 0) return
+    const pending = this.pendingSeals
+    this.pendingSeals = []
+    const t0 = performance.now()
+    try {
+      await Promise.all(pending)
+    } finally {
+      this.counters.sealMs += performance.now() - t0
+    }
+  }
+
+  // --- selection and residency ---------------------------------------------------
+
+  /** Tokens attended per step by the policy at the current length. */
+  budgetTokens(): number {
+    const p = this.policy
+    if (p.mode === "offload-all") return Number.POSITIVE_INFINITY
+    if (p.budgetTokens !== undefined) return p.budgetTokens
+    return Math.max(this.chunkTokens, Math.floor((p.budgetFraction ?? 1) * this.tokens))
+  }
+
+  /** Whether this step must score and choose (else every sealed chunk is attended). */
+  selects(): boolean {
+    return this.policy.mode === "leoam" && this.tokens > this.budgetTokens()
+  }
+
+  /**
+   * Encodes layer l's scoring and selection of sealed chunks against the current query,
+   * and the copy of the choice into `readbackDst` (count * 8 bytes). Returns the count.
+   */
+  encodeSelect(l: number, pass: GPUComputePassEncoder): number {
+    const c = this.config
+    const p = this.policy
+    const n = this.sealedChunks
+    const tail = this.tokens - this.sealedTokens
+    const S = Math.min(n, Math.ceil(p.sinkTokens / this.chunkTokens))
+    const R = Math.min(n - S, Math.ceil(Math.max(0, p.recentTokens - tail) / this.chunkTokens))
+    const K = Math.max(0, Math.floor((this.budgetTokens() - tail) / this.chunkTokens) - S - R)
+    this.u.score.set(n, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
+    this.u.select.set(n, 1, S, R, K, this.chunkTokens, this.maxChunks, 0)
+    const score = this.scoreDispatches[l]
+    pass.setPipeline(score.pipeline)
+    pass.setBindGroup(0, score.bindGroup)
+    pass.dispatchWorkgroups(Math.min(n, 65535), Math.max(1, Math.ceil(n / 65535)))
+    const sel = this.selectDispatches[l]
+    pass.setPipeline(sel.pipeline)
+    pass.setBindGroup(0, sel.bindGroup)
+    pass.dispatchWorkgroups(1)
+    return Math.min(n, S + R + K)
+  }
+
+  /** The selection buffer (vec2<u32> (chunk, tokens) per chosen chunk) for read-back. */
+  get selection(): GPUBuffer {
+    return this.selectOut
+  }
+
+  /** Every sealed chunk, in order (what offload-all and a budget larger than the context attend). */
+  allChunks(): number[] {
+    return Array.from({ length: this.sealedChunks }, (_, i) => i)
+  }
+
+  /**
+   * Plans layer l's attention over `chosen` sealed chunks plus the tail: windows of chunks
+   * that fit in the cache at once. For each window, stages the missing chunks' uploads
+   * (flushed before the window runs) and calls `run` with its entry count, after writing
+   * the entries list. Hits stay resident; misses come from the host arena or disk.
+   */
+  async attendLayer(l: number, chosen: ReadonlyArray<number>, run: (entryCount: number, last: boolean) => void): Promise<void> {
+    const cache = this.caches[l]
+    const tick = ++this.tick
+    const hits: number[] = []
+    const misses: number[] = []
+    for (const ch of chosen) {
+      const e = cache.byChunk.get(ch)
+      if (e) {
+        cache.touch(e, tick)
+        hits.push(ch)
+      } else misses.push(ch)
+    }
+    this.counters.gpuHits += hits.length
+    this.counters.gpuMisses += misses.length
+    this.counters.gpuBytesRead += hits.length * this.chunkBytes
+    this.counters.selected += chosen.length
+    // Window 1: the hits (pinned) and as many misses as the other slots take.
+    const pinned = new Set<string>(hits.map(pinKey))
+    let window: Array<{ chunk: number; slot: number }> = hits.map((ch) => ({ chunk: ch, slot: cache.byChunk.get(ch)!.slot }))
+    let i = 0
+    for (;;) {
+      const t0 = performance.now()
+      while (i < misses.length) {
+        const ch = misses[i]
+        const slot = cache.take(ch, this.policy.mode === "leoam" ? this.policy.gpuEviction : lruOnly, pinned, tick)
+        if (slot === undefined) break
+        pinned.add(pinKey(ch))
+        await this.fetchInto(l, ch, slot)
+        window.push({ chunk: ch, slot })
+        i++
+      }
+      this.upload.flush()
+      this.counters.transferMs += performance.now() - t0
+      const last = i >= misses.length
+      if (window.length === 0 && !last) throw new KvBudgetError(`layer ${l}: no GPU cache slot is free for chunk ${misses[i]}`)
+      const count = this.writeEntries(window, last)
+      this.counters.windows++
+      run(count, last)
+      if (last) break
+      // The next window reuses the slots of this one's misses; its hits stay cached.
+      for (const w of window) pinned.delete(pinKey(w.chunk))
+      window = []
+    }
+    if (this.policy.mode === "offload-all") cache.clear()
+  }
+
+  /** Stages chunk `ch` of layer l from the host arena (or disk) into cache slot `slot`. */
+  private async fetchInto(l: number, ch: number, slot: number): Promise<void> {
+    const { arena, store, session } = this.stores
+    const key = chunkKey(session, l, ch)
+    const pool = this.pools[l]
+    const dst = this.cacheBlock(slot) * this.blockBytes
+    const half = this.chunkBytes / 2
+    const copies: StagedCopy[] = [
+      { from: 0, dst: pool.k, dstOffset: dst, size: half },
+      { from: half, dst: pool.v, dstOffset: dst, size: half },
+    ]
+    const bytes = arena.prepareLoad(key)
+    if (bytes !== undefined) {
+      try {
+        await this.upload.stage(this.chunkBytes, (view) => view.set(bytes), copies)
+      } finally {
+        arena.completeLoad(key)
+      }
+      this.counters.hostHits++
+      this.counters.hostBytesRead += this.chunkBytes
+      return
+    }
+    this.counters.hostMisses++
+    await this.upload.stage(
+      this.chunkBytes,
+      (view) => {
+        let read: Uint8Array
+        try {
+          read = store.readChunk([session, l, ch], view)
+        } catch (e) {
+          throw tierErrorOf(e)
+        }
+        if (read.length !== this.chunkBytes) throw new KvTierError("kv_chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
+        // Promote to the host tier (the policy may evict colder chunks for it).
+        arena.put(key, read)
+      },
+      copies,
+    )
+    this.counters.diskHits++
+    this.counters.diskBytesRead += this.chunkBytes
+  }
+
+  /** Writes the window's entries (its chunks' blocks, then on the last window the tail). */
+  private writeEntries(window: ReadonlyArray<{ chunk: number; slot: number }>, withTail: boolean): number {
+    const e = this.entryHost
+    let n = 0
+    for (const w of window) {
+      const b0 = this.cacheBlock(w.slot)
+      for (let b = 0; b < this.blocksPerChunk; b++) {
+        e[n * 2] = b0 + b
+        e[n * 2 + 1] = this.blockTokens
+        n++
+      }
+    }
+    if (withTail) {
+      for (let t = this.sealedTokens; t < this.tokens; t += this.blockTokens) {
+        e[n * 2] = this.tailBlock(Math.floor(t / this.blockTokens))
+        e[n * 2 + 1] = Math.min(this.blockTokens, this.tokens - t)
+        n++
+      }
+    }
+    this.device.queue.writeBuffer(this.entries, 0, e.buffer, 0, n * 8)
+    this.device.queue.writeBuffer(this.seqs, 0, Uint32Array.of(0, n))
+    return n
+  }
+
+  /** Splits of a window of `count` entries over decode-attention workgroups. */
+  splitsOf(count: number, tileEntries: number, cap: number): { splits: number; entriesPerSplit: number } {
+    const target = Math.max(1, Math.min(cap, Math.floor(TARGET_WORKGROUPS / this.config.numKvHeads)))
+    const eps = Math.max(tileEntries, Math.ceil(Math.ceil(count / target) / tileEntries) * tileEntries)
+    return { splits: Math.max(1, Math.ceil(count / eps)), entriesPerSplit: eps }
+  }
+
+  // --- prefill windows -----------------------------------------------------------
+
+  /**
+   * Plans layer l's prefill attention for tokens [pos0, end): every sealed chunk, then the
+   * tail, in windows of consecutive chunks that fit in the cache. For each window, writes
+   * the block table (logical block -> physical) and calls `run(k0, k1, first, last)`.
+   */
+  async prefillLayer(l: number, table: GPUBuffer, run: (k0: number, k1: number, first: boolean, last: boolean) => void): Promise<void> {
+    const cache = this.caches[l]
+    const n = this.sealedChunks
+    const tick = ++this.tick
+    const bpc = this.blocksPerChunk
+    const tableHost = new Uint32Array(Math.ceil(this.tokens / this.blockTokens))
+    // Tail blocks never move during the layer.
+    for (let b = Math.floor(this.sealedTokens / this.blockTokens); b < tableHost.length; b++) tableHost[b] = this.tailBlock(b)
+    let ch = 0
+    let first = true
+    const pinned = new Set<string>()
+    while (ch <= n) {
+      const t0 = performance.now()
+      const start = ch
+      // Extend the window while its chunks are (or can be made) resident.
+      while (ch < n) {
+        let e = cache.byChunk.get(ch)
+        if (e) {
+          cache.touch(e, tick)
+          this.counters.gpuHits++
+          this.counters.gpuBytesRead += this.chunkBytes
+        } else {
+          const slot = cache.take(ch, this.policy.mode === "leoam" ? this.policy.gpuEviction : lruOnly, pinned, tick)
+          if (slot === undefined) break
+          this.counters.gpuMisses++
+          await this.fetchInto(l, ch, slot)
+          e = cache.byChunk.get(ch)!
+        }
+        pinned.add(pinKey(ch))
+        for (let b = 0; b < bpc; b++) tableHost[ch * bpc + b] = this.cacheBlock(e.slot) + b
+        ch++
+      }
+      this.upload.flush()
+      this.counters.transferMs += performance.now() - t0
+      const last = ch === n
+      if (start === ch && !last) throw new KvBudgetError(`layer ${l}: no GPU cache slot is free for chunk ${ch}`)
+      const b0 = start * bpc
+      const b1 = last ? tableHost.length : ch * bpc
+      this.device.queue.writeBuffer(table, b0 * 4, tableHost.buffer, b0 * 4, (b1 - b0) * 4)
+      this.counters.windows++
+      run(start * this.chunkTokens, last ? this.tokens : ch * this.chunkTokens, first, last)
+      first = false
+      if (last) break
+      pinned.clear()
+    }
+    if (this.policy.mode === "offload-all") cache.clear()
+  }
+
+  // --- sequence ------------------------------------------------------------------
+
+  /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail). */
+  truncate(length: number): void {
+    if (length >= this.tokens) return
+    this.tokens = length
+    const keepChunks = Math.floor(length / this.chunkTokens)
+    if (keepChunks < this.sealedChunks) {
+      const tailChunks = this.tailBlocks / this.blocksPerChunk
+      if (this.sealedChunks - keepChunks >= tailChunks) throw new RangeError("tiered KV: cannot truncate past the tail")
+      for (let ch = keepChunks; ch < this.sealedChunks; ch++) this.forget(ch)
+      this.sealedTokens = keepChunks * this.chunkTokens
+    }
+  }
+
+  private forget(ch: number): void {
+    const { arena, session } = this.stores
+    for (let l = 0; l < this.config.numLayers; l++) {
+      const e = this.caches[l].byChunk.get(ch)
+      if (e) this.caches[l].drop(e)
+      arena.remove(chunkKey(session, l, ch))
+    }
+  }
+
+  /** Forgets the sequence: GPU cache, host entries and the session's disk chunks. */
+  reset(): void {
+    for (const cache of this.caches) cache.clear()
+    const { arena, store, session } = this.stores
+    for (let ch = 0; ch < this.sealedChunks; ch++) {
+      for (let l = 0; l < this.config.numLayers; l++) arena.remove(chunkKey(session, l, ch))
+    }
+    if (this.sealedTokens > 0) store.dropSession(session)
+    this.tokens = 0
+    this.sealedTokens = 0
+    this.counters = emptyCounters()
+  }
+
+  /** Counters since the last reset. */
+  stats(steps: number): TierStats {
+    const k = this.counters
+    const a = this.stores.arena.stats()
+    const resident = this.caches.reduce((s, c) => s + c.resident, 0) * this.chunkBytes
+    return {
+      policy: this.policy.mode,
+      gpu: { budget_bytes: this.stores.gpuBudgetBytes, resident_bytes: resident, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead },
+      host: { budget_bytes: a.budgetBytes, resident_bytes: a.residentBytes, hits: k.hostHits, misses: k.hostMisses, bytes_read: k.hostBytesRead, bytes_written: k.hostWritten },
+      disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
+      chunk_tokens: this.chunkTokens,
+      chunks_sealed: k.chunksSealed,
+      steps,
+      windows: k.windows,
+      chunks_selected_per_step: steps > 0 ? k.selectedDecode / steps / this.config.numLayers : 0,
+      tokens_selected_per_step: steps > 0 ? (k.selectedDecode / this.config.numLayers / steps) * this.chunkTokens : 0,
+      time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs },
+    }
+  }
+
+  /** Counts a decode step's selection (prefill windows are not steps). */
+  countStep(chunks: number, selectMs: number): void {
+    this.counters.selectedDecode += chunks
+    this.counters.selectMs += selectMs
+  }
+
+  destroy(): void {
+    for (const a of this.abstracts) {
+      a.amin.destroy()
+      a.amax.destroy()
+    }
+    for (const p of this.pools) {
+      p.k.destroy()
+      p.v.destroy()
+    }
+    for (const b of [this.sealScratch, this.jobs, this.chunkIds, this.scores, this.selectOut, this.entries, this.seqs, this.selectSeqs]) b.destroy()
+    this.upload.destroy()
+    this.readback.destroy()
+  }
+}
+
+const emptyCounters = () => ({
+  gpuHits: 0,
+  gpuMisses: 0,
+  gpuBytesRead: 0,
+  hostHits: 0,
+  hostMisses: 0,
+  hostBytesRead: 0,
+  hostWritten: 0,
+  diskHits: 0,
+  diskBytesRead: 0,
+  diskWritten: 0,
+  chunksSealed: 0,
+  windows: 0,
+  selected: 0,
+  selectedDecode: 0,
+  selectMs: 0,
+  transferMs: 0,
+  sealMs: 0,
+})
+
+const noPins: ReadonlySet<string> = new Set()
+
+/** offload-all keeps nothing between steps; within one, any unpinned slot will do. */
+const lruOnly: EvictionPolicy = {
+  name: "lru",
+  select: (view, need, pinned) => {
+    let best: EntryView | undefined
+    for (const e of view) if (!pinned.has(e.key) && (best === undefined || e.lastAccess < best.lastAccess)) best = e
+    return best === undefined || need <= 0 ? null : [best.key]
+  },
+}
+
+/** Disk-store failures as tier errors with stable codes. */
+const tierErrorOf = (e: unknown): Error => {
+  const code = (e as { code?: string }).code
+  const message = (e as Error).message ?? String(e)
+  switch (code) {
+    case "chunk_corrupt":
+      return new KvTierError("kv_chunk_corrupt", message)
+    case "chunk_missing":
+    case "abstract_missing":
+      return new KvTierError("kv_chunk_missing", message)
+    case "disk_full":
+      return new KvTierError("kv_disk_full", message)
+    case "kv_dir_unavailable":
+      return new KvTierError("kv_dir_unavailable", message)
+    default:
+      return e instanceof Error ? e : new Error(message)
+  }
+}
