@@ -13,6 +13,10 @@ import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import type { WeightSource } from "../models/types.ts"
 import { parameterCount } from "../models/layout.ts"
 import { CliError } from "./errors.ts"
+import { ensuredDefaultKvDir, loadPolicy } from "./kv.ts"
+import { isTiered, kvEngineOptions } from "../engine/kv-setup.ts"
+import { HostArena } from "../actors/host-cache/arena.ts"
+import { DiskStore } from "../actors/disk-store/store.ts"
 import { Progress } from "./progress.ts"
 
 export const bundledModelDir = fileURLToPath(new URL("../models/tiny-leo-14m", import.meta.url))
@@ -30,6 +34,10 @@ export interface GenerateArgs {
   readonly maxContext?: number
   readonly device: "auto" | "gpu" | "cpu"
   readonly json: boolean
+  readonly kvPolicy?: string
+  readonly gpuKvBudget?: number
+  readonly hostKvBudget?: number
+  readonly kvDir?: string
 }
 
 /** Parses "1,2, 3" (or whitespace-separated) into ids, each a non-negative integer. */
@@ -72,13 +80,17 @@ export const runGenerate = async (args: GenerateArgs): Promise<void> => {
     throw new CliError("context_overflow", `the prompt has ${prompt.length} tokens; the context holds ${maxContext} (prompt plus at least one new token)`)
   }
   const maxTokens = Math.min(args.maxTokens, maxContext - prompt.length)
+  const policy = loadPolicy(args.kvPolicy ?? "full")
+  const kv = isTiered(policy) ? openTiers(args) : undefined
 
   const progress = new Progress(!args.json && process.stderr.isTTY === true)
   const t0 = performance.now()
   const gpu = await acquireGpu({ prefer: args.device })
   try {
     progress.start("load", parameterCount(config) * 2)
-    const model = await GpuModel.load(gpu, source, { maxContext: prompt.length + maxTokens }, (b) => progress.add(b))
+    const context = prompt.length + maxTokens
+    const kvOptions = kvEngineOptions(policy, { gpuBudgetBytes: args.gpuKvBudget, arena: kv?.arena, store: kv?.store, session: kv?.session ?? "" }, config, context)
+    const model = await GpuModel.load(gpu, source, { maxContext: context, ...kvOptions }, (b) => progress.add(b))
     progress.stop()
     const loadMs = performance.now() - t0
     const decoder = tokenizer?.streamDecoder()
@@ -118,6 +130,7 @@ export const runGenerate = async (args: GenerateArgs): Promise<void> => {
             decode_ms_per_token: round(result.timings.decodeMsPerToken),
             total_ms: round(result.timings.totalMs),
           },
+          kv: { policy: policy.name, ...model.tierStats() },
         }) + "\n",
       )
     } else {
@@ -134,7 +147,24 @@ export const runGenerate = async (args: GenerateArgs): Promise<void> => {
     progress.stop()
     source.close()
     await releaseGpu()
+    if (kv) {
+      kv.store.dropSession(kv.session)
+      await kv.store.close()
+    }
   }
+}
+
+/** The host arena and the disk store of one `leoam generate` (its chunks are dropped at the end). */
+const openTiers = (args: GenerateArgs) => {
+  const kvDir = args.kvDir ?? ensuredDefaultKvDir()
+  const arena = new HostArena({ budgetBytes: args.hostKvBudget ?? 256 * 2 ** 20 })
+  let store: DiskStore
+  try {
+    store = DiskStore.open({ kvDir })
+  } catch (e) {
+    throw new CliError((e as { code?: string }).code ?? "kv_dir_unavailable", `--kv-dir ${kvDir}: ${(e as Error).message}`)
+  }
+  return { arena, store, session: `generate-${process.pid}-${Date.now()}` }
 }
 
 const round = (ms: number) => Math.round(ms * 1000) / 1000

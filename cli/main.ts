@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from "commander"
 import { readFileSync } from "node:fs"
 import { ModelError } from "../models/errors.ts"
 import { CliError, exitCodeOf } from "./errors.ts"
+import { kvPolicyHelp } from "./kv.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
 import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
@@ -32,6 +33,14 @@ const program = new Command()
   .configureOutput({ outputError: (text, write) => write(`leoam: error [invalid_argument]: ${text.replace(/^error: /, "")}`) })
   .exitOverride()
 
+const size = (name: string) => (value: string) => {
+  try {
+    return parseSize(value)
+  } catch (e) {
+    throw new InvalidArgumentError(`${name}: ${(e as Error).message}`)
+  }
+}
+
 program
   .command("generate")
   .description("Generate a continuation of one prompt on the GPU (or lavapipe on the CPU).")
@@ -46,7 +55,11 @@ program
   .option("--seed <s>", "random seed: the same seed and inputs give the same tokens", integer("--seed", 0, 2 ** 32 - 1), 0)
   .option("--max-context <n>", "context window to allocate (default: the model's max_position_embeddings)", integer("--max-context", 2))
   .addOption(new Option("--device <kind>", "gpu: a hardware GPU only; cpu: lavapipe; auto: a GPU if there is one").choices(["auto", "gpu", "cpu"]).default("auto"))
-  .option("--json", "print one JSON object: ids, text, finish_reason, usage, timings {load_ms, prefill_ms, decode_ms_per_token, total_ms}")
+  .option("--kv-policy <name|file>", kvPolicyHelp, "full")
+  .option("--gpu-kv-budget <size>", "GPU memory for KV (pools and staging): bytes or KiB/MiB/GiB (default: no limit)", size("--gpu-kv-budget"))
+  .option("--host-kv-budget <size>", "host-memory KV arena (tiered policies): bytes or KiB/MiB/GiB", size("--host-kv-budget"), 256 * 1024 * 1024)
+  .option("--kv-dir <dir>", "the disk tier (tiered policies): LMDB index and chunk files (default: $XDG_CACHE_HOME/leoam/kv)")
+  .option("--json", "print one JSON object: ids, text, finish_reason, usage, timings {load_ms, prefill_ms, decode_ms_per_token, total_ms}, kv (tiered policies: bytes and hits per tier)")
   .addHelpText(
     "after",
     `
@@ -68,16 +81,13 @@ Errors are printed as "leoam: error [code]: message".`,
       maxContext: o.maxContext,
       device: o.device,
       json: !!o.json,
+      kvPolicy: o.kvPolicy,
+      gpuKvBudget: o.gpuKvBudget,
+      hostKvBudget: o.hostKvBudget,
+      kvDir: o.kvDir,
     })
   })
 
-const size = (name: string) => (value: string) => {
-  try {
-    return parseSize(value)
-  } catch (e) {
-    throw new InvalidArgumentError(`${name}: ${(e as Error).message}`)
-  }
-}
 
 /** Options shared by `serve` and `actor`. */
 const nodeOptions = (cmd: Command, embedded: boolean) => {

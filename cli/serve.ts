@@ -1,11 +1,9 @@
 // `leoam serve` (all actors, embedded NATS unless --nats-url) and `leoam actor NAME`
 // (one actor against an existing NATS). Both print one ready line and drain on
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
-import { mkdirSync } from "node:fs"
-import { homedir } from "node:os"
-import { join } from "node:path"
 import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
+import { ensuredDefaultKvDir } from "./kv.ts"
 import { CliError } from "./errors.ts"
 
 export interface ServeArgs {
@@ -23,14 +21,6 @@ export interface ServeArgs {
   readonly drainTimeoutMs: number
 }
 
-export const defaultKvDir = () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "leoam", "kv")
-
-/** The default KV directory, created with its parents (an explicit --kv-dir is not). */
-const ensuredDefaultKvDir = () => {
-  const dir = defaultKvDir()
-  mkdirSync(dir, { recursive: true })
-  return dir
-}
 
 export const parseActorName = (name: string): ActorName => {
   if (!(actorNames as ReadonlyArray<string>).includes(name)) throw new CliError("invalid_argument", `unknown actor "${name}" (one of ${actorNames.join(", ")})`)

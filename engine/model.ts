@@ -28,6 +28,8 @@ export interface EngineOptions {
   readonly sparse?: SparsePolicy
   /** GEMV tuning (threads and rows per workgroup), one for all or one per matrix. */
   readonly gemv?: GemvTuningOption
+  /** H2O: all KV on the GPU, attention over recent and heavy-hitter blocks within a budget. */
+  readonly h2o?: SparsePolicy
   /** The tiered KV cache (GPU budget, host arena, disk); absent: all KV on the GPU. */
   readonly tiered?: { readonly policy: TieredPolicy; readonly stores: TierStores }
 }
@@ -84,7 +86,7 @@ export class GpuModel {
     readonly weights: ModelWeights,
     readonly pipelines: Pipelines,
     config: ModelConfig,
-    options: Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered">> & {
+    options: Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o">> & {
       gemv: GemvTunings
       sparse: SparsePolicy | undefined
       tiered: EngineOptions["tiered"]

@@ -10,8 +10,10 @@ import type { KvPool } from "./kv-pool.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
 
 export interface SparsePolicy {
-  /** Most tokens one KV head attends per step (sink and recent included). */
-  readonly budgetTokens: number
+  /** Most tokens one KV head attends per step (sink and recent included)... */
+  readonly budgetTokens?: number
+  /** ... or this fraction of the context at each step. */
+  readonly budgetFraction?: number
   /** The first tokens of the context, always attended. */
   readonly sinkTokens: number
   /** The last tokens, always attended (the partial last block always is). */
@@ -121,7 +123,13 @@ export class SparseAttention {
 
   /** Whether this step's sparse plan attends fewer tokens than the whole context. */
   pays(): boolean {
-    return this.split().full * this.kv.blockTokens > this.policy.budgetTokens
+    return this.split().full * this.kv.blockTokens > this.budget()
+  }
+
+  /** Tokens attended per step at the current length. */
+  budget(): number {
+    const p = this.policy
+    return p.budgetTokens ?? Math.max(this.kv.blockTokens, Math.floor((p.budgetFraction ?? 1) * this.kv.length))
   }
 
   /**
@@ -145,7 +153,7 @@ export class SparseAttention {
     }
     const sink = Math.ceil(this.policy.sinkTokens / bs)
     const recent = Math.ceil(Math.max(0, this.policy.recentTokens - partial) / bs)
-    const k = Math.max(0, Math.floor(this.policy.budgetTokens / bs) - sink - recent - (partial > 0 ? 1 : 0))
+    const k = Math.max(0, Math.floor(this.budget() / bs) - sink - recent - (partial > 0 ? 1 : 0))
     this.u.score.set(full, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
     this.u.select.set(full, c.numKvHeads, sink, recent, k, bs, this.stride, partial)
     for (const d of this.scoreDispatches) {

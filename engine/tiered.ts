@@ -50,7 +50,7 @@ export class KvBudgetError extends Error {
 
 export class KvTierError extends Error {
   constructor(
-    readonly code: "kv_chunk_corrupt" | "kv_chunk_missing" | "kv_disk_full" | "kv_dir_unavailable" | "kv_io_failed",
+    readonly code: "chunk_corrupt" | "chunk_missing" | "disk_full" | "kv_dir_unavailable" | "io_failed",
     message: string,
   ) {
     super(message)
@@ -560,7 +560,7 @@ export class TieredKv {
         } catch (e) {
           throw tierErrorOf(e)
         }
-        if (read.length !== this.chunkBytes) throw new KvTierError("kv_chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
+        if (read.length !== this.chunkBytes) throw new KvTierError("chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
         // Promote to the host tier (the policy may evict colder chunks for it).
         arena.put(key, read)
       },
@@ -772,14 +772,13 @@ const tierErrorOf = (e: unknown): Error => {
   const message = (e as Error).message ?? String(e)
   switch (code) {
     case "chunk_corrupt":
-      return new KvTierError("kv_chunk_corrupt", message)
+    case "disk_full":
+    case "kv_dir_unavailable":
+    case "io_failed":
+      return new KvTierError(code, message)
     case "chunk_missing":
     case "abstract_missing":
-      return new KvTierError("kv_chunk_missing", message)
-    case "disk_full":
-      return new KvTierError("kv_disk_full", message)
-    case "kv_dir_unavailable":
-      return new KvTierError("kv_dir_unavailable", message)
+      return new KvTierError("chunk_missing", message)
     default:
       return e instanceof Error ? e : new Error(message)
   }

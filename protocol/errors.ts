@@ -22,6 +22,10 @@ export const errorStatus = {
   chunk_missing: 404,
   abstract_missing: 404,
   chunk_corrupt: 500,
+  io_failed: 500,
+  unknown_policy: 404,
+  invalid_policy: 400,
+  kv_budget_too_small: 400,
   numerical_failure: 500,
   internal: 500,
 } as const

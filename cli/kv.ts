@@ -1,0 +1,39 @@
+// The KV flags shared by `leoam generate` and `leoam serve`: --kv-policy NAME|FILE,
+// --gpu-kv-budget, --host-kv-budget, --kv-dir. A policy file is a JSON KvPolicyDocument
+// (protocol/policy.ts); errors name the file and what is wrong with it.
+import { existsSync, mkdirSync, readFileSync } from "node:fs"
+import { homedir } from "node:os"
+import { join } from "node:path"
+import { parsePolicy, PolicyError, policyNames, type ResolvedPolicy } from "../protocol/policy.ts"
+import { CliError } from "./errors.ts"
+
+/** A policy from a registered name or a JSON file. */
+export const loadPolicy = (spec: string): ResolvedPolicy => {
+  try {
+    if ((policyNames as ReadonlyArray<string>).includes(spec)) return parsePolicy(spec)
+    if (!existsSync(spec)) {
+      throw new PolicyError("unknown_policy", `--kv-policy ${spec}: not a policy (${policyNames.join(", ")}) nor a file`)
+    }
+    let doc: unknown
+    try {
+      doc = JSON.parse(readFileSync(spec, "utf8"))
+    } catch (e) {
+      throw new PolicyError("invalid_policy", `--kv-policy ${spec}: not JSON: ${(e as Error).message}`)
+    }
+    return parsePolicy(doc)
+  } catch (e) {
+    if (e instanceof PolicyError) throw new CliError(e.code, e.message.startsWith("--kv-policy") ? e.message : `--kv-policy ${spec}: ${e.message}`)
+    throw e
+  }
+}
+
+export const kvPolicyHelp = `KV policy: ${policyNames.join(", ")}, or a JSON file {"name", "chunking": {"fixed": {"tokens"}}, "selection": {"topk": {"budget_tokens" | "budget_fraction", "sink_tokens", "recent_tokens"}}, "eviction": "lru" | "lfu" | "importance"}`
+
+export const defaultKvDir = () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "leoam", "kv")
+
+/** The default KV directory, created with its parents (an explicit --kv-dir is not). */
+export const ensuredDefaultKvDir = () => {
+  const dir = defaultKvDir()
+  mkdirSync(dir, { recursive: true })
+  return dir
+}

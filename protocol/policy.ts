@@ -1,0 +1,106 @@
+// The KV policy document (DESIGN §4): data validated by Schema, never code. A policy names
+// one of the registered KV managers and, optionally, its chunking, selection and eviction
+// parameters; anything left out takes the manager's defaults (`resolvePolicy`). The CLI
+// takes a name or a JSON file of this shape (`--kv-policy`); the admin subjects will take
+// the same document.
+import { Schema } from "effect"
+
+export const policyNames = ["full", "offload-all", "h2o", "quest", "leoam"] as const
+export type PolicyName = (typeof policyNames)[number]
+
+export const evictionNames = ["lru", "lfu", "importance"] as const
+export type EvictionName = (typeof evictionNames)[number]
+
+const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
+const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
+
+export const KvPolicyDocument = Schema.Struct({
+  name: Schema.Literal(...policyNames),
+  /** `fixed {tokens}`: chunk (page) size, a multiple of the engine's 16-token block. */
+  chunking: Schema.optional(Schema.Struct({ fixed: Schema.Struct({ tokens: Tokens }) }).annotations({ parseOptions: { onExcessProperty: "error" } })),
+  /** `topk`: most tokens attended per step (or a fraction of the context), sink and recent always kept. */
+  selection: Schema.optional(
+    Schema.Struct({
+      topk: Schema.Struct({
+        budget_tokens: Schema.optional(Tokens),
+        budget_fraction: Schema.optional(Schema.Number.pipe(Schema.greaterThan(0), Schema.lessThanOrEqualTo(1))),
+        sink_tokens: Schema.optional(Count),
+        recent_tokens: Schema.optional(Count),
+      }),
+    }),
+  ),
+  /** Eviction of the GPU chunk cache and the host arena. */
+  eviction: Schema.optional(Schema.Literal(...evictionNames)),
+}).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
+export type KvPolicyDocument = typeof KvPolicyDocument.Type
+
+/** A policy with every parameter filled in. */
+export interface ResolvedPolicy {
+  readonly name: PolicyName
+  readonly chunkTokens: number
+  readonly budgetTokens: number | undefined
+  readonly budgetFraction: number | undefined
+  readonly sinkTokens: number
+  readonly recentTokens: number
+  readonly eviction: EvictionName
+}
+
+/** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name">> = {
+  full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
+  "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
+  h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
+  quest: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 16, recentTokens: 32, eviction: "lru" },
+  leoam: { chunkTokens: 32, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 32, recentTokens: 64, eviction: "lru" },
+}
+
+export class PolicyError extends Error {
+  constructor(
+    readonly code: "unknown_policy" | "invalid_policy",
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+/** Fills a validated document's defaults and checks what the schema cannot. */
+export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
+  const d = defaults[doc.name]
+  const topk = doc.selection?.topk
+  const chunkTokens = doc.chunking?.fixed.tokens ?? d.chunkTokens
+  if (chunkTokens % 16 !== 0) throw new PolicyError("invalid_policy", `chunking.fixed.tokens ${chunkTokens} is not a multiple of 16 (the KV block size)`)
+  if (doc.name === "quest" && chunkTokens !== 16) throw new PolicyError("invalid_policy", "quest uses fixed 16-token pages")
+  if (doc.name === "h2o" && chunkTokens !== 16) throw new PolicyError("invalid_policy", "h2o works on 16-token blocks")
+  if (topk?.budget_tokens !== undefined && topk.budget_fraction !== undefined) {
+    throw new PolicyError("invalid_policy", "selection.topk takes budget_tokens or budget_fraction, not both")
+  }
+  const budgetTokens = topk?.budget_tokens ?? (topk?.budget_fraction === undefined ? d.budgetTokens : undefined)
+  const budgetFraction = topk?.budget_fraction ?? (topk?.budget_tokens === undefined ? d.budgetFraction : undefined)
+  const sinkTokens = topk?.sink_tokens ?? d.sinkTokens
+  const recentTokens = topk?.recent_tokens ?? d.recentTokens
+  if (budgetTokens !== undefined && budgetTokens < sinkTokens + recentTokens) {
+    throw new PolicyError("invalid_policy", `selection.topk.budget_tokens ${budgetTokens} is less than sink_tokens + recent_tokens (${sinkTokens + recentTokens})`)
+  }
+  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction }
+}
+
+const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
+
+/** A policy from a name or a parsed JSON document; errors say what is wrong. */
+export const parsePolicy = (input: unknown): ResolvedPolicy => {
+  if (typeof input === "string") {
+    if (!(policyNames as ReadonlyArray<string>).includes(input)) {
+      throw new PolicyError("unknown_policy", `unknown KV policy "${input}": expected one of ${policyNames.join(", ")} or a JSON policy file`)
+    }
+    return resolvePolicy({ name: input as PolicyName })
+  }
+  const result = decodeDocument(input)
+  if (result._tag === "Left") {
+    const name = (input as { name?: unknown } | null)?.name
+    if (typeof name === "string" && !(policyNames as ReadonlyArray<string>).includes(name)) {
+      throw new PolicyError("unknown_policy", `unknown KV policy "${name}": expected one of ${policyNames.join(", ")}`)
+    }
+    throw new PolicyError("invalid_policy", `invalid KV policy: ${result.left.message}`)
+  }
+  return resolvePolicy(result.right)
+}
