@@ -15,11 +15,14 @@ const SessionPut = Schema.Struct({
   tokens: Schema.Int.pipe(Schema.nonNegative()),
 })
 
-export const diskStoreActor = (options: { readonly kvDir: string }): ActorDefinition<DiskStore> => ({
+/** With `store`, the actor serves that store (shared in-process with the gpu-executor's tiered cache) and its owner closes it. */
+export const diskStoreActor = (options: { readonly kvDir: string; readonly store?: DiskStore }): ActorDefinition<DiskStore> => ({
   name: "disk-store",
   mailbox: 1024,
-  start: async () => DiskStore.open({ kvDir: options.kvDir }),
-  stop: async (store) => store.close(),
+  start: async () => options.store ?? DiskStore.open({ kvDir: options.kvDir }),
+  stop: async (store) => {
+    if (!options.store) await store.close()
+  },
   stats: (store) => ({ kv_dir: options.kvDir, ...store.stats() }),
   handlers: [
     [

@@ -8,6 +8,10 @@ import { acquireGpu, type Gpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
 import { GpuModel } from "../engine/model.ts"
 import type { WeightSource } from "../models/types.ts"
+import type { DiskStore } from "./disk-store/store.ts"
+import type { HostArena } from "./host-cache/arena.ts"
+import { kvEngineOptions } from "../engine/kv-setup.ts"
+import type { ResolvedPolicy } from "../protocol/policy.ts"
 import { leoamError } from "../protocol/errors.ts"
 import { CancelRequest, type ModelDescription, RunRequest, type RunResult } from "../protocol/internal.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
@@ -19,6 +23,8 @@ export interface GpuExecutorOptions {
   readonly openWeights: () => WeightSource
   readonly maxContext?: number
   readonly device?: "auto" | "gpu" | "cpu"
+  /** The KV policy and, for the tiered ones, the GPU budget and the host and disk tiers. */
+  readonly kv?: { readonly policy: ResolvedPolicy; readonly gpuBudgetBytes?: number; readonly arena?: HostArena; readonly store?: DiskStore }
 }
 
 export interface GpuExecutorState {
@@ -46,7 +52,12 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
     const source = options.openWeights()
     try {
       const c = source.config
-      const model = await GpuModel.load(gpu, source, { maxContext: Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings) })
+      const maxContext = Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings)
+      const kv = options.kv
+      const kvOptions = kv
+        ? kvEngineOptions(kv.policy, { gpuBudgetBytes: kv.gpuBudgetBytes, arena: kv.arena, store: kv.store, session: `executor-${process.pid}` }, c, maxContext)
+        : {}
+      const model = await GpuModel.load(gpu, source, { maxContext, ...kvOptions })
       const description: ModelDescription = {
         name: c.name,
         context_length: model.maxContext,
@@ -64,7 +75,7 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
     }
   },
   stop: async (s) => s.model.destroy(),
-  stats: (s) => ({ runs: s.runs, tokens: s.tokens, current_run: s.current ?? null, context_length: s.model.maxContext }),
+  stats: (s) => ({ runs: s.runs, tokens: s.tokens, current_run: s.current ?? null, context_length: s.model.maxContext, kv_policy: options.kv?.policy.name ?? "full" }),
   handlers: [
     [
       internalSubjects.executorRun,
@@ -99,6 +110,7 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
             prefill_ms: r.timings.prefillMs,
             decode_ms_per_token: r.timings.decodeMsPerToken,
             total_ms: r.timings.totalMs,
+            ...(s.model.tiered ? { kv: s.model.tierStats() } : {}),
           }
         } finally {
           s.cancelled.delete(req.run_id)

@@ -5,10 +5,11 @@ import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
 import { HostArena } from "./host-cache/arena.ts"
 
-export const hostCacheActor = (options: { readonly budgetBytes: number }): ActorDefinition<HostArena> => ({
+/** With `arena`, the actor serves that arena (shared in-process with the gpu-executor's tiered cache). */
+export const hostCacheActor = (options: { readonly budgetBytes: number; readonly arena?: HostArena }): ActorDefinition<HostArena> => ({
   name: "host-cache",
   mailbox: 1024,
-  start: async () => new HostArena({ budgetBytes: options.budgetBytes }),
+  start: async () => options.arena ?? new HostArena({ budgetBytes: options.budgetBytes }),
   stats: (arena) => arena.stats(),
   immediate: [[internalSubjects.hostCacheStats, async (arena) => arena.stats()]],
 })

@@ -10,6 +10,10 @@ import { loadTokenizer } from "../models/tokenizer.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { releaseGpu } from "../engine/gpu.ts"
+import { isTiered } from "../engine/kv-setup.ts"
+import type { ResolvedPolicy } from "../protocol/policy.ts"
+import { DiskStore } from "./disk-store/store.ts"
+import { HostArena } from "./host-cache/arena.ts"
 import { SERVICE_NAME } from "../protocol/subjects.ts"
 import { type ActorName, type RunningActor, startActor } from "./actor.ts"
 import { diskStoreActor } from "./disk-store.ts"
@@ -35,6 +39,9 @@ export interface NodeOptions {
   readonly queueCapacity?: number
   readonly kvDir: string
   readonly hostKvBudget: number
+  /** The KV policy (default full) and the GPU budget for KV. */
+  readonly kvPolicy?: ResolvedPolicy
+  readonly gpuKvBudget?: number
   readonly drainTimeoutMs?: number
 }
 
@@ -53,15 +60,18 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   const running: RunningActor[] = []
   let nc: NatsConnection | undefined
   let draining = false
+  let tiers: SharedTiers | undefined
   try {
+    tiers = openSharedTiers(options)
     nc = await connectNats(url, `leoam-${options.actors.join("+")}`, { user: options.natsUser, pass: options.natsPass })
     const version = packageVersion()
     for (const name of options.actors) {
-      running.push(await startNamed(nc, name, options, version, () => draining))
+      running.push(await startNamed(nc, name, options, version, () => draining, tiers))
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
     await nc?.close().catch(() => undefined)
+    await tiers?.store?.close().catch(() => undefined)
     await embedded?.stop()
     throw e
   }
@@ -72,14 +82,35 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     actors: running,
     stop: async () => {
       draining = true
-      // The scheduler first (it refuses new work and finishes what it admitted), then the rest.
-      const order = [...running].sort((a, b) => Number(b.name === "scheduler") - Number(a.name === "scheduler"))
+      // The scheduler first (it refuses new work and finishes what it admitted), then the
+      // gpu-executor (it may still write chunks), then the tiers it writes to.
+      const rank = (n: string) => ["scheduler", "gpu-executor", "host-cache", "disk-store"].indexOf(n)
+      const order = [...running].sort((a, b) => rank(a.name) - rank(b.name))
       for (const a of order) await a.drain(options.drainTimeoutMs ?? 30_000)
+      await tiers?.store?.close().catch(() => undefined)
       await conn.drain().catch(() => undefined)
       await embedded?.stop()
       await releaseGpu()
     },
   }
+}
+
+/**
+ * The host arena and disk store of this process, shared by its host-cache, disk-store and
+ * gpu-executor actors (KV bytes move through them in memory, never over NATS). A
+ * gpu-executor alone under a tiered policy gets its own arena and opens the same kv-dir
+ * (LMDB allows several processes).
+ */
+interface SharedTiers {
+  readonly arena?: HostArena
+  readonly store?: DiskStore
+}
+
+const openSharedTiers = (o: NodeOptions): SharedTiers => {
+  const tiered = o.kvPolicy !== undefined && isTiered(o.kvPolicy) && o.actors.includes("gpu-executor")
+  const arena = tiered || o.actors.includes("host-cache") ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
+  const store = tiered || o.actors.includes("disk-store") ? DiskStore.open({ kvDir: o.kvDir }) : undefined
+  return { arena, store }
 }
 
 const openWeights = (spec: string) => (spec.startsWith("dummy:") ? new DummyWeightSource(resolveDummyConfig(spec.slice(6))) : openHfModel(spec))
@@ -90,14 +121,17 @@ const startNamed = async (
   o: NodeOptions,
   version: string,
   draining: () => boolean,
+  tiers: SharedTiers,
 ): Promise<RunningActor> => {
   switch (name) {
-    case "gpu-executor":
-      return startActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device }))
+    case "gpu-executor": {
+      const kv = o.kvPolicy ? { policy: o.kvPolicy, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store } : undefined
+      return startActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv }))
+    }
     case "host-cache":
-      return startActor(nc, hostCacheActor({ budgetBytes: o.hostKvBudget }))
+      return startActor(nc, hostCacheActor({ budgetBytes: o.hostKvBudget, arena: tiers.arena }))
     case "disk-store":
-      return startActor(nc, diskStoreActor({ kvDir: o.kvDir }))
+      return startActor(nc, diskStoreActor({ kvDir: o.kvDir, store: tiers.store }))
     case "scheduler": {
       const svc = await new Svcm(nc).add({ name: SERVICE_NAME, version, description: "leoam: long-context LLM inference with a three-tier KV cache" })
       const group = svc.addGroup("leoam.v1")

@@ -197,6 +197,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
         decode_ms_per_token: result.decode_ms_per_token,
         total_ms: performance.now() - receivedAt,
       },
+      ...(result.kv ? { kv: result.kv } : {}),
     }
   }
 

@@ -101,6 +101,8 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--queue <n>", "generate requests admitted (queued or running) before new ones get `busy`", integer("--queue", 1, 1 << 16), 64)
     .option("--kv-dir <dir>", "the disk tier: LMDB index and chunk files (default: $XDG_CACHE_HOME/leoam/kv)")
     .option("--host-kv-budget <size>", "host-memory KV arena: bytes or KiB/MiB/GiB", size("--host-kv-budget"), 256 * 1024 * 1024)
+    .option("--kv-policy <name|file>", kvPolicyHelp, "full")
+    .option("--gpu-kv-budget <size>", "GPU memory for KV (pools and staging): bytes or KiB/MiB/GiB (default: no limit)", size("--gpu-kv-budget"))
     .option("--drain-timeout <ms>", "on SIGTERM, how long in-flight requests may take to finish", integer("--drain-timeout", 0), 30_000)
   if (embedded) cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
   return cmd
@@ -118,6 +120,8 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   queue: o.queue,
   kvDir: o.kvDir,
   hostKvBudget: o.hostKvBudget,
+  kvPolicy: o.kvPolicy,
+  gpuKvBudget: o.gpuKvBudget,
   drainTimeoutMs: o.drainTimeout,
 })
 

@@ -3,7 +3,7 @@
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
 import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
-import { ensuredDefaultKvDir } from "./kv.ts"
+import { ensuredDefaultKvDir, loadPolicy } from "./kv.ts"
 import { CliError } from "./errors.ts"
 
 export interface ServeArgs {
@@ -18,9 +18,10 @@ export interface ServeArgs {
   readonly queue: number
   readonly kvDir?: string
   readonly hostKvBudget: number
+  readonly kvPolicy?: string
+  readonly gpuKvBudget?: number
   readonly drainTimeoutMs: number
 }
-
 
 export const parseActorName = (name: string): ActorName => {
   if (!(actorNames as ReadonlyArray<string>).includes(name)) throw new CliError("invalid_argument", `unknown actor "${name}" (one of ${actorNames.join(", ")})`)
@@ -42,6 +43,8 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     queueCapacity: args.queue,
     kvDir: args.kvDir ?? ensuredDefaultKvDir(),
     hostKvBudget: args.hostKvBudget,
+    kvPolicy: loadPolicy(args.kvPolicy ?? "full"),
+    gpuKvBudget: args.gpuKvBudget,
     drainTimeoutMs: args.drainTimeoutMs,
   })
   process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})\n`)

@@ -26,6 +26,8 @@ export type KernelName =
   | "score"
   | "select"
   | "lse"
+  | "block_mass"
+  | "h2o_keep"
 
 export interface PipelineKey {
   readonly op: KernelName

@@ -1,6 +1,6 @@
 // Messages between the actors (control plane only: ids and numbers, never KV bytes).
 import { Schema } from "effect"
-import { modelShapeFields } from "./messages.ts"
+import { KvStats, modelShapeFields } from "./messages.ts"
 
 /** scheduler -> gpu-executor: one run = prefill + up to max_tokens decode steps. */
 export const RunRequest = Schema.Struct({
@@ -27,6 +27,7 @@ export const RunResult = Schema.Struct({
   prefill_ms: Schema.Number,
   decode_ms_per_token: Schema.Number,
   total_ms: Schema.Number,
+  kv: Schema.optional(KvStats),
 })
 export type RunResult = typeof RunResult.Type
 

@@ -26,6 +26,24 @@ export type GenerateRequest = typeof GenerateRequest.Type
 
 export const Usage = Schema.Struct({ prompt_tokens: Schema.Int, completion_tokens: Schema.Int })
 
+const TierCounters = { hits: Schema.Int, bytes_read: Schema.Number }
+
+/** KV statistics of one request under a tiered policy (leoam, offload-all). */
+export const KvStats = Schema.Struct({
+  policy: Schema.String,
+  gpu: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number }),
+  host: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number, bytes_written: Schema.Number }),
+  disk: Schema.Struct({ ...TierCounters, bytes_written: Schema.Number }),
+  chunk_tokens: Schema.Int,
+  chunks_sealed: Schema.Int,
+  steps: Schema.Int,
+  windows: Schema.Int,
+  chunks_selected_per_step: Schema.Number,
+  tokens_selected_per_step: Schema.Number,
+  time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number }),
+}).annotations({ identifier: "KvStats" })
+export type KvStats = typeof KvStats.Type
+
 export const GenerateReply = Schema.Struct({
   model: Schema.String,
   ids: Schema.Array(Schema.Int),
@@ -38,6 +56,8 @@ export const GenerateReply = Schema.Struct({
     decode_ms_per_token: Schema.Number,
     total_ms: Schema.Number,
   }),
+  /** Present under a tiered KV policy: bytes read and hits per tier, selection, time. */
+  kv: Schema.optional(KvStats),
 }).annotations({ identifier: "GenerateReply" })
 export type GenerateReply = typeof GenerateReply.Type
 

@@ -1,7 +1,13 @@
 // The demo: starts `leoam serve` (all four actors, an embedded nats-server, the bundled
 // model), then, as a NATS client would, sends a long-context request — a pass key hidden
 // in the middle of ~3000 tokens of text — to leoam.v1.generate and prints the answer.
+// The server runs the leoam KV policy with a GPU budget of about a quarter of the request's
+// KV and a host arena of a quarter: the rest of the cache lives on disk (a temporary
+// --kv-dir), and the reply's `kv` says what each tier served.
 import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { connect } from "@nats-io/transport-node"
 import { passKey, passKeyText } from "../bench/passkey.ts"
 
@@ -9,8 +15,10 @@ const tokens = Number(process.argv[2] ?? 3000)
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
 const say = (line: string) => process.stdout.write(`[leoam demo] ${line}\n`)
 
-say("starting `leoam serve` (embedded nats-server, bundled model models/tiny-leo-14m)")
-const server = spawn(process.execPath, [bin, "serve"], { stdio: ["ignore", "pipe", "inherit"] })
+const kvDir = mkdtempSync(join(tmpdir(), "leoam-demo-kv-"))
+const flags = ["--kv-policy", "leoam", "--gpu-kv-budget", "3MiB", "--host-kv-budget", "3MiB", "--kv-dir", kvDir]
+say(`starting \`leoam serve ${flags.join(" ")}\` (embedded nats-server, bundled model models/tiny-leo-14m)`)
+const server = spawn(process.execPath, [bin, "serve", ...flags], { stdio: ["ignore", "pipe", "inherit"] })
 const url = await new Promise<string>((resolve, reject) => {
   let out = ""
   server.stdout!.on("data", (d) => {
@@ -31,12 +39,23 @@ try {
   say(`prompt ends: ...${JSON.stringify(prompt.slice(-60))}`)
   const t0 = Date.now()
   const reply = await nc.request("leoam.v1.generate", JSON.stringify({ prompt, max_tokens: 8, stop: ["."] }), { timeout: 900_000 })
-  const body = reply.json<{ text?: string; error?: { code: string; message: string }; timings?: { prefill_ms: number; decode_ms_per_token: number } }>()
+  const body = reply.json<{
+    text?: string
+    error?: { code: string; message: string }
+    timings?: { prefill_ms: number; decode_ms_per_token: number }
+    kv?: { gpu: { hits: number; misses: number }; host: { hits: number; bytes_read: number }; disk: { hits: number; bytes_read: number; bytes_written: number }; tokens_selected_per_step: number }
+  }>()
   if (body.error) throw new Error(`${body.error.code}: ${body.error.message}`)
   const correct = body.text!.trim() === key
   failed = !correct
   say(`answer: ${JSON.stringify(body.text)} ${correct ? "(correct)" : `(WRONG: expected ${key})`} in ${((Date.now() - t0) / 1000).toFixed(1)} s ` +
     `(prefill ${body.timings!.prefill_ms.toFixed(0)} ms, decode ${body.timings!.decode_ms_per_token.toFixed(1)} ms/token)`)
+  const kv = body.kv
+  if (kv) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
+    say(`kv: GPU chunk hits ${kv.gpu.hits}, misses ${kv.gpu.misses}; host served ${kv.host.hits} (${mib(kv.host.bytes_read)}); ` +
+      `disk served ${kv.disk.hits} (${mib(kv.disk.bytes_read)}), wrote ${mib(kv.disk.bytes_written)}; ${kv.tokens_selected_per_step.toFixed(0)} tokens attended per decode step`)
+  }
   await nc.close()
 } catch (e) {
   failed = true
@@ -44,5 +63,6 @@ try {
 } finally {
   server.kill("SIGTERM")
   await new Promise((r) => server.once("exit", r))
+  rmSync(kvDir, { recursive: true, force: true })
 }
 process.exit(failed ? 1 : 0)
