@@ -1,0 +1,141 @@
+// The tiered KV cache on the bundled model (lavapipe): exact policies (offload-all, and
+// leoam attending everything) reproduce full attention token for token while the GPU
+// holds a fraction of the KV and the rest is served by the host arena and disk; leoam with
+// a selection budget still finds a pass key; bad budgets and corrupt chunk files give
+// coded errors, never a wrong answer.
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { DiskStore } from "../actors/disk-store/store.ts"
+import { HostArena } from "../actors/host-cache/arena.ts"
+import { passKey, passKeyPrompt } from "../bench/passkey.ts"
+import { generate } from "../engine/generate.ts"
+import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { GpuModel } from "../engine/model.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+
+const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
+
+let gpu: Gpu
+let tok: Tokenizer
+let full: GpuModel
+
+beforeAll(async () => {
+  gpu = await acquireGpu()
+  tok = loadTokenizer(modelDir)
+  full = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 2400 })
+})
+
+afterAll(async () => {
+  full?.destroy()
+  await releaseGpu()
+})
+
+const tiered = async (policy: unknown, fractions: { gpu: number; host: number }, tokens: number) => {
+  const c = full.config
+  const kvBytes = tokens * kvBytesPerToken(c)
+  const kvDir = mkdtempSync(join(tmpdir(), "leoam-tier-"))
+  const store = DiskStore.open({ kvDir })
+  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * fractions.host) })
+  const options = kvEngineOptions(parsePolicy(policy), { gpuBudgetBytes: Math.floor(kvBytes * fractions.gpu), arena, store, session: "t" }, c, tokens + 64)
+  const model = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: tokens + 64, ...options })
+  return { model, store, kvDir, close: async () => (model.destroy(), await store.close()) }
+}
+
+const greedy = { maxTokens: 12, temperature: 0 }
+
+describe("tiered KV cache, exact policies", () => {
+  const prompt = () => passKeyPrompt(tok, 700, passKey(5), 0.3).ids
+
+  it("offload-all with 40% of the KV on the GPU and 30% in host memory equals full attention", async () => {
+    const ids = prompt()
+    const want = await generate(full, ids, greedy)
+    const t = await tiered("offload-all", { gpu: 0.4, host: 0.3 }, ids.length + 12)
+    try {
+      const got = await generate(t.model, ids, greedy)
+      expect(got.ids).toEqual(want.ids)
+      const kv = t.model.tierStats()!
+      expect(kv.disk.bytes_read).toBeGreaterThan(0) // the host arena holds less than the KV
+      expect(kv.host.hits).toBeGreaterThan(0)
+      expect(kv.windows).toBeGreaterThan(kv.steps * full.config.numLayers) // the GPU cannot hold a layer's chunks at once
+      expect(kv.gpu.resident_bytes).toBe(0) // offload-all keeps nothing between steps
+    } finally {
+      await t.close()
+    }
+  }, 180_000)
+
+  it("leoam attending every chunk (budget 100%) equals full attention, across chunk seals in decode", async () => {
+    const ids = prompt()
+    const want = await generate(full, ids, { ...greedy, maxTokens: 40 })
+    const t = await tiered({ name: "leoam", selection: { topk: { budget_fraction: 1 } } }, { gpu: 0.5, host: 0.5 }, ids.length + 40)
+    try {
+      const got = await generate(t.model, ids, { ...greedy, maxTokens: 40 })
+      expect(got.ids).toEqual(want.ids)
+      const kv = t.model.tierStats()!
+      expect(kv.chunks_sealed).toBe(Math.floor((ids.length + 39) / 32))
+      expect(kv.gpu.hits).toBeGreaterThan(0)
+    } finally {
+      await t.close()
+    }
+  }, 180_000)
+})
+
+describe("tiered KV cache, leoam selection", () => {
+  it("finds a 2K-token pass key with 256 tokens attended per step and the GPU holding 10% of the KV", async () => {
+    const p = passKeyPrompt(tok, 2048, passKey(7), 0.6)
+    const want = await generate(full, p.ids, { maxTokens: 6, temperature: 0 })
+    const policy = { name: "leoam", chunking: { fixed: { tokens: 16 } }, selection: { topk: { budget_tokens: 256, sink_tokens: 16, recent_tokens: 32 } } }
+    const t = await tiered(policy, { gpu: 0.1, host: 0.25 }, p.ids.length + 6)
+    try {
+      const got = await generate(t.model, p.ids, { maxTokens: 6, temperature: 0 })
+      expect(tok.decode(want.ids)).toContain(p.key)
+      expect(tok.decode(got.ids)).toContain(p.key)
+      const kv = t.model.tierStats()!
+      expect(kv.tokens_selected_per_step).toBeLessThanOrEqual(256)
+      expect(kv.disk.bytes_read).toBeGreaterThan(0)
+    } finally {
+      await t.close()
+    }
+  }, 300_000)
+})
+
+describe("tiered KV cache, bad budgets and files", () => {
+  it("refuses a GPU budget that cannot hold the tail, sink and recent chunks", async () => {
+    await expect(tiered("leoam", { gpu: 0.001, host: 0.5 }, 2000)).rejects.toMatchObject({ code: "kv_budget_too_small" })
+  })
+
+  it("refuses a full-attention policy whose KV exceeds the GPU budget", () => {
+    const arena = new HostArena({ budgetBytes: 1 << 20 })
+    expect(() => kvEngineOptions(parsePolicy("full"), { gpuBudgetBytes: 1 << 20, arena, session: "x" }, full.config, 2000)).toThrow(
+      expect.objectContaining({ code: "kv_budget_too_small" }),
+    )
+  })
+
+  it("a corrupt chunk file fails the request with chunk_corrupt instead of attending wrong bytes", async () => {
+    const ids = passKeyPrompt(tok, 400, passKey(9), 0.5).ids
+    // A host arena of one chunk: later reads must come from disk.
+    const t = await tiered("offload-all", { gpu: 0.5, host: 0.02 }, ids.length + 4)
+    try {
+      await generate(t.model, ids, { maxTokens: 2, temperature: 0 })
+      const dir = join(t.kvDir, "chunks")
+      for (const f of readdirSync(dir)) {
+        const bytes = readFileSync(join(dir, f))
+        for (let i = 0; i < bytes.length; i += 4096) bytes[i] ^= 0xff
+        writeFileSync(join(dir, f), bytes)
+      }
+      // The next request re-prefills: its chunks are rewritten, so corrupt them mid-run by
+      // decoding more of the same sequence instead.
+      await expect(
+        (async () => {
+          for (let i = 0; i < 4; i++) await t.model.decode(0)
+        })(),
+      ).rejects.toMatchObject({ code: "chunk_corrupt" })
+    } finally {
+      await t.close()
+    }
+  }, 120_000)
+})
