@@ -24,7 +24,7 @@ export interface H2oPolicy {
   readonly budgetFraction?: number
   /** The first tokens of the context, never evicted (plain H2O has none: 0). */
   readonly sinkTokens: number
-  /** The last tokens, never evicted (the partial last block always is kept). */
+  /** The last tokens, never evicted (the block of the newest token always is kept). */
   readonly recentTokens: number
   /** Seed prompt masses from the first decode query that must evict (default true). */
   readonly seed?: boolean
@@ -35,13 +35,13 @@ export interface H2oPolicy {
 export interface H2oStats {
   /** Per layer, blocks evicted since the sequence began, summed over its lists. */
   readonly evictedBlocks: ReadonlyArray<number>
-  /** Decode steps prepared, and those that seeded the masses with a full pass. */
+  /** Decode steps of this sequence, and those that seeded the masses with a full pass. */
   readonly steps: number
   readonly seededSteps: number
 }
 
 export const h2oPipelineKeys = (c: ModelConfig) => ({
-  mass: { op: "block_mass", constants: { D: c.headDim } } as PipelineKey,
+  mass: { op: "block_mass", constants: { G: c.numHeads / c.numKvHeads, D: c.headDim } } as PipelineKey,
   keep: { op: "h2o_keep" } as PipelineKey,
 })
 
@@ -173,7 +173,8 @@ export class H2oAttention {
     this.seededSteps += seed ? 1 : 0
 
     const sink = Math.ceil(this.policy.sinkTokens / bs)
-    const recent = Math.ceil(Math.max(0, this.policy.recentTokens - partial) / bs)
+    // The block of the newest token is always kept (with recentTokens 0 too).
+    const recent = Math.max(partial > 0 ? 0 : 1, Math.ceil(Math.max(0, this.policy.recentTokens - partial) / bs))
     const k = Math.max(0, Math.floor(budget / bs) - sink - recent - (partial > 0 ? 1 : 0))
     const scale = 1 / Math.sqrt(c.headDim)
     const mb = this.kv.maxBlocks
@@ -214,20 +215,21 @@ export class H2oAttention {
   }
 
   /**
-   * After the pool's reset or truncation: blocks past the kept length are fresh at the next
-   * step (a reset forgets every mass and eviction; a truncation keeps those of the blocks
-   * that remain).
+   * After the pool's reset or truncation: the blocks from the one holding the cut on are
+   * fresh at the next step (no mass, not evicted), since new tokens go there. A reset thus
+   * forgets every mass and eviction; a truncation keeps those of the whole blocks before it.
    */
   invalidate(): void {
-    this.synced = Math.min(this.synced, Math.ceil(this.kv.length / this.kv.blockTokens))
+    this.synced = Math.min(this.synced, Math.floor(this.kv.length / this.kv.blockTokens))
     this.lastLength = Math.min(this.lastLength, this.kv.length)
+    if (this.kv.length === 0) this.steps = this.seededSteps = 0
   }
 
-  /** Evictions per layer (one small read-back: call between steps, not per token). */
+  /** Evictions per layer of this sequence (a small read-back per layer: not per token). */
   async stats(): Promise<H2oStats> {
-    const evictedBlocks = await Promise.all(
-      this.evicted.map(async (b) => (this.synced === 0 ? 0 : new Uint32Array(await readBack(this.device, b, 0, this.lists * 4)).reduce((a, x) => a + x, 0))),
-    )
+    // Right after a reset the counters still hold the last sequence's (the next step's kernel zeroes them).
+    const read = async (b: GPUBuffer) => new Uint32Array(await readBack(this.device, b, 0, this.lists * 4)).reduce((a, x) => a + x, 0)
+    const evictedBlocks = await Promise.all(this.evicted.map((b) => (this.synced === 0 ? 0 : read(b))))
     return { evictedBlocks, steps: this.steps, seededSteps: this.seededSteps }
   }
 

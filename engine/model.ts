@@ -476,7 +476,7 @@ export class GpuModel {
   }
 }
 
-const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: PipelineKey; ones: PipelineKey }): Promise<GpuFill> => {
+export const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: PipelineKey; ones: PipelineKey }): Promise<GpuFill> => {
   const device = gpu.device
   const random = await pipelines.get(keys.random)
   const ones = await pipelines.get(keys.ones)

@@ -34,6 +34,7 @@ var<workgroup> dropped: atomic<u32>;
 var<workgroup> prefix_key: u32;
 var<workgroup> prefix_idx: u32;
 var<workgroup> want: u32;
+var<workgroup> done: u32;
 
 // Order-preserving map of f32 to u32: a larger mass gives a larger key.
 fn key_of(s: f32) -> u32 {
@@ -77,11 +78,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (mass[base + blocks[i]] >= 0.0) { atomicAdd(&candidates, 1u); }
   }
   workgroupBarrier();
-  if (lid == 0u) { want = min(p.K, atomicLoad(&candidates)); }
+  if (lid == 0u) {
+    want = min(p.K, atomicLoad(&candidates));
+    done = select(0u, 1u, want == 0u);
+  }
   let k = workgroupUniformLoad(&want);
 
   // Radix select, 8 bits a round from the top: the k-th largest (key, index) of the candidates.
+  // It stops at the round whose bin holds exactly the last ones needed (all candidates kept:
+  // the first round; distinct masses: the index rounds are rarely reached).
   for (var round = 0u; round < 7u; round = round + 1u) {
+    if (workgroupUniformLoad(&done) == 1u) { break; }
     atomicStore(&hist[lid], 0u);
     workgroupBarrier();
     let pk = prefix_key;
@@ -109,6 +116,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (need > 0u && above[lid] >= need && next < need) {
       if (round < 4u) { prefix_key = pk | (lid << (24u - 8u * round)); } else { prefix_idx = pi | (lid << (48u - 8u * round)); }
       want = need - next;
+      done = select(0u, 1u, above[lid] == need);
     }
     workgroupBarrier();
   }

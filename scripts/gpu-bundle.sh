@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sh ../shared/tools/gpu-bundle.sh >/dev/null
 rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
-for prog in engine-bench golden-check actor-overhead upload-bench; do
+for prog in engine-bench golden-check actor-overhead upload-bench tiered-bench; do
   npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
     --external:webgpu --external:lmdb --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'module'; const require = __cr(import.meta.url);"

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `. .gpu/prelude.sh`: unpacks dawn.node, checks the kernels
-# against the golden outputs, then runs the engine, actor and upload (host <-> GPU transfer)
-# benchmarks. Results go to $OUT (or bench/results).
+# against the golden outputs, then runs a suite of benchmarks. Results go to $OUT (or
+# bench/results).
+#   bash scripts/gpu-run.sh [all|engine|tiered] [engine-bench flags...]
+#   engine: engine, actor and upload (host <-> GPU transfer) benchmarks (issue 2, 3)
+#   tiered: upload benchmark and the tiered-KV decode benchmark (issue 4)
 set -euo pipefail
+suite="${1:-all}"
+case "$suite" in all|engine|tiered) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -11,6 +16,16 @@ for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz
 command -v nats-server >/dev/null || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
-node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
-node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
+if [ "$suite" != tiered ]; then
+  node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
+  node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
+fi
 node .bench-bundle/upload-bench.mjs --total-mib 512 --json "$out/upload-bench.json" 2>&1 | tee "$out/upload-bench.txt"
+if [ "$suite" != engine ]; then
+  # (a) the paper's model: Llama-2-7B / LongChat-7B shapes (MHA, 0.5 MiB of KV a token) at 32K;
+  # (b) Llama-3.1-8B shapes (GQA) at 64K, then 128K. GPU budget: what a 24 GB card leaves.
+  mkdir -p /tmp/leoam-kv
+  node .bench-bundle/tiered-bench.mjs --preset longchat-7b-32k --context 32768 --kv-dir /tmp/leoam-kv --out "$out/tiered-7b-32k.json" 2>&1 | tee "$out/tiered-7b-32k.txt"
+  node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k.json" 2>&1 | tee "$out/tiered-8b-64k.txt"
+  timeout 180 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-128k.json" 2>&1 | tee "$out/tiered-8b-128k.txt" || echo "128K: stopped (time)"
+fi

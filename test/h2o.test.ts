@@ -222,7 +222,7 @@ const plan = (policy: H2oPolicy, n: number, mass: ArrayLike<number>, known: numb
   const partial = n % BS
   const total = full + (partial > 0 ? 1 : 0)
   const sink = Math.ceil(policy.sinkTokens / BS)
-  const recent = Math.ceil(Math.max(0, policy.recentTokens - partial) / BS)
+  const recent = Math.max(partial > 0 ? 0 : 1, Math.ceil(Math.max(0, policy.recentTokens - partial) / BS))
   const K = Math.max(0, Math.floor(policy.budgetTokens! / BS) - sink - recent - (partial > 0 ? 1 : 0))
   const m = (i: number) => (i >= known ? 0 : mass[i]!)
   const lo = Math.min(sink, full)
@@ -280,50 +280,75 @@ describe("H2oAttention", () => {
     const policy: H2oPolicy = { budgetTokens: 96, sinkTokens: 16, recentTokens: 32, perKvHead }
     const lists = perKvHead ? KV : 1
     const hs = new Harness(rand, policy, 512)
-    hs.prefill(60) // under the budget: no seeding, masses start at 0
-    const everEvicted = [0, 1].map(() => Array.from({ length: lists }, () => new Set<number>()))
-    let known = 0
-    let evictions = 0
-    for (let s = 0; s < 100; s++) {
-      const masses = [await hs.h2o.readMass(0), await hs.h2o.readMass(1)]
-      const q = uniformF32(rand, H * D, 3)
-      const nBlocks = hs.kv.blockList.length
-      const got = await hs.step(q)
-      const total = hs.kv.blockList.length
-      const plans = masses.map((m) => Array.from({ length: lists }, (_, j) => plan(policy, hs.kv.length, m.subarray(j * nBlocks, (j + 1) * nBlocks), known)))
-      for (let l = 0; l < 2; l++) {
-        const attend = plans[l]!.map((p) => p.attend)
-        const want = cpuStep(hs, l, q, attend)
-        expectClose(got[l]!, want.out, TOL.f32, `step ${s} layer ${l}`)
-        const after = await hs.h2o.readMass(l)
-        for (let j = 0; j < lists; j++) {
-          const p = plans[l]![j]!
-          const tokens = hs.entriesOf(p.attend).reduce((a, [, t]) => a + t, 0)
-          expect(tokens).toBeLessThanOrEqual(policy.budgetTokens!)
-          for (const b of p.attend) expect(everEvicted[l]![j]!.has(b), `evicted block ${b} attended`).toBe(false)
-          for (const b of p.evicts) everEvicted[l]![j]!.add(b)
-          evictions += l === 0 && j === 0 ? p.evicts.length : 0
-          // Evicted: -1 for good; attended: the step's mass added to what it had.
-          for (let i = 0; i < total; i++) {
-            const now = after[j * total + i]!
-            if (everEvicted[l]![j]!.has(i)) expect(now, `layer ${l} list ${j} block ${i}`).toBe(-1)
-            else {
-              const before = i >= known ? 0 : masses[l]![j * nBlocks + i]!
-              expect(now).toBeCloseTo(before + (want.added[j]!.get(i) ?? 0), 4)
+    const evicted = [0, 1].map(() => Array.from({ length: lists }, () => new Set<number>())) // (layer, list) logical blocks
+    const evictions = [0, 0] // per layer, summed over lists
+    let known = 0 // logical blocks the GPU's masses cover
+    /** `count` steps, each checked against the plan from the masses read before it. */
+    const steps = async (count: number) => {
+      for (let s = 0; s < count; s++) {
+        const masses = [await hs.h2o.readMass(0), await hs.h2o.readMass(1)]
+        const q = uniformF32(rand, H * D, 3)
+        const before = hs.kv.blockList.length
+        const got = await hs.step(q)
+        const total = hs.kv.blockList.length
+        for (let l = 0; l < 2; l++) {
+          const plans = Array.from({ length: lists }, (_, j) => plan(policy, hs.kv.length, masses[l]!.subarray(j * before, (j + 1) * before), known))
+          const want = cpuStep(hs, l, q, plans.map((p) => p.attend))
+          expectClose(got[l]!, want.out, TOL.f32, `step ${s} layer ${l}`)
+          const after = await hs.h2o.readMass(l)
+          plans.forEach((p, j) => {
+            const gone = evicted[l]![j]!
+            expect(hs.entriesOf(p.attend).reduce((a, [, t]) => a + t, 0)).toBeLessThanOrEqual(policy.budgetTokens!)
+            for (const b of p.attend) expect(gone.has(b), `evicted block ${b} attended`).toBe(false)
+            for (const b of p.evicts) gone.add(b)
+            evictions[l] += p.evicts.length
+            // Evicted: -1 for good; the others: the step's mass added to what they had.
+            for (let i = 0; i < total; i++) {
+              const now = after[j * total + i]!
+              if (gone.has(i)) expect(now, `layer ${l} list ${j} block ${i}`).toBe(-1)
+              else expect(now).toBeCloseTo((i >= known ? 0 : masses[l]![j * before + i]!) + (want.added[j]!.get(i) ?? 0), 4)
             }
-          }
+          })
         }
+        known = total
       }
-      known = total
     }
+    hs.prefill(60) // under the budget: no seeding, masses start at 0
+    await steps(100)
     // 160 tokens, 96 attended: the sink, 2-3 recent blocks and the partial, and a few heavy hitters.
-    expect(evictions).toBeGreaterThan(3)
-    const stats = await hs.h2o.stats()
-    expect(stats.evictedBlocks).toEqual(everEvicted.map((ls) => ls.reduce((a, s) => a + s.size, 0)))
-    expect(stats.seededSteps).toBe(0)
+    expect(evictions[0]).toBeGreaterThan(3 * lists)
     // Each layer keeps its own masses (the plans above were per layer). Their kept sets may
     // still agree: accumulated sums favour the blocks attended longest, the oldest ones.
     expect(await hs.h2o.readMass(0)).not.toEqual(await hs.h2o.readMass(1))
+    // A truncation keeps the masses and evictions of the whole blocks before the cut; the
+    // block holding it starts afresh.
+    hs.kv.truncate(hs.kv.length - 37)
+    hs.h2o.invalidate()
+    known = Math.floor(hs.kv.length / BS)
+    for (const s of evicted.flat()) for (const b of [...s]) if (b >= known) s.delete(b)
+    await steps(30)
+    const stats = await hs.h2o.stats()
+    expect(stats.evictedBlocks).toEqual(evictions)
+    expect(stats.seededSteps).toBe(0)
+    hs.destroy()
+  })
+
+  it("without seeding, prompt blocks tie at zero mass: the most recent candidates are kept", async () => {
+    const rand = rng(31)
+    const policy: H2oPolicy = { budgetTokens: 96, sinkTokens: 0, recentTokens: 32, seed: false }
+    const hs = new Harness(rand, policy, 512)
+    hs.prefill(200)
+    const q = uniformF32(rand, H * D, 3)
+    const got = await hs.step(q) // 201 tokens: candidates 0-9, K = 3 (2 recent blocks and the partial)
+    const kept = [7, 8, 9, 10, 11, 12]
+    for (let l = 0; l < 2; l++) {
+      const want = cpuStep(hs, l, q, [kept])
+      expectClose(got[l]!, want.out, TOL.f32, `layer ${l}`)
+      const mass = await hs.h2o.readMass(l)
+      expect(Array.from(mass.subarray(0, 7))).toEqual([-1, -1, -1, -1, -1, -1, -1])
+      expectClose(mass.subarray(7), kept.map((b) => want.added[0]!.get(b)!), { abs: 1e-5, rel: 1e-4 }, "masses")
+    }
+    expect((await hs.h2o.stats()).seededSteps).toBe(0)
     hs.destroy()
   })
 

@@ -1,0 +1,106 @@
+// The tiered-KV decode benchmark (issue 4), one run, side by side on one device: decode
+// ms/token of full (all KV on the GPU, no budget: the speed reference), offload-all (KV on
+// host and disk, every step fetches all of it), quest (all KV on the GPU, top-k pages) and
+// leoam (abstracts + selection + GPU/host/disk tiers) at the shapes of a dummy model and a
+// long context. The tiered policies get --gpu-kv-budget (what a 24 GB card leaves after
+// fp16 weights and workspace) and --host-kv-budget; the rest lives under --kv-dir.
+// The context is filled with random KV (engine/synthetic-kv.ts), not prefilled: decode
+// cost only. Prints a table and writes JSON (--out).
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Command } from "commander"
+import { DiskStore } from "../actors/disk-store/store.ts"
+import { HostArena } from "../actors/host-cache/arena.ts"
+import { parseSize } from "../cli/sizes.ts"
+import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { GpuModel } from "../engine/model.ts"
+import { synthesizeKv } from "../engine/synthetic-kv.ts"
+import { resolveDummyConfig } from "../models/config.ts"
+import { DummyWeightSource } from "../models/dummy.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+
+const program = new Command()
+  .option("--preset <name>", "dummy model preset", "longchat-7b-32k")
+  .option("--context <n>", "tokens of (random) context before decoding", (v) => Number(v), 32768)
+  .option("--policies <list>", "comma-separated policies", "full,offload-all,quest,leoam")
+  .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
+  .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies", "6GiB")
+  .option("--host-kv-budget <size>", "host arena of the tiered policies", "8GiB")
+  .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
+  .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+const o = program.opts()
+
+interface Row {
+  policy: string
+  ms_per_token: number
+  steps: number
+  fill_ms: number
+  kv?: unknown
+  error?: string
+}
+
+const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number): Promise<Row> => {
+  const config = resolveDummyConfig(o.preset)
+  const maxContext = context + o.steps + 8
+  const doc =
+    name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } } } : { name }
+  const policy = parsePolicy(doc)
+  const tiered = name === "leoam" || name === "offload-all"
+  const store = tiered ? DiskStore.open({ kvDir }) : undefined
+  const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
+  const session = `bench-${name}`
+  let model: GpuModel | undefined
+  try {
+    const options = kvEngineOptions(policy, { gpuBudgetBytes: tiered ? parseSize(o.gpuKvBudget) : undefined, arena, store, session }, config, maxContext)
+    model = await GpuModel.load(gpu, new DummyWeightSource(config), { maxContext, ...options })
+    const f0 = performance.now()
+    await synthesizeKv(model, context)
+    const fillMs = performance.now() - f0
+    const step = async (i: number) => model!.decode(0, { outSlot: 1 + (i % 8), temperature: 0, seed: 0, step: i })
+    for (let i = 0; i < 2; i++) await step(i) // warm-up, immediately followed by the timed steps
+    await gpu.device.queue.onSubmittedWorkDone()
+    const statsBefore = model.tierStats()
+    const t0 = performance.now()
+    for (let i = 0; i < o.steps; i++) await step(2 + i)
+    await gpu.device.queue.onSubmittedWorkDone()
+    const ms = (performance.now() - t0) / o.steps
+    const kv = model.tierStats()
+    return { policy: name, ms_per_token: ms, steps: o.steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
+  } catch (e) {
+    return { policy: name, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
+  } finally {
+    model?.destroy()
+    if (store) {
+      store.dropSession(session)
+      await store.close()
+    }
+  }
+}
+
+const gpu = await acquireGpu()
+const config = resolveDummyConfig(o.preset)
+const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-tiered-bench-"))
+// The decode steps must fit in the model's positions.
+const context = Math.min(o.context, config.maxPositionEmbeddings - o.steps - 8)
+const kvGiB = (context * kvBytesPerToken(config)) / 2 ** 30
+console.log(`tiered KV decode: ${o.preset} shapes (${config.numLayers} layers, ${config.numKvHeads} KV heads), ${context} tokens of random KV = ${kvGiB.toFixed(2)} GiB, on ${gpu.adapterName}`)
+console.log(`tiered policies: GPU KV budget ${o.gpuKvBudget}, host ${o.hostKvBudget}, disk ${kvDir}; quest and leoam attend ${(o.budgetFraction * 100).toFixed(0)}% of the tokens per step`)
+const rows: Row[] = []
+for (const name of String(o.policies).split(",")) {
+  const row = await runPolicy(gpu, name, kvDir, context)
+  rows.push(row)
+  const kv = row.kv as { gpu: { hits: number; misses: number }; host: { bytes_read: number }; disk: { bytes_read: number }; time_ms: Record<string, number> } | undefined
+  const extra = kv
+    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up)`
+    : ""
+  console.log(row.error ? `  ${name.padEnd(12)} FAILED ${row.error}` : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token  (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}`)
+}
+const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
+if (ref) for (const r of rows) if (!r.error) console.log(`  ${r.policy.padEnd(12)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all`)
+if (o.out) writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), device: gpu.adapterName, preset: o.preset, context, rows }, null, 2))
+if (!o.kvDir) rmSync(kvDir, { recursive: true, force: true })
+await releaseGpu()
