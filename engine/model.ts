@@ -14,6 +14,7 @@ import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import { ATTN_TILE, KvPool } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
+import { H2oAttention, h2oPipelineKeys } from "./h2o.ts"
 import { TIER_PARTIALS, TieredKv, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
 import { TieredSteps } from "./tiered-steps.ts"
 
@@ -71,6 +72,9 @@ export class GpuModel {
   private readonly prefillProgram: Dispatch[]
   private readonly decodeProgram: Dispatch[]
   private readonly sparseDecodeProgram: Dispatch[]
+  private readonly h2oDecodeProgram: Dispatch[]
+  /** H2O attention, when the options ask for it. */
+  readonly h2o: H2oAttention | undefined
   /** Sparse decode attention, when the options ask for it. */
   readonly sparse: SparseAttention | undefined
   private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
@@ -89,6 +93,7 @@ export class GpuModel {
     options: Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o">> & {
       gemv: GemvTunings
       sparse: SparsePolicy | undefined
+      h2o: SparsePolicy | undefined
       tiered: EngineOptions["tiered"]
     },
   ) {
@@ -119,6 +124,8 @@ export class GpuModel {
     this.keys = keys
     const P = (key: PipelineKey) => pipelines.now(key)
     this.sparse = options.sparse ? new SparseAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.sparse) : undefined
+    this.h2o = options.h2o ? new H2oAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.h2o) : undefined
+    const h2o = this.h2o
     const sparse = this.sparse
     const a = this.act
     const u = this.u
@@ -166,6 +173,8 @@ export class GpuModel {
     this.attnDecode = attnDecode
     // The sparse program is the same but for attention: score, select, attend per layer.
     this.sparseDecodeProgram = sparse ? dec.flatMap((x) => (attnDecode.includes(x) ? sparse.attentionOf(attnDecode.indexOf(x)) : [x])) : []
+    // H2O runs on every step: block masses accumulate below the budget too.
+    this.h2oDecodeProgram = h2o ? dec.flatMap((x) => (attnDecode.includes(x) ? h2o.attentionOf(attnDecode.indexOf(x)) : [x])) : []
 
     // ---- prefill: a chunk of M tokens, GEMMs
     const pre: Dispatch[] = []
@@ -245,10 +254,13 @@ export class GpuModel {
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu))
-    if (options.sparse && options.tiered) throw new RangeError("sparse (quest) attention and the tiered cache are exclusive")
+    if ([options.sparse, options.tiered, options.h2o].filter((x) => x !== undefined).length > 1) {
+      throw new RangeError("quest (sparse), h2o and the tiered cache are exclusive")
+    }
     const compiling = pipelines.prewarm([
       ...Object.values(keys),
       ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : []),
+      ...(options.h2o ? Object.values(h2oPipelineKeys(c)) : []),
       ...(options.tiered ? [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(keys.attnPrefill)] : []),
     ])
     const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
@@ -263,6 +275,7 @@ export class GpuModel {
       gemv,
       sparse: options.sparse,
       tiered: options.tiered,
+      h2o: options.h2o,
     })
   }
 
@@ -282,6 +295,7 @@ export class GpuModel {
     this.tieredSteps?.resetStats()
     this.kv.reset()
     this.sparse?.invalidate()
+    this.h2o?.invalidate()
   }
 
   private writeRope(pos0: number, m: number): void {
@@ -400,7 +414,10 @@ export class GpuModel {
     u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot % ID_SLOTS)
     const sparse = this.sparseEnabled && this.sparse?.pays() === true
     let program = this.decodeProgram
-    if (sparse) {
+    if (this.h2o) {
+      program = this.h2oDecodeProgram
+      u.combine.set(c.numHeads, this.h2o.prepareStep(), c.headDim)
+    } else if (sparse) {
       program = this.sparseDecodeProgram
       u.combine.set(c.numHeads, this.sparse!.prepareStep(), c.headDim)
     } else {
@@ -450,6 +467,7 @@ export class GpuModel {
     this.tiered?.truncate(length)
     this.kv.truncate(length)
     this.sparse?.invalidate()
+    this.h2o?.invalidate()
   }
 
   private encodeSample(pass: GPUComputePassEncoder, s: SampleParams) {
@@ -469,6 +487,7 @@ export class GpuModel {
     destroyWeights(this.weights)
     this.kv.destroy()
     this.sparse?.destroy()
+    this.h2o?.destroy()
     this.tiered?.destroy()
     for (const b of Object.values(this.act)) b.destroy()
     this.sampling?.destroy()
