@@ -7,6 +7,12 @@ import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
+const tempDir = () => mkdtempSync(join(tmpdir(), "leoam-cli-kv-"))
+const writeTemp = (name: string, text: string) => {
+  const file = join(tempDir(), name)
+  writeFileSync(file, text)
+  return file
+}
 
 const leoam = (...args: string[]) =>
   new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
@@ -46,6 +52,15 @@ describe("leoam generate", () => {
     ["top-p of 0", ["--ids", "1", "--top-p", "0"], "invalid_argument"],
     ["a prompt longer than the context", ["--ids", "1,2,3,4", "--max-context", "4"], "context_overflow"],
     ["a missing ids file", ["--ids-file", "/nonexistent/ids"], "invalid_ids"],
+    ["an unknown KV policy", ["--ids", "1", "--kv-policy", "lru-magic"], "unknown_policy"],
+    ["a policy file that is not JSON", ["--ids", "1", "--kv-policy", writeTemp("policy.json", "{ nope")], "invalid_policy"],
+    ["a policy with an unknown field", ["--ids", "1", "--kv-policy", writeTemp("p2.json", '{"name":"leoam","speed":"max"}')], "invalid_policy"],
+    ["a budget below sink + recent", ["--ids", "1", "--kv-policy", writeTemp("p3.json", '{"name":"leoam","selection":{"topk":{"budget_tokens":16,"sink_tokens":32}}}')], "invalid_policy"],
+    ["a chunk size that is not a multiple of 16", ["--ids", "1", "--kv-policy", writeTemp("p4.json", '{"name":"leoam","chunking":{"fixed":{"tokens":24}}}')], "invalid_policy"],
+    ["a GPU KV budget too small for the tiers", ["--ids", "1", "--kv-policy", "leoam", "--gpu-kv-budget", "64KiB", "--kv-dir", tempDir()], "kv_budget_too_small"],
+    ["full attention over budget", ["--ids", "1", "--kv-policy", "full", "--gpu-kv-budget", "1KiB"], "kv_budget_too_small"],
+    ["a --kv-dir whose parent is missing", ["--ids", "1", "--kv-policy", "leoam", "--kv-dir", "/nonexistent/parent/kv"], "kv_dir_unavailable"],
+    ["a malformed size", ["--ids", "1", "--gpu-kv-budget", "lots"], "invalid_argument"],
   ]
   for (const [what, args, code] of bad) {
     it(`answers ${what} with [${code}] and exit status 2`, async () => {
@@ -55,6 +70,21 @@ describe("leoam generate", () => {
       expect(r.stdout).toBe("")
     })
   }
+
+  it("--kv-policy leoam spreads the KV over GPU, host and disk and reports it under kv", async () => {
+    const ids = Array.from({ length: 700 }, (_, i) => 5 + ((i * 7) % 300)).join(",")
+    const args = ["generate", "--ids", ids, "--max-tokens", "6", "--json"]
+    const full = JSON.parse((await leoam(...args)).stdout)
+    const kvDir = tempDir()
+    const r = await leoam(...args, "--kv-policy", writeTemp("all.json", '{"name":"leoam","selection":{"topk":{"budget_fraction":1}}}'), "--gpu-kv-budget", "1536KiB", "--host-kv-budget", "512KiB", "--kv-dir", kvDir)
+    expect(r.code).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.ids).toEqual(full.ids) // attending every chunk is exact
+    expect(out.kv.policy).toBe("leoam")
+    expect(out.kv.disk.bytes_written).toBeGreaterThan(0)
+    expect(out.kv.disk.bytes_read).toBeGreaterThan(0)
+    expect(full.kv).toEqual({ policy: "full" })
+  }, 180_000)
 
   it("rejects a model directory with a malformed config.json, naming the file", async () => {
     const dir = mkdtempSync(join(tmpdir(), "leoam-bad-model-"))
