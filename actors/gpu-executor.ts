@@ -12,6 +12,7 @@ import type { DiskStore } from "./disk-store/store.ts"
 import type { HostArena } from "./host-cache/arena.ts"
 import { kvEngineOptions } from "../engine/kv-setup.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
+import type { KvStats } from "../protocol/messages.ts"
 import { leoamError } from "../protocol/errors.ts"
 import { CancelRequest, type ModelDescription, RunRequest, type RunResult } from "../protocol/internal.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
@@ -35,6 +36,35 @@ export interface GpuExecutorState {
   current: string | undefined
   runs: number
   tokens: number
+  /** KV counters summed over every run (tiered policies). */
+  readonly kvTotals: KvTotals
+}
+
+/** Totals over runs of the per-request KV counters. */
+export interface KvTotals {
+  gpu: { hits: number; misses: number; bytes_read: number }
+  host: { hits: number; misses: number; bytes_read: number; bytes_written: number }
+  disk: { hits: number; bytes_read: number; bytes_written: number }
+  steps: number
+  chunks_sealed: number
+}
+
+const emptyTotals = (): KvTotals => ({
+  gpu: { hits: 0, misses: 0, bytes_read: 0 },
+  host: { hits: 0, misses: 0, bytes_read: 0, bytes_written: 0 },
+  disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
+  steps: 0,
+  chunks_sealed: 0,
+})
+
+const addTotals = (t: KvTotals, kv: KvStats): void => {
+  for (const tier of ["gpu", "host", "disk"] as const) {
+    const into = t[tier] as Record<string, number>
+    const from = kv[tier] as Record<string, number>
+    for (const k of Object.keys(into)) into[k] += from[k] ?? 0
+  }
+  t.steps += kv.steps
+  t.chunks_sealed += kv.chunks_sealed
 }
 
 /** A token event: (index, id) as two little-endian u32. */
@@ -69,13 +99,20 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
         eos_ids: [...c.eosTokenIds],
         device: gpu.adapterName,
       }
-      return { gpu, model, description, cancelled: new Set(), current: undefined, runs: 0, tokens: 0 }
+      return { gpu, model, description, cancelled: new Set(), current: undefined, runs: 0, tokens: 0, kvTotals: emptyTotals() }
     } finally {
       source.close()
     }
   },
   stop: async (s) => s.model.destroy(),
-  stats: (s) => ({ runs: s.runs, tokens: s.tokens, current_run: s.current ?? null, context_length: s.model.maxContext, kv_policy: options.kv?.policy.name ?? "full" }),
+  stats: (s) => ({
+    runs: s.runs,
+    tokens: s.tokens,
+    current_run: s.current ?? null,
+    context_length: s.model.maxContext,
+    kv_policy: options.kv?.policy.name ?? "full",
+    ...(s.model.tiered ? { kv_totals: s.kvTotals } : {}),
+  }),
   handlers: [
     [
       internalSubjects.executorRun,
@@ -103,6 +140,8 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
             },
           })
           const cancelled = s.cancelled.has(req.run_id)
+          const kv = s.model.tierStats()
+          if (kv) addTotals(s.kvTotals, kv)
           return {
             run_id: req.run_id,
             ids: r.ids,
@@ -110,7 +149,7 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
             prefill_ms: r.timings.prefillMs,
             decode_ms_per_token: r.timings.decodeMsPerToken,
             total_ms: r.timings.totalMs,
-            ...(s.model.tiered ? { kv: s.model.tierStats() } : {}),
+            ...(kv ? { kv } : {}),
           }
         } finally {
           s.cancelled.delete(req.run_id)

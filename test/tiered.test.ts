@@ -115,6 +115,22 @@ describe("tiered KV cache, bad budgets and files", () => {
     )
   })
 
+  it("a chunk missing from LMDB fails the request with chunk_missing", async () => {
+    const ids = passKeyPrompt(tok, 400, passKey(10), 0.5).ids
+    const t = await tiered("offload-all", { gpu: 0.5, host: 0.02 }, ids.length + 4)
+    try {
+      await generate(t.model, ids, { maxTokens: 2, temperature: 0 })
+      t.store.dropSession("t") // the index entries (and files) are gone; the host arena holds one chunk
+      await expect(
+        (async () => {
+          for (let i = 0; i < 2; i++) await t.model.decode(0)
+        })(),
+      ).rejects.toMatchObject({ code: "chunk_missing" })
+    } finally {
+      await t.close()
+    }
+  }, 120_000)
+
   it("a corrupt chunk file fails the request with chunk_corrupt instead of attending wrong bytes", async () => {
     const ids = passKeyPrompt(tok, 400, passKey(9), 0.5).ids
     // A host arena of one chunk: later reads must come from disk.
