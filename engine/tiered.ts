@@ -181,6 +181,8 @@ export class TieredKv {
   private readonly selectDispatches: Dispatch[] = []
   private readonly entryHost: Uint32Array
   private pendingSeals: Array<Promise<void>> = []
+  /** Bumped by reset: seals of an earlier sequence still in flight must not store. */
+  private generation = 0
   private counters = emptyCounters()
 
   constructor(
@@ -379,13 +381,17 @@ export class TieredKv {
     this.sealedTokens += n * this.chunkTokens
     this.counters.chunksSealed += n
     const per = 2 * kvBytes + 2 * abstractBytes
+    const generation = this.generation
     // Each read fits one staging buffer, so its sink sees all of it at once.
     const perRead = Math.max(1, Math.floor(this.readback.slotBytes / per))
     for (let at = 0; at < reads.length; at += perRead) {
       const part = reads.slice(at, at + perRead)
       const partCopies = copies.slice(at * 4, (at + part.length) * 4)
       this.pendingSeals.push(
-        this.readback.read(partCopies, (view) => this.storeSealed(part, view, per, kvBytes, abstractBytes)),
+        this.readback.read(partCopies, (view) => {
+          // A reset (a new request) since this seal makes its bytes stale: drop them.
+          if (generation === this.generation) this.storeSealed(part, view, per, kvBytes, abstractBytes)
+        }),
       )
     }
   }
@@ -688,6 +694,9 @@ export class TieredKv {
       for (let l = 0; l < this.config.numLayers; l++) arena.remove(chunkKey(session, l, ch))
     }
     if (this.sealedTokens > 0) store.dropSession(session)
+    this.generation++
+    for (const p of this.pendingSeals) p.catch(() => undefined) // a failed request's seals: already reported or stale
+    this.pendingSeals = []
     this.tokens = 0
     this.sealedTokens = 0
     this.counters = emptyCounters()
