@@ -1,7 +1,13 @@
 // Correctness on whatever GPU this runs on (the H200 included): the tiny test model's four
 // golden prompts (input ids, 32 greedy ids, top-5 logits) and a ~2K-token pass key. Exits
 // non-zero on a mismatch, so a device run checks the kernels before timing them.
-import { readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { DiskStore } from "../actors/disk-store/store.ts"
+import { HostArena } from "../actors/host-cache/arena.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { parsePolicy } from "../protocol/policy.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
 import type { GemvTuning } from "../engine/gemv-tuning.ts"
@@ -71,5 +77,27 @@ const sparseOk = sparseAnswer.trim().startsWith(p.key) && sparse.sparseSteps ===
 if (!sparseOk) failures++
 console.log(`${sparseOk ? "ok  " : "FAIL"} sparse decode (256-token budget): expected ${p.key}, got ${JSON.stringify(sparseAnswer)} in ${sparse.sparseSteps} sparse steps`)
 sparse.destroy()
+// The tiered cache (windowed prefill, chunk sealing, staging, windows in decode): offload-all
+// with a quarter of the KV on the GPU gives the same tokens as full attention; leoam at a
+// 256-token budget finds the pass key.
+for (const [name, doc] of [
+  ["offload-all", { name: "offload-all" }],
+  ["leoam", { name: "leoam", selection: { topk: { budget_tokens: 256, sink_tokens: 32, recent_tokens: 64 } } }],
+] as const) {
+  const kvDir = mkdtempSync(join(tmpdir(), "leoam-golden-kv-"))
+  const store = DiskStore.open({ kvDir })
+  const kvBytes = (p.ids.length + 8) * kvBytesPerToken(model.config)
+  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes / 4) })
+  const options = kvEngineOptions(parsePolicy(doc), { gpuBudgetBytes: Math.floor(kvBytes / 4), arena, store, session: "golden" }, model.config, p.ids.length + 8)
+  const t = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: p.ids.length + 8, ...options })
+  const rt = await generate(t, p.ids, { maxTokens: 6, temperature: 0 })
+  const ok = name === "offload-all" ? rt.ids.join() === r.ids.join() : tok.decode(rt.ids).trim().startsWith(p.key)
+  if (!ok) failures++
+  const kv = t.tierStats()!
+  console.log(`${ok ? "ok  " : "FAIL"} tiered ${name} (GPU and host budgets 1/4 of the KV): got ${JSON.stringify(tok.decode(rt.ids))}; disk read ${kv.disk.bytes_read} B, ${kv.windows} windows`)
+  t.destroy()
+  await store.close()
+  rmSync(kvDir, { recursive: true, force: true })
+}
 await releaseGpu()
 process.exit(failures === 0 ? 0 : 1)

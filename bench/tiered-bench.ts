@@ -24,12 +24,13 @@ import { parsePolicy } from "../protocol/policy.ts"
 const program = new Command()
   .option("--preset <name>", "dummy model preset", "longchat-7b-32k")
   .option("--context <n>", "tokens of (random) context before decoding", (v) => Number(v), 32768)
-  .option("--policies <list>", "comma-separated policies", "full,offload-all,quest,leoam")
+  .option("--policies <list>", "comma-separated policies (offload-all last: it is the slow one)", "full,quest,leoam,offload-all")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies", "6GiB")
   .option("--host-kv-budget <size>", "host arena of the tiered policies", "8GiB")
   .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
   .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
+  .option("--max-seconds <s>", "stop timing a policy after this long (fewer steps)", (v) => Number(v), 90)
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
@@ -65,11 +66,12 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number)
     await gpu.device.queue.onSubmittedWorkDone()
     const statsBefore = model.tierStats()
     const t0 = performance.now()
-    for (let i = 0; i < o.steps; i++) await step(2 + i)
+    let steps = 0
+    while (steps < o.steps && (steps === 0 || performance.now() - t0 < o.maxSeconds * 1000)) await step(2 + steps++)
     await gpu.device.queue.onSubmittedWorkDone()
-    const ms = (performance.now() - t0) / o.steps
+    const ms = (performance.now() - t0) / steps
     const kv = model.tierStats()
-    return { policy: name, ms_per_token: ms, steps: o.steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
+    return { policy: name, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
   } catch (e) {
     return { policy: name, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
@@ -97,7 +99,11 @@ for (const name of String(o.policies).split(",")) {
   const extra = kv
     ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up)`
     : ""
-  console.log(row.error ? `  ${name.padEnd(12)} FAILED ${row.error}` : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token  (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}`)
+  console.log(
+    row.error
+      ? `  ${name.padEnd(12)} FAILED ${row.error}`
+      : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token over ${row.steps} steps (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}`,
+  )
 }
 const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
 if (ref) for (const r of rows) if (!r.error) console.log(`  ${r.policy.padEnd(12)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all`)

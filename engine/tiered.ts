@@ -181,6 +181,8 @@ export class TieredKv {
   private readonly selectDispatches: Dispatch[] = []
   private readonly entryHost: Uint32Array
   private pendingSeals: Array<Promise<void>> = []
+  /** Host buffer for a disk read that is not promoted into the arena. */
+  private diskScratch: Uint8Array | undefined
   /** Bumped by reset: seals of an earlier sequence still in flight must not store. */
   private generation = 0
   private counters = emptyCounters()
@@ -557,21 +559,27 @@ export class TieredKv {
       return
     }
     this.counters.hostMisses++
-    await this.upload.stage(
-      this.chunkBytes,
-      (view) => {
-        let read: Uint8Array
-        try {
-          read = store.readChunk([session, l, ch], view)
-        } catch (e) {
-          throw tierErrorOf(e)
-        }
-        if (read.length !== this.chunkBytes) throw new KvTierError("chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
-        // Promote to the host tier (the policy may evict colder chunks for it).
-        arena.put(key, read)
-      },
-      copies,
-    )
+    // Disk bytes land in host memory first (the CRC check reads them; mapped staging memory
+    // is write-combined and slow to read), then go to staging with one write. leoam promotes
+    // them into the host arena (selection has locality); offload-all scans every chunk each
+    // step, where promotion would only make the arena thrash.
+    const promote = this.policy.mode === "leoam"
+    const ticket = promote ? arena.prepareStore(key, this.chunkBytes) : undefined
+    const host = ticket?.view ?? (this.diskScratch ??= new Uint8Array(this.chunkBytes))
+    try {
+      let read: Uint8Array
+      try {
+        read = store.readChunk([session, l, ch], host)
+      } catch (e) {
+        throw tierErrorOf(e)
+      }
+      if (read.length !== this.chunkBytes) throw new KvTierError("chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
+      await this.upload.stage(this.chunkBytes, (view) => view.set(host), copies)
+    } catch (e) {
+      if (ticket) arena.abortStore(ticket)
+      throw e
+    }
+    if (ticket) arena.completeStore(ticket)
     this.counters.diskHits++
     this.counters.diskBytesRead += this.chunkBytes
   }
