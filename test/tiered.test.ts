@@ -85,14 +85,13 @@ describe("tiered KV cache, exact policies", () => {
 })
 
 describe("tiered KV cache, leoam selection", () => {
-  it("finds a 2K-token pass key with 256 tokens attended per step and the GPU holding 10% of the KV", async () => {
-    const p = passKeyPrompt(tok, 2048, passKey(7), 0.6)
-    const want = await generate(full, p.ids, { maxTokens: 6, temperature: 0 })
+  // (The 10 % GPU budget case is in the quality test; a fifth keeps this one quick.)
+  it("finds a 2K-token pass key with 256 tokens attended per step and the GPU holding a fifth of the KV", async () => {
+    const p = passKeyPrompt(tok, 2048, passKey(7), 0.6) // full attention answers it (engine.test.ts)
     const policy = { name: "leoam", chunking: { fixed: { tokens: 16 } }, selection: { topk: { budget_tokens: 256, sink_tokens: 16, recent_tokens: 32 } } }
-    const t = await tiered(policy, { gpu: 0.1, host: 0.25 }, p.ids.length + 6)
+    const t = await tiered(policy, { gpu: 0.2, host: 0.25 }, p.ids.length + 6)
     try {
       const got = await generate(t.model, p.ids, { maxTokens: 6, temperature: 0 })
-      expect(tok.decode(want.ids)).toContain(p.key)
       expect(tok.decode(got.ids)).toContain(p.key)
       const kv = t.model.tierStats()!
       expect(kv.tokens_selected_per_step).toBeLessThanOrEqual(256)
