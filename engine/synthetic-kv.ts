@@ -27,7 +27,7 @@ export const synthesizeKv = async (model: GpuModel, tokens: number, seed = 1, am
   }
   const t = model.tiered
   if (t) {
-    const tailBytes = t.tailBlocks * (t.chunkBytes / 2 / t.blocksPerChunk)
+    const tailBytes = t.tailBlocks * (t.slotBytes / 2 / t.slotBlocks)
     for (let done = 0, batch = 0; done < tokens; batch++) {
       const n = Math.min(t.prefillTokens, tokens - done)
       t.pools.forEach((p, l) => {

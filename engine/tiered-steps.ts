@@ -161,12 +161,12 @@ export class TieredSteps {
         this.device.queue.submit([encoder.finish()])
         const t0 = performance.now()
         chosen = count > 0 ? await this.readChoice(count) : []
-        t.countStep(count, performance.now() - t0)
+        t.countStep(l, chosen, performance.now() - t0)
       } else {
         pass.end()
         this.device.queue.submit([encoder.finish()])
-        chosen = t.allChunks()
-        t.countStep(chosen.length, 0)
+        chosen = t.allChunks(l)
+        t.countStep(l, chosen, 0)
       }
       encoder = this.device.createCommandEncoder()
       pass = encoder.beginComputePass()

@@ -88,6 +88,14 @@ const TARGET_WORKGROUPS = 256
 /** Attention partials (splits) one step may produce over all its windows. */
 export const TIER_PARTIALS = 512
 
+/** A layer's sealed chunks: chunk i covers tokens [starts[i], starts[i] + sizes[i]). */
+interface LayerChunks {
+  readonly starts: number[]
+  readonly sizes: number[]
+  /** Tokens [0, sealed) are in sealed chunks; the tail holds [sealed, length). */
+  sealed: number
+}
+
 interface CacheEntry extends EntryView {
   lastAccess: number
   accesses: number
@@ -101,7 +109,8 @@ interface CacheEntry extends EntryView {
 class LayerCache {
   readonly byChunk = new Map<number, CacheEntry>()
   private readonly free: number[] = []
-  private list: CacheEntry[] = []
+  /** The entries as the policy sees them; `index` is each one's place (swap-remove). */
+  private readonly list: Array<CacheEntry & { index: number }> = []
 
   constructor(readonly slots: number, private readonly chunkBytes: number) {
     for (let s = slots - 1; s >= 0; s--) this.free.push(s)
@@ -116,30 +125,55 @@ class LayerCache {
     e.accesses++
   }
 
+  /**
+   * Makes `count` slots free if it can, evicting by policy among chunks not in `pinned` in
+   * one pass (one scan of the entries for all of a step's misses, not one per miss).
+   */
+  reserve(count: number, policy: EvictionPolicy, pinned: ReadonlySet<string>): void {
+    const need = Math.min(count, this.slots) - this.free.length
+    if (need <= 0) return
+    const chosen = policy.select(this.list, need * this.chunkBytes, pinned)
+    if (chosen === null) {
+      // Not enough unpinned chunks for all: evict what can be, one at a time.
+      for (let i = 0; i < need && this.evictOne(policy, pinned); i++);
+      return
+    }
+    for (const key of chosen) this.drop(this.byChunk.get(Number(key))!)
+  }
+
   /** A slot for `chunk`, evicting by policy among chunks not in `pinned`; undefined if all are pinned. */
   take(chunk: number, policy: EvictionPolicy, pinned: ReadonlySet<string>, tick: number): number | undefined {
-    let slot = this.free.pop()
-    if (slot === undefined) {
-      const chosen = policy.select(this.list, this.chunkBytes, pinned)
-      if (chosen === null || chosen.length === 0) return undefined
-      const victim = this.byChunk.get(Number(chosen[0]))!
-      this.drop(victim)
-      slot = this.free.pop()!
-    }
-    const e: CacheEntry = { key: String(chunk), length: this.chunkBytes, lastAccess: tick, accesses: 1, score: 0, scoredAt: tick, chunk, slot }
+    if (this.free.length === 0 && !this.evictOne(policy, pinned)) return undefined
+    const slot = this.free.pop()!
+    const e = { key: String(chunk), length: this.chunkBytes, lastAccess: tick, accesses: 1, score: 0, scoredAt: tick, chunk, slot, index: this.list.length }
     this.byChunk.set(chunk, e)
     this.list.push(e)
     return slot
   }
 
+  private evictOne(policy: EvictionPolicy, pinned: ReadonlySet<string>): boolean {
+    const chosen = policy.select(this.list, this.chunkBytes, pinned)
+    if (chosen === null || chosen.length === 0) return false
+    this.drop(this.byChunk.get(Number(chosen[0]))!)
+    return true
+  }
+
   drop(e: CacheEntry): void {
+    const entry = e as CacheEntry & { index: number }
     this.byChunk.delete(e.chunk)
-    this.list = this.list.filter((x) => x !== e)
+    const last = this.list.pop()!
+    if (last !== entry) {
+      this.list[entry.index] = last
+      last.index = entry.index
+    }
     this.free.push(e.slot)
   }
 
   clear(): void {
-    for (const e of [...this.byChunk.values()]) this.drop(e)
+    this.byChunk.clear()
+    this.list.length = 0
+    this.free.length = 0
+    for (let s = this.slots - 1; s >= 0; s--) this.free.push(s)
   }
 }
 
@@ -148,14 +182,15 @@ const pinKey = (c: number) => String(c)
 
 export class TieredKv {
   readonly blockTokens: number
-  readonly chunkTokens: number
-  readonly blocksPerChunk: number
-  /** Tail ring blocks (a multiple of blocksPerChunk), then cache slots of blocksPerChunk blocks. */
+  /** The largest chunk: a GPU cache slot holds one chunk of at most this many tokens. */
+  readonly slotTokens: number
+  readonly slotBlocks: number
+  /** Bytes of a slot in one layer: K then V, (slotBlocks, KV, BS, D) f16 each. */
+  readonly slotBytes: number
+  /** Tail ring blocks (a multiple of slotBlocks), then cache slots of slotBlocks blocks. */
   readonly tailBlocks: number
   readonly cacheSlots: number
   readonly physicalBlocks: number
-  /** Bytes of one chunk in one layer: K then V, (blocksPerChunk, KV, BS, D) f16 each. */
-  readonly chunkBytes: number
   readonly maxChunks: number
   /** Tokens per prefill pass (what the tail holds besides one unsealed chunk). */
   readonly prefillTokens: number
@@ -164,12 +199,13 @@ export class TieredKv {
   readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
 
   private readonly caches: LayerCache[]
+  /** Per layer, its chunks: the chunk size is a property of each chunk of each layer. */
+  private readonly chunks: LayerChunks[]
   private tokens = 0
-  /** Tokens [0, sealed) are in sealed chunks (tail holds [sealed, tokens)). */
-  private sealedTokens = 0
   private tick = 0
   private readonly blockBytes: number
-  private readonly jobs: GPUBuffer
+  /** Per layer: the seal jobs of its abstract dispatch. */
+  private readonly jobs: GPUBuffer[]
   private readonly chunkIds: GPUBuffer
   private readonly scores: GPUBuffer
   readonly entries: GPUBuffer
@@ -201,42 +237,43 @@ export class TieredKv {
     if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
       throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
     }
-    this.chunkTokens = policy.chunkTokens
-    this.blocksPerChunk = policy.chunkTokens / bs
+    this.slotTokens = policy.chunkTokens
+    this.slotBlocks = policy.chunkTokens / bs
     this.blockBytes = c.numKvHeads * bs * c.headDim * 2
-    this.chunkBytes = 2 * this.blocksPerChunk * this.blockBytes
+    this.slotBytes = 2 * this.slotBlocks * this.blockBytes
     this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
+    this.chunks = Array.from({ length: c.numLayers }, () => ({ starts: [], sizes: [], sealed: 0 }))
     const half = c.headDim / 2
-    const sealBytes = this.chunkBytes + 2 * c.numKvHeads * half * 4
+    const sealBytes = this.slotBytes + 2 * c.numKvHeads * half * 4
     const slotBytes = Math.ceil(Math.max(sealBytes, Math.min(STAGING_MAX_BYTES, stores.gpuBudgetBytes / 64)) / 4) * 4
-    const staging = slotBytes * (UPLOAD_SLOTS + READBACK_SLOTS) + this.blocksPerChunk * this.blockBytes
+    const staging = slotBytes * (UPLOAD_SLOTS + READBACK_SLOTS) + this.slotBlocks * this.blockBytes
     const perLayer = Math.floor((stores.gpuBudgetBytes - staging) / c.numLayers)
     // The tail holds a prefill chunk plus the unsealed rest of the chunk before it; with a
     // small budget, prefill goes in smaller chunks so that the tail takes at most half of it.
-    const fitChunks = Math.floor(perLayer / 2 / this.chunkBytes) - 1
+    const fitChunks = Math.floor(perLayer / 2 / this.slotBytes) - 1
     const prefillChunks = Math.max(1, Math.min(Math.ceil(options.prefillChunk / policy.chunkTokens), fitChunks))
     this.prefillTokens = prefillChunks * policy.chunkTokens
     const tailChunks = prefillChunks + 1
-    this.tailBlocks = tailChunks * this.blocksPerChunk
+    this.tailBlocks = tailChunks * this.slotBlocks
     const tailBytes = this.tailBlocks * 2 * this.blockBytes
-    this.cacheSlots = Math.min(this.maxChunks, Math.floor((perLayer - tailBytes) / this.chunkBytes))
+    this.cacheSlots = Math.min(this.maxChunks, Math.floor((perLayer - tailBytes) / this.slotBytes))
     const needSlots = this.minimumSlots()
     if (!(this.cacheSlots >= needSlots)) {
-      const need = c.numLayers * (tailBytes + needSlots * this.chunkBytes) + staging
+      const need = c.numLayers * (tailBytes + needSlots * this.slotBytes) + staging
       throw new KvBudgetError(
         `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
           `at least ${need} bytes (${(need / 2 ** 20).toFixed(1)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
       )
     }
-    if (this.chunkBytes > stores.arena.slabBytes) {
-      throw new KvBudgetError(`a chunk of ${this.chunkBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
+    if (this.slotBytes > stores.arena.slabBytes) {
+      throw new KvBudgetError(`a chunk of ${this.slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
     }
-    this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.blocksPerChunk
+    this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
     this.pools = Array.from({ length: c.numLayers }, (_, l) => ({
       k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
       v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
     }))
-    this.caches = Array.from({ length: c.numLayers }, () => new LayerCache(this.cacheSlots, this.chunkBytes))
+    this.caches = Array.from({ length: c.numLayers }, () => new LayerCache(this.cacheSlots, this.slotBytes))
     this.upload = new UploadRing(device, { slotBytes, slots: UPLOAD_SLOTS, label: "kv upload ring" })
     this.readback = new ReadbackRing(device, { slotBytes, slots: READBACK_SLOTS, label: "kv seal read-back" })
 
@@ -245,8 +282,9 @@ export class TieredKv {
       amin: storageBuffer(device, `L${l} chunk abstract min (chunks, KV, D/2) f16`, abstractBytes),
       amax: storageBuffer(device, `L${l} chunk abstract max (chunks, KV, D/2) f16`, abstractBytes),
     }))
-    this.sealScratch = storageBuffer(device, "seal scratch (blocksPerChunk, KV, BS, D) f16", this.blocksPerChunk * this.blockBytes)
-    this.jobs = storageBuffer(device, "seal jobs (chunks) vec4<u32>", (tailChunks + 1) * 16)
+    this.sealScratch = storageBuffer(device, "seal scratch (slotBlocks, KV, BS, D) f16", this.slotBlocks * this.blockBytes)
+    // A seal covers at most what the tail holds: one job per chunk, chunks of >= one block.
+    this.jobs = Array.from({ length: c.numLayers }, (_, l) => storageBuffer(device, `L${l} seal jobs (chunks) vec4<u32>`, (this.tailBlocks + 1) * 16))
     this.chunkIds = storageBuffer(device, "chunk ids (chunks) u32", this.maxChunks * 4)
     device.queue.writeBuffer(this.chunkIds, 0, Uint32Array.from({ length: this.maxChunks }, (_, i) => i))
     this.scores = storageBuffer(device, "chunk scores (chunks) f32", this.maxChunks * 4)
@@ -260,7 +298,7 @@ export class TieredKv {
       score: new Uniform(device, "tier score", "uuuf"),
       select: new Uniform(device, "tier select", "uuuuuuuu"),
     }
-    this.u.abstract.set(c.numKvHeads, bs, c.headDim, 0)
+    this.u.abstract.set(c.numKvHeads, bs, c.headDim, this.tailBlocks)
     const keys = tieredPipelineKeys(c)
     const P = (key: PipelineKey) => pipelines.now(key)
     const selectSeqs = storageBuffer(device, "tier select seqs (1) vec2<u32>", 16)
@@ -271,7 +309,7 @@ export class TieredKv {
         const pipeline = P(key)
         return { pipeline, bindGroup: bind(device, pipeline, entries), x, y: 1, z: 1 }
       }
-      this.abstractDispatches.push({ ...mk(keys.abstract, [[0, this.u.abstract.buffer], [1, this.pools[l].k], [2, this.jobs], [3, ab.amin], [4, ab.amax]], 0), y: c.numKvHeads })
+      this.abstractDispatches.push({ ...mk(keys.abstract, [[0, this.u.abstract.buffer], [1, this.pools[l].k], [2, this.jobs[l]], [3, ab.amin], [4, ab.amax]], 0), y: c.numKvHeads })
       this.scoreDispatches.push(mk(keys.score, [[0, this.u.score.buffer], [1, options.q], [2, ab.amin], [3, ab.amax], [4, this.chunkIds], [5, this.scores]], 0))
       this.selectDispatches.push(mk(keys.select, [[0, this.u.select.buffer], [1, this.scores], [2, this.chunkIds], [3, this.selectOut], [4, selectSeqs]], 1))
     }
@@ -293,8 +331,26 @@ export class TieredKv {
     return this.tokens
   }
 
-  get sealedChunks(): number {
-    return this.sealedTokens / this.chunkTokens
+  /** Sealed chunks of layer l. */
+  chunkCount(l: number): number {
+    return this.chunks[l].starts.length
+  }
+
+  /** Tokens of chunk ch of layer l (fixed chunking: the policy's size for every chunk). */
+  chunkTokensOf(l: number, ch: number): number {
+    return this.chunks[l].sizes[ch]
+  }
+
+  /** The size of the next chunk of layer l, starting at token `start` (the chunking policy). */
+  private nextChunkTokens(_l: number, _start: number): number {
+    return this.policy.chunkTokens
+  }
+
+  /** The oldest token still only in the tail, over all layers. */
+  private tailFloor(): number {
+    let floor = this.tokens
+    for (const ch of this.chunks) floor = Math.min(floor, ch.sealed)
+    return floor
   }
 
   /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
@@ -305,6 +361,7 @@ export class TieredKv {
   /** The physical slot (block * BS + offset) of the next token; it goes to the tail. */
   append(): number {
     const t = this.tokens++
+    if (t - this.tailFloor() >= this.tailBlocks * this.blockTokens) throw new RangeError("tiered KV: the tail is full (seal before appending more)")
     return this.tailSlot(t)
   }
 
@@ -317,96 +374,118 @@ export class TieredKv {
   }
 
   private cacheBlock(slot: number): number {
-    return this.tailBlocks + slot * this.blocksPerChunk
+    return this.tailBlocks + slot * this.slotBlocks
   }
 
-  /** Chunks the tokens written so far complete (to seal after the pass that wrote them). */
-  get sealable(): number {
-    return Math.floor(this.tokens / this.chunkTokens) - this.sealedChunks
+  /** Bytes of chunk ch of layer l: K then V, its blocks each. */
+  private chunkBytesOf(l: number, ch: number): number {
+    return 2 * Math.ceil(this.chunks[l].sizes[ch] / this.blockTokens) * this.blockBytes
+  }
+
+  /** The tail's physical block runs holding tokens [start, start + tokens) (two when the ring wraps). */
+  private tailRuns(start: number, tokens: number): Array<{ block: number; blocks: number }> {
+    const b0 = Math.floor(start / this.blockTokens)
+    const n = Math.ceil(tokens / this.blockTokens)
+    const p0 = this.tailBlock(b0)
+    const first = Math.min(n, this.tailBlocks - p0)
+    return first === n ? [{ block: p0, blocks: n }] : [{ block: p0, blocks: first }, { block: 0, blocks: n - first }]
   }
 
   // --- sealing: abstracts, write-through to host and disk, GPU cache admission ---
 
   /**
-   * Submits, after the pass that wrote them, the abstracts of the chunks just completed and
-   * their copies into the GPU cache, then reads them (and their abstracts) back into the
-   * host arena and the disk store. Call once all layers have written those tokens.
+   * Submits, after the pass that wrote them, the abstracts of the chunks just completed
+   * (in every layer, each by its own chunking) and their copies into the GPU cache, then
+   * reads them (and their abstracts) back into the host arena and the disk store. Call once
+   * all layers have written those tokens.
    */
   seal(): void {
-    const n = this.sealable
-    if (n === 0) return
     const c = this.config
+    const fresh: Array<{ layer: number; chunk: number; start: number; tokens: number }> = []
+    this.chunks.forEach((L, l) => {
+      for (;;) {
+        const size = this.nextChunkTokens(l, L.sealed)
+        if (L.sealed + size > this.tokens) break
+        fresh.push({ layer: l, chunk: L.starts.length, start: L.sealed, tokens: size })
+        L.starts.push(L.sealed)
+        L.sizes.push(size)
+        L.sealed += size
+      }
+    })
+    if (fresh.length === 0) return
     const encoder = this.device.createCommandEncoder()
-    const first = this.sealedChunks
-    const jobs = new Uint32Array(n * 4)
-    for (let i = 0; i < n; i++) jobs.set([this.tailBlock((first + i) * this.blocksPerChunk), this.chunkTokens, first + i, 0], i * 4)
-    this.device.queue.writeBuffer(this.jobs, 0, jobs)
     const pass = encoder.beginComputePass()
-    for (const d of this.abstractDispatches) {
-      d.x = n
+    for (let l = 0; l < c.numLayers; l++) {
+      const mine = fresh.filter((f) => f.layer === l)
+      if (mine.length === 0) continue
+      const jobs = new Uint32Array(mine.length * 4)
+      mine.forEach((f, i) => jobs.set([this.tailBlock(Math.floor(f.start / this.blockTokens)), f.tokens, f.chunk, 0], i * 4))
+      this.device.queue.writeBuffer(this.jobs[l], 0, jobs)
+      const d = this.abstractDispatches[l]
       pass.setPipeline(d.pipeline)
       pass.setBindGroup(0, d.bindGroup)
-      pass.dispatchWorkgroups(n, c.numKvHeads)
+      pass.dispatchWorkgroups(mine.length, c.numKvHeads)
     }
     pass.end()
-    const half = c.headDim / 2
-    const abstractBytes = c.numKvHeads * half * 4
-    const kvBytes = this.blocksPerChunk * this.blockBytes
+    const abstractBytes = c.numKvHeads * (c.headDim / 2) * 4
     const admit = this.policy.mode === "leoam"
-    const reads: Array<{ layer: number; chunk: number }> = []
-    const copies: Array<{ src: GPUBuffer; srcOffset: number; size: number }> = []
-    for (let l = 0; l < c.numLayers; l++) {
-      const pool = this.pools[l]
-      for (let i = 0; i < n; i++) {
-        const chunk = first + i
-        const tailOff = this.tailBlock(chunk * this.blocksPerChunk) * this.blockBytes
-        copies.push({ src: pool.k, srcOffset: tailOff, size: kvBytes }, { src: pool.v, srcOffset: tailOff, size: kvBytes })
-        copies.push(
-          { src: this.abstracts[l].amin, srcOffset: chunk * abstractBytes, size: abstractBytes },
-          { src: this.abstracts[l].amax, srcOffset: chunk * abstractBytes, size: abstractBytes },
-        )
-        reads.push({ layer: l, chunk })
-        if (admit) {
-          const slot = this.caches[l].take(chunk, this.policy.gpuEviction, noPins, ++this.tick)
-          if (slot !== undefined) {
-            // A buffer cannot be both source and destination of one copy: go through scratch.
-            const dst = this.cacheBlock(slot) * this.blockBytes
-            for (const buf of [pool.k, pool.v]) {
-              encoder.copyBufferToBuffer(buf, tailOff, this.sealScratch, 0, kvBytes)
-              encoder.copyBufferToBuffer(this.sealScratch, 0, buf, dst, kvBytes)
+    const groups: Array<{ parts: typeof fresh; copies: Array<{ src: GPUBuffer; srcOffset: number; size: number }>; bytes: number }> = []
+    for (const f of fresh) {
+      const pool = this.pools[f.layer]
+      const runs = this.tailRuns(f.start, f.tokens)
+      const copies: Array<{ src: GPUBuffer; srcOffset: number; size: number }> = []
+      for (const buf of [pool.k, pool.v]) for (const r of runs) copies.push({ src: buf, srcOffset: r.block * this.blockBytes, size: r.blocks * this.blockBytes })
+      copies.push(
+        { src: this.abstracts[f.layer].amin, srcOffset: f.chunk * abstractBytes, size: abstractBytes },
+        { src: this.abstracts[f.layer].amax, srcOffset: f.chunk * abstractBytes, size: abstractBytes },
+      )
+      const bytes = this.chunkBytesOf(f.layer, f.chunk) + 2 * abstractBytes
+      // Each read fits one staging buffer, so its sink sees all of it at once.
+      const g = groups[groups.length - 1]
+      if (g && g.bytes + bytes <= this.readback.slotBytes) {
+        g.parts.push(f)
+        g.copies.push(...copies)
+        g.bytes += bytes
+      } else groups.push({ parts: [f], copies, bytes })
+      if (admit) {
+        const slot = this.caches[f.layer].take(f.chunk, this.policy.gpuEviction, noPins, ++this.tick)
+        if (slot !== undefined) {
+          // A buffer cannot be both source and destination of one copy: go through scratch.
+          for (const buf of [pool.k, pool.v]) {
+            let at = this.cacheBlock(slot) * this.blockBytes
+            for (const r of runs) {
+              const size = r.blocks * this.blockBytes
+              encoder.copyBufferToBuffer(buf, r.block * this.blockBytes, this.sealScratch, 0, size)
+              encoder.copyBufferToBuffer(this.sealScratch, 0, buf, at, size)
+              at += size
             }
           }
         }
       }
     }
     this.device.queue.submit([encoder.finish()])
-    this.sealedTokens += n * this.chunkTokens
-    this.counters.chunksSealed += n
-    const per = 2 * kvBytes + 2 * abstractBytes
+    this.counters.chunksSealed += fresh.length
     const generation = this.generation
-    // Each read fits one staging buffer, so its sink sees all of it at once.
-    const perRead = Math.max(1, Math.floor(this.readback.slotBytes / per))
-    for (let at = 0; at < reads.length; at += perRead) {
-      const part = reads.slice(at, at + perRead)
-      const partCopies = copies.slice(at * 4, (at + part.length) * 4)
+    for (const g of groups) {
       this.pendingSeals.push(
-        this.readback.read(partCopies, (view) => {
+        this.readback.read(g.copies, (view) => {
           // A reset (a new request) since this seal makes its bytes stale: drop them.
-          if (generation === this.generation) this.storeSealed(part, view, per, kvBytes, abstractBytes)
+          if (generation === this.generation) this.storeSealed(g.parts, view, abstractBytes)
         }),
       )
     }
   }
 
-  private storeSealed(parts: ReadonlyArray<{ layer: number; chunk: number }>, view: Uint8Array, per: number, kvBytes: number, abstractBytes: number) {
+  private storeSealed(parts: ReadonlyArray<{ layer: number; chunk: number; tokens: number }>, view: Uint8Array, abstractBytes: number) {
     const { arena, store, session } = this.stores
     const writes = []
     const abstracts = []
-    for (let i = 0; i < parts.length; i++) {
-      const { layer, chunk } = parts[i]
-      const bytes = view.subarray(i * per, i * per + 2 * kvBytes)
-      writes.push({ key: [session, layer, chunk] as const, bytes, meta: { tokens: this.chunkTokens, dtype: "f16" } })
-      abstracts.push({ key: [session, layer, chunk] as const, bytes: view.slice(i * per + 2 * kvBytes, (i + 1) * per) })
+    let at = 0
+    for (const { layer, chunk, tokens } of parts) {
+      const kv = this.chunkBytesOf(layer, chunk)
+      writes.push({ key: [session, layer, chunk] as const, bytes: view.subarray(at, at + kv), meta: { tokens, dtype: "f16" } })
+      abstracts.push({ key: [session, layer, chunk] as const, bytes: view.slice(at + kv, at + kv + 2 * abstractBytes) })
+      at += kv + 2 * abstractBytes
     }
     try {
       store.putChunks(writes)
@@ -414,8 +493,8 @@ export class TieredKv {
     } catch (e) {
       throw tierErrorOf(e)
     }
-    this.counters.diskWritten += writes.length * 2 * kvBytes
     for (const w of writes) {
+      this.counters.diskWritten += w.bytes.length
       arena.put(chunkKey(session, w.key[1], w.key[2]), w.bytes)
       this.counters.hostWritten += w.bytes.length
     }
@@ -441,7 +520,7 @@ export class TieredKv {
     const p = this.policy
     if (p.mode === "offload-all") return Number.POSITIVE_INFINITY
     if (p.budgetTokens !== undefined) return p.budgetTokens
-    return Math.max(this.chunkTokens, Math.floor((p.budgetFraction ?? 1) * this.tokens))
+    return Math.max(this.slotTokens, Math.floor((p.budgetFraction ?? 1) * this.tokens))
   }
 
   /** Whether this step must score and choose (else every sealed chunk is attended). */
@@ -456,13 +535,20 @@ export class TieredKv {
   encodeSelect(l: number, pass: GPUComputePassEncoder): number {
     const c = this.config
     const p = this.policy
-    const n = this.sealedChunks
-    const tail = this.tokens - this.sealedTokens
-    const S = Math.min(n, Math.ceil(p.sinkTokens / this.chunkTokens))
-    const R = Math.min(n - S, Math.ceil(Math.max(0, p.recentTokens - tail) / this.chunkTokens))
-    const K = Math.max(0, Math.floor((this.budgetTokens() - tail) / this.chunkTokens) - S - R)
+    const L = this.chunks[l]
+    const n = L.starts.length
+    const tail = this.tokens - L.sealed
+    // Sink: the chunks starting within the first sink tokens; recent: those ending within
+    // the last recent tokens; K more of at most slotTokens each fill the budget.
+    let S = 0
+    while (S < n && L.starts[S] < p.sinkTokens) S++
+    const need = Math.max(0, p.recentTokens - tail)
+    let R = 0
+    while (R < n - S && L.starts[n - 1 - R] + L.sizes[n - 1 - R] > L.sealed - need) R++
+    const kept = (S > 0 ? L.starts[S - 1] + L.sizes[S - 1] : 0) + (R > 0 ? L.sealed - L.starts[n - R] : 0)
+    const K = Math.max(0, Math.floor((this.budgetTokens() - tail - kept) / this.slotTokens))
     this.u.score.set(n, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
-    this.u.select.set(n, 1, S, R, K, this.chunkTokens, this.maxChunks, 0)
+    this.u.select.set(n, 1, S, R, K, this.blockTokens, this.maxChunks, 0)
     const score = this.scoreDispatches[l]
     pass.setPipeline(score.pipeline)
     pass.setBindGroup(0, score.bindGroup)
@@ -479,9 +565,9 @@ export class TieredKv {
     return this.selectOut
   }
 
-  /** Every sealed chunk, in order (what offload-all and a budget larger than the context attend). */
-  allChunks(): number[] {
-    return Array.from({ length: this.sealedChunks }, (_, i) => i)
+  /** Every sealed chunk of layer l, in order (what offload-all and a budget larger than the context attend). */
+  allChunks(l: number): number[] {
+    return Array.from({ length: this.chunkCount(l) }, (_, i) => i)
   }
 
   /**
@@ -504,17 +590,19 @@ export class TieredKv {
     }
     this.counters.gpuHits += hits.length
     this.counters.gpuMisses += misses.length
-    this.counters.gpuBytesRead += hits.length * this.chunkBytes
+    for (const ch of hits) this.counters.gpuBytesRead += this.chunkBytesOf(l, ch)
     this.counters.selected += chosen.length
     // Window 1: the hits (pinned) and as many misses as the other slots take.
     const pinned = new Set<string>(hits.map(pinKey))
     let window: Array<{ chunk: number; slot: number }> = hits.map((ch) => ({ chunk: ch, slot: cache.byChunk.get(ch)!.slot }))
     let i = 0
+    const policy = this.policy.gpuEviction
     for (;;) {
       const t0 = performance.now()
+      cache.reserve(misses.length - i, policy, pinned)
       while (i < misses.length) {
         const ch = misses[i]
-        const slot = cache.take(ch, this.policy.mode === "leoam" ? this.policy.gpuEviction : lruOnly, pinned, tick)
+        const slot = cache.take(ch, policy, pinned, tick)
         if (slot === undefined) break
         pinned.add(pinKey(ch))
         await this.fetchInto(l, ch, slot)
@@ -525,7 +613,7 @@ export class TieredKv {
       this.counters.transferMs += performance.now() - t0
       const last = i >= misses.length
       if (window.length === 0 && !last) throw new KvBudgetError(`layer ${l}: no GPU cache slot is free for chunk ${misses[i]}`)
-      const count = this.writeEntries(window, last)
+      const count = this.writeEntries(l, window, last)
       this.counters.windows++
       run(count, last)
       if (last) break
@@ -542,20 +630,22 @@ export class TieredKv {
     const key = chunkKey(session, l, ch)
     const pool = this.pools[l]
     const dst = this.cacheBlock(slot) * this.blockBytes
-    const half = this.chunkBytes / 2
+    const bytes = this.chunkBytesOf(l, ch)
+    const half = bytes / 2
     const copies: StagedCopy[] = [
       { from: 0, dst: pool.k, dstOffset: dst, size: half },
       { from: half, dst: pool.v, dstOffset: dst, size: half },
     ]
-    const bytes = arena.prepareLoad(key)
-    if (bytes !== undefined) {
+    const held = arena.prepareLoad(key)
+    if (held !== undefined) {
       try {
-        await this.upload.stage(this.chunkBytes, (view) => view.set(bytes), copies)
+        if (held.length !== bytes) throw new KvTierError("chunk_corrupt", `chunk ${key} in the host arena is ${held.length} bytes, want ${bytes}`)
+        await this.upload.stage(bytes, (view) => view.set(held), copies)
       } finally {
         arena.completeLoad(key)
       }
       this.counters.hostHits++
-      this.counters.hostBytesRead += this.chunkBytes
+      this.counters.hostBytesRead += bytes
       return
     }
     this.counters.hostMisses++
@@ -564,8 +654,8 @@ export class TieredKv {
     // them into the host arena (selection has locality); offload-all scans every chunk each
     // step, where promotion would only make the arena thrash.
     const promote = this.policy.mode === "leoam"
-    const ticket = promote ? arena.prepareStore(key, this.chunkBytes) : undefined
-    const host = ticket?.view ?? (this.diskScratch ??= new Uint8Array(this.chunkBytes))
+    const ticket = promote ? arena.prepareStore(key, bytes) : undefined
+    const host = ticket?.view ?? (this.diskScratch ??= new Uint8Array(this.slotBytes)).subarray(0, bytes)
     try {
       let read: Uint8Array
       try {
@@ -573,33 +663,35 @@ export class TieredKv {
       } catch (e) {
         throw tierErrorOf(e)
       }
-      if (read.length !== this.chunkBytes) throw new KvTierError("chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${this.chunkBytes}`)
-      await this.upload.stage(this.chunkBytes, (view) => view.set(host), copies)
+      if (read.length !== bytes) throw new KvTierError("chunk_corrupt", `chunk ${key} is ${read.length} bytes, want ${bytes}`)
+      await this.upload.stage(bytes, (view) => view.set(host), copies)
     } catch (e) {
       if (ticket) arena.abortStore(ticket)
       throw e
     }
     if (ticket) arena.completeStore(ticket)
     this.counters.diskHits++
-    this.counters.diskBytesRead += this.chunkBytes
+    this.counters.diskBytesRead += bytes
   }
 
-  /** Writes the window's entries (its chunks' blocks, then on the last window the tail). */
-  private writeEntries(window: ReadonlyArray<{ chunk: number; slot: number }>, withTail: boolean): number {
+  /** Writes the window's entries (its chunks' blocks, then on the last window the layer's tail). */
+  private writeEntries(l: number, window: ReadonlyArray<{ chunk: number; slot: number }>, withTail: boolean): number {
     const e = this.entryHost
+    const bs = this.blockTokens
     let n = 0
     for (const w of window) {
       const b0 = this.cacheBlock(w.slot)
-      for (let b = 0; b < this.blocksPerChunk; b++) {
-        e[n * 2] = b0 + b
-        e[n * 2 + 1] = this.blockTokens
+      const tokens = this.chunks[l].sizes[w.chunk]
+      for (let t = 0; t < tokens; t += bs) {
+        e[n * 2] = b0 + t / bs
+        e[n * 2 + 1] = Math.min(bs, tokens - t)
         n++
       }
     }
     if (withTail) {
-      for (let t = this.sealedTokens; t < this.tokens; t += this.blockTokens) {
-        e[n * 2] = this.tailBlock(Math.floor(t / this.blockTokens))
-        e[n * 2 + 1] = Math.min(this.blockTokens, this.tokens - t)
+      for (let t = this.chunks[l].sealed; t < this.tokens; t += bs) {
+        e[n * 2] = this.tailBlock(Math.floor(t / bs))
+        e[n * 2 + 1] = Math.min(bs, this.tokens - t)
         n++
       }
     }
@@ -624,12 +716,13 @@ export class TieredKv {
    */
   async prefillLayer(l: number, table: GPUBuffer, run: (k0: number, k1: number, first: boolean, last: boolean) => void): Promise<void> {
     const cache = this.caches[l]
-    const n = this.sealedChunks
+    const L = this.chunks[l]
+    const n = L.starts.length
+    const bs = this.blockTokens
     const tick = ++this.tick
-    const bpc = this.blocksPerChunk
-    const tableHost = new Uint32Array(Math.ceil(this.tokens / this.blockTokens))
+    const tableHost = new Uint32Array(Math.ceil(this.tokens / bs))
     // Tail blocks never move during the layer.
-    for (let b = Math.floor(this.sealedTokens / this.blockTokens); b < tableHost.length; b++) tableHost[b] = this.tailBlock(b)
+    for (let b = Math.floor(L.sealed / bs); b < tableHost.length; b++) tableHost[b] = this.tailBlock(b)
     let ch = 0
     let first = true
     const pinned = new Set<string>()
@@ -642,27 +735,30 @@ export class TieredKv {
         if (e) {
           cache.touch(e, tick)
           this.counters.gpuHits++
-          this.counters.gpuBytesRead += this.chunkBytes
+          this.counters.gpuBytesRead += this.chunkBytesOf(l, ch)
         } else {
-          const slot = cache.take(ch, this.policy.mode === "leoam" ? this.policy.gpuEviction : lruOnly, pinned, tick)
+          const slot = cache.take(ch, this.policy.gpuEviction, pinned, tick)
           if (slot === undefined) break
           this.counters.gpuMisses++
           await this.fetchInto(l, ch, slot)
           e = cache.byChunk.get(ch)!
         }
         pinned.add(pinKey(ch))
-        for (let b = 0; b < bpc; b++) tableHost[ch * bpc + b] = this.cacheBlock(e.slot) + b
+        const b0 = L.starts[ch] / bs
+        for (let b = 0; b < Math.ceil(L.sizes[ch] / bs); b++) tableHost[b0 + b] = this.cacheBlock(e.slot) + b
         ch++
       }
       this.upload.flush()
       this.counters.transferMs += performance.now() - t0
       const last = ch === n
       if (start === ch && !last) throw new KvBudgetError(`layer ${l}: no GPU cache slot is free for chunk ${ch}`)
-      const b0 = start * bpc
-      const b1 = last ? tableHost.length : ch * bpc
+      const k0 = start < n ? L.starts[start] : L.sealed
+      const k1 = last ? this.tokens : L.starts[ch]
+      const b0 = k0 / bs
+      const b1 = Math.ceil(k1 / bs)
       this.device.queue.writeBuffer(table, b0 * 4, tableHost.buffer, b0 * 4, (b1 - b0) * 4)
       this.counters.windows++
-      run(start * this.chunkTokens, last ? this.tokens : ch * this.chunkTokens, first, last)
+      run(k0, k1, first, last)
       first = false
       if (last) break
       pinned.clear()
@@ -675,38 +771,38 @@ export class TieredKv {
   /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail). */
   truncate(length: number): void {
     if (length >= this.tokens) return
-    this.tokens = length
-    const keepChunks = Math.floor(length / this.chunkTokens)
-    if (keepChunks < this.sealedChunks) {
-      const tailChunks = this.tailBlocks / this.blocksPerChunk
-      if (this.sealedChunks - keepChunks >= tailChunks) throw new RangeError("tiered KV: cannot truncate past the tail")
-      for (let ch = keepChunks; ch < this.sealedChunks; ch++) this.forget(ch)
-      this.sealedTokens = keepChunks * this.chunkTokens
-    }
-  }
-
-  private forget(ch: number): void {
     const { arena, session } = this.stores
-    for (let l = 0; l < this.config.numLayers; l++) {
-      const e = this.caches[l].byChunk.get(ch)
-      if (e) this.caches[l].drop(e)
-      arena.remove(chunkKey(session, l, ch))
-    }
+    this.chunks.forEach((L, l) => {
+      while (L.starts.length > 0 && L.sealed > length) {
+        const ch = L.starts.length - 1
+        const e = this.caches[l].byChunk.get(ch)
+        if (e) this.caches[l].drop(e)
+        arena.remove(chunkKey(session, l, ch))
+        L.sealed = L.starts.pop()!
+        L.sizes.pop()
+      }
+    })
+    if (this.tokens - this.tailFloor() > this.tailBlocks * this.blockTokens) throw new RangeError("tiered KV: cannot truncate past the tail")
+    this.tokens = length
   }
 
   /** Forgets the sequence: GPU cache, host entries and the session's disk chunks. */
   reset(): void {
     for (const cache of this.caches) cache.clear()
     const { arena, store, session } = this.stores
-    for (let ch = 0; ch < this.sealedChunks; ch++) {
-      for (let l = 0; l < this.config.numLayers; l++) arena.remove(chunkKey(session, l, ch))
-    }
-    if (this.sealedTokens > 0) store.dropSession(session)
+    let sealed = false
+    this.chunks.forEach((L, l) => {
+      for (let ch = 0; ch < L.starts.length; ch++) arena.remove(chunkKey(session, l, ch))
+      sealed ||= L.starts.length > 0
+      L.starts.length = 0
+      L.sizes.length = 0
+      L.sealed = 0
+    })
+    if (sealed) store.dropSession(session)
     this.generation++
     for (const p of this.pendingSeals) p.catch(() => undefined) // a failed request's seals: already reported or stale
     this.pendingSeals = []
     this.tokens = 0
-    this.sealedTokens = 0
     this.counters = emptyCounters()
   }
 
@@ -714,25 +810,27 @@ export class TieredKv {
   stats(steps: number): TierStats {
     const k = this.counters
     const a = this.stores.arena.stats()
-    const resident = this.caches.reduce((s, c) => s + c.resident, 0) * this.chunkBytes
+    const resident = this.caches.reduce((s, c) => s + c.resident, 0) * this.slotBytes
     return {
       policy: this.policy.mode,
       gpu: { budget_bytes: this.stores.gpuBudgetBytes, resident_bytes: resident, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead },
       host: { budget_bytes: a.budgetBytes, resident_bytes: a.residentBytes, hits: k.hostHits, misses: k.hostMisses, bytes_read: k.hostBytesRead, bytes_written: k.hostWritten },
       disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
-      chunk_tokens: this.chunkTokens,
+      chunk_tokens: this.slotTokens,
       chunks_sealed: k.chunksSealed,
       steps,
       windows: k.windows,
       chunks_selected_per_step: steps > 0 ? k.selectedDecode / steps / this.config.numLayers : 0,
-      tokens_selected_per_step: steps > 0 ? (k.selectedDecode / this.config.numLayers / steps) * this.chunkTokens : 0,
+      tokens_selected_per_step: steps > 0 ? k.selectedTokens / this.config.numLayers / steps : 0,
       time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs },
     }
   }
 
   /** Counts a decode step's selection (prefill windows are not steps). */
-  countStep(chunks: number, selectMs: number): void {
-    this.counters.selectedDecode += chunks
+  countStep(l: number, chosen: ReadonlyArray<number>, selectMs: number): void {
+    this.counters.selectedDecode += chosen.length
+    const sizes = this.chunks[l].sizes
+    for (const ch of chosen) this.counters.selectedTokens += sizes[ch]
     this.counters.selectMs += selectMs
   }
 
@@ -745,7 +843,7 @@ export class TieredKv {
       p.k.destroy()
       p.v.destroy()
     }
-    for (const b of [this.sealScratch, this.jobs, this.chunkIds, this.scores, this.selectOut, this.entries, this.seqs, this.selectSeqs]) b.destroy()
+    for (const b of [...this.jobs, this.sealScratch, this.chunkIds, this.scores, this.selectOut, this.entries, this.seqs, this.selectSeqs]) b.destroy()
     this.upload.destroy()
     this.readback.destroy()
   }
@@ -766,22 +864,13 @@ const emptyCounters = () => ({
   windows: 0,
   selected: 0,
   selectedDecode: 0,
+  selectedTokens: 0,
   selectMs: 0,
   transferMs: 0,
   sealMs: 0,
 })
 
 const noPins: ReadonlySet<string> = new Set()
-
-/** offload-all keeps nothing between steps; within one, any unpinned slot will do. */
-const lruOnly: EvictionPolicy = {
-  name: "lru",
-  select: (view, need, pinned) => {
-    let best: EntryView | undefined
-    for (const e of view) if (!pinned.has(e.key) && (best === undefined || e.lastAccess < best.lastAccess)) best = e
-    return best === undefined || need <= 0 ? null : [best.key]
-  },
-}
 
 /** Disk-store failures as tier errors with stable codes. */
 const tierErrorOf = (e: unknown): Error => {

@@ -3,10 +3,10 @@
 // Stored as f16 rounded outward (min toward -inf, max toward +inf), so the bound stays a bound.
 //   kpool: (blocks, KV, BS, D) f16 packed in u32 pairs
 //   jobs:  (n) vec4<u32> (first physical block, tokens, abstract slot, 0): a chunk of several
-//          blocks lies in consecutive physical blocks
+//          blocks lies in consecutive physical blocks, modulo `wrap` when it is not 0 (a ring)
 //   amin, amax: (slots, KV, D/2) f16 packed in u32 pairs
 // Workgroup (job, kv head); thread j covers the element pair (2j, 2j+1).
-struct Params { KV: u32, BS: u32, D: u32, n: u32 }
+struct Params { KV: u32, BS: u32, D: u32, wrap: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> kpool: array<u32>;
 @group(0) @binding(2) var<storage, read> jobs: array<vec4<u32>>;
@@ -36,7 +36,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var lo = vec2<f32>(3.0e38);
     var hi = vec2<f32>(-3.0e38);
     for (var t = 0u; t < job.y; t = t + 1u) {
-      let k = unpack2x16float(kpool[(((job.x + t / p.BS) * p.KV + kvh) * p.BS + t % p.BS) * half_d + j]);
+      var b = job.x + t / p.BS;
+      if (p.wrap > 0u) { b = b % p.wrap; }
+      let k = unpack2x16float(kpool[((b * p.KV + kvh) * p.BS + t % p.BS) * half_d + j]);
       lo = min(lo, k);
       hi = max(hi, k);
     }

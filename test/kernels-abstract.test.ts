@@ -25,13 +25,13 @@ const setup = (seed: number, o: { blocks: number; KV: number; BS: number; D: num
 }
 
 /** Runs abstract.wgsl over `order` (block of abstract slot i) and returns its outputs. */
-const abstracts = async (o: { KV: number; BS: number; D: number }, bits: Uint16Array, order: number[], tokens: number[]) => {
+const abstracts = async (o: { KV: number; BS: number; D: number; wrap?: number }, bits: Uint16Array, order: number[], tokens: number[]) => {
   const jobs = new Uint32Array(order.length * 4)
   order.forEach((b, i) => jobs.set([b, tokens[i], i, 0], i * 4))
   const bytes = order.length * o.KV * (o.D / 2) * 4
   const amin = rig.output(bytes)
   const amax = rig.output(bytes)
-  await rig.run({ op: "abstract" }, { layout: "uuuu", values: [o.KV, o.BS, o.D, order.length] }, { 1: rig.input(bits), 2: rig.input(jobs), 3: amin, 4: amax }, [order.length, o.KV])
+  await rig.run({ op: "abstract" }, { layout: "uuuu", values: [o.KV, o.BS, o.D, o.wrap ?? 0] }, { 1: rig.input(bits), 2: rig.input(jobs), 3: amin, 4: amax }, [order.length, o.KV])
   return { amin, amax }
 }
 
@@ -65,6 +65,28 @@ describe("abstract.wgsl", () => {
       })
     })
   }
+
+  it("a chunk of several blocks in a ring (the tiered cache's tail) wraps at `wrap`", async () => {
+    const o = { blocks: 4, KV: 2, BS: 16, D: 64, wrap: 4 }
+    const { keys } = setup(5, o)
+    // One chunk of 40 tokens starting at block 3: blocks 3, 0, 1 (8 tokens of the last).
+    const { amin, amax } = await abstracts(o, keys.bits, [3], [40])
+    const lo = await rig.u16(amin, o.KV * o.D)
+    const hi = await rig.u16(amax, o.KV * o.D)
+    for (let kvh = 0; kvh < o.KV; kvh++) {
+      for (let d = 0; d < o.D; d++) {
+        let mn = Infinity
+        let mx = -Infinity
+        for (let t = 0; t < 40; t++) {
+          const v = key(keys.values, o, (3 + Math.floor(t / o.BS)) % o.wrap, kvh, t % o.BS, d)
+          mn = Math.min(mn, v)
+          mx = Math.max(mx, v)
+        }
+        expect(f16ToF32(lo[kvh * o.D + d])).toBe(mn)
+        expect(f16ToF32(hi[kvh * o.D + d])).toBe(mx)
+      }
+    }
+  })
 })
 
 describe("score.wgsl", () => {
