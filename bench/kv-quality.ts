@@ -250,27 +250,29 @@ export const runVariant = async (
   const name = variantName(v)
   const tiered = isTiered(policyOf(v))
   const klTokens = s.klPrefix + s.klPositions
-  const requests = tiered ? [...s.contexts.map((c) => c + ANSWER_TOKENS), ...(s.klPositions > 0 ? [klTokens] : [])] : [Math.max(...s.contexts.map((c) => c + ANSWER_TOKENS), klTokens)]
+  const largest = Math.max(...s.contexts.map((c) => c + ANSWER_TOKENS), s.klPositions > 0 ? klTokens : 0)
   const report: { -readonly [K in keyof VariantReport]: VariantReport[K] } = {
     name, policy: v.policy, budget: v.budget ?? null, status: "ok", gpuBudgets: [], answers: [], seconds: 0,
   }
   let logProbs: Float64Array[] | undefined
-  let engine: Engine | undefined
-  const engineFor = async (requestTokens: number): Promise<Engine> => {
-    if (engine && !tiered) return engine
-    await engine?.close()
+  let engine: { readonly tokens: number; readonly e: Engine } | undefined
+  const engineFor = async (requestTokens: number): Promise<GpuModel> => {
+    const tokens = tiered ? requestTokens : largest
+    if (engine?.tokens === tokens) return engine.e.model
+    await engine?.e.close()
     engine = undefined
-    engine = await loadEngine(gpu, v, Math.max(requestTokens, ...(tiered ? [] : requests)))
-    if (engine.gpu) report.gpuBudgets.push({ requestTokens, ...engine.gpu })
-    if (engine.gpu?.raised) {
-      log(`  ${name}: a GPU budget of ${pct(TIER_FRACTIONS.gpu)} of a ${requestTokens}-token request's KV is too small for the engine; using ${engine.gpu.budgetBytes} bytes (${pct(engine.gpu.kvFraction, 1)}), the least it accepts`)
+    const e = await loadEngine(gpu, v, tokens)
+    engine = { tokens, e }
+    if (e.gpu) report.gpuBudgets.push({ requestTokens: tokens, ...e.gpu })
+    if (e.gpu?.raised) {
+      log(`  ${name}: a GPU budget of ${pct(TIER_FRACTIONS.gpu)} of a ${tokens}-token request's KV is too small for the engine; using ${e.gpu.budgetBytes} bytes (${pct(e.gpu.kvFraction, 1)}), the least it accepts`)
     }
-    return engine
+    return e.model
   }
   let phase = "load"
   try {
     for (const c of passKeyCases(s.contexts, s.depths)) {
-      const { model } = await engineFor(c.context + ANSWER_TOKENS)
+      const model = await engineFor(c.context + ANSWER_TOKENS)
       phase = "run"
       const a = await answerPassKey(model, tok, c)
       const want = reference?.answers.find((r) => r.context === c.context && r.depth === c.depth)
@@ -280,7 +282,7 @@ export const runVariant = async (
     }
     if (s.klPositions > 0) {
       phase = "load"
-      const { model } = await engineFor(klTokens)
+      const model = await engineFor(klTokens)
       phase = "run"
       const k0 = performance.now()
       if (reference) {
@@ -297,7 +299,7 @@ export const runVariant = async (
     report.error = `${(e as { code?: string }).code ?? (e as Error).name}: ${(e as Error).message}`
     log(`  ${name}: ${report.status}: ${report.error}`)
   } finally {
-    await engine?.close()
+    await engine?.e.close()
   }
   report.seconds = (performance.now() - t0) / 1000
   return { report, logProbs }

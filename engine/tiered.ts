@@ -71,6 +71,8 @@ export interface TierStats {
   readonly tokens_selected_per_step: number
   /** Host wall time: waiting for the selection read-back (includes the layer's QKV GEMV and scoring), staging transfers, sealing. */
   readonly time_ms: { select: number; transfer: number; seal: number }
+  /** Stages that waited for a staging buffer to come back from the GPU. */
+  readonly staging_waits: number
 }
 
 export const tieredPipelineKeys = (c: ModelConfig) => ({
@@ -81,7 +83,13 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
 
 /** Staging buffers: upload slots and read-back slots, each budget / 64 (a chunk at least, 16 MiB at most). */
 const STAGING_MAX_BYTES = 16 * 2 ** 20
+/**
+ * Upload slots: decode flushes the ring once per layer, and a slot comes back only when its
+ * mapAsync resolves, so a large budget affords enough slots that a step seldom waits.
+ */
 const UPLOAD_SLOTS = 4
+const UPLOAD_SLOTS_LARGE = 16
+const LARGE_BUDGET = 2 * 2 ** 30
 const READBACK_SLOTS = 2
 /** Aim for this many decode-attention workgroups per window. */
 const TARGET_WORKGROUPS = 256
@@ -246,7 +254,8 @@ export class TieredKv {
     const half = c.headDim / 2
     const sealBytes = this.slotBytes + 2 * c.numKvHeads * half * 4
     const slotBytes = Math.ceil(Math.max(sealBytes, Math.min(STAGING_MAX_BYTES, stores.gpuBudgetBytes / 64)) / 4) * 4
-    const staging = slotBytes * (UPLOAD_SLOTS + READBACK_SLOTS) + this.slotBlocks * this.blockBytes
+    const uploadSlots = stores.gpuBudgetBytes >= LARGE_BUDGET ? UPLOAD_SLOTS_LARGE : UPLOAD_SLOTS
+    const staging = slotBytes * (uploadSlots + READBACK_SLOTS) + this.slotBlocks * this.blockBytes
     const perLayer = Math.floor((stores.gpuBudgetBytes - staging) / c.numLayers)
     // The tail holds a prefill chunk plus the unsealed rest of the chunk before it; with a
     // small budget, prefill goes in smaller chunks so that the tail takes at most half of it.
@@ -274,7 +283,7 @@ export class TieredKv {
       v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
     }))
     this.caches = Array.from({ length: c.numLayers }, () => new LayerCache(this.cacheSlots, this.slotBytes))
-    this.upload = new UploadRing(device, { slotBytes, slots: UPLOAD_SLOTS, label: "kv upload ring" })
+    this.upload = new UploadRing(device, { slotBytes, slots: uploadSlots, label: "kv upload ring" })
     this.readback = new ReadbackRing(device, { slotBytes, slots: READBACK_SLOTS, label: "kv seal read-back" })
 
     const abstractBytes = this.maxChunks * c.numKvHeads * half * 4
@@ -803,7 +812,7 @@ export class TieredKv {
     for (const p of this.pendingSeals) p.catch(() => undefined) // a failed request's seals: already reported or stale
     this.pendingSeals = []
     this.tokens = 0
-    this.counters = emptyCounters()
+    this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
   }
 
   /** Counters since the last reset. */
@@ -823,6 +832,7 @@ export class TieredKv {
       chunks_selected_per_step: steps > 0 ? k.selectedDecode / steps / this.config.numLayers : 0,
       tokens_selected_per_step: steps > 0 ? k.selectedTokens / this.config.numLayers / steps : 0,
       time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs },
+      staging_waits: this.upload.stalls - k.stallsAtReset,
     }
   }
 
@@ -868,6 +878,7 @@ const emptyCounters = () => ({
   selectMs: 0,
   transferMs: 0,
   sealMs: 0,
+  stallsAtReset: 0,
 })
 
 const noPins: ReadonlySet<string> = new Set()

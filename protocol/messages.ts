@@ -41,6 +41,7 @@ export const KvStats = Schema.Struct({
   chunks_selected_per_step: Schema.Number,
   tokens_selected_per_step: Schema.Number,
   time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number }),
+  staging_waits: Schema.Int,
 }).annotations({ identifier: "KvStats" })
 export type KvStats = typeof KvStats.Type
 
