@@ -47,6 +47,8 @@ export const kvEngineOptions = (
     return {}
   }
   if (!tiers.arena || !tiers.store) throw new Error(`policy ${policy.name} needs the host arena and the disk store`)
+  // The policy's eviction applies to the host arena as well as to the GPU chunk cache.
+  tiers.arena.setPolicy(evictionPolicies[policy.eviction])
   // Without a budget the GPU may hold the whole context (plus staging): tiers still persist it.
   const gpuBudgetBytes = tiers.gpuBudgetBytes ?? maxContext * kvBytesPerToken(config) * 2 + 256 * 2 ** 20
   return {

@@ -134,6 +134,16 @@ class LayerCache {
   }
 
   /**
+   * Counts a selection of the chunk into its importance: the score decays by half every
+   * IMPORTANCE_HALF_LIFE ticks (as the `importance` policy ranks it) and each choice adds 1.
+   */
+  chosen(e: CacheEntry, tick: number): number {
+    e.score = e.score * 2 ** (-(tick - e.scoredAt) / IMPORTANCE_HALF_LIFE) + 1
+    e.scoredAt = tick
+    return e.score
+  }
+
+  /**
    * Makes `count` slots free if it can, evicting by policy among chunks not in `pinned` in
    * one pass (one scan of the entries for all of a step's misses, not one per miss).
    */
@@ -184,6 +194,9 @@ class LayerCache {
     for (let s = this.slots - 1; s >= 0; s--) this.free.push(s)
   }
 }
+
+/** Ticks (layer visits) for a chunk's importance to halve; the `importance` policy's default. */
+const IMPORTANCE_HALF_LIFE = 1024
 
 /** The key of chunk c in a layer cache's pinned set. */
 const pinKey = (c: number) => String(c)
@@ -622,6 +635,13 @@ export class TieredKv {
       this.counters.transferMs += performance.now() - t0
       const last = i >= misses.length
       if (window.length === 0 && !last) throw new KvBudgetError(`layer ${l}: no GPU cache slot is free for chunk ${misses[i]}`)
+      // Importance: each chosen chunk's decayed count of choices, in the GPU cache and the host arena.
+      if (this.policy.mode === "leoam") {
+        for (const w of window) {
+          const e = cache.byChunk.get(w.chunk)
+          if (e) this.stores.arena.setScore(chunkKey(this.stores.session, l, w.chunk), cache.chosen(e, tick))
+        }
+      }
       const count = this.writeEntries(l, window, last)
       this.counters.windows++
       run(count, last)

@@ -68,10 +68,10 @@ describe("tiered KV cache, exact policies", () => {
     }
   }, 180_000)
 
-  it("leoam attending every chunk (budget 100%) equals full attention, across chunk seals in decode", async () => {
+  it("leoam attending every chunk (budget 100%, importance eviction) equals full attention, across chunk seals in decode", async () => {
     const ids = prompt()
     const want = await generate(full, ids, { ...greedy, maxTokens: 40 })
-    const t = await tiered({ name: "leoam", selection: { topk: { budget_fraction: 1 } } }, { gpu: 0.5, host: 0.5 }, ids.length + 40)
+    const t = await tiered({ name: "leoam", selection: { topk: { budget_fraction: 1 } }, eviction: "importance" }, { gpu: 0.5, host: 0.5 }, ids.length + 40)
     try {
       const got = await generate(t.model, ids, { ...greedy, maxTokens: 40 })
       expect(got.ids).toEqual(want.ids)
