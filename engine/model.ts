@@ -234,6 +234,17 @@ export class GpuModel {
   readonly tiered: TieredKv | undefined
   private readonly tieredSteps: TieredSteps | undefined
 
+  /**
+   * Tiered cache only: resumes the sequence the disk store holds under the cache's session
+   * (chunk tables and abstracts rebuilt from LMDB); returns its length. The next decode
+   * step continues it.
+   */
+  resume(): number {
+    if (!this.tiered) throw new RangeError("resume needs the tiered KV cache")
+    if (this.length > 0) throw new RangeError("resume wants a model with an empty sequence")
+    return this.tiered.adopt()
+  }
+
   /** KV statistics of the tiered cache since the last reset (undefined without tiers). */
   tierStats() {
     return this.tieredSteps?.stats()

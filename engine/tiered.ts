@@ -815,6 +815,54 @@ export class TieredKv {
     this.tokens = length
   }
 
+  /**
+   * Resumes the sequence whose chunks the disk store holds under this cache's session (one
+   * written by an earlier request or process): the chunk tables from the LMDB chunk index
+   * and the GPU abstracts rebuilt from the LMDB abstracts. Tokens after the last sealed
+   * chunk were never written to disk, so the sequence resumes there. Returns its length.
+   */
+  adopt(): number {
+    const c = this.config
+    const { store, session } = this.stores
+    if (this.tokens > 0) throw new RangeError("tiered KV: adopt wants an empty cache")
+    const abstractBytes = c.numKvHeads * (c.headDim / 2) * 4
+    let length: number | undefined
+    this.chunks.forEach((L, l) => {
+      let entries
+      let abstracts
+      try {
+        entries = store.chunksOf(session, l)
+        abstracts = store.abstractsOf(session, l)
+      } catch (e) {
+        throw tierErrorOf(e)
+      }
+      if (entries.length > this.maxChunks) throw new KvBudgetError(`session ${session} has ${entries.length} chunks in layer ${l}; this model holds ${this.maxChunks}`)
+      const amin = new Uint8Array(entries.length * abstractBytes)
+      const amax = new Uint8Array(entries.length * abstractBytes)
+      let at = 0
+      entries.forEach(({ chunk, entry }, i) => {
+        const a = abstracts[i]
+        if (chunk !== i || a?.chunk !== i) throw new KvTierError("chunk_missing", `session ${session}, layer ${l}: chunk ${i} or its abstract is missing`)
+        if (a.bytes.length !== 2 * abstractBytes) throw new KvTierError("chunk_corrupt", `session ${session}, layer ${l}: abstract ${i} is ${a.bytes.length} bytes`)
+        if (entry.tokens % this.blockTokens !== 0 || entry.tokens > this.slotTokens) throw new KvTierError("chunk_corrupt", `session ${session}, layer ${l}: chunk ${i} has ${entry.tokens} tokens`)
+        amin.set(a.bytes.subarray(0, abstractBytes), i * abstractBytes)
+        amax.set(a.bytes.subarray(abstractBytes), i * abstractBytes)
+        L.starts.push(at)
+        L.sizes.push(entry.tokens)
+        at += entry.tokens
+      })
+      L.sealed = at
+      if (length !== undefined && length !== at) throw new KvTierError("chunk_missing", `session ${session}: layer ${l} holds ${at} tokens, layer 0 ${length}`)
+      length = at
+      if (amin.length > 0) {
+        this.device.queue.writeBuffer(this.abstracts[l].amin, 0, amin)
+        this.device.queue.writeBuffer(this.abstracts[l].amax, 0, amax)
+      }
+    })
+    this.tokens = length ?? 0
+    return this.tokens
+  }
+
   /** Forgets the sequence: GPU cache, host entries and the session's disk chunks. */
   reset(): void {
     for (const cache of this.caches) cache.clear()

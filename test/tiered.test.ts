@@ -84,6 +84,43 @@ describe("tiered KV cache, exact policies", () => {
   }, 180_000)
 })
 
+describe("tiered KV cache, resuming from disk", () => {
+  it("a second model on the same kv-dir resumes the sequence: chunk tables and GPU abstracts rebuilt from LMDB", async () => {
+    const ids = passKeyPrompt(tok, 640, passKey(11), 0.5).ids.slice(0, 608) // 19 whole 32-token chunks
+    const policy = { name: "leoam", selection: { topk: { budget_tokens: 192, sink_tokens: 32, recent_tokens: 64 } } }
+    const a = await tiered(policy, { gpu: 0.5, host: 0.5 }, ids.length + 8)
+    const argmax = (x: Float32Array) => x.reduce((best, v, i) => (v > x[best] ? i : best), 0)
+    const continueFrom = async (m: GpuModel, first: number, steps: number) => {
+      const out = [first]
+      for (let i = 0; i < steps; i++) {
+        m.writeToken(i, out[i])
+        await m.decode(i)
+        out.push(argmax(await m.readLogits()))
+      }
+      return out
+    }
+    try {
+      await a.model.prefill(ids)
+      const first = argmax(await a.model.readLogits())
+      // A second model (as after a restart), its own GPU and host caches, the same disk store.
+      const arena = new HostArena({ budgetBytes: 1 << 20 })
+      const options = kvEngineOptions(parsePolicy(policy), { gpuBudgetBytes: a.model.tiered!.gpuBytes, arena, store: a.store, session: "t" }, full.config, ids.length + 8)
+      const b = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: ids.length + 8, ...options })
+      try {
+        expect(b.resume()).toBe(ids.length)
+        const want = await continueFrom(a.model, first, 5)
+        const got = await continueFrom(b, first, 5)
+        expect(got).toEqual(want) // the same chunks chosen from the same abstracts, the same tokens
+        expect(b.tierStats()!.disk.bytes_read).toBeGreaterThan(0) // its chunks came from disk
+      } finally {
+        b.destroy()
+      }
+    } finally {
+      await a.close()
+    }
+  }, 180_000)
+})
+
 describe("tiered KV cache, leoam selection", () => {
   // (The 10 % GPU budget case is in the quality test; a fifth keeps this one quick.)
   it("finds a 2K-token pass key with 256 tokens attended per step and the GPU holding a fifth of the KV", async () => {
