@@ -4,6 +4,10 @@
 // per KV head, computed on the GPU when the chunk is sealed, kept on the GPU for scoring
 // and in LMDB under [session, layer, chunk].
 //
+// Each layer has its own chunk table (start and size of every chunk): chunk size is a
+// property of each chunk of each layer, cut by the chunking policy (fixed for now), and a
+// layer's chunks are sealed when its own next chunk is complete.
+//
 // GPU layout, per layer: one pool of KV blocks (the engine's paged layout) split into the
 // tail (a ring of blocks the model writes new tokens into; the same physical blocks in
 // every layer, so one slot per token serves all layers) and cache slots of one chunk each.
