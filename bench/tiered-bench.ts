@@ -97,10 +97,10 @@ for (const name of String(o.policies).split(",")) {
   rows.push(row)
   type Kv = { gpu: { hits: number; misses: number }; host: { bytes_read: number }; disk: { bytes_read: number }; time_ms: Record<string, number>; staging_waits: number }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
-  const perStep = (k: "select" | "transfer") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
+  const perStep = (k: "select" | "transfer" | "attention") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
   const extra = kv
     ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up); ` +
-      `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}`
+      `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}`
     : ""
   console.log(
     row.error

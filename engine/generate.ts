@@ -48,6 +48,7 @@ export const generate = async (model: GpuModel, prompt: ReadonlyArray<number>, o
   const tEnd = performance.now()
   const decoded = Math.max(0, result.ids.length - 1)
   // Tokens computed past a stop are dropped from the cache so the sequence is exact.
+  await model.settle()
   model.truncate(prompt.length + result.ids.length - 1)
   return {
     ids: result.ids,

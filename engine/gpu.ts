@@ -89,7 +89,8 @@ const limitNames = [
 ] as const
 
 const openGpu = async (options: GpuOptions): Promise<Gpu> => {
-  holder.instance ??= create([])
+  // Pass timestamps (tiered-KV attention time) are wanted to the nanosecond, not quantized.
+  holder.instance ??= create(["disable-dawn-features=timestamp_quantization"])
   const adapter = await pickAdapter(holder.instance, options.prefer ?? "auto")
   const wanted: GPUFeatureName[] = []
   const hasSubgroups = adapter.features.has("subgroups") && !options.disableSubgroups

@@ -234,6 +234,11 @@ export class GpuModel {
   readonly tiered: TieredKv | undefined
   private readonly tieredSteps: TieredSteps | undefined
 
+  /** Waits for work a step left in flight (tiered cache: sealed chunks reaching host and disk, timings). */
+  async settle(): Promise<void> {
+    await this.tieredSteps?.settle()
+  }
+
   /**
    * Tiered cache only: resumes the sequence the disk store holds under the cache's session
    * (chunk tables and abstracts rebuilt from LMDB); returns its length. The next decode
@@ -350,6 +355,7 @@ export class GpuModel {
     }
     if (this.tieredSteps) {
       if (allLogits) throw new RangeError("all-position logits are not kept with the tiered cache")
+      await this.tieredSteps.settle()
       await this.tieredSteps.prefill(ids, (pos0, m) => this.writeRope(pos0, m), onProgress)
       return undefined
     }

@@ -28,6 +28,9 @@ export interface TieredParts {
   readonly gemms: ReadonlyArray<{ readonly d: Dispatch }>
 }
 
+/** Timestamp queries per decode step (two per attention window; later windows go untimed). */
+const MAX_QUERIES = 512
+
 /** Rows of prefill attention per workgroup (both kernels). */
 const PREFILL_ROWS = 32
 const FIRST = 1
@@ -42,6 +45,10 @@ export class TieredSteps {
   private readonly selRead: GPUBuffer
   private readonly slotHost: Uint32Array
   private steps = 0
+  /** GPU time of decode attention, where the device has timestamp queries. */
+  private readonly timing: { readonly querySet: GPUQuerySet; readonly resolve: GPUBuffer; readonly read: GPUBuffer } | undefined
+  private queries = 0
+  private pendingTiming: Promise<void> | undefined
 
   constructor(
     private readonly device: GPUDevice,
@@ -61,6 +68,13 @@ export class TieredSteps {
     this.state = storageBuffer(device, "prefill attention state (chunk, H, D + 2) f32", prefillChunk * c.numHeads * (c.headDim + 2) * 4)
     this.selRead = device.createBuffer({ label: "selected chunks read-back", size: Math.max(16, tiered.maxChunks * 8), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
     this.slotHost = new Uint32Array(prefillChunk)
+    this.timing = device.features.has("timestamp-query")
+      ? {
+          querySet: device.createQuerySet({ label: "tier attention timestamps", type: "timestamp", count: MAX_QUERIES }),
+          resolve: device.createBuffer({ label: "tier timestamps resolved", size: MAX_QUERIES * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+          read: device.createBuffer({ label: "tier timestamps read-back", size: MAX_QUERIES * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
+        }
+      : undefined
     const a = act
     const windowKey = windowedPrefillKey(keys.attnPrefill)
     kv.layers.forEach((kvl, l) => {
@@ -141,7 +155,7 @@ export class TieredSteps {
     const c = this.config
     const t = this.tiered
     const u = this.u
-    await t.settle()
+    await this.settle()
     this.slotHost[0] = t.append()
     this.device.queue.writeBuffer(this.act.slot, 0, this.slotHost.buffer, 0, 4)
     u.embedDecode.set(c.hiddenSize, 0, c.vocabSize, 1, inSlot)
@@ -179,14 +193,21 @@ export class TieredSteps {
         this.uAttn.set(c.numHeads, c.numKvHeads, t.blockTokens, entriesPerSplit, TIER_PARTIALS, 1 / Math.sqrt(c.headDim), 0, s0)
         const d = this.attnDecode[l]
         d.x = splits
-        encodeAll(pass, [d])
+        // Attention in a pass of its own, timed on the GPU while query slots last.
+        pass.end()
+        const timed = this.timing !== undefined && this.queries + 2 <= MAX_QUERIES
+        const attn = encoder.beginComputePass(
+          timed ? { timestampWrites: { querySet: this.timing!.querySet, beginningOfPassWriteIndex: this.queries, endOfPassWriteIndex: this.queries + 1 } } : {},
+        )
+        if (timed) this.queries += 2
+        encodeAll(attn, [d])
+        attn.end()
         s0 += splits
         if (!last) {
-          pass.end()
           this.device.queue.submit([encoder.finish()])
           encoder = this.device.createCommandEncoder()
-          pass = encoder.beginComputePass()
         }
+        pass = encoder.beginComputePass()
       })
       u.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
       // The next layer's pre goes into this encoder, which is submitted before that layer
@@ -197,9 +218,34 @@ export class TieredSteps {
     encodeSample(pass)
     pass.end()
     if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
+    const queries = this.queries
+    if (this.timing && queries > 0) {
+      encoder.resolveQuerySet(this.timing.querySet, 0, queries, this.timing.resolve, 0)
+      encoder.copyBufferToBuffer(this.timing.resolve, 0, this.timing.read, 0, queries * 8)
+    }
     this.device.queue.submit([encoder.finish()])
+    this.queries = 0
+    if (this.timing && queries > 0) this.pendingTiming = this.readTiming(this.timing.read, queries)
     this.steps++
     t.seal()
+  }
+
+  /** Adds up a step's (begin, end) timestamp pairs into the cache's attention time. */
+  private async readTiming(read: GPUBuffer, queries: number): Promise<void> {
+    await read.mapAsync(GPUMapMode.READ, 0, queries * 8)
+    const stamps = new BigUint64Array(read.getMappedRange(0, queries * 8))
+    let ns = 0
+    for (let i = 0; i < queries; i += 2) if (stamps[i + 1] > stamps[i]) ns += Number(stamps[i + 1] - stamps[i])
+    read.unmap()
+    this.tiered.addAttentionMs(ns / 1e6)
+  }
+
+  /** Waits for everything a step left in flight: sealed chunks reaching host and disk, timings. */
+  async settle(): Promise<void> {
+    const timing = this.pendingTiming
+    this.pendingTiming = undefined
+    await timing
+    await this.tiered.settle()
   }
 
   private async readChoice(count: number): Promise<number[]> {
@@ -222,5 +268,8 @@ export class TieredSteps {
   destroy(): void {
     this.state.destroy()
     this.selRead.destroy()
+    this.timing?.querySet.destroy()
+    this.timing?.resolve.destroy()
+    this.timing?.read.destroy()
   }
 }

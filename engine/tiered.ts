@@ -73,8 +73,12 @@ export interface TierStats {
   readonly windows: number
   readonly chunks_selected_per_step: number
   readonly tokens_selected_per_step: number
-  /** Host wall time: waiting for the selection read-back (includes the layer's QKV GEMV and scoring), staging transfers, sealing. */
-  readonly time_ms: { select: number; transfer: number; seal: number }
+  /**
+   * Host wall time waiting for the selection read-back (includes the layer's QKV GEMV and
+   * scoring), staging transfers and sealing; GPU time of decode attention (0 without
+   * timestamp queries).
+   */
+  readonly time_ms: { select: number; transfer: number; seal: number; attention: number }
   /** Stages that waited for a staging buffer to come back from the GPU. */
   readonly staging_waits: number
 }
@@ -903,9 +907,14 @@ export class TieredKv {
       windows: k.windows,
       chunks_selected_per_step: steps > 0 ? k.selectedDecode / steps / this.config.numLayers : 0,
       tokens_selected_per_step: steps > 0 ? k.selectedTokens / this.config.numLayers / steps : 0,
-      time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs },
+      time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs, attention: k.attentionMs },
       staging_waits: this.upload.stalls - k.stallsAtReset,
     }
+  }
+
+  /** Adds GPU time of decode attention passes (timestamp queries). */
+  addAttentionMs(ms: number): void {
+    this.counters.attentionMs += ms
   }
 
   /** Counts a decode step's selection (prefill windows are not steps). */
@@ -950,6 +959,7 @@ const emptyCounters = () => ({
   selectMs: 0,
   transferMs: 0,
   sealMs: 0,
+  attentionMs: 0,
   stallsAtReset: 0,
 })
 

@@ -40,7 +40,7 @@ export const KvStats = Schema.Struct({
   windows: Schema.Int,
   chunks_selected_per_step: Schema.Number,
   tokens_selected_per_step: Schema.Number,
-  time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number }),
+  time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
   staging_waits: Schema.Int,
 }).annotations({ identifier: "KvStats" })
 export type KvStats = typeof KvStats.Type
