@@ -576,7 +576,9 @@ export class TieredKv {
     let R = 0
     while (R < n - S && L.starts[n - 1 - R] + L.sizes[n - 1 - R] > L.sealed - need) R++
     const kept = (S > 0 ? L.starts[S - 1] + L.sizes[S - 1] : 0) + (R > 0 ? L.sealed - L.starts[n - R] : 0)
-    const K = Math.max(0, Math.floor((this.budgetTokens() - tail - kept) / this.slotTokens))
+    // At least one scored chunk: a budget that sink, recent and tail use up entirely would
+    // otherwise attend nothing chosen by the query (it then exceeds the budget by a chunk).
+    const K = Math.max(n - S - R > 0 ? 1 : 0, Math.floor((this.budgetTokens() - tail - kept) / this.slotTokens))
     this.u.score.set(n, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
     this.u.select.set(n, 1, S, R, K, this.blockTokens, this.maxChunks, 0)
     const score = this.scoreDispatches[l]
