@@ -16,6 +16,7 @@ import { generate } from "../engine/generate.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
 import { GpuModel } from "../engine/model.ts"
+import type { TierStats } from "../engine/tiered.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { parsePolicy, type PolicyName, type ResolvedPolicy } from "../protocol/policy.ts"
@@ -220,10 +221,11 @@ export interface VariantReport {
   /** "ok", or why it has no (complete) results. */
   readonly status: "ok" | "not available" | "failed"
   readonly error?: string
-  /** Tiered policies: the GPU budget of each engine (request tokens: budget). */
-  readonly gpuBudgets: Array<{ readonly requestTokens: number; readonly budgetBytes: number; readonly kvFraction: number; readonly raised: boolean }>
-  readonly answers: Array<PassKeyAnswer & { readonly sameAsFull: boolean }>
-  readonly kl?: KlResult
+  /** Tiered policies: the GPU budget of each engine, by the request size it was made for. */
+  readonly gpuBudgets: Array<{ readonly use: "pass key" | "KL"; readonly requestTokens: number; readonly budgetBytes: number; readonly kvFraction: number; readonly raised: boolean }>
+  /** `kv`: the tiered cache's counters of that request. */
+  readonly answers: Array<PassKeyAnswer & { readonly sameAsFull: boolean; readonly kv?: TierStats }>
+  readonly kl?: KlResult & { readonly kv?: TierStats }
   readonly seconds: number
 }
 
@@ -256,14 +258,14 @@ export const runVariant = async (
   }
   let logProbs: Float64Array[] | undefined
   let engine: { readonly tokens: number; readonly e: Engine } | undefined
-  const engineFor = async (requestTokens: number): Promise<GpuModel> => {
+  const engineFor = async (use: "pass key" | "KL", requestTokens: number): Promise<GpuModel> => {
     const tokens = tiered ? requestTokens : largest
     if (engine?.tokens === tokens) return engine.e.model
     await engine?.e.close()
     engine = undefined
     const e = await loadEngine(gpu, v, tokens)
     engine = { tokens, e }
-    if (e.gpu) report.gpuBudgets.push({ requestTokens: tokens, ...e.gpu })
+    if (e.gpu) report.gpuBudgets.push({ use, requestTokens: tokens, ...e.gpu })
     if (e.gpu?.raised) {
       log(`  ${name}: a GPU budget of ${pct(TIER_FRACTIONS.gpu)} of a ${tokens}-token request's KV is too small for the engine; using ${e.gpu.budgetBytes} bytes (${pct(e.gpu.kvFraction, 1)}), the least it accepts`)
     }
@@ -272,21 +274,21 @@ export const runVariant = async (
   let phase = "load"
   try {
     for (const c of passKeyCases(s.contexts, s.depths)) {
-      const model = await engineFor(c.context + ANSWER_TOKENS)
+      const model = await engineFor("pass key", c.context + ANSWER_TOKENS)
       phase = "run"
       const a = await answerPassKey(model, tok, c)
       const want = reference?.answers.find((r) => r.context === c.context && r.depth === c.depth)
       const sameAsFull = want === undefined || (want.ids.length === a.ids.length && want.ids.every((id, i) => id === a.ids[i]))
-      report.answers.push({ ...a, sameAsFull })
+      report.answers.push({ ...a, sameAsFull, kv: model.tierStats() })
       log(`  ${name.padEnd(10)} ${String(c.context).padStart(6)} depth ${c.depth.toFixed(2)} key ${c.key}: ${JSON.stringify(a.text)} ${a.correct ? "correct" : "WRONG"}${sameAsFull ? "" : " (differs from full)"} ${(a.ms / 1000).toFixed(1)} s`)
     }
     if (s.klPositions > 0) {
       phase = "load"
-      const model = await engineFor(klTokens)
+      const model = await engineFor("KL", klTokens)
       phase = "run"
       const k0 = performance.now()
       if (reference) {
-        report.kl = await klAgainst(model, text, s.klPrefix, reference.logProbs)
+        report.kl = { ...(await klAgainst(model, text, s.klPrefix, reference.logProbs)), kv: model.tierStats() }
       } else {
         logProbs = await referenceLogProbs(model, text, s.klPrefix, s.klPositions)
         report.kl = { prefix: s.klPrefix, positions: s.klPositions, mean: 0, max: 0, top1Agreement: 1, nonFinite: 0 }
@@ -310,16 +312,19 @@ export const runVariant = async (
 const fraction = (xs: ReadonlyArray<boolean>) => `${xs.filter(Boolean).length}/${xs.length}`
 
 const gpuColumn = (r: VariantReport): string => {
-  if (r.gpuBudgets.length === 0) return "all"
-  const worst = Math.max(...r.gpuBudgets.map((b) => b.kvFraction))
-  return `<=${pct(worst, 1)}${r.gpuBudgets.some((b) => b.raised) ? "*" : ""}`
+  const keys = r.gpuBudgets.filter((b) => b.use === "pass key")
+  if (keys.length === 0) return r.gpuBudgets.length === 0 ? "all" : "-"
+  return `<=${pct(Math.max(...keys.map((b) => b.kvFraction)), 1)}${keys.some((b) => b.raised) ? "*" : ""}`
 }
 
+const mean = (xs: ReadonlyArray<number>) => xs.reduce((a, b) => a + b, 0) / xs.length
+
 export const formatTable = (reports: ReadonlyArray<VariantReport>, s: Settings): string => {
-  const head = ["variant", "GPU KV", ...s.contexts.map((c) => `key@${c}`), "key all", "=full", "KL mean", "KL max", "top-1", "s"]
+  const head = ["variant", "GPU KV", ...s.contexts.map((c) => `key@${c}`), "key all", "=full", "KL mean", "KL max", "top-1", "sel/step", "disk/key", "s"]
   const rows = reports.map((r) => {
     if (r.status !== "ok" && r.answers.length === 0) return [r.name, `${r.status}: ${r.error}`]
     const kl = r.kl
+    const disk = r.answers.flatMap((a) => (a.kv ? [a.kv.disk.bytes_read] : []))
     return [
       r.name,
       gpuColumn(r),
@@ -329,6 +334,8 @@ export const formatTable = (reports: ReadonlyArray<VariantReport>, s: Settings):
       kl ? kl.mean.toExponential(2) : "-",
       kl ? kl.max.toExponential(2) : "-",
       kl ? pct(kl.top1Agreement, 1) : "-",
+      kl?.kv ? kl.kv.tokens_selected_per_step.toFixed(0) : "-",
+      disk.length > 0 ? `${(mean(disk) / 2 ** 20).toFixed(1)} MiB` : "-",
       r.seconds.toFixed(0),
       ...(r.status === "ok" ? [] : [`${r.status}: ${r.error}`]),
     ]
@@ -336,9 +343,26 @@ export const formatTable = (reports: ReadonlyArray<VariantReport>, s: Settings):
   const widths = head.map((h, i) => Math.max(h.length, ...rows.filter((r) => r.length > 2).map((r) => (r[i] ?? "").length)))
   const line = (cells: ReadonlyArray<string>) =>
     cells.length === 2 ? `${cells[0].padEnd(widths[0])}  ${cells[1]}` : cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i] ?? 0))).join("  ")
-  const notes = reports.flatMap((r) => r.gpuBudgets.filter((b) => b.raised).map((b) => `  * ${r.name}, ${b.requestTokens}-token request: ${pct(TIER_FRACTIONS.gpu)} of its KV is below the engine's minimum; ran with ${b.budgetBytes} bytes (${pct(b.kvFraction, 1)})`))
+  const notes = reports.flatMap((r) =>
+    r.gpuBudgets
+      .filter((b) => b.raised)
+      .map((b) => `  * ${r.name}, ${b.use} request of ${b.requestTokens} tokens: ${pct(TIER_FRACTIONS.gpu)} of its KV is below the engine's minimum; ran with ${b.budgetBytes} bytes (${pct(b.kvFraction, 1)})`),
+  )
   return [line(head), ...rows.map(line), ...(notes.length > 0 ? ["", ...notes] : [])].join("\n")
 }
+
+/** Per policy: does it answer every pass key exactly as full does, and where not. */
+export const formatAgreement = (reports: ReadonlyArray<VariantReport>, policies: ReadonlyArray<PolicyName>): string =>
+  policies
+    .map((p) => {
+      const answers = reports.filter((r) => r.policy === p).flatMap((r) => r.answers.map((a) => ({ ...a, name: r.name })))
+      if (answers.length === 0) return `${p}: no answers`
+      const differ = answers.filter((a) => !a.sameAsFull)
+      const verdict = differ.length === 0 ? "answers exactly as full does" : "does NOT always answer as full does"
+      const where = differ.map((a) => `${a.name} ${a.context}@${a.depth} ${JSON.stringify(a.text)}${a.correct ? "" : " (wrong)"}`)
+      return `${p} ${verdict}: ${answers.length - differ.length}/${answers.length} answers identical${where.length > 0 ? `; differing: ${where.join(", ")}` : ""}`
+    })
+    .join("\n")
 
 // ---- the program
 
@@ -376,7 +400,8 @@ const main = async () => {
   const tok = loadTokenizer(MODEL_DIR)
   const text = heldOutIds(tok)
   const log = (line: string) => console.log(line)
-  log(`device: ${gpu.adapterName} (${gpu.kind}); model ${MODEL_DIR}`)
+  const command = ["npx tsx bench/kv-quality.ts", ...process.argv.slice(2)].join(" ")
+  log(`${command}\n${started.toISOString()}; device: ${gpu.adapterName} (${gpu.kind}); model ${MODEL_DIR}`)
   log(`pass keys: contexts ${s.contexts.join(", ")} x depths ${s.depths.join(", ")}, ${ANSWER_TOKENS} greedy tokens, correct if the text contains the key`)
   log(`KL(full || policy): ${s.klPositions} teacher-forced positions after a ${s.klPrefix}-token prefix of ${HELDOUT_FILE} (${text.length} tokens)`)
   log(`tiered policies: GPU KV budget ${pct(TIER_FRACTIONS.gpu)} of the request's KV (or the least accepted), host arena ${pct(TIER_FRACTIONS.host)}, the rest on disk\n`)
@@ -393,10 +418,14 @@ const main = async () => {
   }
   const seconds = (Date.now() - started.getTime()) / 1000
   log(`\n${formatTable(reports, s)}\n`)
-  log(`key: pass-key answers correct per context and overall; =full: answers identical to full's (token for token); KL in nats; top-1: positions whose most likely token is full's; s: seconds`)
+  log(`${formatAgreement(reports, s.policies)}\n`)
+  log(
+    "GPU KV: the tiered cache's GPU budget as a share of the pass-key request's KV (all: every policy that keeps all KV on the GPU); key: pass keys found, per context and overall; " +
+      "=full: answers identical to full's, token for token; KL(full || policy) in nats and top-1: positions whose most likely token is full's, over the held-out text; " +
+      "sel/step: tokens of sealed chunks a tiered policy attends per step (KL run; plus the unsealed tail); disk/key: bytes the tiered cache read from disk per pass-key request; s: seconds",
+  )
   log(`total ${(seconds / 60).toFixed(1)} min`)
   if (o.json) {
-    const command = ["npx tsx bench/kv-quality.ts", ...process.argv.slice(2)].join(" ")
     writeFileSync(o.json, JSON.stringify({ date: started.toISOString(), command, argv: process.argv.slice(2), device: gpu.adapterName, model: MODEL_DIR, settings: s, tierFractions: TIER_FRACTIONS, answerTokens: ANSWER_TOKENS, heldOutTokens: text.length, seconds, variants: reports }, null, 2))
   }
   await releaseGpu()
