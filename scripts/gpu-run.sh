@@ -6,9 +6,10 @@
 #   engine: engine, actor and upload (host <-> GPU transfer) benchmarks (issue 2, 3)
 #   tiered: the tiered-KV decode benchmark at 7B 32K and 8B 64K (issue 4)
 #   tiered-128k: only the tiered-KV decode benchmark at 8B 128K (no golden check)
+#   check: the golden check, then full and leoam at 8B 64K (a short run after a change)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -23,6 +24,12 @@ if [ "$suite" = tiered-128k ]; then
   exit 0
 fi
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+if [ "$suite" = check ]; then
+  mkdir -p /tmp/leoam-kv
+  node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --steps 6 --kv-dir /tmp/leoam-kv \
+    --out "$out/tiered-8b-64k.json" 2>&1 | tee "$out/tiered-8b-64k.txt"
+  exit 0
+fi
 if [ "$suite" != tiered ]; then
   node .bench-bundle/engine-bench.mjs --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
   node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
