@@ -83,6 +83,16 @@ export const bind = (
     entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })),
   })
 
+/** A dispatch of `pipeline` whose bind group (entries: [binding, buffer]) is built once. */
+export const dispatchOf = (
+  device: GPUDevice,
+  pipeline: GPUComputePipeline,
+  entries: ReadonlyArray<readonly [number, GPUBuffer]>,
+  x = 1,
+  y = 1,
+  z = 1,
+): Dispatch => ({ pipeline, bindGroup: bind(device, pipeline, entries), x, y, z })
+
 export const encodeAll = (pass: GPUComputePassEncoder, program: ReadonlyArray<Dispatch>): void => {
   for (const d of program) {
     if (d.x === 0 || d.y === 0 || d.z === 0) continue

@@ -16,6 +16,7 @@ import type { ModelConfig } from "../models/types.ts"
 import { bind, type Dispatch, readBack, storageBuffer, Uniform } from "./buffers.ts"
 import type { KvPool } from "./kv-pool.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
+import { budgetAt } from "./sparse.ts"
 
 export interface H2oPolicy {
   /** Most tokens a layer attends per step (sink and recent included)... */
@@ -142,8 +143,7 @@ export class H2oAttention {
 
   /** Tokens attended per step at the current length. */
   budget(): number {
-    const p = this.policy
-    return p.budgetTokens ?? Math.max(this.kv.blockTokens, Math.floor((p.budgetFraction ?? 1) * this.kv.length))
+    return budgetAt(this.policy, this.kv.length, this.kv.blockTokens)
   }
 
   /** Whether this step's kept set is smaller than the context (some block is or was evicted). */

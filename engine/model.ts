@@ -5,7 +5,7 @@
 // Only `prefill`, `decode` and `reset` change the sequence state.
 import type { ModelConfig, WeightSource } from "../models/types.ts"
 import { ropeInvFreq } from "./cpu-reference.ts"
-import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "./buffers.ts"
+import { dispatchOf, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "./buffers.ts"
 import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvOp, type GemvTuningOption, type GemvTunings, gemvRowsPerGroup, resolveGemvTunings } from "./gemv-tuning.ts"
@@ -134,13 +134,8 @@ export class GpuModel {
     const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
     const gx = (op: GemvOp, n: number) => Math.min(Math.ceil(n / gemvRowsPerGroup(options.gemv[op])), 65535)
     const gy = (op: GemvOp, n: number) => Math.ceil(Math.ceil(n / gemvRowsPerGroup(options.gemv[op])) / 65535)
-    const d = (pipeline: GPUComputePipeline, entries: Array<readonly [number, GPUBuffer]>, x: number, y = 1, z = 1): Dispatch => ({
-      pipeline,
-      bindGroup: bind(device, pipeline, entries),
-      x,
-      y,
-      z,
-    })
+    const d = (pipeline: GPUComputePipeline, entries: Array<readonly [number, GPUBuffer]>, x: number, y = 1, z = 1): Dispatch =>
+      dispatchOf(device, pipeline, entries, x, y, z)
 
     // ---- decode: one token, GEMVs with fused RMSNorm / residual / SwiGLU
     const dec: Dispatch[] = []

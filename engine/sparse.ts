@@ -20,6 +20,13 @@ export interface SparsePolicy {
   readonly recentTokens: number
 }
 
+/**
+ * Tokens a selection policy attends per step at `length` tokens of context: its fixed
+ * budget, or its fraction of the context but at least `unit` (one block or chunk).
+ */
+export const budgetAt = (p: { readonly budgetTokens?: number; readonly budgetFraction?: number }, length: number, unit: number): number =>
+  p.budgetTokens ?? Math.max(unit, Math.floor((p.budgetFraction ?? 1) * length))
+
 export const sparsePipelineKeys = (c: ModelConfig) => ({
   abstract: { op: "abstract" } as PipelineKey,
   score: { op: "score", constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
@@ -128,8 +135,7 @@ export class SparseAttention {
 
   /** Tokens attended per step at the current length. */
   budget(): number {
-    const p = this.policy
-    return p.budgetTokens ?? Math.max(this.kv.blockTokens, Math.floor((p.budgetFraction ?? 1) * this.kv.length))
+    return budgetAt(this.policy, this.kv.length, this.kv.blockTokens)
   }
 
   /**

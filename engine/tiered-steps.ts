@@ -5,7 +5,7 @@
 // chunks do not fit in the GPU cache at once. Every uniform or list written for a window
 // is written after the submit of the work that used the previous value (queue order).
 import type { ModelConfig } from "../models/types.ts"
-import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "./buffers.ts"
+import { dispatchOf, type Dispatch, encodeAll, storageBuffer, Uniform } from "./buffers.ts"
 import type { KvPool } from "./kv-pool.ts"
 import type { allocateActivations, createUniforms, pipelineKeys } from "./model-resources.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
@@ -78,10 +78,7 @@ export class TieredSteps {
     const a = act
     const windowKey = windowedPrefillKey(keys.attnPrefill)
     kv.layers.forEach((kvl, l) => {
-      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, y: number): Dispatch => {
-        const pipeline = pipelines.now(key)
-        return { pipeline, bindGroup: bind(device, pipeline, entries), x: 1, y, z: 1 }
-      }
+      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, y: number): Dispatch => dispatchOf(device, pipelines.now(key), entries, 1, y)
       this.attnDecode.push(
         mk(keys.attnDecode, [[0, this.uAttn.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, tiered.entries], [5, tiered.seqs], [6, a.partO], [7, a.partML]], c.numKvHeads),
       )

@@ -21,9 +21,10 @@ import type { DiskStore } from "../actors/disk-store/store.ts"
 import type { HostArena } from "../actors/host-cache/arena.ts"
 import { chunkKey, type EntryView, type EvictionPolicy } from "../actors/host-cache/policies.ts"
 import type { ModelConfig } from "../models/types.ts"
-import { bind, type Dispatch, storageBuffer, Uniform } from "./buffers.ts"
+import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "./buffers.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
 import { ReadbackRing, type StagedCopy, UploadRing } from "./staging.ts"
+import { budgetAt } from "./sparse.ts"
 
 /** How the tiered cache chooses what to attend. */
 export interface TieredPolicy {
@@ -335,10 +336,7 @@ export class TieredKv {
     this.selectSeqs = selectSeqs
     for (let l = 0; l < c.numLayers; l++) {
       const ab = this.abstracts[l]
-      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, x: number): Dispatch => {
-        const pipeline = P(key)
-        return { pipeline, bindGroup: bind(device, pipeline, entries), x, y: 1, z: 1 }
-      }
+      const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>, x: number): Dispatch => dispatchOf(device, P(key), entries, x)
       this.abstractDispatches.push({ ...mk(keys.abstract, [[0, this.u.abstract.buffer], [1, this.pools[l].k], [2, this.jobs[l]], [3, ab.amin], [4, ab.amax]], 0), y: c.numKvHeads })
       this.scoreDispatches.push(mk(keys.score, [[0, this.u.score.buffer], [1, options.q], [2, ab.amin], [3, ab.amax], [4, this.chunkIds], [5, this.scores]], 0))
       this.selectDispatches.push(mk(keys.select, [[0, this.u.select.buffer], [1, this.scores], [2, this.chunkIds], [3, this.selectOut], [4, selectSeqs]], 1))
@@ -548,9 +546,7 @@ export class TieredKv {
   /** Tokens attended per step by the policy at the current length. */
   budgetTokens(): number {
     const p = this.policy
-    if (p.mode === "offload-all") return Number.POSITIVE_INFINITY
-    if (p.budgetTokens !== undefined) return p.budgetTokens
-    return Math.max(this.slotTokens, Math.floor((p.budgetFraction ?? 1) * this.tokens))
+    return p.mode === "offload-all" ? Number.POSITIVE_INFINITY : budgetAt(p, this.tokens, this.slotTokens)
   }
 
   /** Whether this step must score and choose (else every sealed chunk is attended). */
