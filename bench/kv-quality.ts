@@ -92,11 +92,12 @@ export const loadEngine = async (gpu: Gpu, v: Variant, requestTokens: number): P
       return { model, gpu: { budgetBytes: budget, kvFraction: budget / kvBytes, raised: budget > wanted }, close }
     } catch (e) {
       await discard()
-      if ((e as { code?: string }).code !== "kv_budget_too_small" || attempt >= 24) throw e
-      // The engine names the least budget at this budget's staging size; staging grows with
-      // the budget, so the next try also adds 5%.
+      if ((e as { code?: string }).code !== "kv_budget_too_small" || attempt >= 1) throw e
+      // The engine names the least budget it accepts (small requests: the tail, sink, recent
+      // and one chosen chunk per layer, and the staging rings).
       const least = Number(/at least (\d+) bytes/.exec((e as Error).message)?.[1] ?? 0)
-      budget = Math.max(least, Math.ceil(budget * 1.05))
+      if (!(least > budget)) throw e
+      budget = least
     }
   }
 }
@@ -407,10 +408,17 @@ const main = async () => {
   log(`tiered policies: GPU KV budget ${pct(TIER_FRACTIONS.gpu)} of the request's KV (or the least accepted), host arena ${pct(TIER_FRACTIONS.host)}, the rest on disk\n`)
   const variants: Variant[] = [{ policy: "full" }, ...s.policies.flatMap((policy) => s.budgets.map((budget) => ({ policy, budget })))]
   const reports: VariantReport[] = []
+  // Written after every variant too, so a run stopped by a time limit keeps what it measured.
+  const writeJson = (complete: boolean) => {
+    if (!o.json) return
+    const seconds = (Date.now() - started.getTime()) / 1000
+    writeFileSync(o.json, JSON.stringify({ date: started.toISOString(), command, argv: process.argv.slice(2), complete, device: gpu.adapterName, model: MODEL_DIR, settings: s, tierFractions: TIER_FRACTIONS, answerTokens: ANSWER_TOKENS, heldOutTokens: text.length, seconds, variants: reports }, null, 2))
+  }
   let reference: Reference | undefined
   for (const v of variants) {
     const { report, logProbs } = await runVariant(gpu, tok, text, v, s, reference, log)
     reports.push(report)
+    writeJson(false)
     if (!reference) {
       if (report.status !== "ok") throw new Error(`the reference (full) failed: ${report.error}`)
       reference = { answers: report.answers, logProbs: logProbs ?? [] }
@@ -425,9 +433,7 @@ const main = async () => {
       "sel/step: tokens of sealed chunks a tiered policy attends per step (KL run; plus the unsealed tail); disk/key: bytes the tiered cache read from disk per pass-key request; s: seconds",
   )
   log(`total ${(seconds / 60).toFixed(1)} min`)
-  if (o.json) {
-    writeFileSync(o.json, JSON.stringify({ date: started.toISOString(), command, argv: process.argv.slice(2), device: gpu.adapterName, model: MODEL_DIR, settings: s, tierFractions: TIER_FRACTIONS, answerTokens: ANSWER_TOKENS, heldOutTokens: text.length, seconds, variants: reports }, null, 2))
-  }
+  writeJson(true)
   await releaseGpu()
 }
 

@@ -279,15 +279,21 @@ export class GpuModel {
     const weights = uploadWeights(gpu.device, source, progress, fill)
     await compiling
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
-    return new GpuModel(gpu, weights, pipelines, c, {
-      maxContext,
-      prefillChunk: options.prefillChunk ?? 512,
-      blockTokens: options.blockTokens ?? 16,
-      gemv,
-      sparse: options.sparse,
-      tiered: options.tiered,
-      h2o: options.h2o,
-    })
+    try {
+      return new GpuModel(gpu, weights, pipelines, c, {
+        maxContext,
+        prefillChunk: options.prefillChunk ?? 512,
+        blockTokens: options.blockTokens ?? 16,
+        gemv,
+        sparse: options.sparse,
+        tiered: options.tiered,
+        h2o: options.h2o,
+      })
+    } catch (e) {
+      // A refused KV budget (or any other construction error) must not keep the weights.
+      destroyWeights(weights)
+      throw e
+    }
   }
 
   /** Tokens currently in the sequence's KV cache. */

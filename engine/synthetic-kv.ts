@@ -29,7 +29,7 @@ export const synthesizeKv = async (model: GpuModel, tokens: number, seed = 1, am
   if (t) {
     const tailBytes = t.tailBlocks * (t.slotBytes / 2 / t.slotBlocks)
     for (let done = 0, batch = 0; done < tokens; batch++) {
-      const n = Math.min(t.prefillTokens, tokens - done)
+      const n = Math.min(t.appendRoom, tokens - done)
       t.pools.forEach((p, l) => {
         fillBuffer(p.k, tailBytes, seed + batch * 7919 + l * 2)
         fillBuffer(p.v, tailBytes, seed + batch * 7919 + l * 2 + 1)

@@ -60,7 +60,7 @@ export class TieredSteps {
     private readonly u: ReturnType<typeof createUniforms>,
     keys: ReturnType<typeof pipelineKeys>,
     private readonly parts: TieredParts,
-    prefillChunk: number,
+    private readonly prefillChunk: number,
   ) {
     const c = config
     this.uAttn = new Uniform(device, "tier attn decode", "uuuuufuu")
@@ -91,11 +91,11 @@ export class TieredSteps {
     const c = this.config
     const t = this.tiered
     const u = this.u
-    const chunk = t.prefillTokens
     const G = c.numHeads / c.numKvHeads
-    for (let start = 0; start < ids.length; start += chunk) {
+    for (let start = 0, m = 0; start < ids.length; start += m) {
       await t.settle()
-      const m = Math.min(chunk, ids.length - start)
+      // A pass fills what the tail has room for, so passes end on chunk boundaries.
+      m = Math.min(t.appendRoom, this.prefillChunk, ids.length - start)
       const pos0 = t.length
       this.device.queue.writeBuffer(this.act.promptIds, 0, Uint32Array.from(ids.slice(start, start + m)))
       writeRope(pos0, m)

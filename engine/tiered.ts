@@ -90,16 +90,70 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   select: { op: "select" } as PipelineKey,
 })
 
-/** Staging buffers: upload slots and read-back slots, each budget / 64 (a chunk at least, 16 MiB at most). */
+/** Staging buffers: upload slots and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
 const STAGING_MAX_BYTES = 16 * 2 ** 20
-/**
- * Upload slots: decode flushes the ring once per layer, and a slot comes back only when its
- * mapAsync resolves, so a large budget affords enough slots that a step seldom waits.
- */
-const UPLOAD_SLOTS = 4
-const UPLOAD_SLOTS_LARGE = 16
-const LARGE_BUDGET = 2 * 2 ** 30
 const READBACK_SLOTS = 2
+/**
+ * Upload slots by GPU budget: decode flushes the ring once per layer, and a slot comes back
+ * only when its mapAsync resolves, so a large budget affords enough slots that a step seldom
+ * waits; a small one keeps two (one fills while the other copies).
+ */
+const uploadSlotsFor = (budgetBytes: number): number => (budgetBytes >= 2 * 2 ** 30 ? 16 : budgetBytes >= 16 * 2 ** 20 ? 4 : 2)
+
+export interface TierLayoutInput {
+  readonly layers: number
+  /** One chunk of one layer (K and V). */
+  readonly slotBytes: number
+  /** A seal's read-back: a chunk and its abstracts. */
+  readonly sealBytes: number
+  /** The in-pool copy's scratch buffer. */
+  readonly scratchBytes: number
+  /** Cache slots that must fit at once (sink, recent, one chosen). */
+  readonly minimumSlots: number
+  readonly wantedPrefillChunks: number
+  readonly maxChunks: number
+  readonly budgetBytes: number
+}
+
+export interface TierLayout {
+  readonly stagingSlotBytes: number
+  readonly uploadSlots: number
+  readonly readbackSlots: number
+  /** Tail ring chunks per layer: a prefill pass (passes end on chunk boundaries), one at least. */
+  readonly tailChunks: number
+  readonly cacheSlots: number
+  /** Everything counted against the budget. */
+  readonly bytes: number
+}
+
+/** Staging bytes at a budget: both rings and the scratch buffer. */
+const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
+  const stagingSlotBytes = Math.ceil(Math.max(i.sealBytes, Math.min(STAGING_MAX_BYTES, budgetBytes / 64)) / 4) * 4
+  const uploadSlots = uploadSlotsFor(budgetBytes)
+  return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * (uploadSlots + READBACK_SLOTS) + i.scratchBytes }
+}
+
+/**
+ * How a GPU KV budget is spent: staging first, then per layer the sink, recent and one chosen
+ * chunk's slots and a one-chunk tail; what is left grows the tail (prefill passes, up to half
+ * of a layer's share) and then the cache. Returns the least budget that would do when this
+ * one cannot (staging grows with the budget, so that least budget is solved for, not guessed).
+ */
+export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
+  const staging = stagingAt(i, i.budgetBytes)
+  const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers)
+  const slots = Math.floor(perLayer / i.slotBytes)
+  if (!(slots >= 1 + i.minimumSlots)) {
+    const fixed = i.layers * (1 + i.minimumSlots) * i.slotBytes
+    let least = fixed + stagingAt(i, fixed).bytes
+    for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
+    return least
+  }
+  const tailChunks = Math.max(1, Math.min(i.wantedPrefillChunks, Math.floor(slots / 2), slots - i.minimumSlots))
+  const cacheSlots = Math.min(i.maxChunks, slots - tailChunks)
+  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * (tailChunks + cacheSlots) * i.slotBytes }
+}
+
 /** Aim for this many decode-attention workgroups per window. */
 const TARGET_WORKGROUPS = 256
 /** Attention partials (splits) one step may produce over all its windows. */
@@ -222,8 +276,6 @@ export class TieredKv {
   readonly cacheSlots: number
   readonly physicalBlocks: number
   readonly maxChunks: number
-  /** Tokens per prefill pass (what the tail holds besides one unsealed chunk). */
-  readonly prefillTokens: number
   readonly upload: UploadRing
   readonly readback: ReadbackRing
   readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
@@ -274,28 +326,25 @@ export class TieredKv {
     this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
     this.chunks = Array.from({ length: c.numLayers }, () => ({ starts: [], sizes: [], sealed: 0 }))
     const half = c.headDim / 2
-    const sealBytes = this.slotBytes + 2 * c.numKvHeads * half * 4
-    const slotBytes = Math.ceil(Math.max(sealBytes, Math.min(STAGING_MAX_BYTES, stores.gpuBudgetBytes / 64)) / 4) * 4
-    const uploadSlots = stores.gpuBudgetBytes >= LARGE_BUDGET ? UPLOAD_SLOTS_LARGE : UPLOAD_SLOTS
-    const staging = slotBytes * (uploadSlots + READBACK_SLOTS) + this.slotBlocks * this.blockBytes
-    const perLayer = Math.floor((stores.gpuBudgetBytes - staging) / c.numLayers)
-    // The tail holds a prefill chunk plus the unsealed rest of the chunk before it; with a
-    // small budget, prefill goes in smaller chunks so that the tail takes at most half of it.
-    const fitChunks = Math.floor(perLayer / 2 / this.slotBytes) - 1
-    const prefillChunks = Math.max(1, Math.min(Math.ceil(options.prefillChunk / policy.chunkTokens), fitChunks))
-    this.prefillTokens = prefillChunks * policy.chunkTokens
-    const tailChunks = prefillChunks + 1
-    this.tailBlocks = tailChunks * this.slotBlocks
-    const tailBytes = this.tailBlocks * 2 * this.blockBytes
-    this.cacheSlots = Math.min(this.maxChunks, Math.floor((perLayer - tailBytes) / this.slotBytes))
-    const needSlots = this.minimumSlots()
-    if (!(this.cacheSlots >= needSlots)) {
-      const need = c.numLayers * (tailBytes + needSlots * this.slotBytes) + staging
+    const layout = tierLayout({
+      layers: c.numLayers,
+      slotBytes: this.slotBytes,
+      sealBytes: this.slotBytes + 2 * c.numKvHeads * half * 4,
+      scratchBytes: this.slotBlocks * this.blockBytes,
+      minimumSlots: this.minimumSlots(),
+      wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
+      maxChunks: this.maxChunks,
+      budgetBytes: stores.gpuBudgetBytes,
+    })
+    if (typeof layout === "number") {
       throw new KvBudgetError(
         `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
-          `at least ${need} bytes (${(need / 2 ** 20).toFixed(1)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
+          `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
       )
     }
+    const { stagingSlotBytes: slotBytes, uploadSlots, readbackSlots } = layout
+    this.tailBlocks = layout.tailChunks * this.slotBlocks
+    this.cacheSlots = layout.cacheSlots
     if (this.slotBytes > stores.arena.slabBytes) {
       throw new KvBudgetError(`a chunk of ${this.slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
     }
@@ -306,7 +355,7 @@ export class TieredKv {
     }))
     this.caches = Array.from({ length: c.numLayers }, () => new LayerCache(this.cacheSlots, this.slotBytes))
     this.upload = new UploadRing(device, { slotBytes, slots: uploadSlots, label: "kv upload ring" })
-    this.readback = new ReadbackRing(device, { slotBytes, slots: READBACK_SLOTS, label: "kv seal read-back" })
+    this.readback = new ReadbackRing(device, { slotBytes, slots: readbackSlots, label: "kv seal read-back" })
 
     const abstractBytes = this.maxChunks * c.numKvHeads * half * 4
     this.abstracts = Array.from({ length: c.numLayers }, (_, l) => ({
@@ -384,6 +433,11 @@ export class TieredKv {
   /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
   get gpuBytes(): number {
     return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.readback.bytes + this.sealScratch.size
+  }
+
+  /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
+  get appendRoom(): number {
+    return this.tailBlocks * this.blockTokens - (this.tokens - this.tailFloor())
   }
 
   /** The physical slot (block * BS + offset) of the next token; it goes to the tail. */

@@ -8,12 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sh ../shared/tools/gpu-bundle.sh >/dev/null
 rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
-for prog in engine-bench golden-check actor-overhead upload-bench tiered-bench; do
+for prog in engine-bench golden-check actor-overhead upload-bench tiered-bench kv-quality; do
   npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
     --external:webgpu --external:lmdb --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'module'; const require = __cr(import.meta.url);"
   xz -T2 -6 ".bench-bundle/$prog.mjs"   # the device tool carries 64 MiB in all
 done
+# kv-quality reads its held-out text next to itself (bench/data/ becomes .bench-bundle/data/).
+cp -r bench/data .bench-bundle/data
 cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
 xz -T2 -6 -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
 # lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball.

@@ -7,9 +7,11 @@
 #   tiered: the tiered-KV decode benchmark at 7B 32K and 8B 64K (issue 4)
 #   tiered-128k: only the tiered-KV decode benchmark at 8B 128K (no golden check)
 #   check: the golden check, then full and leoam at 8B 64K (a short run after a change)
+#   quality: check, then the KV quality program on the bundled model (pass keys at 2K, 6K
+#            and 11K, five depths; KL over 4096 held-out positions), stopped at QUALITY_S
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -24,10 +26,15 @@ if [ "$suite" = tiered-128k ]; then
   exit 0
 fi
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
-if [ "$suite" = check ]; then
+if [ "$suite" = check ] || [ "$suite" = quality ]; then
   mkdir -p /tmp/leoam-kv
   node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --steps 6 --kv-dir /tmp/leoam-kv \
     --out "$out/tiered-8b-64k.json" 2>&1 | tee "$out/tiered-8b-64k.txt"
+  if [ "$suite" = quality ]; then
+    rm -rf /tmp/leoam-kv
+    timeout "${QUALITY_S:-420}" node .bench-bundle/kv-quality.mjs --policies leoam,quest,h2o --kl-positions 4096 --json "$out/kv-quality.json" 2>&1 | tee "$out/kv-quality.txt" \
+      || echo "kv-quality: stopped (time); kv-quality.json has the variants that finished"
+  fi
   exit 0
 fi
 if [ "$suite" != tiered ]; then

@@ -140,8 +140,25 @@ describe("tiered KV cache, leoam selection", () => {
 })
 
 describe("tiered KV cache, bad budgets and files", () => {
-  it("refuses a GPU budget that cannot hold the tail, sink and recent chunks", async () => {
-    await expect(tiered("leoam", { gpu: 0.001, host: 0.5 }, 2000)).rejects.toMatchObject({ code: "kv_budget_too_small" })
+  it("refuses a GPU budget that cannot hold the tail, sink and recent chunks, naming a least budget that is then accepted", async () => {
+    const tokens = 2000
+    const err = await tiered("leoam", { gpu: 0.001, host: 0.5 }, tokens).then(
+      (t) => (t.close(), undefined),
+      (e: Error & { code?: string }) => e,
+    )
+    expect(err?.code).toBe("kv_budget_too_small")
+    const least = Number(/at least (\d+) bytes/.exec(err!.message)?.[1])
+    expect(least).toBeGreaterThan(0)
+    const kvBytes = tokens * kvBytesPerToken(full.config)
+    await expect(tiered("leoam", { gpu: (least - 1) / kvBytes, host: 0.5 }, tokens)).rejects.toMatchObject({ code: "kv_budget_too_small" })
+    const t = await tiered("leoam", { gpu: least / kvBytes + 1e-12, host: 0.5 }, tokens)
+    try {
+      expect(t.model.tiered!.gpuBytes).toBeLessThanOrEqual(least)
+      // Sink (32), recent (64) and one chosen chunk, and a one-chunk tail, under 10% of a 2K request's KV.
+      expect(least / kvBytes).toBeLessThan(0.1)
+    } finally {
+      await t.close()
+    }
   })
 
   it("refuses a full-attention policy whose KV exceeds the GPU budget", () => {
