@@ -18,8 +18,11 @@ export const actorNames: ReadonlyArray<ActorName> = ["scheduler", "gpu-executor"
 /** `receivedAt` is when the message reached the actor (performance.now()), before any queueing. */
 export type Handler<S> = (state: S, body: unknown, msg: Msg, receivedAt: number) => Promise<unknown>
 
-/** Where a handler's messages come from: a subject, or a NATS services endpoint. */
-export type Source = string | ((callback: (err: Error | null, msg: Msg) => void) => void)
+/**
+ * Where a handler's messages come from: a subject (one actor of a queue group gets each
+ * message), a broadcast subject (every actor gets each), or a NATS services endpoint.
+ */
+export type Source = string | { readonly broadcast: string } | ((callback: (err: Error | null, msg: Msg) => void) => void)
 
 export interface ActorDefinition<S> {
   readonly name: ActorName
@@ -129,6 +132,7 @@ export const startActor = async <S>(nc: NatsConnection, def: ActorDefinition<S>)
 
   const listen = (source: Source, callback: (err: Error | null, msg: Msg) => void) => {
     if (typeof source === "string") subs.push(nc.subscribe(source, { queue: `leoam-${def.name}`, callback }))
+    else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
     else source(callback)
   }
   for (const [source, handler] of def.handlers ?? []) listen(source, accept(handler, true))

@@ -2,7 +2,9 @@
 // --kv-dir) and serves it over internal subjects. Control messages only: chunk bytes are
 // read and written through the files that both sides map, never through NATS.
 import { Schema } from "effect"
+import { PolicyHistoryRequest } from "../protocol/admin.ts"
 import { leoamError } from "../protocol/errors.ts"
+import { PolicyPut } from "../protocol/internal.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
 import { DiskStore } from "./disk-store/store.ts"
@@ -33,6 +35,13 @@ export const diskStoreActor = (options: { readonly kvDir: string; readonly store
       },
     ],
     [
+      internalSubjects.diskPolicyPut,
+      async (store, body) => {
+        const req = decodeAs(PolicyPut, body)
+        return store.appendPolicy(req)
+      },
+    ],
+    [
       internalSubjects.diskGetSession,
       async (store, body) => {
         const { id } = decodeAs(SessionGet, body)
@@ -42,5 +51,23 @@ export const diskStoreActor = (options: { readonly kvDir: string; readonly store
       },
     ],
   ],
-  immediate: [[internalSubjects.diskStats, async (store) => store.stats()]],
+  immediate: [
+    [internalSubjects.diskStats, async (store) => store.stats()],
+    [
+      internalSubjects.diskPolicyGet,
+      async (store) => {
+        const latest = store.latestPolicy()
+        if (!latest) throw leoamError("unknown_policy", "no policy has been stored in this kv-dir")
+        return latest
+      },
+    ],
+    [
+      internalSubjects.diskPolicyHistory,
+      async (store, body) => {
+        const { limit } = decodeAs(PolicyHistoryRequest, body)
+        const all = store.policyHistory()
+        return { history: limit === undefined ? all : all.slice(-limit) }
+      },
+    ],
+  ],
 })

@@ -6,15 +6,16 @@
 import type { NatsConnection } from "@nats-io/nats-core"
 import { acquireGpu, type Gpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
-import { GpuModel } from "../engine/model.ts"
+import { GpuModel, type KvOptions, KvRebuildError } from "../engine/model.ts"
+import type { ModelConfig } from "../models/types.ts"
 import type { WeightSource } from "../models/types.ts"
 import type { DiskStore } from "./disk-store/store.ts"
 import type { HostArena } from "./host-cache/arena.ts"
-import { kvEngineOptions } from "../engine/kv-setup.ts"
-import type { ResolvedPolicy } from "../protocol/policy.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { parsePolicy, PolicyError, type ResolvedPolicy } from "../protocol/policy.ts"
 import type { KvStats } from "../protocol/messages.ts"
 import { leoamError } from "../protocol/errors.ts"
-import { CancelRequest, type ModelDescription, RunRequest, type RunResult } from "../protocol/internal.ts"
+import { CancelRequest, type ModelDescription, PolicyChanged, PolicyCheck, RunRequest, type RunResult } from "../protocol/internal.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
 import { decodeAs } from "./nats.ts"
@@ -24,20 +25,39 @@ export interface GpuExecutorOptions {
   readonly openWeights: () => WeightSource
   readonly maxContext?: number
   readonly device?: "auto" | "gpu" | "cpu"
-  /** The KV policy and, for the tiered ones, the GPU budget and the host and disk tiers. */
-  readonly kv?: { readonly policy: ResolvedPolicy; readonly gpuBudgetBytes?: number; readonly arena?: HostArena; readonly store?: DiskStore }
+  /** The KV policy (default full) and its version, the GPU budget, and the host and disk tiers. */
+  readonly kv?: ExecutorKv
+}
+
+export interface ExecutorKv {
+  readonly policy: ResolvedPolicy
+  /** The stored version of `policy` (0: not stored). */
+  readonly version?: number
+  readonly gpuBudgetBytes?: number
+  readonly arena?: HostArena
+  readonly store?: DiskStore
+}
+
+/** A policy version as the executor holds it: resolved, and as engine options. */
+interface HeldPolicy {
+  readonly version: number
+  readonly resolved: ResolvedPolicy
+  readonly engine: KvOptions
 }
 
 export interface GpuExecutorState {
   readonly gpu: Gpu
-  readonly model: GpuModel
+  /** Replaced when a policy change needs a new KV cache (between runs). */
+  model: GpuModel
   readonly description: ModelDescription
   readonly cancelled: Set<string>
   current: string | undefined
   runs: number
   tokens: number
-  /** KV counters summed over every run (tiered policies). */
-  readonly kvTotals: KvTotals
+  /** The policy the engine runs, and one accepted but not yet applied. */
+  policy: HeldPolicy
+  pending: HeldPolicy | undefined
+  readonly totals: ExecutorTotals
 }
 
 /** Totals over runs of the per-request KV counters. */
@@ -49,23 +69,59 @@ export interface KvTotals {
   chunks_sealed: number
 }
 
-const emptyTotals = (): KvTotals => ({
-  gpu: { hits: 0, misses: 0, bytes_read: 0 },
-  host: { hits: 0, misses: 0, bytes_read: 0, bytes_written: 0 },
-  disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
-  steps: 0,
-  chunks_sealed: 0,
+/** Everything the executor has done since it started (admin stats). */
+export interface ExecutorTotals {
+  readonly kv: KvTotals
+  /** Decode steps and their wall time; the tiered cache's share of it by phase. */
+  decodeSteps: number
+  decodeMs: number
+  readonly kvMs: { select: number; transfer: number; seal: number; attention: number }
+  prefillTokens: number
+  prefillMs: number
+}
+
+const emptyTotals = (): ExecutorTotals => ({
+  kv: {
+    gpu: { hits: 0, misses: 0, bytes_read: 0 },
+    host: { hits: 0, misses: 0, bytes_read: 0, bytes_written: 0 },
+    disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
+    steps: 0,
+    chunks_sealed: 0,
+  },
+  decodeSteps: 0,
+  decodeMs: 0,
+  kvMs: { select: 0, transfer: 0, seal: 0, attention: 0 },
+  prefillTokens: 0,
+  prefillMs: 0,
 })
 
-const addTotals = (t: KvTotals, kv: KvStats): void => {
+/** Adds a request's KV counters; phase times only from `atDecode` on (decode steps, not prefill). */
+const addKv = (t: ExecutorTotals, kv: KvStats, atDecode: KvStats["time_ms"] | undefined): void => {
   for (const tier of ["gpu", "host", "disk"] as const) {
-    const into = t[tier] as Record<string, number>
+    const into = t.kv[tier] as Record<string, number>
     const from = kv[tier] as Record<string, number>
     for (const k of Object.keys(into)) into[k] += from[k] ?? 0
   }
-  t.steps += kv.steps
-  t.chunks_sealed += kv.chunks_sealed
+  t.kv.steps += kv.steps
+  t.kv.chunks_sealed += kv.chunks_sealed
+  for (const k of Object.keys(t.kvMs) as Array<keyof ExecutorTotals["kvMs"]>) t.kvMs[k] += kv.time_ms[k] - (atDecode?.[k] ?? kv.time_ms[k])
 }
+
+/** The executor's view for admin stats: residency and budgets, totals, the policy versions. */
+export const executorStats = (s: GpuExecutorState, gpuBudget: number | undefined) => {
+  const kv = s.model.tierStats()
+  const m = s.model
+  return {
+    policy: { name: s.policy.resolved.name, active_version: s.policy.version, pending_version: s.pending?.version ?? null },
+    gpu: kv ? { budget_bytes: kv.gpu.budget_bytes, resident_bytes: kv.gpu.resident_bytes } : { budget_bytes: gpuBudget ?? null, resident_bytes: m.length * kvBytesPerToken(m.config) },
+    host: kv ? { budget_bytes: kv.host.budget_bytes, resident_bytes: kv.host.resident_bytes } : undefined,
+    runs: s.runs,
+    tokens: s.tokens,
+    current_run: s.current ?? null,
+    totals: s.totals,
+  }
+}
+export type ExecutorStats = ReturnType<typeof executorStats>
 
 /** A token event: (index, id) as two little-endian u32. */
 export const encodeToken = (index: number, id: number): Uint8Array => new Uint8Array(Uint32Array.of(index, id).buffer)
@@ -74,101 +130,213 @@ export const decodeToken = (data: Uint8Array): { index: number; id: number } => 
   return { index: view.getUint32(0, true), id: view.getUint32(4, true) }
 }
 
-export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): ActorDefinition<GpuExecutorState> => ({
-  name: "gpu-executor",
-  mailbox: 64,
-  start: async () => {
-    const gpu = await acquireGpu({ prefer: options.device ?? "auto" })
-    const source = options.openWeights()
+export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): ActorDefinition<GpuExecutorState> => {
+  const kv = options.kv
+  const session = `executor-${process.pid}`
+  /** Engine options of a policy for this executor's model and tiers (throws kv_budget_too_small and the like). */
+  const engineOf = (policy: ResolvedPolicy, config: ModelConfig, maxContext: number): KvOptions =>
+    kvEngineOptions(policy, { gpuBudgetBytes: kv?.gpuBudgetBytes, arena: kv?.arena, store: kv?.store, session }, config, maxContext)
+
+  /** At a step boundary: applies the pending policy if it is a live swap (same KV manager and chunk size). */
+  const applyAtStep = (s: GpuExecutorState): boolean => {
+    const next = s.pending
+    if (!next) return false
     try {
-      const c = source.config
-      const maxContext = Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings)
-      const kv = options.kv
-      const kvOptions = kv
-        ? kvEngineOptions(kv.policy, { gpuBudgetBytes: kv.gpuBudgetBytes, arena: kv.arena, store: kv.store, session: `executor-${process.pid}` }, c, maxContext)
-        : {}
-      const model = await GpuModel.load(gpu, source, { maxContext, ...kvOptions })
-      const description: ModelDescription = {
-        name: c.name,
-        context_length: model.maxContext,
-        vocab_size: c.vocabSize,
-        layers: c.numLayers,
-        hidden_size: c.hiddenSize,
-        heads: c.numHeads,
-        kv_heads: c.numKvHeads,
-        eos_ids: [...c.eosTokenIds],
-        device: gpu.adapterName,
-      }
-      return { gpu, model, description, cancelled: new Set(), current: undefined, runs: 0, tokens: 0, kvTotals: emptyTotals() }
-    } finally {
-      source.close()
+      if (!s.model.swapKvPolicy(next.engine)) return false
+    } catch (e) {
+      // Checked when it was set; a refusal now (another node's check) drops the change.
+      process.stderr.write(`leoam gpu-executor: policy v${next.version} refused (${(e as Error).message}); staying on v${s.policy.version}\n`)
+      s.pending = undefined
+      return false
     }
-  },
-  stop: async (s) => s.model.destroy(),
-  stats: (s) => ({
-    runs: s.runs,
-    tokens: s.tokens,
-    current_run: s.current ?? null,
-    context_length: s.model.maxContext,
-    kv_policy: options.kv?.policy.name ?? "full",
-    ...(s.model.tiered ? { kv_totals: s.kvTotals } : {}),
-  }),
-  handlers: [
-    [
-      internalSubjects.executorRun,
-      async (s, body): Promise<RunResult> => {
-        const req = decodeAs(RunRequest, body)
-        if (req.ids.length + 1 > s.model.maxContext) {
-          throw leoamError("context_overflow", `the prompt has ${req.ids.length} tokens; the context holds ${s.model.maxContext}`)
-        }
-        if (req.ids.some((id) => id >= s.description.vocab_size)) throw leoamError("invalid_ids", `a token id is outside the vocabulary (0..${s.description.vocab_size - 1})`)
-        s.current = req.run_id
-        s.runs++
-        try {
-          const maxTokens = Math.min(req.max_tokens, s.model.maxContext - req.ids.length)
-          const r = await generate(s.model, req.ids, {
-            maxTokens,
-            temperature: req.temperature,
-            topP: req.top_p,
-            topK: req.top_k,
-            seed: req.seed,
-            stopIds: req.stop_ids,
-            onToken: (id, index) => {
-              nc.publish(req.tokens, encodeToken(index, id))
-              s.tokens++
-              return s.cancelled.has(req.run_id)
-            },
-          })
-          const cancelled = s.cancelled.has(req.run_id)
-          const kv = s.model.tierStats()
-          if (kv) addTotals(s.kvTotals, kv)
-          return {
-            run_id: req.run_id,
-            ids: r.ids,
-            finish_reason: cancelled ? "cancelled" : r.finishReason,
-            prefill_ms: r.timings.prefillMs,
-            decode_ms_per_token: r.timings.decodeMsPerToken,
-            total_ms: r.timings.totalMs,
-            ...(kv ? { kv } : {}),
+    s.policy = next
+    s.pending = undefined
+    return true
+  }
+
+  /** At a request boundary: applies the pending policy, building a new KV cache if it needs one. */
+  const applyAtRequest = async (s: GpuExecutorState): Promise<void> => {
+    const next = s.pending
+    if (!next || applyAtStep(s) || !s.pending) return
+    try {
+      s.model = await s.model.withKv(next.engine)
+      s.policy = next
+    } catch (e) {
+      // Checked when it was set, so this is rare (e.g. GPU memory that went elsewhere): the
+      // old setup is rebuilt and the change dropped; the request goes on under the old policy.
+      if (!(e instanceof KvRebuildError)) throw e
+      s.model = e.fallback
+      process.stderr.write(`leoam gpu-executor: policy v${next.version} could not be applied (${e.message}); staying on v${s.policy.version}\n`)
+    }
+    s.pending = undefined
+  }
+
+  /** Validates a policy document against this executor (fit and when it would apply). */
+  const check = (s: GpuExecutorState, document: unknown): { held: Omit<HeldPolicy, "version">; applies: "next_step" | "next_request" } => {
+    let resolved: ResolvedPolicy
+    try {
+      resolved = parsePolicy(document)
+    } catch (e) {
+      if (e instanceof PolicyError) throw leoamError(e.code, e.message)
+      throw e
+    }
+    const engine = engineOf(resolved, s.model.config, s.model.maxContext)
+    return { held: { resolved, engine }, applies: s.model.checkKv(engine) }
+  }
+
+  return {
+    name: "gpu-executor",
+    mailbox: 64,
+    start: async () => {
+      const gpu = await acquireGpu({ prefer: options.device ?? "auto" })
+      const source = options.openWeights()
+      try {
+        const c = source.config
+        const maxContext = Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings)
+        let resolved = kv?.policy ?? parsePolicy("full")
+        let version = kv?.version ?? 0
+        // After a restart of this actor, the policy is the latest stored one, not the one it started with.
+        const stored = kv?.store?.latestPolicy()
+        if (stored && stored.version > version) {
+          try {
+            resolved = parsePolicy(stored.policy)
+            version = stored.version
+          } catch (e) {
+            process.stderr.write(`leoam gpu-executor: stored policy v${stored.version} is not valid here (${(e as Error).message}); using v${version}\n`)
           }
-        } finally {
-          s.cancelled.delete(req.run_id)
-          s.current = undefined
         }
-      },
+        const engine = engineOf(resolved, c, maxContext)
+        const model = await GpuModel.load(gpu, source, { maxContext, ...engine })
+        const description: ModelDescription = {
+          name: c.name,
+          context_length: model.maxContext,
+          vocab_size: c.vocabSize,
+          layers: c.numLayers,
+          hidden_size: c.hiddenSize,
+          heads: c.numHeads,
+          kv_heads: c.numKvHeads,
+          eos_ids: [...c.eosTokenIds],
+          device: gpu.adapterName,
+        }
+        return {
+          gpu,
+          model,
+          description,
+          cancelled: new Set(),
+          current: undefined,
+          runs: 0,
+          tokens: 0,
+          policy: { version, resolved, engine },
+          pending: undefined,
+          totals: emptyTotals(),
+        }
+      } finally {
+        source.close()
+      }
+    },
+    stop: async (s) => s.model.destroy(),
+    stats: (s) => ({
+      runs: s.runs,
+      tokens: s.tokens,
+      current_run: s.current ?? null,
+      context_length: s.model.maxContext,
+      kv_policy: s.policy.resolved.name,
+      policy_version: s.policy.version,
+      ...(s.model.tiered ? { kv_totals: s.totals.kv } : {}),
+    }),
+    handlers: [
+      [
+        internalSubjects.executorRun,
+        async (s, body): Promise<RunResult> => {
+          const req = decodeAs(RunRequest, body)
+          if (req.ids.length + 1 > s.model.maxContext) {
+            throw leoamError("context_overflow", `the prompt has ${req.ids.length} tokens; the context holds ${s.model.maxContext}`)
+          }
+          if (req.ids.some((id) => id >= s.description.vocab_size)) throw leoamError("invalid_ids", `a token id is outside the vocabulary (0..${s.description.vocab_size - 1})`)
+          await applyAtRequest(s)
+          s.current = req.run_id
+          s.runs++
+          const model = s.model
+          // The tiered cache's phase times at the end of prefill: the decode steps' share is what comes after.
+          let atDecode: KvStats["time_ms"] | undefined
+          try {
+            const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
+            const r = await generate(model, req.ids, {
+              maxTokens,
+              temperature: req.temperature,
+              topP: req.top_p,
+              topK: req.top_k,
+              seed: req.seed,
+              stopIds: req.stop_ids,
+              // A live policy change (selection, eviction) takes effect between decode steps.
+              beforeStep: () => {
+                if (atDecode === undefined && model.tiered) atDecode = model.tierStats()?.time_ms
+                if (s.pending) applyAtStep(s)
+              },
+              onToken: (id, index) => {
+                nc.publish(req.tokens, encodeToken(index, id))
+                s.tokens++
+                return s.cancelled.has(req.run_id)
+              },
+            })
+            const cancelled = s.cancelled.has(req.run_id)
+            const stats = model.tierStats()
+            const t = s.totals
+            const steps = Math.max(0, r.ids.length - 1)
+            t.decodeSteps += steps
+            t.decodeMs += r.timings.decodeMsPerToken * steps
+            t.prefillTokens += req.ids.length
+            t.prefillMs += r.timings.prefillMs
+            if (stats) addKv(t, stats, atDecode)
+            return {
+              run_id: req.run_id,
+              ids: r.ids,
+              finish_reason: cancelled ? "cancelled" : r.finishReason,
+              prefill_ms: r.timings.prefillMs,
+              decode_ms_per_token: r.timings.decodeMsPerToken,
+              total_ms: r.timings.totalMs,
+              ...(stats ? { kv: stats } : {}),
+            }
+          } finally {
+            s.cancelled.delete(req.run_id)
+            s.current = undefined
+          }
+        },
+      ],
     ],
-  ],
-  immediate: [
-    [
-      internalSubjects.executorCancel,
-      async (s, body) => {
-        const { run_id } = decodeAs(CancelRequest, body)
-        s.cancelled.add(run_id)
-        // Cancels of runs that never come would pile up: keep only recent ones.
-        if (s.cancelled.size > 1024) s.cancelled.delete(s.cancelled.values().next().value!)
-        return { ok: true }
-      },
+    immediate: [
+      [
+        internalSubjects.executorCancel,
+        async (s, body) => {
+          const { run_id } = decodeAs(CancelRequest, body)
+          s.cancelled.add(run_id)
+          // Cancels of runs that never come would pile up: keep only recent ones.
+          if (s.cancelled.size > 1024) s.cancelled.delete(s.cancelled.values().next().value!)
+          return { ok: true }
+        },
+      ],
+      [internalSubjects.executorDescribe, async (s) => s.description],
+      [
+        internalSubjects.executorPolicyCheck,
+        async (s, body) => {
+          const { policy } = decodeAs(PolicyCheck, body)
+          return { applies: check(s, policy).applies }
+        },
+      ],
+      [
+        { broadcast: internalSubjects.policyChanged },
+        async (s, body) => {
+          const { version, policy } = decodeAs(PolicyChanged, body)
+          // Versions only go up; a late or repeated broadcast changes nothing.
+          if (version <= Math.max(s.policy.version, s.pending?.version ?? 0)) return { ok: true, version: s.policy.version }
+          const { held } = check(s, policy)
+          s.pending = { version, ...held }
+          // Idle: a live swap applies now; a new KV cache waits for the next request.
+          if (s.current === undefined) applyAtStep(s)
+          return { ok: true, version }
+        },
+      ],
+      [internalSubjects.executorStats, async (s) => executorStats(s, kv?.gpuBudgetBytes)],
     ],
-    [internalSubjects.executorDescribe, async (s) => s.description],
-  ],
-})
+  }
+}

@@ -4,6 +4,10 @@
 import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
 import { HostArena } from "./host-cache/arena.ts"
+import { evictionPolicies } from "./host-cache/policies.ts"
+import { decodeAs } from "./nats.ts"
+import { PolicyChanged } from "../protocol/internal.ts"
+import { parsePolicy } from "../protocol/policy.ts"
 
 /** With `arena`, the actor serves that arena (shared in-process with the gpu-executor's tiered cache). */
 export const hostCacheActor = (options: { readonly budgetBytes: number; readonly arena?: HostArena }): ActorDefinition<HostArena> => ({
@@ -11,5 +15,16 @@ export const hostCacheActor = (options: { readonly budgetBytes: number; readonly
   mailbox: 1024,
   start: async () => options.arena ?? new HostArena({ budgetBytes: options.budgetBytes }),
   stats: (arena) => arena.stats(),
-  immediate: [[internalSubjects.hostCacheStats, async (arena) => arena.stats()]],
+  immediate: [
+    [internalSubjects.hostCacheStats, async (arena) => arena.stats()],
+    [
+      // A new policy version: its eviction ranks the arena's chunks from the next eviction on.
+      { broadcast: internalSubjects.policyChanged },
+      async (arena, body) => {
+        const { policy } = decodeAs(PolicyChanged, body)
+        arena.setPolicy(evictionPolicies[parsePolicy(policy).eviction])
+        return { ok: true }
+      },
+    ],
+  ],
 })

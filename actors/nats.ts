@@ -2,14 +2,14 @@
 // config, stopped with its owner), connections, and `endpoint`, the wrapper that makes
 // every request end in exactly one reply: a value, or an error with a stable code.
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { connect, type NatsConnection } from "@nats-io/transport-node"
+import { connect, credsAuthenticator, headers, type NatsConnection, nkeyAuthenticator } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/nats-core"
 import { Schema } from "effect"
-import { asLeoamError, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
+import { asLeoamError, type ErrorCode, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
 
 /** Largest request body a public endpoint accepts (the server's max_payload is larger). */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -32,7 +32,7 @@ export const freePort = (): Promise<number> =>
   })
 
 /** Starts nats-server on 127.0.0.1 (a free port unless given); resolves once it accepts clients. */
-export const startNatsServer = async (options: { port?: number; extraConfig?: string } = {}): Promise<EmbeddedNats> => {
+export const startNatsServer = async (options: { port?: number; extraConfig?: string; auth?: NatsAuth } = {}): Promise<EmbeddedNats> => {
   const port = options.port ?? (await freePort())
   const dir = mkdtempSync(join(tmpdir(), "leoam-nats-"))
   const conf = join(dir, "nats.conf")
@@ -53,7 +53,7 @@ export const startNatsServer = async (options: { port?: number; extraConfig?: st
     const early = await Promise.race([exited, new Promise<"wait">((r) => setTimeout(() => r("wait"), 50))])
     if (early !== "wait") throw new Error(`nats-server exited (${early}) at start: ${stderr.trim() || "is nats-server installed?"}`)
     try {
-      const nc = await connect({ servers: url, timeout: 500 })
+      const nc = await connect({ servers: url, timeout: 500, ...authOptions(options.auth) })
       await nc.close()
       break
     } catch {
@@ -77,8 +77,30 @@ export const startNatsServer = async (options: { port?: number; extraConfig?: st
   }
 }
 
-export const connectNats = (url: string, name: string, auth?: { user?: string; pass?: string }): Promise<NatsConnection> =>
-  connect({ servers: url, name, maxReconnectAttempts: -1, ...(auth ?? {}) })
+/** How a connection authenticates: user and password, a creds file (JWT + seed), or an nkey seed file. */
+export interface NatsAuth {
+  readonly user?: string
+  readonly pass?: string
+  readonly credsFile?: string
+  readonly nkeySeedFile?: string
+}
+
+const authOptions = (auth: NatsAuth | undefined) => {
+  if (!auth) return {}
+  const read = (file: string, what: string) => {
+    try {
+      return readFileSync(file)
+    } catch (e) {
+      throw leoamError("actor_unavailable", `cannot read the NATS ${what} file ${file}: ${(e as Error).message}`)
+    }
+  }
+  if (auth.credsFile) return { authenticator: credsAuthenticator(read(auth.credsFile, "creds")) }
+  if (auth.nkeySeedFile) return { authenticator: nkeyAuthenticator(new TextEncoder().encode(read(auth.nkeySeedFile, "nkey seed").toString("utf8").trim())) }
+  return { ...(auth.user !== undefined ? { user: auth.user } : {}), ...(auth.pass !== undefined ? { pass: auth.pass } : {}) }
+}
+
+export const connectNats = (url: string, name: string, auth?: NatsAuth): Promise<NatsConnection> =>
+  connect({ servers: url, name, maxReconnectAttempts: -1, ...authOptions(auth) })
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder("utf-8", { fatal: true })
@@ -120,7 +142,13 @@ export const respondError = (msg: Msg & { respondError?: (code: number, descript
   const body = encodeJson({ error: { code: error.code, message: error.message } })
   const description = `${error.code}: ${error.message}`.slice(0, 1000).replace(/[\r\n]+/g, " ")
   if (msg.respondError) msg.respondError(errorStatus[error.code], description, body)
-  else msg.respond(body)
+  else {
+    // Plain subjects (the actors' internal ones) carry the same headers as services replies.
+    const h = headers()
+    h.set("Nats-Service-Error-Code", String(errorStatus[error.code]))
+    h.set("Nats-Service-Error", description)
+    msg.respond(body, { headers: h })
+  }
 }
 
 /**
@@ -145,3 +173,32 @@ export const endpoint =
       (e) => respondError(msg, asLeoamError(e)),
     )
   }
+
+/** An error reply (services headers + JSON body) as a LeoamError; undefined for a value reply. */
+export const errorOf = (m: Msg): LeoamError | undefined => {
+  const code = m.headers?.get("Nats-Service-Error-Code")
+  if (!code) return undefined
+  let body: { error?: { code?: string; message?: string } } = {}
+  try {
+    body = m.json()
+  } catch {
+    // the header alone
+  }
+  const c = body.error?.code && body.error.code in errorStatus ? (body.error.code as ErrorCode) : "internal"
+  return leoamError(c, body.error?.message ?? m.headers?.get("Nats-Service-Error") ?? "the actor failed")
+}
+
+/** One request to another actor: its JSON value, or its error reply thrown as a LeoamError. */
+export const askActor = async <T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 10_000): Promise<T> => {
+  let reply: Msg
+  try {
+    reply = await nc.request(subject, encodeJson(body), { timeout: timeoutMs })
+  } catch (e) {
+    const message = (e as Error).message ?? String(e)
+    if (/permissions violation/i.test(message)) throw leoamError("permission_denied", `${message}: this NATS user may not use ${subject}`)
+    throw leoamError("actor_unavailable", `no answer on ${subject}: ${message}`)
+  }
+  const failure = errorOf(reply)
+  if (failure) throw failure
+  return reply.json<T>()
+}

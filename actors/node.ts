@@ -10,16 +10,18 @@ import { loadTokenizer } from "../models/tokenizer.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { releaseGpu } from "../engine/gpu.ts"
-import { isTiered } from "../engine/kv-setup.ts"
-import type { ResolvedPolicy } from "../protocol/policy.ts"
+import type { AdminStatsReply } from "../protocol/admin.ts"
+import { type KvPolicyDocument, parsePolicy, parsePolicyDocument, type ResolvedPolicy } from "../protocol/policy.ts"
 import { DiskStore } from "./disk-store/store.ts"
 import { HostArena } from "./host-cache/arena.ts"
-import { SERVICE_NAME } from "../protocol/subjects.ts"
-import { type ActorName, type RunningActor, startActor } from "./actor.ts"
+import { ADMIN_PREFIX, adminSubjects, SERVICE_NAME } from "../protocol/subjects.ts"
+import { accountsConfig, type UsersFile } from "./access.ts"
+import { type ActorName, type RunningActor, type Source, startActor } from "./actor.ts"
+import { type MetricsServer, startMetricsServer } from "./metrics.ts"
 import { diskStoreActor } from "./disk-store.ts"
 import { gpuExecutor } from "./gpu-executor.ts"
 import { hostCacheActor } from "./host-cache.ts"
-import { connectNats, type EmbeddedNats, startNatsServer } from "./nats.ts"
+import { askActor, connectNats, type EmbeddedNats, type NatsAuth, startNatsServer } from "./nats.ts"
 import { scheduler } from "./scheduler.ts"
 
 export const packageVersion = (): string =>
@@ -39,34 +41,60 @@ export interface NodeOptions {
   readonly queueCapacity?: number
   readonly kvDir: string
   readonly hostKvBudget: number
-  /** The KV policy (default full) and the GPU budget for KV. */
-  readonly kvPolicy?: ResolvedPolicy
+  /** NATS credentials for an existing server: a creds file (JWT + seed) or an nkey seed file. */
+  readonly natsCreds?: string
+  readonly natsNkey?: string
+  /** Users of the embedded server (client and admin roles); absent: no access control. */
+  readonly users?: UsersFile
+  /**
+   * The KV policy a kv-dir starts with (default full); once a policy is stored there (the
+   * first start records this one as version 1), the stored one is used. And the GPU budget for KV.
+   */
+  readonly kvPolicy?: { readonly document: KvPolicyDocument; readonly resolved: ResolvedPolicy }
   readonly gpuKvBudget?: number
   readonly drainTimeoutMs?: number
+  /** Prometheus text of the admin stats on http://127.0.0.1:PORT/metrics (with the scheduler). */
+  readonly metricsPort?: number
 }
 
 export interface LeoamNode {
   readonly url: string
   readonly nc: NatsConnection
   readonly actors: ReadonlyArray<RunningActor>
+  /** The KV policy the gpu-executor started with, and where it came from. */
+  readonly policy?: { readonly version: number; readonly name: string; readonly stored: boolean }
+  /** The metrics endpoint, when one was asked for. */
+  readonly metricsUrl?: string
   /** Drains and stops everything this node started. */
   stop(): Promise<void>
 }
 
 export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   let embedded: EmbeddedNats | undefined
-  if (!options.natsUrl) embedded = await startNatsServer({ port: options.natsPort })
+  let auth: NatsAuth = { user: options.natsUser, pass: options.natsPass, credsFile: options.natsCreds, nkeySeedFile: options.natsNkey }
+  if (!options.natsUrl) {
+    const access = options.users ? accountsConfig(options.users) : undefined
+    if (access) auth = access.node
+    embedded = await startNatsServer({ port: options.natsPort, extraConfig: access?.config, auth: access?.node })
+  }
   const url = options.natsUrl ?? embedded!.url
   const running: RunningActor[] = []
   let nc: NatsConnection | undefined
   let draining = false
   let tiers: SharedTiers | undefined
+  let metrics: MetricsServer | undefined
+  let policy: StartPolicy | undefined
   try {
     tiers = openSharedTiers(options)
-    nc = await connectNats(url, `leoam-${options.actors.join("+")}`, { user: options.natsUser, pass: options.natsPass })
+    policy = startPolicy(options, tiers)
+    nc = await connectNats(url, `leoam-${options.actors.join("+")}`, auth)
     const version = packageVersion()
     for (const name of options.actors) {
-      running.push(await startNamed(nc, name, options, version, () => draining, tiers))
+      running.push(await startNamed(nc, name, options, version, () => draining, tiers, policy))
+    }
+    if (options.metricsPort !== undefined && options.actors.includes("scheduler")) {
+      const conn = nc
+      metrics = await startMetricsServer(options.metricsPort, () => askActor<AdminStatsReply>(conn, adminSubjects.stats, {}, 10_000))
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
@@ -80,8 +108,11 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     url,
     nc: conn,
     actors: running,
+    policy: policy && { version: policy.version, name: policy.resolved.name, stored: policy.stored },
+    metricsUrl: metrics?.url,
     stop: async () => {
       draining = true
+      await metrics?.close()
       // The scheduler first (it refuses new work and finishes what it admitted), then the
       // gpu-executor (it may still write chunks), then the tiers it writes to.
       const rank = (n: string) => ["scheduler", "gpu-executor", "host-cache", "disk-store"].indexOf(n)
@@ -107,10 +138,32 @@ interface SharedTiers {
 }
 
 const openSharedTiers = (o: NodeOptions): SharedTiers => {
-  const tiered = o.kvPolicy !== undefined && isTiered(o.kvPolicy) && o.actors.includes("gpu-executor")
-  const arena = tiered || o.actors.includes("host-cache") ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
-  const store = tiered || o.actors.includes("disk-store") ? DiskStore.open({ kvDir: o.kvDir }) : undefined
+  // The gpu-executor always has both: a live policy change may move it to a tiered policy,
+  // and the stored policy lives in the kv-dir.
+  const executor = o.actors.includes("gpu-executor")
+  const arena = executor || o.actors.includes("host-cache") ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
+  const store = executor || o.actors.includes("disk-store") ? DiskStore.open({ kvDir: o.kvDir }) : undefined
   return { arena, store }
+}
+
+interface StartPolicy {
+  readonly version: number
+  readonly resolved: ResolvedPolicy
+  /** True when it was read back from the kv-dir (a change made earlier survives the restart). */
+  readonly stored: boolean
+}
+
+/**
+ * The policy the gpu-executor starts with: the latest version stored in the kv-dir, or the
+ * one given (recorded as the first version, by "startup"). Undefined without a gpu-executor.
+ */
+const startPolicy = (o: NodeOptions, tiers: SharedTiers): StartPolicy | undefined => {
+  if (!o.actors.includes("gpu-executor") || !tiers.store) return undefined
+  const given = o.kvPolicy ?? parsePolicyDocument("full")
+  const latest = tiers.store.latestPolicy()
+  if (latest) return { version: latest.version, resolved: parsePolicy(latest.policy), stored: true }
+  const record = tiers.store.appendPolicy({ policy: given.document, user: "startup", reason: "the policy the kv-dir was first served with" })
+  return { version: record.version, resolved: given.resolved, stored: false }
 }
 
 const openWeights = (spec: string) => (spec.startsWith("dummy:") ? new DummyWeightSource(resolveDummyConfig(spec.slice(6))) : openHfModel(spec))
@@ -122,10 +175,11 @@ const startNamed = async (
   version: string,
   draining: () => boolean,
   tiers: SharedTiers,
+  policy: StartPolicy | undefined,
 ): Promise<RunningActor> => {
   switch (name) {
     case "gpu-executor": {
-      const kv = o.kvPolicy ? { policy: o.kvPolicy, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store } : undefined
+      const kv = { policy: policy?.resolved ?? parsePolicy("full"), version: policy?.version ?? 0, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store }
       return startActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv }))
     }
     case "host-cache":
@@ -138,6 +192,13 @@ const startNamed = async (
       const source = (endpoint: string) => (callback: (err: Error | null, msg: Msg) => void) => {
         group.addEndpoint(endpoint, { handler: callback })
       }
+      // Admin endpoints: leoam.v1.admin.policy.get and so on (names without dots, subjects with).
+      const adminGroup = svc.addGroup(ADMIN_PREFIX.slice(0, -1))
+      const adminSource = (subject: string) => (callback: (err: Error | null, msg: Msg) => void) => {
+        const rest = subject.slice(ADMIN_PREFIX.length)
+        adminGroup.addEndpoint(`admin-${rest.replace(/\./g, "-")}`, { subject: rest, handler: callback })
+      }
+      const adminSources = Object.fromEntries(Object.entries(adminSubjects).map(([k, subject]) => [k, adminSource(subject)])) as Record<keyof typeof adminSubjects, Source>
       let self: RunningActor | undefined
       const actor = await startActor(
         nc,
@@ -151,6 +212,7 @@ const startNamed = async (
             models: source("models"),
             health: source("health"),
           },
+          adminSources,
           load: () => self?.load() ?? { queued: 0, busy: false, capacity: o.queueCapacity ?? 64 },
           draining,
         }),

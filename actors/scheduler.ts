@@ -6,13 +6,15 @@
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { nuid } from "@nats-io/nuid"
 import type { Tokenizer } from "../models/tokenizer.ts"
-import { type ErrorCode, errorStatus, leoamError } from "../protocol/errors.ts"
+import { leoamError } from "../protocol/errors.ts"
 import type { ActorStatus, ModelDescription, RunRequest, RunResult } from "../protocol/internal.ts"
 import { EmptyRequest, GenerateRequest, type GenerateReply, type StreamEvent, TokenizeRequest } from "../protocol/messages.ts"
-import { internalSubjects } from "../protocol/subjects.ts"
+import { type adminSubjects, internalSubjects } from "../protocol/subjects.ts"
+import { adminHandlers } from "./admin.ts"
 import { type ActorDefinition, type Source, pingActors } from "./actor.ts"
 import { decodeToken } from "./gpu-executor.ts"
-import { decodeAs, encodeJson } from "./nats.ts"
+import { decodeAs, encodeJson, errorOf } from "./nats.ts"
+import { STREAM_PREFIX } from "./access.ts"
 
 export interface SchedulerOptions {
   /** Absent for dummy weights: then only `ids` prompts are served and replies carry no text. */
@@ -22,6 +24,8 @@ export interface SchedulerOptions {
   readonly version: string
   /** Where the public endpoints come from (NATS services endpoints). */
   readonly sources: { generate: Source; tokenize: Source; models: Source; health: Source }
+  /** Where the admin endpoints come from (leoam.v1.admin.*); absent: no admin subjects on this node. */
+  readonly adminSources?: Record<keyof typeof adminSubjects, Source>
   /** Queue depth of the scheduler's own mailbox (set once the actor runs). */
   readonly load: () => { queued: number; busy: boolean; capacity: number }
   readonly draining: () => boolean
@@ -78,19 +82,8 @@ const pendingStop = (text: string, stops: ReadonlyArray<string>): number => {
   return best
 }
 
-/** An executor error reply (services headers + JSON body) as a LeoamError. */
-const errorOf = (m: Msg) => {
-  const code = m.headers?.get("Nats-Service-Error-Code")
-  if (!code) return undefined
-  let body: { error?: { code?: string; message?: string } } = {}
-  try {
-    body = m.json()
-  } catch {
-    // the header alone
-  }
-  const c = body.error?.code && body.error.code in errorStatus ? (body.error.code as ErrorCode) : "internal"
-  return leoamError(c, body.error?.message ?? m.headers?.get("Nats-Service-Error") ?? "the gpu-executor failed")
-}
+/** A stream subject must not reach the actors' or the admin subjects (the scheduler publishes with full rights). */
+const streamAllowed = (subject: string) => subject.startsWith(STREAM_PREFIX) || !(subject.startsWith("leoam.") || subject.startsWith("$"))
 
 export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorDefinition<SchedulerState> => {
   const generateHandler = async (s: SchedulerState, body: unknown, _msg: Msg, receivedAt: number): Promise<GenerateReply> => {
@@ -100,6 +93,9 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     if (req.model !== undefined && req.model !== s.model.name) throw leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
     if (req.prompt !== undefined && !s.tokenizer) throw leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``)
     const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
+    if (req.stream !== undefined && !streamAllowed(req.stream)) {
+      throw leoamError("invalid_request", `stream subject "${req.stream}" is reserved: use _INBOX.*, ${STREAM_PREFIX}* or a subject outside leoam.* and $*`)
+    }
     if (ids.length === 0) throw leoamError("invalid_request", "the prompt is empty")
     const bad = ids.find((id) => id >= s.model.vocab_size)
     if (bad !== undefined) throw leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
@@ -201,13 +197,22 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     }
   }
 
+  let current: SchedulerState | undefined
+  const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: current?.requests ?? 0, generated: current?.generated ?? 0 }) })
+  const adminEndpoints = options.adminSources
+    ? (Object.keys(admin) as Array<keyof typeof adminSubjects>).map(
+        (k) => [options.adminSources![k], (_s: SchedulerState, body: unknown, msg: Msg) => admin[k](body, msg)] as const,
+      )
+    : []
+
   return {
     name: "scheduler",
     mailbox: options.queueCapacity,
-    start: async () => ({ tokenizer: options.loadTokenizer?.(), model: await describeModel(nc), requests: 0, generated: 0 }),
+    start: async () => (current = { tokenizer: options.loadTokenizer?.(), model: await describeModel(nc), requests: 0, generated: 0 }),
     stats: (s) => ({ requests: s.requests, generated_tokens: s.generated, queue: options.load() }),
     handlers: [[options.sources.generate, generateHandler]],
     immediate: [
+      ...adminEndpoints,
       [
         options.sources.tokenize,
         async (s, body) => {

@@ -4,13 +4,16 @@
 import { existsSync, mkdirSync, readFileSync } from "node:fs"
 import { homedir } from "node:os"
 import { join } from "node:path"
-import { parsePolicy, PolicyError, policyNames, type ResolvedPolicy } from "../protocol/policy.ts"
+import { type KvPolicyDocument, parsePolicyDocument, PolicyError, policyNames, type ResolvedPolicy } from "../protocol/policy.ts"
 import { CliError } from "./errors.ts"
 
 /** A policy from a registered name or a JSON file. */
-export const loadPolicy = (spec: string): ResolvedPolicy => {
+export const loadPolicy = (spec: string): ResolvedPolicy => loadPolicyDocument(spec).resolved
+
+/** A policy document (a name becomes `{name}`) from a registered name or a JSON file, and its resolved parameters. */
+export const loadPolicyDocument = (spec: string): { readonly document: KvPolicyDocument; readonly resolved: ResolvedPolicy } => {
   try {
-    if ((policyNames as ReadonlyArray<string>).includes(spec)) return parsePolicy(spec)
+    if ((policyNames as ReadonlyArray<string>).includes(spec)) return parsePolicyDocument(spec)
     if (!existsSync(spec)) {
       throw new PolicyError("unknown_policy", `--kv-policy ${spec}: not a policy (${policyNames.join(", ")}) nor a file`)
     }
@@ -20,7 +23,7 @@ export const loadPolicy = (spec: string): ResolvedPolicy => {
     } catch (e) {
       throw new PolicyError("invalid_policy", `--kv-policy ${spec}: not JSON: ${(e as Error).message}`)
     }
-    return parsePolicy(doc)
+    return parsePolicyDocument(doc)
   } catch (e) {
     if (e instanceof PolicyError) throw new CliError(e.code, e.message.startsWith("--kv-policy") ? e.message : `--kv-policy ${spec}: ${e.message}`)
     throw e

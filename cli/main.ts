@@ -5,6 +5,8 @@ import { readFileSync } from "node:fs"
 import { ModelError } from "../models/errors.ts"
 import { CliError, exitCodeOf } from "./errors.ts"
 import { kvPolicyHelp } from "./kv.ts"
+import { type AdminConnection, adminPolicyGet, adminPolicyHistory, adminPolicyList, adminPolicySet, runStats } from "./admin.ts"
+import { policyNames } from "../protocol/policy.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
 import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
@@ -96,6 +98,9 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--nats-url <url>", embedded ? "use this NATS server instead of starting an embedded one" : "the NATS server the other actors use (required)")
     .option("--nats-user <user>", "NATS user name")
     .option("--nats-pass <password>", "NATS password")
+    .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed) for --nats-url")
+    .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...) for --nats-url")
+    .option("--metrics-port <port>", "serve the admin stats as Prometheus text on http://127.0.0.1:PORT/metrics (0: a free port)", integer("--metrics-port", 0, 65535))
     .option("--max-context <n>", "context window to allocate (default: the model's max_position_embeddings)", integer("--max-context", 2))
     .addOption(new Option("--device <kind>", "gpu, cpu (lavapipe) or auto").choices(["auto", "gpu", "cpu"]).default("auto"))
     .option("--queue <n>", "generate requests admitted (queued or running) before new ones get `busy`", integer("--queue", 1, 1 << 16), 64)
@@ -104,17 +109,28 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--kv-policy <name|file>", kvPolicyHelp, "full")
     .option("--gpu-kv-budget <size>", "GPU memory for KV (pools and staging): bytes or KiB/MiB/GiB (default: no limit)", size("--gpu-kv-budget"))
     .option("--drain-timeout <ms>", "on SIGTERM, how long in-flight requests may take to finish", integer("--drain-timeout", 0), 30_000)
-  if (embedded) cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
+  if (embedded) {
+    cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
+    cmd.option(
+      "--users <file>",
+      'access control for the embedded nats-server: JSON {"users": [{"user", "password", "role": "client" | "admin"} | {"nkey", "role"}]}; clients may use leoam.v1.* but not leoam.v1.admin.* nor internal subjects, admins everything (default: no access control)',
+    )
+  }
   return cmd
 }
 
-const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorName>[]) => ({
+const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorName>[], cmd: Command) => ({
   actors,
   model: o.model,
   natsUrl: o.natsUrl,
   natsPort: o.natsPort,
   natsUser: o.natsUser,
   natsPass: o.natsPass,
+  natsCreds: o.natsCreds,
+  natsNkey: o.natsNkey,
+  users: o.users,
+  metricsPort: o.metricsPort,
+  kvPolicyExplicit: cmd.getOptionValueSource("kvPolicy") === "cli",
   maxContext: o.maxContext,
   device: o.device,
   queue: o.queue,
@@ -128,7 +144,7 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
 nodeOptions(
   program.command("serve").description("Run all four actors (scheduler, gpu-executor, host-cache, disk-store) and the public NATS service leoam.v1.*; starts an embedded nats-server on 127.0.0.1 unless --nats-url is given."),
   true,
-).action(async (o) => runServe(serveArgs(o, ["gpu-executor", "disk-store", "host-cache", "scheduler"])))
+).action(async (o, cmd) => runServe(serveArgs(o, ["gpu-executor", "disk-store", "host-cache", "scheduler"], cmd)))
 
 nodeOptions(
   program
@@ -136,10 +152,56 @@ nodeOptions(
     .argument("<name>", "scheduler | gpu-executor | host-cache | disk-store")
     .description("Run one actor alone against an existing NATS server (the others run elsewhere on the same bus)."),
   false,
-).action(async (name, o) => {
+).action(async (name, o, cmd) => {
   if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
-  await runServe(serveArgs(o, [parseActorName(name)]))
+  await runServe(serveArgs(o, [parseActorName(name)], cmd))
 })
+
+/** Connection options of the admin and stats commands. */
+const adminConnection = (cmd: Command) =>
+  cmd
+    .option("--nats-url <url>", "the NATS server of the leoam node", "nats://127.0.0.1:4222")
+    .option("--nats-user <user>", "NATS user name (an admin user where access control is on)")
+    .option("--nats-pass <password>", "NATS password")
+    .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
+    .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)")
+    .option("--timeout <ms>", "how long to wait for a reply", integer("--timeout", 1), 30_000)
+    .option("--json", "print the reply as JSON")
+const connectionOf = (o: Record<string, any>): AdminConnection => ({
+  natsUrl: o.natsUrl,
+  auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey },
+  timeoutMs: o.timeout,
+})
+
+const admin = program.command("admin").description("Administer a running leoam node over leoam.v1.admin.* (an admin NATS user where access control is on).")
+const policy = admin.command("policy").description("The live KV policy: every actor switches at its next step boundary; requests in flight go on.")
+adminConnection(
+  policy
+    .command("set")
+    .argument("<policy>", `a policy name (${policyNames.join(", ")}) or a JSON policy file`)
+    .option("--reason <text>", "why, for the history")
+    .description("Validate, version, store (LMDB) and apply a KV policy; an invalid one is refused with the reason and changes nothing."),
+).action(async (spec, o) => adminPolicySet(connectionOf(o), spec, { reason: o.reason, json: !!o.json }))
+adminConnection(policy.command("get").description("The active KV policy: version, who set it and when, its parameters.")).action(async (o) =>
+  adminPolicyGet(connectionOf(o), { json: !!o.json }),
+)
+adminConnection(
+  policy
+    .command("history")
+    .option("--limit <n>", "the most recent changes only", integer("--limit", 1, 100_000))
+    .description("Every policy change: version, time, NATS user, the policy."),
+).action(async (o) => adminPolicyHistory(connectionOf(o), { limit: o.limit, json: !!o.json }))
+adminConnection(policy.command("list").description("The registered policies, their defaults and the policy document's JSON Schema (--json).")).action(async (o) =>
+  adminPolicyList(connectionOf(o), { json: !!o.json }),
+)
+
+adminConnection(
+  program
+    .command("stats")
+    .option("--watch", "redraw every --interval seconds until Ctrl-C")
+    .option("--interval <s>", "seconds between updates with --watch", real("--interval", 0.1, 3600), 1)
+    .description("Tier residency and budgets, bytes moved, hit rates, decode time by phase, queue depth and policy version (leoam.v1.admin.stats)."),
+).action(async (o) => runStats(connectionOf(o), { watch: !!o.watch, intervalMs: o.interval * 1000, json: !!o.json }))
 
 program
   .command("request")

@@ -3,7 +3,8 @@
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
 import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
-import { ensuredDefaultKvDir, loadPolicy } from "./kv.ts"
+import { ensuredDefaultKvDir, loadPolicyDocument } from "./kv.ts"
+import { loadUsers } from "../actors/access.ts"
 import { CliError } from "./errors.ts"
 
 export interface ServeArgs {
@@ -13,12 +14,19 @@ export interface ServeArgs {
   readonly natsPort?: number
   readonly natsUser?: string
   readonly natsPass?: string
+  readonly natsCreds?: string
+  readonly natsNkey?: string
+  /** A users file for the embedded server (client and admin roles). */
+  readonly users?: string
+  readonly metricsPort?: number
   readonly maxContext?: number
   readonly device: "auto" | "gpu" | "cpu"
   readonly queue: number
   readonly kvDir?: string
   readonly hostKvBudget: number
   readonly kvPolicy?: string
+  /** Whether --kv-policy was given (not its default). */
+  readonly kvPolicyExplicit?: boolean
   readonly gpuKvBudget?: number
   readonly drainTimeoutMs: number
 }
@@ -38,16 +46,25 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     natsPort: args.natsPort,
     natsUser: args.natsUser,
     natsPass: args.natsPass,
+    natsCreds: args.natsCreds,
+    natsNkey: args.natsNkey,
+    users: args.users !== undefined ? loadUsers(args.users) : undefined,
+    metricsPort: args.metricsPort,
     maxContext: args.maxContext,
     device: args.device,
     queueCapacity: args.queue,
     kvDir: args.kvDir ?? ensuredDefaultKvDir(),
     hostKvBudget: args.hostKvBudget,
-    kvPolicy: loadPolicy(args.kvPolicy ?? "full"),
+    kvPolicy: loadPolicyDocument(args.kvPolicy ?? "full"),
     gpuKvBudget: args.gpuKvBudget,
     drainTimeoutMs: args.drainTimeoutMs,
   })
-  process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})\n`)
+  const p = node.policy
+  if (p?.stored && args.kvPolicy !== undefined && args.kvPolicyExplicit && p.name !== loadPolicyDocument(args.kvPolicy).resolved.name) {
+    process.stderr.write(`leoam: the kv-dir's stored KV policy v${p.version} (${p.name}) is used, not --kv-policy ${args.kvPolicy}; change it with \`leoam admin policy set\`\n`)
+  }
+  const extras = [p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "", node.metricsUrl ? `metrics ${node.metricsUrl}` : ""].filter(Boolean)
+  process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})${extras.length ? `; ${extras.join("; ")}` : ""}\n`)
   await new Promise<void>((resolve) => {
     let stopping = false
     const stop = (signal: string) => {

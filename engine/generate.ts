@@ -13,6 +13,8 @@ export interface GenerateOptions extends Sampling {
   readonly stopIds?: ReadonlyArray<number>
   /** Called with every new token; return true to stop after it (stop strings). */
   readonly onToken?: (id: number, index: number) => boolean | void
+  /** Called before each decode step is issued (the step boundary where a live policy change applies). */
+  readonly beforeStep?: () => void
   /** Called after each prefill chunk. */
   readonly onPrefill?: (done: number, total: number) => void
 }
@@ -90,6 +92,7 @@ const decodeOnGpu = async (model: GpuModel, options: GenerateOptions): Promise<L
     while (pending.length > 0) {
       // Queue ahead: step s consumes token s-1 and produces token s.
       while (submitted < options.maxTokens && pending.length < LAG && model.length < model.maxContext) {
+        options.beforeStep?.()
         await model.decode(submitted - 1, params(submitted), reads.next(model.tokenIds, submitted))
         pending.push(reads.take())
         submitted++
@@ -117,6 +120,7 @@ const decodeOnHost = async (model: GpuModel, options: GenerateOptions): Promise<
     if (accept(id)) break
     if (model.length >= model.maxContext) break
     model.writeToken(step, id)
+    options.beforeStep?.()
     await model.decode(step)
   }
   return out

@@ -90,7 +90,7 @@ export class H2oAttention {
     private readonly kv: KvPool,
     act: { readonly q: GPUBuffer; readonly partO: GPUBuffer; readonly partML: GPUBuffer },
     attnDecodeKey: PipelineKey,
-    readonly policy: H2oPolicy,
+    public policy: H2oPolicy,
   ) {
     const c = config
     const mb = kv.maxBlocks

@@ -47,13 +47,11 @@ export const kvEngineOptions = (
     return {}
   }
   if (!tiers.arena || !tiers.store) throw new Error(`policy ${policy.name} needs the host arena and the disk store`)
-  // The policy's eviction applies to the host arena as well as to the GPU chunk cache.
-  tiers.arena.setPolicy(evictionPolicies[policy.eviction])
   // Without a budget the GPU may hold the whole context (plus staging): tiers still persist it.
   const gpuBudgetBytes = tiers.gpuBudgetBytes ?? maxContext * kvBytesPerToken(config) * 2 + 256 * 2 ** 20
   return {
     tiered: {
-      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: evictionPolicies[policy.eviction] },
+      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: evictionPolicies[policy.eviction], hostEviction: evictionPolicies[policy.eviction] },
       stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session },
     },
   }

@@ -15,7 +15,7 @@ import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, upl
 import { ATTN_TILE, KvPool } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
 import { H2oAttention, h2oPipelineKeys } from "./h2o.ts"
-import { TIER_PARTIALS, TieredKv, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
+import { KvLayoutChange, TIER_PARTIALS, TieredKv, tieredLayout, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
 import { TieredSteps } from "./tiered-steps.ts"
 
 export interface EngineOptions {
@@ -47,6 +47,37 @@ export interface CopyOut {
   readonly src: GPUBuffer
   readonly offset: number
   readonly dst: GPUBuffer
+}
+
+/** What a model is constructed from (besides weights and pipelines). */
+type BuildOptions = Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o">> & {
+  readonly gemv: GemvTunings
+  readonly sparse: SparsePolicy | undefined
+  readonly h2o: SparsePolicy | undefined
+  readonly tiered: EngineOptions["tiered"]
+}
+
+/** The KV part of the engine options: which manager, and its policy. */
+export type KvOptions = Pick<EngineOptions, "sparse" | "tiered" | "h2o">
+
+/** Pipelines a KV setup needs besides the model's own. */
+const kvPipelineKeys = (c: ModelConfig, kv: KvOptions, attnPrefill: PipelineKey): PipelineKey[] => [
+  ...(kv.sparse ? Object.values(sparsePipelineKeys(c)) : []),
+  ...(kv.h2o ? Object.values(h2oPipelineKeys(c)) : []),
+  ...(kv.tiered ? [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(attnPrefill)] : []),
+]
+
+/** withKv could not build the new KV setup; `fallback` is the model under the old one. */
+export class KvRebuildError extends Error {
+  constructor(
+    override readonly cause: Error,
+    readonly fallback: GpuModel,
+  ) {
+    super(cause.message)
+  }
+  get code(): string {
+    return (this.cause as { code?: string }).code ?? "internal"
+  }
 }
 
 export class ContextOverflow extends Error {
@@ -90,13 +121,9 @@ export class GpuModel {
     readonly weights: ModelWeights,
     readonly pipelines: Pipelines,
     config: ModelConfig,
-    options: Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o">> & {
-      gemv: GemvTunings
-      sparse: SparsePolicy | undefined
-      h2o: SparsePolicy | undefined
-      tiered: EngineOptions["tiered"]
-    },
+    private readonly built: BuildOptions,
   ) {
+    const options = built
     const device = gpu.device
     this.device = device
     this.config = config
@@ -268,12 +295,7 @@ export class GpuModel {
     if ([options.sparse, options.tiered, options.h2o].filter((x) => x !== undefined).length > 1) {
       throw new RangeError("quest (sparse), h2o and the tiered cache are exclusive")
     }
-    const compiling = pipelines.prewarm([
-      ...Object.values(keys),
-      ...(options.sparse ? Object.values(sparsePipelineKeys(c)) : []),
-      ...(options.h2o ? Object.values(h2oPipelineKeys(c)) : []),
-      ...(options.tiered ? [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(keys.attnPrefill)] : []),
-    ])
+    const compiling = pipelines.prewarm([...Object.values(keys), ...kvPipelineKeys(c, options, keys.attnPrefill)])
     const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
     const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
     const weights = uploadWeights(gpu.device, source, progress, fill)
@@ -501,8 +523,59 @@ export class GpuModel {
 
   static readonly idSlots = ID_SLOTS
 
-  destroy(): void {
-    destroyWeights(this.weights)
+  /**
+   * A live policy change that keeps the KV manager and its layout: the new selection (and,
+   * tiered, eviction) takes effect at the next decode step. Returns false when the change
+   * needs a new KV cache (another manager or chunk size: see withKv); throws KvBudgetError
+   * when the new sink and recent windows do not fit the GPU cache. `dryRun` only checks.
+   */
+  swapKvPolicy(kv: KvOptions, dryRun = false): boolean {
+    const kinds = (o: KvOptions) => (o.tiered ? "tiered" : o.sparse ? "sparse" : o.h2o ? "h2o" : "full")
+    const current = kinds(this.built)
+    if (current !== kinds(kv)) return false
+    if (kv.tiered && this.tiered) {
+      try {
+        this.tiered.checkPolicy(kv.tiered.policy)
+      } catch (e) {
+        if (e instanceof KvLayoutChange) return false
+        throw e
+      }
+      if (!dryRun) this.tiered.setPolicy(kv.tiered.policy)
+    } else if (!dryRun && kv.sparse && this.sparse) this.sparse.policy = kv.sparse
+    else if (!dryRun && kv.h2o && this.h2o) this.h2o.policy = kv.h2o
+    return true
+  }
+
+  /**
+   * When a KV setup would take effect if given now: at the next decode step (swapKvPolicy)
+   * or at the next request (withKv). Throws KvBudgetError when it does not fit the GPU budget.
+   */
+  checkKv(kv: KvOptions): "next_step" | "next_request" {
+    if (this.swapKvPolicy(kv, true)) return "next_step"
+    if (kv.tiered) tieredLayout(this.config, kv.tiered.policy, kv.tiered.stores, { blockTokens: this.built.blockTokens, maxContext: this.maxContext, prefillChunk: this.prefillChunk })
+    return "next_request"
+  }
+
+  /**
+   * The same weights under another KV setup (a policy change that needs a new KV cache;
+   * between requests only): this model's KV, activations and buffers are freed first (GPU
+   * memory for two caches at once may not exist), then a model sharing its weights and
+   * pipelines is built. If that fails, this model's own setup is rebuilt and the error thrown.
+   */
+  async withKv(kv: KvOptions): Promise<GpuModel> {
+    await this.pipelines.prewarm(kvPipelineKeys(this.config, kv, this.keys.attnPrefill))
+    this.tiered?.reset()
+    this.destroyKv()
+    const build = (k: KvOptions) => new GpuModel(this.gpu, this.weights, this.pipelines, this.config, { ...this.built, sparse: k.sparse, h2o: k.h2o, tiered: k.tiered })
+    try {
+      return build(kv)
+    } catch (e) {
+      throw new KvRebuildError(e as Error, build(this.built))
+    }
+  }
+
+  /** Frees everything but the weights. */
+  private destroyKv(): void {
     this.kv.destroy()
     this.sparse?.destroy()
     this.h2o?.destroy()
@@ -510,6 +583,11 @@ export class GpuModel {
     for (const b of Object.values(this.act)) b.destroy()
     this.sampling?.destroy()
     this.tokenIds.destroy()
+  }
+
+  destroy(): void {
+    destroyWeights(this.weights)
+    this.destroyKv()
   }
 }
 

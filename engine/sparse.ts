@@ -59,7 +59,7 @@ export class SparseAttention {
     private readonly kv: KvPool,
     act: { readonly q: GPUBuffer; readonly partO: GPUBuffer; readonly partML: GPUBuffer },
     attnDecodeKey: PipelineKey,
-    readonly policy: SparsePolicy,
+    public policy: SparsePolicy,
   ) {
     const c = config
     const half = c.headDim / 2

@@ -39,6 +39,8 @@ export interface TieredPolicy {
   readonly recentTokens: number
   /** Eviction of the GPU chunk cache. */
   readonly gpuEviction: EvictionPolicy
+  /** Eviction of the host arena (set on the arena when the cache is built and at each policy change). */
+  readonly hostEviction: EvictionPolicy
 }
 
 export interface TierStores {
@@ -258,6 +260,54 @@ class LayerCache {
   }
 }
 
+/** Cache slots that must fit at once: the sink and recent chunks plus one. */
+const minimumSlots = (p: TieredPolicy): number =>
+  p.mode === "offload-all" ? 1 : Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
+
+/**
+ * The GPU layout of a tiered cache for this model, policy and budget; throws KvBudgetError
+ * (with the least budget that would do) where the constructor would refuse it.
+ */
+export const tieredLayout = (
+  c: ModelConfig,
+  policy: TieredPolicy,
+  stores: Pick<TierStores, "gpuBudgetBytes" | "arena">,
+  options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number },
+): TierLayout => {
+  const bs = options.blockTokens
+  if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
+    throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
+  }
+  const blockBytes = c.numKvHeads * bs * c.headDim * 2
+  const slotBlocks = policy.chunkTokens / bs
+  const slotBytes = 2 * slotBlocks * blockBytes
+  if (slotBytes > stores.arena.slabBytes) {
+    throw new KvBudgetError(`a chunk of ${slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
+  }
+  const layout = tierLayout({
+    layers: c.numLayers,
+    slotBytes,
+    sealBytes: slotBytes + 2 * c.numKvHeads * (c.headDim / 2) * 4,
+    scratchBytes: slotBlocks * blockBytes,
+    minimumSlots: minimumSlots(policy),
+    wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
+    maxChunks: Math.ceil(options.maxContext / policy.chunkTokens),
+    budgetBytes: stores.gpuBudgetBytes,
+  })
+  if (typeof layout === "number") {
+    throw new KvBudgetError(
+      `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
+        `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
+    )
+  }
+  return layout
+}
+
+/** A policy change that needs a new KV cache (another manager or chunk size): it applies at the next request. */
+export class KvLayoutChange extends Error {
+  readonly code = "kv_layout_change"
+}
+
 /** Ticks (layer visits) for a chunk's importance to halve; the `importance` policy's default. */
 const IMPORTANCE_HALF_LIFE = 1024
 
@@ -309,16 +359,16 @@ export class TieredKv {
     private readonly device: GPUDevice,
     pipelines: Pipelines,
     private readonly config: ModelConfig,
-    readonly policy: TieredPolicy,
+    policy: TieredPolicy,
     private readonly stores: TierStores,
     options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number; readonly q: GPUBuffer },
   ) {
     const c = config
     const bs = options.blockTokens
     this.blockTokens = bs
-    if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
-      throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
-    }
+    const layout = tieredLayout(config, policy, stores, options)
+    this.current = policy
+    stores.arena.setPolicy(policy.hostEviction)
     this.slotTokens = policy.chunkTokens
     this.slotBlocks = policy.chunkTokens / bs
     this.blockBytes = c.numKvHeads * bs * c.headDim * 2
@@ -326,28 +376,9 @@ export class TieredKv {
     this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
     this.chunks = Array.from({ length: c.numLayers }, () => ({ starts: [], sizes: [], sealed: 0 }))
     const half = c.headDim / 2
-    const layout = tierLayout({
-      layers: c.numLayers,
-      slotBytes: this.slotBytes,
-      sealBytes: this.slotBytes + 2 * c.numKvHeads * half * 4,
-      scratchBytes: this.slotBlocks * this.blockBytes,
-      minimumSlots: this.minimumSlots(),
-      wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
-      maxChunks: this.maxChunks,
-      budgetBytes: stores.gpuBudgetBytes,
-    })
-    if (typeof layout === "number") {
-      throw new KvBudgetError(
-        `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
-          `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
-      )
-    }
     const { stagingSlotBytes: slotBytes, uploadSlots, readbackSlots } = layout
     this.tailBlocks = layout.tailChunks * this.slotBlocks
     this.cacheSlots = layout.cacheSlots
-    if (this.slotBytes > stores.arena.slabBytes) {
-      throw new KvBudgetError(`a chunk of ${this.slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
-    }
     this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
     this.pools = Array.from({ length: c.numLayers }, (_, l) => ({
       k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
@@ -397,11 +428,36 @@ export class TieredKv {
   /** Per layer: K and V pools of `physicalBlocks` blocks (the engine's KvPool uses them). */
   readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
 
-  /** Cache slots that must fit at once: the sink and recent chunks plus one. */
+  private current: TieredPolicy
+
+  get policy(): TieredPolicy {
+    return this.current
+  }
+
+  /**
+   * Replaces the selection and eviction between steps (a live policy change). The mode and
+   * the chunk size are the cache's layout: changing them needs a new cache (KvLayoutChange);
+   * sink and recent chunks that no longer fit the GPU cache are refused (KvBudgetError).
+   */
+  setPolicy(next: TieredPolicy): void {
+    this.checkPolicy(next)
+    this.current = next
+    this.stores.arena.setPolicy(next.hostEviction)
+  }
+
+  /** Throws what setPolicy would. */
+  checkPolicy(next: TieredPolicy): void {
+    if (next.mode !== this.current.mode || next.chunkTokens !== this.current.chunkTokens) {
+      throw new KvLayoutChange(`${this.current.mode} with ${this.current.chunkTokens}-token chunks -> ${next.mode} with ${next.chunkTokens}-token chunks`)
+    }
+    const need = minimumSlots(next)
+    if (need > this.cacheSlots) {
+      throw new KvBudgetError(`sink_tokens ${next.sinkTokens} and recent_tokens ${next.recentTokens} need ${need} chunk slots per layer; the GPU budget gives ${this.cacheSlots}`)
+    }
+  }
+
   private minimumSlots(): number {
-    const p = this.policy
-    if (p.mode === "offload-all") return 1
-    return Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
+    return minimumSlots(this.current)
   }
 
   get length(): number {

@@ -9,6 +9,7 @@ export const errorStatus = {
   invalid_request: 400,
   invalid_ids: 400,
   unknown_model: 404,
+  permission_denied: 403,
   context_overflow: 413,
   payload_too_large: 413,
   busy: 429,

@@ -49,3 +49,19 @@ export const ModelDescription = Schema.Struct({
   device: Schema.String,
 })
 export type ModelDescription = typeof ModelDescription.Type
+
+/** -> gpu-executor: would this policy document fit (and apply at the next step or request)? */
+export const PolicyCheck = Schema.Struct({ policy: Schema.Unknown })
+
+/** Broadcast to every actor: a new accepted policy version. */
+export const PolicyChanged = Schema.Struct({ version: Schema.Int.pipe(Schema.positive()), policy: Schema.Unknown })
+export type PolicyChanged = typeof PolicyChanged.Type
+
+/** -> disk-store: store an accepted policy as the next version. */
+export const PolicyPut = Schema.Struct({
+  policy: Schema.Unknown,
+  user: Schema.String,
+  account: Schema.optional(Schema.String),
+  applies: Schema.optional(Schema.Literal("next_step", "next_request")),
+  reason: Schema.optional(Schema.String),
+})

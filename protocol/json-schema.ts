@@ -12,6 +12,8 @@ import {
   TokenizeReply,
   TokenizeRequest,
 } from "./messages.ts"
+import { AdminStatsReply, PolicyGetReply, PolicyHistoryReply, PolicyHistoryRequest, PolicyListReply, PolicySetReply, PolicySetRequest } from "./admin.ts"
+import { KvPolicyDocument } from "./policy.ts"
 
 export const publicSchemas = {
   GenerateRequest,
@@ -22,6 +24,14 @@ export const publicSchemas = {
   ModelsReply,
   HealthReply,
   ErrorReply,
+  KvPolicyDocument,
+  PolicySetRequest,
+  PolicySetReply,
+  PolicyGetReply,
+  PolicyHistoryRequest,
+  PolicyHistoryReply,
+  PolicyListReply,
+  AdminStatsReply,
 } as const
 
 /** File name -> JSON text (2-space indent, trailing newline). */

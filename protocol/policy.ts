@@ -87,12 +87,16 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
 
 /** A policy from a name or a parsed JSON document; errors say what is wrong. */
-export const parsePolicy = (input: unknown): ResolvedPolicy => {
+export const parsePolicy = (input: unknown): ResolvedPolicy => parsePolicyDocument(input).resolved
+
+/** The validated document (a bare name becomes `{name}`) and its resolved parameters. */
+export const parsePolicyDocument = (input: unknown): { readonly document: KvPolicyDocument; readonly resolved: ResolvedPolicy } => {
   if (typeof input === "string") {
     if (!(policyNames as ReadonlyArray<string>).includes(input)) {
       throw new PolicyError("unknown_policy", `unknown KV policy "${input}": expected one of ${policyNames.join(", ")} or a JSON policy file`)
     }
-    return resolvePolicy({ name: input as PolicyName })
+    const document: KvPolicyDocument = { name: input as PolicyName }
+    return { document, resolved: resolvePolicy(document) }
   }
   const result = decodeDocument(input)
   if (result._tag === "Left") {
@@ -102,5 +106,27 @@ export const parsePolicy = (input: unknown): ResolvedPolicy => {
     }
     throw new PolicyError("invalid_policy", `invalid KV policy: ${result.left.message}`)
   }
-  return resolvePolicy(result.right)
+  return { document: result.right, resolved: resolvePolicy(result.right) }
 }
+
+/** A resolved policy in the wire's snake_case. */
+export const policyView = (p: ResolvedPolicy) => ({
+  name: p.name,
+  chunk_tokens: p.chunkTokens,
+  budget_tokens: p.budgetTokens ?? null,
+  budget_fraction: p.budgetFraction ?? null,
+  sink_tokens: p.sinkTokens,
+  recent_tokens: p.recentTokens,
+  eviction: p.eviction,
+})
+
+const descriptions: Record<PolicyName, string> = {
+  full: "all KV on the GPU, exact attention (the quality reference)",
+  "offload-all": "KV on host and disk; every step fetches all of it to the GPU (FlexGen-style, exact)",
+  h2o: "all KV on the GPU; attention over recent and heavy-hitter blocks by accumulated attention, the rest evicted",
+  quest: "all KV on the GPU; per KV head, the top-k 16-token pages by min/max abstracts",
+  leoam: "chunks with min/max abstracts in LMDB; the top chunks per layer under a budget moved from host or disk to a GPU chunk cache",
+}
+
+/** Every registered policy with its description and defaults (admin.policy.list). */
+export const policyCatalog = () => policyNames.map((name) => ({ name, description: descriptions[name], defaults: policyView(resolvePolicy({ name })) }))

@@ -10,6 +10,17 @@ export const publicSubjects = {
   health: "leoam.v1.health",
 } as const
 
+/** Admin subjects: only NATS users with admin permissions reach them (README, "Access control"). */
+export const adminSubjects = {
+  policyGet: "leoam.v1.admin.policy.get",
+  policySet: "leoam.v1.admin.policy.set",
+  policyList: "leoam.v1.admin.policy.list",
+  policyHistory: "leoam.v1.admin.policy.history",
+  stats: "leoam.v1.admin.stats",
+} as const
+
+export const ADMIN_PREFIX = "leoam.v1.admin."
+
 /** Internal control plane between the actors (never KV bytes). */
 export const internalSubjects = {
   /** scheduler -> gpu-executor: prefill a prompt and decode up to n tokens (one message per run). */
@@ -24,6 +35,17 @@ export const internalSubjects = {
   diskStats: "leoam.int.v1.disk-store.stats",
   diskPutSession: "leoam.int.v1.disk-store.session.put",
   diskGetSession: "leoam.int.v1.disk-store.session.get",
+  /** -> gpu-executor: would this policy fit, and would it apply at the next step or request? */
+  executorPolicyCheck: "leoam.int.v1.gpu-executor.policy.check",
+  /** -> gpu-executor: its totals and the policy version it runs (admin stats). */
+  executorStats: "leoam.int.v1.gpu-executor.stats",
+  /** -> disk-store: store an accepted policy as the next version (LMDB). */
+  diskPolicyPut: "leoam.int.v1.disk-store.policy.put",
+  /** -> disk-store: the latest stored policy version. */
+  diskPolicyGet: "leoam.int.v1.disk-store.policy.get",
+  diskPolicyHistory: "leoam.int.v1.disk-store.policy.history",
+  /** Broadcast (no queue group): a new policy version; every actor switches at its next step boundary. */
+  policyChanged: "leoam.int.v1.policy.changed",
   /** Every actor answers here with its name and generation (restart count). */
   ping: "leoam.int.v1.ping",
 } as const

@@ -85,7 +85,17 @@ describe("tokenize, models, health and discovery", () => {
     expect(ping.json.version).toMatch(/^\d+\.\d+\.\d+/)
     const info = await ask(cluster.client, "$SRV.INFO.leoam", "")
     expect(info.json.endpoints.map((e: { subject: string }) => e.subject).sort()).toEqual(
-      ["leoam.v1.generate", "leoam.v1.health", "leoam.v1.models", "leoam.v1.tokenize"],
+      [
+        "leoam.v1.admin.policy.get",
+        "leoam.v1.admin.policy.history",
+        "leoam.v1.admin.policy.list",
+        "leoam.v1.admin.policy.set",
+        "leoam.v1.admin.stats",
+        "leoam.v1.generate",
+        "leoam.v1.health",
+        "leoam.v1.models",
+        "leoam.v1.tokenize",
+      ],
     )
     await ask(cluster.client, gen, { ids: [1, 2], max_tokens: 1 })
     const stats = await ask(cluster.client, "$SRV.STATS.leoam", "")

@@ -50,7 +50,12 @@ export interface PolicyRecord {
   readonly policy: unknown
   /** Who made the change (the NATS user of the admin request). */
   readonly user: string
+  /** The user's NATS account, where the server shares it. */
+  readonly account?: string
   readonly at: string
+  /** When it took effect: the next decode step or the next request. */
+  readonly applies?: "next_step" | "next_request"
+  readonly reason?: string
 }
 
 const isIndex = (n: number) => Number.isSafeInteger(n) && n >= 0

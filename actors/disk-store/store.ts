@@ -293,11 +293,12 @@ export class DiskStore {
   // --- policy history -----------------------------------------------------------
 
   /** Appends a policy change as the next version. */
-  appendPolicy(change: { readonly policy: unknown; readonly user: string; readonly at?: string }): PolicyRecord {
+  appendPolicy(change: Omit<PolicyRecord, "version" | "at"> & { readonly at?: string }): PolicyRecord {
     this.checkOpen()
     return this.commit(() => {
       const version = (this.latestPolicy()?.version ?? 0) + 1
-      const record: PolicyRecord = { version, policy: change.policy, user: change.user, at: change.at ?? this.now().toISOString() }
+      const given = Object.fromEntries(Object.entries(change).filter(([, v]) => v !== undefined)) as typeof change
+      const record: PolicyRecord = { ...given, version, at: change.at ?? this.now().toISOString() }
       this.policies.putSync(k([version]), record)
       return record
     })

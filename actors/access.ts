@@ -1,0 +1,118 @@
+// Access control of the embedded NATS server. The users file (`leoam serve --users FILE`)
+// names client and admin users (password, bcrypt hash or nkey). The generated server
+// config has two accounts:
+//   LEOAM: the node's own connection (all subjects) and the client users, who may request
+//          leoam.v1.* (and discover with $SRV.*) but not leoam.v1.admin.* nor leoam.int.*;
+//          they receive replies on _INBOX.* and token streams on leoam.v1.stream.*.
+//   ADMIN: the admin users, who import every leoam.v1.* and leoam.int.v1.* service (admin
+//          subjects included) with `share: true`, so each request carries the server-set
+//          Nats-Request-Info header naming the user: that name goes into the policy history.
+// Client users get "Permissions Violation" from the server on denied subjects.
+import { randomBytes } from "node:crypto"
+import { readFileSync } from "node:fs"
+import { Schema } from "effect"
+import { ADMIN_PREFIX, INTERNAL_PREFIX, PUBLIC_PREFIX } from "../protocol/subjects.ts"
+
+const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.@-]{1,128}$/))
+
+export const UserEntry = Schema.Struct({
+  /** User name and password (plain, or a bcrypt hash "$2a$..." as nats-server accepts). */
+  user: Schema.optional(Name),
+  password: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(1024))),
+  /** Or a public user nkey ("U..."); the client signs with its seed. */
+  nkey: Schema.optional(Schema.String.pipe(Schema.pattern(/^U[A-Z2-7]{55}$/))),
+  role: Schema.Literal("client", "admin"),
+}).annotations({ parseOptions: { onExcessProperty: "error" } })
+export type UserEntry = typeof UserEntry.Type
+
+export const UsersFile = Schema.Struct({ users: Schema.Array(UserEntry).pipe(Schema.minItems(1)) }).annotations({
+  identifier: "UsersFile",
+  parseOptions: { onExcessProperty: "error" },
+})
+export type UsersFile = typeof UsersFile.Type
+
+export class UsersFileError extends Error {
+  readonly code = "invalid_argument"
+}
+
+/** The node's own user in the LEOAM account (a fresh password each start). */
+export const NODE_USER = "leoam-node"
+
+/** Reads and checks a users file: every entry has user + password or an nkey, names unique. */
+export const loadUsers = (file: string): UsersFile => {
+  let json: unknown
+  try {
+    json = JSON.parse(readFileSync(file, "utf8"))
+  } catch (e) {
+    throw new UsersFileError(`--users ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : `not JSON: ${(e as Error).message}`}`)
+  }
+  const result = Schema.decodeUnknownEither(UsersFile, { errors: "first", onExcessProperty: "error" })(json)
+  if (result._tag === "Left") throw new UsersFileError(`--users ${file}: ${result.left.message.split("\n").slice(0, 4).join(" ")}`)
+  const seen = new Set<string>()
+  result.right.users.forEach((u, i) => {
+    const byName = u.user !== undefined && u.password !== undefined
+    if (byName === (u.nkey !== undefined) || (u.user === undefined) !== (u.password === undefined)) {
+      throw new UsersFileError(`--users ${file}: users[${i}] needs either "user" and "password" or "nkey"`)
+    }
+    const id = u.user ?? u.nkey!
+    if (id === NODE_USER) throw new UsersFileError(`--users ${file}: users[${i}]: "${NODE_USER}" is reserved for the node itself`)
+    if (seen.has(id)) throw new UsersFileError(`--users ${file}: users[${i}]: "${id}" appears twice`)
+    seen.add(id)
+  })
+  return result.right
+}
+
+/** Token streams a client may subscribe to (besides its _INBOX). */
+export const STREAM_PREFIX = `${PUBLIC_PREFIX}stream.`
+
+const q = (s: string) => JSON.stringify(s)
+
+const clientPermissions = `{ publish: { allow: [${q(`${PUBLIC_PREFIX}>`)}, "$SRV.>"], deny: [${q(`${ADMIN_PREFIX}>`)}, ${q(`${INTERNAL_PREFIX}>`)}] }, subscribe: { allow: ["_INBOX.>", ${q(`${STREAM_PREFIX}>`)}] } }`
+
+const userLine = (u: UserEntry, permissions?: string) => {
+  const who = u.nkey !== undefined ? `nkey: ${q(u.nkey)}` : `user: ${q(u.user!)}, password: ${q(u.password!)}`
+  return `      { ${who}${permissions ? `, permissions: ${permissions}` : ""} }`
+}
+
+/** The accounts block of the embedded server's config, and the node's own credentials. */
+export const accountsConfig = (users: UsersFile): { readonly config: string; readonly node: { readonly user: string; readonly pass: string } } => {
+  const node = { user: NODE_USER, pass: randomBytes(24).toString("base64url") }
+  const clients = users.users.filter((u) => u.role === "client")
+  const admins = users.users.filter((u) => u.role === "admin")
+  const config = `accounts {
+  LEOAM: {
+    users: [
+      { user: ${q(node.user)}, password: ${q(node.pass)} }
+${clients.map((u) => userLine(u, clientPermissions)).join("\n")}
+    ]
+    exports: [ { service: ${q(`${PUBLIC_PREFIX}>`)} }, { service: ${q(`${INTERNAL_PREFIX}>`)} }, { stream: ${q(`${STREAM_PREFIX}>`)} } ]
+  }
+  ADMIN: {
+    users: [
+${admins.map((u) => userLine(u)).join("\n")}
+    ]
+    imports: [
+      { service: { account: LEOAM, subject: ${q(`${PUBLIC_PREFIX}>`)} }, share: true }
+      { service: { account: LEOAM, subject: ${q(`${INTERNAL_PREFIX}>`)} }, share: true }
+      { stream: { account: LEOAM, subject: ${q(`${STREAM_PREFIX}>`)} } }
+    ]
+  }
+}
+`
+  return { config, node }
+}
+
+/**
+ * Who sent a request: the user the server names in Nats-Request-Info (requests that crossed
+ * from the ADMIN account), else "anonymous" (no access control, or the node's own account).
+ */
+export const requesterOf = (headers: { get(k: string): string } | undefined): { readonly user: string; readonly account?: string } => {
+  const info = headers?.get("Nats-Request-Info")
+  if (!info) return { user: "anonymous" }
+  try {
+    const parsed = JSON.parse(info) as { user?: unknown; acc?: unknown }
+    return { user: typeof parsed.user === "string" && parsed.user ? parsed.user : "anonymous", ...(typeof parsed.acc === "string" ? { account: parsed.acc } : {}) }
+  } catch {
+    return { user: "anonymous" }
+  }
+}

@@ -1,0 +1,101 @@
+// The admin stats as Prometheus text (prom-client), on an optional loopback HTTP port:
+// `leoam serve --metrics-port N` serves http://127.0.0.1:N/metrics. Each scrape asks the
+// node for leoam.v1.admin.stats once and renders every number of it.
+import { createServer, type Server } from "node:http"
+import { Counter, Gauge, Registry } from "prom-client"
+import type { AdminStatsReply } from "../protocol/admin.ts"
+
+export interface MetricsServer {
+  readonly url: string
+  close(): Promise<void>
+}
+
+/** A registry whose metrics are set from one AdminStatsReply. */
+export const statsRegistry = () => {
+  const registry = new Registry()
+  const gauge = (name: string, help: string, labelNames: string[] = []) => new Gauge({ name, help, labelNames, registers: [registry] })
+  const counter = (name: string, help: string, labelNames: string[] = []) => new Counter({ name, help, labelNames, registers: [registry] })
+  const m = {
+    policyVersion: gauge("leoam_policy_version", "KV policy version the gpu-executor runs", ["policy"]),
+    policyPending: gauge("leoam_policy_pending_version", "KV policy version accepted but not yet applied (0: none)"),
+    queueDepth: gauge("leoam_queue_depth", "generate requests waiting in the scheduler"),
+    queueCapacity: gauge("leoam_queue_capacity", "generate requests admitted before `busy`"),
+    inFlight: gauge("leoam_in_flight", "generate requests being served"),
+    requests: counter("leoam_requests_total", "generate requests admitted"),
+    generated: counter("leoam_generated_tokens_total", "tokens generated"),
+    budget: gauge("leoam_tier_budget_bytes", "KV budget of a tier (absent: no limit)", ["tier"]),
+    resident: gauge("leoam_tier_resident_bytes", "KV bytes resident in a tier", ["tier"]),
+    hits: counter("leoam_tier_hits_total", "KV chunk hits per tier", ["tier"]),
+    misses: counter("leoam_tier_misses_total", "KV chunk misses per tier", ["tier"]),
+    hitRate: gauge("leoam_tier_hit_ratio", "hits / (hits + misses) per tier", ["tier"]),
+    read: counter("leoam_tier_read_bytes_total", "KV bytes read from a tier", ["tier"]),
+    written: counter("leoam_tier_written_bytes_total", "KV bytes written to a tier", ["tier"]),
+    steps: counter("leoam_decode_steps_total", "decode steps"),
+    stepSeconds: counter("leoam_decode_seconds_total", "decode time by phase (total: wall time of all steps)", ["phase"]),
+    prefillTokens: counter("leoam_prefill_tokens_total", "prompt tokens prefilled"),
+    prefillSeconds: counter("leoam_prefill_seconds_total", "prefill wall time"),
+  }
+  // Counters hold totals the node keeps: each scrape sets them to those totals.
+  const setCounter = (c: Counter, value: number, labels?: Record<string, string>) => {
+    if (labels) {
+      c.remove(labels)
+      c.inc(labels, Math.max(0, value))
+    } else {
+      c.reset()
+      c.inc(Math.max(0, value))
+    }
+  }
+  const set = (s: AdminStatsReply) => {
+    m.policyVersion.reset()
+    m.policyVersion.set({ policy: s.policy.name }, s.policy.active_version)
+    m.policyPending.set(s.policy.pending_version ?? 0)
+    m.queueDepth.set(s.queue.depth)
+    m.queueCapacity.set(s.queue.capacity)
+    m.inFlight.set(s.queue.in_flight)
+    setCounter(m.requests, s.requests.completed)
+    setCounter(m.generated, s.requests.generated_tokens)
+    for (const tier of ["gpu", "host", "disk"] as const) {
+      const t = s.tiers[tier] as AdminStatsReply["tiers"]["host"] & AdminStatsReply["tiers"]["disk"]
+      const label = { tier }
+      if (t.budget_bytes !== undefined && t.budget_bytes !== null) m.budget.set(label, t.budget_bytes)
+      else m.budget.remove(label)
+      m.resident.set(label, t.resident_bytes)
+      setCounter(m.hits, t.hits, label)
+      setCounter(m.read, t.bytes_read, label)
+      if (t.misses !== undefined) setCounter(m.misses, t.misses, label)
+      if (t.hit_rate !== undefined && t.hit_rate !== null) m.hitRate.set(label, t.hit_rate)
+      if (t.bytes_written !== undefined) setCounter(m.written, t.bytes_written, label)
+    }
+    setCounter(m.steps, s.steps.count)
+    for (const [phase, ms] of Object.entries(s.steps.ms)) setCounter(m.stepSeconds, ms / 1000, { phase })
+    setCounter(m.prefillTokens, s.prefill.tokens)
+    setCounter(m.prefillSeconds, s.prefill.ms / 1000)
+  }
+  return { registry, set }
+}
+
+/** Serves GET /metrics on 127.0.0.1:port (0: a free port). */
+export const startMetricsServer = async (port: number, stats: () => Promise<AdminStatsReply>): Promise<MetricsServer> => {
+  const { registry, set } = statsRegistry()
+  const server: Server = createServer((req, res) => {
+    if (req.method !== "GET" || (req.url ?? "/").split("?")[0] !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("only GET /metrics\n")
+      return
+    }
+    stats()
+      .then(async (s) => {
+        set(s)
+        res.writeHead(200, { "content-type": registry.contentType }).end(await registry.metrics())
+      })
+      .catch((e) => res.writeHead(503, { "content-type": "text/plain" }).end(`leoam stats unavailable: ${(e as Error).message}\n`))
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (e) => reject(Object.assign(new Error(`--metrics-port ${port}: ${(e as Error).message}`), { code: "invalid_argument" })))
+    server.listen(port, "127.0.0.1", () => resolve())
+  })
+  const bound = (server.address() as { port: number }).port
+  return {
+    url: `http://127.0.0.1:${bound}/metrics`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  }
+}

@@ -1,0 +1,135 @@
+// `leoam admin policy set|get|history|list` and `leoam stats [--watch]`: the admin subjects
+// from the command line. Each prints a short human summary, or with --json the reply as is.
+// Error replies become `leoam: error [code]: message` (exit 2 for bad input, 1 otherwise).
+import { readFileSync } from "node:fs"
+import type { NatsConnection } from "@nats-io/nats-core"
+import type { PolicyRecord } from "../actors/disk-store/records.ts"
+import { askActor, connectNats, type NatsAuth } from "../actors/nats.ts"
+import type { AdminStatsReply } from "../protocol/admin.ts"
+import { policyNames } from "../protocol/policy.ts"
+import { adminSubjects } from "../protocol/subjects.ts"
+import { CliError } from "./errors.ts"
+
+export interface AdminConnection {
+  readonly natsUrl: string
+  readonly auth: NatsAuth
+  readonly timeoutMs: number
+}
+
+type View = { name: string; chunk_tokens: number; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string }
+
+const withNats = async <T>(c: AdminConnection, f: (nc: NatsConnection) => Promise<T>): Promise<T> => {
+  const nc = await connectNats(c.natsUrl, "leoam-admin", c.auth).catch((e) => {
+    throw new CliError("actor_unavailable", `cannot connect to ${c.natsUrl}: ${(e as Error).message}`)
+  })
+  try {
+    return await f(nc)
+  } finally {
+    await nc.close().catch(() => undefined)
+  }
+}
+
+const ask = <T>(c: AdminConnection, subject: string, body: unknown) => withNats(c, (nc) => askActor<T>(nc, subject, body, c.timeoutMs))
+
+const print = (json: boolean, value: unknown, human: () => string) => process.stdout.write((json ? JSON.stringify(value, null, 2) : human()) + "\n")
+
+const describe = (v: View) => {
+  const budget = v.budget_tokens !== null ? `${v.budget_tokens} tokens` : v.budget_fraction !== null ? `${+(v.budget_fraction * 100).toFixed(2)}% of the context` : "all tokens"
+  return `${v.name}: ${v.chunk_tokens}-token chunks, attends ${budget} (sink ${v.sink_tokens}, recent ${v.recent_tokens}), eviction ${v.eviction}`
+}
+
+/** A policy argument: a registered name, or a JSON file. */
+const policyArgument = (spec: string): unknown => {
+  if ((policyNames as ReadonlyArray<string>).includes(spec)) return spec
+  let text: string
+  try {
+    text = readFileSync(spec, "utf8")
+  } catch {
+    throw new CliError("unknown_policy", `${spec}: not a policy (${policyNames.join(", ")}) nor a readable file`)
+  }
+  try {
+    return JSON.parse(text)
+  } catch (e) {
+    throw new CliError("invalid_policy", `${spec}: not JSON: ${(e as Error).message}`)
+  }
+}
+
+export const adminPolicySet = async (c: AdminConnection, spec: string, o: { reason?: string; json: boolean }) => {
+  const r = await ask<PolicyRecord & { resolved: View; applies: string }>(c, adminSubjects.policySet, { policy: policyArgument(spec), ...(o.reason ? { reason: o.reason } : {}) })
+  print(o.json, r, () => `policy v${r.version} set by ${r.user}: ${describe(r.resolved)}; applies at the ${r.applies === "next_step" ? "next decode step" : "next request (a new KV cache)"}`)
+}
+
+export const adminPolicyGet = async (c: AdminConnection, o: { json: boolean }) => {
+  const r = await ask<PolicyRecord & { resolved: View; executor: { active_version: number; pending_version: number | null } }>(c, adminSubjects.policyGet, {})
+  print(o.json, r, () => {
+    const runs = r.executor.pending_version !== null ? `; the gpu-executor runs v${r.executor.active_version}, v${r.executor.pending_version} pending` : ""
+    return `policy v${r.version}, set ${r.at} by ${r.user}${runs}\n  ${describe(r.resolved)}`
+  })
+}
+
+export const adminPolicyHistory = async (c: AdminConnection, o: { limit?: number; json: boolean }) => {
+  const r = await ask<{ history: PolicyRecord[] }>(c, adminSubjects.policyHistory, o.limit !== undefined ? { limit: o.limit } : {})
+  print(o.json, r, () =>
+    r.history
+      .map((h) => `v${h.version}  ${h.at}  ${h.user}${h.account ? `@${h.account}` : ""}  ${JSON.stringify(h.policy)}${h.applies ? `  (${h.applies.replace("_", " ")})` : ""}${h.reason ? `  "${h.reason}"` : ""}`)
+      .join("\n"),
+  )
+}
+
+export const adminPolicyList = async (c: AdminConnection, o: { json: boolean }) => {
+  const r = await ask<{ policies: Array<{ name: string; description: string; defaults: View }>; eviction: string[] }>(c, adminSubjects.policyList, {})
+  print(o.json, r, () => [...r.policies.map((p) => `${p.name}: ${p.description}\n  defaults: ${describe(p.defaults)}`), `eviction: ${r.eviction.join(", ")}`].join("\n"))
+}
+
+const bytes = (n: number | null | undefined) => {
+  if (n === null || n === undefined) return "-"
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"]
+  let v = n
+  let u = 0
+  while (v >= 1024 && u < units.length - 1) (v /= 1024), u++
+  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`
+}
+const pct = (x: number | null) => (x === null ? "-" : `${(x * 100).toFixed(1)}%`)
+
+/** The compact view of `leoam stats`. */
+export const formatStats = (s: AdminStatsReply): string => {
+  const t = s.tiers
+  const perStep = (ms: number) => (s.steps.count > 0 ? (ms / s.steps.count).toFixed(2) : "-")
+  const m = s.steps.ms
+  return [
+    `leoam ${s.at}  policy ${s.policy.name} v${s.policy.active_version}${s.policy.pending_version !== null ? ` (v${s.policy.pending_version} pending)` : ""}  queue ${s.queue.depth}/${s.queue.capacity}, ${s.queue.in_flight} running  requests ${s.requests.completed}, tokens ${s.requests.generated_tokens}`,
+    `tier   budget      resident    hits      misses    hit rate  read        written`,
+    `gpu    ${bytes(t.gpu.budget_bytes).padEnd(11)} ${bytes(t.gpu.resident_bytes).padEnd(11)} ${String(t.gpu.hits).padEnd(9)} ${String(t.gpu.misses).padEnd(9)} ${pct(t.gpu.hit_rate).padEnd(9)} ${bytes(t.gpu.bytes_read).padEnd(11)} -`,
+    `host   ${bytes(t.host.budget_bytes).padEnd(11)} ${bytes(t.host.resident_bytes).padEnd(11)} ${String(t.host.hits).padEnd(9)} ${String(t.host.misses).padEnd(9)} ${pct(t.host.hit_rate).padEnd(9)} ${bytes(t.host.bytes_read).padEnd(11)} ${bytes(t.host.bytes_written)}`,
+    `disk   -           ${bytes(t.disk.resident_bytes).padEnd(11)} ${String(t.disk.hits).padEnd(9)} -         -         ${bytes(t.disk.bytes_read).padEnd(11)} ${bytes(t.disk.bytes_written)}`,
+    `decode ${s.steps.count} steps, ms/step: total ${perStep(m.total)} = scoring ${perStep(m.scoring)} + transfer ${perStep(m.transfer)} + attention ${perStep(m.attention)} + seal ${perStep(m.seal)} + rest ${perStep(m.rest)}   prefill ${s.prefill.tokens} tokens in ${(s.prefill.ms / 1000).toFixed(1)} s`,
+  ].join("\n")
+}
+
+export const runStats = async (c: AdminConnection, o: { watch: boolean; intervalMs: number; json: boolean }) => {
+  if (!o.watch) {
+    const s = await ask<AdminStatsReply>(c, adminSubjects.stats, {})
+    print(o.json, s, () => formatStats(s))
+    return
+  }
+  await withNats(c, async (nc) => {
+    const tty = process.stdout.isTTY && !o.json
+    let stop = false
+    const onSignal = () => (stop = true)
+    process.once("SIGINT", onSignal)
+    process.once("SIGTERM", onSignal)
+    try {
+      while (!stop) {
+        const s = await askActor<AdminStatsReply>(nc, adminSubjects.stats, {}, c.timeoutMs)
+        // On a terminal the view redraws in place; piped, one block (or JSON line) per interval.
+        if (tty) process.stdout.write(`\x1b[H\x1b[2J${formatStats(s)}\n(every ${o.intervalMs / 1000} s; Ctrl-C stops)\n`)
+        else process.stdout.write((o.json ? JSON.stringify(s) : formatStats(s) + "\n") + "\n")
+        const until = Date.now() + o.intervalMs
+        while (!stop && Date.now() < until) await new Promise((r) => setTimeout(r, Math.min(100, until - Date.now())))
+      }
+    } finally {
+      process.off("SIGINT", onSignal)
+      process.off("SIGTERM", onSignal)
+    }
+  })
+}

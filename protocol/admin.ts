@@ -1,0 +1,101 @@
+// The admin subjects' messages (leoam.v1.admin.*): the live KV policy (get, set, list,
+// history) and the node's statistics. Reachable only by NATS users with admin permissions
+// (README, "Access control"). A policy travels as data (KvPolicyDocument), never code.
+import { Schema } from "effect"
+import { KvPolicyDocument } from "./policy.ts"
+
+/** When a change takes effect: the next decode step (same KV manager and chunk size) or the next request (a new KV cache). */
+export const Applies = Schema.Literal("next_step", "next_request")
+export type Applies = typeof Applies.Type
+
+export const PolicySetRequest = Schema.Struct({
+  /** A policy document, or a registered policy's name (its defaults). */
+  policy: Schema.Unknown,
+  /** Why, for the history (optional). */
+  reason: Schema.optional(Schema.String.pipe(Schema.maxLength(500))),
+}).annotations({ identifier: "PolicySetRequest", parseOptions: { onExcessProperty: "error" } })
+export type PolicySetRequest = typeof PolicySetRequest.Type
+
+export const PolicyHistoryRequest = Schema.Struct({
+  /** The most recent changes only (default: all). */
+  limit: Schema.optional(Schema.Int.pipe(Schema.between(1, 100_000))),
+}).annotations({ identifier: "PolicyHistoryRequest", parseOptions: { onExcessProperty: "error" } })
+
+/** A policy with every parameter filled in (the engine's view of a document). */
+export const ResolvedPolicyView = Schema.Struct({
+  name: Schema.String,
+  chunk_tokens: Schema.Int,
+  budget_tokens: Schema.NullOr(Schema.Int),
+  budget_fraction: Schema.NullOr(Schema.Number),
+  sink_tokens: Schema.Int,
+  recent_tokens: Schema.Int,
+  eviction: Schema.String,
+})
+
+/** One accepted change, as stored in LMDB. */
+export const PolicyVersion = Schema.Struct({
+  version: Schema.Int,
+  policy: KvPolicyDocument,
+  /** The NATS user that made the change ("anonymous" without access control; "startup" for the policy a node started with). */
+  user: Schema.String,
+  /** The user's NATS account, where the server shares it. */
+  account: Schema.optional(Schema.String),
+  at: Schema.String,
+  applies: Schema.optional(Applies),
+  reason: Schema.optional(Schema.String),
+})
+export type PolicyVersion = typeof PolicyVersion.Type
+
+export const PolicyGetReply = Schema.Struct({
+  ...PolicyVersion.fields,
+  resolved: ResolvedPolicyView,
+  /** What the gpu-executor runs now; a version above it is pending (its next step or request). */
+  executor: Schema.Struct({ active_version: Schema.Int, pending_version: Schema.NullOr(Schema.Int) }),
+}).annotations({ identifier: "PolicyGetReply" })
+
+export const PolicySetReply = Schema.Struct({
+  ...PolicyVersion.fields,
+  resolved: ResolvedPolicyView,
+  applies: Applies,
+}).annotations({ identifier: "PolicySetReply" })
+
+export const PolicyListReply = Schema.Struct({
+  policies: Schema.Array(
+    Schema.Struct({
+      name: Schema.String,
+      description: Schema.String,
+      /** Every parameter's default under this name. */
+      defaults: ResolvedPolicyView,
+    }),
+  ),
+  eviction: Schema.Array(Schema.String),
+  /** JSON Schema of the policy document that set accepts. */
+  schema: Schema.Unknown,
+}).annotations({ identifier: "PolicyListReply" })
+
+export const PolicyHistoryReply = Schema.Struct({ history: Schema.Array(PolicyVersion) }).annotations({ identifier: "PolicyHistoryReply" })
+
+const Tier = {
+  budget_bytes: Schema.NullOr(Schema.Number),
+  resident_bytes: Schema.Number,
+}
+
+/** leoam.v1.admin.stats: totals since the node started. */
+export const AdminStatsReply = Schema.Struct({
+  at: Schema.String,
+  policy: Schema.Struct({ name: Schema.String, active_version: Schema.Int, pending_version: Schema.NullOr(Schema.Int) }),
+  queue: Schema.Struct({ depth: Schema.Int, capacity: Schema.Int, in_flight: Schema.Int }),
+  requests: Schema.Struct({ completed: Schema.Int, generated_tokens: Schema.Int }),
+  tiers: Schema.Struct({
+    gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number }),
+    host: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    disk: Schema.Struct({ resident_bytes: Schema.Number, hits: Schema.Int, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+  }),
+  /** Decode steps and where their time went (ms, summed over steps). */
+  steps: Schema.Struct({
+    count: Schema.Int,
+    ms: Schema.Struct({ total: Schema.Number, scoring: Schema.Number, transfer: Schema.Number, attention: Schema.Number, seal: Schema.Number, rest: Schema.Number }),
+  }),
+  prefill: Schema.Struct({ tokens: Schema.Int, ms: Schema.Number }),
+}).annotations({ identifier: "AdminStatsReply" })
+export type AdminStatsReply = typeof AdminStatsReply.Type
