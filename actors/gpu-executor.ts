@@ -259,6 +259,9 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
           const model = s.model
           // The tiered cache's phase times at the end of prefill: the decode steps' share is what comes after.
           let atDecode: KvStats["time_ms"] | undefined
+          // Decode steps issued (some may run past a stop and be dropped) and when the first began.
+          let issued = 0
+          let firstStepAt: number | undefined
           try {
             const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
             const r = await generate(model, req.ids, {
@@ -270,7 +273,10 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
               stopIds: req.stop_ids,
               // A live policy change (selection, eviction) takes effect between decode steps.
               beforeStep: () => {
-                if (atDecode === undefined && model.tiered) atDecode = model.tierStats()?.time_ms
+                if (issued++ === 0) {
+                  firstStepAt = performance.now()
+                  if (model.tiered) atDecode = model.tierStats()?.time_ms
+                }
                 if (s.pending) applyAtStep(s)
               },
               onToken: (id, index) => {
@@ -282,9 +288,8 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
             const cancelled = s.cancelled.has(req.run_id)
             const stats = model.tierStats()
             const t = s.totals
-            const steps = Math.max(0, r.ids.length - 1)
-            t.decodeSteps += steps
-            t.decodeMs += r.timings.decodeMsPerToken * steps
+            t.decodeSteps += issued
+            t.decodeMs += firstStepAt === undefined ? 0 : performance.now() - firstStepAt
             t.prefillTokens += req.ids.length
             t.prefillMs += r.timings.prefillMs
             if (stats) addKv(t, stats, atDecode)
@@ -329,7 +334,14 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
           const { version, policy } = decodeAs(PolicyChanged, body)
           // Versions only go up; a late or repeated broadcast changes nothing.
           if (version <= Math.max(s.policy.version, s.pending?.version ?? 0)) return { ok: true, version: s.policy.version }
-          const { held } = check(s, policy)
+          let held: Omit<HeldPolicy, "version">
+          try {
+            held = check(s, policy).held
+          } catch (e) {
+            // Accepted elsewhere (another node's check) but not here: this executor stays on its policy.
+            process.stderr.write(`leoam gpu-executor: policy v${version} refused here (${(e as Error).message}); staying on v${s.policy.version}\n`)
+            throw e
+          }
           s.pending = { version, ...held }
           // Idle: a live swap applies now; a new KV cache waits for the next request.
           if (s.current === undefined) applyAtStep(s)

@@ -211,8 +211,12 @@ program
   .requiredOption("--nats-url <url>", "the NATS server")
   .option("--nats-user <user>", "NATS user name")
   .option("--nats-pass <password>", "NATS password")
+  .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
+  .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)")
   .option("--timeout <ms>", "how long to wait for the reply", integer("--timeout", 1), 600_000)
-  .action(async (subject, json, o) => runRequest({ subject, body: json, natsUrl: o.natsUrl, user: o.natsUser, pass: o.natsPass, timeoutMs: o.timeout }))
+  .action(async (subject, json, o) =>
+    runRequest({ subject, body: json, natsUrl: o.natsUrl, auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey }, timeoutMs: o.timeout }),
+  )
 
 const fail = (code: string, message: string): never => {
   process.stderr.write(`leoam: error [${code}]: ${message}\n`)

@@ -1,10 +1,10 @@
 // `leoam request SUBJECT [JSON]`: one request/reply against a leoam service, for people
 // and scripts (any NATS client does the same). Error replies print the code and exit 1.
-import { connectNats } from "../actors/nats.ts"
+import { connectNats, type NatsAuth } from "../actors/nats.ts"
 import { CliError } from "./errors.ts"
 
-export const runRequest = async (o: { subject: string; body: string; natsUrl: string; user?: string; pass?: string; timeoutMs: number }) => {
-  const nc = await connectNats(o.natsUrl, "leoam-request", { user: o.user, pass: o.pass }).catch((e) => {
+export const runRequest = async (o: { subject: string; body: string; natsUrl: string; auth: NatsAuth; timeoutMs: number }) => {
+  const nc = await connectNats(o.natsUrl, "leoam-request", o.auth).catch((e) => {
     throw new CliError("actor_unavailable", `cannot connect to ${o.natsUrl}: ${(e as Error).message}`)
   })
   try {

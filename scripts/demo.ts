@@ -3,13 +3,16 @@
 // in the middle of ~3000 tokens of text — to leoam.v1.generate and prints the answer.
 // The server runs the leoam KV policy with a GPU budget of about a quarter of the request's
 // KV and a host arena of a quarter: the rest of the cache lives on disk (a temporary
-// --kv-dir), and the reply's `kv` says what each tier served.
+// --kv-dir), and the reply's `kv` says what each tier served. Then it changes the KV policy
+// live over leoam.v1.admin.policy.set and prints the node's leoam.v1.admin.stats.
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { connect } from "@nats-io/transport-node"
 import { passKey, passKeyText } from "../bench/passkey.ts"
+import { formatStats } from "../cli/admin.ts"
+import type { AdminStatsReply } from "../protocol/admin.ts"
 
 const tokens = Number(process.argv[2] ?? 3000)
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
@@ -56,6 +59,12 @@ try {
     say(`kv: GPU chunk hits ${kv.gpu.hits}, misses ${kv.gpu.misses}; host served ${kv.host.hits} (${mib(kv.host.bytes_read)}); ` +
       `disk served ${kv.disk.hits} (${mib(kv.disk.bytes_read)}), wrote ${mib(kv.disk.bytes_written)}; ${kv.tokens_selected_per_step.toFixed(0)} tokens attended per decode step`)
   }
+  // The admin side (no access control here: see README, "Live policies, stats and access control").
+  const set = (await nc.request("leoam.v1.admin.policy.set", JSON.stringify({ policy: { name: "leoam", eviction: "lfu", selection: { topk: { budget_fraction: 0.2 } } }, reason: "demo" }), { timeout: 30_000 })).json<{ version: number; applies: string; error?: { code: string; message: string } }>()
+  if (set.error) throw new Error(`admin.policy.set: ${set.error.code}: ${set.error.message}`)
+  say(`admin: leoam.v1.admin.policy.set {leoam, eviction lfu, 20 % budget} -> version ${set.version}, applies at the ${set.applies.replace("_", " ")}`)
+  const stats = (await nc.request("leoam.v1.admin.stats", "{}", { timeout: 30_000 })).json<AdminStatsReply>()
+  say(`admin: leoam.v1.admin.stats (what \`leoam stats\` shows):\n${formatStats(stats)}`)
   await nc.close()
 } catch (e) {
   failed = true

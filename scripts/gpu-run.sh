@@ -8,7 +8,9 @@
 #   tiered-128k: only the tiered-KV decode benchmark at 8B 128K (no golden check)
 #   check: the golden check, then full and leoam at 8B 64K (a short run after a change)
 #   quality: check, then the KV quality program on the bundled model (pass keys at 2K, 6K
-#            and 11K, five depths; KL over 4096 held-out positions), stopped at QUALITY_S
+#            and 11K, five depths; KL over 4096 held-out positions), stopped at QUALITY_S;
+#            extra arguments go to kv-quality (e.g. --policies quest,h2o); QUALITY_CHECK=0
+#            skips the check (then only kv-quality needs to be bundled)
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality) shift || true ;; *) suite=all ;; esac
@@ -25,6 +27,11 @@ if [ "$suite" = tiered-128k ]; then
     --out "$out/tiered-8b-128k.json" 2>&1 | tee "$out/tiered-8b-128k.txt" || echo "8B 128K: stopped (time)"
   exit 0
 fi
+if [ "$suite" = quality ] && [ "${QUALITY_CHECK:-1}" = 0 ]; then
+  timeout "${QUALITY_S:-420}" node .bench-bundle/kv-quality.mjs --kl-positions 4096 --json "$out/kv-quality.json" "$@" 2>&1 | tee "$out/kv-quality.txt" \
+    || echo "kv-quality: stopped (time); kv-quality.json has the variants that finished"
+  exit 0
+fi
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
 if [ "$suite" = check ] || [ "$suite" = quality ]; then
   mkdir -p /tmp/leoam-kv
@@ -32,7 +39,7 @@ if [ "$suite" = check ] || [ "$suite" = quality ]; then
     --out "$out/tiered-8b-64k.json" 2>&1 | tee "$out/tiered-8b-64k.txt"
   if [ "$suite" = quality ]; then
     rm -rf /tmp/leoam-kv
-    timeout "${QUALITY_S:-420}" node .bench-bundle/kv-quality.mjs --policies leoam,quest,h2o --kl-positions 4096 --json "$out/kv-quality.json" 2>&1 | tee "$out/kv-quality.txt" \
+    timeout "${QUALITY_S:-420}" node .bench-bundle/kv-quality.mjs --policies leoam,quest,h2o --kl-positions 4096 --json "$out/kv-quality.json" "$@" 2>&1 | tee "$out/kv-quality.txt" \
       || echo "kv-quality: stopped (time); kv-quality.json has the variants that finished"
   fi
   exit 0
