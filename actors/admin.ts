@@ -48,7 +48,9 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
     },
 
     policySet: async (body, msg) => {
-      const req = decodeAs(PolicySetRequest, body)
+      // `{"policy": ..., "reason"?}`, or a policy document alone (it has `name`, never `policy`).
+      const bare = typeof body === "object" && body !== null && !Array.isArray(body) && !("policy" in body) && "name" in body
+      const req = decodeAs(PolicySetRequest, bare ? { policy: body } : body)
       if (req.policy === undefined) throw leoamError("invalid_request", "the request has no `policy` (a policy name or document)")
       let parsed: ReturnType<typeof parsePolicyDocument>
       try {

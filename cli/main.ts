@@ -7,6 +7,7 @@ import { CliError, exitCodeOf } from "./errors.ts"
 import { kvPolicyHelp } from "./kv.ts"
 import { type AdminConnection, adminPolicyGet, adminPolicyHistory, adminPolicyList, adminPolicySet, runStats } from "./admin.ts"
 import { policyNames } from "../protocol/policy.ts"
+import { defaultNatsUrl } from "./local.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
 import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
@@ -160,7 +161,7 @@ nodeOptions(
 /** Connection options of the admin and stats commands. */
 const adminConnection = (cmd: Command) =>
   cmd
-    .option("--nats-url <url>", "the NATS server of the leoam node", "nats://127.0.0.1:4222")
+    .option("--nats-url <url>", "the NATS server of the leoam node (default: $LEOAM_NATS_URL, else the running `leoam serve` of this user, else nats://127.0.0.1:4222)")
     .option("--nats-user <user>", "NATS user name (an admin user where access control is on)")
     .option("--nats-pass <password>", "NATS password")
     .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
@@ -168,7 +169,7 @@ const adminConnection = (cmd: Command) =>
     .option("--timeout <ms>", "how long to wait for a reply", integer("--timeout", 1), 30_000)
     .option("--json", "print the reply as JSON")
 const connectionOf = (o: Record<string, any>): AdminConnection => ({
-  natsUrl: o.natsUrl,
+  natsUrl: o.natsUrl ?? defaultNatsUrl(),
   auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey },
   timeoutMs: o.timeout,
 })
@@ -208,14 +209,14 @@ program
   .argument("<subject>", "e.g. leoam.v1.generate, leoam.v1.health")
   .argument("[json]", "the request body", "")
   .description("Send one request to a leoam service and print the reply (exit 1 on an error reply).")
-  .requiredOption("--nats-url <url>", "the NATS server")
+  .option("--nats-url <url>", "the NATS server (default: $LEOAM_NATS_URL, else the running `leoam serve` of this user, else nats://127.0.0.1:4222)")
   .option("--nats-user <user>", "NATS user name")
   .option("--nats-pass <password>", "NATS password")
   .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
   .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)")
   .option("--timeout <ms>", "how long to wait for the reply", integer("--timeout", 1), 600_000)
   .action(async (subject, json, o) =>
-    runRequest({ subject, body: json, natsUrl: o.natsUrl, auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey }, timeoutMs: o.timeout }),
+    runRequest({ subject, body: json, natsUrl: o.natsUrl ?? defaultNatsUrl(), auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey }, timeoutMs: o.timeout }),
   )
 
 const fail = (code: string, message: string): never => {

@@ -5,6 +5,7 @@ import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
 import { ensuredDefaultKvDir, loadPolicyDocument } from "./kv.ts"
 import { loadUsers } from "../actors/access.ts"
+import { removeServeRecord, writeServeRecord } from "./local.ts"
 import { CliError } from "./errors.ts"
 
 export interface ServeArgs {
@@ -64,6 +65,7 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     process.stderr.write(`leoam: the kv-dir's stored KV policy v${p.version} (${p.name}) is used, not --kv-policy ${args.kvPolicy}; change it with \`leoam admin policy set\`\n`)
   }
   const extras = [p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "", node.metricsUrl ? `metrics ${node.metricsUrl}` : ""].filter(Boolean)
+  if (actors.includes("scheduler")) writeServeRecord(node.url)
   process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})${extras.length ? `; ${extras.join("; ")}` : ""}\n`)
   await new Promise<void>((resolve) => {
     let stopping = false
@@ -79,5 +81,6 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     process.once("SIGTERM", () => stop("SIGTERM"))
     process.once("SIGINT", () => stop("SIGINT"))
   })
+  removeServeRecord()
   process.stdout.write("leoam: stopped\n")
 }

@@ -152,6 +152,9 @@ describe("live KV policy over leoam.v1.admin.policy.*", () => {
     }
     expect((await ask(nc, adminSubjects.policyGet, {})).json.version).toBe(versionBefore)
     expect((await ask(nc, adminSubjects.policyHistory, {})).json.history.length).toBe(historyBefore)
+    // A policy document alone (without the {"policy": ...} wrapper) is taken too.
+    const bare = await ask(nc, adminSubjects.policySet, { name: "leoam", eviction: "lru" })
+    expect(bare.json).toMatchObject({ version: versionBefore + 1, policy: { name: "leoam", eviction: "lru" } })
   })
 
   it("reports stats: residency and budgets, bytes per tier, hit rates, decode time by phase, queue, policy version; the same as Prometheus text", async () => {

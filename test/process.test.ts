@@ -1,8 +1,9 @@
 // Actors as separate processes: disk-store alone (`leoam actor disk-store`) on the bus of
 // a node running the other three, completing a generate; and `leoam serve` as a process
-// that prints its NATS URL and drains on SIGTERM (the request in flight finishes).
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+// that prints its NATS URL and drains on SIGTERM (the request in flight finishes), and that
+// the admin CLI finds without --nats-url.
+import { type ChildProcess, execFile, spawn } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
@@ -14,9 +15,9 @@ import { ask, modelDir } from "./support/server.ts"
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
 
 /** Spawns the CLI and resolves with the process once a stdout line matches `ready`. */
-const spawnLeoam = (args: string[], ready: RegExp) =>
+const spawnLeoam = (args: string[], ready: RegExp, env?: NodeJS.ProcessEnv) =>
   new Promise<{ child: ChildProcess; match: RegExpExecArray; output: () => string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ["ignore", "pipe", "pipe"], env: env ?? process.env })
     let out = ""
     const onData = (d: Buffer) => {
       out += String(d)
@@ -78,4 +79,35 @@ describe("actors in separate processes", () => {
       rmSync(kvDir, { recursive: true, force: true })
     }
   })
+
+  it("`leoam admin` and `leoam stats` find the running `leoam serve` without --nats-url; a metrics port serves Prometheus text", async () => {
+    const cache = mkdtempSync(join(tmpdir(), "leoam-cache-"))
+    const env: NodeJS.ProcessEnv = { ...process.env, XDG_CACHE_HOME: cache }
+    delete env.LEOAM_NATS_URL
+    const serve = await spawnLeoam(
+      ["serve", "--max-context", "512", "--device", "cpu", "--kv-policy", "leoam", "--gpu-kv-budget", "1MiB", "--metrics-port", "0"],
+      /ready on (nats:\/\/127\.0\.0\.1:\d+).*KV policy leoam v1; metrics (http:\/\/\S+)/,
+      env,
+    )
+    const cli = (...args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+        execFile(process.execPath, [bin, ...args], { env, timeout: 60_000 }, (error, stdout, stderr) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+      )
+    try {
+      expect(JSON.parse(readFileSync(join(cache, "leoam", "serve.json"), "utf8")).url).toBe(serve.match[1])
+      const set = await cli("admin", "policy", "set", "leoam", "--json")
+      expect(set.code, set.stderr).toBe(0)
+      expect(JSON.parse(set.stdout)).toMatchObject({ version: 2, user: "anonymous", applies: "next_step" })
+      const stats = await cli("stats", "--json")
+      expect(JSON.parse(stats.stdout).policy).toEqual({ name: "leoam", active_version: 2, pending_version: null })
+      const text = await (await fetch(serve.match[2])).text()
+      expect(text).toContain('leoam_policy_version{policy="leoam"} 2')
+      serve.child.kill("SIGTERM")
+      expect(await exited(serve.child)).toBe(0)
+      expect(existsSync(join(cache, "leoam", "serve.json"))).toBe(false)
+    } finally {
+      serve.child.kill("SIGKILL")
+      rmSync(cache, { recursive: true, force: true })
+    }
+  }, 180_000)
 })
