@@ -3,6 +3,7 @@
 // submitted ahead and each token costs a 4-byte read-back that overlaps the next step;
 // top-k / top-p read the logits back and sample on the host with the same seed.
 import { GpuModel } from "./model.ts"
+import { TAIL_SLACK_TOKENS } from "./tiered.ts"
 import { sampleCandidates, sampleHost, type Sampling } from "./sampling.ts"
 
 export type { Sampling } from "./sampling.ts"
@@ -33,8 +34,8 @@ export interface GenerateResult {
 /** Candidates read back for top-p sampling without top-k. */
 const TOP_P_CANDIDATES = 1024
 
-/** Steps in flight before the loop waits for the oldest token. */
-const LAG = 4
+/** Steps in flight before the loop waits for the oldest token (the tiered tail holds that many past a stop). */
+const LAG = Math.min(4, TAIL_SLACK_TOKENS)
 
 export class NumericalFailure extends Error {
   readonly code = "numerical_failure"

@@ -102,8 +102,17 @@ const READBACK_SLOTS = 2
  */
 const uploadSlotsFor = (budgetBytes: number): number => (budgetBytes >= 2 * 2 ** 30 ? 16 : budgetBytes >= 16 * 2 ** 20 ? 4 : 2)
 
+/**
+ * Tokens a generation may append past the point where it stops (decode steps already in
+ * flight; generate.ts keeps at most this many ahead). The tail ring holds them beyond its
+ * whole chunks, so truncating back to the stop never needs bytes they overwrote.
+ */
+export const TAIL_SLACK_TOKENS = 8
+
 export interface TierLayoutInput {
   readonly layers: number
+  /** The tail's slack (TAIL_SLACK_TOKENS rounded up to blocks) in one layer, K and V. */
+  readonly tailSlackBytes: number
   /** One chunk of one layer (K and V). */
   readonly slotBytes: number
   /** A seal's read-back: a chunk and its abstracts. */
@@ -121,7 +130,7 @@ export interface TierLayout {
   readonly stagingSlotBytes: number
   readonly uploadSlots: number
   readonly readbackSlots: number
-  /** Tail ring chunks per layer: a prefill pass (passes end on chunk boundaries), one at least. */
+  /** Tail ring chunks per layer (one at least), besides the slack: prefill passes fill what the unsealed tokens leave. */
   readonly tailChunks: number
   readonly cacheSlots: number
   /** Everything counted against the budget. */
@@ -143,17 +152,17 @@ const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
  */
 export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
   const staging = stagingAt(i, i.budgetBytes)
-  const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers)
+  const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers) - i.tailSlackBytes
   const slots = Math.floor(perLayer / i.slotBytes)
   if (!(slots >= 1 + i.minimumSlots)) {
-    const fixed = i.layers * (1 + i.minimumSlots) * i.slotBytes
+    const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes)
     let least = fixed + stagingAt(i, fixed).bytes
     for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
     return least
   }
   const tailChunks = Math.max(1, Math.min(i.wantedPrefillChunks, Math.floor(slots / 2), slots - i.minimumSlots))
   const cacheSlots = Math.min(i.maxChunks, slots - tailChunks)
-  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * (tailChunks + cacheSlots) * i.slotBytes }
+  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }
 }
 
 /** Aim for this many decode-attention workgroups per window. */
@@ -286,6 +295,7 @@ export const tieredLayout = (
   }
   const layout = tierLayout({
     layers: c.numLayers,
+    tailSlackBytes: tailSlackBlocks(bs) * 2 * blockBytes,
     slotBytes,
     sealBytes: slotBytes + 2 * c.numKvHeads * (c.headDim / 2) * 4,
     scratchBytes: slotBlocks * blockBytes,
@@ -302,6 +312,8 @@ export const tieredLayout = (
   }
   return layout
 }
+
+const tailSlackBlocks = (blockTokens: number) => Math.ceil(TAIL_SLACK_TOKENS / blockTokens)
 
 /** A policy change that needs a new KV cache (another manager or chunk size): it applies at the next request. */
 export class KvLayoutChange extends Error {
@@ -321,7 +333,7 @@ export class TieredKv {
   readonly slotBlocks: number
   /** Bytes of a slot in one layer: K then V, (slotBlocks, KV, BS, D) f16 each. */
   readonly slotBytes: number
-  /** Tail ring blocks (a multiple of slotBlocks), then cache slots of slotBlocks blocks. */
+  /** Tail ring blocks (whole chunks and the slack), then cache slots of slotBlocks blocks. */
   readonly tailBlocks: number
   readonly cacheSlots: number
   readonly physicalBlocks: number
@@ -377,7 +389,7 @@ export class TieredKv {
     this.chunks = Array.from({ length: c.numLayers }, () => ({ starts: [], sizes: [], sealed: 0 }))
     const half = c.headDim / 2
     const { stagingSlotBytes: slotBytes, uploadSlots, readbackSlots } = layout
-    this.tailBlocks = layout.tailChunks * this.slotBlocks
+    this.tailBlocks = layout.tailChunks * this.slotBlocks + tailSlackBlocks(bs)
     this.cacheSlots = layout.cacheSlots
     this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
     this.pools = Array.from({ length: c.numLayers }, (_, l) => ({

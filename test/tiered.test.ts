@@ -161,6 +161,30 @@ describe("tiered KV cache, bad budgets and files", () => {
     }
   })
 
+  it("at the least GPU budget, a stop just before a chunk boundary (steps computed past it sealed that chunk) truncates cleanly and the next request is exact", async () => {
+    const tokens = 400
+    const kvBytes = tokens * kvBytesPerToken(full.config)
+    const err = await tiered("leoam", { gpu: 0.001, host: 0.5 }, tokens).then(
+      (t) => (t.close(), undefined),
+      (e: Error) => e,
+    )
+    const least = Number(/at least (\d+) bytes/.exec(err!.message)?.[1])
+    const t = await tiered({ name: "leoam", selection: { topk: { budget_fraction: 1 } } }, { gpu: least / kvBytes + 1e-12, host: 0.5 }, tokens)
+    try {
+      // 30 tokens past a 32-token boundary: the first generated token ends the request (a stop
+      // string, say), while the steps in flight append past the next chunk boundary.
+      const ids = passKeyPrompt(tok, 300, passKey(3), 0.5).ids
+      const prompt = ids.slice(0, 32 * Math.floor(ids.length / 32) - 2)
+      const stopped = await generate(t.model, prompt, { maxTokens: 8, temperature: 0, onToken: () => true })
+      expect(stopped.ids.length).toBe(1)
+      expect(t.model.length).toBe(prompt.length)
+      const want = await generate(full, prompt, greedy)
+      expect((await generate(t.model, prompt, greedy)).ids).toEqual(want.ids)
+    } finally {
+      await t.close()
+    }
+  }, 120_000)
+
   it("refuses a full-attention policy whose KV exceeds the GPU budget", () => {
     const arena = new HostArena({ budgetBytes: 1 << 20 })
     expect(() => kvEngineOptions(parsePolicy("full"), { gpuBudgetBytes: 1 << 20, arena, session: "x" }, full.config, 2000)).toThrow(
