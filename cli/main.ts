@@ -13,6 +13,12 @@ import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
 import { parseSize } from "./sizes.ts"
 
+// Output piped into a reader that quits (`leoam stats --watch | head`) ends the command quietly.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(0)
+  throw e
+})
+
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }
 
 const integer = (name: string, min: number, max = Number.MAX_SAFE_INTEGER) => (value: string) => {
