@@ -11,6 +11,7 @@
 import { randomBytes } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { Schema } from "effect"
+import { firstIssue } from "../protocol/schema-errors.ts"
 import { ADMIN_PREFIX, INTERNAL_PREFIX, PUBLIC_PREFIX } from "../protocol/subjects.ts"
 
 const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.@-]{1,128}$/))
@@ -46,8 +47,8 @@ export const loadUsers = (file: string): UsersFile => {
   } catch (e) {
     throw new UsersFileError(`--users ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : `not JSON: ${(e as Error).message}`}`)
   }
-  const result = Schema.decodeUnknownEither(UsersFile, { errors: "first", onExcessProperty: "error" })(json)
-  if (result._tag === "Left") throw new UsersFileError(`--users ${file}: ${result.left.message.split("\n").slice(0, 4).join(" ")}`)
+  const result = Schema.decodeUnknownEither(UsersFile, { errors: "all", onExcessProperty: "error" })(json)
+  if (result._tag === "Left") throw new UsersFileError(`--users ${file}: ${firstIssue(result.left)}`)
   const seen = new Set<string>()
   result.right.users.forEach((u, i) => {
     const byName = u.user !== undefined && u.password !== undefined

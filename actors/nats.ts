@@ -9,6 +9,7 @@ import { join } from "node:path"
 import { connect, credsAuthenticator, headers, type NatsConnection, nkeyAuthenticator } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/nats-core"
 import { Schema } from "effect"
+import { firstIssue } from "../protocol/schema-errors.ts"
 import { asLeoamError, type ErrorCode, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
 
 /** Largest request body a public endpoint accepts (the server's max_payload is larger). */
@@ -130,7 +131,7 @@ export const parseBody = (data: Uint8Array): unknown => {
 export const decodeAs = <A, I>(schema: Schema.Schema<A, I>, value: unknown): A => {
   const result = Schema.decodeUnknownEither(schema, { errors: "first", onExcessProperty: "error" })(value)
   if (result._tag === "Left") {
-    const text = result.left.message.split("\n").slice(0, 6).join(" ").replace(/\s+/g, " ")
+    const text = firstIssue(result.left)
     throw leoamError("invalid_request", text.length > 400 ? `${text.slice(0, 397)}...` : text)
   }
   return result.right

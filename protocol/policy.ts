@@ -4,6 +4,7 @@
 // takes a name or a JSON file of this shape (`--kv-policy`); the admin subjects will take
 // the same document.
 import { Schema } from "effect"
+import { firstIssue } from "./schema-errors.ts"
 
 export const policyNames = ["full", "offload-all", "h2o", "quest", "leoam"] as const
 export type PolicyName = (typeof policyNames)[number]
@@ -104,7 +105,7 @@ export const parsePolicyDocument = (input: unknown): { readonly document: KvPoli
     if (typeof name === "string" && !(policyNames as ReadonlyArray<string>).includes(name)) {
       throw new PolicyError("unknown_policy", `unknown KV policy "${name}": expected one of ${policyNames.join(", ")}`)
     }
-    throw new PolicyError("invalid_policy", `invalid KV policy: ${result.left.message}`)
+    throw new PolicyError("invalid_policy", `invalid KV policy: ${firstIssue(result.left)}`)
   }
   return { document: result.right, resolved: resolvePolicy(result.right) }
 }
