@@ -66,6 +66,8 @@ export const PolicyListReply = Schema.Struct({
       description: Schema.String,
       /** Every parameter's default under this name. */
       defaults: ResolvedPolicyView,
+      /** JSON Schema of a document naming this policy (its parameters). */
+      schema: Schema.Unknown,
     }),
   ),
   eviction: Schema.Array(Schema.String),

@@ -3,7 +3,7 @@
 // parameters; anything left out takes the manager's defaults (`resolvePolicy`). The CLI
 // takes a name or a JSON file of this shape (`--kv-policy`); the admin subjects will take
 // the same document.
-import { Schema } from "effect"
+import { JSONSchema, Schema } from "effect"
 import { firstIssue } from "./schema-errors.ts"
 
 export const policyNames = ["full", "offload-all", "h2o", "quest", "leoam"] as const
@@ -129,5 +129,9 @@ const descriptions: Record<PolicyName, string> = {
   leoam: "chunks with min/max abstracts in LMDB; the top chunks per layer under a budget moved from host or disk to a GPU chunk cache",
 }
 
-/** Every registered policy with its description and defaults (admin.policy.list). */
-export const policyCatalog = () => policyNames.map((name) => ({ name, description: descriptions[name], defaults: policyView(resolvePolicy({ name })) }))
+/** The JSON Schema of a document naming one policy (its parameters: the shared fields). */
+const schemaOf = (name: PolicyName) => JSONSchema.make(Schema.Struct({ ...KvPolicyDocument.fields, name: Schema.Literal(name) }).annotations({ identifier: `KvPolicyDocument.${name}` }))
+
+/** Every registered policy with its description, defaults and parameter schema (admin.policy.list). */
+export const policyCatalog = () =>
+  policyNames.map((name) => ({ name, description: descriptions[name], defaults: policyView(resolvePolicy({ name })), schema: schemaOf(name) }))

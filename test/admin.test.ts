@@ -76,6 +76,10 @@ describe("live KV policy over leoam.v1.admin.policy.*", () => {
     expect(list.json.policies.map((p: { name: string }) => p.name)).toEqual(["full", "offload-all", "h2o", "quest", "leoam"])
     expect(list.json.eviction).toEqual(["lru", "lfu", "importance"])
     expect(JSON.stringify(list.json.schema)).toContain("budget_fraction")
+    const quest = list.json.policies.find((p: { name: string }) => p.name === "quest")
+    expect(quest.defaults).toMatchObject({ chunk_tokens: 16, budget_fraction: 0.1, sink_tokens: 16, recent_tokens: 32 })
+    expect(JSON.stringify(quest.schema)).toContain('"quest"')
+    expect(JSON.stringify(quest.schema)).toContain("sink_tokens")
   })
 
   it("changes eviction and selection while several long generations run: each change applies at a step boundary, all generations complete", async () => {
