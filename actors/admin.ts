@@ -14,7 +14,7 @@ import { askActor, decodeAs, encodeJson } from "./nats.ts"
 import { type AdminStatsReply, type Applies, PolicyHistoryRequest, PolicySetRequest } from "../protocol/admin.ts"
 import { leoamError } from "../protocol/errors.ts"
 import { EmptyRequest } from "../protocol/messages.ts"
-import { evictionNames, KvPolicyDocument, parsePolicy, parsePolicyDocument, PolicyError, policyCatalog, policyView } from "../protocol/policy.ts"
+import { evictionNames, KvPolicyDocument, parsePolicy, parsePolicyDocument, policyCatalog, policyView } from "../protocol/policy.ts"
 import { adminSubjects, internalSubjects } from "../protocol/subjects.ts"
 
 export interface AdminContext {
@@ -26,8 +26,6 @@ export interface AdminContext {
 }
 
 type AdminHandler = (body: unknown, msg: Msg) => Promise<unknown>
-
-const asPolicyError = (e: unknown) => (e instanceof PolicyError ? leoamError(e.code, e.message) : e)
 
 const ratio = (hits: number, misses: number) => (hits + misses > 0 ? hits / (hits + misses) : null)
 
@@ -52,13 +50,8 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
       const bare = typeof body === "object" && body !== null && !Array.isArray(body) && !("policy" in body) && "name" in body
       const req = decodeAs(PolicySetRequest, bare ? { policy: body } : body)
       if (req.policy === undefined) throw leoamError("invalid_request", "the request has no `policy` (a policy name or document)")
-      let parsed: ReturnType<typeof parsePolicyDocument>
-      try {
-        parsed = parsePolicyDocument(req.policy)
-      } catch (e) {
-        throw asPolicyError(e)
-      }
-      const { document, resolved } = parsed
+      // A PolicyError carries its code (unknown_policy, invalid_policy): the handler wrapper replies with it.
+      const { document, resolved } = parsePolicyDocument(req.policy)
       // The executor refuses what does not fit (kv_budget_too_small) before anything is stored.
       const { applies } = await askActor<{ applies: Applies }>(nc, internalSubjects.executorPolicyCheck, { policy: document })
       const who = requesterOf(msg.headers)

@@ -12,7 +12,7 @@ import type { WeightSource } from "../models/types.ts"
 import type { DiskStore } from "./disk-store/store.ts"
 import type { HostArena } from "./host-cache/arena.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
-import { parsePolicy, PolicyError, type ResolvedPolicy } from "../protocol/policy.ts"
+import { parsePolicy, type ResolvedPolicy } from "../protocol/policy.ts"
 import type { KvStats } from "../protocol/messages.ts"
 import { leoamError } from "../protocol/errors.ts"
 import { CancelRequest, type ModelDescription, PolicyChanged, PolicyCheck, RunRequest, type RunResult } from "../protocol/internal.ts"
@@ -173,13 +173,7 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
 
   /** Validates a policy document against this executor (fit and when it would apply). */
   const check = (s: GpuExecutorState, document: unknown): { held: Omit<HeldPolicy, "version">; applies: "next_step" | "next_request" } => {
-    let resolved: ResolvedPolicy
-    try {
-      resolved = parsePolicy(document)
-    } catch (e) {
-      if (e instanceof PolicyError) throw leoamError(e.code, e.message)
-      throw e
-    }
+    const resolved = parsePolicy(document) // a PolicyError's code goes into the error reply as is
     const engine = engineOf(resolved, s.model.config, s.model.maxContext)
     return { held: { resolved, engine }, applies: s.model.checkKv(engine) }
   }

@@ -48,6 +48,16 @@ const tiered = async (policy: unknown, fractions: { gpu: number; host: number },
 
 const greedy = { maxTokens: 12, temperature: 0 }
 
+/** The least GPU budget (bytes) of leoam's defaults for `tokens`, as a refusal's kv_budget_too_small message names it. */
+const leastBudget = async (tokens: number): Promise<number> => {
+  const err = await tiered("leoam", { gpu: 0.001, host: 0.5 }, tokens).then(
+    async (t) => (await t.close(), undefined),
+    (e: Error & { code?: string }) => e,
+  )
+  expect(err?.code).toBe("kv_budget_too_small")
+  return Number(/at least (\d+) bytes/.exec(err!.message)?.[1])
+}
+
 describe("tiered KV cache, exact policies", () => {
   const prompt = () => passKeyPrompt(tok, 700, passKey(5), 0.3).ids
 
@@ -142,12 +152,7 @@ describe("tiered KV cache, leoam selection", () => {
 describe("tiered KV cache, bad budgets and files", () => {
   it("refuses a GPU budget that cannot hold the tail, sink and recent chunks, naming a least budget that is then accepted", async () => {
     const tokens = 2000
-    const err = await tiered("leoam", { gpu: 0.001, host: 0.5 }, tokens).then(
-      (t) => (t.close(), undefined),
-      (e: Error & { code?: string }) => e,
-    )
-    expect(err?.code).toBe("kv_budget_too_small")
-    const least = Number(/at least (\d+) bytes/.exec(err!.message)?.[1])
+    const least = await leastBudget(tokens)
     expect(least).toBeGreaterThan(0)
     const kvBytes = tokens * kvBytesPerToken(full.config)
     await expect(tiered("leoam", { gpu: (least - 1) / kvBytes, host: 0.5 }, tokens)).rejects.toMatchObject({ code: "kv_budget_too_small" })
@@ -164,11 +169,7 @@ describe("tiered KV cache, bad budgets and files", () => {
   it("at the least GPU budget, a stop just before a chunk boundary (steps computed past it sealed that chunk) truncates cleanly and the next request is exact", async () => {
     const tokens = 400
     const kvBytes = tokens * kvBytesPerToken(full.config)
-    const err = await tiered("leoam", { gpu: 0.001, host: 0.5 }, tokens).then(
-      (t) => (t.close(), undefined),
-      (e: Error) => e,
-    )
-    const least = Number(/at least (\d+) bytes/.exec(err!.message)?.[1])
+    const least = await leastBudget(tokens)
     const t = await tiered({ name: "leoam", selection: { topk: { budget_fraction: 1 } } }, { gpu: least / kvBytes + 1e-12, host: 0.5 }, tokens)
     try {
       // 30 tokens past a 32-token boundary: the first generated token ends the request (a stop
