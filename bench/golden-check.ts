@@ -31,7 +31,7 @@ console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups})`
 const tok = loadTokenizer(modelDir)
 let failures = 0
 // The default GEMV and, where the device has subgroups, the subgroup GEMV the benchmark may pick.
-const tunings: Array<GemvTuning | undefined> = [undefined, ...(gpu.hasSubgroups ? [{ kind: "sg", wg: 128, rows: 2, rpw: 8 } as const] : [])]
+const tunings: Array<GemvTuning | undefined> = [undefined, ...(gpu.hasSubgroups ? [{ kind: "sg", wg: 128, rows: 2, rpw: 8 } as const, { kind: "sg", wg: 32, rows: 4, rpw: 4, unroll: 8 } as const] : [])]
 let model!: GpuModel
 for (const tuning of tunings) {
   model?.destroy()

@@ -14,6 +14,8 @@ export interface GemvTuning {
    */
   readonly kind?: "wg" | "sg"
   readonly rpw?: number
+  /** "sg" only: weight loads in flight per row and lane (default 4, at most 16). */
+  readonly unroll?: number
 }
 
 /** Rows one GEMV workgroup covers. */
@@ -22,7 +24,7 @@ export const gemvRowsPerGroup = (t: GemvTuning): number => (t.kind === "sg" ? (t
 /** The pipeline key of a GEMV with its flags under a tuning. */
 export const gemvKey = (t: GemvTuning, flags: Record<string, boolean> = {}): PipelineKey =>
   t.kind === "sg"
-    ? { op: "gemv_sg", flags, constants: { WG: t.wg, ROWS: t.rows, RPW: gemvRowsPerGroup(t) } }
+    ? { op: "gemv_sg", flags, constants: { WG: t.wg, ROWS: t.rows, RPW: gemvRowsPerGroup(t), ...(t.unroll ? { UNROLL: t.unroll } : {}) } }
     : { op: "gemv", flags, constants: { WG: t.wg, ROWS: t.rows } }
 export type GemvOp = "qkv" | "o" | "gu" | "down" | "head"
 export type GemvTunings = Readonly<Record<GemvOp, GemvTuning>>
@@ -44,6 +46,9 @@ export const resolveGemvTunings = (c: ModelConfig, t: GemvTuningOption, subgroup
     if (!(v.wg >= 32 && v.wg <= 1024 && (v.wg & (v.wg - 1)) === 0 && v.rows >= 1 && v.rows <= 8 && v.rows % 2 === 0)) {
       throw new RangeError(`GEMV tuning for ${op}: wg must be a power of two in [32, 1024] and rows even in [2, 8]`)
     }
+    if (v.unroll !== undefined && !(Number.isInteger(v.unroll) && v.unroll >= 1 && v.unroll <= 16)) {
+      throw new RangeError(`GEMV tuning for ${op}: unroll must be an integer in [1, 16]`)
+    }
     if (v.kind === "sg" && (!subgroups || gemvRowsPerGroup(v) % v.rows !== 0)) {
       throw new RangeError(`GEMV tuning for ${op}: the subgroup kernel needs subgroups and rpw a multiple of rows`)
     }
@@ -51,8 +56,12 @@ export const resolveGemvTunings = (c: ModelConfig, t: GemvTuningOption, subgroup
   return out
 }
 
-/** Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows. */
-export const defaultGemvTuning = (gpu: Gpu): GemvTuning => (gpu.kind === "cpu" ? { wg: 64, rows: 4 } : { wg: 128, rows: 2 })
+/**
+ * Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows; the QKV
+ * GEMV takes rows in quads so that it can apply RoPE itself (DecodeOptions.fuseRope).
+ */
+export const defaultGemvTuning = (gpu: Gpu): GemvTuningOption =>
+  gpu.kind === "cpu" ? { wg: 64, rows: 4 } : (op) => (op === "qkv" ? { wg: 128, rows: 4 } : { wg: 128, rows: 2 })
 
 /** A tuning for all matrices, or one per matrix. */
 export type GemvTuningOption = GemvTuning | ((op: GemvOp, rows: number, cols: number) => GemvTuning)

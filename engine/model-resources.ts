@@ -5,6 +5,7 @@ import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { PipelineKey } from "./pipelines.ts"
+import { SHORT_ATTN_TILE } from "./kv-pool.ts"
 
 /** Workgroups of the first argmax / log-sum-exp pass. */
 export const ARGMAX_GROUPS = 64
@@ -18,6 +19,8 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     rope: { op: "rope_kv" },
     gemvQkv: g("qkv", { NORM: true }),
     gemvQkvBias: g("qkv", { NORM: true, BIAS: true }),
+    gemvQkvRope: g("qkv", { NORM: true, ROPE: true }),
+    gemvQkvRopeBias: g("qkv", { NORM: true, ROPE: true, BIAS: true }),
     gemvO: g("o", { ACC: true }),
     gemvOBias: g("o", { ACC: true, BIAS: true }),
     gemvGu: g("gu", { NORM: true, SWIGLU: true }),
@@ -29,6 +32,7 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
     gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
     attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
+    attnDecodeShort: { op: "attn_decode", constants: { WG: SHORT_ATTN_TILE, G, D: c.headDim } },
     combine: { op: "attn_combine" },
     attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
     argmax: { op: "argmax" },
@@ -69,8 +73,8 @@ export const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTuni
   const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
   const qDim = c.numHeads * c.headDim
   const gemvU = (label: GemvOp, n: number, k: number) => {
-    const u = new Uniform(device, `gemv ${label}`, "uufu")
-    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535))
+    const u = new Uniform(device, `gemv ${label}`, "uufuuuuu")
+    u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535), c.numHeads, c.numKvHeads, c.headDim, blockTokens)
     return u
   }
   const gemmU = (label: string) => new Uniform(device, label, "uuuu")

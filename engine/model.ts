@@ -12,7 +12,7 @@ import { defaultGemvTuning, type GemvOp, type GemvTuningOption, type GemvTunings
 import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys, windowedPrefillKey } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
-import { ATTN_TILE, KvPool } from "./kv-pool.ts"
+import { KvPool, maxDecodeSplits } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
 import { H2oAttention, h2oPipelineKeys } from "./h2o.ts"
 import { KvLayoutChange, TIER_PARTIALS, TieredKv, tieredLayout, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
@@ -33,6 +33,18 @@ export interface EngineOptions {
   readonly h2o?: SparsePolicy
   /** The tiered KV cache (GPU budget, host arena, disk); absent: all KV on the GPU. */
   readonly tiered?: { readonly policy: TieredPolicy; readonly stores: TierStores }
+  /** Decode fusions; each is on by default where the device allows it (off: side-by-side benchmarks). */
+  readonly decode?: DecodeOptions
+}
+
+export interface DecodeOptions {
+  /**
+   * RoPE and the KV append inside the QKV GEMV (one dispatch less per layer). Needs the QKV
+   * tuning's rows to be a multiple of 4 and 8 storage buffers per stage (9 with a QKV bias).
+   */
+  readonly fuseRope?: boolean
+  /** Full attention in tiles of SHORT_ATTN_TILE tokens while the context is short (more workgroups). */
+  readonly shortAttention?: boolean
 }
 
 export interface SampleParams {
@@ -50,8 +62,9 @@ export interface CopyOut {
 }
 
 /** What a model is constructed from (besides weights and pipelines). */
-type BuildOptions = Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o">> & {
+type BuildOptions = Required<Omit<EngineOptions, "gemv" | "sparse" | "tiered" | "h2o" | "decode">> & {
   readonly gemv: GemvTunings
+  readonly decode: Required<DecodeOptions>
   readonly sparse: SparsePolicy | undefined
   readonly h2o: SparsePolicy | undefined
   readonly tiered: EngineOptions["tiered"]
@@ -109,7 +122,11 @@ export class GpuModel {
   /** Sparse decode attention, when the options ask for it. */
   readonly sparse: SparseAttention | undefined
   private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
-  private readonly attnDecode: Dispatch[]
+  /** Full attention's dispatches in the decode program; their pipeline is set per step from attnTiles. */
+  private readonly attnDecode: Array<{ pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; x: number; y: number; z: number }>
+  private readonly attnTiles: ReadonlyArray<{ readonly long: Dispatch; readonly short: Dispatch }>
+  /** Whether the decode QKV GEMV applies RoPE and appends k, v itself (DecodeOptions.fuseRope). */
+  private readonly fusesRope: boolean
   private readonly attnPrefill: Dispatch[]
   private readonly gemms: Array<{ d: Dispatch; n: number }>
   private readonly rowDispatches: Dispatch[]
@@ -130,7 +147,7 @@ export class GpuModel {
     this.maxContext = options.maxContext
     this.prefillChunk = options.prefillChunk
     this.invFreq = ropeInvFreq(config)
-    const fullSplits = Math.ceil(Math.ceil(options.maxContext / options.blockTokens) / (ATTN_TILE / options.blockTokens))
+    const fullSplits = maxDecodeSplits(config, options.blockTokens, options.maxContext)
     this.act = allocateActivations(device, config, options.prefillChunk, options.tiered ? Math.max(fullSplits, TIER_PARTIALS) : fullSplits)
     this.tiered = options.tiered
       ? new TieredKv(device, pipelines, config, options.tiered.policy, options.tiered.stores, {
@@ -149,6 +166,7 @@ export class GpuModel {
 
     const keys = pipelineKeys(config, options.gemv, prefillWithSubgroups(gpu))
     this.keys = keys
+    this.fusesRope = options.decode.fuseRope && canFuseRope(gpu, options.gemv, weights.layers[0]?.bqkv !== undefined)
     const P = (key: PipelineKey) => pipelines.now(key)
     this.sparse = options.sparse ? new SparseAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.sparse) : undefined
     this.h2o = options.h2o ? new H2oAttention(device, pipelines, config, this.kv, this.act, keys.attnDecode, options.h2o) : undefined
@@ -169,15 +187,22 @@ export class GpuModel {
     const decodeLayers: Array<{ pre: Dispatch[]; combine: Dispatch; post: Dispatch[] }> = []
     const attnDecode: Dispatch[] = []
     const attnCombine: Dispatch[] = []
+    const attnTiles: Array<{ long: Dispatch; short: Dispatch }> = []
     dec.push(d(P(keys.embed), [[0, u.embedDecode.buffer], [1, weights.embed], [2, this.tokenIds], [3, a.x]], Math.ceil(c.hiddenSize / 2 / 256), 1))
     weights.layers.forEach((w, l) => {
       const kvl = this.kv.layers[l]
-      dec.push(
-        d(P(w.bqkv ? keys.gemvQkvBias : keys.gemvQkv), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])], gx("qkv", qkvRows), gy("qkv", qkvRows)),
-        d(P(keys.rope), [[0, u.ropeDecode.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1),
-      )
+      const bias = w.bqkv ? [[5, w.bqkv] as const] : []
+      const layerPre = this.fusesRope
+        ? [d(P(w.bqkv ? keys.gemvQkvRopeBias : keys.gemvQkvRope), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.q], [4, w.attnNorm], ...bias, [6, a.rope], [7, a.slot], [8, kvl.k], [9, kvl.v]], gx("qkv", qkvRows), gy("qkv", qkvRows))]
+        : [
+            d(P(w.bqkv ? keys.gemvQkvBias : keys.gemvQkv), [[0, u.gemvQkv.buffer], [1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...bias], gx("qkv", qkvRows), gy("qkv", qkvRows)),
+            d(P(keys.rope), [[0, u.ropeDecode.buffer], [1, a.qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64), 1),
+          ]
+      dec.push(...layerPre)
       if (sparse) dec.push(sparse.abstractOf(l))
-      const ad = d(P(keys.attnDecode), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
+      const attnEntries = (key: PipelineKey) => d(P(key), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
+      const ad = attnEntries(keys.attnDecode)
+      attnTiles.push({ long: { ...ad }, short: attnEntries(keys.attnDecodeShort) })
       const ac = d(P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, a.attn]], H, 1)
       attnDecode.push(ad)
       attnCombine.push(ac)
@@ -186,13 +211,14 @@ export class GpuModel {
         d(P(keys.gemvGu), [[0, u.gemvGu.buffer], [1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]], gx("gu", 2 * c.intermediateSize), gy("gu", 2 * c.intermediateSize)),
         d(P(keys.gemvDown), [[0, u.gemvDown.buffer], [1, w.wdown], [2, a.ffn], [3, a.x]], gx("down", c.hiddenSize), gy("down", c.hiddenSize)),
       ]
-      decodeLayers.push({ pre: dec.slice(dec.length - 2), combine: ac, post })
+      decodeLayers.push({ pre: layerPre, combine: ac, post })
       dec.push(ad, ac, ...post)
     })
     dec.push(d(P(keys.gemvHead), [[0, u.gemvHead.buffer], [1, weights.lmHead], [2, a.x], [3, a.logits], [4, weights.finalNorm]], gx("head", c.vocabSize), gy("head", c.vocabSize)))
     this.decodeProgram = dec
     const decodeParts = { embed: dec[0], layers: decodeLayers, head: dec[dec.length - 1] }
     this.attnDecode = attnDecode
+    this.attnTiles = attnTiles
     // The sparse program is the same but for attention: score, select, attend per layer.
     this.sparseDecodeProgram = sparse ? dec.flatMap((x) => (attnDecode.includes(x) ? sparse.attentionOf(attnDecode.indexOf(x)) : [x])) : []
     // H2O runs on every step: block masses accumulate below the budget too.
@@ -286,6 +312,12 @@ export class GpuModel {
    */
   decodeFilter: ((kernel: string) => boolean) | undefined
 
+  /**
+   * Benchmarks only (per-kernel GPU times): encodes the decode program (full attention, no
+   * tiers) into the step's command encoder itself, e.g. one timed pass per dispatch.
+   */
+  decodeEncoder: ((encoder: GPUCommandEncoder, program: ReadonlyArray<Dispatch>) => void) | undefined
+
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
     const c = source.config
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
@@ -307,6 +339,7 @@ export class GpuModel {
         prefillChunk: options.prefillChunk ?? 512,
         blockTokens: options.blockTokens ?? 16,
         gemv,
+        decode: { fuseRope: options.decode?.fuseRope ?? true, shortAttention: options.decode?.shortAttention ?? true },
         sparse: options.sparse,
         tiered: options.tiered,
         h2o: options.h2o,
@@ -461,15 +494,22 @@ export class GpuModel {
       program = this.sparseDecodeProgram
       u.combine.set(c.numHeads, this.sparse!.prepareStep(), c.headDim)
     } else {
-      const { splits, entriesPerSplit } = this.kv.syncDecodeList()
+      const { splits, entriesPerSplit, short } = this.kv.syncDecodeList(this.built.decode.shortAttention)
       u.attnDecode.set(c.numHeads, c.numKvHeads, this.kv.blockTokens, entriesPerSplit, splits, 1 / Math.sqrt(c.headDim), 0)
       u.combine.set(c.numHeads, splits, c.headDim)
-      for (const a of this.attnDecode) a.x = splits
+      this.attnDecode.forEach((a, l) => {
+        const tile = short ? this.attnTiles[l].short : this.attnTiles[l].long
+        a.pipeline = tile.pipeline
+        a.bindGroup = tile.bindGroup
+        a.x = splits
+      })
     }
     this.sparseSteps += sparse ? 1 : 0
     const encoder = this.device.createCommandEncoder()
+    const steps = this.decodeFilter ? program.filter((d) => this.decodeFilter!(d.pipeline.label)) : program
+    this.decodeEncoder?.(encoder, steps)
     const pass = encoder.beginComputePass()
-    encodeAll(pass, this.decodeFilter ? program.filter((d) => this.decodeFilter!(d.pipeline.label)) : program)
+    if (!this.decodeEncoder) encodeAll(pass, steps)
     if (sample) this.encodeSample(pass, sample)
     pass.end()
     if (copyOut) encoder.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
@@ -585,8 +625,24 @@ export class GpuModel {
     this.tokenIds.destroy()
   }
 
+  /**
+   * Another model on this one's weights and pipelines, with its own (empty) KV, activations
+   * and GEMV / decode setup: benchmarks compare setups side by side on one copy of the
+   * weights. Its `destroy` leaves the weights to this model.
+   */
+  async sibling(options: Pick<EngineOptions, "gemv" | "decode">): Promise<GpuModel> {
+    const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, this.gpu.hasSubgroups) : this.built.gemv
+    const decode = { ...this.built.decode, ...options.decode }
+    await this.pipelines.prewarm(Object.values(pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu))))
+    const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, { ...this.built, gemv, decode })
+    model.ownsWeights = false
+    return model
+  }
+
+  private ownsWeights = true
+
   destroy(): void {
-    destroyWeights(this.weights)
+    if (this.ownsWeights) destroyWeights(this.weights)
     this.destroyKv()
   }
 }
@@ -621,6 +677,13 @@ export const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: 
     return true
   }
 }
+
+/**
+ * Whether the decode QKV GEMV can apply RoPE itself: its rows are taken in quads, and it
+ * binds 8 storage buffers (9 with a bias).
+ */
+const canFuseRope = (gpu: Gpu, gemv: GemvTunings, bias: boolean): boolean =>
+  gemv.qkv.rows % 4 === 0 && gpu.device.limits.maxStorageBuffersPerShaderStage >= (bias ? 9 : 8)
 
 /** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
 const noBlocks: ReadonlyArray<number> = []

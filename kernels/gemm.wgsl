@@ -20,7 +20,7 @@ const BK: u32 = 16u;
 var<workgroup> xs: array<vec4<f32>, 256>;   // (BK, BM/4): xs[k * 16 + i/4] holds X[m0+i..i+3, k]
 var<workgroup> ws: array<vec4<f32>, 256>;   // (BK, BN/4): ws[k * 16 + j/4] holds W[n0+j..j+3, k]
 
-#include lib/swiglu_rows.wgsl
+#include lib/gemv_rows.wgsl
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

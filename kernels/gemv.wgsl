@@ -9,18 +9,8 @@ override WG: u32 = 256;
 override ROWS: u32 = 4;
 const MAX_ROWS: u32 = 8u;
 
-var<workgroup> red: array<f32, WG * ROWS>;
-
-// Sums v over the workgroup for slot r (0 <= r < ROWS); the result is valid in red[r * WG].
-fn reduce_slot(lid: u32, r: u32) {
-  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-    workgroupBarrier();
-    if (lid < stride) {
-      red[r * WG + lid] = red[r * WG + lid] + red[r * WG + lid + stride];
-    }
-  }
-  workgroupBarrier();
-}
+// Partial sums: slot r < ROWS for row r, slot ROWS for the squares of x (NORM).
+var<workgroup> red: array<f32, WG * (ROWS + 1u)>;
 
 fn total(r: u32, nparts: u32) -> f32 {
   var s = 0.0;
@@ -42,43 +32,32 @@ fn main(@builtin(local_invocation_index) lid: u32,
   let kv = p.K / 8u;              // vec4<u32> per row
   let xbase = m * (p.K / 4u);
 
-  var scale = 1.0;
-#if NORM
+  var acc: array<f32, MAX_ROWS + 1u>;
+  for (var r = 0u; r <= MAX_ROWS; r = r + 1u) { acc[r] = 0.0; }
   var ss = 0.0;
-  for (var i = lid; i < p.K / 4u; i = i + WG) {
-    let v = x[xbase + i];
-    ss = ss + dot(v, v);
-  }
-  red[lid] = ss;
-  reduce_slot(lid, 0u);
-  scale = inverseSqrt(red[0] / f32(p.K) + p.eps);
-  workgroupBarrier();
-#endif
-
-  var acc: array<f32, MAX_ROWS>;
-  for (var r = 0u; r < MAX_ROWS; r = r + 1u) { acc[r] = 0.0; }
   for (var i = lid; i < kv; i = i + WG) {
-    let xs = load_x(xbase, i, scale);
+    let xs = load_x(xbase, i, &ss);
     for (var r = 0u; r < ROWS; r = r + 1u) {
       let row = min(row0 + r, p.N - 1u);
       acc[r] = acc[r] + dot8(w[phys(row) * kv + i], xs[0], xs[1]);
     }
   }
+  acc[ROWS] = ss;
 
-  // Per-row totals: red[r * WG + j] for j < nparts hold partial sums of row r.
+  // Per-slot totals: red[r * WG + j] for j < nparts hold partial sums of slot r.
 #if SUBGROUPS
-  for (var r = 0u; r < ROWS; r = r + 1u) {
+  for (var r = 0u; r <= ROWS; r = r + 1u) {
     let s = subgroupAdd(acc[r]);
     if (sgi == 0u) { red[r * WG + lid / sgs] = s; }
   }
   workgroupBarrier();
   let nparts = WG / sgs;
 #else
-  for (var r = 0u; r < ROWS; r = r + 1u) { red[r * WG + lid] = acc[r]; }
+  for (var r = 0u; r <= ROWS; r = r + 1u) { red[r * WG + lid] = acc[r]; }
   for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
     workgroupBarrier();
     if (lid < stride) {
-      for (var r = 0u; r < ROWS; r = r + 1u) {
+      for (var r = 0u; r <= ROWS; r = r + 1u) {
         red[r * WG + lid] = red[r * WG + lid] + red[r * WG + lid + stride];
       }
     }
@@ -86,15 +65,25 @@ fn main(@builtin(local_invocation_index) lid: u32,
   workgroupBarrier();
   let nparts = 1u;
 #endif
+  let scale = norm_scale(total(ROWS, nparts));
 
+#if ROPE
+  // ROWS is a multiple of 4 and N of D: quads are whole.
+  if (lid < ROWS / 4u && row0 + 4u * lid < p.N) {
+    let r = 4u * lid;
+    finish_rope(m, row0 + r, total(r, nparts) * scale, total(r + 1u, nparts) * scale,
+                total(r + 2u, nparts) * scale, total(r + 3u, nparts) * scale);
+  }
+#else
 #if SWIGLU
   // rows (2j, 2j+1) are (gate_j, up_j); ROWS is even and N is even.
   if (lid < ROWS / 2u && row0 + 2u * lid + 1u < p.N) {
-    finish(m, row0 + 2u * lid, total(2u * lid, nparts), total(2u * lid + 1u, nparts));
+    finish(m, row0 + 2u * lid, total(2u * lid, nparts) * scale, total(2u * lid + 1u, nparts) * scale);
   }
 #else
   if (lid < ROWS && row0 + lid < p.N) {
-    finish(m, row0 + lid, total(lid, nparts), 0.0);
+    finish(m, row0 + lid, total(lid, nparts) * scale, 0.0);
   }
+#endif
 #endif
 }

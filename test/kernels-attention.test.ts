@@ -81,7 +81,7 @@ const positionsOf = (pool: Pool, BS: number, blocks: ReadonlyArray<number>) =>
  * attn_decode then attn_combine for one query per list (query m attends over lists[m], a
  * list of logical blocks). Returns the GPU output and the CPU reference, (M, H, D) each.
  */
-const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<number>>, EPS: number, q: Float32Array, extraSplits = 0) => {
+const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<number>>, EPS: number, q: Float32Array, extraSplits = 0, tile = 256) => {
   const H = s.G * s.KV
   const M = lists.length
   const entries: number[] = [] // (E) vec2 (physical block, tokens used)
@@ -96,7 +96,7 @@ const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<n
   const partML = rig.output(M * H * S * 8) // (M, H, S) vec2 (max, sum)
   const out = rig.output(M * H * s.D * 4) // (M, H, D) f32
   await rig.run(
-    { op: "attn_decode", constants: { G: s.G, D: s.D } },
+    { op: "attn_decode", constants: { WG: tile, G: s.G, D: s.D } },
     { layout: "uuuuufuu", values: [H, s.KV, s.BS, EPS, S, 1 / Math.sqrt(s.D)] },
     { 1: rig.input(q), 2: k, 3: v, 4: rig.input(Uint32Array.from(entries)), 5: rig.input(Uint32Array.from(seqs)), 6: partO, 7: partML },
     [S, s.KV, M],
@@ -137,6 +137,21 @@ describe("attn_decode + attn_combine", () => {
     const q = uniformF32(rand, G * s.KV * D, 3)
     const { got, want } = await decode(s, pool, [range(blocks)], EPS, q)
     expectClose(got, want, TOL.f32, "decode")
+  })
+
+  // The short-context variant (kv-pool.ts SHORT_ATTN_TILE): 64-token tiles, splits of one or
+  // several tiles, the last block partly filled.
+  it.each([
+    [4, 128, 16, 4, 1000],
+    [3, 64, 16, 8, 777],
+    [1, 64, 32, 2, 450],
+  ])("64-token tiles: G %i, D %i, BS %i, EPS %i, %i tokens", async (G, D, BS, EPS, tokens) => {
+    const rand = rng(G * 100 + D + BS + 5)
+    const s: Shape = { G, KV: 2, D, BS }
+    const pool = makePool(rand, s, tokens)
+    const q = uniformF32(rand, G * s.KV * D, 3)
+    const { got, want } = await decode(s, pool, [range(Math.ceil(tokens / BS))], EPS, q, 0, 64)
+    expectClose(got, want, TOL.f32, "decode, 64-token tiles")
   })
 
   it("does not depend on the order of the entries", async () => {

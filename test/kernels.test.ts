@@ -39,6 +39,8 @@ interface GemvCase {
   readonly rpw?: number
   /** Workgroups along x; the rest of the row groups go along y. */
   readonly groupsX?: number
+  /** gemv_sg.wgsl: loads in flight per row and lane. */
+  readonly unroll?: number
 }
 
 /**
@@ -85,11 +87,11 @@ const runGemv = async (r: KernelRig, c: GemvCase, seed: number): Promise<void> =
   const gx = c.groupsX ?? groups
   const y = r.input(y0, "y (M, outs) f32")
   const key: PipelineKey = c.rpw
-    ? { op: "gemv_sg", flags, constants: { WG: c.wg, ROWS: c.rows, RPW: c.rpw } }
+    ? { op: "gemv_sg", flags, constants: { WG: c.wg, ROWS: c.rows, RPW: c.rpw, ...(c.unroll ? { UNROLL: c.unroll } : {}) } }
     : { op: "gemv", flags, constants: { WG: c.wg, ROWS: c.rows } }
   await r.run(
     key,
-    { layout: "uufu", values: [N, K, EPS, gx] },
+    { layout: "uufuuuuu", values: [N, K, EPS, gx, 0, 0, 0, 0] },
     {
       1: r.input(w.bits),
       2: r.input(x),
@@ -151,9 +153,104 @@ describe("gemv_sg (one subgroup per row group)", () => {
       await runGemv(rig, { N, K: 520, M: 3, flags, wg, rows, rpw }, 1000 + 100 * wg + 10 * rows + i)
     }
   })
+  it("UNROLL 1, 8 and 16 (loads in flight per row and lane), K not a multiple of a pass", async () => {
+    for (const unroll of [1, 8, 16]) {
+      await runGemv(rig, { N: 37, K: 1048, M: 2, flags: { NORM: true }, wg: 64, rows: 2, rpw: 4, unroll }, 40 + unroll)
+      await runGemv(rig, { N: 38, K: 1048, M: 1, flags: { NORM: true, SWIGLU: true, ACC: true }, wg: 32, rows: 2, rpw: 2, unroll }, 60 + unroll)
+    }
+  })
   it("K below one subgroup pass, and row groups over x and y", async () => {
     await runGemv(rig, { N: 9, K: 16, M: 2, flags: { NORM: true }, wg: 128, rows: 2, rpw: 4 }, 21)
     await runGemv(rig, { N: 62, K: 64, M: 1, flags: { NORM: true, SWIGLU: true }, wg: 64, rows: 2, rpw: 4, groupsX: 5 }, 22)
+  })
+})
+
+// --- gemv with RoPE fused (the decode QKV projection) ----------------------------------
+
+/**
+ * The QKV GEMV with ROPE: the CPU reference is RMSNorm, the projection (+ bias), then
+ * rotate_half RoPE on q and k heads; q comes out as f32, k and v in the f16 pools at each
+ * query's slot, and nothing else in the pools changes.
+ */
+const runGemvRope = async (r: KernelRig, c: { wg: number; rows: number; rpw?: number; bias: boolean; unroll?: number }, seed: number) => {
+  const [H, KV, D, BS, K, M, blocks] = [4, 2, 64, 16, 136, 3, 4]
+  const N = (H + 2 * KV) * D
+  const half = D / 2
+  const rand = rng(seed)
+  const w = randomHalf(rand, N * K)
+  const x = uniformF32(rand, M * K, 2)
+  const gamma = randomHalf(rand, K, 1.5)
+  const bias = uniformF32(rand, N)
+  const slots = Uint32Array.from([37, 3, 50]) // any slots of the pool, one per query
+  const pos = [29, 4, 1000]
+  const rope = new Float32Array(M * D)
+  const invFreq = ropeInvFreq({ ...dummyPresets["llama-2-7b"]!, headDim: D })
+  const cos = new Float32Array(half)
+  const sin = new Float32Array(half)
+  const flags = { NORM: true, ROPE: true, BIAS: c.bias }
+  const want = linearReference({ N, K, M, flags: { NORM: true, BIAS: c.bias } }, w.values, x, gamma.values, bias, new Float32Array(M * N))
+  for (let t = 0; t < M; t++) {
+    ropeAngles(invFreq, pos[t]!, cos, sin)
+    for (let i = 0; i < half; i++) rope.set([cos[i]!, sin[i]!], (t * half + i) * 2)
+    for (let h = 0; h < H + KV; h++) applyRope(want, (t * (H + 2 * KV) + h) * D, cos, sin)
+  }
+  const poolWords = (blocks * KV * BS * D) / 2
+  const SENTINEL = 0xdeadbeef
+  const kpool = r.input(new Uint32Array(poolWords).fill(SENTINEL))
+  const vpool = r.input(new Uint32Array(poolWords).fill(SENTINEL))
+  const q = r.output(M * H * D * 4)
+  const rpw = c.rpw ?? c.rows
+  const key: PipelineKey = c.rpw
+    ? { op: "gemv_sg", flags, constants: { WG: c.wg, ROWS: c.rows, RPW: c.rpw, ...(c.unroll ? { UNROLL: c.unroll } : {}) } }
+    : { op: "gemv", flags, constants: { WG: c.wg, ROWS: c.rows } }
+  const groups = Math.ceil(N / rpw)
+  await r.run(
+    key,
+    { layout: "uufuuuuu", values: [N, K, EPS, groups, H, KV, D, BS] },
+    { 1: r.input(w.bits), 2: r.input(x), 3: q, 4: r.input(gamma.bits), 5: c.bias ? r.input(bias) : undefined, 6: r.input(rope), 7: r.input(slots), 8: kpool, 9: vpool },
+    [groups, 1, M],
+  )
+  const label = `gemv rope ${JSON.stringify(c)}`
+  const wantQ = new Float32Array(M * H * D)
+  for (let t = 0; t < M; t++) wantQ.set(want.subarray(t * N, t * N + H * D), t * H * D)
+  expectClose(await r.f32(q, M * H * D), wantQ, TOL.f32, `${label}: q`)
+  const pools = { k: await r.u32(kpool, poolWords), v: await r.u32(vpool, poolWords) }
+  const written = new Set<number>()
+  for (const [name, first] of [["k", H], ["v", H + KV]] as const) {
+    const got: number[] = []
+    const expected: number[] = []
+    const halves = new Uint16Array(pools[name].buffer)
+    for (let t = 0; t < M; t++) {
+      for (let h = 0; h < KV; h++) {
+        const at = ((Math.floor(slots[t]! / BS) * KV + h) * BS + (slots[t]! % BS)) * D
+        for (let d = 0; d < D; d++) {
+          got.push(f16ToF32(halves[at + d]!))
+          expected.push(want[t * N + (first + h) * D + d]!)
+          if (d % 2 === 0) written.add((at + d) / 2)
+        }
+      }
+    }
+    // f16 storage: within one f16 rounding of the f32 reference (plus the f32 sum's own error).
+    expectClose(Float32Array.from(got), Float32Array.from(expected), { abs: 1e-4, rel: 2 ** -10 }, `${label}: ${name}`)
+    const stray = pools[name].findIndex((word, i) => !written.has(i) && word !== SENTINEL)
+    expect(stray, `${label}: ${name} pool word ${stray} written outside the slots`).toBe(-1)
+  }
+}
+
+describe("gemv with ROPE (QKV projection, RoPE and the KV append in one kernel)", () => {
+  it.each([
+    [64, 4, false],
+    [128, 8, true],
+  ])("gemv.wgsl WG %i ROWS %i, bias %s", async (wg, rows, bias) => {
+    await runGemvRope(rig, { wg, rows, bias }, 300 + rows)
+    await runGemvRope(plainRig, { wg, rows, bias }, 310 + rows)
+  })
+  it.each([
+    [32, 4, 4, false, undefined],
+    [128, 4, 16, true, 8],
+    [64, 8, 8, false, 2],
+  ])("gemv_sg.wgsl WG %i ROWS %i RPW %i, bias %s, unroll %s", async (wg, rows, rpw, bias, unroll) => {
+    await runGemvRope(rig, { wg, rows, rpw, bias, unroll }, 320 + rows + rpw)
   })
 })
 

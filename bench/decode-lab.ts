@@ -1,0 +1,243 @@
+// Decode lab (issue 2): where the time of one decode step goes at the shapes of a dummy
+// model (default Llama-3.1-8B), and which decode setup is fastest, measured side by side on
+// one copy of the weights in one run:
+//   1. the cost of a dispatch boundary: chains of dependent dispatches of a tiny kernel;
+//   2. in-place GEMV tuning: for each decode matrix in turn, candidate tunings timed inside
+//      the whole decode step (not alone), the best kept (coordinate descent);
+//   3. setups (run 9's tuning without and with the decode fusions, and the tuned one) timed
+//      in alternating rounds;
+//   4. per-kernel GPU time of the first and the last setup: one timed pass per dispatch.
+// Prints a table and writes JSON (--out).
+import { writeFileSync } from "node:fs"
+import { Command } from "commander"
+import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "../engine/buffers.ts"
+import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
+import type { GemvOp, GemvTuning } from "../engine/gemv-tuning.ts"
+import { type DecodeOptions, GpuModel } from "../engine/model.ts"
+import { Pipelines } from "../engine/pipelines.ts"
+import { resolveDummyConfig } from "../models/config.ts"
+import { DummyWeightSource } from "../models/dummy.ts"
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
+
+type Tunings = Record<GemvOp, GemvTuning>
+interface Setup {
+  readonly name: string
+  readonly gemv: Tunings
+  readonly decode: Required<DecodeOptions>
+}
+
+/** µs per dispatch of `count` dependent dispatches of `groups` workgroups (each writes what the next reads). */
+const dispatchCost = async (gpu: Gpu, count: number, groups: number) => {
+  const device = gpu.device
+  const pipelines = new Pipelines(gpu)
+  const fill = await pipelines.get({ op: "fill" })
+  const buf = storageBuffer(device, "chain", groups * 256 * 4)
+  const u = new Uniform(device, "fill", "uufu")
+  u.set(groups * 256, 1, 0.5, groups * 256)
+  const group = bind(device, fill, [[0, u.buffer], [1, buf]])
+  const once = async () => {
+    const enc = device.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    pass.setPipeline(fill)
+    pass.setBindGroup(0, group)
+    for (let i = 0; i < count; i++) pass.dispatchWorkgroups(groups)
+    pass.end()
+    device.queue.submit([enc.finish()])
+    await done(device)
+  }
+  await once()
+  const times: number[] = []
+  for (let t = 0; t < 5; t++) {
+    const t0 = performance.now()
+    await once()
+    times.push(((performance.now() - t0) * 1000) / count)
+  }
+  buf.destroy()
+  return median(times)
+}
+
+const program = new Command()
+  .name("decode-lab")
+  .description("Where a decode step's time goes, and the fastest decode setup, side by side on one device.")
+  .option("--model <preset>", "dummy model preset", "llama-3.1-8b")
+  .option("--context <n>", "context length", (v) => parseInt(v, 10), 1024)
+  .option("--steps <n>", "timed steps per measurement", (v) => parseInt(v, 10), 96)
+  .option("--rounds <n>", "alternating rounds of the final comparison", (v) => parseInt(v, 10), 3)
+  .option("--quick", "few candidates (a smoke test on the CPU)")
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+const o = program.opts()
+
+const gpu = await acquireGpu()
+const device = gpu.device
+console.log(`device: ${gpu.adapterName} (${gpu.kind}), subgroups ${gpu.hasSubgroups} (min ${gpu.subgroupMinSize}), timestamps ${device.features.has("timestamp-query")}`)
+
+// 1. Dispatch boundaries.
+const chains = []
+for (const groups of [1, 132, 2048]) {
+  const us = await dispatchCost(gpu, o.quick ? 50 : 1000, groups)
+  chains.push({ groups, usPerDispatch: us })
+  console.log(`dispatch chain: ${groups} workgroups of 256 threads: ${us.toFixed(2)} us per dependent dispatch`)
+}
+
+const config = resolveDummyConfig(o.model)
+const steps: number = o.steps
+const context: number = o.context
+const run9: Tunings = {
+  qkv: { kind: "sg", wg: 32, rows: 2, rpw: 2 },
+  o: { wg: 128, rows: 2 },
+  gu: { wg: 256, rows: 2 },
+  down: { wg: 128, rows: 2 },
+  head: { wg: 256, rows: 2 },
+}
+const sg = (wg: number, rows: number, rpw: number, unroll = 4): GemvTuning => ({ kind: "sg", wg, rows, rpw, unroll })
+const wg = (w: number, rows: number): GemvTuning => ({ wg: w, rows })
+const candidates: Record<GemvOp, GemvTuning[]> = o.quick
+  ? { qkv: [wg(64, 4)], o: [wg(64, 2)], gu: [wg(64, 2)], down: [wg(64, 2)], head: [wg(64, 2)] }
+  : {
+      qkv: [sg(32, 4, 4), sg(32, 4, 4, 2), sg(32, 4, 4, 8), sg(64, 4, 8), sg(128, 4, 16), wg(128, 4), wg(256, 4), wg(64, 4)],
+      o: [wg(128, 2), wg(64, 2), wg(256, 2), sg(32, 2, 2), sg(32, 2, 2, 8), sg(32, 2, 2, 16), sg(32, 4, 4), sg(64, 2, 4, 8)],
+      gu: [wg(256, 2), wg(128, 2), wg(128, 4), sg(32, 2, 2), sg(32, 2, 2, 8), sg(64, 2, 4, 8)],
+      down: [wg(128, 2), wg(256, 2), wg(64, 2), sg(32, 2, 2), sg(32, 2, 2, 8), sg(32, 2, 2, 16), sg(128, 2, 8, 8)],
+      head: [wg(256, 2), wg(128, 2), sg(256, 2, 16), sg(32, 2, 2, 8)],
+    }
+const label = (t: GemvTuning) => (t.kind === "sg" ? `sg ${t.wg}/${t.rows}/${t.rpw} u${t.unroll ?? 4}` : `wg ${t.wg}/${t.rows}`)
+
+const t0 = performance.now()
+const base = await GpuModel.load(gpu, new DummyWeightSource(config), {
+  maxContext: context + 4096,
+  prefillChunk: 1024,
+  gemv: (op) => run9[op],
+  decode: { fuseRope: false, shortAttention: false },
+})
+await done(device)
+console.log(`loaded ${o.model} (${(base.weights.bytes / 1e9).toFixed(2)} GB) in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+const ids = Array.from({ length: context }, (_, i) => (i * 7919 + 13) % config.vocabSize)
+
+/** A model of the setup with `context` tokens prefilled and its step function. */
+const open = async (s: Setup) => {
+  const model = await base.sibling({ gemv: (op) => s.gemv[op], decode: s.decode })
+  await model.prefill(ids)
+  model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
+  let slot = 0
+  const step = () => {
+    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 })
+    slot++
+  }
+  /** ms per pipelined step; the context grows by 8 + n. Rewound afterwards so rounds compare. */
+  const time = async (n: number) => {
+    const at = model.length
+    for (let i = 0; i < 8; i++) step()
+    const s0 = performance.now()
+    for (let i = 0; i < n; i++) step()
+    await done(device)
+    const ms = (performance.now() - s0) / n
+    model.truncate(at)
+    return ms
+  }
+  return { model, step, time }
+}
+
+// 2. In-place GEMV tuning with both fusions on.
+const tuned: Tunings = { ...run9, qkv: sg(32, 4, 4) }
+const tuning: Array<{ op: GemvOp; tuning: string; ms: number }> = []
+for (const op of ["qkv", "o", "gu", "down", "head"] as const) {
+  let best = { t: tuned[op], ms: Infinity }
+  for (const t of candidates[op]) {
+    const m = await open({ name: "", gemv: { ...tuned, [op]: t }, decode: { fuseRope: true, shortAttention: true } })
+    const ms = Math.min(await m.time(steps / 2), await m.time(steps / 2))
+    m.model.destroy()
+    tuning.push({ op, tuning: label(t), ms })
+    console.log(`tune ${op.padEnd(5)} ${label(t).padEnd(18)} ${ms.toFixed(3)} ms/token`)
+    if (ms < best.ms) best = { t, ms }
+  }
+  tuned[op] = best.t
+}
+console.log(`tuned: ${Object.entries(tuned).map(([op, t]) => `${op} ${label(t)}`).join(", ")}`)
+
+// 3. Setups side by side, alternating.
+const setups: Setup[] = [
+  { name: "run 9 (no fusions)", gemv: run9, decode: { fuseRope: false, shortAttention: false } },
+  { name: "run 9 + short attention", gemv: run9, decode: { fuseRope: false, shortAttention: true } },
+  { name: "run 9 + both (qkv sg 32/4/4)", gemv: { ...run9, qkv: sg(32, 4, 4) }, decode: { fuseRope: true, shortAttention: true } },
+  { name: "tuned + both", gemv: tuned, decode: { fuseRope: true, shortAttention: true } },
+]
+const opened: Array<{ s: Setup; m: Awaited<ReturnType<typeof open>>; ms: number[] }> = []
+for (const s of setups) opened.push({ s, m: await open(s), ms: [] })
+for (let r = 0; r < o.rounds; r++) for (const x of opened) x.ms.push(await x.m.time(steps))
+console.log(`\ndecode ${o.model}, context ${context}, ${steps} pipelined steps, ${o.rounds} alternating rounds (ms/token):`)
+for (const x of opened) console.log(`  ${x.s.name.padEnd(30)} ${x.ms.map((v) => v.toFixed(3)).join(" / ")}  median ${median(x.ms).toFixed(3)}`)
+
+// 4. Per-kernel GPU time: one timed pass per dispatch over 4 steps.
+const profile = async (x: (typeof opened)[number]) => {
+  const model = x.m.model
+  const maxQ = 4096
+  const querySet = device.createQuerySet({ type: "timestamp", count: maxQ })
+  const resolve = device.createBuffer({ size: maxQ * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
+  const read = device.createBuffer({ size: maxQ * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+  const perKernel = new Map<string, { us: number; count: number }>()
+  let span = 0
+  let busy = 0
+  const rounds = 4
+  for (let r = 0; r < rounds; r++) {
+    let labels: string[] = []
+    model.decodeEncoder = (encoder: GPUCommandEncoder, prog: ReadonlyArray<Dispatch>) => {
+      labels = prog.filter((d) => d.x > 0 && d.y > 0 && d.z > 0).map((d) => d.pipeline.label)
+      let q = 0
+      for (const d of prog) {
+        if (d.x === 0 || d.y === 0 || d.z === 0) continue
+        const pass = encoder.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: q, endOfPassWriteIndex: q + 1 } })
+        encodeAll(pass, [d])
+        pass.end()
+        q += 2
+      }
+      encoder.resolveQuerySet(querySet, 0, q, resolve, 0)
+      encoder.copyBufferToBuffer(resolve, 0, read, 0, q * 8)
+    }
+    x.m.step()
+    model.decodeEncoder = undefined
+    await read.mapAsync(GPUMapMode.READ)
+    const stamps = new BigUint64Array(read.getMappedRange().slice(0, labels.length * 16))
+    read.unmap()
+    labels.forEach((name, i) => {
+      const us = Number(stamps[2 * i + 1] - stamps[2 * i]) / 1000
+      const k = perKernel.get(name) ?? { us: 0, count: 0 }
+      k.us += us
+      k.count++
+      perKernel.set(name, k)
+      busy += us
+    })
+    span += Number(stamps[2 * labels.length - 1] - stamps[0]) / 1000
+  }
+  querySet.destroy()
+  resolve.destroy()
+  read.destroy()
+  const kernels = [...perKernel.entries()]
+    .map(([name, k]) => ({ name, usPerStep: k.us / rounds, dispatchesPerStep: k.count / rounds, usPerDispatch: k.us / k.count }))
+    .sort((a, b) => b.usPerStep - a.usPerStep)
+  console.log(`\nper-kernel GPU time, ${x.s.name} (one timed pass per dispatch; ${rounds} steps):`)
+  console.log(`  span first begin .. last end ${(span / rounds / 1000).toFixed(3)} ms/step; inside kernels ${(busy / rounds / 1000).toFixed(3)} ms/step`)
+  for (const k of kernels) console.log(`  ${k.name.padEnd(44)} ${k.dispatchesPerStep.toFixed(0).padStart(4)} x ${k.usPerDispatch.toFixed(2).padStart(8)} us = ${(k.usPerStep / 1000).toFixed(3)} ms`)
+  return { setup: x.s.name, spanMs: span / rounds / 1000, busyMs: busy / rounds / 1000, kernels }
+}
+const profiles = device.features.has("timestamp-query") ? [await profile(opened[0]), await profile(opened[opened.length - 1])] : []
+
+const result = {
+  date: new Date().toISOString(),
+  device: gpu.adapterName,
+  argv: process.argv.slice(2),
+  model: o.model,
+  context,
+  steps,
+  chains,
+  tuning,
+  tuned,
+  setups: opened.map((x) => ({ name: x.s.name, gemv: x.s.gemv, decode: x.s.decode, msPerToken: x.ms, median: median(x.ms) })),
+  profiles,
+}
+if (o.out) writeFileSync(o.out, JSON.stringify(result, null, 2))
+for (const x of opened) x.m.model.destroy()
+base.destroy()
+await releaseGpu()
