@@ -11,9 +11,11 @@
 #            and 11K, five depths; KL over 4096 held-out positions), stopped at QUALITY_S;
 #            extra arguments go to kv-quality (e.g. --policies quest,h2o); QUALITY_CHECK=0
 #            skips the check (then only kv-quality needs to be bundled)
+#   lab: the golden check, then bench/decode-lab.ts (dispatch cost, GEMV tuning inside the
+#        decode step, setups side by side, per-kernel times); extra arguments go to decode-lab
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -33,6 +35,10 @@ if [ "$suite" = quality ] && [ "${QUALITY_CHECK:-1}" = 0 ]; then
   exit 0
 fi
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+if [ "$suite" = lab ]; then
+  node .bench-bundle/decode-lab.mjs --out "$out/decode-lab.json" "$@" 2>&1 | tee "$out/decode-lab.txt"
+  exit 0
+fi
 if [ "$suite" = check ] || [ "$suite" = quality ]; then
   mkdir -p /tmp/leoam-kv
   node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --steps 6 --kv-dir /tmp/leoam-kv \
