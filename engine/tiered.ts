@@ -151,15 +151,21 @@ const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
  * one cannot (staging grows with the budget, so that least budget is solved for, not guessed).
  */
 export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
-  const staging = stagingAt(i, i.budgetBytes)
+  const layout = layoutWith(i, stagingAt(i, i.budgetBytes))
+  if (layout) return layout
+  const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes)
+  let least = fixed + stagingAt(i, fixed).bytes
+  for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
+  // Staging grows with the budget in steps, so a budget past the least one can still be
+  // refused with its own staging: it then gets the least budget's staging.
+  return least <= i.budgetBytes ? layoutWith(i, stagingAt(i, least))! : least
+}
+
+/** The layout of the budget with this staging, or undefined when the minimum slots do not fit. */
+const layoutWith = (i: TierLayoutInput, staging: ReturnType<typeof stagingAt>): TierLayout | undefined => {
   const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers) - i.tailSlackBytes
   const slots = Math.floor(perLayer / i.slotBytes)
-  if (!(slots >= 1 + i.minimumSlots)) {
-    const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes)
-    let least = fixed + stagingAt(i, fixed).bytes
-    for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
-    return least
-  }
+  if (!(slots >= 1 + i.minimumSlots)) return undefined
   const tailChunks = Math.max(1, Math.min(i.wantedPrefillChunks, Math.floor(slots / 2), slots - i.minimumSlots))
   const cacheSlots = Math.min(i.maxChunks, slots - tailChunks)
   return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }

@@ -61,6 +61,13 @@ describe("tierLayout", () => {
     )
   })
 
+  it("a budget past the least one is accepted even where its own staging would not fit (found by the property above)", () => {
+    const i = { layers: 68, slotBytes: 3873792, tailSlackBytes: 3873792, sealBytes: 3874304, scratchBytes: 1936896, minimumSlots: 5, wantedPrefillChunks: 1, maxChunks: 5, budgetBytes: 2 ** 31 }
+    const layout = tierLayout(i)
+    expect(typeof layout).toBe("object")
+    expect((layout as Exclude<typeof layout, number>).bytes).toBeLessThanOrEqual(i.budgetBytes)
+  })
+
   it("the bundled model's 2K request: the least budget with the leoam defaults is 778 KiB", () => {
     const blockBytes = 2 * 16 * 64 * 2 // KV heads x block tokens x head dim x f16
     const slot = 2 * 2 * blockBytes // K and V of a 32-token chunk
