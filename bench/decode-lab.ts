@@ -12,12 +12,13 @@ import { writeFileSync } from "node:fs"
 import { Command } from "commander"
 import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
-import type { GemvOp, GemvTuning } from "../engine/gemv-tuning.ts"
+import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 
+const label = (t: GemvTuning) => (t.kind === "sg" ? `sg ${t.wg}/${t.rows}/${t.rpw} u${t.unroll ?? 4}` : `wg ${t.wg}/${t.rows}`)
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
 
@@ -58,6 +59,59 @@ const dispatchCost = async (gpu: Gpu, count: number, groups: number) => {
   return median(times)
 }
 
+/**
+ * µs of one GEMV (N x K, f16) alone with these fused flags: 4 weight matrices rotated (more
+ * than any L2), 16 dispatches per submit, median of 7 submits.
+ */
+const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Record<string, boolean>) => {
+  const dev = gpu.device
+  const pipelines = new Pipelines(gpu)
+  const mats = Array.from({ length: 4 }, (_, i) => storageBuffer(dev, `W ${i}`, n * k * 2))
+  const fill = await pipelines.get({ op: "fill" })
+  for (const m of mats) {
+    const u = new Uniform(dev, "fill", "uufu")
+    const groups = Math.min(65535, Math.ceil((n * k) / 2 / 256))
+    u.set((n * k) / 2, 7, 0.04, groups * 256)
+    const enc = dev.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    pass.setPipeline(fill)
+    pass.setBindGroup(0, bind(dev, fill, [[0, u.buffer], [1, m]]))
+    pass.dispatchWorkgroups(groups)
+    pass.end()
+    dev.queue.submit([enc.finish()])
+  }
+  const x = storageBuffer(dev, "x", k * 4)
+  dev.queue.writeBuffer(x, 0, Float32Array.from({ length: k }, (_, i) => Math.sin(i) * 0.5))
+  const gamma = storageBuffer(dev, "gamma", k * 2)
+  const y = storageBuffer(dev, "y", n * 4)
+  const pipe = await pipelines.get(gemvKey(t, flags))
+  const groups = Math.ceil(n / gemvRowsPerGroup(t))
+  const u = new Uniform(dev, "gemv", "uufuuuuu")
+  u.set(n, k, 1e-5, Math.min(groups, 65535))
+  const binds = mats.map((m) => bind(dev, pipe, [[0, u.buffer], [1, m], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])]))
+  const once = async () => {
+    const enc = dev.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    pass.setPipeline(pipe)
+    for (let r = 0; r < 16; r++) {
+      pass.setBindGroup(0, binds[r % 4])
+      pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535))
+    }
+    pass.end()
+    dev.queue.submit([enc.finish()])
+    await done(dev)
+  }
+  await once()
+  const times: number[] = []
+  for (let i = 0; i < 7; i++) {
+    const t0 = performance.now()
+    await once()
+    times.push(((performance.now() - t0) * 1000) / 16)
+  }
+  for (const b of [...mats, x, gamma, y]) b.destroy()
+  return median(times)
+}
+
 const program = new Command()
   .name("decode-lab")
   .description("Where a decode step's time goes, and the fastest decode setup, side by side on one device.")
@@ -83,6 +137,28 @@ for (const groups of [1, 132, 2048]) {
 }
 
 const config = resolveDummyConfig(o.model)
+
+// 1b. What the fused flags cost, each matrix alone (the engine benchmark times plain GEMVs).
+const flagStudy: Array<{ op: string; tuning: string; flags: string; us: number; gbs: number }> = []
+{
+  const shapes = gemvShapes(config)
+  const studies: Array<[GemvOp, GemvTuning, Array<Record<string, boolean>>]> = [
+    ["gu", { wg: 256, rows: 2 }, [{}, { NORM: true }, { SWIGLU: true }, { NORM: true, SWIGLU: true }, { NORM: true, SWIGLU: true, PAIRED: true }]],
+    ["gu", { kind: "sg", wg: 32, rows: 2, rpw: 2 }, [{}, { NORM: true }, { SWIGLU: true }, { NORM: true, SWIGLU: true }, { NORM: true, SWIGLU: true, PAIRED: true }]],
+    ["qkv", { kind: "sg", wg: 32, rows: 4, rpw: 4 }, [{}, { NORM: true }]],
+    ["o", { wg: 128, rows: 2 }, [{}, { ACC: true }]],
+    ["down", { wg: 128, rows: 2 }, [{}, { ACC: true }]],
+  ]
+  for (const [op, t, variants] of o.quick ? [] : studies) {
+    const [n, k] = shapes[op]
+    for (const flags of variants) {
+      const us = await timeGemv(gpu, n, k, t, flags)
+      const names = Object.keys(flags).join("+") || "plain"
+      flagStudy.push({ op, tuning: label(t), flags: names, us, gbs: (n * k * 2) / us / 1e3 })
+      console.log(`alone: ${op.padEnd(5)} ${label(t).padEnd(16)} ${names.padEnd(12)} ${us.toFixed(1).padStart(7)} us ${((n * k * 2) / us / 1e3).toFixed(0).padStart(6)} GB/s`)
+    }
+  }
+}
 const steps: number = o.steps
 const context: number = o.context
 const run9: Tunings = {
@@ -103,7 +179,6 @@ const candidates: Record<GemvOp, GemvTuning[]> = o.quick
       down: [wg(128, 2), wg(256, 2), wg(64, 2), sg(32, 2, 2), sg(32, 2, 2, 8), sg(32, 2, 2, 16), sg(128, 2, 8, 8)],
       head: [wg(256, 2), wg(128, 2), sg(256, 2, 16), sg(32, 2, 2, 8)],
     }
-const label = (t: GemvTuning) => (t.kind === "sg" ? `sg ${t.wg}/${t.rows}/${t.rpw} u${t.unroll ?? 4}` : `wg ${t.wg}/${t.rows}`)
 
 const t0 = performance.now()
 const base = await GpuModel.load(gpu, new DummyWeightSource(config), {
@@ -232,6 +307,7 @@ const result = {
   context,
   steps,
   chains,
+  flagStudy,
   tuning,
   tuned,
   setups: opened.map((x) => ({ name: x.s.name, gemv: x.s.gemv, decode: x.s.decode, msPerToken: x.ms, median: median(x.ms) })),

@@ -112,6 +112,38 @@ const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<n
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i)
 
+describe("attn_combine", () => {
+  // Partials as attn_decode writes them, merged on the CPU: S past one 256-split chunk of
+  // workgroup memory and not a multiple of the 16 loads in flight, stride > S, M = 2.
+  it.each([
+    [1, 64, 1, 0],
+    [3, 128, 37, 40],
+    [2, 64, 300, 301],
+  ])("H %i, D %i, S %i, stride %i", async (H, D, S, stride) => {
+    const rand = rng(H * 10 + S)
+    const M = 2
+    const st = stride || S
+    const partO = uniformF32(rand, M * H * st * D, 2)
+    const partML = new Float32Array(M * H * st * 2)
+    for (let i = 0; i < M * H * st; i++) partML.set([(rand() - 0.5) * 20, 0.5 + rand() * 4], 2 * i)
+    const out = rig.output(M * H * D * 4)
+    await rig.run({ op: "attn_combine" }, { layout: "uuuu", values: [H, S, D, stride] }, { 1: rig.input(partO), 2: rig.input(partML), 3: out }, [H, M])
+    const want = new Float32Array(M * H * D)
+    for (let row = 0; row < M * H; row++) {
+      let mx = -Infinity
+      for (let s = 0; s < S; s++) mx = Math.max(mx, partML[2 * (row * st + s)]!)
+      let den = 0
+      for (let s = 0; s < S; s++) den += Math.exp(partML[2 * (row * st + s)]! - mx) * partML[2 * (row * st + s) + 1]!
+      for (let d = 0; d < D; d++) {
+        let num = 0
+        for (let s = 0; s < S; s++) num += Math.exp(partML[2 * (row * st + s)]! - mx) * partO[(row * st + s) * D + d]!
+        want[row * D + d] = num / den
+      }
+    }
+    expectClose(await rig.f32(out, M * H * D), want, TOL.f32, "combine")
+  })
+})
+
 describe("attn_decode + attn_combine", () => {
   // Every (G, D, BS) with 1, 2 or 3 splits of EPS = 1 or 2 tiles (256 / BS entries each);
   // the last block holds 1 .. BS - 1 tokens.
