@@ -25,11 +25,6 @@ override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim, multiple of 8
 const MAX_G: u32 = 8u;
-const MAX_D8: u32 = 32u;  // D <= 256
-// Value loads in flight per thread in phase 2: the largest of 32, 16, 8 dividing the D/2
-// token slots each thread covers (WG / ntg).
-const VB_MAX: u32 = 32u;
-override VB: u32 = select(select(8u, 16u, (D / 2u) % 16u == 0u), VB_MAX, (D / 2u) % VB_MAX == 0u);
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, G * D>;
@@ -95,12 +90,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     vrow[lid] = row * half_d;
     if (valid) {
-      // Every load of the row first (one memory round trip), then the dot products.
       let kb = row * d8;
-      var kr: array<vec4<u32>, MAX_D8>;
-      for (var i = 0u; i < d8; i = i + 1u) { kr[i] = kpool[kb + i]; }
       for (var i = 0u; i < d8; i = i + 1u) {
-        let kv = kr[i];
+        let kv = kpool[kb + i];
         let k01 = unpack2x16float(kv.x);
         let k23 = unpack2x16float(kv.y);
         let k45 = unpack2x16float(kv.z);
@@ -132,15 +124,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
     // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data;
-    // VB slots at a time so that VB loads are in flight (WG / ntg is a multiple of VB).
-    for (var t0 = tg; t0 < WG; t0 = t0 + VB * ntg) {
-      var vv: array<u32, VB_MAX>;
-      for (var j = 0u; j < VB; j = j + 1u) { vv[j] = vpool[vrow[t0 + j * ntg] + dp]; }
-      for (var j = 0u; j < VB; j = j + 1u) {
+    // 8 slots at a time so that 8 loads are in flight (WG / ntg is a multiple of 8).
+    for (var t0 = tg; t0 < WG; t0 = t0 + 8u * ntg) {
+      var vv: array<vec2<f32>, 8>;
+      for (var j = 0u; j < 8u; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
+      for (var j = 0u; j < 8u; j = j + 1u) {
         let t = t0 + j * ntg;
-        let v = unpack2x16float(vv[j]);
         for (var g = 0u; g < G; g = g + 1u) {
-          acc[g] = acc[g] + sc[g * WG + t] * v;
+          acc[g] = acc[g] + sc[g * WG + t] * vv[j];
         }
       }
     }
