@@ -138,6 +138,23 @@ for (const groups of [1, 132, 2048]) {
 
 const config = resolveDummyConfig(o.model)
 
+// 1c. Fixed cost versus bytes: the same GEMV alone at growing row counts (K = hidden size);
+// a line through the points gives the bandwidth (slope) and the cost of a dispatch (intercept).
+const sizes: Array<{ rows: number; us: number }> = []
+for (const rows of o.quick ? [] : [2048, 4096, 8192, 16384, 32768, 65536]) {
+  const us = await timeGemv(gpu, rows, config.hiddenSize, { kind: "sg", wg: 32, rows: 2, rpw: 2, unroll: 8 }, {})
+  sizes.push({ rows, us })
+  console.log(`alone: ${rows} x ${config.hiddenSize} (${((rows * config.hiddenSize * 2) / 1e6).toFixed(0)} MB): ${us.toFixed(1)} us, ${((rows * config.hiddenSize * 2) / us / 1e3).toFixed(0)} GB/s`)
+}
+if (sizes.length > 1) {
+  const n = sizes.length
+  const xs = sizes.map((p) => (p.rows * config.hiddenSize * 2) / 1e6)
+  const mx = xs.reduce((a, b) => a + b) / n
+  const my = sizes.reduce((a, p) => a + p.us, 0) / n
+  const slope = xs.reduce((a, x, i) => a + (x - mx) * (sizes[i].us - my), 0) / xs.reduce((a, x) => a + (x - mx) ** 2, 0)
+  console.log(`  fit: ${(1e3 / slope / 1e3).toFixed(2)} TB/s, ${(my - slope * mx).toFixed(1)} us per GEMV besides its bytes`)
+}
+
 // 1b. What the fused flags cost, each matrix alone (the engine benchmark times plain GEMVs).
 const flagStudy: Array<{ op: string; tuning: string; flags: string; us: number; gbs: number }> = []
 {
@@ -316,6 +333,7 @@ const result = {
   context,
   steps,
   chains,
+  sizes,
   flagStudy,
   tuning,
   tuned,

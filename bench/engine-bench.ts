@@ -2,7 +2,8 @@
 //   (a) a WGSL copy kernel's bandwidth (the ceiling) and the GEMV kernel's bandwidth at
 //       8192x8192 fp16 for several tunings, as a fraction of the copy;
 //   (b) decode ms/token at the shapes of a dummy model (default Llama-3.1-8B), 1K context,
-//       batch 1, tokens chosen on the GPU and steps submitted back to back;
+//       batch 1, tokens chosen on the GPU and steps submitted back to back, with the engine's
+//       default setup; side by side with the GEMV tunings of (a) and with run 9's setup;
 //   (c) prefill time of a long prompt (default 8K tokens) at those shapes.
 // Prints a table and writes JSON (--out). Timing starts right after warm-up (DESIGN §6).
 import { writeFileSync } from "node:fs"
@@ -10,7 +11,7 @@ import { Command } from "commander"
 import { bind, readBack, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
 import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
-import { GpuModel } from "../engine/model.ts"
+import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
@@ -144,12 +145,56 @@ const tuneModelGemvs = async (gpu: Gpu, config: ReturnType<typeof resolveDummyCo
   return out
 }
 
-const benchModel = async (gpu: Gpu, preset: string, context: number, steps: number, prefillTokens: number, gemvTuning: (op: GemvOp) => GemvTuning) => {
+/** Run 9's decode (bench/results/2026-11-28-h200-run9-README.md): its tuning, RoPE and 256-token attention tiles apart. */
+const run9Tuning: Record<GemvOp, GemvTuning> = {
+  qkv: { kind: "sg", wg: 32, rows: 2, rpw: 2 },
+  o: { wg: 128, rows: 2 },
+  gu: { wg: 256, rows: 2 },
+  down: { wg: 128, rows: 2 },
+  head: { wg: 256, rows: 2 },
+}
+
+/**
+ * Decode ms/token of the model's own setup against others on the same weights, in
+ * alternating rounds: `steps` pipelined steps at `context` tokens each time.
+ */
+const compareSetups = async (model: GpuModel, ids: number[], steps: number, others: Array<{ name: string; gemv?: (op: GemvOp) => GemvTuning; decode?: DecodeOptions }>) => {
+  const device = model.gpu.device
+  const runs = [{ name: "default", model }, ...(await Promise.all(others.map(async (o) => ({ name: o.name, model: await model.sibling(o) }))))]
+  const times = runs.map(() => [] as number[])
+  for (const r of runs) {
+    r.model.reset()
+    await r.model.prefill(ids)
+    r.model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
+  }
+  let slot = 0
+  for (let round = 0; round < 3; round++) {
+    for (const [i, r] of runs.entries()) {
+      const at = r.model.length
+      const step = () => {
+        r.model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 })
+        slot++
+      }
+      for (let k = 0; k < 8; k++) step()
+      const t0 = performance.now()
+      for (let k = 0; k < steps; k++) step()
+      await done(device)
+      times[i].push((performance.now() - t0) / steps)
+      r.model.truncate(at)
+    }
+  }
+  for (const r of runs.slice(1)) r.model.destroy()
+  const base = median(times[0])
+  return runs.map((r, i) => ({ name: r.name, msPerToken: times[i], median: median(times[i]), ratioToDefault: median(times[i]) / base }))
+}
+
+const benchModel = async (gpu: Gpu, preset: string, context: number, steps: number, prefillTokens: number, isolatedBest: (op: GemvOp) => GemvTuning) => {
   const config = resolveDummyConfig(preset)
   const source = new DummyWeightSource(config)
   const t0 = performance.now()
   const maxContext = Math.max(context + 2 * steps + 4 * 72 + 64, prefillTokens) + 16
-  const model = await GpuModel.load(gpu, source, { maxContext, prefillChunk: 1024, gemv: gemvTuning })
+  // The engine's defaults: GEMV tunings measured inside the decode step, both decode fusions.
+  const model = await GpuModel.load(gpu, source, { maxContext, prefillChunk: 1024 })
   await done(gpu.device)
   const loadS = (performance.now() - t0) / 1000
   const device = gpu.device
@@ -201,6 +246,10 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
     gemvOnly: await timeSteps((k) => k.startsWith("gemv")),
   }
   const weightBytes = model.weights.bytes
+  const setups = await compareSetups(model, rand(context), steps, [
+    { name: "GEMVs tuned alone (a), fusions on", gemv: isolatedBest },
+    { name: "run 9 setup (no fusions)", gemv: (op) => run9Tuning[op], decode: { fuseRope: false, shortAttention: false } },
+  ])
 
   // (c) prefill of `prefillTokens` from an empty cache, warmed by a short prefill first.
   model.reset()
@@ -226,6 +275,7 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
     weightGBsAtDecode: weightBytes / (pipelinedMs / 1000) / 1e9,
     tokensValid: [...tokenCheck].every((t) => t < config.vocabSize),
     breakdown,
+    setups,
     prefillTokens,
     prefillMs,
     prefillTokensPerS: prefillTokens / (prefillMs / 1000),
@@ -293,11 +343,13 @@ for (const [op, t] of Object.entries(tunings)) {
 }
 const tuning = (op: GemvOp): GemvTuning => ({ kind: tunings[op].best.kind, wg: tunings[op].best.wg, rows: tunings[op].best.rows, rpw: tunings[op].best.rpw })
 const model = await benchModel(gpu, o.model, o.context, o.steps, o.prefill, tuning)
-console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, GEMV tuned per matrix:`)
+console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9).toFixed(2)} GB of weights), context ${model.context}, batch 1, the engine's default setup:`)
 console.log(`    ${model.decodeMsPerToken.toFixed(3)} ms/token pipelined (${model.weightGBsAtDecode.toFixed(0)} GB/s of weights); host encode ${model.cpuEncodeMsPerToken.toFixed(3)} ms/token`)
 console.log(`    synchronous step (token read back each step): p50 ${model.syncStepMsP50.toFixed(3)} ms, p99 ${model.syncStepMsP99.toFixed(3)} ms`)
 const bd = model.breakdown
 console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attention ${bd.withoutAttention.toFixed(3)}, without attention+rope ${bd.withoutAttentionAndRope.toFixed(3)}, GEMVs only ${bd.gemvOnly.toFixed(3)}`)
+console.log(`    side by side, 3 alternating rounds of ${model.steps} steps (ms/token, median, ratio to the default):`)
+for (const x of model.setups) console.log(`      ${x.name.padEnd(36)} ${x.msPerToken.map((v) => v.toFixed(3)).join(" / ")}  ${x.median.toFixed(3)}  ${x.ratioToDefault.toFixed(3)}`)
 console.log(`    weight-bytes floor at the read-only ceiling: ${(model.weightBytes / kernels.readGBs / 1e6).toFixed(3)} ms/token`)
 console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
 const long = o.longContext > 0 ? await benchLongContext(gpu, o.model, o.longContext, o.sparseBudget, 64, tuning) : undefined

@@ -38,7 +38,11 @@ export const gemvShapes = (c: ModelConfig): Record<GemvOp, readonly [number, num
   head: [c.vocabSize, c.hiddenSize],
 })
 
-export const resolveGemvTunings = (c: ModelConfig, t: GemvTuningOption, subgroups: boolean): GemvTunings => {
+/**
+ * The tuning of each matrix, checked. `subgroupMaxSize` is the device's largest subgroup
+ * (undefined: no subgroups): a subgroup kernel's workgroup must hold whole subgroups.
+ */
+export const resolveGemvTunings = (c: ModelConfig, t: GemvTuningOption, subgroupMaxSize: number | undefined): GemvTunings => {
   const shapes = gemvShapes(c)
   const pick = (op: GemvOp) => (typeof t === "function" ? t(op, shapes[op][0], shapes[op][1]) : t)
   const out = { qkv: pick("qkv"), o: pick("o"), gu: pick("gu"), down: pick("down"), head: pick("head") }
@@ -49,19 +53,33 @@ export const resolveGemvTunings = (c: ModelConfig, t: GemvTuningOption, subgroup
     if (v.unroll !== undefined && !(Number.isInteger(v.unroll) && v.unroll >= 1 && v.unroll <= 16)) {
       throw new RangeError(`GEMV tuning for ${op}: unroll must be an integer in [1, 16]`)
     }
-    if (v.kind === "sg" && (!subgroups || gemvRowsPerGroup(v) % v.rows !== 0)) {
-      throw new RangeError(`GEMV tuning for ${op}: the subgroup kernel needs subgroups and rpw a multiple of rows`)
+    if (v.kind === "sg" && (subgroupMaxSize === undefined || gemvRowsPerGroup(v) % v.rows !== 0 || v.wg < subgroupMaxSize)) {
+      throw new RangeError(`GEMV tuning for ${op}: the subgroup kernel needs subgroups, a workgroup of whole subgroups (${subgroupMaxSize ?? "none"} lanes) and rpw a multiple of rows`)
     }
   }
   return out
 }
 
 /**
- * Measured on the H200 (bench/results/2026-11-28-h200-*): 128 threads, 2 rows; the QKV
- * GEMV takes rows in quads so that it can apply RoPE itself (DecodeOptions.fuseRope).
+ * Measured on the H200 inside the decode step (bench/decode-lab.ts, bench/results/
+ * 2026-11-28-h200-run20-lab): the subgroup kernel, one 32-lane subgroup per workgroup, for
+ * the QKV (rows in quads, so that it applies RoPE itself) and O matrices and the LM head;
+ * 128 threads and 2 rows for gate/up and down. Without subgroups, or with subgroups wider
+ * than 32 lanes, 128 threads and 2 rows (4 for QKV). The CPU (lavapipe): 64 threads, 4 rows.
  */
-export const defaultGemvTuning = (gpu: Gpu): GemvTuningOption =>
-  gpu.kind === "cpu" ? { wg: 64, rows: 4 } : (op) => (op === "qkv" ? { wg: 128, rows: 4 } : { wg: 128, rows: 2 })
+export const defaultGemvTuning = (gpu: Gpu): GemvTuningOption => {
+  if (gpu.kind === "cpu") return { wg: 64, rows: 4 }
+  const plain = { wg: 128, rows: 2 }
+  if (!gpu.hasSubgroups || gpu.subgroupMaxSize > 32) return (op) => (op === "qkv" ? { wg: 128, rows: 4 } : plain)
+  const measured: GemvTunings = {
+    qkv: { kind: "sg", wg: 32, rows: 4, rpw: 4, unroll: 2 },
+    o: { kind: "sg", wg: 32, rows: 2, rpw: 2, unroll: 8 },
+    gu: plain,
+    down: plain,
+    head: { kind: "sg", wg: 256, rows: 2, rpw: 16 },
+  }
+  return (op) => measured[op]
+}
 
 /** A tuning for all matrices, or one per matrix. */
 export type GemvTuningOption = GemvTuning | ((op: GemvOp, rows: number, cols: number) => GemvTuning)

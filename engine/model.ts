@@ -321,7 +321,7 @@ export class GpuModel {
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
     const c = source.config
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
-    const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), gpu.hasSubgroups)
+    const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), subgroupsOf(gpu))
     const pipelines = new Pipelines(gpu)
     const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu))
     if ([options.sparse, options.tiered, options.h2o].filter((x) => x !== undefined).length > 1) {
@@ -631,7 +631,7 @@ export class GpuModel {
    * weights. Its `destroy` leaves the weights to this model.
    */
   async sibling(options: Pick<EngineOptions, "gemv" | "decode">): Promise<GpuModel> {
-    const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, this.gpu.hasSubgroups) : this.built.gemv
+    const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const decode = { ...this.built.decode, ...options.decode }
     await this.pipelines.prewarm(Object.values(pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu))))
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, { ...this.built, gemv, decode })
@@ -684,6 +684,9 @@ export const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: 
  */
 const canFuseRope = (gpu: Gpu, gemv: GemvTunings, bias: boolean): boolean =>
   gemv.qkv.rows % 4 === 0 && gpu.device.limits.maxStorageBuffersPerShaderStage >= (bias ? 9 : 8)
+
+/** The largest subgroup of the device (undefined: no subgroups), for checking GEMV tunings. */
+const subgroupsOf = (gpu: Gpu): number | undefined => (gpu.hasSubgroups ? gpu.subgroupMaxSize : undefined)
 
 /** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
 const noBlocks: ReadonlyArray<number> = []

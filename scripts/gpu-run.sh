@@ -13,9 +13,11 @@
 #            skips the check (then only kv-quality needs to be bundled)
 #   lab: the golden check, then bench/decode-lab.ts (dispatch cost, GEMV tuning inside the
 #        decode step, setups side by side, per-kernel times); extra arguments go to decode-lab
+#   decode: the golden check, engine-bench without the long-context part (extra arguments go
+#        to it), actor-overhead and decode-lab, with the GPU's clocks logged every second
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -32,6 +34,16 @@ fi
 if [ "$suite" = quality ] && [ "${QUALITY_CHECK:-1}" = 0 ]; then
   timeout "${QUALITY_S:-420}" node .bench-bundle/kv-quality.mjs --kl-positions 4096 --json "$out/kv-quality.json" "$@" 2>&1 | tee "$out/kv-quality.txt" \
     || echo "kv-quality: stopped (time); kv-quality.json has the variants that finished"
+  exit 0
+fi
+if [ "$suite" = decode ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv -l 1 > "$out/clocks.csv" 2>&1 &
+  clocks=$!
+  node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+  node .bench-bundle/engine-bench.mjs --long-context 0 --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
+  node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
+  node .bench-bundle/decode-lab.mjs --out "$out/decode-lab.json" 2>&1 | tee "$out/decode-lab.txt"
+  kill "$clocks" 2>/dev/null || true
   exit 0
 fi
 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
