@@ -14,7 +14,8 @@
 #   lab: the golden check, then bench/decode-lab.ts (dispatch cost, GEMV tuning inside the
 #        decode step, setups side by side, per-kernel times); extra arguments go to decode-lab
 #   decode: the golden check, engine-bench without the long-context part (extra arguments go
-#        to it), actor-overhead and decode-lab, with the GPU's clocks logged every second
+#        to it), actor-overhead (when bundled) and decode-lab, with the GPU's clocks logged
+#        every second
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode) shift || true ;; *) suite=all ;; esac
@@ -22,8 +23,8 @@ out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
 for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
-[ -d .bench-bundle/node_modules/lmdb ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
-command -v nats-server >/dev/null || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
+[ -d .bench-bundle/node_modules/lmdb ] || [ ! -f .bench-bundle/lmdb.tar.xz ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
+command -v nats-server >/dev/null || [ ! -f .bench-bundle/nats-server.xz ] || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
 if [ "$suite" = tiered-128k ]; then
   mkdir -p /tmp/leoam-kv
@@ -41,7 +42,7 @@ if [ "$suite" = decode ]; then
   clocks=$!
   node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   node .bench-bundle/engine-bench.mjs --long-context 0 --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
-  node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
+  [ ! -f .bench-bundle/actor-overhead.mjs ] || node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
   node .bench-bundle/decode-lab.mjs --out "$out/decode-lab.json" 2>&1 | tee "$out/decode-lab.txt"
   kill "$clocks" 2>/dev/null || true
   exit 0
