@@ -26,13 +26,10 @@ done
 case " $progs " in *" kv-quality "*) cp -r bench/data .bench-bundle/data ;; esac
 cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
 xz -T1 -9e -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
-# lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball,
-# and the actor benchmark starts an embedded nats-server (Debian's static binary); both only
-# for the programs that need them (the golden check, engine-bench and decode-lab do not).
-case " $progs " in *" actor-overhead "*|*" tiered-bench "*|*" kv-quality "*|*" upload-bench "*)
-  XZ_OPT=-9e tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
-    node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast \
-    node_modules/detect-libc
-  xz -T1 -9e -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz ;;
-esac
+# lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball.
+XZ_OPT=-9e tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
+  node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast \
+  node_modules/detect-libc
+# The actor benchmark starts an embedded nats-server (Debian's static binary); only it needs one.
+case " $progs " in *" actor-overhead "*) xz -T1 -9e -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz ;; esac
 du -sh .gpu .bench-bundle
