@@ -15,6 +15,7 @@ import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
 import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
+import { gemvUniform } from "../engine/model-resources.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 
@@ -86,7 +87,7 @@ const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Re
   const y = storageBuffer(dev, "y", n * 4)
   const pipe = await pipelines.get(gemvKey(t, flags))
   const groups = Math.ceil(n / gemvRowsPerGroup(t))
-  const u = new Uniform(dev, "gemv", "uufuuuuu")
+  const u = gemvUniform(dev, "gemv")
   u.set(n, k, 1e-5, Math.min(groups, 65535))
   const binds = mats.map((m) => bind(dev, pipe, [[0, u.buffer], [1, m], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])]))
   const once = async () => {
@@ -110,6 +111,84 @@ const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Re
   }
   for (const b of [...mats, x, gamma, y]) b.destroy()
   return median(times)
+}
+
+/**
+ * µs per layer of decode attention alone at `context` tokens (random KV, 16-token blocks),
+ * split as the engine splits it (kv-pool.ts) into tiles of `tile` tokens: attn_decode and
+ * attn_combine, 32 layers per submit (each its own dispatches), median of 7 submits.
+ */
+const timeAttention = async (gpu: Gpu, c: { numHeads: number; numKvHeads: number; headDim: number }, context: number, tile: number, flags: Record<string, boolean>) => {
+  const dev = gpu.device
+  const pipelines = new Pipelines(gpu)
+  const [H, KV, D, BS] = [c.numHeads, c.numKvHeads, c.headDim, 16]
+  const n = Math.ceil(context / BS)
+  const poolBytes = n * KV * BS * D * 2
+  const k = storageBuffer(dev, "k", poolBytes)
+  const v = storageBuffer(dev, "v", poolBytes)
+  const fill = await pipelines.get({ op: "fill" })
+  for (const b of [k, v]) {
+    const u = new Uniform(dev, "fill", "uufu")
+    const groups = Math.min(65535, Math.ceil(poolBytes / 4 / 256))
+    u.set(poolBytes / 4, 3, 0.5, groups * 256)
+    const enc = dev.createCommandEncoder()
+    const pass = enc.beginComputePass()
+    pass.setPipeline(fill)
+    pass.setBindGroup(0, bind(dev, fill, [[0, u.buffer], [1, b]]))
+    pass.dispatchWorkgroups(groups)
+    pass.end()
+    dev.queue.submit([enc.finish()])
+  }
+  const entries = storageBuffer(dev, "entries", n * 8)
+  dev.queue.writeBuffer(entries, 0, Uint32Array.from({ length: 2 * n }, (_, i) => (i % 2 === 0 ? i / 2 : BS)))
+  const seqs = storageBuffer(dev, "seqs", 16)
+  dev.queue.writeBuffer(seqs, 0, Uint32Array.of(0, n, 0, 0))
+  const q = storageBuffer(dev, "q", H * D * 4)
+  dev.queue.writeBuffer(q, 0, Float32Array.from({ length: H * D }, (_, i) => Math.sin(i)))
+  const tileE = tile / BS
+  const eps = Math.max(tileE, Math.ceil(Math.ceil(n / Math.floor(256 / KV)) / tileE) * tileE)
+  const S = Math.ceil(n / eps)
+  const partO = storageBuffer(dev, "part o", H * S * D * 4)
+  const partML = storageBuffer(dev, "part ml", H * S * 8)
+  const out = storageBuffer(dev, "out", H * D * 4)
+  const attn = await pipelines.get({ op: "attn_decode", flags, constants: { WG: tile, G: H / KV, D } })
+  const combine = await pipelines.get({ op: "attn_combine" })
+  const ua = new Uniform(dev, "attn", "uuuuufuu")
+  ua.set(H, KV, BS, eps, S, 1 / Math.sqrt(D), 0, 0)
+  const uc = new Uniform(dev, "combine", "uuuu")
+  uc.set(H, S, D, 0)
+  const ga = bind(dev, attn, [[0, ua.buffer], [1, q], [2, k], [3, v], [4, entries], [5, seqs], [6, partO], [7, partML]])
+  const gc = bind(dev, combine, [[0, uc.buffer], [1, partO], [2, partML], [3, out]])
+  const time = async (withCombine: boolean) => {
+    const once = async () => {
+      const enc = dev.createCommandEncoder()
+      const pass = enc.beginComputePass()
+      for (let l = 0; l < 32; l++) {
+        pass.setPipeline(attn)
+        pass.setBindGroup(0, ga)
+        pass.dispatchWorkgroups(S, KV)
+        if (withCombine) {
+          pass.setPipeline(combine)
+          pass.setBindGroup(0, gc)
+          pass.dispatchWorkgroups(H)
+        }
+      }
+      pass.end()
+      dev.queue.submit([enc.finish()])
+      await done(dev)
+    }
+    await once()
+    const times: number[] = []
+    for (let i = 0; i < 7; i++) {
+      const t0 = performance.now()
+      await once()
+      times.push(((performance.now() - t0) * 1000) / 32)
+    }
+    return median(times)
+  }
+  const result = { splits: S, attnUs: await time(false), withCombineUs: await time(true) }
+  for (const b of [k, v, entries, seqs, q, partO, partML, out]) b.destroy()
+  return result
 }
 
 const program = new Command()
@@ -137,6 +216,18 @@ for (const groups of [1, 132, 2048]) {
 }
 
 const config = resolveDummyConfig(o.model)
+
+// 1d. Decode attention alone at the context, per tile size and kernel variant.
+const attention: Array<{ tile: number; flags: string; splits: number; attnUs: number; withCombineUs: number }> = []
+for (const tile of [64, 256]) {
+  const variants: Array<Record<string, boolean>> = o.quick ? [{}] : [{}, { K4: true }, { V16: true }, { K4: true, V16: true }]
+  for (const flags of variants) {
+    const r = await timeAttention(gpu, config, o.context, tile, flags)
+    const name = Object.keys(flags).join("+") || "as is"
+    attention.push({ tile, flags: name, ...r })
+    console.log(`attention alone, ${o.context} tokens, tiles of ${tile} (${r.splits} splits), ${name.padEnd(8)}: ${r.attnUs.toFixed(2)} us, with combine ${r.withCombineUs.toFixed(2)} us per layer`)
+  }
+}
 
 // 1c. Fixed cost versus bytes: the same GEMV alone at growing row counts (K = hidden size);
 // a line through the points gives the bandwidth (slope) and the cost of a dispatch (intercept).
@@ -333,6 +424,7 @@ const result = {
   context,
   steps,
   chains,
+  attention,
   sizes,
   flagStudy,
   tuning,

@@ -13,6 +13,7 @@ import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
 import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
+import { gemvUniform } from "../engine/model-resources.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parameterCount } from "../models/layout.ts"
@@ -114,7 +115,7 @@ const benchGemv = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean)
   for (const t of tunings) {
     const pipe = await pipelines.get(gemvKey(t))
     const groups = Math.ceil(rowsN / gemvRowsPerGroup(t))
-    const u = new Uniform(device, "gemv", "uufu")
+    const u = gemvUniform(device, "gemv")
     u.set(rowsN, colsK, 1e-5, Math.min(groups, 65535))
     const binds = mats.map((m) => bind(device, pipe, [[0, u.buffer], [1, m], [2, x], [3, y]]))
     const sec = await timeKernel(device, 16, 7, (pass, r) => {
@@ -251,15 +252,18 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
     { name: "run 9 setup (no fusions)", gemv: (op) => run9Tuning[op], decode: { fuseRope: false, shortAttention: false } },
   ])
 
-  // (c) prefill of `prefillTokens` from an empty cache, warmed by a short prefill first.
-  model.reset()
-  await model.prefill(rand(256))
-  await done(device)
-  model.reset()
-  const p0 = performance.now()
-  await model.prefill(rand(prefillTokens))
-  await done(device)
-  const prefillMs = performance.now() - p0
+  // (c) prefill of `prefillTokens` (0: skipped) from an empty cache, warmed by a short prefill first.
+  let prefillMs = NaN
+  if (prefillTokens > 0) {
+    model.reset()
+    await model.prefill(rand(256))
+    await done(device)
+    model.reset()
+    const p0 = performance.now()
+    await model.prefill(rand(prefillTokens))
+    await done(device)
+    prefillMs = performance.now() - p0
+  }
   model.destroy()
   return {
     model: preset,
@@ -316,7 +320,7 @@ const program = new Command()
   .option("--model <preset>", "dummy model preset or config.json", "llama-3.1-8b")
   .option("--context <n>", "context length for decode", (v) => parseInt(v, 10), 1024)
   .option("--steps <n>", "timed decode steps", (v) => parseInt(v, 10), 128)
-  .option("--prefill <n>", "prefill length", (v) => parseInt(v, 10), 8192)
+  .option("--prefill <n>", "prefill length (0: skip (c))", (v) => parseInt(v, 10), 8192)
   .option("--gemv-n <n>", "GEMV rows", (v) => parseInt(v, 10), 8192)
   .option("--gemv-k <n>", "GEMV columns", (v) => parseInt(v, 10), 8192)
   .option("--long-context <n>", "context of the full-vs-sparse decode comparison (0: skip)", (v) => parseInt(v, 10), 16384)
@@ -351,7 +355,7 @@ console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attenti
 console.log(`    side by side, 3 alternating rounds of ${model.steps} steps (ms/token, median, ratio to the default):`)
 for (const x of model.setups) console.log(`      ${x.name.padEnd(36)} ${x.msPerToken.map((v) => v.toFixed(3)).join(" / ")}  ${x.median.toFixed(3)}  ${x.ratioToDefault.toFixed(3)}`)
 console.log(`    weight-bytes floor at the read-only ceiling: ${(model.weightBytes / kernels.readGBs / 1e6).toFixed(3)} ms/token`)
-console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
+if (model.prefillTokens > 0) console.log(`(c) prefill ${model.prefillTokens} tokens: ${model.prefillMs.toFixed(0)} ms (${model.prefillTokensPerS.toFixed(0)} tokens/s)`)
 const long = o.longContext > 0 ? await benchLongContext(gpu, o.model, o.longContext, o.sparseBudget, 64, tuning) : undefined
 if (long) {
   console.log(`(d) decode at ${long.context} tokens of context (prefill ${long.prefillMs.toFixed(0)} ms), full attention vs sparse (budget ${long.policy.budgetTokens} tokens per KV head, sink ${long.policy.sinkTokens}, recent ${long.policy.recentTokens}), alternating:`)

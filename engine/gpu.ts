@@ -90,7 +90,10 @@ const limitNames = [
 
 const openGpu = async (options: GpuOptions): Promise<Gpu> => {
   // Pass timestamps (tiered-KV attention time) are wanted to the nanosecond, not quantized.
-  holder.instance ??= create(["disable-dawn-features=timestamp_quantization"])
+  // LEOAM_DAWN_TOGGLES (comma-separated Dawn toggles to enable, e.g. disable_robustness)
+  // is for side-by-side measurements; the instance is made once per process.
+  const toggles = process.env.LEOAM_DAWN_TOGGLES?.trim()
+  holder.instance ??= create(["disable-dawn-features=timestamp_quantization", ...(toggles ? [`enable-dawn-features=${toggles}`] : [])])
   const adapter = await pickAdapter(holder.instance, options.prefer ?? "auto")
   const wanted: GPUFeatureName[] = []
   const hasSubgroups = adapter.features.has("subgroups") && !options.disableSubgroups

@@ -47,6 +47,9 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
 /** The prefill attention kernel in window mode (softmax state carried between passes). */
 export const windowedPrefillKey = (key: PipelineKey): PipelineKey => ({ ...key, flags: { ...key.flags, WINDOW: true } })
 
+/** The uniform of a decode GEMV (lib/gemv_io.wgsl Params): N, K, eps, groups_x, then H, KV, D, BS for ROPE. */
+export const gemvUniform = (device: GPUDevice, label: string): Uniform => new Uniform(device, label, "uufuuuuu")
+
 export const allocateActivations = (device: GPUDevice, c: ModelConfig, chunk: number, maxSplits: number) => {
   const f = 4
   const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
@@ -73,7 +76,7 @@ export const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTuni
   const qkvRows = (c.numHeads + 2 * c.numKvHeads) * c.headDim
   const qDim = c.numHeads * c.headDim
   const gemvU = (label: GemvOp, n: number, k: number) => {
-    const u = new Uniform(device, `gemv ${label}`, "uufuuuuu")
+    const u = gemvUniform(device, `gemv ${label}`)
     u.set(n, k, c.rmsNormEps, Math.min(Math.ceil(n / gemvRowsPerGroup(gemv[label])), 65535), c.numHeads, c.numKvHeads, c.headDim, blockTokens)
     return u
   }

@@ -25,6 +25,11 @@ override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim, multiple of 8
 const MAX_G: u32 = 8u;
+#if V16
+const VB: u32 = 16u;      // value loads in flight per thread in phase 2 (D % 32 == 0)
+#else
+const VB: u32 = 8u;
+#endif
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, G * D>;
@@ -47,6 +52,19 @@ fn reduce(lid: u32, by_max: bool) {
     }
   }
   workgroupBarrier();
+}
+
+// Adds the dot products of key vec4 i (8 halves) with the G query heads to s.
+fn add_scores(s: ptr<function, array<f32, MAX_G>>, kv: vec4<u32>, i: u32) {
+  let k01 = unpack2x16float(kv.x);
+  let k23 = unpack2x16float(kv.y);
+  let k45 = unpack2x16float(kv.z);
+  let k67 = unpack2x16float(kv.w);
+  for (var g = 0u; g < G; g = g + 1u) {
+    let qb = g * D + 8u * i;
+    (*s)[g] = (*s)[g] + qs[qb] * k01.x + qs[qb + 1u] * k01.y + qs[qb + 2u] * k23.x + qs[qb + 3u] * k23.y
+                      + qs[qb + 4u] * k45.x + qs[qb + 5u] * k45.y + qs[qb + 6u] * k67.x + qs[qb + 7u] * k67.y;
+  }
 }
 
 @compute @workgroup_size(WG)
@@ -91,18 +109,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     vrow[lid] = row * half_d;
     if (valid) {
       let kb = row * d8;
-      for (var i = 0u; i < d8; i = i + 1u) {
-        let kv = kpool[kb + i];
-        let k01 = unpack2x16float(kv.x);
-        let k23 = unpack2x16float(kv.y);
-        let k45 = unpack2x16float(kv.z);
-        let k67 = unpack2x16float(kv.w);
-        for (var g = 0u; g < G; g = g + 1u) {
-          let qb = g * D + 8u * i;
-          s[g] = s[g] + qs[qb] * k01.x + qs[qb + 1u] * k01.y + qs[qb + 2u] * k23.x + qs[qb + 3u] * k23.y
-                      + qs[qb + 4u] * k45.x + qs[qb + 5u] * k45.y + qs[qb + 6u] * k67.x + qs[qb + 7u] * k67.y;
-        }
+#if K4
+      // 4 loads of the row in flight at a time (d8 is a multiple of 4: D % 32 == 0).
+      for (var i0 = 0u; i0 < d8; i0 = i0 + 4u) {
+        var kq: array<vec4<u32>, 4>;
+        for (var u = 0u; u < 4u; u = u + 1u) { kq[u] = kpool[kb + i0 + u]; }
+        for (var u = 0u; u < 4u; u = u + 1u) { add_scores(&s, kq[u], i0 + u); }
       }
+#else
+      for (var i = 0u; i < d8; i = i + 1u) { add_scores(&s, kpool[kb + i], i); }
+#endif
     }
     for (var g = 0u; g < G; g = g + 1u) {
       let v = select(NEG, s[g], valid);
@@ -125,10 +141,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
     // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data;
     // 8 slots at a time so that 8 loads are in flight (WG / ntg is a multiple of 8).
-    for (var t0 = tg; t0 < WG; t0 = t0 + 8u * ntg) {
-      var vv: array<vec2<f32>, 8>;
-      for (var j = 0u; j < 8u; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
-      for (var j = 0u; j < 8u; j = j + 1u) {
+    for (var t0 = tg; t0 < WG; t0 = t0 + VB * ntg) {
+      var vv: array<vec2<f32>, VB>;
+      for (var j = 0u; j < VB; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
+      for (var j = 0u; j < VB; j = j + 1u) {
         let t = t0 + j * ntg;
         for (var g = 0u; g < G; g = g + 1u) {
           acc[g] = acc[g] + sc[g * WG + t] * vv[j];
