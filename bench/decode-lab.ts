@@ -12,7 +12,7 @@ import { writeFileSync } from "node:fs"
 import { Command } from "commander"
 import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
-import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
+import { defaultGemvTuning, type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes, resolveGemvTunings } from "../engine/gemv-tuning.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { gemvUniform } from "../engine/model-resources.ts"
@@ -220,7 +220,7 @@ const config = resolveDummyConfig(o.model)
 // 1d. Decode attention alone at the context, per tile size and kernel variant.
 const attention: Array<{ tile: number; flags: string; splits: number; attnUs: number; withCombineUs: number }> = []
 for (const tile of [64, 256]) {
-  const variants: Array<Record<string, boolean>> = o.quick ? [{}] : [{}, { K4: true }, { V16: true }, { K4: true, V16: true }]
+  const variants: Array<Record<string, boolean>> = o.quick ? [{}] : [{}, { V16: true }]
   for (const flags of variants) {
     const r = await timeAttention(gpu, config, o.context, tile, flags)
     const name = Object.keys(flags).join("+") || "as is"
@@ -293,7 +293,7 @@ const base = await GpuModel.load(gpu, new DummyWeightSource(config), {
   maxContext: context + 4096,
   prefillChunk: 1024,
   gemv: (op) => run9[op],
-  decode: { fuseRope: false, shortAttention: false },
+  decode: { fuseRope: false },
 })
 await done(device)
 console.log(`loaded ${o.model} (${(base.weights.bytes / 1e9).toFixed(2)} GB) in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
@@ -375,12 +375,14 @@ const profileSteps = async (model: GpuModel, step: () => void, rounds = 4) => {
 // 2. In-place GEMV tuning with both fusions on: each candidate judged by the GPU time inside
 // the step's kernels (per-pass timestamps; less noisy than the wall time, which is also kept).
 const timestamps = device.features.has("timestamp-query")
-const tuned: Tunings = { ...run9, qkv: sg(32, 4, 4) }
+// The engine's default tunings on this device, the starting point of the descent.
+const defaults: Tunings = { ...resolveGemvTunings(config, defaultGemvTuning(gpu), gpu.hasSubgroups ? gpu.subgroupMaxSize : undefined) }
+const tuned: Tunings = { ...defaults }
 const tuning: Array<{ op: GemvOp; tuning: string; ms: number; busyMs: number }> = []
 for (const op of ["qkv", "o", "gu", "down", "head"] as const) {
   let best = { t: tuned[op], ms: Infinity }
   for (const t of candidates[op]) {
-    const m = await open({ name: "", gemv: { ...tuned, [op]: t }, decode: { fuseRope: true, shortAttention: true } })
+    const m = await open({ name: "", gemv: { ...tuned, [op]: t }, decode: { fuseRope: true } })
     const wallMs = Math.min(await m.time(steps / 2), await m.time(steps / 2))
     const busyMs = timestamps ? (await profileSteps(m.model, m.step)).busyMs : wallMs
     m.model.destroy()
@@ -394,11 +396,10 @@ console.log(`tuned: ${Object.entries(tuned).map(([op, t]) => `${op} ${label(t)}`
 
 // 3. Setups side by side, alternating.
 const setups: Setup[] = [
-  { name: "run 9 (no fusions)", gemv: run9, decode: { fuseRope: false, shortAttention: false } },
-  { name: "run 9 + short attention", gemv: run9, decode: { fuseRope: false, shortAttention: true } },
-  { name: "run 9 + both (qkv sg 32/4/4)", gemv: { ...run9, qkv: sg(32, 4, 4) }, decode: { fuseRope: true, shortAttention: true } },
-  { name: "tuned + fused rope (256-token tiles)", gemv: tuned, decode: { fuseRope: true, shortAttention: false } },
-  { name: "tuned + both", gemv: tuned, decode: { fuseRope: true, shortAttention: true } },
+  { name: "run 9 (RoPE apart)", gemv: run9, decode: { fuseRope: false } },
+  { name: "run 9 + fused RoPE (qkv sg 32/4/4)", gemv: { ...run9, qkv: sg(32, 4, 4) }, decode: { fuseRope: true } },
+  { name: "default tunings + fused RoPE", gemv: defaults, decode: { fuseRope: true } },
+  { name: "tuned + fused RoPE", gemv: tuned, decode: { fuseRope: true } },
 ]
 const opened: Array<{ s: Setup; m: Awaited<ReturnType<typeof open>>; ms: number[] }> = []
 for (const s of setups) opened.push({ s, m: await open(s), ms: [] })

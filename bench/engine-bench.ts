@@ -146,7 +146,7 @@ const tuneModelGemvs = async (gpu: Gpu, config: ReturnType<typeof resolveDummyCo
   return out
 }
 
-/** Run 9's decode (bench/results/2026-11-28-h200-run9-README.md): its tuning, RoPE and 256-token attention tiles apart. */
+/** Run 9's decode GEMV tunings (bench/results/2026-11-28-h200-run9-README.md); with them RoPE runs apart. */
 const run9Tuning: Record<GemvOp, GemvTuning> = {
   qkv: { kind: "sg", wg: 32, rows: 2, rpw: 2 },
   o: { wg: 128, rows: 2 },
@@ -249,7 +249,7 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   const weightBytes = model.weights.bytes
   const setups = await compareSetups(model, rand(context), steps, [
     { name: "GEMVs tuned alone (a), fusions on", gemv: isolatedBest },
-    { name: "run 9 setup (no fusions)", gemv: (op) => run9Tuning[op], decode: { fuseRope: false, shortAttention: false } },
+    { name: "run 9 setup (RoPE apart)", gemv: (op) => run9Tuning[op], decode: { fuseRope: false } },
   ])
 
   // (c) prefill of `prefillTokens` (0: skipped) from an empty cache, warmed by a short prefill first.

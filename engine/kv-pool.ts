@@ -7,21 +7,8 @@ import { storageBuffer } from "./buffers.ts"
 
 /** Token slots a decode-attention workgroup covers per tile (its workgroup size). */
 export const ATTN_TILE = 256
-/**
- * The tile of the decode attention while the context is too short for ATTN_TILE tiles to
- * make TARGET_WORKGROUPS workgroups (at 1K tokens and 8 KV heads, 32 workgroups of 256
- * tokens would leave most of a large GPU idle; tiles of 64 make 128).
- */
-export const SHORT_ATTN_TILE = 64
 /** Aim for this many decode-attention workgroups (splits x kv heads) per step. */
 const TARGET_WORKGROUPS = 256
-
-/** The most decode-attention splits (partials per head) a step may need. */
-export const maxDecodeSplits = (config: ModelConfig, blockTokens: number, maxContext: number): number => {
-  const blocks = Math.ceil(maxContext / blockTokens)
-  const target = Math.max(1, Math.floor(TARGET_WORKGROUPS / config.numKvHeads))
-  return Math.max(Math.ceil(blocks / (ATTN_TILE / blockTokens)), Math.min(target, Math.ceil(blocks / Math.max(1, SHORT_ATTN_TILE / blockTokens))))
-}
 
 export class KvPool {
   readonly layers: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
@@ -62,11 +49,6 @@ export class KvPool {
     this.entries = storageBuffer(device, "decode entries (blocks) vec2<u32>", this.maxBlocks * 8)
     this.seqs = storageBuffer(device, "decode seqs (1) vec2<u32>", 16)
     for (let b = this.maxBlocks - 1; b >= 0; b--) this.free.push(b)
-  }
-
-  /** Whether blocks divide SHORT_ATTN_TILE (the short-context attention needs it). */
-  get shortTilesFit(): boolean {
-    return SHORT_ATTN_TILE % this.blockTokens === 0
   }
 
   get tileEntries(): number {
@@ -111,7 +93,7 @@ export class KvPool {
    * Writes the decode list (every block, in order; only what changed since the last
    * sync) and returns how to split it over workgroups.
    */
-  syncDecodeList(shortTiles = false): { splits: number; entriesPerSplit: number; short: boolean } {
+  syncDecodeList(): { splits: number; entriesPerSplit: number } {
     const n = this.blocks.length
     const from = Math.max(0, Math.min(this.entriesSynced, n) - 1) // the last block's count changes
     const data = this.entryScratch
@@ -126,10 +108,9 @@ export class KvPool {
     this.device.queue.writeBuffer(this.seqs, 0, this.scratch)
     this.syncTable()
     const targetSplits = Math.max(1, Math.floor(TARGET_WORKGROUPS / this.config.numKvHeads))
-    const short = shortTiles && this.shortTilesFit && Math.ceil(n / this.tileEntries) < targetSplits
-    const tile = short ? SHORT_ATTN_TILE / this.blockTokens : this.tileEntries
+    const tile = this.tileEntries
     const entriesPerSplit = Math.max(tile, Math.ceil(Math.ceil(n / targetSplits) / tile) * tile)
-    return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit, short }
+    return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit }
   }
 
   /** Keeps the first `length` tokens, returning the blocks past them to the pool. */

@@ -5,7 +5,16 @@ import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { PipelineKey } from "./pipelines.ts"
-import { SHORT_ATTN_TILE } from "./kv-pool.ts"
+
+/**
+ * The decode attention kernel for the model's heads: 16 value loads in flight per thread
+ * where the head dim allows (a multiple of 32), else 8.
+ */
+export const attnDecodeKey = (c: ModelConfig): PipelineKey => ({
+  op: "attn_decode",
+  flags: { V16: c.headDim % 32 === 0 },
+  constants: { G: c.numHeads / c.numKvHeads, D: c.headDim },
+})
 
 /** Workgroups of the first argmax / log-sum-exp pass. */
 export const ARGMAX_GROUPS = 64
@@ -31,8 +40,7 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemmAcc: { op: "gemm", flags: { ACC: true } },
     gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
     gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
-    attnDecode: { op: "attn_decode", constants: { G, D: c.headDim } },
-    attnDecodeShort: { op: "attn_decode", constants: { WG: SHORT_ATTN_TILE, G, D: c.headDim } },
+    attnDecode: attnDecodeKey(c),
     combine: { op: "attn_combine" },
     attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
     argmax: { op: "argmax" },

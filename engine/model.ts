@@ -12,7 +12,7 @@ import { defaultGemvTuning, type GemvOp, type GemvTuningOption, type GemvTunings
 import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys, windowedPrefillKey } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
-import { KvPool, maxDecodeSplits } from "./kv-pool.ts"
+import { ATTN_TILE, KvPool } from "./kv-pool.ts"
 import { SparseAttention, type SparsePolicy, sparsePipelineKeys } from "./sparse.ts"
 import { H2oAttention, h2oPipelineKeys } from "./h2o.ts"
 import { KvLayoutChange, TIER_PARTIALS, TieredKv, tieredLayout, type TieredPolicy, type TierStores, tieredPipelineKeys } from "./tiered.ts"
@@ -33,7 +33,7 @@ export interface EngineOptions {
   readonly h2o?: SparsePolicy
   /** The tiered KV cache (GPU budget, host arena, disk); absent: all KV on the GPU. */
   readonly tiered?: { readonly policy: TieredPolicy; readonly stores: TierStores }
-  /** Decode fusions; each is on by default where the device allows it (off: side-by-side benchmarks). */
+  /** Decode fusions, on by default where the device allows them (off: side-by-side benchmarks). */
   readonly decode?: DecodeOptions
 }
 
@@ -43,8 +43,6 @@ export interface DecodeOptions {
    * tuning's rows to be a multiple of 4 and 8 storage buffers per stage (9 with a QKV bias).
    */
   readonly fuseRope?: boolean
-  /** Full attention in tiles of SHORT_ATTN_TILE tokens while the context is short (more workgroups). */
-  readonly shortAttention?: boolean
 }
 
 export interface SampleParams {
@@ -122,9 +120,7 @@ export class GpuModel {
   /** Sparse decode attention, when the options ask for it. */
   readonly sparse: SparseAttention | undefined
   private readonly samplePrograms: { readonly argmax: Dispatch[]; readonly gumbel: Dispatch[] }
-  /** Full attention's dispatches in the decode program; their pipeline is set per step from attnTiles. */
-  private readonly attnDecode: Array<{ pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; x: number; y: number; z: number }>
-  private readonly attnTiles: ReadonlyArray<{ readonly long: Dispatch; readonly short: Dispatch }>
+  private readonly attnDecode: Dispatch[]
   /** Whether the decode QKV GEMV applies RoPE and appends k, v itself (DecodeOptions.fuseRope). */
   private readonly fusesRope: boolean
   private readonly attnPrefill: Dispatch[]
@@ -147,7 +143,7 @@ export class GpuModel {
     this.maxContext = options.maxContext
     this.prefillChunk = options.prefillChunk
     this.invFreq = ropeInvFreq(config)
-    const fullSplits = maxDecodeSplits(config, options.blockTokens, options.maxContext)
+    const fullSplits = Math.ceil(Math.ceil(options.maxContext / options.blockTokens) / (ATTN_TILE / options.blockTokens))
     this.act = allocateActivations(device, config, options.prefillChunk, options.tiered ? Math.max(fullSplits, TIER_PARTIALS) : fullSplits)
     this.tiered = options.tiered
       ? new TieredKv(device, pipelines, config, options.tiered.policy, options.tiered.stores, {
@@ -187,7 +183,6 @@ export class GpuModel {
     const decodeLayers: Array<{ pre: Dispatch[]; combine: Dispatch; post: Dispatch[] }> = []
     const attnDecode: Dispatch[] = []
     const attnCombine: Dispatch[] = []
-    const attnTiles: Array<{ long: Dispatch; short: Dispatch }> = []
     dec.push(d(P(keys.embed), [[0, u.embedDecode.buffer], [1, weights.embed], [2, this.tokenIds], [3, a.x]], Math.ceil(c.hiddenSize / 2 / 256), 1))
     weights.layers.forEach((w, l) => {
       const kvl = this.kv.layers[l]
@@ -200,9 +195,7 @@ export class GpuModel {
           ]
       dec.push(...layerPre)
       if (sparse) dec.push(sparse.abstractOf(l))
-      const attnEntries = (key: PipelineKey) => d(P(key), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
-      const ad = attnEntries(keys.attnDecode)
-      attnTiles.push({ long: { ...ad }, short: attnEntries(keys.attnDecodeShort) })
+      const ad = d(P(keys.attnDecode), [[0, u.attnDecode.buffer], [1, a.q], [2, kvl.k], [3, kvl.v], [4, this.kv.entries], [5, this.kv.seqs], [6, a.partO], [7, a.partML]], 1, c.numKvHeads, 1)
       const ac = d(P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, a.attn]], H, 1)
       attnDecode.push(ad)
       attnCombine.push(ac)
@@ -218,7 +211,6 @@ export class GpuModel {
     this.decodeProgram = dec
     const decodeParts = { embed: dec[0], layers: decodeLayers, head: dec[dec.length - 1] }
     this.attnDecode = attnDecode
-    this.attnTiles = attnTiles
     // The sparse program is the same but for attention: score, select, attend per layer.
     this.sparseDecodeProgram = sparse ? dec.flatMap((x) => (attnDecode.includes(x) ? sparse.attentionOf(attnDecode.indexOf(x)) : [x])) : []
     // H2O runs on every step: block masses accumulate below the budget too.
@@ -339,7 +331,7 @@ export class GpuModel {
         prefillChunk: options.prefillChunk ?? 512,
         blockTokens: options.blockTokens ?? 16,
         gemv,
-        decode: { fuseRope: options.decode?.fuseRope ?? true, shortAttention: options.decode?.shortAttention ?? true },
+        decode: { fuseRope: options.decode?.fuseRope ?? true },
         sparse: options.sparse,
         tiered: options.tiered,
         h2o: options.h2o,
@@ -494,15 +486,10 @@ export class GpuModel {
       program = this.sparseDecodeProgram
       u.combine.set(c.numHeads, this.sparse!.prepareStep(), c.headDim)
     } else {
-      const { splits, entriesPerSplit, short } = this.kv.syncDecodeList(this.built.decode.shortAttention)
+      const { splits, entriesPerSplit } = this.kv.syncDecodeList()
       u.attnDecode.set(c.numHeads, c.numKvHeads, this.kv.blockTokens, entriesPerSplit, splits, 1 / Math.sqrt(c.headDim), 0)
       u.combine.set(c.numHeads, splits, c.headDim)
-      this.attnDecode.forEach((a, l) => {
-        const tile = short ? this.attnTiles[l].short : this.attnTiles[l].long
-        a.pipeline = tile.pipeline
-        a.bindGroup = tile.bindGroup
-        a.x = splits
-      })
+      for (const a of this.attnDecode) a.x = splits
     }
     this.sparseSteps += sparse ? 1 : 0
     const encoder = this.device.createCommandEncoder()

@@ -37,7 +37,8 @@ export const checkKernelShapes = (c: ModelConfig, maxBinding: number): void => {
   if (c.hiddenSize % 16 !== 0) fail(`hidden_size ${c.hiddenSize} must be a multiple of 16`)
   if (c.intermediateSize % 16 !== 0) fail(`intermediate_size ${c.intermediateSize} must be a multiple of 16`)
   if ((c.numHeads * c.headDim) % 16 !== 0) fail(`num_heads * head_dim must be a multiple of 16`)
-  if (c.headDim % 16 !== 0 || c.headDim > 128) fail(`head_dim ${c.headDim} must be a multiple of 16 and at most 128`)
+  // Decode attention: D/2 divides its 256-token tile (and the 64 of the window kernels).
+  if (![16, 32, 64, 128].includes(c.headDim)) fail(`head_dim ${c.headDim} must be 16, 32, 64 or 128`)
   if (c.numHeads / c.numKvHeads > 8) fail(`more than 8 query heads per kv head (${c.numHeads}/${c.numKvHeads})`)
   const biggest = Math.max(c.vocabSize * c.hiddenSize, 2 * c.intermediateSize * c.hiddenSize) * 2
   if (biggest > maxBinding) {

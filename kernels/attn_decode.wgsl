@@ -21,12 +21,13 @@ struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
 
-override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG, WG/(D/2) * 8 <= WG
+override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG, WG/(D/2) * VB <= WG
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim, multiple of 8
 const MAX_G: u32 = 8u;
+// Value loads in flight per thread in phase 2: 16 with V16 (needs D % 32 == 0), else 8.
 #if V16
-const VB: u32 = 16u;      // value loads in flight per thread in phase 2 (D % 32 == 0)
+const VB: u32 = 16u;
 #else
 const VB: u32 = 8u;
 #endif
@@ -109,16 +110,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     vrow[lid] = row * half_d;
     if (valid) {
       let kb = row * d8;
-#if K4
-      // 4 loads of the row in flight at a time (d8 is a multiple of 4: D % 32 == 0).
-      for (var i0 = 0u; i0 < d8; i0 = i0 + 4u) {
-        var kq: array<vec4<u32>, 4>;
-        for (var u = 0u; u < 4u; u = u + 1u) { kq[u] = kpool[kb + i0 + u]; }
-        for (var u = 0u; u < 4u; u = u + 1u) { add_scores(&s, kq[u], i0 + u); }
-      }
-#else
       for (var i = 0u; i < d8; i = i + 1u) { add_scores(&s, kpool[kb + i], i); }
-#endif
     }
     for (var g = 0u; g < G; g = g + 1u) {
       let v = select(NEG, s[g], valid);
@@ -140,7 +132,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
     // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data;
-    // 8 slots at a time so that 8 loads are in flight (WG / ntg is a multiple of 8).
+    // VB slots at a time so that VB loads are in flight (WG / ntg = D / 2 is a multiple of VB).
     for (var t0 = tg; t0 < WG; t0 = t0 + VB * ntg) {
       var vv: array<vec2<f32>, VB>;
       for (var j = 0u; j < VB; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }

@@ -42,9 +42,9 @@ if [ "$suite" = decode ]; then
   clocks=$!
   node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   node .bench-bundle/engine-bench.mjs --long-context 0 --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
-  # The same without Dawn's bounds checks and workgroup-memory zeroing (trusted shaders), to compare.
-  LEOAM_DAWN_TOGGLES=disable_robustness,disable_workgroup_init node .bench-bundle/engine-bench.mjs --long-context 0 --prefill 0 \
-    --out "$out/engine-bench-unchecked.json" "$@" 2>&1 | tee "$out/engine-bench-unchecked.txt"
+  # UNCHECKED=1: the same again without Dawn's bounds checks and workgroup-memory zeroing.
+  [ "${UNCHECKED:-0}" = 0 ] || LEOAM_DAWN_TOGGLES=disable_robustness,disable_workgroup_init node .bench-bundle/engine-bench.mjs \
+    --long-context 0 --prefill 0 --out "$out/engine-bench-unchecked.json" "$@" 2>&1 | tee "$out/engine-bench-unchecked.txt"
   [ ! -f .bench-bundle/actor-overhead.mjs ] || node .bench-bundle/actor-overhead.mjs --out "$out/actor-overhead.json" 2>&1 | tee "$out/actor-overhead.txt"
   node .bench-bundle/decode-lab.mjs --out "$out/decode-lab.json" 2>&1 | tee "$out/decode-lab.txt"
   kill "$clocks" 2>/dev/null || true

@@ -70,9 +70,9 @@ describe("tiny-leo-14m on WebGPU vs Hugging Face transformers (fp32)", () => {
   }
 })
 
-describe("decode fusions (RoPE in the QKV GEMV, 64-token attention tiles)", () => {
+describe("decode fusion (RoPE and the KV append in the QKV GEMV)", () => {
   it("off and on, decode gives the golden greedy ids and the same logits of a step", async () => {
-    const plain = await model.sibling({ gemv: { wg: 64, rows: 2 }, decode: { fuseRope: false, shortAttention: false } })
+    const plain = await model.sibling({ gemv: { wg: 64, rows: 2 }, decode: { fuseRope: false } })
     try {
       for (const g of golden.slice(0, 2)) {
         const logits: Float32Array[] = []

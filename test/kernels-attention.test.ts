@@ -81,7 +81,7 @@ const positionsOf = (pool: Pool, BS: number, blocks: ReadonlyArray<number>) =>
  * attn_decode then attn_combine for one query per list (query m attends over lists[m], a
  * list of logical blocks). Returns the GPU output and the CPU reference, (M, H, D) each.
  */
-const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<number>>, EPS: number, q: Float32Array, extraSplits = 0, tile = 256) => {
+const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<number>>, EPS: number, q: Float32Array, extraSplits = 0, tile = 256, flags: Record<string, boolean> = {}) => {
   const H = s.G * s.KV
   const M = lists.length
   const entries: number[] = [] // (E) vec2 (physical block, tokens used)
@@ -96,7 +96,7 @@ const decode = async (s: Shape, pool: Pool, lists: ReadonlyArray<ReadonlyArray<n
   const partML = rig.output(M * H * S * 8) // (M, H, S) vec2 (max, sum)
   const out = rig.output(M * H * s.D * 4) // (M, H, D) f32
   await rig.run(
-    { op: "attn_decode", constants: { WG: tile, G: s.G, D: s.D } },
+    { op: "attn_decode", flags, constants: { WG: tile, G: s.G, D: s.D } },
     { layout: "uuuuufuu", values: [H, s.KV, s.BS, EPS, S, 1 / Math.sqrt(s.D)] },
     { 1: rig.input(q), 2: k, 3: v, 4: rig.input(Uint32Array.from(entries)), 5: rig.input(Uint32Array.from(seqs)), 6: partO, 7: partML },
     [S, s.KV, M],
@@ -167,11 +167,14 @@ describe("attn_decode + attn_combine", () => {
     const blocks = Math.ceil(tokens / BS)
     expect(Math.ceil(blocks / EPS)).toBe(S)
     const q = uniformF32(rand, G * s.KV * D, 3)
-    const { got, want } = await decode(s, pool, [range(blocks)], EPS, q)
-    expectClose(got, want, TOL.f32, "decode")
+    // 8 value loads in flight per thread, and 16 (V16: what the engine runs for these D).
+    for (const flags of [{ V16: false }, { V16: true }]) {
+      const { got, want } = await decode(s, pool, [range(blocks)], EPS, q, 0, 256, flags)
+      expectClose(got, want, TOL.f32, `decode ${JSON.stringify(flags)}`)
+    }
   })
 
-  // The short-context variant (kv-pool.ts SHORT_ATTN_TILE): 64-token tiles, splits of one or
+  // Another tile size (the workgroup size is an override): 64-token tiles, splits of one or
   // several tiles, the last block partly filled.
   it.each([
     [4, 128, 16, 4, 1000],
@@ -182,7 +185,7 @@ describe("attn_decode + attn_combine", () => {
     const s: Shape = { G, KV: 2, D, BS }
     const pool = makePool(rand, s, tokens)
     const q = uniformF32(rand, G * s.KV * D, 3)
-    const { got, want } = await decode(s, pool, [range(Math.ceil(tokens / BS))], EPS, q, 0, 64)
+    const { got, want } = await decode(s, pool, [range(Math.ceil(tokens / BS))], EPS, q, 0, 64, { V16: true })
     expectClose(got, want, TOL.f32, "decode, 64-token tiles")
   })
 
