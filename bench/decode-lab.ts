@@ -219,8 +219,8 @@ const config = resolveDummyConfig(o.model)
 
 // 1d. Decode attention alone at the context, per tile size and kernel variant.
 const attention: Array<{ tile: number; flags: string; splits: number; attnUs: number; withCombineUs: number }> = []
-for (const tile of [256, 64, 256]) {
-  const variants: Array<Record<string, boolean>> = o.quick ? [{}] : [{}, { V16: true }, { VPRE: true }]
+for (const tile of [64, 256]) {
+  const variants: Array<Record<string, boolean>> = o.quick ? [{}] : [{}, { V16: true }]
   for (const flags of variants) {
     const r = await timeAttention(gpu, config, o.context, tile, flags)
     const name = Object.keys(flags).join("+") || "as is"

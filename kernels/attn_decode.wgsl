@@ -25,9 +25,7 @@ override WG: u32 = 256;   // token slots per tile; BS divides WG, D/2 divides WG
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim, multiple of 8
 const MAX_G: u32 = 8u;
-const MAX_HALF_D: u32 = 64u;  // D <= 128 (VPRE keeps D/2 values per thread)
-// Value loads in flight per thread in phase 2: 16 with V16 (needs D % 32 == 0), else 8;
-// with VPRE all D/2 of them, issued before the key loads.
+// Value loads in flight per thread in phase 2: 16 with V16 (needs D % 32 == 0), else 8.
 #if V16
 const VB: u32 = 16u;
 #else
@@ -110,13 +108,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       row = (entries[e].x * p.KV + kvh) * p.BS + off;
     }
     vrow[lid] = row * half_d;
-#if VPRE
-    // Every value this thread will weigh in phase 2 (its D/2 slots of the tile), loaded now
-    // so that they travel with the key loads below.
-    workgroupBarrier();
-    var vpre: array<u32, MAX_HALF_D>;
-    for (var j = 0u; j < half_d; j = j + 1u) { vpre[j] = vpool[vrow[tg + j * ntg] + dp]; }
-#endif
     if (valid) {
       let kb = row * d8;
       for (var i = 0u; i < d8; i = i + 1u) { add_scores(&s, kpool[kb + i], i); }
@@ -142,15 +133,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Phase 2: thread (token group tg, element pair dp) accumulates values.
     // Empty slots have weight 0 and point at row 0, so there is no branch on loaded data;
     // VB slots at a time so that VB loads are in flight (WG / ntg = D / 2 is a multiple of VB).
-#if VPRE
-    for (var j = 0u; j < half_d; j = j + 1u) {
-      let t = tg + j * ntg;
-      let v = unpack2x16float(vpre[j]);
-      for (var g = 0u; g < G; g = g + 1u) {
-        acc[g] = acc[g] + sc[g * WG + t] * v;
-      }
-    }
-#else
     for (var t0 = tg; t0 < WG; t0 = t0 + VB * ntg) {
       var vv: array<vec2<f32>, VB>;
       for (var j = 0u; j < VB; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
@@ -161,7 +143,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
       }
     }
-#endif
     workgroupBarrier();
   }
 
