@@ -42,22 +42,27 @@ fn main(@builtin(local_invocation_index) lid: u32,
       acc[r] = acc[r] + dot8(w[phys(row) * kv + i], xs[0], xs[1]);
     }
   }
+#if NORM
   acc[ROWS] = ss;
+  let slots = ROWS + 1u;
+#else
+  let slots = ROWS;
+#endif
 
   // Per-slot totals: red[r * WG + j] for j < nparts hold partial sums of slot r.
 #if SUBGROUPS
-  for (var r = 0u; r <= ROWS; r = r + 1u) {
+  for (var r = 0u; r < slots; r = r + 1u) {
     let s = subgroupAdd(acc[r]);
     if (sgi == 0u) { red[r * WG + lid / sgs] = s; }
   }
   workgroupBarrier();
   let nparts = WG / sgs;
 #else
-  for (var r = 0u; r <= ROWS; r = r + 1u) { red[r * WG + lid] = acc[r]; }
+  for (var r = 0u; r < slots; r = r + 1u) { red[r * WG + lid] = acc[r]; }
   for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
     workgroupBarrier();
     if (lid < stride) {
-      for (var r = 0u; r <= ROWS; r = r + 1u) {
+      for (var r = 0u; r < slots; r = r + 1u) {
         red[r * WG + lid] = red[r * WG + lid] + red[r * WG + lid + stride];
       }
     }
@@ -65,7 +70,11 @@ fn main(@builtin(local_invocation_index) lid: u32,
   workgroupBarrier();
   let nparts = 1u;
 #endif
+#if NORM
   let scale = norm_scale(total(ROWS, nparts));
+#else
+  let scale = 1.0;
+#endif
 
 #if ROPE
   // ROWS is a multiple of 4 and N of D: quads are whole.

@@ -52,7 +52,11 @@ fn main(@builtin(local_invocation_index) lid: u32,
       let xs = load_x(xbase, i, &ss);
       for (var r = 0u; r < ROWS; r = r + 1u) { acc[r] = acc[r] + dot8(w[rowoff[r] + i], xs[0], xs[1]); }
     }
+#if NORM
     let scale = norm_scale(subgroupAdd(ss));
+#else
+    let scale = 1.0;
+#endif
     for (var r = 0u; r < ROWS; r = r + 1u) { acc[r] = subgroupAdd(acc[r]) * scale; }
     if (sgi == 0u) {
 #if ROPE

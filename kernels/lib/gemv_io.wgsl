@@ -57,13 +57,9 @@ fn load_x(xbase: u32, i: u32, ss: ptr<function, f32>) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(xa, xb);
 }
 
-// What the row sums are multiplied by, given the sum of squares of the whole row of x.
+// NORM: what the row sums are multiplied by, given the sum of squares of the whole row of x.
 fn norm_scale(ss: f32) -> f32 {
-#if NORM
   return inverseSqrt(ss / f32(p.K) + p.eps);
-#else
-  return 1.0;
-#endif
 }
 
 #if ROPE
