@@ -7,6 +7,10 @@ import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
 import { GpuModel } from "../engine/model.ts"
+import { CpuModel } from "../engine/cpu-reference.ts"
+import { dummyPresets } from "../models/config.ts"
+import { DummyWeightSource } from "../models/dummy.ts"
+import type { ModelConfig, WeightSource } from "../models/types.ts"
 import { sampleCandidates, sampleHost } from "../engine/sampling.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
@@ -89,6 +93,31 @@ describe("decode fusion (RoPE and the KV append in the QKV GEMV)", () => {
       }
     } finally {
       plain.destroy()
+    }
+  })
+})
+
+describe("a biased qwen2-like model (QKV bias through the fused RoPE GEMV)", () => {
+  it("prefill and 6 decode steps give the CPU reference's logits", async () => {
+    const config: ModelConfig = { ...dummyPresets.tiny!, modelType: "qwen2", attentionBias: true, tieWordEmbeddings: false }
+    const dummy = new DummyWeightSource(config)
+    // The same values on both sides: the GPU reads the host's halves (no GPU-side random fill).
+    const source: WeightSource = { config, tensors: dummy.tensors, readF16: (n, sink, max) => dummy.readF16(n, sink, max), close: () => dummy.close() }
+    const gpu = await GpuModel.load(model.gpu, source, { maxContext: 64, prefillChunk: 16 })
+    try {
+      const cpu = CpuModel.load(source)
+      const ids = [1, 7, 42, 3, 99, 5, 250, 17, 8, 64, 33, 2, 11, 400, 6, 9, 77, 123, 45]
+      await gpu.prefill(ids)
+      expectLogitsClose(await gpu.readLogits(), cpu.forward(ids, 0, "last"))
+      let pos = ids.length
+      for (const next of [4, 300, 12, 88, 7, 501]) {
+        gpu.writeToken(pos, next)
+        gpu.decode(pos)
+        expectLogitsClose(await gpu.readLogits(), cpu.forward([next], pos, "last"))
+        pos++
+      }
+    } finally {
+      gpu.destroy()
     }
   })
 })
