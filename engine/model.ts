@@ -593,7 +593,11 @@ export class GpuModel {
     await this.pipelines.prewarm(kvPipelineKeys(this.config, kv, this.keys.attnPrefill))
     this.tiered?.reset()
     this.destroyKv()
-    const build = (k: KvOptions) => new GpuModel(this.gpu, this.weights, this.pipelines, this.config, { ...this.built, sparse: k.sparse, h2o: k.h2o, tiered: k.tiered })
+    const build = (k: KvOptions) => {
+      const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, { ...this.built, sparse: k.sparse, h2o: k.h2o, tiered: k.tiered })
+      model.ownsWeights = this.ownsWeights // a sibling's successor leaves the weights to their owner too
+      return model
+    }
     try {
       return build(kv)
     } catch (e) {
