@@ -16,12 +16,11 @@ import { defaultGemvTuning, type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGr
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { gemvUniform } from "../engine/model-resources.ts"
+import { done, fillRandom, median, run9Tuning, timeKernel } from "./gpu-timing.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 
 const label = (t: GemvTuning) => (t.kind === "sg" ? `sg ${t.wg}/${t.rows}/${t.rpw} u${t.unroll ?? 4}` : `wg ${t.wg}/${t.rows}`)
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
 
 type Tunings = Record<GemvOp, GemvTuning>
 interface Setup {
@@ -33,31 +32,18 @@ interface Setup {
 /** µs per dispatch of `count` dependent dispatches of `groups` workgroups (each writes what the next reads). */
 const dispatchCost = async (gpu: Gpu, count: number, groups: number) => {
   const device = gpu.device
-  const pipelines = new Pipelines(gpu)
-  const fill = await pipelines.get({ op: "fill" })
+  const fill = await new Pipelines(gpu).get({ op: "fill" })
   const buf = storageBuffer(device, "chain", groups * 256 * 4)
   const u = new Uniform(device, "fill", "uufu")
   u.set(groups * 256, 1, 0.5, groups * 256)
   const group = bind(device, fill, [[0, u.buffer], [1, buf]])
-  const once = async () => {
-    const enc = device.createCommandEncoder()
-    const pass = enc.beginComputePass()
+  const sec = await timeKernel(device, count, 5, (pass) => {
     pass.setPipeline(fill)
     pass.setBindGroup(0, group)
-    for (let i = 0; i < count; i++) pass.dispatchWorkgroups(groups)
-    pass.end()
-    device.queue.submit([enc.finish()])
-    await done(device)
-  }
-  await once()
-  const times: number[] = []
-  for (let t = 0; t < 5; t++) {
-    const t0 = performance.now()
-    await once()
-    times.push(((performance.now() - t0) * 1000) / count)
-  }
+    pass.dispatchWorkgroups(groups)
+  })
   buf.destroy()
-  return median(times)
+  return sec * 1e6
 }
 
 /**
@@ -68,19 +54,7 @@ const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Re
   const dev = gpu.device
   const pipelines = new Pipelines(gpu)
   const mats = Array.from({ length: 4 }, (_, i) => storageBuffer(dev, `W ${i}`, n * k * 2))
-  const fill = await pipelines.get({ op: "fill" })
-  for (const m of mats) {
-    const u = new Uniform(dev, "fill", "uufu")
-    const groups = Math.min(65535, Math.ceil((n * k) / 2 / 256))
-    u.set((n * k) / 2, 7, 0.04, groups * 256)
-    const enc = dev.createCommandEncoder()
-    const pass = enc.beginComputePass()
-    pass.setPipeline(fill)
-    pass.setBindGroup(0, bind(dev, fill, [[0, u.buffer], [1, m]]))
-    pass.dispatchWorkgroups(groups)
-    pass.end()
-    dev.queue.submit([enc.finish()])
-  }
+  await fillRandom(gpu, mats, 7, 0.04)
   const x = storageBuffer(dev, "x", k * 4)
   dev.queue.writeBuffer(x, 0, Float32Array.from({ length: k }, (_, i) => Math.sin(i) * 0.5))
   const gamma = storageBuffer(dev, "gamma", k * 2)
@@ -90,27 +64,13 @@ const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Re
   const u = gemvUniform(dev, "gemv")
   u.set(n, k, 1e-5, Math.min(groups, 65535))
   const binds = mats.map((m) => bind(dev, pipe, [[0, u.buffer], [1, m], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])]))
-  const once = async () => {
-    const enc = dev.createCommandEncoder()
-    const pass = enc.beginComputePass()
+  const sec = await timeKernel(dev, 16, 7, (pass, r) => {
     pass.setPipeline(pipe)
-    for (let r = 0; r < 16; r++) {
-      pass.setBindGroup(0, binds[r % 4])
-      pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535))
-    }
-    pass.end()
-    dev.queue.submit([enc.finish()])
-    await done(dev)
-  }
-  await once()
-  const times: number[] = []
-  for (let i = 0; i < 7; i++) {
-    const t0 = performance.now()
-    await once()
-    times.push(((performance.now() - t0) * 1000) / 16)
-  }
+    pass.setBindGroup(0, binds[r % 4])
+    pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535))
+  })
   for (const b of [...mats, x, gamma, y]) b.destroy()
-  return median(times)
+  return sec * 1e6
 }
 
 /**
@@ -126,19 +86,7 @@ const timeAttention = async (gpu: Gpu, c: { numHeads: number; numKvHeads: number
   const poolBytes = n * KV * BS * D * 2
   const k = storageBuffer(dev, "k", poolBytes)
   const v = storageBuffer(dev, "v", poolBytes)
-  const fill = await pipelines.get({ op: "fill" })
-  for (const b of [k, v]) {
-    const u = new Uniform(dev, "fill", "uufu")
-    const groups = Math.min(65535, Math.ceil(poolBytes / 4 / 256))
-    u.set(poolBytes / 4, 3, 0.5, groups * 256)
-    const enc = dev.createCommandEncoder()
-    const pass = enc.beginComputePass()
-    pass.setPipeline(fill)
-    pass.setBindGroup(0, bind(dev, fill, [[0, u.buffer], [1, b]]))
-    pass.dispatchWorkgroups(groups)
-    pass.end()
-    dev.queue.submit([enc.finish()])
-  }
+  await fillRandom(gpu, [k, v], 3, 0.5)
   const entries = storageBuffer(dev, "entries", n * 8)
   dev.queue.writeBuffer(entries, 0, Uint32Array.from({ length: 2 * n }, (_, i) => (i % 2 === 0 ? i / 2 : BS)))
   const seqs = storageBuffer(dev, "seqs", 16)
@@ -159,33 +107,19 @@ const timeAttention = async (gpu: Gpu, c: { numHeads: number; numKvHeads: number
   uc.set(H, S, D, 0)
   const ga = bind(dev, attn, [[0, ua.buffer], [1, q], [2, k], [3, v], [4, entries], [5, seqs], [6, partO], [7, partML]])
   const gc = bind(dev, combine, [[0, uc.buffer], [1, partO], [2, partML], [3, out]])
-  const time = async (withCombine: boolean) => {
-    const once = async () => {
-      const enc = dev.createCommandEncoder()
-      const pass = enc.beginComputePass()
-      for (let l = 0; l < 32; l++) {
-        pass.setPipeline(attn)
-        pass.setBindGroup(0, ga)
-        pass.dispatchWorkgroups(S, KV)
-        if (withCombine) {
-          pass.setPipeline(combine)
-          pass.setBindGroup(0, gc)
-          pass.dispatchWorkgroups(H)
-        }
+  // 32 layers' attention (and combine) per submit; µs per layer.
+  const time = async (withCombine: boolean) =>
+    1e6 *
+    (await timeKernel(dev, 32, 7, (pass) => {
+      pass.setPipeline(attn)
+      pass.setBindGroup(0, ga)
+      pass.dispatchWorkgroups(S, KV)
+      if (withCombine) {
+        pass.setPipeline(combine)
+        pass.setBindGroup(0, gc)
+        pass.dispatchWorkgroups(H)
       }
-      pass.end()
-      dev.queue.submit([enc.finish()])
-      await done(dev)
-    }
-    await once()
-    const times: number[] = []
-    for (let i = 0; i < 7; i++) {
-      const t0 = performance.now()
-      await once()
-      times.push(((performance.now() - t0) * 1000) / 32)
-    }
-    return median(times)
-  }
+    }))
   const result = { splits: S, attnUs: await time(false), withCombineUs: await time(true) }
   for (const b of [k, v, entries, seqs, q, partO, partML, out]) b.destroy()
   return result
@@ -269,13 +203,7 @@ const flagStudy: Array<{ op: string; tuning: string; flags: string; us: number; 
 }
 const steps: number = o.steps
 const context: number = o.context
-const run9: Tunings = {
-  qkv: { kind: "sg", wg: 32, rows: 2, rpw: 2 },
-  o: { wg: 128, rows: 2 },
-  gu: { wg: 256, rows: 2 },
-  down: { wg: 128, rows: 2 },
-  head: { wg: 256, rows: 2 },
-}
+const run9: Tunings = { ...run9Tuning }
 const sg = (wg: number, rows: number, rpw: number, unroll = 4): GemvTuning => ({ kind: "sg", wg, rows, rpw, unroll })
 const wg = (w: number, rows: number): GemvTuning => ({ wg: w, rows })
 const candidates: Record<GemvOp, GemvTuning[]> = o.quick

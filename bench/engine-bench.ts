@@ -14,33 +14,12 @@ import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } f
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { gemvUniform } from "../engine/model-resources.ts"
+import { done, fillRandom, median, run9Tuning, timeKernel } from "./gpu-timing.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parameterCount } from "../models/layout.ts"
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]
-const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
-
-/** Runs `encode` reps times per submit, `trials` times; median seconds per rep. */
-const timeKernel = async (device: GPUDevice, reps: number, trials: number, encode: (pass: GPUComputePassEncoder, rep: number) => void) => {
-  const once = async () => {
-    const enc = device.createCommandEncoder()
-    const pass = enc.beginComputePass()
-    for (let r = 0; r < reps; r++) encode(pass, r)
-    pass.end()
-    device.queue.submit([enc.finish()])
-    await done(device)
-  }
-  await once() // warm-up, immediately followed by the timed trials
-  const times: number[] = []
-  for (let t = 0; t < trials; t++) {
-    const t0 = performance.now()
-    await once()
-    times.push((performance.now() - t0) / 1000 / reps)
-  }
-  return median(times)
-}
 
 const benchKernels = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean) => {
   const device = gpu.device
@@ -80,21 +59,7 @@ const benchGemv = async (gpu: Gpu, rowsN: number, colsK: number, quick: boolean)
   // GEMV: 4 weight matrices rotated so that the L2 never holds the one being read.
   const wBytes = rowsN * colsK * 2
   const mats = Array.from({ length: 4 }, (_, i) => storageBuffer(device, `gemv W ${i}`, wBytes))
-  const fillKey = { op: "fill" as const }
-  const fill = await pipelines.get(fillKey)
-  for (const m of mats) {
-    const u = new Uniform(device, "fill", "uufu")
-    const words = wBytes / 4
-    const groups = Math.min(65535, Math.ceil(words / 256))
-    u.set(words, 7, 0.04, groups * 256)
-    const enc = device.createCommandEncoder()
-    const pass = enc.beginComputePass()
-    pass.setPipeline(fill)
-    pass.setBindGroup(0, bind(device, fill, [[0, u.buffer], [1, m]]))
-    pass.dispatchWorkgroups(groups)
-    pass.end()
-    device.queue.submit([enc.finish()])
-  }
+  await fillRandom(gpu, mats, 7, 0.04)
   const x = storageBuffer(device, "gemv x", colsK * 4)
   device.queue.writeBuffer(x, 0, Float32Array.from({ length: colsK }, (_, i) => Math.sin(i) * 0.5))
   const y = storageBuffer(device, "gemv y", rowsN * 4)
@@ -144,15 +109,6 @@ const tuneModelGemvs = async (gpu: Gpu, config: ReturnType<typeof resolveDummyCo
     out[op] = { rows: n, cols: k, best: r.best, all: r.gemv.map((g) => ({ kind: g.kind, wg: g.wg, rows: g.rows, rpw: g.rpw, gbs: g.gbs })) }
   }
   return out
-}
-
-/** Run 9's decode GEMV tunings (bench/results/2026-11-28-h200-run9-README.md); with them RoPE runs apart. */
-const run9Tuning: Record<GemvOp, GemvTuning> = {
-  qkv: { kind: "sg", wg: 32, rows: 2, rpw: 2 },
-  o: { wg: 128, rows: 2 },
-  gu: { wg: 256, rows: 2 },
-  down: { wg: 128, rows: 2 },
-  head: { wg: 256, rows: 2 },
 }
 
 /**
@@ -243,7 +199,6 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   const breakdown = {
     all: await timeSteps(undefined),
     withoutAttention: await timeSteps((k) => !k.startsWith("attn_")),
-    withoutAttentionAndRope: await timeSteps((k) => !k.startsWith("attn_") && !k.startsWith("rope")),
     gemvOnly: await timeSteps((k) => k.startsWith("gemv")),
   }
   const weightBytes = model.weights.bytes
@@ -351,7 +306,7 @@ console.log(`\n(b) decode ${model.model} (dummy fp16, ${(model.weightBytes / 1e9
 console.log(`    ${model.decodeMsPerToken.toFixed(3)} ms/token pipelined (${model.weightGBsAtDecode.toFixed(0)} GB/s of weights); host encode ${model.cpuEncodeMsPerToken.toFixed(3)} ms/token`)
 console.log(`    synchronous step (token read back each step): p50 ${model.syncStepMsP50.toFixed(3)} ms, p99 ${model.syncStepMsP99.toFixed(3)} ms`)
 const bd = model.breakdown
-console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attention ${bd.withoutAttention.toFixed(3)}, without attention+rope ${bd.withoutAttentionAndRope.toFixed(3)}, GEMVs only ${bd.gemvOnly.toFixed(3)}`)
+console.log(`    breakdown (ms/token): all ${bd.all.toFixed(3)}, without attention ${bd.withoutAttention.toFixed(3)}, GEMVs only ${bd.gemvOnly.toFixed(3)}`)
 console.log(`    side by side, 3 alternating rounds of ${model.steps} steps (ms/token, median, ratio to the default):`)
 for (const x of model.setups) console.log(`      ${x.name.padEnd(36)} ${x.msPerToken.map((v) => v.toFixed(3)).join(" / ")}  ${x.median.toFixed(3)}  ${x.ratioToDefault.toFixed(3)}`)
 console.log(`    weight-bytes floor at the read-only ceiling: ${(model.weightBytes / kernels.readGBs / 1e6).toFixed(3)} ms/token`)

@@ -320,8 +320,7 @@ export class GpuModel {
       throw new RangeError("quest (sparse), h2o and the tiered cache are exclusive")
     }
     const compiling = pipelines.prewarm([...Object.values(keys), ...kvPipelineKeys(c, options, keys.attnPrefill)])
-    const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
-    const fill = source.gpuFill ? await gpuFiller(gpu, pipelines, fillKeys) : undefined
+    const fill = source.gpuFill ? await gpuFiller(gpu, pipelines) : undefined
     const weights = uploadWeights(gpu.device, source, progress, fill)
     await compiling
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
@@ -638,10 +637,11 @@ export class GpuModel {
   }
 }
 
-export const gpuFiller = async (gpu: Gpu, pipelines: Pipelines, keys: { random: PipelineKey; ones: PipelineKey }): Promise<GpuFill> => {
+/** Fills f16 ranges of buffers on the GPU (kernels/fill.wgsl): random halves, or ones. */
+export const gpuFiller = async (gpu: Gpu, pipelines: Pipelines): Promise<GpuFill> => {
   const device = gpu.device
-  const random = await pipelines.get(keys.random)
-  const ones = await pipelines.get(keys.ones)
+  const random = await pipelines.get({ op: "fill" })
+  const ones = await pipelines.get({ op: "fill", flags: { ONES: true } })
   const align = device.limits.minStorageBufferOffsetAlignment
   return (buffer, at, count, spec) => {
     const offset = at * 2

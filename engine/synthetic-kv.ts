@@ -5,18 +5,15 @@
 // quest the page abstracts are computed as in prefill. Attention over random keys is
 // nearly uniform, so selection has no locality to exploit: a pessimistic case for hit
 // rates, and no measure of quality.
-import type { PipelineKey } from "./pipelines.ts"
 import { encodeAll } from "./buffers.ts"
 import { gpuFiller, type GpuModel } from "./model.ts"
-
-const fillKeys = { random: { op: "fill" } as PipelineKey, ones: { op: "fill", flags: { ONES: true } } as PipelineKey }
 
 /** Appends `tokens` random tokens of KV to the model's (empty) cache. */
 export const synthesizeKv = async (model: GpuModel, tokens: number, seed = 1, amplitude = 1): Promise<void> => {
   if (model.length !== 0) throw new RangeError("synthesizeKv wants an empty cache (reset the model first)")
   if (tokens > model.maxContext) throw new RangeError(`${tokens} tokens exceed the context of ${model.maxContext}`)
   const device = model.gpu.device
-  const fill = await gpuFiller(model.gpu, model.pipelines, fillKeys)
+  const fill = await gpuFiller(model.gpu, model.pipelines)
   const fillBuffer = (buffer: GPUBuffer, bytes: number, s: number) => {
     // In pieces the binding size allows; halves (2 bytes) are the fill's unit.
     const piece = Math.floor(Math.min(bytes, 1 << 30) / 256) * 256
