@@ -5,10 +5,10 @@
 // every actor switches at its next step boundary. Nothing changes when any of that fails.
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { JSONSchema } from "effect"
-import type { PolicyRecord } from "./disk-store/records.ts"
-import type { DiskStoreStats } from "./disk-store/store.ts"
+import type { PolicyRecord } from "../kv/records.ts"
+import type { DiskStoreStats } from "../kv/disk-store.ts"
 import type { ExecutorStats } from "./gpu-executor.ts"
-import type { HostArenaStats } from "./host-cache/arena.ts"
+import type { HostArenaStats } from "../kv/host-arena.ts"
 import { requesterOf } from "./access.ts"
 import { askActor, decodeAs, encodeJson } from "./nats.ts"
 import { type AdminStatsReply, type Applies, PolicyHistoryRequest, PolicySetRequest } from "../protocol/admin.ts"

@@ -7,7 +7,7 @@ import { leoamError } from "../protocol/errors.ts"
 import { PolicyPut } from "../protocol/internal.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
-import { DiskStore } from "./disk-store/store.ts"
+import { DiskStore } from "../kv/disk-store.ts"
 import { decodeAs } from "./nats.ts"
 
 const SessionGet = Schema.Struct({ id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)) })

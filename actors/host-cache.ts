@@ -3,8 +3,8 @@
 // memory of this process; the tiered cache (next issue) moves chunks through it.
 import { internalSubjects } from "../protocol/subjects.ts"
 import type { ActorDefinition } from "./actor.ts"
-import { HostArena } from "./host-cache/arena.ts"
-import { evictionPolicies } from "./host-cache/policies.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { evictionPolicies } from "../kv/eviction.ts"
 import { decodeAs } from "./nats.ts"
 import { PolicyChanged } from "../protocol/internal.ts"
 import { parsePolicy } from "../protocol/policy.ts"

@@ -3,7 +3,7 @@
 // Error replies become `leoam: error [code]: message` (exit 2 for bad input, 1 otherwise).
 import { readFileSync } from "node:fs"
 import type { NatsConnection } from "@nats-io/nats-core"
-import type { PolicyRecord } from "../actors/disk-store/records.ts"
+import type { PolicyRecord } from "../kv/records.ts"
 import { askActor, connectNats, type NatsAuth } from "../actors/nats.ts"
 import type { AdminStatsReply } from "../protocol/admin.ts"
 import { policyNames } from "../protocol/policy.ts"

@@ -15,8 +15,8 @@ import { parameterCount } from "../models/layout.ts"
 import { CliError } from "./errors.ts"
 import { ensuredDefaultKvDir, loadPolicy } from "./kv.ts"
 import { isTiered, kvEngineOptions } from "../engine/kv-setup.ts"
-import { HostArena } from "../actors/host-cache/arena.ts"
-import { DiskStore } from "../actors/disk-store/store.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { DiskStore } from "../kv/disk-store.ts"
 import { Progress } from "./progress.ts"
 
 export const bundledModelDir = fileURLToPath(new URL("../models/tiny-leo-14m", import.meta.url))

@@ -3,9 +3,9 @@
 // all KV on the GPU and evicts from the attended set, `offload-all` and `leoam` use the
 // tiered cache (GPU budget, host arena, disk). The GPU budget binds every policy: one that
 // keeps all KV on the GPU refuses a context whose KV does not fit in it.
-import type { DiskStore } from "../actors/disk-store/store.ts"
-import type { HostArena } from "../actors/host-cache/arena.ts"
-import { evictionPolicies } from "../actors/host-cache/policies.ts"
+import type { DiskStore } from "../kv/disk-store.ts"
+import type { HostArena } from "../kv/host-arena.ts"
+import { evictionPolicies } from "../kv/eviction.ts"
 import type { ModelConfig } from "../models/types.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
 import type { EngineOptions } from "./model.ts"

@@ -17,9 +17,9 @@
 // the host arena or disk through the staging ring, evicting by policy), and attend them
 // plus the tail. What does not fit in the cache at once is attended in windows whose
 // partial softmax states one combine merges, so attention is exact over what was chosen.
-import type { DiskStore } from "../actors/disk-store/store.ts"
-import type { HostArena } from "../actors/host-cache/arena.ts"
-import { chunkKey, type EntryView, type EvictionPolicy } from "../actors/host-cache/policies.ts"
+import type { DiskStore } from "../kv/disk-store.ts"
+import type { HostArena } from "../kv/host-arena.ts"
+import { chunkKey, type EntryView, type EvictionPolicy } from "../kv/eviction.ts"
 import type { ModelConfig } from "../models/types.ts"
 import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "./buffers.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"

@@ -3,11 +3,11 @@ import * as os from "node:os"
 import * as path from "node:path"
 import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
-import { crc32, crc32Table } from "../actors/disk-store/crc32.ts"
-import { DiskStoreError } from "../actors/disk-store/errors.ts"
-import type { ChunkKey } from "../actors/disk-store/records.ts"
-import { segmentFileName, type FileIo } from "../actors/disk-store/segments.ts"
-import { DiskStore } from "../actors/disk-store/store.ts"
+import { crc32, crc32Table } from "../kv/crc32.ts"
+import { DiskStoreError } from "../kv/disk-errors.ts"
+import type { ChunkKey } from "../kv/records.ts"
+import { segmentFileName, type FileIo } from "../kv/segments.ts"
+import { DiskStore } from "../kv/disk-store.ts"
 
 const temps: string[] = []
 const stores: DiskStore[] = []

@@ -1,9 +1,9 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { HostArena, type StoreTicket } from "../actors/host-cache/arena.ts"
-import { planCompaction } from "../actors/host-cache/compaction.ts"
-import { HostCacheError } from "../actors/host-cache/errors.ts"
-import { FreeList } from "../actors/host-cache/free-list.ts"
+import { HostArena, type StoreTicket } from "../kv/host-arena.ts"
+import { planCompaction } from "../kv/arena-compaction.ts"
+import { HostCacheError } from "../kv/host-errors.ts"
+import { FreeList } from "../kv/free-list.ts"
 import {
   chunkKey,
   evictionPolicies,
@@ -13,7 +13,7 @@ import {
   lru,
   type EntryView,
   type EvictionPolicy,
-} from "../actors/host-cache/policies.ts"
+} from "../kv/eviction.ts"
 
 const codeOf = (f: () => unknown): string => {
   try {

@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { diskStoreError, errnoCode, writeError } from "./errors.ts"
+import { diskStoreError, errnoCode, writeError } from "./disk-errors.ts"
 
 /** The file calls the store makes, injectable so tests can simulate a full disk. */
 export interface FileIo {

@@ -1,7 +1,7 @@
 // What the disk store keeps in LMDB, one type per named database, and the key rules.
 // Keys are ordered arrays, so a range over [session, layer] reads chunks in chunk order.
 
-import { diskStoreError } from "./errors.ts"
+import { diskStoreError } from "./disk-errors.ts"
 
 /** (session id, layer, chunk index): the key of a chunk and of its abstract. */
 export type ChunkKey = readonly [session: string, layer: number, chunk: number]

@@ -5,10 +5,10 @@
 // never evicted or moved, so views handed out stay valid until complete*/unpin; eviction
 // is all or nothing, chosen by the swappable policy. Only the host-cache actor calls it.
 
-import { planCompaction } from "./compaction.ts"
-import { hostCacheError } from "./errors.ts"
+import { planCompaction } from "./arena-compaction.ts"
+import { hostCacheError } from "./host-errors.ts"
 import { FreeList, type Extent } from "./free-list.ts"
-import { lru, type EntryView, type EvictionPolicy, type Key } from "./policies.ts"
+import { lru, type EntryView, type EvictionPolicy, type Key } from "./eviction.ts"
 
 export interface HostArenaOptions {
   readonly budgetBytes: number

@@ -10,7 +10,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { open, TransactionFlags, type Database, type Key, type RootDatabase } from "lmdb"
 import { crc32, crc32IsNative } from "./crc32.ts"
-import { DiskStoreError, diskStoreError, errnoCode, writeError } from "./errors.ts"
+import { DiskStoreError, diskStoreError, errnoCode, writeError } from "./disk-errors.ts"
 import {
   checkChunkKey,
   checkSession,
