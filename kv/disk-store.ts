@@ -3,8 +3,9 @@
 // under `<kvDir>/chunks/`. Invariant: a `chunks` entry is committed only after its bytes
 // are fully written, and a failed commit truncates them away, so every entry points at
 // complete bytes (a crash before flush() can still lose bytes: the CRC then reports it).
-// Only the disk-store actor calls it; every method is synchronous except flush and close,
-// and no LMDB read snapshot outlives the call that opened it.
+// Its owner (the disk-store actor, or the tiered cache through kv/tier-io.ts) calls it;
+// every method is synchronous except readChunkAsync, flush and close, and no LMDB read
+// snapshot outlives the call that opened it (readChunkAsync reads the index before it awaits).
 
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -191,14 +192,30 @@ export class DiskStore {
    * `length` bytes (e.g. a mapped GPU staging buffer) and that view is returned.
    */
   readChunk(key: ChunkKey, into?: Uint8Array): Uint8Array {
+    const { entry, target } = this.readTarget(key, into)
+    return this.checked(key, entry, target, this.segments.read(entry.file, entry.offset, target))
+  }
+
+  /** readChunk with the bytes read on libuv's thread pool: the event loop is not blocked by the disk. */
+  async readChunkAsync(key: ChunkKey, into?: Uint8Array): Promise<Uint8Array> {
+    const { entry, target } = this.readTarget(key, into)
+    const got = await this.segments.readAsync(entry.file, entry.offset, target)
+    return this.checked(key, entry, target, got)
+  }
+
+  /** The chunk's index entry and the view its bytes go to. */
+  private readTarget(key: ChunkKey, into: Uint8Array | undefined): { entry: ChunkEntry; target: Uint8Array } {
     const entry = this.chunkEntry(key)
     if (entry === undefined) throw diskStoreError("chunk_missing", this.indexPath, `no chunk ${showKey(key)}`)
-    const file = this.segments.pathOf(entry.file)
     if (into !== undefined && into.length < entry.length) {
-      throw diskStoreError("buffer_too_small", file, `chunk ${showKey(key)} is ${entry.length} bytes, buffer ${into.length}`)
+      throw diskStoreError("buffer_too_small", this.segments.pathOf(entry.file), `chunk ${showKey(key)} is ${entry.length} bytes, buffer ${into.length}`)
     }
-    const target = into === undefined ? new Uint8Array(entry.length) : into.subarray(0, entry.length)
-    const got = this.segments.read(entry.file, entry.offset, target)
+    return { entry, target: into === undefined ? new Uint8Array(entry.length) : into.subarray(0, entry.length) }
+  }
+
+  /** The bytes read, once their length and CRC match the index. */
+  private checked(key: ChunkKey, entry: ChunkEntry, target: Uint8Array, got: number): Uint8Array {
+    const file = this.segments.pathOf(entry.file)
     if (got < entry.length) {
       this.counters.corruptReads++
       throw diskStoreError("chunk_corrupt", file, `chunk ${showKey(key)}: short read, ${got} of ${entry.length} bytes at ${entry.offset}`)

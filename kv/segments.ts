@@ -2,6 +2,8 @@
 // Owns the open file descriptors and each file's append tail. Invariants: bytes are only
 // ever appended at the tail; a failed append truncates its file back to where it started,
 // so no partial chunk stays behind; only this process (the store's owner) writes here.
+// Appends are synchronous (see DiskStore.putChunks); reads may be asynchronous (libuv's
+// thread pool), and a file descriptor being read is closed only once its reads are done.
 
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
@@ -14,11 +16,15 @@ export interface FileIo {
   readonly write: (fd: number, buffer: Uint8Array, offset: number, length: number, position: number) => number
   /** As fs.readSync(fd, buffer, offset, length, position): returns bytes read. */
   readonly read: (fd: number, buffer: Uint8Array, offset: number, length: number, position: number) => number
+  /** As fs.read(fd, buffer, offset, length, position) on the thread pool: resolves to bytes read. */
+  readonly readAsync: (fd: number, buffer: Uint8Array, offset: number, length: number, position: number) => Promise<number>
 }
 
 export const nodeFileIo: FileIo = {
   write: (fd, buffer, offset, length, position) => fs.writeSync(fd, buffer, offset, length, position),
   read: (fd, buffer, offset, length, position) => fs.readSync(fd, buffer, offset, length, position),
+  readAsync: (fd, buffer, offset, length, position) =>
+    new Promise((resolve, reject) => fs.read(fd, buffer, offset, length, position, (error, n) => (error ? reject(error) : resolve(n)))),
 }
 
 /**
@@ -36,6 +42,10 @@ interface OpenFile {
   /** Where the next append lands: the file's size as this process knows it. */
   tail: number
   dirty: boolean
+  /** Asynchronous reads in flight on `fd`. */
+  readers: number
+  /** Closed while read: the last reader closes `fd`. */
+  orphaned: boolean
 }
 
 /** One chunk to append: its bytes go to `file`. */
@@ -106,13 +116,7 @@ export class SegmentFiles {
 
   /** Reads up to `length` bytes at `offset` into `into`; returns how many were read (short at EOF). */
   read(file: string, offset: number, into: Uint8Array): number {
-    let f: OpenFile
-    try {
-      f = this.file(file, false)
-    } catch (e) {
-      if (errnoCode(e) === "ENOENT") throw diskStoreError("chunk_corrupt", this.pathOf(file), "segment file is missing")
-      throw diskStoreError("io_failed", this.pathOf(file), `open failed: ${(e as Error).message}`)
-    }
+    const f = this.fileToRead(file)
     let done = 0
     while (done < into.length) {
       let n: number
@@ -125,6 +129,28 @@ export class SegmentFiles {
       done += n
     }
     return done
+  }
+
+  /** read() on the thread pool: the event loop goes on while the bytes come. */
+  async readAsync(file: string, offset: number, into: Uint8Array): Promise<number> {
+    const f = this.fileToRead(file)
+    f.readers++
+    try {
+      let done = 0
+      while (done < into.length) {
+        let n: number
+        try {
+          n = await this.io.readAsync(f.fd, into, done, into.length - done, offset + done)
+        } catch (e) {
+          throw diskStoreError("io_failed", this.pathOf(file), `read failed at ${offset + done}: ${(e as Error).message}`)
+        }
+        if (n === 0) break
+        done += n
+      }
+      return done
+    } finally {
+      if (--f.readers === 0 && f.orphaned) fs.closeSync(f.fd)
+    }
   }
 
   /** fsyncs every file written since the last sync. */
@@ -163,6 +189,15 @@ export class SegmentFiles {
     for (const file of [...this.open.keys()]) this.closeFile(file)
   }
 
+  private fileToRead(file: string): OpenFile {
+    try {
+      return this.file(file, false)
+    } catch (e) {
+      if (errnoCode(e) === "ENOENT") throw diskStoreError("chunk_corrupt", this.pathOf(file), "segment file is missing")
+      throw diskStoreError("io_failed", this.pathOf(file), `open failed: ${(e as Error).message}`)
+    }
+  }
+
   private writeFully(file: string, f: OpenFile, bytes: Uint8Array): void {
     let done = 0
     while (done < bytes.length) {
@@ -195,7 +230,7 @@ export class SegmentFiles {
       if (create) throw writeError(this.pathOf(file), e)
       throw e
     }
-    const opened: OpenFile = { fd, tail: fs.fstatSync(fd).size, dirty: false }
+    const opened: OpenFile = { fd, tail: fs.fstatSync(fd).size, dirty: false, readers: 0, orphaned: false }
     this.open.set(file, opened)
     while (this.open.size > this.maxOpenFiles) {
       const oldest = this.open.keys().next().value as string
@@ -212,7 +247,8 @@ export class SegmentFiles {
     try {
       if (f.dirty) fs.fsyncSync(f.fd)
     } finally {
-      fs.closeSync(f.fd)
+      if (f.readers > 0) f.orphaned = true
+      else fs.closeSync(f.fd)
     }
   }
 }

@@ -134,6 +134,59 @@ describe("DiskStore chunks", () => {
   })
 })
 
+/** The stable code of the DiskStoreError that `p` rejects with. */
+const codeOfAsync = async (p: Promise<unknown>): Promise<string> => {
+  const e = await p.then(
+    () => undefined,
+    (error: unknown) => error,
+  )
+  expect(e).toBeInstanceOf(DiskStoreError)
+  return (e as DiskStoreError).code
+}
+
+describe("DiskStore asynchronous reads", () => {
+  it("read on the thread pool what readChunk reads, with the same CRC checks and codes", async () => {
+    const store = openStore()
+    store.putChunk(["s", 0, 0], bytes(64, 1), meta)
+    const entry = store.putChunk(["s", 0, 1], bytes(64, 2), meta)
+    const staging = new Uint8Array(100)
+    const view = await store.readChunkAsync(["s", 0, 0], staging)
+    expect(view.buffer).toBe(staging.buffer)
+    expect(view).toEqual(bytes(64, 1))
+    expect(await codeOfAsync(store.readChunkAsync(["s", 0, 7]))).toBe("chunk_missing")
+    expect(await codeOfAsync(store.readChunkAsync(["s", 0, 0], new Uint8Array(10)))).toBe("buffer_too_small")
+    const file = path.join(store.kvDir, "chunks", entry.file)
+    const fd = fs.openSync(file, "r+")
+    fs.writeSync(fd, Uint8Array.of(bytes(64, 2)[5]! ^ 1), 0, 1, entry.offset + 5)
+    fs.closeSync(fd)
+    expect(await codeOfAsync(store.readChunkAsync(["s", 0, 1]))).toBe("chunk_corrupt")
+    fs.truncateSync(file, 70)
+    expect(await codeOfAsync(store.readChunkAsync(["s", 0, 1]))).toBe("chunk_corrupt")
+    expect(store.stats()).toMatchObject({ corruptReads: 2, chunkReads: 1, bytesRead: 64 })
+  })
+
+  it("keep a segment file open while it is read: closing it past the open-file cap or dropping its session waits for the reads", async () => {
+    let release!: () => void
+    const gate = new Promise<void>((r) => (release = r))
+    const io: Partial<FileIo> = {
+      readAsync: async (fd, buffer, offset, length, position) => {
+        await gate
+        return fs.readSync(fd, buffer, offset, length, position)
+      },
+    }
+    const store = openStore({ io, maxOpenFiles: 1 })
+    store.putChunk(["a", 0, 0], bytes(32, 3), meta)
+    store.putChunk(["b", 0, 0], bytes(32, 4), meta) // closes a.seg (one file open at most)
+    const fromA = store.readChunkAsync(["a", 0, 0])
+    const fromB = store.readChunkAsync(["b", 0, 0]) // opening b.seg closes a.seg, which is being read
+    store.dropSession("b") // unlinks b.seg while it is read
+    release()
+    expect(await fromA).toEqual(bytes(32, 3))
+    expect(await fromB).toEqual(bytes(32, 4))
+    expect(store.readChunk(["a", 0, 0])).toEqual(bytes(32, 3))
+  })
+})
+
 describe("DiskStore kv directory", () => {
   it("creates the directory when its parent exists", () => {
     const parent = tempDir()

@@ -1,0 +1,211 @@
+// TierIo: how the tiered cache reaches its host and disk tiers, chunk by chunk, under one
+// session. LocalTierIo implements it over a HostArena and a DiskStore in this process and
+// is the only caller that changes them for the cache. Invariants: the arena's operations
+// happen in the order of the loads (so its evictions are those of a one-at-a-time loop)
+// and no two of them overlap, while disk reads run ahead on libuv's thread pool; a failed
+// load leaves no reservation behind; a seal is indexed all or nothing.
+//
+// Seals stay synchronous: DiskStore.putChunks appends to the session's segment file and
+// then indexes in one uninterrupted step. An await between the two would let another seal
+// append to the same file, and the first one's rollback (a truncate back to its start)
+// would cut the other's bytes; lmdb-js's asynchronous transaction() does not roll back on
+// a throw, so the index commit stays a transactionSync (~10 us without fsync).
+import type { DiskStore } from "./disk-store.ts"
+import { chunkKey, type EvictionPolicy } from "./eviction.ts"
+import type { HostArena } from "./host-arena.ts"
+import { KvTierError, tierErrorOf } from "./tier-errors.ts"
+
+export interface ChunkLoad {
+  readonly layer: number
+  readonly chunk: number
+  /** The chunk's length (K then V); a stored chunk of another length is corrupt. */
+  readonly bytes: number
+  /** Copies the bytes into the caller's staging view; `src` stays valid until it resolves. */
+  readonly stage: (src: Uint8Array) => Promise<void>
+}
+
+/** Where a load's bytes came from. */
+export type Tier = "host" | "disk"
+
+export interface SealedChunk {
+  readonly layer: number
+  readonly chunk: number
+  readonly tokens: number
+  /** (K then V) f16, as the GPU pools hold its blocks. */
+  readonly kv: Uint8Array
+  /** The chunk's min then max abstract, (KV, D/2) f16 each. */
+  readonly abstract: Uint8Array
+}
+
+/** What the disk tier holds of one layer of the session, in chunk order (gaps are the caller's to refuse). */
+export interface StoredLayer {
+  readonly chunks: ReadonlyArray<{ readonly chunk: number; readonly tokens: number }>
+  readonly abstracts: ReadonlyArray<{ readonly chunk: number; readonly bytes: Uint8Array }>
+}
+
+export interface TierIo {
+  readonly session: string
+  /**
+   * Stages each chunk, in order: from the host arena when resident, else from disk (then
+   * copied into the arena when `promote`). Resolves to each one's tier; rejects with a
+   * KvTierError (chunk_corrupt, chunk_missing, io_failed) once no read is left in flight.
+   */
+  load(loads: ReadonlyArray<ChunkLoad>, promote: boolean): Promise<Tier[]>
+  /**
+   * Writes sealed chunks through to disk (chunks and abstracts indexed) and the host arena.
+   * Their bytes are read before this returns; resolves to the chunk bytes written, rejects
+   * with a KvTierError (disk_full: nothing of the batch indexed).
+   */
+  storeSealed(chunks: ReadonlyArray<SealedChunk>): Promise<number>
+  /** The session's chunk table and abstracts of one layer, as stored (to resume the sequence). */
+  adoptLayer(layer: number): StoredLayer
+  /** The importance of a chunk the host arena holds (ignored when it does not). */
+  setScore(layer: number, chunk: number, score: number): void
+  /** Drops a chunk from the host arena (the sequence no longer reaches it). */
+  forget(layer: number, chunk: number): void
+  /** Drops the session's chunks from the disk tier. */
+  dropSession(): void
+  setHostEviction(policy: EvictionPolicy): void
+  hostBytes(): { readonly budgetBytes: number; readonly residentBytes: number }
+}
+
+/** Disk reads started ahead of the load whose turn it is. */
+const READ_AHEAD = 4
+
+export class LocalTierIo implements TierIo {
+  /** Host buffers of disk reads (the CRC reads them; mapped staging memory is slow to read). */
+  private readonly spare: Uint8Array[] = []
+
+  constructor(
+    private readonly arena: HostArena,
+    private readonly store: DiskStore,
+    readonly session: string,
+  ) {}
+
+  async load(loads: ReadonlyArray<ChunkLoad>, promote: boolean): Promise<Tier[]> {
+    const tiers: Tier[] = []
+    const ahead = new Map<number, Promise<Uint8Array>>()
+    let next = 0
+    try {
+      for (let i = 0; i < loads.length; i++) {
+        // Only this loop adds to the arena, and only the chunk whose turn it is: a chunk
+        // missing now is still missing at its turn (one present now may be evicted by then).
+        for (; next < loads.length && next <= i + READ_AHEAD; next++) {
+          if (next === i || this.arena.has(this.keyOf(loads[next]))) continue
+          const read = this.readDisk(loads[next])
+          read.catch(() => undefined) // its failure is reported at its turn, not while another chunk is awaited
+          ahead.set(next, read)
+        }
+        const readAhead = ahead.get(i)
+        ahead.delete(i)
+        tiers.push(await this.loadOne(loads[i], promote, readAhead))
+      }
+    } finally {
+      // A failed load leaves reads in flight: their buffers come back once they finish.
+      for (const [, read] of ahead) await read.then((b) => this.spare.push(b), () => undefined)
+    }
+    return tiers
+  }
+
+  private async loadOne(load: ChunkLoad, promote: boolean, readAhead: Promise<Uint8Array> | undefined): Promise<Tier> {
+    const key = this.keyOf(load)
+    const held = this.arena.prepareLoad(key)
+    if (held !== undefined) {
+      try {
+        if (held.length !== load.bytes) throw new KvTierError("chunk_corrupt", `chunk ${key} in the host arena is ${held.length} bytes, want ${load.bytes}`)
+        await load.stage(held)
+      } finally {
+        this.arena.completeLoad(key)
+        if (readAhead) await readAhead.then((b) => this.spare.push(b), () => undefined)
+      }
+      return "host"
+    }
+    const buffer = await (readAhead ?? this.readDisk(load))
+    try {
+      // leoam promotes disk reads (selection has locality); offload-all scans every chunk
+      // each step, where promotion would only make the arena thrash.
+      const ticket = promote ? this.arena.prepareStore(key, load.bytes) : undefined
+      try {
+        ticket?.view.set(buffer.subarray(0, load.bytes))
+        await load.stage(buffer.subarray(0, load.bytes))
+      } catch (e) {
+        if (ticket) this.arena.abortStore(ticket)
+        throw e
+      }
+      if (ticket) this.arena.completeStore(ticket)
+    } finally {
+      this.spare.push(buffer)
+    }
+    return "disk"
+  }
+
+  /** The chunk's bytes from disk, CRC-checked, in a buffer of at least load.bytes (give it back to `spare`). */
+  private async readDisk(load: ChunkLoad): Promise<Uint8Array> {
+    const at = this.spare.findIndex((b) => b.length >= load.bytes)
+    const buffer = at >= 0 ? this.spare.splice(at, 1)[0] : new Uint8Array(load.bytes)
+    let read: Uint8Array
+    try {
+      read = await this.store.readChunkAsync([this.session, load.layer, load.chunk], buffer.subarray(0, load.bytes))
+    } catch (e) {
+      this.spare.push(buffer)
+      throw tierErrorOf(e)
+    }
+    if (read.length !== load.bytes) {
+      this.spare.push(buffer)
+      throw new KvTierError("chunk_corrupt", `chunk ${this.keyOf(load)} is ${read.length} bytes, want ${load.bytes}`)
+    }
+    return buffer
+  }
+
+  async storeSealed(chunks: ReadonlyArray<SealedChunk>): Promise<number> {
+    const key = (c: SealedChunk) => [this.session, c.layer, c.chunk] as const
+    try {
+      this.store.putChunks(chunks.map((c) => ({ key: key(c), bytes: c.kv, meta: { tokens: c.tokens, dtype: "f16" } })))
+      this.store.putAbstracts(chunks.map((c) => ({ key: key(c), bytes: c.abstract })))
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+    let bytes = 0
+    for (const c of chunks) {
+      this.arena.put(chunkKey(this.session, c.layer, c.chunk), c.kv)
+      bytes += c.kv.length
+    }
+    return bytes
+  }
+
+  adoptLayer(layer: number): StoredLayer {
+    try {
+      return {
+        chunks: this.store.chunksOf(this.session, layer).map(({ chunk, entry }) => ({ chunk, tokens: entry.tokens })),
+        abstracts: this.store.abstractsOf(this.session, layer),
+      }
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+  }
+
+  setScore(layer: number, chunk: number, score: number): void {
+    this.arena.setScore(chunkKey(this.session, layer, chunk), score)
+  }
+
+  forget(layer: number, chunk: number): void {
+    this.arena.remove(chunkKey(this.session, layer, chunk))
+  }
+
+  dropSession(): void {
+    this.store.dropSession(this.session)
+  }
+
+  setHostEviction(policy: EvictionPolicy): void {
+    this.arena.setPolicy(policy)
+  }
+
+  hostBytes() {
+    const a = this.arena.stats()
+    return { budgetBytes: a.budgetBytes, residentBytes: a.residentBytes }
+  }
+
+  private keyOf(load: { readonly layer: number; readonly chunk: number }): string {
+    return chunkKey(this.session, load.layer, load.chunk)
+  }
+}
