@@ -32,4 +32,23 @@ XZ_OPT=-9e tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lm
   node_modules/detect-libc
 # The actor benchmark starts an embedded nats-server (Debian's static binary); only it needs one.
 case " $progs " in *" actor-overhead "*) xz -T1 -9e -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz ;; esac
+# BASE=<commit>: the same programs (those named, else tiered-bench and engine-bench) built from
+# that commit too, into .bench-bundle/base/ with its kernels in .bench-bundle/kernels/ (a bundle
+# finds kernels at ../kernels/ from itself), for side-by-side runs (`gpu-run.sh compare`).
+if [ -n "${BASE:-}" ]; then
+  wt="$(mktemp -d)/base"
+  git worktree add --detach "$wt" "$BASE" >/dev/null
+  ln -s "$PWD/node_modules" "$wt/node_modules"
+  mkdir -p .bench-bundle/base
+  for prog in ${*:-tiered-bench engine-bench}; do
+    [ -f "$wt/bench/$prog.ts" ] || continue
+    (cd "$wt" && npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
+      --external:webgpu --external:lmdb --outfile="$OLDPWD/.bench-bundle/base/$prog.mjs" --log-level=warning \
+      --banner:js="import { createRequire as __cr } from 'module'; const require = __cr(import.meta.url);")
+    xz -T2 -6 ".bench-bundle/base/$prog.mjs"
+  done
+  cp -r "$wt/kernels" .bench-bundle/kernels
+  git -C "$wt" rev-parse HEAD > .bench-bundle/base/COMMIT
+  git worktree remove --force "$wt"
+fi
 du -sh .gpu .bench-bundle

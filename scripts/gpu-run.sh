@@ -16,9 +16,12 @@
 #   decode: the golden check, engine-bench without the long-context part (extra arguments go
 #        to it), actor-overhead (when bundled) and decode-lab, with the GPU's clocks logged
 #        every second
+#   compare: the golden check, then side by side with the tree of BASE (bundled by
+#        `BASE=<commit> bash scripts/gpu-bundle.sh`), alternating base and this tree twice:
+#        tiered-bench at 8B 64K (full, quest, leoam) and engine-bench decode at 1K
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -26,6 +29,23 @@ for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz
 [ -d .bench-bundle/node_modules/lmdb ] || [ ! -f .bench-bundle/lmdb.tar.xz ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
 command -v nats-server >/dev/null || [ ! -f .bench-bundle/nats-server.xz ] || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
+if [ "$suite" = compare ]; then
+  for f in .bench-bundle/base/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
+  echo "base: $(cat .bench-bundle/base/COMMIT)" | tee "$out/compare.txt"
+  node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+  mkdir -p /tmp/leoam-kv
+  for round in 1 2; do
+    for tree in base new; do
+      dir=.bench-bundle; [ "$tree" = base ] && dir=.bench-bundle/base
+      echo "== round $round, $tree" | tee -a "$out/compare.txt"
+      rm -rf /tmp/leoam-kv/*
+      timeout 170 node "$dir/tiered-bench.mjs" --preset llama-3.1-8b --context 65536 --policies full,quest,leoam --steps 8 --max-seconds 20 \
+        --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-$tree-$round.json" 2>&1 | tee -a "$out/compare.txt" || echo "tiered-bench $tree: failed or stopped" | tee -a "$out/compare.txt"
+      timeout 120 node "$dir/engine-bench.mjs" --long-context 0 --prefill 0 2>&1 | grep -iE "ms/token|decode|error" | tee -a "$out/compare.txt" || true
+    done
+  done
+  exit 0
+fi
 if [ "$suite" = tiered-128k ]; then
   mkdir -p /tmp/leoam-kv
   timeout 280 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --steps 6 --max-seconds 25 --kv-dir /tmp/leoam-kv \
