@@ -3,7 +3,7 @@
 // submitted ahead and each token costs a 4-byte read-back that overlaps the next step;
 // top-k / top-p read the logits back and sample on the host with the same seed.
 import { GpuModel } from "./model.ts"
-import { TAIL_SLACK_TOKENS } from "./tiered.ts"
+import { TAIL_SLACK_TOKENS } from "./kv/tiered/index.ts"
 import { sampleCandidates, sampleHost, type Sampling } from "./sampling.ts"
 
 export type { Sampling } from "./sampling.ts"

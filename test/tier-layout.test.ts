@@ -4,7 +4,7 @@
 // accepted while one byte less is not.
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { type TierLayoutInput, tierLayout } from "../engine/tiered.ts"
+import { type TierLayoutInput, tierLayout } from "../engine/kv/tiered/index.ts"
 
 const input = fc
   .record({

@@ -1,0 +1,216 @@
+// The GPU chunk cache of every layer, as plans change it: owns each layer's GpuSlots, the
+// layer-visit clock and the attention entries list. It makes no choice of its own: kv/plan.ts
+// plans (purely, over a clone of the slots), this applies window after window: evictions,
+// loads fetched through TierIo into the staging ring (flushed per window), importance,
+// then the entries list (decode) or block table (prefill). A plan applies only in order,
+// to the state it was made from; a failed load frees the window's slots again.
+import { GpuSlots } from "../../../kv/gpu-slots.ts"
+import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
+import type { TierIo } from "../../../kv/tier-io.ts"
+import { storageBuffer } from "../../buffers.ts"
+import type { UploadRing } from "../../staging.ts"
+import type { ChunkTables } from "./chunks.ts"
+import type { TierCounters } from "./stats.ts"
+
+export interface CacheGeometry {
+  /** Per layer: K and V pools, (blocks, KV, BS, D) f16: the tail ring's blocks, then the slots'. */
+  readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
+  readonly cacheSlots: number
+  readonly slotBlocks: number
+  readonly slotBytes: number
+}
+
+export class GpuCache {
+  /** (blocks) vec2<u32> (physical block, tokens): the entries of the decode window being applied. */
+  readonly entries: GPUBuffer
+  /** (1) vec2<u32> (first entry, entry count) of that window. */
+  readonly seqs: GPUBuffer
+  private readonly slots: GpuSlots[]
+  private readonly entryHost: Uint32Array
+  /** Layer visits: each plan's tick, and each admission's; the recency clock of the slots. */
+  private tick = 0
+  /** Per layer, the plan being applied and its next window. */
+  private readonly progress: Array<{ plan: object; next: number } | undefined>
+
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly g: CacheGeometry,
+    private readonly tables: ChunkTables,
+    private readonly io: TierIo,
+    private readonly upload: UploadRing,
+    /** The most entries of a window: every block of the pool. */
+    maxEntries: number,
+  ) {
+    this.slots = g.pools.map(() => new GpuSlots(g.cacheSlots, g.slotBytes))
+    this.progress = g.pools.map(() => undefined)
+    this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", maxEntries * 8)
+    this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
+    this.entryHost = new Uint32Array(maxEntries * 2)
+  }
+
+  /** The first pool block of cache slot `slot`. */
+  blockOf(slot: number): number {
+    return this.tables.tailBlocks + slot * this.g.slotBlocks
+  }
+
+  /** Bytes of the chunks resident over all layers. */
+  get residentBytes(): number {
+    return this.slots.reduce((s, c) => s + c.resident, 0) * this.g.slotBytes
+  }
+
+  /** A slot for a chunk just sealed (evicting by policy, nothing pinned): its first pool block, or undefined. */
+  admit(l: number, chunk: number, policy: PlanPolicy): number | undefined {
+    const slot = this.slots[l].take(chunk, policy.eviction, new Set(), ++this.tick)
+    return slot === undefined ? undefined : this.blockOf(slot)
+  }
+
+  /** Forgets chunk ch of layer l (it was unsealed). */
+  drop(l: number, ch: number): void {
+    if (this.slots[l].get(ch)) this.slots[l].drop(ch)
+  }
+
+  clear(): void {
+    for (const s of this.slots) s.clear()
+    this.progress.fill(undefined)
+  }
+
+  planDecode(l: number, chosen: ReadonlyArray<number>, policy: PlanPolicy): DecodePlan {
+    return planDecode(this.slots[l], chosen, policy, this.tick + 1, l)
+  }
+
+  planPrefill(l: number, policy: PlanPolicy): PrefillPlan {
+    const L = this.tables.layers[l]
+    return planPrefill(this.slots[l], { starts: L.starts, sealed: L.sealed, tokens: this.tables.tokens }, policy, this.tick + 1, l)
+  }
+
+  /** Applies decode window i (see TieredKv.applyDecodeWindow); returns its entry count. */
+  async applyDecode(l: number, plan: DecodePlan, i: number, promote: boolean, k: TierCounters): Promise<number> {
+    const w = this.begin(l, plan, i)
+    if (i === 0) {
+      k.gpuHits += plan.hits.length
+      k.gpuMisses += plan.misses.length
+      for (const ch of plan.hits) k.gpuBytesRead += this.tables.chunkBytes(l, ch)
+    }
+    await this.applyWindow(l, w, plan.tick, promote, k)
+    if (plan.score) {
+      const scores = scoreWindow(this.slots[l], w, plan.tick)
+      w.attend.forEach((a, j) => this.io.setScore(l, a.chunk, scores[j]))
+    }
+    const count = this.writeEntries(l, w.attend, w.last)
+    k.windows++
+    if (w.last && plan.clearAfter) this.slots[l].clear()
+    return count
+  }
+
+  /** Applies prefill window i (see TieredKv.applyPrefillWindow), writing its part of `table`. */
+  async applyPrefill(l: number, plan: PrefillPlan, i: number, table: GPUBuffer, promote: boolean, k: TierCounters): Promise<{ k0: number; k1: number; first: boolean; last: boolean }> {
+    const w = this.begin(l, plan, i)
+    k.gpuHits += w.touch.length
+    k.gpuMisses += w.loads.length
+    for (const ch of w.touch) k.gpuBytesRead += this.tables.chunkBytes(l, ch)
+    await this.applyWindow(l, w, plan.tick, promote, k)
+    const bs = this.tables.blockTokens
+    const L = this.tables.layers[l]
+    const b0 = w.k0 / bs
+    const blocks = new Uint32Array(Math.ceil(w.k1 / bs) - b0) // (logical blocks [b0, b1)) u32 -> physical block
+    for (const a of w.attend) {
+      const at = L.starts[a.chunk] / bs - b0
+      for (let b = 0; b < Math.ceil(L.sizes[a.chunk] / bs); b++) blocks[at + b] = this.blockOf(a.slot) + b
+    }
+    // Tail blocks never move during the layer.
+    if (w.last) for (let b = Math.floor(L.sealed / bs); b < b0 + blocks.length; b++) blocks[b - b0] = this.tables.tailBlock(b)
+    this.device.queue.writeBuffer(table, b0 * 4, blocks)
+    k.windows++
+    if (w.last && plan.clearAfter) this.slots[l].clear()
+    return { k0: w.k0, k1: w.k1, first: i === 0, last: w.last }
+  }
+
+  /** Window i of `plan` if it is the one layer l applies next (else the plan is stale: RangeError). */
+  private begin<W extends SlotWindow>(l: number, plan: { readonly tick: number; readonly windows: ReadonlyArray<W> }, i: number): W {
+    const p = this.progress[l]
+    const next = i === 0 ? plan.tick === this.tick + 1 : p?.plan === plan && p.next === i
+    if (!next || i >= plan.windows.length) throw new RangeError(`tiered KV: layer ${l}: window ${i} of a plan applied out of order or after the cache changed`)
+    this.tick = plan.tick
+    this.progress[l] = i + 1 < plan.windows.length ? { plan, next: i + 1 } : undefined
+    return plan.windows[i]
+  }
+
+  /** The window's slot changes, then its loads staged and flushed. */
+  private async applyWindow(l: number, w: SlotWindow, tick: number, promote: boolean, k: TierCounters): Promise<void> {
+    const t0 = performance.now()
+    applyToSlots(this.slots[l], w, tick)
+    try {
+      await this.load(l, w.loads, promote, k)
+    } catch (e) {
+      // A slot must hold its chunk's bytes to count as resident.
+      for (const p of w.loads) this.slots[l].drop(p.chunk)
+      this.progress[l] = undefined
+      throw e
+    } finally {
+      this.upload.flush()
+      k.transferMs += performance.now() - t0
+    }
+  }
+
+  /** Stages each load's chunk (host arena, else disk) into its cache slot's K and V blocks. */
+  private async load(l: number, loads: ReadonlyArray<Placed>, promote: boolean, k: TierCounters): Promise<void> {
+    if (loads.length === 0) return
+    const pool = this.g.pools[l]
+    const blockBytes = this.tables.blockBytes
+    const requests = loads.map(({ chunk, slot }) => {
+      const bytes = this.tables.chunkBytes(l, chunk)
+      const dst = this.blockOf(slot) * blockBytes
+      const half = bytes / 2
+      const copies = [
+        { from: 0, dst: pool.k, dstOffset: dst, size: half },
+        { from: half, dst: pool.v, dstOffset: dst, size: half },
+      ]
+      return { layer: l, chunk, bytes, stage: (src: Uint8Array) => this.upload.stage(bytes, (view) => view.set(src), copies) }
+    })
+    const tiers = await this.io.load(requests, promote)
+    tiers.forEach((tier, i) => {
+      const bytes = requests[i].bytes
+      if (tier === "host") {
+        k.hostHits++
+        k.hostBytesRead += bytes
+      } else {
+        k.hostMisses++
+        k.diskHits++
+        k.diskBytesRead += bytes
+      }
+    })
+  }
+
+  /** Writes the window's entries (its chunks' blocks, then on the last window the layer's tail). */
+  private writeEntries(l: number, window: ReadonlyArray<Placed>, withTail: boolean): number {
+    const e = this.entryHost
+    const bs = this.tables.blockTokens
+    const L = this.tables.layers[l]
+    let n = 0
+    for (const w of window) {
+      const b0 = this.blockOf(w.slot)
+      const tokens = L.sizes[w.chunk]
+      for (let t = 0; t < tokens; t += bs) {
+        e[n * 2] = b0 + t / bs
+        e[n * 2 + 1] = Math.min(bs, tokens - t)
+        n++
+      }
+    }
+    if (withTail) {
+      const end = this.tables.tokens
+      for (let t = L.sealed; t < end; t += bs) {
+        e[n * 2] = this.tables.tailBlock(Math.floor(t / bs))
+        e[n * 2 + 1] = Math.min(bs, end - t)
+        n++
+      }
+    }
+    this.device.queue.writeBuffer(this.entries, 0, e.buffer, 0, n * 8)
+    this.device.queue.writeBuffer(this.seqs, 0, Uint32Array.of(0, n))
+    return n
+  }
+
+  destroy(): void {
+    this.entries.destroy()
+    this.seqs.destroy()
+  }
+}

@@ -1,0 +1,178 @@
+// How a GPU KV budget is spent by the tiered cache: staging rings, the tail ring and the
+// chunk cache slots of every layer. Pure arithmetic over the model, the policy and the
+// budget; TieredKv is built from the layout this returns, and a policy change is checked
+// against it (setPolicy may change neither the mode nor the chunk size).
+import type { DiskStore } from "../../../kv/disk-store.ts"
+import type { EvictionPolicy } from "../../../kv/eviction.ts"
+import type { HostArena } from "../../../kv/host-arena.ts"
+import { KvBudgetError } from "../../../kv/tier-errors.ts"
+import type { ModelConfig } from "../../../models/types.ts"
+
+/** How the tiered cache chooses what to attend. */
+export interface TieredPolicy {
+  /** `leoam`: abstracts + selection + GPU cache; `offload-all`: every step attends all chunks, fetched from host/disk (exact). */
+  readonly mode: "leoam" | "offload-all"
+  /** Tokens per chunk (`fixed` chunking; a multiple of the block size). */
+  readonly chunkTokens: number
+  /** Most tokens attended per step (sink, recent and tail included); or a fraction of the context. */
+  readonly budgetTokens?: number
+  readonly budgetFraction?: number
+  readonly sinkTokens: number
+  readonly recentTokens: number
+  /** Eviction of the GPU chunk cache. */
+  readonly gpuEviction: EvictionPolicy
+  /** Eviction of the host arena (set on the arena when the cache is built and at each policy change). */
+  readonly hostEviction: EvictionPolicy
+}
+
+export interface TierStores {
+  readonly gpuBudgetBytes: number
+  readonly arena: HostArena
+  readonly store: DiskStore
+  /** The session id the chunks are kept under (LMDB keys, host keys). */
+  readonly session: string
+}
+
+/** A policy change that needs a new KV cache (another manager or chunk size): it applies at the next request. */
+export class KvLayoutChange extends Error {
+  readonly code = "kv_layout_change"
+}
+
+/** Staging buffers: upload slots and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
+const STAGING_MAX_BYTES = 16 * 2 ** 20
+const READBACK_SLOTS = 2
+/**
+ * Upload slots by GPU budget: decode flushes the ring once per layer, and a slot comes back
+ * only when its mapAsync resolves, so a large budget affords enough slots that a step seldom
+ * waits; a small one keeps two (one fills while the other copies).
+ */
+const uploadSlotsFor = (budgetBytes: number): number => (budgetBytes >= 2 * 2 ** 30 ? 16 : budgetBytes >= 16 * 2 ** 20 ? 4 : 2)
+
+/**
+ * Tokens a generation may append past the point where it stops (decode steps already in
+ * flight; generate.ts keeps at most this many ahead). The tail ring holds them beyond its
+ * whole chunks, so truncating back to the stop never needs bytes they overwrote.
+ */
+export const TAIL_SLACK_TOKENS = 8
+
+export const tailSlackBlocks = (blockTokens: number) => Math.ceil(TAIL_SLACK_TOKENS / blockTokens)
+
+/** Attention partials (splits) one step may produce over all its windows. */
+export const TIER_PARTIALS = 512
+
+export interface TierLayoutInput {
+  readonly layers: number
+  /** The tail's slack (TAIL_SLACK_TOKENS rounded up to blocks) in one layer, K and V. */
+  readonly tailSlackBytes: number
+  /** One chunk of one layer (K and V). */
+  readonly slotBytes: number
+  /** A seal's read-back: a chunk and its abstracts. */
+  readonly sealBytes: number
+  /** The in-pool copy's scratch buffer. */
+  readonly scratchBytes: number
+  /** Cache slots that must fit at once (sink, recent, one chosen). */
+  readonly minimumSlots: number
+  readonly wantedPrefillChunks: number
+  readonly maxChunks: number
+  readonly budgetBytes: number
+}
+
+export interface TierLayout {
+  readonly stagingSlotBytes: number
+  readonly uploadSlots: number
+  readonly readbackSlots: number
+  /** Tail ring chunks per layer (one at least), besides the slack: prefill passes fill what the unsealed tokens leave. */
+  readonly tailChunks: number
+  readonly cacheSlots: number
+  /** Everything counted against the budget. */
+  readonly bytes: number
+}
+
+/** Staging bytes at a budget: both rings and the scratch buffer. */
+const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
+  const stagingSlotBytes = Math.ceil(Math.max(i.sealBytes, Math.min(STAGING_MAX_BYTES, budgetBytes / 64)) / 4) * 4
+  const uploadSlots = uploadSlotsFor(budgetBytes)
+  return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * (uploadSlots + READBACK_SLOTS) + i.scratchBytes }
+}
+
+/**
+ * How a GPU KV budget is spent: staging first, then per layer the sink, recent and one chosen
+ * chunk's slots and a one-chunk tail; what is left grows the tail (prefill passes, up to half
+ * of a layer's share) and then the cache. Returns the least budget that would do when this
+ * one cannot (staging grows with the budget, so that least budget is solved for, not guessed).
+ */
+export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
+  const layout = layoutWith(i, stagingAt(i, i.budgetBytes))
+  if (layout) return layout
+  const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes)
+  let least = fixed + stagingAt(i, fixed).bytes
+  for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
+  // Staging grows with the budget in steps, so a budget past the least one can still be
+  // refused with its own staging: it then gets the least budget's staging.
+  return least <= i.budgetBytes ? layoutWith(i, stagingAt(i, least))! : least
+}
+
+/** The layout of the budget with this staging, or undefined when the minimum slots do not fit. */
+const layoutWith = (i: TierLayoutInput, staging: ReturnType<typeof stagingAt>): TierLayout | undefined => {
+  const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers) - i.tailSlackBytes
+  const slots = Math.floor(perLayer / i.slotBytes)
+  if (!(slots >= 1 + i.minimumSlots)) return undefined
+  const tailChunks = Math.max(1, Math.min(i.wantedPrefillChunks, Math.floor(slots / 2), slots - i.minimumSlots))
+  const cacheSlots = Math.min(i.maxChunks, slots - tailChunks)
+  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }
+}
+
+/** Cache slots that must fit at once: the sink and recent chunks plus one. */
+export const minimumSlots = (p: TieredPolicy): number =>
+  p.mode === "offload-all" ? 1 : Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
+
+/**
+ * The GPU layout of a tiered cache for this model, policy and budget; throws KvBudgetError
+ * (with the least budget that would do) where the constructor would refuse it.
+ */
+export const tieredLayout = (
+  c: ModelConfig,
+  policy: TieredPolicy,
+  stores: Pick<TierStores, "gpuBudgetBytes" | "arena">,
+  options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number },
+): TierLayout => {
+  const bs = options.blockTokens
+  if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
+    throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
+  }
+  const blockBytes = c.numKvHeads * bs * c.headDim * 2
+  const slotBlocks = policy.chunkTokens / bs
+  const slotBytes = 2 * slotBlocks * blockBytes
+  if (slotBytes > stores.arena.slabBytes) {
+    throw new KvBudgetError(`a chunk of ${slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
+  }
+  const layout = tierLayout({
+    layers: c.numLayers,
+    tailSlackBytes: tailSlackBlocks(bs) * 2 * blockBytes,
+    slotBytes,
+    sealBytes: slotBytes + 2 * c.numKvHeads * (c.headDim / 2) * 4,
+    scratchBytes: slotBlocks * blockBytes,
+    minimumSlots: minimumSlots(policy),
+    wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
+    maxChunks: Math.ceil(options.maxContext / policy.chunkTokens),
+    budgetBytes: stores.gpuBudgetBytes,
+  })
+  if (typeof layout === "number") {
+    throw new KvBudgetError(
+      `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
+        `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
+    )
+  }
+  return layout
+}
+
+/** Throws what TieredKv.setPolicy would refuse: another mode or chunk size, or sink and recent chunks past the cache slots. */
+export const checkPolicyChange = (current: TieredPolicy, next: TieredPolicy, cacheSlots: number): void => {
+  if (next.mode !== current.mode || next.chunkTokens !== current.chunkTokens) {
+    throw new KvLayoutChange(`${current.mode} with ${current.chunkTokens}-token chunks -> ${next.mode} with ${next.chunkTokens}-token chunks`)
+  }
+  const need = minimumSlots(next)
+  if (need > cacheSlots) {
+    throw new KvBudgetError(`sink_tokens ${next.sinkTokens} and recent_tokens ${next.recentTokens} need ${need} chunk slots per layer; the GPU budget gives ${cacheSlots}`)
+  }
+}

@@ -1,0 +1,78 @@
+// The tiered cache's per-request counters and the TierStats they are reported as (the `kv`
+// object of replies). Counters only: nothing here allocates or logs per token (STYLE 9).
+// TieredKv and its sealer add to them; reset() starts a new set.
+
+/** Per-request counters of the tiered cache (the `kv` object of replies). */
+export interface TierStats {
+  readonly policy: string
+  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number }
+  readonly host: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; bytes_written: number }
+  readonly disk: { hits: number; bytes_read: number; bytes_written: number }
+  readonly chunk_tokens: number
+  readonly chunks_sealed: number
+  readonly steps: number
+  readonly windows: number
+  readonly chunks_selected_per_step: number
+  readonly tokens_selected_per_step: number
+  /**
+   * Host wall time waiting for the selection read-back (includes the layer's QKV GEMV and
+   * scoring), staging transfers and sealing; GPU time of decode attention (0 without
+   * timestamp queries).
+   */
+  readonly time_ms: { select: number; transfer: number; seal: number; attention: number }
+  /** Stages that waited for a staging buffer to come back from the GPU. */
+  readonly staging_waits: number
+}
+
+export const emptyCounters = () => ({
+  gpuHits: 0,
+  gpuMisses: 0,
+  gpuBytesRead: 0,
+  hostHits: 0,
+  hostMisses: 0,
+  hostBytesRead: 0,
+  hostWritten: 0,
+  diskHits: 0,
+  diskBytesRead: 0,
+  diskWritten: 0,
+  chunksSealed: 0,
+  windows: 0,
+  selectedDecode: 0,
+  selectedTokens: 0,
+  selectMs: 0,
+  transferMs: 0,
+  sealMs: 0,
+  attentionMs: 0,
+  /** The upload ring's stalls when the counters started. */
+  stallsAtReset: 0,
+})
+
+export type TierCounters = ReturnType<typeof emptyCounters>
+
+/** What the counters report, with the gauges of the moment. */
+export const tierStats = (
+  k: TierCounters,
+  at: {
+    readonly policy: string
+    readonly gpuBudgetBytes: number
+    readonly gpuResidentBytes: number
+    readonly host: { readonly budgetBytes: number; readonly residentBytes: number }
+    readonly chunkTokens: number
+    readonly layers: number
+    readonly steps: number
+    readonly stalls: number
+  },
+): TierStats => ({
+  policy: at.policy,
+  gpu: { budget_bytes: at.gpuBudgetBytes, resident_bytes: at.gpuResidentBytes, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead },
+  host: { budget_bytes: at.host.budgetBytes, resident_bytes: at.host.residentBytes, hits: k.hostHits, misses: k.hostMisses, bytes_read: k.hostBytesRead, bytes_written: k.hostWritten },
+  disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
+  chunk_tokens: at.chunkTokens,
+  chunks_sealed: k.chunksSealed,
+  steps: at.steps,
+  windows: k.windows,
+  chunks_selected_per_step: at.steps > 0 ? k.selectedDecode / at.steps / at.layers : 0,
+  tokens_selected_per_step: at.steps > 0 ? k.selectedTokens / at.layers / at.steps : 0,
+  time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs, attention: k.attentionMs },
+  staging_waits: at.stalls - k.stallsAtReset,
+})

@@ -1,0 +1,343 @@
+// The tiered KV cache (LeoAM): the sequence's KV lives in chunks (chunks.ts), written
+// through to the disk tier (segment files + LMDB) and cached in the host arena, both reached
+// through TierIo, and, within a byte budget (layout.ts), in a per-layer GPU chunk cache.
+// Each chunk has a min/max abstract per KV head, computed on the GPU when it is sealed
+// (seal.ts), kept on the GPU for scoring (select.ts) and in LMDB under [session, layer, chunk].
+//
+// GPU layout, per layer: one pool of KV blocks (the engine's paged layout) split into the
+// tail (a ring of blocks the model writes new tokens into; the same physical blocks in
+// every layer, so one slot per token serves all layers) and cache slots of one chunk each.
+// Attention over the chosen chunks goes plan, then apply: kv/plan.ts plans the windows of
+// chunks that fit in the cache at once (pure, over GpuSlots), and GpuCache (apply.ts)
+// applies each window (evictions, fetches through the staging ring, the entries list or
+// block table); a plan applies to the state it was made from, window after window, or not
+// at all. The caller drives it; only this class's methods change the cache's state.
+import type { DecodePlan, PlanPolicy, PrefillPlan } from "../../../kv/plan.ts"
+import { KvTierError } from "../../../kv/tier-errors.ts"
+import { LocalTierIo, type TierIo } from "../../../kv/tier-io.ts"
+import type { ModelConfig } from "../../../models/types.ts"
+import { storageBuffer } from "../../buffers.ts"
+import type { Pipelines } from "../../pipelines.ts"
+import { UploadRing } from "../../staging.ts"
+import { GpuCache } from "./apply.ts"
+import { ChunkTables } from "./chunks.ts"
+import { checkPolicyChange, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
+import { budgetTokens, Selector } from "./select.ts"
+import { Sealer } from "./seal.ts"
+import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
+
+/** Aim for this many decode-attention workgroups per window. */
+const TARGET_WORKGROUPS = 256
+
+export class TieredKv {
+  readonly blockTokens: number
+  /** The largest chunk: a GPU cache slot holds one chunk of at most this many tokens. */
+  readonly slotTokens: number
+  readonly slotBlocks: number
+  /** Bytes of a slot in one layer: K then V, (slotBlocks, KV, BS, D) f16 each. */
+  readonly slotBytes: number
+  /** Tail ring blocks (whole chunks and the slack), then cache slots of slotBlocks blocks. */
+  readonly tailBlocks: number
+  readonly cacheSlots: number
+  readonly physicalBlocks: number
+  readonly maxChunks: number
+  readonly upload: UploadRing
+  readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
+  /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
+  readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
+
+  private readonly tables: ChunkTables
+  private readonly cache: GpuCache
+  private readonly io: TierIo
+  private readonly sealer: Sealer
+  private readonly selector: Selector
+  private readonly blockBytes: number
+  private counters = emptyCounters()
+  private current: TieredPolicy
+
+  constructor(
+    private readonly device: GPUDevice,
+    pipelines: Pipelines,
+    private readonly config: ModelConfig,
+    policy: TieredPolicy,
+    private readonly stores: TierStores,
+    options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number; readonly q: GPUBuffer },
+  ) {
+    const c = config
+    const bs = options.blockTokens
+    const layout = tieredLayout(config, policy, stores, options)
+    this.current = policy
+    this.io = new LocalTierIo(stores.arena, stores.store, stores.session)
+    this.io.setHostEviction(policy.hostEviction)
+    this.blockTokens = bs
+    this.slotTokens = policy.chunkTokens
+    this.slotBlocks = policy.chunkTokens / bs
+    this.blockBytes = c.numKvHeads * bs * c.headDim * 2
+    this.slotBytes = 2 * this.slotBlocks * this.blockBytes
+    this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
+    this.tailBlocks = layout.tailChunks * this.slotBlocks + tailSlackBlocks(bs)
+    this.cacheSlots = layout.cacheSlots
+    this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
+    this.tables = new ChunkTables(c.numLayers, bs, this.tailBlocks, this.blockBytes)
+    this.pools = Array.from({ length: c.numLayers }, (_, l) => ({
+      k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
+      v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
+    }))
+    this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" })
+    const abstractBytes = this.maxChunks * c.numKvHeads * (c.headDim / 2) * 4
+    this.abstracts = Array.from({ length: c.numLayers }, (_, l) => ({
+      amin: storageBuffer(device, `L${l} chunk abstract min (chunks, KV, D/2) f16`, abstractBytes),
+      amax: storageBuffer(device, `L${l} chunk abstract max (chunks, KV, D/2) f16`, abstractBytes),
+    }))
+    this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks)
+    this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
+    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes }
+    this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, this.physicalBlocks)
+  }
+
+  // --- policy ----------------------------------------------------------------------
+
+  get policy(): TieredPolicy {
+    return this.current
+  }
+
+  /**
+   * Replaces the selection and eviction between steps (a live policy change). The mode and
+   * the chunk size are the cache's layout: changing them needs a new cache (KvLayoutChange);
+   * sink and recent chunks that no longer fit the GPU cache are refused (KvBudgetError).
+   */
+  setPolicy(next: TieredPolicy): void {
+    this.checkPolicy(next)
+    this.current = next
+    this.io.setHostEviction(next.hostEviction)
+  }
+
+  /** Throws what setPolicy would. */
+  checkPolicy(next: TieredPolicy): void {
+    checkPolicyChange(this.current, next, this.cacheSlots)
+  }
+
+  private get planPolicy(): PlanPolicy {
+    return { eviction: this.current.gpuEviction, mode: this.current.mode }
+  }
+
+  // --- sequence ----------------------------------------------------------------------
+
+  get length(): number {
+    return this.tables.tokens
+  }
+
+  /** Sealed chunks of layer l. */
+  chunkCount(l: number): number {
+    return this.tables.layers[l].starts.length
+  }
+
+  /** Tokens of chunk ch of layer l. */
+  chunkTokensOf(l: number, ch: number): number {
+    return this.tables.layers[l].sizes[ch]
+  }
+
+  /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
+  get gpuBytes(): number {
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size
+  }
+
+  /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
+  get appendRoom(): number {
+    return this.tables.appendRoom
+  }
+
+  /** The physical slot (block * BS + offset) of the next token; it goes to the tail. */
+  append(): number {
+    return this.tables.append()
+  }
+
+  /** The seal read-back ring. */
+  get readback() {
+    return this.sealer.readback
+  }
+
+  /** (blocks) vec2<u32> (physical block, tokens): the attention entries of the decode window just applied. */
+  get entries(): GPUBuffer {
+    return this.cache.entries
+  }
+
+  /** (1) vec2<u32> (first entry, entry count) of that window. */
+  get seqs(): GPUBuffer {
+    return this.cache.seqs
+  }
+
+  /**
+   * Seals the chunks the tokens written so far complete, in every layer: abstracts, copies
+   * into the GPU cache (leoam admits each by policy), write-through to host and disk. Call
+   * once all layers have written those tokens.
+   */
+  seal(): void {
+    const fresh = this.tables.cut(() => this.current.chunkTokens)
+    if (fresh.length === 0) return
+    const admit = this.current.mode === "leoam"
+    const policy = this.planPolicy
+    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters)
+  }
+
+  /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
+  settle(): Promise<void> {
+    return this.sealer.settle(this.counters)
+  }
+
+  // --- selection ----------------------------------------------------------------------
+
+  /** Tokens attended per step by the policy at the current length. */
+  budgetTokens(): number {
+    return budgetTokens(this.current, this.tables.tokens, this.slotTokens)
+  }
+
+  /** Whether this step must score and choose (else every sealed chunk is attended). */
+  selects(): boolean {
+    return this.current.mode === "leoam" && this.tables.tokens > this.budgetTokens()
+  }
+
+  /** Encodes layer l's scoring and selection into `selection`; returns how many chunks it chooses. */
+  encodeSelect(l: number, pass: GPUComputePassEncoder): number {
+    return this.selector.encode(l, pass, this.tables.layers[l], this.tables.tokens, this.current, this.slotTokens)
+  }
+
+  /** The selection buffer (vec2<u32> (chunk, tokens) per chosen chunk) for read-back. */
+  get selection(): GPUBuffer {
+    return this.selector.selection
+  }
+
+  /** Every sealed chunk of layer l, in order (what offload-all and a budget larger than the context attend). */
+  allChunks(l: number): number[] {
+    return Array.from({ length: this.chunkCount(l) }, (_, i) => i)
+  }
+
+  /** Counts a decode step's selection (prefill windows are not steps). */
+  countStep(l: number, chosen: ReadonlyArray<number>, selectMs: number): void {
+    this.counters.selectedDecode += chosen.length
+    const sizes = this.tables.layers[l].sizes
+    for (const ch of chosen) this.counters.selectedTokens += sizes[ch]
+    this.counters.selectMs += selectMs
+  }
+
+  // --- decode: plan, then apply window by window -----------------------------------------
+
+  /** Plans layer l's decode attention over `chosen` sealed chunks plus the tail (changes nothing). */
+  planDecode(l: number, chosen: ReadonlyArray<number>): DecodePlan {
+    return this.cache.planDecode(l, chosen, this.planPolicy)
+  }
+
+  /**
+   * Applies window i of layer l's plan (windows in order, right after planning): its
+   * evictions, its loads (from the host arena or disk, through the staging ring, flushed),
+   * importance, and the entries list (with the tail on the last window). Returns the entry
+   * count to attend; after the last window an offload-all cache is empty again.
+   */
+  applyDecodeWindow(l: number, plan: DecodePlan, i: number): Promise<number> {
+    return this.cache.applyDecode(l, plan, i, this.current.mode === "leoam", this.counters)
+  }
+
+  /** Splits of a window of `count` entries over decode-attention workgroups. */
+  splitsOf(count: number, tileEntries: number, cap: number): { splits: number; entriesPerSplit: number } {
+    const target = Math.max(1, Math.min(cap, Math.floor(TARGET_WORKGROUPS / this.config.numKvHeads)))
+    const eps = Math.max(tileEntries, Math.ceil(Math.ceil(count / target) / tileEntries) * tileEntries)
+    return { splits: Math.max(1, Math.ceil(count / eps)), entriesPerSplit: eps }
+  }
+
+  // --- prefill: plan, then apply window by window ------------------------------------------
+
+  /** Plans layer l's prefill attention: every sealed chunk, then the tail, in windows of consecutive chunks. */
+  planPrefill(l: number): PrefillPlan {
+    return this.cache.planPrefill(l, this.planPolicy)
+  }
+
+  /**
+   * Applies window i of layer l's prefill plan: makes its chunks resident and writes their
+   * part of the block table `table` ((logical blocks) u32 -> physical block; the tail's on
+   * the last window). Returns the token range [k0, k1) the window attends.
+   */
+  applyPrefillWindow(l: number, plan: PrefillPlan, i: number, table: GPUBuffer): Promise<{ k0: number; k1: number; first: boolean; last: boolean }> {
+    return this.cache.applyPrefill(l, plan, i, table, this.current.mode === "leoam", this.counters)
+  }
+
+  // --- lifecycle ----------------------------------------------------------------------
+
+  /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail). */
+  truncate(length: number): void {
+    this.tables.truncate(length, (l, ch) => {
+      this.cache.drop(l, ch)
+      this.io.forget(l, ch)
+    })
+  }
+
+  /**
+   * Resumes the sequence whose chunks the disk store holds under this cache's session (one
+   * written by an earlier request or process): the chunk tables from the LMDB chunk index
+   * and the GPU abstracts rebuilt from the LMDB abstracts. Tokens after the last sealed
+   * chunk were never written to disk, so the sequence resumes there. Returns its length.
+   */
+  adopt(): number {
+    if (this.tables.tokens > 0) throw new RangeError("tiered KV: adopt wants an empty cache")
+    const c = this.config
+    const where = `session ${this.io.session}`
+    const limits = { maxChunks: this.maxChunks, slotTokens: this.slotTokens, abstractBytes: c.numKvHeads * (c.headDim / 2) * 4 }
+    let length: number | undefined
+    for (let l = 0; l < c.numLayers; l++) {
+      const { amin, amax } = this.tables.adoptLayer(l, this.io.adoptLayer(l), where, limits)
+      const at = this.tables.layers[l].sealed
+      if (length !== undefined && length !== at) throw new KvTierError("chunk_missing", `${where}: layer ${l} holds ${at} tokens, layer 0 ${length}`)
+      length = at
+      if (amin.length > 0) {
+        this.device.queue.writeBuffer(this.abstracts[l].amin, 0, amin)
+        this.device.queue.writeBuffer(this.abstracts[l].amax, 0, amax)
+      }
+    }
+    this.tables.tokens = length ?? 0
+    return this.tables.tokens
+  }
+
+  /** Forgets the sequence: GPU cache, host entries and the session's disk chunks. */
+  reset(): void {
+    this.cache.clear()
+    this.tables.layers.forEach((L, l) => {
+      for (let ch = 0; ch < L.starts.length; ch++) this.io.forget(l, ch)
+    })
+    if (this.tables.reset()) this.io.dropSession()
+    this.sealer.reset()
+    this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
+  }
+
+  /** Counters since the last reset. */
+  stats(steps: number): TierStats {
+    return tierStats(this.counters, {
+      policy: this.current.mode,
+      gpuBudgetBytes: this.stores.gpuBudgetBytes,
+      gpuResidentBytes: this.cache.residentBytes,
+      host: this.io.hostBytes(),
+      chunkTokens: this.slotTokens,
+      layers: this.config.numLayers,
+      steps,
+      stalls: this.upload.stalls,
+    })
+  }
+
+  /** Adds GPU time of decode attention passes (timestamp queries). */
+  addAttentionMs(ms: number): void {
+    this.counters.attentionMs += ms
+  }
+
+  destroy(): void {
+    for (const a of this.abstracts) {
+      a.amin.destroy()
+      a.amax.destroy()
+    }
+    for (const p of this.pools) {
+      p.k.destroy()
+      p.v.destroy()
+    }
+    this.cache.destroy()
+    this.selector.destroy()
+    this.sealer.destroy()
+    this.upload.destroy()
+  }
+}
