@@ -3,7 +3,8 @@
 // and the entries that say where. Invariants: entries never overlap nor cross a slab,
 // and the budget is a hard cap on bytes held; a pinned entry (being stored or loaded) is
 // never evicted or moved, so views handed out stay valid until complete*/unpin; eviction
-// is all or nothing, chosen by the swappable policy. Only the host-cache actor calls it.
+// is all or nothing, chosen by the swappable policy. Its owner calls it: the host-cache
+// actor, or the tiered cache through kv/tier-io.ts.
 
 import { planCompaction } from "./arena-compaction.ts"
 import { hostCacheError } from "./host-errors.ts"

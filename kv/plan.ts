@@ -79,17 +79,19 @@ export interface ChunkTable {
  * all at once); every later window reuses the slots of the previous one's chunks.
  */
 export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, policy: PlanPolicy, tick: number, layer = 0): DecodePlan => {
-  const sim = cache.clone()
   const hits: number[] = []
   const misses: number[] = []
-  const version = sim.version
-  for (const ch of chosen) {
-    if (sim.get(ch)) {
-      sim.touch(ch, tick)
-      hits.push(ch)
-    } else misses.push(ch)
-  }
+  for (const ch of chosen) (cache.get(ch) ? hits : misses).push(ch)
   const score = policy.mode === "leoam"
+  const clearAfter = policy.mode === "offload-all"
+  if (misses.length === 0) {
+    // All hits (a steady leoam step): one window, nothing to evict, no state to simulate.
+    const attend = hits.map((ch) => ({ chunk: ch, slot: cache.get(ch)!.slot }))
+    return { tick, hits, misses, windows: [{ version: cache.version, touch: hits, evict: [], loads: [], attend, last: true }], score, clearAfter }
+  }
+  const sim = cache.clone()
+  const version = sim.version
+  for (const ch of hits) sim.touch(ch, tick)
   const pinned = new Set<string>(hits.map(pinKey))
   const windows: SlotWindow[] = []
   let attend: Placed[] = hits.map((ch) => ({ chunk: ch, slot: sim.get(ch)!.slot }))
@@ -117,7 +119,7 @@ export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, polic
     touch = []
     windowVersion = sim.version
   }
-  return { tick, hits, misses, windows, score, clearAfter: policy.mode === "offload-all" }
+  return { tick, hits, misses, windows, score, clearAfter }
 }
 
 /**
