@@ -13,10 +13,11 @@ import { Command } from "commander"
 import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
 import { defaultGemvTuning, type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes, resolveGemvTunings } from "../engine/gemv-tuning.ts"
+import type { StepEncoder } from "../engine/kv/manager.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { gemvUniform } from "../engine/model-resources.ts"
-import { done, fillRandom, median, run9Tuning, timeKernel } from "./gpu-timing.ts"
+import { done, fillRandom, median, run9Tuning, TimedStep, timeKernel } from "./gpu-timing.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 
@@ -75,7 +76,7 @@ const timeGemv = async (gpu: Gpu, n: number, k: number, t: GemvTuning, flags: Re
 
 /**
  * µs per layer of decode attention alone at `context` tokens (random KV, 16-token blocks),
- * split as the engine splits it (kv-pool.ts) into tiles of `tile` tokens: attn_decode and
+ * split as the engine splits it (engine/kv/pool.ts) into tiles of `tile` tokens: attn_decode and
  * attn_combine, 32 layers per submit (each its own dispatches), median of 7 submits.
  */
 const timeAttention = async (gpu: Gpu, c: { numHeads: number; numKvHeads: number; headDim: number }, context: number, tile: number, flags: Record<string, boolean>) => {
@@ -233,8 +234,8 @@ const open = async (s: Setup) => {
   await model.prefill(ids)
   model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
   let slot = 0
-  const step = () => {
-    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 })
+  const step = (encoder?: StepEncoder) => {
+    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 }, undefined, encoder)
     slot++
   }
   /** ms per pipelined step; the context grows by 8 + n. Rewound afterwards so rounds compare. */
@@ -255,7 +256,7 @@ const open = async (s: Setup) => {
  * Per-kernel GPU time of a model's decode step: one timed pass per dispatch over `rounds`
  * steps. Returns the span (first begin to last end) and the time inside kernels per step.
  */
-const profileSteps = async (model: GpuModel, step: () => void, rounds = 4) => {
+const profileSteps = async (step: (encoder: StepEncoder) => void, rounds = 4) => {
   const maxQ = 4096
   const querySet = device.createQuerySet({ type: "timestamp", count: maxQ })
   const resolve = device.createBuffer({ size: maxQ * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
@@ -264,20 +265,9 @@ const profileSteps = async (model: GpuModel, step: () => void, rounds = 4) => {
   let span = 0
   let busy = 0
   for (let r = 0; r < rounds; r++) {
-    let labels: string[] = []
-    model.decodeEncoder = (encoder: GPUCommandEncoder, prog: ReadonlyArray<Dispatch>) => {
-      const live = prog.filter((d) => d.x > 0 && d.y > 0 && d.z > 0)
-      labels = live.map((d) => d.pipeline.label)
-      live.forEach((d, i) => {
-        const pass = encoder.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } })
-        encodeAll(pass, [d])
-        pass.end()
-      })
-      encoder.resolveQuerySet(querySet, 0, 2 * live.length, resolve, 0)
-      encoder.copyBufferToBuffer(resolve, 0, read, 0, 2 * live.length * 8)
-    }
-    step()
-    model.decodeEncoder = undefined
+    const timed = new TimedStep(device, querySet, resolve, read)
+    step(timed)
+    const labels = timed.labels
     await read.mapAsync(GPUMapMode.READ)
     const stamps = new BigUint64Array(read.getMappedRange().slice(0, labels.length * 16))
     read.unmap()
@@ -312,7 +302,7 @@ for (const op of ["qkv", "o", "gu", "down", "head"] as const) {
   for (const t of candidates[op]) {
     const m = await open({ name: "", gemv: { ...tuned, [op]: t }, decode: { fuseRope: true } })
     const wallMs = Math.min(await m.time(steps / 2), await m.time(steps / 2))
-    const busyMs = timestamps ? (await profileSteps(m.model, m.step)).busyMs : wallMs
+    const busyMs = timestamps ? (await profileSteps(m.step)).busyMs : wallMs
     m.model.destroy()
     tuning.push({ op, tuning: label(t), ms: wallMs, busyMs })
     console.log(`tune ${op.padEnd(5)} ${label(t).padEnd(18)} ${wallMs.toFixed(3)} ms/token, ${busyMs.toFixed(3)} ms in kernels`)
@@ -338,7 +328,7 @@ for (const x of opened) console.log(`  ${x.s.name.padEnd(30)} ${x.ms.map((v) => 
 // 4. Per-kernel GPU time of each setup.
 const profiles = []
 for (const x of timestamps ? opened : []) {
-  const p = await profileSteps(x.m.model, x.m.step)
+  const p = await profileSteps(x.m.step)
   profiles.push({ setup: x.s.name, ...p })
   console.log(`\nper-kernel GPU time, ${x.s.name} (one timed pass per dispatch; 4 steps):`)
   console.log(`  span first begin .. last end ${p.spanMs.toFixed(3)} ms/step; inside kernels ${p.busyMs.toFixed(3)} ms/step`)

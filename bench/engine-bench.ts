@@ -11,10 +11,11 @@ import { Command } from "commander"
 import { bind, readBack, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
 import { type GemvOp, type GemvTuning, gemvKey, gemvRowsPerGroup, gemvShapes } from "../engine/gemv-tuning.ts"
+import { fullKv } from "../engine/kv/registry.ts"
 import { type DecodeOptions, GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { gemvUniform } from "../engine/model-resources.ts"
-import { done, fillRandom, median, run9Tuning, timeKernel } from "./gpu-timing.ts"
+import { done, FilteredStep, fillRandom, median, run9Tuning, timeKernel } from "./gpu-timing.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parameterCount } from "../models/layout.ts"
@@ -161,8 +162,10 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   await model.prefill(rand(context))
   model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
   let slot = 0
+  /** Breakdowns: the step without some kernels (undefined: the engine's own step). */
+  let filtered: FilteredStep | undefined
   const step = () => {
-    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 })
+    model.decode(slot, { outSlot: slot + 1, temperature: 0, seed: 0, step: slot + 1 }, undefined, filtered?.open())
     slot++
   }
   for (let i = 0; i < 16; i++) step()
@@ -188,12 +191,12 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   const tokenCheck = new Uint32Array(await readBack(device, model.tokenIds, 0, 64))
   // Breakdown: the same pipelined steps with some kernels left out (timing only).
   const timeSteps = async (keep: ((kernel: string) => boolean) | undefined) => {
-    model.decodeFilter = keep
+    filtered = keep ? new FilteredStep(device, keep) : undefined
     for (let i = 0; i < 8; i++) step()
     const s0 = performance.now()
     for (let i = 0; i < 64; i++) step()
     await done(device)
-    model.decodeFilter = undefined
+    filtered = undefined
     return (performance.now() - s0) / 64
   }
   const breakdown = {
@@ -241,32 +244,43 @@ const benchModel = async (gpu: Gpu, preset: string, context: number, steps: numb
   }
 }
 
-/** (d) Decode at a long context: full attention versus sparse (top-k blocks per KV head), one model. */
+/**
+ * (d) Decode at a long context: full attention versus sparse (top-k blocks per KV head), two
+ * models on one copy of the weights, the same prompt prefilled into both.
+ */
 const benchLongContext = async (gpu: Gpu, preset: string, context: number, budget: number, steps: number, gemvTuning: (op: GemvOp) => GemvTuning) => {
   const config = resolveDummyConfig(preset)
   const policy = { budgetTokens: budget, sinkTokens: 64, recentTokens: 256 }
-  const model = await GpuModel.load(gpu, new DummyWeightSource(config), { maxContext: context + 4 * steps + 64, prefillChunk: 1024, gemv: gemvTuning, sparse: policy })
+  const sparse = await GpuModel.load(gpu, new DummyWeightSource(config), { maxContext: context + 4 * steps + 64, prefillChunk: 1024, gemv: gemvTuning, kv: { kind: "quest", policy } })
+  const full = await sparse.sibling({ kv: fullKv })
   const device = gpu.device
+  const ids = Array.from({ length: context }, (_, i) => (i * 7919 + 13) % config.vocabSize)
   const p0 = performance.now()
-  await model.prefill(Array.from({ length: context }, (_, i) => (i * 7919 + 13) % config.vocabSize))
+  await sparse.prefill(ids)
   await done(device)
   const prefillMs = performance.now() - p0
-  model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
-  let slot = 0
-  const time = async (sparse: boolean) => {
-    model.sparseEnabled = sparse
+  await full.prefill(ids)
+  const slots = new Map<GpuModel, number>()
+  for (const model of [full, sparse]) {
+    model.sample({ outSlot: 0, temperature: 0, seed: 0, step: 0 })
+    slots.set(model, 0)
+  }
+  const time = async (model: GpuModel) => {
+    let slot = slots.get(model)!
     for (let i = 0; i < 8; i++) model.decode(slot, { outSlot: ++slot, temperature: 0, seed: 0, step: slot })
     const t0 = performance.now()
     for (let i = 0; i < steps; i++) model.decode(slot, { outSlot: ++slot, temperature: 0, seed: 0, step: slot })
     await done(device)
+    slots.set(model, slot)
     return (performance.now() - t0) / steps
   }
-  const full = await time(false)
-  const sparse = await time(true)
-  const full2 = await time(false)
-  const sparse2 = await time(true)
-  model.destroy()
-  return { context, policy, prefillMs, fullMsPerToken: [full, full2], sparseMsPerToken: [sparse, sparse2], speedup: (full + full2) / (sparse + sparse2) }
+  const full1 = await time(full)
+  const sparse1 = await time(sparse)
+  const full2 = await time(full)
+  const sparse2 = await time(sparse)
+  full.destroy()
+  sparse.destroy()
+  return { context, policy, prefillMs, fullMsPerToken: [full1, full2], sparseMsPerToken: [sparse1, sparse2], speedup: (full1 + full2) / (sparse1 + sparse2) }
 }
 
 const program = new Command()

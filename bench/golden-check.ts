@@ -6,7 +6,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { generate } from "../engine/generate.ts"
@@ -70,12 +70,12 @@ if (!sameChoice) failures++
 console.log(`${sameChoice ? "ok  " : "FAIL"} top-k / top-p from GPU candidates equal sampling from all logits`)
 model.destroy()
 // Sparse decode attention (score/select kernels): the same pass key at a 256-token budget.
-const sparse = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096, sparse: { budgetTokens: 256, sinkTokens: 16, recentTokens: 64 } })
+const sparse = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 4096, kv: { kind: "quest", policy: { budgetTokens: 256, sinkTokens: 16, recentTokens: 64 } } })
 const rs = await generate(sparse, p.ids, { maxTokens: 6, temperature: 0 })
 const sparseAnswer = tok.decode(rs.ids)
-const sparseOk = sparseAnswer.trim().startsWith(p.key) && sparse.sparseSteps === 5
+const sparseOk = sparseAnswer.trim().startsWith(p.key) && sparse.kvStats().selectiveSteps === 5
 if (!sparseOk) failures++
-console.log(`${sparseOk ? "ok  " : "FAIL"} sparse decode (256-token budget): expected ${p.key}, got ${JSON.stringify(sparseAnswer)} in ${sparse.sparseSteps} sparse steps`)
+console.log(`${sparseOk ? "ok  " : "FAIL"} sparse decode (256-token budget): expected ${p.key}, got ${JSON.stringify(sparseAnswer)} in ${sparse.kvStats().selectiveSteps} sparse steps`)
 sparse.destroy()
 // The tiered cache (windowed prefill, chunk sealing, staging, windows in decode): offload-all
 // with a quarter of the KV on the GPU gives the same tokens as full attention; leoam at a

@@ -1,10 +1,14 @@
 // What the GPU benchmarks share: timing a pass of repeated dispatches (warm-up, then the
-// median of timed submits), filling buffers with random f16 values on the GPU, and the
-// baseline the decode benchmarks compare against.
+// median of timed submits), filling buffers with random f16 values on the GPU, the
+// baseline the decode benchmarks compare against, and the step encoders they hand a
+// model's decode instead of the engine's (dispatches left out; one timed pass each).
+import { type Dispatch, encodeAll } from "../engine/buffers.ts"
 import type { GemvOp, GemvTuning } from "../engine/gemv-tuning.ts"
 import type { Gpu } from "../engine/gpu.ts"
-import { gpuFiller } from "../engine/model.ts"
+import { gpuFiller } from "../engine/gpu-fill.ts"
+import type { StepEncoder } from "../engine/kv/manager.ts"
 import { Pipelines } from "../engine/pipelines.ts"
+import { PassEncoder } from "../engine/step-encoder.ts"
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 export const done = (device: GPUDevice) => device.queue.onSubmittedWorkDone()
@@ -42,4 +46,78 @@ export const run9Tuning: Readonly<Record<GemvOp, GemvTuning>> = {
   gu: { wg: 256, rows: 2 },
   down: { wg: 128, rows: 2 },
   head: { wg: 256, rows: 2 },
+}
+
+/** Sampling's kernels: kept by FilteredStep and left untimed by TimedStep, as the step's tail. */
+const sampling = (d: Dispatch) => d.pipeline.label.startsWith("argmax")
+
+/**
+ * The engine's step stream without the dispatches whose kernel name (e.g.
+ * "attn_decode_D128_G4") `keep` rejects: time breakdowns, whose results are meaningless.
+ */
+export class FilteredStep extends PassEncoder {
+  constructor(
+    device: GPUDevice,
+    private readonly keep: (kernel: string) => boolean,
+  ) {
+    super(device)
+  }
+
+  override encode(dispatches: ReadonlyArray<Dispatch>): void {
+    super.encode(dispatches.filter((d) => sampling(d) || this.keep(d.pipeline.label)))
+  }
+}
+
+/**
+ * One decode step with every dispatch in a pass of its own, timed (begin, end) into
+ * `querySet` (2 queries per dispatch); the step's last submit resolves them into `read`.
+ * `labels` names the timed dispatches in order. For a step without read-backs (one submit).
+ */
+export class TimedStep implements StepEncoder {
+  readonly labels: string[] = []
+  private encoder: GPUCommandEncoder
+
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly querySet: GPUQuerySet,
+    private readonly resolve: GPUBuffer,
+    private readonly read: GPUBuffer,
+  ) {
+    this.encoder = device.createCommandEncoder()
+  }
+
+  encode(dispatches: ReadonlyArray<Dispatch>): void {
+    for (const d of dispatches) {
+      if (d.x === 0 || d.y === 0 || d.z === 0) continue
+      const i = this.labels.length
+      const timed = !sampling(d)
+      const pass = this.encoder.beginComputePass(timed ? { timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } } : {})
+      if (timed) this.labels.push(d.pipeline.label)
+      encodeAll(pass, [d])
+      pass.end()
+    }
+  }
+
+  compute(use: (pass: GPUComputePassEncoder) => void): void {
+    const pass = this.encoder.beginComputePass()
+    use(pass)
+    pass.end()
+  }
+
+  record(use: (encoder: GPUCommandEncoder) => void): void {
+    use(this.encoder)
+  }
+
+  submit(): void {
+    this.device.queue.submit([this.encoder.finish()])
+    this.encoder = this.device.createCommandEncoder()
+  }
+
+  finish(last?: (encoder: GPUCommandEncoder) => void): void {
+    last?.(this.encoder)
+    const n = 2 * this.labels.length
+    this.encoder.resolveQuerySet(this.querySet, 0, n, this.resolve, 0)
+    this.encoder.copyBufferToBuffer(this.resolve, 0, this.read, 0, n * 8)
+    this.device.queue.submit([this.encoder.finish()])
+  }
 }

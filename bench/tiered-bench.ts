@@ -14,7 +14,7 @@ import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import { parseSize } from "../cli/sizes.ts"
 import { acquireGpu, releaseGpu, type Gpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { isTiered, kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import { GpuModel } from "../engine/model.ts"
 import { synthesizeKv } from "../engine/synthetic-kv.ts"
 import { resolveDummyConfig } from "../models/config.ts"
@@ -50,7 +50,7 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number)
   const doc =
     name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } } } : { name }
   const policy = parsePolicy(doc)
-  const tiered = name === "leoam" || name === "offload-all"
+  const tiered = isTiered(policy)
   const store = tiered ? DiskStore.open({ kvDir }) : undefined
   const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
   const session = `bench-${name}`

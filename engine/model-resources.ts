@@ -1,6 +1,6 @@
 // What a GpuModel allocates besides weights and KV: the pipeline keys of every kernel it
 // runs, its activation buffers (sized for one prefill chunk), and the uniforms of its
-// dispatches. Shapes are in the labels.
+// dispatches (attention's own belong to the KV managers). Shapes are in the labels.
 import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
@@ -95,9 +95,7 @@ export const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTuni
     rmsnorm: new Uniform(device, "rmsnorm", "ufuu"),
     ropeDecode: new Uniform(device, "rope decode", "uuuuuuuu"),
     ropePrefill: new Uniform(device, "rope prefill", "uuuuuuuu"),
-    attnDecode: new Uniform(device, "attn decode", "uuuuufuu"),
     combine: new Uniform(device, "attn combine", "uuuu"),
-    attnPrefill: new Uniform(device, "attn prefill", "uuuuufuu"),
     sample: new Uniform(device, "sample", "uuuuufuu"),
     gemvQkv: gemvU("qkv", qkvRows, c.hiddenSize),
     gemvO: gemvU("o", c.hiddenSize, qDim),

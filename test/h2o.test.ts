@@ -1,12 +1,12 @@
-// H2O decode attention (engine/h2o.ts) on tiny shapes against the CPU: block_mass adds each
+// H2O decode attention (engine/kv/h2o.ts) on tiny shapes against the CPU: block_mass adds each
 // listed block's softmax mass; below its budget H2O is full attention and accumulates the
 // masses; past it, each step's kept set is the sink and recent blocks plus the heaviest
 // candidates by the masses the GPU held before the step, and an evicted block never returns.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { bind, type Dispatch, encodeAll, readF32, storageBuffer, Uniform } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
-import { H2oAttention, type H2oPolicy, h2oPipelineKeys } from "../engine/h2o.ts"
-import { KvPool } from "../engine/kv-pool.ts"
+import { H2oAttention, type H2oPolicy, h2oPipelineKeys } from "../engine/kv/h2o.ts"
+import { KvPool } from "../engine/kv/pool.ts"
 import { type PipelineKey, Pipelines } from "../engine/pipelines.ts"
 import { dummyPresets } from "../models/config.ts"
 import type { ModelConfig } from "../models/types.ts"

@@ -38,7 +38,7 @@ describe("KV quality, quick cases", () => {
     const [c] = passKeyCases([2048], [0.5])
     const tokens = c.context + ANSWER_TOKENS
     const want = await withEngine(full, tokens, (e) => answerPassKey(e.model, tok, c))
-    const got = await withEngine(leoam(0.1), tokens, async (e) => ({ answer: await answerPassKey(e.model, tok, c), gpu: e.gpu!, kv: e.model.tierStats()!, gpuBytes: e.model.tiered!.gpuBytes }))
+    const got = await withEngine(leoam(0.1), tokens, async (e) => ({ answer: await answerPassKey(e.model, tok, c), gpu: e.gpu!, kv: e.model.tierStats()!, gpuBytes: e.model.kv.gpuBytes }))
     expect(want.correct).toBe(true)
     expect(got.answer.ids).toEqual(want.ids)
     // The GPU holds at most 10% of the request's KV, staging rings included.

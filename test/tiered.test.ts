@@ -12,7 +12,7 @@ import { HostArena } from "../kv/host-arena.ts"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv-setup.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import { GpuModel } from "../engine/model.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
@@ -114,7 +114,7 @@ describe("tiered KV cache, resuming from disk", () => {
       const first = argmax(await a.model.readLogits())
       // A second model (as after a restart), its own GPU and host caches, the same disk store.
       const arena = new HostArena({ budgetBytes: 1 << 20 })
-      const options = kvEngineOptions(parsePolicy(policy), { gpuBudgetBytes: a.model.tiered!.gpuBytes, arena, store: a.store, session: "t" }, full.config, ids.length + 8)
+      const options = kvEngineOptions(parsePolicy(policy), { gpuBudgetBytes: a.model.kv.gpuBytes, arena, store: a.store, session: "t" }, full.config, ids.length + 8)
       const b = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: ids.length + 8, ...options })
       try {
         expect(b.resume()).toBe(ids.length)
@@ -158,7 +158,7 @@ describe("tiered KV cache, bad budgets and files", () => {
     await expect(tiered("leoam", { gpu: (least - 1) / kvBytes, host: 0.5 }, tokens)).rejects.toMatchObject({ code: "kv_budget_too_small" })
     const t = await tiered("leoam", { gpu: least / kvBytes + 1e-12, host: 0.5 }, tokens)
     try {
-      expect(t.model.tiered!.gpuBytes).toBeLessThanOrEqual(least)
+      expect(t.model.kv.gpuBytes).toBeLessThanOrEqual(least)
       // Sink (32), recent (64) and one chosen chunk, and a one-chunk tail, under 10% of a 2K request's KV.
       expect(least / kvBytes).toBeLessThan(0.1)
     } finally {

@@ -2,8 +2,8 @@
 // (blocks, KV, BS, D) f16 packed, and the lists the attention kernels read (block table for
 // prefill, (block, tokens) entries for decode). Blocks are handed out from a free list, so
 // logical and physical order may differ; only append/reset change the sequence.
-import type { ModelConfig } from "../models/types.ts"
-import { storageBuffer } from "./buffers.ts"
+import type { ModelConfig } from "../../models/types.ts"
+import { storageBuffer } from "../buffers.ts"
 
 /** Token slots a decode-attention workgroup covers per tile (its workgroup size). */
 export const ATTN_TILE = 256
@@ -25,23 +25,19 @@ export class KvPool {
   private readonly scratch = new Uint32Array(2)
   // Host copy of the entries to write; allocated once, not per decode step.
   private readonly entryScratch: Uint32Array
-  private readonly ownsPools: boolean
 
   constructor(
     private readonly device: GPUDevice,
     private readonly config: ModelConfig,
     readonly blockTokens: number,
     maxContext: number,
-    /** The tiered cache's pools (tail + cache blocks); absent: one block per context block. */
-    pools?: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>,
   ) {
     if (ATTN_TILE % blockTokens !== 0) throw new RangeError(`block size ${blockTokens} must divide ${ATTN_TILE}`)
     this.maxBlocks = Math.ceil(maxContext / blockTokens)
     this.maxSplits = Math.ceil(this.maxBlocks / this.tileEntries)
     this.entryScratch = new Uint32Array(this.maxBlocks * 2)
     const blockBytes = config.numKvHeads * blockTokens * config.headDim * 2
-    this.ownsPools = pools === undefined
-    this.layers = pools ?? Array.from({ length: config.numLayers }, (_, l) => ({
+    this.layers = Array.from({ length: config.numLayers }, (_, l) => ({
       k: storageBuffer(device, `L${l} k pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
       v: storageBuffer(device, `L${l} v pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
     }))
@@ -131,11 +127,9 @@ export class KvPool {
   }
 
   destroy(): void {
-    if (this.ownsPools) {
-      for (const l of this.layers) {
-        l.k.destroy()
-        l.v.destroy()
-      }
+    for (const l of this.layers) {
+      l.k.destroy()
+      l.v.destroy()
     }
     this.table.destroy()
     this.entries.destroy()

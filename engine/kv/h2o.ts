@@ -4,7 +4,8 @@
 // for good when it exceeds the budget (h2o_keep.wgsl), attend it (attn_decode; the model's
 // attn_combine merges the splits), and add the step's softmax mass of every kept block
 // (block_mass.wgsl). No read-back: it all stays on the GPU. Only `prepareStep` and
-// `invalidate` change the host-side state; the kernels change the masses.
+// `invalidate` change the host-side state; the kernels change the masses. H2oKv is the
+// manager: the full manager's pool and prefill, H2O's decode attention.
 //
 // Differences from the paper: decisions are per 16-token KV block, not per token (a block's
 // mass is the sum of its tokens'); a layer keeps one set for all its heads (or one per KV
@@ -12,11 +13,13 @@
 // blocks start with no mass: at the first step after a prefill that must evict, the step's
 // query first attends every live block to seed the masses (`seed`, on by default), so the
 // first eviction follows that query's attention instead of arbitrary ties.
-import type { ModelConfig } from "../models/types.ts"
-import { bind, type Dispatch, readBack, storageBuffer, Uniform } from "./buffers.ts"
-import type { KvPool } from "./kv-pool.ts"
-import type { PipelineKey, Pipelines } from "./pipelines.ts"
-import { budgetAt } from "./sparse.ts"
+import type { ModelConfig } from "../../models/types.ts"
+import { bind, type Dispatch, readBack, storageBuffer, Uniform } from "../buffers.ts"
+import type { KvPool } from "./pool.ts"
+import type { PipelineKey, Pipelines } from "../pipelines.ts"
+import { budgetAt } from "../sparse.ts"
+import { FullKv } from "./full.ts"
+import { type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
 
 export interface H2oPolicy {
   /** Most tokens a layer attends per step (sink and recent included)... */
@@ -249,5 +252,100 @@ export class H2oAttention {
   destroy(): void {
     for (const b of [this.blocks, ...this.mass, ...this.evicted, this.entries, this.seqs]) b.destroy()
     for (const u of Object.values(this.u)) u.buffer.destroy()
+  }
+}
+
+export class H2oKv implements KvManager<H2oPolicy> {
+  private readonly full: FullKv
+  /** The attention over the kept blocks (tests read its masses). */
+  readonly h2o: H2oAttention
+  private readonly decode: ReadonlyArray<Dispatch[]>
+  private selectiveSteps = 0
+
+  constructor(private readonly ctx: KvContext, policy: H2oPolicy) {
+    this.full = new FullKv(ctx)
+    this.h2o = new H2oAttention(ctx.device, ctx.pipelines, ctx.config, this.full.pool, ctx.act, ctx.keys.attnDecode, policy)
+    this.decode = this.full.pools.map((_, l) => this.h2o.attentionOf(l))
+  }
+
+  get length(): number {
+    return this.full.length
+  }
+
+  get pools(): FullKv["pools"] {
+    return this.full.pools
+  }
+
+  get gpuBytes(): number {
+    return this.full.gpuBytes
+  }
+
+  /** H2O runs on every step: block masses accumulate below the budget too. */
+  beginDecode(): void {
+    const c = this.ctx.config
+    this.full.reserve(1)
+    this.ctx.combine.set(c.numHeads, this.h2o.prepareStep(), c.headDim)
+    this.selectiveSteps += this.h2o.evicting() ? 1 : 0
+  }
+
+  attendDecode(l: number, step: StepEncoder): void {
+    step.encode(this.decode[l])
+  }
+
+  endDecode(): void {}
+
+  afterDecode(): void {}
+
+  prefillRoom(): number {
+    return Number.POSITIVE_INFINITY
+  }
+
+  beginPrefill(m: number): void {
+    this.full.beginPrefill(m)
+  }
+
+  attendPrefill(l: number, step: StepEncoder): void {
+    this.full.attendPrefill(l, step)
+  }
+
+  afterPrefill(): void {}
+
+  applies(): KvApplies {
+    return "next_step"
+  }
+
+  swap(next: H2oPolicy): void {
+    this.h2o.policy = next
+  }
+
+  truncate(length: number): void {
+    this.full.truncate(length)
+    this.h2o.invalidate()
+  }
+
+  reset(): void {
+    this.full.reset()
+    this.h2o.invalidate()
+  }
+
+  settle(): Promise<void> {
+    return this.full.settle()
+  }
+
+  resume(): number {
+    return cannotResume()
+  }
+
+  stats(): KvStats {
+    return { selectiveSteps: this.selectiveSteps }
+  }
+
+  appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
+    return this.full.appendSynthetic(tokens, fill)
+  }
+
+  destroy(): void {
+    this.h2o.destroy()
+    this.full.destroy()
   }
 }

@@ -1,0 +1,129 @@
+// The one seam between the forward pass and its KV cache (STYLE 10). The drivers in
+// engine/model.ts call a KvManager per layer and never learn which policy it runs; the
+// registry (engine/kv/registry.ts) is the only place that picks a manager by name.
+// A manager owns the sequence's KV (pools, lists, tiers) and everything it dispatches for
+// attention; only its own methods change that state. Attention of a decode step writes
+// partials into the activations and sets the combine's uniform; the model's combine
+// dispatch (in the layer's post) merges them.
+import type { ModelConfig } from "../../models/types.ts"
+import type { Dispatch, Uniform } from "../buffers.ts"
+import type { PipelineKey, Pipelines } from "../pipelines.ts"
+import type { TierStats } from "./tiered/index.ts"
+
+/**
+ * The command stream of one step, shared by the driver and the manager: an open command
+ * encoder with (lazily) an open compute pass. Benchmarks supply their own (timed passes per
+ * dispatch, filtered dispatches); the engine's is engine/step-encoder.ts.
+ */
+export interface StepEncoder {
+  /** Encodes dispatches into the open compute pass (those with a zero dimension are skipped). */
+  encode(dispatches: ReadonlyArray<Dispatch>): void
+  /** Gives the open compute pass to `use` (kernels that set their own workgroup counts). */
+  compute(use: (pass: GPUComputePassEncoder) => void): void
+  /** Ends the open pass and gives the command encoder to `use` (copies, passes of its own). */
+  record(use: (encoder: GPUCommandEncoder) => void): void
+  /** Submits what was encoded so far; encoding continues in a new command encoder. */
+  submit(): void
+  /** Ends the step: `last` adds to the final command encoder, which is then submitted. */
+  finish(last?: (encoder: GPUCommandEncoder) => void): void
+}
+
+/** When a policy change would take effect. */
+export type KvApplies = "next_step" | "next_request"
+
+/** The activations attention reads and writes (shapes in engine/model-resources.ts). */
+export interface AttentionBuffers {
+  /** (chunk, H, D) f32, roped queries. */
+  readonly q: GPUBuffer
+  /** (chunk, H, D) f32, prefill attention output (decode: the combine writes it). */
+  readonly attn: GPUBuffer
+  /** (chunk) u32, the KV slot (block * BS + offset) each token's K and V are written to. */
+  readonly slot: GPUBuffer
+  /** (H, partials, D) f32 and (H, partials) vec2 (max, sum): decode attention partials. */
+  readonly partO: GPUBuffer
+  readonly partML: GPUBuffer
+}
+
+/** What every manager is built from (besides its policy). */
+export interface KvContext {
+  readonly device: GPUDevice
+  readonly pipelines: Pipelines
+  readonly config: ModelConfig
+  /** Tokens per KV block (page) of the pools. */
+  readonly blockTokens: number
+  readonly maxContext: number
+  /** Most tokens of one prefill pass. */
+  readonly prefillChunk: number
+  readonly act: AttentionBuffers
+  /** The combine's uniform (H, S, D, stride): the manager sets S (and stride) per step or layer. */
+  readonly combine: Uniform
+  /** The model's attention kernels (the managers' dispatches use the same pipelines). */
+  readonly keys: { readonly attnDecode: PipelineKey; readonly attnPrefill: PipelineKey }
+}
+
+export interface KvStats {
+  /** Decode steps since the manager was built that attended a selection of the context, not all of it. */
+  readonly selectiveSteps: number
+  /** The tiered cache's counters since the last reset (managers with host and disk tiers only). */
+  readonly tiers?: TierStats
+}
+
+/**
+ * Per layer, the drivers call: decode `beginDecode; for l: attendDecode(l); endDecode;
+ * (submit); afterDecode`, prefill `settle; prefillRoom; beginPrefill(m); for l:
+ * attendPrefill(l); (submit); afterPrefill`. `attend*` return a promise only when they
+ * must wait for the GPU or the tiers (the driver then continues when it resolves);
+ * otherwise the step is encoded synchronously into one command stream.
+ * `P` is the manager's own kind of policy (the registry only hands it its own).
+ */
+export interface KvManager<P = unknown> {
+  /** Tokens in the sequence's cache. */
+  readonly length: number
+  /** Per layer, the pools the QKV dispatches write K and V into at `act.slot`: (blocks, KV, BS, D) f16 each. */
+  readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
+  /** GPU bytes the manager holds for KV (pools, lists, staging). */
+  readonly gpuBytes: number
+
+  /** Reserves the step's token slot (written to `act.slot`) and writes the step's uniforms. */
+  beginDecode(): void | Promise<void>
+  /** Encodes layer l's attention of the step's query into the partials and sets the combine's uniform. */
+  attendDecode(l: number, step: StepEncoder): void | Promise<void>
+  /** Adds to the step's last command encoder, before its submit (e.g. timestamp resolves). */
+  endDecode(encoder: GPUCommandEncoder): void
+  /** After the step's last submit (e.g. sealing what the step completed). */
+  afterDecode(): void
+
+  /** Most tokens the next prefill pass may take (a tiered tail's room); call after `settle`. */
+  prefillRoom(): number
+  /** Reserves slots for the pass's m tokens (written to `act.slot`) and writes the pass's uniforms. */
+  beginPrefill(m: number): void
+  /** Encodes layer l's attention of the pass's queries over the whole sequence into `act.attn`. */
+  attendPrefill(l: number, step: StepEncoder): void | Promise<void>
+  /** After the pass's last submit. */
+  afterPrefill(): void
+
+  /** When `next` would take effect; throws KvBudgetError when it cannot fit this manager. */
+  applies(next: P): KvApplies
+  /** Makes `next` the policy from the next step on (after `applies` said "next_step"). */
+  swap(next: P): void
+  /** Keeps the first `length` tokens. */
+  truncate(length: number): void
+  /** Forgets the sequence. */
+  reset(): void
+  /** Waits for work a step left in flight. */
+  settle(): Promise<void>
+  /** Resumes the sequence the tiers hold for this manager's session; returns its length. */
+  resume(): number
+  stats(): KvStats
+  /**
+   * Benchmarks: appends `tokens` tokens without their prefill. Before each batch of appends
+   * `fill(bytes, batch)` must write K and V into the first `bytes` of every pool.
+   */
+  appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void>
+  destroy(): void
+}
+
+/** What a manager that cannot resume answers. */
+export const cannotResume = (): never => {
+  throw new RangeError("resume needs a KV manager with host and disk tiers (leoam or offload-all)")
+}
