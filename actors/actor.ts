@@ -1,22 +1,22 @@
-// The actor runtime: an actor owns a state, a bounded mailbox and the subjects it
-// listens on. Mailbox messages are handled one at a time by one fiber; `immediate`
-// handlers (cancel, ping, stats) bypass the mailbox. Supervision: a handler that fails
-// with a LeoamError answers that error and the actor goes on; anything else is a crash —
-// the message being served gets `actor_restarted`, the state is rebuilt (with backoff)
-// and the mailbox continues. Draining refuses new messages with `shutting_down` and
-// waits (bounded) for the mailbox to empty.
+// The actor runtime: an actor is an Effect service (its state and handlers, built from its
+// layer) behind a bounded mailbox and the subjects it listens on. Mailbox messages are
+// served one at a time by one fiber; `immediate` endpoints (cancel, stats, ping) bypass the
+// mailbox. Supervision: a handler that fails with a LeoamError answers that code and the
+// actor goes on; anything else (a defect, whatever its `code`) is a crash: that request
+// gets `actor_restarted`, the service's scope is closed and the service rebuilt (with
+// backoff), and the mailbox goes on. Only this module changes the running service.
+// Draining refuses new messages with `shutting_down` and waits (bounded) for the mailbox.
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
-import { Deferred, Duration, Effect, Exit, Fiber, Queue, Schedule } from "effect"
-import { asLeoamError, LeoamError, leoamError } from "../protocol/errors.ts"
-import type { ActorStatus } from "../protocol/internal.ts"
-import { internalSubjects } from "../protocol/subjects.ts"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Schedule, Scope } from "effect"
+import { LeoamError, leoamError } from "../protocol/errors.ts"
+import { type ActorStatus, internalRpc } from "../protocol/internal.ts"
 import { encodeJson, parseBody, respondError } from "./nats.ts"
 
 export type ActorName = "scheduler" | "gpu-executor" | "host-cache" | "disk-store"
 export const actorNames: ReadonlyArray<ActorName> = ["scheduler", "gpu-executor", "host-cache", "disk-store"]
 
-/** `receivedAt` is when the message reached the actor (performance.now()), before any queueing. */
-export type Handler<S> = (state: S, body: unknown, msg: Msg, receivedAt: number) => Promise<unknown>
+/** `receivedAt` is when the message reached the actor (performance.now()), before any queueing. Succeeds with the JSON reply. */
+export type Handler<S> = (service: S, body: unknown, msg: Msg, receivedAt: number) => Effect.Effect<unknown, LeoamError>
 
 /**
  * Where a handler's messages come from: a subject (one actor of a queue group gets each
@@ -24,25 +24,42 @@ export type Handler<S> = (state: S, body: unknown, msg: Msg, receivedAt: number)
  */
 export type Source = string | { readonly broadcast: string } | ((callback: (err: Error | null, msg: Msg) => void) => void)
 
+export interface Endpoint<S> {
+  readonly source: Source
+  readonly handler: Handler<S>
+}
+
 export interface ActorDefinition<S> {
   readonly name: ActorName
-  /** Builds the state; runs at start and after every crash. */
-  readonly start: () => Promise<S>
-  readonly stop?: (state: S) => Promise<void>
-  /** Handled in the mailbox, one at a time. */
-  readonly handlers?: ReadonlyArray<readonly [Source, Handler<S>]>
-  /** Handled at once, beside the mailbox (must not block). */
-  readonly immediate?: ReadonlyArray<readonly [Source, Handler<S>]>
-  readonly stats?: (state: S) => unknown
+  /**
+   * The actor's service, built at start and again after every crash; its scope closes
+   * (finalizers run) on restart and stop. A build that fails is final (bad configuration);
+   * one that dies is retried with backoff for 30 s (a device or file not ready yet).
+   */
+  readonly service: Effect.Effect<S, unknown, Scope.Scope>
+  /** Served in the mailbox, one at a time. */
+  readonly handlers?: ReadonlyArray<Endpoint<S>>
+  /** Served at once, beside the mailbox (must not block). */
+  readonly immediate?: ReadonlyArray<Endpoint<S>>
+  readonly stats?: (service: S) => unknown
   /** Mailbox bound: past it, messages get `busy`. */
   readonly mailbox?: number
 }
+
+/** The service of a tag, built from its layer in the caller's scope (an actor's `service`). */
+export const serviceOf = <I, S, E>(tag: Context.Tag<I, S>, layer: Layer.Layer<I, E>): Effect.Effect<S, E, Scope.Scope> =>
+  Effect.map(Layer.build(layer), (context) => Context.get(context, tag))
 
 interface Envelope<S> {
   readonly handler: Handler<S>
   readonly body: unknown
   readonly msg: Msg
   readonly receivedAt: number
+}
+
+interface Built<S> {
+  readonly service: S
+  readonly scope: Scope.CloseableScope
 }
 
 export interface RunningActor {
@@ -58,120 +75,171 @@ const replyJson = (msg: Msg, value: unknown) => {
   if (msg.reply) msg.respond(encodeJson(value))
 }
 
-export const startActor = async <S>(nc: NatsConnection, def: ActorDefinition<S>): Promise<RunningActor> => {
-  const capacity = def.mailbox ?? 256
-  // A dropping queue: offer answers false when full (a bounded one would suspend the caller).
-  const mailbox = Effect.runSync(Queue.dropping<Envelope<S>>(capacity))
-  let state: S | undefined
-  let restarts = 0
-  let restarting = false
-  let draining = false
-  let serving: Envelope<S> | undefined
-  const subs: Subscription[] = []
-
-  // A start that fails with a code (bad configuration) is final; others are retried with
-  // backoff for 30 s (a device or file that is not ready yet).
-  const build = Effect.tryPromise({ try: () => def.start(), catch: (e) => e }).pipe(
+/** Builds a service in a fresh scope; retries defects with backoff, a failure is final. */
+const buildService = <S>(def: ActorDefinition<S>): Effect.Effect<Built<S>, Cause.Cause<unknown>> =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    return yield* Scope.extend(def.service, scope).pipe(
+      Effect.map((service): Built<S> => ({ service, scope })),
+      Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(scope, exit) : Effect.void)),
+    )
+  }).pipe(
+    Effect.sandbox,
     Effect.retry({
       schedule: Schedule.exponential(Duration.millis(100)).pipe(Schedule.upTo(Duration.seconds(30))),
-      while: (e) => typeof (e as { code?: unknown })?.code !== "string",
+      while: (cause) => Option.isNone(Cause.failureOption(cause)),
     }),
   )
-  const first = await Effect.runPromiseExit(build)
-  if (Exit.isFailure(first)) {
-    const cause = first.cause
-    const error = cause._tag === "Fail" ? cause.error : cause
-    throw error instanceof Error ? error : new Error(`${def.name} failed to start: ${String(error)}`)
-  }
-  state = first.value
 
-  // One message: its reply, or a crash that rebuilds the state.
-  const handle = (env: Envelope<S>) =>
-    Effect.gen(function* () {
-      serving = env
-      const exit = yield* Effect.exit(Effect.tryPromise({ try: () => env.handler(state as S, env.body, env.msg, env.receivedAt), catch: (e) => e }))
-      serving = undefined
-      if (Exit.isSuccess(exit)) return replyJson(env.msg, exit.value)
-      const cause = exit.cause
-      const error = cause._tag === "Fail" ? cause.error : cause
-      // A failure with a code is the request's fault or a known condition: answer it.
-      if (error instanceof LeoamError || typeof (error as { code?: unknown })?.code === "string") {
-        return respondError(env.msg, asLeoamError(error))
+/** The coded error of a failed handler, or undefined when the failure is a crash. */
+const codedOf = (cause: Cause.Cause<LeoamError>): LeoamError | undefined => {
+  const failure = Cause.failureOption(cause)
+  return Option.isSome(failure) && failure.value instanceof LeoamError && !Cause.isDie(cause) ? failure.value : undefined
+}
+
+const describeCause = (cause: Cause.Cause<unknown>): string => {
+  const e = Cause.squash(cause)
+  return e instanceof Error ? e.message : String(e)
+}
+
+export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effect.Effect<RunningActor, unknown> =>
+  Effect.gen(function* () {
+    const capacity = def.mailbox ?? 256
+    // A dropping queue: offer answers false when full (a bounded one would suspend the caller).
+    const mailbox = yield* Queue.dropping<Envelope<S>>(capacity)
+    // One mailbox message or one restart at a time.
+    const lock = yield* Effect.makeSemaphore(1)
+    const first = yield* Effect.mapError(buildService(def), Cause.squash)
+    let current: Built<S> | undefined = first
+    let restarts = 0
+    let restarting = false
+    let draining = false
+    let serving: Envelope<S> | undefined
+    const subs: Subscription[] = []
+
+    /** Closes the crashed service's scope and builds a new one (unless it was rebuilt already). */
+    const restart = (crashed: Built<S>, cause: Cause.Cause<unknown>) =>
+      Effect.gen(function* () {
+        if (current !== crashed) return
+        restarting = true
+        restarts++
+        current = undefined
+        yield* Scope.close(crashed.scope, Exit.failCause(cause))
+        const rebuilt = yield* Effect.exit(buildService(def))
+        if (Exit.isSuccess(rebuilt)) current = rebuilt.value
+        else process.stderr.write(`leoam ${def.name}: could not restart: ${describeCause(rebuilt.cause)}\n`)
+        restarting = false
+      })
+
+    /** Answers a handler's outcome; a crash answers actor_restarted and says so. */
+    const settle = (msg: Msg, exit: Exit.Exit<unknown, LeoamError>): boolean => {
+      if (Exit.isSuccess(exit)) {
+        replyJson(msg, exit.value)
+        return false
       }
-      respondError(env.msg, leoamError("actor_restarted", `${def.name} failed while serving this request and was restarted: ${String((error as Error)?.message ?? error)}`))
-      restarting = true
-      restarts++
-      if (def.stop && state !== undefined) yield* Effect.promise(() => def.stop!(state as S).catch(() => undefined))
-      state = yield* build
-      restarting = false
-    })
-
-  const loop = Effect.runFork(Effect.forever(Effect.flatMap(Queue.take(mailbox), handle)))
-
-  const accept = (handler: Handler<S>, viaMailbox: boolean) => (err: Error | null, msg: Msg) => {
-    if (err) return
-    const receivedAt = performance.now()
-    if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
-    let body: unknown
-    try {
-      body = parseBody(msg.data)
-    } catch (e) {
-      return respondError(msg, asLeoamError(e))
+      if (Cause.isInterruptedOnly(exit.cause)) return false // drain answers it
+      const coded = codedOf(exit.cause)
+      if (coded) {
+        respondError(msg, coded)
+        return false
+      }
+      respondError(msg, leoamError("actor_restarted", `${def.name} failed while serving this request and was restarted: ${describeCause(exit.cause)}`))
+      return true
     }
-    if (!viaMailbox) {
-      if (state === undefined || restarting) return respondError(msg, leoamError("actor_unavailable", `${def.name} is restarting`))
-      handler(state, body, msg, receivedAt).then(
-        (v) => replyJson(msg, v),
-        (e) => respondError(msg, asLeoamError(e)),
+
+    const serveOne = (env: Envelope<S>) =>
+      lock.withPermits(1)(
+        Effect.gen(function* () {
+          const built = current
+          if (!built) return respondError(env.msg, leoamError("actor_unavailable", `${def.name} could not be restarted`))
+          serving = env
+          const exit = yield* Effect.exit(Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt)))
+          serving = undefined
+          if (settle(env.msg, exit) && Exit.isFailure(exit)) yield* restart(built, exit.cause)
+        }),
       )
-      return
+
+    // Interruptible even when started inside an uninterruptible region (acquireRelease): drain interrupts it.
+    const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(Effect.flatMap(Queue.take(mailbox), serveOne))))
+
+    const accept = (handler: Handler<S>, viaMailbox: boolean) => (err: Error | null, msg: Msg) => {
+      if (err) return
+      const receivedAt = performance.now()
+      if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
+      let body: unknown
+      try {
+        body = parseBody(msg.data)
+      } catch (e) {
+        return respondError(msg, e instanceof LeoamError ? e : leoamError("invalid_json", String(e)))
+      }
+      if (!viaMailbox) {
+        const built = current
+        if (!built || restarting) return respondError(msg, leoamError("actor_unavailable", `${def.name} is restarting`))
+        Effect.runFork(
+          Effect.exit(Effect.suspend(() => handler(built.service, body, msg, receivedAt))).pipe(
+            // A crash beside the mailbox restarts the actor once the message being served is done.
+            Effect.flatMap((exit) => (settle(msg, exit) && Exit.isFailure(exit) ? lock.withPermits(1)(restart(built, exit.cause)) : Effect.void)),
+          ),
+        )
+        return
+      }
+      const offered = Effect.runSync(Queue.offer(mailbox, { handler, body, msg, receivedAt }))
+      if (!offered) respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
     }
-    const offered = Effect.runSync(Queue.offer(mailbox, { handler, body, msg, receivedAt }))
-    if (!offered) respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
-  }
 
-  const listen = (source: Source, callback: (err: Error | null, msg: Msg) => void) => {
-    if (typeof source === "string") subs.push(nc.subscribe(source, { queue: `leoam-${def.name}`, callback }))
-    else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
-    else source(callback)
-  }
-  for (const [source, handler] of def.handlers ?? []) listen(source, accept(handler, true))
-  for (const [source, handler] of def.immediate ?? []) listen(source, accept(handler, false))
+    const listen = (source: Source, callback: (err: Error | null, msg: Msg) => void) => {
+      if (typeof source === "string") subs.push(nc.subscribe(source, { queue: `leoam-${def.name}`, callback }))
+      else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
+      else source(callback)
+    }
+    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true))
+    for (const e of def.immediate ?? []) listen(e.source, accept(e.handler, false))
 
-  const status = (): ActorStatus => ({
-    name: def.name,
-    pid: process.pid,
-    status: restarting ? "restarting" : "running",
-    restarts,
-    stats: state !== undefined && def.stats ? def.stats(state) : undefined,
+    const status = (): ActorStatus => ({
+      name: def.name,
+      pid: process.pid,
+      status: restarting || !current ? "restarting" : "running",
+      restarts,
+      stats: current && def.stats ? def.stats(current.service) : undefined,
+    })
+    // Every actor answers pings (no queue group: the caller gathers all replies).
+    subs.push(nc.subscribe(internalRpc.ping.subject, { callback: (_err, msg) => replyJson(msg, status()) }))
+
+    const size = () => Effect.runSync(Queue.size(mailbox))
+    return {
+      name: def.name,
+      status,
+      // Queue.size goes negative while the loop waits in take: that is an empty mailbox.
+      load: () => ({ queued: Math.max(0, size()), busy: serving !== undefined, capacity }),
+      drain: async (timeoutMs) => {
+        draining = true
+        const deadline = Date.now() + timeoutMs
+        while ((size() > 0 || serving) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+        for (const sub of subs) sub.unsubscribe()
+        await Effect.runPromise(Fiber.interrupt(loop))
+        // Whatever is still queued is refused rather than dropped silently.
+        const left = Effect.runSync(Queue.takeAll(mailbox))
+        for (const env of left) respondError(env.msg, leoamError("shutting_down", `${def.name} shut down before serving this request`))
+        if (serving) respondError(serving.msg, leoamError("shutting_down", `${def.name} shut down while serving this request`))
+        const built = current
+        current = undefined
+        if (built) await Effect.runPromise(Scope.close(built.scope, Exit.void))
+      },
+    }
   })
-  // Every actor answers pings (no queue group: the caller gathers all replies).
-  subs.push(nc.subscribe(internalSubjects.ping, { callback: (_err, msg) => replyJson(msg, status()) }))
 
-  return {
-    name: def.name,
-    status,
-    // Queue.size goes negative while the loop waits in take: that is an empty mailbox.
-    load: () => ({ queued: Math.max(0, Effect.runSync(Queue.size(mailbox))), busy: serving !== undefined, capacity }),
-    drain: async (timeoutMs) => {
-      draining = true
-      const deadline = Date.now() + timeoutMs
-      while ((Effect.runSync(Queue.size(mailbox)) > 0 || serving) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
-      for (const sub of subs) sub.unsubscribe()
-      await Effect.runPromise(Fiber.interrupt(loop))
-      // Whatever is still queued is refused rather than dropped silently.
-      const left = Effect.runSync(Queue.takeAll(mailbox))
-      for (const env of left) respondError(env.msg, leoamError("shutting_down", `${def.name} shut down before serving this request`))
-      if (serving) respondError(serving.msg, leoamError("shutting_down", `${def.name} shut down while serving this request`))
-      if (def.stop && state !== undefined) await def.stop(state).catch(() => undefined)
-    },
-  }
+/** Starts an actor from promise-land: rejects with the original start-up error (its `code` intact). */
+export const runActor = async <S>(nc: NatsConnection, def: ActorDefinition<S>): Promise<RunningActor> => {
+  const exit = await Effect.runPromiseExit(startActor(nc, def))
+  if (Exit.isSuccess(exit)) return exit.value
+  const error = Cause.squash(exit.cause)
+  throw error instanceof Error ? error : new Error(`${def.name} failed to start: ${String(error)}`)
 }
 
 /** Gathers the status of every actor reachable on the bus (within `waitMs`). */
 export const pingActors = async (nc: NatsConnection, waitMs = 250): Promise<ActorStatus[]> => {
   const out: ActorStatus[] = []
-  const replies = await nc.requestMany(internalSubjects.ping, new Uint8Array(0), { maxWait: waitMs }).catch(() => undefined)
+  const replies = await nc.requestMany(internalRpc.ping.subject, new Uint8Array(0), { maxWait: waitMs }).catch(() => undefined)
   if (!replies) return out
   for await (const m of replies) {
     try {
@@ -182,5 +250,3 @@ export const pingActors = async (nc: NatsConnection, waitMs = 250): Promise<Acto
   }
   return out
 }
-
-export { Deferred }

@@ -1,21 +1,19 @@
 // The admin subjects (leoam.v1.admin.*), served by the scheduler beside the public ones:
 // the live KV policy and the node's statistics. A policy change is validated here (schema),
 // checked by the gpu-executor (does it fit the GPU budget; does it apply at the next step or
-// the next request), stored as the next version by the disk-store (LMDB), then broadcast:
-// every actor switches at its next step boundary. Nothing changes when any of that fails.
+// the next request), stored as the next version by the disk-store (LMDB), then broadcast
+// resolved: the gpu-executor switches every tier at its next step or request boundary.
+// The policy is resolved once, here. Nothing changes when any of that fails.
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
-import { JSONSchema } from "effect"
-import type { PolicyRecord } from "../kv/records.ts"
-import type { DiskStoreStats } from "../kv/disk-store.ts"
-import type { ExecutorStats } from "./gpu-executor.ts"
-import type { HostArenaStats } from "../kv/host-arena.ts"
+import { Effect, JSONSchema } from "effect"
 import { requesterOf } from "./access.ts"
-import { askActor, decodeAs, encodeJson } from "./nats.ts"
-import { type AdminStatsReply, type Applies, PolicyHistoryRequest, PolicySetRequest } from "../protocol/admin.ts"
-import { leoamError } from "../protocol/errors.ts"
+import { codedError } from "./errors.ts"
+import { ask, decodeRequest, publish } from "./rpc.ts"
+import { type AdminStatsReply, PolicyHistoryRequest, PolicySetRequest } from "../protocol/admin.ts"
+import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import { EmptyRequest } from "../protocol/messages.ts"
 import { evictionNames, KvPolicyDocument, parsePolicy, parsePolicyDocument, policyCatalog, policyView } from "../protocol/policy.ts"
-import { adminSubjects, internalSubjects } from "../protocol/subjects.ts"
+import type { adminSubjects } from "../protocol/subjects.ts"
 
 export interface AdminContext {
   readonly nc: NatsConnection
@@ -25,65 +23,74 @@ export interface AdminContext {
   readonly counters: () => { readonly requests: number; readonly generated: number }
 }
 
-type AdminHandler = (body: unknown, msg: Msg) => Promise<unknown>
+type AdminHandler = (body: unknown, msg: Msg) => Effect.Effect<unknown, LeoamError>
 
 const ratio = (hits: number, misses: number) => (hits + misses > 0 ? hits / (hits + misses) : null)
+
+/** A policy document or name, validated and resolved (unknown_policy, invalid_policy). */
+const parse = (input: unknown) =>
+  Effect.try({ try: () => parsePolicyDocument(input), catch: (e) => e }).pipe(
+    Effect.catchAll((e) => {
+      const coded = codedError(e)
+      return coded ? Effect.fail(coded) : Effect.die(e)
+    }),
+  )
 
 /** The admin handlers by subject. */
 export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubjects, AdminHandler> => {
   const { nc } = ctx
-  const executor = () => askActor<ExecutorStats>(nc, internalSubjects.executorStats, {}, 5000)
+  const executor = () => ask(nc, "executorStats", {}, 5000)
 
   return {
-    policyGet: async (body) => {
-      decodeAs(EmptyRequest, body)
-      const [latest, ex] = await Promise.all([askActor<PolicyRecord>(nc, internalSubjects.diskPolicyGet, {}), executor()])
+    policyGet: Effect.fn("Admin.policyGet")(function* (body: unknown) {
+      yield* decodeRequest(EmptyRequest, body)
+      const [latest, ex] = yield* Effect.all([ask(nc, "diskPolicyGet", {}), executor()], { concurrency: 2 })
       return {
         ...latest,
         resolved: policyView(parsePolicy(latest.policy)),
         executor: { active_version: ex.policy.active_version, pending_version: ex.policy.pending_version },
       }
-    },
+    }),
 
-    policySet: async (body, msg) => {
+    policySet: Effect.fn("Admin.policySet")(function* (body: unknown, msg: Msg) {
       // `{"policy": ..., "reason"?}`, or a policy document alone (it has `name`, never `policy`).
       const bare = typeof body === "object" && body !== null && !Array.isArray(body) && !("policy" in body) && "name" in body
-      const req = decodeAs(PolicySetRequest, bare ? { policy: body } : body)
-      if (req.policy === undefined) throw leoamError("invalid_request", "the request has no `policy` (a policy name or document)")
-      // A PolicyError carries its code (unknown_policy, invalid_policy): the handler wrapper replies with it.
-      const { document, resolved } = parsePolicyDocument(req.policy)
+      const req = yield* decodeRequest(PolicySetRequest, bare ? { policy: body } : body)
+      if (req.policy === undefined) return yield* leoamError("invalid_request", "the request has no `policy` (a policy name or document)")
+      const { document, resolved } = yield* parse(req.policy)
       // The executor refuses what does not fit (kv_budget_too_small) before anything is stored.
-      const { applies } = await askActor<{ applies: Applies }>(nc, internalSubjects.executorPolicyCheck, { policy: document })
+      const { applies } = yield* ask(nc, "executorPolicyCheck", { resolved })
       const who = requesterOf(msg.headers)
-      const record = await askActor<PolicyRecord>(nc, internalSubjects.diskPolicyPut, { policy: document, ...who, applies, ...(req.reason ? { reason: req.reason } : {}) })
-      nc.publish(internalSubjects.policyChanged, encodeJson({ version: record.version, policy: document }))
-      await nc.flush()
+      const record = yield* ask(nc, "diskPolicyPut", { policy: document, ...who, applies, ...(req.reason ? { reason: req.reason } : {}) })
+      yield* publish(nc, "policyChanged", { version: record.version, resolved })
+      yield* Effect.promise(() => nc.flush())
       return { ...record, resolved: policyView(resolved), applies }
-    },
+    }),
 
-    policyList: async (body) => {
-      decodeAs(EmptyRequest, body)
+    policyList: Effect.fn("Admin.policyList")(function* (body: unknown) {
+      yield* decodeRequest(EmptyRequest, body)
       return { policies: policyCatalog(), eviction: [...evictionNames], schema: JSONSchema.make(KvPolicyDocument) }
-    },
+    }),
 
-    policyHistory: async (body) => {
-      const req = decodeAs(PolicyHistoryRequest, body)
-      return askActor<{ history: PolicyRecord[] }>(nc, internalSubjects.diskPolicyHistory, req)
-    },
+    policyHistory: Effect.fn("Admin.policyHistory")(function* (body: unknown) {
+      const req = yield* decodeRequest(PolicyHistoryRequest, body)
+      return yield* ask(nc, "diskPolicyHistory", req)
+    }),
 
-    stats: async (body): Promise<AdminStatsReply> => {
-      decodeAs(EmptyRequest, body)
-      const [ex, host, disk] = await Promise.all([
-        executor(),
-        askActor<HostArenaStats>(nc, internalSubjects.hostCacheStats, {}, 5000).catch(() => undefined),
-        askActor<DiskStoreStats>(nc, internalSubjects.diskStats, {}, 5000).catch(() => undefined),
-      ])
+    stats: Effect.fn("Admin.stats")(function* (body: unknown) {
+      yield* decodeRequest(EmptyRequest, body)
+      const [ex, host, disk] = yield* Effect.all(
+        [executor(), Effect.option(ask(nc, "hostCacheStats", {}, 5000)), Effect.option(ask(nc, "diskStats", {}, 5000))],
+        { concurrency: 3 },
+      )
+      const h = host._tag === "Some" ? host.value : undefined
+      const d = disk._tag === "Some" ? disk.value : undefined
       const t = ex.totals
       const load = ctx.load()
       const c = ctx.counters()
       const k = t.kv
       const kvMs = t.kvMs.select + t.kvMs.transfer + t.kvMs.seal + t.kvMs.attention
-      return {
+      const reply: AdminStatsReply = {
         at: new Date().toISOString(),
         policy: ex.policy,
         queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
@@ -91,15 +98,15 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
         tiers: {
           gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read },
           host: {
-            budget_bytes: ex.host?.budget_bytes ?? host?.budgetBytes ?? null,
-            resident_bytes: ex.host?.resident_bytes ?? host?.residentBytes ?? 0,
+            budget_bytes: ex.host?.budget_bytes ?? h?.budgetBytes ?? null,
+            resident_bytes: ex.host?.resident_bytes ?? h?.residentBytes ?? 0,
             hits: k.host.hits,
             misses: k.host.misses,
             hit_rate: ratio(k.host.hits, k.host.misses),
             bytes_read: k.host.bytes_read,
             bytes_written: k.host.bytes_written,
           },
-          disk: { resident_bytes: disk?.fileBytes ?? 0, hits: k.disk.hits, bytes_read: k.disk.bytes_read, bytes_written: k.disk.bytes_written },
+          disk: { resident_bytes: d?.fileBytes ?? 0, hits: k.disk.hits, bytes_read: k.disk.bytes_read, bytes_written: k.disk.bytes_written },
         },
         steps: {
           count: t.decodeSteps,
@@ -114,6 +121,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
         },
         prefill: { tokens: t.prefillTokens, ms: t.prefillMs },
       }
-    },
+      return reply
+    }),
   }
 }

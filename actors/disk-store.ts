@@ -1,73 +1,77 @@
-// The disk-store actor: owns the DiskStore (LMDB index + chunk segment files under
-// --kv-dir) and serves it over internal subjects. Control messages only: chunk bytes are
-// read and written through the files that both sides map, never through NATS.
-import { Schema } from "effect"
-import { PolicyHistoryRequest } from "../protocol/admin.ts"
-import { leoamError } from "../protocol/errors.ts"
-import { PolicyPut } from "../protocol/internal.ts"
-import { internalSubjects } from "../protocol/subjects.ts"
-import type { ActorDefinition } from "./actor.ts"
+// The disk-store actor: serves the DiskStore (LMDB index + chunk segment files under
+// --kv-dir) over internal subjects: the policy history (put, get, history) and stats.
+// Control messages only. Which process holds what: the chunk files and the chunk index are
+// written and read by the gpu-executor's tiered KV cache through its own DiskStore handle
+// (in one process with this actor the same handle; in split-process mode its own handle on
+// the same kv-dir, LMDB allowing several processes); this actor's process holds the policy
+// records it stores, and its stats count the shared index but only its own process's I/O.
+import { Context, Effect, Layer } from "effect"
 import { DiskStore } from "../kv/disk-store.ts"
-import { decodeAs } from "./nats.ts"
+import { leoamError, type LeoamError } from "../protocol/errors.ts"
+import type { DiskStats, ReplyOf, RequestOf } from "../protocol/internal.ts"
+import { type ActorDefinition, serviceOf } from "./actor.ts"
+import { attempt, startup } from "./errors.ts"
+import { serve } from "./rpc.ts"
 
-const SessionGet = Schema.Struct({ id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)) })
-const SessionPut = Schema.Struct({
-  id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)),
-  model: Schema.String,
-  tokens: Schema.Int.pipe(Schema.nonNegative()),
+type PolicyVersion = ReplyOf<"diskPolicyGet">
+
+export interface DiskStoreService {
+  readonly stats: () => Effect.Effect<DiskStats, LeoamError>
+  readonly policyPut: (req: RequestOf<"diskPolicyPut">) => Effect.Effect<PolicyVersion, LeoamError>
+  readonly policyGet: () => Effect.Effect<PolicyVersion, LeoamError>
+  readonly policyHistory: (req: RequestOf<"diskPolicyHistory">) => Effect.Effect<ReplyOf<"diskPolicyHistory">, LeoamError>
+}
+
+const guard = attempt()
+
+const make = (store: DiskStore, kvDir: string): DiskStoreService => ({
+  stats: Effect.fn("DiskStore.stats")(function* () {
+    return { pid: process.pid, kv_dir: kvDir, ...(yield* guard(() => store.stats())) }
+  }),
+  // Records hold validated documents (PolicyPut's schema); the reply schema checks them again on encode.
+  policyPut: Effect.fn("DiskStore.policyPut")(function* (req) {
+    return (yield* guard(() => store.appendPolicy(req))) as PolicyVersion
+  }),
+  policyGet: Effect.fn("DiskStore.policyGet")(function* () {
+    const latest = yield* guard(() => store.latestPolicy())
+    if (!latest) return yield* leoamError("unknown_policy", "no policy has been stored in this kv-dir")
+    return latest as PolicyVersion
+  }),
+  policyHistory: Effect.fn("DiskStore.policyHistory")(function* ({ limit }) {
+    const all = (yield* guard(() => store.policyHistory())) as ReadonlyArray<PolicyVersion>
+    return { history: limit === undefined ? all : all.slice(-limit) }
+  }),
 })
 
-/** With `store`, the actor serves that store (shared in-process with the gpu-executor's tiered cache) and its owner closes it. */
-export const diskStoreActor = (options: { readonly kvDir: string; readonly store?: DiskStore }): ActorDefinition<DiskStore> => ({
+export class DiskStoreActor extends Context.Tag("leoam/actors/DiskStore")<DiskStoreActor, DiskStoreService>() {
+  /** With `store`, serves that store (its owner closes it); else opens the kv-dir and closes it with the scope. */
+  static readonly layer = (options: { readonly kvDir: string; readonly store?: DiskStore }) =>
+    Layer.scoped(
+      DiskStoreActor,
+      Effect.gen(function* () {
+        const store = options.store
+          ? options.store
+          : yield* Effect.acquireRelease(
+              startup()(async () => DiskStore.open({ kvDir: options.kvDir })),
+              (s) => Effect.promise(() => s.close().catch(() => undefined)),
+            )
+        return make(store, options.kvDir)
+      }),
+    )
+}
+
+export const diskStoreActor = (options: { readonly kvDir: string; readonly store?: DiskStore }): ActorDefinition<DiskStoreService> => ({
   name: "disk-store",
   mailbox: 1024,
-  start: async () => options.store ?? DiskStore.open({ kvDir: options.kvDir }),
-  stop: async (store) => {
-    if (!options.store) await store.close()
+  service: serviceOf(DiskStoreActor, DiskStoreActor.layer(options)),
+  stats: (s) => {
+    const exit = Effect.runSyncExit(s.stats())
+    return exit._tag === "Success" ? exit.value : undefined
   },
-  stats: (store) => ({ kv_dir: options.kvDir, ...store.stats() }),
-  handlers: [
-    [
-      internalSubjects.diskPutSession,
-      async (store, body) => {
-        const req = decodeAs(SessionPut, body)
-        return store.putSession(req.id, { model: req.model, tokens: req.tokens })
-      },
-    ],
-    [
-      internalSubjects.diskPolicyPut,
-      async (store, body) => {
-        const req = decodeAs(PolicyPut, body)
-        return store.appendPolicy(req)
-      },
-    ],
-    [
-      internalSubjects.diskGetSession,
-      async (store, body) => {
-        const { id } = decodeAs(SessionGet, body)
-        const record = store.getSession(id)
-        if (!record) throw leoamError("invalid_request", `no session "${id}"`)
-        return record
-      },
-    ],
-  ],
+  handlers: [serve("diskPolicyPut", (s: DiskStoreService, req) => s.policyPut(req))],
   immediate: [
-    [internalSubjects.diskStats, async (store) => store.stats()],
-    [
-      internalSubjects.diskPolicyGet,
-      async (store) => {
-        const latest = store.latestPolicy()
-        if (!latest) throw leoamError("unknown_policy", "no policy has been stored in this kv-dir")
-        return latest
-      },
-    ],
-    [
-      internalSubjects.diskPolicyHistory,
-      async (store, body) => {
-        const { limit } = decodeAs(PolicyHistoryRequest, body)
-        const all = store.policyHistory()
-        return { history: limit === undefined ? all : all.slice(-limit) }
-      },
-    ],
+    serve("diskStats", (s: DiskStoreService) => s.stats()),
+    serve("diskPolicyGet", (s: DiskStoreService) => s.policyGet()),
+    serve("diskPolicyHistory", (s: DiskStoreService, req) => s.policyHistory(req)),
   ],
 })

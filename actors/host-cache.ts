@@ -1,30 +1,34 @@
-// The host-cache actor: owns the byte-budgeted host arena of KV chunks (the middle tier)
-// and answers stats over NATS. Chunk bytes never travel on NATS: the arena is shared
-// memory of this process; the tiered cache (next issue) moves chunks through it.
-import { internalSubjects } from "../protocol/subjects.ts"
-import type { ActorDefinition } from "./actor.ts"
-import { HostArena } from "../kv/host-arena.ts"
-import { evictionPolicies } from "../kv/eviction.ts"
-import { decodeAs } from "./nats.ts"
-import { PolicyChanged } from "../protocol/internal.ts"
-import { parsePolicy } from "../protocol/policy.ts"
+// The host-cache actor: the NATS face of the host arena of KV chunks (the middle tier).
+// Which process holds the arena: the gpu-executor's. Its tiered KV cache moves chunk bytes
+// through the arena in memory (never over NATS), so the arena is built by the node that
+// runs the gpu-executor and handed to this actor; `leoam actor host-cache` without the
+// gpu-executor in the same process is refused (actors/node.ts). This actor never changes
+// the arena: its eviction is switched by the gpu-executor's KV manager when a policy
+// change applies (not on the broadcast), so the two cannot run different versions.
+import { Context, Effect, Layer } from "effect"
+import type { HostArena } from "../kv/host-arena.ts"
+import type { HostCacheStats } from "../protocol/internal.ts"
+import { type ActorDefinition, serviceOf } from "./actor.ts"
+import { serve } from "./rpc.ts"
 
-/** With `arena`, the actor serves that arena (shared in-process with the gpu-executor's tiered cache). */
-export const hostCacheActor = (options: { readonly budgetBytes: number; readonly arena?: HostArena }): ActorDefinition<HostArena> => ({
+export interface HostCacheService {
+  readonly stats: () => Effect.Effect<HostCacheStats>
+}
+
+export class HostCache extends Context.Tag("leoam/actors/HostCache")<HostCache, HostCacheService>() {
+  /** Serves `arena`, which belongs to this process's gpu-executor. */
+  static readonly layer = (arena: HostArena) =>
+    Layer.succeed(HostCache, {
+      stats: Effect.fn("HostCache.stats")(function* () {
+        return { pid: process.pid, ...arena.stats() }
+      }),
+    })
+}
+
+export const hostCacheActor = (arena: HostArena): ActorDefinition<HostCacheService> => ({
   name: "host-cache",
   mailbox: 1024,
-  start: async () => options.arena ?? new HostArena({ budgetBytes: options.budgetBytes }),
-  stats: (arena) => arena.stats(),
-  immediate: [
-    [internalSubjects.hostCacheStats, async (arena) => arena.stats()],
-    [
-      // A new policy version: its eviction ranks the arena's chunks from the next eviction on.
-      { broadcast: internalSubjects.policyChanged },
-      async (arena, body) => {
-        const { policy } = decodeAs(PolicyChanged, body)
-        arena.setPolicy(evictionPolicies[parsePolicy(policy).eviction])
-        return { ok: true }
-      },
-    ],
-  ],
+  service: serviceOf(HostCache, HostCache.layer(arena)),
+  stats: (s) => Effect.runSync(s.stats()),
+  immediate: [serve("hostCacheStats", (s: HostCacheService) => s.stats())],
 })

@@ -1,6 +1,6 @@
 // NATS plumbing shared by every actor: the embedded nats-server (loopback, generated
-// config, stopped with its owner), connections, and `endpoint`, the wrapper that makes
-// every request end in exactly one reply: a value, or an error with a stable code.
+// config, stopped with its owner), connections, request bodies (size, UTF-8, JSON), and
+// error replies (JSON body plus the NATS services error headers) in both directions.
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
@@ -8,9 +8,9 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { connect, credsAuthenticator, headers, type NatsConnection, nkeyAuthenticator } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/nats-core"
-import { Schema } from "effect"
+import { Effect, Schema } from "effect"
 import { firstIssue } from "../protocol/schema-errors.ts"
-import { asLeoamError, type ErrorCode, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
+import { type ErrorCode, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
 
 /** Largest request body a public endpoint accepts (the server's max_payload is larger). */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -152,29 +152,6 @@ export const respondError = (msg: Msg & { respondError?: (code: number, descript
   }
 }
 
-/**
- * Wraps an async handler so that every message gets exactly one reply: the handler's
- * value as JSON, or an error reply — also when it throws or rejects.
- */
-export const endpoint =
-  (handler: (body: unknown, msg: Msg) => Promise<unknown>) =>
-  (err: Error | null, msg: Msg): void => {
-    if (err) return
-    let body: unknown
-    try {
-      body = parseBody(msg.data)
-    } catch (e) {
-      respondError(msg, asLeoamError(e))
-      return
-    }
-    handler(body, msg).then(
-      (value) => {
-        if (msg.reply) msg.respond(encodeJson(value))
-      },
-      (e) => respondError(msg, asLeoamError(e)),
-    )
-  }
-
 /** An error reply (services headers + JSON body) as a LeoamError; undefined for a value reply. */
 export const errorOf = (m: Msg): LeoamError | undefined => {
   const code = m.headers?.get("Nats-Service-Error-Code")
@@ -189,17 +166,18 @@ export const errorOf = (m: Msg): LeoamError | undefined => {
   return leoamError(c, body.error?.message ?? m.headers?.get("Nats-Service-Error") ?? "the actor failed")
 }
 
-/** One request to another actor: its JSON value, or its error reply thrown as a LeoamError. */
-export const askActor = async <T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 10_000): Promise<T> => {
-  let reply: Msg
-  try {
-    reply = await nc.request(subject, encodeJson(body), { timeout: timeoutMs })
-  } catch (e) {
-    const message = (e as Error).message ?? String(e)
-    if (/permissions violation/i.test(message)) throw leoamError("permission_denied", `${message}: this NATS user may not use ${subject}`)
-    throw leoamError("actor_unavailable", `no answer on ${subject}: ${message}`)
-  }
-  const failure = errorOf(reply)
-  if (failure) throw failure
-  return reply.json<T>()
-}
+/** One request: the reply message, an error reply as its LeoamError, or no answer as actor_unavailable. */
+export const request = (nc: NatsConnection, subject: string, data: Uint8Array, timeoutMs: number): Effect.Effect<Msg, LeoamError> =>
+  Effect.tryPromise({
+    try: () => nc.request(subject, data, { timeout: timeoutMs }),
+    catch: (e) => {
+      const message = (e as Error)?.message ?? String(e)
+      if (/permissions violation/i.test(message)) return leoamError("permission_denied", `${message}: this NATS user may not use ${subject}`)
+      return leoamError("actor_unavailable", `no answer on ${subject}: ${message}`)
+    },
+  }).pipe(
+    Effect.flatMap((reply) => {
+      const failure = errorOf(reply)
+      return failure ? Effect.fail(failure) : Effect.succeed(reply)
+    }),
+  )

@@ -10,18 +10,20 @@ import { loadTokenizer } from "../models/tokenizer.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { releaseGpu } from "../engine/gpu.ts"
-import type { AdminStatsReply } from "../protocol/admin.ts"
 import { type KvPolicyDocument, parsePolicy, parsePolicyDocument, type ResolvedPolicy } from "../protocol/policy.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
+import { AdminStatsReply } from "../protocol/admin.ts"
+import { leoamError } from "../protocol/errors.ts"
 import { ADMIN_PREFIX, adminSubjects, SERVICE_NAME } from "../protocol/subjects.ts"
 import { accountsConfig, type UsersFile } from "./access.ts"
-import { type ActorName, type RunningActor, type Source, startActor } from "./actor.ts"
+import { type ActorName, type RunningActor, runActor, type Source } from "./actor.ts"
 import { type MetricsServer, startMetricsServer } from "./metrics.ts"
 import { diskStoreActor } from "./disk-store.ts"
 import { gpuExecutor } from "./gpu-executor.ts"
 import { hostCacheActor } from "./host-cache.ts"
-import { askActor, connectNats, type EmbeddedNats, type NatsAuth, startNatsServer } from "./nats.ts"
+import { connectNats, type EmbeddedNats, type NatsAuth, startNatsServer } from "./nats.ts"
+import { askPublic, runRequest } from "./rpc.ts"
 import { scheduler } from "./scheduler.ts"
 
 export const packageVersion = (): string =>
@@ -70,6 +72,12 @@ export interface LeoamNode {
 }
 
 export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
+  if (options.actors.includes("host-cache") && !options.actors.includes("gpu-executor")) {
+    throw leoamError(
+      "invalid_request",
+      "the host-cache actor serves the host arena of the gpu-executor's process (its tiered KV cache uses the arena in memory): run it with the gpu-executor (`leoam serve`), not alone",
+    )
+  }
   let embedded: EmbeddedNats | undefined
   let auth: NatsAuth = { user: options.natsUser, pass: options.natsPass, credsFile: options.natsCreds, nkeySeedFile: options.natsNkey }
   if (!options.natsUrl) {
@@ -94,7 +102,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     }
     if (options.metricsPort !== undefined && options.actors.includes("scheduler")) {
       const conn = nc
-      metrics = await startMetricsServer(options.metricsPort, () => askActor<AdminStatsReply>(conn, adminSubjects.stats, {}, 10_000))
+      metrics = await startMetricsServer(options.metricsPort, () => runRequest(askPublic(conn, adminSubjects.stats, AdminStatsReply, {}, 10_000)))
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
@@ -127,10 +135,11 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
 }
 
 /**
- * The host arena and disk store of this process, shared by its host-cache, disk-store and
- * gpu-executor actors (KV bytes move through them in memory, never over NATS). A
- * gpu-executor alone under a tiered policy gets its own arena and opens the same kv-dir
- * (LMDB allows several processes).
+ * The host arena and disk store of this process. The gpu-executor's tiered KV cache uses
+ * both in memory (KV bytes never travel over NATS), so the arena exists only in the
+ * gpu-executor's process, where the host-cache actor serves its stats. The store is opened
+ * by the gpu-executor's process and by a disk-store actor's process (the same kv-dir; LMDB
+ * allows several processes): in one process they share one handle.
  */
 interface SharedTiers {
   readonly arena?: HostArena
@@ -141,7 +150,7 @@ const openSharedTiers = (o: NodeOptions): SharedTiers => {
   // The gpu-executor always has both: a live policy change may move it to a tiered policy,
   // and the stored policy lives in the kv-dir.
   const executor = o.actors.includes("gpu-executor")
-  const arena = executor || o.actors.includes("host-cache") ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
+  const arena = executor ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
   const store = executor || o.actors.includes("disk-store") ? DiskStore.open({ kvDir: o.kvDir }) : undefined
   return { arena, store }
 }
@@ -180,12 +189,13 @@ const startNamed = async (
   switch (name) {
     case "gpu-executor": {
       const kv = { policy: policy?.resolved ?? parsePolicy("full"), version: policy?.version ?? 0, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store }
-      return startActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv }))
+      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv }))
     }
     case "host-cache":
-      return startActor(nc, hostCacheActor({ budgetBytes: o.hostKvBudget, arena: tiers.arena }))
+      if (!tiers.arena) throw leoamError("invalid_request", "no host arena in this process (it lives with the gpu-executor)")
+      return runActor(nc, hostCacheActor(tiers.arena))
     case "disk-store":
-      return startActor(nc, diskStoreActor({ kvDir: o.kvDir, store: tiers.store }))
+      return runActor(nc, diskStoreActor({ kvDir: o.kvDir, store: tiers.store }))
     case "scheduler": {
       const svc = await new Svcm(nc).add({ name: SERVICE_NAME, version, description: "leoam: long-context LLM inference with a three-tier KV cache" })
       const group = svc.addGroup("leoam.v1")
@@ -200,7 +210,7 @@ const startNamed = async (
       }
       const adminSources = Object.fromEntries(Object.entries(adminSubjects).map(([k, subject]) => [k, adminSource(subject)])) as Record<keyof typeof adminSubjects, Source>
       let self: RunningActor | undefined
-      const actor = await startActor(
+      const actor = await runActor(
         nc,
         scheduler(nc, {
           loadTokenizer: o.model.startsWith("dummy:") ? undefined : () => loadTokenizer(o.model),

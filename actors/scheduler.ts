@@ -5,15 +5,17 @@
 // (cancelling the run early) and replies. It never sees KV bytes.
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { nuid } from "@nats-io/nuid"
+import { Context, Duration, Effect, Layer, Schedule } from "effect"
 import type { Tokenizer } from "../models/tokenizer.ts"
-import { leoamError } from "../protocol/errors.ts"
-import type { ActorStatus, ModelDescription, RunRequest, RunResult } from "../protocol/internal.ts"
+import { type LeoamError, leoamError } from "../protocol/errors.ts"
+import type { ActorStatus, ModelDescription, RunRequest } from "../protocol/internal.ts"
 import { EmptyRequest, GenerateRequest, type GenerateReply, type StreamEvent, TokenizeRequest } from "../protocol/messages.ts"
-import { type adminSubjects, internalSubjects } from "../protocol/subjects.ts"
+import type { adminSubjects } from "../protocol/subjects.ts"
+import { decodeTokenEvent } from "../protocol/token-event.ts"
 import { adminHandlers } from "./admin.ts"
-import { type ActorDefinition, type Source, pingActors } from "./actor.ts"
-import { decodeToken } from "./gpu-executor.ts"
-import { decodeAs, encodeJson, errorOf } from "./nats.ts"
+import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf } from "./actor.ts"
+import { encodeJson } from "./nats.ts"
+import { ask, decodeRequest, publish } from "./rpc.ts"
 import { STREAM_PREFIX } from "./access.ts"
 
 export interface SchedulerOptions {
@@ -42,21 +44,12 @@ export interface SchedulerState {
 
 const DEFAULT_MAX_TOKENS = 256
 
-/** Asks the gpu-executor what it serves, waiting for it to come up. */
-const describeModel = async (nc: NatsConnection, waitMs = 600_000): Promise<ModelDescription> => {
-  const deadline = Date.now() + waitMs
-  for (;;) {
-    try {
-      const m = await nc.request(internalSubjects.executorDescribe, new Uint8Array(0), { timeout: 2000 })
-      const body = m.json<ModelDescription & { error?: unknown }>()
-      if (!body.error) return body
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error("the gpu-executor did not answer within the start-up timeout")
-    await new Promise((r) => setTimeout(r, 250))
-  }
-}
+/** Asks the gpu-executor what it serves, waiting (up to 10 minutes) for it to come up. */
+const describeModel = (nc: NatsConnection): Effect.Effect<ModelDescription> =>
+  ask(nc, "executorDescribe", {}, 2000).pipe(
+    Effect.retry(Schedule.spaced(Duration.millis(250)).pipe(Schedule.upTo(Duration.minutes(10)))),
+    Effect.orDieWith((e) => new Error(`the gpu-executor did not answer within the start-up timeout: ${e.message}`)),
+  )
 
 /** The first occurrence of any stop string, or -1. */
 const firstStop = (text: string, stops: ReadonlyArray<string>): number => {
@@ -85,170 +78,188 @@ const pendingStop = (text: string, stops: ReadonlyArray<string>): number => {
 /** A stream subject must not reach the actors' or the admin subjects (the scheduler publishes with full rights). */
 const streamAllowed = (subject: string) => subject.startsWith(STREAM_PREFIX) || !(subject.startsWith("leoam.") || subject.startsWith("$"))
 
-export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorDefinition<SchedulerState> => {
-  const generateHandler = async (s: SchedulerState, body: unknown, _msg: Msg, receivedAt: number): Promise<GenerateReply> => {
-    const started = performance.now()
-    const req = decodeAs(GenerateRequest, body)
-    if ((req.prompt === undefined) === (req.ids === undefined)) throw leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
-    if (req.model !== undefined && req.model !== s.model.name) throw leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
-    if (req.prompt !== undefined && !s.tokenizer) throw leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``)
-    const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
-    if (req.stream !== undefined && !streamAllowed(req.stream)) {
-      throw leoamError("invalid_request", `stream subject "${req.stream}" is reserved: use _INBOX.*, ${STREAM_PREFIX}* or a subject outside leoam.* and $*`)
-    }
-    if (ids.length === 0) throw leoamError("invalid_request", "the prompt is empty")
-    const bad = ids.find((id) => id >= s.model.vocab_size)
-    if (bad !== undefined) throw leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
-    const room = s.model.context_length - ids.length
-    if (room < 1) throw leoamError("context_overflow", `the prompt has ${ids.length} tokens; the context holds ${s.model.context_length} (prompt plus at least one new token)`)
-    if (req.max_tokens !== undefined && req.max_tokens > room) {
-      throw leoamError("context_overflow", `max_tokens ${req.max_tokens} does not fit: the prompt has ${ids.length} tokens of a ${s.model.context_length}-token context`)
-    }
-    const maxTokens = req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room)
-    const stops = req.stop ?? []
-    const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
-    s.requests++
+export interface SchedulerService {
+  readonly generate: (body: unknown, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
+  readonly tokenize: (body: unknown) => Effect.Effect<unknown, LeoamError>
+  readonly models: (body: unknown) => Effect.Effect<unknown, LeoamError>
+  readonly health: (body: unknown) => Effect.Effect<unknown, LeoamError>
+  /** The admin subjects' handlers (actors/admin.ts), by subject key. */
+  readonly admin: ReturnType<typeof adminHandlers>
+  readonly stats: () => unknown
+}
 
-    const runId = nuid.next()
-    const tokensSubject = `_INBOX.leoam.tokens.${runId}`
-    const decoder = s.tokenizer?.streamDecoder()
-    let text = ""
-    let emitted = 0 // characters of `text` already streamed
-    let cancelled = false
-    const stream = (event: StreamEvent) => {
-      if (req.stream) nc.publish(req.stream, encodeJson(event))
-    }
-    const sub = nc.subscribe(tokensSubject, {
-      callback: (_e, m) => {
-        if (cancelled) return
-        const { index, id } = decodeToken(m.data)
-        const delta = decoder ? decoder.push(id) : ""
+const make = (nc: NatsConnection, options: SchedulerOptions) =>
+  Effect.gen(function* () {
+    const s: SchedulerState = { tokenizer: options.loadTokenizer?.(), model: yield* describeModel(nc), requests: 0, generated: 0 }
+    const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
+
+    /** Validates a generate request against the served model: its ids and token budget. */
+    const admit = Effect.fn("Scheduler.admit")(function* (body: unknown) {
+      const req = yield* decodeRequest(GenerateRequest, body)
+      if ((req.prompt === undefined) === (req.ids === undefined)) return yield* leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
+      if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
+      if (req.prompt !== undefined && !s.tokenizer) return yield* leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``)
+      const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
+      if (req.stream !== undefined && !streamAllowed(req.stream)) {
+        return yield* leoamError("invalid_request", `stream subject "${req.stream}" is reserved: use _INBOX.*, ${STREAM_PREFIX}* or a subject outside leoam.* and $*`)
+      }
+      if (ids.length === 0) return yield* leoamError("invalid_request", "the prompt is empty")
+      const bad = ids.find((id) => id >= s.model.vocab_size)
+      if (bad !== undefined) return yield* leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
+      const room = s.model.context_length - ids.length
+      if (room < 1) return yield* leoamError("context_overflow", `the prompt has ${ids.length} tokens; the context holds ${s.model.context_length} (prompt plus at least one new token)`)
+      if (req.max_tokens !== undefined && req.max_tokens > room) {
+        return yield* leoamError("context_overflow", `max_tokens ${req.max_tokens} does not fit: the prompt has ${ids.length} tokens of a ${s.model.context_length}-token context`)
+      }
+      return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room) }
+    })
+
+    const generate = Effect.fn("Scheduler.generate")(function* (body: unknown, receivedAt: number) {
+      const started = performance.now()
+      const { req, ids, maxTokens } = yield* admit(body)
+      const stops = req.stop ?? []
+      const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
+      s.requests++
+
+      const runId = nuid.next()
+      const tokensSubject = `_INBOX.leoam.tokens.${runId}`
+      const decoder = s.tokenizer?.streamDecoder()
+      let text = ""
+      let emitted = 0 // characters of `text` already streamed
+      let cancelled = false
+      const stream = (event: StreamEvent) => {
+        if (req.stream) nc.publish(req.stream, encodeJson(event))
+      }
+      const onToken = (data: Uint8Array) => {
+        const event = decodeTokenEvent(data)
+        if (cancelled || !event) return
+        const delta = decoder ? decoder.push(event.id) : ""
         text += delta
         // A new match ends inside this delta: search only the tail it can start in.
         if (stops.length > 0 && firstStop(text.slice(Math.max(0, text.length - delta.length - longestStop + 1)), stops) >= 0) {
           cancelled = true
-          nc.publish(internalSubjects.executorCancel, encodeJson({ run_id: runId }))
+          Effect.runFork(publish(nc, "executorCancel", { run_id: runId }))
           return
         }
         // Text that may turn out to be the start of a stop string is held back.
         const safe = text.length - pendingStop(text, stops)
-        stream({ index, id, text: text.slice(emitted, safe), done: false })
+        stream({ index: event.index, id: event.id, text: text.slice(emitted, safe), done: false })
         emitted = Math.max(emitted, safe)
-      },
-    })
-    const run: RunRequest = {
-      run_id: runId,
-      ids,
-      max_tokens: maxTokens,
-      temperature: req.temperature ?? 0,
-      top_p: req.top_p ?? 1,
-      top_k: req.top_k ?? 0,
-      seed: req.seed ?? 0,
-      stop_ids: s.model.eos_ids,
-      tokens: tokensSubject,
-    }
-    let reply: Msg
-    try {
-      reply = await nc.request(internalSubjects.executorRun, encodeJson(run), { timeout: options.runTimeoutMs ?? 30 * 60_000 })
-    } catch (e) {
-      throw leoamError("actor_unavailable", `the gpu-executor did not answer: ${(e as Error).message}`)
-    } finally {
-      sub.unsubscribe()
-    }
-    const failure = errorOf(reply)
-    if (failure) throw failure
-    const result = reply.json<RunResult>()
-    // The reply is the truth: text and stop strings are applied to its ids.
-    let outIds = result.ids
-    const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")
-    let outText = decode(outIds)
-    let finish: "length" | "stop" = result.finish_reason === "length" ? "length" : "stop"
-    const at = stops.length > 0 ? firstStop(outText, stops) : -1
-    if (at >= 0) {
-      // Keep the fewest ids whose text reaches the stop string (decoded length grows with
-      // the ids, so a binary search: O(log n) decodes rather than n).
-      let lo = 1
-      let hi = outIds.length
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1
-        if (decode(outIds.slice(0, mid)).length < at + 1) lo = mid + 1
-        else hi = mid
       }
-      outIds = outIds.slice(0, lo)
-      outText = outText.slice(0, at)
-      finish = "stop"
-    }
-    // The last event carries what was held back (up to a stop string, which is never sent).
-    stream({ index: outIds.length, text: outText.slice(Math.min(emitted, outText.length)), done: true })
-    s.generated += outIds.length
-    return {
-      model: s.model.name,
-      ids: outIds,
-      text: outText,
-      finish_reason: finish,
-      usage: { prompt_tokens: ids.length, completion_tokens: outIds.length },
-      timings: {
-        queue_ms: started - receivedAt,
-        prefill_ms: result.prefill_ms,
-        decode_ms_per_token: result.decode_ms_per_token,
-        total_ms: performance.now() - receivedAt,
-      },
-      ...(result.kv ? { kv: result.kv } : {}),
-    }
-  }
-
-  let current: SchedulerState | undefined
-  const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: current?.requests ?? 0, generated: current?.generated ?? 0 }) })
-  const adminEndpoints = options.adminSources
-    ? (Object.keys(admin) as Array<keyof typeof adminSubjects>).map(
-        (k) => [options.adminSources![k], (_s: SchedulerState, body: unknown, msg: Msg) => admin[k](body, msg)] as const,
+      const run: RunRequest = {
+        run_id: runId,
+        ids,
+        max_tokens: maxTokens,
+        temperature: req.temperature ?? 0,
+        top_p: req.top_p ?? 1,
+        top_k: req.top_k ?? 0,
+        seed: req.seed ?? 0,
+        stop_ids: s.model.eos_ids,
+        tokens: tokensSubject,
+      }
+      // The token subscription lives exactly as long as the run request.
+      const result = yield* Effect.acquireUseRelease(
+        Effect.sync(() => nc.subscribe(tokensSubject, { callback: (_e, m) => onToken(m.data) })),
+        () => ask(nc, "executorRun", run, options.runTimeoutMs ?? 30 * 60_000),
+        (sub) => Effect.sync(() => sub.unsubscribe()),
       )
-    : []
+      // The reply is the truth: text and stop strings are applied to its ids.
+      let outIds = result.ids
+      const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")
+      let outText = decode(outIds)
+      let finish: "length" | "stop" = result.finish_reason === "length" ? "length" : "stop"
+      const at = stops.length > 0 ? firstStop(outText, stops) : -1
+      if (at >= 0) {
+        // Keep the fewest ids whose text reaches the stop string (decoded length grows with
+        // the ids, so a binary search: O(log n) decodes rather than n).
+        let lo = 1
+        let hi = outIds.length
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1
+          if (decode(outIds.slice(0, mid)).length < at + 1) lo = mid + 1
+          else hi = mid
+        }
+        outIds = outIds.slice(0, lo)
+        outText = outText.slice(0, at)
+        finish = "stop"
+      }
+      // The last event carries what was held back (up to a stop string, which is never sent).
+      stream({ index: outIds.length, text: outText.slice(Math.min(emitted, outText.length)), done: true })
+      s.generated += outIds.length
+      const reply: GenerateReply = {
+        model: s.model.name,
+        ids: outIds,
+        text: outText,
+        finish_reason: finish,
+        usage: { prompt_tokens: ids.length, completion_tokens: outIds.length },
+        timings: {
+          queue_ms: started - receivedAt,
+          prefill_ms: result.prefill_ms,
+          decode_ms_per_token: result.decode_ms_per_token,
+          total_ms: performance.now() - receivedAt,
+        },
+        ...(result.kv ? { kv: result.kv } : {}),
+      }
+      return reply
+    })
 
+    const service: SchedulerService = {
+      generate,
+      tokenize: Effect.fn("Scheduler.tokenize")(function* (body: unknown) {
+        const req = yield* decodeRequest(TokenizeRequest, body)
+        if (!s.tokenizer) return yield* leoamError("invalid_request", `${s.model.name} has no tokenizer`)
+        if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
+        const ids = s.tokenizer.encode(req.text)
+        return { model: s.model.name, ids, count: ids.length }
+      }),
+      models: Effect.fn("Scheduler.models")(function* (body: unknown) {
+        yield* decodeRequest(EmptyRequest, body)
+        const m = s.model
+        return {
+          models: [{ name: m.name, default: true, context_length: m.context_length, vocab_size: m.vocab_size, layers: m.layers, hidden_size: m.hidden_size, heads: m.heads, kv_heads: m.kv_heads }],
+        }
+      }),
+      health: Effect.fn("Scheduler.health")(function* (body: unknown) {
+        yield* decodeRequest(EmptyRequest, body)
+        const actors = yield* Effect.promise(() => pingActors(nc))
+        const load = options.load()
+        return {
+          status: options.draining() ? "draining" : "ok",
+          version: options.version,
+          device: s.model.device,
+          actors: actors.map((a: ActorStatus) => ({ name: a.name, status: a.status, restarts: a.restarts })),
+          queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
+        }
+      }),
+      admin,
+      stats: () => ({ requests: s.requests, generated_tokens: s.generated, queue: options.load() }),
+    }
+    return service
+  })
+
+export class Scheduler extends Context.Tag("leoam/actors/Scheduler")<Scheduler, SchedulerService>() {
+  /** Loads the tokenizer and waits for the gpu-executor's description of the model. */
+  static readonly layer = (nc: NatsConnection, options: SchedulerOptions) => Layer.effect(Scheduler, make(nc, options))
+}
+
+export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorDefinition<SchedulerService> => {
+  const adminEndpoints: Array<Endpoint<SchedulerService>> = options.adminSources
+    ? (Object.keys(options.adminSources) as Array<keyof typeof adminSubjects>).map((k) => ({
+        source: options.adminSources![k],
+        handler: (s: SchedulerService, body: unknown, msg: Msg) => s.admin[k](body, msg),
+      }))
+    : []
   return {
     name: "scheduler",
     mailbox: options.queueCapacity,
-    start: async () => (current = { tokenizer: options.loadTokenizer?.(), model: await describeModel(nc), requests: 0, generated: 0 }),
-    stats: (s) => ({ requests: s.requests, generated_tokens: s.generated, queue: options.load() }),
-    handlers: [[options.sources.generate, generateHandler]],
+    service: serviceOf(Scheduler, Scheduler.layer(nc, options)),
+    stats: (s) => s.stats(),
+    handlers: [{ source: options.sources.generate, handler: (s, body, _msg, receivedAt) => s.generate(body, receivedAt) }],
     immediate: [
       ...adminEndpoints,
-      [
-        options.sources.tokenize,
-        async (s, body) => {
-          const req = decodeAs(TokenizeRequest, body)
-          if (!s.tokenizer) throw leoamError("invalid_request", `${s.model.name} has no tokenizer`)
-          if (req.model !== undefined && req.model !== s.model.name) throw leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
-          const ids = s.tokenizer.encode(req.text)
-          return { model: s.model.name, ids, count: ids.length }
-        },
-      ],
-      [
-        options.sources.models,
-        async (s, body) => {
-          decodeAs(EmptyRequest, body)
-          const m = s.model
-          return {
-            models: [{ name: m.name, default: true, context_length: m.context_length, vocab_size: m.vocab_size, layers: m.layers, hidden_size: m.hidden_size, heads: m.heads, kv_heads: m.kv_heads }],
-          }
-        },
-      ],
-      [
-        options.sources.health,
-        async (s, body) => {
-          decodeAs(EmptyRequest, body)
-          const actors = await pingActors(nc)
-          const load = options.load()
-          return {
-            status: options.draining() ? "draining" : "ok",
-            version: options.version,
-            device: s.model.device,
-            actors: actors.map((a: ActorStatus) => ({ name: a.name, status: a.status, restarts: a.restarts })),
-            queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
-          }
-        },
-      ],
+      { source: options.sources.tokenize, handler: (s, body) => s.tokenize(body) },
+      { source: options.sources.models, handler: (s, body) => s.models(body) },
+      { source: options.sources.health, handler: (s, body) => s.health(body) },
     ],
   }
 }
-

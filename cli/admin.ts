@@ -3,9 +3,10 @@
 // Error replies become `leoam: error [code]: message` (exit 2 for bad input, 1 otherwise).
 import { readFileSync } from "node:fs"
 import type { NatsConnection } from "@nats-io/nats-core"
-import type { PolicyRecord } from "../kv/records.ts"
-import { askActor, connectNats, type NatsAuth } from "../actors/nats.ts"
-import type { AdminStatsReply } from "../protocol/admin.ts"
+import type { Schema } from "effect"
+import { connectNats, type NatsAuth } from "../actors/nats.ts"
+import { askPublic, runRequest } from "../actors/rpc.ts"
+import { adminReplies, type AdminStatsReply } from "../protocol/admin.ts"
 import { policyNames } from "../protocol/policy.ts"
 import { adminSubjects } from "../protocol/subjects.ts"
 import { CliError } from "./errors.ts"
@@ -29,7 +30,13 @@ const withNats = async <T>(c: AdminConnection, f: (nc: NatsConnection) => Promis
   }
 }
 
-const ask = <T>(c: AdminConnection, subject: string, body: unknown) => withNats(c, (nc) => askActor<T>(nc, subject, body, c.timeoutMs))
+type AdminKey = keyof typeof adminReplies
+
+/** One admin request, its reply decoded by the subject's schema (error replies reject with their LeoamError). */
+const askOn = <K extends AdminKey>(nc: NatsConnection, c: AdminConnection, key: K, body: unknown) =>
+  runRequest(askPublic(nc, adminSubjects[key], adminReplies[key] as unknown as Schema.Schema<(typeof adminReplies)[K]["Type"], unknown>, body, c.timeoutMs))
+
+const ask = <K extends AdminKey>(c: AdminConnection, key: K, body: unknown) => withNats(c, (nc) => askOn(nc, c, key, body))
 
 const print = (json: boolean, value: unknown, human: () => string) => process.stdout.write((json ? JSON.stringify(value, null, 2) : human()) + "\n")
 
@@ -55,12 +62,12 @@ const policyArgument = (spec: string): unknown => {
 }
 
 export const adminPolicySet = async (c: AdminConnection, spec: string, o: { reason?: string; json: boolean }) => {
-  const r = await ask<PolicyRecord & { resolved: View; applies: string }>(c, adminSubjects.policySet, { policy: policyArgument(spec), ...(o.reason ? { reason: o.reason } : {}) })
+  const r = await ask(c, "policySet", { policy: policyArgument(spec), ...(o.reason ? { reason: o.reason } : {}) })
   print(o.json, r, () => `policy v${r.version} set by ${r.user}: ${describe(r.resolved)}; applies at the ${r.applies === "next_step" ? "next decode step" : "next request (a new KV cache)"}`)
 }
 
 export const adminPolicyGet = async (c: AdminConnection, o: { json: boolean }) => {
-  const r = await ask<PolicyRecord & { resolved: View; executor: { active_version: number; pending_version: number | null } }>(c, adminSubjects.policyGet, {})
+  const r = await ask(c, "policyGet", {})
   print(o.json, r, () => {
     const runs = r.executor.pending_version !== null ? `; the gpu-executor runs v${r.executor.active_version}, v${r.executor.pending_version} pending` : ""
     return `policy v${r.version}, set ${r.at} by ${r.user}${runs}\n  ${describe(r.resolved)}`
@@ -68,7 +75,7 @@ export const adminPolicyGet = async (c: AdminConnection, o: { json: boolean }) =
 }
 
 export const adminPolicyHistory = async (c: AdminConnection, o: { limit?: number; json: boolean }) => {
-  const r = await ask<{ history: PolicyRecord[] }>(c, adminSubjects.policyHistory, o.limit !== undefined ? { limit: o.limit } : {})
+  const r = await ask(c, "policyHistory", o.limit !== undefined ? { limit: o.limit } : {})
   print(o.json, r, () =>
     r.history
       .map((h) => `v${h.version}  ${h.at}  ${h.user}${h.account ? `@${h.account}` : ""}  ${JSON.stringify(h.policy)}${h.applies ? `  (${h.applies.replace("_", " ")})` : ""}${h.reason ? `  "${h.reason}"` : ""}`)
@@ -77,7 +84,7 @@ export const adminPolicyHistory = async (c: AdminConnection, o: { limit?: number
 }
 
 export const adminPolicyList = async (c: AdminConnection, o: { json: boolean }) => {
-  const r = await ask<{ policies: Array<{ name: string; description: string; defaults: View }>; eviction: string[] }>(c, adminSubjects.policyList, {})
+  const r = await ask(c, "policyList", {})
   print(o.json, r, () => [...r.policies.map((p) => `${p.name}: ${p.description}\n  defaults: ${describe(p.defaults)}`), `eviction: ${r.eviction.join(", ")}`].join("\n"))
 }
 
@@ -108,7 +115,7 @@ export const formatStats = (s: AdminStatsReply): string => {
 
 export const runStats = async (c: AdminConnection, o: { watch: boolean; intervalMs: number; json: boolean }) => {
   if (!o.watch) {
-    const s = await ask<AdminStatsReply>(c, adminSubjects.stats, {})
+    const s = await ask(c, "stats", {})
     print(o.json, s, () => formatStats(s))
     return
   }
@@ -120,7 +127,7 @@ export const runStats = async (c: AdminConnection, o: { watch: boolean; interval
     process.once("SIGTERM", onSignal)
     try {
       while (!stop) {
-        const s = await askActor<AdminStatsReply>(nc, adminSubjects.stats, {}, c.timeoutMs)
+        const s = await askOn(nc, c, "stats", {})
         // On a terminal the view redraws in place; piped, one block (or JSON line) per interval.
         if (tty) process.stdout.write(`\x1b[H\x1b[2J${formatStats(s)}\n(every ${o.intervalMs / 1000} s; Ctrl-C stops)\n`)
         else process.stdout.write((o.json ? JSON.stringify(s) : formatStats(s) + "\n") + "\n")

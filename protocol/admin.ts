@@ -101,3 +101,12 @@ export const AdminStatsReply = Schema.Struct({
   prefill: Schema.Struct({ tokens: Schema.Int, ms: Schema.Number }),
 }).annotations({ identifier: "AdminStatsReply" })
 export type AdminStatsReply = typeof AdminStatsReply.Type
+
+/** The reply schema of every admin subject (protocol/subjects.ts adminSubjects), by the same key. */
+export const adminReplies = {
+  policyGet: PolicyGetReply,
+  policySet: PolicySetReply,
+  policyList: PolicyListReply,
+  policyHistory: PolicyHistoryReply,
+  stats: AdminStatsReply,
+} as const

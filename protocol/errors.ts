@@ -1,7 +1,8 @@
 // The stable error codes of every reply, and the one error type that carries them. An
 // error reply has the JSON body {"error": {"code", "message"}} and the NATS services
 // headers Nats-Service-Error-Code (a numeric class below) and Nats-Service-Error
-// ("code: message").
+// ("code: message"). Every code has a status; the actors answer a code only for a
+// LeoamError (library errors are mapped to one by actors/errors.ts), never by duck typing.
 import { Schema } from "effect"
 
 export const errorStatus = {
@@ -39,15 +40,3 @@ export class LeoamError extends Schema.TaggedError<LeoamError>()("LeoamError", {
 }) {}
 
 export const leoamError = (code: ErrorCode, message: string) => new LeoamError({ code, message })
-
-/** Any thrown or failed value as a LeoamError (engine errors carry their own codes). */
-export const asLeoamError = (e: unknown): LeoamError => {
-  if (e instanceof LeoamError) return e
-  const code = (e as { code?: unknown })?.code
-  const message = (e as { message?: unknown })?.message
-  if (typeof code === "string" && code in errorStatus) return leoamError(code as ErrorCode, String(message ?? code))
-  if (typeof code === "string" && /^(config|tensor|shard|safetensors|tokenizer|unsupported)/.test(code)) {
-    return leoamError("unknown_model", String(message ?? code))
-  }
-  return leoamError("internal", e instanceof Error ? e.message : String(e))
-}

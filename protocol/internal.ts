@@ -1,6 +1,17 @@
-// Messages between the actors (control plane only: ids and numbers, never KV bytes).
+// Messages between the actors (control plane only: ids and numbers, never KV bytes), and
+// `internalRpc`, the one table of every internal subject with its request and reply
+// schema. Both sides go through it: the asking side encodes the request and decodes the
+// reply by these schemas, the serving side decodes the request and encodes the reply.
+// The per-token event is binary and lives in token-event.ts.
 import { Schema } from "effect"
+import { Applies, PolicyHistoryRequest, PolicyVersion } from "./admin.ts"
 import { KvStats, modelShapeFields } from "./messages.ts"
+import { KvPolicyDocument, ResolvedPolicyFromWire } from "./policy.ts"
+import { internalSubjects } from "./subjects.ts"
+
+const strict = { parseOptions: { onExcessProperty: "error" } } as const
+
+export const Empty = Schema.Struct({}).annotations(strict)
 
 /** scheduler -> gpu-executor: one run = prefill + up to max_tokens decode steps. */
 export const RunRequest = Schema.Struct({
@@ -12,13 +23,10 @@ export const RunRequest = Schema.Struct({
   top_k: Schema.Int,
   seed: Schema.Int,
   stop_ids: Schema.Array(Schema.Int),
-  /** Subject that receives one TokenEvent per decode step (at most one message a step). */
+  /** Subject that receives one 8-byte token event per decode step (token-event.ts). */
   tokens: Schema.String,
-})
+}).annotations(strict)
 export type RunRequest = typeof RunRequest.Type
-
-export const TokenEvent = Schema.Struct({ run_id: Schema.String, index: Schema.Int, id: Schema.Int })
-export type TokenEvent = typeof TokenEvent.Type
 
 export const RunResult = Schema.Struct({
   run_id: Schema.String,
@@ -31,7 +39,9 @@ export const RunResult = Schema.Struct({
 })
 export type RunResult = typeof RunResult.Type
 
-export const CancelRequest = Schema.Struct({ run_id: Schema.String })
+export const CancelRequest = Schema.Struct({ run_id: Schema.String }).annotations(strict)
+
+export const Ok = Schema.Struct({ ok: Schema.Literal(true) })
 
 export const ActorStatus = Schema.Struct({
   name: Schema.String,
@@ -50,18 +60,124 @@ export const ModelDescription = Schema.Struct({
 })
 export type ModelDescription = typeof ModelDescription.Type
 
-/** -> gpu-executor: would this policy document fit (and apply at the next step or request)? */
-export const PolicyCheck = Schema.Struct({ policy: Schema.Unknown })
+/** -> gpu-executor: would this resolved policy fit (and apply at the next step or request)? */
+export const PolicyCheck = Schema.Struct({ resolved: ResolvedPolicyFromWire }).annotations(strict)
 
-/** Broadcast to every actor: a new accepted policy version. */
-export const PolicyChanged = Schema.Struct({ version: Schema.Int.pipe(Schema.positive()), policy: Schema.Unknown })
+/**
+ * Broadcast: a new accepted policy version, resolved once by the admin (every parameter
+ * filled in). Only the gpu-executor acts on it; it alone decides when each tier switches.
+ */
+export const PolicyChanged = Schema.Struct({ version: Schema.Int.pipe(Schema.positive()), resolved: ResolvedPolicyFromWire }).annotations(strict)
 export type PolicyChanged = typeof PolicyChanged.Type
+
+/** The executor's answer to a broadcast: the version it now runs or holds as pending. */
+export const PolicyAck = Schema.Struct({ ok: Schema.Literal(true), version: Schema.Int })
 
 /** -> disk-store: store an accepted policy as the next version. */
 export const PolicyPut = Schema.Struct({
-  policy: Schema.Unknown,
+  policy: KvPolicyDocument,
   user: Schema.String,
   account: Schema.optional(Schema.String),
-  applies: Schema.optional(Schema.Literal("next_step", "next_request")),
+  applies: Schema.optional(Applies),
   reason: Schema.optional(Schema.String),
+}).annotations(strict)
+
+export const PolicyHistory = Schema.Struct({ history: Schema.Array(PolicyVersion) })
+
+const counters = <F extends Schema.Struct.Fields>(fields: F) => Schema.Struct(fields)
+
+/** The gpu-executor's totals since it started (admin stats). */
+export const ExecutorTotals = Schema.Struct({
+  kv: Schema.Struct({
+    gpu: counters({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number }),
+    host: counters({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    disk: counters({ hits: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    steps: Schema.Number,
+    chunks_sealed: Schema.Number,
+  }),
+  decodeSteps: Schema.Number,
+  decodeMs: Schema.Number,
+  kvMs: counters({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
+  prefillTokens: Schema.Number,
+  prefillMs: Schema.Number,
 })
+
+export const ExecutorStats = Schema.Struct({
+  policy: Schema.Struct({ name: Schema.String, active_version: Schema.Int, pending_version: Schema.NullOr(Schema.Int) }),
+  gpu: Schema.Struct({ budget_bytes: Schema.NullOr(Schema.Number), resident_bytes: Schema.Number }),
+  host: Schema.optional(Schema.Struct({ budget_bytes: Schema.Number, resident_bytes: Schema.Number })),
+  runs: Schema.Int,
+  tokens: Schema.Int,
+  current_run: Schema.NullOr(Schema.String),
+  totals: ExecutorTotals,
+})
+export type ExecutorStats = typeof ExecutorStats.Type
+
+/** The host arena's counters (kv/host-arena.ts HostArenaStats), and the process that holds it. */
+export const HostCacheStats = Schema.Struct({
+  pid: Schema.Int,
+  budgetBytes: Schema.Number,
+  residentBytes: Schema.Number,
+  entries: Schema.Number,
+  pinned: Schema.Number,
+  hits: Schema.Number,
+  misses: Schema.Number,
+  bytesIn: Schema.Number,
+  bytesOut: Schema.Number,
+  evictions: Schema.Number,
+  evictedBytes: Schema.Number,
+  compactions: Schema.Number,
+  movedBytes: Schema.Number,
+})
+export type HostCacheStats = typeof HostCacheStats.Type
+
+/** The disk store's counters (kv/disk-store.ts DiskStoreStats), and the process that answers. */
+export const DiskStats = Schema.Struct({
+  pid: Schema.Int,
+  kv_dir: Schema.String,
+  bytesWritten: Schema.Number,
+  bytesRead: Schema.Number,
+  chunkWrites: Schema.Number,
+  chunkReads: Schema.Number,
+  corruptReads: Schema.Number,
+  chunkCount: Schema.Number,
+  abstractCount: Schema.Number,
+  sessionCount: Schema.Number,
+  fileBytes: Schema.Number,
+  crc32Native: Schema.Boolean,
+})
+export type DiskStats = typeof DiskStats.Type
+
+/** One internal subject: where it goes, what it takes, what it answers. */
+export interface Rpc<Req extends Schema.Schema.AnyNoContext, Rep extends Schema.Schema.AnyNoContext> {
+  readonly subject: string
+  readonly request: Req
+  readonly reply: Rep
+}
+
+const rpc = <Req extends Schema.Schema.AnyNoContext, Rep extends Schema.Schema.AnyNoContext>(subject: string, request: Req, reply: Rep): Rpc<Req, Rep> => ({
+  subject,
+  request,
+  reply,
+})
+
+/** Every internal subject (protocol/subjects.ts internalSubjects), by the same key. */
+export const internalRpc = {
+  executorRun: rpc(internalSubjects.executorRun, RunRequest, RunResult),
+  executorCancel: rpc(internalSubjects.executorCancel, CancelRequest, Ok),
+  executorDescribe: rpc(internalSubjects.executorDescribe, Empty, ModelDescription),
+  executorPolicyCheck: rpc(internalSubjects.executorPolicyCheck, PolicyCheck, Schema.Struct({ applies: Applies })),
+  executorStats: rpc(internalSubjects.executorStats, Empty, ExecutorStats),
+  hostCacheStats: rpc(internalSubjects.hostCacheStats, Empty, HostCacheStats),
+  diskStats: rpc(internalSubjects.diskStats, Empty, DiskStats),
+  diskPolicyPut: rpc(internalSubjects.diskPolicyPut, PolicyPut, PolicyVersion),
+  diskPolicyGet: rpc(internalSubjects.diskPolicyGet, Empty, PolicyVersion),
+  diskPolicyHistory: rpc(internalSubjects.diskPolicyHistory, PolicyHistoryRequest, PolicyHistory),
+  policyChanged: rpc(internalSubjects.policyChanged, PolicyChanged, PolicyAck),
+  ping: rpc(internalSubjects.ping, Empty, ActorStatus),
+} as const satisfies Record<keyof typeof internalSubjects, Rpc<Schema.Schema.AnyNoContext, Schema.Schema.AnyNoContext>>
+
+export type InternalRpc = typeof internalRpc
+export type RpcKey = keyof InternalRpc
+export type RequestOf<K extends RpcKey> = Schema.Schema.Type<InternalRpc[K]["request"]>
+export type ReplyOf<K extends RpcKey> = Schema.Schema.Type<InternalRpc[K]["reply"]>

@@ -121,6 +121,41 @@ export const policyView = (p: ResolvedPolicy) => ({
   eviction: p.eviction,
 })
 
+/** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
+export const ResolvedPolicyWire = Schema.Struct({
+  name: Schema.Literal(...policyNames),
+  chunk_tokens: Schema.Int.pipe(Schema.positive()),
+  budget_tokens: Schema.NullOr(Schema.Int),
+  budget_fraction: Schema.NullOr(Schema.Number),
+  sink_tokens: Schema.Int,
+  recent_tokens: Schema.Int,
+  eviction: Schema.Literal(...evictionNames),
+})
+
+const ResolvedPolicyType = Schema.Struct({
+  name: Schema.Literal(...policyNames),
+  chunkTokens: Schema.Number,
+  budgetTokens: Schema.UndefinedOr(Schema.Number),
+  budgetFraction: Schema.UndefinedOr(Schema.Number),
+  sinkTokens: Schema.Number,
+  recentTokens: Schema.Number,
+  eviction: Schema.Literal(...evictionNames),
+})
+
+export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
+  strict: true,
+  decode: (w) => ({
+    name: w.name,
+    chunkTokens: w.chunk_tokens,
+    budgetTokens: w.budget_tokens ?? undefined,
+    budgetFraction: w.budget_fraction ?? undefined,
+    sinkTokens: w.sink_tokens,
+    recentTokens: w.recent_tokens,
+    eviction: w.eviction,
+  }),
+  encode: (p) => policyView(p),
+})
+
 const descriptions: Record<PolicyName, string> = {
   full: "all KV on the GPU, exact attention (the quality reference)",
   "offload-all": "KV on host and disk; every step fetches all of it to the GPU (FlexGen-style, exact)",

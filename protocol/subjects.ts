@@ -21,7 +21,7 @@ export const adminSubjects = {
 
 export const ADMIN_PREFIX = "leoam.v1.admin."
 
-/** Internal control plane between the actors (never KV bytes). */
+/** Internal control plane between the actors (never KV bytes); request and reply schemas: protocol/internal.ts internalRpc. */
 export const internalSubjects = {
   /** scheduler -> gpu-executor: prefill a prompt and decode up to n tokens (one message per run). */
   executorRun: "leoam.int.v1.gpu-executor.run",
@@ -29,12 +29,10 @@ export const internalSubjects = {
   executorCancel: "leoam.int.v1.gpu-executor.cancel",
   /** -> gpu-executor: the model it serves (ModelDescription). */
   executorDescribe: "leoam.int.v1.gpu-executor.describe",
+  /** -> host-cache: the host arena's counters (served by the process that holds the arena). */
   hostCacheStats: "leoam.int.v1.host-cache.stats",
-  hostCachePut: "leoam.int.v1.host-cache.put",
-  hostCacheGet: "leoam.int.v1.host-cache.get",
+  /** -> disk-store: the disk store's counters. */
   diskStats: "leoam.int.v1.disk-store.stats",
-  diskPutSession: "leoam.int.v1.disk-store.session.put",
-  diskGetSession: "leoam.int.v1.disk-store.session.get",
   /** -> gpu-executor: would this policy fit, and would it apply at the next step or request? */
   executorPolicyCheck: "leoam.int.v1.gpu-executor.policy.check",
   /** -> gpu-executor: its totals and the policy version it runs (admin stats). */
@@ -44,7 +42,7 @@ export const internalSubjects = {
   /** -> disk-store: the latest stored policy version. */
   diskPolicyGet: "leoam.int.v1.disk-store.policy.get",
   diskPolicyHistory: "leoam.int.v1.disk-store.policy.history",
-  /** Broadcast (no queue group): a new policy version; every actor switches at its next step boundary. */
+  /** Broadcast (no queue group): a new resolved policy version; the gpu-executor decides when each tier switches. */
   policyChanged: "leoam.int.v1.policy.changed",
   /** Every actor answers here with its name and generation (restart count). */
   ping: "leoam.int.v1.ping",

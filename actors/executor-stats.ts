@@ -1,0 +1,78 @@
+// The gpu-executor's totals since it started and its admin-stats view (the reply schema is
+// protocol/internal.ts ExecutorStats). Only the gpu-executor's run handler adds to totals.
+import type { KvStats } from "../protocol/messages.ts"
+import type { ExecutorStats } from "../protocol/internal.ts"
+
+/** Totals over runs of the per-request KV counters. */
+export interface KvTotals {
+  gpu: { hits: number; misses: number; bytes_read: number }
+  host: { hits: number; misses: number; bytes_read: number; bytes_written: number }
+  disk: { hits: number; bytes_read: number; bytes_written: number }
+  steps: number
+  chunks_sealed: number
+}
+
+/** Everything the executor has done since it started (admin stats). */
+export interface ExecutorTotals {
+  readonly kv: KvTotals
+  /** Decode steps and their wall time; the tiered cache's share of it by phase. */
+  decodeSteps: number
+  decodeMs: number
+  readonly kvMs: { select: number; transfer: number; seal: number; attention: number }
+  prefillTokens: number
+  prefillMs: number
+}
+
+export const emptyTotals = (): ExecutorTotals => ({
+  kv: {
+    gpu: { hits: 0, misses: 0, bytes_read: 0 },
+    host: { hits: 0, misses: 0, bytes_read: 0, bytes_written: 0 },
+    disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
+    steps: 0,
+    chunks_sealed: 0,
+  },
+  decodeSteps: 0,
+  decodeMs: 0,
+  kvMs: { select: 0, transfer: 0, seal: 0, attention: 0 },
+  prefillTokens: 0,
+  prefillMs: 0,
+})
+
+/** Adds a request's KV counters; phase times only from `atDecode` on (decode steps, not prefill). */
+export const addKv = (t: ExecutorTotals, kv: KvStats, atDecode: KvStats["time_ms"] | undefined): void => {
+  for (const tier of ["gpu", "host", "disk"] as const) {
+    const into = t.kv[tier] as Record<string, number>
+    const from = kv[tier] as Record<string, number>
+    for (const k of Object.keys(into)) into[k] += from[k] ?? 0
+  }
+  t.kv.steps += kv.steps
+  t.kv.chunks_sealed += kv.chunks_sealed
+  for (const k of Object.keys(t.kvMs) as Array<keyof ExecutorTotals["kvMs"]>) t.kvMs[k] += kv.time_ms[k] - (atDecode?.[k] ?? kv.time_ms[k])
+}
+
+/** What the admin stats need of the executor's state. */
+export interface StatsSource {
+  readonly policy: { readonly name: string; readonly active: number; readonly pending: number | undefined }
+  readonly tiers: KvStats | undefined
+  /** GPU bytes of KV when not tiered (all of it on the GPU). */
+  readonly gpuResidentBytes: number
+  readonly gpuBudgetBytes: number | undefined
+  readonly runs: number
+  readonly tokens: number
+  readonly current: string | undefined
+  readonly totals: ExecutorTotals
+}
+
+/** The executor's view for admin stats: residency and budgets, totals, the policy versions. */
+export const executorStats = (s: StatsSource): ExecutorStats => {
+  const kv = s.tiers
+  return {
+    policy: { name: s.policy.name, active_version: s.policy.active, pending_version: s.policy.pending ?? null },
+    gpu: kv ? { budget_bytes: kv.gpu.budget_bytes, resident_bytes: kv.gpu.resident_bytes } : { budget_bytes: s.gpuBudgetBytes ?? null, resident_bytes: s.gpuResidentBytes },
+    ...(kv ? { host: { budget_bytes: kv.host.budget_bytes, resident_bytes: kv.host.resident_bytes } } : {}),
+    runs: s.runs,
+    tokens: s.tokens,
+    current_run: s.current ?? null,
+    totals: s.totals,
+  }
+}
