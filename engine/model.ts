@@ -361,7 +361,7 @@ export class GpuModel {
     this.kv.reset()
   }
 
-  /** Waits for work a step left in flight (tiered cache: sealed chunks reaching host and disk, timings). */
+  /** Waits for work a step left in flight (the KV manager's: chunks on their way to host and disk, timings). */
   settle(): Promise<void> {
     return this.kv.settle()
   }
@@ -379,14 +379,14 @@ export class GpuModel {
     return this.kv.stats()
   }
 
-  /** The tiered cache's KV statistics since the last reset (undefined: no host and disk tiers). */
+  /** The KV tiers' statistics since the last reset (undefined: a manager without host and disk tiers). */
   tierStats(): TierStats | undefined {
     return this.kv.stats().tiers
   }
 
   /**
-   * A live policy change that keeps the KV manager and its layout: the new selection (and,
-   * tiered, eviction) takes effect at the next decode step. Returns false when the change
+   * A live policy change that keeps the KV manager and its layout: the new selection (and
+   * eviction) takes effect at the next decode step. Returns false when the change
    * needs a new KV cache (another manager or chunk size: see withKv); throws KvBudgetError
    * when the new sink and recent windows do not fit the GPU cache. `dryRun` only checks.
    */
