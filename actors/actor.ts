@@ -7,9 +7,9 @@
 // backoff), and the mailbox goes on. Only this module changes the running service.
 // Draining refuses new messages with `shutting_down` and waits (bounded) for the mailbox.
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Schedule, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Schedule, Schema, Scope } from "effect"
 import { LeoamError, leoamError } from "../protocol/errors.ts"
-import { type ActorStatus, internalRpc } from "../protocol/internal.ts"
+import { ActorStatus, internalRpc } from "../protocol/internal.ts"
 import { encodeJson, parseBody, respondError } from "./nats.ts"
 
 export type ActorName = "scheduler" | "gpu-executor" | "host-cache" | "disk-store"
@@ -242,11 +242,9 @@ export const pingActors = async (nc: NatsConnection, waitMs = 250): Promise<Acto
   const replies = await nc.requestMany(internalRpc.ping.subject, new Uint8Array(0), { maxWait: waitMs }).catch(() => undefined)
   if (!replies) return out
   for await (const m of replies) {
-    try {
-      out.push(m.json<ActorStatus>())
-    } catch {
-      // a malformed ping reply is not an actor
-    }
+    // A reply that is not JSON or not an ActorStatus is not an actor.
+    const status = Effect.runSync(Effect.option(Effect.try(() => m.json<unknown>()).pipe(Effect.flatMap(Schema.decodeUnknown(ActorStatus)))))
+    if (status._tag === "Some") out.push(status.value)
   }
   return out
 }

@@ -156,12 +156,15 @@ nodeOptions(
 nodeOptions(
   program
     .command("actor")
-    .argument("<name>", "scheduler | gpu-executor | host-cache | disk-store")
-    .description("Run one actor alone against an existing NATS server (the others run elsewhere on the same bus)."),
+    .argument("<name>", "scheduler | gpu-executor | disk-store (host-cache runs with gpu-executor)")
+    .description(
+      "Run one actor alone against an existing NATS server (the others run elsewhere on the same bus). The host arena lives in the gpu-executor's process, so `actor gpu-executor` runs the host-cache actor beside it and `actor host-cache` alone is refused.",
+    ),
   false,
 ).action(async (name, o, cmd) => {
   if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
-  await runServe(serveArgs(o, [parseActorName(name)], cmd))
+  const actor = parseActorName(name)
+  await runServe(serveArgs(o, actor === "gpu-executor" ? ["gpu-executor", "host-cache"] : [actor], cmd))
 })
 
 /** Connection options of the admin and stats commands. */

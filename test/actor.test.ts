@@ -4,10 +4,11 @@
 // again; a LeoamError or a mapped condition is only an error reply; an immediate handler's
 // crash restarts too; the mailbox bound gives busy; draining finishes what was admitted and
 // refuses the rest with shutting_down.
-import { expect, layer } from "@effect/vitest"
+import { expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { type ActorDefinition, pingActors, type RunningActor, serviceOf, startActor } from "../actors/actor.ts"
 import { attempt } from "../actors/errors.ts"
+import { startNode } from "../actors/node.ts"
 import { hostCacheError } from "../kv/host-errors.ts"
 import { leoamError, type LeoamError } from "../protocol/errors.ts"
 import { call, NatsTest } from "./support/nats-layer.ts"
@@ -157,4 +158,10 @@ layer(NatsTest.layer, { excludeTestServices: true })("actor runtime", (it) => {
       expect(replies.some((r) => r.error?.code === "shutting_down")).toBe(true)
     }),
   )
+})
+
+it("refuses a host-cache actor without the gpu-executor in its process (the arena lives there)", async () => {
+  const error = await startNode({ actors: ["host-cache"], model: "dummy:tiny", kvDir: "/nonexistent", hostKvBudget: 1 << 20, natsUrl: "nats://127.0.0.1:1" }).catch((e) => e)
+  expect(error).toMatchObject({ code: "invalid_request" })
+  expect(String(error.message)).toContain("gpu-executor")
 })

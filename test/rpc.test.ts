@@ -2,9 +2,9 @@
 // the resolved policy's wire form; the disk-store actor (a real LMDB in a temporary dir)
 // served and asked through the table over a real nats-server, with requests its schema
 // refuses and a reply the asking side cannot decode; the boundary's error table.
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join, relative, resolve } from "node:path"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Exit, Schema } from "effect"
 import { runActor } from "../actors/actor.ts"
@@ -43,6 +43,32 @@ describe("the internal RPC table", () => {
       expect(Object.keys(wire.resolved).sort()).toEqual(["budget_fraction", "budget_tokens", "chunk_tokens", "eviction", "name", "recent_tokens", "sink_tokens"])
       expect(Schema.decodeUnknownSync(PolicyChanged)(wire)).toEqual({ version: 3, resolved })
     }
+  })
+})
+
+/** Every project file a module imports, directly or not (relative imports), and the packages they name. */
+const importGraph = (entry: string) => {
+  const files = new Set<string>()
+  const packages = new Set<string>()
+  const visit = (file: string) => {
+    if (files.has(file)) return
+    files.add(file)
+    for (const m of readFileSync(file, "utf8").matchAll(/(?:^|\n)\s*(?:import|export)\b[^"'`;]*?from\s*["']([^"']+)["']/g)) {
+      if (m[0].includes("import type") || m[0].includes("export type")) continue
+      if (m[1].startsWith(".")) visit(resolve(dirname(file), m[1]))
+      else packages.add(m[1])
+    }
+  }
+  visit(resolve(import.meta.dirname, entry))
+  return { files: [...files].map((f) => relative(resolve(import.meta.dirname, ".."), f)), packages: [...packages] }
+}
+
+describe("the scheduler's imports", () => {
+  it("load neither the engine nor Dawn (the token codec is in protocol/)", () => {
+    const { files, packages } = importGraph("../actors/scheduler.ts")
+    expect(files.filter((f) => f.startsWith("engine/"))).toEqual([])
+    expect(packages).not.toContain("webgpu")
+    expect(files).toContain("protocol/token-event.ts")
   })
 })
 
