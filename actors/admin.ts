@@ -12,7 +12,7 @@ import { ask, decodeRequest, publish } from "./rpc.ts"
 import { type AdminStatsReply, PolicyHistoryRequest, PolicySetRequest } from "../protocol/admin.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import { EmptyRequest } from "../protocol/messages.ts"
-import { evictionNames, KvPolicyDocument, parsePolicy, parsePolicyDocument, policyCatalog, policyView } from "../protocol/policy.ts"
+import { evictionNames, KvPolicyDocument, parsePolicyDocument, policyCatalog, policyView } from "../protocol/policy.ts"
 import type { adminSubjects } from "../protocol/subjects.ts"
 
 export interface AdminContext {
@@ -45,9 +45,10 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
     policyGet: Effect.fn("Admin.policyGet")(function* (body: unknown) {
       yield* decodeRequest(EmptyRequest, body)
       const [latest, ex] = yield* Effect.all([ask(nc, "diskPolicyGet", {}), executor()], { concurrency: 2 })
+      const { resolved } = yield* parse(latest.policy)
       return {
         ...latest,
-        resolved: policyView(parsePolicy(latest.policy)),
+        resolved: policyView(resolved),
         executor: { active_version: ex.policy.active_version, pending_version: ex.policy.pending_version },
       }
     }),
