@@ -20,7 +20,7 @@ export class HostCache extends Context.Tag("leoam/actors/HostCache")<HostCache, 
   static readonly layer = (arena: HostArena) =>
     Layer.succeed(HostCache, {
       stats: Effect.fn("HostCache.stats")(function* () {
-        return { pid: process.pid, ...arena.stats() }
+        return { pid: process.pid, eviction: arena.policy.name, ...arena.stats() }
       }),
     })
 }

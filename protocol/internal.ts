@@ -113,9 +113,11 @@ export const ExecutorStats = Schema.Struct({
 })
 export type ExecutorStats = typeof ExecutorStats.Type
 
-/** The host arena's counters (kv/host-arena.ts HostArenaStats), and the process that holds it. */
+/** The host arena's counters (kv/host-arena.ts HostArenaStats), its eviction, and the process that holds it. */
 export const HostCacheStats = Schema.Struct({
   pid: Schema.Int,
+  /** The eviction the arena runs now (set by the gpu-executor's KV manager when a policy change applies). */
+  eviction: Schema.String,
   budgetBytes: Schema.Number,
   residentBytes: Schema.Number,
   entries: Schema.Number,
