@@ -14,6 +14,7 @@ import type { adminSubjects } from "../protocol/subjects.ts"
 import { decodeTokenEvent } from "../protocol/token-event.ts"
 import { adminHandlers } from "./admin.ts"
 import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf } from "./actor.ts"
+import { startup } from "./errors.ts"
 import { encodeJson } from "./nats.ts"
 import { ask, decodeRequest, publish } from "./rpc.ts"
 import { STREAM_PREFIX } from "./access.ts"
@@ -90,7 +91,9 @@ export interface SchedulerService {
 
 const make = (nc: NatsConnection, options: SchedulerOptions) =>
   Effect.gen(function* () {
-    const s: SchedulerState = { tokenizer: options.loadTokenizer?.(), model: yield* describeModel(nc), requests: 0, generated: 0 }
+    // A tokenizer that cannot be loaded is a bad configuration (final); the executor may still be starting.
+    const tokenizer = yield* startup()(async () => options.loadTokenizer?.())
+    const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0 }
     const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
 
     /** Validates a generate request against the served model: its ids and token budget. */
