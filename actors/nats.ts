@@ -8,8 +8,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { connect, credsAuthenticator, headers, type NatsConnection, nkeyAuthenticator } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/nats-core"
-import { Effect, Schema } from "effect"
-import { firstIssue } from "../protocol/schema-errors.ts"
+import { Effect } from "effect"
 import { type ErrorCode, errorStatus, leoamError, type LeoamError } from "../protocol/errors.ts"
 
 /** Largest request body a public endpoint accepts (the server's max_payload is larger). */
@@ -125,16 +124,6 @@ export const parseBody = (data: Uint8Array): unknown => {
   } catch (e) {
     throw leoamError("invalid_json", `the request is not JSON: ${(e as Error).message}`)
   }
-}
-
-/** Decodes with a schema, turning a parse failure into invalid_request with its path. */
-export const decodeAs = <A, I>(schema: Schema.Schema<A, I>, value: unknown): A => {
-  const result = Schema.decodeUnknownEither(schema, { errors: "first", onExcessProperty: "error" })(value)
-  if (result._tag === "Left") {
-    const text = firstIssue(result.left)
-    throw leoamError("invalid_request", text.length > 400 ? `${text.slice(0, 397)}...` : text)
-  }
-  return result.right
 }
 
 /** Replies with an error: JSON body plus the NATS services error headers. */

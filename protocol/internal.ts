@@ -84,20 +84,18 @@ export const PolicyPut = Schema.Struct({
 
 export const PolicyHistory = Schema.Struct({ history: Schema.Array(PolicyVersion) })
 
-const counters = <F extends Schema.Struct.Fields>(fields: F) => Schema.Struct(fields)
-
 /** The gpu-executor's totals since it started (admin stats). */
 export const ExecutorTotals = Schema.Struct({
   kv: Schema.Struct({
-    gpu: counters({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number }),
-    host: counters({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
-    disk: counters({ hits: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    gpu: Schema.Struct({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number }),
+    host: Schema.Struct({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    disk: Schema.Struct({ hits: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
     steps: Schema.Number,
     chunks_sealed: Schema.Number,
   }),
   decodeSteps: Schema.Number,
   decodeMs: Schema.Number,
-  kvMs: counters({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
+  kvMs: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
   prefillTokens: Schema.Number,
   prefillMs: Schema.Number,
 })
