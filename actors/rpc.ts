@@ -76,3 +76,9 @@ export const runRequest = async <A>(effect: Effect.Effect<A, LeoamError>): Promi
   if (Exit.isSuccess(exit)) return exit.value
   throw Cause.squash(exit.cause)
 }
+
+/** Encodes a handler's reply by its public schema (a reply the schema refuses is a bug: a defect). */
+export const replyBy =
+  <A, I>(schema: Schema.Schema<A, I>) =>
+  <E>(reply: Effect.Effect<A, E>): Effect.Effect<I, E> =>
+    Effect.flatMap(reply, (value) => Effect.orDie(Schema.encode(schema)(value)))

@@ -5,18 +5,19 @@
 // (cancelling the run early) and replies. It never sees KV bytes.
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { nuid } from "@nats-io/nuid"
-import { Context, Duration, Effect, Layer, Schedule } from "effect"
+import { Context, Duration, Effect, Layer, Schedule, type Schema } from "effect"
 import type { Tokenizer } from "../models/tokenizer.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import type { ActorStatus, ModelDescription, RunRequest } from "../protocol/internal.ts"
-import { EmptyRequest, GenerateRequest, type GenerateReply, type StreamEvent, TokenizeRequest } from "../protocol/messages.ts"
+import { EmptyRequest, GenerateReply, GenerateRequest, HealthReply, ModelsReply, type StreamEvent, TokenizeReply, TokenizeRequest } from "../protocol/messages.ts"
+import { adminReplies } from "../protocol/admin.ts"
 import type { adminSubjects } from "../protocol/subjects.ts"
 import { decodeTokenEvent } from "../protocol/token-event.ts"
 import { adminHandlers } from "./admin.ts"
 import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf } from "./actor.ts"
 import { startup } from "./errors.ts"
 import { encodeJson } from "./nats.ts"
-import { ask, decodeRequest, publish } from "./rpc.ts"
+import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
 import { STREAM_PREFIX } from "./access.ts"
 
 export interface SchedulerOptions {
@@ -81,9 +82,9 @@ const streamAllowed = (subject: string) => subject.startsWith(STREAM_PREFIX) || 
 
 export interface SchedulerService {
   readonly generate: (body: unknown, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
-  readonly tokenize: (body: unknown) => Effect.Effect<unknown, LeoamError>
-  readonly models: (body: unknown) => Effect.Effect<unknown, LeoamError>
-  readonly health: (body: unknown) => Effect.Effect<unknown, LeoamError>
+  readonly tokenize: (body: unknown) => Effect.Effect<TokenizeReply, LeoamError>
+  readonly models: (body: unknown) => Effect.Effect<ModelsReply, LeoamError>
+  readonly health: (body: unknown) => Effect.Effect<HealthReply, LeoamError>
   /** The admin subjects' handlers (actors/admin.ts), by subject key. */
   readonly admin: ReturnType<typeof adminHandlers>
   readonly stats: () => unknown
@@ -249,7 +250,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
   const adminEndpoints: Array<Endpoint<SchedulerService>> = options.adminSources
     ? (Object.keys(options.adminSources) as Array<keyof typeof adminSubjects>).map((k) => ({
         source: options.adminSources![k],
-        handler: (s: SchedulerService, body: unknown, msg: Msg) => s.admin[k](body, msg),
+        handler: (s: SchedulerService, body: unknown, msg: Msg) => replyBy(adminReplies[k] as Schema.Schema<unknown, unknown>)(s.admin[k](body, msg)),
       }))
     : []
   return {
@@ -257,12 +258,12 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     mailbox: options.queueCapacity,
     service: serviceOf(Scheduler, Scheduler.layer(nc, options)),
     stats: (s) => s.stats(),
-    handlers: [{ source: options.sources.generate, handler: (s, body, _msg, receivedAt) => s.generate(body, receivedAt) }],
+    handlers: [{ source: options.sources.generate, handler: (s, body, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(body, receivedAt)) }],
     immediate: [
       ...adminEndpoints,
-      { source: options.sources.tokenize, handler: (s, body) => s.tokenize(body) },
-      { source: options.sources.models, handler: (s, body) => s.models(body) },
-      { source: options.sources.health, handler: (s, body) => s.health(body) },
+      { source: options.sources.tokenize, handler: (s, body) => replyBy(TokenizeReply)(s.tokenize(body)) },
+      { source: options.sources.models, handler: (s, body) => replyBy(ModelsReply)(s.models(body)) },
+      { source: options.sources.health, handler: (s, body) => replyBy(HealthReply)(s.health(body)) },
     ],
   }
 }

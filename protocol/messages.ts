@@ -80,6 +80,7 @@ export type TokenizeRequest = typeof TokenizeRequest.Type
 export const TokenizeReply = Schema.Struct({ model: Schema.String, ids: Schema.Array(Schema.Int), count: Schema.Int }).annotations({
   identifier: "TokenizeReply",
 })
+export type TokenizeReply = typeof TokenizeReply.Type
 
 /** The shape of a served model, shared by the public models reply and the actors. */
 export const modelShapeFields = {
@@ -93,6 +94,7 @@ export const modelShapeFields = {
 
 export const ModelInfo = Schema.Struct({ name: Schema.String, default: Schema.Boolean, ...modelShapeFields })
 export const ModelsReply = Schema.Struct({ models: Schema.Array(ModelInfo) }).annotations({ identifier: "ModelsReply" })
+export type ModelsReply = typeof ModelsReply.Type
 
 export const HealthReply = Schema.Struct({
   status: Schema.Literal("ok", "draining"),
@@ -101,6 +103,7 @@ export const HealthReply = Schema.Struct({
   actors: Schema.Array(Schema.Struct({ name: Schema.String, status: Schema.Literal("running", "restarting"), restarts: Schema.Int })),
   queue: Schema.Struct({ depth: Schema.Int, capacity: Schema.Int, in_flight: Schema.Int }),
 }).annotations({ identifier: "HealthReply" })
+export type HealthReply = typeof HealthReply.Type
 
 /** The body of every error reply (also in the Nats-Service-Error headers). */
 export const ErrorReply = Schema.Struct({
