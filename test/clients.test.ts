@@ -9,8 +9,9 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startCluster, type TestCluster } from "./support/server.ts"
+import { describe, expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { ClusterTest } from "./support/cluster-layer.ts"
 
 const run = promisify(execFile)
 const source = fileURLToPath(new URL("./clients/generate.c", import.meta.url))
@@ -34,36 +35,46 @@ const generate = async (binary: string, url: string, body: string) => {
   }
 }
 
+/** The C client, compiled into a temporary directory for the layer's scope. */
+class CClient extends Context.Tag("leoam/test/CClient")<CClient, { readonly binary: string }>() {
+  static readonly layer = Layer.scoped(
+    CClient,
+    Effect.gen(function* () {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(join(tmpdir(), "leoam-clients-"))),
+        (d) => Effect.sync(() => rmSync(d, { recursive: true, force: true })),
+      )
+      const binary = join(dir, "generate")
+      yield* Effect.promise(() => run("gcc", ["-O1", "-o", binary, source, "-lnats"], { timeout: 60_000 }))
+      return { binary }
+    }),
+  )
+}
+
 describe.skipIf(missing !== "")(`C client (cnats)${missing ? ` — skipped: ${missing}` : ""}`, () => {
-  let cluster: TestCluster
-  let dir: string
-  let binary: string
+  layer(Layer.merge(CClient.layer, ClusterTest.layer({ maxContext: 1024 })), { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+    it.effect("gets the golden greedy ids from leoam.v1.generate", () =>
+      Effect.gen(function* () {
+        const { binary } = yield* CClient
+        const { cluster } = yield* ClusterTest
+        const r = yield* Effect.promise(() => generate(binary, cluster.nats.url, JSON.stringify({ prompt: "Once upon a time", max_tokens: 8 })))
+        expect(r.stderr).toBe("")
+        expect(r.code).toBe(0)
+        const reply = JSON.parse(r.stdout)
+        expect(reply.ids).toEqual([1936, 223, 20, 22, 16, 2357, 1878, 1082])
+        expect(reply.finish_reason).toBe("length")
+      }),
+    )
 
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "leoam-clients-"))
-    binary = join(dir, "generate")
-    await run("gcc", ["-O1", "-o", binary, source, "-lnats"], { timeout: 60_000 })
-    cluster = await startCluster({ maxContext: 1024 })
-  })
-
-  afterAll(async () => {
-    await cluster?.stop()
-    if (dir) rmSync(dir, { recursive: true, force: true })
-  })
-
-  it("gets the golden greedy ids from leoam.v1.generate", async () => {
-    const r = await generate(binary, cluster.nats.url, JSON.stringify({ prompt: "Once upon a time", max_tokens: 8 }))
-    expect(r.stderr).toBe("")
-    expect(r.code).toBe(0)
-    const reply = JSON.parse(r.stdout)
-    expect(reply.ids).toEqual([1936, 223, 20, 22, 16, 2357, 1878, 1082])
-    expect(reply.finish_reason).toBe("length")
-  })
-
-  it("exits 3 with the Nats-Service-Error-Code of an error reply", async () => {
-    const r = await generate(binary, cluster.nats.url, '{"prompt": 5}')
-    expect(r.code).toBe(3)
-    expect(r.stderr.trim()).toBe("error 400")
-    expect(JSON.parse(r.stdout).error.code).toBe("invalid_request")
+    it.effect("exits 3 with the Nats-Service-Error-Code of an error reply", () =>
+      Effect.gen(function* () {
+        const { binary } = yield* CClient
+        const { cluster } = yield* ClusterTest
+        const r = yield* Effect.promise(() => generate(binary, cluster.nats.url, '{"prompt": 5}'))
+        expect(r.code).toBe(3)
+        expect(r.stderr.trim()).toBe("error 400")
+        expect(JSON.parse(r.stdout).error.code).toBe("invalid_request")
+      }),
+    )
   })
 })
