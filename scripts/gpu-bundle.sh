@@ -15,7 +15,7 @@ rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
 # The programs to bundle: all by default, or those named (the device tool carries 64 MiB in
 # all, the repository included, so a run that needs few should bundle few):
 #   bash scripts/gpu-bundle.sh golden-check tiered-bench kv-quality
-progs="${*:-engine-bench golden-check actor-overhead upload-bench tiered-bench kv-quality decode-lab}"
+progs="${*:-engine-bench golden-check actor-overhead upload-bench tiered-bench kv-quality decode-lab decode-compare}"
 for prog in $progs; do
   npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
     --external:webgpu --external:lmdb --outfile=".bench-bundle/$prog.mjs" --log-level=warning \
@@ -40,7 +40,12 @@ if [ -n "${BASE:-}" ]; then
   git worktree add --detach "$wt" "$BASE" >/dev/null
   ln -s "$PWD/node_modules" "$wt/node_modules"
   mkdir -p .bench-bundle/base
-  for prog in ${*:-tiered-bench engine-bench}; do
+  # decode-compare is newer than the KV seam: the base gets this tree's copy, with quest asked
+  # for the way engines before the seam took it (EngineOptions.sparse).
+  if [ ! -f "$wt/bench/decode-compare.ts" ]; then
+    sed 's/{ kv: { kind: "quest", policy } }/{ sparse: policy } as never/' bench/decode-compare.ts > "$wt/bench/decode-compare.ts"
+  fi
+  for prog in $(echo ${*:-tiered-bench engine-bench} decode-compare | tr " " "\n" | sort -u); do
     [ -f "$wt/bench/$prog.ts" ] || continue
     (cd "$wt" && npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
       --external:webgpu --external:lmdb --outfile="$OLDPWD/.bench-bundle/base/$prog.mjs" --log-level=warning \

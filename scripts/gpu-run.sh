@@ -18,7 +18,8 @@
 #        every second
 #   compare: the golden check, then side by side with the tree of BASE (bundled by
 #        `BASE=<commit> bash scripts/gpu-bundle.sh`), alternating base and this tree twice:
-#        tiered-bench at 8B 64K (full, quest, leoam) and engine-bench decode at 1K
+#        tiered-bench at 8B 64K (full, leoam) and, where bundled, decode-compare
+#        (full at 1K, quest at 8K)
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare) shift || true ;; *) suite=all ;; esac
@@ -39,9 +40,9 @@ if [ "$suite" = compare ]; then
       dir=.bench-bundle; [ "$tree" = base ] && dir=.bench-bundle/base
       echo "== round $round, $tree" | tee -a "$out/compare.txt"
       rm -rf /tmp/leoam-kv/*
-      timeout 170 node "$dir/tiered-bench.mjs" --preset llama-3.1-8b --context 65536 --policies full,quest,leoam --steps 8 --max-seconds 20 \
+      timeout 150 node "$dir/tiered-bench.mjs" --preset llama-3.1-8b --context 65536 --policies full,leoam --steps 6 --max-seconds 15 \
         --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-$tree-$round.json" 2>&1 | tee -a "$out/compare.txt" || echo "tiered-bench $tree: failed or stopped" | tee -a "$out/compare.txt"
-      timeout 120 node "$dir/engine-bench.mjs" --long-context 0 --prefill 0 2>&1 | grep -iE "ms/token|decode|error" | tee -a "$out/compare.txt" || true
+      [ ! -f "$dir/decode-compare.mjs" ] || timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
     done
   done
   exit 0
