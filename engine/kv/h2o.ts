@@ -18,8 +18,8 @@ import { bind, type Dispatch, readBack, storageBuffer, Uniform } from "../buffer
 import type { KvPool } from "./pool.ts"
 import type { PipelineKey, Pipelines } from "../pipelines.ts"
 import { budgetAt } from "../sparse.ts"
-import { FullKv } from "./full.ts"
-import { type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
+import type { KvContext, StepEncoder } from "./manager.ts"
+import { OverFullKv } from "./over-full.ts"
 
 export interface H2oPolicy {
   /** Most tokens a layer attends per step (sink and recent included)... */
@@ -255,29 +255,15 @@ export class H2oAttention {
   }
 }
 
-export class H2oKv implements KvManager<H2oPolicy> {
-  private readonly full: FullKv
+export class H2oKv extends OverFullKv<H2oPolicy> {
   /** The attention over the kept blocks (tests read its masses). */
   readonly h2o: H2oAttention
   private readonly decode: ReadonlyArray<Dispatch[]>
-  private selectiveSteps = 0
 
-  constructor(private readonly ctx: KvContext, policy: H2oPolicy) {
-    this.full = new FullKv(ctx)
+  constructor(ctx: KvContext, policy: H2oPolicy) {
+    super(ctx)
     this.h2o = new H2oAttention(ctx.device, ctx.pipelines, ctx.config, this.full.pool, ctx.act, ctx.keys.attnDecode, policy)
     this.decode = this.full.pools.map((_, l) => this.h2o.attentionOf(l))
-  }
-
-  get length(): number {
-    return this.full.length
-  }
-
-  get pools(): FullKv["pools"] {
-    return this.full.pools
-  }
-
-  get gpuBytes(): number {
-    return this.full.gpuBytes
   }
 
   /** H2O runs on every step: block masses accumulate below the budget too. */
@@ -292,60 +278,15 @@ export class H2oKv implements KvManager<H2oPolicy> {
     step.encode(this.decode[l])
   }
 
-  endDecode(): void {}
-
-  afterDecode(): void {}
-
-  prefillRoom(): number {
-    return Number.POSITIVE_INFINITY
-  }
-
-  beginPrefill(m: number): void {
-    this.full.beginPrefill(m)
-  }
-
-  attendPrefill(l: number, step: StepEncoder): void {
-    this.full.attendPrefill(l, step)
-  }
-
-  afterPrefill(): void {}
-
-  applies(): KvApplies {
-    return "next_step"
-  }
-
   swap(next: H2oPolicy): void {
     this.h2o.policy = next
   }
 
-  truncate(length: number): void {
-    this.full.truncate(length)
+  protected invalidate(): void {
     this.h2o.invalidate()
   }
 
-  reset(): void {
-    this.full.reset()
-    this.h2o.invalidate()
-  }
-
-  settle(): Promise<void> {
-    return this.full.settle()
-  }
-
-  resume(): number {
-    return cannotResume()
-  }
-
-  stats(): KvStats {
-    return { selectiveSteps: this.selectiveSteps }
-  }
-
-  appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
-    return this.full.appendSynthetic(tokens, fill)
-  }
-
-  destroy(): void {
+  protected destroyOwn(): void {
     this.h2o.destroy()
-    this.full.destroy()
   }
 }

@@ -10,8 +10,8 @@ import { bind, type Dispatch, encodeAll, storageBuffer, Uniform } from "../buffe
 import type { KvPool } from "./pool.ts"
 import type { PipelineKey, Pipelines } from "../pipelines.ts"
 import { budgetAt, type SparsePolicy } from "../sparse.ts"
-import { FullKv } from "./full.ts"
-import { type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
+import type { KvContext, StepEncoder } from "./manager.ts"
+import { OverFullKv } from "./over-full.ts"
 
 export const sparsePipelineKeys = (c: ModelConfig) => ({
   abstract: { op: "abstract" } as PipelineKey,
@@ -177,8 +177,7 @@ export class SparseAttention {
   }
 }
 
-export class QuestKv implements KvManager<SparsePolicy> {
-  private readonly full: FullKv
+export class QuestKv extends OverFullKv<SparsePolicy> {
   private readonly sparse: SparseAttention
   /** Per layer, a step below the budget: abstracts of filled blocks, attention over all. */
   private readonly fullLists: ReadonlyArray<Dispatch[]>
@@ -187,27 +186,14 @@ export class QuestKv implements KvManager<SparsePolicy> {
   /** Per layer, a prefill pass: abstracts of the blocks it filled, attention. */
   private readonly prefillLists: ReadonlyArray<Dispatch[]>
   private sparseStep = false
-  private selectiveSteps = 0
 
-  constructor(private readonly ctx: KvContext, policy: SparsePolicy) {
-    this.full = new FullKv(ctx)
+  constructor(ctx: KvContext, policy: SparsePolicy) {
+    super(ctx)
     this.sparse = new SparseAttention(ctx.device, ctx.pipelines, ctx.config, this.full.pool, ctx.act, ctx.keys.attnDecode, policy)
     const layers = this.full.pools.map((_, l) => l)
     this.fullLists = layers.map((l) => [this.sparse.abstractOf(l), ...this.full.decodeOf(l)])
     this.sparseLists = layers.map((l) => [this.sparse.abstractOf(l), ...this.sparse.attentionOf(l)])
     this.prefillLists = layers.map((l) => [this.sparse.abstractOf(l), ...this.full.prefillOf(l)])
-  }
-
-  get length(): number {
-    return this.full.length
-  }
-
-  get pools(): FullKv["pools"] {
-    return this.full.pools
-  }
-
-  get gpuBytes(): number {
-    return this.full.gpuBytes
   }
 
   beginDecode(): void {
@@ -223,57 +209,25 @@ export class QuestKv implements KvManager<SparsePolicy> {
     step.encode(this.sparseStep ? this.sparseLists[l] : this.fullLists[l])
   }
 
-  endDecode(): void {}
-
-  afterDecode(): void {}
-
-  prefillRoom(): number {
-    return Number.POSITIVE_INFINITY
-  }
-
-  beginPrefill(m: number): void {
+  override beginPrefill(m: number): void {
     this.sparse.queueAbstracts(this.full.reserve(m, true))
     this.full.preparePrefill(m)
   }
 
-  attendPrefill(l: number, step: StepEncoder): void {
+  override attendPrefill(l: number, step: StepEncoder): void {
     step.encode(this.prefillLists[l])
-  }
-
-  afterPrefill(): void {}
-
-  applies(): KvApplies {
-    return "next_step"
   }
 
   swap(next: SparsePolicy): void {
     this.sparse.policy = next
   }
 
-  truncate(length: number): void {
-    this.full.truncate(length)
+  protected invalidate(): void {
     this.sparse.invalidate()
-  }
-
-  reset(): void {
-    this.full.reset()
-    this.sparse.invalidate()
-  }
-
-  settle(): Promise<void> {
-    return this.full.settle()
-  }
-
-  resume(): number {
-    return cannotResume()
-  }
-
-  stats(): KvStats {
-    return { selectiveSteps: this.selectiveSteps }
   }
 
   /** As the full manager, then the abstracts of every full block, as a prefill computes them. */
-  async appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
+  override async appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
     await this.full.appendSynthetic(tokens, fill)
     const pool = this.full.pool
     this.sparse.queueAbstracts(pool.blockList.slice(0, Math.floor(tokens / pool.blockTokens)))
@@ -287,8 +241,7 @@ export class QuestKv implements KvManager<SparsePolicy> {
     this.sparse.invalidate()
   }
 
-  destroy(): void {
+  protected destroyOwn(): void {
     this.sparse.destroy()
-    this.full.destroy()
   }
 }

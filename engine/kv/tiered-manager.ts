@@ -1,4 +1,4 @@
-// The tiered manager: the forward pass's view of the tiered KV cache (engine/tiered.ts).
+// The tiered manager: the forward pass's view of the tiered KV cache (engine/kv/tiered/).
 // A decode step per layer reads select -> plan -> fetch -> attend: score and choose the
 // sealed chunks against the query on the GPU and read the choice back (a few bytes),
 // make the chosen chunks resident in the GPU cache (the tiers stage misses from the host
