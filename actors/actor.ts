@@ -1,16 +1,18 @@
 // The actor runtime: an actor is an Effect service (its state and handlers, built from its
 // layer) behind a bounded mailbox and the subjects it listens on. Mailbox messages are
-// served one at a time by one fiber; `immediate` endpoints (cancel, stats, ping) bypass the
-// mailbox. Supervision: a handler that fails with a LeoamError answers that code and the
-// actor goes on; anything else (a defect, whatever its `code`) is a crash: that request
-// gets `actor_restarted`, the service's scope is closed and the service rebuilt (with
-// backoff), and the mailbox goes on. Only this module changes the running service.
-// Draining refuses new messages with `shutting_down` and waits (bounded) for the mailbox.
+// checked by their endpoint's `admit` before they take a place (a malformed request is
+// answered at once, never queued behind a running one), then served one at a time by one
+// fiber; `immediate` endpoints (cancel, stats, ping) bypass the mailbox. Supervision: a
+// handler that fails with a LeoamError answers that code and the actor goes on; anything
+// else (a defect, whatever its `code`) is a crash: that request gets `actor_restarted`, the
+// service's scope is closed and the service rebuilt (with backoff), and the mailbox goes on.
+// Only this module changes the running service. Draining refuses new messages with
+// `shutting_down` and waits (bounded) for the mailbox.
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
 import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Schedule, Schema, Scope } from "effect"
 import { LeoamError, leoamError } from "../protocol/errors.ts"
 import { ActorStatus, internalRpc } from "../protocol/internal.ts"
-import { encodeJson, parseBody, respondError } from "./nats.ts"
+import { parseBody, respondError, respondJson } from "./nats.ts"
 
 export type ActorName = "scheduler" | "gpu-executor" | "host-cache" | "disk-store"
 export const actorNames: ReadonlyArray<ActorName> = ["scheduler", "gpu-executor", "host-cache", "disk-store"]
@@ -27,6 +29,12 @@ export type Source = string | { readonly broadcast: string } | ((callback: (err:
 export interface Endpoint<S> {
   readonly source: Source
   readonly handler: Handler<S>
+  /**
+   * For mailbox endpoints: checks a message before it takes a mailbox place; its value is
+   * what the handler gets as `body`. It runs synchronously in the NATS callback, so it must
+   * not wait on anything (decode, validate, tokenize).
+   */
+  readonly admit?: (service: S, body: unknown) => Effect.Effect<unknown, LeoamError>
 }
 
 export interface ActorDefinition<S> {
@@ -53,6 +61,8 @@ export const serviceOf = <I, S, E>(tag: Context.Tag<I, S>, layer: Layer.Layer<I,
 interface Envelope<S> {
   readonly handler: Handler<S>
   readonly body: unknown
+  /** Set when the message could not be admitted on arrival (the actor was restarting): it is admitted when served. */
+  readonly admit?: Endpoint<S>["admit"]
   readonly msg: Msg
   readonly receivedAt: number
 }
@@ -71,9 +81,8 @@ export interface RunningActor {
   drain(timeoutMs: number): Promise<void>
 }
 
-const replyJson = (msg: Msg, value: unknown) => {
-  if (msg.reply) msg.respond(encodeJson(value))
-}
+// Never throws: a reply too large for the server goes out as payload_too_large (nats.ts).
+const replyJson = (msg: Msg, value: unknown) => void respondJson(msg, value)
 
 /** Builds a service in a fresh scope; retries defects with backoff, a failure is final. */
 const buildService = <S>(def: ActorDefinition<S>): Effect.Effect<Built<S>, Cause.Cause<unknown>> =>
@@ -153,7 +162,11 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
           const built = current
           if (!built) return respondError(env.msg, leoamError("actor_unavailable", `${def.name} could not be restarted`))
           serving = env
-          const exit = yield* Effect.exit(Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt)))
+          const admit = env.admit
+          const handle = admit
+            ? Effect.flatMap(Effect.suspend(() => admit(built.service, env.body)), (body) => env.handler(built.service, body, env.msg, env.receivedAt))
+            : Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt))
+          const exit = yield* Effect.exit(handle)
           serving = undefined
           if (settle(env.msg, exit) && Exit.isFailure(exit)) yield* restart(built, exit.cause)
         }),
@@ -162,7 +175,15 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
     // Interruptible even when started inside an uninterruptible region (acquireRelease): drain interrupts it.
     const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(Effect.flatMap(Queue.take(mailbox), serveOne))))
 
-    const accept = (handler: Handler<S>, viaMailbox: boolean) => (err: Error | null, msg: Msg) => {
+    /** Admits a mailbox message now; undefined when it was answered instead (refused, or a crash). */
+    const admitNow = (admit: NonNullable<Endpoint<S>["admit"]>, built: Built<S>, body: unknown, msg: Msg): { body: unknown } | undefined => {
+      const exit = Effect.runSyncExit(Effect.suspend(() => admit(built.service, body)))
+      if (Exit.isSuccess(exit)) return { body: exit.value }
+      if (settle(msg, exit)) Effect.runFork(lock.withPermits(1)(restart(built, exit.cause)))
+      return undefined
+    }
+
+    const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"]) => (err: Error | null, msg: Msg) => {
       if (err) return
       const receivedAt = performance.now()
       if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
@@ -183,7 +204,13 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
         )
         return
       }
-      const offered = Effect.runSync(Queue.offer(mailbox, { handler, body, msg, receivedAt }))
+      // While the actor restarts there is no service to admit with: the message is admitted when served.
+      const built = current
+      const ready = admit !== undefined && built !== undefined && !restarting
+      const admitted = ready ? admitNow(admit, built, body, msg) : { body }
+      if (!admitted) return
+      const envelope: Envelope<S> = { handler, body: admitted.body, msg, receivedAt, admit: ready ? undefined : admit }
+      const offered = Effect.runSync(Queue.offer(mailbox, envelope))
       if (!offered) respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
     }
 
@@ -192,7 +219,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
       else source(callback)
     }
-    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true))
+    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true, e.admit))
     for (const e of def.immediate ?? []) listen(e.source, accept(e.handler, false))
 
     const status = (): ActorStatus => ({

@@ -1,6 +1,8 @@
 // NATS plumbing shared by every actor: the embedded nats-server (loopback, generated
-// config, stopped with its owner), connections, request bodies (size, UTF-8, JSON), and
-// error replies (JSON body plus the NATS services error headers) in both directions.
+// config, stopped with its owner), connections, request bodies (size, nesting, UTF-8,
+// JSON), replies that never throw (one too large for the server becomes a small
+// `payload_too_large` reply), and error replies (JSON body plus the NATS services error
+// headers) in both directions.
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
@@ -14,6 +16,12 @@ import { type ErrorCode, errorStatus, leoamError, type LeoamError } from "../pro
 /** Largest request body a public endpoint accepts (the server's max_payload is larger). */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024
 export const SERVER_MAX_PAYLOAD = 8 * 1024 * 1024
+/**
+ * Deepest nesting of arrays and objects a request may have. Every leoam message is a few
+ * levels deep; deeper input is refused before JSON.parse because the schema decoders and
+ * their error formatter recurse over the value (5000 levels overflowed the stack).
+ */
+export const MAX_JSON_DEPTH = 32
 
 export interface EmbeddedNats {
   readonly url: string
@@ -107,12 +115,36 @@ const decoder = new TextDecoder("utf-8", { fatal: true })
 
 export const encodeJson = (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value))
 
-/** Parses a request body: empty -> {}, else strict UTF-8 JSON. */
+/**
+ * The deepest nesting of `[` and `{` outside strings, stopping once it passes `limit`.
+ * A loop over the bytes (no recursion, no allocation), so any body is scanned in one pass.
+ */
+export const jsonDepth = (data: Uint8Array, limit = Infinity): number => {
+  let depth = 0
+  let max = 0
+  let inString = false
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i]
+    if (inString) {
+      if (c === 0x5c) i++ // a backslash escapes the next byte (a quote or another backslash)
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) inString = true
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max && (max = depth) > limit) return max
+    } else if (c === 0x5d || c === 0x7d) depth--
+  }
+  return max
+}
+
+/** Parses a request body: empty -> {}, else strict UTF-8 JSON nested at most MAX_JSON_DEPTH deep. */
 export const parseBody = (data: Uint8Array): unknown => {
   if (data.length > MAX_REQUEST_BYTES) {
     throw leoamError("payload_too_large", `the request is ${data.length} bytes; at most ${MAX_REQUEST_BYTES} are accepted`)
   }
   if (data.length === 0) return {}
+  if (jsonDepth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+    throw leoamError("invalid_request", `the request nests arrays or objects more than ${MAX_JSON_DEPTH} deep; no leoam message needs more than a few levels`)
+  }
   let text: string
   try {
     text = decoder.decode(data)
@@ -126,19 +158,51 @@ export const parseBody = (data: Uint8Array): unknown => {
   }
 }
 
-/** Replies with an error: JSON body plus the NATS services error headers. */
-export const respondError = (msg: Msg & { respondError?: (code: number, description: string, data?: Uint8Array) => boolean }, error: LeoamError): void => {
-  if (!msg.reply) return
-  const body = encodeJson({ error: { code: error.code, message: error.message } })
-  const description = `${error.code}: ${error.message}`.slice(0, 1000).replace(/[\r\n]+/g, " ")
-  if (msg.respondError) msg.respondError(errorStatus[error.code], description, body)
-  else {
-    // Plain subjects (the actors' internal ones) carry the same headers as services replies.
-    const h = headers()
-    h.set("Nats-Service-Error-Code", String(errorStatus[error.code]))
-    h.set("Nats-Service-Error", description)
-    msg.respond(body, { headers: h })
+type Respondable = Pick<Msg, "reply" | "respond">
+type RespondOptions = Parameters<Msg["respond"]>[1]
+
+const errorReply = (error: LeoamError) => {
+  const h = headers()
+  h.set("Nats-Service-Error-Code", String(errorStatus[error.code]))
+  h.set("Nats-Service-Error", `${error.code}: ${error.message}`.slice(0, 1000).replace(/[\r\n]+/g, " "))
+  return { body: encodeJson({ error: { code: error.code, message: error.message } }), headers: h }
+}
+
+/**
+ * Sends a reply and never throws: a reply the server would refuse (over its max_payload,
+ * which the client checks before sending) becomes a small `payload_too_large` error reply;
+ * any other failure to send (a closed connection) a small `internal` one, if it can still go.
+ * A handler's caller may therefore reply from anywhere, a fiber or a NATS callback.
+ */
+export const respondSafely = (msg: Respondable, data: Uint8Array, opts?: RespondOptions): boolean => {
+  if (!msg.reply) return false
+  try {
+    return msg.respond(data, opts)
+  } catch (e) {
+    const reason = (e as Error)?.message ?? String(e)
+    const fallback = /max_payload/i.test(reason)
+      ? leoamError("payload_too_large", `the reply is ${data.length} bytes, more than this NATS server carries in one message (${reason}); ask for less`)
+      : leoamError("internal", `the reply could not be sent: ${reason}`)
+    const { body, headers: h } = errorReply(fallback)
+    try {
+      msg.respond(body, { headers: h })
+    } catch {
+      // The connection itself is gone: nobody is left to tell.
+    }
+    return false
   }
+}
+
+/** A JSON reply that never throws (see respondSafely). */
+export const respondJson = (msg: Respondable, value: unknown): boolean => respondSafely(msg, encodeJson(value))
+
+/**
+ * Replies with an error: JSON body plus the NATS services error headers (the same headers
+ * the services API's respondError sets, so internal subjects carry them too). Never throws.
+ */
+export const respondError = (msg: Respondable, error: LeoamError): void => {
+  const { body, headers: h } = errorReply(error)
+  respondSafely(msg, body, { headers: h })
 }
 
 /** An error reply (services headers + JSON body) as a LeoamError; undefined for a value reply. */

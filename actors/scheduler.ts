@@ -1,15 +1,26 @@
 // The scheduler actor: owns the public requests. It validates and tokenizes them, admits
-// generate requests into its bounded mailbox (FIFO, so first come first served; past the
-// bound: `busy`), hands one run at a time to the gpu-executor, turns the executor's token
-// events into text (streamed to the request's `stream` subject), applies stop strings
-// (cancelling the run early) and replies. It never sees KV bytes.
+// generate requests into its bounded mailbox only once they are valid (so a malformed
+// request never takes a place; FIFO, first come first served; past the bound: `busy`),
+// hands one run at a time to the gpu-executor, turns the executor's token events into text
+// (streamed to the request's `stream` subject), applies stop strings (cancelling the run
+// early) and replies. It never sees KV bytes.
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { nuid } from "@nats-io/nuid"
 import { Context, Duration, Effect, Layer, Schedule, type Schema } from "effect"
 import type { Tokenizer } from "../models/tokenizer.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import type { ActorStatus, ModelDescription, RunRequest } from "../protocol/internal.ts"
-import { EmptyRequest, GenerateReply, GenerateRequest, HealthReply, ModelsReply, type StreamEvent, TokenizeReply, TokenizeRequest } from "../protocol/messages.ts"
+import {
+  EmptyRequest,
+  GenerateReply,
+  GenerateRequest,
+  HealthReply,
+  MAX_TOKENIZE_TEXT,
+  ModelsReply,
+  type StreamEvent,
+  TokenizeReply,
+  TokenizeRequest,
+} from "../protocol/messages.ts"
 import { adminReplies } from "../protocol/admin.ts"
 import type { adminSubjects } from "../protocol/subjects.ts"
 import { decodeTokenEvent } from "../protocol/token-event.ts"
@@ -80,8 +91,17 @@ const pendingStop = (text: string, stops: ReadonlyArray<string>): number => {
 /** A stream subject must not reach the actors' or the admin subjects (the scheduler publishes with full rights). */
 const streamAllowed = (subject: string) => subject.startsWith(STREAM_PREFIX) || !(subject.startsWith("leoam.") || subject.startsWith("$"))
 
+/** A generate request that passed admission: decoded, tokenized, and fitting the context. */
+export interface Admitted {
+  readonly req: GenerateRequest
+  readonly ids: ReadonlyArray<number>
+  readonly maxTokens: number
+}
+
 export interface SchedulerService {
-  readonly generate: (body: unknown, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
+  /** Checks a generate request before it takes a place in the mailbox (synchronous). */
+  readonly admit: (body: unknown) => Effect.Effect<Admitted, LeoamError>
+  readonly generate: (admitted: Admitted, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
   readonly tokenize: (body: unknown) => Effect.Effect<TokenizeReply, LeoamError>
   readonly models: (body: unknown) => Effect.Effect<ModelsReply, LeoamError>
   readonly health: (body: unknown) => Effect.Effect<HealthReply, LeoamError>
@@ -97,16 +117,19 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
     const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0 }
     const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
 
-    /** Validates a generate request against the served model: its ids and token budget. */
+    /**
+     * Validates a generate request against the served model (its ids and token budget) before
+     * it is queued: cheap checks first, tokenizing last.
+     */
     const admit = Effect.fn("Scheduler.admit")(function* (body: unknown) {
       const req = yield* decodeRequest(GenerateRequest, body)
       if ((req.prompt === undefined) === (req.ids === undefined)) return yield* leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
       if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
       if (req.prompt !== undefined && !s.tokenizer) return yield* leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``)
-      const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
       if (req.stream !== undefined && !streamAllowed(req.stream)) {
         return yield* leoamError("invalid_request", `stream subject "${req.stream}" is reserved: use _INBOX.*, ${STREAM_PREFIX}* or a subject outside leoam.* and $*`)
       }
+      const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
       if (ids.length === 0) return yield* leoamError("invalid_request", "the prompt is empty")
       const bad = ids.find((id) => id >= s.model.vocab_size)
       if (bad !== undefined) return yield* leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
@@ -115,12 +138,11 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       if (req.max_tokens !== undefined && req.max_tokens > room) {
         return yield* leoamError("context_overflow", `max_tokens ${req.max_tokens} does not fit: the prompt has ${ids.length} tokens of a ${s.model.context_length}-token context`)
       }
-      return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room) }
+      return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room) } satisfies Admitted
     })
 
-    const generate = Effect.fn("Scheduler.generate")(function* (body: unknown, receivedAt: number) {
+    const generate = Effect.fn("Scheduler.generate")(function* ({ req, ids, maxTokens }: Admitted, receivedAt: number) {
       const started = performance.now()
-      const { req, ids, maxTokens } = yield* admit(body)
       const stops = req.stop ?? []
       const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
       s.requests++
@@ -152,7 +174,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       }
       const run: RunRequest = {
         run_id: runId,
-        ids,
+        ids: [...ids],
         max_tokens: maxTokens,
         temperature: req.temperature ?? 0,
         top_p: req.top_p ?? 1,
@@ -208,8 +230,14 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
     })
 
     const service: SchedulerService = {
+      admit,
       generate,
       tokenize: Effect.fn("Scheduler.tokenize")(function* (body: unknown) {
+        // Refused before decoding or tokenizing: the reply of a longer text may not fit one NATS message.
+        const text = typeof body === "object" && body !== null ? (body as { text?: unknown }).text : undefined
+        if (typeof text === "string" && text.length > MAX_TOKENIZE_TEXT) {
+          return yield* leoamError("payload_too_large", `the text has ${text.length} UTF-16 code units; tokenize takes at most ${MAX_TOKENIZE_TEXT} (its reply must fit one NATS message): split it`)
+        }
         const req = yield* decodeRequest(TokenizeRequest, body)
         if (!s.tokenizer) return yield* leoamError("invalid_request", `${s.model.name} has no tokenizer`)
         if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
@@ -258,7 +286,13 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     mailbox: options.queueCapacity,
     service: serviceOf(Scheduler, Scheduler.layer(nc, options)),
     stats: (s) => s.stats(),
-    handlers: [{ source: options.sources.generate, handler: (s, body, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(body, receivedAt)) }],
+    handlers: [
+      {
+        source: options.sources.generate,
+        admit: (s, body) => s.admit(body),
+        handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
+      },
+    ],
     immediate: [
       ...adminEndpoints,
       { source: options.sources.tokenize, handler: (s, body) => replyBy(TokenizeReply)(s.tokenize(body)) },

@@ -5,6 +5,25 @@ import { Schema } from "effect"
 
 const TokenId = Schema.Int.pipe(Schema.between(0, 2 ** 31 - 1))
 
+/**
+ * A NATS subject to publish to: dot-separated tokens, none empty (`a..b`, `.a`, `a.` are
+ * not subjects), no whitespace and no wildcards (`*`, `>`), which publishing cannot use.
+ */
+export const PublishSubject = Schema.String.pipe(
+  Schema.maxLength(256),
+  Schema.pattern(/^[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*$/, {
+    message: (issue) => `${JSON.stringify(issue.actual)} is not a NATS subject to publish to: dot-separated non-empty tokens of letters, digits, _ - $ (no spaces, no wildcards)`,
+  }),
+).annotations({ description: "a NATS subject to publish to: dot-separated non-empty tokens of letters, digits, _ - $" })
+
+/**
+ * Longest tokenize text, in UTF-16 code units. One id per UTF-8 byte at worst (byte
+ * fallback: at most 3 bytes per unit) and up to 8 reply bytes per id keep the reply of the
+ * longest text (about 3 MB) under the embedded server's 8 MiB max_payload, and its
+ * tokenization well under a second; longer text is `payload_too_large`.
+ */
+export const MAX_TOKENIZE_TEXT = 128 * 1024
+
 export const GenerateRequest = Schema.Struct({
   /** Prompt text, tokenized by the model's tokenizer. Exactly one of prompt / ids. */
   prompt: Schema.optional(Schema.String.pipe(Schema.maxLength(4 * 1024 * 1024))),
@@ -20,7 +39,7 @@ export const GenerateRequest = Schema.Struct({
   /** Strings that end generation; the reply's text stops before the first match. */
   stop: Schema.optional(Schema.Array(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256))).pipe(Schema.maxItems(16))),
   /** A subject that receives StreamEvent messages as tokens come. */
-  stream: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_\-.$]+$/), Schema.maxLength(256))),
+  stream: Schema.optional(PublishSubject),
 }).annotations({ identifier: "GenerateRequest", parseOptions: { onExcessProperty: "error" } })
 export type GenerateRequest = typeof GenerateRequest.Type
 
@@ -72,7 +91,7 @@ export const StreamEvent = Schema.Struct({
 export type StreamEvent = typeof StreamEvent.Type
 
 export const TokenizeRequest = Schema.Struct({
-  text: Schema.String.pipe(Schema.maxLength(4 * 1024 * 1024)),
+  text: Schema.String.pipe(Schema.maxLength(MAX_TOKENIZE_TEXT)),
   model: Schema.optional(Schema.String.pipe(Schema.maxLength(256))),
 }).annotations({ identifier: "TokenizeRequest", parseOptions: { onExcessProperty: "error" } })
 export type TokenizeRequest = typeof TokenizeRequest.Type
@@ -111,5 +130,11 @@ export const ErrorReply = Schema.Struct({
 }).annotations({ identifier: "ErrorReply" })
 export type ErrorReply = typeof ErrorReply.Type
 
-/** Requests with an empty body are allowed on these (models, health). */
-export const EmptyRequest = Schema.Struct({}).annotations({ identifier: "EmptyRequest", parseOptions: { onExcessProperty: "error" } })
+/**
+ * The request of models and health: an empty body (read as {}) or `{}`, nothing else.
+ * (Schema.Struct({}) would be TypeScript's `{}`, which accepts any value but null.)
+ */
+export const EmptyRequest = Schema.declare(
+  (u: unknown): u is Readonly<Record<string, never>> => typeof u === "object" && u !== null && !Array.isArray(u) && Object.keys(u).length === 0,
+  { identifier: "EmptyRequest", message: () => "this subject takes an empty body or {}" },
+)
