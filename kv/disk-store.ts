@@ -23,6 +23,8 @@ import {
   type SessionMeta,
   type SessionRecord,
 } from "./records.ts"
+import { checkIndex, freshHint, walkIndex, writeMarker } from "./index-check.ts"
+import { keysOf, reclaim, thisWriter, type ReclaimReport, type WriterRecord } from "./reclaim.ts"
 import { nodeFileIo, SegmentFiles, segmentFileName, type FileIo } from "./segments.ts"
 
 export interface DiskStoreOptions {
@@ -42,6 +44,13 @@ export interface DiskStoreOptions {
    * process crash) before flush() may lose them or, as with LMDB's MDB_NOSYNC, worse.
    */
   readonly durableChunkCommits?: boolean
+  /**
+   * How far the index is checked before it is mapped: "walk" (default) also reads every
+   * entry in a child process (~0.1 s plus the index's size at disk speed), so damage inside
+   * its pages is refused instead of crashing this process; "header" checks only the meta
+   * pages and the file's size (truncation, zeroing, garbage headers, an empty file).
+   */
+  readonly verifyIndex?: "walk" | "header"
 }
 
 /** One chunk of a putChunks batch. */
@@ -80,6 +89,9 @@ export class DiskStore {
   private readonly abstracts: Database<Uint8Array, LmdbKey>
   private readonly sessions: Database<SessionRecord, LmdbKey>
   private readonly policies: Database<PolicyRecord, LmdbKey>
+  private readonly writers: Database<WriterRecord, LmdbKey>
+  /** Sessions this process has registered as their writer. */
+  private readonly writing = new Set<string>()
   private readonly counters = { bytesWritten: 0, bytesRead: 0, chunkWrites: 0, chunkReads: 0, corruptReads: 0 }
   private closed = false
 
@@ -94,6 +106,22 @@ export class DiskStore {
     this.abstracts = root.openDB<Uint8Array, LmdbKey>("abstracts", { encoding: "binary" })
     this.sessions = root.openDB<SessionRecord, LmdbKey>("sessions", { encoding: "msgpack" })
     this.policies = root.openDB<PolicyRecord, LmdbKey>("policy_history", { encoding: "msgpack" })
+    this.writers = root.openDB<WriterRecord, LmdbKey>("writers", { encoding: "msgpack" })
+  }
+
+  private dbs() {
+    return { chunks: this.chunks, abstracts: this.abstracts, sessions: this.sessions, writers: this.writers }
+  }
+
+  /** Registers this process as the writer of each new session, before any of its bytes land. */
+  private claimSessions(sessions: Iterable<string>): void {
+    const fresh = [...new Set(sessions)].filter((s) => !this.writing.has(s))
+    if (fresh.length === 0) return
+    const me = thisWriter()
+    this.commit(() => {
+      for (const s of fresh) this.writers.putSync(s, me)
+    }, this.chunkCommitFlags)
+    for (const s of fresh) this.writing.add(s)
   }
 
   static open(options: DiskStoreOptions): DiskStore {
@@ -102,6 +130,11 @@ export class DiskStore {
     const chunkDir = path.join(kvDir, "chunks")
     ensureDir(chunkDir)
     const indexPath = path.join(kvDir, "index.lmdb")
+    checkIndex(kvDir, indexPath, chunkDir)
+    if (options.verifyIndex !== "header" && fs.existsSync(indexPath)) {
+      const wrong = walkIndex(indexPath)
+      if (wrong !== undefined) throw diskStoreError("kv_dir_unavailable", indexPath, `the LMDB index is damaged (${wrong}); ${freshHint(kvDir, indexPath)}`)
+    }
     let root: RootDatabase
     try {
       // overlappingSync (lmdb-js's Linux default) ignores NO_SYNC_FLUSH and fsyncs every
@@ -115,10 +148,30 @@ export class DiskStore {
     } catch (e) {
       throw diskStoreError("kv_dir_unavailable", indexPath, `cannot open the LMDB index: ${(e as Error).message}`)
     }
+    const now = options.now ?? (() => new Date())
     const io: FileIo = { ...nodeFileIo, ...options.io }
     const segments = new SegmentFiles(chunkDir, io, options.maxOpenFiles ?? 64)
-    return new DiskStore(kvDir, root, segments, options.now ?? (() => new Date()), options.durableChunkCommits === true ? undefined : NO_WAIT_FLUSH)
+    let store: DiskStore
+    try {
+      store = new DiskStore(kvDir, root, segments, now, options.durableChunkCommits === true ? undefined : NO_WAIT_FLUSH)
+      privateFiles(indexPath, `${indexPath}-lock`)
+      writeMarker(kvDir, now())
+      store.reclaimed = store.commit(() => reclaim(store.dbs(), chunkDir))
+    } catch (e) {
+      void root.close()
+      const damaged = /MDB_CORRUPTED|MDB_INVALID|MDB_PAGE_NOTFOUND|MDB_BAD/.test((e as Error).message)
+      if (!damaged) throw e
+      throw diskStoreError(
+        "kv_dir_unavailable",
+        indexPath,
+        `the LMDB index is damaged (${(e as Error).message}); ${freshHint(kvDir, indexPath)}`,
+      )
+    }
+    return store
   }
+
+  /** What this open took back from crashed writers (see kv/reclaim.ts). */
+  reclaimed: ReclaimReport = { sessions: 0, entries: 0, files: 0, bytes: 0 }
 
   get indexPath(): string {
     return path.join(this.kvDir, "index.lmdb")
@@ -137,6 +190,7 @@ export class DiskStore {
       checkChunkKey(w.key)
       checkMeta(w.key, w.meta)
     }
+    this.claimSessions(writes.map((w) => w.key[0]))
     const files = writes.map((w) => segmentFileName(w.key[0]))
     const crcs = writes.map((w) => crc32(w.bytes))
     const tails = this.segments.tails(new Set(files))
@@ -240,6 +294,7 @@ export class DiskStore {
   putAbstracts(writes: ReadonlyArray<{ readonly key: ChunkKey; readonly bytes: Uint8Array }>): void {
     this.checkOpen()
     for (const w of writes) checkChunkKey(w.key)
+    this.claimSessions(writes.map((w) => w.key[0]))
     this.commit(() => {
       for (const w of writes) this.abstracts.putSync(k(w.key), w.bytes)
     }, this.chunkCommitFlags)
@@ -297,10 +352,12 @@ export class DiskStore {
     const removed = this.commit(() => {
       let n = this.sessions.removeSync(id) ? 1 : 0
       for (const db of [this.chunks, this.abstracts] as const) {
-        for (const key of keysOfSession(db, id)) n += db.removeSync(key) ? 1 : 0
+        for (const key of keysOf(db, id)) n += db.removeSync(key) ? 1 : 0
       }
+      this.writers.removeSync(id)
       return n
     })
+    this.writing.delete(id)
     const file = segmentFileName(id)
     const hadFile = fs.existsSync(this.segments.pathOf(file))
     this.segments.remove(file)
@@ -379,16 +436,6 @@ export class DiskStore {
   }
 }
 
-/** Keys of one session in a [session, layer, chunk]-keyed database (read inside the caller's transaction). */
-const keysOfSession = (db: Database<unknown, LmdbKey>, session: string): LmdbKey[] => {
-  const out: LmdbKey[] = []
-  for (const key of db.getKeys({ start: [session] })) {
-    if (!Array.isArray(key) || key[0] !== session) break
-    out.push(key)
-  }
-  return out
-}
-
 const checkMeta = (key: ChunkKey, meta: ChunkMeta): void => {
   if (!Number.isSafeInteger(meta.tokens) || meta.tokens < 0 || typeof meta.dtype !== "string" || meta.dtype.length === 0) {
     throw diskStoreError("invalid_meta", undefined, `chunk ${showKey(key)}: invalid meta ${JSON.stringify(meta)}`)
@@ -412,7 +459,7 @@ const ensureDir = (dir: string): void => {
   }
   if (stat === undefined) {
     try {
-      fs.mkdirSync(dir)
+      fs.mkdirSync(dir, { mode: 0o700 })
     } catch (e) {
       const code = errnoCode(e)
       const why = code === "ENOENT" ? "its parent directory does not exist" : code === "ENOTDIR" ? "its parent is not a directory" : (e as Error).message
@@ -425,5 +472,16 @@ const ensureDir = (dir: string): void => {
     fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK)
   } catch {
     throw diskStoreError("kv_dir_unavailable", dir, "is not writable")
+  }
+}
+
+/** The index files hold prompt KV metadata: owner only (lmdb-js creates them 0644). */
+const privateFiles = (...files: string[]): void => {
+  for (const file of files) {
+    try {
+      fs.chmodSync(file, 0o600)
+    } catch {
+      // Another user's file in a shared directory: leave it as its owner made it.
+    }
   }
 }

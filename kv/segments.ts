@@ -225,7 +225,7 @@ export class SegmentFiles {
     const flags = create ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDWR
     let fd: number
     try {
-      fd = fs.openSync(this.pathOf(file), flags, 0o644)
+      fd = fs.openSync(this.pathOf(file), flags, 0o600)
     } catch (e) {
       if (create) throw writeError(this.pathOf(file), e)
       throw e
