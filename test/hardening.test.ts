@@ -125,7 +125,7 @@ layer(ClusterTest.layer({ queueCapacity: 2, maxContext: 1024 }), { excludeTestSe
         const { ask } = yield* ClusterTest
         const events: string[] = []
         // The queue holds 2; one run in flight, then 40 bad requests, then 2 valid ones.
-        const running = Effect.fork(ask(gen, { ids: [610, 451, 1262], max_tokens: 40 }).pipe(Effect.tap(() => Effect.sync(() => events.push("long done")))))
+        const running = Effect.fork(ask(gen, { ids: [610, 451, 1262], max_tokens: 24 }).pipe(Effect.tap(() => Effect.sync(() => events.push("long done")))))
         const long = yield* running
         yield* Effect.sleep(50)
         const bad: Array<[unknown, string]> = [
