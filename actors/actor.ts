@@ -29,12 +29,20 @@ export type Source = string | { readonly broadcast: string } | ((callback: (err:
 export interface Endpoint<S> {
   readonly source: Source
   readonly handler: Handler<S>
+  /** For mailbox endpoints: told of a message from when it is queued until it is answered (the gpu-executor heartbeats the runs it holds). */
+  readonly watch?: MailboxWatch
   /**
    * For mailbox endpoints: checks a message before it takes a mailbox place; its value is
    * what the handler gets as `body`. It runs synchronously in the NATS callback, so it must
    * not wait on anything (decode, validate, tokenize).
    */
   readonly admit?: (service: S, body: unknown) => Effect.Effect<unknown, LeoamError>
+}
+
+/** `settled` follows every `queued` body once: after its reply, or when it is refused at drain. */
+export interface MailboxWatch {
+  readonly queued: (body: unknown) => void
+  readonly settled: (body: unknown) => void
 }
 
 export interface ActorDefinition<S> {
@@ -60,6 +68,7 @@ export const serviceOf = <I, S, E>(tag: Context.Tag<I, S>, layer: Layer.Layer<I,
 
 interface Envelope<S> {
   readonly handler: Handler<S>
+  readonly watch?: MailboxWatch
   readonly body: unknown
   /** Set when the message could not be admitted on arrival (the actor was restarting): it is admitted when served. */
   readonly admit?: Endpoint<S>["admit"]
@@ -170,7 +179,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
           serving = undefined
           if (settle(env.msg, exit) && Exit.isFailure(exit)) yield* restart(built, exit.cause)
         }),
-      )
+      ).pipe(Effect.ensuring(Effect.sync(() => env.watch?.settled(env.body))))
 
     // Interruptible even when started inside an uninterruptible region (acquireRelease): drain interrupts it.
     const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(Effect.flatMap(Queue.take(mailbox), serveOne))))
@@ -183,7 +192,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       return undefined
     }
 
-    const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"]) => (err: Error | null, msg: Msg) => {
+    const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"], watch?: MailboxWatch) => (err: Error | null, msg: Msg) => {
       if (err) return
       const receivedAt = performance.now()
       if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
@@ -209,9 +218,10 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       const ready = admit !== undefined && built !== undefined && !restarting
       const admitted = ready ? admitNow(admit, built, body, msg) : { body }
       if (!admitted) return
-      const envelope: Envelope<S> = { handler, body: admitted.body, msg, receivedAt, admit: ready ? undefined : admit }
+      const envelope: Envelope<S> = { handler, body: admitted.body, msg, receivedAt, admit: ready ? undefined : admit, watch }
       const offered = Effect.runSync(Queue.offer(mailbox, envelope))
-      if (!offered) respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
+      if (offered) watch?.queued(envelope.body)
+      else respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
     }
 
     const listen = (source: Source, callback: (err: Error | null, msg: Msg) => void) => {
@@ -219,7 +229,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
       else source(callback)
     }
-    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true, e.admit))
+    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true, e.admit, e.watch))
     for (const e of def.immediate ?? []) listen(e.source, accept(e.handler, false))
 
     const status = (): ActorStatus => ({
@@ -246,7 +256,10 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
         await Effect.runPromise(Fiber.interrupt(loop))
         // Whatever is still queued is refused rather than dropped silently.
         const left = Effect.runSync(Queue.takeAll(mailbox))
-        for (const env of left) respondError(env.msg, leoamError("shutting_down", `${def.name} shut down before serving this request`))
+        for (const env of left) {
+          respondError(env.msg, leoamError("shutting_down", `${def.name} shut down before serving this request`))
+          env.watch?.settled(env.body)
+        }
         if (serving) respondError(serving.msg, leoamError("shutting_down", `${def.name} shut down while serving this request`))
         const built = current
         current = undefined

@@ -1,7 +1,8 @@
 // The gpu-executor actor: owns the WebGPU device, the model weights and the KV cache, and
 // runs one generation at a time (its mailbox serialises runs). A run is one control
 // message in (RunRequest) and, per decode step, one 8-byte token event out on the run's
-// token subject (protocol/token-event.ts); the reply carries the ids and timings. Cancel,
+// token subject (protocol/token-event.ts), and a heartbeat there while the run is held
+// (actors/liveness.ts); the reply carries the ids and timings. Cancel,
 // describe, policy check and stats bypass the mailbox so that they are answered while a
 // run is in progress. It alone decides when a policy change applies to every tier: the KV
 // manager switches the GPU cache and the host arena's eviction together. In every mode
@@ -24,6 +25,7 @@ import { encodeTokenEvent } from "../protocol/token-event.ts"
 import { type ActorDefinition, serviceOf } from "./actor.ts"
 import { attempt, attemptPromise, codedBy, type ErrorRow, libraryErrors, startup } from "./errors.ts"
 import { addKv, emptyTotals, executorStats, type ExecutorTotals } from "./executor-stats.ts"
+import { runHeartbeats } from "./liveness.ts"
 import { serve } from "./rpc.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
 
@@ -312,7 +314,8 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
   mailbox: 64,
   service: serviceOf(GpuExecutor, GpuExecutor.layer(nc, options)),
   stats: (s) => s.summary(),
-  handlers: [serve("executorRun", (s: GpuExecutorService, req) => s.run(req))],
+  // Every run held (queued, served, or waiting out a restart of this actor) is heartbeated on its token subject (actors/liveness.ts).
+  handlers: [{ ...serve("executorRun", (s: GpuExecutorService, req) => s.run(req)), watch: runHeartbeats(nc) }],
   immediate: [
     serve("executorCancel", (s: GpuExecutorService, { run_id }) => Effect.as(s.cancel(run_id), { ok: true as const })),
     serve("executorDescribe", (s: GpuExecutorService) => s.describe()),

@@ -1,7 +1,8 @@
 // A leoam node: starts (or joins) NATS, registers the public service with the NATS
 // services API, and runs the chosen actors as fibers of this process. `leoam serve` runs
 // all four; `leoam actor NAME` runs one against the same NATS. SIGTERM/SIGINT drain:
-// new requests get `shutting_down`, those in flight finish (bounded), then it stops.
+// new requests get `shutting_down`, those in flight finish (bounded), then it stops. An
+// embedded nats-server dies with this process, however it ends (nats-server.ts).
 import { readFileSync } from "node:fs"
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { Svcm } from "@nats-io/services"
@@ -22,7 +23,8 @@ import { type MetricsServer, startMetricsServer } from "./metrics.ts"
 import { diskStoreActor } from "./disk-store.ts"
 import { gpuExecutor } from "./gpu-executor.ts"
 import { hostCacheActor } from "./host-cache.ts"
-import { connectNats, type EmbeddedNats, type NatsAuth, startNatsServer } from "./nats.ts"
+import { connectNats, type EmbeddedNats, type NatsAuth } from "./nats.ts"
+import { startEmbeddedNats } from "./nats-server.ts"
 import { askPublic, runRequest } from "./rpc.ts"
 import { scheduler } from "./scheduler.ts"
 
@@ -57,6 +59,8 @@ export interface NodeOptions {
   readonly drainTimeoutMs?: number
   /** Prometheus text of the admin stats on http://127.0.0.1:PORT/metrics (with the scheduler). */
   readonly metricsPort?: number
+  /** Silence of the gpu-executor after which the scheduler gives a run up (default RUN_SILENCE_MS, actors/liveness.ts). */
+  readonly runSilenceMs?: number
 }
 
 export interface LeoamNode {
@@ -83,7 +87,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   if (!options.natsUrl) {
     const access = options.users ? accountsConfig(options.users) : undefined
     if (access) auth = access.node
-    embedded = await startNatsServer({ port: options.natsPort, extraConfig: access?.config, auth: access?.node })
+    embedded = await startEmbeddedNats({ port: options.natsPort, extraConfig: access?.config, auth: access?.node })
   }
   const url = options.natsUrl ?? embedded!.url
   const running: RunningActor[] = []
@@ -225,6 +229,7 @@ const startNamed = async (
           adminSources,
           load: () => self?.load() ?? { queued: 0, busy: false, capacity: o.queueCapacity ?? 64 },
           draining,
+          runSilenceMs: o.runSilenceMs,
         }),
       )
       self = actor

@@ -30,6 +30,7 @@ import { startup } from "./errors.ts"
 import { encodeJson } from "./nats.ts"
 import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
 import { STREAM_PREFIX } from "./access.ts"
+import { askRun } from "./liveness.ts"
 
 export interface SchedulerOptions {
   /** Absent for dummy weights: then only `ids` prompts are served and replies carry no text. */
@@ -44,8 +45,8 @@ export interface SchedulerOptions {
   /** Queue depth of the scheduler's own mailbox (set once the actor runs). */
   readonly load: () => { queued: number; busy: boolean; capacity: number }
   readonly draining: () => boolean
-  /** Longest a run may take before the scheduler gives up on the executor. */
-  readonly runTimeoutMs?: number
+  /** Silence (no heartbeat, no token) after which a run is lost: actor_unavailable (default RUN_SILENCE_MS, actors/liveness.ts). */
+  readonly runSilenceMs?: number
 }
 
 export interface SchedulerState {
@@ -156,7 +157,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       const stream = (event: StreamEvent) => {
         if (req.stream) nc.publish(req.stream, encodeJson(event))
       }
-      const onToken = (data: Uint8Array) => {
+      const onToken = (data: Uint8Array, attemptId: string) => {
         const event = decodeTokenEvent(data)
         if (cancelled || !event) return
         const delta = decoder ? decoder.push(event.id) : ""
@@ -164,7 +165,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         // A new match ends inside this delta: search only the tail it can start in.
         if (stops.length > 0 && firstStop(text.slice(Math.max(0, text.length - delta.length - longestStop + 1)), stops) >= 0) {
           cancelled = true
-          Effect.runFork(publish(nc, "executorCancel", { run_id: runId }))
+          Effect.runFork(publish(nc, "executorCancel", { run_id: attemptId }))
           return
         }
         // Text that may turn out to be the start of a stop string is held back.
@@ -183,12 +184,8 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         stop_ids: s.model.eos_ids,
         tokens: tokensSubject,
       }
-      // The token subscription lives exactly as long as the run request.
-      const result = yield* Effect.acquireUseRelease(
-        Effect.sync(() => nc.subscribe(tokensSubject, { callback: (_e, m) => onToken(m.data) })),
-        () => ask(nc, "executorRun", run, options.runTimeoutMs ?? 30 * 60_000),
-        (sub) => Effect.sync(() => sub.unsubscribe()),
-      )
+      // Waits as long as the executor heartbeats the run; a lost run is actor_unavailable (or retried before any token).
+      const result = yield* askRun(nc, run, { onToken, silenceMs: options.runSilenceMs })
       // The reply is the truth: text and stop strings are applied to its ids.
       let outIds = result.ids
       const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")
