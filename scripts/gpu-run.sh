@@ -35,16 +35,22 @@ if [ "$suite" = compare ]; then
   echo "base: $(cat .bench-bundle/base/COMMIT)" | tee "$out/compare.txt"
   node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   mkdir -p /tmp/leoam-kv
+  # Per round: tiered-bench for both trees first (the comparison), then decode-compare.
   for round in 1 2; do
     # A second round only where the device tool's 10-minute command limit leaves room for it.
     [ "$round" = 1 ] || [ "$SECONDS" -lt "${COMPARE_ROUND2_BEFORE_S:-300}" ] || { echo "round 2 skipped (time)" | tee -a "$out/compare.txt"; break; }
     for tree in base new; do
       dir=.bench-bundle; [ "$tree" = base ] && dir=.bench-bundle/base
-      echo "== round $round, $tree" | tee -a "$out/compare.txt"
+      echo "== round $round, $tree: tiered-bench" | tee -a "$out/compare.txt"
       rm -rf /tmp/leoam-kv/*
       timeout 150 node "$dir/tiered-bench.mjs" --preset llama-3.1-8b --context 65536 --policies full,leoam --steps 6 --max-seconds 15 \
         --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-$tree-$round.json" 2>&1 | tee -a "$out/compare.txt" || echo "tiered-bench $tree: failed or stopped" | tee -a "$out/compare.txt"
-      [ ! -f "$dir/decode-compare.mjs" ] || timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
+    done
+    for tree in base new; do
+      dir=.bench-bundle; [ "$tree" = base ] && dir=.bench-bundle/base
+      [ -f "$dir/decode-compare.mjs" ] || continue
+      echo "== round $round, $tree: decode-compare" | tee -a "$out/compare.txt"
+      timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
     done
   done
   exit 0
