@@ -6,9 +6,10 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import type { Msg } from "@nats-io/nats-core"
+import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
+import { type RunningActor, startActor } from "../actors/actor.ts"
 import { connectNats, jsonDepth, MAX_JSON_DEPTH, parseBody, respondSafely, startNatsServer } from "../actors/nats.ts"
 import { startNode } from "../actors/node.ts"
 import { LeoamError } from "../protocol/errors.ts"
@@ -192,7 +193,10 @@ layer(ClusterTest.layer({ queueCapacity: 2, maxContext: 1024 }), { excludeTestSe
 })
 
 /** A node on a nats-server whose max_payload (256 KiB) is smaller than a long tokenize reply. */
-class SmallPayloadNode extends Context.Tag("leoam/test/SmallPayloadNode")<SmallPayloadNode, { readonly ask: (subject: string, body: unknown) => Effect.Effect<Awaited<ReturnType<typeof ask>>> }>() {
+class SmallPayloadNode extends Context.Tag("leoam/test/SmallPayloadNode")<
+  SmallPayloadNode,
+  { readonly ask: (subject: string, body: unknown) => Effect.Effect<Awaited<ReturnType<typeof ask>>>; readonly nc: NatsConnection }
+>() {
   static readonly layer = Layer.scoped(
     SmallPayloadNode,
     Effect.gen(function* () {
@@ -214,7 +218,7 @@ class SmallPayloadNode extends Context.Tag("leoam/test/SmallPayloadNode")<SmallP
         Effect.promise(() => connectNats(nats.url, "test-client")),
         (c) => Effect.promise(() => c.close()),
       )
-      return { ask: (subject: string, body: unknown) => Effect.promise(() => ask(client, subject, body, 60_000)) }
+      return { ask: (subject: string, body: unknown) => Effect.promise(() => ask(client, subject, body, 60_000)), nc: client }
     }),
   )
 }
@@ -232,6 +236,26 @@ layer(SmallPayloadNode.layer, { excludeTestServices: true, timeout: "120 seconds
       // Twice: the first was no fluke of a fresh node.
       expect((yield* ask(publicSubjects.tokenize, { text: "\u{1F600}".repeat(30_000) })).json.error.code).toBe("payload_too_large")
       yield* stillServing(ask)
+    }),
+  )
+
+  it.scoped("a reply too large, from the mailbox or beside it, is payload_too_large and the actor goes on serving", () =>
+    Effect.gen(function* () {
+      const { nc, ask } = yield* SmallPayloadNode
+      // Replies of `bytes` characters: 300 KB is over the server's max_payload.
+      const reply = (_s: unknown, body: unknown) => Effect.succeed({ text: "x".repeat((body as { bytes: number }).bytes) })
+      yield* Effect.acquireRelease(
+        startActor(nc, { name: "host-cache", service: Effect.succeed({}), handlers: [{ source: "test.big", handler: reply }], immediate: [{ source: "test.big.now", handler: reply }] }),
+        (a: RunningActor) => Effect.promise(() => a.drain(1000)),
+      )
+      for (const subject of ["test.big", "test.big.now"]) {
+        for (let i = 0; i < 2; i++) {
+          const big = yield* ask(subject, { bytes: 300_000 })
+          expect([subject, big.json.error?.code, big.status]).toEqual([subject, "payload_too_large", "413"])
+          const small = yield* ask(subject, { bytes: 10 })
+          expect(small.json.text).toBe("x".repeat(10))
+        }
+      }
     }),
   )
 })
