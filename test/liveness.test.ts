@@ -3,8 +3,9 @@
 // before any token, not retried after one, no executor at all), a run queued in a real
 // actor's mailbox kept alive by its heartbeats; then processes: kill -9 of a gpu-executor
 // mid-generate (the client hears `actor_unavailable` within seconds, the queue moves on, a
-// new executor serves the next request) and kill -9 of `leoam serve` (its nats-server
-// dies with it and no config file is left). Everything started is stopped by its scope.
+// new executor serves the next request), a nats-server restarted mid-generate (one reply,
+// then service), and kill -9 of `leoam serve` (its nats-server dies with it and no config
+// file is left). Everything started is stopped by its scope.
 import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { createConnection } from "node:net"
@@ -204,7 +205,7 @@ const portOpen = (port: number) =>
     s.once("error", () => resume(Effect.succeed(false)))
   })
 
-describe("processes killed with kill -9", () => {
+describe("processes killed with kill -9, a nats-server restarted", () => {
   it.scopedLive("a gpu-executor killed mid-generate: actor_unavailable within seconds, the queue moves on, a new executor serves the next request", () =>
     Effect.gen(function* () {
       const { url } = yield* nats
@@ -243,6 +244,47 @@ describe("processes killed with kill -9", () => {
       const served = yield* Effect.promise(() => ask(client, publicSubjects.generate, { prompt: "Once upon a time", max_tokens: 4 }))
       expect(served.json.ids).toEqual([1936, 223, 20, 22])
       process.stderr.write(`liveness: lost run answered ${lostAfter.toFixed(0)} ms after kill -9; the queued one ${nextAfter.toFixed(0)} ms; a new executor ready in ${restartMs.toFixed(0)} ms\n`)
+    }),
+  )
+
+  // The run goes on through the restart (the executor's token events and heartbeats are buffered while it reconnects)
+  // or, when a message was lost, is answered actor_unavailable; either way one reply.
+  it.scopedLive("nats-server restarted mid-generate: the request gets exactly one reply, and the next one is served", () =>
+    Effect.gen(function* () {
+      const first = yield* Effect.promise(() => startEmbeddedNats())
+      let current = first
+      yield* Effect.addFinalizer(() => Effect.promise(() => current.stop()))
+      const kvDir = yield* tempDir("leoam-kv-")
+      yield* Effect.acquireRelease(
+        Effect.promise(() => startNode({ actors: ["gpu-executor", "host-cache", "scheduler"], natsUrl: first.url, model: modelDir, maxContext: 512, kvDir, hostKvBudget: 1 << 20 })),
+        (node) => Effect.promise(() => node.stop()),
+      )
+      const client = yield* connection(first.url)
+      const stream = `_INBOX.liveness.restart.${process.pid}`
+      const inbox = `_INBOX.liveness.reply.${process.pid}`
+      const replies: Array<{ at: number; body: any }> = []
+      client.subscribe(inbox, { callback: (_e, m) => void replies.push({ at: performance.now(), body: m.json() }) })
+      const streamed = Effect.async<void>((resume) => {
+        const sub = client.subscribe(stream, { max: 1, callback: () => resume(Effect.void) })
+        return Effect.sync(() => sub.unsubscribe())
+      })
+      const firstToken = yield* Effect.fork(streamed)
+      yield* Effect.promise(() => client.flush())
+      client.publish(publicSubjects.generate, encodeJson({ prompt: "Once upon a time", max_tokens: 48, stream }), { reply: inbox })
+      yield* firstToken
+      yield* Effect.promise(() => first.stop())
+      const restartedAt = performance.now()
+      current = yield* Effect.promise(() => startEmbeddedNats({ port: first.port }))
+      yield* waitFor("a reply after the restart", () => replies.length > 0, 60_000)
+      yield* Effect.sleep(1000) // a second reply would come now
+      expect(replies).toHaveLength(1)
+      const answered = replies[0]
+      expect(answered.body.error?.code ?? "ok").toMatch(/^(ok|actor_unavailable)$/)
+      const served = yield* Effect.promise(() => ask(client, publicSubjects.generate, { prompt: "Once upon a time", max_tokens: 4 }))
+      expect(served.json.ids).toEqual([1936, 223, 20, 22])
+      process.stderr.write(
+        `liveness: nats-server restart: the request answered ${answered.body.error?.code ?? "ok"} ${(answered.at - restartedAt).toFixed(0)} ms after the restart; the next one served ${(performance.now() - restartedAt).toFixed(0)} ms after it\n`,
+      )
     }),
   )
 
