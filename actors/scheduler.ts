@@ -29,7 +29,7 @@ import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf
 import { startup } from "./errors.ts"
 import { encodeJson } from "./nats.ts"
 import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
-import { STREAM_PREFIX } from "./access.ts"
+import { refuseStream, STREAM_PREFIX } from "./access.ts"
 import { askRun } from "./liveness.ts"
 
 export interface SchedulerOptions {
@@ -287,7 +287,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
       {
         source: options.sources.generate,
         admit: (s, body) => s.admit(body),
-        handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
+        handler: (s, admitted, msg, receivedAt) => replyBy(GenerateReply)(refuseStream(msg.headers, (admitted as Admitted).req.stream) ?? s.generate(admitted as Admitted, receivedAt)),
       },
     ],
     immediate: [

@@ -4,23 +4,24 @@
 import { readFileSync } from "node:fs"
 import type { NatsConnection } from "@nats-io/nats-core"
 import type { Schema } from "effect"
-import { connectNats, type NatsAuth } from "../actors/nats.ts"
 import { askPublic, runRequest } from "../actors/rpc.ts"
 import { adminReplies, type AdminStatsReply } from "../protocol/admin.ts"
 import { policyNames } from "../protocol/policy.ts"
 import { adminSubjects } from "../protocol/subjects.ts"
+import { type ClientAuth, connectClient } from "./connect.ts"
 import { CliError } from "./errors.ts"
 
 export interface AdminConnection {
   readonly natsUrl: string
-  readonly auth: NatsAuth
+  readonly auth: ClientAuth
   readonly timeoutMs: number
 }
 
 type View = { name: string; chunk_tokens: number; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string }
 
 const withNats = async <T>(c: AdminConnection, f: (nc: NatsConnection) => Promise<T>): Promise<T> => {
-  const nc = await connectNats(c.natsUrl, "leoam-admin", c.auth).catch((e) => {
+  const nc = await connectClient(c.natsUrl, "leoam-admin", c.auth).catch((e) => {
+    if (e instanceof CliError) throw e
     throw new CliError("actor_unavailable", `cannot connect to ${c.natsUrl}: ${(e as Error).message}`)
   })
   try {

@@ -34,9 +34,9 @@ export const kvPolicyHelp = `KV policy: ${policyNames.join(", ")}, or a JSON fil
 
 export const defaultKvDir = () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "leoam", "kv")
 
-/** The default KV directory, created with its parents (an explicit --kv-dir is not). */
+/** The default KV directory, created with its parents, owner only (an explicit --kv-dir is not created here). */
 export const ensuredDefaultKvDir = () => {
   const dir = defaultKvDir()
-  mkdirSync(dir, { recursive: true })
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
   return dir
 }

@@ -9,6 +9,7 @@ import { type AdminConnection, adminPolicyGet, adminPolicyHistory, adminPolicyLi
 import { policyNames } from "../protocol/policy.ts"
 import { defaultNatsUrl } from "./local.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
+import { type ClientAuth, passwordOf } from "./connect.ts"
 import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
 import { parseSize } from "./sizes.ts"
@@ -104,7 +105,8 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--model <dir>", "Hugging Face model directory (the scheduler needs its tokenizer); dummy:PRESET for a gpu-executor alone", bundledModelDir)
     .option("--nats-url <url>", embedded ? "use this NATS server instead of starting an embedded one" : "the NATS server the other actors use (required)")
     .option("--nats-user <user>", "NATS user name")
-    .option("--nats-pass <password>", "NATS password")
+    .option("--nats-pass <password>", "NATS password (visible to other local users in `ps`: prefer --nats-pass-file or $LEOAM_NATS_PASS)")
+    .option("--nats-pass-file <file>", "file whose first line is the NATS password (default: $LEOAM_NATS_PASS)")
     .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed) for --nats-url")
     .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...) for --nats-url")
     .option("--metrics-port <port>", "serve the admin stats as Prometheus text on http://127.0.0.1:PORT/metrics (0: a free port)", integer("--metrics-port", 0, 65535))
@@ -132,7 +134,7 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   natsUrl: o.natsUrl,
   natsPort: o.natsPort,
   natsUser: o.natsUser,
-  natsPass: o.natsPass,
+  natsPass: passwordOf(o),
   natsCreds: o.natsCreds,
   natsNkey: o.natsNkey,
   users: o.users,
@@ -167,19 +169,30 @@ nodeOptions(
   await runServe(serveArgs(o, actor === "gpu-executor" ? ["gpu-executor", "host-cache"] : [actor], cmd))
 })
 
+/** The client commands' NATS credentials and inbox prefix from their flags and the environment. */
+const clientAuth = (o: Record<string, any>): ClientAuth => ({
+  user: o.natsUser,
+  pass: passwordOf(o),
+  credsFile: o.natsCreds,
+  nkeySeedFile: o.natsNkey,
+  inboxPrefix: o.inboxPrefix,
+})
+
 /** Connection options of the admin and stats commands. */
 const adminConnection = (cmd: Command) =>
   cmd
     .option("--nats-url <url>", "the NATS server of the leoam node (default: $LEOAM_NATS_URL, else the running `leoam serve` of this user, else nats://127.0.0.1:4222)")
     .option("--nats-user <user>", "NATS user name (an admin user where access control is on)")
-    .option("--nats-pass <password>", "NATS password")
+    .option("--nats-pass <password>", "NATS password (visible to other local users in `ps`: prefer --nats-pass-file or $LEOAM_NATS_PASS)")
+    .option("--nats-pass-file <file>", "file whose first line is the NATS password (default: $LEOAM_NATS_PASS)")
     .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
     .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)")
+    .option("--inbox-prefix <prefix>", "where replies come (default: _INBOX_<user> for a named user, the only inbox a client user may use under `serve --users`; else _INBOX)")
     .option("--timeout <ms>", "how long to wait for a reply", integer("--timeout", 1), 30_000)
     .option("--json", "print the reply as JSON")
 const connectionOf = (o: Record<string, any>): AdminConnection => ({
   natsUrl: o.natsUrl ?? defaultNatsUrl(),
-  auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey },
+  auth: clientAuth(o),
   timeoutMs: o.timeout,
 })
 
@@ -220,12 +233,15 @@ program
   .description("Send one request to a leoam service and print the reply (exit 1 on an error reply).")
   .option("--nats-url <url>", "the NATS server (default: $LEOAM_NATS_URL, else the running `leoam serve` of this user, else nats://127.0.0.1:4222)")
   .option("--nats-user <user>", "NATS user name")
-  .option("--nats-pass <password>", "NATS password")
+  .option("--nats-pass <password>", "NATS password (visible to other local users in `ps`: prefer --nats-pass-file or $LEOAM_NATS_PASS)")
+    .option("--nats-pass-file <file>", "file whose first line is the NATS password (default: $LEOAM_NATS_PASS)")
   .option("--nats-creds <file>", "NATS credentials file (JWT and nkey seed)")
   .option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)")
+  .option("--inbox-prefix <prefix>", "where replies come (default: _INBOX_<user> for a named user, the only inbox a client user may use under `serve --users`; else _INBOX)")
+  .option("--stream", "for leoam.v1.generate: set `stream` to a fresh subject under this user's inbox prefix and print each token event as a JSON line before the reply")
   .option("--timeout <ms>", "how long to wait for the reply", integer("--timeout", 1), 600_000)
   .action(async (subject, json, o) =>
-    runRequest({ subject, body: json, natsUrl: o.natsUrl ?? defaultNatsUrl(), auth: { user: o.natsUser, pass: o.natsPass, credsFile: o.natsCreds, nkeySeedFile: o.natsNkey }, timeoutMs: o.timeout }),
+    runRequest({ subject, body: json, natsUrl: o.natsUrl ?? defaultNatsUrl(), auth: clientAuth(o), timeoutMs: o.timeout, stream: !!o.stream }),
   )
 
 const fail = (code: string, message: string): never => {

@@ -1,14 +1,41 @@
 // `leoam request SUBJECT [JSON]`: one request/reply against a leoam service, for people
 // and scripts (any NATS client does the same). Error replies print the code and exit 1.
-import { connectNats, type NatsAuth } from "../actors/nats.ts"
+// With --stream, a generate's token events come to a fresh subject in this user's own space
+// (its inbox prefix) and are printed as JSON lines before the reply.
+import { createInbox } from "@nats-io/nats-core"
+import { type ClientAuth, connectClient, inboxOf } from "./connect.ts"
 import { CliError } from "./errors.ts"
 
-export const runRequest = async (o: { subject: string; body: string; natsUrl: string; auth: NatsAuth; timeoutMs: number }) => {
-  const nc = await connectNats(o.natsUrl, "leoam-request", o.auth).catch((e) => {
+export const runRequest = async (o: { subject: string; body: string; natsUrl: string; auth: ClientAuth; timeoutMs: number; stream?: boolean }) => {
+  let body = o.body
+  const streamSubject = o.stream ? createInbox(inboxOf(o.auth) ?? "_INBOX") : undefined
+  if (streamSubject !== undefined) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(o.body === "" ? "{}" : o.body)
+    } catch (e) {
+      throw new CliError("invalid_json", `--stream needs a JSON object body: ${(e as Error).message}`)
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new CliError("invalid_request", "--stream needs a JSON object body")
+    body = JSON.stringify({ ...parsed, stream: streamSubject })
+  }
+  const nc = await connectClient(o.natsUrl, "leoam-request", o.auth).catch((e) => {
+    if (e instanceof CliError) throw e
     throw new CliError("actor_unavailable", `cannot connect to ${o.natsUrl}: ${(e as Error).message}`)
   })
   try {
-    const reply = await nc.request(o.subject, new TextEncoder().encode(o.body), { timeout: o.timeoutMs }).catch((e) => {
+    if (streamSubject !== undefined) {
+      nc.subscribe(streamSubject, {
+        callback: (_e, m) => {
+          process.stdout.write(new TextDecoder().decode(m.data) + "\n")
+        },
+      })
+      await nc.flush()
+    }
+    const reply = await nc.request(o.subject, new TextEncoder().encode(body), { timeout: o.timeoutMs }).catch((e) => {
+      if (/Permissions Violation/i.test(String((e as Error).message)) || /Permissions Violation/i.test(String((e as { cause?: Error }).cause?.message))) {
+        throw new CliError("permission_denied", `${o.subject}: ${(e as Error).message}`)
+      }
       throw new CliError("timeout", `no reply on ${o.subject} within ${o.timeoutMs} ms: ${(e as Error).message}`)
     })
     const text = new TextDecoder().decode(reply.data)

@@ -13,6 +13,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Layer, Schedule } from "effect"
 import { pingActors } from "../actors/actor.ts"
 import { connectNats } from "../actors/nats.ts"
+import { connectClient } from "../cli/connect.ts"
 import { type LeoamNode, startNode } from "../actors/node.ts"
 import { parsePolicyDocument } from "../protocol/policy.ts"
 import { adminSubjects, internalSubjects, publicSubjects } from "../protocol/subjects.ts"
@@ -276,7 +277,11 @@ layer(AdminNode.layer("leoam-acl-", { users }), { excludeTestServices: true, tim
   it.scoped("denies a client user the admin and the internal subjects, and serves it the public ones", () =>
     Effect.gen(function* () {
       const { node } = yield* AdminNode
-      const carol = yield* connection(node.url, "carol", { user: "carol", pass: "carol-secret" })
+      // A client user connects with its own inbox prefix (_INBOX_carol), the only one it may subscribe to.
+      const carol = yield* Effect.acquireRelease(
+        Effect.promise(() => connectClient(node.url, "carol", { user: "carol", pass: "carol-secret" })),
+        (nc) => Effect.promise(() => nc.close().catch(() => undefined)),
+      )
       const r = yield* ask(carol, publicSubjects.generate, { ids: [5, 6, 7], max_tokens: 2 })
       expect(r.json.usage).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
       expect((yield* ask(carol, publicSubjects.health, {})).json.status).toBe("ok")
