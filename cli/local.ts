@@ -21,8 +21,8 @@ const alive = (pid: number) => {
 export const writeServeRecord = (url: string): void => {
   try {
     const file = serveRecordPath()
-    mkdirSync(dirname(file), { recursive: true })
-    writeFileSync(file, JSON.stringify({ url, pid: process.pid, started: new Date().toISOString() }) + "\n")
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
+    writeFileSync(file, JSON.stringify({ url, pid: process.pid, started: new Date().toISOString() }) + "\n", { mode: 0o600 })
   } catch {
     // no record: the CLI then needs --nats-url
   }

@@ -154,7 +154,7 @@ export class DiskStore {
     let store: DiskStore
     try {
       store = new DiskStore(kvDir, root, segments, now, options.durableChunkCommits === true ? undefined : NO_WAIT_FLUSH)
-      privateFiles(indexPath, `${indexPath}-lock`)
+      privateFiles(chunkDir, indexPath, `${indexPath}-lock`)
       writeMarker(kvDir, now())
       store.reclaimed = store.commit(() => reclaim(store.dbs(), chunkDir))
     } catch (e) {
@@ -475,11 +475,11 @@ const ensureDir = (dir: string): void => {
   }
 }
 
-/** The index files hold prompt KV metadata: owner only (lmdb-js creates them 0644). */
+/** The chunk directory and the index hold prompt KV: owner only (lmdb-js creates its files 0644; older stores made 0755 directories). */
 const privateFiles = (...files: string[]): void => {
   for (const file of files) {
     try {
-      fs.chmodSync(file, 0o600)
+      fs.chmodSync(file, fs.statSync(file).isDirectory() ? 0o700 : 0o600)
     } catch {
       // Another user's file in a shared directory: leave it as its owner made it.
     }

@@ -190,5 +190,11 @@ ${how === "crash" ? `process.kill(process.pid, "SIGKILL")` : "await s.close()"}`
     expect(mode(kvDir)).toBe(0o700)
     expect(mode(path.join(kvDir, "chunks"))).toBe(0o700)
     for (const f of ["index.lmdb", "index.lmdb-lock", "store.json", `chunks/${segmentFileName("done")}`]) expect(mode(path.join(kvDir, f)), f).toBe(0o600)
+    // A store made before this (0755 chunk directory, 0644 index) is made private at its next open.
+    fs.chmodSync(path.join(kvDir, "chunks"), 0o755)
+    fs.chmodSync(path.join(kvDir, "index.lmdb"), 0o644)
+    await DiskStore.open({ kvDir }).close()
+    expect(mode(path.join(kvDir, "chunks"))).toBe(0o700)
+    expect(mode(path.join(kvDir, "index.lmdb"))).toBe(0o600)
   })
 })
