@@ -7,7 +7,7 @@
 // then service), and kill -9 of `leoam serve` (its nats-server dies with it and no config
 // file is left). Everything started is stopped by its scope.
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createConnection } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -140,6 +140,25 @@ describe("a run's heartbeats (a stand-in gpu-executor)", () => {
       expect(actor.load()).toMatchObject({ queued: 0, busy: false })
     }),
   )
+
+  it.scopedLive("runs refused at drain stop being heartbeated", () =>
+    Effect.gen(function* () {
+      const { url } = yield* nats
+      const nc = yield* connection(url)
+      const watch = runHeartbeats(nc, 50)
+      const actor = yield* startActor(nc, {
+        name: "gpu-executor",
+        service: Effect.succeed({}),
+        handlers: [{ source: internalSubjects.executorRun, watch, handler: (_s, body) => Effect.as(Effect.sleep(10_000), result((body as RunRequest).run_id)) }],
+      })
+      const asked = yield* Effect.fork(Effect.all([runRequest(), runRequest(), runRequest()].map((run) => Effect.either(askRun(nc, run, { onToken: () => undefined, silenceMs: SILENCE }))), { concurrency: 3 }))
+      yield* waitFor("three runs held", () => watch.held() === 3, 2000)
+      yield* Effect.promise(() => actor.drain(0))
+      const answers = yield* asked
+      expect(answers.map((a) => (a._tag === "Left" ? a.left.code : "ok"))).toEqual(["shutting_down", "shutting_down", "shutting_down"])
+      expect(watch.held()).toBe(0)
+    }),
+  )
 })
 
 // --- processes ---
@@ -204,6 +223,28 @@ const portOpen = (port: number) =>
     const s = createConnection({ host: "127.0.0.1", port }, () => (s.destroy(), resume(Effect.succeed(true))))
     s.once("error", () => resume(Effect.succeed(false)))
   })
+
+describe("the embedded nats-server's config", () => {
+  it.scopedLive("a config directory left by a process killed during start-up is removed by the next start; a live one's is kept", () =>
+    Effect.gen(function* () {
+      const tmp = yield* tempDir("leoam-stale-")
+      const dead = yield* Effect.async<number>((resume) => {
+        const child = spawn("true")
+        child.once("exit", () => resume(Effect.succeed(child.pid!)))
+      })
+      const stale = join(tmp, `leoam-nats-${dead}-AbCdEf`)
+      const live = join(tmp, `leoam-nats-${process.ppid}-GhIjKl`)
+      for (const dir of [stale, live]) mkdirSync(dir, { mode: 0o700 }), writeFileSync(join(dir, "nats.conf"), "authorization { password: secret }\n", { mode: 0o600 })
+      const saved = process.env.TMPDIR
+      process.env.TMPDIR = tmp
+      const server = yield* Effect.acquireRelease(Effect.promise(() => startEmbeddedNats()), (n) => Effect.promise(() => n.stop())).pipe(
+        Effect.ensuring(Effect.sync(() => (saved === undefined ? delete process.env.TMPDIR : (process.env.TMPDIR = saved)))),
+      )
+      expect(readdirSync(tmp).sort()).toEqual([`leoam-nats-${process.ppid}-GhIjKl`])
+      expect(yield* portOpen(server.port)).toBe(true)
+    }),
+  )
+})
 
 describe("processes killed with kill -9, a nats-server restarted", () => {
   it.scopedLive("a gpu-executor killed mid-generate: actor_unavailable within seconds, the queue moves on, a new executor serves the next request", () =>
