@@ -9,7 +9,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { connectNats, startNatsServer } from "../actors/nats.ts"
+import { connectNats } from "../actors/nats.ts"
+import { startEmbeddedNats } from "../actors/nats-server.ts"
 import { startNode } from "../actors/node.ts"
 import { publicSubjects } from "../protocol/subjects.ts"
 import { ask as askPromise, modelDir } from "./support/server.ts"
@@ -58,7 +59,7 @@ const ask = (nc: Parameters<typeof askPromise>[0], subject: string, body: unknow
 describe("actors in separate processes", () => {
   it.scopedLive("completes a generate with disk-store in its own process", () =>
     Effect.gen(function* () {
-      const nats = yield* Effect.acquireRelease(Effect.promise(() => startNatsServer()), (n) => Effect.promise(() => n.stop()))
+      const nats = yield* Effect.acquireRelease(Effect.promise(() => startEmbeddedNats()), (n) => Effect.promise(() => n.stop()))
       const kvDir = yield* tempDir("leoam-kv-")
       const disk = yield* leoamProcess(["actor", "disk-store", "--nats-url", nats.url, "--kv-dir", kvDir], /ready on (\S+) \(pid (\d+)\)/)
       yield* Effect.acquireRelease(
