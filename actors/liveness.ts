@@ -112,7 +112,7 @@ const attempt = (nc: NatsConnection, run: RunRequest, data: Uint8Array, watch: R
       if (silentTicks < 2) return
       stop()
       resume(Effect.fail(new RunSilent({ streamed, silentMs: Math.round(silent) })))
-    }, Math.max(20, silenceMs / 4))
+    }, Math.max(20, silenceMs / 10))
     const stop = () => {
       clearInterval(timer)
       tokens.unsubscribe()

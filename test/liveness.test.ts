@@ -280,10 +280,28 @@ describe("processes killed with kill -9, a nats-server restarted", () => {
       expect(next.json.error).toMatchObject({ code: "actor_unavailable", message: expect.stringContaining("no gpu-executor") })
       expect(nextAfter - lostAfter).toBeLessThan(1000)
       const restartAt = performance.now()
-      yield* leoam(executorArgs, /ready on/)
+      const second = yield* leoam(executorArgs, /ready on/)
       const restartMs = performance.now() - restartAt
       const served = yield* Effect.promise(() => ask(client, publicSubjects.generate, { prompt: "Once upon a time", max_tokens: 4 }))
       expect(served.json.ids).toEqual([1936, 223, 20, 22])
+      // Killed during a prefill (its first heartbeat seen, no token yet): retried once, and the retry finds no executor.
+      const heartbeat = Effect.async<void>((resume) => {
+        const runs = client.subscribe(internalSubjects.executorRun, {
+          max: 1,
+          callback: (_e, m) => void client.subscribe(m.json<RunRequest>().tokens, { max: 1, callback: () => resume(Effect.void) }),
+        })
+        return Effect.sync(() => runs.unsubscribe())
+      })
+      const beat = yield* Effect.fork(heartbeat)
+      yield* Effect.promise(() => client.flush())
+      const prefill = yield* Effect.fork(Effect.promise(() => ask(client, publicSubjects.generate, { ids: Array.from({ length: 480 }, (_, i) => 100 + i), max_tokens: 4 }, 60_000)))
+      yield* beat
+      second.child.kill("SIGKILL")
+      const retried = yield* prefill
+      expect(retried.json.error).toMatchObject({ code: "actor_unavailable", message: expect.stringMatching(/retried once: no gpu-executor is running/) })
+      yield* leoam(executorArgs, /ready on/)
+      const again = yield* Effect.promise(() => ask(client, publicSubjects.generate, { prompt: "Once upon a time", max_tokens: 4 }))
+      expect(again.json.ids).toEqual([1936, 223, 20, 22])
       process.stderr.write(`liveness: lost run answered ${lostAfter.toFixed(0)} ms after kill -9; the queued one ${nextAfter.toFixed(0)} ms; a new executor ready in ${restartMs.toFixed(0)} ms\n`)
     }),
   )
