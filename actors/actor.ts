@@ -36,7 +36,7 @@ export interface Endpoint<S> {
    * what the handler gets as `body`. It runs synchronously in the NATS callback, so it must
    * not wait on anything (decode, validate, tokenize).
    */
-  readonly admit?: (service: S, body: unknown) => Effect.Effect<unknown, LeoamError>
+  readonly admit?: (service: S, body: unknown, msg: Msg) => Effect.Effect<unknown, LeoamError>
 }
 
 /** `settled` follows every `queued` body once: after its reply, or when it is refused at drain. */
@@ -173,7 +173,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
           serving = env
           const admit = env.admit
           const handle = admit
-            ? Effect.flatMap(Effect.suspend(() => admit(built.service, env.body)), (body) => env.handler(built.service, body, env.msg, env.receivedAt))
+            ? Effect.flatMap(Effect.suspend(() => admit(built.service, env.body, env.msg)), (body) => env.handler(built.service, body, env.msg, env.receivedAt))
             : Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt))
           const exit = yield* Effect.exit(handle)
           serving = undefined
@@ -186,7 +186,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
 
     /** Admits a mailbox message now; undefined when it was answered instead (refused, or a crash). */
     const admitNow = (admit: NonNullable<Endpoint<S>["admit"]>, built: Built<S>, body: unknown, msg: Msg): { body: unknown } | undefined => {
-      const exit = Effect.runSyncExit(Effect.suspend(() => admit(built.service, body)))
+      const exit = Effect.runSyncExit(Effect.suspend(() => admit(built.service, body, msg)))
       if (Exit.isSuccess(exit)) return { body: exit.value }
       if (settle(msg, exit)) Effect.runFork(lock.withPermits(1)(restart(built, exit.cause)))
       return undefined

@@ -286,8 +286,9 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     handlers: [
       {
         source: options.sources.generate,
-        admit: (s, body) => s.admit(body),
-        handler: (s, admitted, msg, receivedAt) => replyBy(GenerateReply)(refuseStream(msg.headers, (admitted as Admitted).req.stream) ?? s.generate(admitted as Admitted, receivedAt)),
+        // The stream is checked against the requester (Nats-Request-Info) at admission: a refused one never takes a place.
+        admit: (s, body, msg) => Effect.flatMap(s.admit(body), (admitted) => refuseStream(msg.headers, admitted.req.stream) ?? Effect.succeed(admitted)),
+        handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
       },
     ],
     immediate: [
