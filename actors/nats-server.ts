@@ -33,7 +33,12 @@ const removeStale = (dir: string) => {
   }
   for (const name of names) {
     const m = /^leoam-nats-(\d+)-/.exec(name)
-    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1]))) rmSync(join(dir, name), { recursive: true, force: true })
+    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue
+    try {
+      rmSync(join(dir, name), { recursive: true, force: true })
+    } catch {
+      // Another user's: theirs to remove (its 0700 directory keeps it from us anyway).
+    }
   }
 }
 
@@ -48,8 +53,8 @@ const ready = async (url: string, auth: NatsAuth | undefined, exited: Promise<st
     try {
       await (await connectNats(url, "leoam-probe", auth)).close()
       return
-    } catch {
-      if (Date.now() > deadline) throw new Error(`nats-server did not accept connections on ${url} within 10 s`)
+    } catch (e) {
+      if (Date.now() > deadline) throw new Error(`nats-server did not accept connections on ${url} within 10 s: ${(e as Error).message}`)
     }
   }
 }

@@ -297,12 +297,14 @@ describe("processes killed with kill -9, a nats-server restarted", () => {
       const prefill = yield* Effect.fork(Effect.promise(() => ask(client, publicSubjects.generate, { ids: Array.from({ length: 480 }, (_, i) => 100 + i), max_tokens: 4 }, 60_000)))
       yield* beat
       second.child.kill("SIGKILL")
+      const secondKilledAt = performance.now()
       const retried = yield* prefill
+      const retriedAfter = performance.now() - secondKilledAt
       expect(retried.json.error).toMatchObject({ code: "actor_unavailable", message: expect.stringMatching(/retried once: no gpu-executor is running/) })
-      yield* leoam(executorArgs, /ready on/)
-      const again = yield* Effect.promise(() => ask(client, publicSubjects.generate, { prompt: "Once upon a time", max_tokens: 4 }))
-      expect(again.json.ids).toEqual([1936, 223, 20, 22])
-      process.stderr.write(`liveness: lost run answered ${lostAfter.toFixed(0)} ms after kill -9; the queued one ${nextAfter.toFixed(0)} ms; a new executor ready in ${restartMs.toFixed(0)} ms\n`)
+      expect(retriedAfter).toBeLessThan(9000)
+      process.stderr.write(
+        `liveness: lost run answered ${lostAfter.toFixed(0)} ms after kill -9; the queued one ${nextAfter.toFixed(0)} ms; a new executor ready in ${restartMs.toFixed(0)} ms; killed in prefill: retried and answered ${retriedAfter.toFixed(0)} ms after\n`,
+      )
     }),
   )
 
