@@ -85,7 +85,7 @@ const sizeOf = (file: string): number | undefined => {
 export const reclaim = (db: ReclaimDbs, chunkDir: string): ReclaimReport => {
   const live = new Set<string>()
   let sessions = 0
-  for (const { key, value } of db.writers.getRange({})) {
+  for (const { key, value } of Array.from(db.writers.getRange({}))) {
     const session = key as string
     if (writerAlive(value)) live.add(session)
     else db.writers.removeSync(key)
