@@ -131,7 +131,8 @@ export const checkIndex = (kvDir: string, indexPath: string, chunkDir: string): 
 /**
  * Reads every entry of every named database in a child process: garbage inside data pages
  * (intact meta pages) makes lmdb-js abort or fault, and that must kill the child, not us.
- * Returns undefined when the walk completes, else what went wrong.
+ * Returns undefined when the walk completes (or is still going after `timeoutMs`, or could
+ * not be started: neither proves damage), else what went wrong.
  */
 export const walkIndex = (indexPath: string, timeoutMs = 120_000): string | undefined => {
   const lmdb = createRequire(import.meta.url).resolve("lmdb")
@@ -146,7 +147,10 @@ for (const name of names) {
   if (child.status === 0) return undefined
   const lines = (child.stderr ?? "").split("\n").map((l) => l.trim())
   const said = lines.find((l) => /MDB_[A-Z]|Assertion/.test(l)) ?? lines.find((l) => /^[A-Za-z]*Error:/.test(l))
-  if (child.signal !== null) return `reading it ${child.signal === "SIGTERM" ? "took too long" : `crashed a reader with ${child.signal}`}${said ? `: ${said}` : ""}`
+  // A walk that outlasts the timeout found nothing wrong so far (a huge index on a slow disk is
+  // not refused for it), and one that could not start proves nothing: the meta pages were sound.
+  if (child.error !== undefined) return undefined
+  if (child.signal !== null) return `reading it crashed a reader with ${child.signal}${said ? `: ${said}` : ""}`
   return said ?? `a reader exited with status ${child.status}`
 }
 
