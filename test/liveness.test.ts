@@ -361,8 +361,13 @@ describe("processes killed with kill -9, a nats-server restarted", () => {
       expect(configs(), "the config is removed once nats-server has read it").toEqual([])
       expect(yield* portOpen(port)).toBe(true)
       serve.child.kill("SIGKILL")
-      const goneMs = yield* waitFor("nats-server gone after kill -9 of leoam serve", () => !running(server!.pid), 2000)
-      expect(yield* portOpen(port)).toBe(false)
+      // Its main thread shows as a zombie a moment before the last thread closes the socket: wait for both.
+      const killedAt = performance.now()
+      while (running(server!.pid) || (yield* portOpen(port))) {
+        if (performance.now() - killedAt > 2000) return yield* Effect.die(new Error("nats-server still running or listening 2 s after kill -9 of leoam serve"))
+        yield* Effect.sleep(10)
+      }
+      const goneMs = performance.now() - killedAt
       expect(configs()).toEqual([])
       expect(existsSync(join(tmp, "kv"))).toBe(true)
       process.stderr.write(`liveness: nats-server gone ${goneMs.toFixed(0)} ms after kill -9 of leoam serve\n`)
