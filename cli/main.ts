@@ -7,11 +7,14 @@ import { CliError, exitCodeOf } from "./errors.ts"
 import { kvPolicyHelp } from "./kv.ts"
 import { type AdminConnection, adminPolicyGet, adminPolicyHistory, adminPolicyList, adminPolicySet, runStats } from "./admin.ts"
 import { policyNames } from "../protocol/policy.ts"
+import { NODE_ID } from "../protocol/subjects.ts"
 import { defaultNatsUrl } from "./local.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
 import { type ClientAuth, passwordOf } from "./connect.ts"
 import { runRequest } from "./request.ts"
 import { parseActorName, runServe } from "./serve.ts"
+import { applyServeConfig } from "./config.ts"
+import { installJsonLog, logFormatOf } from "./log.ts"
 import { parseSize } from "./sizes.ts"
 
 // Output piped into a reader that quits (`leoam stats --watch | head`) ends the command quietly.
@@ -99,6 +102,11 @@ Errors are printed as "leoam: error [code]: message".`,
   })
 
 
+const nodeId = (value: string) => {
+  if (!NODE_ID.test(value)) throw new InvalidArgumentError("--node: letters, digits, - and _ only (one NATS subject token), at most 64")
+  return value
+}
+
 /** Options shared by `serve` and `actor`. */
 const nodeOptions = (cmd: Command, embedded: boolean) => {
   cmd
@@ -118,6 +126,9 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--kv-policy <name|file>", kvPolicyHelp, "full")
     .option("--gpu-kv-budget <size>", "GPU memory for KV (pools and staging): bytes or KiB/MiB/GiB (default: no limit)", size("--gpu-kv-budget"))
     .option("--drain-timeout <ms>", "on SIGTERM, how long in-flight requests may take to finish", integer("--drain-timeout", 0), 30_000)
+    .option("--node <id>", "this node's id on a NATS shared with other nodes (letters, digits, - and _): its internal subjects are leoam.int.v1.node.<id>.*; `serve --nats-url` picks one when absent, `actor` joins the node of that id (default: the single node, leoam.int.v1.*)", nodeId)
+    .option("--config <file>", "a JSON file of these options in snake_case (kv_dir, host_kv_budget, ...; schema: protocol/schema/ServeConfig.json); flags given here override it")
+    .addOption(new Option("--log-format <format>", "text, or json: one JSON object per line on stderr and stdout (default: json when stderr is the systemd journal, else text)").choices(["text", "json"]))
   if (embedded) {
     cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
     cmd.option(
@@ -128,8 +139,19 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
   return cmd
 }
 
+/** The options after `--config` (flags win) with the log format in effect installed. */
+const configured = (cmd: Command): Record<string, any> => {
+  // JSON from the start when asked or under the journal, so that a bad config file is logged as JSON too.
+  if (logFormatOf(cmd.getOptionValue("logFormat")) === "json") installJsonLog()
+  applyServeConfig(cmd)
+  const o = cmd.opts()
+  if (logFormatOf(o.logFormat) === "json") installJsonLog()
+  return o
+}
+
 const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorName>[], cmd: Command) => ({
   actors,
+  node: o.node,
   model: o.model,
   natsUrl: o.natsUrl,
   natsPort: o.natsPort,
@@ -139,7 +161,7 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   natsNkey: o.natsNkey,
   users: o.users,
   metricsPort: o.metricsPort,
-  kvPolicyExplicit: cmd.getOptionValueSource("kvPolicy") === "cli",
+  kvPolicyExplicit: ["cli", "config"].includes(cmd.getOptionValueSource("kvPolicy") ?? ""),
   maxContext: o.maxContext,
   device: o.device,
   queue: o.queue,
@@ -153,7 +175,7 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
 nodeOptions(
   program.command("serve").description("Run all four actors (scheduler, gpu-executor, host-cache, disk-store) and the public NATS service leoam.v1.*; starts an embedded nats-server on 127.0.0.1 unless --nats-url is given."),
   true,
-).action(async (o, cmd) => runServe(serveArgs(o, ["gpu-executor", "disk-store", "host-cache", "scheduler"], cmd)))
+).action(async (_o, cmd) => runServe(serveArgs(configured(cmd), ["gpu-executor", "disk-store", "host-cache", "scheduler"], cmd)))
 
 nodeOptions(
   program
@@ -163,7 +185,8 @@ nodeOptions(
       "Run one actor alone against an existing NATS server (the others run elsewhere on the same bus). The host arena lives in the gpu-executor's process, so `actor gpu-executor` runs the host-cache actor beside it and `actor host-cache` alone is refused.",
     ),
   false,
-).action(async (name, o, cmd) => {
+).action(async (name, _o, cmd) => {
+  const o = configured(cmd)
   if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
   const actor = parseActorName(name)
   await runServe(serveArgs(o, actor === "gpu-executor" ? ["gpu-executor", "host-cache"] : [actor], cmd))

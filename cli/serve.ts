@@ -1,15 +1,19 @@
 // `leoam serve` (all actors, embedded NATS unless --nats-url) and `leoam actor NAME`
 // (one actor against an existing NATS). Both print one ready line and drain on
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
+import { randomBytes } from "node:crypto"
 import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
 import { ensuredDefaultKvDir, loadPolicyDocument } from "./kv.ts"
 import { loadUsers } from "../actors/access.ts"
 import { removeServeRecord, writeServeRecord } from "./local.ts"
 import { CliError } from "./errors.ts"
+import { notifyReady, notifyStopping } from "./notify.ts"
 
 export interface ServeArgs {
   readonly actors: ReadonlyArray<ActorName>
+  /** --node: this node's id on a shared bus (see nodeIdOf). */
+  readonly node?: string
   readonly model: string
   readonly natsUrl?: string
   readonly natsPort?: number
@@ -37,11 +41,21 @@ export const parseActorName = (name: string): ActorName => {
   return name as ActorName
 }
 
+/**
+ * The node id: --node, else a fresh one for `leoam serve --nats-url` (every actor is in this
+ * process, so nothing needs to find it, and two such nodes on one bus never share internal
+ * subjects); else none (an embedded server's node, or `leoam actor` joining the single node).
+ */
+const nodeIdOf = (args: ServeArgs): string | undefined =>
+  args.node ?? (args.natsUrl !== undefined && actorNames.every((a) => args.actors.includes(a)) ? randomBytes(4).toString("hex") : undefined)
+
 export const runServe = async (args: ServeArgs): Promise<void> => {
   // The scheduler waits for the executor's description, so it starts last.
   const actors = [...args.actors].sort((a, b) => Number(a === "scheduler") - Number(b === "scheduler"))
+  const nodeId = nodeIdOf(args)
   const node = await startNode({
     actors,
+    node: nodeId,
     model: args.model,
     natsUrl: args.natsUrl,
     natsPort: args.natsPort,
@@ -64,15 +78,17 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
   if (p?.stored && args.kvPolicy !== undefined && args.kvPolicyExplicit && p.name !== loadPolicyDocument(args.kvPolicy).resolved.name) {
     process.stderr.write(`leoam: the kv-dir's stored KV policy v${p.version} (${p.name}) is used, not --kv-policy ${args.kvPolicy}; change it with \`leoam admin policy set\`\n`)
   }
-  const extras = [p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "", node.metricsUrl ? `metrics ${node.metricsUrl}` : ""].filter(Boolean)
+  const extras = [p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "", node.metricsUrl ? `metrics ${node.metricsUrl}` : "", nodeId !== undefined ? `node ${nodeId}` : ""].filter(Boolean)
   if (actors.includes("scheduler")) writeServeRecord(node.url)
   process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})${extras.length ? `; ${extras.join("; ")}` : ""}\n`)
+  void notifyReady(`${actors.join(", ")} ready on ${node.url}`)
   await new Promise<void>((resolve) => {
     let stopping = false
     const stop = (signal: string) => {
       if (stopping) return
       stopping = true
       process.stderr.write(`leoam: ${signal}: draining (up to ${args.drainTimeoutMs} ms)\n`)
+      void notifyStopping()
       node.stop().then(resolve, (e) => {
         process.stderr.write(`leoam: error while stopping: ${(e as Error).message}\n`)
         resolve()

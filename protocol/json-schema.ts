@@ -14,6 +14,7 @@ import {
 } from "./messages.ts"
 import { AdminStatsReply, PolicyGetReply, PolicyHistoryReply, PolicyHistoryRequest, PolicyListReply, PolicySetReply, PolicySetRequest } from "./admin.ts"
 import { KvPolicyDocument } from "./policy.ts"
+import { ServeConfig } from "./config.ts"
 
 export const publicSchemas = {
   GenerateRequest,
@@ -32,6 +33,7 @@ export const publicSchemas = {
   PolicyHistoryReply,
   PolicyListReply,
   AdminStatsReply,
+  ServeConfig,
 } as const
 
 /** File name -> JSON text (2-space indent, trailing newline). */
