@@ -63,8 +63,11 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
       const { applies } = yield* ask(nc, "executorPolicyCheck", { resolved })
       const who = requesterOf(msg.headers)
       const record = yield* ask(nc, "diskPolicyPut", { policy: document, ...who, applies, ...(req.reason ? { reason: req.reason } : {}) })
-      yield* publish(nc, "policyChanged", { version: record.version, resolved })
-      yield* Effect.promise(() => nc.flush())
+      // Recorded but not announced: the executors switch at their next start; the admin is told so.
+      const flush = Effect.tryPromise({ try: () => nc.flush(), catch: (e) => leoamError("actor_unavailable", `the flush failed: ${(e as Error)?.message ?? String(e)}`) })
+      yield* Effect.zipRight(publish(nc, "policyChanged", { version: record.version, resolved }), flush).pipe(
+        Effect.mapError((e) => leoamError("actor_unavailable", `policy version ${record.version} was recorded but not announced to the executors (they take it at their next start): ${e.message}`)),
+      )
       return { ...record, resolved: policyView(resolved), applies }
     }),
 

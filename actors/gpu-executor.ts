@@ -203,6 +203,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       // Decode steps issued (some may run past a stop and be dropped) and when the first began.
       let issued = 0
       let firstStepAt: number | undefined
+      let tokensOpen = true
       const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
       const r = yield* enginePromise(() =>
         generate(model, req.ids, {
@@ -221,7 +222,15 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             if (s.pending) applyAtStep()
           },
           onToken: (id, index) => {
-            nc.publish(req.tokens, encodeTokenEvent(index, id))
+            // Token events are a preview; the reply is the truth. One that cannot be sent (the
+            // connection closing) ends them for this run rather than crash it or leave a gap.
+            if (tokensOpen) {
+              try {
+                nc.publish(req.tokens, encodeTokenEvent(index, id))
+              } catch {
+                tokensOpen = false
+              }
+            }
             s.tokens++
             return s.cancelled.has(req.run_id)
           },

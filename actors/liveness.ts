@@ -143,7 +143,8 @@ export const askRun = (nc: NatsConnection, run: RunRequest, watch: RunWatch): Ef
   const silenceMs = watch.silenceMs ?? RUN_SILENCE_MS
   const once = (r: RunRequest) => Effect.flatMap(encodeRun(r), (data) => attempt(nc, r, data, watch, silenceMs))
   // The executor may still hold a lost run (NATS lost only its messages): cancel it, so it stops at its next token.
-  const cancel = (r: RunRequest) => publish(nc, "executorCancel", { run_id: r.run_id })
+  // Best effort: a cancel that cannot be sent leaves the run to end by itself.
+  const cancel = (r: RunRequest) => Effect.ignore(publish(nc, "executorCancel", { run_id: r.run_id }))
   const lost = (e: RunSilent, retried: boolean) =>
     leoamError(
       "actor_unavailable",

@@ -1,13 +1,9 @@
-// NATS plumbing shared by every actor: the embedded nats-server (loopback, generated
-// config, stopped with its owner), connections, request bodies (size, nesting, UTF-8,
+// NATS plumbing shared by every actor: connections, request bodies (size, nesting, UTF-8,
 // JSON), replies that never throw (one too large for the server becomes a small
 // `payload_too_large` reply), and error replies (JSON body plus the NATS services error
 // headers) in both directions.
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { readFileSync } from "node:fs"
 import { createServer } from "node:net"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { connect, credsAuthenticator, headers, type NatsConnection, nkeyAuthenticator } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/nats-core"
 import { Effect } from "effect"
@@ -23,6 +19,7 @@ export const SERVER_MAX_PAYLOAD = 8 * 1024 * 1024
  */
 export const MAX_JSON_DEPTH = 32
 
+/** A nats-server started by startEmbeddedNats (actors/nats-server.ts, the one way to start one). */
 export interface EmbeddedNats {
   readonly url: string
   readonly port: number
@@ -38,52 +35,6 @@ export const freePort = (): Promise<number> =>
       srv.close(() => resolve(port))
     })
   })
-
-/** Starts nats-server on 127.0.0.1 (a free port unless given); resolves once it accepts clients. */
-export const startNatsServer = async (options: { port?: number; extraConfig?: string; auth?: NatsAuth } = {}): Promise<EmbeddedNats> => {
-  const port = options.port ?? (await freePort())
-  const dir = mkdtempSync(join(tmpdir(), "leoam-nats-"))
-  const conf = join(dir, "nats.conf")
-  writeFileSync(conf, `listen: "127.0.0.1:${port}"\nmax_payload: ${SERVER_MAX_PAYLOAD}\n${options.extraConfig ?? ""}\n`)
-  let child: ChildProcess
-  try {
-    child = spawn("nats-server", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] })
-  } catch (e) {
-    throw new Error(`cannot start nats-server: ${(e as Error).message}`)
-  }
-  let stderr = ""
-  child.stderr?.on("data", (d) => (stderr = (stderr + String(d)).slice(-4000)))
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
-  child.once("error", () => {})
-  const url = `nats://127.0.0.1:${port}`
-  const deadline = Date.now() + 10_000
-  for (;;) {
-    const early = await Promise.race([exited, new Promise<"wait">((r) => setTimeout(() => r("wait"), 50))])
-    if (early !== "wait") throw new Error(`nats-server exited (${early}) at start: ${stderr.trim() || "is nats-server installed?"}`)
-    try {
-      const nc = await connect({ servers: url, timeout: 500, ...authOptions(options.auth) })
-      await nc.close()
-      break
-    } catch {
-      if (Date.now() > deadline) {
-        child.kill("SIGKILL")
-        throw new Error(`nats-server did not accept connections on ${url} within 10 s: ${stderr.trim()}`)
-      }
-    }
-  }
-  return {
-    url,
-    port,
-    stop: async () => {
-      if (child.exitCode === null) {
-        child.kill("SIGTERM")
-        await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))])
-        if (child.exitCode === null) child.kill("SIGKILL")
-      }
-      rmSync(dir, { recursive: true, force: true })
-    },
-  }
-}
 
 /** How a connection authenticates: user and password, a creds file (JWT + seed), or an nkey seed file. */
 export interface NatsAuth {

@@ -36,12 +36,22 @@ export const ask = <K extends RpcKey>(nc: NatsConnection, key: K, body: RequestO
   )
 }
 
-/** Publishes a message of the table without waiting for an answer (the policy broadcast). */
-export const publish = <K extends RpcKey>(nc: NatsConnection, key: K, body: RequestOf<K>): Effect.Effect<void> => {
+/**
+ * Publishes a message of the table without waiting for an answer (the policy broadcast, a
+ * cancel). A send the client refuses (the connection closed or draining) is
+ * `actor_unavailable`, never a defect: the caller decides whether it matters (a cancel is
+ * best effort; a policy that was recorded but not announced is told to the admin).
+ */
+export const publish = <K extends RpcKey>(nc: NatsConnection, key: K, body: RequestOf<K>): Effect.Effect<void, LeoamError> => {
   const rpc = internalRpc[key]
   return Schema.encode(rpc.request as unknown as Schema.Schema<RequestOf<K>, unknown>)(body).pipe(
     Effect.orDie,
-    Effect.flatMap((encoded) => Effect.sync(() => nc.publish(rpc.subject, encodeJson(encoded)))),
+    Effect.flatMap((encoded) =>
+      Effect.try({
+        try: () => nc.publish(rpc.subject, encodeJson(encoded)),
+        catch: (e) => leoamError("actor_unavailable", `could not publish on ${rpc.subject}: ${(e as Error)?.message ?? String(e)}`),
+      }),
+    ),
   )
 }
 

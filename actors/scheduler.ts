@@ -4,7 +4,7 @@
 // hands one run at a time to the gpu-executor, turns the executor's token events into text
 // (streamed to the request's `stream` subject), applies stop strings (cancelling the run
 // early) and replies. It never sees KV bytes.
-import type { Msg, NatsConnection } from "@nats-io/nats-core"
+import type { Msg, MsgHdrs, NatsConnection } from "@nats-io/nats-core"
 import { nuid } from "@nats-io/nuid"
 import { Context, Duration, Effect, Layer, Schedule, type Schema } from "effect"
 import type { Tokenizer } from "../models/tokenizer.ts"
@@ -54,6 +54,8 @@ export interface SchedulerState {
   readonly model: ModelDescription
   requests: number
   generated: number
+  /** Generate streams ended early because an event could not be sent. */
+  streamsCut: number
 }
 
 const DEFAULT_MAX_TOKENS = 256
@@ -100,8 +102,11 @@ export interface Admitted {
 }
 
 export interface SchedulerService {
-  /** Checks a generate request before it takes a place in the mailbox (synchronous). */
-  readonly admit: (body: unknown) => Effect.Effect<Admitted, LeoamError>
+  /**
+   * Checks a generate request before it takes a place in the mailbox (synchronous); `headers`
+   * name the requester (Nats-Request-Info), whose space the stream must be in.
+   */
+  readonly admit: (body: unknown, headers?: MsgHdrs) => Effect.Effect<Admitted, LeoamError>
   readonly generate: (admitted: Admitted, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
   readonly tokenize: (body: unknown) => Effect.Effect<TokenizeReply, LeoamError>
   readonly models: (body: unknown) => Effect.Effect<ModelsReply, LeoamError>
@@ -115,14 +120,14 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
   Effect.gen(function* () {
     // A tokenizer that cannot be loaded is a bad configuration (final); the executor may still be starting.
     const tokenizer = yield* startup()(async () => options.loadTokenizer?.())
-    const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0 }
+    const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0, streamsCut: 0 }
     const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
 
     /**
      * Validates a generate request against the served model (its ids and token budget) before
      * it is queued: cheap checks first, tokenizing last.
      */
-    const admit = Effect.fn("Scheduler.admit")(function* (body: unknown) {
+    const admit = Effect.fn("Scheduler.admit")(function* (body: unknown, headers?: MsgHdrs) {
       const req = yield* decodeRequest(GenerateRequest, body)
       if ((req.prompt === undefined) === (req.ids === undefined)) return yield* leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
       if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
@@ -130,6 +135,9 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       if (req.stream !== undefined && !streamAllowed(req.stream)) {
         return yield* leoamError("invalid_request", `stream subject "${req.stream}" is reserved: use _INBOX.*, ${STREAM_PREFIX}* or a subject outside leoam.* and $*`)
       }
+      // Against the requester, before tokenizing: a stream outside the caller's space never takes a place.
+      const refused = refuseStream(headers, req.stream)
+      if (refused) return yield* refused
       const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
       if (ids.length === 0) return yield* leoamError("invalid_request", "the prompt is empty")
       const bad = ids.find((id) => id >= s.model.vocab_size)
@@ -154,8 +162,18 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       let text = ""
       let emitted = 0 // characters of `text` already streamed
       let cancelled = false
+      // The stream is a preview and the reply the truth: an event that cannot be sent (the
+      // connection closing, a server refusal) ends the stream there, never the request. The
+      // client sees the events up to it, no `done` event, then the reply as usual.
+      let streaming = req.stream !== undefined
       const stream = (event: StreamEvent) => {
-        if (req.stream) nc.publish(req.stream, encodeJson(event))
+        if (!streaming) return
+        try {
+          nc.publish(req.stream!, encodeJson(event))
+        } catch {
+          streaming = false
+          s.streamsCut++
+        }
       }
       const onToken = (data: Uint8Array, attemptId: string) => {
         const event = decodeTokenEvent(data)
@@ -165,7 +183,8 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         // A new match ends inside this delta: search only the tail it can start in.
         if (stops.length > 0 && firstStop(text.slice(Math.max(0, text.length - delta.length - longestStop + 1)), stops) >= 0) {
           cancelled = true
-          Effect.runFork(publish(nc, "executorCancel", { run_id: attemptId }))
+          // Best effort: a cancel that cannot be sent lets the run end at max_tokens; the reply is cut at the stop all the same.
+          Effect.runFork(Effect.ignore(publish(nc, "executorCancel", { run_id: attemptId })))
           return
         }
         // Text that may turn out to be the start of a stop string is held back.
@@ -261,7 +280,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         }
       }),
       admin,
-      stats: () => ({ requests: s.requests, generated_tokens: s.generated, queue: options.load() }),
+      stats: () => ({ requests: s.requests, generated_tokens: s.generated, streams_cut: s.streamsCut, queue: options.load() }),
     }
     return service
   })
@@ -286,8 +305,7 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
     handlers: [
       {
         source: options.sources.generate,
-        // The stream is checked against the requester (Nats-Request-Info) at admission: a refused one never takes a place.
-        admit: (s, body, msg) => Effect.flatMap(s.admit(body), (admitted) => refuseStream(msg.headers, admitted.req.stream) ?? Effect.succeed(admitted)),
+        admit: (s, body, msg) => s.admit(body, msg.headers),
         handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
       },
     ],

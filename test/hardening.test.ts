@@ -1,8 +1,9 @@
 // Abuse of the public subjects over a real nats-server and a real node (issue 15, items 1,
 // 6, 7, 8): replies too large for NATS, deeply nested JSON, malformed requests that must
 // not take places in the generate queue, bodies on models/health, stream subjects that
-// are not NATS subjects. Each answer is asserted, and so is that the node keeps serving
-// afterwards with no actor restarted.
+// are not NATS subjects; a stream event or a broadcast that cannot be sent (issue 15 loose
+// ends). Each answer is asserted, and so is that the node keeps serving afterwards with no
+// actor restarted.
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -10,11 +11,16 @@ import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { type RunningActor, startActor } from "../actors/actor.ts"
-import { connectNats, jsonDepth, MAX_JSON_DEPTH, parseBody, respondSafely, startNatsServer } from "../actors/nats.ts"
+import { connectNats, encodeJson, jsonDepth, MAX_JSON_DEPTH, parseBody, respondSafely } from "../actors/nats.ts"
+import { startEmbeddedNats } from "../actors/nats-server.ts"
 import { startNode } from "../actors/node.ts"
+import { publish } from "../actors/rpc.ts"
+import { scheduler } from "../actors/scheduler.ts"
+import type { RunRequest } from "../protocol/internal.ts"
+import { encodeTokenEvent } from "../protocol/token-event.ts"
 import { LeoamError } from "../protocol/errors.ts"
 import { MAX_TOKENIZE_TEXT } from "../protocol/messages.ts"
-import { publicSubjects } from "../protocol/subjects.ts"
+import { internalSubjects, publicSubjects } from "../protocol/subjects.ts"
 import { ClusterTest } from "./support/cluster-layer.ts"
 import { ask, modelDir } from "./support/server.ts"
 
@@ -201,7 +207,7 @@ class SmallPayloadNode extends Context.Tag("leoam/test/SmallPayloadNode")<
     SmallPayloadNode,
     Effect.gen(function* () {
       const nats = yield* Effect.acquireRelease(
-        Effect.promise(() => startNatsServer({ extraConfig: "max_payload: 262144" })),
+        Effect.promise(() => startEmbeddedNats({ extraConfig: "max_payload: 262144" })),
         (s) => Effect.promise(() => s.stop()),
       )
       const kvDir = yield* Effect.acquireRelease(
@@ -257,5 +263,63 @@ layer(SmallPayloadNode.layer, { excludeTestServices: true, timeout: "120 seconds
         }
       }
     }),
+  )
+})
+
+describe("a stream event or broadcast that cannot be sent", () => {
+  const cut = "test.stream.cut"
+  /** The scheduler's connection, refusing every publish on `cut` as a draining connection does. */
+  const refusing = (nc: NatsConnection): NatsConnection =>
+    new Proxy(nc, {
+      get: (target, key) => {
+        if (key === "publish") {
+          return (subject: string, ...rest: unknown[]) => {
+            if (subject === cut) throw new Error("connection draining")
+            return (target.publish as (...a: unknown[]) => void)(subject, ...rest)
+          }
+        }
+        const value = Reflect.get(target, key)
+        return typeof value === "function" ? value.bind(target) : value
+      },
+    })
+
+  it.scoped("ends the stream, never the request: one reply with the whole result, and the scheduler does not restart", () =>
+    Effect.gen(function* () {
+      const nats = yield* Effect.acquireRelease(Effect.promise(() => startEmbeddedNats()), (n) => Effect.promise(() => n.stop()))
+      const open = (name: string) => Effect.acquireRelease(Effect.promise(() => connectNats(nats.url, name)), (c) => Effect.promise(() => c.close().catch(() => undefined)))
+      const [executor, client, own] = [yield* open("stand-in"), yield* open("client"), yield* open("scheduler")]
+      const description = { name: "stand-in", context_length: 64, vocab_size: 100, layers: 1, hidden_size: 8, heads: 1, kv_heads: 1, eos_ids: [], device: "none" }
+      executor.subscribe(internalSubjects.executorDescribe, { callback: (_e, m) => void m.respond(encodeJson(description)) })
+      executor.subscribe(internalSubjects.executorRun, {
+        callback: (_e, m) => {
+          const run = m.json<RunRequest>()
+          for (let i = 0; i < 3; i++) executor.publish(run.tokens, encodeTokenEvent(i, 7 + i))
+          m.respond(encodeJson({ run_id: run.run_id, ids: [7, 8, 9], finish_reason: "length", prefill_ms: 1, decode_ms_per_token: 1, total_ms: 3 }))
+        },
+      })
+      yield* Effect.promise(() => executor.flush())
+      const sources = { generate: "test.gen", tokenize: "test.tok", models: "test.models", health: "test.health" }
+      let load = () => ({ queued: 0, busy: false, capacity: 4 })
+      const actor = yield* Effect.acquireRelease(
+        startActor(refusing(own), scheduler(refusing(own), { queueCapacity: 4, version: "test", sources, load: () => load(), draining: () => false })),
+        (a: RunningActor) => Effect.promise(() => a.drain(1000)),
+      )
+      load = actor.load
+      for (let i = 0; i < 2; i++) {
+        const m = yield* Effect.promise(() => client.request("test.gen", encodeJson({ ids: [1, 2], max_tokens: 3, stream: cut }), { timeout: 5000 }))
+        expect(m.json<{ ids: number[] }>().ids).toEqual([7, 8, 9])
+      }
+      expect(actor.status()).toMatchObject({ status: "running", restarts: 0, stats: { requests: 2, streams_cut: 2 } })
+    }),
+  )
+
+  it.effect("a broadcast on a closed connection is actor_unavailable, not a defect", () =>
+    Effect.gen(function* () {
+      const nats = yield* Effect.acquireRelease(Effect.promise(() => startEmbeddedNats()), (n) => Effect.promise(() => n.stop()))
+      const nc = yield* Effect.promise(() => connectNats(nats.url, "closed"))
+      yield* Effect.promise(() => nc.close())
+      const exit = yield* Effect.exit(publish(nc, "executorCancel", { run_id: "x" }))
+      expect(exit._tag === "Failure" && exit.cause._tag === "Fail" ? exit.cause.error.code : exit).toBe("actor_unavailable")
+    }).pipe(Effect.scoped),
   )
 })

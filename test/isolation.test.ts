@@ -133,6 +133,19 @@ describe("client users on the embedded nats-server", () => {
     expect(benSaw.length).toBe(1)
   }, 60_000)
 
+  it("a refused stream is answered at admission, while a generate runs, not after it", async () => {
+    const [ann, ben] = [await client("ann"), await client("ben")]
+    const order: string[] = []
+    const running = ask(ann, publicSubjects.generate, { ids: [5, 6, 7], max_tokens: 64 }).then((r) => (order.push("run done"), r))
+    await new Promise((r) => setTimeout(r, 50))
+    const refused = await ask(ben, publicSubjects.generate, { ids: [5, 6, 7], max_tokens: 2, stream: "_INBOX_ann.tokens" })
+    order.push("refused answered")
+    expect(refused.json.error?.code).toBe("invalid_request")
+    expect(refused.json.error.message).toContain("_INBOX_ben.")
+    expect((await running).json.usage.completion_tokens).toBe(64)
+    expect(order).toEqual(["refused answered", "run done"])
+  }, 60_000)
+
   it("the CLI: request --stream as a client user, the password from a file or LEOAM_NATS_PASS", async () => {
     const dir = mkdtempSync(join(tmpdir(), "leoam-pass-"))
     const passFile = join(dir, "pass")

@@ -1,16 +1,17 @@
 // A real nats-server on a free loopback port and one connection to it, as a layer: tests
 // that exercise actors share it (`layer(NatsTest.layer, { excludeTestServices: true })`),
-// and the server stops when the layer's scope closes.
+// and the server stops when the layer's scope closes (and dies with the worker: startEmbeddedNats).
 import type { NatsConnection } from "@nats-io/nats-core"
 import { Context, Effect, Layer } from "effect"
-import { connectNats, startNatsServer } from "../../actors/nats.ts"
+import { connectNats } from "../../actors/nats.ts"
+import { startEmbeddedNats } from "../../actors/nats-server.ts"
 
 export class NatsTest extends Context.Tag("leoam/test/Nats")<NatsTest, { readonly url: string; readonly nc: NatsConnection }>() {
   static readonly layer = Layer.scoped(
     NatsTest,
     Effect.gen(function* () {
       const server = yield* Effect.acquireRelease(
-        Effect.promise(() => startNatsServer()),
+        Effect.promise(() => startEmbeddedNats()),
         (s) => Effect.promise(() => s.stop()),
       )
       const nc = yield* Effect.acquireRelease(

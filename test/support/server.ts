@@ -5,7 +5,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { NatsConnection } from "@nats-io/nats-core"
 import type { ActorName } from "../../actors/actor.ts"
-import { connectNats, type EmbeddedNats, startNatsServer } from "../../actors/nats.ts"
+import { connectNats, type EmbeddedNats } from "../../actors/nats.ts"
+import { startEmbeddedNats } from "../../actors/nats-server.ts"
 import { type LeoamNode, startNode } from "../../actors/node.ts"
 
 export const modelDir = new URL("../../models/tiny-leo-14m", import.meta.url).pathname
@@ -21,7 +22,7 @@ export interface TestCluster {
 export const startCluster = async (
   options: { actors?: ReadonlyArray<ActorName>; queueCapacity?: number; maxContext?: number; drainTimeoutMs?: number } = {},
 ): Promise<TestCluster> => {
-  const nats = await startNatsServer()
+  const nats = await startEmbeddedNats()
   const kvDir = mkdtempSync(join(tmpdir(), "leoam-kv-"))
   const node = await startNode({
     actors: options.actors ?? ["gpu-executor", "disk-store", "host-cache", "scheduler"],
