@@ -13,6 +13,7 @@ import { DummyWeightSource } from "../models/dummy.ts"
 import { releaseGpu } from "../engine/gpu.ts"
 import { type KvPolicyDocument, parsePolicy, parsePolicyDocument, type ResolvedPolicy } from "../protocol/policy.ts"
 import { DiskStore } from "../kv/disk-store.ts"
+import type { ReclaimReport } from "../kv/reclaim.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import { AdminStatsReply } from "../protocol/admin.ts"
 import { leoamError } from "../protocol/errors.ts"
@@ -156,7 +157,17 @@ const openSharedTiers = (o: NodeOptions): SharedTiers => {
   const executor = o.actors.includes("gpu-executor")
   const arena = executor ? new HostArena({ budgetBytes: o.hostKvBudget }) : undefined
   const store = executor || o.actors.includes("disk-store") ? DiskStore.open({ kvDir: o.kvDir }) : undefined
+  const reclaimed = store && reclaimNotice(o.kvDir, store.reclaimed)
+  if (reclaimed) process.stderr.write(`${reclaimed}\n`)
   return { arena, store }
+}
+
+/** What opening the kv-dir took back from crashed writers (kv/reclaim.ts), for stderr; undefined when nothing. */
+export const reclaimNotice = (kvDir: string, r: ReclaimReport): string | undefined => {
+  if (r.sessions + r.entries + r.files + r.bytes === 0) return undefined
+  const n = (count: number, one: string) => `${count} ${one}${count === 1 ? "" : "s"}`
+  const size = r.bytes < 1024 * 1024 ? `${r.bytes} bytes` : `${(r.bytes / (1024 * 1024)).toFixed(1)} MiB`
+  return `leoam: kv-dir ${kvDir}: reclaimed what crashed writers left: ${n(r.sessions, "session")}, ${r.entries} ${r.entries === 1 ? "entry" : "entries"}, ${n(r.files, "file")}, ${size}`
 }
 
 interface StartPolicy {

@@ -5,7 +5,8 @@
 // mid-generate (the client hears `actor_unavailable` within seconds, the queue moves on, a
 // new executor serves the next request), a nats-server restarted mid-generate (one reply,
 // then service), and kill -9 of `leoam serve` (its nats-server dies with it and no config
-// file is left). Everything started is stopped by its scope.
+// file is left); a node that reclaims crash leftovers at start says so on stderr.
+// Everything started is stopped by its scope.
 import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createConnection } from "node:net"
@@ -371,6 +372,26 @@ describe("processes killed with kill -9, a nats-server restarted", () => {
       expect(configs()).toEqual([])
       expect(existsSync(join(tmp, "kv"))).toBe(true)
       process.stderr.write(`liveness: nats-server gone ${goneMs.toFixed(0)} ms after kill -9 of leoam serve\n`)
+    }),
+  )
+})
+
+describe("reclaim at start", () => {
+  it.scopedLive("a node opening a kv-dir with crash leftovers says on stderr what it reclaimed", () =>
+    Effect.gen(function* () {
+      const { url } = yield* nats
+      const kvDir = join(yield* tempDir("leoam-reclaim-"), "kv")
+      const first = yield* Effect.promise(() => startNode({ actors: ["disk-store"], natsUrl: url, model: modelDir, kvDir, hostKvBudget: 1 << 20, queueCapacity: 1 }))
+      yield* Effect.promise(() => first.stop())
+      writeFileSync(join(kvDir, "chunks", "orphan.seg"), new Uint8Array(5000)) // as a writer killed before indexing it leaves
+      const said: string[] = []
+      const write = process.stderr.write.bind(process.stderr)
+      process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => (said.push(String(chunk)), write(chunk, ...rest))) as typeof process.stderr.write
+      const second = yield* Effect.promise(() => startNode({ actors: ["disk-store"], natsUrl: url, model: modelDir, kvDir, hostKvBudget: 1 << 20, queueCapacity: 1 })).pipe(
+        Effect.ensuring(Effect.sync(() => (process.stderr.write = write))),
+      )
+      yield* Effect.promise(() => second.stop())
+      expect(said.filter((l) => l.includes("reclaimed"))).toEqual([`leoam: kv-dir ${kvDir}: reclaimed what crashed writers left: 0 sessions, 0 entries, 1 file, 5000 bytes\n`])
     }),
   )
 })
