@@ -2,7 +2,8 @@
 # Installs what leoam needs on a Debian 12 machine with Node 20, and only what is missing:
 # Debian packages (Mesa 25's lavapipe from bookworm-backports for WebGPU on the CPU,
 # nats-server unless LEOAM_NEED_NATS=0; with LEOAM_NEED_TEST_TOOLS=1, as scripts/test.sh
-# sets, also gcc and libnats-dev for the C client test) and the npm packages of
+# sets, also gcc and libnats-dev for the C client test and systemd for systemd-analyze) and,
+# unless LEOAM_SKIP_NPM=1, the npm packages of
 # package-lock.json. Sourced by scripts/demo.sh and scripts/test.sh; says what it does,
 # and stops with a clear message when a step fails.
 set -euo pipefail
@@ -75,6 +76,13 @@ ensure_debian() {
       say "installing libnats-dev (the NATS C client, for the C client test)"
       DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libnats-dev >/dev/null || fail "apt-get install libnats-dev"
     fi
+    # test/deploy.test.ts checks deploy/leoam.service with `systemd-analyze verify`, which
+    # needs no running systemd (the package installs fine in a container).
+    if ! command -v systemd-analyze >/dev/null; then
+      apt_update
+      say "installing systemd (for systemd-analyze verify of deploy/leoam.service)"
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null || fail "apt-get install systemd"
+    fi
     if ! command -v gcc >/dev/null; then
       apt_update
       say "installing gcc (for the C client test)"
@@ -84,6 +92,8 @@ ensure_debian() {
 }
 
 ensure_npm() {
+  # deploy/install.sh installs the production packages itself (npm ci --omit=dev).
+  if [ "${LEOAM_SKIP_NPM:-0}" = 1 ]; then return; fi
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     say "installing npm packages (npm ci)"
     npm ci --no-audit --no-fund --loglevel=error || fail "npm ci"
