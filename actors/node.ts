@@ -17,7 +17,7 @@ import type { ReclaimReport } from "../kv/reclaim.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import { AdminStatsReply } from "../protocol/admin.ts"
 import { leoamError } from "../protocol/errors.ts"
-import { ADMIN_PREFIX, adminSubjects, SERVICE_NAME } from "../protocol/subjects.ts"
+import { ADMIN_PREFIX, adminSubjects, NODE_ID, SERVICE_NAME } from "../protocol/subjects.ts"
 import { accountsConfig, type UsersFile } from "./access.ts"
 import { type ActorName, type RunningActor, runActor, type Source } from "./actor.ts"
 import { type MetricsServer, startMetricsServer } from "./metrics.ts"
@@ -26,6 +26,8 @@ import { gpuExecutor } from "./gpu-executor.ts"
 import { hostCacheActor } from "./host-cache.ts"
 import { connectNats, type EmbeddedNats, type NatsAuth } from "./nats.ts"
 import { startEmbeddedNats } from "./nats-server.ts"
+import { nodeView } from "./node-bus.ts"
+import { type NodeLeases, startLeases } from "./node-leases.ts"
 import { askPublic, runRequest } from "./rpc.ts"
 import { scheduler } from "./scheduler.ts"
 
@@ -34,6 +36,13 @@ export const packageVersion = (): string =>
 
 export interface NodeOptions {
   readonly actors: ReadonlyArray<ActorName>
+  /**
+   * The node id: this node's internal subjects are `leoam.int.v1.node.<id>.*`, its own on a
+   * bus shared with other nodes. Absent: the single-node subjects `leoam.int.v1.*`.
+   */
+  readonly node?: string
+  /** Silence of a peer node's lease after which its requests are answered here (default RUN_SILENCE_MS). */
+  readonly leaseSilenceMs?: number
   /** An existing NATS server; when absent an embedded nats-server is started. */
   readonly natsUrl?: string
   readonly natsPort?: number
@@ -66,7 +75,9 @@ export interface NodeOptions {
 
 export interface LeoamNode {
   readonly url: string
+  /** The node's view of the bus (its internal subjects under its prefix: actors/node-bus.ts). */
   readonly nc: NatsConnection
+  readonly node?: string
   readonly actors: ReadonlyArray<RunningActor>
   /** The KV policy the gpu-executor started with, and where it came from. */
   readonly policy?: { readonly version: number; readonly name: string; readonly stored: boolean }
@@ -83,6 +94,9 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
       "the host-cache actor serves the host arena of the gpu-executor's process (its tiered KV cache uses the arena in memory): run it with the gpu-executor (`leoam serve`), not alone",
     )
   }
+  if (options.node !== undefined && !NODE_ID.test(options.node)) {
+    throw leoamError("invalid_request", `node id "${options.node}": letters, digits, - and _ only (one NATS subject token), at most 64`)
+  }
   let embedded: EmbeddedNats | undefined
   let auth: NatsAuth = { user: options.natsUser, pass: options.natsPass, credsFile: options.natsCreds, nkeySeedFile: options.natsNkey }
   if (!options.natsUrl) {
@@ -97,13 +111,16 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   let tiers: SharedTiers | undefined
   let metrics: MetricsServer | undefined
   let policy: StartPolicy | undefined
+  let leases: NodeLeases | undefined
   try {
     tiers = openSharedTiers(options)
     policy = startPolicy(options, tiers)
-    nc = await connectNats(url, `leoam-${options.actors.join("+")}`, auth)
+    const raw = await connectNats(url, `leoam-${options.node ?? ""}${options.node ? ":" : ""}${options.actors.join("+")}`, auth)
+    nc = nodeView(raw, options.node)
+    if (options.actors.includes("scheduler")) leases = startLeases(raw, options.node, options.leaseSilenceMs)
     const version = packageVersion()
     for (const name of options.actors) {
-      running.push(await startNamed(nc, name, options, version, () => draining, tiers, policy))
+      running.push(await startNamed(nc, raw, name, options, version, () => draining, tiers, policy, leases))
     }
     if (options.metricsPort !== undefined && options.actors.includes("scheduler")) {
       const conn = nc
@@ -111,6 +128,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
+    leases?.stop()
     await nc?.close().catch(() => undefined)
     await tiers?.store?.close().catch(() => undefined)
     await embedded?.stop()
@@ -120,6 +138,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   return {
     url,
     nc: conn,
+    node: options.node,
     actors: running,
     policy: policy && { version: policy.version, name: policy.resolved.name, stored: policy.stored },
     metricsUrl: metrics?.url,
@@ -131,6 +150,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
       const rank = (n: string) => ["scheduler", "gpu-executor", "host-cache", "disk-store"].indexOf(n)
       const order = [...running].sort((a, b) => rank(a.name) - rank(b.name))
       for (const a of order) await a.drain(options.drainTimeoutMs ?? 30_000)
+      leases?.stop()
       await tiers?.store?.close().catch(() => undefined)
       await conn.drain().catch(() => undefined)
       await embedded?.stop()
@@ -194,12 +214,14 @@ const openWeights = (spec: string) => (spec.startsWith("dummy:") ? new DummyWeig
 
 const startNamed = async (
   nc: NatsConnection,
+  raw: NatsConnection,
   name: ActorName,
   o: NodeOptions,
   version: string,
   draining: () => boolean,
   tiers: SharedTiers,
   policy: StartPolicy | undefined,
+  leases: NodeLeases | undefined,
 ): Promise<RunningActor> => {
   switch (name) {
     case "gpu-executor": {
@@ -212,10 +234,19 @@ const startNamed = async (
     case "disk-store":
       return runActor(nc, diskStoreActor({ kvDir: o.kvDir, store: tiers.store }))
     case "scheduler": {
-      const svc = await new Svcm(nc).add({ name: SERVICE_NAME, version, description: "leoam: long-context LLM inference with a three-tier KV cache" })
+      // The service instance names its node (`$SRV.INFO`, `$SRV.STATS`: which node served what).
+      const svc = await new Svcm(raw).add({
+        name: SERVICE_NAME,
+        version,
+        description: "leoam: long-context LLM inference with a three-tier KV cache",
+        metadata: { node: o.node ?? "", pid: String(process.pid), ...(leases ? { instance: leases.instance } : {}) },
+      })
       const group = svc.addGroup("leoam.v1")
+      // A generate is held in the node's lease from arrival to reply (actors/node-leases.ts).
       const source = (endpoint: string) => (callback: (err: Error | null, msg: Msg) => void) => {
-        group.addEndpoint(endpoint, { handler: callback })
+        group.addEndpoint(endpoint, {
+          handler: endpoint === "generate" && leases ? (err, msg) => (err || leases.hold(msg), callback(err, msg)) : callback,
+        })
       }
       // Admin endpoints: leoam.v1.admin.policy.get and so on (names without dots, subjects with).
       const adminGroup = svc.addGroup(ADMIN_PREFIX.slice(0, -1))

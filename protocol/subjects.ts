@@ -49,4 +49,28 @@ export const internalSubjects = {
 } as const
 
 export const INTERNAL_PREFIX = "leoam.int.v1."
+
+/**
+ * Several nodes on one NATS: a node with an id keeps its internal subjects to itself under
+ * `leoam.int.v1.node.<id>.` (`leoam.int.v1.node.a.gpu-executor.run`), so its scheduler's runs,
+ * policy broadcasts, stats and pings never reach another node's actors. A node without an id
+ * (the default, one node per bus) uses `internalSubjects` as they are.
+ */
+export const NODE_PREFIX = "leoam.int.v1.node."
+/** A node id: one NATS subject token of letters, digits, `-` and `_`. */
+export const NODE_ID = /^[A-Za-z0-9_-]{1,64}$/
+
+/** Shared on purpose by every node on the bus (never scoped to a node). */
+export const clusterSubjects = {
+  /** Broadcast: each node's lease, the reply subjects of the generates it holds (actors/node-leases.ts). */
+  leases: "leoam.int.v1.cluster.leases",
+} as const
+export const CLUSTER_PREFIX = "leoam.int.v1.cluster."
+
+/** Where `subject` lives for node `node`: internal subjects move under the node's prefix; public and cluster ones stay. */
+export const onNode = (subject: string, node: string | undefined): string =>
+  node === undefined || !subject.startsWith(INTERNAL_PREFIX) || subject.startsWith(CLUSTER_PREFIX) || subject.startsWith(NODE_PREFIX)
+    ? subject
+    : `${NODE_PREFIX}${node}.${subject.slice(INTERNAL_PREFIX.length)}`
+
 export const PUBLIC_PREFIX = "leoam.v1."

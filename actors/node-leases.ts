@@ -1,0 +1,119 @@
+// Leases between the nodes on one NATS, so that a generate held by a node that dies is
+// answered rather than lost. NATS request/reply delivers a request to one node and no other
+// node knows of it, so each node publishes its lease (protocol/cluster.ts) on
+// clusterSubjects.leases: at once when a generate arrives (coalesced per event-loop turn)
+// and every HEARTBEAT_MS, listing the reply subjects it holds. Every node keeps its peers'
+// latest leases; a peer silent for `silenceMs` is dead, and the live node with the smallest
+// instance id answers each reply subject it held with `actor_unavailable`. A node that stops
+// answers its own requests (drain) and says `leaving`. Only this module publishes leases.
+import { randomUUID } from "node:crypto"
+import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
+import { Schema } from "effect"
+import { NodeLease } from "../protocol/cluster.ts"
+import { leoamError } from "../protocol/errors.ts"
+import { clusterSubjects } from "../protocol/subjects.ts"
+import { HEARTBEAT_MS, RUN_SILENCE_MS } from "./liveness.ts"
+import { encodeJson, respondError } from "./nats.ts"
+
+export interface NodeLeases {
+  readonly instance: string
+  /** Holds a request from now until its reply (wraps `msg.respond`); a message without a reply subject is not held. */
+  readonly hold: (msg: Msg) => void
+  /** Requests held by peers that were answered here because their node went silent. */
+  readonly answeredForPeers: () => number
+  /** The last lease, `leaving`, then no more. */
+  readonly stop: () => void
+}
+
+interface Peer {
+  readonly lease: NodeLease
+  readonly seen: number
+}
+
+const decodeLease = Schema.decodeUnknownOption(NodeLease)
+
+export const startLeases = (nc: NatsConnection, node: string | undefined, silenceMs = RUN_SILENCE_MS, everyMs = HEARTBEAT_MS): NodeLeases => {
+  const instance = randomUUID()
+  const held = new Set<string>()
+  const peers = new Map<string, Peer>()
+  let answered = 0
+  let pending = false
+  let stopped = false
+
+  const lease = (leaving?: boolean): NodeLease => ({ node: node ?? "", instance, pid: process.pid, inflight: [...held], ...(leaving ? { leaving } : {}) })
+  const publish = (leaving?: boolean) => {
+    try {
+      nc.publish(clusterSubjects.leases, encodeJson(lease(leaving)))
+    } catch {
+      // A closed connection: nothing left to tell.
+    }
+  }
+  const soon = () => {
+    if (pending || stopped) return
+    pending = true
+    setImmediate(() => {
+      pending = false
+      if (!stopped) publish()
+    })
+  }
+
+  const sub: Subscription = nc.subscribe(clusterSubjects.leases, {
+    callback: (_e, m) => {
+      let body: unknown
+      try {
+        body = m.json<unknown>()
+      } catch {
+        return
+      }
+      const got = decodeLease(body)
+      if (got._tag === "None" || got.value.instance === instance) return
+      if (got.value.leaving) peers.delete(got.value.instance)
+      else peers.set(got.value.instance, { lease: got.value, seen: Date.now() })
+    },
+  })
+
+  const reap = () => {
+    const now = Date.now()
+    const dead = [...peers.values()].filter((p) => now - p.seen > silenceMs)
+    if (dead.length === 0) return
+    for (const p of dead) peers.delete(p.lease.instance)
+    // One answer per request: the live node with the smallest instance id answers.
+    if ([instance, ...peers.keys()].sort()[0] !== instance) return
+    for (const p of dead) {
+      const who = p.lease.node ? `node ${p.lease.node}` : "a node"
+      for (const reply of p.lease.inflight) {
+        answered++
+        const error = leoamError("actor_unavailable", `${who} (pid ${p.lease.pid}) went silent (no lease for ${silenceMs} ms) while it held this request; it was not retried: send it again`)
+        respondError({ reply, respond: (data, opts) => (nc.publish(reply, data, opts), true) }, error)
+      }
+    }
+  }
+
+  const beat = setInterval(publish, everyMs).unref()
+  const check = setInterval(reap, Math.max(50, Math.min(everyMs, silenceMs / 10))).unref()
+  publish()
+
+  return {
+    instance,
+    hold: (msg) => {
+      const reply = msg.reply
+      if (!reply || stopped) return
+      const respond = msg.respond.bind(msg)
+      msg.respond = (data, opts) => {
+        held.delete(reply)
+        return respond(data, opts)
+      }
+      held.add(reply)
+      soon()
+    },
+    answeredForPeers: () => answered,
+    stop: () => {
+      if (stopped) return
+      stopped = true
+      clearInterval(beat)
+      clearInterval(check)
+      publish(true)
+      sub.unsubscribe()
+    },
+  }
+}
