@@ -87,15 +87,6 @@ export const installJsonLog = (env: NodeJS.ProcessEnv = process.env) => {
   installed = true
   const journal = stderrIsJournal(env)
   wrapStream(process.stderr, makeLogger(2, journal), "warn")
-  wrapStream(process.stdout, makeLogger(1, journal && process.env.JOURNAL_STREAM !== undefined && sameStream(1, 2)), "info")
-}
-
-const sameStream = (a: number, b: number) => {
-  try {
-    const x = fstatSync(a, { bigint: true })
-    const y = fstatSync(b, { bigint: true })
-    return x.dev === y.dev && x.ino === y.ino
-  } catch {
-    return false
-  }
+  // stdout carries only info lines (ready, stopped): journald files unprefixed lines as info.
+  wrapStream(process.stdout, makeLogger(1, false), "info")
 }

@@ -61,8 +61,9 @@ else
   [ ! -L "$PREFIX" ] || run rm "$PREFIX"
   run mkdir -p "$PREFIX"
   # node_modules is installed below for production; .git and local caches stay behind.
-  if [ "$DRY" = 1 ]; then printf '+ tar -C %s --exclude=./node_modules --exclude=./.git -cf - . | tar -C %s -xf -\n' "$SRC" "$PREFIX"
-  else tar -C "$SRC" --exclude=./node_modules --exclude=./.git --exclude=./.gpu --exclude=./.bench-bundle -cf - . | tar -C "$PREFIX" --no-same-owner -xf -; fi
+  printf '+ tar -C %s --exclude=./node_modules --exclude=./.git -cf - . | tar -C %s -xf -\n' "$SRC" "$PREFIX"
+  [ "$DRY" = 1 ] || tar -C "$SRC" --exclude=./node_modules --exclude=./.git --exclude=./.gpu --exclude=./.bench-bundle -cf - . \
+    | tar -C "$PREFIX" --no-same-owner -xf - || fail "copying $SRC to $PREFIX"
   run chown -R root:root "$PREFIX"
 fi
 if [ ! -d "$PREFIX/node_modules" ] || [ "$PREFIX/package-lock.json" -nt "$PREFIX/node_modules/.package-lock.json" ]; then
