@@ -14,7 +14,7 @@ import { Effect } from "effect"
 import { connectNats } from "../actors/nats.ts"
 import { startEmbeddedNats } from "../actors/nats-server.ts"
 import type { NodeLease } from "../protocol/cluster.ts"
-import { adminSubjects, clusterSubjects, publicSubjects } from "../protocol/subjects.ts"
+import { adminSubjects, clusterSubjects, internalSubjects, NODE_ID, onNode, publicSubjects } from "../protocol/subjects.ts"
 import { ask } from "./support/server.ts"
 
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
@@ -65,6 +65,15 @@ const generate = (nc: NatsConnection, max_tokens: number) =>
   Effect.promise(() => ask(nc, publicSubjects.generate, { prompt: "Once upon a time", max_tokens }, 60_000).then((r) => ({ ...r, at: performance.now() })))
 
 describe("several nodes on one NATS", () => {
+  it("a node id moves the internal subjects under its prefix, and only them", () => {
+    expect(onNode(internalSubjects.executorRun, "a")).toBe("leoam.int.v1.node.a.gpu-executor.run")
+    expect(onNode(internalSubjects.policyChanged, "b-2")).toBe("leoam.int.v1.node.b-2.policy.changed")
+    expect(onNode(internalSubjects.executorRun, undefined)).toBe(internalSubjects.executorRun)
+    for (const s of [publicSubjects.generate, adminSubjects.policySet, clusterSubjects.leases, "_INBOX.x.y", "leoam.int.v1.node.a.ping"]) expect(onNode(s, "a")).toBe(s)
+    for (const ok of ["a", "node-1", "A_b"]) expect(NODE_ID.test(ok)).toBe(true)
+    for (const bad of ["", "a.b", "a*", ">", "a b", "x".repeat(65)]) expect(NODE_ID.test(bad)).toBe(false)
+  })
+
   it.scopedLive(
     "two nodes share the public subjects, keep their internal ones, and a node killed under load leaves no request unanswered",
     () =>
