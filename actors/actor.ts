@@ -9,7 +9,7 @@
 // Only this module changes the running service. Draining refuses new messages with
 // `shutting_down` and waits (bounded) for the mailbox.
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Schedule, Schema, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Runtime, Schedule, Schema, Scope } from "effect"
 import { LeoamError, leoamError } from "../protocol/errors.ts"
 import { ActorStatus, internalRpc } from "../protocol/internal.ts"
 import { parseBody, respondError, respondJson } from "./nats.ts"
@@ -33,8 +33,9 @@ export interface Endpoint<S> {
   readonly watch?: MailboxWatch
   /**
    * For mailbox endpoints: checks a message before it takes a mailbox place; its value is
-   * what the handler gets as `body`. It runs synchronously in the NATS callback, so it must
-   * not wait on anything (decode, validate, tokenize).
+   * what the handler gets as `body`. It runs in the NATS callback and should finish there
+   * (decode, validate, tokenize a short prompt); one that goes async (a long prompt
+   * tokenized in a worker) takes its place when it finishes, after those admitted meanwhile.
    */
   readonly admit?: (service: S, body: unknown, msg: Msg) => Effect.Effect<unknown, LeoamError>
 }
@@ -184,12 +185,20 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
     // Interruptible even when started inside an uninterruptible region (acquireRelease): drain interrupts it.
     const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(Effect.flatMap(Queue.take(mailbox), serveOne))))
 
-    /** Admits a mailbox message now; undefined when it was answered instead (refused, or a crash). */
-    const admitNow = (admit: NonNullable<Endpoint<S>["admit"]>, built: Built<S>, body: unknown, msg: Msg): { body: unknown } | undefined => {
-      const exit = Effect.runSyncExit(Effect.suspend(() => admit(built.service, body, msg)))
+    /** An admission's outcome: the admitted body, or undefined when it was answered instead (refused, or a crash). */
+    const admitted = (built: Built<S>, msg: Msg, exit: Exit.Exit<unknown, LeoamError>): { body: unknown } | undefined => {
       if (Exit.isSuccess(exit)) return { body: exit.value }
       if (settle(msg, exit)) Effect.runFork(lock.withPermits(1)(restart(built, exit.cause)))
       return undefined
+    }
+
+    /** Admits a mailbox message: at once when admission finishes synchronously, else (a promise) when it does. */
+    const admitNow = (admit: NonNullable<Endpoint<S>["admit"]>, built: Built<S>, body: unknown, msg: Msg) => {
+      const exit = Effect.runSyncExit(Effect.suspend(() => admit(built.service, body, msg)))
+      const async = Exit.isFailure(exit) ? Option.filter(Cause.dieOption(exit.cause), Runtime.isAsyncFiberException) : Option.none()
+      // runSyncExit leaves an admission that went async running: wait for its fiber.
+      if (Option.isSome(async)) return Effect.runPromise(Fiber.await(async.value.fiber as Fiber.Fiber<unknown, LeoamError>)).then((e) => admitted(built, msg, e))
+      return admitted(built, msg, exit)
     }
 
     const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"], watch?: MailboxWatch) => (err: Error | null, msg: Msg) => {
@@ -216,12 +225,17 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       // While the actor restarts there is no service to admit with: the message is admitted when served.
       const built = current
       const ready = admit !== undefined && built !== undefined && !restarting
-      const admitted = ready ? admitNow(admit, built, body, msg) : { body }
-      if (!admitted) return
-      const envelope: Envelope<S> = { handler, body: admitted.body, msg, receivedAt, admit: ready ? undefined : admit, watch }
-      const offered = Effect.runSync(Queue.offer(mailbox, envelope))
-      if (offered) watch?.queued(envelope.body)
-      else respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
+      const enqueue = (admission: { body: unknown } | undefined) => {
+        if (!admission) return
+        if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
+        const envelope: Envelope<S> = { handler, body: admission.body, msg, receivedAt, admit: ready ? undefined : admit, watch }
+        const offered = Effect.runSync(Queue.offer(mailbox, envelope))
+        if (offered) watch?.queued(envelope.body)
+        else respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
+      }
+      const admission = ready ? admitNow(admit, built, body, msg) : { body }
+      if (admission instanceof Promise) void admission.then(enqueue)
+      else enqueue(admission)
     }
 
     const listen = (source: Source, callback: (err: Error | null, msg: Msg) => void) => {

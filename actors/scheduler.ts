@@ -31,6 +31,7 @@ import { encodeJson } from "./nats.ts"
 import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
 import { refuseStream, STREAM_PREFIX } from "./access.ts"
 import { askRun } from "./liveness.ts"
+import { tokenizePool } from "./tokenize-pool.ts"
 
 export interface SchedulerOptions {
   /** Absent for dummy weights: then only `ids` prompts are served and replies carry no text. */
@@ -103,7 +104,8 @@ export interface Admitted {
 
 export interface SchedulerService {
   /**
-   * Checks a generate request before it takes a place in the mailbox (synchronous); `headers`
+   * Checks a generate request before it takes a place in the mailbox (synchronous, but for
+   * a long prompt, tokenized in a worker: actors/tokenize-pool.ts); `headers`
    * name the requester (Nats-Request-Info), whose space the stream must be in.
    */
   readonly admit: (body: unknown, headers?: MsgHdrs) => Effect.Effect<Admitted, LeoamError>
@@ -120,6 +122,8 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
   Effect.gen(function* () {
     // A tokenizer that cannot be loaded is a bad configuration (final); the executor may still be starting.
     const tokenizer = yield* startup()(async () => options.loadTokenizer?.())
+    // Long prompts are tokenized in a worker thread, never on the event loop every subject shares.
+    const pool = tokenizer && (yield* Effect.acquireRelease(Effect.sync(() => tokenizePool(tokenizer)), (p) => Effect.promise(() => p.close())))
     const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0, streamsCut: 0 }
     const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
 
@@ -138,7 +142,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       // Against the requester, before tokenizing: a stream outside the caller's space never takes a place.
       const refused = refuseStream(headers, req.stream)
       if (refused) return yield* refused
-      const ids = req.prompt !== undefined ? s.tokenizer!.encode(req.prompt) : [...req.ids!]
+      const ids = req.prompt !== undefined ? yield* pool!.encode(req.prompt) : [...req.ids!]
       if (ids.length === 0) return yield* leoamError("invalid_request", "the prompt is empty")
       const bad = ids.find((id) => id >= s.model.vocab_size)
       if (bad !== undefined) return yield* leoamError("invalid_ids", `token id ${bad} is outside the vocabulary (0..${s.model.vocab_size - 1})`)
@@ -257,7 +261,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         const req = yield* decodeRequest(TokenizeRequest, body)
         if (!s.tokenizer) return yield* leoamError("invalid_request", `${s.model.name} has no tokenizer`)
         if (req.model !== undefined && req.model !== s.model.name) return yield* leoamError("unknown_model", `no model "${req.model}"; this server has "${s.model.name}"`)
-        const ids = s.tokenizer.encode(req.text)
+        const ids = [...(yield* pool!.encode(req.text))]
         return { model: s.model.name, ids, count: ids.length }
       }),
       models: Effect.fn("Scheduler.models")(function* (body: unknown) {
@@ -280,14 +284,14 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         }
       }),
       admin,
-      stats: () => ({ requests: s.requests, generated_tokens: s.generated, streams_cut: s.streamsCut, queue: options.load() }),
+      stats: () => ({ requests: s.requests, generated_tokens: s.generated, streams_cut: s.streamsCut, prompts_tokenized_in_worker: pool?.offloaded() ?? 0, queue: options.load() }),
     }
     return service
   })
 
 export class Scheduler extends Context.Tag("leoam/actors/Scheduler")<Scheduler, SchedulerService>() {
   /** Loads the tokenizer and waits for the gpu-executor's description of the model. */
-  static readonly layer = (nc: NatsConnection, options: SchedulerOptions) => Layer.effect(Scheduler, make(nc, options))
+  static readonly layer = (nc: NatsConnection, options: SchedulerOptions) => Layer.scoped(Scheduler, make(nc, options))
 }
 
 export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorDefinition<SchedulerService> => {

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Msg, NatsConnection } from "@nats-io/nats-core"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Fiber, Layer } from "effect"
 import { type RunningActor, startActor } from "../actors/actor.ts"
 import { connectNats, encodeJson, jsonDepth, MAX_JSON_DEPTH, parseBody, respondSafely } from "../actors/nats.ts"
 import { startEmbeddedNats } from "../actors/nats-server.ts"
@@ -95,6 +95,30 @@ layer(ClusterTest.layer({ queueCapacity: 2, maxContext: 1024 }), { excludeTestSe
         expect(r.status).toBe("413")
         expect(r.json.error.message).toMatch(/at most 131072/)
         yield* stillServing(ask)
+      }),
+    )
+
+    it.effect("a 4 MiB generate prompt is tokenized off the event loop: health is answered all the while", () =>
+      Effect.gen(function* () {
+        const { ask } = yield* ClusterTest
+        const prompt = "\u{1F600}".repeat(Math.floor((4 * 1024 * 1024 - 64) / 4))
+        const t0 = performance.now()
+        const long = yield* Effect.fork(ask(gen, JSON.stringify({ prompt, max_tokens: 1 })))
+        // Health every 100 ms until the prompt is answered: the slowest says how long the event loop was held.
+        const healthMs: number[] = []
+        while (!(yield* long.poll)._tag.startsWith("Some")) {
+          const h0 = performance.now()
+          expect((yield* ask(publicSubjects.health, {})).json.status).toBe("ok")
+          healthMs.push(performance.now() - h0)
+          yield* Effect.sleep(100)
+        }
+        const r = yield* Fiber.join(long)
+        const longMs = performance.now() - t0
+        const slowest = Math.max(...healthMs)
+        process.stderr.write(`hardening: ${healthMs.length} health requests answered in at most ${slowest.toFixed(0)} ms while a 4 MiB prompt was tokenized (its answer after ${longMs.toFixed(0)} ms)\n`)
+        expect(r.json.error?.code).toBe("context_overflow") // a million tokens in a 1024-token context: counted, then refused
+        expect(healthMs.length).toBeGreaterThan(5)
+        expect(slowest).toBeLessThan(1500) // (each health waits 250 ms for the actors' pings)
       }),
     )
 
