@@ -3,6 +3,7 @@
 // Schema is protocol/schema/ServeConfig.json (`npm run schemas`).
 import { Schema } from "effect"
 import { firstIssue } from "./schema-errors.ts"
+import { NODE_ID } from "./subjects.ts"
 
 const Port = Schema.Int.pipe(Schema.between(1, 65535))
 /** Bytes, or a number with a binary unit: 8589934592, "8GiB", "512 MiB". */
@@ -30,6 +31,8 @@ export const ServeConfig = Schema.Struct({
   nats_pass_file: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   nats_creds: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   nats_nkey: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
+  /** This node's id on a NATS shared with other nodes (README "Several nodes on one NATS"). */
+  node: Schema.optional(Schema.String.pipe(Schema.pattern(NODE_ID))),
   /** The users file of the embedded nats-server (client and admin roles). */
   users: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   metrics_port: Schema.optional(Schema.Int.pipe(Schema.between(0, 65535))),

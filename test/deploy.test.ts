@@ -89,6 +89,7 @@ describe("serve --config", () => {
     ["a number out of range", '{"nats_port": 70000}', /nats_port: /],
     ["a size that is not one", '{"host_kv_budget": "lots"}', /host_kv_budget/],
     ["a device not in the list", '{"device": "tpu"}', /device: expected one of "auto", "gpu", "cpu"/],
+    ["a node id that is not one subject token", '{"node": "a.b"}', /node: Expected a string matching/],
     ["text that is not JSON", "{ nope", /is not JSON/],
   ]
   for (const [what, text, message] of bad) {
