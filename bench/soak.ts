@@ -45,8 +45,10 @@ const log = (s: string) => process.stderr.write(`soak: ${s}\n`)
 // --- children: every one spawned is tracked and killed on exit ---
 const children = new Set<ChildProcess>()
 const spawnedPids: number[] = []
+const tempDirs: string[] = []
 const killAll = () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL")
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true })
 }
 process.on("exit", killAll)
 for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => (log(`${sig}: stopping`), killAll(), process.exit(130)))
@@ -206,6 +208,7 @@ interface Round {
 
 const main = async (): Promise<number> => {
   const base = mkdtempSync(join(tmpdir(), "leoam-soak-"))
+  tempDirs.push(base)
   let nats = await startEmbeddedNats()
   const natsPids = [nats.pid]
   let nc: NatsConnection | undefined
