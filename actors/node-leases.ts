@@ -27,13 +27,17 @@ export interface NodeLeases {
 
 interface Peer {
   readonly lease: NodeLease
+  /** When its latest lease arrived here. */
   readonly seen: number
+  /** When its first lease arrived here: a node that appeared after a dead one's last lease never held that lease. */
+  readonly first: number
 }
 
 const decodeLease = Schema.decodeUnknownOption(NodeLease)
 
 export const startLeases = (nc: NatsConnection, node: string | undefined, silenceMs = RUN_SILENCE_MS, everyMs = HEARTBEAT_MS): NodeLeases => {
   const instance = randomUUID()
+  const startedAt = Date.now()
   const held = new Set<string>()
   const peers = new Map<string, Peer>()
   let answered = 0
@@ -68,7 +72,10 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
       const got = decodeLease(body)
       if (got._tag === "None" || got.value.instance === instance) return
       if (got.value.leaving) peers.delete(got.value.instance)
-      else peers.set(got.value.instance, { lease: got.value, seen: Date.now() })
+      else {
+        const now = Date.now()
+        peers.set(got.value.instance, { lease: got.value, seen: now, first: peers.get(got.value.instance)?.first ?? now })
+      }
     },
   })
 
@@ -77,9 +84,12 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
     const dead = [...peers.values()].filter((p) => now - p.seen > silenceMs)
     if (dead.length === 0) return
     for (const p of dead) peers.delete(p.lease.instance)
-    // One answer per request: the live node with the smallest instance id answers.
-    if ([instance, ...peers.keys()].sort()[0] !== instance) return
     for (const p of dead) {
+      // One answer per request: of the live nodes that were there before the dead one's last
+      // lease (a node restarted since never received it, so it must not be the one chosen),
+      // the one with the smallest instance id answers.
+      const holders = [...(startedAt <= p.seen ? [instance] : []), ...[...peers.values()].filter((q) => q.first <= p.seen).map((q) => q.lease.instance)]
+      if (holders.sort()[0] !== instance) continue
       const who = p.lease.node ? `node ${p.lease.node}` : "a node"
       for (const reply of p.lease.inflight) {
         answered++
@@ -100,7 +110,10 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
       if (!reply || stopped) return
       const respond = msg.respond.bind(msg)
       msg.respond = (data, opts) => {
+        // The lease without this request goes out before the reply (one connection keeps
+        // their order), so a peer never answers a request this node already answered.
         held.delete(reply)
+        if (!stopped) publish()
         return respond(data, opts)
       }
       held.add(reply)
