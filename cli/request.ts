@@ -1,10 +1,15 @@
 // `leoam request SUBJECT [JSON]`: one request/reply against a leoam service, for people
-// and scripts (any NATS client does the same). Error replies print the code and exit 1.
+// and scripts (any NATS client does the same). Error replies print the code and exit 1;
+// nothing subscribed to the subject is `no_responders` (at once), no reply in time `timeout`.
 // With --stream, a generate's token events come to a fresh subject in this user's own space
 // (its inbox prefix) and are printed as JSON lines before the reply.
-import { createInbox } from "@nats-io/nats-core"
+import { createInbox, NoRespondersError, RequestError } from "@nats-io/nats-core"
 import { type ClientAuth, connectClient, inboxOf } from "./connect.ts"
 import { CliError } from "./errors.ts"
+
+/** NATS answered at once that no subscriber has the subject (the server's 503 no-responders status), as opposed to a timeout. */
+const noResponders = (e: unknown): boolean =>
+  (e instanceof RequestError && e.isNoResponders()) || e instanceof NoRespondersError || (e as { cause?: unknown })?.cause instanceof NoRespondersError
 
 export const runRequest = async (o: { subject: string; body: string; natsUrl: string; auth: ClientAuth; timeoutMs: number; stream?: boolean }) => {
   let body = o.body
@@ -35,6 +40,9 @@ export const runRequest = async (o: { subject: string; body: string; natsUrl: st
     const reply = await nc.request(o.subject, new TextEncoder().encode(body), { timeout: o.timeoutMs }).catch((e) => {
       if (/Permissions Violation/i.test(String((e as Error).message)) || /Permissions Violation/i.test(String((e as { cause?: Error }).cause?.message))) {
         throw new CliError("permission_denied", `${o.subject}: ${(e as Error).message}`)
+      }
+      if (noResponders(e)) {
+        throw new CliError("no_responders", `nothing serves ${o.subject} on ${o.natsUrl} (NATS: no responders): no leoam node is running there, or the subject is misspelt (leoam.v1.generate, leoam.v1.health, ...)`)
       }
       throw new CliError("timeout", `no reply on ${o.subject} within ${o.timeoutMs} ms: ${(e as Error).message}`)
     })
