@@ -58,8 +58,8 @@ const authOptions = (auth: NatsAuth | undefined) => {
   return { ...(auth.user !== undefined ? { user: auth.user } : {}), ...(auth.pass !== undefined ? { pass: auth.pass } : {}) }
 }
 
-export const connectNats = (url: string, name: string, auth?: NatsAuth): Promise<NatsConnection> =>
-  connect({ servers: url, name, maxReconnectAttempts: -1, ...authOptions(auth) })
+export const connectNats = (url: string, name: string, auth?: NatsAuth, inboxPrefix?: string): Promise<NatsConnection> =>
+  connect({ servers: url, name, maxReconnectAttempts: -1, ...authOptions(auth), ...(inboxPrefix !== undefined ? { inboxPrefix } : {}) })
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder("utf-8", { fatal: true })

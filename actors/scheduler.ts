@@ -17,10 +17,13 @@ import {
   HealthReply,
   MAX_TOKENIZE_TEXT,
   ModelsReply,
+  StreamCancelReply,
+  StreamCancelRequest,
   type StreamEvent,
   TokenizeReply,
   TokenizeRequest,
 } from "../protocol/messages.ts"
+import { cancelSubject } from "../protocol/subjects.ts"
 import { adminReplies } from "../protocol/admin.ts"
 import type { adminSubjects } from "../protocol/subjects.ts"
 import { decodeTokenEvent } from "../protocol/token-event.ts"
@@ -113,6 +116,8 @@ export interface SchedulerService {
   readonly tokenize: (body: unknown) => Effect.Effect<TokenizeReply, LeoamError>
   readonly models: (body: unknown) => Effect.Effect<ModelsReply, LeoamError>
   readonly health: (body: unknown) => Effect.Effect<HealthReply, LeoamError>
+  /** leoam.v1.cancel: stops the generate streaming to a subject the requester may use (its client left). */
+  readonly cancel: (body: unknown, headers?: MsgHdrs) => Effect.Effect<StreamCancelReply, LeoamError>
   /** The admin subjects' handlers (actors/admin.ts), by subject key. */
   readonly admin: ReturnType<typeof adminHandlers>
   readonly stats: () => unknown
@@ -125,6 +130,10 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
     // Long prompts are tokenized in a worker thread, never on the event loop every subject shares.
     const pool = tokenizer && (yield* Effect.acquireRelease(Effect.sync(() => tokenizePool(tokenizer)), (p) => Effect.promise(() => p.close())))
     const s: SchedulerState = { tokenizer, model: yield* describeModel(nc), requests: 0, generated: 0, streamsCut: 0 }
+    // Generates by their stream subject, for leoam.v1.cancel: the running ones' cancel, and
+    // the streams cancelled while their request waited in the mailbox (bounded, oldest dropped).
+    const running = new Map<string, () => void>()
+    const cancelledEarly = new Set<string>()
     const admin = adminHandlers({ nc, load: options.load, counters: () => ({ requests: s.requests, generated: s.generated }) })
 
     /**
@@ -161,6 +170,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       s.requests++
 
       const runId = nuid.next()
+      let attempt = runId // the run id to cancel (askRun retries a lost run under a new one)
       const tokensSubject = `_INBOX.leoam.tokens.${runId}`
       const decoder = s.tokenizer?.streamDecoder()
       let text = ""
@@ -179,7 +189,13 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
           s.streamsCut++
         }
       }
+      if (req.stream !== undefined && cancelledEarly.delete(req.stream)) {
+        // Its client left while it waited: answered without a run.
+        stream({ index: 0, text: "", done: true })
+        return { model: s.model.name, ids: [], text: "", finish_reason: "stop", usage: { prompt_tokens: ids.length, completion_tokens: 0 }, timings: { queue_ms: started - receivedAt, prefill_ms: 0, decode_ms_per_token: 0, total_ms: performance.now() - receivedAt } } satisfies GenerateReply
+      }
       const onToken = (data: Uint8Array, attemptId: string) => {
+        attempt = attemptId
         const event = decodeTokenEvent(data)
         if (cancelled || !event) return
         const delta = decoder ? decoder.push(event.id) : ""
@@ -208,7 +224,14 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         tokens: tokensSubject,
       }
       // Waits as long as the executor heartbeats the run; a lost run is actor_unavailable (or retried before any token).
-      const result = yield* askRun(nc, run, { onToken, silenceMs: options.runSilenceMs })
+      if (req.stream !== undefined) {
+        running.set(req.stream, () => {
+          if (cancelled) return
+          cancelled = true
+          Effect.runFork(Effect.ignore(publish(nc, "executorCancel", { run_id: attempt })))
+        })
+      }
+      const result = yield* askRun(nc, run, { onToken, silenceMs: options.runSilenceMs }).pipe(Effect.ensuring(Effect.sync(() => req.stream !== undefined && running.delete(req.stream))))
       // The reply is the truth: text and stop strings are applied to its ids.
       let outIds = result.ids
       const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")
@@ -283,6 +306,20 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
           queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
         }
       }),
+      cancel: Effect.fn("Scheduler.cancel")(function* (body: unknown, headers?: MsgHdrs) {
+        const req = yield* decodeRequest(StreamCancelRequest, body)
+        // Only a requester who may use the stream may stop its run (with --users: its owner).
+        const refused = refuseStream(headers, req.stream)
+        if (refused) return yield* refused
+        const stop = running.get(req.stream)
+        if (stop) {
+          stop()
+          return { cancelled: true }
+        }
+        cancelledEarly.add(req.stream)
+        if (cancelledEarly.size > 1024) cancelledEarly.delete(cancelledEarly.values().next().value!)
+        return { cancelled: false }
+      }),
       admin,
       stats: () => ({ requests: s.requests, generated_tokens: s.generated, streams_cut: s.streamsCut, prompts_tokenized_in_worker: pool?.offloaded() ?? 0, queue: options.load() }),
     }
@@ -318,6 +355,8 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
       { source: options.sources.tokenize, handler: (s, body) => replyBy(TokenizeReply)(s.tokenize(body)) },
       { source: options.sources.models, handler: (s, body) => replyBy(ModelsReply)(s.models(body)) },
       { source: options.sources.health, handler: (s, body) => replyBy(HealthReply)(s.health(body)) },
+      // Every node hears a cancel (no queue group): the one running that stream stops it.
+      { source: { broadcast: cancelSubject }, handler: (s, body, msg) => replyBy(StreamCancelReply)(s.cancel(body, msg.headers)) },
     ],
   }
 }

@@ -13,7 +13,7 @@ import { parseSize } from "./sizes.ts"
 type Key = keyof ServeConfig
 const optionOf = (key: Key): string => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
 
-const pathKeys: ReadonlySet<Key> = new Set(["kv_dir", "users", "nats_pass_file", "nats_creds", "nats_nkey"])
+const pathKeys: ReadonlySet<Key> = new Set(["kv_dir", "users", "nats_pass_file", "nats_creds", "nats_nkey", "chat_template"])
 
 /** The file's fields as option values (sizes in bytes, paths absolute). */
 export const readServeConfig = (file: string): Partial<Record<Key, string | number>> => {

@@ -12,7 +12,7 @@ import { defaultNatsUrl } from "./local.ts"
 import { bundledModelDir, runGenerate } from "./generate.ts"
 import { type ClientAuth, passwordOf } from "./connect.ts"
 import { runRequest } from "./request.ts"
-import { parseActorName, runServe } from "./serve.ts"
+import { parseActorName, runHttpGateway, runServe } from "./serve.ts"
 import { applyServeConfig } from "./config.ts"
 import { installJsonLog, logFormatOf } from "./log.ts"
 import { parseSize } from "./sizes.ts"
@@ -129,6 +129,13 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--node <id>", "this node's id on a NATS shared with other nodes (letters, digits, - and _): its internal subjects are leoam.int.v1.node.<id>.*; `serve --nats-url` picks one when absent, `actor` joins the node of that id (default: the single node, leoam.int.v1.*)", nodeId)
     .option("--config <file>", "a JSON file of these options in snake_case (kv_dir, host_kv_budget, ...; schema: protocol/schema/ServeConfig.json); flags given here override it")
     .addOption(new Option("--log-format <format>", "text, or json: one JSON object per line on stderr and stdout (default: json when stderr is the systemd journal, else text)").choices(["text", "json"]))
+    .option("--http-port <port>", `the OpenAI-compatible HTTP API (POST /v1/completions, /v1/chat/completions, GET /v1/models) on this port (0: a free one)${embedded ? "" : "; `actor http-gateway` only (default 8000)"}`, integer("--http-port", 0, 65535))
+    .option("--http-host <host>", "the address the HTTP API listens on (default 127.0.0.1, loopback only; 0.0.0.0 for every interface)")
+    .option("--chat-template <file>", "a Jinja chat template for /v1/chat/completions instead of the model's (tokenizer_config.json chat_template; ChatML when the model has none)")
+  if (!embedded) {
+    cmd.option("--users <file>", "`actor http-gateway` only: the node's users file; each HTTP request then needs `Authorization: Bearer USER:PASSWORD` and runs as that NATS user")
+    cmd.option("--inbox-prefix <prefix>", "`actor http-gateway` only: where its replies come (default: _INBOX_<user> with --nats-user, else _INBOX)")
+  }
   if (embedded) {
     cmd.option("--nats-port <port>", "port of the embedded nats-server on 127.0.0.1 (default: a free one)", integer("--nats-port", 1, 65535))
     cmd.option(
@@ -170,6 +177,9 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   kvPolicy: o.kvPolicy,
   gpuKvBudget: o.gpuKvBudget,
   drainTimeoutMs: o.drainTimeout,
+  httpPort: o.httpPort,
+  httpHost: o.httpHost,
+  chatTemplate: o.chatTemplate,
 })
 
 nodeOptions(
@@ -180,7 +190,7 @@ nodeOptions(
 nodeOptions(
   program
     .command("actor")
-    .argument("<name>", "scheduler | gpu-executor | disk-store (host-cache runs with gpu-executor)")
+    .argument("<name>", "scheduler | gpu-executor | disk-store (host-cache runs with gpu-executor) | http-gateway (the OpenAI-compatible HTTP API in front of the node's NATS subjects)")
     .description(
       "Run one actor alone against an existing NATS server (the others run elsewhere on the same bus). The host arena lives in the gpu-executor's process, so `actor gpu-executor` runs the host-cache actor beside it and `actor host-cache` alone is refused.",
     ),
@@ -188,6 +198,10 @@ nodeOptions(
 ).action(async (name, _o, cmd) => {
   const o = configured(cmd)
   if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
+  if (name === "http-gateway") return runHttpGateway({ ...serveArgs(o, [], cmd), natsUrl: o.natsUrl, inboxPrefix: o.inboxPrefix })
+  for (const flag of ["httpPort", "httpHost", "chatTemplate", "users", "inboxPrefix"]) {
+    if (o[flag] !== undefined) throw new CliError("invalid_argument", `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is an option of \`leoam actor http-gateway\` (or \`leoam serve\`), not of \`leoam actor ${name}\``)
+  }
   const actor = parseActorName(name)
   await runServe(serveArgs(o, actor === "gpu-executor" ? ["gpu-executor", "host-cache"] : [actor], cmd))
 })

@@ -5,7 +5,8 @@ import { randomBytes } from "node:crypto"
 import { type ActorName, actorNames } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
 import { ensuredDefaultKvDir, loadPolicyDocument } from "./kv.ts"
-import { loadUsers } from "../actors/access.ts"
+import { inboxPrefixOf, loadUsers, type UsersFile } from "../actors/access.ts"
+import { type HttpGateway, startHttpGateway } from "../actors/http-gateway.ts"
 import { removeServeRecord, writeServeRecord } from "./local.ts"
 import { CliError } from "./errors.ts"
 import { notifyReady, notifyStopping } from "./notify.ts"
@@ -34,6 +35,54 @@ export interface ServeArgs {
   readonly kvPolicyExplicit?: boolean
   readonly gpuKvBudget?: number
   readonly drainTimeoutMs: number
+  /** --http-port: the OpenAI-compatible HTTP gateway (actors/http-gateway.ts) beside the actors; 0: a free port. */
+  readonly httpPort?: number
+  readonly httpHost?: string
+  readonly chatTemplate?: string
+}
+
+/** The names whose `USER:PASSWORD` API keys the gateway accepts (nkey users have no password to send). */
+const keyUsers = (users: UsersFile | undefined): ReadonlySet<string> | undefined =>
+  users && new Set(users.users.flatMap((u) => (u.user !== undefined ? [u.user] : [])))
+
+/** Stops on the first SIGTERM or SIGINT, saying so; resolves when `stop` has finished. */
+const untilSignal = (drainMs: number, stop: () => Promise<void>) =>
+  new Promise<void>((resolve) => {
+    let stopping = false
+    const on = (signal: string) => {
+      if (stopping) return
+      stopping = true
+      process.stderr.write(`leoam: ${signal}: draining (up to ${drainMs} ms)\n`)
+      void notifyStopping()
+      stop().then(resolve, (e) => {
+        process.stderr.write(`leoam: error while stopping: ${(e as Error).message}\n`)
+        resolve()
+      })
+    }
+    process.once("SIGTERM", () => on("SIGTERM"))
+    process.once("SIGINT", () => on("SIGINT"))
+  })
+
+/**
+ * `leoam actor http-gateway`: the gateway alone against a NATS where a node serves (its
+ * shared connection uses the --nats-* credentials; with --users, each request the caller's).
+ */
+export const runHttpGateway = async (args: ServeArgs & { readonly natsUrl: string; readonly inboxPrefix?: string }): Promise<void> => {
+  const gateway = await startHttpGateway({
+    natsUrl: args.natsUrl,
+    auth: { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey },
+    // As the leoam CLI: a named user's replies come to its own inbox prefix (the only one a client user may use).
+    inboxPrefix: args.inboxPrefix ?? (args.natsUser !== undefined ? inboxPrefixOf(args.natsUser) : undefined),
+    users: keyUsers(args.users !== undefined ? loadUsers(args.users) : undefined),
+    port: args.httpPort ?? 8000,
+    host: args.httpHost,
+    modelDir: args.model,
+    chatTemplateFile: args.chatTemplate,
+  })
+  process.stdout.write(`leoam: http-gateway ready on ${gateway.url} for ${args.natsUrl} (pid ${process.pid}); chat template ${gateway.chatTemplate}\n`)
+  void notifyReady(`http-gateway ready on ${gateway.url}`)
+  await untilSignal(args.drainTimeoutMs, () => gateway.stop())
+  process.stdout.write("leoam: stopped\n")
 }
 
 export const parseActorName = (name: string): ActorName => {
@@ -53,6 +102,7 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
   // The scheduler waits for the executor's description, so it starts last.
   const actors = [...args.actors].sort((a, b) => Number(a === "scheduler") - Number(b === "scheduler"))
   const nodeId = nodeIdOf(args)
+  const users = args.users !== undefined ? loadUsers(args.users) : undefined
   const node = await startNode({
     actors,
     node: nodeId,
@@ -63,7 +113,7 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     natsPass: args.natsPass,
     natsCreds: args.natsCreds,
     natsNkey: args.natsNkey,
-    users: args.users !== undefined ? loadUsers(args.users) : undefined,
+    users,
     metricsPort: args.metricsPort,
     maxContext: args.maxContext,
     device: args.device,
@@ -78,24 +128,38 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
   if (p?.stored && args.kvPolicy !== undefined && args.kvPolicyExplicit && p.name !== loadPolicyDocument(args.kvPolicy).resolved.name) {
     process.stderr.write(`leoam: the kv-dir's stored KV policy v${p.version} (${p.name}) is used, not --kv-policy ${args.kvPolicy}; change it with \`leoam admin policy set\`\n`)
   }
-  const extras = [p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "", node.metricsUrl ? `metrics ${node.metricsUrl}` : "", nodeId !== undefined ? `node ${nodeId}` : ""].filter(Boolean)
+  let gateway: HttpGateway | undefined
+  if (args.httpPort !== undefined) {
+    gateway = await startHttpGateway({
+      natsUrl: node.url,
+      // The embedded server without --users needs no credentials; an existing one, the node's.
+      auth: { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey },
+      users: keyUsers(users),
+      port: args.httpPort,
+      host: args.httpHost,
+      modelDir: args.model,
+      chatTemplateFile: args.chatTemplate,
+    }).catch(async (e) => {
+      await node.stop()
+      throw e
+    })
+  }
+  const extras = [
+    p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "",
+    node.metricsUrl ? `metrics ${node.metricsUrl}` : "",
+    gateway ? `http ${gateway.url} (chat template ${gateway.chatTemplate})` : "",
+    nodeId !== undefined ? `node ${nodeId}` : "",
+  ].filter(Boolean)
   if (actors.includes("scheduler")) writeServeRecord(node.url)
   process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})${extras.length ? `; ${extras.join("; ")}` : ""}\n`)
   void notifyReady(`${actors.join(", ")} ready on ${node.url}`)
-  await new Promise<void>((resolve) => {
-    let stopping = false
-    const stop = (signal: string) => {
-      if (stopping) return
-      stopping = true
-      process.stderr.write(`leoam: ${signal}: draining (up to ${args.drainTimeoutMs} ms)\n`)
-      void notifyStopping()
-      node.stop().then(resolve, (e) => {
-        process.stderr.write(`leoam: error while stopping: ${(e as Error).message}\n`)
-        resolve()
-      })
+  // The node drains first (HTTP requests admitted meanwhile get shutting_down, those in flight their answer), then the gateway closes.
+  await untilSignal(args.drainTimeoutMs, async () => {
+    try {
+      await node.stop()
+    } finally {
+      await gateway?.stop()
     }
-    process.once("SIGTERM", () => stop("SIGTERM"))
-    process.once("SIGINT", () => stop("SIGINT"))
   })
   removeServeRecord()
   process.stdout.write("leoam: stopped\n")

@@ -40,6 +40,12 @@ export const ServeConfig = Schema.Struct({
   drain_timeout: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   device: Schema.optional(Schema.Literal("auto", "gpu", "cpu")),
   log_format: Schema.optional(Schema.Literal("text", "json")),
+  /** The OpenAI-compatible HTTP API (README "OpenAI-compatible HTTP"); 0: a free port. */
+  http_port: Schema.optional(Schema.Int.pipe(Schema.between(0, 65535))),
+  /** The address it listens on (default 127.0.0.1). */
+  http_host: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(255))),
+  /** A Jinja chat template file instead of the model's. */
+  chat_template: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
 }).annotations({ identifier: "ServeConfig", parseOptions: { onExcessProperty: "error" } })
 export type ServeConfig = typeof ServeConfig.Type
 

@@ -90,6 +90,15 @@ export const StreamEvent = Schema.Struct({
 }).annotations({ identifier: "StreamEvent" })
 export type StreamEvent = typeof StreamEvent.Type
 
+/** leoam.v1.cancel (protocol/subjects.ts cancelSubject): stop the generate that streams to `stream` (its client left). */
+export const StreamCancelRequest = Schema.Struct({ stream: PublishSubject }).annotations({
+  identifier: "StreamCancelRequest",
+  parseOptions: { onExcessProperty: "error" },
+})
+/** `cancelled`: this node was running it (or had it queued: it is answered with no tokens when its turn comes). */
+export const StreamCancelReply = Schema.Struct({ cancelled: Schema.Boolean }).annotations({ identifier: "StreamCancelReply" })
+export type StreamCancelReply = typeof StreamCancelReply.Type
+
 export const TokenizeRequest = Schema.Struct({
   text: Schema.String.pipe(Schema.maxLength(MAX_TOKENIZE_TEXT)),
   model: Schema.optional(Schema.String.pipe(Schema.maxLength(256))),

@@ -10,6 +10,13 @@ export const publicSubjects = {
   health: "leoam.v1.health",
 } as const
 
+/**
+ * Broadcast to every node (no queue group): `{"stream": SUBJECT}` stops the generate whose
+ * `stream` that is (its client left: the HTTP gateway sends it); only a requester allowed
+ * that stream may. Not among publicSubjects: it needs no reply (a request gets each node's).
+ */
+export const cancelSubject = "leoam.v1.cancel"
+
 /** Admin subjects: only NATS users with admin permissions reach them (README, "Access control"). */
 export const adminSubjects = {
   policyGet: "leoam.v1.admin.policy.get",
