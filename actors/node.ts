@@ -26,7 +26,7 @@ import { gpuExecutor } from "./gpu-executor.ts"
 import { hostCacheActor } from "./host-cache.ts"
 import { connectNats, type EmbeddedNats, type NatsAuth } from "./nats.ts"
 import { startEmbeddedNats } from "./nats-server.ts"
-import { nodeView } from "./node-bus.ts"
+import { nodeView, refuseDuplicate } from "./node-bus.ts"
 import { type NodeLeases, startLeases } from "./node-leases.ts"
 import { askPublic, runRequest } from "./rpc.ts"
 import { scheduler } from "./scheduler.ts"
@@ -113,10 +113,12 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   let policy: StartPolicy | undefined
   let leases: NodeLeases | undefined
   try {
-    tiers = openSharedTiers(options)
-    policy = startPolicy(options, tiers)
     const raw = await connectNats(url, `leoam-${options.node ?? ""}${options.node ? ":" : ""}${options.actors.join("+")}`, auth)
     nc = nodeView(raw, options.node)
+    // Before the kv-dir is touched: a refused duplicate leaves the live node's store alone.
+    if (options.node !== undefined && options.natsUrl) await refuseDuplicate(nc, options.node, options.actors)
+    tiers = openSharedTiers(options)
+    policy = startPolicy(options, tiers)
     if (options.actors.includes("scheduler")) leases = startLeases(raw, options.node, options.leaseSilenceMs)
     const version = packageVersion()
     for (const name of options.actors) {

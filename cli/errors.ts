@@ -15,6 +15,6 @@ export const exitCodeOf = (code: string): number =>
   ["invalid_request", "invalid_ids", "invalid_argument", "context_overflow", "unknown_model", "config_missing",
     "config_malformed", "unsupported_architecture", "shard_missing", "tensor_missing", "tensor_shape", "tensor_dtype",
     "safetensors_malformed", "tokenizer_missing", "tokenizer_malformed", "unsupported_shape", "unknown_policy", "invalid_policy",
-    "kv_budget_too_small", "kv_dir_unavailable", "permission_denied", "invalid_config"].includes(code)
+    "kv_budget_too_small", "kv_dir_unavailable", "permission_denied", "invalid_config", "node_id_in_use"].includes(code)
     ? 2
     : 1

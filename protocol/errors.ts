@@ -11,6 +11,7 @@ export const errorStatus = {
   invalid_ids: 400,
   unknown_model: 404,
   permission_denied: 403,
+  node_id_in_use: 409,
   context_overflow: 413,
   payload_too_large: 413,
   busy: 429,

@@ -3,7 +3,8 @@
 // ids; each node's internal subjects stay its own (pings, health, the runs its executor ran
 // match the generates its service instance took); then node a is killed with kill -9 while
 // it holds requests, and every request gets exactly one answer: its reply, or, for those a
-// held, `actor_unavailable` from node b within the lease silence; b goes on serving.
+// held, `actor_unavailable` from node b within the lease silence; b goes on serving. A third
+// node started under a live id is refused (`node_id_in_use`, exit 2) without disturbing it.
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -42,6 +43,17 @@ const serve = (args: string[]) =>
     }),
     (p) => Effect.sync(() => p.child.kill("SIGKILL")),
   )
+
+/** A `leoam serve` expected to exit at start: its exit code and output. */
+const refused = (args: string[]) =>
+  Effect.async<{ code: number | null; out: string }>((resume) => {
+    const child = spawn(process.execPath, [bin, "serve", ...args], { stdio: ["ignore", "pipe", "pipe"] })
+    let out = ""
+    child.stdout!.on("data", (d) => (out += String(d)))
+    child.stderr!.on("data", (d) => (out += String(d)))
+    child.once("exit", (code) => resume(Effect.succeed({ code, out })))
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
 
 const tempDir = (prefix: string) =>
   Effect.acquireRelease(
@@ -95,6 +107,11 @@ describe("several nodes on one NATS", () => {
           expect(new Set(pongs.map((p) => p.pid))).toEqual(new Set([node.pid]))
         }
         expect(yield* gather(client, "leoam.int.v1.ping", 200)).toEqual([])
+
+        // A third `leoam serve --node b` is refused (node b is live) and exits 2, leaving b alone (b serves below).
+        const dup = yield* refused([...common, "--node", "b", "--kv-dir", kvB])
+        expect(dup.code).toBe(2)
+        expect(dup.out).toMatch(/leoam: error \[node_id_in_use\]: node id "b" is in use on this NATS/)
 
         // Concurrent generates: both nodes serve, every reply is the golden one.
         const firstAt = performance.now()
