@@ -28,6 +28,7 @@ import { addKv, emptyTotals, executorStats, type ExecutorTotals } from "./execut
 import { runHeartbeats } from "./liveness.ts"
 import { serve } from "./rpc.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
+import { executorSessions, type SessionOutcome } from "./executor-sessions.ts"
 
 export interface GpuExecutorOptions {
   /** Opens the weights (called again when the actor restarts). */
@@ -36,6 +37,8 @@ export interface GpuExecutorOptions {
   readonly device?: "auto" | "gpu" | "cpu"
   /** The KV policy (default full) and its version, the GPU budget, and the host and disk tiers. */
   readonly kv?: ExecutorKv
+  /** This node's id (sessions name it). */
+  readonly node?: string
 }
 
 export interface ExecutorKv {
@@ -90,6 +93,9 @@ export interface GpuExecutorService {
   /** A broadcast policy version: held as pending, applied at the next step (live swap) or request (new KV cache). */
   readonly policyChanged: (version: number, resolved: ResolvedPolicy) => Effect.Effect<ReplyOf<"policyChanged">, LeoamError>
   readonly stats: () => Effect.Effect<ExecutorStats>
+  /** Stored sessions (actors/executor-sessions.ts): info and list beside the mailbox, close and delete in it. */
+  readonly session: (op: "info" | "close" | "delete", id: string, owner: string) => Effect.Effect<ReplyOf<"executorSessionInfo">, LeoamError>
+  readonly sessionList: () => Effect.Effect<ReplyOf<"sessionList">, LeoamError>
   /** The short view for pings. */
   readonly summary: () => unknown
 }
@@ -189,8 +195,19 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         return { held: { resolved, engine: engineOptions }, applies: s.model.checkKv(engineOptions) }
       })
 
+    const sessions =
+      kv?.store &&
+      executorSessions({
+        store: kv.store,
+        arena: kv.arena,
+        node: options.node ?? "",
+        modelName: s.description.name,
+        policy: () => ({ chunkTokens: s.policy.resolved.chunkTokens, version: s.policy.version, name: s.policy.resolved.name }),
+      })
+
     const run = Effect.fn("GpuExecutor.run")(function* (req: RunRequest) {
-      if (req.ids.length + 1 > s.model.maxContext) {
+      if (req.session && !sessions) return yield* leoamError("session_needs_tiered_policy", "this gpu-executor has no disk store for sessions")
+      if (!req.session && req.ids.length + 1 > s.model.maxContext) {
         return yield* leoamError("context_overflow", `the prompt has ${req.ids.length} tokens; the context holds ${s.model.maxContext}`)
       }
       if (req.ids.some((id) => id >= s.description.vocab_size)) return yield* leoamError("invalid_ids", `a token id is outside the vocabulary (0..${s.description.vocab_size - 1})`)
@@ -204,10 +221,10 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       let issued = 0
       let firstStepAt: number | undefined
       let tokensOpen = true
-      const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
-      const r = yield* enginePromise(() =>
-        generate(model, req.ids, {
+      const gen = (prompt: ReadonlyArray<number>, maxTokens: number, resume: boolean) =>
+        generate(model, prompt, {
           maxTokens,
+          continue: resume,
           temperature: req.temperature,
           topP: req.top_p,
           topK: req.top_k,
@@ -234,8 +251,14 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             s.tokens++
             return s.cancelled.has(req.run_id)
           },
-        }),
+        })
+      // A session run resumes the stored session around the generation (actors/executor-sessions.ts).
+      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> = yield* enginePromise(() =>
+        req.session
+          ? sessions!.run(model, req, req.session, (prompt, n) => gen(prompt, n, true))
+          : gen(req.ids, Math.min(req.max_tokens, model.maxContext - req.ids.length), false).then((r) => ({ r })),
       )
+      const r = out.r
       const cancelled = s.cancelled.has(req.run_id)
       const stats = model.tierStats()
       const t = s.totals
@@ -252,6 +275,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         decode_ms_per_token: r.timings.decodeMsPerToken,
         total_ms: r.timings.totalMs,
         ...(stats ? { kv: stats } : {}),
+        ...(out.session ? { session: out.session } : {}),
       }
       return result
     }, (effect, req) =>
@@ -300,6 +324,14 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             totals: s.totals,
           }),
         ),
+      session: Effect.fn("GpuExecutor.session")(function* (op: "info" | "close" | "delete", id: string, owner: string) {
+        if (!sessions) return yield* leoamError("session_not_found", `no session "${id}": this gpu-executor keeps none (no disk store)`)
+        if (op !== "delete") return yield* engine(() => sessions[op](id, owner))
+        const info = yield* engine(() => sessions.info(id, owner))
+        yield* engine(() => sessions.delete(id, owner))
+        return info
+      }),
+      sessionList: () => engine(() => ({ node: options.node ?? "", sessions: sessions ? sessions.list() : [] })),
       summary: () => ({
         runs: s.runs,
         tokens: s.tokens,
@@ -324,12 +356,19 @@ export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): Ac
   service: serviceOf(GpuExecutor, GpuExecutor.layer(nc, options)),
   stats: (s) => s.summary(),
   // Every run held (queued, served, or waiting out a restart of this actor) is heartbeated on its token subject (actors/liveness.ts).
-  handlers: [{ ...serve("executorRun", (s: GpuExecutorService, req) => s.run(req)), watch: runHeartbeats(nc) }],
+  handlers: [
+    { ...serve("executorRun", (s: GpuExecutorService, req) => s.run(req)), watch: runHeartbeats(nc) },
+    // Behind the runs before them: a session is never closed or deleted while a run uses it.
+    serve("executorSessionClose", (s: GpuExecutorService, { session, owner }) => s.session("close", session, owner)),
+    serve("executorSessionDelete", (s: GpuExecutorService, { session, owner }) => Effect.as(s.session("delete", session, owner), { ok: true as const })),
+  ],
   immediate: [
     serve("executorCancel", (s: GpuExecutorService, { run_id }) => Effect.as(s.cancel(run_id), { ok: true as const })),
     serve("executorDescribe", (s: GpuExecutorService) => s.describe()),
     serve("executorPolicyCheck", (s: GpuExecutorService, { resolved }) => s.policyCheck(resolved)),
     serve("policyChanged", (s: GpuExecutorService, { version, resolved }) => s.policyChanged(version, resolved), { broadcast: internalSubjects.policyChanged }),
     serve("executorStats", (s: GpuExecutorService) => s.stats()),
+    serve("executorSessionInfo", (s: GpuExecutorService, { session, owner }) => s.session("info", session, owner)),
+    serve("sessionList", (s: GpuExecutorService) => s.sessionList(), { broadcast: internalSubjects.sessionList }),
   ],
 })

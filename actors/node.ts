@@ -30,6 +30,7 @@ import { nodeView, refuseDuplicate } from "./node-bus.ts"
 import { type NodeLeases, startLeases } from "./node-leases.ts"
 import { askPublic, runRequest } from "./rpc.ts"
 import { scheduler } from "./scheduler.ts"
+import { sessionSources } from "./sessions.ts"
 
 export const packageVersion = (): string =>
   (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version
@@ -228,7 +229,7 @@ const startNamed = async (
   switch (name) {
     case "gpu-executor": {
       const kv = { policy: policy?.resolved ?? parsePolicy("full"), version: policy?.version ?? 0, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store }
-      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv }))
+      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv, node: o.node }))
     }
     case "host-cache":
       if (!tiers.arena) throw leoamError("invalid_request", "no host arena in this process (it lives with the gpu-executor)")
@@ -274,6 +275,8 @@ const startNamed = async (
           load: () => self?.load() ?? { queued: 0, busy: false, capacity: o.queueCapacity ?? 64 },
           draining,
           runSilenceMs: o.runSilenceMs,
+          node: o.node,
+          sessionSources: sessionSources(group, o.node),
         }),
       )
       self = actor

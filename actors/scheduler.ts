@@ -9,7 +9,7 @@ import { nuid } from "@nats-io/nuid"
 import { Context, Duration, Effect, Layer, Schedule, type Schema } from "effect"
 import type { Tokenizer } from "../models/tokenizer.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
-import type { ActorStatus, ModelDescription, RunRequest } from "../protocol/internal.ts"
+import type { ActorStatus, ModelDescription, RunRequest, RunSession } from "../protocol/internal.ts"
 import {
   EmptyRequest,
   GenerateReply,
@@ -35,6 +35,8 @@ import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
 import { refuseStream, STREAM_PREFIX } from "./access.ts"
 import { askRun } from "./liveness.ts"
 import { tokenizePool } from "./tokenize-pool.ts"
+import { sessionHandlers } from "./sessions.ts"
+import { internalSubjects, type SessionOp } from "../protocol/subjects.ts"
 
 export interface SchedulerOptions {
   /** Absent for dummy weights: then only `ids` prompts are served and replies carry no text. */
@@ -51,6 +53,10 @@ export interface SchedulerOptions {
   readonly draining: () => boolean
   /** Silence (no heartbeat, no token) after which a run is lost: actor_unavailable (default RUN_SILENCE_MS, actors/liveness.ts). */
   readonly runSilenceMs?: number
+  /** This node's id (session ids name it). */
+  readonly node?: string
+  /** Where the session subjects come from (public and this node's own: actors/sessions.ts); absent: no sessions. */
+  readonly sessionSources?: ReadonlyArray<{ readonly op: SessionOp; readonly source: Source }>
 }
 
 export interface SchedulerState {
@@ -103,6 +109,8 @@ export interface Admitted {
   readonly req: GenerateRequest
   readonly ids: ReadonlyArray<number>
   readonly maxTokens: number
+  /** A question to a stored session (actors/sessions.ts): the executor resumes it first. */
+  readonly session?: RunSession
 }
 
 export interface SchedulerService {
@@ -120,6 +128,7 @@ export interface SchedulerService {
   readonly cancel: (body: unknown, headers?: MsgHdrs) => Effect.Effect<StreamCancelReply, LeoamError>
   /** The admin subjects' handlers (actors/admin.ts), by subject key. */
   readonly admin: ReturnType<typeof adminHandlers>
+  readonly sessions: ReturnType<typeof sessionHandlers>
   readonly stats: () => unknown
 }
 
@@ -163,7 +172,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room) } satisfies Admitted
     })
 
-    const generate = Effect.fn("Scheduler.generate")(function* ({ req, ids, maxTokens }: Admitted, receivedAt: number) {
+    const generate = Effect.fn("Scheduler.generate")(function* ({ req, ids, maxTokens, session }: Admitted, receivedAt: number) {
       const started = performance.now()
       const stops = req.stop ?? []
       const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
@@ -222,6 +231,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         seed: req.seed ?? 0,
         stop_ids: s.model.eos_ids,
         tokens: tokensSubject,
+        ...(session ? { session } : {}),
       }
       // Waits as long as the executor heartbeats the run; a lost run is actor_unavailable (or retried before any token).
       if (req.stream !== undefined) {
@@ -260,7 +270,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         ids: outIds,
         text: outText,
         finish_reason: finish,
-        usage: { prompt_tokens: ids.length, completion_tokens: outIds.length },
+        usage: { prompt_tokens: result.session?.prompt_tokens ?? ids.length, completion_tokens: outIds.length },
         timings: {
           queue_ms: started - receivedAt,
           prefill_ms: result.prefill_ms,
@@ -272,9 +282,20 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       return reply
     })
 
+    const sessions = sessionHandlers({
+      nc,
+      node: options.node,
+      model: () => s.model,
+      admitGenerate: admit,
+      encode: (text) => (pool ? pool.encode(text) : Effect.fail(leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``))),
+      generate,
+      runSilenceMs: options.runSilenceMs,
+    })
+
     const service: SchedulerService = {
       admit,
       generate,
+      sessions,
       tokenize: Effect.fn("Scheduler.tokenize")(function* (body: unknown) {
         // Refused before decoding or tokenizing: the reply of a longer text may not fit one NATS message.
         const text = typeof body === "object" && body !== null ? (body as { text?: unknown }).text : undefined
@@ -349,9 +370,20 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
         admit: (s, body, msg) => s.admit(body, msg.headers),
         handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
       },
+      ...(options.sessionSources
+        ? [
+            {
+              // Session requests routed here by any node's front (actors/sessions.ts), in the same FIFO as generate.
+              source: internalSubjects.sessionForward,
+              admit: (s: SchedulerService, body: unknown) => s.sessions.admit(body),
+              handler: (s: SchedulerService, admitted: unknown, _msg: Msg, receivedAt: number) => s.sessions.handle(admitted as never, receivedAt),
+            },
+          ]
+        : []),
     ],
     immediate: [
       ...adminEndpoints,
+      ...(options.sessionSources ?? []).map(({ op, source }) => ({ source, handler: (s: SchedulerService, body: unknown, msg: Msg) => s.sessions.front(op)(body, msg) })),
       { source: options.sources.tokenize, handler: (s, body) => replyBy(TokenizeReply)(s.tokenize(body)) },
       { source: options.sources.models, handler: (s, body) => replyBy(ModelsReply)(s.models(body)) },
       { source: options.sources.health, handler: (s, body) => replyBy(HealthReply)(s.health(body)) },

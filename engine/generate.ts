@@ -18,6 +18,8 @@ export interface GenerateOptions extends Sampling {
   readonly beforeStep?: () => void
   /** Called after each prefill chunk. */
   readonly onPrefill?: (done: number, total: number) => void
+  /** Continue the sequence the model holds (a resumed session) instead of starting a fresh one. */
+  readonly continue?: boolean
 }
 
 export interface GenerateResult {
@@ -41,10 +43,11 @@ export class NumericalFailure extends Error {
   readonly code = "numerical_failure"
 }
 
-/** Generates from a fresh sequence (the model's cache is reset first). */
+/** Generates from a fresh sequence (the model's cache is reset first), or after the one it holds (`continue`). */
 export const generate = async (model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<GenerateResult> => {
   const t0 = performance.now()
-  model.reset()
+  if (!options.continue) model.reset()
+  const base = model.length
   await model.prefill(prompt, false, options.onPrefill)
   const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
   const result = onGpu ? await decodeOnGpu(model, options) : await decodeOnHost(model, options)
@@ -52,7 +55,7 @@ export const generate = async (model: GpuModel, prompt: ReadonlyArray<number>, o
   const decoded = Math.max(0, result.ids.length - 1)
   // Tokens computed past a stop are dropped from the cache so the sequence is exact.
   await model.settle()
-  model.truncate(prompt.length + result.ids.length - 1)
+  model.truncate(base + prompt.length + result.ids.length - 1)
   return {
     ids: result.ids,
     finishReason: result.finishReason,

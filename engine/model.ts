@@ -375,6 +375,25 @@ export class GpuModel {
     return this.kv.resume()
   }
 
+  /** Whether the KV manager keeps persistent sessions (a tiered one). */
+  get hasSessions(): boolean {
+    return this.kv.openSession !== undefined
+  }
+
+  /**
+   * Forgets the sequence and resumes the stored session `id` (chunk tables and abstracts from
+   * LMDB); returns its sealed length. Prefill and decode then continue it.
+   */
+  openSession(id: string): number {
+    if (!this.kv.openSession) throw new RangeError("sessions need a KV manager with host and disk tiers (leoam or offload-all)")
+    return this.kv.openSession(id)
+  }
+
+  /** Leaves the stored session, keeping its first `keepTokens` tokens' sealed chunks in the tiers (call after settle). */
+  closeSession(keepTokens: number): void {
+    this.kv.closeSession?.(keepTokens)
+  }
+
   kvStats(): KvStats {
     return this.kv.stats()
   }

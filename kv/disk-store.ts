@@ -11,7 +11,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { open, TransactionFlags, type Database, type Key, type RootDatabase } from "lmdb"
 import { crc32, crc32IsNative } from "./crc32.ts"
-import { DiskStoreError, diskStoreError, errnoCode, writeError } from "./disk-errors.ts"
+import { DiskStoreError, diskStoreError, writeError } from "./disk-errors.ts"
 import {
   checkChunkKey,
   checkSession,
@@ -26,6 +26,7 @@ import {
 import { checkIndex, freshHint, walkIndex, writeMarker } from "./index-check.ts"
 import { keysOf, reclaim, thisWriter, type ReclaimReport, type WriterRecord } from "./reclaim.ts"
 import { nodeFileIo, SegmentFiles, segmentFileName, type FileIo } from "./segments.ts"
+import { ensureDir, privateFiles } from "./kv-dir.ts"
 
 export interface DiskStoreOptions {
   /** The KV directory; created if its parent exists. */
@@ -364,6 +365,32 @@ export class DiskStore {
     return removed > 0 || hadFile
   }
 
+  /**
+   * Drops a session's chunks and abstracts of layer l from chunk keep[l] on (a stored
+   * session's question, past its document), then cuts its segment file after the last chunk
+   * left (the dropped ones were appended after the document's).
+   */
+  truncateSession(id: string, keep: ReadonlyArray<number>): void {
+    this.checkOpen()
+    checkSession(id)
+    const file = segmentFileName(id)
+    const end = this.commit(() => {
+      let end = 0
+      for (const key of keysOf(this.chunks, id)) {
+        const [, layer, chunk] = key as unknown as ChunkKey
+        if (chunk >= (keep[layer] ?? 0)) {
+          this.chunks.removeSync(key)
+          this.abstracts.removeSync(key)
+        } else {
+          const e = this.chunks.get(key)
+          if (e && e.file === file) end = Math.max(end, e.offset + e.length)
+        }
+      }
+      return end
+    })
+    if (fs.existsSync(this.segments.pathOf(file))) this.segments.rollback(new Map([[file, end]]))
+  }
+
   // --- policy history -----------------------------------------------------------
 
   /** Appends a policy change as the next version. */
@@ -446,42 +473,3 @@ const checkMeta = (key: ChunkKey, meta: ChunkMeta): void => {
 const plain = (b: Uint8Array): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
 
 const hex = (n: number) => `0x${n.toString(16).padStart(8, "0")}`
-
-/** Makes sure `dir` is a writable directory, creating it (not its parents) if missing. */
-const ensureDir = (dir: string): void => {
-  let stat: fs.Stats | undefined
-  try {
-    stat = fs.statSync(dir)
-  } catch (e) {
-    const code = errnoCode(e)
-    if (code === "ENOTDIR") throw diskStoreError("kv_dir_unavailable", dir, "a parent of the KV directory is not a directory")
-    if (code !== "ENOENT") throw diskStoreError("kv_dir_unavailable", dir, `cannot stat: ${(e as Error).message}`)
-  }
-  if (stat === undefined) {
-    try {
-      fs.mkdirSync(dir, { mode: 0o700 })
-    } catch (e) {
-      const code = errnoCode(e)
-      const why = code === "ENOENT" ? "its parent directory does not exist" : code === "ENOTDIR" ? "its parent is not a directory" : (e as Error).message
-      throw diskStoreError("kv_dir_unavailable", dir, `cannot create the KV directory: ${why}`)
-    }
-    return
-  }
-  if (!stat.isDirectory()) throw diskStoreError("kv_dir_unavailable", dir, "exists but is not a directory")
-  try {
-    fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK)
-  } catch {
-    throw diskStoreError("kv_dir_unavailable", dir, "is not writable")
-  }
-}
-
-/** The chunk directory and the index hold prompt KV: owner only (lmdb-js creates its files 0644; older stores made 0755 directories). */
-const privateFiles = (...files: string[]): void => {
-  for (const file of files) {
-    try {
-      fs.chmodSync(file, fs.statSync(file).isDirectory() ? 0o700 : 0o600)
-    } catch {
-      // Another user's file in a shared directory: leave it as its owner made it.
-    }
-  }
-}

@@ -44,7 +44,8 @@ export interface StoredLayer {
 }
 
 export interface TierIo {
-  readonly session: string
+  /** The session the chunks are read and written under (the tiered cache switches it for stored sessions). */
+  session: string
   /**
    * Stages each chunk, in order: from the host arena when resident, else from disk (then
    * copied into the arena when `promote`). Resolves to each one's tier; rejects with a
@@ -65,6 +66,8 @@ export interface TierIo {
   forget(layer: number, chunk: number): void
   /** Drops the session's chunks from the disk tier. */
   dropSession(): void
+  /** Drops the session's chunks of layer l from index keep[l] on from the disk tier. */
+  truncateSession(keep: ReadonlyArray<number>): void
   setHostEviction(policy: EvictionPolicy): void
   hostBytes(): { readonly budgetBytes: number; readonly residentBytes: number }
 }
@@ -79,7 +82,7 @@ export class LocalTierIo implements TierIo {
   constructor(
     private readonly arena: HostArena,
     private readonly store: DiskStore,
-    readonly session: string,
+    public session: string,
   ) {}
 
   async load(loads: ReadonlyArray<ChunkLoad>, promote: boolean): Promise<Tier[]> {
@@ -194,6 +197,14 @@ export class LocalTierIo implements TierIo {
 
   dropSession(): void {
     this.store.dropSession(this.session)
+  }
+
+  truncateSession(keep: ReadonlyArray<number>): void {
+    try {
+      this.store.truncateSession(this.session, keep)
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
   }
 
   setHostEviction(policy: EvictionPolicy): void {

@@ -13,6 +13,19 @@ const strict = { parseOptions: { onExcessProperty: "error" } } as const
 
 export const Empty = Schema.Struct({}).annotations(strict)
 
+/**
+ * A run on a stored session (protocol/session.ts): `open` prefills `ids` as its document,
+ * `append` adds them to it, `generate` asks them after it (keeping question and answer in the
+ * session when `keep`). `owner` is the requester; another owner's session is session_not_found.
+ */
+export const RunSession = Schema.Struct({
+  id: Schema.String,
+  op: Schema.Literal("open", "append", "generate"),
+  owner: Schema.String,
+  keep: Schema.Boolean,
+})
+export type RunSession = typeof RunSession.Type
+
 /** scheduler -> gpu-executor: one run = prefill + up to max_tokens decode steps. */
 export const RunRequest = Schema.Struct({
   run_id: Schema.String,
@@ -25,6 +38,7 @@ export const RunRequest = Schema.Struct({
   stop_ids: Schema.Array(Schema.Int),
   /** Subject that receives one 8-byte token event per decode step (token-event.ts). */
   tokens: Schema.String,
+  session: Schema.optional(RunSession),
 }).annotations(strict)
 export type RunRequest = typeof RunRequest.Type
 
@@ -36,6 +50,8 @@ export const RunResult = Schema.Struct({
   decode_ms_per_token: Schema.Number,
   total_ms: Schema.Number,
   kv: Schema.optional(KvStats),
+  /** A session run: the session's length after it, and the tokens of the whole prompt (document and question). */
+  session: Schema.optional(Schema.Struct({ id: Schema.String, tokens: Schema.Int, prompt_tokens: Schema.Int })),
 })
 export type RunResult = typeof RunResult.Type
 
@@ -148,6 +164,32 @@ export const DiskStats = Schema.Struct({
 })
 export type DiskStats = typeof DiskStats.Type
 
+/** A stored session as its node's gpu-executor knows it (the scheduler checks owner and length). */
+export const SessionRecordWire = Schema.Struct({
+  session: Schema.String,
+  owner: Schema.String,
+  tokens: Schema.Int,
+  model: Schema.String,
+  node: Schema.String,
+  created: Schema.String,
+  last_used: Schema.String,
+  open: Schema.Boolean,
+  bytes: Schema.Struct({ gpu: Schema.Number, host: Schema.Number, disk: Schema.Number }),
+})
+export type SessionRecordWire = typeof SessionRecordWire.Type
+
+export const SessionOwned = Schema.Struct({ session: Schema.String, owner: Schema.String }).annotations(strict)
+export const SessionNodeList = Schema.Struct({ node: Schema.String, sessions: Schema.Array(SessionRecordWire) })
+
+/** A session request forwarded to the node holding the session, with the requester the first node saw. */
+export const SessionForward = Schema.Struct({
+  op: Schema.Literal("open", "append", "generate", "close", "delete"),
+  body: Schema.Unknown,
+  user: Schema.String,
+  account: Schema.optional(Schema.String),
+}).annotations(strict)
+export type SessionForward = typeof SessionForward.Type
+
 /** One internal subject: where it goes, what it takes, what it answers. */
 export interface Rpc<Req extends Schema.Schema.AnyNoContext, Rep extends Schema.Schema.AnyNoContext> {
   readonly subject: string
@@ -175,6 +217,11 @@ export const internalRpc = {
   diskPolicyHistory: rpc(internalSubjects.diskPolicyHistory, PolicyHistoryRequest, PolicyHistory),
   policyChanged: rpc(internalSubjects.policyChanged, PolicyChanged, PolicyAck),
   ping: rpc(internalSubjects.ping, Empty, ActorStatus),
+  executorSessionInfo: rpc(internalSubjects.executorSessionInfo, SessionOwned, SessionRecordWire),
+  executorSessionClose: rpc(internalSubjects.executorSessionClose, SessionOwned, SessionRecordWire),
+  executorSessionDelete: rpc(internalSubjects.executorSessionDelete, SessionOwned, Ok),
+  sessionList: rpc(internalSubjects.sessionList, Empty, SessionNodeList),
+  sessionForward: rpc(internalSubjects.sessionForward, SessionForward, Schema.Unknown),
 } as const satisfies Record<keyof typeof internalSubjects, Rpc<Schema.Schema.AnyNoContext, Schema.Schema.AnyNoContext>>
 
 export type InternalRpc = typeof internalRpc

@@ -17,6 +17,16 @@ import {
 import { AdminStatsReply, PolicyGetReply, PolicyHistoryReply, PolicyHistoryRequest, PolicyListReply, PolicySetReply, PolicySetRequest } from "./admin.ts"
 import { KvPolicyDocument } from "./policy.ts"
 import { ServeConfig } from "./config.ts"
+import {
+  SessionAppendRequest,
+  SessionDone,
+  SessionGenerateReply,
+  SessionGenerateRequest,
+  SessionListReply,
+  SessionOpenRequest,
+  SessionRef,
+  SessionReply,
+} from "./session.ts"
 
 export const publicSchemas = {
   GenerateRequest,
@@ -38,6 +48,14 @@ export const publicSchemas = {
   PolicyListReply,
   AdminStatsReply,
   ServeConfig,
+  SessionOpenRequest,
+  SessionAppendRequest,
+  SessionGenerateRequest,
+  SessionGenerateReply,
+  SessionReply,
+  SessionRef,
+  SessionDone,
+  SessionListReply,
 } as const
 
 /** File name -> JSON text (2-space indent, trailing newline). */

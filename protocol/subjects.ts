@@ -28,6 +28,21 @@ export const adminSubjects = {
 
 export const ADMIN_PREFIX = "leoam.v1.admin."
 
+/** Session subjects (protocol/session.ts): any node answers; one that does not hold the session routes it to the node that does. */
+export const sessionSubjects = {
+  open: "leoam.v1.session.open",
+  append: "leoam.v1.session.append",
+  generate: "leoam.v1.session.generate",
+  close: "leoam.v1.session.close",
+  list: "leoam.v1.session.list",
+  delete: "leoam.v1.session.delete",
+} as const
+export type SessionOp = keyof typeof sessionSubjects
+
+/** A node's own session subjects, `leoam.v1.node.<id>.session.<op>` (named in the open reply); without a node id, the public ones. */
+export const nodeSessionSubject = (node: string | undefined, op: SessionOp): string =>
+  node === undefined ? sessionSubjects[op] : `leoam.v1.node.${node}.session.${op}`
+
 /** Internal control plane between the actors (never KV bytes); request and reply schemas: protocol/internal.ts internalRpc. */
 export const internalSubjects = {
   /** scheduler -> gpu-executor: prefill a prompt and decode up to n tokens (one message per run). */
@@ -53,6 +68,16 @@ export const internalSubjects = {
   policyChanged: "leoam.int.v1.policy.changed",
   /** Every actor answers here with its name and generation (restart count). */
   ping: "leoam.int.v1.ping",
+  /** -> gpu-executor: a stored session's record (owner, tokens), or session_not_found. */
+  executorSessionInfo: "leoam.int.v1.gpu-executor.session.info",
+  /** -> gpu-executor (its mailbox, after the runs before it): free a session's memory, keep it on disk. */
+  executorSessionClose: "leoam.int.v1.gpu-executor.session.close",
+  /** -> gpu-executor (its mailbox): remove a session and its chunks. */
+  executorSessionDelete: "leoam.int.v1.gpu-executor.session.delete",
+  /** Broadcast to every node's gpu-executor (a cluster subject): the sessions each holds. */
+  sessionList: "leoam.int.v1.cluster.session.list",
+  /** scheduler -> the scheduler of the node holding a session: a session request with its requester (clients cannot send it). */
+  sessionForward: "leoam.int.v1.session.forward",
 } as const
 
 export const INTERNAL_PREFIX = "leoam.int.v1."

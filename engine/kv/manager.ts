@@ -114,6 +114,17 @@ export interface KvManager<P = unknown> {
   settle(): Promise<void>
   /** Resumes the sequence the tiers hold for this manager's session; returns its length. */
   resume(): number
+  /**
+   * Persistent sessions (managers with host and disk tiers only): forgets the current
+   * sequence and works on the stored session `id` from now on, resumed from what the tiers
+   * hold of it; returns that length (its sealed tokens).
+   */
+  openSession?(id: string): number
+  /**
+   * Leaves the stored session (after `settle`): its sealed chunks past `keepTokens` are dropped
+   * from every tier, the rest stay; the manager is back on its own sequence, empty.
+   */
+  closeSession?(keepTokens: number): void
   stats(): KvStats
   /**
    * Benchmarks: appends `tokens` tokens without their prefill. Before each batch of appends

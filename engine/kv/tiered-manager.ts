@@ -276,6 +276,16 @@ export class TieredManager implements KvManager<TieredPolicy> {
     return this.t.adopt()
   }
 
+  openSession(id: string): number {
+    this.steps = 0
+    return this.t.openSession(id)
+  }
+
+  closeSession(keepTokens: number): void {
+    this.t.closeSession(keepTokens)
+    this.steps = 0
+  }
+
   stats(): KvStats {
     return { selectiveSteps: this.selectiveSteps, tiers: this.t.stats(this.steps) }
   }

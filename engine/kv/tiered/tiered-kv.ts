@@ -54,6 +54,8 @@ export class TieredKv {
   private readonly blockBytes: number
   private counters = emptyCounters()
   private current: TieredPolicy
+  /** The manager's own session (requests without one): its chunks are dropped at reset. */
+  private readonly scratch: string
 
   constructor(
     private readonly device: GPUDevice,
@@ -68,6 +70,7 @@ export class TieredKv {
     const layout = tieredLayout(config, policy, stores, options)
     this.current = policy
     this.io = new LocalTierIo(stores.arena, stores.store, stores.session)
+    this.scratch = stores.session
     this.io.setHostEviction(policy.hostEviction)
     this.blockTokens = bs
     this.slotTokens = policy.chunkTokens
@@ -296,13 +299,56 @@ export class TieredKv {
     return this.tables.tokens
   }
 
-  /** Forgets the sequence: GPU cache, host entries and the session's disk chunks. */
+  /**
+   * Works on the stored session `id` from now on (a persistent session, not the scratch one):
+   * forgets the current sequence and resumes what the tiers hold of `id`; returns its length.
+   */
+  openSession(id: string): number {
+    this.reset()
+    this.io.session = id
+    try {
+      return this.adopt()
+    } catch (e) {
+      this.tables.reset()
+      this.io.session = this.scratch
+      throw e
+    }
+  }
+
+  /**
+   * Leaves the stored session (after settle): sealed chunks past `keepTokens` (a question's)
+   * are dropped from host and disk, the rest stay there; back on the scratch session, empty.
+   */
+  closeSession(keepTokens: number): void {
+    if (this.io.session === this.scratch) return
+    const keep = this.tables.layers.map((L, l) => {
+      let n = 0
+      while (n < L.starts.length && L.starts[n] + L.sizes[n] <= keepTokens) n++
+      for (let ch = n; ch < L.starts.length; ch++) this.io.forget(l, ch)
+      return n
+    })
+    try {
+      this.io.truncateSession(keep)
+    } finally {
+      this.reset()
+    }
+  }
+
+  /**
+   * Forgets the sequence: GPU cache, host entries and the scratch session's disk chunks. A
+   * stored session's chunks stay in host and disk (closeSession trims them), and the cache
+   * goes back to the scratch session.
+   */
   reset(): void {
     this.cache.clear()
-    this.tables.layers.forEach((L, l) => {
-      for (let ch = 0; ch < L.starts.length; ch++) this.io.forget(l, ch)
-    })
-    if (this.tables.reset()) this.io.dropSession()
+    const stored = this.io.session !== this.scratch
+    if (!stored) {
+      this.tables.layers.forEach((L, l) => {
+        for (let ch = 0; ch < L.starts.length; ch++) this.io.forget(l, ch)
+      })
+    }
+    if (this.tables.reset() && !stored) this.io.dropSession()
+    this.io.session = this.scratch
     this.sealer.reset()
     this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
   }

@@ -1,0 +1,152 @@
+// The gpu-executor's side of persistent sessions: a run on a stored session resumes it in the
+// tiered KV cache (chunk tables and abstracts from LMDB; the few document tokens past its last
+// sealed chunk prefilled again from the stored ids), prefills what the run adds, generates
+// when asked, and leaves it: the question's chunks dropped from every tier unless the run
+// keeps them. Only the gpu-executor calls this, one run at a time (its mailbox), so a
+// session is never closed, deleted or evicted while a run uses it.
+import type { GenerateResult } from "../engine/generate.ts"
+import type { GpuModel } from "../engine/model.ts"
+import type { HostArena } from "../kv/host-arena.ts"
+import { SessionStore, type StoredSession } from "../kv/session-store.ts"
+import type { DiskStore } from "../kv/disk-store.ts"
+import { leoamError } from "../protocol/errors.ts"
+import type { RunRequest, RunSession, SessionRecordWire } from "../protocol/internal.ts"
+
+export interface SessionContext {
+  readonly store: DiskStore
+  readonly arena?: HostArena
+  /** This node's id ("" without one). */
+  readonly node: string
+  /** The served model's name, and the chunk size and version of the policy the model runs now. */
+  readonly modelName: string
+  readonly policy: () => { readonly chunkTokens: number | undefined; readonly version: number; readonly name: string }
+}
+
+/** What a session run did, for the run's reply. */
+export interface SessionOutcome {
+  readonly r: GenerateResult
+  readonly session: { readonly id: string; readonly tokens: number; readonly prompt_tokens: number }
+}
+
+/** Generates `maxTokens` at most after `prompt`, continuing the sequence the model holds. */
+export type Generator = (prompt: ReadonlyArray<number>, maxTokens: number) => Promise<GenerateResult>
+
+const notFound = (id: string) => leoamError("session_not_found", `no session "${id}" (it was deleted, belongs to another user, or never existed)`)
+
+export const executorSessions = (ctx: SessionContext) => {
+  const store = new SessionStore(ctx.store)
+  /** Sessions whose chunks this process holds in its host arena (opened or used since start or their close). */
+  const open = new Set<string>()
+
+  /** The session as its owner may see it; anyone else gets session_not_found. */
+  const owned = (id: string, owner: string): StoredSession => {
+    const s = store.get(id)
+    if (!s || s.owner !== owner) throw notFound(id)
+    return s
+  }
+
+  const hostBytes = (id: string): number => {
+    if (!ctx.arena) return 0
+    let bytes = 0
+    for (const e of ctx.arena.layout()) if (typeof e.key === "string" && e.key.startsWith(`${id}/`)) bytes += e.length
+    return bytes
+  }
+
+  const wire = (s: StoredSession): SessionRecordWire => ({
+    session: s.id,
+    owner: s.owner,
+    tokens: s.ids.length,
+    model: s.model,
+    node: s.node,
+    created: s.created,
+    last_used: s.lastUsed,
+    open: open.has(s.id),
+    // A session is on the GPU only while a run uses it (then the cache holds its chunks).
+    bytes: { gpu: 0, host: hostBytes(s.id), disk: store.diskBytes(s.id) },
+  })
+
+  /** Refuses a session under a policy that cannot hold it: GPU-only policies, another model or chunk size. */
+  const check = (model: GpuModel, s?: StoredSession): number => {
+    const p = ctx.policy()
+    if (!model.hasSessions || p.chunkTokens === undefined) {
+      throw leoamError("session_needs_tiered_policy", `sessions live in the tiered KV cache: the policy now is ${p.name}; set leoam or offload-all (leoam.v1.admin.policy.set)`)
+    }
+    if (s && (s.model !== ctx.modelName || s.chunkTokens !== p.chunkTokens)) {
+      throw leoamError("session_incompatible", `session "${s.id}" was cut for ${s.model} in chunks of ${s.chunkTokens} tokens; this node serves ${ctx.modelName} in chunks of ${p.chunkTokens}`)
+    }
+    return p.chunkTokens
+  }
+
+  /** Resumes the stored session: its sealed length (never past its document: a question left behind by a failure is dropped first). */
+  const resume = (model: GpuModel, id: string, tokens: number): number => {
+    model.reset()
+    const sealed = model.openSession(id)
+    if (sealed <= tokens) return sealed
+    model.closeSession(tokens)
+    return model.openSession(id)
+  }
+
+  /** One run on a session (the gpu-executor's mailbox): see RunSession. */
+  const run = async (model: GpuModel, req: RunRequest, rs: RunSession, generate: Generator): Promise<SessionOutcome> => {
+    const existing = rs.op === "open" ? store.get(rs.id) : owned(rs.id, rs.owner)
+    if (rs.op === "open" && existing) throw leoamError("invalid_request", `session "${rs.id}" exists`)
+    const chunkTokens = check(model, existing)
+    const doc = existing?.ids ?? []
+    const sealed = resume(model, rs.id, doc.length)
+    const prompt = [...doc.slice(sealed), ...req.ids]
+    const total = doc.length + req.ids.length
+    if (total + (rs.op === "generate" ? 1 : 0) > model.maxContext) {
+      model.closeSession(doc.length)
+      throw leoamError("context_overflow", `the session has ${doc.length} tokens and the request ${req.ids.length}; the context holds ${model.maxContext}${rs.op === "generate" ? " (with at least one new token)" : ""}`)
+    }
+    let keep = doc.length
+    let ids = doc
+    try {
+      let r: GenerateResult
+      if (rs.op === "generate") {
+        r = await generate(prompt, Math.min(req.max_tokens, model.maxContext - total))
+      } else {
+        const t0 = performance.now()
+        await model.prefill(prompt)
+        await model.settle()
+        const ms = performance.now() - t0
+        r = { ids: [], finishReason: "length", promptTokens: prompt.length, timings: { prefillMs: ms, decodeMsPerToken: 0, totalMs: ms } }
+      }
+      if (rs.op !== "generate" || rs.keep) {
+        ids = [...doc, ...req.ids, ...r.ids]
+        keep = ids.length
+      }
+      model.closeSession(keep)
+      // The record follows its chunks: durable only once they are.
+      if (ids !== doc) await ctx.store.flush()
+      const p = ctx.policy()
+      store.put({ id: rs.id, owner: rs.owner, node: ctx.node, model: ctx.modelName, ids, chunkTokens, policyVersion: p.version })
+      open.add(rs.id)
+      return { r, session: { id: rs.id, tokens: ids.length, prompt_tokens: total } }
+    } finally {
+      // Idempotent: after a failure the question's chunks go, the document's stay.
+      model.closeSession(keep)
+    }
+  }
+
+  return {
+    run,
+    info: (id: string, owner: string): SessionRecordWire => wire(owned(id, owner)),
+    /** Frees the session's host memory; its chunks and record stay on disk. */
+    close: (id: string, owner: string): SessionRecordWire => {
+      owned(id, owner)
+      if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
+      open.delete(id)
+      return wire(owned(id, owner))
+    },
+    delete: (id: string, owner: string): void => {
+      owned(id, owner)
+      if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
+      open.delete(id)
+      store.drop(id)
+    },
+    list: (): SessionRecordWire[] => store.list().map(wire),
+  }
+}
+
+export type ExecutorSessions = ReturnType<typeof executorSessions>

@@ -1,0 +1,169 @@
+// Persistent sessions on a real node (embedded nats-server with client users, leoam policy,
+// a temporary kv-dir, the test model): a session asked twice answers the same greedy ids as
+// a fresh generate of document + question, also after append and after a restart of the
+// node on the same kv-dir; another user cannot see or use it; bad input gets stable codes;
+// delete frees its disk entries; a GPU-only policy refuses sessions.
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { NatsConnection } from "@nats-io/nats-core"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type LeoamNode, startNode } from "../actors/node.ts"
+import { connectClient } from "../cli/connect.ts"
+import { parsePolicyDocument } from "../protocol/policy.ts"
+import { adminSubjects, publicSubjects, sessionSubjects } from "../protocol/subjects.ts"
+import { ask, modelDir } from "./support/server.ts"
+
+const users = {
+  users: [
+    { user: "ann", password: "ann-secret", role: "client" as const },
+    { user: "ben", password: "ben-secret", role: "client" as const },
+    { user: "root", password: "root-secret", role: "admin" as const },
+  ],
+}
+
+/** A document of `n` ids in the vocabulary (deterministic), and questions. */
+const doc = Array.from({ length: 150 }, (_, i) => 10 + ((i * 37 + 11) % 3000))
+const q1 = [101, 202, 303, 404, 505, 606, 707]
+const q2 = [111, 222, 333]
+const MAX = 6
+
+describe("sessions", () => {
+  let node: LeoamNode | undefined
+  let kvDir: string
+  const conns: NatsConnection[] = []
+  const client = async (user: string) => {
+    const nc = await connectClient(node!.url, user, { user, pass: `${user}-secret` })
+    conns.push(nc)
+    return nc
+  }
+  const start = async () => {
+    node = await startNode({
+      actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
+      model: modelDir,
+      maxContext: 512,
+      queueCapacity: 8,
+      kvDir,
+      hostKvBudget: 4 << 20,
+      kvPolicy: parsePolicyDocument("leoam"),
+      drainTimeoutMs: 10_000,
+      users,
+    })
+  }
+  const stop = async () => {
+    for (const nc of conns.splice(0)) await nc.close().catch(() => undefined)
+    await node?.stop()
+    node = undefined
+  }
+  let ann: NatsConnection
+  let ben: NatsConnection
+  let session: string
+  const fresh = async (ids: number[]) => (await ask(ann, publicSubjects.generate, { ids, max_tokens: MAX })).json
+
+  beforeAll(async () => {
+    kvDir = mkdtempSync(join(tmpdir(), "leoam-sessions-"))
+    await start()
+    ann = await client("ann")
+    ben = await client("ben")
+  }, 120_000)
+  afterAll(async () => {
+    await stop()
+    rmSync(kvDir, { recursive: true, force: true })
+  })
+
+  it("open, then two questions: the same greedy ids as a fresh prefill of document + question, the session unchanged", async () => {
+    const opened = await ask(ann, sessionSubjects.open, { ids: doc })
+    expect(opened.status).toBe("")
+    session = opened.json.session
+    expect(opened.json).toMatchObject({ tokens: doc.length, node: "", subjects: { generate: sessionSubjects.generate } })
+    const want = await fresh([...doc, ...q1])
+    const first = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
+    const second = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
+    expect(first.ids).toEqual(want.ids)
+    expect(second.ids).toEqual(want.ids)
+    expect(second.usage).toEqual(want.usage)
+    expect(second.session).toBeUndefined()
+    console.log(`TTFT: fresh generate of ${doc.length + q1.length} tokens ${want.timings.prefill_ms.toFixed(1)} ms; session question ${first.timings.prefill_ms.toFixed(1)} / ${second.timings.prefill_ms.toFixed(1)} ms`)
+  })
+
+  it("append: true keeps question and answer; append adds to the document", async () => {
+    const kept = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX, append: true })).json
+    const tokens = doc.length + q1.length + kept.ids.length
+    expect(kept.session).toEqual({ session, tokens })
+    const appended = (await ask(ann, sessionSubjects.append, { session, ids: q2 })).json
+    expect(appended.tokens).toBe(tokens + q2.length)
+    const all = [...doc, ...q1, ...kept.ids, ...q2]
+    const want = await fresh([...all, ...q1])
+    const got = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
+    expect(got.ids).toEqual(want.ids)
+  })
+
+  it("another user can neither see nor use it", async () => {
+    for (const [subject, body] of [
+      [sessionSubjects.generate, { session, ids: q1, max_tokens: 2 }],
+      [sessionSubjects.append, { session, ids: q2 }],
+      [sessionSubjects.close, { session }],
+      [sessionSubjects.delete, { session }],
+    ] as const) {
+      const r = await ask(ben, subject, body)
+      expect(r.json.error?.code, subject).toBe("session_not_found")
+      expect(r.status).toBe("404")
+    }
+    expect((await ask(ben, sessionSubjects.list, {})).json.sessions).toEqual([])
+    const mine = (await ask(ann, sessionSubjects.list, {})).json
+    expect(mine.sessions.map((s: { session: string }) => s.session)).toEqual([session])
+    expect(mine.sessions[0].bytes.disk).toBeGreaterThan(0)
+  })
+
+  it("bad input gets stable codes", async () => {
+    const cases: Array<[string, unknown, string]> = [
+      [sessionSubjects.generate, { session: "AAAAAAAAAAAAAAAAAAAAAA", ids: q1 }, "session_not_found"],
+      [sessionSubjects.generate, { session: "no such id", ids: q1 }, "invalid_request"],
+      [sessionSubjects.generate, { session, ids: "x" }, "invalid_request"],
+      [sessionSubjects.generate, { session, ids: q1, prompt: "both" }, "invalid_request"],
+      [sessionSubjects.generate, { session, ids: q1, max_tokens: 400 }, "context_overflow"],
+      [sessionSubjects.open, { ids: Array.from({ length: 600 }, () => 5) }, "context_overflow"],
+      [sessionSubjects.open, { ids: [5], extra: 1 }, "invalid_request"],
+      [sessionSubjects.open, { ids: [99999] }, "invalid_ids"],
+      [sessionSubjects.append, { session, ids: Array.from({ length: 400 }, () => 5) }, "context_overflow"],
+      [sessionSubjects.list, { x: 1 }, "invalid_request"],
+      [sessionSubjects.close, {}, "invalid_request"],
+    ]
+    for (const [subject, body, code] of cases) expect((await ask(ann, subject, body)).json.error?.code, `${subject} ${JSON.stringify(body).slice(0, 60)}`).toBe(code)
+  })
+
+  it("survives a restart of the node on the same kv-dir", async () => {
+    const info = (await ask(ann, sessionSubjects.list, {})).json.sessions[0]
+    const before = (await ask(ann, sessionSubjects.generate, { session, ids: q2, max_tokens: MAX })).json
+    await stop()
+    await start()
+    ann = await client("ann")
+    ben = await client("ben")
+    const after = (await ask(ann, sessionSubjects.generate, { session, ids: q2, max_tokens: MAX })).json
+    expect(after.ids).toEqual(before.ids)
+    const listed = (await ask(ann, sessionSubjects.list, {})).json.sessions[0]
+    expect(listed).toMatchObject({ session, tokens: info.tokens, created: info.created, open: true })
+  })
+
+  it("close keeps it on disk; delete frees its disk entries", async () => {
+    const closed = await ask(ann, sessionSubjects.close, { session })
+    expect(closed.json).toEqual({ session, closed: true })
+    const listed = (await ask(ann, sessionSubjects.list, {})).json.sessions[0]
+    expect(listed).toMatchObject({ open: false, bytes: { host: 0 } })
+    expect(listed.bytes.disk).toBeGreaterThan(0)
+    expect(readdirSync(join(kvDir, "chunks"))).toContain(`${session}.seg`)
+    expect((await ask(ann, sessionSubjects.delete, { session })).json).toEqual({ session, deleted: true })
+    expect(existsSync(join(kvDir, "chunks", `${session}.seg`))).toBe(false)
+    expect((await ask(ann, sessionSubjects.list, {})).json.sessions).toEqual([])
+    expect((await ask(ann, sessionSubjects.generate, { session, ids: q1 })).json.error?.code).toBe("session_not_found")
+  })
+
+  it("a GPU-only policy refuses sessions (session_needs_tiered_policy)", async () => {
+    const root = await client("root")
+    const set = async (policy: string) => expect((await ask(root, adminSubjects.policySet, { policy })).status).toBe("")
+    await set("full")
+    expect((await ask(ann, sessionSubjects.open, { ids: doc })).json.error?.code).toBe("session_needs_tiered_policy")
+    await set("leoam")
+    expect((await ask(ann, sessionSubjects.open, { ids: doc })).status).toBe("")
+  })
+})
