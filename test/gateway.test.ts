@@ -13,7 +13,7 @@ import { type HttpGateway, startHttpGateway } from "../actors/http-gateway.ts"
 import { type LeoamNode, startNode } from "../actors/node.ts"
 import { connectClient } from "../cli/connect.ts"
 import { parsePolicyDocument } from "../protocol/policy.ts"
-import { adminSubjects, publicSubjects } from "../protocol/subjects.ts"
+import { adminSubjects, cancelSubject, publicSubjects } from "../protocol/subjects.ts"
 import { ask, modelDir } from "./support/server.ts"
 
 const users = {
@@ -174,6 +174,11 @@ describe("the OpenAI-compatible HTTP gateway", () => {
       after = await stats()
     }
     expect(after.generated_tokens).toBeGreaterThan(before.generated_tokens)
+    // Only the stream's owner may cancel: ben cannot stop ann's runs.
+    const ben = await nats("ben")
+    const refused = await ask(ben, cancelSubject, { stream: "leoam.v1.stream.ann.abc" })
+    expect(refused.json.error.code).toBe("invalid_request")
+    expect((await ask(ben, cancelSubject, { stream: "leoam.v1.stream.ben.abc" })).json).toEqual({ cancelled: false })
     expect(after.generated_tokens - before.generated_tokens).toBeLessThan(200)
   })
 })
