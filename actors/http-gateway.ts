@@ -7,6 +7,7 @@
 import type { AddressInfo } from "node:net"
 import type { Server } from "node:http"
 import { serve } from "@hono/node-server"
+import { leoamError } from "../protocol/errors.ts"
 import type { NatsAuth } from "./nats.ts"
 import { gatewayApp, type GatewayCounters } from "./http/app.ts"
 import { Backend } from "./http/backend.ts"
@@ -46,14 +47,15 @@ export const DEFAULT_HTTP_HOST = "127.0.0.1"
 export const startHttpGateway = async (o: HttpGatewayOptions): Promise<HttpGateway> => {
   const chatTemplate = loadChatTemplate(o.modelDir?.startsWith("dummy:") ? undefined : o.modelDir, o.chatTemplateFile)
   const generateTimeoutMs = o.generateTimeoutMs ?? 600_000
-  const backend = new Backend({ natsUrl: o.natsUrl, auth: o.auth, inboxPrefix: o.inboxPrefix, users: o.users, generateTimeoutMs })
+  const backend = new Backend({ natsUrl: o.natsUrl, auth: o.auth, inboxPrefix: o.inboxPrefix, users: o.users })
   const counters: GatewayCounters = { requests: 0, errors: 0, streams: 0, cancelled: 0 }
   const app = gatewayApp({ backend, chatTemplate, generateTimeoutMs, counters })
   const host = o.host ?? DEFAULT_HTTP_HOST
   const server = await new Promise<Server>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: o.port, hostname: host }) as Server
     s.once("listening", () => resolve(s))
-    s.once("error", (e) => reject(new Error(`the HTTP gateway cannot listen on ${host}:${o.port}: ${e.message}`)))
+    // A port in use or an address not of this machine: bad flags (exit 2), said as such.
+    s.once("error", (e) => reject(leoamError("invalid_request", `the HTTP gateway cannot listen on ${host}:${o.port} (--http-host, --http-port): ${e.message}`)))
   })
   const port = (server.address() as AddressInfo).port
   const shown = host.includes(":") ? `[${host}]` : host

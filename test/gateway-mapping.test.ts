@@ -132,4 +132,8 @@ describe("a gateway with no node behind it", () => {
     expect(bad.status).toBe(400)
     expect((await fetch(`${gateway.url}/v1/models`)).status).toBe(503)
   })
+
+  it("refuses a port in use with invalid_request, naming the flags", async () => {
+    await expect(startHttpGateway({ natsUrl: nats.url, port: gateway.port })).rejects.toMatchObject({ code: "invalid_request", message: expect.stringContaining("--http-port") })
+  })
 })

@@ -25,8 +25,6 @@ export interface BackendOptions {
   readonly inboxPrefix?: string
   /** Users whose keys are accepted (names from the users file); absent: no key needed. */
   readonly users?: ReadonlySet<string>
-  /** How long a generate may take before it is answered 503 (default 10 minutes). */
-  readonly generateTimeoutMs?: number
   /** Idle per-user connections are closed after this (default 5 minutes). */
   readonly idleMs?: number
 }
