@@ -200,7 +200,11 @@ nodeOptions(
   if (!o.natsUrl) throw new CliError("invalid_argument", "`leoam actor` needs --nats-url (the bus the other actors are on)")
   if (name === "http-gateway") return runHttpGateway({ ...serveArgs(o, [], cmd), natsUrl: o.natsUrl, inboxPrefix: o.inboxPrefix })
   for (const flag of ["httpPort", "httpHost", "chatTemplate", "users", "inboxPrefix"]) {
-    if (o[flag] !== undefined) throw new CliError("invalid_argument", `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is an option of \`leoam actor http-gateway\` (or \`leoam serve\`), not of \`leoam actor ${name}\``)
+    if (o[flag] === undefined) continue
+    if (cmd.getOptionValueSource(flag) === "config") {
+      throw new CliError("invalid_config", `${o.config}: ${flag.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}: not an option of \`leoam actor\` (only of \`leoam actor http-gateway\`)`)
+    }
+    throw new CliError("invalid_argument", `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is an option of \`leoam actor http-gateway\` (or \`leoam serve\`), not of \`leoam actor ${name}\``)
   }
   const actor = parseActorName(name)
   await runServe(serveArgs(o, actor === "gpu-executor" ? ["gpu-executor", "host-cache"] : [actor], cmd))
