@@ -1,0 +1,83 @@
+// Time to first token of a question to a session against a fresh prefill of the same
+// document + question: one in-process leoam node (all actors, a tiered policy, a temporary
+// kv-dir), a warm-up generate, then per round a fresh generate of document + question and
+// the same question asked to the session twice (the second one finds the host arena warm).
+// Each reply's prefill_ms is its time to first token as the executor measures it; the
+// client-side round trip is printed beside it. Checks that the session answers the fresh
+// generate's greedy ids. Prints a table and writes JSON with --out.
+//
+//   npx tsx bench/session-ttft.ts --tokens 2048                        # this CPU, bundled model
+//   npx tsx bench/session-ttft.ts --model dummy:llama-3.1-8b --tokens 32768 --device gpu \
+//     --gpu-kv-budget 6GiB --host-kv-budget 8GiB --out bench/results/session-ttft-h200.json
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Command, Option } from "commander"
+import { connectNats } from "../actors/nats.ts"
+import { startNode } from "../actors/node.ts"
+import { parsePolicyDocument } from "../protocol/policy.ts"
+import { publicSubjects, sessionSubjects } from "../protocol/subjects.ts"
+import { parseSize } from "../cli/sizes.ts"
+
+const opts = new Command("session-ttft")
+  .option("--model <dir>", "a model directory or dummy:PRESET", new URL("../models/tiny-leo-14m", import.meta.url).pathname)
+  .option("--tokens <n>", "document tokens", (v) => Number(v), 2048)
+  .option("--question <n>", "question tokens", (v) => Number(v), 16)
+  .option("--max-tokens <n>", "tokens generated per answer", (v) => Number(v), 4)
+  .option("--rounds <n>", "rounds (fresh, session, session)", (v) => Number(v), 2)
+  .option("--policy <name>", "a tiered policy", "leoam")
+  .option("--gpu-kv-budget <size>", "GPU bytes for KV (default: no limit)")
+  .option("--host-kv-budget <size>", "host arena bytes", "256MiB")
+  .addOption(new Option("--device <kind>").choices(["cpu", "gpu", "auto"]).default("auto"))
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+  .opts<{ model: string; tokens: number; question: number; maxTokens: number; rounds: number; policy: string; gpuKvBudget?: string; hostKvBudget: string; device: "cpu" | "gpu" | "auto"; out?: string }>()
+
+const kvDir = mkdtempSync(join(tmpdir(), "leoam-session-ttft-"))
+const node = await startNode({
+  actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
+  model: opts.model,
+  maxContext: opts.tokens + opts.question + opts.maxTokens + 64,
+  device: opts.device,
+  kvDir,
+  hostKvBudget: parseSize(opts.hostKvBudget),
+  ...(opts.gpuKvBudget ? { gpuKvBudget: parseSize(opts.gpuKvBudget) } : {}),
+  kvPolicy: parsePolicyDocument(opts.policy),
+})
+const nc = await connectNats(node.url, "session-ttft")
+const ask = async (subject: string, body: unknown) => {
+  const t0 = performance.now()
+  const m = await nc.request(subject, new TextEncoder().encode(JSON.stringify(body)), { timeout: 3_600_000 })
+  const json = m.json<any>()
+  if (json.error) throw new Error(`${subject}: ${json.error.code}: ${json.error.message}`)
+  return { json, ms: performance.now() - t0 }
+}
+const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 131 + salt * 17) % 3000))
+const rows: Array<{ what: string; prefill_ms: number; round_trip_ms: number; same_ids?: boolean }> = []
+try {
+  await ask(publicSubjects.generate, { ids: ids(32, 9), max_tokens: 2 }) // warm-up: pipelines, first run
+  const doc = ids(opts.tokens, 1)
+  const opened = await ask(sessionSubjects.open, { ids: doc })
+  rows.push({ what: `session.open (${opts.tokens} tokens)`, prefill_ms: opened.json.prefill_ms, round_trip_ms: opened.ms })
+  for (let r = 0; r < opts.rounds; r++) {
+    const q = ids(opts.question, 100 + r)
+    const fresh = await ask(publicSubjects.generate, { ids: [...doc, ...q], max_tokens: opts.maxTokens })
+    rows.push({ what: `generate, document + question (round ${r + 1})`, prefill_ms: fresh.json.timings.prefill_ms, round_trip_ms: fresh.ms })
+    for (const k of [1, 2]) {
+      const s = await ask(sessionSubjects.generate, { session: opened.json.session, ids: q, max_tokens: opts.maxTokens })
+      rows.push({ what: `session.generate #${k} (round ${r + 1})`, prefill_ms: s.json.timings.prefill_ms, round_trip_ms: s.ms, same_ids: JSON.stringify(s.json.ids) === JSON.stringify(fresh.json.ids) })
+    }
+  }
+} finally {
+  await nc.close()
+  await node.stop()
+  rmSync(kvDir, { recursive: true, force: true })
+}
+const fresh = rows.filter((r) => r.what.startsWith("generate")).map((r) => r.prefill_ms)
+const session = rows.filter((r) => r.what.startsWith("session.generate")).map((r) => r.prefill_ms)
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+console.log(`model ${opts.model}, policy ${opts.policy}, document ${opts.tokens} tokens, question ${opts.question}`)
+console.log("what".padEnd(48), "TTFT ms".padStart(10), "round trip ms".padStart(14), " same ids")
+for (const r of rows) console.log(r.what.padEnd(48), r.prefill_ms.toFixed(1).padStart(10), r.round_trip_ms.toFixed(1).padStart(14), r.same_ids === undefined ? "" : ` ${r.same_ids}`)
+console.log(`median TTFT: fresh ${median(fresh).toFixed(1)} ms, session ${median(session).toFixed(1)} ms: ${(median(fresh) / median(session)).toFixed(1)}x`)
+if (opts.out) writeFileSync(opts.out, JSON.stringify({ options: opts, rows, speedup: median(fresh) / median(session) }, null, 2) + "\n")
