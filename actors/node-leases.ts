@@ -14,6 +14,7 @@ import { leoamError } from "../protocol/errors.ts"
 import { clusterSubjects } from "../protocol/subjects.ts"
 import { HEARTBEAT_MS, RUN_SILENCE_MS } from "./liveness.ts"
 import { encodeJson, respondError } from "./nats.ts"
+import { deliverReply } from "./reply-delivery.ts"
 
 export interface NodeLeases {
   readonly instance: string
@@ -108,13 +109,16 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
     hold: (msg) => {
       const reply = msg.reply
       if (!reply || stopped) return
-      const respond = msg.respond.bind(msg)
-      msg.respond = (data, opts) => {
+      const release = () => {
         // The lease without this request goes out before the reply (one connection keeps
         // their order), so a peer never answers a request this node already answered.
-        held.delete(reply)
-        if (!stopped) publish()
-        return respond(data, opts)
+        if (held.delete(reply) && !stopped) publish()
+      }
+      msg.respond = (data, opts) => {
+        release()
+        // Until the requester hears it (across a nats-server restart: reply-delivery.ts), the
+        // request is held again between sends, so a peer answers it if this node dies meanwhile.
+        return deliverReply(nc, reply, data, opts, { beforeRetry: release, missed: () => void (!stopped && (held.add(reply), soon())), settled: release })
       }
       held.add(reply)
       soon()

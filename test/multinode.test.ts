@@ -116,7 +116,7 @@ describe("several nodes on one NATS", () => {
         // Concurrent generates: both nodes serve, every reply is the golden one.
         const firstAt = performance.now()
         const first = yield* Effect.all(Array.from({ length: 12 }, () => generate(client, 4)), { concurrency: "unbounded" })
-        for (const r of first) expect(r.json.ids).toEqual(GOLDEN)
+        for (const r of first) expect(r.json.ids, JSON.stringify(r.json)).toEqual(GOLDEN)
         const firstMs = performance.now() - firstAt
         const health = yield* Effect.promise(() => ask(client, publicSubjects.health, {}))
         expect(health.json.actors).toHaveLength(4)
