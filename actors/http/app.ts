@@ -81,6 +81,7 @@ export const gatewayApp = (o: AppOptions): Hono => {
         call.cancel()
       }
       abort.addEventListener("abort", onAbort, { once: true })
+      if (abort.aborted) onAbort() // it left while its body was read
       void call.reply.finally(() => abort.removeEventListener("abort", onAbort)).catch(() => undefined)
       if (!stream) return c.json(responseOf(kind, ids, await call.reply))
       // The first event or the reply (an error, or an answer without events) decides the status.

@@ -68,6 +68,11 @@ export class Backend {
         this.shared = undefined
         throw unavailable(e)
       })
+      // A connection the client closed for good (not one reconnecting) is opened afresh.
+      if (nc.isClosed()) {
+        this.shared = undefined
+        return this.callerOf(authorization)
+      }
       return { nc, streamSubject: () => (named !== undefined ? `${streamPrefixOf(named)}${nuid.next()}` : `_INBOX.leoam-http.${nuid.next()}`) }
     }
     const key = /^Bearer\s+(.+)$/i.exec(authorization?.trim() ?? "")?.[1]?.trim()
@@ -85,7 +90,13 @@ export class Backend {
       entry.caller.catch(() => this.pool.delete(id))
     }
     entry.lastUsed = Date.now()
-    return entry.caller
+    const caller = await entry.caller
+    if (caller.nc.isClosed()) {
+      // Closed for good (say the user's password changed and reconnecting was refused): the next try connects again.
+      if (this.pool.get(id) === entry) this.pool.delete(id)
+      throw openAiError(503, "actor_unavailable", "this API key's NATS connection was closed; send the request again")
+    }
+    return caller
   }
 
   private async open(user: string, pass: string): Promise<Caller> {
