@@ -19,7 +19,7 @@ import { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
-import { parsePolicy, type PolicyName, type ResolvedPolicy } from "../protocol/policy.ts"
+import { type CompressionBits, parsePolicy, type PolicyName, type ResolvedPolicy } from "../protocol/policy.ts"
 import { passKey, passKeyPrompt } from "./passkey.ts"
 
 export const MODEL_DIR = fileURLToPath(new URL("../models/tiny-leo-14m", import.meta.url))
@@ -36,14 +36,22 @@ export interface Variant {
   readonly policy: PolicyName
   /** selection.topk.budget_fraction; undefined: the policy has none (full). */
   readonly budget?: number
+  /** Tiered policies: compression.bits (16 when left out). */
+  readonly compression?: CompressionBits
 }
 
 const pct = (x: number, digits = 0) => `${(100 * x).toFixed(digits)}%`
 
-export const variantName = (v: Variant): string => (v.budget === undefined ? v.policy : `${v.policy}@${pct(v.budget)}`)
+const bitsName = (c: CompressionBits) => (c === 16 ? "" : c === "importance" ? ":mixed" : `:int${c}`)
+
+export const variantName = (v: Variant): string => (v.budget === undefined ? v.policy : `${v.policy}@${pct(v.budget)}${bitsName(v.compression ?? 16)}`)
 
 export const policyOf = (v: Variant): ResolvedPolicy =>
-  parsePolicy(v.budget === undefined ? v.policy : { name: v.policy, selection: { topk: { budget_fraction: v.budget } } })
+  parsePolicy(
+    v.budget === undefined
+      ? v.policy
+      : { name: v.policy, selection: { topk: { budget_fraction: v.budget } }, ...(v.compression === undefined || v.compression === 16 ? {} : { compression: { bits: v.compression } }) },
+  )
 
 // ---- engines: the model under a variant's policy
 
@@ -213,6 +221,8 @@ export interface Settings {
   readonly policies: ReadonlyArray<PolicyName>
   readonly klPrefix: number
   readonly klPositions: number
+  /** compression.bits of the tiered policies' variants (each budget once per setting). */
+  readonly compression: ReadonlyArray<CompressionBits>
 }
 
 export interface VariantReport {
@@ -378,6 +388,7 @@ const settingsFrom = (o: Record<string, any>): Settings => {
     policies: o.policies ?? ["quest", "h2o", "leoam"],
     klPrefix: o.klPrefix ?? (quick ? 512 : 1024),
     klPositions: o.klPositions ?? (quick ? 64 : 256),
+    compression: o.compression ?? [16],
   }
 }
 
@@ -392,6 +403,9 @@ const main = async () => {
     .option("--policies <list>", "policies compared with full (default quest,h2o,leoam)", (v) => v.split(",").map((x) => parsePolicy(x.trim()).name))
     .option("--kl-prefix <n>", "held-out tokens prefilled before the scored positions (default 1024)", (v) => parseInt(v, 10))
     .option("--kl-positions <n>", "teacher-forced positions scored for KL; 0 skips KL (default 256)", (v) => parseInt(v, 10))
+    .option("--compression <list>", "compression.bits of the tiered policies: 16, 8, 4, importance (default 16)", (v) =>
+      v.split(",").map((x): CompressionBits => (x.trim() === "importance" ? "importance" : (Number(x) as 16 | 8 | 4))),
+    )
     .option("--json <file>", "write everything as JSON")
     .parse()
   const o = program.opts()
@@ -406,7 +420,11 @@ const main = async () => {
   log(`pass keys: contexts ${s.contexts.join(", ")} x depths ${s.depths.join(", ")}, ${ANSWER_TOKENS} greedy tokens, correct if the text contains the key`)
   log(`KL(full || policy): ${s.klPositions} teacher-forced positions after a ${s.klPrefix}-token prefix of ${HELDOUT_FILE} (${text.length} tokens)`)
   log(`tiered policies: GPU KV budget ${pct(TIER_FRACTIONS.gpu)} of the request's KV (or the least accepted), host arena ${pct(TIER_FRACTIONS.host)}, the rest on disk\n`)
-  const variants: Variant[] = [{ policy: "full" }, ...s.policies.flatMap((policy) => s.budgets.map((budget) => ({ policy, budget })))]
+  const tiered = (p: PolicyName) => p === "leoam" || p === "offload-all"
+  const variants: Variant[] = [
+    { policy: "full" },
+    ...s.policies.flatMap((policy) => s.budgets.flatMap((budget) => (tiered(policy) ? s.compression : [16 as const]).map((compression) => ({ policy, budget, compression })))),
+  ]
   const reports: VariantReport[] = []
   // Written after every variant too, so a run stopped by a time limit keeps what it measured.
   const writeJson = (complete: boolean) => {

@@ -8,10 +8,20 @@
 //   entries:  (E) vec2<u32> (physical block, tokens used in it)
 //   seqs:     (M) vec2<u32> (first entry, entry count) of each query's list; with per_head = 1,
 //             (M, KV): one list per query and KV head (sparse selection per head)
+//   QUANT:    an entry's y is tokens | bits << 16: bits 0 is an fp16 block as above; 8 or 4 is
+//             block x % slot_blocks of quantized slot x / slot_blocks, in kv/quant.ts's layout
+//             (K part in kpool, V part in vpool, from word qbase + slot * {k,v}_slot_words,
+//             blocks at their own bits' stride); keys and values are dequantized as they are
+//             read (code * scale + min in f32), with no other pass and no fp16 copy
 //   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp); workgroup
 //             `split` writes partial s0 + split, so passes over several lists (windows of a
 //             tiered cache) fill disjoint partials that one attn_combine merges
-struct Params { H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, s0: u32 }
+struct Params {
+  H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, s0: u32,
+#if QUANT
+  qbase: u32, slot_blocks: u32, k_slot_words: u32, v_slot_words: u32,
+#endif
+}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> kpool: array<vec4<u32>>;
@@ -39,6 +49,49 @@ var<workgroup> red: array<f32, 2u * G * WG>;
 // Per token slot of the tile: the u32 offset of its V row in vpool (0 when the slot is
 // empty, its weight then being 0), so that phase 2 issues independent loads.
 var<workgroup> vrow: array<u32, WG>;
+#if QUANT
+// Per token slot: its bits (0: fp16 row at vrow) and, when quantized, the word of its V params.
+var<workgroup> vbits: array<u32, WG>;
+var<workgroup> vpar: array<u32, WG>;
+
+fn kword(w: u32) -> u32 {
+  let v = kpool[w >> 2u];
+  return v[w & 3u];
+}
+
+// Adds the dot products of a quantized key row (codes from word krow, per-channel
+// (scale, min) f16 pairs from word kpar) with the G query heads to s.
+fn add_scores_q(s: ptr<function, array<f32, MAX_G>>, krow: u32, kpar: u32, bits: u32) {
+  let per = 32u / bits;
+  let mask = (1u << bits) - 1u;
+  for (var w = 0u; w < D / per; w = w + 1u) {
+    let word = kword(krow + w);
+    for (var j = 0u; j < per; j = j + 1u) {
+      let c = w * per + j;
+      let sm = unpack2x16float(kword(kpar + c));
+      let k = f32((word >> (j * bits)) & mask) * sm.x + sm.y;
+      for (var g = 0u; g < G; g = g + 1u) { (*s)[g] = (*s)[g] + qs[g * D + c] * k; }
+    }
+  }
+}
+#endif
+
+// The value pair (2 dp, 2 dp + 1) of token slot t.
+fn load_v(t: u32, dp: u32) -> vec2<f32> {
+#if QUANT
+  let bits = vbits[t];
+  if (bits != 0u) {
+    let per = 32u / bits;
+    let c = 2u * dp;
+    let word = vpool[vrow[t] + c / per];
+    let sh = (c % per) * bits;
+    let mask = (1u << bits) - 1u;
+    let sm = unpack2x16float(vpool[vpar[t] + c / min(32u, D)]);
+    return vec2<f32>(f32((word >> sh) & mask), f32((word >> (sh + bits)) & mask)) * sm.x + sm.y;
+  }
+#endif
+  return unpack2x16float(vpool[vrow[t] + dp]);
+}
 
 // Reduces red[g * WG + i] over i for every g < G, by max or by sum; result in red[g * WG].
 fn reduce(lid: u32, by_max: bool) {
@@ -100,9 +153,37 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let e = et + lid / p.BS;
     let off = lid % p.BS;
     var valid = false;
-    if (e < e1) { valid = off < entries[e].y; }
     var s: array<f32, MAX_G>;
     for (var g = 0u; g < G; g = g + 1u) { s[g] = 0.0; }
+#if QUANT
+    var bits = 0u;
+    if (e < e1) {
+      let y = entries[e].y;
+      valid = off < (y & 0xffffu);
+      bits = y >> 16u;
+    }
+    if (!valid) { bits = 0u; }
+    vbits[lid] = bits;
+    vrow[lid] = 0u;
+    if (valid && bits != 0u) {
+      let qb = entries[e].x;
+      let slot = qb / p.slot_blocks;
+      let blk = qb % p.slot_blocks;
+      let cw = p.KV * p.BS * D * bits / 32u; // code words of one block's K or V part
+      let rw = D * bits / 32u;               // code words of one token row
+      let kb = p.qbase + slot * p.k_slot_words + blk * (cw + p.KV * D);
+      let vb = p.qbase + slot * p.v_slot_words + blk * (cw + p.KV * p.BS * (D / min(32u, D)));
+      add_scores_q(&s, kb + (kvh * p.BS + off) * rw, kb + cw + kvh * D, bits);
+      vrow[lid] = vb + (kvh * p.BS + off) * rw;
+      vpar[lid] = vb + cw + (kvh * p.BS + off) * (D / min(32u, D));
+    } else if (valid) {
+      let row = (entries[e].x * p.KV + kvh) * p.BS + off;
+      vrow[lid] = row * half_d;
+      let kb = row * d8;
+      for (var i = 0u; i < d8; i = i + 1u) { add_scores(&s, kpool[kb + i], i); }
+    }
+#else
+    if (e < e1) { valid = off < entries[e].y; }
     var row = 0u;
     if (valid) {
       row = (entries[e].x * p.KV + kvh) * p.BS + off;
@@ -112,6 +193,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let kb = row * d8;
       for (var i = 0u; i < d8; i = i + 1u) { add_scores(&s, kpool[kb + i], i); }
     }
+#endif
     for (var g = 0u; g < G; g = g + 1u) {
       let v = select(NEG, s[g], valid);
       sc[g * WG + lid] = v;
@@ -135,7 +217,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // VB slots at a time so that VB loads are in flight (WG / ntg = D / 2 is a multiple of VB).
     for (var t0 = tg; t0 < WG; t0 = t0 + VB * ntg) {
       var vv: array<vec2<f32>, VB>;
-      for (var j = 0u; j < VB; j = j + 1u) { vv[j] = unpack2x16float(vpool[vrow[t0 + j * ntg] + dp]); }
+      for (var j = 0u; j < VB; j = j + 1u) { vv[j] = load_v(t0 + j * ntg, dp); }
       for (var j = 0u; j < VB; j = j + 1u) {
         let t = t0 + j * ntg;
         for (var g = 0u; g < G; g = g + 1u) {

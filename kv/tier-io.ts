@@ -13,15 +13,21 @@
 import type { DiskStore } from "./disk-store.ts"
 import { chunkKey, type EvictionPolicy } from "./eviction.ts"
 import type { HostArena } from "./host-arena.ts"
+import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape, quantizeChunk } from "./quant.ts"
 import { KvTierError, tierErrorOf } from "./tier-errors.ts"
 
 export interface ChunkLoad {
   readonly layer: number
   readonly chunk: number
-  /** The chunk's length (K then V); a stored chunk of another length is corrupt. */
+  /** The chunk's fp16 length (K then V); a stored chunk of another length than its dtype's is corrupt. */
   readonly bytes: number
-  /** Copies the bytes into the caller's staging view; `src` stays valid until it resolves. */
-  readonly stage: (src: Uint8Array) => Promise<void>
+  /** The chunk's tokens: the length of a quantized copy derives from them (needed to read one). */
+  readonly tokens?: number
+  /**
+   * Copies the bytes into the caller's staging view (converting them from `bits` when the
+   * caller's slots hold another format); `src` stays valid until it resolves.
+   */
+  readonly stage: (src: Uint8Array, bits: KvBits) => Promise<void>
 }
 
 /** Where a load's bytes came from. */
@@ -33,6 +39,8 @@ export interface SealedChunk {
   readonly tokens: number
   /** (K then V) f16, as the GPU pools hold its blocks. */
   readonly kv: Uint8Array
+  /** Bits to keep it at in the host and disk tiers (kv/quant.ts; quantized here, on the CPU); 16 when left out. */
+  readonly bits?: KvBits
   /** The chunk's min then max abstract, (KV, D/2) f16 each. */
   readonly abstract: Uint8Array
 }
@@ -79,11 +87,40 @@ export class LocalTierIo implements TierIo {
   /** Host buffers of disk reads (the CRC reads them; mapped staging memory is slow to read). */
   private readonly spare: Uint8Array[] = []
 
+  /** Bits of the chunks this cache put into the host arena (else their LMDB entry says). */
+  private readonly held = new Map<string, KvBits>()
+
   constructor(
     private readonly arena: HostArena,
     private readonly store: DiskStore,
     public session: string,
+    /** The KV geometry, needed to quantize seals and to size quantized chunks. */
+    private readonly shape?: KvShape,
   ) {}
+
+  /** The bits a chunk is stored at: as this cache stored it, else as its LMDB entry says. */
+  private bitsOf(load: ChunkLoad): KvBits {
+    const key = this.keyOf(load)
+    const known = this.held.get(key)
+    if (known !== undefined) return known
+    let entry
+    try {
+      entry = this.store.chunkEntry([this.session, load.layer, load.chunk])
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+    if (entry === undefined) return 16
+    const bits = bitsOfDtype(entry.dtype)
+    if (bits === undefined) throw new KvTierError("chunk_corrupt", `chunk ${key} has dtype ${JSON.stringify(entry.dtype)}, which this build cannot read`)
+    return bits
+  }
+
+  /** Bytes of a load's chunk at `bits`. */
+  private lengthOf(load: ChunkLoad, bits: KvBits): number {
+    if (bits === 16) return load.bytes
+    if (this.shape === undefined || load.tokens === undefined) throw new KvTierError("chunk_corrupt", `chunk ${this.keyOf(load)} is stored at ${bits} bits; this cache cannot size it`)
+    return chunkBytesAt(this.shape, load.tokens, bits)
+  }
 
   async load(loads: ReadonlyArray<ChunkLoad>, promote: boolean): Promise<Tier[]> {
     const tiers: Tier[] = []
@@ -115,8 +152,10 @@ export class LocalTierIo implements TierIo {
     const held = this.arena.prepareLoad(key)
     if (held !== undefined) {
       try {
-        if (held.length !== load.bytes) throw new KvTierError("chunk_corrupt", `chunk ${key} in the host arena is ${held.length} bytes, want ${load.bytes}`)
-        await load.stage(held)
+        const bits = this.bitsOf(load)
+        const want = this.lengthOf(load, bits)
+        if (held.length !== want) throw new KvTierError("chunk_corrupt", `chunk ${key} in the host arena is ${held.length} bytes, want ${want} (${dtypeOfBits(bits)})`)
+        await load.stage(held, bits)
       } finally {
         this.arena.completeLoad(key)
         if (readAhead) await readAhead.then((b) => this.spare.push(b), () => undefined)
@@ -125,55 +164,73 @@ export class LocalTierIo implements TierIo {
     }
     const buffer = await (readAhead ?? this.readDisk(load))
     try {
+      const bits = this.bitsOf(load)
+      const length = this.lengthOf(load, bits)
       // leoam promotes disk reads (selection has locality); offload-all scans every chunk
       // each step, where promotion would only make the arena thrash.
-      const ticket = promote ? this.arena.prepareStore(key, load.bytes) : undefined
+      const ticket = promote ? this.arena.prepareStore(key, length) : undefined
       try {
-        ticket?.view.set(buffer.subarray(0, load.bytes))
-        await load.stage(buffer.subarray(0, load.bytes))
+        ticket?.view.set(buffer.subarray(0, length))
+        await load.stage(buffer.subarray(0, length), bits)
       } catch (e) {
         if (ticket) this.arena.abortStore(ticket)
         throw e
       }
-      if (ticket) this.arena.completeStore(ticket)
+      if (ticket) {
+        this.arena.completeStore(ticket)
+        this.held.set(key, bits)
+      }
     } finally {
       this.spare.push(buffer)
     }
     return "disk"
   }
 
-  /** The chunk's bytes from disk, CRC-checked, in a buffer of at least load.bytes (give it back to `spare`). */
+  /** The chunk's bytes from disk, CRC-checked, in a buffer of at least their stored length (give it back to `spare`). */
   private async readDisk(load: ChunkLoad): Promise<Uint8Array> {
-    const at = this.spare.findIndex((b) => b.length >= load.bytes)
-    const buffer = at >= 0 ? this.spare.splice(at, 1)[0] : new Uint8Array(load.bytes)
+    const bits = this.bitsOf(load)
+    const want = this.lengthOf(load, bits)
+    const at = this.spare.findIndex((b) => b.length >= want)
+    const buffer = at >= 0 ? this.spare.splice(at, 1)[0] : new Uint8Array(want)
     let read: Uint8Array
     try {
-      read = await this.store.readChunkAsync([this.session, load.layer, load.chunk], buffer.subarray(0, load.bytes))
+      read = await this.store.readChunkAsync([this.session, load.layer, load.chunk], buffer.subarray(0, want))
     } catch (e) {
       this.spare.push(buffer)
       throw tierErrorOf(e)
     }
-    if (read.length !== load.bytes) {
+    if (read.length !== want) {
       this.spare.push(buffer)
-      throw new KvTierError("chunk_corrupt", `chunk ${this.keyOf(load)} is ${read.length} bytes, want ${load.bytes}`)
+      throw new KvTierError("chunk_corrupt", `chunk ${this.keyOf(load)} is ${read.length} bytes, want ${want} (${dtypeOfBits(bits)})`)
     }
     return buffer
   }
 
   async storeSealed(chunks: ReadonlyArray<SealedChunk>): Promise<number> {
     const key = (c: SealedChunk) => [this.session, c.layer, c.chunk] as const
+    const encoded = chunks.map((c) => ({ c, bits: c.bits ?? 16, bytes: this.encode(c) }))
     try {
-      this.store.putChunks(chunks.map((c) => ({ key: key(c), bytes: c.kv, meta: { tokens: c.tokens, dtype: "f16" } })))
+      this.store.putChunks(encoded.map(({ c, bits, bytes }) => ({ key: key(c), bytes, meta: { tokens: c.tokens, dtype: dtypeOfBits(bits) } })))
       this.store.putAbstracts(chunks.map((c) => ({ key: key(c), bytes: c.abstract })))
     } catch (e) {
       throw tierErrorOf(e)
     }
     let bytes = 0
-    for (const c of chunks) {
-      this.arena.put(chunkKey(this.session, c.layer, c.chunk), c.kv)
-      bytes += c.kv.length
+    for (const { c, bits, bytes: b } of encoded) {
+      const k = chunkKey(this.session, c.layer, c.chunk)
+      this.arena.put(k, b)
+      this.held.set(k, bits)
+      bytes += b.length
     }
     return bytes
+  }
+
+  /** A seal's bytes at its bits (quantized on the CPU). */
+  private encode(c: SealedChunk): Uint8Array {
+    const bits = c.bits ?? 16
+    if (bits === 16) return c.kv
+    if (this.shape === undefined) throw new KvTierError("io_failed", `chunk ${this.keyOf(c)}: quantizing needs the KV shape`)
+    return quantizeChunk(c.kv, this.shape, c.tokens, bits)
   }
 
   adoptLayer(layer: number): StoredLayer {
@@ -192,11 +249,14 @@ export class LocalTierIo implements TierIo {
   }
 
   forget(layer: number, chunk: number): void {
-    this.arena.remove(chunkKey(this.session, layer, chunk))
+    const key = chunkKey(this.session, layer, chunk)
+    this.arena.remove(key)
+    this.held.delete(key)
   }
 
   dropSession(): void {
     this.store.dropSession(this.session)
+    this.held.clear()
   }
 
   truncateSession(keep: ReadonlyArray<number>): void {

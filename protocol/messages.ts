@@ -61,6 +61,16 @@ export const KvStats = Schema.Struct({
   tokens_selected_per_step: Schema.Number,
   time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
   staging_waits: Schema.Int,
+  /** Compression: the setting, decode's GPU slot bits, chunks sealed per dtype, bytes uploaded into the GPU chunk cache. */
+  compression: Schema.optional(
+    Schema.Struct({
+      bits: Schema.Union(Schema.Literal(16, 8, 4), Schema.Literal("importance")),
+      slot_bits: Schema.Int,
+      gpu_slots: Schema.Int,
+      sealed: Schema.Struct({ f16: Schema.Int, int8: Schema.Int, int4: Schema.Int }),
+      upload_bytes: Schema.Number,
+    }),
+  ),
 }).annotations({ identifier: "KvStats" })
 export type KvStats = typeof KvStats.Type
 

@@ -12,6 +12,10 @@ export type PolicyName = (typeof policyNames)[number]
 export const evictionNames = ["lru", "lfu", "importance"] as const
 export type EvictionName = (typeof evictionNames)[number]
 
+/** Bits of KV chunks in the host and disk tiers (and the GPU chunk cache): fp16, int8, int4, or per chunk by importance. */
+export type CompressionBits = 16 | 8 | 4 | "importance"
+const CompressionBitsSchema = Schema.Union(Schema.Literal(16, 8, 4), Schema.Literal("importance"))
+
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
 const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
 
@@ -32,6 +36,8 @@ export const KvPolicyDocument = Schema.Struct({
   ),
   /** Eviction of the GPU chunk cache and the host arena. */
   eviction: Schema.optional(Schema.Literal(...evictionNames)),
+  /** `bits`: KV chunks sealed into the host and disk tiers as fp16 (16, the default), int8, int4, or "importance" (hot int8, cold int4); tiered policies only. */
+  compression: Schema.optional(Schema.Struct({ bits: CompressionBitsSchema }).annotations({ parseOptions: { onExcessProperty: "error" } })),
 }).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
 export type KvPolicyDocument = typeof KvPolicyDocument.Type
 
@@ -44,10 +50,11 @@ export interface ResolvedPolicy {
   readonly sinkTokens: number
   readonly recentTokens: number
   readonly eviction: EvictionName
+  readonly compression: CompressionBits
 }
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -82,7 +89,11 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   if (budgetTokens !== undefined && budgetTokens < sinkTokens + recentTokens) {
     throw new PolicyError("invalid_policy", `selection.topk.budget_tokens ${budgetTokens} is less than sink_tokens + recent_tokens (${sinkTokens + recentTokens})`)
   }
-  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction }
+  const compression = doc.compression?.bits ?? 16
+  if (compression !== 16 && doc.name !== "leoam" && doc.name !== "offload-all") {
+    throw new PolicyError("invalid_policy", `compression.bits ${JSON.stringify(compression)} needs a tiered policy (leoam, offload-all); ${doc.name} keeps fp16 KV on the GPU`)
+  }
+  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression }
 }
 
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
@@ -119,6 +130,7 @@ export const policyView = (p: ResolvedPolicy) => ({
   sink_tokens: p.sinkTokens,
   recent_tokens: p.recentTokens,
   eviction: p.eviction,
+  compression_bits: p.compression,
 })
 
 /** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
@@ -130,6 +142,8 @@ export const ResolvedPolicyWire = Schema.Struct({
   sink_tokens: Schema.Int,
   recent_tokens: Schema.Int,
   eviction: Schema.Literal(...evictionNames),
+  /** Left out by senders older than compression: 16. */
+  compression_bits: Schema.optional(CompressionBitsSchema),
 })
 
 const ResolvedPolicyType = Schema.Struct({
@@ -140,6 +154,7 @@ const ResolvedPolicyType = Schema.Struct({
   sinkTokens: Schema.Number,
   recentTokens: Schema.Number,
   eviction: Schema.Literal(...evictionNames),
+  compression: CompressionBitsSchema,
 })
 
 export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
@@ -152,6 +167,7 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     sinkTokens: w.sink_tokens,
     recentTokens: w.recent_tokens,
     eviction: w.eviction,
+    compression: w.compression_bits ?? 16,
   }),
   encode: (p) => policyView(p),
 })

@@ -12,10 +12,10 @@ import type { HostArena } from "../../kv/host-arena.ts"
 import type { ModelConfig } from "../../models/types.ts"
 import type { ResolvedPolicy } from "../../protocol/policy.ts"
 import { ATTN_TILE } from "./pool.ts"
-import { windowedPrefillKey } from "../model-resources.ts"
+import { attnDecodeKey, windowedPrefillKey } from "../model-resources.ts"
 import type { PipelineKey } from "../pipelines.ts"
 import type { SparsePolicy } from "../sparse.ts"
-import { KvBudgetError, TIER_PARTIALS, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
+import { KvBudgetError, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { FullKv } from "./full.ts"
 import { H2oKv, type H2oPolicy, h2oPipelineKeys } from "./h2o.ts"
 import type { KvApplies, KvContext, KvManager } from "./manager.ts"
@@ -69,7 +69,7 @@ export const kvEngineOptions = (policy: ResolvedPolicy, tiers: KvTiers, config: 
   return {
     kv: {
       kind: "tiered",
-      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: eviction, hostEviction: eviction },
+      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression },
       stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session },
     },
   }
@@ -106,7 +106,7 @@ export const kvKindOf = (spec: KvSpec, c: ModelConfig, sizes: KvSizes, attnPrefi
       return { pipelineKeys: Object.values(h2oPipelineKeys(c)), partials: fullPartials, checkFits: fits, create: (ctx) => new H2oKv(ctx, spec.policy) }
     case "tiered":
       return {
-        pipelineKeys: [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(attnPrefill)],
+        pipelineKeys: [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(attnPrefill), tieredDecodeKey(attnDecodeKey(c), spec.policy)],
         partials: Math.max(fullPartials, TIER_PARTIALS),
         checkFits: () => void tieredLayout(c, spec.policy, spec.stores, sizes),
         create: (ctx) => new TieredManager(ctx, spec.policy, spec.stores),

@@ -10,7 +10,7 @@
 import { type Dispatch, dispatchOf, storageBuffer, Uniform } from "../buffers.ts"
 import { ATTN_TILE } from "./pool.ts"
 import { windowedPrefillKey } from "../model-resources.ts"
-import { KvLayoutChange, TIER_PARTIALS, TieredKv, type TieredPolicy, type TierStores } from "./tiered/index.ts"
+import { KvLayoutChange, TIER_PARTIALS, tieredDecodeKey, TieredKv, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { PREFILL_ROWS } from "./full.ts"
 import type { KvApplies, KvContext, KvManager, KvStats, StepEncoder } from "./manager.ts"
 
@@ -27,7 +27,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
   private readonly attnDecode: Dispatch[] = []
   /** Per layer: [windowed attn_prefill over the block table]. */
   private readonly attnPrefill: Array<Dispatch[]> = []
-  private readonly uAttn: Uniform // attn_decode (H, KV, BS, entries per split, stride, scale, per-head lists, first split)
+  private readonly uAttn: Uniform // attn_decode (H, KV, BS, entries per split, stride, scale, per-head lists, first split; QUANT: qbase, slot blocks, K and V slot words)
   private readonly uWindow: Uniform // windowed attn_prefill (M, H, KV, BS, pos0, scale, k0, k1, flags)
   private readonly state: GPUBuffer // (chunk, H, D + 2) f32 prefill softmax state between windows
   private readonly table: GPUBuffer // (blocks) u32 logical -> physical block of the current prefill window
@@ -61,7 +61,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     })
     const t = this.t
     this.tile = ATTN_TILE / ctx.blockTokens
-    this.uAttn = new Uniform(device, "tier attn decode", "uuuuufuu")
+    this.uAttn = new Uniform(device, "tier attn decode", "uuuuufuuuuuu")
     this.uWindow = new Uniform(device, "tier attn prefill window", "uuuuufuuuuuu")
     this.state = storageBuffer(device, "prefill attention state (chunk, H, D + 2) f32", ctx.prefillChunk * c.numHeads * (c.headDim + 2) * 4)
     this.table = storageBuffer(device, "tier prefill block table (blocks) u32", Math.ceil(ctx.maxContext / ctx.blockTokens) * 4)
@@ -77,7 +77,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const windowKey = windowedPrefillKey(ctx.keys.attnPrefill)
     t.pools.forEach((kvl) => {
       const mk = (key: typeof windowKey, entries: Array<readonly [number, GPUBuffer]>): Dispatch => dispatchOf(device, ctx.pipelines.now(key), entries, 1, c.numKvHeads)
-      this.attnDecode.push(mk(ctx.keys.attnDecode, [[0, this.uAttn.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, t.entries], [5, t.seqs], [6, act.partO], [7, act.partML]]))
+      this.attnDecode.push(mk(tieredDecodeKey(ctx.keys.attnDecode, policy), [[0, this.uAttn.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, t.entries], [5, t.seqs], [6, act.partO], [7, act.partML]]))
       this.attnPrefill.push([mk(windowKey, [[0, this.uWindow.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, this.table], [5, act.attn], [6, this.state]])])
     })
   }
@@ -151,7 +151,8 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const c = this.ctx.config
     const { splits, entriesPerSplit } = this.t.splitsOf(count, this.tile, cap)
     if (s0 + splits > TIER_PARTIALS) throw new RangeError(`layer ${l}: attention needs more than ${TIER_PARTIALS} partials`)
-    this.uAttn.set(c.numHeads, c.numKvHeads, this.t.blockTokens, entriesPerSplit, TIER_PARTIALS, 1 / Math.sqrt(c.headDim), 0, s0)
+    const qs = this.t.quant
+    this.uAttn.set(c.numHeads, c.numKvHeads, this.t.blockTokens, entriesPerSplit, TIER_PARTIALS, 1 / Math.sqrt(c.headDim), 0, s0, qs?.qbase ?? 0, this.t.slotBlocks, qs?.kSlotWords ?? 0, qs?.vSlotWords ?? 0)
     const d = this.attnDecode[l]
     d.x = splits
     const timing = this.timing

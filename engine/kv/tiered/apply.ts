@@ -4,12 +4,16 @@
 // loads fetched through TierIo into the staging ring (flushed per window), importance,
 // then the entries list (decode) or block table (prefill). A plan applies only in order,
 // to the state it was made from; a failed load frees the window's slots again.
+// With quantized slots (layout.ts QuantSlots), prefill and decode use the same pool bytes as
+// fp16 slots and as compressed slots: the cache starts empty at each switch between them.
 import { GpuSlots } from "../../../kv/gpu-slots.ts"
 import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
+import { blockWords, chunkBytesAt, convertChunk, dequantizeInto, type KvBits, type KvShape } from "../../../kv/quant.ts"
 import type { TierIo } from "../../../kv/tier-io.ts"
 import { storageBuffer } from "../../buffers.ts"
 import type { UploadRing } from "../../staging.ts"
 import type { ChunkTables } from "./chunks.ts"
+import type { QuantSlots } from "./layout.ts"
 import type { TierCounters } from "./stats.ts"
 
 export interface CacheGeometry {
@@ -18,6 +22,10 @@ export interface CacheGeometry {
   readonly cacheSlots: number
   readonly slotBlocks: number
   readonly slotBytes: number
+  /** The KV geometry (to dequantize chunks the tiers hold at fewer bits). */
+  readonly shape: KvShape
+  /** Decode's compressed slots over the same bytes, when the policy compresses. */
+  readonly quant?: QuantSlots
 }
 
 export class GpuCache {
@@ -25,7 +33,11 @@ export class GpuCache {
   readonly entries: GPUBuffer
   /** (1) vec2<u32> (first entry, entry count) of that window. */
   readonly seqs: GPUBuffer
-  private readonly slots: GpuSlots[]
+  private slots: GpuSlots[]
+  /** Whose slots these are: prefill's fp16 ones or, with quantized slots, decode's. */
+  private phase: "prefill" | "decode" = "prefill"
+  /** Per layer, in decode's quantized slots: the bits each resident chunk is held at. */
+  private readonly heldBits: Array<Map<number, KvBits>>
   private readonly entryHost: Uint32Array
   /** Layer visits: each plan's tick, and each admission's; the recency clock of the slots. */
   private tick = 0
@@ -42,6 +54,7 @@ export class GpuCache {
     maxEntries: number,
   ) {
     this.slots = g.pools.map(() => new GpuSlots(g.cacheSlots, g.slotBytes))
+    this.heldBits = g.pools.map(() => new Map())
     this.progress = g.pools.map(() => undefined)
     this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", maxEntries * 8)
     this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
@@ -53,13 +66,30 @@ export class GpuCache {
     return this.tables.tailBlocks + slot * this.g.slotBlocks
   }
 
-  /** Bytes of the chunks resident over all layers. */
+  /** Bytes of the chunks resident over all layers (slot bytes: a compressed slot counts its K and V parts). */
   get residentBytes(): number {
-    return this.slots.reduce((s, c) => s + c.resident, 0) * this.g.slotBytes
+    return this.slots.reduce((s, c) => s + c.resident * c.chunkBytes, 0)
+  }
+
+  /** Whether decode's slots are compressed and in use now. */
+  private get quantized(): boolean {
+    return this.g.quant !== undefined && this.phase === "decode"
+  }
+
+  /** Switches the slots to prefill's or decode's (only with quantized slots: the same bytes, so the cache empties). */
+  private enter(phase: "prefill" | "decode"): void {
+    const q = this.g.quant
+    if (q === undefined || this.phase === phase) return
+    this.phase = phase
+    this.slots = this.g.pools.map(() => (phase === "decode" ? new GpuSlots(q.slots, (q.kSlotWords + q.vSlotWords) * 4) : new GpuSlots(this.g.cacheSlots, this.g.slotBytes)))
+    for (const m of this.heldBits) m.clear()
+    this.progress.fill(undefined)
   }
 
   /** A slot for a chunk just sealed (evicting by policy, nothing pinned): its first pool block, or undefined. */
   admit(l: number, chunk: number, policy: PlanPolicy): number | undefined {
+    // Compressed slots take a chunk only through a load (the GPU has no quantizer): it comes from the host tier.
+    if (this.quantized) return undefined
     const slot = this.slots[l].take(chunk, policy.eviction, new Set(), ++this.tick)
     return slot === undefined ? undefined : this.blockOf(slot)
   }
@@ -67,18 +97,22 @@ export class GpuCache {
   /** Forgets chunk ch of layer l (it was unsealed). */
   drop(l: number, ch: number): void {
     if (this.slots[l].get(ch)) this.slots[l].drop(ch)
+    this.heldBits[l].delete(ch)
   }
 
   clear(): void {
     for (const s of this.slots) s.clear()
+    for (const m of this.heldBits) m.clear()
     this.progress.fill(undefined)
   }
 
   planDecode(l: number, chosen: ReadonlyArray<number>, policy: PlanPolicy): DecodePlan {
+    this.enter("decode")
     return planDecode(this.slots[l], chosen, policy, this.tick + 1, l)
   }
 
   planPrefill(l: number, policy: PlanPolicy): PrefillPlan {
+    this.enter("prefill")
     const L = this.tables.layers[l]
     return planPrefill(this.slots[l], { starts: L.starts, sealed: L.sealed, tokens: this.tables.tokens }, policy, this.tick + 1, l)
   }
@@ -89,7 +123,7 @@ export class GpuCache {
     if (i === 0) {
       k.gpuHits += plan.hits.length
       k.gpuMisses += plan.misses.length
-      for (const ch of plan.hits) k.gpuBytesRead += this.tables.chunkBytes(l, ch)
+      for (const ch of plan.hits) k.gpuBytesRead += this.heldBytes(l, ch)
     }
     await this.applyWindow(l, w, plan.tick, promote, k)
     if (plan.score) {
@@ -100,6 +134,12 @@ export class GpuCache {
     k.windows++
     if (w.last && plan.clearAfter) this.slots[l].clear()
     return count
+  }
+
+  /** Bytes of resident chunk ch of layer l as its slot holds it. */
+  private heldBytes(l: number, ch: number): number {
+    const bits = this.quantized ? this.heldBits[l].get(ch) : undefined
+    return bits === undefined ? this.tables.chunkBytes(l, ch) : chunkBytesAt(this.g.shape, this.tables.layers[l].sizes[ch], bits)
   }
 
   /** Applies prefill window i (see TieredKv.applyPrefillWindow), writing its part of `table`. */
@@ -157,19 +197,27 @@ export class GpuCache {
     if (loads.length === 0) return
     const pool = this.g.pools[l]
     const blockBytes = this.tables.blockBytes
-    const requests = loads.map(({ chunk, slot }) => {
+    const read = new Array<number>(loads.length).fill(0) // bytes each load read from its tier
+    const requests = this.quantized ? this.quantLoads(l, loads, read, k) : loads.map(({ chunk, slot }, i) => {
       const bytes = this.tables.chunkBytes(l, chunk)
+      const tokens = this.tables.layers[l].sizes[chunk]
       const dst = this.blockOf(slot) * blockBytes
       const half = bytes / 2
       const copies = [
         { from: 0, dst: pool.k, dstOffset: dst, size: half },
         { from: half, dst: pool.v, dstOffset: dst, size: half },
       ]
-      return { layer: l, chunk, bytes, stage: (src: Uint8Array) => this.upload.stage(bytes, (view) => view.set(src), copies) }
+      const stage = (src: Uint8Array, bits: KvBits) => {
+        read[i] = src.length
+        // The slots hold fp16: a quantized chunk is dequantized on the CPU into the staging view.
+        k.uploadBytes += bytes
+        return this.upload.stage(bytes, (view) => dequantizeInto(src, this.g.shape, tokens, bits, view), copies)
+      }
+      return { layer: l, chunk, bytes, tokens, stage }
     })
     const tiers = await this.io.load(requests, promote)
     tiers.forEach((tier, i) => {
-      const bytes = requests[i].bytes
+      const bytes = read[i]
       if (tier === "host") {
         k.hostHits++
         k.hostBytesRead += bytes
@@ -181,15 +229,55 @@ export class GpuCache {
     })
   }
 
+  /**
+   * Loads into compressed slots: the stored bytes go up as they are (int4 into a slot of 8
+   * bits too), K part into the K pool and V part into the V pool; a chunk stored at bits the
+   * slot cannot hold (fp16, or int8 into a slot of 4) is converted on the CPU first.
+   */
+  private quantLoads(l: number, loads: ReadonlyArray<Placed>, read: number[], k: TierCounters) {
+    const q = this.g.quant!
+    const pool = this.g.pools[l]
+    const s = this.g.shape
+    return loads.map(({ chunk, slot }, i) => {
+      const bytes = this.tables.chunkBytes(l, chunk)
+      const tokens = this.tables.layers[l].sizes[chunk]
+      const stage = (src: Uint8Array, stored: KvBits) => {
+        read[i] = src.length
+        const bits = stored === q.bits || (q.bits === 8 && stored === 4) ? stored : q.bits
+        const data = bits === stored ? src : convertChunk(src, s, tokens, stored, bits)
+        const kBytes = Math.ceil(tokens / s.blockTokens) * blockWords(s, bits as 8 | 4).k * 4
+        const copies = [
+          { from: 0, dst: pool.k, dstOffset: (q.qbase + slot * q.kSlotWords) * 4, size: kBytes },
+          { from: kBytes, dst: pool.v, dstOffset: (q.qbase + slot * q.vSlotWords) * 4, size: data.length - kBytes },
+        ]
+        this.heldBits[l].set(chunk, bits)
+        k.uploadBytes += data.length
+        return this.upload.stage(data.length, (view) => view.set(data), copies)
+      }
+      return { layer: l, chunk, bytes, tokens, stage }
+    })
+  }
+
   /** Writes the window's entries (its chunks' blocks, then on the last window the layer's tail). */
   private writeEntries(l: number, window: ReadonlyArray<Placed>, withTail: boolean): number {
     const e = this.entryHost
     const bs = this.tables.blockTokens
     const L = this.tables.layers[l]
     let n = 0
+    const q = this.quantized ? this.g.quant! : undefined
     for (const w of window) {
-      const b0 = this.blockOf(w.slot)
       const tokens = L.sizes[w.chunk]
+      if (q) {
+        // Quantized: (slot * slotBlocks + block, tokens | bits << 16), as attn_decode's QUANT reads them.
+        const tag = this.heldBits[l].get(w.chunk)! << 16
+        for (let t = 0; t < tokens; t += bs) {
+          e[n * 2] = w.slot * this.g.slotBlocks + t / bs
+          e[n * 2 + 1] = Math.min(bs, tokens - t) | tag
+          n++
+        }
+        continue
+      }
+      const b0 = this.blockOf(w.slot)
       for (let t = 0; t < tokens; t += bs) {
         e[n * 2] = b0 + t / bs
         e[n * 2 + 1] = Math.min(bs, tokens - t)

@@ -5,6 +5,8 @@
 import type { DiskStore } from "../../../kv/disk-store.ts"
 import type { EvictionPolicy } from "../../../kv/eviction.ts"
 import type { HostArena } from "../../../kv/host-arena.ts"
+import { blockWords, type KvShape } from "../../../kv/quant.ts"
+import { type CompressionBits, maxBitsOf } from "../../../kv/quant-policy.ts"
 import { KvBudgetError } from "../../../kv/tier-errors.ts"
 import type { ModelConfig } from "../../../models/types.ts"
 
@@ -23,6 +25,8 @@ export interface TieredPolicy {
   readonly gpuEviction: EvictionPolicy
   /** Eviction of the host arena (set on the arena when the cache is built and at each policy change). */
   readonly hostEviction: EvictionPolicy
+  /** Bits chunks are sealed with into the host and disk tiers (kv/quant-policy.ts); 16 when left out. */
+  readonly compression?: CompressionBits
 }
 
 export interface TierStores {
@@ -166,10 +170,46 @@ export const tieredLayout = (
   return layout
 }
 
-/** Throws what TieredKv.setPolicy would refuse: another mode or chunk size, or sink and recent chunks past the cache slots. */
+/**
+ * The quantized slots of decode: with `compression` below 16 bits, decode's GPU cache slots
+ * hold chunks compressed (kv/quant.ts layout; a slot of 8 bits holds an int8 or int4 chunk),
+ * laid over the same pool bytes that prefill uses as fp16 slots (the cache switches between
+ * the two and starts empty after each switch). Slots are counted from the compressed size,
+ * so the same budget holds more chunks: per pool, the fp16 slots' bytes over the larger of a
+ * quantized slot's K and V parts.
+ */
+export interface QuantSlots {
+  readonly bits: 8 | 4
+  readonly slots: number
+  /** u32 words of a slot's K part (in the K pool) and V part (in the V pool). */
+  readonly kSlotWords: number
+  readonly vSlotWords: number
+  /** The first word of the slots in each pool: past the tail's fp16 blocks. */
+  readonly qbase: number
+}
+
+/** The slot bits of decode's GPU cache under a compression setting (16: fp16 slots). */
+export const slotBitsOf = (p: TieredPolicy): 16 | 8 | 4 => maxBitsOf(p.compression ?? 16)
+
+export const quantSlots = (p: TieredPolicy, shape: KvShape, g: { readonly slotBlocks: number; readonly cacheSlots: number; readonly tailBlocks: number; readonly maxChunks: number }): QuantSlots | undefined => {
+  const bits = slotBitsOf(p)
+  if (bits === 16) return undefined
+  const blockBytes = shape.kvHeads * shape.blockTokens * shape.headDim * 2
+  const w = blockWords(shape, bits)
+  const kSlotWords = g.slotBlocks * w.k
+  const vSlotWords = g.slotBlocks * w.v
+  const poolBytes = g.cacheSlots * g.slotBlocks * blockBytes
+  const slots = Math.min(g.maxChunks, Math.floor(poolBytes / (4 * Math.max(kSlotWords, vSlotWords))))
+  return { bits, slots, kSlotWords, vSlotWords, qbase: (g.tailBlocks * blockBytes) / 4 }
+}
+
+/** Throws what TieredKv.setPolicy would refuse: another mode, chunk size or slot bits, or sink and recent chunks past the cache slots. */
 export const checkPolicyChange = (current: TieredPolicy, next: TieredPolicy, cacheSlots: number): void => {
   if (next.mode !== current.mode || next.chunkTokens !== current.chunkTokens) {
     throw new KvLayoutChange(`${current.mode} with ${current.chunkTokens}-token chunks -> ${next.mode} with ${next.chunkTokens}-token chunks`)
+  }
+  if (slotBitsOf(next) !== slotBitsOf(current)) {
+    throw new KvLayoutChange(`GPU chunk slots of ${slotBitsOf(current)} bits -> ${slotBitsOf(next)} bits`)
   }
   const need = minimumSlots(next)
   if (need > cacheSlots) {

@@ -4,6 +4,7 @@
 // disk and host tiers (TierIo). Owns the abstract dispatches, the seal jobs, the in-pool
 // copy's scratch and the read-back ring. A reset bumps the generation: read-backs of an
 // earlier sequence still in flight then store nothing.
+import type { KvBits } from "../../../kv/quant.ts"
 import type { SealedChunk, TierIo } from "../../../kv/tier-io.ts"
 import type { ModelConfig } from "../../../models/types.ts"
 import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers.ts"
@@ -59,7 +60,7 @@ export class Sealer {
    * (its first block in the pool), its copy there; then starts reading them back to store
    * them through `io`. Call once all layers have written those tokens.
    */
-  seal(fresh: ReadonlyArray<FreshChunk>, admit: (f: FreshChunk) => number | undefined, counters: TierCounters): void {
+  seal(fresh: ReadonlyArray<FreshChunk>, admit: (f: FreshChunk) => number | undefined, counters: TierCounters, bitsOf: (f: FreshChunk, abstract: Uint8Array) => KvBits = () => 16): void {
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     for (let l = 0; l < this.pools.length; l++) {
@@ -114,7 +115,7 @@ export class Sealer {
       const read = this.readback.read(g.copies, (view) => {
         // A reset (a new request) since this seal makes its bytes stale: drop them.
         if (generation !== this.generation) return
-        stored = this.io.storeSealed(this.sealedOf(g.parts, view)).then((bytes) => {
+        stored = this.io.storeSealed(this.sealedOf(g.parts, view, bitsOf)).then((bytes) => {
           counters.diskWritten += bytes
           counters.hostWritten += bytes
         })
@@ -125,12 +126,14 @@ export class Sealer {
   }
 
   /** The chunks of one read-back: each one's K and V, then its abstracts, back to back. */
-  private sealedOf(parts: ReadonlyArray<FreshChunk>, view: Uint8Array): SealedChunk[] {
+  private sealedOf(parts: ReadonlyArray<FreshChunk>, view: Uint8Array, bitsOf: (f: FreshChunk, abstract: Uint8Array) => KvBits): SealedChunk[] {
     const ab = this.abstractBytes
     let at = 0
-    return parts.map(({ layer, chunk, tokens }) => {
+    return parts.map((f) => {
+      const { layer, chunk, tokens } = f
       const kv = this.tables.chunkBytes(layer, chunk)
-      const sealed = { layer, chunk, tokens, kv: view.subarray(at, at + kv), abstract: view.slice(at + kv, at + kv + 2 * ab) }
+      const abstract = view.slice(at + kv, at + kv + 2 * ab)
+      const sealed = { layer, chunk, tokens, kv: view.subarray(at, at + kv), abstract, bits: bitsOf(f, abstract) }
       at += kv + 2 * ab
       return sealed
     })

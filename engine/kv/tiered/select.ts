@@ -3,6 +3,7 @@
 // chunks under the token budget are selected, on the GPU; the choice (a few bytes) is
 // read back by the caller. Owns the score and selection buffers and uniforms; the
 // abstracts are the cache's (written by seals and adopt). Only encodeSelect writes them.
+import { maxBitsOf } from "../../../kv/quant-policy.ts"
 import type { ModelConfig } from "../../../models/types.ts"
 import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers.ts"
 import type { PipelineKey, Pipelines } from "../../pipelines.ts"
@@ -15,6 +16,10 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   score: { op: "score", flags: { ALL_HEADS: true }, constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
   select: { op: "select" } as PipelineKey,
 })
+
+/** The decode attention of a tiered cache: the model's, with dequantization fused in (QUANT) where decode's slots are compressed. */
+export const tieredDecodeKey = (base: PipelineKey, p: TieredPolicy): PipelineKey =>
+  maxBitsOf(p.compression ?? 16) === 16 ? base : { ...base, flags: { ...base.flags, QUANT: true } }
 
 /** Tokens attended per step by the policy at this length. */
 export const budgetTokens = (p: TieredPolicy, length: number, slotTokens: number): number =>

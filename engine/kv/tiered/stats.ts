@@ -22,6 +22,18 @@ export interface TierStats {
   readonly time_ms: { select: number; transfer: number; seal: number; attention: number }
   /** Stages that waited for a staging buffer to come back from the GPU. */
   readonly staging_waits: number
+  /**
+   * Compression (policy `compression.bits`): the setting, the bits of decode's GPU slots (16:
+   * fp16), the chunks sealed at each bits, and the bytes uploaded into the GPU chunk cache
+   * (what host and disk sent, compressed where the slots are, fp16 where they are not).
+   */
+  readonly compression: {
+    readonly bits: 16 | 8 | 4 | "importance"
+    readonly slot_bits: number
+    readonly gpu_slots: number
+    readonly sealed: { readonly f16: number; readonly int8: number; readonly int4: number }
+    readonly upload_bytes: number
+  }
 }
 
 export const emptyCounters = () => ({
@@ -36,6 +48,10 @@ export const emptyCounters = () => ({
   diskBytesRead: 0,
   diskWritten: 0,
   chunksSealed: 0,
+  sealedF16: 0,
+  sealedInt8: 0,
+  sealedInt4: 0,
+  uploadBytes: 0,
   windows: 0,
   selectedDecode: 0,
   selectedTokens: 0,
@@ -61,6 +77,7 @@ export const tierStats = (
     readonly layers: number
     readonly steps: number
     readonly stalls: number
+    readonly compression: { readonly bits: 16 | 8 | 4 | "importance"; readonly slotBits: number; readonly gpuSlots: number }
   },
 ): TierStats => ({
   policy: at.policy,
@@ -75,4 +92,11 @@ export const tierStats = (
   tokens_selected_per_step: at.steps > 0 ? k.selectedTokens / at.layers / at.steps : 0,
   time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs, attention: k.attentionMs },
   staging_waits: at.stalls - k.stallsAtReset,
+  compression: {
+    bits: at.compression.bits,
+    slot_bits: at.compression.slotBits,
+    gpu_slots: at.compression.gpuSlots,
+    sealed: { f16: k.sealedF16, int8: k.sealedInt8, int4: k.sealedInt4 },
+    upload_bytes: k.uploadBytes,
+  },
 })

@@ -13,6 +13,8 @@
 // block table); a plan applies to the state it was made from, window after window, or not
 // at all. The caller drives it; only this class's methods change the cache's state.
 import type { DecodePlan, PlanPolicy, PrefillPlan } from "../../../kv/plan.ts"
+import { checkQuantShape, type KvShape } from "../../../kv/quant.ts"
+import { SealBits } from "../../../kv/quant-policy.ts"
 import { KvTierError } from "../../../kv/tier-errors.ts"
 import { LocalTierIo, type TierIo } from "../../../kv/tier-io.ts"
 import type { ModelConfig } from "../../../models/types.ts"
@@ -21,7 +23,7 @@ import type { Pipelines } from "../../pipelines.ts"
 import { UploadRing } from "../../staging.ts"
 import { GpuCache } from "./apply.ts"
 import { ChunkTables } from "./chunks.ts"
-import { checkPolicyChange, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
+import { checkPolicyChange, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
 import { budgetTokens, Selector } from "./select.ts"
 import { Sealer } from "./seal.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
@@ -41,6 +43,8 @@ export class TieredKv {
   readonly cacheSlots: number
   readonly physicalBlocks: number
   readonly maxChunks: number
+  /** Decode's compressed cache slots over the same pool bytes (compression below 16 bits), else undefined. */
+  readonly quant: QuantSlots | undefined
   readonly upload: UploadRing
   readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
   /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
@@ -54,6 +58,9 @@ export class TieredKv {
   private readonly blockBytes: number
   private counters = emptyCounters()
   private current: TieredPolicy
+  private readonly shape: KvShape
+  /** The bits of each chunk sealed under `compression: "importance"`. */
+  private readonly sealBits = new SealBits()
   /** The manager's own session (requests without one): its chunks are dropped at reset. */
   private readonly scratch: string
 
@@ -69,7 +76,9 @@ export class TieredKv {
     const bs = options.blockTokens
     const layout = tieredLayout(config, policy, stores, options)
     this.current = policy
-    this.io = new LocalTierIo(stores.arena, stores.store, stores.session)
+    this.shape = { kvHeads: c.numKvHeads, blockTokens: bs, headDim: c.headDim }
+    if ((policy.compression ?? 16) !== 16) checkQuantShape(this.shape)
+    this.io = new LocalTierIo(stores.arena, stores.store, stores.session, this.shape)
     this.scratch = stores.session
     this.io.setHostEviction(policy.hostEviction)
     this.blockTokens = bs
@@ -94,8 +103,10 @@ export class TieredKv {
     }))
     this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks)
     this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
-    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes }
-    this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, this.physicalBlocks)
+    this.quant = quantSlots(policy, this.shape, this)
+    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
+    const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
+    this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries)
   }
 
   // --- policy ----------------------------------------------------------------------
@@ -118,6 +129,7 @@ export class TieredKv {
   /** Throws what setPolicy would. */
   checkPolicy(next: TieredPolicy): void {
     checkPolicyChange(this.current, next, this.cacheSlots)
+    if ((next.compression ?? 16) !== 16) checkQuantShape(this.shape)
   }
 
   private get planPolicy(): PlanPolicy {
@@ -180,7 +192,18 @@ export class TieredKv {
     if (fresh.length === 0) return
     const admit = this.current.mode === "leoam"
     const policy = this.planPolicy
-    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters)
+    // The setting at seal time holds for these chunks, whatever the policy is when their read-back lands.
+    const setting = this.current.compression ?? 16
+    const sink = this.current.sinkTokens
+    const k = this.counters
+    const bitsOf = (f: { layer: number; start: number }, abstract: Uint8Array) => {
+      const bits = this.sealBits.bitsFor(setting, f.layer, f.start, sink, abstract)
+      if (bits === 16) k.sealedF16++
+      else if (bits === 8) k.sealedInt8++
+      else k.sealedInt4++
+      return bits
+    }
+    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, bitsOf)
   }
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
@@ -350,6 +373,7 @@ export class TieredKv {
     if (this.tables.reset() && !stored) this.io.dropSession()
     this.io.session = this.scratch
     this.sealer.reset()
+    this.sealBits.reset()
     this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
   }
 
@@ -364,6 +388,7 @@ export class TieredKv {
       layers: this.config.numLayers,
       steps,
       stalls: this.upload.stalls,
+      compression: { bits: this.current.compression ?? 16, slotBits: this.quant?.bits ?? 16, gpuSlots: this.quant?.slots ?? this.cacheSlots },
     })
   }
 
