@@ -1,5 +1,6 @@
 // The HTTP gateway's pure parts (OpenAI requests to leoam's, chat templates, error statuses)
 // and a gateway with no node behind it (503, not a hang). No GPU: a nats-server at most.
+import { execFile, spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -131,6 +132,27 @@ describe("a gateway with no node behind it", () => {
     const bad = await fetch(`${gateway.url}/v1/chat/completions`, { method: "POST", body: "{}" })
     expect(bad.status).toBe(400)
     expect((await fetch(`${gateway.url}/v1/models`)).status).toBe(503)
+  })
+
+  it("runs alone as `leoam actor http-gateway`: a ready line, 503 without a node, exit 0 on SIGTERM; a bad flag is exit 2", async () => {
+    const bin = new URL("../bin/leoam.js", import.meta.url).pathname
+    const child = spawn(process.execPath, [bin, "actor", "http-gateway", "--nats-url", nats.url, "--http-port", "0"], { stdio: ["ignore", "pipe", "pipe"] })
+    let out = ""
+    child.stdout.on("data", (d) => (out += d))
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)))
+    for (let i = 0; i < 300 && !/ready on/.test(out); i++) await new Promise((r) => setTimeout(r, 100))
+    const url = /ready on (http:\/\/\S+) for/.exec(out)?.[1]
+    expect(out).toContain("chat template default:chatml")
+    expect((await fetch(`${url}/v1/models`)).status).toBe(503)
+    child.kill("SIGTERM")
+    expect(await exited).toBe(0)
+    expect(out).toContain("leoam: stopped")
+    const bad = await new Promise<{ code: number | null; stderr: string }>((resolve) =>
+      execFile(process.execPath, [bin, "actor", "http-gateway", "--nats-url", nats.url, "--chat-template", "/nonexistent.jinja"], (e, _o, stderr) =>
+        resolve({ code: e ? (e as { code?: number }).code ?? 1 : 0, stderr }),
+      ),
+    )
+    expect(bad).toEqual({ code: 2, stderr: "leoam: error [invalid_request]: --chat-template /nonexistent.jinja: no such file\n" })
   })
 
   it("refuses a port in use with invalid_request, naming the flags", async () => {
