@@ -6,6 +6,7 @@
 // session is never closed, deleted or evicted while a run uses it.
 import type { GenerateResult } from "../engine/generate.ts"
 import type { GpuModel } from "../engine/model.ts"
+import { kvBytesPerToken } from "../engine/kv/registry.ts"
 import type { HostArena } from "../kv/host-arena.ts"
 import { SessionStore, type StoredSession } from "../kv/session-store.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
@@ -20,6 +21,8 @@ export interface SessionContext {
   /** The served model's name, and the chunk size and version of the policy the model runs now. */
   readonly modelName: string
   readonly policy: () => { readonly chunkTokens: number | undefined; readonly version: number; readonly name: string }
+  /** --kv-disk-budget: chunk bytes all sessions may hold on disk; past it the least recently used go (never the one in use). */
+  readonly diskBudget?: number
 }
 
 /** What a session run did, for the run's reply. */
@@ -77,6 +80,37 @@ export const executorSessions = (ctx: SessionContext) => {
     return p.chunkTokens
   }
 
+  /** The session's chunk bytes on disk at most, as f16 KV (compression only makes them fewer). */
+  const bytesFor = (model: GpuModel, tokens: number) => tokens * kvBytesPerToken(model.config)
+
+  /**
+   * Keeps the sessions' disk bytes within the budget: the least recently used go first, never
+   * `inUse` (the session of the run that just grew). Returns the ids evicted.
+   */
+  const evict = (inUse: string): string[] => {
+    const budget = ctx.diskBudget
+    if (budget === undefined) return []
+    const all = store.list().map((s) => ({ s, bytes: store.diskBytes(s.id) }))
+    let total = all.reduce((n, x) => n + x.bytes, 0)
+    const gone: string[] = []
+    for (const { s, bytes } of all.sort((x, y) => (x.s.lastUsed < y.s.lastUsed ? -1 : x.s.lastUsed > y.s.lastUsed ? 1 : 0))) {
+      if (total <= budget) break
+      if (s.id === inUse) continue
+      drop(s.id)
+      total -= bytes
+      gone.push(s.id)
+      evictions++
+    }
+    return gone
+  }
+
+  const drop = (id: string) => {
+    if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
+    open.delete(id)
+    store.drop(id)
+  }
+  let evictions = 0
+
   /** Resumes the stored session: its sealed length (never past its document: a question left behind by a failure is dropped first). */
   const resume = (model: GpuModel, id: string, tokens: number): number => {
     model.reset()
@@ -95,6 +129,12 @@ export const executorSessions = (ctx: SessionContext) => {
     const sealed = resume(model, rs.id, doc.length)
     const prompt = [...doc.slice(sealed), ...req.ids]
     const total = doc.length + req.ids.length
+    const grows = rs.op !== "generate" || rs.keep
+    const budgetRefusal = grows && ctx.diskBudget !== undefined && bytesFor(model, total) > ctx.diskBudget
+    if (budgetRefusal) {
+      model.closeSession(doc.length)
+      throw leoamError("budget_exceeded", `the session would hold up to ${bytesFor(model, total)} bytes of KV on disk, more than --kv-disk-budget ${ctx.diskBudget}`)
+    }
     if (total + (rs.op === "generate" ? 1 : 0) > model.maxContext) {
       model.closeSession(doc.length)
       throw leoamError("context_overflow", `the session has ${doc.length} tokens and the request ${req.ids.length}; the context holds ${model.maxContext}${rs.op === "generate" ? " (with at least one new token)" : ""}`)
@@ -122,6 +162,10 @@ export const executorSessions = (ctx: SessionContext) => {
       const p = ctx.policy()
       store.put({ id: rs.id, owner: rs.owner, node: ctx.node, model: ctx.modelName, ids, chunkTokens, policyVersion: p.version })
       open.add(rs.id)
+      if (grows) {
+        const gone = evict(rs.id)
+        if (gone.length > 0) process.stderr.write(`leoam gpu-executor: --kv-disk-budget ${ctx.diskBudget}: evicted ${gone.length} least recently used session(s): ${gone.join(", ")}\n`)
+      }
       return { r, session: { id: rs.id, tokens: ids.length, prompt_tokens: total } }
     } finally {
       // Idempotent: after a failure the question's chunks go, the document's stay.
@@ -141,11 +185,11 @@ export const executorSessions = (ctx: SessionContext) => {
     },
     delete: (id: string, owner: string): void => {
       owned(id, owner)
-      if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
-      open.delete(id)
-      store.drop(id)
+      drop(id)
     },
     list: (): SessionRecordWire[] => store.list().map(wire),
+    /** Sessions evicted for the disk budget since start. */
+    evictions: () => evictions,
   }
 }
 

@@ -39,6 +39,8 @@ export interface GpuExecutorOptions {
   readonly kv?: ExecutorKv
   /** This node's id (sessions name it). */
   readonly node?: string
+  /** --kv-disk-budget: chunk bytes the sessions may hold on disk (least recently used evicted past it). */
+  readonly sessionDiskBudget?: number
 }
 
 export interface ExecutorKv {
@@ -203,6 +205,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         node: options.node ?? "",
         modelName: s.description.name,
         policy: () => ({ chunkTokens: s.policy.resolved.chunkTokens, version: s.policy.version, name: s.policy.resolved.name }),
+        diskBudget: options.sessionDiskBudget,
       })
 
     const run = Effect.fn("GpuExecutor.run")(function* (req: RunRequest) {

@@ -72,6 +72,10 @@ export interface NodeOptions {
   readonly metricsPort?: number
   /** Silence of the gpu-executor after which the scheduler gives a run up (default RUN_SILENCE_MS, actors/liveness.ts). */
   readonly runSilenceMs?: number
+  /** Chunk bytes the sessions may hold on disk (least recently used evicted past it); absent: no limit. */
+  readonly kvDiskBudget?: number
+  /** Sessions one NATS user may hold over all nodes; absent: no limit. */
+  readonly sessionQuota?: number
 }
 
 export interface LeoamNode {
@@ -229,7 +233,7 @@ const startNamed = async (
   switch (name) {
     case "gpu-executor": {
       const kv = { policy: policy?.resolved ?? parsePolicy("full"), version: policy?.version ?? 0, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store }
-      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv, node: o.node }))
+      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv, node: o.node, sessionDiskBudget: o.kvDiskBudget }))
     }
     case "host-cache":
       if (!tiers.arena) throw leoamError("invalid_request", "no host arena in this process (it lives with the gpu-executor)")
@@ -277,6 +281,7 @@ const startNamed = async (
           runSilenceMs: o.runSilenceMs,
           node: o.node,
           sessionSources: sessionSources(group, o.node),
+          sessionQuota: o.sessionQuota,
         }),
       )
       self = actor

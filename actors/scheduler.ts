@@ -57,6 +57,8 @@ export interface SchedulerOptions {
   readonly node?: string
   /** Where the session subjects come from (public and this node's own: actors/sessions.ts); absent: no sessions. */
   readonly sessionSources?: ReadonlyArray<{ readonly op: SessionOp; readonly source: Source }>
+  /** Sessions one user may hold (--session-quota). */
+  readonly sessionQuota?: number
 }
 
 export interface SchedulerState {
@@ -290,6 +292,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       encode: (text) => (pool ? pool.encode(text) : Effect.fail(leoamError("invalid_request", `${s.model.name} has no tokenizer: send \`ids\``))),
       generate,
       runSilenceMs: options.runSilenceMs,
+      quota: options.sessionQuota,
     })
 
     const service: SchedulerService = {

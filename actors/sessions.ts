@@ -45,6 +45,8 @@ export interface SessionDeps {
   readonly encode: (text: string) => Effect.Effect<ReadonlyArray<number>, LeoamError>
   readonly generate: (admitted: Admitted, receivedAt: number) => Effect.Effect<GenerateReply, LeoamError>
   readonly runSilenceMs?: number
+  /** --session-quota: sessions one user may hold over all nodes (absent: no limit). */
+  readonly quota?: number
 }
 
 /** A session request admitted on the holding node. */
@@ -187,6 +189,10 @@ export const sessionHandlers = (deps: SessionDeps) => {
       if (op === "list") {
         yield* decodeRequest(EmptyRequest, body)
         return yield* list(who.user)
+      }
+      // Counted over every node before the open goes to this node's queue (two opens at once may both pass).
+      if (op === "open" && deps.quota !== undefined && (yield* list(who.user)).sessions.length >= deps.quota) {
+        return yield* leoamError("session_quota", `user "${who.user}" holds ${deps.quota} sessions, the most --session-quota allows: delete one (leoam.v1.session.delete)`)
       }
       const id = typeof body === "object" && body !== null ? (body as { session?: unknown }).session : undefined
       // A malformed id is refused by the holder's schema; only a well-formed one names a node.

@@ -35,7 +35,7 @@ export const readServeConfig = (file: string): Partial<Record<Key, string | numb
   const out: Partial<Record<Key, string | number>> = {}
   for (const [key, value] of Object.entries(decoded.config) as Array<[Key, string | number]>) {
     if (value === undefined) continue
-    if (key === "gpu_kv_budget" || key === "host_kv_budget") {
+    if (key === "gpu_kv_budget" || key === "host_kv_budget" || key === "kv_disk_budget") {
       try {
         out[key] = typeof value === "number" ? value : parseSize(value)
       } catch (e) {

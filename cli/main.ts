@@ -126,6 +126,8 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--kv-policy <name|file>", kvPolicyHelp, "full")
     .option("--gpu-kv-budget <size>", "GPU memory for KV (pools and staging): bytes or KiB/MiB/GiB (default: no limit)", size("--gpu-kv-budget"))
     .option("--drain-timeout <ms>", "on SIGTERM, how long in-flight requests may take to finish", integer("--drain-timeout", 0), 30_000)
+    .option("--kv-disk-budget <size>", "disk bytes the sessions' KV chunks may take (leoam.v1.session.*): past it the least recently used sessions are deleted, never one in use (default: no limit)", size("--kv-disk-budget"))
+    .option("--session-quota <n>", "sessions one NATS user may hold over all nodes (with --users: each user; without: everyone together) (default: no limit)", integer("--session-quota", 0))
     .option("--node <id>", "this node's id on a NATS shared with other nodes (letters, digits, - and _): its internal subjects are leoam.int.v1.node.<id>.*; `serve --nats-url` picks one when absent, `actor` joins the node of that id (default: the single node, leoam.int.v1.*)", nodeId)
     .option("--config <file>", "a JSON file of these options in snake_case (kv_dir, host_kv_budget, ...; schema: protocol/schema/ServeConfig.json); flags given here override it")
     .addOption(new Option("--log-format <format>", "text, or json: one JSON object per line on stderr and stdout (default: json when stderr is the systemd journal, else text)").choices(["text", "json"]))
@@ -176,6 +178,8 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   hostKvBudget: o.hostKvBudget,
   kvPolicy: o.kvPolicy,
   gpuKvBudget: o.gpuKvBudget,
+  kvDiskBudget: o.kvDiskBudget,
+  sessionQuota: o.sessionQuota,
   drainTimeoutMs: o.drainTimeout,
   httpPort: o.httpPort,
   httpHost: o.httpHost,

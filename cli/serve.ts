@@ -34,6 +34,9 @@ export interface ServeArgs {
   /** Whether --kv-policy was given (not its default). */
   readonly kvPolicyExplicit?: boolean
   readonly gpuKvBudget?: number
+  /** --kv-disk-budget and --session-quota (sessions). */
+  readonly kvDiskBudget?: number
+  readonly sessionQuota?: number
   readonly drainTimeoutMs: number
   /** --http-port: the OpenAI-compatible HTTP gateway (actors/http-gateway.ts) beside the actors; 0: a free port. */
   readonly httpPort?: number
@@ -122,6 +125,8 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     hostKvBudget: args.hostKvBudget,
     kvPolicy: loadPolicyDocument(args.kvPolicy ?? "full"),
     gpuKvBudget: args.gpuKvBudget,
+    kvDiskBudget: args.kvDiskBudget,
+    sessionQuota: args.sessionQuota,
     drainTimeoutMs: args.drainTimeoutMs,
   })
   const p = node.policy

@@ -23,6 +23,10 @@ export const ServeConfig = Schema.Struct({
   gpu_kv_budget: Schema.optional(Size),
   host_kv_budget: Schema.optional(Size),
   kv_dir: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
+  /** Disk bytes the sessions' chunks may take (least recently used sessions deleted past it). */
+  kv_disk_budget: Schema.optional(Size),
+  /** Sessions one NATS user may hold over all nodes. */
+  session_quota: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   /** An existing NATS server; without it an embedded nats-server runs on 127.0.0.1:nats_port. */
   nats_url: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   nats_port: Schema.optional(Port),

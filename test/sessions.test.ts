@@ -27,6 +27,8 @@ const doc = Array.from({ length: 150 }, (_, i) => 10 + ((i * 37 + 11) % 3000))
 const q1 = [101, 202, 303, 404, 505, 606, 707]
 const q2 = [111, 222, 333]
 const MAX = 6
+/** 4096 KV bytes per token: two sealed 128-token documents fit, three do not. */
+const BUDGET = 1400 * 1024
 
 describe("sessions", () => {
   let node: LeoamNode | undefined
@@ -37,8 +39,9 @@ describe("sessions", () => {
     conns.push(nc)
     return nc
   }
-  const start = async () => {
+  const start = async (limits: { kvDiskBudget?: number; sessionQuota?: number } = {}) => {
     node = await startNode({
+      ...limits,
       actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
       model: modelDir,
       maxContext: 512,
@@ -136,7 +139,8 @@ describe("sessions", () => {
     const info = (await ask(ann, sessionSubjects.list, {})).json.sessions[0]
     const before = (await ask(ann, sessionSubjects.generate, { session, ids: q2, max_tokens: MAX })).json
     await stop()
-    await start()
+    // Restarted with a disk budget and a quota (the last test).
+    await start({ kvDiskBudget: BUDGET, sessionQuota: 3 })
     ann = await client("ann")
     ben = await client("ben")
     const after = (await ask(ann, sessionSubjects.generate, { session, ids: q2, max_tokens: MAX })).json
@@ -165,5 +169,19 @@ describe("sessions", () => {
     expect((await ask(ann, sessionSubjects.open, { ids: doc })).json.error?.code).toBe("session_needs_tiered_policy")
     await set("leoam")
     expect((await ask(ann, sessionSubjects.open, { ids: doc })).status).toBe("")
+  })
+
+  it("--kv-disk-budget evicts the least recently used sessions, never the one in use; --session-quota per user", async () => {
+    const mine = async () => (await ask(ann, sessionSubjects.list, {})).json.sessions.map((x: { session: string }) => x.session)
+    const [p] = await mine() // the previous test's
+    expect((await ask(ann, sessionSubjects.open, { ids: Array.from({ length: 400 }, () => 7) })).json.error?.code).toBe("budget_exceeded")
+    const a = (await ask(ann, sessionSubjects.open, { ids: doc })).json.session
+    expect(await mine()).toEqual([p, a])
+    const b = (await ask(ann, sessionSubjects.open, { ids: doc.map((x) => x + 1) })).json.session
+    expect(await mine()).toEqual([a, b]) // p was the least recently used
+    const small = (await ask(ann, sessionSubjects.open, { ids: [5, 6, 7] })).json.session
+    expect((await ask(ann, sessionSubjects.open, { ids: [5, 6, 7] })).json.error?.code).toBe("session_quota")
+    expect((await ask(ben, sessionSubjects.open, { ids: [5, 6, 7] })).status).toBe("")
+    expect(await mine()).toEqual([a, b, small])
   })
 })
