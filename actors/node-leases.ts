@@ -5,7 +5,8 @@
 // and every HEARTBEAT_MS, listing the reply subjects it holds. Every node keeps its peers'
 // latest leases; a peer silent for `silenceMs` is dead, and the live node with the smallest
 // instance id answers each reply subject it held with `actor_unavailable`. A node that stops
-// answers its own requests (drain) and says `leaving`. Only this module publishes leases.
+// answers its own requests (drain) and says `leaving`. A node's own time off the bus (a
+// nats-server restart) is not its peers' silence. Only this module publishes leases.
 import { randomUUID } from "node:crypto"
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
 import { Schema } from "effect"
@@ -80,7 +81,22 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
     },
   })
 
+  // While this node's own connection is down it hears no lease: that silence is not its peers'.
+  // At reconnect every peer gets a fresh window (a peer that died meanwhile is reaped one silence later).
+  let offline = false
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === "disconnect") offline = true
+      else if (status.type === "reconnect") {
+        offline = false
+        const now = Date.now()
+        for (const [id, p] of peers) peers.set(id, { ...p, seen: now })
+      }
+    }
+  })().catch(() => undefined)
+
   const reap = () => {
+    if (offline) return
     const now = Date.now()
     const dead = [...peers.values()].filter((p) => now - p.seen > silenceMs)
     if (dead.length === 0) return

@@ -1,8 +1,10 @@
 // Soak: `leoam serve` nodes on a nats-server of this program's own, under continuous short
 // generates, with real faults injected round after round: kill -9 of `leoam serve` node a
-// (restarted), a nats-server restarted on the same port, and node a restarted on a truncated
+// (restarted), a nats-server restarted on the same port, node a restarted on a truncated
 // LMDB index (refused with kv_dir_unavailable, then started again after moving the index and
-// store.json aside, as the README says). Every request gets exactly one outcome: the golden
+// store.json aside, as the README says), and kill -9 of the gpu-executor of node x, a node
+// split over two processes (`leoam actor scheduler --node x` and `leoam actor gpu-executor
+// --node x`, beside the `leoam serve` nodes in the queue group), then started again. Every request gets exactly one outcome: the golden
 // greedy ids, an error code, lost (no reply within the deadline) or doubled (two replies).
 // Prints a table per fault kind, writes JSON with --out, and exits 1 if a request was lost
 // or doubled or a child process is left. Every child is killed on every exit path.
@@ -18,7 +20,7 @@ import { connectNats } from "../actors/nats.ts"
 import { startEmbeddedNats } from "../actors/nats-server.ts"
 import { publicSubjects } from "../protocol/subjects.ts"
 
-const FAULTS = ["serve-kill", "nats-restart", "lmdb-truncate"] as const
+const FAULTS = ["serve-kill", "nats-restart", "lmdb-truncate", "executor-kill"] as const
 type Fault = (typeof FAULTS)[number]
 const GOLDEN = [1936, 223, 20, 22] // greedy ids of "Once upon a time", 4 tokens, bundled model
 const bin = new URL("../bin/leoam.js", import.meta.url).pathname
@@ -85,18 +87,24 @@ const comm = (pid: number) => {
 interface Node {
   readonly id: string
   readonly kvDir: string
+  /** `leoam serve`, or for a split node `leoam actor scheduler`. */
   child?: ChildProcess
+  /** A split node's `leoam actor gpu-executor`. */
+  readonly split?: boolean
+  executor?: ChildProcess
 }
 
-/** Starts `leoam serve` for the node; resolves at its ready line, or rejects with its output when it exits first. */
-const startServe = (node: Node, url: string): Promise<number> =>
+/** Starts `leoam serve` for the node (its scheduler, for a split node); resolves at its ready line, or rejects with its output when it exits first. */
+const startServe = (node: Node, url: string, which: "main" | "executor" = "main"): Promise<number> =>
   new Promise((resolve, reject) => {
     const t0 = performance.now()
-    const args = [bin, "serve", "--nats-url", url, "--node", node.id, "--kv-dir", node.kvDir, "--model", model, "--max-context", "256", "--device", opts.device]
+    const command = !node.split ? ["serve"] : which === "main" ? ["actor", "scheduler"] : ["actor", "gpu-executor"]
+    const args = [bin, ...command, "--nats-url", url, "--node", node.id, "--kv-dir", node.kvDir, "--model", model, "--max-context", "256", "--device", opts.device]
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] })
     children.add(child)
     spawnedPids.push(child.pid!)
-    node.child = child
+    if (which === "main") node.child = child
+    else node.executor = child
     let out = ""
     const timer = setTimeout(() => (child.kill("SIGKILL"), reject(new Error(`node ${node.id} not ready in 120 s: ${out}`))), 120_000)
     child.stdout!.on("data", (d) => {
@@ -111,8 +119,8 @@ const startServe = (node: Node, url: string): Promise<number> =>
     })
   })
 
-const killNode = async (node: Node) => {
-  const c = node.child
+const killNode = async (node: Node, which: "main" | "executor" = "main") => {
+  const c = which === "main" ? node.child : node.executor
   if (!c || c.exitCode !== null || c.signalCode !== null) return
   const gone = new Promise((r) => c.once("exit", r))
   c.kill("SIGKILL")
@@ -215,7 +223,10 @@ const main = async (): Promise<number> => {
   const rounds: Round[] = []
   try {
     const nodes: Node[] = Array.from({ length: Math.max(1, opts.nodes) }, (_, i) => ({ id: String.fromCharCode(97 + i), kvDir: join(base, `kv-${i}`) }))
-    const readyMs = await Promise.all(nodes.map((n) => startServe(n, nats.url)))
+    // Node x, split over two processes, takes the executor-kill faults.
+    const x: Node | undefined = faults.includes("executor-kill") ? { id: "x", kvDir: join(base, "kv-x"), split: true } : undefined
+    if (x) nodes.push(x)
+    const readyMs = await Promise.all([...nodes.map((n) => startServe(n, nats.url)), ...(x ? [startServe(x, nats.url, "executor")] : [])])
     log(`nats ${nats.url}; nodes ${nodes.map((n) => n.id).join(", ")} ready in ${readyMs.map((m) => m.toFixed(0)).join(", ")} ms`)
     nc = await connectNats(nats.url, "leoam-soak")
     const load = runLoad(nc, `_INBOX.soak.${process.pid}`)
@@ -232,6 +243,12 @@ const main = async (): Promise<number> => {
         const restart = performance.now()
         const restart_ms = await startServe(a, nats.url).then(() => performance.now() - restart)
         rounds.push({ round: r, fault, at_ms: t0, recovery_ms: performance.now() - t0, restart_ms, note: "until node a is ready again" })
+      } else if (fault === "executor-kill") {
+        await killNode(x!, "executor")
+        await sleep(opts.restartDelay)
+        const restart = performance.now()
+        const restart_ms = await startServe(x!, nats.url, "executor").then(() => performance.now() - restart)
+        rounds.push({ round: r, fault, at_ms: t0, recovery_ms: performance.now() - t0, restart_ms, note: "until node x's gpu-executor is ready again" })
       } else if (fault === "nats-restart") {
         const port = nats.port
         await nats.stop()

@@ -8,8 +8,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { connect } from "@nats-io/transport-node"
 import { describe, expect, it } from "@effect/vitest"
+import type { Msg } from "@nats-io/nats-core"
 import { Effect } from "effect"
 import { connectNats, encodeJson } from "../actors/nats.ts"
+import { startLeases } from "../actors/node-leases.ts"
 import { deliverReply } from "../actors/reply-delivery.ts"
 import { startEmbeddedNats } from "../actors/nats-server.ts"
 import { startNode } from "../actors/node.ts"
@@ -94,6 +96,38 @@ describe("nats-server restarted under load", () => {
       expect(settled.missed).toBeGreaterThan(0)
       yield* Effect.sleep(300)
       expect(got).toEqual(["one", "two"])
+    }),
+  )
+
+  it.scopedLive("a node back on the bus later than its peer does not take the peer for dead (its own time off is not the peer's silence)", () =>
+    Effect.gen(function* () {
+      const first = yield* Effect.promise(() => startEmbeddedNats())
+      let current = first
+      yield* Effect.addFinalizer(() => Effect.promise(() => current.stop()))
+      const conn = (name: string, reconnectTimeWait: number) =>
+        Effect.acquireRelease(
+          Effect.promise(() => connect({ servers: first.url, name, maxReconnectAttempts: -1, reconnectTimeWait, reconnectJitter: 0 })),
+          (nc) => Effect.promise(() => nc.close().catch(() => undefined)),
+        )
+      // Node a and the client come back at once, node b 2.5 s later: five silences of a at b's reconnect.
+      const [a, b, client] = [yield* conn("a", 100), yield* conn("b", 2500), yield* conn("client", 100)]
+      const [leasesA, leasesB] = [startLeases(a, "a", 500, 100), startLeases(b, "b", 500, 100)]
+      yield* Effect.addFinalizer(() => Effect.sync(() => (leasesA.stop(), leasesB.stop())))
+      const reply = `_INBOX.leases.${process.pid}`
+      const got: string[] = []
+      client.subscribe(reply, { callback: (_e, m) => void got.push(m.data.length ? (m.json<{ error?: { code: string } }>().error?.code ?? "ok") : "empty") })
+      yield* Effect.promise(() => client.flush())
+      const msg = { reply, respond: (data?: Uint8Array) => (a.publish(reply, data), true) } as unknown as Msg
+      leasesA.hold(msg)
+      yield* Effect.sleep(400) // b has a's lease with the request
+      yield* Effect.promise(() => first.stop())
+      current = yield* Effect.promise(() => startEmbeddedNats({ port: first.port }))
+      yield* Effect.sleep(4500) // b back at ~2.6 s; a reaper that counted its own time off would answer now
+      expect(got).toEqual([])
+      expect(leasesB.answeredForPeers()).toBe(0)
+      msg.respond(encodeJson({ ok: true }))
+      yield* Effect.sleep(500)
+      expect(got).toEqual(["ok"])
     }),
   )
 })
