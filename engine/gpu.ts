@@ -2,7 +2,18 @@
 // lavapipe), requests the adapter's full limits and the features the kernels can use,
 // and keeps Dawn's instance strongly referenced for the life of the device (DESIGN §5:
 // if it is collected, Dawn crashes the process). `releaseGpu` lets the process exit.
+// The GPU's matrix units (Dawn's experimental subgroup matrices) are asked for only on
+// NVIDIA unless LEOAM_MATRIX_UNITS says otherwise (see matrixUnitsWanted).
 import { create, globals } from "webgpu"
+
+/** One of the adapter's subgroup-matrix shapes: result (M x N) += left (M x K) * right (K x N). */
+export interface SubgroupMatrixConfig {
+  readonly componentType: string
+  readonly resultComponentType: string
+  readonly M: number
+  readonly N: number
+  readonly K: number
+}
 
 export interface Gpu {
   readonly device: GPUDevice
@@ -14,6 +25,13 @@ export interface Gpu {
   readonly subgroupMinSize: number
   readonly subgroupMaxSize: number
   readonly limits: GPUSupportedLimits
+  /** The adapter's subgroup-matrix configurations (empty without the feature). */
+  readonly subgroupMatrixConfigs: ReadonlyArray<SubgroupMatrixConfig>
+  /**
+   * The f16 x f16 -> f32 16x16x16 configuration the matrix GEMM uses, when the device was
+   * opened with the feature, shader-f16 and subgroups; else undefined (today's kernels).
+   */
+  readonly matrixF16: SubgroupMatrixConfig | undefined
 }
 
 export class GpuUnavailable extends Error {
@@ -26,6 +44,8 @@ export class GpuUnavailable extends Error {
 
 interface Holder {
   instance: GPU | undefined
+  /** The instance with MATRIX_TOGGLES, made only where they are wanted. */
+  matrixInstance?: GPU | undefined
   gpu: Promise<Gpu> | undefined
 }
 // The instance lives on globalThis so that nothing can collect it while a device exists.
@@ -39,7 +59,43 @@ export interface GpuOptions {
   readonly prefer?: "auto" | "gpu" | "cpu"
   /** Ask Dawn for no subgroups even if offered (tests the fallback kernels). */
   readonly disableSubgroups?: boolean
+  /** Ask for no subgroup matrices even if offered (LEOAM_MATRIX_UNITS=0 does the same). */
+  readonly disableMatrixUnits?: boolean
 }
+
+export const SUBGROUP_MATRIX_FEATURE = "chromium-experimental-subgroup-matrix"
+/** Dawn toggles that expose subgroup matrices and, on NVIDIA, f16 (withheld there for old drivers' bugs). */
+export const MATRIX_TOGGLES = "allow_unsafe_apis,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model"
+
+/**
+ * Whether to open the adapter with MATRIX_TOGGLES: LEOAM_MATRIX_UNITS=0 never, =1 on any
+ * adapter, unset or "auto" on NVIDIA only (the f16 path there is a measured risk, not a default
+ * Dawn trusts). Anything else is a configuration error.
+ */
+export const matrixUnitsWanted = (env: string | undefined, vendor: string): boolean => {
+  const v = (env ?? "auto").trim().toLowerCase()
+  if (v === "0" || v === "off") return false
+  if (v === "1" || v === "on") return true
+  if (v === "auto" || v === "") return /nvidia/i.test(vendor)
+  throw new GpuUnavailable(`LEOAM_MATRIX_UNITS must be 0, 1 or auto, not "${env}"`)
+}
+
+/** The adapter's subgroup-matrix configurations, read field by field (the objects print as {}). */
+export const readMatrixConfigs = (info: GPUAdapterInfo): SubgroupMatrixConfig[] => {
+  const list = (info as GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<Record<string, unknown>> }).subgroupMatrixConfigs
+  if (!list) return []
+  return [...list].map((c) => ({
+    componentType: String(c.componentType),
+    resultComponentType: String(c.resultComponentType),
+    M: Number(c.M),
+    N: Number(c.N),
+    K: Number(c.K),
+  }))
+}
+
+/** The configuration kernels/gemm_sgmat.wgsl is written for, if offered. */
+export const pickMatrixF16 = (configs: ReadonlyArray<SubgroupMatrixConfig>): SubgroupMatrixConfig | undefined =>
+  configs.find((c) => c.componentType === "f16" && c.resultComponentType === "f32" && c.M === 16 && c.N === 16 && c.K === 16)
 
 const classify = (info: GPUAdapterInfo): Gpu["kind"] => {
   const text = `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.toLowerCase()
@@ -88,18 +144,50 @@ const limitNames = [
   "maxUniformBufferBindingSize",
 ] as const
 
-const openGpu = async (options: GpuOptions): Promise<Gpu> => {
+const baseToggles = (): string[] => {
   // Pass timestamps (tiered-KV attention time) are wanted to the nanosecond, not quantized.
   // LEOAM_DAWN_TOGGLES (comma-separated Dawn toggles to enable, e.g. disable_robustness)
   // is for side-by-side measurements; the instance is made once per process.
-  const toggles = process.env.LEOAM_DAWN_TOGGLES?.trim()
-  holder.instance ??= create(["disable-dawn-features=timestamp_quantization", ...(toggles ? [`enable-dawn-features=${toggles}`] : [])])
+  const extra = process.env.LEOAM_DAWN_TOGGLES?.trim()
+  return ["disable-dawn-features=timestamp_quantization", ...(extra ? [`enable-dawn-features=${extra}`] : [])]
+}
+
+/**
+ * The adapter, from an instance opened with the matrix toggles where they are wanted. Toggles
+ * act at instance creation, so a second instance is made for them once the first has shown
+ * the vendor; both stay referenced on the holder.
+ */
+const openAdapter = async (options: GpuOptions): Promise<GPUAdapter> => {
+  holder.instance ??= create(baseToggles())
   const adapter = await pickAdapter(holder.instance, options.prefer ?? "auto")
+  if (options.disableMatrixUnits || !matrixUnitsWanted(process.env.LEOAM_MATRIX_UNITS, adapter.info.vendor)) return adapter
+  const base = baseToggles()
+  const extra = process.env.LEOAM_DAWN_TOGGLES?.trim()
+  holder.matrixInstance ??= create([base[0], `enable-dawn-features=${MATRIX_TOGGLES}${extra ? `,${extra}` : ""}`])
+  return pickAdapter(holder.matrixInstance, options.prefer ?? "auto")
+}
+
+const openGpu = async (options: GpuOptions): Promise<Gpu> => {
+  const adapter = await openAdapter(options)
   const wanted: GPUFeatureName[] = []
   const hasSubgroups = adapter.features.has("subgroups") && !options.disableSubgroups
   if (hasSubgroups) wanted.push("subgroups")
   const hasF16 = adapter.features.has("shader-f16")
+  // Enabling f16 changes no kernel that does not ask for it (`enable f16;`).
+  if (hasF16) wanted.push("shader-f16")
   if (adapter.features.has("timestamp-query")) wanted.push("timestamp-query")
+  const subgroupMatrixConfigs = readMatrixConfigs(adapter.info)
+  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number }
+  // The matrix GEMM needs a fixed subgroup size of 16..64 (its workgroup is 4 whole subgroups).
+  const candidate = pickMatrixF16(subgroupMatrixConfigs)
+  const matrixF16 =
+    candidate && hasSubgroups && hasF16 && !options.disableMatrixUnits && adapter.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName) &&
+    info.subgroupMinSize === info.subgroupMaxSize &&
+    (info.subgroupMaxSize ?? 0) >= 16 &&
+    (info.subgroupMaxSize ?? 0) <= 64
+      ? candidate
+      : undefined
+  if (matrixF16) wanted.push(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)
   const requiredLimits: Record<string, number> = {}
   for (const name of limitNames) requiredLimits[name] = adapter.limits[name]
   const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits })
@@ -107,8 +195,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     // A validation error is a bug in leoam: make it loud rather than wrong numbers.
     process.stderr.write(`[leoam gpu] uncaptured WebGPU error: ${(event as GPUUncapturedErrorEvent).error.message}\n`)
   })
-  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number }
-  return {
+  const gpu: Gpu = {
     device,
     adapterName: describe(info),
     kind: classify(info),
@@ -117,7 +204,17 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     subgroupMinSize: info.subgroupMinSize ?? 4,
     subgroupMaxSize: info.subgroupMaxSize ?? 128,
     limits: device.limits,
+    subgroupMatrixConfigs,
+    matrixF16,
   }
+  if (!matrixF16) return gpu
+  // Imported here, not at the top: matrix-check needs buffers.ts, which needs this module's globals.
+  const { checkMatrixGemm, matrixGemmConstants } = await import("./matrix-check.ts")
+  const constants = matrixGemmConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize)
+  const refused = constants ? await checkMatrixGemm(gpu, constants) : `no room for its workgroup memory (${device.limits.maxComputeWorkgroupStorageSize} bytes)`
+  if (refused === undefined) return gpu
+  process.stderr.write(`[leoam gpu] matrix units not used (today's GEMM instead): ${refused}\n`)
+  return { ...gpu, matrixF16: undefined }
 }
 
 /** The process's device, opened on first use with the options of that first call. */
@@ -138,4 +235,5 @@ export const releaseGpu = async (): Promise<void> => {
     gpu?.device.destroy()
   }
   holder.instance = undefined
+  holder.matrixInstance = undefined
 }

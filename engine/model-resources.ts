@@ -4,6 +4,8 @@
 import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
+import type { Gpu } from "./gpu.ts"
+import { type MatrixGemmConstants, matrixGemmConstants } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
 
 /**
@@ -19,7 +21,28 @@ export const attnDecodeKey = (c: ModelConfig): PipelineKey => ({
 /** Workgroups of the first argmax / log-sum-exp pass. */
 export const ARGMAX_GROUPS = 64
 
-export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean) => {
+/**
+ * The constants of gemm_sgmat for prefill's GEMMs on the matrix units, or undefined for
+ * today's gemm: the device must have been opened with an f16 matrix configuration (gpu.ts,
+ * which also checked the kernel there), a fixed subgroup size of 16..64, room for the
+ * kernel's workgroup memory, and every projection's K (hidden, heads x head dim,
+ * intermediate) a multiple of 32.
+ */
+export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixGemmConstants | undefined => {
+  if (!gpu.matrixF16 || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
+  const ks = [c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize]
+  if (!ks.every((k) => k % 32 === 0)) return undefined
+  return matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
+}
+
+/** A prefill GEMM's key: gemm_sgmat where `matrix` is set, else gemm. */
+export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmConstants | undefined): PipelineKey =>
+  matrix === undefined ? { op: "gemm", ...(Object.keys(flags).length > 0 ? { flags } : {}) } : { op: "gemm_sgmat", flags, constants: { ...matrix } }
+
+/** Output columns per workgroup (dispatch x) of a prefill GEMM; rows per workgroup are 64 for both. */
+export const gemmColumnsPerGroup = (key: PipelineKey): number => (key.op === "gemm_sgmat" ? 128 : 64)
+
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {
@@ -35,11 +58,11 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemvGu: g("gu", { NORM: true, SWIGLU: true }),
     gemvDown: g("down", { ACC: true }),
     gemvHead: g("head", { NORM: true }),
-    gemm: { op: "gemm" },
-    gemmBias: { op: "gemm", flags: { BIAS: true } },
-    gemmAcc: { op: "gemm", flags: { ACC: true } },
-    gemmAccBias: { op: "gemm", flags: { ACC: true, BIAS: true } },
-    gemmSwiglu: { op: "gemm", flags: { SWIGLU: true } },
+    gemm: gemmKey({}, matrix),
+    gemmBias: gemmKey({ BIAS: true }, matrix),
+    gemmAcc: gemmKey({ ACC: true }, matrix),
+    gemmAccBias: gemmKey({ ACC: true, BIAS: true }, matrix),
+    gemmSwiglu: gemmKey({ SWIGLU: true }, matrix),
     attnDecode: attnDecodeKey(c),
     combine: { op: "attn_combine" },
     attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },

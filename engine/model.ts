@@ -12,7 +12,7 @@ import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, createUniforms, pipelineKeys } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, createUniforms, matrixGemmFor, pipelineKeys } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -126,7 +126,7 @@ export class GpuModel {
     this.maxContext = o.maxContext
     this.prefillChunk = o.prefillChunk
     this.invFreq = ropeInvFreq(config)
-    this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu))
+    this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, config))
     const kind = kvKindOf(o.kv, config, o, this.keys.attnPrefill)
     this.act = allocateActivations(device, config, o.prefillChunk, kind.partials)
     this.u = createUniforms(device, config, o.gemv, o.blockTokens)
@@ -154,7 +154,7 @@ export class GpuModel {
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), subgroupsOf(gpu))
     const pipelines = new Pipelines(gpu)
-    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu))
+    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, c))
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
     const built: BuildOptions = {
       maxContext,
@@ -464,7 +464,7 @@ export class GpuModel {
   async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv">): Promise<GpuModel> {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const built = { ...this.built, gemv, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv }
-    const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu))
+    const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config))
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)
     model.ownsWeights = false

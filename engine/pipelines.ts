@@ -13,6 +13,7 @@ export type KernelName =
   | "gemv"
   | "gemv_sg"
   | "gemm"
+  | "gemm_sgmat"
   | "rope_kv"
   | "attn_decode"
   | "attn_combine"

@@ -8,7 +8,7 @@
 import type { ModelConfig } from "../models/types.ts"
 import { type Dispatch, dispatchOf } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvRowsPerGroup } from "./gemv-tuning.ts"
-import { type allocateActivations, ARGMAX_GROUPS, type createUniforms, type pipelineKeys } from "./model-resources.ts"
+import { type allocateActivations, ARGMAX_GROUPS, type createUniforms, gemmColumnsPerGroup, type pipelineKeys } from "./model-resources.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
 import type { ModelWeights } from "./weights.ts"
 
@@ -26,7 +26,7 @@ export interface Program {
     readonly headLast: ReadonlyArray<Dispatch>
     /** Dispatches with one workgroup row per token (y = m). */
     readonly rows: ReadonlyArray<Dispatch>
-    /** The GEMMs (y = m / 64). */
+    /** The GEMMs (y = m / 64; x by the kernel, gemmColumnsPerGroup). */
     readonly gemms: ReadonlyArray<Dispatch>
   }
   readonly sample: { readonly argmax: ReadonlyArray<Dispatch>; readonly gumbel: ReadonlyArray<Dispatch> }
@@ -80,7 +80,7 @@ export const buildProgram = (i: ProgramInputs): Program => {
 
   const gemms: Dispatch[] = []
   const gemm = (key: PipelineKey, uniform: GPUBuffer, wbuf: GPUBuffer, xbuf: GPUBuffer, ybuf: GPUBuffer, n: number, bias?: GPUBuffer) => {
-    const g = d(P(key), [[0, uniform], [1, xbuf], [2, wbuf], [3, ybuf], ...(bias ? [[5, bias] as const] : [])], Math.ceil(n / 64), 1)
+    const g = d(P(key), [[0, uniform], [1, xbuf], [2, wbuf], [3, ybuf], ...(bias ? [[5, bias] as const] : [])], Math.ceil(n / gemmColumnsPerGroup(key)), 1)
     gemms.push(g)
     return g
   }
