@@ -15,7 +15,8 @@ rm -rf .bench-bundle && mkdir -p .bench-bundle/node_modules/webgpu
 # The programs to bundle: all by default, or those named (the device tool carries 64 MiB in
 # all, the repository included, so a run that needs few should bundle few):
 #   bash scripts/gpu-bundle.sh golden-check tiered-bench kv-quality
-progs="${*:-engine-bench golden-check actor-overhead upload-bench tiered-bench kv-quality decode-lab decode-compare}"
+#   bash scripts/gpu-bundle.sh golden-check gemm-bench        (for `gpu-run.sh gemm`)
+progs="${*:-engine-bench golden-check actor-overhead upload-bench tiered-bench kv-quality decode-lab decode-compare gemm-bench}"
 for prog in $progs; do
   npx esbuild "bench/$prog.ts" --bundle --platform=node --format=esm --target=node20 \
     --external:webgpu --external:lmdb --outfile=".bench-bundle/$prog.mjs" --log-level=warning \

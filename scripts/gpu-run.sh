@@ -20,9 +20,12 @@
 #        `BASE=<commit> bash scripts/gpu-bundle.sh`), alternating base and this tree twice:
 #        tiered-bench at 8B 64K (full, leoam) and, where bundled, decode-compare
 #        (full at 1K, quest at 8K)
+#   gemm: prefill's GEMM on the matrix units (issue 12): the golden check with them off
+#        (LEOAM_MATRIX_UNITS=0) and on (the default on NVIDIA), then bench/gemm-bench.ts
+#        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -53,6 +56,12 @@ if [ "$suite" = compare ]; then
       timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
     done
   done
+  exit 0
+fi
+if [ "$suite" = gemm ]; then
+  LEOAM_MATRIX_UNITS=0 timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
+  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
+  timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
   exit 0
 fi
 if [ "$suite" = tiered-128k ]; then
