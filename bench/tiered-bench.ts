@@ -31,6 +31,7 @@ const program = new Command()
   .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
   .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
   .option("--max-seconds <s>", "stop timing a policy after this long (fewer steps)", (v) => Number(v), 90)
+  .option("--compression <bits>", "compression.bits of leoam and offload-all: 16, 8, 4 or importance", "16")
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
@@ -47,8 +48,10 @@ interface Row {
 const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number): Promise<Row> => {
   const config = resolveDummyConfig(o.preset)
   const maxContext = context + o.steps + 8
+  const bits = o.compression === "importance" ? "importance" : Number(o.compression)
+  const compression = (name === "leoam" || name === "offload-all") && bits !== 16 ? { compression: { bits } } : {}
   const doc =
-    name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } } } : { name }
+    name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression } : { name, ...compression }
   const policy = parsePolicy(doc)
   const tiered = isTiered(policy)
   const store = tiered ? DiskStore.open({ kvDir }) : undefined

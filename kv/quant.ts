@@ -122,6 +122,8 @@ export const quantizeChunk = (src: Uint8Array, s: KvShape, tokens: number, bits:
   for (let i = 0; i < h.length; i++) x[i] = t16[h[i]]
   const w = blockWords(s, bits)
   const out = new Uint32Array(nb * (w.k + w.v))
+  // Codes are or-ed in through a signed view: words past 2^31 stay small integers (no heap numbers).
+  const codes = new Int32Array(out.buffer)
   const qmax = (1 << bits) - 1
   const per = 32 / bits
   const rowWords = D / per
@@ -152,7 +154,7 @@ export const quantizeChunk = (src: Uint8Array, s: KvShape, tokens: number, bits:
         const word0 = kBase + kv * BS * rowWords + ((c / per) | 0)
         for (let t = 0; t < valid; t++) {
           const q = Math.max(0, Math.min(qmax, Math.round((x[(row0 + t) * D + c] - min) / scale)))
-          out[word0 + t * rowWords] |= q << shift
+          codes[word0 + t * rowWords] |= q << shift
         }
       }
       // Values: one group per token and GV channels.
@@ -173,7 +175,7 @@ export const quantizeChunk = (src: Uint8Array, s: KvShape, tokens: number, bits:
           if (scale === 0) continue
             for (let c = g0; c < g0 + GV; c++) {
             const q = Math.max(0, Math.min(qmax, Math.round((x[r + c] - min) / scale)))
-            out[word0 + ((c / per) | 0)] |= q << ((c % per) * bits)
+            codes[word0 + ((c / per) | 0)] |= q << ((c % per) * bits)
           }
         }
       }
