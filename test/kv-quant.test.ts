@@ -11,6 +11,9 @@ import { chunkBytesAt, convertChunk, dequantizeChunk, floatToHalf, halfToFloat, 
 import { abstractBound, COLD_BITS, HOT_BITS, SealBits } from "../kv/quant-policy.ts"
 import { KvTierError } from "../kv/tier-errors.ts"
 import { LocalTierIo } from "../kv/tier-io.ts"
+import { checkPolicyChange, KvLayoutChange, quantSlots, type TieredPolicy } from "../engine/kv/tiered/layout.ts"
+import { evictionPolicies } from "../kv/eviction.ts"
+import { parsePolicy, PolicyError } from "../protocol/policy.ts"
 
 /** An fp16 chunk (K then V, (nb, KV, BS, D)) from f32 arrays of the same shape. */
 const f16Chunk = (k: ArrayLike<number>, v: ArrayLike<number>): Uint8Array => {
@@ -110,6 +113,59 @@ describe("SealBits (compression: importance)", () => {
     expect(b.bitsFor(4, 0, 64, 32, abstractOf(100))).toBe(4)
     b.reset()
     expect(b.bitsFor("importance", 0, 64, 32, abstractOf(0))).toBe(HOT_BITS)
+  })
+})
+
+describe("compression in the policy document", () => {
+  it("takes bits 16, 8, 4 or importance for tiered policies, 16 by default; refuses anything else with invalid_policy", () => {
+    expect(parsePolicy("leoam").compression).toBe(16)
+    expect(parsePolicy({ name: "leoam", compression: { bits: 4 } }).compression).toBe(4)
+    expect(parsePolicy({ name: "offload-all", compression: { bits: "importance" } }).compression).toBe("importance")
+    expect(parsePolicy({ name: "quest", compression: { bits: 16 } }).compression).toBe(16)
+    const code = (doc: unknown) => {
+      try {
+        parsePolicy(doc)
+        return undefined
+      } catch (e) {
+        return e instanceof PolicyError ? e.code : String(e)
+      }
+    }
+    expect(code({ name: "leoam", compression: { bits: 3 } })).toBe("invalid_policy")
+    expect(code({ name: "leoam", compression: { bits: 8, group: 32 } })).toBe("invalid_policy")
+    expect(code({ name: "leoam", compression: {} })).toBe("invalid_policy")
+    expect(code({ name: "quest", compression: { bits: 8 } })).toBe("invalid_policy")
+  })
+})
+
+describe("compressed GPU slots (layout)", () => {
+  const policy = (compression: TieredPolicy["compression"]): TieredPolicy => ({
+    mode: "leoam",
+    chunkTokens: 32,
+    budgetFraction: 0.1,
+    sinkTokens: 32,
+    recentTokens: 64,
+    gpuEviction: evictionPolicies.lru,
+    hostEviction: evictionPolicies.lru,
+    compression,
+  })
+  // Llama-3.1-8B shapes: a 32-token chunk is 2 blocks of (8, 16, 128) per K and V.
+  const s: KvShape = { kvHeads: 8, blockTokens: 16, headDim: 128 }
+  const g = { slotBlocks: 2, cacheSlots: 100, tailBlocks: 10, maxChunks: 4096 }
+
+  it("counts decode's slots from the compressed size: 1.6x the fp16 slots at int8, 2.67x at int4", () => {
+    expect(quantSlots(policy(16), s, g)).toBeUndefined()
+    const q8 = quantSlots(policy(8), s, g)!
+    expect(q8).toMatchObject({ bits: 8, slots: 160, kSlotWords: 2 * (8 * 16 * 128 / 4 + 8 * 128), qbase: (10 * 8 * 16 * 128 * 2) / 4 })
+    expect(quantSlots(policy("importance"), s, g)!.slots).toBe(160)
+    expect(quantSlots(policy(4), s, g)!.slots).toBe(266)
+    expect(quantSlots(policy(4), s, { ...g, maxChunks: 120 })!.slots).toBe(120)
+  })
+
+  it("a change of the slot bits is a new layout; within them the next step", () => {
+    expect(() => checkPolicyChange(policy(8), policy("importance"), 10)).not.toThrow()
+    expect(() => checkPolicyChange(policy(16), policy(8), 10)).toThrow(KvLayoutChange)
+    expect(() => checkPolicyChange(policy(8), policy(4), 10)).toThrow(KvLayoutChange)
+    expect(() => checkPolicyChange(policy(undefined), policy(16), 10)).not.toThrow()
   })
 })
 
