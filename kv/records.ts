@@ -10,7 +10,11 @@ export type ChunkKey = readonly [session: string, layer: number, chunk: number]
 export interface ChunkMeta {
   /** Tokens the chunk covers (chunks adapt their size per layer). */
   readonly tokens: number
-  /** Encoding of the bytes, e.g. "f16", "int8", "int4". */
+  /**
+   * Encoding of the bytes: "f16" (K then V, (blocks, KV, BS, D) f16) or "int8" / "int4"
+   * (kv/quant.ts's group-wise layout); a reader refuses a dtype it does not know
+   * (chunk_corrupt) rather than guess. The segment's CRC covers the bytes as stored.
+   */
   readonly dtype: string
 }
 
