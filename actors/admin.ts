@@ -36,6 +36,9 @@ const parse = (input: unknown) =>
     }),
   )
 
+/** Tokens a second over `ms` of wall time; null before any. */
+const perSecond = (tokens: number, ms: number): number | null => (ms > 0 ? (tokens * 1000) / ms : null)
+
 /** The admin handlers by subject. */
 export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubjects, AdminHandler> => {
   const { nc } = ctx
@@ -123,7 +126,12 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
             rest: Math.max(0, t.decodeMs - kvMs),
           },
         },
-        prefill: { tokens: t.prefillTokens, ms: t.prefillMs },
+        prefill: {
+          tokens: t.prefillTokens,
+          ms: t.prefillMs,
+          tokens_per_s: perSecond(t.prefillTokens, t.prefillMs),
+          recent: { ...t.prefillRecent, tokens_per_s: perSecond(t.prefillRecent.tokens, t.prefillRecent.ms) },
+        },
       }
       return reply
     }),

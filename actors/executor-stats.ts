@@ -21,7 +21,12 @@ export interface ExecutorTotals {
   readonly kvMs: { select: number; transfer: number; seal: number; attention: number }
   prefillTokens: number
   prefillMs: number
+  /** Sums over the last RECENT_PREFILLS prefills (admin stats' recent prefill throughput). */
+  readonly prefillRecent: { runs: number; tokens: number; ms: number }
 }
+
+/** How many of the latest prefills the recent throughput covers. */
+export const RECENT_PREFILLS = 8
 
 export const emptyTotals = (): ExecutorTotals => ({
   kv: {
@@ -36,7 +41,24 @@ export const emptyTotals = (): ExecutorTotals => ({
   kvMs: { select: 0, transfer: 0, seal: 0, attention: 0 },
   prefillTokens: 0,
   prefillMs: 0,
+  prefillRecent: { runs: 0, tokens: 0, ms: 0 },
 })
+
+// The latest prefills of each totals object, oldest first; kept off the wire.
+const recentPrefills = new WeakMap<ExecutorTotals, Array<{ tokens: number; ms: number }>>()
+
+/** Adds one prefill (prompt tokens, wall ms) to the totals and to the recent window. */
+export const addPrefill = (t: ExecutorTotals, tokens: number, ms: number): void => {
+  t.prefillTokens += tokens
+  t.prefillMs += ms
+  const recent = recentPrefills.get(t) ?? []
+  recentPrefills.set(t, recent)
+  recent.push({ tokens, ms })
+  if (recent.length > RECENT_PREFILLS) recent.shift()
+  t.prefillRecent.runs = recent.length
+  t.prefillRecent.tokens = recent.reduce((n, p) => n + p.tokens, 0)
+  t.prefillRecent.ms = recent.reduce((n, p) => n + p.ms, 0)
+}
 
 /** Adds a request's KV counters; phase times only from `atDecode` on (decode steps, not prefill). */
 export const addKv = (t: ExecutorTotals, kv: KvStats, atDecode: KvStats["time_ms"] | undefined): void => {

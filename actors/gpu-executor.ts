@@ -21,10 +21,10 @@ import { parsePolicy, type ResolvedPolicy } from "../protocol/policy.ts"
 import type { KvStats } from "../protocol/messages.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import type { ExecutorStats, ModelDescription, ReplyOf, RunRequest, RunResult } from "../protocol/internal.ts"
-import { encodeTokenEvent } from "../protocol/token-event.ts"
+import { encodePrefillEvent, encodeTokenEvent, prefillThrottle } from "../protocol/token-event.ts"
 import { type ActorDefinition, serviceOf } from "./actor.ts"
 import { attempt, attemptPromise, codedBy, type ErrorRow, libraryErrors, startup } from "./errors.ts"
-import { addKv, emptyTotals, executorStats, type ExecutorTotals } from "./executor-stats.ts"
+import { addKv, addPrefill, emptyTotals, executorStats, type ExecutorTotals } from "./executor-stats.ts"
 import { runHeartbeats } from "./liveness.ts"
 import { serve } from "./rpc.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
@@ -224,9 +224,21 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       let issued = 0
       let firstStepAt: number | undefined
       let tokensOpen = true
+      // Prefill progress where the scheduler asks for it: a few events a second, same subject.
+      const prefillEvents = req.progress
+        ? prefillThrottle((done, total) => {
+            if (!tokensOpen) return
+            try {
+              nc.publish(req.tokens, encodePrefillEvent(done, total))
+            } catch {
+              tokensOpen = false
+            }
+          })
+        : undefined
       const gen = (prompt: ReadonlyArray<number>, maxTokens: number, resume: boolean) =>
         generate(model, prompt, {
           maxTokens,
+          ...(prefillEvents ? { onPrefill: prefillEvents } : {}),
           continue: resume,
           temperature: req.temperature,
           topP: req.top_p,
@@ -267,8 +279,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       const t = s.totals
       t.decodeSteps += issued
       t.decodeMs += firstStepAt === undefined ? 0 : performance.now() - firstStepAt
-      t.prefillTokens += req.ids.length
-      t.prefillMs += r.timings.prefillMs
+      addPrefill(t, req.ids.length, r.timings.prefillMs)
       if (stats) addKv(t, stats, atDecode)
       const result: RunResult = {
         run_id: req.run_id,

@@ -12,7 +12,7 @@ import { createInbox } from "@nats-io/nats-core"
 import { Data, Effect, Schema } from "effect"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
 import { internalRpc, type RunRequest, type RunResult } from "../protocol/internal.ts"
-import { TOKEN_EVENT_BYTES } from "../protocol/token-event.ts"
+import { decodePrefillEvent, type PrefillEvent, TOKEN_EVENT_BYTES } from "../protocol/token-event.ts"
 import type { MailboxWatch } from "./actor.ts"
 import { encodeJson, errorOf } from "./nats.ts"
 import { decodeReply, publish } from "./rpc.ts"
@@ -76,6 +76,8 @@ class RunSilent extends Data.TaggedError("RunSilent")<{ readonly streamed: boole
 export interface RunWatch {
   /** Every token event of the run, with the run id of the attempt it belongs to (the one to cancel). */
   readonly onToken: (data: Uint8Array, runId: string) => void
+  /** Prefill progress of the run (RunRequest.progress), before its first token. */
+  readonly onPrefill?: (event: PrefillEvent) => void
   /** Default RUN_SILENCE_MS. */
   readonly silenceMs?: number
 }
@@ -91,6 +93,8 @@ const attempt = (nc: NatsConnection, run: RunRequest, data: Uint8Array, watch: R
     const tokens = nc.subscribe(run.tokens, {
       callback: (_err, m) => {
         heard = performance.now()
+        const prefill = decodePrefillEvent(m.data)
+        if (prefill) return watch.onPrefill?.(prefill)
         if (m.data.length !== TOKEN_EVENT_BYTES) return
         streamed = true
         watch.onToken(m.data, run.run_id)

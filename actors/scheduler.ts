@@ -26,7 +26,7 @@ import {
 import { cancelSubject } from "../protocol/subjects.ts"
 import { adminReplies } from "../protocol/admin.ts"
 import type { adminSubjects } from "../protocol/subjects.ts"
-import { decodeTokenEvent } from "../protocol/token-event.ts"
+import { decodeTokenEvent, type PrefillEvent } from "../protocol/token-event.ts"
 import { adminHandlers } from "./admin.ts"
 import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf } from "./actor.ts"
 import { startup } from "./errors.ts"
@@ -205,6 +205,13 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         stream({ index: 0, text: "", done: true })
         return { model: s.model.name, ids: [], text: "", finish_reason: "stop", usage: { prompt_tokens: ids.length, completion_tokens: 0 }, timings: { queue_ms: started - receivedAt, prefill_ms: 0, decode_ms_per_token: 0, total_ms: performance.now() - receivedAt } } satisfies GenerateReply
       }
+      // Prefill progress, monotone across a retried attempt (which starts again from 0).
+      let prefillDone = -1
+      const onPrefill = (e: PrefillEvent) => {
+        if (cancelled || e.done <= prefillDone) return
+        prefillDone = e.done
+        stream({ prefill: { done: e.done, total: e.total } })
+      }
       const onToken = (data: Uint8Array, attemptId: string) => {
         attempt = attemptId
         const event = decodeTokenEvent(data)
@@ -233,6 +240,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         seed: req.seed ?? 0,
         stop_ids: s.model.eos_ids,
         tokens: tokensSubject,
+        ...(req.stream !== undefined ? { progress: true } : {}),
         ...(session ? { session } : {}),
       }
       // Waits as long as the executor heartbeats the run; a lost run is actor_unavailable (or retried before any token).
@@ -243,7 +251,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
           Effect.runFork(Effect.ignore(publish(nc, "executorCancel", { run_id: attempt })))
         })
       }
-      const result = yield* askRun(nc, run, { onToken, silenceMs: options.runSilenceMs }).pipe(Effect.ensuring(Effect.sync(() => req.stream !== undefined && running.delete(req.stream))))
+      const result = yield* askRun(nc, run, { onToken, onPrefill, silenceMs: options.runSilenceMs }).pipe(Effect.ensuring(Effect.sync(() => req.stream !== undefined && running.delete(req.stream))))
       // The reply is the truth: text and stop strings are applied to its ids.
       let outIds = result.ids
       const decode = (xs: ReadonlyArray<number>) => (s.tokenizer ? s.tokenizer.decode([...xs]) : "")

@@ -98,7 +98,13 @@ export const AdminStatsReply = Schema.Struct({
     count: Schema.Int,
     ms: Schema.Struct({ total: Schema.Number, scoring: Schema.Number, transfer: Schema.Number, attention: Schema.Number, seal: Schema.Number, rest: Schema.Number }),
   }),
-  prefill: Schema.Struct({ tokens: Schema.Int, ms: Schema.Number }),
+  /** Prompt tokens and wall time of every prefill; tokens/s overall and over the last few (null before any). */
+  prefill: Schema.Struct({
+    tokens: Schema.Int,
+    ms: Schema.Number,
+    tokens_per_s: Schema.NullOr(Schema.Number),
+    recent: Schema.Struct({ runs: Schema.Int, tokens: Schema.Int, ms: Schema.Number, tokens_per_s: Schema.NullOr(Schema.Number) }),
+  }),
 }).annotations({ identifier: "AdminStatsReply" })
 export type AdminStatsReply = typeof AdminStatsReply.Type
 

@@ -38,6 +38,8 @@ export const RunRequest = Schema.Struct({
   stop_ids: Schema.Array(Schema.Int),
   /** Subject that receives one 8-byte token event per decode step (token-event.ts). */
   tokens: Schema.String,
+  /** Also send prefill progress events to `tokens` (token-event.ts), a few a second. */
+  progress: Schema.optional(Schema.Boolean),
   session: Schema.optional(RunSession),
 }).annotations(strict)
 export type RunRequest = typeof RunRequest.Type
@@ -114,6 +116,8 @@ export const ExecutorTotals = Schema.Struct({
   kvMs: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
   prefillTokens: Schema.Number,
   prefillMs: Schema.Number,
+  /** The last few prefills (executor-stats.ts RECENT_PREFILLS): their count, tokens and wall time. */
+  prefillRecent: Schema.Struct({ runs: Schema.Int, tokens: Schema.Number, ms: Schema.Number }),
 })
 
 export const ExecutorStats = Schema.Struct({

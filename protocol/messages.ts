@@ -91,13 +91,23 @@ export const GenerateReply = Schema.Struct({
 }).annotations({ identifier: "GenerateReply" })
 export type GenerateReply = typeof GenerateReply.Type
 
-/** Published to the request's `stream` subject: one per token, then one with done. */
-export const StreamEvent = Schema.Struct({
+/** One generated token's text (`done`: the last event, after the last token). */
+export const TokenStreamEvent = Schema.Struct({
   index: Schema.Int,
   id: Schema.optional(Schema.Int),
   text: Schema.String,
   done: Schema.Boolean,
-}).annotations({ identifier: "StreamEvent" })
+}).annotations({ identifier: "TokenStreamEvent" })
+export type TokenStreamEvent = typeof TokenStreamEvent.Type
+
+/** Prompt tokens through the model so far (a few a second while it runs, the last with done = total), before the first token. */
+export const PrefillStreamEvent = Schema.Struct({
+  prefill: Schema.Struct({ done: Schema.Int, total: Schema.Int }),
+}).annotations({ identifier: "PrefillStreamEvent" })
+export type PrefillStreamEvent = typeof PrefillStreamEvent.Type
+
+/** Published to the request's `stream` subject: prefill progress, then one per token, then one with done. */
+export const StreamEvent = Schema.Union(PrefillStreamEvent, TokenStreamEvent).annotations({ identifier: "StreamEvent" })
 export type StreamEvent = typeof StreamEvent.Type
 
 /** leoam.v1.cancel (protocol/subjects.ts cancelSubject): stop the generate that streams to `stream` (its client left). */

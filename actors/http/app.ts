@@ -99,7 +99,7 @@ export const gatewayApp = (o: AppOptions): Hono => {
         )
         while (reply === undefined && failure === undefined && !abort.aborted) {
           for (const e of events.take()) {
-            if (e.text === "") continue
+            if (!("text" in e) || e.text === "") continue // prefill progress, or nothing new
             sent += e.text
             await write(chunkOf(kind, ids, { text: e.text }, includeUsage))
           }
