@@ -5,7 +5,9 @@
 // store.json aside, as the README says), and kill -9 of the gpu-executor of node x, a node
 // split over two processes (`leoam actor scheduler --node x` and `leoam actor gpu-executor
 // --node x`, beside the `leoam serve` nodes in the queue group), then started again. Every request gets exactly one outcome: the golden
-// greedy ids, an error code, lost (no reply within the deadline) or doubled (two replies).
+// greedy ids, an error code, lost (no reply within the deadline), unsent (published while this
+// program's own connection was down: nats.js drops it), late (answered after the deadline) or
+// doubled (two replies).
 // Prints a table per fault kind, writes JSON with --out, and exits 1 if a request was lost
 // or doubled or a child process is left. Every child is killed on every exit path.
 //
@@ -136,25 +138,35 @@ interface Req {
   replies: number
   outcome?: Outcome
   answeredMs?: number
+  /** An error reply's message. */
+  message?: string
   second?: { at_ms: number; code: string }
 }
 const requests: Req[] = []
 let phase = "warm-up"
+/** From each nats-server stop until this program's connection is back: what it publishes then is dropped by nats.js. */
+const clientDown: Array<{ readonly from: number; to?: number }> = []
 let loadOn = true
 
 const runLoad = (nc: NatsConnection, prefix: string) => {
-  const waiting = new Map<number, (body: { ids?: number[]; error?: { code?: string } }, code: string) => void>()
+  const waiting = new Map<number, (body: { ids?: number[]; error?: { code?: string; message?: string } }, code: string) => void>()
   nc.subscribe(`${prefix}.>`, {
     callback: (_e, m) => {
       const n = Number(m.subject.slice(prefix.length + 1))
       const req = requests[n]
       if (!req) return
       req.replies++
-      let body: { ids?: number[]; error?: { code?: string } } = {}
+      let body: { ids?: number[]; error?: { code?: string; message?: string } } = {}
       try {
         body = m.data.length > 0 ? m.json() : {}
       } catch {
         body = { error: { code: "unparsable_reply" } }
+      }
+      if (req.outcome === "lost" && req.replies === 1) {
+        // After its deadline: not lost, but later than the client waited.
+        req.outcome = "late"
+        req.answeredMs = performance.now() - req.sentAt
+        return void log(`request ${req.n} answered ${req.answeredMs.toFixed(0)} ms after it was sent, past the deadline`)
       }
       if (req.replies > 1) {
         req.phase = phase
@@ -176,6 +188,7 @@ const runLoad = (nc: NatsConnection, prefix: string) => {
         req.phase = phase
         const ok = !body.error && JSON.stringify(body.ids) === JSON.stringify(GOLDEN)
         req.outcome = ok ? "ok" : body.error ? (body.error.code ?? (status || "error")) : "wrong_ids"
+        if (body.error?.message) req.message = body.error.message
         resolve()
       })
       nc.publish(publicSubjects.generate, JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }), { reply: `${prefix}.${req.n}` })
@@ -193,7 +206,7 @@ const runLoad = (nc: NatsConnection, prefix: string) => {
 const servedAgain = async (nc: NatsConnection, since: number, limitMs = 120_000): Promise<number> => {
   for (;;) {
     try {
-      const m = await nc.request(publicSubjects.generate, JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }), { timeout: 5000 })
+      const m = await nc.request(publicSubjects.generate, JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }), { timeout: opts.deadline })
       const body = m.json<{ ids?: number[] }>()
       if (JSON.stringify(body.ids) === JSON.stringify(GOLDEN)) return performance.now() - since
     } catch {
@@ -229,6 +242,9 @@ const main = async (): Promise<number> => {
     const readyMs = await Promise.all([...nodes.map((n) => startServe(n, nats.url)), ...(x ? [startServe(x, nats.url, "executor")] : [])])
     log(`nats ${nats.url}; nodes ${nodes.map((n) => n.id).join(", ")} ready in ${readyMs.map((m) => m.toFixed(0)).join(", ")} ms`)
     nc = await connectNats(nats.url, "leoam-soak")
+    void (async () => {
+      for await (const s of nc!.status()) if (s.type === "reconnect") for (const w of clientDown) w.to ??= performance.now()
+    })().catch(() => undefined)
     const load = runLoad(nc, `_INBOX.soak.${process.pid}`)
     const a = nodes[0]
     for (let r = 0; r < opts.rounds; r++) {
@@ -251,6 +267,7 @@ const main = async (): Promise<number> => {
         rounds.push({ round: r, fault, at_ms: t0, recovery_ms: performance.now() - t0, restart_ms, note: "until node x's gpu-executor is ready again" })
       } else if (fault === "nats-restart") {
         const port = nats.port
+        clientDown.push({ from: performance.now() })
         await nats.stop()
         nats = await startEmbeddedNats({ port })
         natsPids.push(nats.pid)
@@ -295,17 +312,21 @@ const main = async (): Promise<number> => {
   for (let i = 0; i < 30 && alive().length > 0; i++) await sleep(100) // SIGKILLed: gone within moments
   const leftover = alive()
   const q = (xs: number[], p: number) => (xs.length ? [...xs].sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor(p * xs.length))] : NaN)
-  // A lost request counts for the first fault after it was sent (it was in flight then), not for the phase of its deadline.
-  for (const q of requests) if (q.outcome === "lost") {
-    const r = rounds.find((r) => r.at_ms >= q.sentAt)
+  // A lost request counts for the first fault after it was sent (it was in flight then), else for the fault it was sent
+  // during, not for the phase of its deadline. One this program published while its own connection was down (from the
+  // nats-server's stop until this client was back on the new one) never left it: nats.js drops what is published while
+  // it is disconnected, so no node could answer; the client's own timeout is its answer. Those count as `unsent`.
+  for (const q of requests) if (q.outcome === "lost" || q.outcome === "late") {
+    const r = rounds.find((r) => r.at_ms >= q.sentAt) ?? [...rounds].reverse().find((r) => r.at_ms <= q.sentAt)
     if (r) q.phase = `${r.round}:${r.fault}`
+    if (q.outcome === "lost" && clientDown.some((w) => q.sentAt >= w.from && q.sentAt <= (w.to ?? Infinity))) q.outcome = "unsent"
   }
   const kinds = [...new Set(rounds.map((r) => r.fault))]
   const rows = kinds.map((fault) => {
     const rs = rounds.filter((r) => r.fault === fault)
     const reqs = requests.filter((q) => q.phase.endsWith(`:${fault}`))
     const errors: Record<string, number> = {}
-    for (const q of reqs) if (q.outcome && q.outcome !== "ok" && q.outcome !== "lost") errors[q.outcome] = (errors[q.outcome] ?? 0) + 1
+    for (const q of reqs) if (q.outcome && !["ok", "lost", "unsent", "late"].includes(q.outcome)) errors[q.outcome] = (errors[q.outcome] ?? 0) + 1
     return {
       fault,
       count: rs.length,
@@ -315,6 +336,8 @@ const main = async (): Promise<number> => {
       ok: reqs.filter((q) => q.outcome === "ok").length,
       errors,
       lost: reqs.filter((q) => q.outcome === "lost" || q.outcome === undefined).length,
+      unsent: reqs.filter((q) => q.outcome === "unsent").length,
+      late: reqs.filter((q) => q.outcome === "late").length,
       doubled: reqs.filter((q) => q.replies > 1).length,
       refused: rs.map((r) => r.refused).filter(Boolean),
     }
@@ -323,16 +346,18 @@ const main = async (): Promise<number> => {
     requests: requests.length,
     ok: requests.filter((q) => q.outcome === "ok").length,
     lost: requests.filter((q) => q.outcome === "lost" || q.outcome === undefined).length,
+    unsent: requests.filter((q) => q.outcome === "unsent").length,
+    late: requests.filter((q) => q.outcome === "late").length,
     doubled: requests.filter((q) => q.replies > 1).length,
   }
   const pad = (s: unknown, n: number) => String(s).padEnd(n)
-  console.log(["fault", "count", "recovery p50", "max", "requests", "ok", "errors by code", "lost", "doubled"].map((h, i) => pad(h, [14, 6, 13, 8, 9, 6, 34, 5, 7][i])).join(" "))
+  console.log(["fault", "count", "recovery p50", "max", "requests", "ok", "errors by code", "lost", "doubled", "unsent", "late"].map((h, i) => pad(h, [14, 6, 13, 8, 9, 6, 34, 5, 8, 7, 5][i])).join(" "))
   for (const r of rows) {
     const errs = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(", ") || "-"
-    console.log([r.fault, r.count, `${r.recovery_p50_ms} ms`, `${r.recovery_max_ms} ms`, r.requests, r.ok, errs, r.lost, r.doubled].map((v, i) => pad(v, [14, 6, 13, 8, 9, 6, 34, 5, 7][i])).join(" "))
+    console.log([r.fault, r.count, `${r.recovery_p50_ms} ms`, `${r.recovery_max_ms} ms`, r.requests, r.ok, errs, r.lost, r.doubled, r.unsent, r.late].map((v, i) => pad(v, [14, 6, 13, 8, 9, 6, 34, 5, 8, 7, 5][i])).join(" "))
   }
   for (const r of rows.filter((r) => r.refused.length)) console.log(`${r.fault}: restart on the damaged index: ${r.refused.join(", ")}`)
-  console.log(`all phases: ${all.requests} requests, ${all.ok} ok, ${all.lost} lost, ${all.doubled} doubled; leftover processes: ${leftover.length ? leftover.map(comm).join(", ") : "none"}`)
+  console.log(`all phases: ${all.requests} requests, ${all.ok} ok, ${all.lost} lost, ${all.doubled} doubled, ${all.unsent} unsent (published while this client was disconnected), ${all.late} late (answered after --deadline); leftover processes: ${leftover.length ? leftover.map(comm).join(", ") : "none"}`)
   if (opts.out) writeFileSync(opts.out, `${JSON.stringify({ options: opts, rounds, by_fault: rows, all, leftover, requests }, null, 1)}\n`)
   const refusedWrong = rounds.some((r) => r.fault === "lmdb-truncate" && r.refused !== "kv_dir_unavailable")
   return all.lost > 0 || all.doubled > 0 || leftover.length > 0 || refusedWrong ? 1 : 0
