@@ -95,7 +95,7 @@ export const runGenerate = async (args: GenerateArgs): Promise<void> => {
     const loadMs = performance.now() - t0
     const decoder = tokenizer?.streamDecoder()
     let streamed = false
-    progress.start("prefill", prompt.length)
+    progress.start("prefill", prompt.length, "tokens")
     const result = await generate(model, prompt, {
       maxTokens,
       temperature: args.temperature,
