@@ -111,6 +111,29 @@ export const executorSessions = (ctx: SessionContext) => {
   }
   let evictions = 0
 
+  /**
+   * For a new session `id`: links the most whole chunks a stored session of this model and
+   * chunk size shares with `ids` (fixed chunking: chunk i is tokens [iC, (i+1)C), whose KV
+   * depends on those tokens and the ones before only). Returns the tokens shared.
+   */
+  const sharePrefix = (id: string, ids: ReadonlyArray<number>, chunkTokens: number, layers: number): number => {
+    let best: { from: string; chunks: number } | undefined
+    for (const s of store.list()) {
+      if (s.model !== ctx.modelName || s.chunkTokens !== chunkTokens) continue
+      const max = Math.min(s.ids.length, ids.length)
+      let n = 0
+      while (n < max && s.ids[n] === ids[n]) n++
+      const chunks = Math.floor(n / chunkTokens)
+      if (chunks > (best?.chunks ?? 0)) best = { from: s.id, chunks }
+    }
+    if (!best) return 0
+    let chunks = best.chunks
+    for (let l = 0; l < layers; l++) chunks = Math.min(chunks, ctx.store.chunksOf(best.from, l).length)
+    if (chunks === 0) return 0
+    ctx.store.linkChunks(best.from, id, Array.from({ length: layers }, () => chunks))
+    return chunks * chunkTokens
+  }
+
   /** Resumes the stored session: its sealed length (never past its document: a question left behind by a failure is dropped first). */
   const resume = (model: GpuModel, id: string, tokens: number): number => {
     model.reset()
@@ -126,19 +149,18 @@ export const executorSessions = (ctx: SessionContext) => {
     if (rs.op === "open" && existing) throw leoamError("invalid_request", `session "${rs.id}" exists`)
     const chunkTokens = check(model, existing)
     const doc = existing?.ids ?? []
-    const sealed = resume(model, rs.id, doc.length)
-    const prompt = [...doc.slice(sealed), ...req.ids]
     const total = doc.length + req.ids.length
     const grows = rs.op !== "generate" || rs.keep
-    const budgetRefusal = grows && ctx.diskBudget !== undefined && bytesFor(model, total) > ctx.diskBudget
-    if (budgetRefusal) {
-      model.closeSession(doc.length)
+    if (grows && ctx.diskBudget !== undefined && bytesFor(model, total) > ctx.diskBudget) {
       throw leoamError("budget_exceeded", `the session would hold up to ${bytesFor(model, total)} bytes of KV on disk, more than --kv-disk-budget ${ctx.diskBudget}`)
     }
     if (total + (rs.op === "generate" ? 1 : 0) > model.maxContext) {
-      model.closeSession(doc.length)
       throw leoamError("context_overflow", `the session has ${doc.length} tokens and the request ${req.ids.length}; the context holds ${model.maxContext}${rs.op === "generate" ? " (with at least one new token)" : ""}`)
     }
+    // A new document that begins like a stored one shares its whole chunks (written once, on disk).
+    const shared = rs.op === "open" ? sharePrefix(rs.id, req.ids, chunkTokens, model.config.numLayers) : 0
+    const sealed = resume(model, rs.id, doc.length + shared)
+    const prompt = [...doc, ...req.ids].slice(sealed)
     let keep = doc.length
     let ids = doc
     try {
@@ -147,7 +169,7 @@ export const executorSessions = (ctx: SessionContext) => {
         r = await generate(prompt, Math.min(req.max_tokens, model.maxContext - total))
       } else {
         const t0 = performance.now()
-        await model.prefill(prompt)
+        if (prompt.length > 0) await model.prefill(prompt)
         await model.settle()
         const ms = performance.now() - t0
         r = { ids: [], finishReason: "length", promptTokens: prompt.length, timings: { prefillMs: ms, decodeMsPerToken: 0, totalMs: ms } }
@@ -166,7 +188,7 @@ export const executorSessions = (ctx: SessionContext) => {
         const gone = evict(rs.id)
         if (gone.length > 0) process.stderr.write(`leoam gpu-executor: --kv-disk-budget ${ctx.diskBudget}: evicted ${gone.length} least recently used session(s): ${gone.join(", ")}\n`)
       }
-      return { r, session: { id: rs.id, tokens: ids.length, prompt_tokens: total } }
+      return { r, session: { id: rs.id, tokens: ids.length, prompt_tokens: total, ...(shared > 0 ? { shared_tokens: shared } : {}) } }
     } finally {
       // Idempotent: after a failure the question's chunks go, the document's stay.
       model.closeSession(keep)

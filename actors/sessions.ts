@@ -129,10 +129,10 @@ export const sessionHandlers = (deps: SessionDeps) => {
     }
   })
 
-  const reply = (id: string, tokens: number, prefillMs: number): SessionReply => {
+  const reply = (id: string, tokens: number, prefillMs: number, shared?: number): SessionReply => {
     const node = nodeOfSession(id)
     const subjects = { append: nodeSessionSubject(node, "append"), generate: nodeSessionSubject(node, "generate"), close: nodeSessionSubject(node, "close"), delete: nodeSessionSubject(node, "delete") }
-    return { session: id, tokens, node: node ?? "", subjects, prefill_ms: prefillMs }
+    return { session: id, tokens, node: node ?? "", subjects, prefill_ms: prefillMs, ...(shared ? { shared_tokens: shared } : {}) }
   }
 
   /** Runs an admitted session request on this node's gpu-executor. */
@@ -150,7 +150,7 @@ export const sessionHandlers = (deps: SessionDeps) => {
           { run_id: runId, ids: [...a.ids], max_tokens: 1, temperature: 0, top_p: 1, top_k: 0, seed: 0, stop_ids: [], tokens: `_INBOX.leoam.tokens.${runId}`, session: a.session },
           { onToken: () => undefined, silenceMs: deps.runSilenceMs },
         )
-        return reply(a.session.id, result.session?.tokens ?? 0, result.prefill_ms)
+        return reply(a.session.id, result.session?.tokens ?? 0, result.prefill_ms, result.session?.shared_tokens)
       }
       case "close": {
         const held = yield* ask(nc, "executorSessionClose", { session: a.id, owner: a.owner }, FORWARD_TIMEOUT_MS)

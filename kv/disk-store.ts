@@ -350,8 +350,11 @@ export class DiskStore {
   dropSession(id: string): boolean {
     this.checkOpen()
     checkSession(id)
+    // Its own file and those its shared chunks (linkChunks) point into: each goes once no entry refers to it.
+    const files = new Set([segmentFileName(id)])
     const removed = this.commit(() => {
       let n = this.sessions.removeSync(id) ? 1 : 0
+      for (const key of keysOf(this.chunks, id)) files.add(this.chunks.get(key)?.file ?? "")
       for (const db of [this.chunks, this.abstracts] as const) {
         for (const key of keysOf(db, id)) n += db.removeSync(key) ? 1 : 0
       }
@@ -359,10 +362,25 @@ export class DiskStore {
       return n
     })
     this.writing.delete(id)
-    const file = segmentFileName(id)
-    const hadFile = fs.existsSync(this.segments.pathOf(file))
-    this.segments.remove(file)
+    const hadFile = fs.existsSync(this.segments.pathOf(segmentFileName(id)))
+    for (const { value } of this.chunks.getRange({})) files.delete(value.file)
+    for (const file of files) if (file) this.segments.remove(file)
     return removed > 0 || hadFile
+  }
+
+  /** Points session `to`'s first keep[l] chunks of layer l at `from`'s bytes (a shared prefix, written once), abstracts copied. */
+  linkChunks(from: string, to: string, keep: ReadonlyArray<number>): void {
+    this.checkOpen()
+    checkSession(from)
+    this.claimSessions([to])
+    this.commit(() => {
+      for (const key of keysOf(this.chunks, from)) {
+        const [, layer, chunk] = key as unknown as ChunkKey
+        if (chunk >= (keep[layer] ?? 0)) continue
+        this.chunks.putSync(k([to, layer, chunk]), { ...this.chunks.get(key)!, version: 1 })
+        this.abstracts.putSync(k([to, layer, chunk]), this.abstracts.get(key)!)
+      }
+    }, this.chunkCommitFlags)
   }
 
   /**

@@ -53,7 +53,7 @@ export const RunResult = Schema.Struct({
   total_ms: Schema.Number,
   kv: Schema.optional(KvStats),
   /** A session run: the session's length after it, and the tokens of the whole prompt (document and question). */
-  session: Schema.optional(Schema.Struct({ id: Schema.String, tokens: Schema.Int, prompt_tokens: Schema.Int })),
+  session: Schema.optional(Schema.Struct({ id: Schema.String, tokens: Schema.Int, prompt_tokens: Schema.Int, shared_tokens: Schema.optional(Schema.Int) })),
 })
 export type RunResult = typeof RunResult.Type
 

@@ -3,7 +3,7 @@
 // a fresh generate of document + question, also after append and after a restart of the
 // node on the same kv-dir; another user cannot see or use it; bad input gets stable codes;
 // delete frees its disk entries; a GPU-only policy refuses sessions.
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { NatsConnection } from "@nats-io/nats-core"
@@ -183,5 +183,25 @@ describe("sessions", () => {
     expect((await ask(ann, sessionSubjects.open, { ids: [5, 6, 7] })).json.error?.code).toBe("session_quota")
     expect((await ask(ben, sessionSubjects.open, { ids: [5, 6, 7] })).status).toBe("")
     expect(await mine()).toEqual([a, b, small])
+  })
+
+  it("a document that begins like a stored one shares its whole chunks: written once, freed with the last user", async () => {
+    const seg = (id: string) => join(kvDir, "chunks", `${id}.seg`)
+    const source = Array.from({ length: 150 }, (_, i) => 3000 + i)
+    const extra = Array.from({ length: 40 }, (_, i) => 900 + i)
+    const d1 = (await ask(ben, sessionSubjects.open, { ids: source })).json
+    expect(d1.shared_tokens).toBeUndefined()
+    expect(statSync(seg(d1.session)).size).toBe(4 * 8 * 16384) // 4 sealed chunks of 8 layers, 16 KiB each
+    const x = (await ask(ben, sessionSubjects.open, { ids: [...source, ...extra] })).json
+    expect(x).toMatchObject({ tokens: source.length + extra.length, shared_tokens: 128 })
+    // Its own file holds only its fifth chunk; the first four stay in d1's, written once.
+    expect(statSync(seg(x.session)).size).toBe(8 * 16384)
+    expect((await ask(ben, sessionSubjects.delete, { session: d1.session })).status).toBe("")
+    expect(existsSync(seg(d1.session))).toBe(true) // x still uses its bytes
+    const want = await fresh([...source, ...extra, ...q1])
+    expect((await ask(ben, sessionSubjects.generate, { session: x.session, ids: q1, max_tokens: MAX })).json.ids).toEqual(want.ids)
+    expect((await ask(ben, sessionSubjects.delete, { session: x.session })).status).toBe("")
+    expect(existsSync(seg(d1.session))).toBe(false)
+    expect(existsSync(seg(x.session))).toBe(false)
   })
 })
