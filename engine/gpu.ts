@@ -82,9 +82,9 @@ export const matrixUnitsWanted = (env: string | undefined, vendor: string): bool
 
 /** The adapter's subgroup-matrix configurations, read field by field (the objects print as {}). */
 export const readMatrixConfigs = (info: GPUAdapterInfo): SubgroupMatrixConfig[] => {
-  const list = (info as GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<Record<string, unknown>> }).subgroupMatrixConfigs
+  const list = (info as GPUAdapterInfo & { subgroupMatrixConfigs?: ArrayLike<Record<string, unknown>> | Iterable<Record<string, unknown>> }).subgroupMatrixConfigs
   if (!list) return []
-  return [...list].map((c) => ({
+  return Array.from(list as ArrayLike<Record<string, unknown>>).map((c) => ({
     componentType: String(c.componentType),
     resultComponentType: String(c.resultComponentType),
     M: Number(c.M),

@@ -3,7 +3,7 @@
 // not), its tiling and epilogues under an emulation of subgroup matrices everywhere, and the
 // choice between it and today's gemm.wgsl.
 import { afterAll, describe, expect, it } from "vitest"
-import { acquireGpu, type Gpu, matrixUnitsWanted, pickMatrixF16, releaseGpu, type SubgroupMatrixConfig } from "../engine/gpu.ts"
+import { acquireGpu, type Gpu, matrixUnitsWanted, pickMatrixF16, readMatrixConfigs, releaseGpu, type SubgroupMatrixConfig } from "../engine/gpu.ts"
 import { checkMatrixGemm, type GemmCase, gemmError, GEMM_TOLERANCE, matrixGemmConstants, matrixGemmWorkgroupBytes } from "../engine/matrix-check.ts"
 import { gemmColumnsPerGroup, matrixGemmFor, pipelineKeys } from "../engine/model-resources.ts"
 import { Pipelines } from "../engine/pipelines.ts"
@@ -95,6 +95,17 @@ describe("choosing the prefill GEMM", () => {
       f16,
     ]
     expect(pickMatrixF16(configs)).toEqual(f16)
+    // Dawn's config objects keep their fields in prototype getters (they print as {}).
+    class Native {
+      get componentType() { return "f16" }
+      get resultComponentType() { return "f32" }
+      get M() { return 16 }
+      get N() { return 16 }
+      get K() { return 16 }
+    }
+    expect(JSON.stringify(new Native())).toBe("{}")
+    expect(readMatrixConfigs({ subgroupMatrixConfigs: [new Native()] } as unknown as GPUAdapterInfo)).toEqual([f16])
+    expect(readMatrixConfigs({} as GPUAdapterInfo)).toEqual([])
     expect(pickMatrixF16(configs.slice(0, 3))).toBeUndefined()
     expect(matrixUnitsWanted(undefined, "nvidia")).toBe(true)
     expect(matrixUnitsWanted("auto", "mesa")).toBe(false)
