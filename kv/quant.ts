@@ -130,6 +130,8 @@ export const quantizeChunk = (src: Uint8Array, s: KvShape, tokens: number, bits:
   const GV = valueGroup(s)
   const half = nb * KV * BS * D // elements of the K part
   const codeWords = KV * BS * rowWords
+  const lo = new Float64Array(D) // per channel: the range's low end, then the group's min
+  const hi = new Float64Array(D) // per channel: the range's high end, then the group's scale
   const pack = (scale: number, min: number) => (floatToHalf(scale) | (floatToHalf(min) << 16)) >>> 0
   for (let b = 0; b < nb; b++) {
     const valid = Math.min(BS, tokens - b * BS)
@@ -137,24 +139,32 @@ export const quantizeChunk = (src: Uint8Array, s: KvShape, tokens: number, bits:
     const vBase = nb * w.k + b * w.v
     for (let kv = 0; kv < KV; kv++) {
       const row0 = (b * KV + kv) * BS // first token row of this block and head
-      // Keys: one group per channel over the block's tokens.
-      for (let c = 0; c < D; c++) {
-        let lo = Infinity
-        let hi = -Infinity
-        for (let t = 0; t < valid; t++) {
-          const v = x[(row0 + t) * D + c]
-          if (v < lo) lo = v
-          if (v > hi) hi = v
+      // Keys: one group per channel over the block's tokens (rows read in order).
+      lo.fill(Infinity)
+      hi.fill(-Infinity)
+      for (let t = 0; t < valid; t++) {
+        const r = (row0 + t) * D
+        for (let c = 0; c < D; c++) {
+          const v = x[r + c]
+          if (v < lo[c]) lo[c] = v
+          if (v > hi[c]) hi[c] = v
         }
-        const scale = hi > lo ? roundHalf((hi - lo) / qmax) : 0
-        const min = roundHalf(lo)
+      }
+      for (let c = 0; c < D; c++) {
+        const scale = hi[c] > lo[c] ? roundHalf((hi[c] - lo[c]) / qmax) : 0
+        const min = roundHalf(lo[c])
         out[kBase + codeWords + kv * D + c] = pack(scale, min)
-        if (scale === 0) continue
-        const shift = (c % per) * bits
-        const word0 = kBase + kv * BS * rowWords + ((c / per) | 0)
-        for (let t = 0; t < valid; t++) {
-          const q = Math.max(0, Math.min(qmax, Math.round((x[(row0 + t) * D + c] - min) / scale)))
-          codes[word0 + t * rowWords] |= q << shift
+        lo[c] = min
+        hi[c] = scale
+      }
+      for (let t = 0; t < valid; t++) {
+        const r = (row0 + t) * D
+        const word0 = kBase + (kv * BS + t) * rowWords
+        for (let c = 0; c < D; c++) {
+          const scale = hi[c]
+          if (scale === 0) continue
+          const q = Math.max(0, Math.min(qmax, Math.round((x[r + c] - lo[c]) / scale)))
+          codes[word0 + ((c / per) | 0)] |= q << ((c % per) * bits)
         }
       }
       // Values: one group per token and GV channels.
