@@ -4,7 +4,8 @@
 // Both are first checked against the CPU reference at K = 4096. Prints a table (TFLOPS, and
 // the fraction of PyTorch's bf16 GEMM on the H100/H200: 778-798 TFLOPS, issue 12) and writes JSON.
 //   npx tsx bench/gemm-bench.ts [--small] [--m 512,2048,8192,16384] [--kernels sgmat,gemm]
-//                               [--max-seconds 240] [--out FILE]
+//                               [--max-seconds 240] [--pad 0|8] [--out FILE]
+// --pad: gemm_sgmat's row padding in halves (default: 8 where workgroup memory allows, else 0).
 // --small (the default on a CPU adapter): shapes / 32 and M = 64, 128, so lavapipe finishes.
 // Timing: a warm-up submit right before the timed ones (DESIGN §6), median of 5 submits of
 // enough repetitions to last ~0.1 s each.
@@ -23,6 +24,7 @@ const { values: args } = parseArgs({
     m: { type: "string" },
     kernels: { type: "string", default: "sgmat,gemm" },
     "max-seconds": { type: "string", default: "240" },
+    pad: { type: "string" },
     out: { type: "string" },
   },
 })
@@ -37,7 +39,8 @@ if (ms.some((m) => !(Number.isInteger(m) && m > 0))) throw new Error(`--m: posit
 const maxSeconds = Number(args["max-seconds"])
 const wanted = new Set(args.kernels!.split(","))
 const constants = matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
-const matrix = gpu.matrixF16 && constants ? constants : undefined
+if (args.pad !== undefined && !["0", "8"].includes(args.pad)) throw new Error(`--pad: 0 or 8, not ${args.pad}`)
+const matrix = gpu.matrixF16 && constants ? { ...constants, ...(args.pad !== undefined ? { PAD: Number(args.pad) } : {}) } : undefined
 const unavailable = gpu.matrixF16
   ? constants
     ? undefined
