@@ -133,6 +133,10 @@ describe("sessions", () => {
       [sessionSubjects.close, {}, "invalid_request"],
     ]
     for (const [subject, body, code] of cases) expect((await ask(ann, subject, body)).json.error?.code, `${subject} ${JSON.stringify(body).slice(0, 60)}`).toBe(code)
+    // A text document is tokenized like a generate prompt.
+    const text = (await ask(ann, sessionSubjects.open, { prompt: "Once upon a time" })).json
+    expect(text.tokens).toBe((await ask(ann, publicSubjects.tokenize, { text: "Once upon a time" })).json.count)
+    expect((await ask(ann, sessionSubjects.delete, { session: text.session })).json.deleted).toBe(true)
   })
 
   it("survives a restart of the node on the same kv-dir", async () => {
