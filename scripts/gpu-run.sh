@@ -22,7 +22,8 @@
 #        (full at 1K, quest at 8K)
 #   gemm: prefill's GEMM on the matrix units (issue 12): the golden check with them off
 #        (LEOAM_MATRIX_UNITS=0) and on (the default on NVIDIA), then bench/gemm-bench.ts
-#        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it
+#        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it;
+#        GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the matrix units off, then on
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm) shift || true ;; *) suite=all ;; esac
@@ -62,6 +63,13 @@ if [ "$suite" = gemm ]; then
   LEOAM_MATRIX_UNITS=0 timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
   timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
   timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
+  # GEMM_E2E=1 (engine-bench bundled too): 8K prefill and decode at 8B shapes with the matrix
+  # units off, then on (the toggles they need also apply to every other kernel).
+  if [ "${GEMM_E2E:-0}" = 1 ] && [ -f .bench-bundle/engine-bench.mjs ]; then
+    for mu in 0 auto; do
+      LEOAM_MATRIX_UNITS=$mu timeout 240 node .bench-bundle/engine-bench.mjs --long-context 0 --prefill 8192 --out "$out/engine-bench-matrix-$mu.json" 2>&1 | tee "$out/engine-bench-matrix-$mu.txt" || echo "engine-bench (matrix units $mu): failed or stopped"
+    done
+  fi
   exit 0
 fi
 if [ "$suite" = tiered-128k ]; then
