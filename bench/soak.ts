@@ -206,6 +206,7 @@ const runLoad = (nc: NatsConnection, prefix: string) => {
 const servedAgain = async (nc: NatsConnection, since: number, limitMs = 120_000): Promise<number> => {
   for (;;) {
     try {
+      await nc.flush() // back on the server first: nats.js drops a request published while it is disconnected
       const m = await nc.request(publicSubjects.generate, JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }), { timeout: opts.deadline })
       const body = m.json<{ ids?: number[] }>()
       if (JSON.stringify(body.ids) === JSON.stringify(GOLDEN)) return performance.now() - since
