@@ -280,8 +280,9 @@ const startNamed = async (
           draining,
           runSilenceMs: o.runSilenceMs,
           node: o.node,
-          sessionSources: sessionSources(group, o.node),
+          sessionSources: sessionSources(group, o.node, leases?.hold),
           sessionQuota: o.sessionQuota,
+          holdRequest: leases?.hold,
         }),
       )
       self = actor

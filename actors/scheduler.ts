@@ -59,6 +59,8 @@ export interface SchedulerOptions {
   readonly sessionSources?: ReadonlyArray<{ readonly op: SessionOp; readonly source: Source }>
   /** Sessions one user may hold (--session-quota). */
   readonly sessionQuota?: number
+  /** Holds a request in this node's lease until its reply (actors/node-leases.ts): forwarded session requests. */
+  readonly holdRequest?: (msg: Msg) => void
 }
 
 export interface SchedulerState {
@@ -385,7 +387,11 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
         ? [
             {
               // Session requests routed here by any node's front (actors/sessions.ts), in the same FIFO as generate.
-              source: internalSubjects.sessionForward,
+              // Held in the node's lease: if this node dies, a peer answers the forwarding node.
+              source: options.holdRequest
+                ? (callback: (err: Error | null, msg: Msg) => void) =>
+                    void nc.subscribe(internalSubjects.sessionForward, { queue: "leoam-scheduler", callback: (err, msg) => (err || options.holdRequest!(msg), callback(err, msg)) })
+                : internalSubjects.sessionForward,
               admit: (s: SchedulerService, body: unknown) => s.sessions.admit(body),
               handler: (s: SchedulerService, admitted: unknown, _msg: Msg, receivedAt: number) => s.sessions.handle(admitted as never, receivedAt),
             },

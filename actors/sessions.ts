@@ -217,9 +217,11 @@ interface EndpointGroup {
  * The session subjects as service endpoints of the `leoam.v1` group: the public ones (shared
  * by the nodes' queue group) and, on a node with an id, its own `node.<id>.session.*`.
  */
-export const sessionSources = (group: EndpointGroup, node: string | undefined): Array<{ op: SessionOp; source: Source }> =>
+export const sessionSources = (group: EndpointGroup, node: string | undefined, hold?: (msg: Msg) => void): Array<{ op: SessionOp; source: Source }> =>
   (Object.keys(sessionSubjects) as SessionOp[]).flatMap((op) => {
-    const add = (name: string, subject: string): Source => (callback) => void group.addEndpoint(name, { subject, handler: callback })
-    const own = node === undefined || op === "open" || op === "list" ? [] : [{ op, source: add(`node-session-${op}`, nodeSessionSubject(node, op).slice(PUBLIC_PREFIX.length)) }]
+    // Held in the node's lease from arrival to reply, as generate: a peer answers it if this node dies.
+    const add = (name: string, subject: string): Source => (callback) =>
+      void group.addEndpoint(name, { subject, handler: hold ? (err, msg) => (err || hold(msg), callback(err, msg)) : callback })
+    const own = node === undefined || op === "list" ? [] : [{ op, source: add(`node-session-${op}`, nodeSessionSubject(node, op).slice(PUBLIC_PREFIX.length)) }]
     return [{ op, source: add(`session-${op}`, sessionSubjects[op].slice(PUBLIC_PREFIX.length)) }, ...own]
   })
