@@ -31,8 +31,8 @@ xz -T1 -9e -c node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.
 XZ_OPT=-9e tar -cJf .bench-bundle/lmdb.tar.xz node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
   node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast \
   node_modules/detect-libc
-# The actor benchmark starts an embedded nats-server (Debian's static binary); only it needs one.
-case " $progs " in *" actor-overhead "*) xz -T1 -9e -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz ;; esac
+# The actor and session benchmarks start an embedded nats-server (Debian's static binary); only they need one.
+case " $progs " in *" actor-overhead "*|*" session-ttft "*) xz -T1 -9e -c "$(command -v nats-server)" > .bench-bundle/nats-server.xz ;; esac
 # BASE=<commit>: the same programs (those named, else tiered-bench and engine-bench) built from
 # that commit too, into .bench-bundle/base/ with its kernels in .bench-bundle/kernels/ (a bundle
 # finds kernels at ../kernels/ from itself), for side-by-side runs (`gpu-run.sh compare`).
