@@ -97,17 +97,23 @@ export const TokenStreamEvent = Schema.Struct({
   id: Schema.optional(Schema.Int),
   text: Schema.String,
   done: Schema.Boolean,
-}).annotations({ identifier: "TokenStreamEvent" })
+}).annotations({ identifier: "TokenStreamEvent", description: "one generated token's new text; the last event has done: true" })
 export type TokenStreamEvent = typeof TokenStreamEvent.Type
 
 /** Prompt tokens through the model so far (a few a second while it runs, the last with done = total), before the first token. */
 export const PrefillStreamEvent = Schema.Struct({
   prefill: Schema.Struct({ done: Schema.Int, total: Schema.Int }),
-}).annotations({ identifier: "PrefillStreamEvent" })
+}).annotations({
+  identifier: "PrefillStreamEvent",
+  description: "prompt tokens through the model so far, of total: a few a second while the prompt is prefilled, never going back, the last with done = total, all before the first token",
+})
 export type PrefillStreamEvent = typeof PrefillStreamEvent.Type
 
 /** Published to the request's `stream` subject: prefill progress, then one per token, then one with done. */
-export const StreamEvent = Schema.Union(PrefillStreamEvent, TokenStreamEvent).annotations({ identifier: "StreamEvent" })
+export const StreamEvent = Schema.Union(PrefillStreamEvent, TokenStreamEvent).annotations({
+  identifier: "StreamEvent",
+  description: "published to a generate request's stream subject: prefill progress, then the tokens",
+})
 export type StreamEvent = typeof StreamEvent.Type
 
 /** leoam.v1.cancel (protocol/subjects.ts cancelSubject): stop the generate that streams to `stream` (its client left). */
