@@ -45,7 +45,9 @@ const unavailable = gpu.matrixF16
   ? constants
     ? undefined
     : "no room for its workgroup memory"
-  : `no f16 subgroup-matrix configuration (offered: ${JSON.stringify(gpu.subgroupMatrixConfigs)}; LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "auto"})`
+  : gpu.subgroupMatrixConfigs.length > 0
+    ? `not used: no 16x16x16 f16 -> f32 configuration, no fixed subgroup size of 16..64, or the kernel's check failed (the "[leoam gpu]" line above says which); offered: ${JSON.stringify(gpu.subgroupMatrixConfigs)}`
+    : `no subgroup-matrix configuration offered (LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "auto"})`
 console.log(`gemm-bench on ${gpu.adapterName}: matrix units ${matrix ? `on (SG ${matrix.SG}, PAD ${matrix.PAD})` : `off: ${unavailable}`}`)
 
 interface Kernel {
