@@ -140,7 +140,11 @@ export const sessionHandlers = (deps: SessionDeps) => {
     switch (a.op) {
       case "generate": {
         const r = yield* deps.generate(a.admitted, receivedAt)
-        return a.admitted.session?.keep ? { ...r, session: { session: a.admitted.session.id, tokens: r.usage.prompt_tokens + r.ids.length } } : r
+        const kept = a.admitted.session
+        if (!kept?.keep) return r
+        // The executor's count: with stop strings it kept the ids it generated up to the stop's detection.
+        const held = yield* info(kept.id, kept.owner)
+        return { ...r, session: { session: kept.id, tokens: held.tokens } }
       }
       case "open":
       case "append": {
