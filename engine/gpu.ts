@@ -163,8 +163,13 @@ const openAdapter = async (options: GpuOptions): Promise<GPUAdapter> => {
   if (options.disableMatrixUnits || !matrixUnitsWanted(process.env.LEOAM_MATRIX_UNITS, adapter.info.vendor)) return adapter
   const base = baseToggles()
   const extra = process.env.LEOAM_DAWN_TOGGLES?.trim()
-  holder.matrixInstance ??= create([base[0], `enable-dawn-features=${MATRIX_TOGGLES}${extra ? `,${extra}` : ""}`])
-  return pickAdapter(holder.matrixInstance, options.prefer ?? "auto")
+  try {
+    holder.matrixInstance ??= create([base[0], `enable-dawn-features=${MATRIX_TOGGLES}${extra ? `,${extra}` : ""}`])
+    return await pickAdapter(holder.matrixInstance, options.prefer ?? "auto")
+  } catch (e) {
+    process.stderr.write(`[leoam gpu] matrix units not used (the adapter with their toggles failed: ${(e as Error).message})\n`)
+    return adapter
+  }
 }
 
 const openGpu = async (options: GpuOptions): Promise<Gpu> => {
