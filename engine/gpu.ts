@@ -195,7 +195,13 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
   if (matrixF16) wanted.push(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)
   const requiredLimits: Record<string, number> = {}
   for (const name of limitNames) requiredLimits[name] = adapter.limits[name]
-  const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits })
+  let matrixRefused = false
+  const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits }).catch((e: Error) => {
+    if (!matrixF16) throw e
+    process.stderr.write(`[leoam gpu] matrix units not used (a device with them was refused: ${e.message})\n`)
+    matrixRefused = true
+    return adapter.requestDevice({ requiredFeatures: wanted.filter((f) => (f as string) !== SUBGROUP_MATRIX_FEATURE), requiredLimits })
+  })
   device.addEventListener("uncapturederror", (event) => {
     // A validation error is a bug in leoam: make it loud rather than wrong numbers.
     process.stderr.write(`[leoam gpu] uncaptured WebGPU error: ${(event as GPUUncapturedErrorEvent).error.message}\n`)
@@ -210,9 +216,9 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     subgroupMaxSize: info.subgroupMaxSize ?? 128,
     limits: device.limits,
     subgroupMatrixConfigs,
-    matrixF16,
+    matrixF16: matrixRefused ? undefined : matrixF16,
   }
-  if (!matrixF16) return gpu
+  if (!gpu.matrixF16) return gpu
   // Imported here, not at the top: matrix-check needs buffers.ts, which needs this module's globals.
   const { checkMatrixGemm, matrixGemmConstants } = await import("./matrix-check.ts")
   const constants = matrixGemmConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize)
