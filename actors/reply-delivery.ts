@@ -39,9 +39,9 @@ export const deliverReply = (nc: NatsConnection, reply: string, payload: Payload
   const send = (first: boolean) => {
     if (nc.isClosed()) return hooks.settled?.(false)
     if (!first) hooks.beforeRetry?.()
-    const inbox = createInbox()
+    const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix)
     let unheard = false
-    let sub: Subscription
+    let sub: Subscription | undefined
     try {
       sub = nc.subscribe(inbox, {
         max: 1,
@@ -51,12 +51,13 @@ export const deliverReply = (nc: NatsConnection, reply: string, payload: Payload
       })
       nc.publish(reply, data, { ...(opts?.headers ? { headers: opts.headers } : {}), reply: inbox })
     } catch (e) {
+      sub?.unsubscribe()
       if (first) throw e
       return hooks.settled?.(false)
     }
     nc.flush().then(
-      () => (sub.unsubscribe(), unheard ? again() : hooks.settled?.(true)),
-      () => (sub.unsubscribe(), again()), // disconnected before the PONG: the send may have been dropped
+      () => (sub!.unsubscribe(), unheard ? again() : hooks.settled?.(true)),
+      () => (sub!.unsubscribe(), again()), // disconnected before the PONG: the send may have been dropped
     )
   }
   const again = () => {
