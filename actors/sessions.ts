@@ -63,11 +63,20 @@ export const sessionHandlers = (deps: SessionDeps) => {
   const { nc } = deps
   const forwardSubject = (node: string | undefined) => (node === undefined || node === deps.node ? internalSubjects.sessionForward : `${NODE_PREFIX}${node}.session.forward`)
 
-  /** The ids of a prompt: exactly one of text and ids, in the vocabulary. */
-  const idsOf = (req: { readonly prompt?: string; readonly ids?: ReadonlyArray<number> }) =>
+  /** What the tokenizer's post-processor puts before any text (a BOS), found once. */
+  let lead: ReadonlyArray<number> | undefined
+  /** A text that continues a session (append, a question) is tokenized without that lead: no BOS mid-sequence. */
+  const continuing = (ids: ReadonlyArray<number>) =>
+    Effect.map(lead ? Effect.succeed(lead) : Effect.tap(deps.encode(""), (l) => Effect.sync(() => (lead = l))), (l) =>
+      l.length > 0 && l.every((id, i) => ids[i] === id) ? ids.slice(l.length) : ids,
+    )
+
+  /** The ids of a prompt: exactly one of text and ids, in the vocabulary; `continues` a session: without the tokenizer's lead. */
+  const idsOf = (req: { readonly prompt?: string; readonly ids?: ReadonlyArray<number> }, continues = false) =>
     Effect.gen(function* () {
       if ((req.prompt === undefined) === (req.ids === undefined)) return yield* leoamError("invalid_request", "give exactly one of `prompt` and `ids`")
-      const ids = req.prompt !== undefined ? yield* deps.encode(req.prompt) : req.ids!
+      const encoded = req.prompt !== undefined ? yield* deps.encode(req.prompt) : req.ids!
+      const ids = req.prompt !== undefined && continues ? yield* continuing(encoded) : encoded
       if (ids.length === 0) return yield* leoamError("invalid_request", "the prompt is empty")
       const m = deps.model()
       const bad = ids.find((id) => id >= m.vocab_size)
@@ -101,7 +110,7 @@ export const sessionHandlers = (deps: SessionDeps) => {
       }
       case "append": {
         const req = yield* decodeRequest(SessionAppendRequest, fwd.body)
-        const ids = yield* idsOf(req)
+        const ids = yield* idsOf(req, true)
         const held = yield* info(req.session, owner)
         yield* fits(held.tokens, ids.length, 1)
         return { op: "append", session: { id: req.session, op: "append", owner, keep: true }, ids } satisfies SessionAdmitted
@@ -109,7 +118,9 @@ export const sessionHandlers = (deps: SessionDeps) => {
       case "generate": {
         const req = yield* decodeRequest(SessionGenerateRequest, fwd.body)
         const { session, append, ...rest } = req
-        const admitted = yield* deps.admitGenerate(rest, requesterHeaders(owner, fwd.account))
+        const admission = yield* deps.admitGenerate(rest, requesterHeaders(owner, fwd.account))
+        const admitted = rest.prompt === undefined ? admission : { ...admission, ids: yield* continuing(admission.ids) }
+        if (admitted.ids.length === 0) return yield* leoamError("invalid_request", "the question is empty")
         const held = yield* info(session, owner)
         const total = held.tokens + admitted.ids.length
         const room = deps.model().context_length - total
