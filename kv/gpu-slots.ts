@@ -1,8 +1,9 @@
 // GpuSlots: the bookkeeping of one layer's GPU chunk cache (which chunk each cache slot
 // holds, and each entry as an eviction policy sees it); no GPU memory, only numbers.
 // Invariants: a chunk holds at most one slot, a slot at most one chunk, and every slot is
-// either held or on the free list. kv/plan.ts simulates it on clones; the tiered cache
-// (engine/kv/tiered) changes the real one, applying plans and admitting sealed chunks.
+// either held or on the free list. kv/plan.ts simulates on it through simulate(), which
+// undoes every change before it returns; the tiered cache (engine/kv/tiered) changes it
+// for real, applying plans and admitting sealed chunks.
 import type { EntryView, EvictionPolicy } from "./eviction.ts"
 
 /** Ticks (layer visits) for a chunk's importance to halve; the `importance` policy's default. */
@@ -23,6 +24,24 @@ export interface SlotEntry extends EntryView {
 /** The key of chunk c in a pinned set. */
 export const pinKey = (c: number): string => String(c)
 
+/** What simulate() restores: the entry's fields a simulation may change, as they were before. */
+interface Saved {
+  readonly e: SlotEntry
+  readonly lastAccess: number
+  readonly accesses: number
+  readonly score: number
+  readonly scoredAt: number
+}
+
+/** The changes of a simulation in progress, to undo. */
+interface Journal {
+  readonly saved: Saved[]
+  /** Entries that held a slot when the simulation began and were dropped in it. */
+  readonly dropped: SlotEntry[]
+  /** Entries the simulation added (thrown away on undo). */
+  readonly added: Set<SlotEntry>
+}
+
 export class GpuSlots {
   private readonly byChunk = new Map<number, SlotEntry>()
   /** Free slots; the next taken is the last (a stack, lowest slot first when empty of use). */
@@ -31,6 +50,7 @@ export class GpuSlots {
   private readonly list: SlotEntry[] = []
   /** Bumped by every change: a plan made at one version applies only to that version. */
   version = 0
+  private journal: Journal | undefined
 
   constructor(
     readonly slots: number,
@@ -53,6 +73,43 @@ export class GpuSlots {
     return c
   }
 
+  /**
+   * Runs `f` on this cache, then undoes every change it made (entries, slots, the version),
+   * so that afterwards nothing differs, not even the order of entries(). What a plan
+   * simulates on: the cost is the changes plus one copy of the entry and free lists, where
+   * clone() copies every entry (a decode step plans each layer: 1536 entries at 8B 64K).
+   */
+  simulate<T>(f: (sim: GpuSlots) => T): T {
+    if (this.journal) throw new RangeError("GPU cache: simulations do not nest")
+    const version = this.version
+    const list = this.list.slice()
+    const free = this.free.slice()
+    const journal: Journal = { saved: [], dropped: [], added: new Set() }
+    this.journal = journal
+    try {
+      return f(this)
+    } finally {
+      this.journal = undefined
+      for (let i = journal.saved.length - 1; i >= 0; i--) {
+        const s = journal.saved[i]
+        s.e.lastAccess = s.lastAccess
+        s.e.accesses = s.accesses
+        s.e.score = s.score
+        s.e.scoredAt = s.scoredAt
+      }
+      for (const e of journal.added) if (this.byChunk.get(e.chunk) === e) this.byChunk.delete(e.chunk)
+      for (const e of journal.dropped) this.byChunk.set(e.chunk, e)
+      for (let i = 0; i < list.length; i++) {
+        list[i].index = i
+        this.list[i] = list[i]
+      }
+      this.list.length = list.length
+      for (let i = 0; i < free.length; i++) this.free[i] = free[i]
+      this.free.length = free.length
+      this.version = version
+    }
+  }
+
   get resident(): number {
     return this.byChunk.size
   }
@@ -73,6 +130,7 @@ export class GpuSlots {
 
   touch(chunk: number, tick: number): void {
     const e = this.byChunk.get(chunk)!
+    if (this.journal) this.save(e)
     e.lastAccess = tick
     e.accesses++
     this.version++
@@ -84,6 +142,7 @@ export class GpuSlots {
    */
   chosen(chunk: number, tick: number): number {
     const e = this.byChunk.get(chunk)!
+    if (this.journal) this.save(e)
     e.score = e.score * 2 ** (-(tick - e.scoredAt) / IMPORTANCE_HALF_LIFE) + 1
     e.scoredAt = tick
     this.version++
@@ -138,9 +197,11 @@ export class GpuSlots {
     }
     this.free.push(e.slot)
     this.version++
+    if (this.journal && !this.journal.added.has(e)) this.journal.dropped.push(e)
   }
 
   clear(): void {
+    if (this.journal) throw new RangeError("GPU cache: clear() inside a simulation")
     this.version++
     this.byChunk.clear()
     this.list.length = 0
@@ -153,6 +214,13 @@ export class GpuSlots {
     this.byChunk.set(chunk, e)
     this.list.push(e)
     this.version++
+    this.journal?.added.add(e)
+  }
+
+  /** Keeps the entry's fields for undo, unless the simulation made the entry. */
+  private save(e: SlotEntry): void {
+    if (this.journal!.added.has(e)) return
+    this.journal!.saved.push({ e, lastAccess: e.lastAccess, accesses: e.accesses, score: e.score, scoredAt: e.scoredAt })
   }
 
   private evictOne(policy: EvictionPolicy, pinned: ReadonlySet<string>, evicted: number[] | undefined): boolean {

@@ -2,9 +2,10 @@
 // contents, the chosen chunks, the eviction policy) to a plan of windows, each saying which
 // chunks it touches, evicts and loads into which slot, and what it attends. What does not
 // fit in the cache at once is attended in several windows, so a plan simulates the cache
-// across them on a clone (window 2 reuses the slots of window 1's misses; window 1's hits
-// stay pinned only in window 1). Planning changes nothing; applyToSlots() applies one
-// window's bookkeeping to the real cache, which must still be at the version planned for.
+// across them (GpuSlots.simulate, undone before the plan returns; window 2 reuses the slots
+// of window 1's misses; window 1's hits stay pinned only in window 1). Planning changes
+// nothing; applyToSlots() applies one window's bookkeeping to the real cache, which must
+// still be at the version planned for.
 import type { EvictionPolicy } from "./eviction.ts"
 import { type GpuSlots, pinKey } from "./gpu-slots.ts"
 import { KvBudgetError } from "./tier-errors.ts"
@@ -89,7 +90,12 @@ export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, polic
     const attend = hits.map((ch) => ({ chunk: ch, slot: cache.get(ch)!.slot }))
     return { tick, hits, misses, windows: [{ version: cache.version, touch: hits, evict: [], loads: [], attend, last: true }], score, clearAfter }
   }
-  const sim = cache.clone()
+  const windows = cache.simulate((sim) => decodeWindows(sim, hits, misses, policy.eviction, score, tick, layer))
+  return { tick, hits, misses, windows, score, clearAfter }
+}
+
+/** planDecode's windows when some chunks miss, simulated on `sim` (left changed: the caller undoes it). */
+const decodeWindows = (sim: GpuSlots, hits: number[], misses: number[], eviction: EvictionPolicy, score: boolean, tick: number, layer: number): SlotWindow[] => {
   const version = sim.version
   for (const ch of hits) sim.touch(ch, tick)
   const pinned = new Set<string>(hits.map(pinKey))
@@ -100,10 +106,10 @@ export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, polic
   for (let i = 0; ; ) {
     const evict: number[] = []
     const loads: Placed[] = []
-    sim.reserve(misses.length - i, policy.eviction, pinned, evict)
+    sim.reserve(misses.length - i, eviction, pinned, evict)
     for (; i < misses.length; i++) {
       const ch = misses[i]
-      const slot = sim.take(ch, policy.eviction, pinned, tick, evict)
+      const slot = sim.take(ch, eviction, pinned, tick, evict)
       if (slot === undefined) break
       pinned.add(pinKey(ch))
       loads.push({ chunk: ch, slot })
@@ -111,15 +117,16 @@ export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, polic
     }
     const last = i >= misses.length
     if (attend.length === 0 && !last) throw new KvBudgetError(`layer ${layer}: no GPU cache slot is free for chunk ${misses[i]}`)
-    if (score) for (const a of attend) sim.chosen(a.chunk, tick)
     windows.push({ version: windowVersion, touch, evict, loads, attend, last })
     if (last) break
+    // Importance ranks the next window's evictions (the last window's scores change no choice).
+    if (score) for (const a of attend) sim.chosen(a.chunk, tick)
     for (const a of attend) pinned.delete(pinKey(a.chunk))
     attend = []
     touch = []
     windowVersion = sim.version
   }
-  return { tick, hits, misses, windows, score, clearAfter }
+  return windows
 }
 
 /**
@@ -127,8 +134,11 @@ export const planDecode = (cache: GpuSlots, chosen: ReadonlyArray<number>, polic
  * extends while its next chunk is resident or can be made so without evicting one of the
  * window's own chunks; the next window starts where it stopped.
  */
-export const planPrefill = (cache: GpuSlots, table: ChunkTable, policy: PlanPolicy, tick: number, layer = 0): PrefillPlan => {
-  const sim = cache.clone()
+export const planPrefill = (cache: GpuSlots, table: ChunkTable, policy: PlanPolicy, tick: number, layer = 0): PrefillPlan =>
+  cache.simulate((sim) => prefillWindows(sim, table, policy, tick, layer))
+
+/** planPrefill's windows, simulated on `sim` (left changed: the caller undoes it). */
+const prefillWindows = (sim: GpuSlots, table: ChunkTable, policy: PlanPolicy, tick: number, layer: number): PrefillPlan => {
   const n = table.starts.length
   const windows: PrefillWindow[] = []
   const pinned = new Set<string>()

@@ -157,6 +157,35 @@ describe("decode plans", () => {
   })
 })
 
+describe("GpuSlots.simulate", () => {
+  it("undoes every change, the entries' order and the version included, also when the simulation throws", () => {
+    const arbOps = fc.array(fc.record({ kind: fc.constantFrom("take", "touch", "chosen", "drop", "reserve"), chunk: fc.integer({ min: 0, max: 15 }), n: fc.integer({ min: 0, max: 4 }) }), { maxLength: 30 })
+    fc.assert(
+      fc.property(arbCache, arbOps, fc.boolean(), ({ cache, tick }, ops, fail) => {
+        const exact = (c: GpuSlots) => ({ version: c.version, free: [...c.freeSlots()], entries: c.entries().map((e) => ({ ...e })) })
+        const before = exact(cache)
+        const run = () =>
+          cache.simulate((sim) => {
+            for (const op of ops) {
+              const e = sim.get(op.chunk)
+              if (op.kind === "take" && !e) sim.take(op.chunk, lru, new Set(), tick + 1)
+              else if (op.kind === "touch" && e) sim.touch(op.chunk, tick + 1)
+              else if (op.kind === "chosen" && e) sim.chosen(op.chunk, tick + 1)
+              else if (op.kind === "drop" && e) sim.drop(op.chunk)
+              else if (op.kind === "reserve") sim.reserve(op.n, lfu, new Set(), [])
+            }
+            if (fail) throw new Error("planning failed")
+          })
+        if (fail) expect(run).toThrow("planning failed")
+        else run()
+        expect(exact(cache)).toEqual(before)
+        expect(cache.entries().every((e, i) => e.index === i && cache.get(e.chunk) === e)).toBe(true)
+      }),
+      { numRuns: 400 },
+    )
+  })
+})
+
 describe("prefill plans", () => {
   it("window consecutive chunks exactly as the one-chunk-at-a-time loop did, token ranges covering [0, tokens)", () => {
     fc.assert(
