@@ -6,7 +6,8 @@
 // latest leases; a peer silent for `silenceMs` is dead, and the live node with the smallest
 // instance id answers each reply subject it held with `actor_unavailable`. A node that stops
 // answers its own requests (drain) and says `leaving`. A node's own time off the bus (a
-// nats-server restart) is not its peers' silence. Only this module publishes leases.
+// nats-server restart) or its own stalled event loop is not its peers' silence. Only this
+// module publishes leases.
 import { randomUUID } from "node:crypto"
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
 import { Schema } from "effect"
@@ -95,9 +96,19 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
     }
   })().catch(() => undefined)
 
+  // A tick that comes late means this node's own event loop stalled: its peers' leases may be
+  // waiting unread in the socket. So the check runs after the loop's I/O (setImmediate), and
+  // after a stall it judges only at the next tick (once: a loop always late still reaps).
+  const tickMs = Math.max(50, Math.min(everyMs, silenceMs / 10))
+  let lastTick = Date.now()
+  let skipped = false
   const reap = () => {
-    if (offline) return
     const now = Date.now()
+    const stalled = now - lastTick > Math.max(3 * tickMs, 250)
+    lastTick = now
+    if (offline) return
+    if (stalled && !skipped) return void (skipped = true)
+    skipped = false
     const dead = [...peers.values()].filter((p) => now - p.seen > silenceMs)
     if (dead.length === 0) return
     for (const p of dead) peers.delete(p.lease.instance)
@@ -117,7 +128,7 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
   }
 
   const beat = setInterval(publish, everyMs).unref()
-  const check = setInterval(reap, Math.max(50, Math.min(everyMs, silenceMs / 10))).unref()
+  const check = setInterval(() => setImmediate(reap), tickMs).unref()
   publish()
 
   return {

@@ -130,4 +130,28 @@ describe("nats-server restarted under load", () => {
       expect(got).toEqual(["ok"])
     }),
   )
+
+  it.scopedLive("nodes whose event loop stalled past the silence do not take each other for dead once it runs again", () =>
+    Effect.gen(function* () {
+      const nats = yield* Effect.acquireRelease(Effect.promise(() => startEmbeddedNats()), (n) => Effect.promise(() => n.stop()))
+      const conn = (name: string) => Effect.acquireRelease(Effect.promise(() => connectNats(nats.url, name)), (nc) => Effect.promise(() => nc.close()))
+      const [a, b, client] = [yield* conn("a"), yield* conn("b"), yield* conn("client")]
+      const [leasesA, leasesB] = [startLeases(a, "a", 500, 100), startLeases(b, "b", 500, 100)]
+      yield* Effect.addFinalizer(() => Effect.sync(() => (leasesA.stop(), leasesB.stop())))
+      const reply = `_INBOX.stall.${process.pid}`
+      const got: string[] = []
+      client.subscribe(reply, { callback: () => void got.push("reply") })
+      yield* Effect.promise(() => client.flush())
+      const msg = { reply, respond: () => true } as unknown as Msg
+      leasesA.hold(msg)
+      yield* Effect.sleep(400) // b has a's lease with the request
+      const until = Date.now() + 1500 // both nodes' loops (this process) stall for three silences
+      while (Date.now() < until) {
+        // busy
+      }
+      yield* Effect.sleep(1000)
+      expect(leasesA.answeredForPeers() + leasesB.answeredForPeers()).toBe(0)
+      expect(got).toEqual([])
+    }),
+  )
 })
