@@ -313,12 +313,13 @@ const main = async (): Promise<number> => {
   for (let i = 0; i < 30 && alive().length > 0; i++) await sleep(100) // SIGKILLed: gone within moments
   const leftover = alive()
   const q = (xs: number[], p: number) => (xs.length ? [...xs].sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor(p * xs.length))] : NaN)
-  // A lost request counts for the first fault after it was sent (it was in flight then), else for the fault it was sent
-  // during, not for the phase of its deadline. One this program published while its own connection was down (from the
+  // A lost request counts for the fault it was sent during (before that fault's recovery), else for the first fault
+  // after it was sent (it was in flight then), not for the phase of its deadline. One this program published while its own connection was down (from the
   // nats-server's stop until this client was back on the new one) never left it: nats.js drops what is published while
   // it is disconnected, so no node could answer; the client's own timeout is its answer. Those count as `unsent`.
   for (const q of requests) if (q.outcome === "lost" || q.outcome === "late") {
-    const r = rounds.find((r) => r.at_ms >= q.sentAt) ?? [...rounds].reverse().find((r) => r.at_ms <= q.sentAt)
+    const during = [...rounds].reverse().find((r) => r.at_ms <= q.sentAt && q.sentAt <= r.at_ms + r.recovery_ms)
+    const r = during ?? rounds.find((r) => r.at_ms >= q.sentAt) ?? [...rounds].reverse().find((r) => r.at_ms <= q.sentAt)
     if (r) q.phase = `${r.round}:${r.fault}`
     if (q.outcome === "lost" && clientDown.some((w) => q.sentAt >= w.from && q.sentAt <= (w.to ?? Infinity))) q.outcome = "unsent"
   }
