@@ -109,6 +109,12 @@ layer(ClusterTest.layer({ queueCapacity: 3, maxContext: 1024 }), { excludeTestSe
             "leoam.v1.generate",
             "leoam.v1.health",
             "leoam.v1.models",
+            "leoam.v1.session.append",
+            "leoam.v1.session.close",
+            "leoam.v1.session.delete",
+            "leoam.v1.session.generate",
+            "leoam.v1.session.list",
+            "leoam.v1.session.open",
             "leoam.v1.tokenize",
           ],
         )
