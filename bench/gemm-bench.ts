@@ -47,7 +47,7 @@ const unavailable = gpu.matrixF16
     : "no room for its workgroup memory"
   : gpu.subgroupMatrixConfigs.length > 0
     ? `not used: no 16x16x16 f16 -> f32 configuration, no fixed subgroup size of 16..64, or the kernel's check failed (the "[leoam gpu]" line above says which); offered: ${JSON.stringify(gpu.subgroupMatrixConfigs)}`
-    : `no subgroup-matrix configuration offered (LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "auto"})`
+    : `no subgroup-matrix configuration offered (LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "0"}: set it to auto or 1 to ask for them)`
 console.log(`gemm-bench on ${gpu.adapterName}: matrix units ${matrix ? `on (SG ${matrix.SG}, PAD ${matrix.PAD})` : `off: ${unavailable}`}`)
 
 interface Kernel {

@@ -2,8 +2,8 @@
 // lavapipe), requests the adapter's full limits and the features the kernels can use,
 // and keeps Dawn's instance strongly referenced for the life of the device (DESIGN §5:
 // if it is collected, Dawn crashes the process). `releaseGpu` lets the process exit.
-// The GPU's matrix units (Dawn's experimental subgroup matrices) are asked for only on
-// NVIDIA unless LEOAM_MATRIX_UNITS says otherwise (see matrixUnitsWanted).
+// The GPU's matrix units (Dawn's experimental subgroup matrices) are asked for only when
+// LEOAM_MATRIX_UNITS says so (see matrixUnitsWanted).
 import { create, globals } from "webgpu"
 
 /** One of the adapter's subgroup-matrix shapes: result (M x N) += left (M x K) * right (K x N). */
@@ -68,13 +68,15 @@ export const SUBGROUP_MATRIX_FEATURE = "chromium-experimental-subgroup-matrix"
 export const MATRIX_TOGGLES = "allow_unsafe_apis,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model"
 
 /**
- * Whether to open the adapter with MATRIX_TOGGLES: LEOAM_MATRIX_UNITS=0 never, =1 on any
- * adapter, unset or "auto" on NVIDIA only (the f16 path there is a measured risk, not a default
- * Dawn trusts). Anything else is a configuration error.
+ * Whether to open the adapter with MATRIX_TOGGLES: unset or 0 never, =1 on any adapter, "auto"
+ * on NVIDIA only (the f16 path there is a measured risk, not a default Dawn trusts). Off unless
+ * asked: on an H100 (bench/results/2026-12-07-h100-matrix-gemm) gemm_sgmat ran at 0.70-0.86x of
+ * today's gemm and its SwiGLU+residual check missed the tolerance. Anything else is a
+ * configuration error.
  */
 export const matrixUnitsWanted = (env: string | undefined, vendor: string): boolean => {
-  const v = (env ?? "auto").trim().toLowerCase()
-  if (v === "0" || v === "off") return false
+  const v = (env ?? "0").trim().toLowerCase()
+  if (v === "0" || v === "off" || v === "") return false
   if (v === "1" || v === "on") return true
   if (v === "auto" || v === "") return /nvidia/i.test(vendor)
   throw new GpuUnavailable(`LEOAM_MATRIX_UNITS must be 0, 1 or auto, not "${env}"`)

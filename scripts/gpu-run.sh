@@ -21,7 +21,7 @@
 #        tiered-bench at 8B 64K (full, leoam) and, where bundled, decode-compare
 #        (full at 1K, quest at 8K)
 #   gemm: prefill's GEMM on the matrix units (issue 12): the golden check with them off
-#        (LEOAM_MATRIX_UNITS=0) and on (the default on NVIDIA), then bench/gemm-bench.ts
+#        (LEOAM_MATRIX_UNITS=0, the default) and on (=auto), then bench/gemm-bench.ts
 #        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it;
 #        GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the matrix units off, then on
 set -euo pipefail
@@ -61,10 +61,10 @@ if [ "$suite" = compare ]; then
 fi
 if [ "$suite" = gemm ]; then
   LEOAM_MATRIX_UNITS=0 timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
-  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
-  timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
+  LEOAM_MATRIX_UNITS=auto timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
+  LEOAM_MATRIX_UNITS=auto timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
   # The matrix kernel without row padding (less workgroup memory, more bank conflicts), at one M.
-  timeout 60 node .bench-bundle/gemm-bench.mjs --kernels sgmat --pad 0 --m 2048 --max-seconds 40 --out "$out/gemm-bench-pad0.json" 2>&1 | tee "$out/gemm-bench-pad0.txt" || echo "gemm-bench --pad 0: failed or stopped"
+  LEOAM_MATRIX_UNITS=auto timeout 60 node .bench-bundle/gemm-bench.mjs --kernels sgmat --pad 0 --m 2048 --max-seconds 40 --out "$out/gemm-bench-pad0.json" 2>&1 | tee "$out/gemm-bench-pad0.txt" || echo "gemm-bench --pad 0: failed or stopped"
   # GEMM_E2E=1 (engine-bench bundled too): 8K prefill and decode at 8B shapes with the matrix
   # units off, then on (the toggles they need also apply to every other kernel).
   if [ "${GEMM_E2E:-0}" = 1 ] && [ -f .bench-bundle/engine-bench.mjs ]; then
