@@ -119,13 +119,16 @@ describe("client users on the embedded nats-server", () => {
     ben.subscribe("leoam.v1.stream.ben.>", { callback: (_e, m) => void benSaw.push(m.subject) })
     await ben.flush()
     for (const stream of ["leoam.v1.stream.ann.t1", "_INBOX_ann.tokens"]) {
-      const events: Array<{ done: boolean }> = []
+      const events: Array<{ done: boolean } | { prefill: { done: number; total: number } }> = []
       ann.subscribe(stream, { callback: (_e, m) => void events.push(m.json()) })
       await ann.flush()
       const r = await ask(ann, publicSubjects.generate, { ids: [5, 6, 7], max_tokens: 2, stream })
       expect(r.json.usage, stream).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
-      expect(events.length, stream).toBe(3)
-      expect(events.at(-1)!.done).toBe(true)
+      // Prefill progress first (one event for a 3-token prompt), then the two tokens and done.
+      expect(events.filter((e) => "prefill" in e), stream).toEqual([{ prefill: { done: 3, total: 3 } }])
+      const tokens = events.filter((e): e is { done: boolean } => !("prefill" in e))
+      expect(tokens.length, stream).toBe(3) // two tokens, then done
+      expect(tokens.at(-1)!.done).toBe(true)
     }
     await ben.flush()
     expect(benSaw).toEqual([])
@@ -161,9 +164,10 @@ describe("client users on the embedded nats-server", () => {
       const streamed = await leoam(["request", publicSubjects.generate, body, "--stream", "--nats-user", "ann", "--nats-pass-file", passFile])
       expect(streamed.code, streamed.stderr).toBe(0)
       const lines = streamed.stdout.trim().split("\n").map((l) => JSON.parse(l))
-      expect(lines.length).toBe(4) // two tokens, done, the reply
-      expect(lines[2]).toMatchObject({ done: true })
-      expect(lines[3].usage).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
+      expect(lines.length).toBe(5) // prefill progress, two tokens, done, the reply
+      expect(lines[0]).toEqual({ prefill: { done: 3, total: 3 } })
+      expect(lines[3]).toMatchObject({ done: true })
+      expect(lines[4].usage).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
       const fromEnv = await leoam(["request", publicSubjects.health, "--nats-user", "ann"], { LEOAM_NATS_PASS: "ann-secret" })
       expect(fromEnv.code, fromEnv.stderr).toBe(0)
       expect(JSON.parse(fromEnv.stdout).status).toBe("ok")
