@@ -382,7 +382,8 @@ const list = (parse: (x: string) => number) => (v: string) => v.split(",").map((
 const settingsFrom = (o: Record<string, any>): Settings => {
   const quick = !!o.quick
   return {
-    contexts: o.contexts ?? (quick ? [2048] : [2048, 6144, 11264]),
+    // `--contexts 0`: no pass keys (a KL-only run).
+    contexts: (o.contexts ?? (quick ? [2048] : [2048, 6144, 11264])).filter((c: number) => c > 0),
     depths: o.depths ?? (quick ? [0.3, 0.7] : [0.1, 0.3, 0.5, 0.7, 0.9]),
     budgets: o.budgets ?? (quick ? [0.1, 0.5] : [0.05, 0.1, 0.25, 0.5]),
     policies: o.policies ?? ["quest", "h2o", "leoam"],
@@ -397,7 +398,7 @@ const main = async () => {
     .name("kv-quality")
     .description("Pass-key accuracy and KL divergence from full attention of each KV policy and selection budget, on the bundled model.")
     .option("--quick", "a small subset: one ~2K context, 2 depths, budgets 0.1 and 0.5, 64 KL positions")
-    .option("--contexts <list>", "pass-key prompt lengths in tokens (default 2048,6144,11264)", list((x) => parseInt(x, 10)))
+    .option("--contexts <list>", "pass-key prompt lengths in tokens (default 2048,6144,11264; 0: none)", list((x) => parseInt(x, 10)))
     .option("--depths <list>", "needle depths in [0, 1] (default 0.1,0.3,0.5,0.7,0.9)", list(Number))
     .option("--budgets <list>", "selection budgets, fractions of the context (default 0.05,0.1,0.25,0.5)", list(Number))
     .option("--policies <list>", "policies compared with full (default quest,h2o,leoam)", (v) => v.split(",").map((x) => parsePolicy(x.trim()).name))

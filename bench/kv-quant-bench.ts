@@ -16,7 +16,8 @@ const shapes: Record<string, { shape: KvShape; layers: number }> = {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 const time = (runs: number, f: () => void): number => {
-  for (let i = 0; i < 3; i++) f()
+  // Warm up for 300 ms (the JIT optimizes after many calls; the first cases would pay for it).
+  for (const t0 = performance.now(); performance.now() - t0 < 300; ) f()
   const ms: number[] = []
   for (let i = 0; i < runs; i++) {
     const t0 = performance.now()
