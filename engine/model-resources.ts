@@ -35,14 +35,23 @@ export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "
   return matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
 }
 
-/** A prefill GEMM's key: gemm_sgmat where `matrix` is set, else gemm. */
-export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmConstants | undefined): PipelineKey =>
-  matrix === undefined ? { op: "gemm", ...(Object.keys(flags).length > 0 ? { flags } : {}) } : { op: "gemm_sgmat", flags, constants: { ...matrix } }
+/**
+ * Whether prefill's GEMMs (without matrix units) use gemm_reg, which has no workgroup memory
+ * and no barrier: on a CPU adapter (lavapipe), where it ran 2.8-3.1x gemm's speed at the
+ * bundled model's shapes (M 352; N 2048, K 384 and N 384, K 1024; 2 cores).
+ */
+export const registerGemmFor = (gpu: Pick<Gpu, "kind">): boolean => gpu.kind === "cpu"
+
+/** A prefill GEMM's key: gemm_sgmat where `matrix` is set, else gemm_reg where `registers`, else gemm. */
+export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmConstants | undefined, registers = false): PipelineKey =>
+  matrix !== undefined
+    ? { op: "gemm_sgmat", flags, constants: { ...matrix } }
+    : { op: registers ? "gemm_reg" : "gemm", ...(Object.keys(flags).length > 0 ? { flags } : {}) }
 
 /** Output columns per workgroup (dispatch x) of a prefill GEMM; rows per workgroup are 64 for both. */
 export const gemmColumnsPerGroup = (key: PipelineKey): number => (key.op === "gemm_sgmat" ? 128 : 64)
 
-export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants) => {
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {
@@ -58,11 +67,11 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemvGu: g("gu", { NORM: true, SWIGLU: true }),
     gemvDown: g("down", { ACC: true }),
     gemvHead: g("head", { NORM: true }),
-    gemm: gemmKey({}, matrix),
-    gemmBias: gemmKey({ BIAS: true }, matrix),
-    gemmAcc: gemmKey({ ACC: true }, matrix),
-    gemmAccBias: gemmKey({ ACC: true, BIAS: true }, matrix),
-    gemmSwiglu: gemmKey({ SWIGLU: true }, matrix),
+    gemm: gemmKey({}, matrix, registerGemm),
+    gemmBias: gemmKey({ BIAS: true }, matrix, registerGemm),
+    gemmAcc: gemmKey({ ACC: true }, matrix, registerGemm),
+    gemmAccBias: gemmKey({ ACC: true, BIAS: true }, matrix, registerGemm),
+    gemmSwiglu: gemmKey({ SWIGLU: true }, matrix, registerGemm),
     attnDecode: attnDecodeKey(c),
     combine: { op: "attn_combine" },
     attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },

@@ -12,7 +12,7 @@ import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, createUniforms, matrixGemmFor, pipelineKeys } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, createUniforms, matrixGemmFor, pipelineKeys, registerGemmFor } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -126,7 +126,7 @@ export class GpuModel {
     this.maxContext = o.maxContext
     this.prefillChunk = o.prefillChunk
     this.invFreq = ropeInvFreq(config)
-    this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, config))
+    this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, config), registerGemmFor(gpu))
     const kind = kvKindOf(o.kv, config, o, this.keys.attnPrefill)
     this.act = allocateActivations(device, config, o.prefillChunk, kind.partials)
     this.u = createUniforms(device, config, o.gemv, o.blockTokens)
@@ -154,7 +154,7 @@ export class GpuModel {
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), subgroupsOf(gpu))
     const pipelines = new Pipelines(gpu)
-    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, c))
+    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, c), registerGemmFor(gpu))
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
     const built: BuildOptions = {
       maxContext,
@@ -189,9 +189,10 @@ export class GpuModel {
   /**
    * Runs the prompt through the model, appending its KV. Afterwards `logits` holds the
    * last position's logits. With `allLogits`, returns the logits of every position
-   * (tests only: one readback per chunk).
+   * (tests only: one readback per chunk). `open` (benchmarks) starts each pass's command
+   * stream instead of the engine's, e.g. with a timed pass per dispatch.
    */
-  async prefill(ids: ReadonlyArray<number>, allLogits = false, onProgress?: (done: number, total: number) => void): Promise<Float32Array | undefined> {
+  async prefill(ids: ReadonlyArray<number>, allLogits = false, onProgress?: (done: number, total: number) => void, open: () => StepEncoder = () => this.steps.open()): Promise<Float32Array | undefined> {
     const c = this.config
     if (ids.length === 0) throw new RangeError("prefill of zero tokens")
     if (this.length + ids.length > this.maxContext) {
@@ -201,7 +202,7 @@ export class GpuModel {
     for (let start = 0, m = 0; start < ids.length; start += m) {
       await this.kv.settle()
       m = Math.min(this.kv.prefillRoom(), this.prefillChunk, ids.length - start)
-      await this.prefillPass(ids.slice(start, start + m))
+      await this.prefillPass(ids.slice(start, start + m), open())
       if (all) all.set(await this.allPositionLogits(m), start * c.vocabSize)
       if (onProgress) {
         await this.device.queue.onSubmittedWorkDone()
@@ -213,7 +214,7 @@ export class GpuModel {
   }
 
   /** One pass of m tokens: every layer's pre, attention through the manager, post; then the last row's head. */
-  private async prefillPass(ids: ReadonlyArray<number>): Promise<void> {
+  private async prefillPass(ids: ReadonlyArray<number>, step: StepEncoder): Promise<void> {
     const c = this.config
     const m = ids.length
     const p = this.program.prefill
@@ -226,7 +227,6 @@ export class GpuModel {
     u.setGemmRows(m)
     for (const r of p.rows) r.y = m
     for (const g of p.gemms) g.y = Math.ceil(m / 64)
-    const step = this.steps.open()
     step.encode(p.embed)
     for (let l = 0; l < c.numLayers; l++) {
       step.encode(p.layers[l].pre)
@@ -464,7 +464,7 @@ export class GpuModel {
   async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv">): Promise<GpuModel> {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const built = { ...this.built, gemv, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv }
-    const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config))
+    const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config), registerGemmFor(this.gpu))
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)
     model.ownsWeights = false

@@ -14,6 +14,7 @@ export type KernelName =
   | "gemv_sg"
   | "gemm"
   | "gemm_sgmat"
+  | "gemm_reg"
   | "rope_kv"
   | "attn_decode"
   | "attn_combine"

@@ -256,7 +256,7 @@ describe("gemv with ROPE (QKV projection, RoPE and the KV append in one kernel)"
 
 // --- gemm -----------------------------------------------------------------------------
 
-const runGemm = async (c: { M: number; N: number; K: number; flags: Readonly<Record<string, boolean>> }, seed: number) => {
+const runGemm = async (c: { M: number; N: number; K: number; flags: Readonly<Record<string, boolean>> }, seed: number, op: "gemm" | "gemm_reg" = "gemm") => {
   const rand = rng(seed)
   const { M, N, K, flags } = c
   const outs = flags.SWIGLU ? N / 2 : N
@@ -266,16 +266,16 @@ const runGemm = async (c: { M: number; N: number; K: number; flags: Readonly<Rec
   const y0 = uniformF32(rand, M * outs) // (M, outs) f32
   const y = rig.input(y0, "Y (M, outs) f32")
   await rig.run(
-    { op: "gemm", flags },
+    { op, flags },
     { layout: "uuuu", values: [M, N, K, 0] },
     { 1: rig.input(x), 2: rig.input(w.bits), 3: y, 5: flags.BIAS ? rig.input(bias) : undefined },
     [Math.ceil(N / 64), Math.ceil(M / 64)],
   )
   const want = linearReference({ ...c, flags: { ...flags, NORM: false } }, w.values, x, new Float32Array(K), bias, y0)
-  expectClose(await rig.f32(y, M * outs), want, TOL.f32, `gemm ${JSON.stringify(c)}`)
+  expectClose(await rig.f32(y, M * outs), want, TOL.f32, `${op} ${JSON.stringify(c)}`)
 }
 
-describe("gemm", () => {
+describe.each(["gemm", "gemm_reg"] as const)("%s", (op) => {
   const variants: ReadonlyArray<Record<string, boolean>> = [
     {},
     { ACC: true },
@@ -286,13 +286,13 @@ describe("gemm", () => {
   ]
 
   it("every fused variant with M and N not multiples of the 64x64 tile (M 70, N 100, K 48)", async () => {
-    for (const [i, flags] of variants.entries()) await runGemm({ M: 70, N: 100, K: 48, flags }, 200 + i)
+    for (const [i, flags] of variants.entries()) await runGemm({ M: 70, N: 100, K: 48, flags }, 200 + i, op)
   })
 
   it("one row, exact tiles, and a single K step", async () => {
-    await runGemm({ M: 1, N: 36, K: 32, flags: {} }, 210)
-    await runGemm({ M: 64, N: 128, K: 16, flags: { ACC: true } }, 211)
-    await runGemm({ M: 3, N: 130, K: 16, flags: { SWIGLU: true } }, 212)
+    await runGemm({ M: 1, N: 36, K: 32, flags: {} }, 210, op)
+    await runGemm({ M: 64, N: 128, K: 16, flags: { ACC: true } }, 211, op)
+    await runGemm({ M: 3, N: 130, K: 16, flags: { SWIGLU: true } }, 212, op)
   })
 })
 
