@@ -9,7 +9,7 @@ import { adminReplies, type AdminStatsReply } from "../protocol/admin.ts"
 import { policyNames } from "../protocol/policy.ts"
 import { adminSubjects } from "../protocol/subjects.ts"
 import { type ClientAuth, connectClient } from "./connect.ts"
-import { CliError } from "./errors.ts"
+import { CliError, noRespondersError } from "./errors.ts"
 
 export interface AdminConnection {
   readonly natsUrl: string
@@ -35,7 +35,12 @@ type AdminKey = keyof typeof adminReplies
 
 /** One admin request, its reply decoded by the subject's schema (error replies reject with their LeoamError). */
 const askOn = <K extends AdminKey>(nc: NatsConnection, c: AdminConnection, key: K, body: unknown) =>
-  runRequest(askPublic(nc, adminSubjects[key], adminReplies[key] as unknown as Schema.Schema<(typeof adminReplies)[K]["Type"], unknown>, body, c.timeoutMs))
+  runRequest(askPublic(nc, adminSubjects[key], adminReplies[key] as unknown as Schema.Schema<(typeof adminReplies)[K]["Type"], unknown>, body, c.timeoutMs)).catch((e) => {
+    // askPublic reports any unanswered request as actor_unavailable; NATS's no-responders
+    // status means no node serves the admin subjects at all, which the CLI says as such.
+    if ((e as { code?: string }).code === "actor_unavailable" && /no responders/i.test((e as Error).message)) throw noRespondersError(adminSubjects[key], c.natsUrl)
+    throw e
+  })
 
 const ask = <K extends AdminKey>(c: AdminConnection, key: K, body: unknown) => withNats(c, (nc) => askOn(nc, c, key, body))
 

@@ -18,3 +18,7 @@ export const exitCodeOf = (code: string): number =>
     "kv_budget_too_small", "kv_dir_unavailable", "permission_denied", "invalid_config", "node_id_in_use"].includes(code)
     ? 2
     : 1
+
+/** `no_responders`: NATS answered at once that nothing subscribes to the subject (no leoam node there), not a timeout. */
+export const noRespondersError = (subject: string, natsUrl: string): CliError =>
+  new CliError("no_responders", `nothing serves ${subject} on ${natsUrl} (NATS: no responders): no leoam node is running there, or the subject is misspelt (leoam.v1.generate, leoam.v1.health, ...)`)

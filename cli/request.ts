@@ -5,7 +5,7 @@
 // (its inbox prefix) and are printed as JSON lines before the reply.
 import { createInbox, NoRespondersError, RequestError } from "@nats-io/nats-core"
 import { type ClientAuth, connectClient, inboxOf } from "./connect.ts"
-import { CliError } from "./errors.ts"
+import { CliError, noRespondersError } from "./errors.ts"
 
 /** NATS answered at once that no subscriber has the subject (the server's 503 no-responders status), as opposed to a timeout. */
 const noResponders = (e: unknown): boolean =>
@@ -42,7 +42,7 @@ export const runRequest = async (o: { subject: string; body: string; natsUrl: st
         throw new CliError("permission_denied", `${o.subject}: ${(e as Error).message}`)
       }
       if (noResponders(e)) {
-        throw new CliError("no_responders", `nothing serves ${o.subject} on ${o.natsUrl} (NATS: no responders): no leoam node is running there, or the subject is misspelt (leoam.v1.generate, leoam.v1.health, ...)`)
+        throw noRespondersError(o.subject, o.natsUrl)
       }
       throw new CliError("timeout", `no reply on ${o.subject} within ${o.timeoutMs} ms: ${(e as Error).message}`)
     })

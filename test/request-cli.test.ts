@@ -41,4 +41,17 @@ describe("leoam request", () => {
       expect(silent.code).toBe(1)
     }),
   )
+
+  it.scopedLive("`leoam admin` and `leoam stats` with no node on the bus: no_responders at once, exit 1", () =>
+    Effect.gen(function* () {
+      const { url } = yield* nats
+      for (const args of [["admin", "policy", "get"], ["stats"]]) {
+        const r = yield* cli([...args, "--nats-url", url, "--timeout", "60000"])
+        expect(r.stdout).toBe("")
+        expect(r.stderr).toMatch(/^leoam: error \[no_responders\]: nothing serves leoam\.v1\.admin\.[a-z.]+ on nats:\/\/127\.0\.0\.1:\d+/)
+        expect(r.code).toBe(1)
+        expect(r.ms).toBeLessThan(30_000)
+      }
+    }),
+  )
 })
