@@ -31,13 +31,15 @@ const program = new Command()
   .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
   .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
   .option("--max-seconds <s>", "stop timing a policy after this long (fewer steps)", (v) => Number(v), 90)
-  .option("--compression <bits>", "compression.bits of leoam and offload-all: 16, 8, 4 or importance", "16")
+  .option("--compression <list>", "compression.bits of leoam and offload-all: 16, 8, 4 or importance; a comma-separated list runs each, side by side", "16")
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
 
 interface Row {
   policy: string
+  /** compression.bits (16 for policies without tiers). */
+  compression: string
   ms_per_token: number
   steps: number
   fill_ms: number
@@ -45,11 +47,11 @@ interface Row {
   error?: string
 }
 
-const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number): Promise<Row> => {
+const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number, setting: string): Promise<Row> => {
   const config = resolveDummyConfig(o.preset)
   const maxContext = context + o.steps + 8
-  const bits = o.compression === "importance" ? "importance" : Number(o.compression)
-  const compression = (name === "leoam" || name === "offload-all") && bits !== 16 ? { compression: { bits } } : {}
+  const bits = setting === "importance" ? "importance" : Number(setting)
+  const compression = bits !== 16 ? { compression: { bits } } : {}
   const doc =
     name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression } : { name, ...compression }
   const policy = parsePolicy(doc)
@@ -74,9 +76,9 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number)
     await gpu.device.queue.onSubmittedWorkDone()
     const ms = (performance.now() - t0) / steps
     const kv = model.tierStats()
-    return { policy: name, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
+    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
   } catch (e) {
-    return { policy: name, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
+    return { policy: name, compression: setting, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
     model?.destroy()
     if (store) {
@@ -95,14 +97,20 @@ const kvGiB = (context * kvBytesPerToken(config)) / 2 ** 30
 console.log(`tiered KV decode: ${o.preset} shapes (${config.numLayers} layers, ${config.numKvHeads} KV heads), ${context} tokens of random KV = ${kvGiB.toFixed(2)} GiB, on ${gpu.adapterName}`)
 console.log(`tiered policies: GPU KV budget ${o.gpuKvBudget}, host ${o.hostKvBudget}, disk ${kvDir}; quest and leoam attend ${(o.budgetFraction * 100).toFixed(0)}% of the tokens per step`)
 const rows: Row[] = []
-for (const name of String(o.policies).split(",")) {
-  const row = await runPolicy(gpu, name, kvDir, context)
+const settings = String(o.compression).split(",")
+// Compression applies to the tiered policies: each runs once per setting, the others once.
+const variants = String(o.policies)
+  .split(",")
+  .flatMap((name) => (name === "leoam" || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]))
+for (const { name: policy, setting } of variants) {
+  const row = await runPolicy(gpu, policy, kvDir, context, setting)
   rows.push(row)
-  type Kv = { gpu: { hits: number; misses: number }; host: { bytes_read: number }; disk: { bytes_read: number }; time_ms: Record<string, number>; staging_waits: number }
+  const name = setting === "16" ? policy : `${policy}/${setting === "importance" ? "imp" : `int${setting}`}`
+  type Kv = { gpu: { hits: number; misses: number }; host: { bytes_read: number }; disk: { bytes_read: number; bytes_written: number }; time_ms: Record<string, number>; staging_waits: number }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
   const perStep = (k: "select" | "transfer" | "attention") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
   const extra = kv
-    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up); ` +
+    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
       `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}`
     : ""
   console.log(
@@ -112,7 +120,7 @@ for (const name of String(o.policies).split(",")) {
   )
 }
 const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
-if (ref) for (const r of rows) if (!r.error) console.log(`  ${r.policy.padEnd(12)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all`)
+if (ref) for (const r of rows) if (!r.error) console.log(`  ${`${r.policy} ${r.compression}`.padEnd(16)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all (${ref.compression})`)
 if (o.out) writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), device: gpu.adapterName, preset: o.preset, context, rows }, null, 2))
 if (!o.kvDir) rmSync(kvDir, { recursive: true, force: true })
 await releaseGpu()

@@ -25,6 +25,7 @@ export type KernelName =
   | "copy"
   | "fill"
   | "abstract"
+  | "quantize"
   | "score"
   | "select"
   | "lse"

@@ -313,11 +313,16 @@ export class ReadbackRing {
    * Copies the regions back and calls `sink` with consecutive pieces of their
    * concatenation (once per staging buffer used, in order). A view is valid only during
    * its `sink` call. Resolves after the last sink returned.
+   *
+   * `prepare`, when given, records commands (e.g. a kernel writing the copies' source) into the
+   * encoder of the copies, just before them: they then run in queue order with every other read,
+   * so reads may share the buffer it writes. The copies must then fit one staging buffer.
    */
-  async read(copies: ReadonlyArray<ReadCopy>, sink: (view: Uint8Array) => void): Promise<void> {
+  async read(copies: ReadonlyArray<ReadCopy>, sink: (view: Uint8Array) => void, prepare?: (encoder: GPUCommandEncoder) => void): Promise<void> {
     if (this.destroyed) throw new Error("ReadbackRing: destroyed")
     for (const c of copies) checkAligned("ReadbackRing.read copy", c.srcOffset, c.size)
     const groups = planReadback(copies, this.slotBytes)
+    if (prepare && groups.length > 1) throw new RangeError(`ReadbackRing.read: a prepared read of ${groups.reduce((a, g) => a + g.bytes, 0)} bytes exceeds a staging buffer of ${this.slotBytes}`)
     const inFlight: Pending[] = []
     let next = 0
     try {
@@ -326,7 +331,7 @@ export class ReadbackRing {
           // Take free buffers greedily; wait for one only when this read holds none (no deadlock).
           const buffer = this.free.pop() ?? (inFlight.length === 0 ? await this.acquire() : undefined)
           if (buffer === undefined) break
-          inFlight.push(this.submit(buffer, groups[next++]!))
+          inFlight.push(this.submit(buffer, groups[next++]!, prepare))
         }
         const head = inFlight.shift()!
         try {
@@ -350,8 +355,9 @@ export class ReadbackRing {
     for (const b of this.buffers) b.destroy()
   }
 
-  private submit(buffer: GPUBuffer, group: ReadGroup): Pending {
+  private submit(buffer: GPUBuffer, group: ReadGroup, prepare?: (encoder: GPUCommandEncoder) => void): Pending {
     const encoder = this.device.createCommandEncoder({ label: "readback ring" })
+    prepare?.(encoder)
     let at = 0
     for (const p of group.pieces) {
       encoder.copyBufferToBuffer(p.src, p.srcOffset, buffer, at, p.size)

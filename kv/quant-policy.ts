@@ -19,6 +19,13 @@ export const COLD_BITS = 4
 export const maxBitsOf = (c: CompressionBits): KvBits => (c === "importance" ? HOT_BITS : c)
 
 /**
+ * The forms a seal produces of each chunk under this setting: its bits, or under "importance"
+ * both HOT_BITS and COLD_BITS (the GPU quantizes both in the seal's pass; the choice, which
+ * needs the chunk's abstract, is made from them once read back, by SealBits).
+ */
+export const sealForms = (c: CompressionBits): ReadonlyArray<KvBits> => (c === "importance" ? [HOT_BITS, COLD_BITS] : [c])
+
+/**
  * The query-free score bound of a chunk's abstract: min then max, (KV, D) f16 each
  * (`bytes.length / 4` halves per side).
  */

@@ -13,7 +13,7 @@
 import type { DiskStore } from "./disk-store.ts"
 import { chunkKey, type EvictionPolicy } from "./eviction.ts"
 import type { HostArena } from "./host-arena.ts"
-import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape, quantizeChunk } from "./quant.ts"
+import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape } from "./quant.ts"
 import { KvTierError, tierErrorOf } from "./tier-errors.ts"
 
 export interface ChunkLoad {
@@ -37,9 +37,9 @@ export interface SealedChunk {
   readonly layer: number
   readonly chunk: number
   readonly tokens: number
-  /** (K then V) f16, as the GPU pools hold its blocks. */
+  /** The chunk's bytes at `bits`: (K then V) f16 as the GPU pools hold its blocks, or kv/quant.ts's int8/int4 layout (quantized by the seal, on the GPU). */
   readonly kv: Uint8Array
-  /** Bits to keep it at in the host and disk tiers (kv/quant.ts; quantized here, on the CPU); 16 when left out. */
+  /** Bits it is kept at in the host and disk tiers; 16 when left out. */
   readonly bits?: KvBits
   /** The chunk's min then max abstract, (KV, D/2) f16 each. */
   readonly abstract: Uint8Array
@@ -225,12 +225,14 @@ export class LocalTierIo implements TierIo {
     return bytes
   }
 
-  /** A seal's bytes at its bits (quantized on the CPU). */
+  /** A seal's bytes, checked against its bits' length where the shape is known (a wrong length is a bug upstream, never stored). */
   private encode(c: SealedChunk): Uint8Array {
     const bits = c.bits ?? 16
-    if (bits === 16) return c.kv
-    if (this.shape === undefined) throw new KvTierError("io_failed", `chunk ${this.keyOf(c)}: quantizing needs the KV shape`)
-    return quantizeChunk(c.kv, this.shape, c.tokens, bits)
+    if (bits !== 16 && this.shape === undefined) throw new KvTierError("io_failed", `chunk ${this.keyOf(c)}: storing ${bits}-bit chunks needs the KV shape`)
+    if (this.shape !== undefined && c.kv.length !== chunkBytesAt(this.shape, c.tokens, bits)) {
+      throw new KvTierError("io_failed", `chunk ${this.keyOf(c)}: ${c.kv.length} bytes sealed at ${bits} bits, want ${chunkBytesAt(this.shape, c.tokens, bits)}`)
+    }
+    return c.kv
   }
 
   adoptLayer(layer: number): StoredLayer {

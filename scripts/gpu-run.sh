@@ -24,9 +24,14 @@
 #        (LEOAM_MATRIX_UNITS=0, the default) and on (=auto), then bench/gemm-bench.ts
 #        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it;
 #        GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the matrix units off, then on
+#   compress: KV compression (issue 13 §2): the golden check, then tiered-bench at 8B 64K
+#        (GPU 6 GiB, host 8 GiB) with full and leoam at compression 16, 8, 4 and importance side
+#        by side in one process (seals quantize on the GPU); fits one 10-minute command
+#        (bundle: `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to
+#        tiered-bench
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -72,6 +77,15 @@ if [ "$suite" = gemm ]; then
       LEOAM_MATRIX_UNITS=$mu timeout 240 node .bench-bundle/engine-bench.mjs --long-context 0 --prefill 8192 --out "$out/engine-bench-matrix-$mu.json" 2>&1 | tee "$out/engine-bench-matrix-$mu.txt" || echo "engine-bench (matrix units $mu): failed or stopped"
     done
   fi
+  exit 0
+fi
+if [ "$suite" = compress ]; then
+  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
+  # Each variant loads the model, fills 64K tokens through the seal path and times up to 6 steps.
+  timeout 480 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --compression 16,8,4,importance \
+    --steps 6 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-compress.json" "$@" 2>&1 \
+    | tee "$out/tiered-8b-64k-compress.txt" || echo "tiered-bench: failed or stopped (time)"
   exit 0
 fi
 if [ "$suite" = tiered-128k ]; then

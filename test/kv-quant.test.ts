@@ -196,7 +196,8 @@ describe("LocalTierIo with quantized chunks", () => {
       kv: f16Chunk(Float32Array.from({ length: n }, () => rnd() - 0.5), Float32Array.from({ length: n }, () => rnd() - 0.5)),
       abstract: new Uint8Array(8),
     }))
-    const written = await io.storeSealed(chunks)
+    // Seals arrive at their bits (the GPU quantizes them); here the CPU reference does.
+    const written = await io.storeSealed(chunks.map((c) => ({ ...c, kv: c.bits === 16 ? c.kv : quantizeChunk(c.kv, s, 32, c.bits as 8 | 4) })))
     expect(written).toBe(chunks.reduce((a, c) => a + chunkBytesAt(s, 32, c.bits), 0))
     expect(store.chunksOf("doc", 0).map((c) => c.entry.dtype)).toEqual(["f16", "int8", "int4", "int8", "int4"])
     const expected = chunks.map((c) => (c.bits === 16 ? c.kv : quantizeChunk(c.kv, s, 32, c.bits as 8 | 4)))

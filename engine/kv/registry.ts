@@ -15,7 +15,7 @@ import { ATTN_TILE } from "./pool.ts"
 import { attnDecodeKey, windowedPrefillKey } from "../model-resources.ts"
 import type { PipelineKey } from "../pipelines.ts"
 import type { SparsePolicy } from "../sparse.ts"
-import { KvBudgetError, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
+import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { FullKv } from "./full.ts"
 import { H2oKv, type H2oPolicy, h2oPipelineKeys } from "./h2o.ts"
 import type { KvApplies, KvContext, KvManager } from "./manager.ts"
@@ -106,7 +106,12 @@ export const kvKindOf = (spec: KvSpec, c: ModelConfig, sizes: KvSizes, attnPrefi
       return { pipelineKeys: Object.values(h2oPipelineKeys(c)), partials: fullPartials, checkFits: fits, create: (ctx) => new H2oKv(ctx, spec.policy) }
     case "tiered":
       return {
-        pipelineKeys: [...Object.values(tieredPipelineKeys(c)), windowedPrefillKey(attnPrefill), tieredDecodeKey(attnDecodeKey(c), spec.policy)],
+        pipelineKeys: [
+          ...Object.values(tieredPipelineKeys(c)),
+          windowedPrefillKey(attnPrefill),
+          tieredDecodeKey(attnDecodeKey(c), spec.policy),
+          ...((spec.policy.compression ?? 16) !== 16 ? [quantizeKey(c, sizes.blockTokens)] : []),
+        ],
         partials: Math.max(fullPartials, TIER_PARTIALS),
         checkFits: () => void tieredLayout(c, spec.policy, spec.stores, sizes),
         create: (ctx) => new TieredManager(ctx, spec.policy, spec.stores),

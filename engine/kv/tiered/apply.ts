@@ -88,7 +88,8 @@ export class GpuCache {
 
   /** A slot for a chunk just sealed (evicting by policy, nothing pinned): its first pool block, or undefined. */
   admit(l: number, chunk: number, policy: PlanPolicy): number | undefined {
-    // Compressed slots take a chunk only through a load (the GPU has no quantizer): it comes from the host tier.
+    // Compressed slots take a chunk only through a load, from the host tier (the seal's quantizer writes a
+    // scratch for the read-back, not cache slots: admitting there is left to do).
     if (this.quantized) return undefined
     const slot = this.slots[l].take(chunk, policy.eviction, new Set(), ++this.tick)
     return slot === undefined ? undefined : this.blockOf(slot)

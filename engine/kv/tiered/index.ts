@@ -13,6 +13,6 @@ export {
   type TieredPolicy,
   type TierStores,
 } from "./layout.ts"
-export { tieredDecodeKey, tieredPipelineKeys } from "./select.ts"
+export { quantizeKey, tieredDecodeKey, tieredPipelineKeys } from "./select.ts"
 export type { TierStats } from "./stats.ts"
 export { TieredKv } from "./tiered-kv.ts"

@@ -74,6 +74,8 @@ export interface TierLayoutInput {
   readonly sealBytes: number
   /** The in-pool copy's scratch buffer. */
   readonly scratchBytes: number
+  /** Whether seals quantize on the GPU: a scratch of one staging slot more. */
+  readonly quantScratch?: boolean
   /** Cache slots that must fit at once (sink, recent, one chosen). */
   readonly minimumSlots: number
   readonly wantedPrefillChunks: number
@@ -92,11 +94,12 @@ export interface TierLayout {
   readonly bytes: number
 }
 
-/** Staging bytes at a budget: both rings and the scratch buffer. */
+/** Staging bytes at a budget: both rings, the scratch buffer and, when seals quantize, their output. */
 const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
   const stagingSlotBytes = Math.ceil(Math.max(i.sealBytes, Math.min(STAGING_MAX_BYTES, budgetBytes / 64)) / 4) * 4
   const uploadSlots = uploadSlotsFor(budgetBytes)
-  return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * (uploadSlots + READBACK_SLOTS) + i.scratchBytes }
+  const slots = uploadSlots + READBACK_SLOTS + (i.quantScratch ? 1 : 0)
+  return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * slots + i.scratchBytes }
 }
 
 /**
@@ -156,6 +159,7 @@ export const tieredLayout = (
     slotBytes,
     sealBytes: slotBytes + 2 * c.numKvHeads * (c.headDim / 2) * 4,
     scratchBytes: slotBlocks * blockBytes,
+    quantScratch: (policy.compression ?? 16) !== 16,
     minimumSlots: minimumSlots(policy),
     wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
     maxChunks: Math.ceil(options.maxContext / policy.chunkTokens),

@@ -17,6 +17,9 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   select: { op: "select" } as PipelineKey,
 })
 
+/** The seal's quantizer (compression below 16 bits): shapes as override constants. */
+export const quantizeKey = (c: ModelConfig, blockTokens: number): PipelineKey => ({ op: "quantize", constants: { D: c.headDim, GV: Math.min(32, c.headDim), BS: blockTokens } })
+
 /** The decode attention of a tiered cache: the model's, with dequantization fused in (QUANT) where decode's slots are compressed. */
 export const tieredDecodeKey = (base: PipelineKey, p: TieredPolicy): PipelineKey =>
   maxBitsOf(p.compression ?? 16) === 16 ? base : { ...base, flags: { ...base.flags, QUANT: true } }

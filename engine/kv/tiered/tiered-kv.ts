@@ -101,7 +101,7 @@ export class TieredKv {
       amin: storageBuffer(device, `L${l} chunk abstract min (chunks, KV, D/2) f16`, abstractBytes),
       amax: storageBuffer(device, `L${l} chunk abstract max (chunks, KV, D/2) f16`, abstractBytes),
     }))
-    this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks)
+    this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks, (policy.compression ?? 16) !== 16)
     this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
     this.quant = quantSlots(policy, this.shape, this)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
@@ -154,7 +154,7 @@ export class TieredKv {
 
   /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
   get gpuBytes(): number {
-    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0)
   }
 
   /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
@@ -203,7 +203,7 @@ export class TieredKv {
       else k.sealedInt4++
       return bits
     }
-    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, bitsOf)
+    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, setting, bitsOf)
   }
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
