@@ -71,23 +71,28 @@ export interface Dispatch {
   z: number
 }
 
+/** A bound buffer: all of it, or a range (offset a multiple of minStorageBufferOffsetAlignment). */
+export type Bound = GPUBuffer | { readonly buffer: GPUBuffer; readonly offset: number; readonly size: number }
+
+const resourceOf = (b: Bound): GPUBufferBinding => ("offset" in b && "buffer" in b ? { buffer: b.buffer, offset: b.offset, size: b.size } : { buffer: b as GPUBuffer })
+
 export const bind = (
   device: GPUDevice,
   pipeline: GPUComputePipeline,
-  entries: ReadonlyArray<readonly [binding: number, buffer: GPUBuffer]>,
+  entries: ReadonlyArray<readonly [binding: number, buffer: Bound]>,
   label?: string,
 ): GPUBindGroup =>
   device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })),
+    entries: entries.map(([binding, b]) => ({ binding, resource: resourceOf(b) })),
   })
 
 /** A dispatch of `pipeline` whose bind group (entries: [binding, buffer]) is built once. */
 export const dispatchOf = (
   device: GPUDevice,
   pipeline: GPUComputePipeline,
-  entries: ReadonlyArray<readonly [number, GPUBuffer]>,
+  entries: ReadonlyArray<readonly [number, Bound]>,
   x = 1,
   y = 1,
   z = 1,

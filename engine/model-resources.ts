@@ -149,3 +149,16 @@ export const createUniforms = (device: GPUDevice, c: ModelConfig, gemv: GemvTuni
   u.ropeDecode.set(1, c.numHeads, c.numKvHeads, c.headDim, blockTokens)
   return u
 }
+
+/** Writes the RoPE table (m, D/2) vec2 (cos, sin) of positions pos0.. into `out`; returns its bytes. */
+export const fillRope = (out: Float32Array, invFreq: Float32Array, pos0: number, m: number): number => {
+  const half = invFreq.length
+  for (let t = 0; t < m; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround((pos0 + t) * invFreq[i])
+      out[(t * half + i) * 2] = Math.cos(angle)
+      out[(t * half + i) * 2 + 1] = Math.sin(angle)
+    }
+  }
+  return m * half * 8
+}

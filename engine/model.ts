@@ -7,12 +7,14 @@
 // sequence state.
 import type { ModelConfig, WeightSource } from "../models/types.ts"
 import { ropeInvFreq } from "./cpu-reference.ts"
-import { encodeAll, readF32, storageBuffer } from "./buffers.ts"
+import { type Bound, type Dispatch, dispatchOf, encodeAll, readF32, storageBuffer } from "./buffers.ts"
+import { decodeStep, OneRow } from "./decode-driver.ts"
+import type { PipelineKey } from "./pipelines.ts"
 import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, createUniforms, matrixGemmFor, pipelineKeys, registerGemmFor } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, createUniforms, fillRope, matrixGemmFor, pipelineKeys, registerGemmFor } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -105,10 +107,13 @@ export class GpuModel {
   private readonly invFreq: Float32Array
   private readonly act: ReturnType<typeof allocateActivations>
   private readonly u: ReturnType<typeof createUniforms>
-  private readonly keys: ReturnType<typeof pipelineKeys>
+  /** The pipelines of the model's kernels, and its GEMV tunings (a decode batch runs the same). */
+  readonly keys: ReturnType<typeof pipelineKeys>
+  readonly gemv: GemvTunings
   private readonly program: Program
   private readonly ropeHost: Float32Array // (chunk, D/2) vec2 cos, sin: host copy of act.rope
   private readonly steps: PassEncoder
+  private readonly alone: OneRow
   private sampling: SamplingCandidates | undefined
   private ownsWeights = true
 
@@ -126,6 +131,7 @@ export class GpuModel {
     this.maxContext = o.maxContext
     this.prefillChunk = o.prefillChunk
     this.invFreq = ropeInvFreq(config)
+    this.gemv = o.gemv
     this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, config), registerGemmFor(gpu))
     const kind = kvKindOf(o.kv, config, o, this.keys.attnPrefill)
     this.act = allocateActivations(device, config, o.prefillChunk, kind.partials)
@@ -147,6 +153,7 @@ export class GpuModel {
     this.steps = new PassEncoder(device)
     const fuseRope = o.decode.fuseRope && canFuseRope(gpu, o.gemv, weights.layers[0]?.bqkv !== undefined)
     this.program = buildProgram({ device, pipelines, config, weights, act: this.act, u: this.u, keys: this.keys, gemv: o.gemv, pools: this.kv.pools, tokenIds: this.tokenIds, fuseRope })
+    this.alone = new OneRow(this.kv, this.program.decode, (step, sample) => this.encodeSample(step, sample))
   }
 
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
@@ -269,39 +276,33 @@ export class GpuModel {
    * the engine's command stream, e.g. with one timed pass per dispatch.
    */
   decode(inSlot: number, sample?: SampleParams, copyOut?: CopyOut, step: StepEncoder = this.steps.open()): void | Promise<void> {
+    this.prepareStep()
+    this.u.embedDecode.set(this.config.hiddenSize, 0, this.config.vocabSize, 1, inSlot % ID_SLOTS)
+    this.alone.sample = sample
+    this.alone.copyOut = copyOut
+    return decodeStep(this.alone, step)
+  }
+
+  /** Before a decode step (alone or as a row of a batch): the context's room, the step's RoPE. */
+  prepareStep(): void {
     if (this.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
     this.writeRope(this.kv.length, 1)
-    this.u.embedDecode.set(this.config.hiddenSize, 0, this.config.vocabSize, 1, inSlot % ID_SLOTS)
-    const begun = this.kv.beginDecode()
-    if (begun) return begun.then(() => this.decodeLayers(step, 0, sample, copyOut))
-    return this.decodeLayers(step, 0, sample, copyOut)
   }
 
   /**
-   * Layers `from` on, synchronously while the manager's attention returns nothing; where it
-   * returns a promise, the rest of the step continues when it resolves.
+   * This sequence as row `row` of a decode batch (engine/batch.ts), per layer: RoPE and the KV
+   * append of the row's q, k, v from the batch's `qkv`, and the combine of its attention
+   * partials into the batch's `attn`. The ranges are the row's own (256-byte aligned).
    */
-  private decodeLayers(step: StepEncoder, from: number, sample: SampleParams | undefined, copyOut: CopyOut | undefined): void | Promise<void> {
-    const p = this.program.decode
-    if (from === 0) step.encode(p.embed)
-    for (let l = from; l < p.layers.length; l++) {
-      step.encode(p.layers[l].pre)
-      const attending = this.kv.attendDecode(l, step)
-      if (attending) {
-        return attending.then(() => {
-          step.encode(p.layers[l].post)
-          return this.decodeLayers(step, l + 1, sample, copyOut)
-        })
-      }
-      step.encode(p.layers[l].post)
-    }
-    step.encode(p.head)
-    if (sample) this.encodeSample(step, sample)
-    step.finish((e) => {
-      if (copyOut) e.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4)
-      this.kv.endDecode(e)
-    })
-    this.kv.afterDecode()
+  rowDispatches(qkv: Bound, attn: Bound): ReadonlyArray<{ readonly rope: Dispatch; readonly combine: Dispatch }> {
+    const { act: a, u, keys } = this
+    const c = this.config
+    const P = (key: PipelineKey) => this.pipelines.now(key)
+    const ropeGroups = Math.ceil(((c.numHeads + 2 * c.numKvHeads) * c.headDim) / 2 / 64)
+    return this.kv.pools.map((kvl) => ({
+      rope: dispatchOf(this.device, P(keys.rope), [[0, u.ropeDecode.buffer], [1, qkv], [2, a.rope], [3, a.slot], [4, a.q], [5, kvl.k], [6, kvl.v]], ropeGroups, 1),
+      combine: dispatchOf(this.device, P(keys.combine), [[0, u.combine.buffer], [1, a.partO], [2, a.partML], [3, attn]], c.numHeads, 1),
+    }))
   }
 
   /** Chooses a token from `logits` on the GPU into tokenIds[outSlot] (after prefill). */
@@ -311,7 +312,8 @@ export class GpuModel {
     step.finish((e) => copyOut && e.copyBufferToBuffer(copyOut.src, copyOut.offset, copyOut.dst, 0, 4))
   }
 
-  private encodeSample(step: StepEncoder, s: SampleParams) {
+  /** Encodes the choice of a token from `logits` into tokenIds[outSlot] (a batch's rows after their logits). */
+  encodeSample(step: StepEncoder, s: SampleParams): void {
     const gumbel = s.temperature > 0
     this.u.sample.set(this.config.vocabSize, ARGMAX_GROUPS, s.outSlot % ID_SLOTS, s.seed, s.step, gumbel ? 1 / s.temperature : 1)
     step.encode(gumbel ? this.program.sample.gumbel : this.program.sample.argmax)
@@ -337,16 +339,8 @@ export class GpuModel {
   }
 
   private writeRope(pos0: number, m: number): void {
-    const half = this.config.headDim / 2
-    const r = this.ropeHost
-    for (let t = 0; t < m; t++) {
-      for (let i = 0; i < half; i++) {
-        const angle = Math.fround((pos0 + t) * this.invFreq[i])
-        r[(t * half + i) * 2] = Math.cos(angle)
-        r[(t * half + i) * 2 + 1] = Math.sin(angle)
-      }
-    }
-    this.device.queue.writeBuffer(this.act.rope, 0, r.buffer, 0, m * half * 8)
+    const bytes = fillRope(this.ropeHost, this.invFreq, pos0, m)
+    this.device.queue.writeBuffer(this.act.rope, 0, this.ropeHost.buffer, 0, bytes)
   }
 
   // --- the sequence and its KV manager ---------------------------------------------
@@ -457,13 +451,14 @@ export class GpuModel {
   }
 
   /**
-   * Another model on this one's weights and pipelines, with its own (empty) KV, activations
-   * and GEMV / decode / KV setup: benchmarks compare setups side by side on one copy of the
+   * Another model on this one's weights and pipelines, with its own (empty) KV, activations,
+   * context and GEMV / decode / KV setup: benchmarks compare setups side by side on one copy of the
    * weights. Its `destroy` leaves the weights to this model.
    */
-  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv">): Promise<GpuModel> {
+  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv" | "maxContext">): Promise<GpuModel> {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
-    const built = { ...this.built, gemv, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv }
+    const maxContext = Math.max(1, Math.min(options.maxContext ?? this.maxContext, this.config.maxPositionEmbeddings))
+    const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv }
     const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config), registerGemmFor(this.gpu))
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)

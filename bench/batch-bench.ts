@@ -1,0 +1,149 @@
+// Batched decode throughput (issue 14 §1), side by side in one run: per KV policy, B
+// sequences of `--context` tokens of random KV (engine/synthetic-kv.ts, no prefill) decode
+// together through one DecodeBatch (engine/batch.ts) with the GEMM and/or the GEMV
+// projections, against batch 1 through the model's own GEMV step. The tiered policies share
+// one host arena (`--host-kv-budget`) and one disk store; the GPU budget (`--gpu-kv-budget`)
+// is shared by the largest batch: each sequence gets budget / max(--batches) at every B
+// (its KV is filled once). Tokens are chosen on the GPU, steps submitted back to back after
+// two warm-up steps (DESIGN §6). Prints a table and writes JSON (--out).
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Command } from "commander"
+import { parseSize } from "../cli/sizes.ts"
+import { DecodeBatch, type Projections } from "../engine/batch.ts"
+import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { isTiered, kvEngineOptions } from "../engine/kv/registry.ts"
+import { GpuModel } from "../engine/model.ts"
+import { synthesizeKv } from "../engine/synthetic-kv.ts"
+import { DiskStore } from "../kv/disk-store.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { resolveDummyConfig } from "../models/config.ts"
+import { DummyWeightSource } from "../models/dummy.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+
+const list = (v: string) => v.split(",").filter((x) => x.length > 0)
+const o = new Command()
+  .option("--model <spec>", "a model directory, or dummy:<preset>", "dummy:llama-3.1-8b")
+  .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
+  .option("--batches <list>", "batch sizes", "1,4,16")
+  .option("--policies <list>", "KV policies (full, quest, leoam, offload-all)", "full")
+  .option("--projections <list>", "batched projections: gemm, gemv", "gemm,gemv")
+  .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
+  .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
+  .option("--host-kv-budget <size>", "host arena of the tiered policies, shared by every sequence", "8GiB")
+  .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
+  .option("--steps <n>", "timed steps per setup", (v) => Number(v), 16)
+  .option("--max-seconds <s>", "stop starting new setups after this long", (v) => Number(v), 400)
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+  .opts()
+
+interface Row {
+  policy: string
+  batch: number
+  projections: Projections | "alone"
+  ms_per_step: number
+  tokens_per_s: number
+  steps: number
+  error?: string
+}
+
+const started = performance.now()
+const outOfTime = () => (performance.now() - started) / 1000 > o.maxSeconds
+const batches = list(o.batches).map(Number)
+const maxB = Math.max(...batches)
+const gpu = await acquireGpu()
+const source = () => (o.model.startsWith("dummy:") ? new DummyWeightSource(resolveDummyConfig(o.model.slice(6))) : openHfModel(o.model))
+// The lead holds the weights (and a one-block cache of its own); the sequences are its siblings.
+const lead = await GpuModel.load(gpu, source(), { maxContext: 64 })
+const c = lead.config
+const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-batch-bench-"))
+const rows: Row[] = []
+const print = (r: Row) =>
+  console.log(`${r.policy.padEnd(12)} B=${String(r.batch).padStart(2)} ${r.projections.padEnd(5)} ${r.error ? `error: ${r.error}` : `${r.ms_per_step.toFixed(2)} ms/step  ${r.tokens_per_s.toFixed(1)} tokens/s  (${r.steps} steps)`}`)
+console.log(`batch-bench: ${c.name}, ${o.context} tokens of context per sequence, device ${gpu.adapterName}`)
+
+/** Times `steps` back-to-back steps of `step` after two warm-up steps; ms per step. */
+const time = async (step: (i: number) => void | Promise<void>): Promise<{ ms: number; steps: number }> => {
+  for (let i = 0; i < 2; i++) await step(i)
+  await gpu.device.queue.onSubmittedWorkDone()
+  const t0 = performance.now()
+  for (let i = 2; i < 2 + o.steps; i++) await step(i)
+  await gpu.device.queue.onSubmittedWorkDone()
+  return { ms: (performance.now() - t0) / o.steps, steps: o.steps }
+}
+
+for (const name of list(o.policies)) {
+  if (outOfTime()) break
+  const doc = name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } } } : { name }
+  const policy = parsePolicy(doc)
+  const tiered = isTiered(policy)
+  const store = tiered ? DiskStore.open({ kvDir }) : undefined
+  const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
+  const maxContext = o.context + 2 * (o.steps + 2) + 16
+  const seqs: GpuModel[] = []
+  try {
+    for (let i = 0; i < maxB && !outOfTime(); i++) {
+      const tiers = { gpuBudgetBytes: tiered ? Math.floor(parseSize(o.gpuKvBudget) / maxB) : undefined, arena, store, session: `bench-${name}-${i}` }
+      const model = await lead.sibling({ maxContext, ...kvEngineOptions(policy, tiers, c, maxContext) })
+      seqs.push(model)
+      const f0 = performance.now()
+      await synthesizeKv(model, o.context, 1 + i)
+      model.writeToken(0, 1 + i)
+      console.log(`  ${name}: sequence ${i} filled in ${((performance.now() - f0) / 1000).toFixed(1)} s`)
+    }
+    for (const b of batches) {
+      const chosen = list(o.projections) as Projections[]
+      const setups: Array<Projections | "alone"> = b === 1 ? ["alone", ...chosen] : chosen
+      for (const projections of setups) {
+        if (outOfTime() || b > seqs.length) break
+        const row: Row = { policy: name, batch: b, projections, ms_per_step: 0, tokens_per_s: 0, steps: 0 }
+        try {
+          const members = seqs.slice(0, b)
+          // Each step consumes slot i and writes slot i + 1 of every sequence (steps past the context are refused).
+          const sample = (i: number) => ({ outSlot: i + 1, temperature: 0, seed: 0, step: i })
+          let step: (i: number) => void | Promise<void>
+          let batch: DecodeBatch | undefined
+          if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
+          else {
+            batch = new DecodeBatch(lead, b, projections)
+            step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
+          }
+          const t = await time(step)
+          batch?.destroy()
+          for (const m of members) {
+            await m.settle()
+            m.truncate(o.context) // the next setup starts from the same context
+          }
+          Object.assign(row, { ms_per_step: t.ms, tokens_per_s: (b * 1000) / t.ms, steps: t.steps })
+        } catch (e) {
+          row.error = (e as Error).message
+        }
+        rows.push(row)
+        print(row)
+      }
+    }
+  } catch (e) {
+    const row: Row = { policy: name, batch: seqs.length + 1, projections: "alone", ms_per_step: 0, tokens_per_s: 0, steps: 0, error: (e as Error).message }
+    rows.push(row)
+    print(row)
+  } finally {
+    for (const m of seqs) m.destroy()
+    await store?.close()
+  }
+}
+
+// Throughput against batch 1 (alone) of the same policy.
+const speedups = rows
+  .filter((r) => !r.error && r.projections !== "alone")
+  .map((r) => {
+    const one = rows.find((x) => x.policy === r.policy && x.projections === "alone" && !x.error)
+    return { policy: r.policy, batch: r.batch, projections: r.projections, vs_batch1: one ? r.tokens_per_s / one.tokens_per_s : null }
+  })
+for (const s of speedups) console.log(`${s.policy.padEnd(12)} B=${String(s.batch).padStart(2)} ${s.projections.padEnd(5)} ${s.vs_batch1 === null ? "" : `${s.vs_batch1.toFixed(2)}x batch 1`}`)
+if (o.out) writeFileSync(o.out, JSON.stringify({ model: c.name, device: gpu.adapterName, context: o.context, gpu_kv_budget: o.gpuKvBudget, host_kv_budget: o.hostKvBudget, rows, speedups }, null, 2))
+lead.destroy()
+if (!o.kvDir) rmSync(kvDir, { recursive: true, force: true })
+await releaseGpu()

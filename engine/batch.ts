@@ -1,0 +1,219 @@
+// A decode step over up to `capacity` sequences (continuous batching): each row is its own
+// GpuModel (its own KV manager, activations, token ids and sampling) on one set of weights
+// (GpuModel.sibling), and the batch owns only the rows' shared projections. The step is the
+// one decode driver (engine/decode-driver.ts) with B rows: per layer the QKV projection of
+// all rows, then per row RoPE + KV append into its own pools and attention through its own
+// manager, then per row the combine into the batch's rows, then the O / gate-up / down
+// projections of all rows; the head projects all rows, and each row's logits are copied to
+// its model before it samples, so every sampling path (GPU argmax / Gumbel, host top-k / p
+// from `model.logits`) reads its row as after a step of its own. The projections are the
+// prefill GEMMs (weights read once per step, 64-row tiles) or the decode GEMVs (one pass
+// over the weights per row, no wasted rows): which is faster at small B depends on the
+// device (bench/batch-bench.ts measures both). Only `step` changes state.
+import { type Bound, type Dispatch, dispatchOf, storageBuffer, Uniform } from "./buffers.ts"
+import { decodeStep, type DecodeRows } from "./decode-driver.ts"
+import type { StepEncoder } from "./kv/manager.ts"
+import { createUniforms, gemmColumnsPerGroup } from "./model-resources.ts"
+import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
+import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
+import { PassEncoder } from "./step-encoder.ts"
+
+/** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
+export interface BatchRow {
+  readonly model: GpuModel
+  /** The row's input token is model.tokenIds[inSlot]. */
+  readonly inSlot: number
+  readonly sample?: SampleParams
+  readonly copyOut?: CopyOut
+}
+
+/** How the rows' projections run: the prefill GEMMs or the decode GEMVs (see the header). */
+export type Projections = "gemm" | "gemv"
+
+/**
+ * The projections a batch uses where none is asked for: the GEMMs, which read the weights
+ * once per step. On lavapipe (2 cores, load average 14 from other jobs: noisy) the test model
+ * at 256 tokens of context ran B=4 in 123 ms/step with the GEMMs (gemm_reg) against 412 with
+ * the GEMVs, B=8 in 348 against 1124 (bench/batch-bench.ts); the GPU's figures come from the
+ * same bench (scripts/gpu-run.sh batch).
+ */
+export const defaultProjections = (): Projections => "gemm"
+
+/** The batch's share of a step: its projections over m rows. */
+interface Shared {
+  readonly layers: ReadonlyArray<{ readonly pre: ReadonlyArray<Dispatch>; readonly post: ReadonlyArray<Dispatch> }>
+  readonly head: ReadonlyArray<Dispatch>
+  /** Sets the dispatches' and uniforms' rows. */
+  readonly resize: (m: number) => void
+}
+
+/** What one row's per-layer dispatches were built for. */
+interface RowProgram {
+  readonly row: number
+  readonly layers: ReadonlyArray<{ readonly rope: Dispatch; readonly combine: Dispatch }>
+}
+
+export class DecodeBatch {
+  readonly capacity: number
+  readonly projections: Projections
+  private readonly lead: GpuModel
+  private readonly buffers: ReadonlyArray<GPUBuffer>
+  private readonly qkv: GPUBuffer // (rows, q+k+v) f32 before RoPE
+  private readonly attn: GPUBuffer // (rows, H, D) f32
+  private readonly ids: GPUBuffer // (rows) u32 input tokens
+  private readonly logits: GPUBuffer // (rows, vocab) f32
+  private readonly embed: Dispatch
+  private readonly embedRows: (m: number) => void
+  private readonly shared: Shared
+  private readonly qkvBytes: number
+  private readonly attnBytes: number
+  private readonly rowPrograms = new Map<GpuModel, RowProgram>()
+  private readonly steps: PassEncoder
+  /** The step's layers for the current members (rebuilt when they change). */
+  private layers: ReadonlyArray<LayerProgram> = []
+  private members: ReadonlyArray<GpuModel> = []
+  private rows: ReadonlyArray<BatchRow> = []
+  private driverRows: DecodeRows
+
+  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings. */
+  constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections()) {
+    const c = lead.config
+    const device = lead.gpu.device
+    this.lead = lead
+    this.capacity = capacity
+    this.projections = projections
+    this.qkvBytes = (c.numHeads + 2 * c.numKvHeads) * c.headDim * 4
+    this.attnBytes = c.numHeads * c.headDim * 4
+    const align = device.limits.minStorageBufferOffsetAlignment
+    if (this.qkvBytes % align !== 0 || this.attnBytes % align !== 0) {
+      // A row's q, k, v and attention output are bound as ranges of the batch's buffers.
+      throw new RangeError(`batched decode needs a head's bytes (head_dim ${c.headDim} x 4) in multiples of ${align}`)
+    }
+    const rows = capacity
+    const x = storageBuffer(device, "batch x (rows, hidden) f32", rows * c.hiddenSize * 4)
+    const xn = storageBuffer(device, "batch xn (rows, hidden) f32", rows * c.hiddenSize * 4)
+    this.qkv = storageBuffer(device, "batch qkv (rows, q+k+v) f32", rows * this.qkvBytes)
+    this.attn = storageBuffer(device, "batch attn (rows, H, D) f32", rows * this.attnBytes)
+    const ffn = storageBuffer(device, "batch ffn (rows, F) f32", rows * c.intermediateSize * 4)
+    this.ids = storageBuffer(device, "batch ids (rows) u32", rows * 4)
+    this.logits = storageBuffer(device, "batch logits (rows, vocab) f32", rows * c.vocabSize * 4)
+    this.buffers = [x, xn, this.qkv, this.attn, ffn, this.ids, this.logits]
+    const u = createUniforms(device, c, lead.gemv, 0)
+    const inputs = { device, pipelines: lead.pipelines, config: c, weights: lead.weights, keys: lead.keys, gemv: lead.gemv }
+    const act = { x, xn, qkv: this.qkv, attn: this.attn, ffn, logits: this.logits }
+    this.shared = projections === "gemm" ? gemmShared(inputs, act, u) : gemvShared(inputs, act, u)
+    this.embed = dispatchOf(device, lead.pipelines.now(lead.keys.embed), [[0, u.embedPrefill.buffer], [1, lead.weights.embed], [2, this.ids], [3, x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
+    this.embedRows = (m) => {
+      u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
+      this.embed.y = m
+    }
+    this.steps = new PassEncoder(device)
+    this.driverRows = this.rowsOf([])
+  }
+
+  /**
+   * One decode step of every row (at most `capacity`, each model at most once): as
+   * `model.decode(inSlot, sample, copyOut)` for each, in one pass over the weights. Returns
+   * a promise only when a KV manager waits; throws ContextOverflow before encoding anything
+   * when a row's context is full.
+   */
+  step(rows: ReadonlyArray<BatchRow>, step: StepEncoder = this.steps.open()): void | Promise<void> {
+    if (rows.length === 0 || rows.length > this.capacity) throw new RangeError(`a batch step takes 1 to ${this.capacity} rows, not ${rows.length}`)
+    for (const r of rows) {
+      if (r.model.weights !== this.lead.weights) throw new RangeError("a batch's rows share its weights (GpuModel.sibling)")
+      r.model.prepareStep()
+    }
+    this.rows = rows
+    if (!sameMembers(this.members, rows)) this.join(rows)
+    return decodeStep(this.driverRows, step)
+  }
+
+  // The rows' programs and the step's layer lists for a new membership.
+  private join(rows: ReadonlyArray<BatchRow>): void {
+    const m = rows.length
+    const members = rows.map((r) => r.model)
+    for (const model of this.rowPrograms.keys()) if (!members.includes(model)) this.rowPrograms.delete(model)
+    const programs = members.map((model, row) => {
+      const held = this.rowPrograms.get(model)
+      if (held?.row === row) return held
+      const range = (buffer: GPUBuffer, bytes: number): Bound => ({ buffer, offset: row * bytes, size: bytes })
+      const program = { row, layers: model.rowDispatches(range(this.qkv, this.qkvBytes), range(this.attn, this.attnBytes)) }
+      this.rowPrograms.set(model, program)
+      return program
+    })
+    this.layers = this.shared.layers.map((g, l) => ({
+      pre: [...g.pre, ...programs.map((p) => p.layers[l].rope)],
+      post: [...programs.map((p) => p.layers[l].combine), ...g.post],
+    }))
+    this.members = members
+    this.driverRows = this.rowsOf(members)
+    this.shared.resize(m)
+    this.embedRows(m)
+  }
+
+  private rowsOf(members: ReadonlyArray<GpuModel>): DecodeRows {
+    const vocabBytes = this.lead.config.vocabSize * 4
+    return {
+      kvs: members.map((m) => m.kv),
+      layers: this.layers,
+      begin: (step) => {
+        step.record((e) => {
+          this.rows.forEach((r, b) => e.copyBufferToBuffer(r.model.tokenIds, (r.inSlot % GpuModel.idSlots) * 4, this.ids, b * 4, 4))
+        })
+        step.encode([this.embed])
+      },
+      end: (step) => {
+        step.encode(this.shared.head)
+        step.record((e) => this.rows.forEach((r, b) => e.copyBufferToBuffer(this.logits, b * vocabBytes, r.model.logits, 0, vocabBytes)))
+        for (const r of this.rows) if (r.sample) r.model.encodeSample(step, r.sample)
+      },
+      last: (e) => {
+        for (const r of this.rows) if (r.copyOut) e.copyBufferToBuffer(r.copyOut.src, r.copyOut.offset, r.copyOut.dst, 0, 4)
+      },
+    }
+  }
+
+  destroy(): void {
+    for (const b of this.buffers) b.destroy()
+    this.rowPrograms.clear()
+  }
+}
+
+const sameMembers = (members: ReadonlyArray<GpuModel>, rows: ReadonlyArray<BatchRow>): boolean =>
+  members.length === rows.length && rows.every((r, i) => r.model === members[i])
+
+type SharedInputs = Parameters<typeof gemvLayers>[0]
+type SharedBuffers = Parameters<typeof rowLayers>[1] & { readonly logits: GPUBuffer }
+type Uniforms = ReturnType<typeof createUniforms>
+
+// The prefill GEMMs over m rows (64-row tiles), and the head as one more GEMM after the final norm.
+const gemmShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
+  const c = i.config
+  const g = rowLayers(i, a, u)
+  const P = i.pipelines.now.bind(i.pipelines)
+  const uHead = new Uniform(i.device, "batch gemm head", "uuuu")
+  const finalNorm = dispatchOf(i.device, P(i.keys.rmsnorm), [[0, u.rmsnorm.buffer], [1, a.x], [2, i.weights.finalNorm], [3, a.xn]], 1)
+  const headGemm = dispatchOf(i.device, P(i.keys.gemm), [[0, uHead.buffer], [1, a.xn], [2, i.weights.lmHead], [3, a.logits]], Math.ceil(c.vocabSize / gemmColumnsPerGroup(i.keys.gemm)), 1)
+  return {
+    layers: g.layers,
+    head: [finalNorm, headGemm],
+    resize: (m) => {
+      u.setGemmRows(m)
+      uHead.set(m, c.vocabSize, c.hiddenSize)
+      for (const d of [...g.rows, finalNorm]) d.y = m
+      for (const d of [...g.gemms, headGemm]) d.y = Math.ceil(m / 64)
+    },
+  }
+}
+
+// The decode GEMVs, one row of x per workgroup z.
+const gemvShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
+  const g = gemvLayers(i, a, u)
+  return {
+    layers: g.layers.map((l) => ({ pre: [l.qkv], post: l.post })),
+    head: [g.head],
+    resize: (m) => {
+      for (const d of g.all) d.z = m
+    },
+  }
+}

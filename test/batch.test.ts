@@ -1,0 +1,149 @@
+// Batched decode (engine/batch.ts) on the bundled model (lavapipe): each sequence of a
+// batch, with its own prompt length and KV policy (full, quest, leoam over the host and
+// disk tiers), gets the same greedy ids as when it runs alone, while sequences join and
+// leave the batch between steps.
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { passKey, passKeyPrompt } from "../bench/passkey.ts"
+import { DecodeBatch } from "../engine/batch.ts"
+import { generate } from "../engine/generate.ts"
+import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
+import { readBack } from "../engine/buffers.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
+import { GpuModel } from "../engine/model.ts"
+import { DiskStore } from "../kv/disk-store.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+
+const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
+const CONTEXT = 512
+
+let gpu: Gpu
+let tok: Tokenizer
+let lead: GpuModel
+let store: DiskStore
+
+beforeAll(async () => {
+  gpu = await acquireGpu()
+  tok = loadTokenizer(modelDir)
+  lead = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: CONTEXT })
+  store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-batch-")) })
+})
+
+afterAll(async () => {
+  lead?.destroy()
+  await store?.close()
+  await releaseGpu()
+})
+
+const selection = { topk: { budget_tokens: 48, sink_tokens: 16, recent_tokens: 16 } }
+
+/** A sibling of the lead under `policy`; tiered ones keep a third of their KV on the GPU, a third in host memory. */
+const sequence = (policy: unknown, session: string) => {
+  const kvBytes = CONTEXT * kvBytesPerToken(lead.config)
+  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes / 3) })
+  const tiers = { gpuBudgetBytes: parsePolicy(policy).name === "leoam" ? Math.floor(kvBytes / 3) : undefined, arena, store, session }
+  return lead.sibling(kvEngineOptions(parsePolicy(policy), tiers, lead.config, CONTEXT))
+}
+
+/** A sequence of the test: its model, prompt, tokens wanted and the step it joins the batch at. */
+interface Seq {
+  readonly model: GpuModel
+  readonly prompt: ReadonlyArray<number>
+  readonly tokens: number
+  readonly joinAt: number
+}
+
+/** Greedy generation of every sequence through one batch: each joins at its step, leaves when it has its tokens. */
+const runBatched = async (seqs: ReadonlyArray<Seq>, batch: DecodeBatch): Promise<number[][]> => {
+  const greedy = (step: number) => ({ outSlot: step, temperature: 0, seed: 0, step })
+  const made = seqs.map(() => 0) // tokens chosen so far (token i in tokenIds[i])
+  for (let step = 0; made.some((n, i) => n < seqs[i].tokens); step++) {
+    const rows = []
+    for (const [i, s] of seqs.entries()) {
+      if (step < s.joinAt || made[i] >= s.tokens) continue
+      if (made[i] === 0) {
+        // Joining: its prompt is prefilled between two batch steps and its first token sampled.
+        s.model.reset()
+        await s.model.prefill(s.prompt)
+        s.model.sample(greedy(0))
+        made[i] = 1
+        continue
+      }
+      rows.push({ model: s.model, inSlot: made[i] - 1, sample: greedy(made[i]) })
+      made[i]++
+    }
+    if (rows.length > 0) await batch.step(rows)
+  }
+  return Promise.all(seqs.map(async (s) => [...new Uint32Array(await readBack(gpu.device, s.model.tokenIds, 0, s.tokens * 4))]))
+}
+
+describe("batched decode", () => {
+  const prompt = (n: number, seed: number) => passKeyPrompt(tok, n, passKey(seed), 0.4).ids
+
+  /** Runs `seqs` alone, then through a batch; each sequence's ids must be the same. */
+  const sameAsAlone = async (seqs: ReadonlyArray<Seq>, batch: DecodeBatch) => {
+    const alone = []
+    for (const s of seqs) alone.push((await generate(s.model, s.prompt, { maxTokens: s.tokens, temperature: 0 })).ids)
+    const selective = seqs.map((s) => s.model.kvStats().selectiveSteps)
+    expect(await runBatched(seqs, batch)).toEqual(alone)
+    return seqs.map((s, i) => s.model.kvStats().selectiveSteps - selective[i])
+  }
+
+  it("gives each sequence (full, quest, leoam; different prompt lengths, joining and leaving) the ids it gets alone", async () => {
+    const models = await Promise.all([sequence("full", "a"), sequence({ name: "quest", selection }, "b"), sequence({ name: "leoam", chunking: { fixed: { tokens: 16 } }, selection }, "c"), sequence("full", "d")])
+    const batch = new DecodeBatch(lead, 4, "gemm")
+    try {
+      const selective = await sameAsAlone(
+        [
+          { model: models[0], prompt: prompt(60, 1), tokens: 10, joinAt: 0 },
+          { model: models[1], prompt: prompt(200, 2), tokens: 10, joinAt: 0 },
+          { model: models[2], prompt: prompt(240, 3), tokens: 8, joinAt: 3 },
+          { model: models[3], prompt: [5], tokens: 6, joinAt: 9 },
+        ],
+        batch,
+      )
+      // quest and leoam attended a selection of their context in the batch as well.
+      expect(selective[1]).toBeGreaterThan(0)
+      expect(selective[2]).toBeGreaterThan(0)
+      expect(models[2].tierStats()!.steps).toBeGreaterThan(0)
+    } finally {
+      batch.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 240_000)
+
+  it("does the same with the GEMV projections", async () => {
+    const models = await Promise.all([sequence("full", "e"), sequence({ name: "quest", selection }, "f")])
+    const batch = new DecodeBatch(lead, 2, "gemv")
+    try {
+      const selective = await sameAsAlone(
+        [
+          { model: models[0], prompt: prompt(40, 4), tokens: 8, joinAt: 0 },
+          { model: models[1], prompt: prompt(120, 5), tokens: 6, joinAt: 2 },
+        ],
+        batch,
+      )
+      expect(selective[1]).toBeGreaterThan(0)
+    } finally {
+      batch.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
+
+  it("refuses rows beyond its capacity or on other weights", async () => {
+    const batch = new DecodeBatch(lead, 1)
+    const other = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 64 })
+    try {
+      expect(() => batch.step([])).toThrow(/1 to 1 rows/)
+      expect(() => batch.step([{ model: other, inSlot: 0 }])).toThrow(/share its weights/)
+    } finally {
+      batch.destroy()
+      other.destroy()
+    }
+  })
+})
