@@ -96,7 +96,8 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
       const load = ctx.load()
       const c = ctx.counters()
       const k = t.kv
-      const kvMs = t.kvMs.select + t.kvMs.transfer + t.kvMs.seal + t.kvMs.attention
+      // Host phases only: the GPU's attention time runs inside them (see AdminStatsReply.steps).
+      const hostMs = t.kvMs.select + t.kvMs.transfer + t.kvMs.seal
       const reply: AdminStatsReply = {
         at: new Date().toISOString(),
         policy: ex.policy,
@@ -121,10 +122,10 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
             total: t.decodeMs,
             scoring: t.kvMs.select,
             transfer: t.kvMs.transfer,
-            attention: t.kvMs.attention,
             seal: t.kvMs.seal,
-            rest: Math.max(0, t.decodeMs - kvMs),
+            rest: Math.max(0, t.decodeMs - hostMs),
           },
+          gpu_ms: { attention: t.kvMs.attention },
         },
         prefill: {
           tokens: t.prefillTokens,

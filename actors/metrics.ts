@@ -31,7 +31,8 @@ export const statsRegistry = () => {
     read: counter("leoam_tier_read_bytes_total", "KV bytes read from a tier", ["tier"]),
     written: counter("leoam_tier_written_bytes_total", "KV bytes written to a tier", ["tier"]),
     steps: counter("leoam_decode_steps_total", "decode steps"),
-    stepSeconds: counter("leoam_decode_seconds_total", "decode time by phase (total: wall time of all steps)", ["phase"]),
+    stepSeconds: counter("leoam_decode_seconds_total", "decode host wall time by phase: total, and the disjoint phases scoring, transfer, seal, rest that add up to it", ["phase"]),
+    stepGpuSeconds: counter("leoam_decode_gpu_seconds_total", "decode GPU time by kernel (overlaps the host phases scoring and transfer)", ["kernel"]),
     prefillTokens: counter("leoam_prefill_tokens_total", "prompt tokens prefilled"),
     prefillSeconds: counter("leoam_prefill_seconds_total", "prefill wall time"),
   }
@@ -68,6 +69,7 @@ export const statsRegistry = () => {
     }
     setCounter(m.steps, s.steps.count)
     for (const [phase, ms] of Object.entries(s.steps.ms)) setCounter(m.stepSeconds, ms / 1000, { phase })
+    for (const [kernel, ms] of Object.entries(s.steps.gpu_ms)) setCounter(m.stepGpuSeconds, ms / 1000, { kernel })
     setCounter(m.prefillTokens, s.prefill.tokens)
     setCounter(m.prefillSeconds, s.prefill.ms / 1000)
   }

@@ -5,8 +5,11 @@
 // long context. The tiered policies get --gpu-kv-budget (what a 24 GB card leaves after
 // fp16 weights and workspace) and --host-kv-budget; the rest lives under --kv-dir.
 // The context is filled with random KV (engine/synthetic-kv.ts), not prefilled: decode
-// cost only. Prints a table and writes JSON (--out).
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+// cost only. Prints a table and writes JSON (--out). `leoam+pipe` is leoam with the pipelined
+// step (policy `pipeline`, --pipeline-depth); --timeline PREFIX writes one more step of each
+// policy as an SVG timeline (PREFIX-<policy>.svg: GPU compute and attention, choice waits,
+// host->GPU staging, disk reads) and its spans into the JSON.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Command } from "commander"
@@ -20,6 +23,8 @@ import { synthesizeKv } from "../engine/synthetic-kv.ts"
 import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import type { TieredManager } from "../engine/kv/tiered-manager.ts"
+import { type Span, stepSpans, TimelineEncoder, timelineSvg, traceHost } from "./step-timeline.ts"
 
 const program = new Command()
   .option("--preset <name>", "dummy model preset", "longchat-7b-32k")
@@ -32,6 +37,8 @@ const program = new Command()
   .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
   .option("--max-seconds <s>", "stop timing a policy after this long (fewer steps)", (v) => Number(v), 90)
   .option("--compression <list>", "compression.bits of leoam and offload-all: 16, 8, 4 or importance; a comma-separated list runs each, side by side", "16")
+  .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe", (v) => Number(v), 2)
+  .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
@@ -44,6 +51,7 @@ interface Row {
   steps: number
   fill_ms: number
   kv?: unknown
+  timeline?: { step_ms: number; spans: Span[] }
   error?: string
 }
 
@@ -52,11 +60,19 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
   const maxContext = context + o.steps + 8
   const bits = setting === "importance" ? "importance" : Number(setting)
   const compression = bits !== 16 ? { compression: { bits } } : {}
+  const base = name === "leoam+pipe" ? "leoam" : name
+  const pipeline = name === "leoam+pipe" ? { pipeline: { enabled: true, depth: o.pipelineDepth } } : {}
   const doc =
-    name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression } : { name, ...compression }
+    base === "quest" || base === "leoam"
+      ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression, ...pipeline }
+      : { name: base, ...compression }
   const policy = parsePolicy(doc)
   const tiered = isTiered(policy)
-  const store = tiered ? DiskStore.open({ kvDir }) : undefined
+  // A directory per run: reopening one LMDB index in the process after closing it is refused
+  // as damaged (the second tiered policy of a run failed so, on main as well).
+  const dir = join(kvDir, `${name}-${setting}`.replace(/[^a-z0-9-]/gi, "_"))
+  if (tiered) mkdirSync(dir, { recursive: true })
+  const store = tiered ? DiskStore.open({ kvDir: dir }) : undefined
   const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
   const session = `bench-${name}`
   let model: GpuModel | undefined
@@ -76,16 +92,46 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     await gpu.device.queue.onSubmittedWorkDone()
     const ms = (performance.now() - t0) / steps
     const kv = model.tierStats()
-    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}) }
+    const timeline = o.timeline ? await traceStep(gpu, model, 2 + steps, `${name}-${setting}`) : undefined
+    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(timeline ? { timeline } : {}) }
   } catch (e) {
     return { policy: name, compression: setting, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
+    // Seals still on their way to host and disk must land before the store closes.
+    await model?.settle().catch(() => undefined)
     model?.destroy()
     if (store) {
       store.dropSession(session)
       await store.close()
     }
   }
+}
+
+/** One more decode step, traced: GPU passes by timestamp, host phases by their spans; written as an SVG. */
+const traceStep = async (gpu: Gpu, model: GpuModel, i: number, name: string): Promise<Row["timeline"]> => {
+  if (!gpu.device.features.has("timestamp-query")) return undefined
+  const manager = model.kv as Partial<TieredManager>
+  if ("keepStamps" in manager) manager.keepStamps = true
+  const encoder = new TimelineEncoder(gpu.device)
+  await gpu.device.queue.onSubmittedWorkDone()
+  const host = traceHost()
+  const start = performance.now()
+  try {
+    await model.decode(0, { outSlot: 1 + (i % 8), temperature: 0, seed: 0, step: i }, undefined, encoder.open())
+    await gpu.device.queue.onSubmittedWorkDone()
+  } finally {
+    host.stop()
+  }
+  const stepMs = performance.now() - start
+  await model.settle()
+  const spans = stepSpans(start, encoder.firstSubmit ?? start, host.spans, [
+    { lane: "GPU compute", passes: await encoder.passes() },
+    { lane: "GPU attention", passes: manager.lastStamps ?? [] },
+  ])
+  encoder.destroy()
+  const file = `${o.timeline}-${name.replace(/[^a-z0-9-]/gi, "_")}.svg`
+  writeFileSync(file, timelineSvg(`${name}: one decode step, ${o.preset} shapes, ${stepMs.toFixed(2)} ms (GPU lanes placed by the first submit)`, spans, stepMs))
+  return { step_ms: stepMs, spans }
 }
 
 const gpu = await acquireGpu()
@@ -101,17 +147,27 @@ const settings = String(o.compression).split(",")
 // Compression applies to the tiered policies: each runs once per setting, the others once.
 const variants = String(o.policies)
   .split(",")
-  .flatMap((name) => (name === "leoam" || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]))
+  .flatMap((name) => (name.startsWith("leoam") || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]))
 for (const { name: policy, setting } of variants) {
   const row = await runPolicy(gpu, policy, kvDir, context, setting)
   rows.push(row)
   const name = setting === "16" ? policy : `${policy}/${setting === "importance" ? "imp" : `int${setting}`}`
-  type Kv = { gpu: { hits: number; misses: number }; host: { bytes_read: number }; disk: { bytes_read: number; bytes_written: number }; time_ms: Record<string, number>; staging_waits: number }
+  type Kv = {
+    gpu: { hits: number; misses: number }
+    host: { bytes_read: number }
+    disk: { bytes_read: number; bytes_written: number }
+    time_ms: Record<string, number>
+    staging_waits: number
+    pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number }
+  }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
   const perStep = (k: "select" | "transfer" | "attention") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
   const extra = kv
     ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
-      `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}`
+      `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}` +
+      (kv.pipeline.depth > 0
+        ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed`
+        : "")
     : ""
   console.log(
     row.error

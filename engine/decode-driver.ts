@@ -2,9 +2,11 @@
 // model's own step (engine/model.ts: one row, GEMVs) and a batched step (engine/batch.ts:
 // B rows, each its own sequence and KV manager, GEMMs) are the same driver over different
 // rows. It never learns which policy a manager runs; where a manager must wait (the GPU,
-// the tiers), the rest of the step continues when it resolves.
-import type { KvManager, StepEncoder } from "./kv/manager.ts"
-import type { Dispatch } from "./buffers.ts"
+// the tiers), the rest of the step continues when it resolves. Where a manager rewinds (a
+// pipelined step ran layers ahead of a choice that missed), the step goes back to that layer
+// with its input restored; only rows that keep their inputs (a model's own step) allow it.
+import type { KvManager, Rewind, StepEncoder } from "./kv/manager.ts"
+import { type Dispatch, storageBuffer } from "./buffers.ts"
 import type { CopyOut, SampleParams } from "./model.ts"
 import type { LayerProgram } from "./program.ts"
 
@@ -20,6 +22,8 @@ export interface DecodeRows {
   end(step: StepEncoder): void
   /** Adds to the step's last command encoder (read-back copies), before the managers' endDecode. */
   last(encoder: GPUCommandEncoder): void
+  /** Rows that can rewind: keeps layer l's input (the residual stream before its pre) aside, and restores it. */
+  readonly inputs?: { keep(step: StepEncoder, l: number): void; restore(step: StepEncoder, l: number): void }
 }
 
 /**
@@ -31,7 +35,7 @@ export const decodeStep = (rows: DecodeRows, step: StepEncoder): void | Promise<
 // Every manager reserves its token's slot and writes its step's uniforms.
 const reserve = (rows: DecodeRows, step: StepEncoder, from: number): void | Promise<void> => {
   for (let b = from; b < rows.kvs.length; b++) {
-    const waiting = rows.kvs[b].beginDecode()
+    const waiting = rows.kvs[b].beginDecode(rows.inputs !== undefined)
     if (waiting) return waiting.then(() => reserve(rows, step, b + 1))
   }
   rows.begin(step)
@@ -41,13 +45,27 @@ const reserve = (rows: DecodeRows, step: StepEncoder, from: number): void | Prom
 // Layers from `l0` on, resuming layer l0's attention at row `b0` (0: the layer's pre is not yet encoded).
 const layers = (rows: DecodeRows, step: StepEncoder, l0: number, b0: number): void | Promise<void> => {
   const { kvs } = rows
+  const keep = rows.inputs !== undefined && kvs.some((kv) => kv.rewinds === true)
   for (let l = l0; l < rows.layers.length; l++, b0 = 0) {
-    if (b0 === 0) step.encode(rows.layers[l].pre)
+    if (b0 === 0) {
+      if (keep) rows.inputs!.keep(step, l)
+      step.encode(rows.layers[l].pre)
+    }
     for (let b = b0; b < kvs.length; b++) {
       const attending = kvs[b].attendDecode(l, step)
-      if (attending) return attending.then(() => layers(rows, step, l, b + 1))
+      if (attending) return attending.then((r) => (r ? rewind(rows, step, r) : layers(rows, step, l, b + 1)))
     }
     step.encode(rows.layers[l].post)
+  }
+  return ends(rows, step, 0)
+}
+
+// The managers' checks of what the step left unchecked (from row `from` on), then the step's end.
+const ends = (rows: DecodeRows, step: StepEncoder, from: number): void | Promise<void> => {
+  const { kvs } = rows
+  for (let b = from; b < kvs.length; b++) {
+    const ending = kvs[b].endLayers?.(step)
+    if (ending) return ending.then((r) => (r ? rewind(rows, step, r) : ends(rows, step, b + 1)))
   }
   rows.end(step)
   step.finish((e) => {
@@ -57,6 +75,12 @@ const layers = (rows: DecodeRows, step: StepEncoder, l0: number, b0: number): vo
   for (const kv of kvs) kv.afterDecode()
 }
 
+const rewind = (rows: DecodeRows, step: StepEncoder, r: Rewind): void | Promise<void> => {
+  if (!rows.inputs) throw new Error(`decode step: a KV manager rewound to layer ${r.rewind} in a step that keeps no layer inputs`)
+  rows.inputs.restore(step, r.rewind)
+  return layers(rows, step, r.rewind, 0)
+}
+
 /** A model's own step as the driver's one row: its GEMV program and its manager; `sample` and `copyOut` are set per step. */
 export class OneRow implements DecodeRows {
   sample: SampleParams | undefined
@@ -64,13 +88,29 @@ export class OneRow implements DecodeRows {
   readonly kvs: ReadonlyArray<KvManager>
   readonly layers: ReadonlyArray<LayerProgram>
 
+  readonly inputs: DecodeRows["inputs"]
+  /** (layers, hidden) f32: each layer's input of the current step, kept for rewinds (made when first needed). */
+  private kept: GPUBuffer | undefined
+
   constructor(
     kv: KvManager,
     private readonly program: { readonly embed: ReadonlyArray<Dispatch>; readonly layers: ReadonlyArray<LayerProgram>; readonly head: ReadonlyArray<Dispatch> },
     private readonly encodeSample: (step: StepEncoder, sample: SampleParams) => void,
+    /** The residual stream: (hidden) f32 of `hiddenSize` floats. */
+    residual: { readonly device: GPUDevice; readonly x: GPUBuffer; readonly hiddenSize: number },
   ) {
     this.kvs = [kv]
     this.layers = program.layers
+    const rowBytes = residual.hiddenSize * 4
+    const kept = () => (this.kept ??= storageBuffer(residual.device, "decode layer inputs (layers, hidden) f32", program.layers.length * rowBytes))
+    this.inputs = {
+      keep: (step, l) => step.record((e) => e.copyBufferToBuffer(residual.x, 0, kept(), l * rowBytes, rowBytes)),
+      restore: (step, l) => step.record((e) => e.copyBufferToBuffer(kept(), l * rowBytes, residual.x, 0, rowBytes)),
+    }
+  }
+
+  destroy(): void {
+    this.kept?.destroy()
   }
 
   begin(step: StepEncoder): void {

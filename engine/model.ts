@@ -153,7 +153,7 @@ export class GpuModel {
     this.steps = new PassEncoder(device)
     const fuseRope = o.decode.fuseRope && canFuseRope(gpu, o.gemv, weights.layers[0]?.bqkv !== undefined)
     this.program = buildProgram({ device, pipelines, config, weights, act: this.act, u: this.u, keys: this.keys, gemv: o.gemv, pools: this.kv.pools, tokenIds: this.tokenIds, fuseRope })
-    this.alone = new OneRow(this.kv, this.program.decode, (step, sample) => this.encodeSample(step, sample))
+    this.alone = new OneRow(this.kv, this.program.decode, (step, sample) => this.encodeSample(step, sample), { device, x: this.act.x, hiddenSize: config.hiddenSize })
   }
 
   static async load(gpu: Gpu, source: WeightSource, options: EngineOptions = {}, progress?: (bytes: number) => void): Promise<GpuModel> {
@@ -471,6 +471,7 @@ export class GpuModel {
     this.kv.destroy()
     for (const b of Object.values(this.act)) b.destroy()
     this.sampling?.destroy()
+    this.alone.destroy()
     this.tokenIds.destroy()
   }
 

@@ -28,6 +28,7 @@ export type KernelName =
   | "quantize"
   | "score"
   | "select"
+  | "route"
   | "lse"
   | "block_mass"
   | "h2o_keep"

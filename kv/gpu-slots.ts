@@ -42,6 +42,13 @@ interface Journal {
   readonly added: Set<SlotEntry>
 }
 
+/** Told of every real change of a cache's contents (not of a simulation's): what keeps a GPU copy of the slot map. */
+export interface SlotObserver {
+  placed(chunk: number, slot: number): void
+  dropped(chunk: number): void
+  cleared(): void
+}
+
 export class GpuSlots {
   private readonly byChunk = new Map<number, SlotEntry>()
   /** Free slots; the next taken is the last (a stack, lowest slot first when empty of use). */
@@ -55,6 +62,7 @@ export class GpuSlots {
   constructor(
     readonly slots: number,
     readonly chunkBytes: number,
+    private readonly observer?: SlotObserver,
   ) {
     for (let s = slots - 1; s >= 0; s--) this.free.push(s)
   }
@@ -198,6 +206,7 @@ export class GpuSlots {
     this.free.push(e.slot)
     this.version++
     if (this.journal && !this.journal.added.has(e)) this.journal.dropped.push(e)
+    if (!this.journal) this.observer?.dropped(chunk)
   }
 
   clear(): void {
@@ -207,6 +216,7 @@ export class GpuSlots {
     this.list.length = 0
     this.free.length = 0
     for (let s = this.slots - 1; s >= 0; s--) this.free.push(s)
+    this.observer?.cleared()
   }
 
   private add(chunk: number, slot: number, tick: number): void {
@@ -215,6 +225,7 @@ export class GpuSlots {
     this.list.push(e)
     this.version++
     this.journal?.added.add(e)
+    if (!this.journal) this.observer?.placed(chunk, slot)
   }
 
   /** Keeps the entry's fields for undo, unless the simulation made the entry. */

@@ -14,6 +14,7 @@ import type { DiskStore } from "./disk-store.ts"
 import { chunkKey, type EvictionPolicy } from "./eviction.ts"
 import type { HostArena } from "./host-arena.ts"
 import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape } from "./quant.ts"
+import { traceSpan } from "./step-trace.ts"
 import { KvTierError, tierErrorOf } from "./tier-errors.ts"
 
 export interface ChunkLoad {
@@ -193,8 +194,10 @@ export class LocalTierIo implements TierIo {
     const at = this.spare.findIndex((b) => b.length >= want)
     const buffer = at >= 0 ? this.spare.splice(at, 1)[0] : new Uint8Array(want)
     let read: Uint8Array
+    const t0 = performance.now()
     try {
       read = await this.store.readChunkAsync([this.session, load.layer, load.chunk], buffer.subarray(0, want))
+      traceSpan("disk read", t0, load.layer, load.chunk)
     } catch (e) {
       this.spare.push(buffer)
       throw tierErrorOf(e)

@@ -96,7 +96,17 @@ export const AdminStatsReply = Schema.Struct({
   /** Decode steps and where their time went (ms, summed over steps). */
   steps: Schema.Struct({
     count: Schema.Int,
-    ms: Schema.Struct({ total: Schema.Number, scoring: Schema.Number, transfer: Schema.Number, attention: Schema.Number, seal: Schema.Number, rest: Schema.Number }),
+    /**
+     * Host wall time by phase, disjoint intervals of the host's timeline, so that total =
+     * scoring (waiting for a layer's chunk choice) + transfer (staging chunks to the GPU) +
+     * seal (waiting for sealed chunks' host and disk copies) + rest (encoding, planning).
+     */
+    ms: Schema.Struct({ total: Schema.Number, scoring: Schema.Number, transfer: Schema.Number, seal: Schema.Number, rest: Schema.Number }),
+    /**
+     * GPU time (timestamp queries; 0 without them): decode attention runs while the host waits
+     * in scoring and transfer, so it overlaps those phases and is no term of their sum.
+     */
+    gpu_ms: Schema.Struct({ attention: Schema.Number }),
   }),
   /** Prompt tokens and wall time of every prefill; tokens/s overall and over the last few (null before any). */
   prefill: Schema.Struct({

@@ -61,6 +61,11 @@ export const KvStats = Schema.Struct({
   tokens_selected_per_step: Schema.Number,
   time_ms: Schema.Struct({ select: Schema.Number, transfer: Schema.Number, seal: Schema.Number, attention: Schema.Number }),
   staging_waits: Schema.Int,
+  /**
+   * The pipelined step: its depth (0: off), layers attended from the GPU's own hit/miss split
+   * and checked afterwards, rewinds (a checked layer missed) and the layers computed again.
+   */
+  pipeline: Schema.optional(Schema.Struct({ depth: Schema.Int, layers_routed: Schema.Int, rewinds: Schema.Int, layers_rewound: Schema.Int })),
   /** Compression: the setting, decode's GPU slot bits, chunks sealed per dtype, bytes uploaded into the GPU chunk cache. */
   compression: Schema.optional(
     Schema.Struct({

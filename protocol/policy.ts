@@ -16,6 +16,10 @@ export type EvictionName = (typeof evictionNames)[number]
 export type CompressionBits = 16 | 8 | 4 | "importance"
 const CompressionBitsSchema = Schema.Union(Schema.Literal(16, 8, 4), Schema.Literal("importance"))
 
+/** The most layers a pipelined step may run ahead of its last checked choice. */
+export const MAX_PIPELINE_DEPTH = 8
+const DEFAULT_PIPELINE_DEPTH = 2
+
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
 const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
 
@@ -38,6 +42,17 @@ export const KvPolicyDocument = Schema.Struct({
   eviction: Schema.optional(Schema.Literal(...evictionNames)),
   /** `bits`: KV chunks sealed into the host and disk tiers as fp16 (16, the default), int8, int4, or "importance" (hot int8, cold int4); tiered policies only. */
   compression: Schema.optional(Schema.Struct({ bits: CompressionBitsSchema }).annotations({ parseOptions: { onExcessProperty: "error" } })),
+  /**
+   * The pipelined decode step (leoam only): `enabled` (default false) lets a step attend each
+   * layer's resident chunks without waiting for the host to read the layer's choice, running
+   * up to `depth` layers (1-8, default 2) ahead of the last choice the host has checked; a
+   * checked layer that missed the GPU cache is computed again. Exact: the same tokens as off.
+   */
+  pipeline: Schema.optional(
+    Schema.Struct({ enabled: Schema.optional(Schema.Boolean), depth: Schema.optional(Schema.Int.pipe(Schema.between(1, MAX_PIPELINE_DEPTH))) }).annotations({
+      parseOptions: { onExcessProperty: "error" },
+    }),
+  ),
 }).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
 export type KvPolicyDocument = typeof KvPolicyDocument.Type
 
@@ -51,10 +66,12 @@ export interface ResolvedPolicy {
   readonly recentTokens: number
   readonly eviction: EvictionName
   readonly compression: CompressionBits
+  /** The pipelined step's depth; 0: off. */
+  readonly pipelineDepth: number
 }
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -93,7 +110,13 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   if (compression !== 16 && doc.name !== "leoam" && doc.name !== "offload-all") {
     throw new PolicyError("invalid_policy", `compression.bits ${JSON.stringify(compression)} needs a tiered policy (leoam, offload-all); ${doc.name} keeps fp16 KV on the GPU`)
   }
-  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression }
+  const pipeline = doc.pipeline
+  if (pipeline !== undefined && doc.name !== "leoam" && (pipeline.enabled === true || pipeline.depth !== undefined)) {
+    throw new PolicyError("invalid_policy", `pipeline needs leoam (its GPU chunk cache); ${doc.name} has no choice to pipeline`)
+  }
+  if (pipeline?.enabled === false && pipeline.depth !== undefined) throw new PolicyError("invalid_policy", "pipeline.depth with pipeline.enabled false")
+  const pipelineDepth = pipeline?.enabled === true || (pipeline?.enabled === undefined && pipeline?.depth !== undefined) ? (pipeline.depth ?? DEFAULT_PIPELINE_DEPTH) : 0
+  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth }
 }
 
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
@@ -131,6 +154,7 @@ export const policyView = (p: ResolvedPolicy) => ({
   recent_tokens: p.recentTokens,
   eviction: p.eviction,
   compression_bits: p.compression,
+  pipeline_depth: p.pipelineDepth,
 })
 
 /** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
@@ -144,6 +168,8 @@ export const ResolvedPolicyWire = Schema.Struct({
   eviction: Schema.Literal(...evictionNames),
   /** Left out by senders older than compression: 16. */
   compression_bits: Schema.optional(CompressionBitsSchema),
+  /** The pipelined step's depth, 0: off; left out by senders older than the pipeline: 0. */
+  pipeline_depth: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PIPELINE_DEPTH))),
 })
 
 const ResolvedPolicyType = Schema.Struct({
@@ -155,6 +181,7 @@ const ResolvedPolicyType = Schema.Struct({
   recentTokens: Schema.Number,
   eviction: Schema.Literal(...evictionNames),
   compression: CompressionBitsSchema,
+  pipelineDepth: Schema.Number,
 })
 
 export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
@@ -168,6 +195,7 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     recentTokens: w.recent_tokens,
     eviction: w.eviction,
     compression: w.compression_bits ?? 16,
+    pipelineDepth: w.pipeline_depth ?? 0,
   }),
   encode: (p) => policyView(p),
 })

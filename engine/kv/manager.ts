@@ -28,6 +28,15 @@ export interface StepEncoder {
   finish(last?: (encoder: GPUCommandEncoder) => void): void
 }
 
+/**
+ * A decode step's layers from `layer` on must be computed again: a pipelined step ran them
+ * ahead of a layer whose choice, read back later, missed the GPU cache. The driver restores
+ * that layer's input (kept when `rewinds` is set) and continues from it.
+ */
+export interface Rewind {
+  readonly rewind: number
+}
+
 /** When a policy change would take effect. */
 export type KvApplies = "next_step" | "next_request"
 
@@ -69,8 +78,9 @@ export interface KvStats {
 }
 
 /**
- * Per layer, the drivers call: decode `beginDecode; for l: attendDecode(l); endDecode;
- * (submit); afterDecode`, prefill `settle; prefillRoom; beginPrefill(m); for l:
+ * Per layer, the drivers call: decode `beginDecode; for l: attendDecode(l); endLayers;
+ * endDecode; (submit); afterDecode` (a Rewind from attendDecode or endLayers sends the loop
+ * back to an earlier layer), prefill `settle; prefillRoom; beginPrefill(m); for l:
  * attendPrefill(l); (submit); afterPrefill`. `attend*` return a promise only when they
  * must wait for the GPU or the tiers (the driver then continues when it resolves);
  * otherwise the step is encoded synchronously into one command stream.
@@ -84,10 +94,20 @@ export interface KvManager<P = unknown> {
   /** GPU bytes the manager holds for KV (pools, lists, staging). */
   readonly gpuBytes: number
 
-  /** Reserves the step's token slot (written to `act.slot`) and writes the step's uniforms. */
-  beginDecode(): void | Promise<void>
+  /**
+   * Reserves the step's token slot (written to `act.slot`) and writes the step's uniforms.
+   * `rewindable`: the driver keeps layer inputs this step, so the manager may rewind.
+   */
+  beginDecode(rewindable?: boolean): void | Promise<void>
+  /**
+   * Whether this step may rewind (read after beginDecode): the driver then keeps each layer's
+   * input, the residual stream before its pre, to restore it.
+   */
+  readonly rewinds?: boolean
   /** Encodes layer l's attention of the step's query into the partials and sets the combine's uniform. */
-  attendDecode(l: number, step: StepEncoder): void | Promise<void>
+  attendDecode(l: number, step: StepEncoder): void | Promise<void | Rewind>
+  /** After the last layer's post, before the head: settles what the step left unchecked (may rewind). */
+  endLayers?(step: StepEncoder): void | Promise<void | Rewind>
   /** Adds to the step's last command encoder, before its submit (e.g. timestamp resolves). */
   endDecode(encoder: GPUCommandEncoder): void
   /** After the step's last submit (e.g. sealing what the step completed). */

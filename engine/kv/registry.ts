@@ -69,7 +69,7 @@ export const kvEngineOptions = (policy: ResolvedPolicy, tiers: KvTiers, config: 
   return {
     kv: {
       kind: "tiered",
-      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression },
+      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth },
       stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session },
     },
   }

@@ -12,7 +12,9 @@ import { ATTN_TILE } from "./pool.ts"
 import { windowedPrefillKey } from "../model-resources.ts"
 import { KvLayoutChange, TIER_PARTIALS, tieredDecodeKey, TieredKv, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { PREFILL_ROWS } from "./full.ts"
-import type { KvApplies, KvContext, KvManager, KvStats, StepEncoder } from "./manager.ts"
+import type { KvApplies, KvContext, KvManager, KvStats, Rewind, StepEncoder } from "./manager.ts"
+import type { ChoiceRead } from "./tiered/route.ts"
+import { traceSpan } from "../../kv/step-trace.ts"
 
 /** Timestamp queries per decode step (two per attention window; later windows go untimed). */
 const MAX_QUERIES = 512
@@ -39,12 +41,29 @@ export class TieredManager implements KvManager<TieredPolicy> {
   private selectiveSteps = 0
   /** Whether this step scores and chooses (else every sealed chunk is attended). */
   private selecting = false
+  /** This step's pipeline depth: layers run ahead of the last checked choice (0: each layer waits for its own). */
+  private depth = 0
+  /** Pipelined layers encoded and submitted whose choice the host has not checked yet, oldest first. */
+  private unchecked: ChoiceRead[] = []
+  /** A layer rewound to, and its choice (read back already): it is attended the unpipelined way. */
+  private known: { readonly layer: number; readonly chosen: number[]; readonly waitMs: number } | undefined
   /** The current prefill pass: tokens, first position, attention workgroups. */
   private pass = { m: 0, pos0: 0, groups: 0 }
+  /** Per layer: whether its last decode visit missed the GPU cache (then it is not run ahead). */
+  private readonly missedLast: boolean[]
+  /** Whether an unpipelined layer's last attention window is encoded but not submitted yet. */
+  private openWindow = false
+  /** The last layer this step routed (pipelined). */
+  private routedThrough = 0
+  /** A selection encoded (and its copy recorded) by attendRouted that the route could not take: its count, else -1. */
+  private pendingSelect = -1
   /** GPU time of decode attention, where the device has timestamp queries. */
   private readonly timing: { readonly querySet: GPUQuerySet; readonly resolve: GPUBuffer; readonly read: GPUBuffer } | undefined
   private queries = 0
   private resolved = 0
+  /** Benchmarks (a step's timeline): keep the last timed step's (begin, end) stamps of its attention passes. */
+  keepStamps = false
+  lastStamps: ReadonlyArray<readonly [bigint, bigint]> = []
   private pendingTiming: Promise<void> | undefined
 
   constructor(
@@ -60,6 +79,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
       q: act.q,
     })
     const t = this.t
+    this.missedLast = Array.from({ length: c.numLayers }, () => false)
     this.tile = ATTN_TILE / ctx.blockTokens
     this.uAttn = new Uniform(device, "tier attn decode", "uuuuufuuuuuu")
     this.uWindow = new Uniform(device, "tier attn prefill window", "uuuuufuuuuuu")
@@ -96,23 +116,140 @@ export class TieredManager implements KvManager<TieredPolicy> {
 
   // --- decode ------------------------------------------------------------------
 
-  async beginDecode(): Promise<void> {
+  async beginDecode(rewindable = false): Promise<void> {
     await this.settle()
     this.slotHost[0] = this.t.append()
     this.ctx.device.queue.writeBuffer(this.ctx.act.slot, 0, this.slotHost.buffer, 0, 4)
     this.selecting = this.t.selects()
     this.selectiveSteps += this.selecting ? 1 : 0
+    this.depth = this.selecting && rewindable ? this.t.pipelineDepth : 0
+    this.known = undefined
   }
 
-  async attendDecode(l: number, step: StepEncoder): Promise<void> {
+  get rewinds(): boolean {
+    return this.depth > 0
+  }
+
+  attendDecode(l: number, step: StepEncoder): Promise<void | Rewind> | void {
+    if (this.known?.layer === l) {
+      const { chosen, waitMs } = this.known
+      this.known = undefined
+      step.submit()
+      this.openWindow = false
+      this.t.countStep(l, chosen, waitMs)
+      return this.attendChosen(l, step, chosen)
+    }
+    // A layer that missed at its last visit likely misses again: it waits for its own choice.
+    if (this.depth > 0 && !this.missedLast[l] && this.attendRouted(l, step)) {
+      return this.unchecked.length > this.depth ? this.checkOldest() : undefined
+    }
+    if (this.unchecked.length > 0) {
+      // Layers run ahead must stand before this one changes the cache by its choice.
+      step.submit()
+      return this.checkAll().then((r): Promise<void | Rewind> | Rewind => r ?? this.attendWaiting(l, step))
+    }
+    return this.attendWaiting(l, step)
+  }
+
+  /** The unpipelined layer: its choice read back (the host waits), then planned, fetched and attended. */
+  private attendWaiting(l: number, step: StepEncoder): Promise<void> {
+    return this.select(l, step).then((chosen) => this.attendChosen(l, step, chosen))
+  }
+
+  /**
+   * Pipelined: scores, selects and routes layer l's choice on the GPU and attends the resident
+   * chunks at once (as the unpipelined step attends a choice that is all hits: the same
+   * entries, splits and partials), copying the choice aside to be checked later. Returns
+   * false, encoding nothing, where the route cannot hold the choice.
+   */
+  private attendRouted(l: number, step: StepEncoder): boolean {
     const t = this.t
     const c = this.ctx.config
-    const chosen = await this.select(l, step)
+    // An unpipelined layer's last window is still in the open encoder: it must reach the
+    // queue before this layer writes the attention's uniform.
+    if (this.openWindow) step.submit()
+    let count = 0
+    let routed = false
+    step.compute((pass) => {
+      count = t.encodeSelect(l, pass)
+      if (count === 0 || !t.canRoute(l, count)) return
+      t.encodeRoute(l, pass, count)
+      routed = true
+    })
+    if (!routed) {
+      // The selection encoded is kept: the unpipelined path reads it back.
+      step.record((encoder) => count > 0 && encoder.copyBufferToBuffer(t.selection, 0, this.selRead, 0, count * 8))
+      this.pendingSelect = count
+      return false
+    }
+    let read: { layer: number; count: number; buffer: GPUBuffer } | undefined
+    step.record((encoder) => (read = t.choiceReads.record(encoder, l, count, t.selection, t.routeMisses)))
+    const cap = Math.max(1, Math.floor(TIER_PARTIALS / (Math.ceil(count / Math.max(1, t.cacheSlots)) + 1)))
+    const s0 = this.attendWindow(l, step, t.routedEntries(l, count), cap, 0)
+    // The submit carries the previous layer's post, which reads the combine's uniform as that layer set it.
+    step.submit()
+    this.openWindow = false
+    this.ctx.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
+    this.unchecked.push(t.choiceReads.map(read!))
+    this.routedThrough = l
+    t.countRouted()
+    return true
+  }
+
+  /**
+   * Checks the oldest unchecked layer's choice against the GPU cache: all hits, and its
+   * attention stands (its accesses and importance are applied as the unpipelined step would);
+   * a miss, and every layer from it on is computed again (Rewind), it the unpipelined way.
+   */
+  private async checkOldest(): Promise<void | Rewind> {
+    const t = this.t
+    const r = this.unchecked.shift()!
+    const t0 = performance.now()
+    await r.mapped
+    const waitMs = performance.now() - t0
+    traceSpan("choice wait", t0, r.layer)
+    const { chosen, misses } = t.choiceReads.take(r)
+    const plan = t.planDecode(r.layer, chosen)
+    if ((plan.misses.length > 0) !== (misses > 0)) {
+      throw new RangeError(`tiered KV: layer ${r.layer}: the GPU slot map saw ${misses} misses, the cache ${plan.misses.length}`)
+    }
+    this.missedLast[r.layer] = plan.misses.length > 0
+    if (plan.misses.length === 0) {
+      t.countStep(r.layer, chosen, waitMs)
+      await t.applyVerified(r.layer, plan)
+      return
+    }
+    for (const later of this.unchecked) t.choiceReads.discard(later)
+    this.unchecked = []
+    this.pendingSelect = -1 // a selection encoded after the rewound layer is stale
+    this.known = { layer: r.layer, chosen, waitMs }
+    t.countRewind(this.routedThrough - r.layer + 1)
+    return { rewind: r.layer }
+  }
+
+  endLayers(step: StepEncoder): Promise<void | Rewind> | void {
+    if (this.unchecked.length === 0) return
+    step.submit()
+    return this.checkAll()
+  }
+
+  private async checkAll(): Promise<void | Rewind> {
+    while (this.unchecked.length > 0) {
+      const r = await this.checkOldest()
+      if (r) return r
+    }
+  }
+
+  /** Attends layer l's chosen chunks: plan, then window by window (fetching misses), then the combine's uniform. */
+  private async attendChosen(l: number, step: StepEncoder, chosen: ReadonlyArray<number>): Promise<void> {
+    const t = this.t
+    const c = this.ctx.config
     // Partials are shared out among the windows the chosen chunks can need.
     const windows = Math.ceil(chosen.length / Math.max(1, t.cacheSlots)) + 1
     const cap = Math.max(1, Math.floor(TIER_PARTIALS / windows))
     let s0 = 0
     const plan = t.planDecode(l, chosen)
+    this.missedLast[l] = plan.misses.length > 0
     for (let i = 0; i < plan.windows.length; i++) {
       const count = await t.applyDecodeWindow(l, plan, i)
       s0 = this.attendWindow(l, step, count, cap, s0)
@@ -121,6 +258,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     // The next layer's pre goes into this step's encoder, which is submitted before that
     // layer writes its own lists and uniforms.
     this.ctx.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
+    this.openWindow = true
   }
 
   /** Layer l's chosen sealed chunks: scored and selected on the GPU and read back, or all of them. */
@@ -132,12 +270,17 @@ export class TieredManager implements KvManager<TieredPolicy> {
       t.countStep(l, chosen, 0)
       return chosen
     }
-    let count = 0
-    step.compute((pass) => (count = t.encodeSelect(l, pass)))
-    step.record((encoder) => count > 0 && encoder.copyBufferToBuffer(t.selection, 0, this.selRead, 0, count * 8))
+    let count = this.pendingSelect
+    this.pendingSelect = -1
+    if (count < 0) {
+      step.compute((pass) => (count = t.encodeSelect(l, pass)))
+      step.record((encoder) => count > 0 && encoder.copyBufferToBuffer(t.selection, 0, this.selRead, 0, count * 8))
+    }
     step.submit()
+    this.openWindow = false
     const t0 = performance.now()
     const chosen = count > 0 ? await this.readChoice(count) : []
+    traceSpan("choice wait", t0, l)
     t.countStep(l, chosen, performance.now() - t0)
     return chosen
   }
@@ -191,6 +334,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const stamps = new BigUint64Array(read.getMappedRange(0, queries * 8))
     let ns = 0
     for (let i = 0; i < queries; i += 2) if (stamps[i + 1] > stamps[i]) ns += Number(stamps[i + 1] - stamps[i])
+    if (this.keepStamps) this.lastStamps = Array.from({ length: queries / 2 }, (_, i) => [stamps[2 * i], stamps[2 * i + 1]] as const)
     read.unmap()
     this.t.addAttentionMs(ns / 1e6)
   }
@@ -261,6 +405,12 @@ export class TieredManager implements KvManager<TieredPolicy> {
   }
 
   reset(): void {
+    // A step that failed midway leaves choices unchecked: their read-backs come back unread.
+    for (const r of this.unchecked) this.t.choiceReads.discard(r)
+    this.unchecked = []
+    this.known = undefined
+    this.pendingSelect = -1
+    this.missedLast.fill(false)
     this.t.reset()
     this.steps = 0
   }
@@ -270,6 +420,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const timing = this.pendingTiming
     this.pendingTiming = undefined
     await timing
+    await this.t.choiceReads.settle()
     await this.t.settle()
   }
 

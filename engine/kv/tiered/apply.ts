@@ -6,9 +6,10 @@
 // to the state it was made from; a failed load frees the window's slots again.
 // With quantized slots (layout.ts QuantSlots), prefill and decode use the same pool bytes as
 // fp16 slots and as compressed slots: the cache starts empty at each switch between them.
-import { GpuSlots } from "../../../kv/gpu-slots.ts"
+import { GpuSlots, type SlotObserver } from "../../../kv/gpu-slots.ts"
 import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
 import { blockWords, chunkBytesAt, convertChunk, dequantizeInto, type KvBits, type KvShape } from "../../../kv/quant.ts"
+import { traceSpan } from "../../../kv/step-trace.ts"
 import type { TierIo } from "../../../kv/tier-io.ts"
 import { storageBuffer } from "../../buffers.ts"
 import type { UploadRing } from "../../staging.ts"
@@ -52,13 +53,19 @@ export class GpuCache {
     private readonly upload: UploadRing,
     /** The most entries of a window: every block of the pool. */
     maxEntries: number,
+    /** Who is told of each layer's slot changes (the pipelined step's GPU slot map), given a slot's first pool block. */
+    private readonly observe?: (l: number, blockOf: (slot: number) => number) => SlotObserver,
   ) {
-    this.slots = g.pools.map(() => new GpuSlots(g.cacheSlots, g.slotBytes))
+    this.slots = g.pools.map((_, l) => new GpuSlots(g.cacheSlots, g.slotBytes, this.observerOf(l)))
     this.heldBits = g.pools.map(() => new Map())
     this.progress = g.pools.map(() => undefined)
     this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", maxEntries * 8)
     this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
     this.entryHost = new Uint32Array(maxEntries * 2)
+  }
+
+  private observerOf(l: number): SlotObserver | undefined {
+    return this.observe?.(l, (slot) => this.blockOf(slot))
   }
 
   /** The first pool block of cache slot `slot`. */
@@ -81,7 +88,8 @@ export class GpuCache {
     const q = this.g.quant
     if (q === undefined || this.phase === phase) return
     this.phase = phase
-    this.slots = this.g.pools.map(() => (phase === "decode" ? new GpuSlots(q.slots, (q.kSlotWords + q.vSlotWords) * 4) : new GpuSlots(this.g.cacheSlots, this.g.slotBytes)))
+    this.slots = this.g.pools.map((_, l) => (phase === "decode" ? new GpuSlots(q.slots, (q.kSlotWords + q.vSlotWords) * 4, this.observerOf(l)) : new GpuSlots(this.g.cacheSlots, this.g.slotBytes, this.observerOf(l))))
+    for (const s of this.slots) s.clear() // empty already: tells the observers
     for (const m of this.heldBits) m.clear()
     this.progress.fill(undefined)
   }
@@ -118,8 +126,12 @@ export class GpuCache {
     return planPrefill(this.slots[l], { starts: L.starts, sealed: L.sealed, tokens: this.tables.tokens }, policy, this.tick + 1, l)
   }
 
-  /** Applies decode window i (see TieredKv.applyDecodeWindow); returns its entry count. */
-  async applyDecode(l: number, plan: DecodePlan, i: number, promote: boolean, k: TierCounters): Promise<number> {
+  /**
+   * Applies decode window i (see TieredKv.applyDecodeWindow); returns its entry count. With
+   * `list` false the entries are not written (the GPU's route pass wrote them: a verified
+   * pipelined layer), and 0 is returned.
+   */
+  async applyDecode(l: number, plan: DecodePlan, i: number, promote: boolean, k: TierCounters, list = true): Promise<number> {
     const w = this.begin(l, plan, i)
     if (i === 0) {
       k.gpuHits += plan.hits.length
@@ -131,7 +143,7 @@ export class GpuCache {
       const scores = scoreWindow(this.slots[l], w, plan.tick)
       w.attend.forEach((a, j) => this.io.setScore(l, a.chunk, scores[j]))
     }
-    const count = this.writeEntries(l, w.attend, w.last)
+    const count = list ? this.writeEntries(l, w.attend, w.last) : 0
     k.windows++
     if (w.last && plan.clearAfter) this.slots[l].clear()
     return count
@@ -190,6 +202,7 @@ export class GpuCache {
     } finally {
       this.upload.flush()
       k.transferMs += performance.now() - t0
+      if (w.loads.length > 0) traceSpan("host->GPU", t0, l)
     }
   }
 

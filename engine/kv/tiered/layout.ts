@@ -27,6 +27,11 @@ export interface TieredPolicy {
   readonly hostEviction: EvictionPolicy
   /** Bits chunks are sealed with into the host and disk tiers (kv/quant-policy.ts); 16 when left out. */
   readonly compression?: CompressionBits
+  /**
+   * The pipelined decode step (issue 13 §1): layers a step may run ahead of the last one whose
+   * choice the host has checked; 0 or left out: every layer waits for its own choice.
+   */
+  readonly pipelineDepth?: number
 }
 
 export interface TierStores {

@@ -15,6 +15,7 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   abstract: { op: "abstract" } as PipelineKey,
   score: { op: "score", flags: { ALL_HEADS: true }, constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
   select: { op: "select" } as PipelineKey,
+  route: { op: "route" } as PipelineKey,
 })
 
 /** The seal's quantizer (compression below 16 bits): shapes as override constants. */

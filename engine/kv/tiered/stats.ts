@@ -23,6 +23,12 @@ export interface TierStats {
   /** Stages that waited for a staging buffer to come back from the GPU. */
   readonly staging_waits: number
   /**
+   * The pipelined step (policy `pipeline`): its depth, layers attended from the GPU's own
+   * hit/miss split and checked later, and rewinds (a checked layer missed: it and the
+   * `layers_rewound` layers run ahead of it were computed again).
+   */
+  readonly pipeline: { readonly depth: number; readonly layers_routed: number; readonly rewinds: number; readonly layers_rewound: number }
+  /**
    * Compression (policy `compression.bits`): the setting, the bits of decode's GPU slots (16:
    * fp16), the chunks sealed at each bits, and the bytes uploaded into the GPU chunk cache
    * (what host and disk sent, compressed where the slots are, fp16 where they are not).
@@ -59,6 +65,9 @@ export const emptyCounters = () => ({
   transferMs: 0,
   sealMs: 0,
   attentionMs: 0,
+  routedLayers: 0,
+  rewinds: 0,
+  rewoundLayers: 0,
   /** The upload ring's stalls when the counters started. */
   stallsAtReset: 0,
 })
@@ -78,6 +87,7 @@ export const tierStats = (
     readonly steps: number
     readonly stalls: number
     readonly compression: { readonly bits: 16 | 8 | 4 | "importance"; readonly slotBits: number; readonly gpuSlots: number }
+    readonly pipelineDepth: number
   },
 ): TierStats => ({
   policy: at.policy,
@@ -92,6 +102,7 @@ export const tierStats = (
   tokens_selected_per_step: at.steps > 0 ? k.selectedTokens / at.layers / at.steps : 0,
   time_ms: { select: k.selectMs, transfer: k.transferMs, seal: k.sealMs, attention: k.attentionMs },
   staging_waits: at.stalls - k.stallsAtReset,
+  pipeline: { depth: at.pipelineDepth, layers_routed: k.routedLayers, rewinds: k.rewinds, layers_rewound: k.rewoundLayers },
   compression: {
     bits: at.compression.bits,
     slot_bits: at.compression.slotBits,

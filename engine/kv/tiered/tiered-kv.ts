@@ -24,6 +24,7 @@ import { UploadRing } from "../../staging.ts"
 import { GpuCache } from "./apply.ts"
 import { ChunkTables } from "./chunks.ts"
 import { checkPolicyChange, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
+import { ChoiceReads, Router } from "./route.ts"
 import { budgetTokens, Selector } from "./select.ts"
 import { Sealer } from "./seal.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
@@ -55,6 +56,10 @@ export class TieredKv {
   private readonly io: TierIo
   private readonly sealer: Sealer
   private readonly selector: Selector
+  private readonly router: Router
+  private readonly reads: ChoiceReads
+  /** Per layer: how many of its first chunks are known to be whole slots (what the route pass assumes). */
+  private readonly wholeChunks: number[]
   private readonly blockBytes: number
   private counters = emptyCounters()
   private current: TieredPolicy
@@ -106,7 +111,12 @@ export class TieredKv {
     this.quant = quantSlots(policy, this.shape, this)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
-    this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries)
+    const router = new Router(device, pipelines, c, this.maxChunks)
+    this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
+    router.bind({ selection: this.selector.selection, entries: this.cache.entries, seqs: this.cache.seqs })
+    this.router = router
+    this.reads = new ChoiceReads(device, this.maxChunks)
+    this.wholeChunks = Array.from({ length: c.numLayers }, () => 0)
   }
 
   // --- policy ----------------------------------------------------------------------
@@ -244,6 +254,67 @@ export class TieredKv {
     const sizes = this.tables.layers[l].sizes
     for (const ch of chosen) this.counters.selectedTokens += sizes[ch]
     this.counters.selectMs += selectMs
+  }
+
+  // --- decode, pipelined: route on the GPU, read the choice back later ------------------------
+
+  /** Layers a pipelined step may run ahead of the last one whose choice the host has checked (0: not pipelined). */
+  get pipelineDepth(): number {
+    return this.current.mode === "leoam" && this.quant === undefined ? (this.current.pipelineDepth ?? 0) : 0
+  }
+
+  /**
+   * Whether layer l's choice of `count` chunks can be routed on the GPU: every sealed chunk is
+   * a whole slot (the route pass gives each hit slotBlocks full blocks) and all of them could be
+   * resident at once (else misses are certain).
+   */
+  canRoute(l: number, count: number): boolean {
+    const L = this.tables.layers[l]
+    let n = this.wholeChunks[l]
+    if (n > L.sizes.length) n = 0 // truncated or reset since
+    while (n < L.sizes.length && L.sizes[n] === this.slotTokens) n++
+    this.wholeChunks[l] = n
+    return n === L.sizes.length && count <= this.cacheSlots
+  }
+
+  /** Entries the route pass writes for `count` chunks when all of them are resident (chunks, then the tail). */
+  routedEntries(l: number, count: number): number {
+    return count * this.slotBlocks + Math.ceil((this.tables.tokens - this.tables.layers[l].sealed) / this.blockTokens)
+  }
+
+  /** Counts a pipelined layer routed on the GPU. */
+  countRouted(): void {
+    this.counters.routedLayers++
+  }
+
+  /** Counts a rewind: a checked layer missed, and `layers` layers were computed in vain (it and those run ahead). */
+  countRewind(layers: number): void {
+    this.counters.rewinds++
+    this.counters.rewoundLayers += layers
+  }
+
+  /** Encodes layer l's route of its `count` chosen chunks into the attention entries (after encodeSelect). */
+  encodeRoute(l: number, pass: GPUComputePassEncoder, count: number): void {
+    const g = { slotBlocks: this.slotBlocks, blockTokens: this.blockTokens, sealed: this.tables.layers[l].sealed, tokens: this.tables.tokens, tailBlocks: this.tailBlocks }
+    this.router.encode(l, pass, count, g)
+  }
+
+  /** The choice reads of pipelined layers (record after the route, map after the submit). */
+  get choiceReads(): ChoiceReads {
+    return this.reads
+  }
+
+  /** The route pass's miss count buffer (for the choice read). */
+  get routeMisses(): GPUBuffer {
+    return this.router.misses
+  }
+
+  /**
+   * Applies a verified pipelined layer's plan (all hits, one window): the hits' accesses and
+   * importance, as applyDecodeWindow would, without writing the entries (the route pass did).
+   */
+  applyVerified(l: number, plan: DecodePlan): Promise<number> {
+    return this.cache.applyDecode(l, plan, 0, true, this.counters, false)
   }
 
   // --- decode: plan, then apply window by window -----------------------------------------
@@ -389,6 +460,7 @@ export class TieredKv {
       steps,
       stalls: this.upload.stalls,
       compression: { bits: this.current.compression ?? 16, slotBits: this.quant?.bits ?? 16, gpuSlots: this.quant?.slots ?? this.cacheSlots },
+      pipelineDepth: this.pipelineDepth,
     })
   }
 
@@ -407,6 +479,8 @@ export class TieredKv {
       p.v.destroy()
     }
     this.cache.destroy()
+    this.router.destroy()
+    this.reads.destroy()
     this.selector.destroy()
     this.sealer.destroy()
     this.upload.destroy()

@@ -1,0 +1,188 @@
+// The pipelined step's GPU side (issue 13 §1): a GPU copy of every layer's slot map (chunk ->
+// first pool block of its cache slot), kept in step with the host's GpuSlots through their
+// observer, and the route pass (kernels/route.wgsl) that turns a layer's choice into the
+// attention entries of its resident chunks plus a miss count, with no host in between.
+// The host reads the choice back later, off the layer's critical path (ChoiceReads).
+// Only the cache's slot changes (through `observe`) and `sync` write the map.
+import type { SlotObserver } from "../../../kv/gpu-slots.ts"
+import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers.ts"
+import type { Pipelines } from "../../pipelines.ts"
+import { tieredPipelineKeys } from "./select.ts"
+import type { ModelConfig } from "../../../models/types.ts"
+
+const NONE = 0xffffffff
+
+export class Router {
+  /** (layers, maxChunks) u32: first pool block of the chunk's cache slot, NONE when not resident. */
+  private readonly slotMap: GPUBuffer
+  /** (4) u32: [0] the misses of the last routed choice. */
+  readonly misses: GPUBuffer
+  private readonly mirror: Uint32Array
+  /** Per layer, the range [lo, hi) of the mirror not yet written to the GPU (lo >= hi: none). */
+  private readonly dirty: Array<{ lo: number; hi: number }>
+  private readonly u: Uniform
+  private dispatch: Dispatch | undefined
+
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly pipelines: Pipelines,
+    private readonly config: ModelConfig,
+    private readonly maxChunks: number,
+  ) {
+    const layers = config.numLayers
+    this.slotMap = storageBuffer(device, "tier slot map (layers, chunks) u32", layers * maxChunks * 4)
+    this.misses = storageBuffer(device, "tier route misses (4) u32", 16)
+    this.mirror = new Uint32Array(layers * maxChunks).fill(NONE)
+    this.dirty = Array.from({ length: layers }, () => ({ lo: 0, hi: maxChunks }))
+    this.u = new Uniform(device, "tier route", "uuuuuuuu")
+  }
+
+  /** Binds the buffers the route pass reads and writes (the cache's, built after the map it observes). */
+  bind(buffers: { readonly selection: GPUBuffer; readonly entries: GPUBuffer; readonly seqs: GPUBuffer }): void {
+    const key = tieredPipelineKeys(this.config).route
+    this.dispatch = dispatchOf(this.device, this.pipelines.now(key), [
+      [0, this.u.buffer],
+      [1, buffers.selection],
+      [2, this.slotMap],
+      [3, buffers.entries],
+      [4, buffers.seqs],
+      [5, this.misses],
+    ])
+  }
+
+  /** The observer of layer l's slots, given the pool block of a slot. */
+  observe(l: number, blockOf: (slot: number) => number): SlotObserver {
+    const base = l * this.maxChunks
+    const d = this.dirty[l]
+    const mark = (chunk: number) => {
+      d.lo = Math.min(d.lo, chunk)
+      d.hi = Math.max(d.hi, chunk + 1)
+    }
+    return {
+      placed: (chunk, slot) => {
+        this.mirror[base + chunk] = blockOf(slot)
+        mark(chunk)
+      },
+      dropped: (chunk) => {
+        this.mirror[base + chunk] = NONE
+        mark(chunk)
+      },
+      cleared: () => {
+        this.mirror.fill(NONE, base, base + this.maxChunks)
+        d.lo = 0
+        d.hi = this.maxChunks
+      },
+    }
+  }
+
+  /** Writes layer l's map changes (queue order: before the next submit, which routes with them). */
+  sync(l: number): void {
+    const d = this.dirty[l]
+    if (d.lo >= d.hi) return
+    const base = l * this.maxChunks
+    this.device.queue.writeBuffer(this.slotMap, (base + d.lo) * 4, this.mirror.buffer, (base + d.lo) * 4, (d.hi - d.lo) * 4)
+    d.lo = this.maxChunks
+    d.hi = 0
+  }
+
+  /**
+   * Encodes layer l's route of `count` chosen chunks (in `selection`) into the entries list:
+   * resident chunks of slotBlocks full blocks each, then the tail blocks of tokens [sealed, tokens).
+   */
+  encode(l: number, pass: GPUComputePassEncoder, count: number, g: { readonly slotBlocks: number; readonly blockTokens: number; readonly sealed: number; readonly tokens: number; readonly tailBlocks: number }): void {
+    this.sync(l)
+    this.u.set(count, g.slotBlocks, g.blockTokens, l * this.maxChunks, g.sealed, g.tokens, g.tailBlocks, 0)
+    const d = this.dispatch!
+    pass.setPipeline(d.pipeline)
+    pass.setBindGroup(0, d.bindGroup)
+    pass.dispatchWorkgroups(1)
+  }
+
+  destroy(): void {
+    this.slotMap.destroy()
+    this.misses.destroy()
+    this.u.buffer.destroy()
+  }
+}
+
+/** A layer's choice on its way back to the host: (count) vec2<u32> (chunk, _), then the route's miss count. */
+export interface ChoiceRead {
+  readonly layer: number
+  readonly count: number
+  readonly buffer: GPUBuffer
+  /** Resolves once mapped (rejects only if the device is lost). */
+  readonly mapped: Promise<void>
+  /** When its copy was submitted (performance.now()), for the wait's share of the timeline. */
+  readonly at: number
+}
+
+/**
+ * MAP_READ buffers for the choices of the layers in flight: one per unverified layer. A
+ * buffer comes back after its read (or, for a discarded read, once its map settles).
+ */
+export class ChoiceReads {
+  private readonly free: GPUBuffer[] = []
+  private readonly all: GPUBuffer[] = []
+  private readonly bytes: number
+  private draining: Array<Promise<void>> = []
+
+  constructor(
+    private readonly device: GPUDevice,
+    maxChunks: number,
+  ) {
+    this.bytes = maxChunks * 8 + 16
+  }
+
+  /** Records the copies of layer l's choice and miss count into a free buffer; map it after the submit. */
+  record(encoder: GPUCommandEncoder, l: number, count: number, selection: GPUBuffer, misses: GPUBuffer): { layer: number; count: number; buffer: GPUBuffer } {
+    const buffer =
+      this.free.pop() ??
+      this.device.createBuffer({ label: "tier choice read-back", size: this.bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    if (!this.all.includes(buffer)) this.all.push(buffer)
+    if (count > 0) encoder.copyBufferToBuffer(selection, 0, buffer, 0, count * 8)
+    encoder.copyBufferToBuffer(misses, 0, buffer, count * 8, 4)
+    return { layer: l, count, buffer }
+  }
+
+  /** Starts mapping a recorded read (after its submit). */
+  map(r: { layer: number; count: number; buffer: GPUBuffer }): ChoiceRead {
+    const mapped = r.buffer.mapAsync(GPUMapMode.READ, 0, r.count * 8 + 4)
+    mapped.catch(() => undefined)
+    return { ...r, mapped, at: performance.now() }
+  }
+
+  /** The chosen chunks and the GPU's miss count of a mapped read; gives its buffer back. */
+  take(r: ChoiceRead): { chosen: number[]; misses: number } {
+    const view = new Uint32Array(r.buffer.getMappedRange(0, r.count * 8 + 4))
+    const chosen = new Array<number>(r.count)
+    for (let i = 0; i < r.count; i++) chosen[i] = view[i * 2]
+    const misses = view[r.count * 2]
+    r.buffer.unmap()
+    this.free.push(r.buffer)
+    return { chosen, misses }
+  }
+
+  /** Gives back a read that will not be looked at (a discarded speculation) once its map settles. */
+  discard(r: ChoiceRead): void {
+    this.draining.push(
+      r.mapped.then(
+        () => {
+          r.buffer.unmap()
+          this.free.push(r.buffer)
+        },
+        () => undefined,
+      ),
+    )
+  }
+
+  /** Waits for discarded reads to come back. */
+  async settle(): Promise<void> {
+    const d = this.draining
+    this.draining = []
+    await Promise.all(d)
+  }
+
+  destroy(): void {
+    for (const b of this.all) b.destroy()
+  }
+}
