@@ -29,9 +29,16 @@
 #        by side in one process (seals quantize on the GPU); fits one 10-minute command
 #        (bundle: `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to
 #        tiered-bench
+#   pipeline: the pipelined step (issue 13 §1): the golden check, then tiered-bench at 8B 64K
+#        (GPU 6 GiB, host 8 GiB) with full, leoam, leoam+pipe (pipeline on, depth PIPE_DEPTH,
+#        default 2) and offload-all side by side, then leoam and leoam+pipe with a GPU budget
+#        that holds the whole context (12 GiB: every layer hits, so the per-layer wait is all
+#        the pipeline can remove); each writes JSON and one step of each policy as an SVG
+#        timeline (timeline-*.svg); fits one 10-minute command (bundle: `bash
+#        scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -86,6 +93,19 @@ if [ "$suite" = compress ]; then
   timeout 480 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --compression 16,8,4,importance \
     --steps 6 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-compress.json" "$@" 2>&1 \
     | tee "$out/tiered-8b-64k-compress.txt" || echo "tiered-bench: failed or stopped (time)"
+  exit 0
+fi
+if [ "$suite" = pipeline ]; then
+  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
+  depth="${PIPE_DEPTH:-2}"
+  timeout 330 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,offload-all --pipeline-depth "$depth" \
+    --steps 8 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k" \
+    --out "$out/tiered-8b-64k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline.txt" || echo "tiered-bench (6 GiB): failed or stopped (time)"
+  rm -rf /tmp/leoam-kv/*
+  timeout 150 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam,leoam+pipe --pipeline-depth "$depth" \
+    --steps 8 --max-seconds 15 --gpu-kv-budget 12GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k-gpu12" \
+    --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
   exit 0
 fi
 if [ "$suite" = tiered-128k ]; then
