@@ -1,15 +1,18 @@
 // The actor runtime: an actor is an Effect service (its state and handlers, built from its
 // layer) behind a bounded mailbox and the subjects it listens on. Mailbox messages are
 // checked by their endpoint's `admit` before they take a place (a malformed request is
-// answered at once, never queued behind a running one), then served one at a time by one
-// fiber; `immediate` endpoints (cancel, stats, ping) bypass the mailbox. Supervision: a
+// answered at once, never queued behind a running one), then served `concurrency` at a time
+// (default one), in turns across the keys of `fairKey` (NATS users: actors/fair-queue.ts);
+// `immediate` endpoints (cancel, stats, ping) bypass the mailbox. Supervision: a
 // handler that fails with a LeoamError answers that code and the actor goes on; anything
 // else (a defect, whatever its `code`) is a crash: that request gets `actor_restarted`, the
-// service's scope is closed and the service rebuilt (with backoff), and the mailbox goes on.
+// service's scope is closed and the service rebuilt (with backoff) once the messages served
+// beside it are done, and the mailbox goes on.
 // Only this module changes the running service. Draining refuses new messages with
 // `shutting_down` and waits (bounded) for the mailbox.
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core"
 import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Runtime, Schedule, Schema, Scope } from "effect"
+import { FairQueue } from "./fair-queue.ts"
 import { LeoamError, leoamError } from "../protocol/errors.ts"
 import { ActorStatus, internalRpc } from "../protocol/internal.ts"
 import { parseBody, respondError, respondJson } from "./nats.ts"
@@ -38,6 +41,8 @@ export interface Endpoint<S> {
    * tokenized in a worker) takes its place when it finishes, after those admitted meanwhile.
    */
   readonly admit?: (service: S, body: unknown, msg: Msg) => Effect.Effect<unknown, LeoamError>
+  /** For mailbox endpoints: whose turn a message waits for (round robin across keys); absent: one FIFO. */
+  readonly fairKey?: (msg: Msg) => string
 }
 
 /** `settled` follows every `queued` body once: after its reply, or when it is refused at drain. */
@@ -54,13 +59,15 @@ export interface ActorDefinition<S> {
    * one that dies is retried with backoff for 30 s (a device or file not ready yet).
    */
   readonly service: Effect.Effect<S, unknown, Scope.Scope>
-  /** Served in the mailbox, one at a time. */
+  /** Served in the mailbox, `concurrency` at a time. */
   readonly handlers?: ReadonlyArray<Endpoint<S>>
   /** Served at once, beside the mailbox (must not block). */
   readonly immediate?: ReadonlyArray<Endpoint<S>>
   readonly stats?: (service: S) => unknown
   /** Mailbox bound: past it, messages get `busy`. */
   readonly mailbox?: number
+  /** Mailbox messages served at once (default 1: one at a time). */
+  readonly concurrency?: number
 }
 
 /** The service of a tag, built from its layer in the caller's scope (an actor's `service`). */
@@ -75,6 +82,7 @@ interface Envelope<S> {
   readonly admit?: Endpoint<S>["admit"]
   readonly msg: Msg
   readonly receivedAt: number
+  readonly key: string
 }
 
 interface Built<S> {
@@ -85,8 +93,8 @@ interface Built<S> {
 export interface RunningActor {
   readonly name: ActorName
   status(): ActorStatus
-  /** Messages waiting in the mailbox, and whether one is being served. */
-  load(): { readonly queued: number; readonly busy: boolean; readonly capacity: number }
+  /** Messages waiting in the mailbox (also per fair key), and whether one is being served (how many). */
+  load(): { readonly queued: number; readonly busy: boolean; readonly capacity: number; readonly serving: number; readonly queuedByKey: Record<string, number> }
   /** Refuses new messages, waits up to `timeoutMs` for the mailbox to empty, then stops. */
   drain(timeoutMs: number): Promise<void>
 }
@@ -124,16 +132,20 @@ const describeCause = (cause: Cause.Cause<unknown>): string => {
 export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effect.Effect<RunningActor, unknown> =>
   Effect.gen(function* () {
     const capacity = def.mailbox ?? 256
-    // A dropping queue: offer answers false when full (a bounded one would suspend the caller).
-    const mailbox = yield* Queue.dropping<Envelope<S>>(capacity)
-    // One mailbox message or one restart at a time.
-    const lock = yield* Effect.makeSemaphore(1)
+    const concurrency = Math.max(1, def.concurrency ?? 1)
+    // Messages in their serving order; `arrived` holds one token per message (the loop waits on it).
+    const mailbox = new FairQueue<Envelope<S>>(capacity)
+    const arrived = yield* Queue.unbounded<void>()
+    // A mailbox message takes one permit, a restart all of them (after the messages being served).
+    const lock = yield* Effect.makeSemaphore(concurrency)
+    // Closed while a restart waits for its permits: no new message starts on the crashed service.
+    const ready = yield* Effect.makeLatch(true)
     const first = yield* Effect.mapError(buildService(def), Cause.squash)
     let current: Built<S> | undefined = first
     let restarts = 0
     let restarting = false
     let draining = false
-    let serving: Envelope<S> | undefined
+    const serving = new Set<Envelope<S>>()
     const subs: Subscription[] = []
 
     /** Closes the crashed service's scope and builds a new one (unless it was rebuilt already). */
@@ -149,6 +161,26 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
         else process.stderr.write(`leoam ${def.name}: could not restart: ${describeCause(rebuilt.cause)}\n`)
         restarting = false
       })
+
+    /** Restarts a crashed service once every message served beside it is done. */
+    const restartAfter = (crashed: Built<S>, cause: Cause.Cause<unknown>) =>
+      Effect.gen(function* () {
+        restarting = true
+        yield* ready.close
+        yield* lock.withPermits(concurrency)(restart(crashed, cause))
+        restarting = false
+        yield* ready.open
+      })
+
+    /** A permit to serve one message, taken only while no restart is pending. */
+    const permit: Effect.Effect<void> = Effect.gen(function* () {
+      for (;;) {
+        yield* ready.await
+        yield* lock.take(1)
+        if (!restarting) return
+        yield* lock.release(1)
+      }
+    })
 
     /** Answers a handler's outcome; a crash answers actor_restarted and says so. */
     const settle = (msg: Msg, exit: Exit.Exit<unknown, LeoamError>): boolean => {
@@ -166,29 +198,42 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       return true
     }
 
+    /** Serves one message under a permit the caller took (released here); a crash restarts the service after. */
     const serveOne = (env: Envelope<S>) =>
-      lock.withPermits(1)(
-        Effect.gen(function* () {
-          const built = current
-          if (!built) return respondError(env.msg, leoamError("actor_unavailable", `${def.name} could not be restarted`))
-          serving = env
-          const admit = env.admit
-          const handle = admit
-            ? Effect.flatMap(Effect.suspend(() => admit(built.service, env.body, env.msg)), (body) => env.handler(built.service, body, env.msg, env.receivedAt))
-            : Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt))
-          const exit = yield* Effect.exit(handle)
-          serving = undefined
-          if (settle(env.msg, exit) && Exit.isFailure(exit)) yield* restart(built, exit.cause)
-        }),
-      ).pipe(Effect.ensuring(Effect.sync(() => env.watch?.settled(env.body))))
+      Effect.gen(function* () {
+        const built = current
+        if (!built) return void respondError(env.msg, leoamError("actor_unavailable", `${def.name} could not be restarted`))
+        serving.add(env)
+        const admit = env.admit
+        const handle = admit
+          ? Effect.flatMap(Effect.suspend(() => admit(built.service, env.body, env.msg)), (body) => env.handler(built.service, body, env.msg, env.receivedAt))
+          : Effect.suspend(() => env.handler(built.service, env.body, env.msg, env.receivedAt))
+        const exit = yield* Effect.exit(handle)
+        serving.delete(env)
+        return settle(env.msg, exit) && Exit.isFailure(exit) ? { built, cause: exit.cause } : undefined
+      }).pipe(
+        Effect.ensuring(Effect.zipRight(lock.release(1), Effect.sync(() => env.watch?.settled(env.body)))),
+        Effect.flatMap((crash) => (crash ? restartAfter(crash.built, crash.cause) : Effect.void)),
+      )
+
+    /** Takes the next message in its turn (one per token in `arrived`), once a permit is free. */
+    const next = Effect.gen(function* () {
+      yield* Queue.take(arrived)
+      yield* permit
+      const env = mailbox.take()
+      if (!env) return yield* lock.release(1) // taken by drain meanwhile
+      // One at a time: served in the loop's fiber (as before concurrency); more: each in its own.
+      if (concurrency === 1) yield* serveOne(env)
+      else yield* Effect.forkDaemon(serveOne(env))
+    })
 
     // Interruptible even when started inside an uninterruptible region (acquireRelease): drain interrupts it.
-    const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(Effect.flatMap(Queue.take(mailbox), serveOne))))
+    const loop = yield* Effect.forkDaemon(Effect.interruptible(Effect.forever(next)))
 
     /** An admission's outcome: the admitted body, or undefined when it was answered instead (refused, or a crash). */
     const admitted = (built: Built<S>, msg: Msg, exit: Exit.Exit<unknown, LeoamError>): { body: unknown } | undefined => {
       if (Exit.isSuccess(exit)) return { body: exit.value }
-      if (settle(msg, exit)) Effect.runFork(lock.withPermits(1)(restart(built, exit.cause)))
+      if (settle(msg, exit)) Effect.runFork(restartAfter(built, exit.cause))
       return undefined
     }
 
@@ -201,7 +246,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       return admitted(built, msg, exit)
     }
 
-    const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"], watch?: MailboxWatch) => (err: Error | null, msg: Msg) => {
+    const accept = (handler: Handler<S>, viaMailbox: boolean, admit?: Endpoint<S>["admit"], watch?: MailboxWatch, fairKey?: Endpoint<S>["fairKey"]) => (err: Error | null, msg: Msg) => {
       if (err) return
       const receivedAt = performance.now()
       if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
@@ -217,23 +262,24 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
         Effect.runFork(
           Effect.exit(Effect.suspend(() => handler(built.service, body, msg, receivedAt))).pipe(
             // A crash beside the mailbox restarts the actor once the message being served is done.
-            Effect.flatMap((exit) => (settle(msg, exit) && Exit.isFailure(exit) ? lock.withPermits(1)(restart(built, exit.cause)) : Effect.void)),
+            Effect.flatMap((exit) => (settle(msg, exit) && Exit.isFailure(exit) ? restartAfter(built, exit.cause) : Effect.void)),
           ),
         )
         return
       }
       // While the actor restarts there is no service to admit with: the message is admitted when served.
       const built = current
-      const ready = admit !== undefined && built !== undefined && !restarting
+      const admitNowOk = admit !== undefined && built !== undefined && !restarting
       const enqueue = (admission: { body: unknown } | undefined) => {
         if (!admission) return
         if (draining) return respondError(msg, leoamError("shutting_down", `${def.name} is shutting down`))
-        const envelope: Envelope<S> = { handler, body: admission.body, msg, receivedAt, admit: ready ? undefined : admit, watch }
-        const offered = Effect.runSync(Queue.offer(mailbox, envelope))
-        if (offered) watch?.queued(envelope.body)
-        else respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
+        const envelope: Envelope<S> = { handler, body: admission.body, msg, receivedAt, admit: admitNowOk ? undefined : admit, watch, key: fairKey?.(msg) ?? "" }
+        if (mailbox.offer(envelope.key, envelope)) {
+          Effect.runSync(Queue.offer(arrived, undefined))
+          watch?.queued(envelope.body)
+        } else respondError(msg, leoamError("busy", `${def.name} has ${capacity} requests queued; try again later`))
       }
-      const admission = ready ? admitNow(admit, built, body, msg) : { body }
+      const admission = admitNowOk ? admitNow(admit, built, body, msg) : { body }
       if (admission instanceof Promise) void admission.then(enqueue)
       else enqueue(admission)
     }
@@ -243,7 +289,7 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
       else if (typeof source === "object") subs.push(nc.subscribe(source.broadcast, { callback }))
       else source(callback)
     }
-    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true, e.admit, e.watch))
+    for (const e of def.handlers ?? []) listen(e.source, accept(e.handler, true, e.admit, e.watch, e.fairKey))
     for (const e of def.immediate ?? []) listen(e.source, accept(e.handler, false))
 
     const status = (): ActorStatus => ({
@@ -256,25 +302,23 @@ export const startActor = <S>(nc: NatsConnection, def: ActorDefinition<S>): Effe
     // Every actor answers pings (no queue group: the caller gathers all replies).
     subs.push(nc.subscribe(internalRpc.ping.subject, { callback: (_err, msg) => replyJson(msg, status()) }))
 
-    const size = () => Effect.runSync(Queue.size(mailbox))
+    const size = () => mailbox.size
     return {
       name: def.name,
       status,
-      // Queue.size goes negative while the loop waits in take: that is an empty mailbox.
-      load: () => ({ queued: Math.max(0, size()), busy: serving !== undefined, capacity }),
+      load: () => ({ queued: size(), busy: serving.size > 0, capacity, serving: serving.size, queuedByKey: mailbox.queuedByKey() }),
       drain: async (timeoutMs) => {
         draining = true
         const deadline = Date.now() + timeoutMs
-        while ((size() > 0 || serving) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+        while ((size() > 0 || serving.size > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
         for (const sub of subs) sub.unsubscribe()
         await Effect.runPromise(Fiber.interrupt(loop))
         // Whatever is still queued is refused rather than dropped silently.
-        const left = Effect.runSync(Queue.takeAll(mailbox))
-        for (const env of left) {
+        for (const env of mailbox.takeAll()) {
           respondError(env.msg, leoamError("shutting_down", `${def.name} shut down before serving this request`))
           env.watch?.settled(env.body)
         }
-        if (serving) respondError(serving.msg, leoamError("shutting_down", `${def.name} shut down while serving this request`))
+        for (const env of serving) respondError(env.msg, leoamError("shutting_down", `${def.name} shut down while serving this request`))
         const built = current
         current = undefined
         if (built) await Effect.runPromise(Scope.close(built.scope, Exit.void))

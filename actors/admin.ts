@@ -18,7 +18,7 @@ import type { adminSubjects } from "../protocol/subjects.ts"
 export interface AdminContext {
   readonly nc: NatsConnection
   /** The scheduler's queue: waiting, one being served, and the bound. */
-  readonly load: () => { readonly queued: number; readonly busy: boolean; readonly capacity: number }
+  readonly load: () => { readonly queued: number; readonly busy: boolean; readonly capacity: number; readonly serving?: number; readonly queuedByKey?: Record<string, number> }
   /** Generate requests completed and tokens they generated. */
   readonly counters: () => { readonly requests: number; readonly generated: number }
 }
@@ -101,8 +101,9 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
       const reply: AdminStatsReply = {
         at: new Date().toISOString(),
         policy: ex.policy,
-        queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
+        queue: { depth: load.queued, capacity: load.capacity, in_flight: load.serving ?? (load.busy ? 1 : 0), ...(load.queuedByKey ? { queued_by_user: load.queuedByKey } : {}) },
         requests: { completed: c.requests, generated_tokens: c.generated },
+        ...(ex.batch ? { batch: ex.batch } : {}),
         tiers: {
           gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read },
           host: {

@@ -83,6 +83,8 @@ export interface StatsSource {
   readonly tokens: number
   readonly current: string | undefined
   readonly totals: ExecutorTotals
+  /** The continuous batch (--max-batch above 1). */
+  readonly batch?: ExecutorStats["batch"]
 }
 
 /** The executor's view for admin stats: residency and budgets, totals, the policy versions. */
@@ -96,5 +98,6 @@ export const executorStats = (s: StatsSource): ExecutorStats => {
     tokens: s.tokens,
     current_run: s.current ?? null,
     totals: s.totals,
+    ...(s.batch ? { batch: s.batch } : {}),
   }
 }

@@ -1,5 +1,7 @@
-// The gpu-executor actor: owns the WebGPU device, the model weights and the KV cache, and
-// runs one generation at a time (its mailbox serialises runs). A run is one control
+// The gpu-executor actor: owns the WebGPU device, the model weights and the KV cache. With
+// --max-batch 1 it runs one generation at a time (its mailbox serialises runs); with more,
+// its mailbox serves up to that many runs at once and each joins the continuous batch
+// (actors/executor-batch.ts) while session runs still take the executor alone. A run is one control
 // message in (RunRequest) and, per decode step, one 8-byte token event out on the run's
 // token subject (protocol/token-event.ts), and a heartbeat there while the run is held
 // (actors/liveness.ts); the reply carries the ids and timings. Cancel,
@@ -10,7 +12,7 @@
 import type { NatsConnection } from "@nats-io/nats-core"
 import { Context, Effect, Layer } from "effect"
 import { acquireGpu, type Gpu, GpuUnavailable } from "../engine/gpu.ts"
-import { generate, NumericalFailure } from "../engine/generate.ts"
+import { generate, type GenerateOptions, NumericalFailure } from "../engine/generate.ts"
 import { ContextOverflow, GpuModel, type KvOptions, KvRebuildError } from "../engine/model.ts"
 import type { ModelConfig } from "../models/types.ts"
 import type { WeightSource } from "../models/types.ts"
@@ -29,6 +31,7 @@ import { runHeartbeats } from "./liveness.ts"
 import { serve } from "./rpc.ts"
 import { internalSubjects } from "../protocol/subjects.ts"
 import { executorSessions, type SessionOutcome } from "./executor-sessions.ts"
+import { executorBatch } from "./executor-batch.ts"
 
 export interface GpuExecutorOptions {
   /** Opens the weights (called again when the actor restarts). */
@@ -41,6 +44,10 @@ export interface GpuExecutorOptions {
   readonly node?: string
   /** --kv-disk-budget: chunk bytes the sessions may hold on disk (least recently used evicted past it). */
   readonly sessionDiskBudget?: number
+  /** --max-batch: runs decoding together (1: one run at a time). */
+  readonly maxBatch?: number
+  /** Prompt tokens prefilled between two batched decode steps (default 256). */
+  readonly prefillSlice?: number
 }
 
 export interface ExecutorKv {
@@ -66,7 +73,9 @@ interface State {
   model: GpuModel
   readonly description: ModelDescription
   readonly cancelled: Set<string>
+  /** The serial run being served, and the batched runs. */
   current: string | undefined
+  readonly batched: Set<string>
   runs: number
   tokens: number
   /** The policy the engine runs, and one accepted but not yet applied. */
@@ -146,7 +155,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
           eos_ids: [...c.eosTokenIds],
           device: gpu.adapterName,
         }
-        return { gpu, model, description, cancelled: new Set(), current: undefined, runs: 0, tokens: 0, policy: { version, resolved, engine }, pending: undefined, totals: emptyTotals() }
+        return { gpu, model, description, cancelled: new Set(), current: undefined, batched: new Set(), runs: 0, tokens: 0, policy: { version, resolved, engine }, pending: undefined, totals: emptyTotals() }
       } finally {
         source.close()
       }
@@ -208,14 +217,51 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         diskBudget: options.sessionDiskBudget,
       })
 
+    const maxBatch = Math.max(1, options.maxBatch ?? 1)
+    let lanesVersion = s.policy.version
+    const batch =
+      maxBatch > 1
+        ? executorBatch({
+            model: () => s.model,
+            policy: () => s.policy.resolved,
+            tiers: { gpuBudgetBytes: kv?.gpuBudgetBytes, arena: kv?.arena, store: kv?.store },
+            session,
+            maxBatch,
+            prefillSlice: options.prefillSlice ?? 256,
+            beforeStep: () => {
+              // A live policy change: the executor's model first, then every lane (at most once per version).
+              if (s.pending) applyAtStep()
+              if (lanesVersion === s.policy.version) return
+              lanesVersion = s.policy.version
+              for (const lane of batch!.models()) {
+                try {
+                  lane.swapKvPolicy(engineOf(s.policy.resolved, lane.config, lane.maxContext))
+                } catch {
+                  // A lane whose budget refuses it keeps its policy to its end.
+                }
+              }
+            },
+          })
+        : undefined
+    yield* Effect.addFinalizer(() => Effect.sync(() => batch?.destroy()))
+
+    /** A serial run (sessions, or --max-batch 1) holds the executor alone while `effect` runs. */
+    const serially = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      batch ? Effect.acquireUseRelease(Effect.promise(() => batch.enterSerial()), () => effect, () => Effect.sync(() => batch.leaveSerial())) : effect
+
     const run = Effect.fn("GpuExecutor.run")(function* (req: RunRequest) {
       if (req.session && !sessions) return yield* leoamError("session_needs_tiered_policy", "this gpu-executor has no disk store for sessions")
       if (!req.session && req.ids.length + 1 > s.model.maxContext) {
         return yield* leoamError("context_overflow", `the prompt has ${req.ids.length} tokens; the context holds ${s.model.maxContext}`)
       }
       if (req.ids.some((id) => id >= s.description.vocab_size)) return yield* leoamError("invalid_ids", `a token id is outside the vocabulary (0..${s.description.vocab_size - 1})`)
-      yield* applyAtRequest()
-      s.current = req.run_id
+      const batched = batch !== undefined && !req.session
+      // A live policy swap applies now (the lanes take it at their next step); one that needs
+      // a new KV cache applies between runs, with the executor alone.
+      if (batched && s.pending) applyAtStep()
+      if (!batched || s.pending) yield* serially(applyAtRequest())
+      if (batched) s.batched.add(req.run_id)
+      else s.current = req.run_id
       s.runs++
       const model = s.model
       // The tiered cache's phase times at the end of prefill: the decode steps' share is what comes after.
@@ -235,11 +281,9 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             }
           })
         : undefined
-      const gen = (prompt: ReadonlyArray<number>, maxTokens: number, resume: boolean) =>
-        generate(model, prompt, {
-          maxTokens,
-          ...(prefillEvents ? { onPrefill: prefillEvents } : {}),
-          continue: resume,
+      const genOptions = (maxTokens: number): GenerateOptions => ({
+        maxTokens,
+        ...(prefillEvents ? { onPrefill: prefillEvents } : {}),
           temperature: req.temperature,
           topP: req.top_p,
           topK: req.top_k,
@@ -249,9 +293,9 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
           beforeStep: () => {
             if (issued++ === 0) {
               firstStepAt = performance.now()
-              atDecode = model.tierStats()?.time_ms
+              if (!batched) atDecode = model.tierStats()?.time_ms
             }
-            if (s.pending) applyAtStep()
+            if (s.pending && !batched) applyAtStep()
           },
           onToken: (id, index) => {
             // Token events are a preview; the reply is the truth. One that cannot be sent (the
@@ -266,16 +310,20 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             s.tokens++
             return s.cancelled.has(req.run_id)
           },
-        })
+      })
+      const gen = (prompt: ReadonlyArray<number>, maxTokens: number, resume: boolean) => generate(model, prompt, { ...genOptions(maxTokens), continue: resume })
       // A session run resumes the stored session around the generation (actors/executor-sessions.ts).
-      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> = yield* enginePromise(() =>
-        req.session
-          ? sessions!.run(model, req, req.session, (prompt, n) => gen(prompt, n, true))
-          : gen(req.ids, Math.min(req.max_tokens, model.maxContext - req.ids.length), false).then((r) => ({ r })),
-      )
+      const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
+      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats } = batched
+        ? yield* enginePromise(() => batch.run(req.run_id, req.ids, genOptions(maxTokens)))
+        : yield* serially(
+            enginePromise(() =>
+              req.session ? sessions!.run(model, req, req.session, (prompt, n) => gen(prompt, n, true)) : gen(req.ids, maxTokens, false).then((r) => ({ r })),
+            ),
+          )
       const r = out.r
       const cancelled = s.cancelled.has(req.run_id)
-      const stats = model.tierStats()
+      const stats = batched ? out.kv : model.tierStats()
       const t = s.totals
       t.decodeSteps += issued
       t.decodeMs += firstStepAt === undefined ? 0 : performance.now() - firstStepAt
@@ -297,7 +345,8 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         effect,
         Effect.sync(() => {
           s.cancelled.delete(req.run_id)
-          s.current = undefined
+          if (s.current === req.run_id) s.current = undefined
+          s.batched.delete(req.run_id)
         }),
       ),
     )
@@ -322,7 +371,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         )
         s.pending = { version, ...held }
         // Idle: a live swap applies now; a new KV cache waits for the next request.
-        if (s.current === undefined) applyAtStep()
+        if (s.current === undefined && s.batched.size === 0) applyAtStep()
         return { ok: true as const, version }
       }),
       stats: () =>
@@ -334,16 +383,23 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             gpuBudgetBytes: kv?.gpuBudgetBytes,
             runs: s.runs,
             tokens: s.tokens,
-            current: s.current,
+            current: s.current ?? s.batched.values().next().value,
             totals: s.totals,
+            ...(batch ? { batch: batch.stats() } : {}),
           }),
         ),
       session: Effect.fn("GpuExecutor.session")(function* (op: "info" | "close" | "delete", id: string, owner: string) {
         if (!sessions) return yield* leoamError("session_not_found", `no session "${id}": this gpu-executor keeps none (no disk store)`)
-        if (op !== "delete") return yield* engine(() => sessions[op](id, owner))
-        const info = yield* engine(() => sessions.info(id, owner))
-        yield* engine(() => sessions.delete(id, owner))
-        return info
+        if (op === "info") return yield* engine(() => sessions.info(id, owner))
+        // Never beside a session run (they are serial): close and delete take the executor alone too.
+        if (op === "close") return yield* serially(engine(() => sessions.close(id, owner)))
+        return yield* serially(
+          Effect.gen(function* () {
+            const info = yield* engine(() => sessions.info(id, owner))
+            yield* engine(() => sessions.delete(id, owner))
+            return info
+          }),
+        )
       }),
       sessionList: () => engine(() => ({ node: options.node ?? "", sessions: sessions ? sessions.list() : [] })),
       summary: () => ({
@@ -367,6 +423,8 @@ export class GpuExecutor extends Context.Tag("leoam/actors/GpuExecutor")<GpuExec
 export const gpuExecutor = (nc: NatsConnection, options: GpuExecutorOptions): ActorDefinition<GpuExecutorService> => ({
   name: "gpu-executor",
   mailbox: 64,
+  // Batched runs are served together; serial ones wait for the executor inside their handler.
+  concurrency: Math.max(1, options.maxBatch ?? 1),
   service: serviceOf(GpuExecutor, GpuExecutor.layer(nc, options)),
   stats: (s) => s.summary(),
   // Every run held (queued, served, or waiting out a restart of this actor) is heartbeated on its token subject (actors/liveness.ts).

@@ -54,6 +54,8 @@ export interface NodeOptions {
   readonly maxContext?: number
   readonly device?: "auto" | "gpu" | "cpu"
   readonly queueCapacity?: number
+  /** Generate requests decoding together (continuous batching; default 1: one at a time). */
+  readonly maxBatch?: number
   readonly kvDir: string
   readonly hostKvBudget: number
   /** NATS credentials for an existing server: a creds file (JWT + seed) or an nkey seed file. */
@@ -233,7 +235,7 @@ const startNamed = async (
   switch (name) {
     case "gpu-executor": {
       const kv = { policy: policy?.resolved ?? parsePolicy("full"), version: policy?.version ?? 0, gpuBudgetBytes: o.gpuKvBudget, arena: tiers.arena, store: tiers.store }
-      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv, node: o.node, sessionDiskBudget: o.kvDiskBudget }))
+      return runActor(nc, gpuExecutor(nc, { openWeights: () => openWeights(o.model), maxContext: o.maxContext, device: o.device, kv, node: o.node, sessionDiskBudget: o.kvDiskBudget, maxBatch: o.maxBatch }))
     }
     case "host-cache":
       if (!tiers.arena) throw leoamError("invalid_request", "no host arena in this process (it lives with the gpu-executor)")
@@ -268,6 +270,7 @@ const startNamed = async (
         scheduler(nc, {
           loadTokenizer: o.model.startsWith("dummy:") ? undefined : () => loadTokenizer(o.model),
           queueCapacity: o.queueCapacity ?? 64,
+          maxBatch: o.maxBatch,
           version,
           sources: {
             generate: source("generate"),

@@ -32,7 +32,7 @@ import { type ActorDefinition, type Endpoint, type Source, pingActors, serviceOf
 import { startup } from "./errors.ts"
 import { encodeJson } from "./nats.ts"
 import { ask, decodeRequest, publish, replyBy } from "./rpc.ts"
-import { refuseStream, STREAM_PREFIX } from "./access.ts"
+import { refuseStream, requesterOf, STREAM_PREFIX } from "./access.ts"
 import { askRun } from "./liveness.ts"
 import { tokenizePool } from "./tokenize-pool.ts"
 import { sessionHandlers } from "./sessions.ts"
@@ -43,13 +43,15 @@ export interface SchedulerOptions {
   readonly loadTokenizer?: () => Tokenizer
   /** Generate requests waiting or running, at most. */
   readonly queueCapacity: number
+  /** Generate requests served at once (the gpu-executor's batch); default 1. */
+  readonly maxBatch?: number
   readonly version: string
   /** Where the public endpoints come from (NATS services endpoints). */
   readonly sources: { generate: Source; tokenize: Source; models: Source; health: Source }
   /** Where the admin endpoints come from (leoam.v1.admin.*); absent: no admin subjects on this node. */
   readonly adminSources?: Record<keyof typeof adminSubjects, Source>
   /** Queue depth of the scheduler's own mailbox (set once the actor runs). */
-  readonly load: () => { queued: number; busy: boolean; capacity: number }
+  readonly load: () => { queued: number; busy: boolean; capacity: number; serving?: number; queuedByKey?: Record<string, number> }
   readonly draining: () => boolean
   /** Silence (no heartbeat, no token) after which a run is lost: actor_unavailable (default RUN_SILENCE_MS, actors/liveness.ts). */
   readonly runSilenceMs?: number
@@ -337,7 +339,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
           version: options.version,
           device: s.model.device,
           actors: actors.map((a: ActorStatus) => ({ name: a.name, status: a.status, restarts: a.restarts })),
-          queue: { depth: load.queued, capacity: load.capacity, in_flight: load.busy ? 1 : 0 },
+          queue: { depth: load.queued, capacity: load.capacity, in_flight: load.serving ?? (load.busy ? 1 : 0) },
         }
       }),
       cancel: Effect.fn("Scheduler.cancel")(function* (body: unknown, headers?: MsgHdrs) {
@@ -375,12 +377,15 @@ export const scheduler = (nc: NatsConnection, options: SchedulerOptions): ActorD
   return {
     name: "scheduler",
     mailbox: options.queueCapacity,
+    // As many runs at once as the gpu-executor batches; waiting ones take turns across NATS users.
+    concurrency: Math.max(1, options.maxBatch ?? 1),
     service: serviceOf(Scheduler, Scheduler.layer(nc, options)),
     stats: (s) => s.stats(),
     handlers: [
       {
         source: options.sources.generate,
         admit: (s, body, msg) => s.admit(body, msg.headers),
+        fairKey: (msg) => requesterOf(msg.headers).user,
         handler: (s, admitted, _msg, receivedAt) => replyBy(GenerateReply)(s.generate(admitted as Admitted, receivedAt)),
       },
       ...(options.sessionSources

@@ -36,6 +36,7 @@ const o = new Command()
   .option("--kv-dir <dir>", "disk tier (default: a temporary directory, removed after)")
   .option("--steps <n>", "timed steps per setup", (v) => Number(v), 16)
   .option("--max-seconds <s>", "stop starting new setups after this long", (v) => Number(v), 400)
+  .option("--fill-seconds <s>", "stop filling sequences of a policy after this long (the largest batches are then skipped)", (v) => Number(v), 200)
   .option("--out <file>", "write the results as JSON")
   .parse()
   .opts()
@@ -85,7 +86,8 @@ for (const name of list(o.policies)) {
   const maxContext = o.context + 2 * (o.steps + 2) + 16
   const seqs: GpuModel[] = []
   try {
-    for (let i = 0; i < maxB && !outOfTime(); i++) {
+    const fillStart = performance.now()
+    for (let i = 0; i < maxB && !outOfTime() && (performance.now() - fillStart) / 1000 < o.fillSeconds; i++) {
       const tiers = { gpuBudgetBytes: tiered ? Math.floor(parseSize(o.gpuKvBudget) / maxB) : undefined, arena, store, session: `bench-${name}-${i}` }
       const model = await lead.sibling({ maxContext, ...kvEngineOptions(policy, tiers, c, maxContext) })
       seqs.push(model)

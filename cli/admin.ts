@@ -105,12 +105,22 @@ const bytes = (n: number | null | undefined) => {
 const pct = (x: number | null) => (x === null ? "-" : `${(x * 100).toFixed(1)}%`)
 
 /** The compact view of `leoam stats`. */
+/** The batch and who waits: " batch 3+1/4 (2 waiting for KV)  waiting ann 2, ben 1". */
+const batchLine = (s: AdminStatsReply): string => {
+  const b = s.batch
+  const waiting = Object.entries(s.queue.queued_by_user ?? {}).map(([user, n]) => `${user} ${n}`)
+  return (
+    (b ? `  batch ${b.decoding}+${b.prefilling}/${b.max}${b.waiting_for_kv > 0 ? ` (${b.waiting_for_kv} waiting for KV)` : ""}` : "") +
+    (waiting.length > 0 ? `  waiting ${waiting.join(", ")}` : "")
+  )
+}
+
 export const formatStats = (s: AdminStatsReply): string => {
   const t = s.tiers
   const perStep = (ms: number) => (s.steps.count > 0 ? (ms / s.steps.count).toFixed(2) : "-")
   const m = s.steps.ms
   return [
-    `leoam ${s.at}  policy ${s.policy.name} v${s.policy.active_version}${s.policy.pending_version !== null ? ` (v${s.policy.pending_version} pending)` : ""}  queue ${s.queue.depth}/${s.queue.capacity}, ${s.queue.in_flight} running  requests ${s.requests.completed}, tokens ${s.requests.generated_tokens}`,
+    `leoam ${s.at}  policy ${s.policy.name} v${s.policy.active_version}${s.policy.pending_version !== null ? ` (v${s.policy.pending_version} pending)` : ""}  queue ${s.queue.depth}/${s.queue.capacity}, ${s.queue.in_flight} running${batchLine(s)}  requests ${s.requests.completed}, tokens ${s.requests.generated_tokens}`,
     `tier   budget      resident    hits      misses    hit rate  read        written`,
     `gpu    ${bytes(t.gpu.budget_bytes).padEnd(11)} ${bytes(t.gpu.resident_bytes).padEnd(11)} ${String(t.gpu.hits).padEnd(9)} ${String(t.gpu.misses).padEnd(9)} ${pct(t.gpu.hit_rate).padEnd(9)} ${bytes(t.gpu.bytes_read).padEnd(11)} -`,
     `host   ${bytes(t.host.budget_bytes).padEnd(11)} ${bytes(t.host.resident_bytes).padEnd(11)} ${String(t.host.hits).padEnd(9)} ${String(t.host.misses).padEnd(9)} ${pct(t.host.hit_rate).padEnd(9)} ${bytes(t.host.bytes_read).padEnd(11)} ${bytes(t.host.bytes_written)}`,

@@ -121,6 +121,7 @@ const nodeOptions = (cmd: Command, embedded: boolean) => {
     .option("--max-context <n>", "context window to allocate (default: the model's max_position_embeddings)", integer("--max-context", 2))
     .addOption(new Option("--device <kind>", "gpu, cpu (lavapipe) or auto").choices(["auto", "gpu", "cpu"]).default("auto"))
     .option("--queue <n>", "generate requests admitted (queued or running) before new ones get `busy`", integer("--queue", 1, 1 << 16), 64)
+    .option("--max-batch <n>", "generate requests decoding together (continuous batching, in turns across NATS users); 1: one at a time", integer("--max-batch", 1, 256), 4)
     .option("--kv-dir <dir>", "the disk tier: LMDB index and chunk files (default: $XDG_CACHE_HOME/leoam/kv)")
     .option("--host-kv-budget <size>", "host-memory KV arena: bytes or KiB/MiB/GiB", size("--host-kv-budget"), 256 * 1024 * 1024)
     .option("--kv-policy <name|file>", kvPolicyHelp, "full")
@@ -174,6 +175,7 @@ const serveArgs = (o: Record<string, any>, actors: ReturnType<typeof parseActorN
   maxContext: o.maxContext,
   device: o.device,
   queue: o.queue,
+  maxBatch: o.maxBatch,
   kvDir: o.kvDir,
   hostKvBudget: o.hostKvBudget,
   kvPolicy: o.kvPolicy,

@@ -28,6 +28,8 @@ export interface ServeArgs {
   readonly maxContext?: number
   readonly device: "auto" | "gpu" | "cpu"
   readonly queue: number
+  /** --max-batch: generate requests decoding together. */
+  readonly maxBatch?: number
   readonly kvDir?: string
   readonly hostKvBudget: number
   readonly kvPolicy?: string
@@ -121,6 +123,7 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     maxContext: args.maxContext,
     device: args.device,
     queueCapacity: args.queue,
+    maxBatch: args.maxBatch,
     kvDir: args.kvDir ?? ensuredDefaultKvDir(),
     hostKvBudget: args.hostKvBudget,
     kvPolicy: loadPolicyDocument(args.kvPolicy ?? "full"),

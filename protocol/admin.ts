@@ -82,12 +82,23 @@ const Tier = {
   resident_bytes: Schema.Number,
 }
 
+/** The continuous batch (--max-batch above 1): its bound, runs decoding and prefilling, runs waiting for KV room, GPU KV bytes reserved by the batch's lanes. */
+export const BatchStats = Schema.Struct({
+  max: Schema.Int,
+  decoding: Schema.Int,
+  prefilling: Schema.Int,
+  waiting_for_kv: Schema.Int,
+  kv_reserved_bytes: Schema.Number,
+})
+
 /** leoam.v1.admin.stats: totals since the node started. */
 export const AdminStatsReply = Schema.Struct({
   at: Schema.String,
   policy: Schema.Struct({ name: Schema.String, active_version: Schema.Int, pending_version: Schema.NullOr(Schema.Int) }),
-  queue: Schema.Struct({ depth: Schema.Int, capacity: Schema.Int, in_flight: Schema.Int }),
+  /** Generate requests waiting (in all and per NATS user: they are served in turns across users) and being served. */
+  queue: Schema.Struct({ depth: Schema.Int, capacity: Schema.Int, in_flight: Schema.Int, queued_by_user: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Int })) }),
   requests: Schema.Struct({ completed: Schema.Int, generated_tokens: Schema.Int }),
+  batch: Schema.optional(BatchStats),
   tiers: Schema.Struct({
     gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number }),
     host: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, bytes_written: Schema.Number }),

@@ -18,6 +18,8 @@ export const ServeConfig = Schema.Struct({
   max_context: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(2))),
   /** Generate requests admitted (queued or running) before new ones get `busy`. */
   queue: Schema.optional(Schema.Int.pipe(Schema.between(1, 1 << 16))),
+  /** Generate requests decoding together (continuous batching); 1: one at a time. */
+  max_batch: Schema.optional(Schema.Int.pipe(Schema.between(1, 256))),
   /** A policy name or a JSON policy file (README "The tiered KV cache"). */
   kv_policy: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   gpu_kv_budget: Schema.optional(Size),

@@ -4,7 +4,7 @@
 // reply by these schemas, the serving side decodes the request and encodes the reply.
 // The per-token event is binary and lives in token-event.ts.
 import { Schema } from "effect"
-import { Applies, PolicyHistoryRequest, PolicyVersion } from "./admin.ts"
+import { Applies, BatchStats, PolicyHistoryRequest, PolicyVersion } from "./admin.ts"
 import { KvStats, modelShapeFields } from "./messages.ts"
 import { KvPolicyDocument, ResolvedPolicyFromWire } from "./policy.ts"
 import { internalSubjects } from "./subjects.ts"
@@ -128,6 +128,8 @@ export const ExecutorStats = Schema.Struct({
   tokens: Schema.Int,
   current_run: Schema.NullOr(Schema.String),
   totals: ExecutorTotals,
+  /** The continuous batch (--max-batch above 1): its bound, runs decoding and prefilling, runs waiting for KV room, GPU KV bytes reserved. */
+  batch: Schema.optional(BatchStats),
 })
 export type ExecutorStats = typeof ExecutorStats.Type
 

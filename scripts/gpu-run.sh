@@ -36,9 +36,15 @@
 #        the pipeline can remove); each writes JSON and one step of each policy as an SVG
 #        timeline (timeline-*.svg); fits one 10-minute command (bundle: `bash
 #        scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
+#   batch: continuous batching (issue 14): the golden check, then bench/batch-bench.ts at 8B
+#        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
+#        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
+#        then offload-all, at batch 1/4/8/16 under a 6 GiB GPU / 8 GiB host budget shared by
+#        the batch (BATCH_32K=0 skips it; BATCH_32K_BATCHES, BATCH_32K_STEPS change it); fits
+#        one 10-minute command (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|batch) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -106,6 +112,23 @@ if [ "$suite" = pipeline ]; then
   timeout 150 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam,leoam+pipe --pipeline-depth "$depth" \
     --steps 8 --max-seconds 15 --gpu-kv-budget 12GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k-gpu12" \
     --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
+  exit 0
+fi
+if [ "$suite" = batch ]; then
+  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  timeout 150 node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections gemm,gemv --steps 24 --max-seconds 120 \
+    --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
+  if [ "${BATCH_32K:-1}" = 1 ]; then
+    mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
+    # Per policy: sequences are filled for up to 110 s (the largest batches are skipped if
+    # that is not enough), and no setup starts past 180 s, so what was measured is kept.
+    for policy in leoam offload-all; do
+      timeout 200 node .bench-bundle/batch-bench.mjs --context 32768 --batches "${BATCH_32K_BATCHES:-1,4,8,16}" --policies $policy --projections gemm \
+        --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --steps "${BATCH_32K_STEPS:-4}" --fill-seconds 110 --max-seconds 180 \
+        --out "$out/batch-8b-32k-$policy.json" 2>&1 | tee "$out/batch-8b-32k-$policy.txt" || echo "batch-bench 32K $policy: failed or stopped"
+      rm -rf /tmp/leoam-kv/*
+    done
+  fi
   exit 0
 fi
 if [ "$suite" = tiered-128k ]; then

@@ -147,6 +147,49 @@ layer(NatsTest.layer, { excludeTestServices: true })("actor runtime", (it) => {
     }),
   )
 
+  it.scoped("serves `concurrency` messages at once; a crash restarts only after the others are done", () =>
+    Effect.gen(function* () {
+      const { nc } = yield* NatsTest
+      yield* started({ ...toy("toy.p", 8), concurrency: 2 })
+      const t0 = performance.now()
+      const both = yield* Effect.all([call(nc, "toy.p", { op: "ok", ms: 400 }), call(nc, "toy.p", { op: "ok", ms: 400 })], { concurrency: 2 })
+      expect(performance.now() - t0).toBeLessThan(750) // one at a time would take 800 ms
+      expect(both.map((r) => r.generation)).toEqual([both[0].generation, both[0].generation])
+      const [slow, crashed] = yield* Effect.all([call(nc, "toy.p", { op: "ok", ms: 300 }), Effect.zipRight(Effect.sleep(50), call(nc, "toy.p", { op: "crash" }))], { concurrency: 2 })
+      expect(crashed.error.code).toBe("actor_restarted")
+      expect(slow.generation).toBe(both[0].generation) // finished on the service it started on
+      const after = yield* call(nc, "toy.p", { op: "ok" })
+      expect(after.generation).toBe(both[0].generation + 1)
+    }),
+  )
+
+  it.scoped("takes turns across fair keys: a user's backlog does not hold another user's message behind it", () =>
+    Effect.gen(function* () {
+      const { nc } = yield* NatsTest
+      const order: string[] = []
+      const def: ActorDefinition<ToyService> = {
+        ...toy("toy.f", 16),
+        handlers: [
+          {
+            source: "toy.f",
+            fairKey: (msg) => (msg.json() as { user: string }).user,
+            handler: (s, body) => Effect.tap(s.serve("ok", (body as { ms?: number }).ms), () => Effect.sync(() => order.push((body as { id: string }).id))),
+          },
+        ],
+      }
+      yield* started(def)
+      const send = (user: string, id: string, ms = 0) => call(nc, "toy.f", { user, id, ms })
+      const blocker = yield* Effect.fork(send("a", "a0", 300))
+      yield* Effect.sleep(50)
+      const queued = yield* Effect.fork(Effect.all([send("a", "a1"), send("a", "a2"), send("a", "a3")], { concurrency: "unbounded" }))
+      yield* Effect.sleep(50)
+      const b = yield* Effect.fork(send("b", "b1"))
+      yield* Effect.all([blocker, queued, b].map((f) => Effect.fromFiber(f)))
+      expect(order[0]).toBe("a0")
+      expect(order.indexOf("b1")).toBeLessThanOrEqual(2) // after at most one of a's backlog, not after all three
+    }),
+  )
+
   it.scoped("drain with a short bound refuses what is still queued", () =>
     Effect.gen(function* () {
       const { nc } = yield* NatsTest

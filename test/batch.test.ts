@@ -1,13 +1,17 @@
 // Batched decode (engine/batch.ts) on the bundled model (lavapipe): each sequence of a
 // batch, with its own prompt length and KV policy (full, quest, leoam over the host and
 // disk tiers), gets the same greedy ids as when it runs alone, while sequences join and
-// leave the batch between steps.
+// leave the batch between steps; the continuous-batching loop (engine/batch-loop.ts) gives
+// requests that arrive while others decode, prefilled in slices, with GPU and host
+// sampling and stop ids, what generate gives them alone, and one request's failure fails
+// only it.
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { DecodeBatch } from "../engine/batch.ts"
+import { BatchLoop } from "../engine/batch-loop.ts"
 import { generate } from "../engine/generate.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { readBack } from "../engine/buffers.ts"
@@ -134,6 +138,43 @@ describe("batched decode", () => {
       for (const m of models) m.destroy()
     }
   }, 120_000)
+
+  it("continuous batching: requests arriving mid-decode (sliced prefill, GPU and host sampling, a stop id, a failure) get what generate alone gives", async () => {
+    const models = await Promise.all([sequence("full", "g"), sequence("full", "h"), sequence({ name: "quest", selection }, "i"), lead.sibling({ maxContext: 16 })])
+    const loop = new BatchLoop(lead, { capacity: 3, prefillSlice: 64 })
+    try {
+      const jobs = [
+        { model: models[0], prompt: prompt(50, 6), options: { maxTokens: 12, temperature: 0 } },
+        { model: models[1], prompt: prompt(90, 7), options: { maxTokens: 9, temperature: 0.8, topK: 20, seed: 3 } },
+        { model: models[2], prompt: prompt(230, 8), options: { maxTokens: 8, temperature: 1.2, seed: 9 } },
+      ]
+      const alone = []
+      for (const j of jobs) alone.push(await generate(j.model, j.prompt, j.options))
+      // A stop id: the second token the first request gets alone.
+      const stopped = { ...jobs[0], options: { ...jobs[0].options, stopIds: [alone[0].ids[1]] } }
+      const events: number[] = []
+      const first = loop.generate(stopped.model, stopped.prompt, { ...stopped.options, onToken: (id) => void events.push(id) })
+      await new Promise((r) => setTimeout(r, 50))
+      const rest = jobs.slice(1).map((j) => loop.generate(j.model, j.prompt, j.options))
+      // Too long for its context: refused in its prefill, the others go on.
+      const failing = loop.generate(models[3], prompt(40, 10), { maxTokens: 4, temperature: 0 }).then(
+        () => undefined,
+        (e: Error & { code?: string }) => e.code,
+      )
+      const [a, b, c] = await Promise.all([first, ...rest])
+      expect(await failing).toBe("context_overflow")
+      expect(a.ids).toEqual(alone[0].ids.slice(0, alone[0].ids.indexOf(alone[0].ids[1]) + 1))
+      expect(a.finishReason).toBe("stop")
+      expect(events).toEqual(a.ids)
+      expect(b.ids).toEqual(alone[1].ids)
+      expect(c.ids).toEqual(alone[2].ids)
+      expect(models[0].length).toBe(stopped.prompt.length + a.ids.length - 1) // the cache holds what was returned
+      expect(loop.sizes).toEqual({ decoding: 0, prefilling: 0 })
+    } finally {
+      loop.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 240_000)
 
   it("refuses rows beyond its capacity or on other weights", async () => {
     const batch = new DecodeBatch(lead, 1)

@@ -20,7 +20,7 @@ export interface TestCluster {
 }
 
 export const startCluster = async (
-  options: { actors?: ReadonlyArray<ActorName>; queueCapacity?: number; maxContext?: number; drainTimeoutMs?: number } = {},
+  options: { actors?: ReadonlyArray<ActorName>; queueCapacity?: number; maxContext?: number; drainTimeoutMs?: number; maxBatch?: number } = {},
 ): Promise<TestCluster> => {
   const nats = await startEmbeddedNats()
   const kvDir = mkdtempSync(join(tmpdir(), "leoam-kv-"))
@@ -30,6 +30,7 @@ export const startCluster = async (
     model: modelDir,
     maxContext: options.maxContext ?? 2048,
     queueCapacity: options.queueCapacity ?? 8,
+    maxBatch: options.maxBatch,
     kvDir,
     hostKvBudget: 8 * 1024 * 1024,
     drainTimeoutMs: options.drainTimeoutMs ?? 20_000,

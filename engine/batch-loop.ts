@@ -1,0 +1,212 @@
+// Continuous batching over one DecodeBatch: sequences join between steps and leave when they
+// finish (a stop id, their token budget, a full context, or their caller's `onToken` saying
+// stop), and long prompts are prefilled a slice at a time between decode steps so that the
+// sequences already decoding keep streaming. Each sequence is its own GpuModel (a sibling on
+// the batch's weights) and keeps generate.ts's contract: the same ids as `generate` alone
+// (greedy and GPU sampling by (seed, step); top-k / top-p on the host from its own logits),
+// its cache truncated to the tokens it returns. One sequence's failure (its prefill, an
+// invalid token) fails only it; a failed step fails the sequences of that step.
+// Only the loop (`drive`) changes the members.
+import { DecodeBatch, type BatchRow, type Projections } from "./batch.ts"
+import { type GenerateOptions, type GenerateResult, NumericalFailure } from "./generate.ts"
+import { type CopyOut, GpuModel } from "./model.ts"
+import { sampleCandidates, sampleHost } from "./sampling.ts"
+
+export interface BatchLoopOptions {
+  /** Most sequences decoding together. */
+  readonly capacity: number
+  /** Most prompt tokens prefilled between two decode steps. */
+  readonly prefillSlice: number
+  readonly projections?: Projections
+}
+
+/** Candidates read back for top-p sampling without top-k (as generate.ts). */
+const TOP_P_CANDIDATES = 1024
+
+interface Member {
+  readonly model: GpuModel
+  readonly prompt: ReadonlyArray<number>
+  readonly options: GenerateOptions
+  readonly onGpu: boolean
+  readonly readback: GPUBuffer // 4 bytes, MAP_READ
+  readonly resolve: (r: GenerateResult) => void
+  readonly reject: (e: unknown) => void
+  readonly t0: number
+  prefilled: number
+  ids: number[]
+  firstTokenAt: number
+  finishReason: "length" | "stop"
+}
+
+export class BatchLoop {
+  private readonly batch: DecodeBatch
+  private readonly prefilling: Member[] = []
+  private readonly decoding: Member[] = []
+  private running: Promise<void> | undefined
+
+  constructor(
+    private readonly lead: GpuModel,
+    private readonly options: BatchLoopOptions,
+    /** Called before each decode step (where a live policy change applies). */
+    private readonly beforeStep?: () => void,
+  ) {
+    this.batch = new DecodeBatch(lead, options.capacity, options.projections)
+  }
+
+  /** Sequences decoding, and those still prefilling. */
+  get sizes(): { readonly decoding: number; readonly prefilling: number } {
+    return { decoding: this.decoding.length, prefilling: this.prefilling.length }
+  }
+
+  /**
+   * Generates from `prompt` on `model` (a fresh sequence: a sibling of the lead, with room
+   * for the prompt and `maxTokens`), joining the batch at the next step boundary.
+   */
+  generate(model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<GenerateResult> {
+    if (prompt.length === 0) return Promise.reject(new RangeError("generate of an empty prompt"))
+    return new Promise((resolve, reject) => {
+      model.reset()
+      const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
+      const readback = model.gpu.device.createBuffer({ label: "batch token readback", size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+      this.prefilling.push({ model, prompt, options, onGpu, readback, resolve, reject, t0: performance.now(), prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
+      this.running ??= this.drive().finally(() => (this.running = undefined))
+    })
+  }
+
+  /** Resolves when no sequence is left. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running
+  }
+
+  destroy(): void {
+    this.batch.destroy()
+  }
+
+  private async drive(): Promise<void> {
+    while (this.prefilling.length > 0 || this.decoding.length > 0) {
+      // A slice of the oldest prompt, while there is room in the batch for it to join.
+      if (this.prefilling.length > 0 && this.decoding.length < this.options.capacity) await this.prefillSlice(this.prefilling[0])
+      if (this.decoding.length > 0) await this.step()
+    }
+  }
+
+  private async prefillSlice(m: Member): Promise<void> {
+    try {
+      const n = Math.min(this.options.prefillSlice, m.prompt.length - m.prefilled)
+      await m.model.prefill(m.prompt.slice(m.prefilled, m.prefilled + n))
+      m.prefilled += n
+      m.options.onPrefill?.(m.prefilled, m.prompt.length)
+      if (m.prefilled < m.prompt.length) return
+      this.prefilling.splice(this.prefilling.indexOf(m), 1)
+      // The first token, from the prompt's last logits.
+      let done: boolean
+      if (m.onGpu) {
+        m.model.sample(this.params(m, 0), this.copyOut(m, 0))
+        done = await this.accept(m, await this.read(m))
+      } else done = await this.acceptHost(m, 0)
+      // A prompt that fills the context ends with its first token (as generate alone).
+      if (done || m.model.length >= m.model.maxContext) return this.finish(m)
+      this.decoding.push(m)
+    } catch (e) {
+      this.fail(m, e)
+    }
+  }
+
+  /** One decode step of every decoding sequence: alone through its own GEMVs, else as a batch. */
+  private async step(): Promise<void> {
+    const members = [...this.decoding]
+    this.beforeStep?.()
+    for (const m of members) m.options.beforeStep?.()
+    const rows: BatchRow[] = members.map((m) => {
+      const k = m.ids.length // step k consumes token k - 1 and chooses token k
+      return { model: m.model, inSlot: k - 1, ...(m.onGpu ? { sample: this.params(m, k), copyOut: this.copyOut(m, k) } : {}) }
+    })
+    try {
+      if (rows.length === 1) await rows[0].model.decode(rows[0].inSlot, rows[0].sample, rows[0].copyOut)
+      else await this.batch.step(rows)
+    } catch (e) {
+      for (const m of members) this.fail(m, e)
+      return
+    }
+    await Promise.all(
+      members.map(async (m) => {
+        try {
+          const k = m.ids.length
+          const done = m.onGpu ? await this.accept(m, await this.read(m)) : await this.acceptHost(m, k)
+          if (done || m.model.length >= m.model.maxContext) await this.finish(m)
+        } catch (e) {
+          this.fail(m, e)
+        }
+      }),
+    )
+  }
+
+  private params(m: Member, step: number) {
+    return { outSlot: step, temperature: Math.max(0, m.options.temperature), seed: m.options.seed ?? 0, step }
+  }
+
+  private copyOut(m: Member, slot: number): CopyOut {
+    return { src: m.model.tokenIds, offset: (slot % GpuModel.idSlots) * 4, dst: m.readback }
+  }
+
+  private async read(m: Member): Promise<number> {
+    await m.readback.mapAsync(GPUMapMode.READ)
+    const id = new Uint32Array(m.readback.getMappedRange())[0]
+    m.readback.unmap()
+    return id
+  }
+
+  /** Top-k / top-p on the host from the sequence's logits; writes the token for the next step. */
+  private async acceptHost(m: Member, step: number): Promise<boolean> {
+    const o = m.options
+    const cand = await m.model.topCandidates(o.topK && o.topK > 0 ? o.topK : TOP_P_CANDIDATES, o.temperature)
+    const id = sampleCandidates(cand.ids, cand.logits, cand, o, step) ?? sampleHost(await m.model.readLogits(), o, step)
+    const done = await this.accept(m, id)
+    if (!done) m.model.writeToken(step, id)
+    return done
+  }
+
+  /** Takes a chosen token; true when the sequence is finished. */
+  private async accept(m: Member, id: number): Promise<boolean> {
+    const o = m.options
+    if (!(id >= 0 && id < m.model.config.vocabSize)) throw new NumericalFailure(`the model produced no valid token (id ${id}): NaN or infinite logits`)
+    if (m.ids.length === 0) m.firstTokenAt = performance.now()
+    m.ids.push(id)
+    const stop = o.onToken?.(id, m.ids.length - 1) === true || (o.stopIds?.includes(id) ?? false)
+    if (stop) m.finishReason = "stop"
+    return stop || m.ids.length >= o.maxTokens
+  }
+
+  private async finish(m: Member): Promise<void> {
+    this.leave(m)
+    try {
+      await m.model.settle()
+      m.model.truncate(m.prompt.length + m.ids.length - 1)
+      const end = performance.now()
+      const decoded = Math.max(0, m.ids.length - 1)
+      m.resolve({
+        ids: m.ids,
+        finishReason: m.finishReason,
+        promptTokens: m.prompt.length,
+        timings: { prefillMs: m.firstTokenAt - m.t0, decodeMsPerToken: decoded > 0 ? (end - m.firstTokenAt) / decoded : 0, totalMs: end - m.t0 },
+      })
+    } catch (e) {
+      m.reject(e)
+    } finally {
+      m.readback.destroy()
+    }
+  }
+
+  private fail(m: Member, e: unknown): void {
+    this.leave(m)
+    m.readback.destroy()
+    m.reject(e)
+  }
+
+  private leave(m: Member): void {
+    for (const list of [this.prefilling, this.decoding]) {
+      const i = list.indexOf(m)
+      if (i >= 0) list.splice(i, 1)
+    }
+  }
+}
