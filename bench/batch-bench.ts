@@ -29,7 +29,7 @@ const o = new Command()
   .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
   .option("--batches <list>", "batch sizes", "1,4,16")
   .option("--policies <list>", "KV policies (full, quest, leoam, offload-all)", "full")
-  .option("--projections <list>", "batched projections: gemm, gemv", "gemm,gemv")
+  .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl)", "gemm,gemv,multi")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
   .option("--host-kv-budget <size>", "host arena of the tiered policies, shared by every sequence", "8GiB")
@@ -110,7 +110,7 @@ for (const name of list(o.policies)) {
           let batch: DecodeBatch | undefined
           if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
           else {
-            batch = new DecodeBatch(lead, b, projections)
+            batch = await DecodeBatch.open(lead, b, projections)
             step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
           }
           const t = await time(step)

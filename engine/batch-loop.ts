@@ -39,7 +39,7 @@ interface Member {
 }
 
 export class BatchLoop {
-  private readonly batch: DecodeBatch
+  private batch: DecodeBatch | undefined
   private readonly prefilling: Member[] = []
   private readonly decoding: Member[] = []
   private running: Promise<void> | undefined
@@ -50,7 +50,6 @@ export class BatchLoop {
     /** Called before each decode step (where a live policy change applies). */
     private readonly beforeStep?: () => void,
   ) {
-    this.batch = new DecodeBatch(lead, options.capacity, options.projections)
   }
 
   /** Sequences decoding, and those still prefilling. */
@@ -79,7 +78,7 @@ export class BatchLoop {
   }
 
   destroy(): void {
-    this.batch.destroy()
+    this.batch?.destroy()
   }
 
   private async drive(): Promise<void> {
@@ -123,7 +122,10 @@ export class BatchLoop {
     })
     try {
       if (rows.length === 1) await rows[0].model.decode(rows[0].inSlot, rows[0].sample, rows[0].copyOut)
-      else await this.batch.step(rows)
+      else {
+        this.batch ??= await DecodeBatch.open(this.lead, this.options.capacity, this.options.projections)
+        await this.batch.step(rows)
+      }
     } catch (e) {
       for (const m of members) this.fail(m, e)
       return

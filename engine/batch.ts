@@ -13,7 +13,9 @@
 import { type Bound, type Dispatch, dispatchOf, storageBuffer, Uniform } from "./buffers.ts"
 import { decodeStep, type DecodeRows } from "./decode-driver.ts"
 import type { StepEncoder } from "./kv/manager.ts"
-import { createUniforms, gemmColumnsPerGroup } from "./model-resources.ts"
+import { type GemvOp, gemvShapes } from "./gemv-tuning.ts"
+import { createUniforms, gemmColumnsPerGroup, gemvUniform } from "./model-resources.ts"
+import type { PipelineKey } from "./pipelines.ts"
 import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
 import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
@@ -27,8 +29,14 @@ export interface BatchRow {
   readonly copyOut?: CopyOut
 }
 
-/** How the rows' projections run: the prefill GEMMs or the decode GEMVs (see the header). */
-export type Projections = "gemm" | "gemv"
+/**
+ * How the rows' projections run: the prefill GEMMs, the decode GEMVs (one pass over the
+ * weights per row), or kernels/gemv_multi.wgsl (one pass over the weights for every 8 rows).
+ */
+export type Projections = "gemm" | "gemv" | "multi"
+
+/** Rows of x per gemv_multi workgroup (the batch's buffers hold whole groups of them). */
+const MULTI_ROWS = 8
 
 /**
  * The projections a batch uses where none is asked for: the GEMMs, which read the weights
@@ -75,7 +83,13 @@ export class DecodeBatch {
   private rows: ReadonlyArray<BatchRow> = []
   private driverRows: DecodeRows
 
-  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings. */
+  /** A batch on `lead`'s weights, its pipelines prewarmed first. */
+  static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections()): Promise<DecodeBatch> {
+    if (projections === "multi") await lead.pipelines.prewarm(multiPipelineKeys())
+    return new DecodeBatch(lead, capacity, projections)
+  }
+
+  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi": after `open` prewarmed its pipelines). */
   constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections()) {
     const c = lead.config
     const device = lead.gpu.device
@@ -89,7 +103,7 @@ export class DecodeBatch {
       // A row's q, k, v and attention output are bound as ranges of the batch's buffers.
       throw new RangeError(`batched decode needs a head's bytes (head_dim ${c.headDim} x 4) in multiples of ${align}`)
     }
-    const rows = capacity
+    const rows = Math.ceil(capacity / MULTI_ROWS) * MULTI_ROWS
     const x = storageBuffer(device, "batch x (rows, hidden) f32", rows * c.hiddenSize * 4)
     const xn = storageBuffer(device, "batch xn (rows, hidden) f32", rows * c.hiddenSize * 4)
     this.qkv = storageBuffer(device, "batch qkv (rows, q+k+v) f32", rows * this.qkvBytes)
@@ -101,7 +115,7 @@ export class DecodeBatch {
     const u = createUniforms(device, c, lead.gemv, 0)
     const inputs = { device, pipelines: lead.pipelines, config: c, weights: lead.weights, keys: lead.keys, gemv: lead.gemv }
     const act = { x, xn, qkv: this.qkv, attn: this.attn, ffn, logits: this.logits }
-    this.shared = projections === "gemm" ? gemmShared(inputs, act, u) : gemvShared(inputs, act, u)
+    this.shared = projections === "gemm" ? gemmShared(inputs, act, u) : projections === "gemv" ? gemvShared(inputs, act, u) : multiShared(inputs, act)
     this.embed = dispatchOf(device, lead.pipelines.now(lead.keys.embed), [[0, u.embedPrefill.buffer], [1, lead.weights.embed], [2, this.ids], [3, x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
     this.embedRows = (m) => {
       u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
@@ -217,3 +231,40 @@ const gemvShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
     },
   }
 }
+
+// kernels/gemv_multi.wgsl: each weight read once per MULTI_ROWS rows, RMSNorm, SwiGLU and the residual fused.
+const multiShared = (i: SharedInputs, a: SharedBuffers): Shared => {
+  const c = i.config
+  const ROWS = 2
+  const key = (flags: Record<string, boolean>): PipelineKey => ({ op: "gemv_multi", flags, constants: { WG: 128, ROWS, MR: MULTI_ROWS } })
+  const all: Dispatch[] = []
+  const g = (op: GemvOp, flags: Record<string, boolean>, entries: Array<readonly [number, GPUBuffer]>) => {
+    const [n, k] = gemvShapes(c)[op]
+    const groups = Math.ceil(n / ROWS)
+    const u = gemvUniform(i.device, `batch gemv_multi ${op}`)
+    u.set(n, k, c.rmsNormEps, Math.min(groups, 65535))
+    const d = dispatchOf(i.device, i.pipelines.now(key(flags)), [[0, u.buffer], ...entries], Math.min(groups, 65535), Math.ceil(groups / 65535))
+    all.push(d)
+    return d
+  }
+  const layers = i.weights.layers.map((w) => ({
+    pre: [g("qkv", { NORM: true, BIAS: w.bqkv !== undefined }, [[1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])])],
+    post: [
+      g("o", { ACC: true, BIAS: w.bo !== undefined }, [[1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])]),
+      g("gu", { NORM: true, SWIGLU: true }, [[1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]]),
+      g("down", { ACC: true }, [[1, w.wdown], [2, a.ffn], [3, a.x]]),
+    ],
+  }))
+  const head = g("head", { NORM: true }, [[1, i.weights.lmHead], [2, a.x], [3, a.logits], [4, i.weights.finalNorm]])
+  return {
+    layers,
+    head: [head],
+    resize: (m) => {
+      for (const d of all) d.z = Math.ceil(m / MULTI_ROWS)
+    },
+  }
+}
+
+/** The pipelines gemv_multi needs for a model (prewarm them before a batch with "multi" projections). */
+const multiFlags: ReadonlyArray<Record<string, boolean>> = [{ NORM: true }, { NORM: true, BIAS: true }, { ACC: true }, { ACC: true, BIAS: true }, { NORM: true, SWIGLU: true }]
+const multiPipelineKeys = (): PipelineKey[] => multiFlags.map((flags) => ({ op: "gemv_multi", flags, constants: { WG: 128, ROWS: 2, MR: MULTI_ROWS } }))

@@ -11,6 +11,7 @@ export type KernelName =
   | "embed"
   | "rmsnorm"
   | "gemv"
+  | "gemv_multi"
   | "gemv_sg"
   | "gemm"
   | "gemm_sgmat"

@@ -139,6 +139,25 @@ describe("batched decode", () => {
     }
   }, 120_000)
 
+  it("does the same with gemv_multi (each weight read once for 8 rows)", async () => {
+    const models = await Promise.all([sequence("full", "m1"), sequence({ name: "quest", selection }, "m2"), sequence("full", "m3")])
+    const batch = await DecodeBatch.open(lead, 3, "multi")
+    try {
+      const selective = await sameAsAlone(
+        [
+          { model: models[0], prompt: prompt(40, 11), tokens: 8, joinAt: 0 },
+          { model: models[1], prompt: prompt(120, 12), tokens: 6, joinAt: 1 },
+          { model: models[2], prompt: prompt(9, 13), tokens: 7, joinAt: 0 },
+        ],
+        batch,
+      )
+      expect(selective[1]).toBeGreaterThan(0)
+    } finally {
+      batch.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
+
   it("continuous batching: requests arriving mid-decode (sliced prefill, GPU and host sampling, a stop id, a failure) get what generate alone gives", async () => {
     const models = await Promise.all([sequence("full", "g"), sequence("full", "h"), sequence({ name: "quest", selection }, "i"), lead.sibling({ maxContext: 16 })])
     const loop = new BatchLoop(lead, { capacity: 3, prefillSlice: 64 })
