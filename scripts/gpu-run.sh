@@ -40,8 +40,9 @@
 #        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
 #        then offload-all, at batch 1/4/8/16 under a 6 GiB GPU / 8 GiB host budget shared by
-#        the batch (BATCH_32K=0 skips it; BATCH_32K_BATCHES, BATCH_32K_STEPS change it); fits
-#        one 10-minute command (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
+#        the batch (BATCH_1K=0 / BATCH_32K=0 skip a part; BATCH_32K_BATCHES, BATCH_32K_STEPS,
+#        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S change it); fits one 10-minute command
+#        (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|batch) shift || true ;; *) suite=all ;; esac
@@ -115,16 +116,23 @@ if [ "$suite" = pipeline ]; then
   exit 0
 fi
 if [ "$suite" = batch ]; then
-  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
-  timeout 150 node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections gemm,gemv --steps 24 --max-seconds 120 \
-    --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
+  # Timeouts sum to 580 s: one 10-minute command. BATCH_1K=0 or BATCH_32K=0 skips a part (to
+  # run them as two commands with more room: BATCH_FILL_S, BATCH_MAX_S per 32K policy).
+  timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  if [ "${BATCH_1K:-1}" = 1 ]; then
+    timeout 110 node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections gemm,gemv,multi --steps 24 --max-seconds 90 \
+      --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
+  fi
   if [ "${BATCH_32K:-1}" = 1 ]; then
     mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
-    # Per policy: sequences are filled for up to 110 s (the largest batches are skipped if
-    # that is not enough), and no setup starts past 180 s, so what was measured is kept.
-    for policy in leoam offload-all; do
-      timeout 200 node .bench-bundle/batch-bench.mjs --context 32768 --batches "${BATCH_32K_BATCHES:-1,4,8,16}" --policies $policy --projections gemm \
-        --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --steps "${BATCH_32K_STEPS:-4}" --fill-seconds 110 --max-seconds 180 \
+    # Per policy: sequences are filled (random KV through the seal path) for up to
+    # BATCH_FILL_S (the largest batches are skipped if that is not enough) and no setup
+    # starts past BATCH_MAX_S, so what was measured is kept.
+    for policy in ${BATCH_32K_POLICIES:-leoam offload-all}; do
+      limit=190; [ "$policy" = offload-all ] && limit=220
+      timeout "$limit" node .bench-bundle/batch-bench.mjs --context 32768 --batches "${BATCH_32K_BATCHES:-1,4,8,16}" --policies "$policy" \
+        --projections "${BATCH_32K_PROJECTIONS:-gemm}" --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --steps "${BATCH_32K_STEPS:-4}" \
+        --fill-seconds "${BATCH_FILL_S:-120}" --max-seconds "${BATCH_MAX_S:-$((limit - 25))}" \
         --out "$out/batch-8b-32k-$policy.json" 2>&1 | tee "$out/batch-8b-32k-$policy.txt" || echo "batch-bench 32K $policy: failed or stopped"
       rm -rf /tmp/leoam-kv/*
     done
