@@ -3,16 +3,16 @@
 // run, and joins the engine's batch loop (engine/batch-loop.ts). A run is admitted when its
 // KV fits: lanes of a policy that keeps all KV on the GPU reserve (prompt + max_tokens)
 // tokens of KV against the GPU budget; tiered lanes get an equal share of the GPU budget
-// each (budget / max batch) and share the host arena, whose overflow goes to disk. Waiting
-// runs are admitted in arrival order. Serial runs (sessions) take the executor alone:
-// `enterSerial` waits until the batch is empty and holds new lanes back until `leaveSerial`.
-// Only this module's functions change the lanes and the reservations.
+// each (budget / max batch) and share the host arena, whose overflow goes to disk
+// (actors/kv-admission.ts: arrival order; serial runs, sessions, alone once the batch is
+// empty). Only this module's functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions, type KvTiers } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
+import { KvAdmission } from "./kv-admission.ts"
 
 export interface BatchDeps {
   /** The executor's model now (the lanes' weights; replaced by a policy change). */
@@ -36,39 +36,8 @@ export const executorBatch = (deps: BatchDeps) => {
   let loop: BatchLoop | undefined
   /** The lanes built, by run id. */
   const lanes = new Map<string, GpuModel>()
-  /** Runs admitted (their lane being built or running), and the GPU bytes they reserved. */
-  let held = 0
-  let reserved = 0
   let laneCount = 0
-  // Runs waiting for KV room (or for serial runs to end), in arrival order.
-  const waiting: Array<{ bytes: number; wake: () => void }> = []
-  // Serial runs waiting for the batch to empty (they hold new lanes back), and whether one runs.
-  let serialWaiting = 0
-  let serialRunning = false
-  let wakeSerial: Array<() => void> = []
-
-  const fits = (bytes: number) =>
-    !serialRunning && serialWaiting === 0 && held < deps.maxBatch && (held === 0 || deps.tiers.gpuBudgetBytes === undefined || reserved + bytes <= deps.tiers.gpuBudgetBytes)
-
-  const wakeWaiting = () => {
-    while (waiting.length > 0 && fits(waiting[0].bytes)) {
-      const w = waiting.shift()!
-      held++
-      reserved += w.bytes
-      w.wake()
-    }
-  }
-
-  const release = (bytes: number) => {
-    held--
-    reserved -= bytes
-    if (held === 0) {
-      const wake = wakeSerial
-      wakeSerial = []
-      for (const w of wake) w()
-    }
-    wakeWaiting()
-  }
+  const admission = new KvAdmission(deps.maxBatch, deps.tiers.gpuBudgetBytes)
 
   /** GPU bytes a run's lane reserves: all of its KV for a policy that keeps it on the GPU; a tiered lane's share is fixed. */
   const laneBytes = (policy: ResolvedPolicy, tokens: number): number => (isTiered(policy) ? 0 : Math.ceil(tokens / 16) * 16 * kvBytesPerToken(deps.model().config))
@@ -79,10 +48,7 @@ export const executorBatch = (deps: BatchDeps) => {
       const policy = deps.policy()
       const tokens = Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext)
       const bytes = laneBytes(policy, tokens)
-      await new Promise<void>((wake) => {
-        waiting.push({ bytes, wake })
-        wakeWaiting()
-      })
+      await admission.admit(bytes)
       try {
         const main = deps.model()
         const gpuBudgetBytes = isTiered(policy) && deps.tiers.gpuBudgetBytes !== undefined ? Math.floor(deps.tiers.gpuBudgetBytes / deps.maxBatch) : deps.tiers.gpuBudgetBytes
@@ -99,36 +65,21 @@ export const executorBatch = (deps: BatchDeps) => {
           model.destroy()
         }
       } finally {
-        release(bytes)
+        admission.release(bytes)
       }
     },
 
     /** Takes the executor alone (a serial run): once the batch is empty, holding new lanes back meanwhile. */
-    enterSerial: async (): Promise<void> => {
-      serialWaiting++
-      try {
-        while (serialRunning || held > 0) await new Promise<void>((r) => wakeSerial.push(r))
-      } finally {
-        serialWaiting--
-      }
-      serialRunning = true
-    },
-
-    leaveSerial: (): void => {
-      serialRunning = false
-      const wake = wakeSerial
-      wakeSerial = []
-      for (const w of wake) w()
-      wakeWaiting()
-    },
+    enterSerial: (): Promise<void> => admission.enterSerial(),
+    leaveSerial: (): void => admission.leaveSerial(),
 
     /** The batch for admin stats. */
     stats: () => ({
       max: deps.maxBatch,
       decoding: loop?.sizes.decoding ?? 0,
       prefilling: loop?.sizes.prefilling ?? 0,
-      waiting_for_kv: waiting.length,
-      kv_reserved_bytes: reserved,
+      waiting_for_kv: admission.stats.waiting,
+      kv_reserved_bytes: admission.stats.reservedBytes,
     }),
 
     /** The lanes' models (a live policy change swaps their selection too). */

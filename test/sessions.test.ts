@@ -46,6 +46,8 @@ describe("sessions", () => {
       model: modelDir,
       maxContext: 512,
       queueCapacity: 8,
+      // As `leoam serve` runs by default: generates batched (each in a lane of its own), session runs alone.
+      maxBatch: 2,
       kvDir,
       hostKvBudget: 4 << 20,
       kvPolicy: parsePolicyDocument("leoam"),

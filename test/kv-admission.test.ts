@@ -1,0 +1,69 @@
+// The gpu-executor's admission (actors/kv-admission.ts): batched runs in arrival order while
+// places and GPU KV bytes last, the first of an empty batch always; a serial run alone once
+// the batch is empty, holding later batched runs back.
+import { describe, expect, it } from "vitest"
+import { KvAdmission } from "../actors/kv-admission.ts"
+
+/** Lets every settled promise's callbacks run. */
+const flush = () => new Promise((r) => setTimeout(r, 0))
+
+describe("KvAdmission", () => {
+  it("admits in arrival order while the bytes and places last", async () => {
+    const a = new KvAdmission(3, 100)
+    const started: string[] = []
+    const run = (name: string, bytes: number) => a.admit(bytes).then(() => started.push(name))
+    void run("a60", 60)
+    void run("b30", 30)
+    void run("c30", 30) // 120 > 100: waits
+    void run("d5", 5) // fits, but behind c: arrival order
+    await flush()
+    expect(started).toEqual(["a60", "b30"])
+    expect(a.stats).toEqual({ running: 2, waiting: 2, reservedBytes: 90 })
+    a.release(60)
+    await flush()
+    expect(started).toEqual(["a60", "b30", "c30", "d5"])
+    expect(a.stats).toEqual({ running: 3, waiting: 0, reservedBytes: 65 })
+    void run("e1", 1) // no place left (3 running)
+    await flush()
+    expect(started).toHaveLength(4)
+    a.release(5)
+    await flush()
+    expect(started.at(-1)).toBe("e1")
+  })
+
+  it("admits a run larger than the budget when the batch is empty (its KV manager refuses it if it cannot fit)", async () => {
+    const a = new KvAdmission(4, 10)
+    let started = false
+    void a.admit(50).then(() => (started = true))
+    await flush()
+    expect(started).toBe(true)
+  })
+
+  it("runs a serial run alone once the batch empties, and holds batched runs back meanwhile", async () => {
+    const a = new KvAdmission(4, undefined)
+    const log: string[] = []
+    await a.admit(0)
+    log.push("batch 1")
+    const serial = a.enterSerial().then(() => log.push("serial"))
+    void a.admit(0).then(() => log.push("batch 2")) // arrives after the serial run: waits for it
+    await flush()
+    expect(log).toEqual(["batch 1"])
+    a.release(0)
+    await serial
+    await flush()
+    expect(log).toEqual(["batch 1", "serial"])
+    a.leaveSerial()
+    await flush()
+    expect(log).toEqual(["batch 1", "serial", "batch 2"])
+    // Two serial runs: one at a time.
+    a.release(0)
+    await a.enterSerial()
+    let second = false
+    void a.enterSerial().then(() => (second = true))
+    await flush()
+    expect(second).toBe(false)
+    a.leaveSerial()
+    await flush()
+    expect(second).toBe(true)
+  })
+})
