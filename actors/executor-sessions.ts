@@ -20,7 +20,7 @@ export interface SessionContext {
   readonly node: string
   /** The served model's name, and the chunk size and version of the policy the model runs now. */
   readonly modelName: string
-  readonly policy: () => { readonly chunkTokens: number | undefined; readonly version: number; readonly name: string }
+  readonly policy: () => { readonly chunkTokens: number | undefined; readonly adaptive?: boolean; readonly version: number; readonly name: string }
   /** --kv-disk-budget: chunk bytes all sessions may hold on disk; past it the least recently used go (never the one in use). */
   readonly diskBudget?: number
 }
@@ -74,6 +74,8 @@ export const executorSessions = (ctx: SessionContext) => {
     if (!model.hasSessions || p.chunkTokens === undefined) {
       throw leoamError("session_needs_tiered_policy", `sessions live in the tiered KV cache: the policy now is ${p.name}; set leoam or offload-all (leoam.v1.admin.policy.set)`)
     }
+    // A session's stored prefix is shared and resumed by fixed chunk counts (sharePrefix).
+    if (p.adaptive) throw leoamError("session_incompatible", `sessions need fixed chunks; the policy now cuts adaptive chunks (set chunking.fixed, leoam.v1.admin.policy.set)`)
     if (s && (s.model !== ctx.modelName || s.chunkTokens !== p.chunkTokens)) {
       throw leoamError("session_incompatible", `session "${s.id}" was cut for ${s.model} in chunks of ${s.chunkTokens} tokens; this node serves ${ctx.modelName} in chunks of ${p.chunkTokens}`)
     }

@@ -213,7 +213,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         arena: kv.arena,
         node: options.node ?? "",
         modelName: s.description.name,
-        policy: () => ({ chunkTokens: s.policy.resolved.chunkTokens, version: s.policy.version, name: s.policy.resolved.name }),
+        policy: () => ({ chunkTokens: s.policy.resolved.chunkTokens, adaptive: s.policy.resolved.chunkMinTokens !== undefined, version: s.policy.version, name: s.policy.resolved.name }),
         diskBudget: options.sessionDiskBudget,
       })
 

@@ -17,7 +17,7 @@ export interface AdminConnection {
   readonly timeoutMs: number
 }
 
-type View = { name: string; chunk_tokens: number; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string }
+type View = { name: string; chunk_tokens: number; chunk_min_tokens?: number | null; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string }
 
 const withNats = async <T>(c: AdminConnection, f: (nc: NatsConnection) => Promise<T>): Promise<T> => {
   const nc = await connectClient(c.natsUrl, "leoam-admin", c.auth).catch((e) => {
@@ -48,7 +48,8 @@ const print = (json: boolean, value: unknown, human: () => string) => process.st
 
 const describe = (v: View) => {
   const budget = v.budget_tokens !== null ? `${v.budget_tokens} tokens` : v.budget_fraction !== null ? `${+(v.budget_fraction * 100).toFixed(2)}% of the context` : "all tokens"
-  return `${v.name}: ${v.chunk_tokens}-token chunks, attends ${budget} (sink ${v.sink_tokens}, recent ${v.recent_tokens}), eviction ${v.eviction}`
+  const chunks = v.chunk_min_tokens != null ? `adaptive ${v.chunk_min_tokens}..${v.chunk_tokens}-token chunks` : `${v.chunk_tokens}-token chunks`
+  return `${v.name}: ${chunks}, attends ${budget} (sink ${v.sink_tokens}, recent ${v.recent_tokens}), eviction ${v.eviction}`
 }
 
 /** A policy argument: a registered name, or a JSON file. */

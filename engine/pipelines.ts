@@ -27,6 +27,7 @@ export type KernelName =
   | "fill"
   | "abstract"
   | "quantize"
+  | "chunk_mass"
   | "score"
   | "select"
   | "route"

@@ -79,6 +79,8 @@ export interface TierIo {
   truncateSession(keep: ReadonlyArray<number>): void
   setHostEviction(policy: EvictionPolicy): void
   hostBytes(): { readonly budgetBytes: number; readonly residentBytes: number }
+  /** Bytes of the session's chunks on disk, over `layers` layers (an index scan: for replies, not per token). */
+  storedBytes(layers: number): number
 }
 
 /** Disk reads started ahead of the load whose turn it is. */
@@ -279,6 +281,16 @@ export class LocalTierIo implements TierIo {
   hostBytes() {
     const a = this.arena.stats()
     return { budgetBytes: a.budgetBytes, residentBytes: a.residentBytes }
+  }
+
+  storedBytes(layers: number): number {
+    let bytes = 0
+    try {
+      for (let l = 0; l < layers; l++) for (const { entry } of this.store.chunksOf(this.session, l)) bytes += entry.length
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+    return bytes
   }
 
   private keyOf(load: { readonly layer: number; readonly chunk: number }): string {

@@ -25,6 +25,8 @@ export const PolicyHistoryRequest = Schema.Struct({
 export const ResolvedPolicyView = Schema.Struct({
   name: Schema.String,
   chunk_tokens: Schema.Int,
+  /** Adaptive chunking's smallest chunk (chunk_tokens the largest); null or left out for fixed chunks. */
+  chunk_min_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
   budget_tokens: Schema.NullOr(Schema.Int),
   budget_fraction: Schema.NullOr(Schema.Number),
   sink_tokens: Schema.Int,

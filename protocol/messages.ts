@@ -55,6 +55,10 @@ export const KvStats = Schema.Struct({
   disk: Schema.Struct({ ...TierCounters, bytes_written: Schema.Number }),
   chunk_tokens: Schema.Int,
   chunks_sealed: Schema.Int,
+  /** Chunk abstracts the request's cache holds (all layers): with adaptive chunking, fewer where attention is sparse. */
+  abstracts: Schema.optional(Schema.Int),
+  /** Bytes stored per tier: chunks in this cache's GPU slots, the host arena's (shared by sessions), the sequence's chunks on disk. */
+  bytes_stored: Schema.optional(Schema.Struct({ gpu: Schema.Number, host: Schema.Number, disk: Schema.Number })),
   steps: Schema.Int,
   windows: Schema.Int,
   chunks_selected_per_step: Schema.Number,

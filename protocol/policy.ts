@@ -25,8 +25,17 @@ const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
 
 export const KvPolicyDocument = Schema.Struct({
   name: Schema.Literal(...policyNames),
-  /** `fixed {tokens}`: chunk (page) size, a multiple of the engine's 16-token block. */
-  chunking: Schema.optional(Schema.Struct({ fixed: Schema.Struct({ tokens: Tokens }) }).annotations({ parseOptions: { onExcessProperty: "error" } })),
+  /**
+   * `fixed {tokens}`: chunk (page) size, a multiple of the engine's 16-token block;
+   * `adaptive {min_tokens, max_tokens}` (leoam, offload-all; 16 and 256 when left out): chunk
+   * sizes per layer from the skew of attention measured at prefill (kv/chunk-plan.ts).
+   */
+  chunking: Schema.optional(
+    Schema.Union(
+      Schema.Struct({ fixed: Schema.Struct({ tokens: Tokens }) }).annotations({ parseOptions: { onExcessProperty: "error" } }),
+      Schema.Struct({ adaptive: Schema.Struct({ min_tokens: Schema.optional(Tokens), max_tokens: Schema.optional(Tokens) }) }).annotations({ parseOptions: { onExcessProperty: "error" } }),
+    ),
+  ),
   /** `topk`: most tokens attended per step (or a fraction of the context), sink and recent always kept. */
   selection: Schema.optional(
     Schema.Struct({
@@ -59,7 +68,10 @@ export type KvPolicyDocument = typeof KvPolicyDocument.Type
 /** A policy with every parameter filled in. */
 export interface ResolvedPolicy {
   readonly name: PolicyName
+  /** Tokens per chunk; with adaptive chunking, the largest chunk (a GPU cache slot's size). */
   readonly chunkTokens: number
+  /** Adaptive chunking's smallest chunk (chunkTokens is its largest); undefined for fixed chunks. */
+  readonly chunkMinTokens?: number
   readonly budgetTokens: number | undefined
   readonly budgetFraction: number | undefined
   readonly sinkTokens: number
@@ -69,6 +81,10 @@ export interface ResolvedPolicy {
   /** The pipelined step's depth; 0: off. */
   readonly pipelineDepth: number
 }
+
+/** Adaptive chunking's bounds when left out. */
+export const ADAPTIVE_MIN_TOKENS = 16
+export const ADAPTIVE_MAX_TOKENS = 256
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
 const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth">> = {
@@ -92,7 +108,15 @@ export class PolicyError extends Error {
 export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   const d = defaults[doc.name]
   const topk = doc.selection?.topk
-  const chunkTokens = doc.chunking?.fixed.tokens ?? d.chunkTokens
+  const adaptive = doc.chunking && "adaptive" in doc.chunking ? doc.chunking.adaptive : undefined
+  const fixed = doc.chunking && "fixed" in doc.chunking ? doc.chunking.fixed : undefined
+  const chunkTokens = adaptive ? (adaptive.max_tokens ?? ADAPTIVE_MAX_TOKENS) : (fixed?.tokens ?? d.chunkTokens)
+  const chunkMinTokens = adaptive ? (adaptive.min_tokens ?? ADAPTIVE_MIN_TOKENS) : undefined
+  if (adaptive) {
+    if (doc.name !== "leoam" && doc.name !== "offload-all") throw new PolicyError("invalid_policy", `chunking.adaptive needs a tiered policy (leoam, offload-all), not ${doc.name}`)
+    if (chunkMinTokens! % 16 !== 0 || chunkTokens % 16 !== 0) throw new PolicyError("invalid_policy", `chunking.adaptive bounds ${chunkMinTokens}..${chunkTokens} must be multiples of 16 (the KV block size)`)
+    if (chunkMinTokens! > chunkTokens) throw new PolicyError("invalid_policy", `chunking.adaptive.min_tokens ${chunkMinTokens} exceeds max_tokens ${chunkTokens}`)
+  }
   if (chunkTokens % 16 !== 0) throw new PolicyError("invalid_policy", `chunking.fixed.tokens ${chunkTokens} is not a multiple of 16 (the KV block size)`)
   if (doc.name === "quest" && chunkTokens !== 16) throw new PolicyError("invalid_policy", "quest uses fixed 16-token pages")
   if (doc.name === "h2o" && chunkTokens !== 16) throw new PolicyError("invalid_policy", "h2o works on 16-token blocks")
@@ -116,7 +140,7 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   }
   if (pipeline?.enabled === false && pipeline.depth !== undefined) throw new PolicyError("invalid_policy", "pipeline.depth with pipeline.enabled false")
   const pipelineDepth = pipeline?.enabled === true || (pipeline?.enabled === undefined && pipeline?.depth !== undefined) ? (pipeline.depth ?? DEFAULT_PIPELINE_DEPTH) : 0
-  return { name: doc.name, chunkTokens, budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth }
+  return { name: doc.name, chunkTokens, ...(chunkMinTokens !== undefined ? { chunkMinTokens } : {}), budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth }
 }
 
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
@@ -148,6 +172,7 @@ export const parsePolicyDocument = (input: unknown): { readonly document: KvPoli
 export const policyView = (p: ResolvedPolicy) => ({
   name: p.name,
   chunk_tokens: p.chunkTokens,
+  chunk_min_tokens: p.chunkMinTokens ?? null,
   budget_tokens: p.budgetTokens ?? null,
   budget_fraction: p.budgetFraction ?? null,
   sink_tokens: p.sinkTokens,
@@ -161,6 +186,8 @@ export const policyView = (p: ResolvedPolicy) => ({
 export const ResolvedPolicyWire = Schema.Struct({
   name: Schema.Literal(...policyNames),
   chunk_tokens: Schema.Int.pipe(Schema.positive()),
+  /** Adaptive chunking's smallest chunk (chunk_tokens the largest); null for fixed chunks, left out by older senders. */
+  chunk_min_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
   budget_tokens: Schema.NullOr(Schema.Int),
   budget_fraction: Schema.NullOr(Schema.Number),
   sink_tokens: Schema.Int,
@@ -175,6 +202,7 @@ export const ResolvedPolicyWire = Schema.Struct({
 const ResolvedPolicyType = Schema.Struct({
   name: Schema.Literal(...policyNames),
   chunkTokens: Schema.Number,
+  chunkMinTokens: Schema.optional(Schema.Number),
   budgetTokens: Schema.UndefinedOr(Schema.Number),
   budgetFraction: Schema.UndefinedOr(Schema.Number),
   sinkTokens: Schema.Number,
@@ -189,6 +217,7 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
   decode: (w) => ({
     name: w.name,
     chunkTokens: w.chunk_tokens,
+    ...(w.chunk_min_tokens != null ? { chunkMinTokens: w.chunk_min_tokens } : {}),
     budgetTokens: w.budget_tokens ?? undefined,
     budgetFraction: w.budget_fraction ?? undefined,
     sinkTokens: w.sink_tokens,

@@ -15,6 +15,7 @@ import { ATTN_TILE } from "./pool.ts"
 import { attnDecodeKey, windowedPrefillKey } from "../model-resources.ts"
 import type { PipelineKey } from "../pipelines.ts"
 import type { SparsePolicy } from "../sparse.ts"
+import { chunkMassKey } from "./tiered/mass.ts"
 import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { FullKv } from "./full.ts"
 import { H2oKv, type H2oPolicy, h2oPipelineKeys } from "./h2o.ts"
@@ -69,7 +70,7 @@ export const kvEngineOptions = (policy: ResolvedPolicy, tiers: KvTiers, config: 
   return {
     kv: {
       kind: "tiered",
-      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth },
+      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, chunkMinTokens: policy.chunkMinTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth },
       stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session },
     },
   }
@@ -111,6 +112,7 @@ export const kvKindOf = (spec: KvSpec, c: ModelConfig, sizes: KvSizes, attnPrefi
           windowedPrefillKey(attnPrefill),
           tieredDecodeKey(attnDecodeKey(c), spec.policy),
           ...((spec.policy.compression ?? 16) !== 16 ? [quantizeKey(c, sizes.blockTokens)] : []),
+          ...(spec.policy.chunkMinTokens !== undefined ? [chunkMassKey(c, sizes.blockTokens)] : []),
         ],
         partials: Math.max(fullPartials, TIER_PARTIALS),
         checkFits: () => void tieredLayout(c, spec.policy, spec.stores, sizes),

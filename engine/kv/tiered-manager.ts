@@ -15,6 +15,7 @@ import { PREFILL_ROWS } from "./full.ts"
 import type { KvApplies, KvContext, KvManager, KvStats, Rewind, StepEncoder } from "./manager.ts"
 import type { ChoiceRead } from "./tiered/route.ts"
 import { traceSpan } from "../../kv/step-trace.ts"
+import { PrefillMass } from "./tiered/mass.ts"
 
 /** Timestamp queries per decode step (two per attention window; later windows go untimed). */
 const MAX_QUERIES = 512
@@ -65,6 +66,9 @@ export class TieredManager implements KvManager<TieredPolicy> {
   keepStamps = false
   lastStamps: ReadonlyArray<readonly [bigint, bigint]> = []
   private pendingTiming: Promise<void> | undefined
+  /** Adaptive chunking: the prefill passes' attention measure, and the last pass's masses on their way back (sealed at settle). */
+  private readonly mass: PrefillMass | undefined
+  private pendingMass: Promise<Float32Array[]> | undefined
 
   constructor(
     private readonly ctx: KvContext,
@@ -94,6 +98,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
           read: device.createBuffer({ label: "tier timestamps read-back", size: MAX_QUERIES * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
         }
       : undefined
+    this.mass = t.adaptive ? new PrefillMass(device, ctx.pipelines, c, ctx.blockTokens, t.tailBlocks, act.q, t.pools) : undefined
     const windowKey = windowedPrefillKey(ctx.keys.attnPrefill)
     t.pools.forEach((kvl) => {
       const mk = (key: typeof windowKey, entries: Array<readonly [number, GPUBuffer]>): Dispatch => dispatchOf(device, ctx.pipelines.now(key), entries, 1, c.numKvHeads)
@@ -368,6 +373,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const c = this.ctx.config
     const { m, pos0, groups } = this.pass
     step.submit()
+    this.mass?.encode(l, (d) => step.encode(d), this.pass, this.t.sealedOf(l))
     const plan = this.t.planPrefill(l)
     for (let i = 0; i < plan.windows.length; i++) {
       const { k0, k1, first, last } = await this.t.applyPrefillWindow(l, plan, i, this.table)
@@ -380,7 +386,11 @@ export class TieredManager implements KvManager<TieredPolicy> {
   }
 
   afterPrefill(): void {
-    this.t.seal()
+    // Adaptive chunks are cut from the pass's measure once it is back (settle, before the next pass).
+    if (this.mass) {
+      this.pendingMass = this.mass.collect()
+      this.pendingMass.catch(() => undefined) // awaited by settle
+    } else this.t.seal()
   }
 
   // --- policy and sequence -------------------------------------------------------
@@ -411,6 +421,8 @@ export class TieredManager implements KvManager<TieredPolicy> {
     this.known = undefined
     this.pendingSelect = -1
     this.missedLast.fill(false)
+    // A pass's measure still on its way belongs to the old sequence (its buffer unmaps when it lands).
+    this.pendingMass = undefined
     this.t.reset()
     this.steps = 0
   }
@@ -421,6 +433,9 @@ export class TieredManager implements KvManager<TieredPolicy> {
     this.pendingTiming = undefined
     await timing
     await this.t.choiceReads.settle()
+    const mass = this.pendingMass
+    this.pendingMass = undefined
+    if (mass) this.t.sealAdaptive(await mass)
     await this.t.settle()
   }
 
@@ -458,6 +473,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
 
   destroy(): void {
     this.t.destroy()
+    this.mass?.destroy()
     for (const b of [this.state, this.table, this.selRead, this.uAttn.buffer, this.uWindow.buffer]) b.destroy()
     this.timing?.querySet.destroy()
     this.timing?.resolve.destroy()

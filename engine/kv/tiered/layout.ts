@@ -14,8 +14,10 @@ import type { ModelConfig } from "../../../models/types.ts"
 export interface TieredPolicy {
   /** `leoam`: abstracts + selection + GPU cache; `offload-all`: every step attends all chunks, fetched from host/disk (exact). */
   readonly mode: "leoam" | "offload-all"
-  /** Tokens per chunk (`fixed` chunking; a multiple of the block size). */
+  /** Tokens per chunk (`fixed` chunking; a multiple of the block size); with adaptive chunking the largest chunk (a slot's size). */
   readonly chunkTokens: number
+  /** Adaptive chunking (kv/chunk-plan.ts): the smallest chunk; undefined for fixed chunks. */
+  readonly chunkMinTokens?: number
   /** Most tokens attended per step (sink, recent and tail included); or a fraction of the context. */
   readonly budgetTokens?: number
   readonly budgetFraction?: number
@@ -134,6 +136,13 @@ const layoutWith = (i: TierLayoutInput, staging: ReturnType<typeof stagingAt>): 
   return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }
 }
 
+/** The smallest chunk the policy cuts: chunk counts (abstracts, selection) are sized by it. */
+export const minChunkTokens = (p: TieredPolicy): number => p.chunkMinTokens ?? p.chunkTokens
+
+/** The policy's adaptive chunking bounds, or undefined for fixed chunks. */
+export const adaptiveOf = (p: TieredPolicy): { readonly minTokens: number; readonly maxTokens: number } | undefined =>
+  p.chunkMinTokens === undefined ? undefined : { minTokens: p.chunkMinTokens, maxTokens: p.chunkTokens }
+
 /** Cache slots that must fit at once: the sink and recent chunks plus one. */
 export const minimumSlots = (p: TieredPolicy): number =>
   p.mode === "offload-all" ? 1 : Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
@@ -167,7 +176,7 @@ export const tieredLayout = (
     quantScratch: (policy.compression ?? 16) !== 16,
     minimumSlots: minimumSlots(policy),
     wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
-    maxChunks: Math.ceil(options.maxContext / policy.chunkTokens),
+    maxChunks: Math.ceil(options.maxContext / minChunkTokens(policy)),
     budgetBytes: stores.gpuBudgetBytes,
   })
   if (typeof layout === "number") {
@@ -214,8 +223,9 @@ export const quantSlots = (p: TieredPolicy, shape: KvShape, g: { readonly slotBl
 
 /** Throws what TieredKv.setPolicy would refuse: another mode, chunk size or slot bits, or sink and recent chunks past the cache slots. */
 export const checkPolicyChange = (current: TieredPolicy, next: TieredPolicy, cacheSlots: number): void => {
-  if (next.mode !== current.mode || next.chunkTokens !== current.chunkTokens) {
-    throw new KvLayoutChange(`${current.mode} with ${current.chunkTokens}-token chunks -> ${next.mode} with ${next.chunkTokens}-token chunks`)
+  if (next.mode !== current.mode || next.chunkTokens !== current.chunkTokens || next.chunkMinTokens !== current.chunkMinTokens) {
+    const chunks = (p: TieredPolicy) => (p.chunkMinTokens === undefined ? `${p.chunkTokens}-token chunks` : `adaptive ${p.chunkMinTokens}..${p.chunkTokens}-token chunks`)
+    throw new KvLayoutChange(`${current.mode} with ${chunks(current)} -> ${next.mode} with ${chunks(next)}`)
   }
   if (slotBitsOf(next) !== slotBitsOf(current)) {
     throw new KvLayoutChange(`GPU chunk slots of ${slotBitsOf(current)} bits -> ${slotBitsOf(next)} bits`)

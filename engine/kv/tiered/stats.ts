@@ -10,6 +10,10 @@ export interface TierStats {
   readonly disk: { hits: number; bytes_read: number; bytes_written: number }
   readonly chunk_tokens: number
   readonly chunks_sealed: number
+  /** Chunk abstracts the cache holds (all layers). */
+  readonly abstracts: number
+  /** Bytes stored per tier: chunks in the GPU cache's slots, the host arena's, the sequence's chunks on disk. */
+  readonly bytes_stored: { readonly gpu: number; readonly host: number; readonly disk: number }
   readonly steps: number
   readonly windows: number
   readonly chunks_selected_per_step: number
@@ -83,6 +87,8 @@ export const tierStats = (
     readonly gpuResidentBytes: number
     readonly host: { readonly budgetBytes: number; readonly residentBytes: number }
     readonly chunkTokens: number
+    readonly abstracts: number
+    readonly diskStoredBytes: number
     readonly layers: number
     readonly steps: number
     readonly stalls: number
@@ -96,6 +102,8 @@ export const tierStats = (
   disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
   chunk_tokens: at.chunkTokens,
   chunks_sealed: k.chunksSealed,
+  abstracts: at.abstracts,
+  bytes_stored: { gpu: at.gpuResidentBytes, host: at.host.residentBytes, disk: at.diskStoredBytes },
   steps: at.steps,
   windows: k.windows,
   chunks_selected_per_step: at.steps > 0 ? k.selectedDecode / at.steps / at.layers : 0,

@@ -23,7 +23,8 @@ import type { Pipelines } from "../../pipelines.ts"
 import { UploadRing } from "../../staging.ts"
 import { GpuCache } from "./apply.ts"
 import { ChunkTables } from "./chunks.ts"
-import { checkPolicyChange, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
+import { planChunks } from "../../../kv/chunk-plan.ts"
+import { adaptiveOf, checkPolicyChange, minChunkTokens, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
 import { ChoiceReads, Router } from "./route.ts"
 import { budgetTokens, Selector } from "./select.ts"
 import { Sealer } from "./seal.ts"
@@ -91,7 +92,7 @@ export class TieredKv {
     this.slotBlocks = policy.chunkTokens / bs
     this.blockBytes = c.numKvHeads * bs * c.headDim * 2
     this.slotBytes = 2 * this.slotBlocks * this.blockBytes
-    this.maxChunks = Math.ceil(options.maxContext / policy.chunkTokens)
+    this.maxChunks = Math.ceil(options.maxContext / minChunkTokens(policy))
     this.tailBlocks = layout.tailChunks * this.slotBlocks + tailSlackBlocks(bs)
     this.cacheSlots = layout.cacheSlots
     this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
@@ -197,8 +198,12 @@ export class TieredKv {
    * into the GPU cache (leoam admits each by policy), write-through to host and disk. Call
    * once all layers have written those tokens.
    */
-  seal(): void {
-    const fresh = this.tables.cut(() => this.current.chunkTokens)
+  seal(sizes?: ReadonlyArray<ReadonlyArray<number>>): void {
+    // Planned sizes (adaptive chunking) cut only what they cover; without them, chunks of the slot size.
+    const next = this.tables.layers.map(() => 0)
+    // Adaptive caches seal decode's tokens in minimum chunks: they are the recent window, attended each step.
+    const unplanned = minChunkTokens(this.current)
+    const fresh = this.tables.cut((l) => (sizes ? (sizes[l][next[l]++] ?? Number.POSITIVE_INFINITY) : unplanned))
     if (fresh.length === 0) return
     const admit = this.current.mode === "leoam"
     const policy = this.planPolicy
@@ -214,6 +219,43 @@ export class TieredKv {
       return bits
     }
     this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, setting, bitsOf)
+  }
+
+  /** Adaptive chunking's bounds, or undefined for fixed chunks. */
+  get adaptive() {
+    return adaptiveOf(this.current)
+  }
+
+  /** Sealed tokens of layer l: the adaptive measure covers the tokens past them. */
+  sealedOf(l: number): number {
+    return this.tables.layers[l].sealed
+  }
+
+  /**
+   * Seals under adaptive chunking: per layer, chunks planned from the attention mass of each
+   * whole block past its sealed tokens (kv/chunk-plan.ts); blocks no chunk covers stay in the
+   * tail. Blocks in the sink or the recent window (every step attends them whole) stay in
+   * minimum chunks, so that they take no more of the budget than they must.
+   */
+  sealAdaptive(masses: ReadonlyArray<ArrayLike<number>>): void {
+    const bounds = this.adaptive
+    if (bounds === undefined) throw new RangeError("tiered KV: sealAdaptive without adaptive chunks")
+    const bs = this.blockTokens
+    const { sinkTokens, recentTokens } = this.current
+    const tokens = this.tables.tokens
+    this.seal(
+      masses.map((m, l) => {
+        const b0 = this.tables.layers[l].sealed / bs
+        return planChunks(m, bs, bounds, (j) => (b0 + j) * bs < sinkTokens || (b0 + j + 1) * bs > tokens - recentTokens)
+      }),
+    )
+  }
+
+  /** Chunk abstracts the sequence holds (over all layers). */
+  get abstractCount(): number {
+    let n = 0
+    for (const L of this.tables.layers) n += L.starts.length
+    return n
   }
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
@@ -456,6 +498,8 @@ export class TieredKv {
       gpuResidentBytes: this.cache.residentBytes,
       host: this.io.hostBytes(),
       chunkTokens: this.slotTokens,
+      abstracts: this.abstractCount,
+      diskStoredBytes: this.io.storedBytes(this.config.numLayers),
       layers: this.config.numLayers,
       steps,
       stalls: this.upload.stalls,
