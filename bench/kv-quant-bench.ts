@@ -1,8 +1,8 @@
-// Where KV quantization runs: the cost of kv/quant.ts on the CPU (the seal path quantizes
-// each sealed chunk in TypeScript before it goes to host and disk; a load dequantizes or
-// converts only where the GPU slots cannot hold the stored bits). Times quantize, dequantize
-// to fp16 and int4 -> int8 widening of one chunk at a model's shapes, medians of repeated
-// runs, and what a decode step's seals cost at that rate. Prints a table, writes JSON (--json).
+// The cost of kv/quant.ts on the CPU: the reference quantizer (seals quantize on the GPU since
+// kernels/quantize.wgsl; bench/seal-bench.ts times them) and the codec a load uses where the GPU
+// slots cannot hold the stored bits (dequantize, convert). Times quantize, dequantize to fp16
+// and int4 -> int8 widening of one chunk at a model's shapes, medians of repeated runs, and
+// what a decode step's seals would cost on the CPU at that rate. Prints a table, writes JSON (--json).
 import { writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { Command } from "commander"
