@@ -5,7 +5,8 @@
 // the batch's weights) and keeps generate.ts's contract: the same ids as `generate` alone
 // (greedy and GPU sampling by (seed, step); top-k / top-p on the host from its own logits),
 // its cache truncated to the tokens it returns. One sequence's failure (its prefill, an
-// invalid token) fails only it; a failed step fails the sequences of that step.
+// invalid token, its KV manager failing a step) fails only it: after a failed batch step
+// each row takes the step again alone.
 // Only the loop (`drive`) changes the members.
 import { DecodeBatch, type BatchRow, type Projections } from "./batch.ts"
 import { type GenerateOptions, type GenerateResult, NumericalFailure } from "./generate.ts"
@@ -113,13 +114,14 @@ export class BatchLoop {
 
   /** One decode step of every decoding sequence: alone through its own GEMVs, else as a batch. */
   private async step(): Promise<void> {
-    const members = [...this.decoding]
+    let members = [...this.decoding]
     this.beforeStep?.()
     for (const m of members) m.options.beforeStep?.()
     const rows: BatchRow[] = members.map((m) => {
       const k = m.ids.length // step k consumes token k - 1 and chooses token k
       return { model: m.model, inSlot: k - 1, ...(m.onGpu ? { sample: this.params(m, k), copyOut: this.copyOut(m, k) } : {}) }
     })
+    const lengths = members.map((m) => m.model.length)
     try {
       if (rows.length === 1) await rows[0].model.decode(rows[0].inSlot, rows[0].sample, rows[0].copyOut)
       else {
@@ -127,8 +129,8 @@ export class BatchLoop {
         await this.batch.step(rows)
       }
     } catch (e) {
-      for (const m of members) this.fail(m, e)
-      return
+      if (rows.length === 1) return this.fail(members[0], e)
+      members = await this.alone(members, rows, lengths)
     }
     await Promise.all(
       members.map(async (m) => {
@@ -141,6 +143,26 @@ export class BatchLoop {
         }
       }),
     )
+  }
+
+  /**
+   * After a failed batch step, whose row failed is not known: every row goes back to the
+   * length the step found it at and takes the step alone; only the rows that fail alone fail.
+   * Returns the others.
+   */
+  private async alone(members: ReadonlyArray<Member>, rows: ReadonlyArray<BatchRow>, lengths: ReadonlyArray<number>): Promise<Member[]> {
+    const ok: Member[] = []
+    for (const [i, m] of members.entries()) {
+      try {
+        await m.model.settle()
+        m.model.truncate(lengths[i])
+        await m.model.decode(rows[i].inSlot, rows[i].sample, rows[i].copyOut)
+        ok.push(m)
+      } catch (e) {
+        this.fail(m, e)
+      }
+    }
+    return ok
   }
 
   private params(m: Member, step: number) {

@@ -195,6 +195,31 @@ describe("batched decode", () => {
     }
   }, 240_000)
 
+  it("a KV manager failing mid-batch fails only its request; the others finish with the ids they get alone", async () => {
+    const models = await Promise.all([sequence("full", "x1"), sequence("full", "x2"), sequence("full", "x3")])
+    const loop = new BatchLoop(lead, { capacity: 3, prefillSlice: 64 })
+    try {
+      const jobs = [prompt(30, 14), prompt(50, 15), prompt(20, 16)].map((p) => ({ prompt: p, options: { maxTokens: 10, temperature: 0 } }))
+      const alone = []
+      for (const [i, j] of jobs.entries()) alone.push(await generate(models[i], j.prompt, j.options))
+      // The second sequence's attention breaks at its fourth decode step, in the batch and alone.
+      const kv = models[1].kv as { attendDecode: (l: number, step: unknown) => void | Promise<void> }
+      const attend = kv.attendDecode.bind(kv)
+      let calls = 0
+      kv.attendDecode = (l, step) => {
+        if (++calls > 3 * lead.config.numLayers) throw new Error("lane broke")
+        return attend(l, step as never)
+      }
+      const results = await Promise.allSettled(jobs.map((j, i) => loop.generate(models[i], j.prompt, j.options)))
+      expect(results[1]).toMatchObject({ status: "rejected", reason: { message: "lane broke" } })
+      expect(results[0]).toMatchObject({ status: "fulfilled", value: { ids: alone[0].ids } })
+      expect(results[2]).toMatchObject({ status: "fulfilled", value: { ids: alone[2].ids } })
+    } finally {
+      loop.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
+
   it("refuses rows beyond its capacity or on other weights", async () => {
     const batch = new DecodeBatch(lead, 1)
     const other = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 64 })
