@@ -5,6 +5,9 @@
 // arena or disk), and attend them plus the tail in windows when they do not fit at once;
 // the windows' partials sit side by side for the model's combine. Prefill attends the
 // whole history in windows of resident chunks, its softmax state carried between them.
+// Pipelined (policy `pipeline`), a layer's choice is routed on the GPU instead (its resident
+// chunks attended at once) and read back up to `depth` layers later: all hits, it stands;
+// a miss rewinds the step to that layer, which then goes the unpipelined way.
 // Every uniform or list written for a window is written after the submit of the work that
 // used the previous value (queue order). Only this class's methods change its state.
 import { type Dispatch, dispatchOf, storageBuffer, Uniform } from "../buffers.ts"
@@ -215,7 +218,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     traceSpan("choice wait", t0, r.layer)
     const { chosen, misses } = t.choiceReads.take(r)
     const plan = t.planDecode(r.layer, chosen)
-    if ((plan.misses.length > 0) !== (misses > 0)) {
+    if (plan.misses.length !== misses) {
       throw new RangeError(`tiered KV: layer ${r.layer}: the GPU slot map saw ${misses} misses, the cache ${plan.misses.length}`)
     }
     this.missedLast[r.layer] = plan.misses.length > 0

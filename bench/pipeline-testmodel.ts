@@ -1,0 +1,67 @@
+// The pipelined step on the bundled test model (real weights, so that choices persist from
+// step to step as they do in a trained model, unlike tiered-bench's random weights): greedy
+// decoding after a pass-key prompt under leoam, the pipeline off and on side by side at each
+// GPU budget; prints ms/token, the GPU cache's hits and misses, the pipeline's counters and
+// whether the ids are the same, and writes JSON (--out).
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Command } from "commander"
+import { generate } from "../engine/generate.ts"
+import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
+import { GpuModel } from "../engine/model.ts"
+import { DiskStore } from "../kv/disk-store.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer } from "../models/tokenizer.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+import { passKey, passKeyPrompt } from "./passkey.ts"
+
+const o = new Command()
+  .option("--model <dir>", "model directory", new URL("../models/tiny-leo-14m", import.meta.url).pathname)
+  .option("--context <n>", "prompt tokens (a pass-key prompt)", (v) => Number(v), 2048)
+  .option("--tokens <n>", "tokens generated", (v) => Number(v), 32)
+  .option("--gpu-fractions <list>", "GPU KV budgets as fractions of the request's KV", "0.25,0.6")
+  .option("--depths <list>", "pipeline depths (0: off)", "0,2")
+  .option("--out <file>", "write the results as JSON")
+  .parse()
+  .opts()
+
+const gpu = await acquireGpu()
+const tok = loadTokenizer(o.model)
+const p = passKeyPrompt(tok, o.context, passKey(11), 0.5)
+const rows: Array<Record<string, unknown>> = []
+for (const fraction of String(o.gpuFractions).split(",").map(Number)) {
+  for (const depth of String(o.depths).split(",").map(Number)) {
+    const weights = openHfModel(o.model)
+    const c = weights.config
+    const tokens = p.ids.length + o.tokens + 8
+    const kvBytes = tokens * kvBytesPerToken(c)
+    const dir = mkdtempSync(join(tmpdir(), "leoam-pipeline-testmodel-"))
+    const store = DiskStore.open({ kvDir: dir })
+    const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
+    const tiers = { gpuBudgetBytes: Math.floor(kvBytes * fraction), arena, store, session: "m" }
+    const policy = { name: "leoam", chunking: { fixed: { tokens: 16 } }, selection: { topk: { budget_fraction: 0.1 } }, ...(depth > 0 ? { pipeline: { enabled: true, depth } } : {}) }
+    const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...kvEngineOptions(parsePolicy(policy), tiers, c, tokens) })
+    try {
+      const got = await generate(model, p.ids, { maxTokens: o.tokens, temperature: 0 })
+      const kv = model.tierStats()!
+      const row = { gpu_fraction: fraction, depth, ms_per_token: got.timings.decodeMsPerToken, key_found: tok.decode(got.ids).includes(p.key), ids: got.ids, gpu: { hits: kv.gpu.hits, misses: kv.gpu.misses }, pipeline: kv.pipeline, layer_visits: kv.steps * c.numLayers }
+      rows.push(row)
+      const same = rows.find((r) => r.gpu_fraction === fraction && r.depth === 0)
+      console.log(
+        `GPU ${fraction} of the KV, depth ${depth}: ${row.ms_per_token.toFixed(1)} ms/token, GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} (prefill included), ` +
+          `${kv.pipeline.layers_routed} of ${row.layer_visits} layer visits routed, ${kv.pipeline.rewinds} rewinds (${kv.pipeline.layers_rewound} layers recomputed); ` +
+          `key ${row.key_found ? "found" : "missed"}; ids ${same ? (JSON.stringify(same.ids) === JSON.stringify(got.ids) ? "= depth 0" : "DIFFER from depth 0") : "-"}`,
+      )
+    } finally {
+      await model.settle().catch(() => undefined)
+      model.destroy()
+      await store.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+if (o.out) writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), device: gpu.adapterName, context: p.ids.length, rows }, null, 2))
+await releaseGpu()
