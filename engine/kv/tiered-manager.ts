@@ -180,8 +180,8 @@ export class TieredManager implements KvManager<TieredPolicy> {
     let routed = false
     step.compute((pass) => {
       count = t.encodeSelect(l, pass)
-      if (count === 0 || !t.canRoute(l, count)) return
-      t.encodeRoute(l, pass, count)
+      if (count === 0 || !t.router.canRoute(l, count)) return
+      t.router.encode(l, pass, count)
       routed = true
     })
     if (!routed) {
@@ -191,14 +191,14 @@ export class TieredManager implements KvManager<TieredPolicy> {
       return false
     }
     let read: { layer: number; count: number; buffer: GPUBuffer } | undefined
-    step.record((encoder) => (read = t.choiceReads.record(encoder, l, count, t.selection, t.routeMisses)))
+    step.record((encoder) => (read = t.router.reads.record(encoder, l, count, t.selection, t.router.misses)))
     const cap = Math.max(1, Math.floor(TIER_PARTIALS / (Math.ceil(count / Math.max(1, t.cacheSlots)) + 1)))
-    const s0 = this.attendWindow(l, step, t.routedEntries(l, count), cap, 0)
+    const s0 = this.attendWindow(l, step, t.router.routedEntries(l, count), cap, 0)
     // The submit carries the previous layer's post, which reads the combine's uniform as that layer set it.
     step.submit()
     this.openWindow = false
     this.ctx.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
-    this.unchecked.push(t.choiceReads.map(read!))
+    this.unchecked.push(t.router.reads.map(read!))
     this.routedThrough = l
     t.countRouted()
     return true
@@ -216,7 +216,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     await r.mapped
     const waitMs = performance.now() - t0
     traceSpan("choice wait", t0, r.layer)
-    const { chosen, misses } = t.choiceReads.take(r)
+    const { chosen, misses } = t.router.reads.take(r)
     const plan = t.planDecode(r.layer, chosen)
     if (plan.misses.length !== misses) {
       throw new RangeError(`tiered KV: layer ${r.layer}: the GPU slot map saw ${misses} misses, the cache ${plan.misses.length}`)
@@ -227,7 +227,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
       await t.applyVerified(r.layer, plan)
       return
     }
-    for (const later of this.unchecked) t.choiceReads.discard(later)
+    for (const later of this.unchecked) t.router.reads.discard(later)
     this.unchecked = []
     this.pendingSelect = -1 // a selection encoded after the rewound layer is stale
     this.known = { layer: r.layer, chosen, waitMs }
@@ -419,7 +419,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
 
   reset(): void {
     // A step that failed midway leaves choices unchecked: their read-backs come back unread.
-    for (const r of this.unchecked) this.t.choiceReads.discard(r)
+    for (const r of this.unchecked) this.t.router.reads.discard(r)
     this.unchecked = []
     this.known = undefined
     this.pendingSelect = -1
@@ -435,7 +435,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     const timing = this.pendingTiming
     this.pendingTiming = undefined
     await timing
-    await this.t.choiceReads.settle()
+    await this.t.router.reads.settle()
     const mass = this.pendingMass
     this.pendingMass = undefined
     if (mass) this.t.sealAdaptive(await mass)

@@ -9,6 +9,7 @@ import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers
 import type { Pipelines } from "../../pipelines.ts"
 import { tieredPipelineKeys } from "./select.ts"
 import type { ModelConfig } from "../../../models/types.ts"
+import type { ChunkTables } from "./chunks.ts"
 
 const NONE = 0xffffffff
 
@@ -22,12 +23,18 @@ export class Router {
   private readonly dirty: Array<{ lo: number; hi: number }>
   private readonly u: Uniform
   private dispatch: Dispatch | undefined
+  /** The choices of pipelined layers on their way back (record after the route, map after the submit). */
+  readonly reads: ChoiceReads
+  /** Per layer: how many of its first chunks are known to be whole slots (what the route pass assumes). */
+  private readonly wholeChunks: number[]
 
   constructor(
     private readonly device: GPUDevice,
     private readonly pipelines: Pipelines,
     private readonly config: ModelConfig,
     private readonly maxChunks: number,
+    /** The cache's chunk tables and geometry. */
+    private readonly g: { readonly tables: ChunkTables; readonly slotTokens: number; readonly slotBlocks: number; readonly tailBlocks: number; readonly cacheSlots: number },
   ) {
     const layers = config.numLayers
     this.slotMap = storageBuffer(device, "tier slot map (layers, chunks) u32", layers * maxChunks * 4)
@@ -35,6 +42,28 @@ export class Router {
     this.mirror = new Uint32Array(layers * maxChunks).fill(NONE)
     this.dirty = Array.from({ length: layers }, () => ({ lo: 0, hi: maxChunks }))
     this.u = new Uniform(device, "tier route", "uuuuuuuu")
+    this.reads = new ChoiceReads(device, maxChunks)
+    this.wholeChunks = Array.from({ length: layers }, () => 0)
+  }
+
+  /**
+   * Whether layer l's choice of `count` chunks can be routed: every sealed chunk is a whole
+   * slot (the route pass gives each hit slotBlocks full blocks; adaptive chunks are not) and
+   * all of them could be resident at once (else misses are certain).
+   */
+  canRoute(l: number, count: number): boolean {
+    const L = this.g.tables.layers[l]
+    let n = this.wholeChunks[l]
+    if (n > L.sizes.length) n = 0 // truncated or reset since
+    while (n < L.sizes.length && L.sizes[n] === this.g.slotTokens) n++
+    this.wholeChunks[l] = n
+    return n === L.sizes.length && count <= this.g.cacheSlots
+  }
+
+  /** Entries the route pass writes for `count` chunks when all of them are resident (chunks, then the tail). */
+  routedEntries(l: number, count: number): number {
+    const t = this.g.tables
+    return count * this.g.slotBlocks + Math.ceil((t.tokens - t.layers[l].sealed) / t.blockTokens)
   }
 
   /** Binds the buffers the route pass reads and writes (the cache's, built after the map it observes). */
@@ -86,12 +115,13 @@ export class Router {
   }
 
   /**
-   * Encodes layer l's route of `count` chosen chunks (in `selection`) into the entries list:
-   * resident chunks of slotBlocks full blocks each, then the tail blocks of tokens [sealed, tokens).
+   * Encodes layer l's route of its `count` chosen chunks (in `selection`, after the select
+   * pass) into the entries list: resident chunks of slotBlocks full blocks each, then the tail.
    */
-  encode(l: number, pass: GPUComputePassEncoder, count: number, g: { readonly slotBlocks: number; readonly blockTokens: number; readonly sealed: number; readonly tokens: number; readonly tailBlocks: number }): void {
+  encode(l: number, pass: GPUComputePassEncoder, count: number): void {
     this.sync(l)
-    this.u.set(count, g.slotBlocks, g.blockTokens, l * this.maxChunks, g.sealed, g.tokens, g.tailBlocks, 0)
+    const t = this.g.tables
+    this.u.set(count, this.g.slotBlocks, t.blockTokens, l * this.maxChunks, t.layers[l].sealed, t.tokens, this.g.tailBlocks, 0)
     const d = this.dispatch!
     pass.setPipeline(d.pipeline)
     pass.setBindGroup(0, d.bindGroup)
@@ -101,6 +131,7 @@ export class Router {
   destroy(): void {
     this.slotMap.destroy()
     this.misses.destroy()
+    this.reads.destroy()
     this.u.buffer.destroy()
   }
 }

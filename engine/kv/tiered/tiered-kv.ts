@@ -25,7 +25,7 @@ import { GpuCache } from "./apply.ts"
 import { ChunkTables } from "./chunks.ts"
 import { planChunks } from "../../../kv/chunk-plan.ts"
 import { adaptiveOf, checkPolicyChange, minChunkTokens, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
-import { ChoiceReads, Router } from "./route.ts"
+import { Router } from "./route.ts"
 import { budgetTokens, Selector } from "./select.ts"
 import { Sealer } from "./seal.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
@@ -57,10 +57,8 @@ export class TieredKv {
   private readonly io: TierIo
   private readonly sealer: Sealer
   private readonly selector: Selector
-  private readonly router: Router
-  private readonly reads: ChoiceReads
-  /** Per layer: how many of its first chunks are known to be whole slots (what the route pass assumes). */
-  private readonly wholeChunks: number[]
+  /** The pipelined step's GPU side: the slot map, the route pass, the choices on their way back. */
+  readonly router: Router
   private readonly blockBytes: number
   private counters = emptyCounters()
   private current: TieredPolicy
@@ -112,12 +110,10 @@ export class TieredKv {
     this.quant = quantSlots(policy, this.shape, this)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
-    const router = new Router(device, pipelines, c, this.maxChunks)
+    const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots })
     this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
     router.bind({ selection: this.selector.selection, entries: this.cache.entries, seqs: this.cache.seqs })
     this.router = router
-    this.reads = new ChoiceReads(device, this.maxChunks)
-    this.wholeChunks = Array.from({ length: c.numLayers }, () => 0)
   }
 
   // --- policy ----------------------------------------------------------------------
@@ -305,25 +301,6 @@ export class TieredKv {
     return this.current.mode === "leoam" && this.quant === undefined ? (this.current.pipelineDepth ?? 0) : 0
   }
 
-  /**
-   * Whether layer l's choice of `count` chunks can be routed on the GPU: every sealed chunk is
-   * a whole slot (the route pass gives each hit slotBlocks full blocks) and all of them could be
-   * resident at once (else misses are certain).
-   */
-  canRoute(l: number, count: number): boolean {
-    const L = this.tables.layers[l]
-    let n = this.wholeChunks[l]
-    if (n > L.sizes.length) n = 0 // truncated or reset since
-    while (n < L.sizes.length && L.sizes[n] === this.slotTokens) n++
-    this.wholeChunks[l] = n
-    return n === L.sizes.length && count <= this.cacheSlots
-  }
-
-  /** Entries the route pass writes for `count` chunks when all of them are resident (chunks, then the tail). */
-  routedEntries(l: number, count: number): number {
-    return count * this.slotBlocks + Math.ceil((this.tables.tokens - this.tables.layers[l].sealed) / this.blockTokens)
-  }
-
   /** Counts a pipelined layer routed on the GPU. */
   countRouted(): void {
     this.counters.routedLayers++
@@ -333,22 +310,6 @@ export class TieredKv {
   countRewind(layers: number): void {
     this.counters.rewinds++
     this.counters.rewoundLayers += layers
-  }
-
-  /** Encodes layer l's route of its `count` chosen chunks into the attention entries (after encodeSelect). */
-  encodeRoute(l: number, pass: GPUComputePassEncoder, count: number): void {
-    const g = { slotBlocks: this.slotBlocks, blockTokens: this.blockTokens, sealed: this.tables.layers[l].sealed, tokens: this.tables.tokens, tailBlocks: this.tailBlocks }
-    this.router.encode(l, pass, count, g)
-  }
-
-  /** The choice reads of pipelined layers (record after the route, map after the submit). */
-  get choiceReads(): ChoiceReads {
-    return this.reads
-  }
-
-  /** The route pass's miss count buffer (for the choice read). */
-  get routeMisses(): GPUBuffer {
-    return this.router.misses
   }
 
   /**
@@ -524,7 +485,6 @@ export class TieredKv {
     }
     this.cache.destroy()
     this.router.destroy()
-    this.reads.destroy()
     this.selector.destroy()
     this.sealer.destroy()
     this.upload.destroy()
