@@ -106,7 +106,7 @@ if [ "$suite" = pipeline ]; then
   timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
   mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
   depth="${PIPE_DEPTH:-2}"
-  timeout 330 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,offload-all --pipeline-depth "$depth" \
+  timeout 300 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,offload-all --pipeline-depth "$depth" \
     --steps 8 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k" \
     --out "$out/tiered-8b-64k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline.txt" || echo "tiered-bench (6 GiB): failed or stopped (time)"
   rm -rf /tmp/leoam-kv/*
