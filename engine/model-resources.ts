@@ -162,3 +162,16 @@ export const fillRope = (out: Float32Array, invFreq: Float32Array, pos0: number,
   }
   return m * half * 8
 }
+
+/**
+ * Whether the decode QKV GEMV can apply RoPE itself: its rows are taken in quads, and it
+ * binds 8 storage buffers (9 with a bias).
+ */
+export const canFuseRope = (gpu: Gpu, gemv: GemvTunings, bias: boolean): boolean =>
+  gemv.qkv.rows % 4 === 0 && gpu.device.limits.maxStorageBuffersPerShaderStage >= (bias ? 9 : 8)
+
+/** The largest subgroup of the device (undefined: no subgroups), for checking GEMV tunings. */
+export const subgroupsOf = (gpu: Gpu): number | undefined => (gpu.hasSubgroups ? gpu.subgroupMaxSize : undefined)
+
+/** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
+export const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8

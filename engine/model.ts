@@ -7,20 +7,21 @@
 // sequence state.
 import type { ModelConfig, WeightSource } from "../models/types.ts"
 import { ropeInvFreq } from "./cpu-reference.ts"
-import { type Bound, type Dispatch, dispatchOf, encodeAll, readF32, storageBuffer } from "./buffers.ts"
+import { type Bound, type Dispatch, dispatchOf, readF32, storageBuffer } from "./buffers.ts"
 import { decodeStep, OneRow } from "./decode-driver.ts"
 import type { PipelineKey } from "./pipelines.ts"
 import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, createUniforms, fillRope, matrixGemmFor, pipelineKeys, registerGemmFor } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, matrixGemmFor, pipelineKeys, prefillWithSubgroups, registerGemmFor, subgroupsOf } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
 import { fullKv, kvApplies, type KvKind, kvKindOf, type KvSpec, kvSwap } from "./kv/registry.ts"
-import { buildProgram, type Program } from "./program.ts"
+import { buildProgram, type Program, rowLogits } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
+import { prefillByLayer } from "./prefill-by-layer.ts"
 import type { TierStats } from "./kv/tiered/index.ts"
 
 export interface EngineOptions {
@@ -36,6 +37,8 @@ export interface EngineOptions {
   readonly kv?: KvSpec
   /** Decode fusions, on by default where the device allows them (off: side-by-side benchmarks). */
   readonly decode?: DecodeOptions
+  /** Layer-major prefill where the KV manager offers it; false: token-major always. Default: on, unless LEOAM_PREFILL=token-major. */
+  readonly layerMajor?: boolean
 }
 
 export interface DecodeOptions {
@@ -68,6 +71,7 @@ interface BuildOptions {
   readonly gemv: GemvTunings
   readonly decode: Required<DecodeOptions>
   readonly kv: KvSpec
+  readonly layerMajor: boolean
 }
 
 /** The KV part of the engine options: which manager, and its policy. */
@@ -170,6 +174,7 @@ export class GpuModel {
       gemv,
       decode: { fuseRope: options.decode?.fuseRope ?? true },
       kv: options.kv ?? fullKv,
+      layerMajor: options.layerMajor ?? process.env.LEOAM_PREFILL !== "token-major",
     }
     const compiling = pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, c, built, keys.attnPrefill).pipelineKeys])
     const fill = source.gpuFill ? await gpuFiller(gpu, pipelines) : undefined
@@ -206,11 +211,21 @@ export class GpuModel {
       throw new ContextOverflow(`${this.length + ids.length} tokens exceed the context of ${this.maxContext}`)
     }
     const all = allLogits ? new Float32Array(ids.length * c.vocabSize) : undefined
+    if (!allLogits && this.built.layerMajor && ids.length * c.hiddenSize * 4 <= this.device.limits.maxBufferSize) {
+      await this.kv.settle()
+      const run = this.kv.layerPrefill?.(ids.length)
+      if (run) {
+        const driver = { device: this.device, config: c, program: this.program.prefill, act: this.act, embed: this.u.embedPrefill, setPassRows: (m: number) => this.setPassRows(m), writeRope: (at: number, m: number, to: GPUBuffer) => this.writeRope(at, m, to) }
+        await prefillByLayer(driver, this.length - ids.length, ids, run, onProgress, open)
+        await this.kv.settle()
+        return undefined
+      }
+    }
     for (let start = 0, m = 0; start < ids.length; start += m) {
       await this.kv.settle()
       m = Math.min(this.kv.prefillRoom(), this.prefillChunk, ids.length - start)
       await this.prefillPass(ids.slice(start, start + m), open())
-      if (all) all.set(await this.allPositionLogits(m), start * c.vocabSize)
+      if (all) all.set(await rowLogits(this.device, this.program.prefill.headLast, this.act, c, m), start * c.vocabSize)
       if (onProgress) {
         await this.device.queue.onSubmittedWorkDone()
         onProgress(start + m, ids.length)
@@ -230,10 +245,7 @@ export class GpuModel {
     this.kv.beginPrefill(m)
     const u = this.u
     u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
-    u.ropePrefill.set(m, c.numHeads, c.numKvHeads, c.headDim, this.built.blockTokens)
-    u.setGemmRows(m)
-    for (const r of p.rows) r.y = m
-    for (const g of p.gemms) g.y = Math.ceil(m / 64)
+    this.setPassRows(m)
     step.encode(p.embed)
     for (let l = 0; l < c.numLayers; l++) {
       step.encode(p.layers[l].pre)
@@ -248,21 +260,14 @@ export class GpuModel {
     this.kv.afterPrefill()
   }
 
-  // Logits of every row of the last chunk, one GEMV per row through the decode head.
-  private async allPositionLogits(m: number): Promise<Float32Array> {
+  /** The row counts of a prefill pass of m tokens in the uniforms and dispatches. */
+  private setPassRows(m: number): void {
     const c = this.config
-    const out = new Float32Array(m * c.vocabSize)
-    const rowBytes = c.hiddenSize * 4
-    for (let t = 0; t < m; t++) {
-      const encoder = this.device.createCommandEncoder()
-      encoder.copyBufferToBuffer(this.act.x, t * rowBytes, this.act.xlast, 0, rowBytes)
-      const pass = encoder.beginComputePass()
-      encodeAll(pass, this.program.prefill.headLast)
-      pass.end()
-      this.device.queue.submit([encoder.finish()])
-      out.set(await readF32(this.device, this.act.logits, 0, c.vocabSize), t * c.vocabSize)
-    }
-    return out
+    const p = this.program.prefill
+    this.u.ropePrefill.set(m, c.numHeads, c.numKvHeads, c.headDim, this.built.blockTokens)
+    this.u.setGemmRows(m)
+    for (const r of p.rows) r.y = m
+    for (const g of p.gemms) g.y = Math.ceil(m / 64)
   }
 
   // --- decode --------------------------------------------------------------------
@@ -338,9 +343,11 @@ export class GpuModel {
     this.device.queue.writeBuffer(this.tokenIds, (slot % ID_SLOTS) * 4, Uint32Array.of(id))
   }
 
-  private writeRope(pos0: number, m: number): void {
-    const bytes = fillRope(this.ropeHost, this.invFreq, pos0, m)
-    this.device.queue.writeBuffer(this.act.rope, 0, this.ropeHost.buffer, 0, bytes)
+  /** cos, sin of positions pos0 .. pos0 + m - 1 into `to` (default: act.rope, m at most a pass). */
+  private writeRope(pos0: number, m: number, to: GPUBuffer = this.act.rope): void {
+    const host = m <= this.prefillChunk ? this.ropeHost : new Float32Array(m * this.config.headDim)
+    const bytes = fillRope(host, this.invFreq, pos0, m)
+    this.device.queue.writeBuffer(to, 0, host.buffer, 0, bytes)
   }
 
   // --- the sequence and its KV manager ---------------------------------------------
@@ -455,10 +462,10 @@ export class GpuModel {
    * context and GEMV / decode / KV setup: benchmarks compare setups side by side on one copy of the
    * weights. Its `destroy` leaves the weights to this model.
    */
-  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv" | "maxContext">): Promise<GpuModel> {
+  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv" | "maxContext" | "layerMajor">): Promise<GpuModel> {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const maxContext = Math.max(1, Math.min(options.maxContext ?? this.maxContext, this.config.maxPositionEmbeddings))
-    const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv }
+    const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv, layerMajor: options.layerMajor ?? this.built.layerMajor }
     const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config), registerGemmFor(this.gpu))
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)
@@ -480,16 +487,3 @@ export class GpuModel {
     this.destroyKv()
   }
 }
-
-/**
- * Whether the decode QKV GEMV can apply RoPE itself: its rows are taken in quads, and it
- * binds 8 storage buffers (9 with a bias).
- */
-const canFuseRope = (gpu: Gpu, gemv: GemvTunings, bias: boolean): boolean =>
-  gemv.qkv.rows % 4 === 0 && gpu.device.limits.maxStorageBuffersPerShaderStage >= (bias ? 9 : 8)
-
-/** The largest subgroup of the device (undefined: no subgroups), for checking GEMV tunings. */
-const subgroupsOf = (gpu: Gpu): number | undefined => (gpu.hasSubgroups ? gpu.subgroupMaxSize : undefined)
-
-/** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
-const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8

@@ -6,7 +6,7 @@
 // the decode partials (decode) or with the output projection (prefill). Attention itself
 // belongs to the KV manager. Only the drivers change the dispatches' workgroup counts.
 import type { ModelConfig } from "../models/types.ts"
-import { type Dispatch, dispatchOf } from "./buffers.ts"
+import { type Dispatch, dispatchOf, encodeAll, readF32 } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvRowsPerGroup, gemvShapes } from "./gemv-tuning.ts"
 import { type allocateActivations, ARGMAX_GROUPS, type createUniforms, gemmColumnsPerGroup, type pipelineKeys } from "./model-resources.ts"
 import type { PipelineKey, Pipelines } from "./pipelines.ts"
@@ -177,4 +177,20 @@ export const gemvLayers = (
   }))
   const head = g("head", keys.gemvHead, [[0, u.gemvHead.buffer], [1, i.weights.lmHead], [2, a.x], [3, a.logits], [4, i.weights.finalNorm]])
   return { layers, head, all: all as ReadonlyArray<Dispatch> }
+}
+
+/** Logits of rows 0 .. m-1 of act.x (every position of a prefill pass: tests), one decode-head GEMV per row. */
+export const rowLogits = async (device: GPUDevice, headLast: ReadonlyArray<Dispatch>, act: Pick<ProgramInputs["act"], "x" | "xlast" | "logits">, c: ModelConfig, m: number): Promise<Float32Array> => {
+  const out = new Float32Array(m * c.vocabSize)
+  const rowBytes = c.hiddenSize * 4
+  for (let t = 0; t < m; t++) {
+    const encoder = device.createCommandEncoder()
+    encoder.copyBufferToBuffer(act.x, t * rowBytes, act.xlast, 0, rowBytes)
+    const pass = encoder.beginComputePass()
+    encodeAll(pass, headLast)
+    pass.end()
+    device.queue.submit([encoder.finish()])
+    out.set(await readF32(device, act.logits, 0, c.vocabSize), t * c.vocabSize)
+  }
+  return out
 }

@@ -317,11 +317,22 @@ export class ReadbackRing {
    * `prepare`, when given, records commands (e.g. a kernel writing the copies' source) into the
    * encoder of the copies, just before them: they then run in queue order with every other read,
    * so reads may share the buffer it writes. The copies must then fit one staging buffer.
+   * `submitted` is called once every copy is in the queue (or the read failed): the sources
+   * may be overwritten from then on.
    */
-  async read(copies: ReadonlyArray<ReadCopy>, sink: (view: Uint8Array) => void, prepare?: (encoder: GPUCommandEncoder) => void): Promise<void> {
-    if (this.destroyed) throw new Error("ReadbackRing: destroyed")
+  async read(copies: ReadonlyArray<ReadCopy>, sink: (view: Uint8Array) => void, prepare?: (encoder: GPUCommandEncoder) => void, submitted?: () => void): Promise<void> {
+    let told = false
+    const tell = () => {
+      if (!told) submitted?.()
+      told = true
+    }
+    if (this.destroyed) {
+      tell()
+      throw new Error("ReadbackRing: destroyed")
+    }
     for (const c of copies) checkAligned("ReadbackRing.read copy", c.srcOffset, c.size)
     const groups = planReadback(copies, this.slotBytes)
+    if (prepare && groups.length > 1) tell()
     if (prepare && groups.length > 1) throw new RangeError(`ReadbackRing.read: a prepared read of ${groups.reduce((a, g) => a + g.bytes, 0)} bytes exceeds a staging buffer of ${this.slotBytes}`)
     const inFlight: Pending[] = []
     let next = 0
@@ -332,6 +343,7 @@ export class ReadbackRing {
           const buffer = this.free.pop() ?? (inFlight.length === 0 ? await this.acquire() : undefined)
           if (buffer === undefined) break
           inFlight.push(this.submit(buffer, groups[next++]!, prepare))
+          if (next === groups.length) tell()
         }
         const head = inFlight.shift()!
         try {
@@ -343,6 +355,7 @@ export class ReadbackRing {
         }
       }
     } finally {
+      tell()
       for (const p of inFlight) p.mapped.then(() => this.giveBack(p.buffer), () => this.giveBack(p.buffer))
     }
   }

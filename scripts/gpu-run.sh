@@ -43,9 +43,17 @@
 #        the batch (BATCH_1K=0 / BATCH_32K=0 skip a part; BATCH_32K_BATCHES, BATCH_32K_STEPS,
 #        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S change it); fits one 10-minute command
 #        (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
+#   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
+#        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
+#        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
+#        PREFILL_LENGTHS (default 8192 32768 65536 131072), layer-major (the default) and then,
+#        where PREFILL_TOKEN_MAJOR_MAX (default 32768) allows, token-major
+#        (LEOAM_PREFILL=token-major) side by side; 16 tokens decoded after each (ms/token on
+#        the cache that prefill really wrote). Each run is cut at its share of the command's
+#        time (PREFILL_BUDGET_S, default 560 s); JSON per run in $OUT/prefill-<order>-<n>.json
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|batch) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|batch|prefill) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -74,6 +82,27 @@ if [ "$suite" = compare ]; then
       [ -f "$dir/decode-compare.mjs" ] || continue
       echo "== round $round, $tree: decode-compare" | tee -a "$out/compare.txt"
       timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
+    done
+  done
+  exit 0
+fi
+if [ "$suite" = prefill ]; then
+  timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  budget="${PREFILL_BUDGET_S:-560}"
+  for n in ${PREFILL_LENGTHS:-8192 32768 65536 131072}; do
+    awk -v n="$n" 'BEGIN { srand(12); for (i = 0; i < n; i++) printf "%d ", 1000 + int(rand() * 100000) }' > "/tmp/prefill-ids-$n.txt"
+    orders=layer-major
+    [ "$n" -le "${PREFILL_TOKEN_MAJOR_MAX:-32768}" ] && orders="layer-major token-major"
+    for order in $orders; do
+      left=$((budget - SECONDS))
+      [ "$left" -gt 30 ] || { echo "prefill $order $n: skipped (time)" | tee -a "$out/prefill.txt"; continue; }
+      rm -rf /tmp/leoam-kv && mkdir -p /tmp/leoam-kv
+      echo "== $order, $n tokens (limit ${left} s)" | tee -a "$out/prefill.txt"
+      t0=$SECONDS
+      LEOAM_PREFILL=$order timeout "$left" node .bench-bundle/leoam-cli.mjs generate --model dummy:llama-3.1-8b --ids-file "/tmp/prefill-ids-$n.txt" \
+        --max-tokens 16 --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --json > "$out/prefill-$order-$n.json" 2>> "$out/prefill.txt" \
+        && node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); const k = r.kv; console.log(`prefill_ms ${r.timings.prefill_ms}, decode ${r.timings.decode_ms_per_token} ms/token, load ${r.timings.load_ms} ms; disk read ${k.disk.bytes_read} written ${k.disk.bytes_written}; host read ${k.host.bytes_read}; chunks sealed ${k.chunks_sealed}; time_ms ${JSON.stringify(k.time_ms)}`)' "$out/prefill-$order-$n.json" | tee -a "$out/prefill.txt" \
+        || echo "prefill $order $n: failed or stopped after $((SECONDS - t0)) s" | tee -a "$out/prefill.txt"
     done
   done
   exit 0

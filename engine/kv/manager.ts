@@ -37,6 +37,26 @@ export interface Rewind {
   readonly rewind: number
 }
 
+/**
+ * A layer-major prefill in progress (KvManager.layerPrefill): the driver runs every slice of
+ * the prompt through layer l (`beginSlice; pre; attend; post`, one submit per slice), then
+ * `endLayer(l)`, then layer l + 1; afterwards `finish`, or `abort` if anything failed.
+ */
+export interface LayerPrefill {
+  /** Tokens of each slice, in order; they add up to the prompt. */
+  readonly slices: ReadonlyArray<number>
+  /** Reserves slice i's slots in layer l (written to `act.slot`) and writes its uniforms. */
+  beginSlice(l: number, i: number): void
+  /** Encodes layer l's attention of slice i's queries over everything before them into `act.attn`. */
+  attend(l: number, i: number, step: StepEncoder): void | Promise<void>
+  /** After layer l's last slice is submitted: its KV is sealed (and on its way to the tiers) before layer l + 1 runs. */
+  endLayer(l: number): Promise<void>
+  /** After the last layer. */
+  finish(): void
+  /** A failure mid-way: the sequence goes back to where the prefill began. */
+  abort(): void
+}
+
 /** When a policy change would take effect. */
 export type KvApplies = "next_step" | "next_request"
 
@@ -81,7 +101,8 @@ export interface KvStats {
  * Per layer, the drivers call: decode `beginDecode; for l: attendDecode(l); endLayers;
  * endDecode; (submit); afterDecode` (a Rewind from attendDecode or endLayers sends the loop
  * back to an earlier layer), prefill `settle; prefillRoom; beginPrefill(m); for l:
- * attendPrefill(l); (submit); afterPrefill`. `attend*` return a promise only when they
+ * attendPrefill(l); (submit); afterPrefill` per pass, or where the manager offers one, a
+ * layer-major prefill (`settle; layerPrefill(n)`, then LayerPrefill's own order). `attend*` return a promise only when they
  * must wait for the GPU or the tiers (the driver then continues when it resolves);
  * otherwise the step is encoded synchronously into one command stream.
  * `P` is the manager's own kind of policy (the registry only hands it its own).
@@ -121,6 +142,12 @@ export interface KvManager<P = unknown> {
   attendPrefill(l: number, step: StepEncoder): void | Promise<void>
   /** After the pass's last submit. */
   afterPrefill(): void
+  /**
+   * Layer-major prefill of the next n tokens (call after `settle`), where the manager prefills
+   * that way: one whose token-major passes would re-read the history from slower tiers. The
+   * sequence holds the n tokens from here on (`abort` takes them back). Undefined: token-major.
+   */
+  layerPrefill?(n: number): LayerPrefill | undefined
 
   /** When `next` would take effect; throws KvBudgetError when it cannot fit this manager. */
   applies(next: P): KvApplies

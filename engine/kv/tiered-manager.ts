@@ -4,7 +4,8 @@
 // make the chosen chunks resident in the GPU cache (the tiers stage misses from the host
 // arena or disk), and attend them plus the tail in windows when they do not fit at once;
 // the windows' partials sit side by side for the model's combine. Prefill attends the
-// whole history in windows of resident chunks, its softmax state carried between them.
+// whole history in windows of resident chunks, its softmax state carried between them;
+// a prompt of several passes goes layer-major instead (tiered-layer-prefill.ts).
 // Pipelined (policy `pipeline`), a layer's choice is routed on the GPU instead (its resident
 // chunks attended at once) and read back up to `depth` layers later: all hits, it stands;
 // a miss rewinds the step to that layer, which then goes the unpipelined way.
@@ -15,10 +16,11 @@ import { ATTN_TILE } from "./pool.ts"
 import { windowedPrefillKey } from "../model-resources.ts"
 import { KvLayoutChange, TIER_PARTIALS, tieredDecodeKey, TieredKv, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { PREFILL_ROWS } from "./full.ts"
-import type { KvApplies, KvContext, KvManager, KvStats, Rewind, StepEncoder } from "./manager.ts"
+import type { KvApplies, KvContext, KvManager, KvStats, LayerPrefill, Rewind, StepEncoder } from "./manager.ts"
 import type { ChoiceRead } from "./tiered/route.ts"
 import { traceSpan } from "../../kv/step-trace.ts"
 import { PrefillMass } from "./tiered/mass.ts"
+import { TieredLayerPrefill } from "./tiered-layer-prefill.ts"
 
 /** Timestamp queries per decode step (two per attention window; later windows go untimed). */
 const MAX_QUERIES = 512
@@ -394,6 +396,19 @@ export class TieredManager implements KvManager<TieredPolicy> {
       this.pendingMass = this.mass.collect()
       this.pendingMass.catch(() => undefined) // awaited by settle
     } else this.t.seal()
+  }
+
+  /**
+   * Layer-major where the prompt needs more than one pass (token-major ones re-read what earlier
+   * ones sealed). Seals come from its layer buffer at 16 bits in fixed chunks (the GPU quantizer
+   * and the adaptive measure read the tail ring), so compression and adaptive chunks go token-major.
+   */
+  layerPrefill(n: number): LayerPrefill | undefined {
+    const layers = this.t.tables.layers
+    if ((this.t.policy.compression ?? 16) !== 16 || this.mass) return undefined
+    if (n <= this.t.appendRoom || layers.some((L) => L.sealed !== layers[0].sealed)) return undefined
+    const shared = { uWindow: this.uWindow, state: this.state, table: this.table, attnPool: this.attnPrefill, slotHost: this.slotHost }
+    return new TieredLayerPrefill(this.ctx, this.t, shared, n)
   }
 
   // --- policy and sequence -------------------------------------------------------

@@ -120,10 +120,11 @@ export class GpuCache {
     return planDecode(this.slots[l], chosen, policy, this.tick + 1, l)
   }
 
-  planPrefill(l: number, policy: PlanPolicy): PrefillPlan {
+  /** Plans layer l's prefill windows over its sealed chunks and then its tail up to `end` (default: the sequence's end). */
+  planPrefill(l: number, policy: PlanPolicy, end = this.tables.tokens): PrefillPlan {
     this.enter("prefill")
     const L = this.tables.layers[l]
-    return planPrefill(this.slots[l], { starts: L.starts, sealed: L.sealed, tokens: this.tables.tokens }, policy, this.tick + 1, l)
+    return planPrefill(this.slots[l], { starts: L.starts, sealed: L.sealed, tokens: end }, policy, this.tick + 1, l)
   }
 
   /**

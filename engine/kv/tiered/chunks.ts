@@ -81,18 +81,43 @@ export class ChunkTables {
 
   /** Cuts every chunk the tail now completes, in every layer by its own chunking (`sizeAt`). */
   cut(sizeAt: (layer: number, start: number) => number): FreshChunk[] {
+    return this.layers.flatMap((_, l) => this.cutLayer(l, sizeAt))
+  }
+
+  /** Cuts every chunk of layer l that tokens [sealed, tokens) complete. */
+  cutLayer(l: number, sizeAt: (layer: number, start: number) => number): FreshChunk[] {
+    const L = this.layers[l]
     const fresh: FreshChunk[] = []
+    for (;;) {
+      const size = sizeAt(l, L.sealed)
+      if (L.sealed + size > this.tokens) break
+      fresh.push({ layer: l, chunk: L.starts.length, start: L.sealed, tokens: size })
+      L.starts.push(L.sealed)
+      L.sizes.push(size)
+      L.sealed += size
+    }
+    return fresh
+  }
+
+  /**
+   * Layer-major prefill: n tokens join the sequence at once, past what the tail holds; until
+   * every layer has cut its chunks (cutLayer) the tail invariant is suspended, so nothing may
+   * append or attend the tail in between.
+   */
+  extend(n: number): void {
+    this.tokens += n
+  }
+
+  /** Undoes a layer-major prefill that failed: back to `length` tokens, chunks cut past it forgotten (told to `unsealed`). */
+  rollBack(length: number, unsealed: (layer: number, chunk: number) => void): void {
     this.layers.forEach((L, l) => {
-      for (;;) {
-        const size = sizeAt(l, L.sealed)
-        if (L.sealed + size > this.tokens) break
-        fresh.push({ layer: l, chunk: L.starts.length, start: L.sealed, tokens: size })
-        L.starts.push(L.sealed)
-        L.sizes.push(size)
-        L.sealed += size
+      while (L.starts.length > 0 && L.sealed > length) {
+        unsealed(l, L.starts.length - 1)
+        L.sealed = L.starts.pop()!
+        L.sizes.pop()
       }
     })
-    return fresh
+    this.tokens = length
   }
 
   /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail), telling `unsealed`. */

@@ -1,11 +1,12 @@
-// Sealing: once a pass has written the tokens that complete chunks, the GPU computes
-// their min/max abstracts, copies them into the GPU chunk cache where admitted, and reads
+// Sealing: once a pass (or, layer-major, a layer) has written the tokens that complete
+// chunks, the GPU computes their min/max abstracts, copies them into the GPU chunk cache where admitted, and reads
 // them (with their abstracts) back, in staging-sized groups, to be written through to the
 // disk and host tiers (TierIo). Under compression the GPU quantizes each group's chunks
 // (kernels/quantize.wgsl, kv/quant.ts's layout) into a scratch buffer just before its read-back
 // copies, so only compressed bytes cross to the host; under "importance" it produces both
 // forms and the choice, which needs the abstract, is made on the host from what came back.
-// Owns the abstract and quantize dispatches, the seal jobs, the in-pool copy's scratch, the
+// The chunks lie in a SealSource: the tail ring, or the prompt KV of a layer-major prefill
+// (which seals at 16 bits only). Owns the tail ring's abstract and quantize dispatches, the seal jobs, the in-pool copy's scratch, the
 // quantized scratch and the read-back ring. A reset bumps the generation: read-backs of an
 // earlier sequence still in flight then store nothing.
 import { chunkBytesAt, type KvBits, type KvShape } from "../../../kv/quant.ts"
@@ -20,6 +21,63 @@ import { quantizeKey, tieredPipelineKeys } from "./select.ts"
 import type { TierCounters } from "./stats.ts"
 
 type Copy = { src: GPUBuffer; srcOffset: number; size: number }
+
+/**
+ * Where the chunks being sealed lie: the tail ring of every layer's pool (token-major
+ * prefill, decode) or one layer's prompt KV (layer-major prefill, engine/kv/tiered-layer-prefill.ts).
+ */
+export interface SealSource {
+  /** Layer l's K and V buffers, (blocks, KV, BS, D) f16 each. */
+  buffers(l: number): { readonly k: GPUBuffer; readonly v: GPUBuffer }
+  /** The physical block runs of tokens [start, start + tokens) in them. */
+  runs(start: number, tokens: number): Array<{ block: number; blocks: number }>
+  /** Encodes the abstracts of layer l's `chunks` into the pass (their jobs written first). */
+  encodeAbstracts(l: number, chunks: ReadonlyArray<FreshChunk>, pass: GPUComputePassEncoder): void
+}
+
+/** The abstract dispatch of a source: per layer, its K buffer and a jobs list, (chunks) vec4<u32> (first block, tokens, chunk, 0). */
+export class AbstractJobs {
+  private readonly uniform: Uniform
+  private readonly jobs: GPUBuffer[]
+  private readonly dispatches: Dispatch[]
+
+  constructor(
+    private readonly device: GPUDevice,
+    pipelines: Pipelines,
+    private readonly config: ModelConfig,
+    keys: ReadonlyArray<GPUBuffer>,
+    abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>,
+    maxJobs: number,
+    blockTokens: number,
+    /** Blocks of the ring a chunk may wrap around (0: none). */
+    wrap: number,
+  ) {
+    const c = config
+    this.jobs = keys.map((_, l) => storageBuffer(device, `L${l} seal jobs (chunks) vec4<u32>`, maxJobs * 16))
+    this.uniform = new Uniform(device, "tier abstract", "uuuu")
+    this.uniform.set(c.numKvHeads, blockTokens, c.headDim, wrap)
+    const key = tieredPipelineKeys(c).abstract
+    this.dispatches = keys.map((k, l) => ({
+      ...dispatchOf(device, pipelines.now(key), [[0, this.uniform.buffer], [1, k], [2, this.jobs[l]], [3, abstracts[l].amin], [4, abstracts[l].amax]], 0),
+      y: c.numKvHeads,
+    }))
+  }
+
+  /** Writes layer l's jobs ((first physical block, tokens, chunk) each) and encodes its dispatch. */
+  encode(l: number, jobs: ReadonlyArray<readonly [number, number, number]>, pass: GPUComputePassEncoder): void {
+    const data = new Uint32Array(jobs.length * 4)
+    jobs.forEach((j, i) => data.set([j[0], j[1], j[2], 0], i * 4))
+    this.device.queue.writeBuffer(this.jobs[l], 0, data)
+    const d = this.dispatches[l]
+    pass.setPipeline(d.pipeline)
+    pass.setBindGroup(0, d.bindGroup)
+    pass.dispatchWorkgroups(jobs.length, this.config.numKvHeads)
+  }
+
+  destroy(): void {
+    for (const b of [...this.jobs, this.uniform.buffer]) b.destroy()
+  }
+}
 
 /** A seal's read-back group: its chunks, each in `forms` (bits each), then its abstracts. */
 interface SealGroup {
@@ -38,10 +96,9 @@ export class Sealer {
   readonly scratch: GPUBuffer
   /** (stagingSlotBytes) u32: a read-back group's chunks quantized (kv/quant.ts layout), when compressing. */
   readonly quantized: GPUBuffer | undefined
-  /** Per layer: the seal jobs of its abstract dispatch, (chunks) vec4<u32> (tail block, tokens, chunk, 0). */
-  private readonly jobs: GPUBuffer[]
-  private readonly uAbstract: Uniform
-  private readonly dispatches: Dispatch[]
+  /** The tail ring of every layer's pool, where decode and token-major prefill seal from. */
+  readonly ring: SealSource
+  private readonly ringJobs: AbstractJobs
   /** Per layer: the quantize jobs of one group, (2 * (tail blocks + 1)) vec4<u32>, and their dispatch. */
   private readonly quantJobs: GPUBuffer[] = []
   private readonly quantDispatches: Dispatch[] = []
@@ -71,14 +128,14 @@ export class Sealer {
     this.readback = new ReadbackRing(device, { slotBytes: ring.slotBytes, slots: ring.slots, label: "kv seal read-back" })
     this.scratch = storageBuffer(device, "seal scratch (slotBlocks, KV, BS, D) f16", slotBlocks * tables.blockBytes)
     // A seal covers at most what the tail holds: one job per chunk, chunks of >= one block.
-    this.jobs = pools.map((_, l) => storageBuffer(device, `L${l} seal jobs (chunks) vec4<u32>`, (tables.tailBlocks + 1) * 16))
-    this.uAbstract = new Uniform(device, "tier abstract", "uuuu")
-    this.uAbstract.set(c.numKvHeads, tables.blockTokens, c.headDim, tables.tailBlocks)
-    const key = tieredPipelineKeys(c).abstract
-    this.dispatches = pools.map((pool, l) => ({
-      ...dispatchOf(device, pipelines.now(key), [[0, this.uAbstract.buffer], [1, pool.k], [2, this.jobs[l]], [3, abstracts[l].amin], [4, abstracts[l].amax]], 0),
-      y: c.numKvHeads,
-    }))
+    const ringJobs = new AbstractJobs(device, pipelines, c, pools.map((p) => p.k), abstracts, tables.tailBlocks + 1, tables.blockTokens, tables.tailBlocks)
+    this.ringJobs = ringJobs
+    const bs = tables.blockTokens
+    this.ring = {
+      buffers: (l) => pools[l],
+      runs: (start, tokens) => tables.tailRuns(start, tokens),
+      encodeAbstracts: (l, chunks, pass) => ringJobs.encode(l, chunks.map((f) => [tables.tailBlock(Math.floor(f.start / bs)), f.tokens, f.chunk] as const), pass),
+    }
     if (!compress) return
     this.quantized = storageBuffer(device, "seal quantized (staging slot) u32", ring.slotBytes)
     this.uQuant = new Uniform(device, "tier quantize", "uuuu")
@@ -94,7 +151,10 @@ export class Sealer {
    * Submits the abstracts of the `fresh` chunks and, for each that `admit` gives a cache slot
    * (its first block in the pool), its copy there; then starts reading them back, at the
    * bits of `setting` (quantized on the GPU), to store them through `io`. Under "importance"
-   * `bitsOf` picks each chunk's bits from its abstract. Call once all layers have written those tokens.
+   * `bitsOf` picks each chunk's bits from its abstract. Call once all layers have written those
+   * tokens (layer-major prefill: once their layer has). They are read from `source` (default:
+   * the tail ring; another source seals at 16 bits only); the promise resolves once every
+   * read-back copy is submitted, after which the source may be overwritten.
    */
   seal(
     fresh: ReadonlyArray<FreshChunk>,
@@ -102,35 +162,33 @@ export class Sealer {
     counters: TierCounters,
     setting: CompressionBits = 16,
     bitsOf: (f: FreshChunk, abstract: Uint8Array) => KvBits = () => 16,
-  ): void {
+    source: SealSource = this.ring,
+  ): Promise<void> {
     const forms = sealForms(setting)
     if (this.quantized === undefined && forms.some((b) => b !== 16)) throw new RangeError(`tiered KV: this cache was built without compression and cannot seal at ${setting} bits`)
+    if (source !== this.ring && forms.some((b) => b !== 16)) throw new RangeError(`tiered KV: chunks outside the tail ring seal at 16 bits only, not ${setting}`)
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     for (let l = 0; l < this.pools.length; l++) {
       const mine = fresh.filter((f) => f.layer === l)
-      if (mine.length === 0) continue
-      const jobs = new Uint32Array(mine.length * 4)
-      mine.forEach((f, i) => jobs.set([this.tables.tailBlock(Math.floor(f.start / this.tables.blockTokens)), f.tokens, f.chunk, 0], i * 4))
-      this.device.queue.writeBuffer(this.jobs[l], 0, jobs)
-      const d = this.dispatches[l]
-      pass.setPipeline(d.pipeline)
-      pass.setBindGroup(0, d.bindGroup)
-      pass.dispatchWorkgroups(mine.length, this.config.numKvHeads)
+      if (mine.length > 0) source.encodeAbstracts(l, mine, pass)
     }
     pass.end()
     const blockBytes = this.tables.blockBytes
-    const groups = this.groupsOf(fresh, forms)
+    const groups = this.groupsOf(fresh, forms, source)
     for (const f of fresh) {
       const block = admit(f)
       if (block === undefined) continue
       const pool = this.pools[f.layer]
-      for (const buf of [pool.k, pool.v]) {
+      const from = source.buffers(f.layer)
+      for (const [src, dst] of [[from.k, pool.k], [from.v, pool.v]] as const) {
         let at = block * blockBytes
-        for (const r of this.tables.tailRuns(f.start, f.tokens)) {
+        for (const r of source.runs(f.start, f.tokens)) {
           const size = r.blocks * blockBytes
-          encoder.copyBufferToBuffer(buf, r.block * blockBytes, this.scratch, 0, size)
-          encoder.copyBufferToBuffer(this.scratch, 0, buf, at, size)
+          if (src === dst) {
+            encoder.copyBufferToBuffer(src, r.block * blockBytes, this.scratch, 0, size)
+            encoder.copyBufferToBuffer(this.scratch, 0, dst, at, size)
+          } else encoder.copyBufferToBuffer(src, r.block * blockBytes, dst, at, size)
           at += size
         }
       }
@@ -138,7 +196,10 @@ export class Sealer {
     this.device.queue.submit([encoder.finish()])
     counters.chunksSealed += fresh.length
     const generation = this.generation
+    const submitted: Array<Promise<void>> = []
     for (const g of groups) {
+      let inQueue = () => {}
+      submitted.push(new Promise<void>((resolve) => (inQueue = resolve)))
       let stored: Promise<void> = Promise.resolve()
       const sink = (view: Uint8Array) => {
         // A reset (a new request) since this seal makes its bytes stale: drop them.
@@ -149,18 +210,19 @@ export class Sealer {
         })
         stored.catch(() => undefined) // reported through `pending` once the read-back is done
       }
-      const read = this.readback.read(g.copies, sink, g.words > 0 ? (e) => this.encodeQuantize(e, g) : undefined)
+      const read = this.readback.read(g.copies, sink, g.words > 0 ? (e) => this.encodeQuantize(e, g) : undefined, inQueue)
       this.pending.push(read.then(() => stored))
     }
+    return Promise.all(submitted).then(() => undefined)
   }
 
   /** The read-back groups of a seal: chunks in order, as many as fit one staging buffer each. */
-  private groupsOf(fresh: ReadonlyArray<FreshChunk>, forms: ReadonlyArray<KvBits>): SealGroup[] {
+  private groupsOf(fresh: ReadonlyArray<FreshChunk>, forms: ReadonlyArray<KvBits>, source: SealSource): SealGroup[] {
     const ab = this.abstractBytes
     const blockBytes = this.tables.blockBytes
     const groups: SealGroup[] = []
     for (const f of fresh) {
-      const pool = this.pools[f.layer]
+      const from = source.buffers(f.layer)
       const bytes = forms.reduce((a, bits) => a + chunkBytesAt(this.shape, f.tokens, bits), 0) + 2 * ab
       // Each read fits one staging buffer, so its sink sees all of it at once.
       let g = groups[groups.length - 1]
@@ -170,7 +232,7 @@ export class Sealer {
       }
       for (const bits of forms) {
         if (bits === 16) {
-          for (const buf of [pool.k, pool.v]) for (const r of this.tables.tailRuns(f.start, f.tokens)) g.copies.push({ src: buf, srcOffset: r.block * blockBytes, size: r.blocks * blockBytes })
+          for (const buf of [from.k, from.v]) for (const r of source.runs(f.start, f.tokens)) g.copies.push({ src: buf, srcOffset: r.block * blockBytes, size: r.blocks * blockBytes })
           continue
         }
         const size = chunkBytesAt(this.shape, f.tokens, bits)
@@ -243,7 +305,8 @@ export class Sealer {
   }
 
   destroy(): void {
-    for (const b of [...this.jobs, ...this.quantJobs, this.scratch]) b.destroy()
+    this.ringJobs.destroy()
+    for (const b of [...this.quantJobs, this.scratch]) b.destroy()
     this.quantized?.destroy()
     this.uQuant?.buffer.destroy()
     this.readback.destroy()

@@ -22,12 +22,12 @@ import { storageBuffer } from "../../buffers.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import { UploadRing } from "../../staging.ts"
 import { GpuCache } from "./apply.ts"
-import { ChunkTables } from "./chunks.ts"
+import { ChunkTables, type FreshChunk } from "./chunks.ts"
 import { planChunks } from "../../../kv/chunk-plan.ts"
 import { adaptiveOf, checkPolicyChange, minChunkTokens, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
 import { Router } from "./route.ts"
 import { budgetTokens, Selector } from "./select.ts"
-import { Sealer } from "./seal.ts"
+import { Sealer, type SealSource } from "./seal.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
 
 /** Aim for this many decode-attention workgroups per window. */
@@ -52,7 +52,8 @@ export class TieredKv {
   /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
   readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
 
-  private readonly tables: ChunkTables
+  /** The chunk tables (tail geometry, per-layer chunks): read by the manager's layer-major prefill, which also extends them. */
+  readonly tables: ChunkTables
   private readonly cache: GpuCache
   private readonly io: TierIo
   private readonly sealer: Sealer
@@ -190,17 +191,18 @@ export class TieredKv {
   }
 
   /**
-   * Seals the chunks the tokens written so far complete, in every layer: abstracts, copies
-   * into the GPU cache (leoam admits each by policy), write-through to host and disk. Call
-   * once all layers have written those tokens.
+   * Seals the chunks the tokens written complete, in every layer once all have written them (or,
+   * `from`, in one layer, read from `source`: layer-major prefill): abstracts, GPU cache admission
+   * by policy (leoam), write-through to host and disk. Resolves once the read-backs are queued.
    */
-  seal(sizes?: ReadonlyArray<ReadonlyArray<number>>): void {
+  seal(sizes?: ReadonlyArray<ReadonlyArray<number>>, from?: { readonly layer: number; readonly source: SealSource }): Promise<void> {
     // Planned sizes (adaptive chunking) cut only what they cover; without them, chunks of the slot size.
     const next = this.tables.layers.map(() => 0)
     // Adaptive caches seal decode's tokens in minimum chunks: they are the recent window, attended each step.
     const unplanned = minChunkTokens(this.current)
-    const fresh = this.tables.cut((l) => (sizes ? (sizes[l][next[l]++] ?? Number.POSITIVE_INFINITY) : unplanned))
-    if (fresh.length === 0) return
+    const size = (l: number) => (sizes ? (sizes[l][next[l]++] ?? Number.POSITIVE_INFINITY) : unplanned)
+    const fresh = from ? this.tables.cutLayer(from.layer, size) : this.tables.cut(size)
+    if (fresh.length === 0) return Promise.resolve()
     const admit = this.current.mode === "leoam"
     const policy = this.planPolicy
     // The setting at seal time holds for these chunks, whatever the policy is when their read-back lands.
@@ -214,7 +216,7 @@ export class TieredKv {
       else k.sealedInt4++
       return bits
     }
-    this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, setting, bitsOf)
+    return this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, setting, bitsOf, from?.source)
   }
 
   /** Adaptive chunking's bounds, or undefined for fixed chunks. */
@@ -346,9 +348,16 @@ export class TieredKv {
 
   // --- prefill: plan, then apply window by window ------------------------------------------
 
-  /** Plans layer l's prefill attention: every sealed chunk, then the tail, in windows of consecutive chunks. */
-  planPrefill(l: number): PrefillPlan {
-    return this.cache.planPrefill(l, this.planPolicy)
+  /** Plans layer l's prefill attention: every sealed chunk, then the tail up to `end` (default: all of it), in windows of consecutive chunks. */
+  planPrefill(l: number, end?: number): PrefillPlan {
+    return this.cache.planPrefill(l, this.planPolicy, end)
+  }
+
+  // --- layer-major prefill (engine/kv/tiered-layer-prefill.ts) ----------------------------
+
+  /** Undoes a failed layer-major prefill: back to `length` tokens, the chunks sealed past it dropped from every tier. */
+  rollBack(length: number): void {
+    this.tables.rollBack(length, (l, ch) => (this.cache.drop(l, ch), this.io.forget(l, ch)))
   }
 
   /**
@@ -364,10 +373,7 @@ export class TieredKv {
 
   /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail). */
   truncate(length: number): void {
-    this.tables.truncate(length, (l, ch) => {
-      this.cache.drop(l, ch)
-      this.io.forget(l, ch)
-    })
+    this.tables.truncate(length, (l, ch) => (this.cache.drop(l, ch), this.io.forget(l, ch)))
   }
 
   /**
