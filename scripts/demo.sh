@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
-echo "[leoam demo] a pass-key request through NATS; WebGPU on $( [ -e /dev/nvidia0 ] && echo 'the GPU' || echo 'lavapipe (CPU): the prefill of ~3000 tokens takes a minute or two')" >&2
+echo "[leoam demo] a pass-key request through NATS; WebGPU on $( [ -e /dev/nvidia0 ] && echo 'the GPU' || echo 'lavapipe (CPU): the prefill of ~3000 tokens takes about half a minute on two idle cores')" >&2
 exec node --import tsx scripts/demo.ts "$@"
