@@ -36,9 +36,11 @@ export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "
 }
 
 /**
- * Whether prefill's GEMMs (without matrix units) use gemm_reg, which has no workgroup memory
- * and no barrier: on a CPU adapter (lavapipe), where it ran 2.8-3.1x gemm's speed at the
- * bundled model's shapes (M 352; N 2048, K 384 and N 384, K 1024; 2 cores).
+ * Whether prefill's GEMMs (without matrix units) and attention use gemm_reg and
+ * attn_prefill_reg, which have no workgroup memory and no barrier: on a CPU adapter
+ * (lavapipe), where gemm_reg ran 2.8-3.1x gemm's speed at the bundled model's shapes (M 352;
+ * N 2048, K 384 and N 384, K 1024) and attn_prefill_reg 1.6x attn_prefill_sg's (352 queries
+ * over 2952 keys, G 3, D 64; 2 cores).
  */
 export const registerGemmFor = (gpu: Pick<Gpu, "kind">): boolean => gpu.kind === "cpu"
 
@@ -74,7 +76,7 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemmSwiglu: gemmKey({ SWIGLU: true }, matrix, registerGemm),
     attnDecode: attnDecodeKey(c),
     combine: { op: "attn_combine" },
-    attnPrefill: { op: prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
+    attnPrefill: { op: registerGemm ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
     argmax: { op: "argmax" },
     gumbel: { op: "argmax", flags: { GUMBEL: true } },
     argmaxFinal: { op: "argmax", flags: { FINAL: true } },

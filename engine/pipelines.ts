@@ -21,6 +21,7 @@ export type KernelName =
   | "attn_combine"
   | "attn_prefill"
   | "attn_prefill_sg"
+  | "attn_prefill_reg"
   | "swiglu"
   | "argmax"
   | "copy"

@@ -7,6 +7,7 @@
 // Buffers, the tile load and the WINDOW mode (one pass of several over the keys, the
 // softmax state carried between passes): lib/attn_prefill_io.wgsl.
 #include lib/attn_prefill_io.wgsl
+#include lib/attn_prefill_tile.wgsl
 
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim: multiple of 16, at most 128

@@ -8,6 +8,7 @@
 diagnostic(off, subgroup_uniformity);
 
 #include lib/attn_prefill_io.wgsl
+#include lib/attn_prefill_tile.wgsl
 
 override G: u32 = 1;      // query heads per kv head
 override D: u32 = 128;    // head dim: multiple of 16, at most 128

@@ -247,7 +247,7 @@ describe("attn_decode + attn_combine", () => {
 
 // --- prefill ------------------------------------------------------------------------
 
-describe.each(["attn_prefill", "attn_prefill_sg"] as const)("%s", (op) => {
+describe.each(["attn_prefill", "attn_prefill_sg", "attn_prefill_reg"] as const)("%s", (op) => {
   it.each([
     // G, D, BS, pos0, M: rows M * G are never a multiple of the 32-row tile
     [3, 64, 16, 0, 45],

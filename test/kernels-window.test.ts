@@ -1,4 +1,4 @@
-// The WINDOW mode of attn_prefill and attn_prefill_sg against CPU softmax attention: one
+// The WINDOW mode of attn_prefill, attn_prefill_sg and attn_prefill_reg against CPU softmax attention: one
 // prefill chunk attends its history in several passes over key windows, the softmax state
 // carried in a buffer. Each pass gets a block table whose entries outside its window point
 // at a spare block of random keys, so a pass that reads outside its window is caught.
@@ -18,7 +18,7 @@ afterAll(async () => {
   await releaseGpu()
 })
 
-type Op = "attn_prefill" | "attn_prefill_sg"
+type Op = "attn_prefill" | "attn_prefill_sg" | "attn_prefill_reg"
 
 const FIRST = 1
 const LAST = 2
@@ -86,7 +86,7 @@ const cpuCausal = (c: Case, pool: Pool, q: Float32Array) => {
 }
 
 /** The subgroup kernel needs subgroups of at least 8 lanes (as the engine checks). */
-const runnable = (op: Op) => op === "attn_prefill" || (rig.gpu.hasSubgroups && rig.gpu.subgroupMinSize >= 8)
+const runnable = (op: Op) => op !== "attn_prefill_sg" || (rig.gpu.hasSubgroups && rig.gpu.subgroupMinSize >= 8)
 
 interface Setup {
   readonly c: Case
@@ -143,7 +143,7 @@ const windowed = async (op: Op, s: Setup, windows: ReadonlyArray<Window>) => {
   return rig.f32(out, rows * c.D)
 }
 
-describe.each(["attn_prefill", "attn_prefill_sg"] as const)("%s WINDOW", (op) => {
+describe.each(["attn_prefill", "attn_prefill_sg", "attn_prefill_reg"] as const)("%s WINDOW", (op) => {
   const base: Case = { G: 2, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 } // keys 0 .. 106, 7 blocks
 
   it.for([

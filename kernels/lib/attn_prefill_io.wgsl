@@ -1,8 +1,8 @@
 // The interface of the prefill attention kernels (attn_prefill.wgsl, attn_prefill_sg.wgsl):
 //   q:     (M, H, D) f32 (RoPE applied);  out: (M, H, D) f32
 //   kpool, vpool: (blocks, KV, BS, D) f16 packed in u32 pairs;  table: logical -> physical block
-// and the K/V tile load. The including kernel declares BK (keys per tile), D, and the
-// workgroup arrays ks and vs of BK * D / 2 words.
+// and where a key's K/V words start. The tile load of the kernels that stage K/V through
+// workgroup memory is lib/attn_prefill_tile.wgsl. The including kernel declares D.
 //
 // WINDOW: one pass over keys [k0, min(k1, causal end)) (k1 = 0: no upper bound; k0 a
 // multiple of BS; table entries outside the window are never read). Passes over disjoint
@@ -40,19 +40,7 @@ fn keys_begin() -> u32 { return 0u; }
 fn keys_end(causal_end: u32) -> u32 { return causal_end; }
 #endif
 
-// Keys kt .. kt + BK - 1 of KV head kvh into ks / vs (zeros past kend), by all 256 threads.
-fn load_tile(lid: u32, kt: u32, kend: u32, kvh: u32) {
-  let half_d = D / 2u;
-  for (var i = lid; i < BK * half_d; i = i + 256u) {
-    let pos = kt + i / half_d;
-    var kw = 0u;
-    var vw = 0u;
-    if (pos < kend) {
-      let idx = ((table[pos / p.BS] * p.KV + kvh) * p.BS + pos % p.BS) * half_d + i % half_d;
-      kw = kpool[idx];
-      vw = vpool[idx];
-    }
-    ks[i] = kw;
-    vs[i] = vw;
-  }
+// The first u32 word of key `pos`'s K (and V) of KV head kvh in the pools: (D/2) words follow.
+fn kv_word(pos: u32, kvh: u32) -> u32 {
+  return ((table[pos / p.BS] * p.KV + kvh) * p.BS + pos % p.BS) * (D / 2u);
 }
