@@ -12,6 +12,7 @@
 // device (bench/batch-bench.ts measures both). Only `step` changes state.
 import { type Bound, type Dispatch, dispatchOf, storageBuffer, Uniform } from "./buffers.ts"
 import { decodeStep, type DecodeRows } from "./decode-driver.ts"
+import type { Gpu } from "./gpu.ts"
 import type { StepEncoder } from "./kv/manager.ts"
 import { type GemvOp, gemvShapes } from "./gemv-tuning.ts"
 import { createUniforms, gemmColumnsPerGroup, gemvUniform } from "./model-resources.ts"
@@ -39,13 +40,17 @@ export type Projections = "gemm" | "gemv" | "multi"
 const MULTI_ROWS = 8
 
 /**
- * The projections a batch uses where none is asked for: the GEMMs, which read the weights
- * once per step. On lavapipe (2 cores, load average 14 from other jobs: noisy) the test model
- * at 256 tokens of context ran B=4 in 123 ms/step with the GEMMs (gemm_reg) against 412 with
- * the GEMVs, B=8 in 348 against 1124 (bench/batch-bench.ts); the GPU's figures come from the
- * same bench (scripts/gpu-run.sh batch).
+ * The projections a batch uses where none is asked for, by measurement (bench/batch-bench.ts):
+ * - a CPU adapter (lavapipe): the GEMMs (gemm_reg), which read the weights once per step: the
+ *   test model at 256 tokens of context ran B=4 in 123 ms/step against 412 with the GEMVs, B=8
+ *   in 348 against 1124 (2 loaded cores);
+ * - a GPU: the GEMVs up to 4 rows, gemv_multi past that. On an H100 at 8B shapes, 1K context
+ *   (bench/results/2026-12-07-gpu-session/part2/batch-8b-1k.txt), B=4 took 22.4 ms/step with
+ *   the GEMVs, 27.7 with gemv_multi and 85.2 with the GEMMs (whose 64-row tiles waste most of
+ *   their work on a few rows); B=16 took 62.6 with gemv_multi, 86.1 and 99.2.
  */
-export const defaultProjections = (): Projections => "gemm"
+export const defaultProjections = (gpu: Pick<Gpu, "kind">, capacity: number): Projections =>
+  gpu.kind === "cpu" ? "gemm" : capacity <= 4 ? "gemv" : "multi"
 
 /** The batch's share of a step: its projections over m rows. */
 interface Shared {
@@ -84,13 +89,13 @@ export class DecodeBatch {
   private driverRows: DecodeRows
 
   /** A batch on `lead`'s weights, its pipelines prewarmed first. */
-  static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections()): Promise<DecodeBatch> {
+  static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, capacity)): Promise<DecodeBatch> {
     if (projections === "multi") await lead.pipelines.prewarm(multiPipelineKeys())
     return new DecodeBatch(lead, capacity, projections)
   }
 
   /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi": after `open` prewarmed its pipelines). */
-  constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections()) {
+  constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, capacity)) {
     const c = lead.config
     const device = lead.gpu.device
     this.lead = lead
