@@ -38,9 +38,16 @@ describe("the internal RPC table", () => {
   })
 
   it("policy.changed carries the resolved policy: every parameter, through JSON and back", () => {
-    for (const resolved of [parsePolicy("leoam"), parsePolicy({ name: "quest", selection: { topk: { budget_tokens: 128 } }, eviction: "lfu" })]) {
+    const policies = [
+      parsePolicy("leoam"),
+      parsePolicy({ name: "quest", selection: { topk: { budget_tokens: 128 } }, eviction: "lfu" }),
+      parsePolicy({ name: "leoam", chunking: { adaptive: { min_tokens: 16, max_tokens: 128 } }, pipeline: { enabled: true, depth: 3 }, compression: { bits: 8 } }),
+    ]
+    for (const resolved of policies) {
       const wire = JSON.parse(JSON.stringify(Schema.encodeSync(PolicyChanged)({ version: 3, resolved })))
-      expect(Object.keys(wire.resolved).sort()).toEqual(["budget_fraction", "budget_tokens", "chunk_tokens", "compression_bits", "eviction", "name", "recent_tokens", "sink_tokens"])
+      expect(Object.keys(wire.resolved).sort()).toEqual([
+        "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "name", "pipeline_depth", "recent_tokens", "sink_tokens",
+      ])
       expect(Schema.decodeUnknownSync(PolicyChanged)(wire)).toEqual({ version: 3, resolved })
     }
   })
