@@ -6,11 +6,10 @@
 // the windows' partials sit side by side for the model's combine. Prefill attends the
 // whole history in windows of resident chunks, its softmax state carried between them;
 // a prompt of several passes goes layer-major instead (tiered-layer-prefill.ts).
-// Pipelined (policy `pipeline`), a layer's choice is routed on the GPU instead (its resident
-// chunks attended at once) and read back up to `depth` layers later: all hits, it stands;
-// a miss rewinds the step to that layer, which then goes the unpipelined way.
-// Every uniform or list written for a window is written after the submit of the work that
-// used the previous value (queue order). Only this class's methods change its state.
+// Pipelined (policy `pipeline`), a layer's choice is routed on the GPU (resident chunks attended
+// at once) and read back up to `depth` layers later: all hits, it stands; a miss rewinds the
+// step to that layer, which goes the unpipelined way. A window's uniforms and lists are written
+// after the submit of the work that used their previous values; only this class changes its state.
 import { type Dispatch, dispatchOf, storageBuffer, Uniform } from "../buffers.ts"
 import { ATTN_TILE } from "./pool.ts"
 import { windowedPrefillKey } from "../model-resources.ts"
