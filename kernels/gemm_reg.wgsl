@@ -51,37 +51,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var i = 0u; i < TM; i = i + 1u) {
     let m = m0 + i;
     if (m >= p.M) { continue; }
-    var v = acc[i];
-#if BIAS
-    for (var c = 0u; c < 4u; c = c + 1u) { if (n + c < p.N) { v[c] = v[c] + bias[phys(n + c)]; } }
-#endif
-#if SWIGLU
-    // columns (n, n+1) and (n+2, n+3) are (gate, up) pairs; n is a multiple of 4
-    let half_n = p.N / 2u;
-    for (var c = 0u; c < 4u; c = c + 2u) {
-      if (n + c + 1u < p.N) {
-        let g = v[c];
-        let u = v[c + 1u];
-        let idx = m * half_n + (n + c) / 2u;
-        let out = g / (1.0 + exp(-g)) * u;
-#if ACC
-        y[idx] = y[idx] + out;
-#else
-        y[idx] = out;
-#endif
-      }
-    }
-#else
-    for (var c = 0u; c < 4u; c = c + 1u) {
-      if (n + c < p.N) {
-        let idx = m * p.N + n + c;
-#if ACC
-        y[idx] = y[idx] + v[c];
-#else
-        y[idx] = v[c];
-#endif
-      }
-    }
-#endif
+    store_quad(m, n, acc[i]);
   }
 }
+
+#include lib/gemm_store.wgsl
