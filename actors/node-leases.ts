@@ -31,6 +31,8 @@ export interface NodeLeases {
 interface Peer {
   readonly lease: NodeLease
   /** When its latest lease arrived here. */
+  readonly heard: number
+  /** Where its silence is counted from: `heard`, or later once this node could not listen (a stall, a reconnect). */
   readonly seen: number
   /** When its first lease arrived here: a node that appeared after a dead one's last lease never held that lease. */
   readonly first: number
@@ -77,7 +79,7 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
       if (got.value.leaving) peers.delete(got.value.instance)
       else {
         const now = Date.now()
-        peers.set(got.value.instance, { lease: got.value, seen: now, first: peers.get(got.value.instance)?.first ?? now })
+        peers.set(got.value.instance, { lease: got.value, heard: now, seen: now, first: peers.get(got.value.instance)?.first ?? now })
       }
     },
   })
@@ -97,18 +99,23 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
   })().catch(() => undefined)
 
   // A tick that comes late means this node's own event loop stalled: its peers' leases may be
-  // waiting unread in the socket. So the check runs after the loop's I/O (setImmediate), and
-  // after a stall it judges only at the next tick (once: a loop always late still reaps).
+  // waiting unread in the socket, or not yet sent (their senders may share the stall). So a
+  // stall gives every peer a fresh window, as a reconnect does, and the check runs after the
+  // loop's I/O (setImmediate). At most one fresh window per two silences: a loop that is
+  // always late still reaps a dead peer, within two silences.
   const tickMs = Math.max(50, Math.min(everyMs, silenceMs / 10))
   let lastTick = Date.now()
-  let skipped = false
+  let lastWindow = Number.NEGATIVE_INFINITY
   const reap = () => {
     const now = Date.now()
     const stalled = now - lastTick > Math.max(3 * tickMs, 250)
     lastTick = now
     if (offline) return
-    if (stalled && !skipped) return void (skipped = true)
-    skipped = false
+    if (stalled && now - lastWindow > 2 * silenceMs) {
+      lastWindow = now
+      for (const [id, p] of peers) peers.set(id, { ...p, seen: now })
+      return
+    }
     const dead = [...peers.values()].filter((p) => now - p.seen > silenceMs)
     if (dead.length === 0) return
     for (const p of dead) peers.delete(p.lease.instance)
@@ -116,7 +123,7 @@ export const startLeases = (nc: NatsConnection, node: string | undefined, silenc
       // One answer per request: of the live nodes that were there before the dead one's last
       // lease (a node restarted since never received it, so it must not be the one chosen),
       // the one with the smallest instance id answers.
-      const holders = [...(startedAt <= p.seen ? [instance] : []), ...[...peers.values()].filter((q) => q.first <= p.seen).map((q) => q.lease.instance)]
+      const holders = [...(startedAt <= p.heard ? [instance] : []), ...[...peers.values()].filter((q) => q.first <= p.heard).map((q) => q.lease.instance)]
       if (holders.sort()[0] !== instance) continue
       const who = p.lease.node ? `node ${p.lease.node}` : "a node"
       for (const reply of p.lease.inflight) {
