@@ -2,13 +2,15 @@
 // sibling of the executor's model on its weights with a KV cache of its own sized for the
 // run, and joins the engine's batch loop (engine/batch-loop.ts). A run is admitted when its
 // KV fits: lanes of a policy that keeps all KV on the GPU reserve (prompt + max_tokens)
-// tokens of KV against the GPU budget; tiered lanes get an equal share of the GPU budget
-// each (budget / max batch) and share the host arena, whose overflow goes to disk
-// (actors/kv-admission.ts: arrival order; serial runs, sessions, alone once the batch is
-// empty). Only this module's functions change the lanes.
+// tokens of KV against the GPU budget; a tiered lane gets a share of the GPU budget when it
+// is built, the free bytes split among the lanes that start together (the whole budget for
+// a lone request; fewer lanes than B when B shares would fall below a lane's minimum), and
+// the lanes share the host arena, whose overflow goes to disk (actors/kv-admission.ts:
+// arrival order; serial runs, sessions, alone once the batch is empty). Only this module's
+// functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
-import { isTiered, kvBytesPerToken, kvEngineOptions, type KvTiers } from "../engine/kv/registry.ts"
+import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTiers } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
@@ -39,35 +41,72 @@ export const executorBatch = (deps: BatchDeps) => {
   let laneCount = 0
   const admission = new KvAdmission(deps.maxBatch, deps.tiers.gpuBudgetBytes)
 
-  /** GPU bytes a run's lane reserves: all of its KV for a policy that keeps it on the GPU; a tiered lane's share is fixed. */
-  const laneBytes = (policy: ResolvedPolicy, tokens: number): number => (isTiered(policy) ? 0 : Math.ceil(tokens / 16) * 16 * kvBytesPerToken(deps.model().config))
+  /** GPU budget shares of the tiered lanes running, by run id. */
+  const shares = new Map<string, number>()
+
+  /** The least GPU budget a tiered lane of `tokens` tokens accepts (its sink, recent, one chosen chunk, the tail and staging). */
+  const laneMinBytes = (policy: ResolvedPolicy, tokens: number): number => {
+    const main = deps.model()
+    const spec = kvEngineOptions(policy, { ...deps.tiers, session: deps.session }, main.config, tokens).kv
+    return kvMinimumBytes(spec, main.config, { blockTokens: main.blockTokens, maxContext: tokens, prefillChunk: main.prefillChunk })
+  }
+
+  /** GPU bytes a lane of a policy that keeps all KV on the GPU reserves: all of it. */
+  const laneBytes = (tokens: number): number => Math.ceil(tokens / 16) * 16 * kvBytesPerToken(deps.model().config)
+
+  /** Admission of a lane for `tokens` tokens: its GPU bytes reserved, and the budget its KV manager is built with. */
+  const admit = async (policy: ResolvedPolicy, tokens: number): Promise<{ reserved: number | undefined; gpuBudgetBytes: number | undefined }> => {
+    if (!isTiered(policy)) {
+      const bytes = laneBytes(tokens)
+      await admission.admit(bytes)
+      return { reserved: bytes, gpuBudgetBytes: deps.tiers.gpuBudgetBytes }
+    }
+    const share = await admission.admitShare(laneMinBytes(policy, tokens))
+    return { reserved: share, gpuBudgetBytes: share }
+  }
+
+  /**
+   * Builds a lane for `tokens` tokens once its KV is admitted, hands it to `use` (which runs
+   * it through the loop), and frees it when `use` ends.
+   */
+  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop) => Promise<T>): Promise<T> => {
+    const policy = deps.policy()
+    const { reserved, gpuBudgetBytes } = await admit(policy, tokens)
+    try {
+      if (isTiered(policy) && gpuBudgetBytes !== undefined) shares.set(runId, gpuBudgetBytes)
+      const main = deps.model()
+      const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session: `${deps.session}-lane-${laneCount++}` }, main.config, tokens)
+      const model = await main.sibling({ maxContext: tokens, ...kv })
+      lanes.set(runId, model)
+      loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
+      try {
+        return await use(model, loop)
+      } finally {
+        lanes.delete(runId)
+        model.reset()
+        model.destroy()
+      }
+    } finally {
+      shares.delete(runId)
+      admission.release(reserved)
+    }
+  }
 
   return {
     /** Runs `prompt` in the batch once its KV is admitted; its lane is freed when it ends. */
-    run: async (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined }> => {
-      const policy = deps.policy()
-      const tokens = Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext)
-      const bytes = laneBytes(policy, tokens)
-      await admission.admit(bytes)
-      try {
-        const main = deps.model()
-        const gpuBudgetBytes = isTiered(policy) && deps.tiers.gpuBudgetBytes !== undefined ? Math.floor(deps.tiers.gpuBudgetBytes / deps.maxBatch) : deps.tiers.gpuBudgetBytes
-        const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session: `${deps.session}-lane-${laneCount++}` }, main.config, tokens)
-        const model = await main.sibling({ maxContext: tokens, ...kv })
-        lanes.set(runId, model)
-        loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
-        try {
-          const r = await loop.generate(model, prompt, options)
-          return { r, kv: model.tierStats() }
-        } finally {
-          lanes.delete(runId)
-          model.reset()
-          model.destroy()
-        }
-      } finally {
-        admission.release(bytes)
-      }
-    },
+    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined }> =>
+      withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop) => {
+        const r = await loop.generate(lane, prompt, options)
+        return { r, kv: lane.tierStats() }
+      }),
+
+    /**
+     * A session run in the batch: a lane of `tokens` tokens (the session's document, the
+     * run's prompt and its tokens) where `use` resumes the session and generates through
+     * the loop (`generate` with `continue`; `maxTokens` 0 only prefills).
+     */
+    session: <T>(runId: string, tokens: number, use: (lane: GpuModel, generate: (prompt: ReadonlyArray<number>, options: GenerateOptions) => Promise<GenerateResult>) => Promise<T>): Promise<T> =>
+      withLane(runId, Math.min(tokens + LANE_SLACK, deps.model().maxContext), (lane, loop) => use(lane, (prompt, options) => loop.generate(lane, prompt, { ...options, continue: true }))),
 
     /** Takes the executor alone (a serial run): once the batch is empty, holding new lanes back meanwhile. */
     enterSerial: (): Promise<void> => admission.enterSerial(),
@@ -80,6 +119,10 @@ export const executorBatch = (deps: BatchDeps) => {
       prefilling: loop?.sizes.prefilling ?? 0,
       waiting_for_kv: admission.stats.waiting,
       kv_reserved_bytes: admission.stats.reservedBytes,
+      // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
+      ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined
+        ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()] } }
+        : {}),
     }),
 
     /** The lanes' models (a live policy change swaps their selection too). */

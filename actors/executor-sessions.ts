@@ -2,8 +2,9 @@
 // tiered KV cache (chunk tables and abstracts from LMDB; the few document tokens past its last
 // sealed chunk prefilled again from the stored ids), prefills what the run adds, generates
 // when asked, and leaves it: the question's chunks dropped from every tier unless the run
-// keeps them. Only the gpu-executor calls this, one run at a time (its mailbox), so a
-// session is never closed, deleted or evicted while a run uses it.
+// keeps them. Only the gpu-executor calls this: with --max-batch 1 one run at a time (its
+// mailbox), else each session run in a lane of the batch; runs, closes and deletes of one
+// session take turns (`exclusive`), and a session is never evicted while a run uses it.
 import type { GenerateResult } from "../engine/generate.ts"
 import type { GpuModel } from "../engine/model.ts"
 import { kvBytesPerToken } from "../engine/kv/registry.ts"
@@ -31,8 +32,17 @@ export interface SessionOutcome {
   readonly session: { readonly id: string; readonly tokens: number; readonly prompt_tokens: number }
 }
 
-/** Generates `maxTokens` at most after `prompt`, continuing the sequence the model holds. */
+/** Generates `maxTokens` at most after `prompt`, continuing the sequence the model holds (0: prefills only). */
 export type Generator = (prompt: ReadonlyArray<number>, maxTokens: number) => Promise<GenerateResult>
+
+/** A prefill of `prompt` after the sequence the model holds, settled (the serial runs' way to prefill a document). */
+export const prefillOnly = (model: GpuModel): Generator => async (prompt) => {
+  const t0 = performance.now()
+  await model.prefill(prompt)
+  await model.settle()
+  const ms = performance.now() - t0
+  return { ids: [], finishReason: "length", promptTokens: prompt.length, timings: { prefillMs: ms, decodeMsPerToken: 0, totalMs: ms } }
+}
 
 const notFound = (id: string) => leoamError("session_not_found", `no session "${id}" (it was deleted, belongs to another user, or never existed)`)
 
@@ -40,6 +50,23 @@ export const executorSessions = (ctx: SessionContext) => {
   const store = new SessionStore(ctx.store)
   /** Sessions whose chunks this process holds in its host arena (opened or used since start or their close). */
   const open = new Set<string>()
+  /** Sessions a run, close or delete is using now, and the end of the last one queued on each. */
+  const busy = new Map<string, Promise<unknown>>()
+
+  /** Runs `use` once every earlier run, close or delete of session `id` has ended. */
+  const exclusive = <T>(id: string, use: () => Promise<T> | T): Promise<T> => {
+    const before = busy.get(id) ?? Promise.resolve()
+    const mine = before.then(use, use)
+    const done = mine.then(
+      () => undefined,
+      () => undefined,
+    )
+    busy.set(id, done)
+    void done.then(() => {
+      if (busy.get(id) === done) busy.delete(id)
+    })
+    return mine
+  }
 
   /** The session as its owner may see it; anyone else gets session_not_found. */
   const owned = (id: string, owner: string): StoredSession => {
@@ -97,7 +124,7 @@ export const executorSessions = (ctx: SessionContext) => {
     const gone: string[] = []
     for (const { s, bytes } of all.sort((x, y) => (x.s.lastUsed < y.s.lastUsed ? -1 : x.s.lastUsed > y.s.lastUsed ? 1 : 0))) {
       if (total <= budget) break
-      if (s.id === inUse) continue
+      if (s.id === inUse || busy.has(s.id)) continue
       drop(s.id)
       total -= bytes
       gone.push(s.id)
@@ -145,8 +172,8 @@ export const executorSessions = (ctx: SessionContext) => {
     return model.openSession(id)
   }
 
-  /** One run on a session (the gpu-executor's mailbox): see RunSession. */
-  const run = async (model: GpuModel, req: RunRequest, rs: RunSession, generate: Generator): Promise<SessionOutcome> => {
+  /** One run on a session (inside `exclusive`): see RunSession. `prefill` prefills a document (open, append). */
+  const run = async (model: GpuModel, req: RunRequest, rs: RunSession, generate: Generator, prefill: Generator = prefillOnly(model)): Promise<SessionOutcome> => {
     const existing = rs.op === "open" ? store.get(rs.id) : owned(rs.id, rs.owner)
     if (rs.op === "open" && existing) throw leoamError("invalid_request", `session "${rs.id}" exists`)
     const chunkTokens = check(model, existing)
@@ -169,13 +196,8 @@ export const executorSessions = (ctx: SessionContext) => {
       let r: GenerateResult
       if (rs.op === "generate") {
         r = await generate(prompt, Math.min(req.max_tokens, model.maxContext - total))
-      } else {
-        const t0 = performance.now()
-        if (prompt.length > 0) await model.prefill(prompt)
-        await model.settle()
-        const ms = performance.now() - t0
-        r = { ids: [], finishReason: "length", promptTokens: prompt.length, timings: { prefillMs: ms, decodeMsPerToken: 0, totalMs: ms } }
-      }
+      } else if (prompt.length > 0) r = await prefill(prompt, 0)
+      else r = { ids: [], finishReason: "length", promptTokens: 0, timings: { prefillMs: 0, decodeMsPerToken: 0, totalMs: 0 } }
       if (rs.op !== "generate" || rs.keep) {
         ids = [...doc, ...req.ids, ...r.ids]
         keep = ids.length
@@ -197,8 +219,17 @@ export const executorSessions = (ctx: SessionContext) => {
     }
   }
 
+  /** Tokens a run's model must hold: the session's document, the run's prompt and the tokens it may generate. */
+  const tokensFor = (req: RunRequest, rs: RunSession): number => {
+    const doc = rs.op === "open" ? 0 : owned(rs.id, rs.owner).ids.length
+    return doc + req.ids.length + (rs.op === "generate" ? req.max_tokens : 0)
+  }
+
   return {
-    run,
+    /** One run on a session, after the earlier ones on it; `model` builds (or is) the model it runs in, for `tokensFor` tokens. */
+    run: (req: RunRequest, rs: RunSession, use: (tokens: number, run: (model: GpuModel, generate: Generator, prefill?: Generator) => Promise<SessionOutcome>) => Promise<SessionOutcome>) =>
+      exclusive(rs.id, () => use(tokensFor(req, rs), (model, generate, prefill) => run(model, req, rs, generate, prefill))),
+    exclusive,
     info: (id: string, owner: string): SessionRecordWire => wire(owned(id, owner)),
     /** Frees the session's host memory; its chunks and record stay on disk. */
     close: (id: string, owner: string): SessionRecordWire => {

@@ -245,7 +245,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         : undefined
     yield* Effect.addFinalizer(() => Effect.sync(() => batch?.destroy()))
 
-    /** A serial run (sessions, or --max-batch 1) holds the executor alone while `effect` runs. */
+    /** Holds the executor alone while `effect` runs (a policy change that needs a new KV cache): once the batch is empty. */
     const serially = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
       batch ? Effect.acquireUseRelease(Effect.promise(() => batch.enterSerial()), () => effect, () => Effect.sync(() => batch.leaveSerial())) : effect
 
@@ -255,7 +255,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         return yield* leoamError("context_overflow", `the prompt has ${req.ids.length} tokens; the context holds ${s.model.maxContext}`)
       }
       if (req.ids.some((id) => id >= s.description.vocab_size)) return yield* leoamError("invalid_ids", `a token id is outside the vocabulary (0..${s.description.vocab_size - 1})`)
-      const batched = batch !== undefined && !req.session
+      const batched = batch !== undefined
       // A live policy swap applies now (the lanes take it at their next step); one that needs
       // a new KV cache applies between runs, with the executor alone.
       if (batched && s.pending) applyAtStep()
@@ -312,15 +312,22 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
           },
       })
       const gen = (prompt: ReadonlyArray<number>, maxTokens: number, resume: boolean) => generate(model, prompt, { ...genOptions(maxTokens), continue: resume })
-      // A session run resumes the stored session around the generation (actors/executor-sessions.ts).
+      // A session run resumes the stored session around the generation (actors/executor-sessions.ts):
+      // in a lane of the batch of its own, or in the executor's model with --max-batch 1.
+      const inSession = (rs: NonNullable<RunRequest["session"]>) =>
+        sessions!.run(req, rs, (tokens, runIn) =>
+          batch
+            ? batch.session(req.run_id, tokens, async (lane, generateIn) => ({
+                ...(await runIn(lane, (prompt, n) => generateIn(prompt, genOptions(n)), (prompt) => generateIn(prompt, genOptions(0)))),
+                kv: lane.tierStats(),
+              }))
+            : runIn(model, (prompt, n) => gen(prompt, n, true)),
+        )
       const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
-      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats } = batched
-        ? yield* enginePromise(() => batch.run(req.run_id, req.ids, genOptions(maxTokens)))
-        : yield* serially(
-            enginePromise(() =>
-              req.session ? sessions!.run(model, req, req.session, (prompt, n) => gen(prompt, n, true)) : gen(req.ids, maxTokens, false).then((r) => ({ r })),
-            ),
-          )
+      const session = req.session
+      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats } = yield* enginePromise(() =>
+        session ? inSession(session) : batch ? batch.run(req.run_id, req.ids, genOptions(maxTokens)) : gen(req.ids, maxTokens, false).then((r) => ({ r })),
+      )
       const r = out.r
       const cancelled = s.cancelled.has(req.run_id)
       const stats = batched ? out.kv : model.tierStats()
@@ -391,12 +398,12 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       session: Effect.fn("GpuExecutor.session")(function* (op: "info" | "close" | "delete", id: string, owner: string) {
         if (!sessions) return yield* leoamError("session_not_found", `no session "${id}": this gpu-executor keeps none (no disk store)`)
         if (op === "info") return yield* engine(() => sessions.info(id, owner))
-        // Never beside a session run (they are serial): close and delete take the executor alone too.
-        if (op === "close") return yield* serially(engine(() => sessions.close(id, owner)))
-        return yield* serially(
-          Effect.gen(function* () {
-            const info = yield* engine(() => sessions.info(id, owner))
-            yield* engine(() => sessions.delete(id, owner))
+        // Never beside a run on the same session: close and delete wait for the runs on it before them.
+        if (op === "close") return yield* enginePromise(() => sessions.exclusive(id, () => sessions.close(id, owner)))
+        return yield* enginePromise(() =>
+          sessions.exclusive(id, () => {
+            const info = sessions.info(id, owner)
+            sessions.delete(id, owner)
             return info
           }),
         )

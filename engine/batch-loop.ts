@@ -1,7 +1,7 @@
 // Continuous batching over one DecodeBatch: sequences join between steps and leave when they
 // finish (a stop id, their token budget, a full context, or their caller's `onToken` saying
 // stop), and long prompts are prefilled a slice at a time between decode steps so that the
-// sequences already decoding keep streaming. Each sequence is its own GpuModel (a sibling on
+// sequences already decoding keep streaming (with none decoding, a prompt goes in whole). Each sequence is its own GpuModel (a sibling on
 // the batch's weights) and keeps generate.ts's contract: the same ids as `generate` alone
 // (greedy and GPU sampling by (seed, step); top-k / top-p on the host from its own logits),
 // its cache truncated to the tokens it returns. One sequence's failure (its prefill, an
@@ -33,6 +33,8 @@ interface Member {
   readonly resolve: (r: GenerateResult) => void
   readonly reject: (e: unknown) => void
   readonly t0: number
+  /** The sequence's length when it joined (0, or a resumed session's). */
+  readonly base: number
   prefilled: number
   ids: number[]
   firstTokenAt: number
@@ -59,16 +61,18 @@ export class BatchLoop {
   }
 
   /**
-   * Generates from `prompt` on `model` (a fresh sequence: a sibling of the lead, with room
-   * for the prompt and `maxTokens`), joining the batch at the next step boundary.
+   * Generates from `prompt` on `model` (a sibling of the lead, with room for the prompt and
+   * `maxTokens`): a fresh sequence, or with `continue` after the one the model holds (a
+   * resumed session); joining the batch at the next step boundary. With `maxTokens` 0 it
+   * only prefills (a session's document).
    */
   generate(model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<GenerateResult> {
     if (prompt.length === 0) return Promise.reject(new RangeError("generate of an empty prompt"))
     return new Promise((resolve, reject) => {
-      model.reset()
+      if (!options.continue) model.reset()
       const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
       const readback = model.gpu.device.createBuffer({ label: "batch token readback", size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-      this.prefilling.push({ model, prompt, options, onGpu, readback, resolve, reject, t0: performance.now(), prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
+      this.prefilling.push({ model, prompt, options, onGpu, readback, resolve, reject, t0: performance.now(), base: model.length, prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
       this.running ??= this.drive().finally(() => (this.running = undefined))
     })
   }
@@ -92,12 +96,20 @@ export class BatchLoop {
 
   private async prefillSlice(m: Member): Promise<void> {
     try {
-      const n = Math.min(this.options.prefillSlice, m.prompt.length - m.prefilled)
-      await m.model.prefill(m.prompt.slice(m.prefilled, m.prefilled + n))
+      // Slices keep the decoding sequences streaming; with none decoding the whole prompt goes
+      // in one call (a tiered cache prefills it layer by layer, each chunk written once).
+      const left = m.prompt.length - m.prefilled
+      const n = this.decoding.length > 0 ? Math.min(this.options.prefillSlice, left) : left
+      const at = m.prefilled
+      await m.model.prefill(m.prompt.slice(at, at + n), false, m.options.onPrefill && ((done) => m.options.onPrefill!(at + done, m.prompt.length)))
       m.prefilled += n
       m.options.onPrefill?.(m.prefilled, m.prompt.length)
       if (m.prefilled < m.prompt.length) return
       this.prefilling.splice(this.prefilling.indexOf(m), 1)
+      if (m.options.maxTokens <= 0) {
+        m.firstTokenAt = performance.now()
+        return this.finish(m)
+      }
       // The first token, from the prompt's last logits.
       let done: boolean
       if (m.onGpu) {
@@ -205,7 +217,7 @@ export class BatchLoop {
     this.leave(m)
     try {
       await m.model.settle()
-      m.model.truncate(m.prompt.length + m.ids.length - 1)
+      m.model.truncate(m.base + m.prompt.length + Math.max(0, m.ids.length - 1))
       const end = performance.now()
       const decoded = Math.max(0, m.ids.length - 1)
       m.resolve({

@@ -196,6 +196,11 @@ export class GpuModel {
 
   static readonly idSlots = ID_SLOTS
 
+  /** Tokens per KV block (a KV layout's unit). */
+  get blockTokens(): number {
+    return this.built.blockTokens
+  }
+
   // --- prefill -------------------------------------------------------------------
 
   /**

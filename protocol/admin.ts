@@ -84,13 +84,26 @@ const Tier = {
   resident_bytes: Schema.Number,
 }
 
-/** The continuous batch (--max-batch above 1): its bound, runs decoding and prefilling, runs waiting for KV room, GPU KV bytes reserved by the batch's lanes. */
+/**
+ * How a tiered policy's GPU budget is split among the batch's lanes: each lane gets a share
+ * when it starts (the free bytes split among the lanes starting together; all of it for a
+ * lone request), at least the least budget a lane's KV manager accepts.
+ */
+export const GpuShares = Schema.Struct({
+  budget_bytes: Schema.Number,
+  lane_min_bytes: Schema.Number,
+  /** The share of each tiered lane running, in the order they started. */
+  lanes: Schema.Array(Schema.Number),
+})
+
+/** The continuous batch (--max-batch above 1): its bound, runs decoding and prefilling, runs waiting for KV room, GPU KV bytes reserved by the batch's lanes, and under leoam or offload-all how the GPU budget is split. */
 export const BatchStats = Schema.Struct({
   max: Schema.Int,
   decoding: Schema.Int,
   prefilling: Schema.Int,
   waiting_for_kv: Schema.Int,
   kv_reserved_bytes: Schema.Number,
+  gpu_shares: Schema.optional(GpuShares),
 })
 
 /** leoam.v1.admin.stats: totals since the node started. */

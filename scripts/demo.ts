@@ -19,9 +19,9 @@ const bin = new URL("../bin/leoam.js", import.meta.url).pathname
 const say = (line: string) => process.stdout.write(`[leoam demo] ${line}\n`)
 
 const kvDir = mkdtempSync(join(tmpdir(), "leoam-demo-kv-"))
-// One request: --max-batch 1, so the GPU budget is not split among batch lanes (3 MiB / 4 is
-// under the 778 KiB a lane of leoam needs with the bundled model).
-const flags = ["--kv-policy", "leoam", "--gpu-kv-budget", "3MiB", "--host-kv-budget", "3MiB", "--kv-dir", kvDir, "--max-batch", "1"]
+// The default --max-batch 4: the lone request's lane gets the whole GPU budget (the budget is
+// split by the lanes in use, and 3 MiB holds 3 lanes of the 778 KiB a leoam lane needs here).
+const flags = ["--kv-policy", "leoam", "--gpu-kv-budget", "3MiB", "--host-kv-budget", "3MiB", "--kv-dir", kvDir]
 say(`starting \`leoam serve ${flags.join(" ")}\` (embedded nats-server, bundled model models/tiny-leo-14m)`)
 const server = spawn(process.execPath, [bin, "serve", ...flags], { stdio: ["ignore", "pipe", "inherit"] })
 const url = await new Promise<string>((resolve, reject) => {

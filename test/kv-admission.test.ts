@@ -66,4 +66,52 @@ describe("KvAdmission", () => {
     await flush()
     expect(second).toBe(true)
   })
+
+  it("gives a lone tiered lane the whole budget, and splits it among lanes that start together", async () => {
+    const a = new KvAdmission(4, 300)
+    const lone = await a.admitShare(70)
+    expect(lone).toBe(300)
+    const got: number[] = []
+    // Three arrive while the lone lane holds everything: they wait, then split what it frees.
+    for (let i = 0; i < 3; i++) void a.admitShare(70).then((b) => got.push(b!))
+    await flush()
+    expect(got).toEqual([])
+    expect(a.stats).toEqual({ running: 1, waiting: 3, reservedBytes: 300 })
+    a.release(300)
+    await flush()
+    expect(got).toEqual([100, 100, 100])
+    expect(a.stats).toEqual({ running: 3, waiting: 0, reservedBytes: 300 })
+  })
+
+  it("runs fewer lanes than its places when the shares would fall below a lane's minimum", async () => {
+    const a = new KvAdmission(4, 300)
+    const got: number[] = []
+    for (let i = 0; i < 4; i++) void a.admitShare(90).then((b) => got.push(b!))
+    await flush()
+    // 4 x 75 < 90: three lanes of 100; the fourth waits for one to end, then gets its share.
+    expect(got).toEqual([100, 100, 100])
+    expect(a.stats.waiting).toBe(1)
+    a.release(100)
+    await flush()
+    expect(got).toEqual([100, 100, 100, 100])
+  })
+
+  it("starts the first lane of an empty batch even below the minimum (its KV manager refuses it), and shares nothing without a budget", async () => {
+    const small = new KvAdmission(4, 50)
+    expect(await small.admitShare(90)).toBe(50)
+    const unbounded = new KvAdmission(2, undefined)
+    expect(await unbounded.admitShare(90)).toBeUndefined()
+    expect(await unbounded.admitShare(90)).toBeUndefined()
+    expect(unbounded.stats).toEqual({ running: 2, waiting: 0, reservedBytes: 0 })
+  })
+
+  it("splits only what is free: a lane that joins a running one gets the rest, if it fits a lane", async () => {
+    const a = new KvAdmission(4, 300)
+    const first = a.admitShare(60)
+    const second = a.admitShare(60)
+    expect([await first, await second]).toEqual([150, 150])
+    a.release(150)
+    expect(await a.admitShare(60)).toBe(150)
+    expect(a.stats).toEqual({ running: 2, waiting: 0, reservedBytes: 300 })
+  })
 })

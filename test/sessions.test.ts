@@ -91,6 +91,23 @@ describe("sessions", () => {
     console.log(`TTFT: fresh generate of ${doc.length + q1.length} tokens ${want.timings.prefill_ms.toFixed(1)} ms; session question ${first.timings.prefill_ms.toFixed(1)} / ${second.timings.prefill_ms.toFixed(1)} ms`)
   })
 
+  it("a session question runs in the batch beside a generate: it answers while the generate still runs, with the same ids", async () => {
+    const long = { ids: q2, max_tokens: 60 }
+    const wantLong = (await ask(ann, publicSubjects.generate, long)).json
+    expect(wantLong.ids.length).toBeGreaterThan(30)
+    const root = await client("root")
+    const want = await fresh([...doc, ...q1])
+    const order: string[] = []
+    const running = ask(ann, publicSubjects.generate, long).then((r) => (order.push("generate"), r.json))
+    // Once the generate decodes (its first tokens out), the session question joins the batch.
+    while (((await ask(root, adminSubjects.stats, {})).json.batch?.decoding ?? 0) === 0) await new Promise((r) => setTimeout(r, 20))
+    const asked = ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX }).then((r) => (order.push("session"), r.json))
+    const [gen, question] = await Promise.all([running, asked])
+    expect(question.ids).toEqual(want.ids)
+    expect(gen.ids).toEqual(wantLong.ids)
+    expect(order).toEqual(["session", "generate"])
+  })
+
   it("append: true keeps question and answer; append adds to the document", async () => {
     const kept = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX, append: true })).json
     const tokens = doc.length + q1.length + kept.ids.length

@@ -16,7 +16,7 @@ import { attnDecodeKey, windowedPrefillKey } from "../model-resources.ts"
 import type { PipelineKey } from "../pipelines.ts"
 import type { SparsePolicy } from "../sparse.ts"
 import { chunkMassKey } from "./tiered/mass.ts"
-import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
+import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredMinimumBytes, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import { FullKv } from "./full.ts"
 import { H2oKv, type H2oPolicy, h2oPipelineKeys } from "./h2o.ts"
 import type { KvApplies, KvContext, KvManager } from "./manager.ts"
@@ -82,6 +82,10 @@ export interface KvSizes {
   readonly maxContext: number
   readonly prefillChunk: number
 }
+
+/** The least GPU budget a spec's manager accepts (a tiered one; the others need their context's KV, counted by the caller). */
+export const kvMinimumBytes = (spec: KvSpec, c: ModelConfig, sizes: KvSizes): number =>
+  spec.kind === "tiered" ? tieredMinimumBytes(c, spec.policy, spec.stores.arena, sizes) : 0
 
 /** What the model needs of a spec's manager before it builds it, and the build. */
 export interface KvKind {

@@ -20,7 +20,15 @@ export interface TestCluster {
 }
 
 export const startCluster = async (
-  options: { actors?: ReadonlyArray<ActorName>; queueCapacity?: number; maxContext?: number; drainTimeoutMs?: number; maxBatch?: number } = {},
+  options: {
+    actors?: ReadonlyArray<ActorName>
+    queueCapacity?: number
+    maxContext?: number
+    drainTimeoutMs?: number
+    maxBatch?: number
+    kvPolicy?: Parameters<typeof startNode>[0]["kvPolicy"]
+    gpuKvBudget?: number
+  } = {},
 ): Promise<TestCluster> => {
   const nats = await startEmbeddedNats()
   const kvDir = mkdtempSync(join(tmpdir(), "leoam-kv-"))
@@ -31,6 +39,8 @@ export const startCluster = async (
     maxContext: options.maxContext ?? 2048,
     queueCapacity: options.queueCapacity ?? 8,
     maxBatch: options.maxBatch,
+    kvPolicy: options.kvPolicy,
+    gpuKvBudget: options.gpuKvBudget,
     kvDir,
     hostKvBudget: 8 * 1024 * 1024,
     drainTimeoutMs: options.drainTimeoutMs ?? 20_000,

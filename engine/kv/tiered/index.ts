@@ -10,6 +10,7 @@ export {
   type TierLayoutInput,
   tierLayout,
   tieredLayout,
+  tieredMinimumBytes,
   type TieredPolicy,
   type TierStores,
 } from "./layout.ts"

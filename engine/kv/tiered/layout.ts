@@ -147,16 +147,11 @@ export const adaptiveOf = (p: TieredPolicy): { readonly minTokens: number; reado
 export const minimumSlots = (p: TieredPolicy): number =>
   p.mode === "offload-all" ? 1 : Math.ceil(p.sinkTokens / p.chunkTokens) + Math.ceil(p.recentTokens / p.chunkTokens) + 1
 
-/**
- * The GPU layout of a tiered cache for this model, policy and budget; throws KvBudgetError
- * (with the least budget that would do) where the constructor would refuse it.
- */
-export const tieredLayout = (
-  c: ModelConfig,
-  policy: TieredPolicy,
-  stores: Pick<TierStores, "gpuBudgetBytes" | "arena">,
-  options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number },
-): TierLayout => {
+/** The sizes a tiered cache is laid out for. */
+type LayoutSizes = { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number }
+
+/** The layout arithmetic's input for this model, policy and budget; throws KvBudgetError for a chunk size the cache cannot cut. */
+const layoutInput = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStores, "gpuBudgetBytes" | "arena">, options: LayoutSizes): TierLayoutInput => {
   const bs = options.blockTokens
   if (!Number.isInteger(policy.chunkTokens) || policy.chunkTokens <= 0 || policy.chunkTokens % bs !== 0) {
     throw new KvBudgetError(`chunk size ${policy.chunkTokens} must be a positive multiple of the block size ${bs}`)
@@ -167,7 +162,7 @@ export const tieredLayout = (
   if (slotBytes > stores.arena.slabBytes) {
     throw new KvBudgetError(`a chunk of ${slotBytes} bytes exceeds the host arena's slab of ${stores.arena.slabBytes}`)
   }
-  const layout = tierLayout({
+  return {
     layers: c.numLayers,
     tailSlackBytes: tailSlackBlocks(bs) * 2 * blockBytes,
     slotBytes,
@@ -178,7 +173,15 @@ export const tieredLayout = (
     wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
     maxChunks: Math.ceil(options.maxContext / minChunkTokens(policy)),
     budgetBytes: stores.gpuBudgetBytes,
-  })
+  }
+}
+
+/**
+ * The GPU layout of a tiered cache for this model, policy and budget; throws KvBudgetError
+ * (with the least budget that would do) where the constructor would refuse it.
+ */
+export const tieredLayout = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStores, "gpuBudgetBytes" | "arena">, options: LayoutSizes): TierLayout => {
+  const layout = tierLayout(layoutInput(c, policy, stores, options))
   if (typeof layout === "number") {
     throw new KvBudgetError(
       `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
@@ -186,6 +189,12 @@ export const tieredLayout = (
     )
   }
   return layout
+}
+
+/** The least GPU budget a tiered cache of this model and policy accepts (a batch lane's minimum share). */
+export const tieredMinimumBytes = (c: ModelConfig, policy: TieredPolicy, arena: HostArena, options: LayoutSizes): number => {
+  const least = tierLayout(layoutInput(c, policy, { gpuBudgetBytes: 0, arena }, options))
+  return typeof least === "number" ? least : least.bytes
 }
 
 /**
