@@ -17,8 +17,10 @@ import { LeoamError, leoamError } from "../protocol/errors.ts"
 import { ActorStatus, internalRpc } from "../protocol/internal.ts"
 import { parseBody, respondError, respondJson } from "./nats.ts"
 
-export type ActorName = "scheduler" | "gpu-executor" | "host-cache" | "disk-store"
-export const actorNames: ReadonlyArray<ActorName> = ["scheduler", "gpu-executor", "host-cache", "disk-store"]
+/** The node's actors, and the HTTP gateway (beside them with --http-port, or alone). */
+export type ActorName = NodeActorName | "http-gateway"
+export type NodeActorName = "scheduler" | "gpu-executor" | "host-cache" | "disk-store"
+export const actorNames: ReadonlyArray<NodeActorName> = ["scheduler", "gpu-executor", "host-cache", "disk-store"]
 
 /** `receivedAt` is when the message reached the actor (performance.now()), before any queueing. Succeeds with the JSON reply. */
 export type Handler<S> = (service: S, body: unknown, msg: Msg, receivedAt: number) => Effect.Effect<unknown, LeoamError>

@@ -3,11 +3,16 @@
 // KV: every request is one NATS request as the caller's NATS user (actors/http/backend.ts),
 // so it runs beside `leoam serve` (--http-port) or alone (`leoam actor http-gateway`).
 // Listens on loopback unless a host is given. Stopping closes the listener, ends open
-// connections and drains its NATS connections.
+// connections and drains its NATS connections. As an actor (`httpGatewayActor`) its service
+// is the listening gateway, built at start and rebuilt after a crash; it answers the actors'
+// pings with its counters, so it shows in leoam.v1.health and the metrics.
 import type { AddressInfo } from "node:net"
 import type { Server } from "node:http"
 import { serve } from "@hono/node-server"
+import { Context, Effect, Layer } from "effect"
 import { leoamError } from "../protocol/errors.ts"
+import { type ActorDefinition, serviceOf } from "./actor.ts"
+import { startup } from "./errors.ts"
 import type { NatsAuth } from "./nats.ts"
 import { gatewayApp, type GatewayCounters } from "./http/app.ts"
 import { Backend } from "./http/backend.ts"
@@ -73,3 +78,26 @@ export const startHttpGateway = async (o: HttpGatewayOptions): Promise<HttpGatew
     },
   }
 }
+
+export class HttpGatewayService extends Context.Tag("leoam/actors/HttpGateway")<HttpGatewayService, HttpGateway>() {
+  /** Listens while the scope is open; a port that cannot be had fails for good (bad flags). */
+  static readonly layer = (o: HttpGatewayOptions) =>
+    Layer.scoped(
+      HttpGatewayService,
+      Effect.acquireRelease(startup()(() => startHttpGateway(o)), (g) => Effect.promise(() => g.stop())),
+    )
+}
+
+/** What the gateway tells pings (leoam.v1.health) and the metrics: where it listens and its counters. */
+export const gatewayStatus = (g: HttpGateway) => ({ url: g.url, chat_template: g.chatTemplate, ...g.stats() })
+
+/**
+ * The gateway as an actor of its node (`leoam serve --http-port`) or alone (`leoam actor
+ * http-gateway`): no mailbox subjects (its requests come over HTTP and go out as NATS
+ * requests), only the pings every actor answers. `onStart` is told of each gateway built.
+ */
+export const httpGatewayActor = (o: HttpGatewayOptions, onStart?: (g: HttpGateway) => void): ActorDefinition<HttpGateway> => ({
+  name: "http-gateway",
+  service: serviceOf(HttpGatewayService, HttpGatewayService.layer(o)).pipe(Effect.tap((g) => Effect.sync(() => onStart?.(g)))),
+  stats: gatewayStatus,
+})

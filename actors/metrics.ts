@@ -1,9 +1,12 @@
 // The admin stats as Prometheus text (prom-client), on an optional loopback HTTP port:
 // `leoam serve --metrics-port N` serves http://127.0.0.1:N/metrics. Each scrape asks the
-// node for leoam.v1.admin.stats once and renders every number of it.
+// node for leoam.v1.admin.stats once and renders every number of it, and pings the node's
+// actors (as leoam.v1.health does): each one's state and restarts, and the HTTP gateway's
+// request counters.
 import { createServer, type Server } from "node:http"
 import { Counter, Gauge, Registry } from "prom-client"
 import type { AdminStatsReply } from "../protocol/admin.ts"
+import type { ActorStatus } from "../protocol/internal.ts"
 
 export interface MetricsServer {
   readonly url: string
@@ -35,6 +38,9 @@ export const statsRegistry = () => {
     stepGpuSeconds: counter("leoam_decode_gpu_seconds_total", "decode GPU time by kernel (overlaps the host phases scoring and transfer)", ["kernel"]),
     prefillTokens: counter("leoam_prefill_tokens_total", "prompt tokens prefilled"),
     prefillSeconds: counter("leoam_prefill_seconds_total", "prefill wall time"),
+    actorUp: gauge("leoam_actor_up", "an actor that answered the scrape's ping: 1 running, 0 restarting", ["actor", "pid"]),
+    actorRestarts: counter("leoam_actor_restarts_total", "restarts of an actor's service after a crash", ["actor", "pid"]),
+    http: counter("leoam_http_requests_total", "HTTP gateway requests by outcome: all, errors (OpenAI-shaped error replies), streams (SSE), cancelled (client gone)", ["kind", "pid"]),
   }
   // Counters hold totals the node keeps: each scrape sets them to those totals.
   const setCounter = (c: Counter, value: number, labels?: Record<string, string>) => {
@@ -73,20 +79,32 @@ export const statsRegistry = () => {
     setCounter(m.prefillTokens, s.prefill.tokens)
     setCounter(m.prefillSeconds, s.prefill.ms / 1000)
   }
-  return { registry, set }
+  /** The actors that answered a ping (absent ones leave the series). */
+  const setActors = (actors: ReadonlyArray<ActorStatus>) => {
+    for (const g of [m.actorUp, m.actorRestarts, m.http]) g.reset()
+    for (const a of actors) {
+      const label = { actor: a.name, pid: String(a.pid) }
+      m.actorUp.set(label, a.status === "running" ? 1 : 0)
+      setCounter(m.actorRestarts, a.restarts, label)
+      const g = a.name === "http-gateway" ? (a.stats as Partial<Record<"requests" | "errors" | "streams" | "cancelled", number>> | undefined) : undefined
+      if (g) for (const kind of ["requests", "errors", "streams", "cancelled"] as const) setCounter(m.http, g[kind] ?? 0, { kind, pid: String(a.pid) })
+    }
+  }
+  return { registry, set, setActors }
 }
 
 /** Serves GET /metrics on 127.0.0.1:port (0: a free port). */
-export const startMetricsServer = async (port: number, stats: () => Promise<AdminStatsReply>): Promise<MetricsServer> => {
-  const { registry, set } = statsRegistry()
+export const startMetricsServer = async (port: number, stats: () => Promise<AdminStatsReply>, actors: () => Promise<ReadonlyArray<ActorStatus>> = async () => []): Promise<MetricsServer> => {
+  const { registry, set, setActors } = statsRegistry()
   const server: Server = createServer((req, res) => {
     if (req.method !== "GET" || (req.url ?? "/").split("?")[0] !== "/metrics") {
       res.writeHead(404, { "content-type": "text/plain" }).end("only GET /metrics\n")
       return
     }
-    stats()
-      .then(async (s) => {
+    Promise.all([stats(), actors()])
+      .then(async ([s, a]) => {
         set(s)
+        setActors(a)
         res.writeHead(200, { "content-type": registry.contentType }).end(await registry.metrics())
       })
       .catch((e) => res.writeHead(503, { "content-type": "text/plain" }).end(`leoam stats unavailable: ${(e as Error).message}\n`))

@@ -19,7 +19,8 @@ import { AdminStatsReply } from "../protocol/admin.ts"
 import { leoamError } from "../protocol/errors.ts"
 import { ADMIN_PREFIX, adminSubjects, NODE_ID, SERVICE_NAME } from "../protocol/subjects.ts"
 import { accountsConfig, type UsersFile } from "./access.ts"
-import { type ActorName, type RunningActor, runActor, type Source } from "./actor.ts"
+import { type NodeActorName, pingActors, type RunningActor, runActor, type Source } from "./actor.ts"
+import { type HttpGateway, httpGatewayActor, type HttpGatewayOptions } from "./http-gateway.ts"
 import { type MetricsServer, startMetricsServer } from "./metrics.ts"
 import { diskStoreActor } from "./disk-store.ts"
 import { gpuExecutor } from "./gpu-executor.ts"
@@ -36,7 +37,7 @@ export const packageVersion = (): string =>
   (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version
 
 export interface NodeOptions {
-  readonly actors: ReadonlyArray<ActorName>
+  readonly actors: ReadonlyArray<NodeActorName>
   /**
    * The node id: this node's internal subjects are `leoam.int.v1.node.<id>.*`, its own on a
    * bus shared with other nodes. Absent: the single-node subjects `leoam.int.v1.*`.
@@ -78,6 +79,8 @@ export interface NodeOptions {
   readonly kvDiskBudget?: number
   /** Sessions one NATS user may hold over all nodes; absent: no limit. */
   readonly sessionQuota?: number
+  /** The OpenAI-compatible HTTP gateway as one more actor of the node (--http-port), against the node's NATS. */
+  readonly http?: Omit<HttpGatewayOptions, "natsUrl">
 }
 
 export interface LeoamNode {
@@ -90,6 +93,8 @@ export interface LeoamNode {
   readonly policy?: { readonly version: number; readonly name: string; readonly stored: boolean }
   /** The metrics endpoint, when one was asked for. */
   readonly metricsUrl?: string
+  /** The HTTP gateway, when one was asked for (the one listening now: a crash rebuilds it). */
+  readonly http?: () => HttpGateway | undefined
   /** Drains and stops everything this node started. */
   stop(): Promise<void>
 }
@@ -119,6 +124,7 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
   let metrics: MetricsServer | undefined
   let policy: StartPolicy | undefined
   let leases: NodeLeases | undefined
+  let gateway: HttpGateway | undefined
   try {
     const raw = await connectNats(url, `leoam-${options.node ?? ""}${options.node ? ":" : ""}${options.actors.join("+")}`, auth)
     nc = nodeView(raw, options.node)
@@ -131,9 +137,10 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     for (const name of options.actors) {
       running.push(await startNamed(nc, raw, name, options, version, () => draining, tiers, policy, leases))
     }
+    if (options.http) running.push(await runActor(nc, httpGatewayActor({ ...options.http, natsUrl: url }, (g) => (gateway = g))))
     if (options.metricsPort !== undefined && options.actors.includes("scheduler")) {
       const conn = nc
-      metrics = await startMetricsServer(options.metricsPort, () => runRequest(askPublic(conn, adminSubjects.stats, AdminStatsReply, {}, 10_000)))
+      metrics = await startMetricsServer(options.metricsPort, () => runRequest(askPublic(conn, adminSubjects.stats, AdminStatsReply, {}, 10_000)), () => pingActors(conn))
     }
   } catch (e) {
     for (const a of running.reverse()) await a.drain(0).catch(() => undefined)
@@ -151,12 +158,14 @@ export const startNode = async (options: NodeOptions): Promise<LeoamNode> => {
     actors: running,
     policy: policy && { version: policy.version, name: policy.resolved.name, stored: policy.stored },
     metricsUrl: metrics?.url,
+    ...(options.http ? { http: () => gateway } : {}),
     stop: async () => {
       draining = true
       await metrics?.close()
-      // The scheduler first (it refuses new work and finishes what it admitted), then the
-      // gpu-executor (it may still write chunks), then the tiers it writes to.
-      const rank = (n: string) => ["scheduler", "gpu-executor", "host-cache", "disk-store"].indexOf(n)
+      // The scheduler first (it refuses new work and finishes what it admitted: HTTP requests
+      // meanwhile get shutting_down, those in flight their answer), then the gpu-executor (it
+      // may still write chunks), then the tiers it writes to, then the HTTP gateway.
+      const rank = (n: string) => ["scheduler", "gpu-executor", "host-cache", "disk-store", "http-gateway"].indexOf(n)
       const order = [...running].sort((a, b) => rank(a.name) - rank(b.name))
       for (const a of order) await a.drain(options.drainTimeoutMs ?? 30_000)
       leases?.stop()
@@ -224,7 +233,7 @@ const openWeights = (spec: string) => (spec.startsWith("dummy:") ? new DummyWeig
 const startNamed = async (
   nc: NatsConnection,
   raw: NatsConnection,
-  name: ActorName,
+  name: NodeActorName,
   o: NodeOptions,
   version: string,
   draining: () => boolean,

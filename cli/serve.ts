@@ -2,17 +2,18 @@
 // (one actor against an existing NATS). Both print one ready line and drain on
 // SIGTERM/SIGINT: new requests get `shutting_down`, admitted ones finish (bounded).
 import { randomBytes } from "node:crypto"
-import { type ActorName, actorNames } from "../actors/actor.ts"
+import { actorNames, type NodeActorName, runActor } from "../actors/actor.ts"
 import { startNode } from "../actors/node.ts"
 import { ensuredDefaultKvDir, loadPolicyDocument } from "./kv.ts"
 import { inboxPrefixOf, loadUsers, type UsersFile } from "../actors/access.ts"
-import { type HttpGateway, startHttpGateway } from "../actors/http-gateway.ts"
+import { type HttpGateway, httpGatewayActor } from "../actors/http-gateway.ts"
+import { connectNats } from "../actors/nats.ts"
 import { removeServeRecord, writeServeRecord } from "./local.ts"
 import { CliError } from "./errors.ts"
 import { notifyReady, notifyStopping } from "./notify.ts"
 
 export interface ServeArgs {
-  readonly actors: ReadonlyArray<ActorName>
+  readonly actors: ReadonlyArray<NodeActorName>
   /** --node: this node's id on a shared bus (see nodeIdOf). */
   readonly node?: string
   readonly model: string
@@ -73,26 +74,42 @@ const untilSignal = (drainMs: number, stop: () => Promise<void>) =>
  * shared connection uses the --nats-* credentials; with --users, each request the caller's).
  */
 export const runHttpGateway = async (args: ServeArgs & { readonly natsUrl: string; readonly inboxPrefix?: string }): Promise<void> => {
-  const gateway = await startHttpGateway({
-    natsUrl: args.natsUrl,
-    auth: { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey },
-    // As the leoam CLI: a named user's replies come to its own inbox prefix (the only one a client user may use).
-    inboxPrefix: args.inboxPrefix ?? (args.natsUser !== undefined ? inboxPrefixOf(args.natsUser) : undefined),
-    users: keyUsers(args.users !== undefined ? loadUsers(args.users) : undefined),
-    port: args.httpPort ?? 8000,
-    host: args.httpHost,
-    modelDir: args.model,
-    chatTemplateFile: args.chatTemplate,
+  const auth = { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey }
+  // An actor like the others: it answers the actors' pings (leoam.v1.health) on this connection.
+  const nc = await connectNats(args.natsUrl, "leoam-http-gateway", auth)
+  let gateway: HttpGateway | undefined
+  const actor = await runActor(
+    nc,
+    httpGatewayActor(
+      {
+        natsUrl: args.natsUrl,
+        auth,
+        // As the leoam CLI: a named user's replies come to its own inbox prefix (the only one a client user may use).
+        inboxPrefix: args.inboxPrefix ?? (args.natsUser !== undefined ? inboxPrefixOf(args.natsUser) : undefined),
+        users: keyUsers(args.users !== undefined ? loadUsers(args.users) : undefined),
+        port: args.httpPort ?? 8000,
+        host: args.httpHost,
+        modelDir: args.model,
+        chatTemplateFile: args.chatTemplate,
+      },
+      (g) => (gateway = g),
+    ),
+  ).catch(async (e) => {
+    await nc.close().catch(() => undefined)
+    throw e
   })
-  process.stdout.write(`leoam: http-gateway ready on ${gateway.url} for ${args.natsUrl} (pid ${process.pid}); chat template ${gateway.chatTemplate}\n`)
-  void notifyReady(`http-gateway ready on ${gateway.url}`)
-  await untilSignal(args.drainTimeoutMs, () => gateway.stop())
+  process.stdout.write(`leoam: http-gateway ready on ${gateway!.url} for ${args.natsUrl} (pid ${process.pid}); chat template ${gateway!.chatTemplate}\n`)
+  void notifyReady(`http-gateway ready on ${gateway!.url}`)
+  await untilSignal(args.drainTimeoutMs, async () => {
+    await actor.drain(args.drainTimeoutMs)
+    await nc.drain().catch(() => undefined)
+  })
   process.stdout.write("leoam: stopped\n")
 }
 
-export const parseActorName = (name: string): ActorName => {
+export const parseActorName = (name: string): NodeActorName => {
   if (!(actorNames as ReadonlyArray<string>).includes(name)) throw new CliError("invalid_argument", `unknown actor "${name}" (one of ${actorNames.join(", ")})`)
-  return name as ActorName
+  return name as NodeActorName
 }
 
 /**
@@ -131,27 +148,25 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
     kvDiskBudget: args.kvDiskBudget,
     sessionQuota: args.sessionQuota,
     drainTimeoutMs: args.drainTimeoutMs,
+    // The HTTP gateway, one more actor of the node; the embedded server without --users needs no credentials, an existing one the node's.
+    ...(args.httpPort !== undefined
+      ? {
+          http: {
+            auth: { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey },
+            users: keyUsers(users),
+            port: args.httpPort,
+            host: args.httpHost,
+            modelDir: args.model,
+            chatTemplateFile: args.chatTemplate,
+          },
+        }
+      : {}),
   })
   const p = node.policy
   if (p?.stored && args.kvPolicy !== undefined && args.kvPolicyExplicit && p.name !== loadPolicyDocument(args.kvPolicy).resolved.name) {
     process.stderr.write(`leoam: the kv-dir's stored KV policy v${p.version} (${p.name}) is used, not --kv-policy ${args.kvPolicy}; change it with \`leoam admin policy set\`\n`)
   }
-  let gateway: HttpGateway | undefined
-  if (args.httpPort !== undefined) {
-    gateway = await startHttpGateway({
-      natsUrl: node.url,
-      // The embedded server without --users needs no credentials; an existing one, the node's.
-      auth: { user: args.natsUser, pass: args.natsPass, credsFile: args.natsCreds, nkeySeedFile: args.natsNkey },
-      users: keyUsers(users),
-      port: args.httpPort,
-      host: args.httpHost,
-      modelDir: args.model,
-      chatTemplateFile: args.chatTemplate,
-    }).catch(async (e) => {
-      await node.stop()
-      throw e
-    })
-  }
+  const gateway = node.http?.()
   const extras = [
     p ? `KV policy ${p.name} v${p.version}${p.stored ? " (stored)" : ""}` : "",
     node.metricsUrl ? `metrics ${node.metricsUrl}` : "",
@@ -161,14 +176,8 @@ export const runServe = async (args: ServeArgs): Promise<void> => {
   if (actors.includes("scheduler")) writeServeRecord(node.url)
   process.stdout.write(`leoam: ${actors.join(", ")} ready on ${node.url} (pid ${process.pid})${extras.length ? `; ${extras.join("; ")}` : ""}\n`)
   void notifyReady(`${actors.join(", ")} ready on ${node.url}`)
-  // The node drains first (HTTP requests admitted meanwhile get shutting_down, those in flight their answer), then the gateway closes.
-  await untilSignal(args.drainTimeoutMs, async () => {
-    try {
-      await node.stop()
-    } finally {
-      await gateway?.stop()
-    }
-  })
+  // The node drains its scheduler first (HTTP requests admitted meanwhile get shutting_down, those in flight their answer), its gateway last.
+  await untilSignal(args.drainTimeoutMs, () => node.stop())
   removeServeRecord()
   process.stdout.write("leoam: stopped\n")
 }

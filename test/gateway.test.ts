@@ -54,13 +54,15 @@ describe("the OpenAI-compatible HTTP gateway", () => {
       kvPolicy: parsePolicyDocument("full"),
       drainTimeoutMs: 10_000,
       users,
+      metricsPort: 0,
+      // The keyed gateway is one more actor of the node (as `leoam serve --http-port`).
+      http: { users: new Set(["ann", "ben", "root"]), port: 0, modelDir },
     })
-    keyed = await startHttpGateway({ natsUrl: node.url, users: new Set(["ann", "ben", "root"]), port: 0, modelDir })
+    keyed = node.http!()!
     open = await startHttpGateway({ natsUrl: node.url, auth: { user: "ben", pass: "ben-secret" }, inboxPrefix: "_INBOX_ben", port: 0, modelDir })
   }, 120_000)
   afterAll(async () => {
     for (const nc of conns) await nc.close().catch(() => undefined)
-    await keyed?.stop()
     await open?.stop()
     await node?.stop()
     rmSync(kvDir, { recursive: true, force: true })
@@ -180,5 +182,18 @@ describe("the OpenAI-compatible HTTP gateway", () => {
     expect(refused.json.error.code).toBe("invalid_request")
     expect((await ask(ben, cancelSubject, { stream: "leoam.v1.stream.ben.abc" })).json).toEqual({ cancelled: false })
     expect(after.generated_tokens - before.generated_tokens).toBeLessThan(200)
+  })
+
+  it("is an actor of its node: in leoam.v1.health and in the metrics with its request counters", async () => {
+    const ann = await nats("ann")
+    const health = (await ask(ann, publicSubjects.health, {})).json
+    expect(health.actors).toContainEqual({ name: "http-gateway", status: "running", restarts: 0 })
+    const before = (await (await fetch(node.metricsUrl!)).text()).split("\n")
+    const requests = (lines: string[]) => Number(lines.find((l) => l.startsWith('leoam_http_requests_total{kind="requests"'))?.split(" ").at(-1))
+    expect(before).toContainEqual(expect.stringMatching(/^leoam_actor_up\{actor="http-gateway",pid="\d+"\} 1$/))
+    expect(before).toContainEqual(expect.stringMatching(/^leoam_actor_up\{actor="gpu-executor",pid="\d+"\} 1$/))
+    await client(keyed).models.list()
+    const after = (await (await fetch(node.metricsUrl!)).text()).split("\n")
+    expect(requests(after)).toBe(requests(before) + 1)
   })
 })

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { NatsConnection } from "@nats-io/nats-core"
-import type { ActorName } from "../../actors/actor.ts"
+import type { NodeActorName } from "../../actors/actor.ts"
 import { connectNats, type EmbeddedNats } from "../../actors/nats.ts"
 import { startEmbeddedNats } from "../../actors/nats-server.ts"
 import { type LeoamNode, startNode } from "../../actors/node.ts"
@@ -21,7 +21,7 @@ export interface TestCluster {
 
 export const startCluster = async (
   options: {
-    actors?: ReadonlyArray<ActorName>
+    actors?: ReadonlyArray<NodeActorName>
     queueCapacity?: number
     maxContext?: number
     drainTimeoutMs?: number
