@@ -6,7 +6,10 @@
 // is built, the free bytes split among the lanes that start together (the whole budget for
 // a lone request; fewer lanes than B when B shares would fall below a lane's minimum), and
 // the lanes share the host arena, whose overflow goes to disk (actors/kv-admission.ts:
-// arrival order; serial runs, sessions, alone once the batch is empty). Only this module's
+// arrival order; serial runs alone once the batch is empty). A plain request under a tiered
+// policy with fixed chunks links the whole chunks of its prompt's longest prefix that a
+// running request holds (kv/prefix-index.ts; disk entries pointing at the same bytes, written
+// once and freed with their last user) and prefills only the rest. Only this module's
 // functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
@@ -14,6 +17,7 @@ import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTier
 import type { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
+import { PrefixIndex, prefixChunkKeys } from "../kv/prefix-index.ts"
 import { KvAdmission } from "./kv-admission.ts"
 
 export interface BatchDeps {
@@ -43,6 +47,35 @@ export const executorBatch = (deps: BatchDeps) => {
 
   /** GPU budget shares of the tiered lanes running, by run id. */
   const shares = new Map<string, number>()
+  /** The prompt chunks the running lanes hold, by lane session; prompt tokens taken from them since start. */
+  const prefixes = new PrefixIndex()
+  let sharedTokens = 0
+
+  /**
+   * A lane's first prefill turn under a tiered policy with fixed chunks: links the whole
+   * chunks of the longest prefix of `prompt` another running lane holds on disk (all layers
+   * sealed) into this lane's session and resumes them; resolves to the prompt tokens held.
+   * The lane then holds its prompt's chunks for later lanes (once its prefill seals them).
+   */
+  const sharePrefix = (lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number) => async (): Promise<number> => {
+    const store = deps.tiers.store!
+    const keys = prefixChunkKeys(prompt, chunkTokens)
+    // The last prompt token is prefilled by the lane (its logits choose the first token).
+    const found = prefixes.longest(keys.slice(0, Math.floor((prompt.length - 1) / chunkTokens)))
+    let held = 0
+    if (found) {
+      const layers = lane.config.numLayers
+      let chunks = found.chunks
+      for (let l = 0; l < layers; l++) chunks = Math.min(chunks, store.chunksOf(found.sequence, l).length)
+      if (chunks > 0) {
+        store.linkChunks(found.sequence, session, Array.from({ length: layers }, () => chunks))
+        held = lane.openSession(session)
+        sharedTokens += held
+      }
+    }
+    prefixes.add(session, keys)
+    return held
+  }
 
   /** The least GPU budget a tiered lane of `tokens` tokens accepts (its sink, recent, one chosen chunk, the tail and staging). */
   const laneMinBytes = (policy: ResolvedPolicy, tokens: number): number => {
@@ -69,19 +102,21 @@ export const executorBatch = (deps: BatchDeps) => {
    * Builds a lane for `tokens` tokens once its KV is admitted, hands it to `use` (which runs
    * it through the loop), and frees it when `use` ends.
    */
-  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop) => Promise<T>): Promise<T> => {
+  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop, session: string) => Promise<T>): Promise<T> => {
     const policy = deps.policy()
     const { reserved, gpuBudgetBytes } = await admit(policy, tokens)
     try {
       if (isTiered(policy) && gpuBudgetBytes !== undefined) shares.set(runId, gpuBudgetBytes)
       const main = deps.model()
-      const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session: `${deps.session}-lane-${laneCount++}` }, main.config, tokens)
+      const session = `${deps.session}-lane-${laneCount++}`
+      const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session }, main.config, tokens)
       const model = await main.sibling({ maxContext: tokens, ...kv })
       lanes.set(runId, model)
       loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
       try {
-        return await use(model, loop)
+        return await use(model, loop, session)
       } finally {
+        prefixes.remove(session)
         lanes.delete(runId)
         model.reset()
         model.destroy()
@@ -95,8 +130,10 @@ export const executorBatch = (deps: BatchDeps) => {
   return {
     /** Runs `prompt` in the batch once its KV is admitted; its lane is freed when it ends. */
     run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined }> =>
-      withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop) => {
-        const r = await loop.generate(lane, prompt, options)
+      withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop, session) => {
+        const policy = deps.policy()
+        const sharing = isTiered(policy) && policy.chunkMinTokens === undefined && deps.tiers.store !== undefined && lane.hasSessions
+        const r = await loop.generate(lane, prompt, options, sharing ? sharePrefix(lane, session, prompt, policy.chunkTokens) : undefined)
         return { r, kv: lane.tierStats() }
       }),
 
@@ -119,6 +156,7 @@ export const executorBatch = (deps: BatchDeps) => {
       prefilling: loop?.sizes.prefilling ?? 0,
       waiting_for_kv: admission.stats.waiting,
       kv_reserved_bytes: admission.stats.reservedBytes,
+      shared_prefix_tokens: sharedTokens,
       // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
       ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined
         ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()] } }

@@ -30,6 +30,8 @@ interface Member {
   readonly options: GenerateOptions
   readonly onGpu: boolean
   readonly readback: GPUBuffer // 4 bytes, MAP_READ
+  /** At its first prefill turn: the prompt tokens the model holds already (a shared prefix it adopted then). */
+  prepare: (() => Promise<number>) | undefined
   readonly resolve: (r: GenerateResult) => void
   readonly reject: (e: unknown) => void
   readonly t0: number
@@ -64,15 +66,17 @@ export class BatchLoop {
    * Generates from `prompt` on `model` (a sibling of the lead, with room for the prompt and
    * `maxTokens`): a fresh sequence, or with `continue` after the one the model holds (a
    * resumed session); joining the batch at the next step boundary. With `maxTokens` 0 it
-   * only prefills (a session's document).
+   * only prefills (a session's document). `prepare`, at the sequence's first prefill turn
+   * (after the prompts before it), may give the model the prompt's first tokens (a shared
+   * prefix's chunks) and resolves to how many it holds; the rest is prefilled.
    */
-  generate(model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<GenerateResult> {
+  generate(model: GpuModel, prompt: ReadonlyArray<number>, options: GenerateOptions, prepare?: () => Promise<number>): Promise<GenerateResult> {
     if (prompt.length === 0) return Promise.reject(new RangeError("generate of an empty prompt"))
     return new Promise((resolve, reject) => {
       if (!options.continue) model.reset()
       const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
       const readback = model.gpu.device.createBuffer({ label: "batch token readback", size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-      this.prefilling.push({ model, prompt, options, onGpu, readback, resolve, reject, t0: performance.now(), base: model.length, prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
+      this.prefilling.push({ model, prompt, options, onGpu, readback, prepare, resolve, reject, t0: performance.now(), base: model.length, prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
       this.running ??= this.drive().finally(() => (this.running = undefined))
     })
   }
@@ -96,6 +100,13 @@ export class BatchLoop {
 
   private async prefillSlice(m: Member): Promise<void> {
     try {
+      if (m.prepare) {
+        const held = await m.prepare()
+        m.prepare = undefined
+        // At least the last prompt token is prefilled here: its logits choose the first token.
+        if (!(held >= 0 && held < m.prompt.length) || held !== m.model.length - m.base) throw new RangeError(`a prepared prefix of ${held} tokens for a prompt of ${m.prompt.length}`)
+        m.prefilled = held
+      }
       // Slices keep the decoding sequences streaming; with none decoding the whole prompt goes
       // in one call (a tiered cache prefills it layer by layer, each chunk written once).
       const left = m.prompt.length - m.prefilled
