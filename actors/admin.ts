@@ -127,6 +127,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
             rest: Math.max(0, t.decodeMs - hostMs),
           },
           gpu_ms: { attention: t.kvMs.attention },
+          ...(k.prefetch ? { prefetch: { ...k.prefetch } } : {}),
         },
         prefill: {
           tokens: t.prefillTokens,

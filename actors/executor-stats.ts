@@ -10,6 +10,8 @@ export interface KvTotals {
   disk: { hits: number; bytes_read: number; bytes_written: number }
   steps: number
   chunks_sealed: number
+  /** Prefetch's loads and what they were worth (KvStats.prefetch). */
+  prefetch: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number }
 }
 
 /** Everything the executor has done since it started (admin stats). */
@@ -35,6 +37,7 @@ export const emptyTotals = (): ExecutorTotals => ({
     disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
     steps: 0,
     chunks_sealed: 0,
+    prefetch: { chunks: 0, bytes: 0, hits: 0, misses: 0, wasted_bytes: 0 },
   },
   decodeSteps: 0,
   decodeMs: 0,
@@ -69,6 +72,8 @@ export const addKv = (t: ExecutorTotals, kv: KvStats, atDecode: KvStats["time_ms
   }
   t.kv.steps += kv.steps
   t.kv.chunks_sealed += kv.chunks_sealed
+  const p = t.kv.prefetch
+  if (kv.prefetch) for (const k of Object.keys(p) as Array<keyof typeof p>) p[k] += kv.prefetch[k]
   for (const k of Object.keys(t.kvMs) as Array<keyof ExecutorTotals["kvMs"]>) t.kvMs[k] += kv.time_ms[k] - (atDecode?.[k] ?? kv.time_ms[k])
 }
 

@@ -36,6 +36,8 @@ export const statsRegistry = () => {
     steps: counter("leoam_decode_steps_total", "decode steps"),
     stepSeconds: counter("leoam_decode_seconds_total", "decode host wall time by phase: total, and the disjoint phases scoring, transfer, seal, rest that add up to it", ["phase"]),
     stepGpuSeconds: counter("leoam_decode_gpu_seconds_total", "decode GPU time by kernel (overlaps the host phases scoring and transfer)", ["kernel"]),
+    prefetchChunks: counter("leoam_prefetch_chunks_total", "KV chunks prefetched into the GPU cache, by outcome at their layer's visit: loaded, hit (chosen), miss (a chosen chunk still missing)", ["outcome"]),
+    prefetchBytes: counter("leoam_prefetch_bytes_total", "KV bytes prefetched into the GPU cache: loaded, and wasted (loaded, not chosen)", ["kind"]),
     prefillTokens: counter("leoam_prefill_tokens_total", "prompt tokens prefilled"),
     prefillSeconds: counter("leoam_prefill_seconds_total", "prefill wall time"),
     actorUp: gauge("leoam_actor_up", "an actor that answered the scrape's ping: 1 running, 0 restarting", ["actor", "pid"]),
@@ -76,6 +78,11 @@ export const statsRegistry = () => {
     setCounter(m.steps, s.steps.count)
     for (const [phase, ms] of Object.entries(s.steps.ms)) setCounter(m.stepSeconds, ms / 1000, { phase })
     for (const [kernel, ms] of Object.entries(s.steps.gpu_ms)) setCounter(m.stepGpuSeconds, ms / 1000, { kernel })
+    const p = s.steps.prefetch
+    if (p) {
+      for (const [outcome, n] of [["loaded", p.chunks], ["hit", p.hits], ["miss", p.misses]] as const) setCounter(m.prefetchChunks, n, { outcome })
+      for (const [kind, n] of [["loaded", p.bytes], ["wasted", p.wasted_bytes]] as const) setCounter(m.prefetchBytes, n, { kind })
+    }
     setCounter(m.prefillTokens, s.prefill.tokens)
     setCounter(m.prefillSeconds, s.prefill.ms / 1000)
   }

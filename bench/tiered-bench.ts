@@ -6,7 +6,10 @@
 // fp16 weights and workspace) and --host-kv-budget; the rest lives under --kv-dir.
 // The context is filled with random KV (engine/synthetic-kv.ts), not prefilled: decode
 // cost only. Prints a table and writes JSON (--out). `leoam+pipe` is leoam with the pipelined
-// step (policy `pipeline`, --pipeline-depth); --timeline PREFIX writes one more step of each
+// step (policy `pipeline`, --pipeline-depth) rewinding every layer that missed, as it was
+// before the combine; `leoam+pipe+combine` completes a layer expected to miss by a combine;
+// `leoam+prefetch` is leoam+pipe+combine with prefetch (--prefetch-layers, --prefetch-from,
+// next-step prefetch on). --timeline PREFIX writes one more step of each
 // policy as an SVG timeline (PREFIX-<policy>.svg: GPU compute and attention, choice waits,
 // host->GPU staging, disk reads) and its spans into the JSON.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
@@ -37,7 +40,9 @@ const program = new Command()
   .option("--steps <n>", "timed decode steps per policy", (v) => Number(v), 8)
   .option("--max-seconds <s>", "stop timing a policy after this long (fewer steps)", (v) => Number(v), 90)
   .option("--compression <list>", "compression.bits of leoam and offload-all: 16, 8, 4 or importance; a comma-separated list runs each, side by side", "16")
-  .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe", (v) => Number(v), 2)
+  .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe, leoam+pipe+combine and leoam+prefetch", (v) => Number(v), 2)
+  .option("--prefetch-layers <n>", "prefetch.layers of leoam+prefetch", (v) => Number(v), 1)
+  .option("--prefetch-from <how>", "prefetch.from of leoam+prefetch: choice or query", "choice")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -60,8 +65,14 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
   const maxContext = context + o.steps + 8
   const bits = setting === "importance" ? "importance" : Number(setting)
   const compression = bits !== 16 ? { compression: { bits } } : {}
-  const base = name === "leoam+pipe" ? "leoam" : name
-  const pipeline = name === "leoam+pipe" ? { pipeline: { enabled: true, depth: o.pipelineDepth } } : {}
+  const base = name.startsWith("leoam") ? "leoam" : name
+  const variants: Record<string, object> = {
+    "leoam+pipe": { pipeline: { enabled: true, depth: o.pipelineDepth, combine: false } },
+    "leoam+pipe+combine": { pipeline: { enabled: true, depth: o.pipelineDepth } },
+    "leoam+prefetch": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
+  }
+  if (base !== name && !(name in variants)) throw new RangeError(`unknown policy variant ${name}: ${Object.keys(variants).join(", ")}`)
+  const pipeline = variants[name] ?? {}
   const doc =
     base === "quest" || base === "leoam"
       ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression, ...pipeline }
@@ -158,15 +169,22 @@ for (const { name: policy, setting } of variants) {
     disk: { bytes_read: number; bytes_written: number }
     time_ms: Record<string, number>
     staging_waits: number
-    pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number }
+    pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number; layers_combined?: number }
+    prefetch?: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number; late: number; ms: number }
   }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
   const perStep = (k: "select" | "transfer" | "attention") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
+  const timed = (now: number | undefined, before: number | undefined) => (((now ?? 0) - (before ?? 0)) / row.steps).toFixed(1)
+  const pf = kv?.prefetch
+  const pf0 = kv?.warmup.prefetch
   const extra = kv
     ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
       `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}` +
       (kv.pipeline.depth > 0
-        ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed`
+        ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed, ${timed(kv.pipeline.layers_combined, kv.warmup.pipeline.layers_combined)} combined`
+        : "") +
+      (pf && pf.chunks + pf.late > 0
+        ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
         : "")
     : ""
   console.log(

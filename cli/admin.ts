@@ -116,6 +116,13 @@ const batchLine = (s: AdminStatsReply): string => {
   )
 }
 
+/** Prefetch's line, where it loaded anything: chunks loaded, chosen at their visit, wasted bytes, chosen chunks still missing. */
+const prefetchLine = (s: AdminStatsReply): string[] => {
+  const p = s.steps.prefetch
+  if (!p || p.chunks === 0) return []
+  return [`prefetch ${p.chunks} chunks (${bytes(p.bytes)}): ${p.hits} chosen (${pct(p.hits / p.chunks)}), ${bytes(p.wasted_bytes)} wasted; ${p.misses} chosen chunks still missed at forecast layers`]
+}
+
 export const formatStats = (s: AdminStatsReply): string => {
   const t = s.tiers
   const perStep = (ms: number) => (s.steps.count > 0 ? (ms / s.steps.count).toFixed(2) : "-")
@@ -127,6 +134,7 @@ export const formatStats = (s: AdminStatsReply): string => {
     `host   ${bytes(t.host.budget_bytes).padEnd(11)} ${bytes(t.host.resident_bytes).padEnd(11)} ${String(t.host.hits).padEnd(9)} ${String(t.host.misses).padEnd(9)} ${pct(t.host.hit_rate).padEnd(9)} ${bytes(t.host.bytes_read).padEnd(11)} ${bytes(t.host.bytes_written)}`,
     `disk   -           ${bytes(t.disk.resident_bytes).padEnd(11)} ${String(t.disk.hits).padEnd(9)} -         -         ${bytes(t.disk.bytes_read).padEnd(11)} ${bytes(t.disk.bytes_written)}`,
     `decode ${s.steps.count} steps, host ms/step: total ${perStep(m.total)} = choice wait ${perStep(m.scoring)} + transfer ${perStep(m.transfer)} + seal ${perStep(m.seal)} + rest ${perStep(m.rest)}; GPU attention ${perStep(s.steps.gpu_ms.attention)} (inside the waits)   prefill ${s.prefill.tokens} tokens in ${(s.prefill.ms / 1000).toFixed(1)} s (last ${s.prefill.recent.runs}: ${s.prefill.recent.tokens_per_s === null ? "-" : s.prefill.recent.tokens_per_s.toFixed(0)} tokens/s)`,
+    ...prefetchLine(s),
   ].join("\n")
 }
 

@@ -135,6 +135,12 @@ export const AdminStatsReply = Schema.Struct({
      * in scoring and transfer, so it overlaps those phases and is no term of their sum.
      */
     gpu_ms: Schema.Struct({ attention: Schema.Number }),
+    /**
+     * Prefetch into the GPU chunk cache (policy `prefetch`): chunks and bytes loaded ahead of
+     * their layer; at the forecast layers' visits, loaded chunks chosen (hits), chosen chunks
+     * still missing (misses), and bytes loaded but not chosen (wasted).
+     */
+    prefetch: Schema.optional(Schema.Struct({ chunks: Schema.Int, bytes: Schema.Number, hits: Schema.Int, misses: Schema.Int, wasted_bytes: Schema.Number })),
   }),
   /** Prompt tokens and wall time of every prefill; tokens/s overall and over the last few (null before any). */
   prefill: Schema.Struct({

@@ -110,6 +110,8 @@ export const ExecutorTotals = Schema.Struct({
     disk: Schema.Struct({ hits: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
     steps: Schema.Number,
     chunks_sealed: Schema.Number,
+    /** Left out by executors older than prefetch. */
+    prefetch: Schema.optional(Schema.Struct({ chunks: Schema.Number, bytes: Schema.Number, hits: Schema.Number, misses: Schema.Number, wasted_bytes: Schema.Number })),
   }),
   decodeSteps: Schema.Number,
   decodeMs: Schema.Number,

@@ -67,9 +67,35 @@ export const KvStats = Schema.Struct({
   staging_waits: Schema.Int,
   /**
    * The pipelined step: its depth (0: off), layers attended from the GPU's own hit/miss split
-   * and checked afterwards, rewinds (a checked layer missed) and the layers computed again.
+   * (run ahead and checked afterwards, or completed by a combine), rewinds (a checked layer
+   * missed) and the layers computed again, layers whose late misses a combine merged.
    */
-  pipeline: Schema.optional(Schema.Struct({ depth: Schema.Int, layers_routed: Schema.Int, rewinds: Schema.Int, layers_rewound: Schema.Int })),
+  pipeline: Schema.optional(
+    Schema.Struct({ depth: Schema.Int, layers_routed: Schema.Int, rewinds: Schema.Int, layers_rewound: Schema.Int, layers_combined: Schema.optional(Schema.Int) }),
+  ),
+  /**
+   * Prefetch (policy `prefetch`): its settings; forecasts made, and those back too late for
+   * their layer; visits of layers whose forecast was loaded; chunks and bytes loaded ahead; at
+   * those visits, loaded chunks chosen (hits), chosen chunks still missing (misses), bytes
+   * loaded and not chosen (wasted); failed loads; host ms in the loads (overlapping the waits).
+   */
+  prefetch: Schema.optional(
+    Schema.Struct({
+      layers: Schema.Int,
+      from: Schema.Literal("choice", "query"),
+      steps: Schema.Boolean,
+      forecasts: Schema.Int,
+      late: Schema.Int,
+      visits: Schema.Int,
+      chunks: Schema.Int,
+      bytes: Schema.Number,
+      hits: Schema.Int,
+      misses: Schema.Int,
+      wasted_bytes: Schema.Number,
+      failed: Schema.Int,
+      ms: Schema.Number,
+    }),
+  ),
   /** Compression: the setting, decode's GPU slot bits, chunks sealed per dtype, bytes uploaded into the GPU chunk cache. */
   compression: Schema.optional(
     Schema.Struct({

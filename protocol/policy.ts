@@ -19,6 +19,8 @@ const CompressionBitsSchema = Schema.Union(Schema.Literal(16, 8, 4), Schema.Lite
 /** The most layers a pipelined step may run ahead of its last checked choice. */
 export const MAX_PIPELINE_DEPTH = 8
 const DEFAULT_PIPELINE_DEPTH = 2
+/** The farthest layer a layer's query forecasts (prefetch.layers). */
+export const MAX_PREFETCH_LAYERS = 4
 
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
 const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
@@ -55,12 +57,35 @@ export const KvPolicyDocument = Schema.Struct({
    * The pipelined decode step (leoam only): `enabled` (default false) lets a step attend each
    * layer's resident chunks without waiting for the host to read the layer's choice, running
    * up to `depth` layers (1-8, default 2) ahead of the last choice the host has checked; a
-   * checked layer that missed the GPU cache is computed again. Exact: the same tokens as off.
+   * checked layer that missed the GPU cache is computed again. `combine` (default true): a
+   * layer expected to miss (it missed at its last visit) attends its resident chunks at once
+   * and its misses once they are loaded, the two merged by log-sum-exp, instead of waiting
+   * for its choice before attending anything. Exact: the same tokens as off.
    */
   pipeline: Schema.optional(
-    Schema.Struct({ enabled: Schema.optional(Schema.Boolean), depth: Schema.optional(Schema.Int.pipe(Schema.between(1, MAX_PIPELINE_DEPTH))) }).annotations({
+    Schema.Struct({
+      enabled: Schema.optional(Schema.Boolean),
+      depth: Schema.optional(Schema.Int.pipe(Schema.between(1, MAX_PIPELINE_DEPTH))),
+      combine: Schema.optional(Schema.Boolean),
+    }).annotations({
       parseOptions: { onExcessProperty: "error" },
     }),
+  ),
+  /**
+   * Prefetch into the GPU chunk cache (leoam, fp16 chunks; off when left out): `layers` N
+   * (0-4) forecasts layer l + N's choice from layer l's (consecutive layers choose alike) and
+   * loads the forecast chunks not resident while the layers between compute; `from` says
+   * how: "choice" (default) takes layer l's chosen chunks, "query" scores layer l + N's chunks
+   * against layer l's query on the GPU. `steps` (default false) loads each layer's last-step
+   * choice back at the start of a step for the first N layers (all layers when N is 0), which
+   * no earlier layer forecasts. Exact: it changes only what is resident, never what is attended.
+   */
+  prefetch: Schema.optional(
+    Schema.Struct({
+      layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
+      from: Schema.optional(Schema.Literal("choice", "query")),
+      steps: Schema.optional(Schema.Boolean),
+    }).annotations({ parseOptions: { onExcessProperty: "error" } }),
   ),
 }).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
 export type KvPolicyDocument = typeof KvPolicyDocument.Type
@@ -80,6 +105,12 @@ export interface ResolvedPolicy {
   readonly compression: CompressionBits
   /** The pipelined step's depth; 0: off. */
   readonly pipelineDepth: number
+  /** The pipelined step completes a layer expected to miss with a combine (true when left out). */
+  readonly pipelineCombine?: boolean
+  /** Prefetch: the layer distance of the query forecast (0: none) and the last step's choice. */
+  readonly prefetchLayers?: number
+  readonly prefetchFrom?: "choice" | "query"
+  readonly prefetchSteps?: boolean
 }
 
 /** Adaptive chunking's bounds when left out. */
@@ -87,7 +118,7 @@ export const ADAPTIVE_MIN_TOKENS = 16
 export const ADAPTIVE_MAX_TOKENS = 256
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -140,7 +171,12 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   }
   if (pipeline?.enabled === false && pipeline.depth !== undefined) throw new PolicyError("invalid_policy", "pipeline.depth with pipeline.enabled false")
   const pipelineDepth = pipeline?.enabled === true || (pipeline?.enabled === undefined && pipeline?.depth !== undefined) ? (pipeline.depth ?? DEFAULT_PIPELINE_DEPTH) : 0
-  return { name: doc.name, chunkTokens, ...(chunkMinTokens !== undefined ? { chunkMinTokens } : {}), budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth }
+  const prefetch = doc.prefetch
+  if (prefetch !== undefined && doc.name !== "leoam" && ((prefetch.layers ?? 0) > 0 || prefetch.steps === true)) {
+    throw new PolicyError("invalid_policy", `prefetch needs leoam (its GPU chunk cache); ${doc.name} has no choice to forecast`)
+  }
+  const fetching = { pipelineCombine: pipeline?.combine ?? true, prefetchLayers: prefetch?.layers ?? 0, prefetchFrom: prefetch?.from ?? "choice", prefetchSteps: prefetch?.steps ?? false }
+  return { name: doc.name, chunkTokens, ...(chunkMinTokens !== undefined ? { chunkMinTokens } : {}), budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth, ...fetching }
 }
 
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
@@ -180,6 +216,10 @@ export const policyView = (p: ResolvedPolicy) => ({
   eviction: p.eviction,
   compression_bits: p.compression,
   pipeline_depth: p.pipelineDepth,
+  pipeline_combine: p.pipelineCombine ?? true,
+  prefetch_layers: p.prefetchLayers ?? 0,
+  prefetch_from: p.prefetchFrom ?? "choice",
+  prefetch_steps: p.prefetchSteps ?? false,
 })
 
 /** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
@@ -197,6 +237,11 @@ export const ResolvedPolicyWire = Schema.Struct({
   compression_bits: Schema.optional(CompressionBitsSchema),
   /** The pipelined step's depth, 0: off; left out by senders older than the pipeline: 0. */
   pipeline_depth: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PIPELINE_DEPTH))),
+  /** Left out by senders older than the combine: true; older than prefetch: 0 and false. */
+  pipeline_combine: Schema.optional(Schema.Boolean),
+  prefetch_layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
+  prefetch_from: Schema.optional(Schema.Literal("choice", "query")),
+  prefetch_steps: Schema.optional(Schema.Boolean),
 })
 
 const ResolvedPolicyType = Schema.Struct({
@@ -210,6 +255,10 @@ const ResolvedPolicyType = Schema.Struct({
   eviction: Schema.Literal(...evictionNames),
   compression: CompressionBitsSchema,
   pipelineDepth: Schema.Number,
+  pipelineCombine: Schema.optional(Schema.Boolean),
+  prefetchLayers: Schema.optional(Schema.Number),
+  prefetchFrom: Schema.optional(Schema.Literal("choice", "query")),
+  prefetchSteps: Schema.optional(Schema.Boolean),
 })
 
 export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
@@ -225,6 +274,10 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     eviction: w.eviction,
     compression: w.compression_bits ?? 16,
     pipelineDepth: w.pipeline_depth ?? 0,
+    pipelineCombine: w.pipeline_combine ?? true,
+    prefetchLayers: w.prefetch_layers ?? 0,
+    prefetchFrom: w.prefetch_from ?? "choice",
+    prefetchSteps: w.prefetch_steps ?? false,
   }),
   encode: (p) => policyView(p),
 })

@@ -31,11 +31,17 @@
 #        tiered-bench
 #   pipeline: the pipelined step (issue 13 §1): the golden check, then tiered-bench at 8B 64K
 #        (GPU 6 GiB, host 8 GiB) with full, leoam, leoam+pipe (pipeline on, depth PIPE_DEPTH,
-#        default 2) and offload-all side by side, then leoam and leoam+pipe with a GPU budget
+#        default 2, every miss rewound), leoam+pipe+combine (a layer expected to miss completed
+#        by a combine), leoam+prefetch (that and prefetch: PREFETCH_LAYERS, default 1, from
+#        PREFETCH_FROM, default choice, and the last step's choice) and offload-all side by
+#        side, then (PIPE_GPU12=0 skips it) leoam, leoam+pipe and leoam+prefetch with a GPU budget
 #        that holds the whole context (12 GiB: every layer hits, so the per-layer wait is all
 #        the pipeline can remove); each writes JSON and one step of each policy as an SVG
-#        timeline (timeline-*.svg); fits one 10-minute command (bundle: `bash
+#        timeline, all in $OUT/timelines.tar.gz (the device tool returns few files) and the
+#        6 GiB leoam and leoam+prefetch ones loose; fits one 10-minute command (bundle: `bash
 #        scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
+#   pipeline-128k: the same 6 GiB / 8 GiB side by side at 8B 128K (16 GiB of KV: disk reads
+#        every step): leoam, leoam+pipe+combine, leoam+prefetch, offload-all; one command
 #   batch: continuous batching (issue 14): the golden check, then bench/batch-bench.ts at 8B
 #        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
@@ -53,7 +59,7 @@
 #        time (PREFILL_BUDGET_S, default 560 s); JSON per run in $OUT/prefill-<order>-<n>.json
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|batch|prefill) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|prefill) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -131,17 +137,25 @@ if [ "$suite" = compress ]; then
     | tee "$out/tiered-8b-64k-compress.txt" || echo "tiered-bench: failed or stopped (time)"
   exit 0
 fi
-if [ "$suite" = pipeline ]; then
-  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
-  mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
-  depth="${PIPE_DEPTH:-2}"
-  timeout 300 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,offload-all --pipeline-depth "$depth" \
-    --steps 8 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k" \
-    --out "$out/tiered-8b-64k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline.txt" || echo "tiered-bench (6 GiB): failed or stopped (time)"
-  rm -rf /tmp/leoam-kv/*
-  timeout 150 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam,leoam+pipe --pipeline-depth "$depth" \
-    --steps 8 --max-seconds 15 --gpu-kv-budget 12GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "$out/timeline-8b-64k-gpu12" \
-    --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
+if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
+  mkdir -p /tmp/leoam-kv /tmp/leoam-timelines && rm -rf /tmp/leoam-kv/* /tmp/leoam-timelines/*
+  pipe=(--pipeline-depth "${PIPE_DEPTH:-2}" --prefetch-layers "${PREFETCH_LAYERS:-1}" --prefetch-from "${PREFETCH_FROM:-choice}" --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv)
+  if [ "$suite" = pipeline-128k ]; then
+    timeout 570 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --policies leoam,leoam+pipe+combine,leoam+prefetch,offload-all "${pipe[@]}" \
+      --steps 6 --max-seconds 12 --gpu-kv-budget 6GiB --timeline /tmp/leoam-timelines/timeline-8b-128k \
+      --out "$out/tiered-8b-128k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-128k-pipeline.txt" || echo "tiered-bench (128K): failed or stopped (time)"
+  else
+    timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+    timeout 360 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,leoam+pipe+combine,leoam+prefetch,offload-all "${pipe[@]}" \
+      --steps 8 --max-seconds 12 --gpu-kv-budget 6GiB --timeline /tmp/leoam-timelines/timeline-8b-64k \
+      --out "$out/tiered-8b-64k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline.txt" || echo "tiered-bench (6 GiB): failed or stopped (time)"
+    cp /tmp/leoam-timelines/timeline-8b-64k-leoam-16.svg /tmp/leoam-timelines/timeline-8b-64k-leoam_prefetch-16.svg "$out/" 2>/dev/null || true
+    rm -rf /tmp/leoam-kv/*
+    [ "${PIPE_GPU12:-1}" = 0 ] || timeout 160 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam,leoam+pipe,leoam+prefetch "${pipe[@]}" \
+      --steps 8 --max-seconds 10 --gpu-kv-budget 12GiB --timeline /tmp/leoam-timelines/timeline-8b-64k-gpu12 \
+      --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
+  fi
+  tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
   exit 0
 fi
 if [ "$suite" = batch ]; then

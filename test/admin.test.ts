@@ -180,7 +180,7 @@ layer(AdminNode.layer("leoam-admin-", { metricsPort: 0 }), { excludeTestServices
         ["an unknown policy", { policy: "lru" }, "unknown_policy"],
         ["an unknown policy document", { policy: { name: "flexgen" } }, "unknown_policy"],
         ["a chunk size off the block grid", { policy: { name: "leoam", chunking: { fixed: { tokens: 20 } } } }, "invalid_policy"],
-        ["an unknown field in the policy", { policy: { name: "leoam", prefetch: "next_layer" } }, "invalid_policy"],
+        ["an unknown field in the policy", { policy: { name: "leoam", speculate: "next_layer" } }, "invalid_policy"],
         ["a wrong type", { policy: { name: "leoam", selection: { topk: { budget_fraction: "half" } } } }, "invalid_policy"],
         ["a budget under sink + recent", { policy: { name: "leoam", selection: { topk: { budget_tokens: 40 } } } }, "invalid_policy"],
         ["a recent window the GPU budget cannot hold", { policy: { name: "leoam", selection: { topk: { recent_tokens: 60000 } } } }, "kv_budget_too_small"],

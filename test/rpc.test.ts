@@ -42,11 +42,13 @@ describe("the internal RPC table", () => {
       parsePolicy("leoam"),
       parsePolicy({ name: "quest", selection: { topk: { budget_tokens: 128 } }, eviction: "lfu" }),
       parsePolicy({ name: "leoam", chunking: { adaptive: { min_tokens: 16, max_tokens: 128 } }, pipeline: { enabled: true, depth: 3 }, compression: { bits: 8 } }),
+      parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 2, from: "query", steps: true } }),
     ]
     for (const resolved of policies) {
       const wire = JSON.parse(JSON.stringify(Schema.encodeSync(PolicyChanged)({ version: 3, resolved })))
       expect(Object.keys(wire.resolved).sort()).toEqual([
-        "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "name", "pipeline_depth", "recent_tokens", "sink_tokens",
+        "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "name", "pipeline_combine", "pipeline_depth",
+        "prefetch_from", "prefetch_layers", "prefetch_steps", "recent_tokens", "sink_tokens",
       ])
       expect(Schema.decodeUnknownSync(PolicyChanged)(wire)).toEqual({ version: 3, resolved })
     }

@@ -6,7 +6,7 @@
 // to the state it was made from; a failed load frees the window's slots again.
 // With quantized slots (layout.ts QuantSlots), prefill and decode use the same pool bytes as
 // fp16 slots and as compressed slots: the cache starts empty at each switch between them.
-import { GpuSlots, type SlotObserver } from "../../../kv/gpu-slots.ts"
+import { GpuSlots, pinKey, type SlotObserver } from "../../../kv/gpu-slots.ts"
 import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
 import { blockWords, chunkBytesAt, convertChunk, dequantizeInto, type KvBits, type KvShape } from "../../../kv/quant.ts"
 import { traceSpan } from "../../../kv/step-trace.ts"
@@ -130,9 +130,9 @@ export class GpuCache {
   /**
    * Applies decode window i (see TieredKv.applyDecodeWindow); returns its entry count. With
    * `list` false the entries are not written (the GPU's route pass wrote them: a verified
-   * pipelined layer), and 0 is returned.
+   * pipelined layer), and 0 is returned; with "loads", only the window's loads are.
    */
-  async applyDecode(l: number, plan: DecodePlan, i: number, promote: boolean, k: TierCounters, list = true): Promise<number> {
+  async applyDecode(l: number, plan: DecodePlan, i: number, promote: boolean, k: TierCounters, list: boolean | "loads" = true): Promise<number> {
     const w = this.begin(l, plan, i)
     if (i === 0) {
       k.gpuHits += plan.hits.length
@@ -144,10 +144,38 @@ export class GpuCache {
       const scores = scoreWindow(this.slots[l], w, plan.tick)
       w.attend.forEach((a, j) => this.io.setScore(l, a.chunk, scores[j]))
     }
-    const count = list ? this.writeEntries(l, w.attend, w.last) : 0
+    // "loads": the route pass attended the hits and the tail; the combine's second part is the misses.
+    const count = list === "loads" ? (w.loads.length > 0 ? this.writeEntries(l, w.loads, false) : 0) : list ? this.writeEntries(l, w.attend, w.last) : 0
     k.windows++
     if (w.last && plan.clearAfter) this.slots[l].clear()
     return count
+  }
+
+  /**
+   * Prefetch: loads the chunks of `chunks` layer l does not hold into slots taken by policy
+   * (evicting none of `chunks`), at the current tick, between plans (layer l must have none in
+   * progress). Resolves to the chunks loaded and their bytes; a failed load frees its slots.
+   */
+  async prefetch(l: number, chunks: ReadonlyArray<number>, policy: PlanPolicy, k: TierCounters): Promise<{ chunks: number[]; bytes: number }> {
+    const s = this.slots[l]
+    if (this.quantized || this.progress[l] !== undefined) return { chunks: [], bytes: 0 }
+    const pinned = new Set(chunks.map(pinKey))
+    const loads: Placed[] = []
+    for (const chunk of chunks) {
+      if (s.get(chunk)) continue
+      const slot = s.take(chunk, policy.eviction, pinned, this.tick)
+      if (slot === undefined) break
+      loads.push({ chunk, slot })
+    }
+    try {
+      await this.load(l, loads, true, k)
+    } catch (e) {
+      for (const p of loads) s.drop(p.chunk)
+      throw e
+    } finally {
+      this.upload.flush()
+    }
+    return { chunks: loads.map((p) => p.chunk), bytes: loads.reduce((n, p) => n + this.tables.chunkBytes(l, p.chunk), 0) }
   }
 
   /** Bytes of resident chunk ch of layer l as its slot holds it. */

@@ -34,6 +34,12 @@ export interface TieredPolicy {
    * choice the host has checked; 0 or left out: every layer waits for its own choice.
    */
   readonly pipelineDepth?: number
+  /** The pipelined step completes a layer expected to miss by a combine of hits and late misses (true when left out). */
+  readonly pipelineCombine?: boolean
+  /** Prefetch (engine/kv/tiered/prefetch.ts): the forecast's layer distance (0 or left out: none), from a layer's choice or query, and the last step's choice. */
+  readonly prefetchLayers?: number
+  readonly prefetchFrom?: "choice" | "query"
+  readonly prefetchSteps?: boolean
 }
 
 export interface TierStores {

@@ -136,6 +136,15 @@ export class Router {
   }
 }
 
+/** The chunks of a choice of `count` copied into `buffer` (vec2<u32> (chunk, _) each), once mapped: the unpipelined layer's wait. */
+export const readChoice = async (buffer: GPUBuffer, count: number): Promise<number[]> => {
+  await buffer.mapAsync(GPUMapMode.READ, 0, count * 8)
+  const view = new Uint32Array(buffer.getMappedRange(0, count * 8))
+  const out = Array.from({ length: count }, (_, i) => view[i * 2])
+  buffer.unmap()
+  return out
+}
+
 /** A layer's choice on its way back to the host: (count) vec2<u32> (chunk, _), then the route's miss count. */
 export interface ChoiceRead {
   readonly layer: number

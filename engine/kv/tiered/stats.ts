@@ -31,7 +31,9 @@ export interface TierStats {
    * hit/miss split and checked later, and rewinds (a checked layer missed: it and the
    * `layers_rewound` layers run ahead of it were computed again).
    */
-  readonly pipeline: { readonly depth: number; readonly layers_routed: number; readonly rewinds: number; readonly layers_rewound: number }
+  readonly pipeline: { readonly depth: number; readonly layers_routed: number; readonly rewinds: number; readonly layers_rewound: number; readonly layers_combined?: number }
+  /** Prefetch (policy `prefetch`, engine/kv/tiered/prefetch.ts). */
+  readonly prefetch?: FetchStats
   /**
    * Compression (policy `compression.bits`): the setting, the bits of decode's GPU slots (16:
    * fp16), the chunks sealed at each bits, and the bytes uploaded into the GPU chunk cache
@@ -44,6 +46,29 @@ export interface TierStats {
     readonly sealed: { readonly f16: number; readonly int8: number; readonly int4: number }
     readonly upload_bytes: number
   }
+}
+
+/**
+ * What prefetch did: the policy's settings; forecasts read back, and those that came too late
+ * for their layer; visits of layers whose forecast was loaded; chunks and bytes it loaded;
+ * at those visits, loaded chunks chosen (hits), chosen chunks still missing (misses) and the
+ * bytes of loaded chunks not chosen (wasted); loads that failed; host ms in its loads
+ * (they overlap the choice waits: no term of the step's phases).
+ */
+export interface FetchStats {
+  readonly layers: number
+  readonly from: "choice" | "query"
+  readonly steps: boolean
+  readonly forecasts: number
+  readonly late: number
+  readonly visits: number
+  readonly chunks: number
+  readonly bytes: number
+  readonly hits: number
+  readonly misses: number
+  readonly wasted_bytes: number
+  readonly failed: number
+  readonly ms: number
 }
 
 export const emptyCounters = () => ({

@@ -155,11 +155,6 @@ export class TieredKv {
     return this.tables.layers[l].starts.length
   }
 
-  /** Tokens of chunk ch of layer l. */
-  chunkTokensOf(l: number, ch: number): number {
-    return this.tables.layers[l].sizes[ch]
-  }
-
   /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
   get gpuBytes(): number {
     return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0)
@@ -314,12 +309,14 @@ export class TieredKv {
     this.counters.rewoundLayers += layers
   }
 
-  /**
-   * Applies a verified pipelined layer's plan (all hits, one window): the hits' accesses and
-   * importance, as applyDecodeWindow would, without writing the entries (the route pass did).
-   */
-  applyVerified(l: number, plan: DecodePlan): Promise<number> {
-    return this.cache.applyDecode(l, plan, 0, true, this.counters, false)
+  /** A routed layer's plan (one window) applied as by applyDecodeWindow; the route wrote the hits' entries, so `false` writes none, "loads" the misses'. */
+  applyRouted(l: number, plan: DecodePlan, list: false | "loads"): Promise<number> {
+    return this.cache.applyDecode(l, plan, 0, true, this.counters, list)
+  }
+
+  /** Prefetch: loads what of `chunks` layer l does not hold (GpuCache.prefetch). */
+  prefetch(l: number, chunks: ReadonlyArray<number>): Promise<{ chunks: number[]; bytes: number }> {
+    return this.cache.prefetch(l, chunks, this.planPolicy, this.counters)
   }
 
   // --- decode: plan, then apply window by window -----------------------------------------

@@ -1,0 +1,139 @@
+// The pipelined step's combine and prefetch (issue 13 §1) on the test model (lavapipe): a layer
+// expected to miss attends its resident chunks at once and its misses once loaded, merged by
+// the combine, with no rewind; prefetch loads forecast chunks (next layer's from this layer's
+// query, the first layer's from the last step's choice) into the GPU cache. Neither changes
+// what is attended: greedy tokens are those of the unpipelined step at the same policy, and the
+// pass key is still found. Prefetch is switched on live, at the next step.
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { passKey, passKeyPrompt } from "../bench/passkey.ts"
+import { generate } from "../engine/generate.ts"
+import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
+import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
+import { GpuModel } from "../engine/model.ts"
+import { DiskStore } from "../kv/disk-store.ts"
+import { HostArena } from "../kv/host-arena.ts"
+import { openHfModel } from "../models/safetensors.ts"
+import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
+import { parsePolicy } from "../protocol/policy.ts"
+
+const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
+
+let gpu: Gpu
+let tok: Tokenizer
+
+beforeAll(async () => {
+  gpu = await acquireGpu()
+  tok = loadTokenizer(modelDir)
+})
+
+afterAll(async () => {
+  await releaseGpu()
+})
+
+const leoam = (extra: object = {}) => ({
+  name: "leoam",
+  chunking: { fixed: { tokens: 16 } },
+  selection: { topk: { budget_tokens: 128, sink_tokens: 16, recent_tokens: 32 } },
+  ...extra,
+})
+
+type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
+
+const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: Options) => void) => {
+  const weights = openHfModel(modelDir)
+  const c = weights.config
+  const tokens = ids.length + maxTokens + 8
+  const kvBytes = tokens * kvBytesPerToken(c)
+  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-prefetch-")) })
+  // A GPU cache that holds a choice (7 chunks a layer) but not every chunk, a host arena of half the KV: layers miss, some reads go to disk.
+  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
+  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 1.2), arena, store, session: "f" }
+  const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
+  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options(policy) })
+  try {
+    let step = 0
+    const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => beforeStep?.(model, step++, options) })
+    return { ids: got.ids, kv: model.tierStats()! }
+  } finally {
+    model.destroy()
+    await store.close()
+  }
+}
+
+describe("pipelined step: combine and prefetch", () => {
+  const p = () => passKeyPrompt(tok, 512, passKey(3), 0.4)
+
+  it("completes layers that miss by a combine and prefetches forecast chunks, with the tokens of the unpipelined step", async () => {
+    const prompt = p()
+    const off = await run(leoam(), prompt.ids, 10)
+    expect(tok.decode(off.ids)).toContain(prompt.key)
+    expect(off.kv.gpu.misses).toBeGreaterThan(0)
+    expect(off.kv.prefetch?.forecasts).toBe(0)
+
+    // Combine without run-ahead misses to rewind: depth 1, prefetch off.
+    const combined = await run(leoam({ pipeline: { enabled: true, depth: 1 } }), prompt.ids, 10)
+    expect(combined.ids).toEqual(off.ids)
+    // Prefetch off: the same residency, so the same hits and misses as off.
+    expect(combined.kv.gpu.hits).toBe(off.kv.gpu.hits)
+    expect(combined.kv.gpu.misses).toBe(off.kv.gpu.misses)
+    expect(combined.kv.pipeline.layers_combined).toBeGreaterThan(0)
+
+    // Everything together: pipeline with combine, next-layer (from the layer's choice) and next-step prefetch.
+    const all = await run(leoam({ pipeline: { enabled: true, depth: 2 }, prefetch: { layers: 1, steps: true } }), prompt.ids, 10)
+    expect(all.ids).toEqual(off.ids)
+    const f = all.kv.prefetch!
+    expect(f.layers).toBe(1)
+    expect(f.from).toBe("choice")
+    expect(f.steps).toBe(true)
+    expect(f.forecasts).toBeGreaterThan(0)
+    expect(f.visits).toBeGreaterThan(0)
+    expect(f.chunks).toBeGreaterThan(0)
+    expect(f.hits).toBeGreaterThan(0)
+    expect(f.failed).toBe(0)
+    // Every chunk it loaded was either chosen at its visit or wasted (16-token fp16 chunks, all the same size).
+    const chunkBytes = f.bytes / f.chunks
+    expect(f.wasted_bytes).toBeLessThanOrEqual(f.bytes - f.hits * chunkBytes + 1e-6)
+    // A chunk loaded ahead is a miss less at its visit: fewer misses in all than without prefetch.
+    expect(all.kv.gpu.misses).toBeLessThan(off.kv.gpu.misses)
+  }, 600_000)
+
+  it("switches prefetch on live, at the next step, without changing the tokens", async () => {
+    const prompt = p()
+    const off = await run(leoam(), prompt.ids, 8)
+    let before: number | undefined
+    const swaps: boolean[] = []
+    const on = await run(leoam(), prompt.ids, 8, (model, step, options) => {
+      if (step !== 3) return
+      before = model.tierStats()!.prefetch!.forecasts
+      swaps.push(model.swapKvPolicy(options(leoam({ prefetch: { layers: 2, from: "query" } }))))
+    })
+    expect(swaps).toEqual([true])
+    expect(on.ids).toEqual(off.ids)
+    expect(before).toBe(0)
+    const f = on.kv.prefetch!
+    expect([f.layers, f.from]).toEqual([2, "query"])
+    // Unpipelined, a query forecast comes back with its layer's choice, in time for the layer two on.
+    expect(f.forecasts).toBeGreaterThan(0)
+    expect(f.late).toBe(0)
+    expect(f.visits).toBeGreaterThan(0)
+  }, 600_000)
+})
+
+describe("prefetch and combine in the policy document", () => {
+  it("resolves defaults, takes leoam only, and bounds the layer distance", () => {
+    expect(parsePolicy("leoam")).toMatchObject({ pipelineCombine: true, prefetchLayers: 0, prefetchFrom: "choice", prefetchSteps: false })
+    expect(parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 1, steps: true } })).toMatchObject({
+      pipelineDepth: 2,
+      pipelineCombine: false,
+      prefetchLayers: 1,
+      prefetchFrom: "choice",
+      prefetchSteps: true,
+    })
+    expect(() => parsePolicy({ name: "quest", prefetch: { layers: 1 } })).toThrow(/prefetch needs leoam/)
+    expect(() => parsePolicy({ name: "leoam", prefetch: { layers: 5 } })).toThrow(/invalid KV policy/)
+    expect(() => parsePolicy({ name: "leoam", prefetch: { from: "keys" } })).toThrow(/invalid KV policy/)
+  })
+})
