@@ -29,7 +29,7 @@ const o = new Command()
   .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
   .option("--batches <list>", "batch sizes", "1,4,16")
   .option("--policies <list>", "KV policies (full, quest, leoam, offload-all)", "full")
-  .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl)", "gemm,gemv,multi")
+  .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl), mma (the matrix units, engine/batch-mma.ts; LEOAM_MATRIX_UNITS=auto)", "gemm,gemv,multi")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
   .option("--host-kv-budget <size>", "host arena of the tiered policies, shared by every sequence", "8GiB")
@@ -37,6 +37,7 @@ const o = new Command()
   .option("--steps <n>", "timed steps per setup", (v) => Number(v), 16)
   .option("--max-seconds <s>", "stop starting new setups after this long", (v) => Number(v), 400)
   .option("--fill-seconds <s>", "stop filling sequences of a policy after this long (the largest batches are then skipped)", (v) => Number(v), 200)
+  .option("--mma-forms <list>", "forms of the matrix-unit projections, SPLITxCOLS (engine/batch-mma.ts), each its own setup", "")
   .option("--out <file>", "write the results as JSON")
   .parse()
   .opts()
@@ -44,7 +45,7 @@ const o = new Command()
 interface Row {
   policy: string
   batch: number
-  projections: Projections | "alone"
+  projections: Projections | "alone" | `mma/${string}`
   ms_per_step: number
   tokens_per_s: number
   steps: number
@@ -63,7 +64,7 @@ const c = lead.config
 const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-batch-bench-"))
 const rows: Row[] = []
 const print = (r: Row) =>
-  console.log(`${r.policy.padEnd(12)} B=${String(r.batch).padStart(2)} ${r.projections.padEnd(5)} ${r.error ? `error: ${r.error}` : `${r.ms_per_step.toFixed(2)} ms/step  ${r.tokens_per_s.toFixed(1)} tokens/s  (${r.steps} steps)`}`)
+  console.log(`${r.policy.padEnd(12)} B=${String(r.batch).padStart(2)} ${r.projections.padEnd(8)} ${r.error ? `error: ${r.error}` : `${r.ms_per_step.toFixed(2)} ms/step  ${r.tokens_per_s.toFixed(1)} tokens/s  (${r.steps} steps)`}`)
 console.log(`batch-bench: ${c.name}, ${o.context} tokens of context per sequence, device ${gpu.adapterName}`)
 
 /** Times `steps` back-to-back steps of `step` after two warm-up steps; ms per step. */
@@ -97,8 +98,8 @@ for (const name of list(o.policies)) {
       console.log(`  ${name}: sequence ${i} filled in ${((performance.now() - f0) / 1000).toFixed(1)} s`)
     }
     for (const b of batches) {
-      const chosen = list(o.projections) as Projections[]
-      const setups: Array<Projections | "alone"> = b === 1 ? ["alone", ...chosen] : chosen
+      const chosen: Array<Row["projections"]> = [...(list(o.projections) as Projections[]), ...list(o.mmaForms).map((f) => `mma/${f}` as const)]
+      const setups: Array<Row["projections"]> = b === 1 ? ["alone", ...chosen] : chosen
       for (const projections of setups) {
         if (outOfTime() || b > seqs.length) break
         const row: Row = { policy: name, batch: b, projections, ms_per_step: 0, tokens_per_s: 0, steps: 0 }
@@ -110,7 +111,10 @@ for (const name of list(o.policies)) {
           let batch: DecodeBatch | undefined
           if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
           else {
-            batch = await DecodeBatch.open(lead, b, projections)
+            const [kind, form] = projections.split("/") as [Projections, string | undefined]
+            const [SPLIT, COLS] = (form ?? "").split("x").map(Number)
+            // minRows 1: the matrix units at every B, also where a batch would take the GEMVs.
+            batch = await DecodeBatch.open(lead, b, kind, { minRows: 1, ...(form ? { form: { SPLIT: SPLIT!, COLS: COLS as 1 | 2 } } : {}) })
             step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
           }
           const t = await time(step)
@@ -144,7 +148,7 @@ const speedups = rows
     const one = rows.find((x) => x.policy === r.policy && x.projections === "alone" && !x.error)
     return { policy: r.policy, batch: r.batch, projections: r.projections, vs_batch1: one ? r.tokens_per_s / one.tokens_per_s : null }
   })
-for (const s of speedups) console.log(`${s.policy.padEnd(12)} B=${String(s.batch).padStart(2)} ${s.projections.padEnd(5)} ${s.vs_batch1 === null ? "" : `${s.vs_batch1.toFixed(2)}x batch 1`}`)
+for (const s of speedups) console.log(`${s.policy.padEnd(12)} B=${String(s.batch).padStart(2)} ${s.projections.padEnd(8)} ${s.vs_batch1 === null ? "" : `${s.vs_batch1.toFixed(2)}x batch 1`}`)
 if (o.out) writeFileSync(o.out, JSON.stringify({ model: c.name, device: gpu.adapterName, context: o.context, gpu_kv_budget: o.gpuKvBudget, host_kv_budget: o.hostKvBudget, rows, speedups }, null, 2))
 lead.destroy()
 if (!o.kvDir) rmSync(kvDir, { recursive: true, force: true })

@@ -25,7 +25,7 @@ const on = process.argv[2] !== "off"
 const original = Pipelines.prototype.source
 Pipelines.prototype.source = function (this: Pipelines, key) {
   const text = original.call(this, key)
-  return key.op === "gemm_sgmat" ? emulateSubgroupMatrices(text) : text
+  return key.op === "gemm_sgmat" ? emulateSubgroupMatrices(text, "xs", "w") : text
 }
 const real = await acquireGpu()
 const gpu: Gpu = on ? { ...real, matrixF16: { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }, subgroupMinSize: 32, subgroupMaxSize: 32 } : real

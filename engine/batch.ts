@@ -20,6 +20,8 @@ import type { PipelineKey } from "./pipelines.ts"
 import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
 import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
+import type { ModelConfig } from "../models/types.ts"
+import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, skinnyFor } from "./batch-mma.ts"
 
 /** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
 export interface BatchRow {
@@ -32,12 +34,29 @@ export interface BatchRow {
 
 /**
  * How the rows' projections run: the prefill GEMMs, the decode GEMVs (one pass over the
- * weights per row), or kernels/gemv_multi.wgsl (one pass over the weights for every 8 rows).
+ * weights per row), kernels/gemv_multi.wgsl (one pass over the weights for every 8 rows), or
+ * the matrix units (engine/batch-mma.ts: one pass for every 16 rows; where skinnyFor allows).
  */
-export type Projections = "gemm" | "gemv" | "multi"
+export type Projections = "gemm" | "gemv" | "multi" | "mma"
 
-/** Rows of x per gemv_multi workgroup (the batch's buffers hold whole groups of them). */
+/**
+ * Fewer rows than this take the GEMVs in a batch with "mma" projections: the matrix units
+ * cost the same at 1 row as at 16 (a pass over the weights at ~1 TB/s), the GEMVs one faster
+ * pass per row (H100, 8B, 1K, bench/results/2026-12-07-matrix-gemm-2: B=1 6.8 ms/step with
+ * the GEMVs, 18.1 with the matrix units; B=4 23.0 and 22.2).
+ */
+export const MMA_MIN_ROWS = 4
+
+/** The matrix-unit projections' form (default SKINNY_FORM) and the fewest rows that take them (default MMA_MIN_ROWS). */
+export interface MmaOptions {
+  readonly form?: typeof SKINNY_FORM
+  readonly minRows?: number
+}
+
+/** Rows of x per gemv_multi workgroup. */
 const MULTI_ROWS = 8
+/** The batch's buffers hold whole groups of this many rows (gemv_multi's 8, the matrix units' 16). */
+const ROW_GROUP = 16
 
 /**
  * The projections a batch uses where none is asked for, by measurement (bench/batch-bench.ts):
@@ -47,10 +66,14 @@ const MULTI_ROWS = 8
  * - a GPU: the GEMVs up to 4 rows, gemv_multi past that. On an H100 at 8B shapes, 1K context
  *   (bench/results/2026-12-07-gpu-session/part2/batch-8b-1k.txt), B=4 took 22.4 ms/step with
  *   the GEMVs, 27.7 with gemv_multi and 85.2 with the GEMMs (whose 64-row tiles waste most of
- *   their work on a few rows); B=16 took 62.6 with gemv_multi, 86.1 and 99.2.
+ *   their work on a few rows); B=16 took 62.6 with gemv_multi, 86.1 and 99.2;
+ * - a GPU opened with the matrix units (LEOAM_MATRIX_UNITS) and a model they fit: those from
+ *   MMA_MIN_ROWS rows (steps of fewer rows take the GEMVs): on the same H100, B=16 took 32.9
+ *   ms/step against gemv_multi's 62.1, B=4 22.2 against the GEMVs' 23.0
+ *   (bench/results/2026-12-07-matrix-gemm-2).
  */
-export const defaultProjections = (gpu: Pick<Gpu, "kind">, capacity: number): Projections =>
-  gpu.kind === "cpu" ? "gemm" : capacity <= 4 ? "gemv" : "multi"
+export const defaultProjections = (gpu: Pick<Gpu, "kind" | "matrixF16" | "subgroupMinSize" | "subgroupMaxSize">, config: ModelConfig, capacity: number): Projections =>
+  gpu.kind === "cpu" ? "gemm" : capacity >= MMA_MIN_ROWS && skinnyFor(gpu, config) ? "mma" : capacity <= 4 ? "gemv" : "multi"
 
 /** The batch's share of a step: its projections over m rows. */
 interface Shared {
@@ -58,6 +81,8 @@ interface Shared {
   readonly head: ReadonlyArray<Dispatch>
   /** Sets the dispatches' and uniforms' rows. */
   readonly resize: (m: number) => void
+  /** Frees buffers of its own. */
+  readonly destroy?: () => void
 }
 
 /** What one row's per-layer dispatches were built for. */
@@ -78,6 +103,11 @@ export class DecodeBatch {
   private readonly embed: Dispatch
   private readonly embedRows: (m: number) => void
   private readonly shared: Shared
+  /** "mma": the GEMVs, for steps of fewer than MMA_MIN_ROWS rows. */
+  private readonly few: Shared | undefined
+  /** The projections of the current members' steps: `shared`, or `few`. */
+  private active: Shared
+  private readonly mmaMinRows: number
   private readonly qkvBytes: number
   private readonly attnBytes: number
   private readonly rowPrograms = new Map<GpuModel, RowProgram>()
@@ -89,13 +119,14 @@ export class DecodeBatch {
   private driverRows: DecodeRows
 
   /** A batch on `lead`'s weights, its pipelines prewarmed first. */
-  static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, capacity)): Promise<DecodeBatch> {
+  static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, lead.config, capacity), mma: MmaOptions = {}): Promise<DecodeBatch> {
     if (projections === "multi") await lead.pipelines.prewarm(multiPipelineKeys())
-    return new DecodeBatch(lead, capacity, projections)
+    if (projections === "mma") await lead.pipelines.prewarm(mmaPipelineKeys(skinnyOf(lead, mma.form ?? SKINNY_FORM), lead.weights.layers.some((w) => w.bqkv || w.bo)))
+    return new DecodeBatch(lead, capacity, projections, mma)
   }
 
-  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi": after `open` prewarmed its pipelines). */
-  constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, capacity)) {
+  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi", "mma": after `open` prewarmed their pipelines). */
+  constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, lead.config, capacity), mma: MmaOptions = {}) {
     const c = lead.config
     const device = lead.gpu.device
     this.lead = lead
@@ -108,7 +139,7 @@ export class DecodeBatch {
       // A row's q, k, v and attention output are bound as ranges of the batch's buffers.
       throw new RangeError(`batched decode needs a head's bytes (head_dim ${c.headDim} x 4) in multiples of ${align}`)
     }
-    const rows = Math.ceil(capacity / MULTI_ROWS) * MULTI_ROWS
+    const rows = Math.ceil(capacity / ROW_GROUP) * ROW_GROUP
     const x = storageBuffer(device, "batch x (rows, hidden) f32", rows * c.hiddenSize * 4)
     const xn = storageBuffer(device, "batch xn (rows, hidden) f32", rows * c.hiddenSize * 4)
     this.qkv = storageBuffer(device, "batch qkv (rows, q+k+v) f32", rows * this.qkvBytes)
@@ -120,7 +151,11 @@ export class DecodeBatch {
     const u = createUniforms(device, c, lead.gemv, 0)
     const inputs = { device, pipelines: lead.pipelines, config: c, weights: lead.weights, keys: lead.keys, gemv: lead.gemv }
     const act = { x, xn, qkv: this.qkv, attn: this.attn, ffn, logits: this.logits }
-    this.shared = projections === "gemm" ? gemmShared(inputs, act, u) : projections === "gemv" ? gemvShared(inputs, act, u) : multiShared(inputs, act)
+    this.shared =
+      projections === "gemm" ? gemmShared(inputs, act, u) : projections === "gemv" ? gemvShared(inputs, act, u) : projections === "multi" ? multiShared(inputs, act) : mmaShared(inputs, act, capacity, skinnyOf(lead, mma.form ?? SKINNY_FORM))
+    this.few = projections === "mma" ? gemvShared(inputs, act, u) : undefined
+    this.active = this.shared
+    this.mmaMinRows = mma.minRows ?? MMA_MIN_ROWS
     this.embed = dispatchOf(device, lead.pipelines.now(lead.keys.embed), [[0, u.embedPrefill.buffer], [1, lead.weights.embed], [2, this.ids], [3, x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
     this.embedRows = (m) => {
       u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
@@ -160,13 +195,14 @@ export class DecodeBatch {
       this.rowPrograms.set(model, program)
       return program
     })
-    this.layers = this.shared.layers.map((g, l) => ({
+    this.active = this.few && m < this.mmaMinRows ? this.few : this.shared
+    this.layers = this.active.layers.map((g, l) => ({
       pre: [...g.pre, ...programs.map((p) => p.layers[l].rope)],
       post: [...programs.map((p) => p.layers[l].combine), ...g.post],
     }))
     this.members = members
     this.driverRows = this.rowsOf(members)
-    this.shared.resize(m)
+    this.active.resize(m)
     this.embedRows(m)
   }
 
@@ -182,7 +218,7 @@ export class DecodeBatch {
         step.encode([this.embed])
       },
       end: (step) => {
-        step.encode(this.shared.head)
+        step.encode(this.active.head)
         step.record((e) => this.rows.forEach((r, b) => e.copyBufferToBuffer(this.logits, b * vocabBytes, r.model.logits, 0, vocabBytes)))
         for (const r of this.rows) if (r.sample) r.model.encodeSample(step, r.sample)
       },
@@ -194,6 +230,7 @@ export class DecodeBatch {
 
   destroy(): void {
     for (const b of this.buffers) b.destroy()
+    this.shared.destroy?.()
     this.rowPrograms.clear()
   }
 }
@@ -268,6 +305,18 @@ const multiShared = (i: SharedInputs, a: SharedBuffers): Shared => {
       for (const d of all) d.z = Math.ceil(m / MULTI_ROWS)
     },
   }
+}
+
+// The matrix units (engine/batch-mma.ts): each weight read once per 16 rows.
+const mmaShared = (i: SharedInputs, a: SharedBuffers, capacity: number, skinny: SkinnyConstants): Shared => {
+  const p = mmaProjections({ ...i, skinny }, a, capacity)
+  return { layers: p.layers.map((l) => ({ pre: l.pre, post: l.post })), head: p.head, resize: p.resize, destroy: p.destroy }
+}
+
+const skinnyOf = (lead: GpuModel, form: typeof SKINNY_FORM): SkinnyConstants => {
+  const k = skinnyFor(lead.gpu, lead.config, form)
+  if (!k) throw new RangeError(`matrix-unit projections need f16 subgroup matrices (LEOAM_MATRIX_UNITS) and a model whose rows and K are multiples of 16 (${lead.gpu.adapterName})`)
+  return k
 }
 
 /** The pipelines gemv_multi needs for a model (prewarm them before a batch with "multi" projections). */

@@ -25,13 +25,15 @@ export const ARGMAX_GROUPS = 64
  * The constants of gemm_sgmat for prefill's GEMMs on the matrix units, or undefined for
  * today's gemm: the device must have been opened with an f16 matrix configuration (gpu.ts,
  * which also checked the kernel there), a fixed subgroup size of 16..64, room for the
- * kernel's workgroup memory, and every projection's K (hidden, heads x head dim,
- * intermediate) a multiple of 32.
+ * kernel's workgroup memory, every projection's K (hidden, heads x head dim, intermediate) a
+ * multiple of 32 and its rows (q + k + v, hidden, intermediate) a multiple of 16.
  */
 export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixGemmConstants | undefined => {
   if (!gpu.matrixF16 || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
   const ks = [c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize]
   if (!ks.every((k) => k % 32 === 0)) return undefined
+  const ns = [(c.numHeads + 2 * c.numKvHeads) * c.headDim, c.hiddenSize, c.intermediateSize]
+  if (!ns.every((n) => n % 16 === 0)) return undefined
   return matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
 }
 

@@ -15,6 +15,8 @@ export type KernelName =
   | "gemv_sg"
   | "gemm"
   | "gemm_sgmat"
+  | "gemm_skinny"
+  | "half_rows"
   | "gemm_reg"
   | "rope_kv"
   | "attn_decode"

@@ -49,6 +49,14 @@
 #        the batch (BATCH_1K=0 / BATCH_32K=0 skip a part; BATCH_32K_BATCHES, BATCH_32K_STEPS,
 #        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S change it); fits one 10-minute command
 #        (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
+#   mma: the matrix units (issue 12 §2, issue 14 §1) in one 150-second command, with them on
+#        (LEOAM_MATRIX_UNITS=auto): the golden check, then bench/batch-bench.ts at 8B shapes,
+#        full, 1K context, batch 1 alone against 4 and 16 with MMA_PROJECTIONS (default the
+#        GEMV, gemv_multi and matrix-unit projections) and the matrix-unit forms MMA_FORMS
+#        (e.g. 8x1,16x2), bench/skinny-bench.ts (the projections alone, M = MMA_SKINNY_M), and
+#        bench/gemm-bench.ts (gemm_sgmat against gemm at 8192^3 and M = MMA_GEMM_M, default
+#        512,4096); bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench skinny-bench
+#        gemm-bench`; MMA_BATCH_S, MMA_SKINNY_S, MMA_GEMM_S change the parts' limits
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
 #        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
 #        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
@@ -59,7 +67,7 @@
 #        time (PREFILL_BUDGET_S, default 560 s); JSON per run in $OUT/prefill-<order>-<n>.json
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|prefill) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -156,6 +164,16 @@ if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
       --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
   fi
   tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  exit 0
+fi
+if [ "$suite" = mma ]; then
+  export LEOAM_MATRIX_UNITS=auto
+  timeout 25 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
+  timeout "${MMA_BATCH_S:-55}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections "${MMA_PROJECTIONS:-gemv,multi,mma}" \
+    --mma-forms "${MMA_FORMS:-}" --steps 16 --max-seconds "$(( ${MMA_BATCH_S:-55} - 12 ))" --out "$out/batch-8b-1k.json" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
+  timeout "${MMA_SKINNY_S:-25}" node .bench-bundle/skinny-bench.mjs --m "${MMA_SKINNY_M:-1,4,16}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
+  timeout "${MMA_GEMM_S:-40}" node .bench-bundle/gemm-bench.mjs --m "${MMA_GEMM_M:-512,4096}" --max-seconds "$(( ${MMA_GEMM_S:-40} - 8 ))" \
+    --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed, stopped or a check missed"
   exit 0
 fi
 if [ "$suite" = batch ]; then

@@ -1,13 +1,13 @@
-// kernels/gemm_sgmat.wgsl with Dawn's subgroup matrices replaced by plain WGSL, so that its
-// tiling, staging, double buffering and epilogues run (and are checked) on a device without
-// the feature, such as lavapipe. Test-only. The emulation follows the WGSL semantics the
+// The matrix-unit kernels (kernels/gemm_sgmat.wgsl, gemm_skinny.wgsl) with Dawn's subgroup
+// matrices replaced by plain WGSL, so that their tiling, staging, double buffering and
+// epilogues run (and are checked) on a device without the feature, such as lavapipe. Test-only. The emulation follows the WGSL semantics the
 // kernel relies on: a left matrix loaded row-major is A(r, k) = p[o + r * s + k], a right
 // matrix loaded column-major is B(k, n) = p[o + n * s + k], a result stored row-major is
 // C(r, n) -> p[o + r * s + n]; lane l of a subgroup of SG lanes holds the result elements
 // e = l + j * SG (row e / 16, column e % 16). It reads the staged tiles at the multiply, not
 // at the load, which the kernel allows (no stage is written between the two).
 
-const emulation = `
+const emulation = (left: string, right: string) => `
 struct EmuL { o: u32, s: u32 }
 struct EmuR { o: u32, s: u32 }
 struct EmuAcc { v: array<f32, 16> }
@@ -20,7 +20,7 @@ fn emu_mma(a: EmuL, b: EmuR, c: EmuAcc) -> EmuAcc {
     let e = emu_lane + j * SG;
     var s = 0.0;
     for (var k = 0u; k < 16u + p._a; k = k + 1u) {
-      s = s + f32(xs[a.o + (e / 16u) * a.s + k]) * f32(ws[b.o + (e % 16u) * b.s + k]);
+      s = s + f32(${left}[a.o + (e / 16u) * a.s + k]) * f32(${right}[b.o + (e % 16u) * b.s + k]);
     }
     r.v[j] = r.v[j] + s;
   }
@@ -39,16 +39,20 @@ const replaceOnce = (text: string, pattern: RegExp, by: string): string => {
   return text.replace(pattern, by)
 }
 
-/** The kernel's source (as Pipelines.source gives it) with subgroup matrices emulated. */
-export const emulateSubgroupMatrices = (source: string): string => {
+/**
+ * The kernel's source (as Pipelines.source gives it) with subgroup matrices emulated: left
+ * matrices are loaded from the array `left`, right ones from `right` (gemm_sgmat: its staged
+ * X tiles xs and W in storage, w; gemm_skinny: xh and w in storage), results stored to `cs`.
+ */
+export const emulateSubgroupMatrices = (source: string, left: string, right: string): string => {
   let s = replaceOnce(source, /enable chromium_experimental_subgroup_matrix;/, "")
   s = replaceOnce(s, /subgroup_matrix_result<f32, 16, 16>\(\)/g, "EmuAcc()")
-  s = replaceOnce(s, /subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&xs, /g, "emu_left(")
-  s = replaceOnce(s, /subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(&ws, /g, "emu_right(")
+  s = replaceOnce(s, new RegExp(`subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\\(&${left}, `, "g"), "emu_left(")
+  s = replaceOnce(s, new RegExp(`subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\\(&${right}, `, "g"), "emu_right(")
   s = replaceOnce(s, /subgroupMatrixMultiplyAccumulate\(/g, "emu_mma(")
   s = replaceOnce(s, /subgroupMatrixStore<row_major>\(&cs, /g, "emu_store(")
   // Subgroups of exactly SG lanes, whatever the device's own size.
   s = replaceOnce(s, /@builtin\(subgroup_id\) sg: u32,\s*@builtin\(subgroup_invocation_id\) lane: u32,/, "")
   s = replaceOnce(s, /(fn main\([\s\S]*?\n\) \{)/, "$1\n  let sg = lid / SG;\n  let lane = lid % SG;\n  emu_lane = lane;")
-  return s + emulation
+  return s + emulation(left, right)
 }

@@ -1,0 +1,119 @@
+// Batched decode's projections alone, at Llama-3.1-8B's shapes: the matrix units (kernels/
+// half_rows.wgsl + gemm_skinny.wgsl, engine/batch-mma.ts) for several splits of K against
+// kernels/gemv_multi.wgsl, for M = 1, 4, 16 rows (forms SPLITxCOLS: SPLIT subgroups a
+// workgroup, each 1/SPLIT of K; COLS output tiles of 16 columns a workgroup), as ms per projection and the weight
+// bandwidth that makes (every weight is read once per 16 rows, or once per 8 with gemv_multi).
+// Four copies of each weight are cycled so that repeats do not hit the L2 cache. Checked
+// first against the CPU reference at K = 4096 (RMSNorm, SwiGLU and the residual fused).
+//   LEOAM_MATRIX_UNITS=auto npx tsx bench/skinny-bench.ts [--m 1,4,16] [--forms 8x1,16x1,8x2,16x2] [--out FILE]
+import { writeFileSync } from "node:fs"
+import { parseArgs } from "node:util"
+import { dispatchOf, type Dispatch, Uniform } from "../engine/buffers.ts"
+import { halfRowsKey, skinnyFor, skinnyKey } from "../engine/batch-mma.ts"
+import { gemvShapes, type GemvOp } from "../engine/gemv-tuning.ts"
+import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { GEMM_TOLERANCE } from "../engine/matrix-check.ts"
+import { gemvUniform } from "../engine/model-resources.ts"
+import { type PipelineKey, Pipelines } from "../engine/pipelines.ts"
+import { skinnyError } from "../engine/skinny-check.ts"
+import { dummyPresets } from "../models/config.ts"
+import { fillRandom, timeKernel } from "./gpu-timing.ts"
+
+const { values: args } = parseArgs({ options: { m: { type: "string", default: "1,4,16" }, forms: { type: "string", default: "8x1,16x1,8x2,16x2" }, out: { type: "string" } } })
+const gpu = await acquireGpu()
+const c = dummyPresets["llama-3.1-8b"]!
+const base = skinnyFor(gpu, c)
+console.log(`skinny-bench on ${gpu.adapterName}: matrix units ${base ? `on (SG ${base.SG})` : "off (LEOAM_MATRIX_UNITS=auto, an f16 configuration and a fixed subgroup size are needed)"}`)
+const device = gpu.device
+const pipelines = new Pipelines(gpu)
+const ms = args.m!.split(",").map(Number)
+const forms = args.forms!.split(",").map((f) => {
+  const [SPLIT, COLS] = f.split("x").map(Number)
+  if (![4, 8, 16].includes(SPLIT!) || (COLS !== 1 && COLS !== 2)) throw new Error(`--forms: SPLITxCOLS with SPLIT 4, 8 or 16 and COLS 1 or 2, not ${f}`)
+  return { SPLIT: SPLIT!, COLS: COLS as 1 | 2, name: f }
+})
+
+const checks: Array<{ form: string; flags: Record<string, boolean>; error: number; ok: boolean }> = []
+if (base) {
+  for (const form of forms) {
+    const variants: Array<Record<string, boolean>> = [{ NORM: true, SWIGLU: true, ACC: true }, { BIAS: true, ACC: true }]
+    for (const flags of variants) {
+      const { NORM, ...rest } = flags
+      const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS }
+      const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k)), { M: 16, N: 128, K: 4096, flags }, 7, form.COLS)
+      checks.push({ form: form.name, flags, error, ok: error <= GEMM_TOLERANCE })
+      console.log(`check ${form.name} ${JSON.stringify(flags)}: relative error ${error.toExponential(2)} ${error <= GEMM_TOLERANCE ? "ok" : "WRONG"}`)
+    }
+  }
+}
+
+interface Row { op: GemvOp; M: number; kernel: string; ms: number; gbps: number }
+const rows: Row[] = []
+const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST
+// The GPU's clocks ramp up under load: half a second of work before the first timing.
+if (base) {
+  const b = device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST })
+  const t0 = performance.now()
+  while (performance.now() - t0 < 500) await fillRandom(gpu, [b], 1, 1)
+  b.destroy()
+}
+const ops: Array<[GemvOp, Record<string, boolean>]> = [["qkv", { NORM: true }], ["o", { ACC: true }], ["gu", { NORM: true, SWIGLU: true }], ["down", { ACC: true }], ["head", { NORM: true }]]
+for (const [op, flags] of ops) {
+  const [n, k] = gemvShapes(c)[op]
+  const outs = flags.SWIGLU ? n / 2 : n
+  const ws = Array.from({ length: 4 }, (_, i) => device.createBuffer({ label: `w ${op} ${i}`, size: n * k * 2, usage }))
+  const x = device.createBuffer({ label: "x (16, K) f32", size: 16 * k * 4, usage })
+  const gamma = device.createBuffer({ label: "gamma", size: k * 2, usage })
+  const xh = device.createBuffer({ label: "xh (16, K) f16", size: 16 * k * 2, usage })
+  const y = device.createBuffer({ label: "y (16, outs) f32", size: 16 * outs * 4, usage })
+  await fillRandom(gpu, [...ws, x, gamma], 3, 0.5)
+  const time = async (M: number, kernel: string, make: (w: GPUBuffer) => Dispatch[]) => {
+    const sets = ws.map(make)
+    const s = await timeKernel(device, 40, 5, (pass, rep) => {
+      for (const d of sets[rep % sets.length]!) {
+        pass.setPipeline(d.pipeline)
+        pass.setBindGroup(0, d.bindGroup)
+        pass.dispatchWorkgroups(d.x, d.y, d.z)
+      }
+    })
+    const row = { op, M, kernel, ms: s * 1000, gbps: (n * k * 2 * Math.ceil(M / (kernel === "multi" ? 8 : 16))) / s / 1e9 }
+    rows.push(row)
+    console.log(`${op.padEnd(5)} M=${String(M).padStart(2)} ${kernel.padEnd(9)} ${row.ms.toFixed(4)} ms  ${row.gbps.toFixed(0)} GB/s of weights`)
+  }
+  for (const M of ms) {
+    if (base) {
+      for (const form of forms) {
+        const { NORM, ...rest } = flags
+        const uh = new Uniform(device, "uh", "uufu")
+        uh.set(M, k, 1e-5, 0)
+        const ug = new Uniform(device, "ug", "uuuu")
+        ug.set(M, n, k, 0)
+        const half = await pipelines.get(halfRowsKey(NORM === true))
+        const gemm = await pipelines.get(skinnyKey(rest, { ...base, SPLIT: form.SPLIT, COLS: form.COLS }))
+        const rowsPadded = Math.ceil(M / 16) * 16
+        await time(M, `mma/${form.name}`, (w) => [
+          dispatchOf(device, half, [[0, uh.buffer], [1, x], [2, xh], ...(NORM ? [[4, gamma] as const] : [])], rowsPadded),
+          dispatchOf(device, gemm, [[0, ug.buffer], [1, xh], [2, w], [3, y]], outs / (16 * form.COLS), 1, rowsPadded / 16),
+        ])
+      }
+    }
+    const key: PipelineKey = { op: "gemv_multi", flags, constants: { WG: 128, ROWS: 2, MR: 8 } }
+    const groups = Math.ceil(n / 2)
+    const u = gemvUniform(device, "multi")
+    u.set(n, k, 1e-5, Math.min(groups, 65535))
+    const multi = await pipelines.get(key)
+    await time(M, "multi", (w) => [dispatchOf(device, multi, [[0, u.buffer], [1, w], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])], Math.min(groups, 65535), Math.ceil(groups / 65535), Math.ceil(M / 8))])
+  }
+  for (const b of [...ws, x, gamma, xh, y]) b.destroy()
+}
+
+// One decode step's projections: 32 layers of qkv, o, gu, down, and the head.
+const step = (M: number, kernel: string) => {
+  const t = (op: GemvOp) => rows.find((r) => r.op === op && r.M === M && r.kernel === kernel)?.ms ?? NaN
+  return c.numLayers * (t("qkv") + t("o") + t("gu") + t("down")) + t("head")
+}
+const kernels = [...new Set(rows.map((r) => r.kernel))]
+for (const M of ms) console.log(`projections of one step, M=${M}: ${kernels.map((k) => `${k} ${step(M, k).toFixed(2)} ms`).join(", ")}`)
+if (args.out) writeFileSync(args.out, `${JSON.stringify({ device: gpu.adapterName, checks, rows, step: ms.map((M) => ({ M, ...Object.fromEntries(kernels.map((k) => [k, step(M, k)])) })) }, null, 2)}\n`)
+await releaseGpu()
+if (checks.some((x) => !x.ok)) process.exit(1)

@@ -1,0 +1,124 @@
+// Batched decode's projections on the GPU's matrix units (kernels/gemm_skinny.wgsl): per
+// projection, the rows of its input are rounded to f16 once (kernels/half_rows.wgsl, with
+// the RMSNorm of QKV, gate/up and the head applied there), then one skinny GEMM reads every
+// weight once per 16 rows, with the decode GEMVs' fused epilogues (bias, the residual add,
+// SwiGLU pairs). The batch's activation buffers hold whole groups of 16 rows.
+import { type Dispatch, dispatchOf, storageBuffer, Uniform } from "./buffers.ts"
+import type { Gpu } from "./gpu.ts"
+import { type GemvOp, gemvShapes } from "./gemv-tuning.ts"
+import type { ModelConfig } from "../models/types.ts"
+import type { PipelineKey, Pipelines } from "./pipelines.ts"
+import type { ModelWeights } from "./weights.ts"
+
+/** Rows per skinny GEMM workgroup (z): the matrix units' 16-row left operand. */
+export const MMA_ROWS = 16
+
+/**
+ * gemm_skinny's form: SG lanes a subgroup, SPLIT subgroups a workgroup (each 1/SPLIT of K),
+ * COLS output tiles of 16 columns a workgroup (1 or 2; 2 shares each left tile between two).
+ */
+export interface SkinnyConstants {
+  readonly SG: number
+  readonly SPLIT: number
+  readonly COLS: 1 | 2
+}
+
+/** The default form (split of K, output tiles a workgroup). */
+export const SKINNY_FORM: Pick<SkinnyConstants, "SPLIT" | "COLS"> = { SPLIT: 8, COLS: 1 }
+
+/**
+ * gemm_skinny's constants for a model on a device, or undefined where it cannot run: the
+ * device must have been opened with the f16 matrix configuration (engine/gpu.ts), a fixed
+ * subgroup size, and every projection's rows (gate/up: per half) and K multiples of 16.
+ */
+export const skinnyFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize">, c: ModelConfig, form = SKINNY_FORM): SkinnyConstants | undefined => {
+  if (!gpu.matrixF16 || gpu.subgroupMinSize !== gpu.subgroupMaxSize || gpu.subgroupMaxSize === undefined) return undefined
+  const shapes = gemvShapes(c)
+  const fits = (Object.keys(shapes) as GemvOp[]).every((op) => {
+    const [n, k] = shapes[op]
+    return (op === "gu" ? n / 2 : n) % (16 * form.COLS) === 0 && k % 16 === 0
+  })
+  return fits ? { SG: gpu.subgroupMaxSize, ...form } : undefined
+}
+
+/** The key of gemm_skinny with `flags` (ACC, BIAS, SWIGLU) in form k; R2 / R4: right tiles per left tile. */
+export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants): PipelineKey => {
+  const cols2 = k.COLS === 2
+  const swiglu = flags.SWIGLU === true
+  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, R2: cols2 || swiglu, R4: cols2 && swiglu }, constants: { SG: k.SG, SPLIT: k.SPLIT } }
+}
+export const halfRowsKey = (norm: boolean): PipelineKey => ({ op: "half_rows", flags: { NORM: norm } })
+
+/** Every pipeline the matrix-unit projections of a model need (prewarm them before building). */
+export const mmaPipelineKeys = (k: SkinnyConstants, bias: boolean): PipelineKey[] => [
+  halfRowsKey(true),
+  halfRowsKey(false),
+  skinnyKey({}, k),
+  skinnyKey({ ACC: true }, k),
+  skinnyKey({ SWIGLU: true }, k),
+  ...(bias ? [skinnyKey({ BIAS: true }, k), skinnyKey({ ACC: true, BIAS: true }, k)] : []),
+]
+
+export interface MmaInputs {
+  readonly device: GPUDevice
+  readonly pipelines: Pipelines
+  readonly config: ModelConfig
+  readonly weights: ModelWeights
+  readonly skinny: SkinnyConstants
+}
+
+export interface MmaBuffers {
+  readonly x: GPUBuffer
+  readonly qkv: GPUBuffer
+  readonly attn: GPUBuffer
+  readonly ffn: GPUBuffer
+  readonly logits: GPUBuffer
+}
+
+/**
+ * The batch's projections of every layer and the head on the matrix units, for `capacity`
+ * rows: `layers[l].pre` = QKV (before RoPE), `post` = O (+ residual), gate/up (SwiGLU), down
+ * (+ residual); `resize(m)` sets the rows of a step. Owns one scratch buffer (rows, K) f16.
+ */
+export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) => {
+  const c = i.config
+  const device = i.device
+  const rows = Math.ceil(capacity / MMA_ROWS) * MMA_ROWS
+  const maxK = Math.max(...Object.values(gemvShapes(c)).map(([, k]) => k))
+  const xh = storageBuffer(device, "batch xh (rows, K) f16", rows * maxK * 2)
+  const resizers: Array<(m: number) => void> = []
+  // x (rows, k) f32 -> xh, normalized by `gamma` where given; then xh . W^T into y.
+  const project = (op: GemvOp, flags: Record<string, boolean>, w: GPUBuffer, x: GPUBuffer, y: GPUBuffer, gamma?: GPUBuffer, bias?: GPUBuffer): Dispatch[] => {
+    const [n, k] = gemvShapes(c)[op]
+    const uh = new Uniform(device, `batch half_rows ${op}`, "uufu")
+    const ug = new Uniform(device, `batch gemm_skinny ${op}`, "uuuu")
+    const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
+    const key = skinnyKey({ ...flags, ...(bias ? { BIAS: true } : {}) }, i.skinny)
+    const outs = flags.SWIGLU ? n / 2 : n
+    const gemm = dispatchOf(device, i.pipelines.now(key), [[0, ug.buffer], [1, xh], [2, w], [3, y], ...(bias ? [[5, bias] as const] : [])], outs / (16 * i.skinny.COLS), 1, 1)
+    resizers.push((m) => {
+      uh.set(m, k, c.rmsNormEps, 0)
+      ug.set(m, n, k, 0)
+      half.x = Math.ceil(m / MMA_ROWS) * MMA_ROWS
+      gemm.z = Math.ceil(m / MMA_ROWS)
+    })
+    return [half, gemm]
+  }
+  const layers = i.weights.layers.map((w) => ({
+    pre: project("qkv", {}, w.wqkv, a.x, a.qkv, w.attnNorm, w.bqkv),
+    post: [
+      ...project("o", { ACC: true }, w.wo, a.attn, a.x, undefined, w.bo),
+      ...project("gu", { SWIGLU: true }, w.wgu, a.x, a.ffn, w.mlpNorm),
+      ...project("down", { ACC: true }, w.wdown, a.ffn, a.x),
+    ],
+  }))
+  const head = project("head", {}, i.weights.lmHead, a.x, a.logits, i.weights.finalNorm)
+  return {
+    layers,
+    head,
+    resize: (m: number) => {
+      for (const r of resizers) r(m)
+    },
+    destroy: () => xh.destroy(),
+  }
+}
