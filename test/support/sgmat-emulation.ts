@@ -41,10 +41,11 @@ const replaceOnce = (text: string, pattern: RegExp, by: string): string => {
 
 /**
  * The kernel's source (as Pipelines.source gives it) with subgroup matrices emulated: left
- * matrices are loaded from the array `left`, right ones from `right` (gemm_sgmat: its staged
- * X tiles xs and W in storage, w; gemm_skinny: xh and w in storage), results stored to `cs`.
+ * matrices are loaded from the array `left`, right ones from `right` (gemm_sgmat, the default:
+ * its staged X tiles xs and W in storage, w; gemm_skinny: xh and w in storage), results
+ * stored to `cs`.
  */
-export const emulateSubgroupMatrices = (source: string, left: string, right: string): string => {
+export const emulateSubgroupMatrices = (source: string, left = "xs", right = "w"): string => {
   let s = replaceOnce(source, /enable chromium_experimental_subgroup_matrix;/, "")
   s = replaceOnce(s, /subgroup_matrix_result<f32, 16, 16>\(\)/g, "EmuAcc()")
   s = replaceOnce(s, new RegExp(`subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\\(&${left}, `, "g"), "emu_left(")
