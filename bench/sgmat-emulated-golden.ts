@@ -1,10 +1,11 @@
 // The tiny model's golden prompts with prefill's projections through kernels/gemm_sgmat.wgsl
-// on a device without subgroup matrices (lavapipe): the kernel runs under the emulation of
-// test/support/sgmat-emulation.ts, wired in exactly as on a GPU that has them (pipeline keys,
-// dispatch widths, fused epilogues), so its f16 rounding of activations and the wiring are
-// checked against Hugging Face's greedy ids and top-5 logits. The device is presented with
-// 32-lane subgroups only for that choice (the emulation derives lanes from the invocation index).
-//   npx tsx bench/sgmat-emulated-golden.ts [off]     (off: today's gemm, for the same table)
+// and/or its attention through kernels/attn_prefill_mx.wgsl on a device without subgroup
+// matrices (lavapipe): the kernels run under the emulations of test/support/, wired in exactly
+// as on a GPU that has them (pipeline keys, dispatch widths, fused epilogues, rows per
+// workgroup), so their f16 rounding and the wiring are checked against Hugging Face's greedy
+// ids and top-5 logits. The device is presented with 32-lane subgroups only for that choice
+// (the emulations derive lanes from the invocation index).
+//   npx tsx bench/sgmat-emulated-golden.ts [gemm|attn|both|off]   (default gemm; off: today's kernels)
 // Exits non-zero on a mismatch (the tolerance of bench/golden-check.ts). ~5 min on 2 cores.
 import { readFileSync } from "node:fs"
 import { generate } from "../engine/generate.ts"
@@ -12,6 +13,7 @@ import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { GpuModel } from "../engine/model.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { openHfModel } from "../models/safetensors.ts"
+import { emulateFlashAttention } from "../test/support/flash-emulation.ts"
 import { emulateSubgroupMatrices } from "../test/support/sgmat-emulation.ts"
 
 interface Golden {
@@ -21,19 +23,23 @@ interface Golden {
   last_logits_top5: { ids: number[]; values: number[] }
 }
 
-const on = process.argv[2] !== "off"
+const mode = process.argv[2] ?? "gemm"
+if (!["gemm", "attn", "both", "off"].includes(mode)) throw new Error(`mode: gemm, attn, both or off, not ${mode}`)
+const gemmOn = mode === "gemm" || mode === "both"
+const attnOn = mode === "attn" || mode === "both"
 const original = Pipelines.prototype.source
 Pipelines.prototype.source = function (this: Pipelines, key) {
   const text = original.call(this, key)
-  return key.op === "gemm_sgmat" ? emulateSubgroupMatrices(text, "xs", "w") : text
+  return key.op === "gemm_sgmat" ? emulateSubgroupMatrices(text, "xs", "w") : key.op === "attn_prefill_mx" ? emulateFlashAttention(text) : text
 }
 const real = await acquireGpu()
-const gpu: Gpu = on ? { ...real, matrixF16: { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }, subgroupMinSize: 32, subgroupMaxSize: 32 } : real
+const f16 = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
+const gpu: Gpu = mode === "off" ? real : { ...real, matrixF16: gemmOn ? f16 : undefined, matrixAttention: attnOn ? f16 : undefined, subgroupMinSize: 32, subgroupMaxSize: 32 }
 const dir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
 const golden: Golden[] = JSON.parse(readFileSync(`${dir}/golden/hf-transformers-5.17-fp32.json`, "utf8"))
 const source = openHfModel(dir)
 const model = await GpuModel.load(gpu, source, { maxContext: 256 })
-console.log(`prefill GEMMs: ${on ? "gemm_sgmat (emulated subgroup matrices)" : "gemm"} on ${real.adapterName}`)
+console.log(`prefill GEMMs: ${model.keys.gemm.op}, attention: ${model.keys.attnPrefill.op} (${JSON.stringify(model.keys.attnPrefill.constants)}; sgmat and mx emulated) on ${real.adapterName}`)
 let failures = 0
 for (const g of golden) {
   model.reset()

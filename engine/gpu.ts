@@ -32,6 +32,13 @@ export interface Gpu {
    * opened with the feature, shader-f16 and subgroups; else undefined (today's kernels).
    */
   readonly matrixF16: SubgroupMatrixConfig | undefined
+  /**
+   * The same configuration for prefill attention (kernels/attn_prefill_mx.wgsl): set where the
+   * device was opened with the feature, its own check passed and LEOAM_MATRIX_ATTENTION is not 0,
+   * whatever the GEMM's check said; else undefined (today's attn_prefill kernels). matrixF16
+   * likewise needs LEOAM_MATRIX_GEMM not 0 and the GEMM's check.
+   */
+  readonly matrixAttention: SubgroupMatrixConfig | undefined
 }
 
 export class GpuUnavailable extends Error {
@@ -220,15 +227,40 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     limits: device.limits,
     subgroupMatrixConfigs,
     matrixF16: matrixRefused ? undefined : matrixF16,
+    matrixAttention: matrixRefused ? undefined : matrixF16,
   }
   if (!gpu.matrixF16) return gpu
-  // Imported here, not at the top: matrix-check needs buffers.ts, which needs this module's globals.
+  // Imported here, not at the top: the checks need buffers.ts, which needs this module's globals.
   const { checkMatrixGemm, matrixGemmConstants } = await import("./matrix-check.ts")
+  const { checkMatrixAttention, matrixAttnConstants } = await import("./attn-check.ts")
+  const room = `no room for its workgroup memory (${device.limits.maxComputeWorkgroupStorageSize} bytes)`
   const constants = matrixGemmConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize)
-  const refused = constants ? await checkMatrixGemm(gpu, constants) : `no room for its workgroup memory (${device.limits.maxComputeWorkgroupStorageSize} bytes)`
-  if (refused === undefined) return gpu
-  process.stderr.write(`[leoam gpu] matrix units not used (today's GEMM instead): ${refused}\n`)
-  return { ...gpu, matrixF16: undefined }
+  const refused = !matrixKernelWanted("LEOAM_MATRIX_GEMM", process.env.LEOAM_MATRIX_GEMM)
+    ? "LEOAM_MATRIX_GEMM=0"
+    : constants
+      ? await checkMatrixGemm(gpu, constants)
+      : room
+  if (refused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for the GEMMs (today's GEMM instead): ${refused}\n`)
+  const attnConstants = matrixAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128)
+  const attnRefused = !matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)
+    ? "LEOAM_MATRIX_ATTENTION=0"
+    : attnConstants
+      ? await checkMatrixAttention(gpu, attnConstants)
+      : room
+  if (attnRefused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for prefill attention (today's kernel instead): ${attnRefused}\n`)
+  return { ...gpu, matrixF16: refused === undefined ? gpu.matrixF16 : undefined, matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined }
+}
+
+/**
+ * Whether one use of the matrix units (LEOAM_MATRIX_GEMM: prefill's GEMMs; LEOAM_MATRIX_ATTENTION:
+ * prefill attention) is allowed where the device was opened with them (LEOAM_MATRIX_UNITS
+ * decides that): unset, 1 or auto yes, 0 no. Side-by-side runs turn one off to time the other.
+ */
+export const matrixKernelWanted = (variable: string, env: string | undefined): boolean => {
+  const v = (env ?? "auto").trim().toLowerCase()
+  if (v === "0" || v === "off") return false
+  if (v === "1" || v === "on" || v === "auto" || v === "") return true
+  throw new GpuUnavailable(`${variable} must be 0, 1 or auto, not "${env}"`)
 }
 
 /** The process's device, opened on first use with the options of that first call. */

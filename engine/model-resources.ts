@@ -5,8 +5,13 @@ import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { Gpu } from "./gpu.ts"
+import { type MatrixAttnConstants, matrixAttnConstants } from "./attn-check.ts"
 import { type MatrixGemmConstants, matrixGemmConstants } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
+
+/** The pipeline keys of a model's kernels on this device: pipelineKeys with what the device offers. */
+export const modelKeys = (gpu: Gpu, c: ModelConfig, gemv: GemvTunings) =>
+  pipelineKeys(c, gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, c), registerGemmFor(gpu), matrixAttnFor(gpu, c))
 
 /**
  * The decode attention kernel for the model's heads: 16 value loads in flight per thread
@@ -55,7 +60,28 @@ export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmConsta
 /** Output columns per workgroup (dispatch x) of a prefill GEMM; rows per workgroup are 64 for both. */
 export const gemmColumnsPerGroup = (key: PipelineKey): number => (key.op === "gemm_sgmat" ? 128 : 64)
 
-export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false) => {
+/**
+ * The constants of attn_prefill_mx (flash attention on the matrix units) for this model, or
+ * undefined for today's prefill attention: the device must have passed the kernel's check
+ * (gpu.ts; LEOAM_MATRIX_ATTENTION=0 turns it off), with a fixed subgroup size, a head dim that
+ * is a multiple of 16 up to 128, and room for the kernel's workgroup memory.
+ */
+export const matrixAttnFor = (gpu: Pick<Gpu, "matrixAttention" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixAttnConstants | undefined => {
+  if (!gpu.matrixAttention || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
+  return matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim)
+}
+
+/** The prefill attention kernel: attn_prefill_mx on matrix units, else attn_prefill_reg on a CPU adapter, else attn_prefill_sg or attn_prefill. */
+export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, registers: boolean, matrix?: MatrixAttnConstants): PipelineKey => {
+  const G = c.numHeads / c.numKvHeads
+  if (matrix) return { op: "attn_prefill_mx", constants: { G, D: c.headDim, ...matrix } }
+  return { op: registers ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } }
+}
+
+/** Rows (query, head-in-group) per workgroup of a prefill attention key: 16 per subgroup for attn_prefill_mx, else 32. */
+export const prefillRowsPerGroup = (key: PipelineKey): number => (key.op === "attn_prefill_mx" ? 16 * (key.constants?.NSG ?? 4) : 32)
+
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false, matrixAttn?: MatrixAttnConstants) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {
@@ -78,7 +104,7 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     gemmSwiglu: gemmKey({ SWIGLU: true }, matrix, registerGemm),
     attnDecode: attnDecodeKey(c),
     combine: { op: "attn_combine" },
-    attnPrefill: { op: registerGemm ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } },
+    attnPrefill: attnPrefillKey(c, prefillSubgroups, registerGemm, matrixAttn),
     argmax: { op: "argmax" },
     gumbel: { op: "argmax", flags: { GUMBEL: true } },
     argmaxFinal: { op: "argmax", flags: { FINAL: true } },

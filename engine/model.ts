@@ -14,7 +14,7 @@ import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, matrixGemmFor, pipelineKeys, prefillWithSubgroups, registerGemmFor, subgroupsOf } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, modelKeys, type pipelineKeys, subgroupsOf } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -136,7 +136,7 @@ export class GpuModel {
     this.prefillChunk = o.prefillChunk
     this.invFreq = ropeInvFreq(config)
     this.gemv = o.gemv
-    this.keys = pipelineKeys(config, o.gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, config), registerGemmFor(gpu))
+    this.keys = modelKeys(gpu, config, o.gemv)
     const kind = kvKindOf(o.kv, config, o, this.keys.attnPrefill)
     this.act = allocateActivations(device, config, o.prefillChunk, kind.partials)
     this.u = createUniforms(device, config, o.gemv, o.blockTokens)
@@ -165,7 +165,7 @@ export class GpuModel {
     checkKernelShapes(c, gpu.limits.maxStorageBufferBindingSize)
     const gemv = resolveGemvTunings(c, options.gemv ?? defaultGemvTuning(gpu), subgroupsOf(gpu))
     const pipelines = new Pipelines(gpu)
-    const keys = pipelineKeys(c, gemv, prefillWithSubgroups(gpu), matrixGemmFor(gpu, c), registerGemmFor(gpu))
+    const keys = modelKeys(gpu, c, gemv)
     const maxContext = Math.max(1, Math.min(options.maxContext ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings))
     const built: BuildOptions = {
       maxContext,
@@ -471,7 +471,7 @@ export class GpuModel {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const maxContext = Math.max(1, Math.min(options.maxContext ?? this.maxContext, this.config.maxPositionEmbeddings))
     const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv, layerMajor: options.layerMajor ?? this.built.layerMajor }
-    const keys = pipelineKeys(this.config, gemv, prefillWithSubgroups(this.gpu), matrixGemmFor(this.gpu, this.config), registerGemmFor(this.gpu))
+    const keys = modelKeys(this.gpu, this.config, gemv)
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)
     model.ownsWeights = false

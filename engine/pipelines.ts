@@ -24,6 +24,7 @@ export type KernelName =
   | "attn_prefill"
   | "attn_prefill_sg"
   | "attn_prefill_reg"
+  | "attn_prefill_mx"
   | "swiglu"
   | "argmax"
   | "copy"

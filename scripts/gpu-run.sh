@@ -65,9 +65,18 @@
 #        (LEOAM_PREFILL=token-major) side by side; 16 tokens decoded after each (ms/token on
 #        the cache that prefill really wrote). Each run is cut at its share of the command's
 #        time (PREFILL_BUDGET_S, default 560 s); JSON per run in $OUT/prefill-<order>-<n>.json
+#   attn: flash-attention prefill on the matrix units (issue 12 §3; bundle: `bash
+#        scripts/gpu-bundle.sh golden-check attn-bench leoam-cli`): bench/attn-bench.ts
+#        (attn_prefill_mx with 4 and 2 subgroups against today's attn_prefill_sg at 8K, 32K and
+#        128K tokens of 8B heads; extra arguments go to it), the golden check with matrix
+#        attention on, then for each length of ATTN_E2E_LENGTHS (default 8192) the prefill
+#        mode's `leoam generate` with matrix attention on and, unless ATTN_E2E_OFF=0, off. The
+#        toggles are on throughout (LEOAM_MATRIX_UNITS=auto) and the matrix GEMM off
+#        (LEOAM_MATRIX_GEMM=0), so only attention differs; the steps share ATTN_BUDGET_S
+#        (default 140 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill|attn) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -117,6 +126,30 @@ if [ "$suite" = prefill ]; then
         --max-tokens 16 --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --json > "$out/prefill-$order-$n.json" 2>> "$out/prefill.txt" \
         && node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); const k = r.kv; console.log(`prefill_ms ${r.timings.prefill_ms}, decode ${r.timings.decode_ms_per_token} ms/token, load ${r.timings.load_ms} ms; disk read ${k.disk.bytes_read} written ${k.disk.bytes_written}; host read ${k.host.bytes_read}; chunks sealed ${k.chunks_sealed}; time_ms ${JSON.stringify(k.time_ms)}`)' "$out/prefill-$order-$n.json" | tee -a "$out/prefill.txt" \
         || echo "prefill $order $n: failed or stopped after $((SECONDS - t0)) s" | tee -a "$out/prefill.txt"
+    done
+  done
+  exit 0
+fi
+if [ "$suite" = attn ]; then
+  nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$out/device.txt" || true
+  budget="${ATTN_BUDGET_S:-140}"
+  export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
+  timeout $((budget / 2)) node .bench-bundle/attn-bench.mjs --max-seconds $((budget / 3)) --out "$out/attn-bench.json" "$@" 2>&1 | tee "$out/attn-bench.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench.txt"
+  if [ $((budget - SECONDS)) -gt 20 ]; then
+    LEOAM_MATRIX_ATTENTION=1 timeout 40 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-attention.txt" || echo "golden check, matrix attention: FAILED or stopped"
+  fi
+  for n in ${ATTN_E2E_LENGTHS:-8192}; do
+    awk -v n="$n" 'BEGIN { srand(12); for (i = 0; i < n; i++) printf "%d ", 1000 + int(rand() * 100000) }' > "/tmp/prefill-ids-$n.txt"
+    modes=1; [ "${ATTN_E2E_OFF:-1}" = 0 ] || modes="1 0"
+    for ma in $modes; do
+      left=$((budget - SECONDS))
+      [ "$left" -gt 20 ] || { echo "prefill $n, matrix attention $ma: skipped (time)" | tee -a "$out/prefill.txt"; continue; }
+      rm -rf /tmp/leoam-kv && mkdir -p /tmp/leoam-kv
+      echo "== $n tokens, matrix attention $ma (limit ${left} s)" | tee -a "$out/prefill.txt"
+      LEOAM_MATRIX_ATTENTION=$ma timeout "$left" node .bench-bundle/leoam-cli.mjs generate --model dummy:llama-3.1-8b --ids-file "/tmp/prefill-ids-$n.txt" \
+        --max-tokens 16 --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --json > "$out/prefill-attn$ma-$n.json" 2>> "$out/prefill.txt" \
+        && node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`prefill_ms ${r.timings.prefill_ms}, decode ${r.timings.decode_ms_per_token} ms/token, load ${r.timings.load_ms} ms; ids ${JSON.stringify(r.ids).slice(0, 100)}`)' "$out/prefill-attn$ma-$n.json" | tee -a "$out/prefill.txt" \
+        || echo "prefill $n, matrix attention $ma: failed or stopped" | tee -a "$out/prefill.txt"
     done
   done
   exit 0

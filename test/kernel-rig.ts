@@ -135,9 +135,19 @@ export class KernelRig {
     bindings: Readonly<Record<number, GPUBuffer | undefined>>,
     [x, y = 1, z = 1]: readonly [number, number?, number?],
   ): Promise<void> {
-    const pipeline = await this.pipelines.get(key)
+    await this.runPipeline(await this.pipelines.get(key), key.op, uniform, bindings, [x, y, z])
+  }
+
+  /** One dispatch of a pipeline compiled elsewhere (an emulated kernel), as `run`. */
+  async runPipeline(
+    pipeline: GPUComputePipeline,
+    label: string,
+    uniform: UniformSpec,
+    bindings: Readonly<Record<number, GPUBuffer | undefined>>,
+    [x, y = 1, z = 1]: readonly [number, number?, number?],
+  ): Promise<void> {
     this.device.pushErrorScope("validation")
-    const u = new Uniform(this.device, key.op, uniform.layout)
+    const u = new Uniform(this.device, label, uniform.layout)
     this.own(u.buffer)
     u.set(...uniform.values)
     const entries = Object.entries(bindings).flatMap(([n, b]) => (b === undefined ? [] : [[Number(n), b] as const]))
@@ -150,7 +160,7 @@ export class KernelRig {
     pass.end()
     this.device.queue.submit([encoder.finish()])
     const error = await this.device.popErrorScope()
-    if (error) throw new Error(`${key.op}: ${error.message}`)
+    if (error) throw new Error(`${label}: ${error.message}`)
   }
 
   async f32(buffer: GPUBuffer, count: number, offset = 0): Promise<Float32Array> {

@@ -3,11 +3,9 @@
 // table. Quest and H2O keep their KV the same way and build on this one (they only attend
 // differently). Only the manager's methods change the pool; no read-back, no await.
 import { type Dispatch, dispatchOf, Uniform } from "../buffers.ts"
+import { prefillRowsPerGroup } from "../model-resources.ts"
 import { KvPool } from "./pool.ts"
 import { type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
-
-/** Rows of prefill attention per workgroup (attn_prefill and attn_prefill_sg). */
-export const PREFILL_ROWS = 32
 
 export class FullKv implements KvManager<unknown> {
   readonly pool: KvPool
@@ -86,7 +84,7 @@ export class FullKv implements KvManager<unknown> {
     const pos0 = this.pool.length - m
     this.pool.syncTable()
     this.uPrefill.set(m, c.numHeads, c.numKvHeads, this.pool.blockTokens, pos0, 1 / Math.sqrt(c.headDim))
-    const groups = Math.ceil((m * (c.numHeads / c.numKvHeads)) / PREFILL_ROWS)
+    const groups = Math.ceil((m * (c.numHeads / c.numKvHeads)) / prefillRowsPerGroup(this.ctx.keys.attnPrefill))
     for (const d of this.prefill) d[0].x = groups
   }
 

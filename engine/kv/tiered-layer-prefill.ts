@@ -11,8 +11,7 @@
 // from the layer's sealed end, whole chunks) and sealed from `layer`; what is left after
 // the last whole chunk goes back into the tail ring, where decode expects it.
 import { type Dispatch, dispatchOf, storageBuffer, type Uniform } from "../buffers.ts"
-import { windowedPrefillKey } from "../model-resources.ts"
-import { PREFILL_ROWS } from "./full.ts"
+import { prefillRowsPerGroup, windowedPrefillKey } from "../model-resources.ts"
 import type { KvContext, LayerPrefill, StepEncoder } from "./manager.ts"
 import type { TieredKv } from "./tiered/index.ts"
 import { AbstractJobs, type SealSource } from "./tiered/seal.ts"
@@ -122,7 +121,7 @@ export class TieredLayerPrefill implements LayerPrefill {
       }
     })
     const m = t1 - t0
-    const groups = Math.ceil((m * (c.numHeads / c.numKvHeads)) / PREFILL_ROWS)
+    const groups = Math.ceil((m * (c.numHeads / c.numKvHeads)) / prefillRowsPerGroup(this.ctx.keys.attnPrefill))
     const scale = 1 / Math.sqrt(c.headDim)
     const u = this.shared.uWindow
     let first = true

@@ -5,8 +5,7 @@
 // are cut from that measure at settle. A prompt of several passes goes layer-major
 // (tiered-layer-prefill.ts), on this class's attention state and dispatches.
 import { type Dispatch, dispatchOf, storageBuffer, Uniform } from "../buffers.ts"
-import { windowedPrefillKey } from "../model-resources.ts"
-import { PREFILL_ROWS } from "./full.ts"
+import { prefillRowsPerGroup, windowedPrefillKey } from "../model-resources.ts"
 import type { KvContext, LayerPrefill, StepEncoder } from "./manager.ts"
 import type { TieredKv } from "./tiered/index.ts"
 import { PrefillMass } from "./tiered/mass.ts"
@@ -52,7 +51,7 @@ export class TieredPrefill {
     const pos0 = this.t.length
     for (let i = 0; i < m; i++) this.slotHost[i] = this.t.append()
     this.ctx.device.queue.writeBuffer(this.ctx.act.slot, 0, this.slotHost.buffer, 0, m * 4)
-    this.pass = { m, pos0, groups: Math.ceil((m * (c.numHeads / c.numKvHeads)) / PREFILL_ROWS) }
+    this.pass = { m, pos0, groups: Math.ceil((m * (c.numHeads / c.numKvHeads)) / prefillRowsPerGroup(this.ctx.keys.attnPrefill)) }
   }
 
   /** Every sealed chunk, then the tail, in windows of resident chunks (each its own submit). */

@@ -1,0 +1,214 @@
+// Causal prefill attention on the GPU's matrix units (Dawn's subgroup matrices, f16 x f16 ->
+// f32 16x16x16): the contract, bindings and WINDOW mode of attn_prefill.wgsl
+// (lib/attn_prefill_io.wgsl), but a workgroup owns ROWS = 16 * NSG rows (query,
+// head-in-group) of one kv head, 16 per subgroup, so every K/V tile staged in workgroup
+// memory serves all G query heads. Per tile of BK = 32 keys a subgroup computes its 16 x 32
+// scores S = Q K^T on the matrix units (Q staged once as f16, pre-scaled), the row owners
+// (lanes 0..15) run the online softmax on S and write P as f16, and O += P V runs on the
+// matrix units into D/16 accumulators held in registers for the whole pass: no score
+// matrix beyond one tile exists in memory.
+// The accumulators cannot be scaled row by row in registers, so the softmax is lazy: P is
+// taken against a row's reference max m, which moves (and O is rescaled through workgroup
+// memory) only when a tile's max exceeds m by more than TAU; P <= e^TAU stays well inside
+// f16. m, l and O always describe the same sums, which is all the WINDOW state needs.
+// Offsets of matrix loads and stores derive only from subgroup_id and loop counters (Dawn
+// requires them uniform within a subgroup); the workgroup is NSG subgroups of exactly SG
+// lanes, SG the device's fixed subgroup size. Strides and offsets are multiples of 16 bytes.
+enable f16;
+enable chromium_experimental_subgroup_matrix;
+
+#include lib/attn_prefill_io.wgsl
+
+override G: u32 = 1;      // query heads per kv head
+override D: u32 = 128;    // head dim: multiple of 16, at most 128
+override SG: u32 = 32u;   // lanes per subgroup
+override NSG: u32 = 4u;   // subgroups per workgroup
+override PAD: u32 = 8u;   // halves after each staged row (0 or 8: rows stay 16-byte aligned)
+const BK: u32 = 32u;      // keys per tile
+const NEG: f32 = -3.0e38;
+const TAU: f32 = 8.0;     // how far a tile's max may pass the reference max before O is rescaled
+
+override ROWS: u32 = 16u * NSG;
+override LD: u32 = D + PAD;          // row stride of qs, ks, vs (halves)
+override PLD: u32 = BK + PAD;        // row stride of ps (halves)
+override QS_SIZE: u32 = ROWS * LD;
+override KS_SIZE: u32 = BK * LD;
+override SS_SIZE: u32 = ROWS * BK;
+override PS_SIZE: u32 = ROWS * PLD;
+
+var<workgroup> qs: array<f16, QS_SIZE>;   // (ROWS, LD): the rows' queries * scale
+var<workgroup> ks: array<f16, KS_SIZE>;   // (BK, LD): the tile's keys
+var<workgroup> vs: array<f16, KS_SIZE>;   // (BK, LD): the tile's values
+var<workgroup> ss: array<f32, SS_SIZE>;   // per subgroup (16, BK): scores; also a 16 x 16 scratch
+var<workgroup> ps: array<f16, PS_SIZE>;   // per subgroup (16, PLD): probabilities
+var<workgroup> row_a: array<f32, ROWS>;   // per row: the rescale factor of this tile, then 1 / l
+var<workgroup> rescale: u32;              // some row of the workgroup moved its reference max
+
+@compute @workgroup_size(SG * NSG)
+fn main(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(subgroup_id) sg: u32,
+  @builtin(subgroup_invocation_id) lane: u32,
+) {
+  let kvh = wid.y;
+  let row0 = wid.x * ROWS;
+  let total_rows = p.M * G;
+  let threads = SG * NSG;
+  let half_d = D / 2u;
+  let last_row = min(row0 + ROWS, total_rows) - 1u;
+  let kbeg = keys_begin();
+  let kend = keys_end(p.pos0 + last_row / G + 1u);   // keys [kbeg, kend) are visible to some row
+
+  for (var i = lid; i < ROWS * D; i = i + threads) {
+    let rc = min(row0 + i / D, total_rows - 1u);
+    let x = q[((rc / G) * p.H + kvh * G + rc % G) * D + i % D] * p.scale;
+    qs[(i / D) * LD + i % D] = f16(clamp(x, -65504.0, 65504.0));
+  }
+
+  // Lanes 0..15 of a subgroup own its rows (row `lane` of its matrices) for the softmax.
+  let owner = lane < 16u;
+  let rr = sg * 16u + min(lane, 15u);
+  let rc = min(row0 + rr, total_rows - 1u);
+  let qi = rc / G;
+  let h = kvh * G + rc % G;
+  let qpos = p.pos0 + qi;
+  let sc = sg * 16u * BK;       // this subgroup's scores (16, BK) and scratch (16, 16) in ss
+  let pc = sg * 16u * PLD;      // this subgroup's probabilities in ps
+  var mrun = NEG;
+  var l = 0.0;
+  var o: array<subgroup_matrix_result<f32, 16, 16>, 8>;
+  for (var b = 0u; b < D / 16u; b = b + 1u) { o[b] = subgroup_matrix_result<f32, 16, 16>(); }
+
+#if WINDOW
+  if ((p.flags & FIRST) == 0u) {
+    if (owner) {
+      let sb = state_base(qi, h);
+      mrun = state[sb + D];
+      l = state[sb + D + 1u];
+    }
+    for (var b = 0u; b < D / 16u; b = b + 1u) {
+      for (var e = lane; e < 256u; e = e + SG) {
+        let r = min(row0 + sg * 16u + e / 16u, total_rows - 1u);
+        ss[sc + e] = state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u];
+      }
+      workgroupBarrier();
+      o[b] = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u);
+      workgroupBarrier();
+    }
+  }
+#endif
+
+  for (var kt = kbeg; kt < kend; kt = kt + BK) {
+    workgroupBarrier();
+    if (lid == 0u) { rescale = 0u; }
+    for (var i = lid; i < BK * half_d; i = i + threads) {
+      let key = i / half_d;
+      let w = i % half_d;
+      var kw = 0u;
+      var vw = 0u;
+      if (kt + key < kend) {
+        let idx = kv_word(kt + key, kvh) + w;
+        kw = kpool[idx];
+        vw = vpool[idx];
+      }
+      let kh = bitcast<vec2<f16>>(kw);
+      let vh = bitcast<vec2<f16>>(vw);
+      ks[key * LD + 2u * w] = kh.x;
+      ks[key * LD + 2u * w + 1u] = kh.y;
+      vs[key * LD + 2u * w] = vh.x;
+      vs[key * LD + 2u * w + 1u] = vh.y;
+    }
+    workgroupBarrier();
+
+    // S = Q K^T: left Q rows (row-major in qs), right K^T (K's rows as columns: col-major in ks).
+    var s0 = subgroup_matrix_result<f32, 16, 16>();
+    var s1 = subgroup_matrix_result<f32, 16, 16>();
+    for (var kd = 0u; kd < D; kd = kd + 16u) {
+      let a = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&qs, sg * 16u * LD + kd, LD);
+      let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ks, kd, LD);
+      let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ks, 16u * LD + kd, LD);
+      s0 = subgroupMatrixMultiplyAccumulate(a, b0, s0);
+      s1 = subgroupMatrixMultiplyAccumulate(a, b1, s1);
+    }
+    subgroupMatrixStore<row_major>(&ss, sc, s0, BK);
+    subgroupMatrixStore<row_major>(&ss, sc + 16u, s1, BK);
+    workgroupBarrier();
+
+    if (owner) {
+      let srow = sc + lane * BK;
+      var tmax = NEG;
+      for (var k = 0u; k < BK; k = k + 1u) {
+        let pos = kt + k;
+        if (pos <= qpos && pos < kend) { tmax = max(tmax, ss[srow + k]); }
+      }
+      var alpha = 1.0;
+      if (tmax > mrun + TAU) {
+        alpha = exp(mrun - tmax);   // 0 from the empty state
+        if (l > 0.0) { rescale = 1u; }
+        mrun = tmax;
+        l = l * alpha;
+      }
+      row_a[rr] = alpha;
+      for (var k = 0u; k < BK; k = k + 1u) {
+        let pos = kt + k;
+        var ph = f16(0.0);
+        if (pos <= qpos && pos < kend) { ph = f16(exp(ss[srow + k] - mrun)); }
+        ps[pc + lane * PLD + k] = ph;
+        l = l + f32(ph);
+      }
+    }
+    // A barrier: the probabilities are visible below, and the branch is uniform.
+    if (workgroupUniformLoad(&rescale) != 0u) {
+      for (var b = 0u; b < D / 16u; b = b + 1u) {
+        subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
+        workgroupBarrier();
+        for (var e = lane; e < 256u; e = e + SG) { ss[sc + e] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
+        workgroupBarrier();
+        o[b] = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u);
+        workgroupBarrier();
+      }
+    }
+
+    // O += P V: left P (row-major in ps), right V (row-major in vs).
+    let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
+    let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
+    for (var b = 0u; b < D / 16u; b = b + 1u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, b * 16u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + b * 16u, LD);
+      o[b] = subgroupMatrixMultiplyAccumulate(p0, v0, o[b]);
+      o[b] = subgroupMatrixMultiplyAccumulate(p1, v1, o[b]);
+    }
+  }
+
+  workgroupBarrier();
+  if (owner) { row_a[rr] = 1.0 / l; }
+#if WINDOW
+  if ((p.flags & LAST) == 0u) {
+    if (owner && row0 + rr < total_rows) {
+      let sb = state_base(qi, h);
+      state[sb + D] = mrun;
+      state[sb + D + 1u] = l;
+    }
+    for (var b = 0u; b < D / 16u; b = b + 1u) {
+      subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
+      workgroupBarrier();
+      for (var e = lane; e < 256u; e = e + SG) {
+        let r = row0 + sg * 16u + e / 16u;
+        if (r < total_rows) { state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u] = ss[sc + e]; }
+      }
+      workgroupBarrier();
+    }
+    return;
+  }
+#endif
+  for (var b = 0u; b < D / 16u; b = b + 1u) {
+    subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e = e + SG) {
+      let r = row0 + sg * 16u + e / 16u;
+      if (r < total_rows) { out[((r / G) * p.H + kvh * G + r % G) * D + b * 16u + e % 16u] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
+    }
+    workgroupBarrier();
+  }
+}

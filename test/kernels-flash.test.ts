@@ -1,0 +1,78 @@
+// Flash-attention prefill on the GPU's matrix units (kernels/attn_prefill_mx.wgsl) against
+// the CPU reference: under an emulation of subgroup matrices everywhere (lavapipe offers
+// none), so its tiling, GQA rows, lazy softmax, rescaling and WINDOW state are checked in CI,
+// and on the device's own matrix units where it has them.
+import { afterAll, describe, expect, it } from "vitest"
+import { ATTN_MATRIX_TOLERANCE, type AttnCase, attnInputs, attnReference, checkMatrixAttention, type KeyWindow, matrixAttnConstants, runPrefillAttention } from "../engine/attn-check.ts"
+import { acquireGpu, type Gpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
+import { worstError } from "../engine/matrix-check.ts"
+import { Pipelines } from "../engine/pipelines.ts"
+import { emulateFlashAttention } from "./support/flash-emulation.ts"
+
+const gpu: Gpu = await acquireGpu()
+// Where the device was opened with subgroup matrices, the kernel is checked whatever the
+// device-open check concluded (a failure there only falls back; here it fails the test).
+const noMatrix = gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName) ? undefined : `${gpu.adapterName} has no subgroup matrices`
+afterAll(async () => {
+  await releaseGpu()
+})
+
+const pipelines = new Pipelines(gpu)
+
+/** The emulated kernel compiled with these constants (WINDOW or not). */
+const emulated = async (window: boolean, constants: Record<string, number>) => {
+  const code = emulateFlashAttention(pipelines.source({ op: "attn_prefill_mx", flags: { WINDOW: window } }))
+  const module = gpu.device.createShaderModule({ label: "attn_prefill_mx emulated", code })
+  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error")
+  expect(errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`)).toEqual([])
+  return gpu.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main", constants } })
+}
+
+const check = async (pipeline: GPUComputePipeline, c: AttnCase, nsg: number, seed: number, windows?: ReadonlyArray<KeyWindow>) => {
+  const inputs = attnInputs(c, seed)
+  const got = await runPrefillAttention(gpu.device, pipeline, c, inputs, 16 * nsg, windows)
+  const { at, error } = worstError(got, attnReference(c, inputs))
+  expect(error, `${JSON.stringify(c)} ${windows ? JSON.stringify(windows) : "one pass"}: element ${at}`).toBeLessThan(ATTN_MATRIX_TOLERANCE)
+  return error
+}
+
+describe("attn_prefill_mx under emulated subgroup matrices", () => {
+  it("one causal pass: GQA rows off the tile, keys off the 32-key tile, the max moving past TAU", async () => {
+    if (!gpu.hasF16) return expect.fail(`the test device lacks shader-f16 (${gpu.adapterName})`)
+    // 4 subgroups, D 64 (the bundled model's head dim), pad 8: 31 KiB, inside lavapipe's 32.
+    const wide = await emulated(false, { SG: 32, NSG: 4, PAD: 8, G: 3, D: 64 })
+    await check(wide, { G: 3, KV: 2, D: 64, BS: 16, pos0: 0, M: 45 }, 4, 1)
+    await check(wide, { G: 3, KV: 1, D: 64, BS: 32, pos0: 70, M: 30 }, 4, 2)
+    await check(wide, { G: 3, KV: 1, D: 64, BS: 32, pos0: 70, M: 30, qAmp: 24 }, 4, 10)
+  })
+
+  it("WINDOW at D 128: passes over key windows, in any order, equal one causal pass, rescaling the carried state", async () => {
+    // 2 subgroups, D 128 unpadded (the 8B shapes' G and D; 30 KiB): 148 rows, keys 0 .. 106.
+    const c: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 70, M: 37 }
+    const win = await emulated(true, { SG: 32, NSG: 2, PAD: 0, G: c.G, D: c.D })
+    await check(win, c, 2, 3, [[0, 0]])
+    await check(win, c, 2, 4, [[0, 32], [32, 80], [80, 0]])
+    await check(win, c, 2, 5, [[80, 0], [0, 32], [32, 80]])
+    // [96, end) holds no key for the first workgroup's rows: it runs no tile and keeps its state.
+    await check(win, c, 2, 6, [[0, 96], [96, 0]])
+    await check(win, c, 2, 7, [[96, 0], [0, 96]])
+    // Scores spread over tens: the reference max moves past TAU within and between passes.
+    await check(win, { ...c, qAmp: 24 }, 2, 8, [[32, 80], [0, 32], [80, 0]])
+  })
+
+  it("choosing constants: 4 subgroups padded where 48 KiB allow, fewer where less, none past D 128", () => {
+    expect(matrixAttnConstants(32, 49152, 128)).toEqual({ SG: 32, NSG: 4, PAD: 8 })
+    expect(matrixAttnConstants(32, 32768, 128)).toEqual({ SG: 32, NSG: 2, PAD: 0 })
+    expect(matrixAttnConstants(32, 32768, 64)).toEqual({ SG: 32, NSG: 4, PAD: 8 })
+    expect(matrixAttnConstants(32, 49152, 256)).toBeUndefined()
+    expect(matrixAttnConstants(32, 49152, 72)).toBeUndefined()
+    expect(matrixAttnConstants(8, 49152, 128)).toBeUndefined()
+  })
+})
+
+describe.skipIf(noMatrix !== undefined)("attn_prefill_mx on the device's matrix units", () => {
+  it("matches the CPU reference (the check the device runs before using it)", async () => {
+    const constants = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, 128)!
+    expect(await checkMatrixAttention(gpu, constants)).toBeUndefined()
+  })
+})
