@@ -17,7 +17,7 @@ import { parseArgs } from "node:util"
 import { readBack, readF32, storageBuffer, Uniform, upload } from "../engine/buffers.ts"
 import { attention } from "../engine/cpu-reference.ts"
 import { matrixAttnConstants, matrixAttnWorkgroupBytes } from "../engine/attn-check.ts"
-import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { acquireGpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
 import { seededValues } from "../engine/matrix-check.ts"
 import { attnPrefillKey, prefillRowsPerGroup, prefillWithSubgroups } from "../engine/model-resources.ts"
 import { type PipelineKey, Pipelines } from "../engine/pipelines.ts"
@@ -61,9 +61,13 @@ const kernels: Kernel[] = []
 const base = attnPrefillKey(config, prefillWithSubgroups(gpu), false)
 if (wanted.has("mx")) {
   const best = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, D)
-  if (!gpu.matrixAttention || !best) {
-    console.log(`attn_prefill_mx: not run (${gpu.matrixAttention ? "no room for its workgroup memory" : `the device has no checked f16 subgroup matrices: LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "0"}`})`)
+  // Timed wherever the device has the matrix units, even if its check failed at device open
+  // (the "[leoam gpu]" line above says why; the check below repeats it on 8B shapes).
+  const has = gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)
+  if (!has || !best) {
+    console.log(`attn_prefill_mx: not run (${has ? "no room for its workgroup memory" : `the device has no f16 subgroup matrices: LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "0"}`})`)
   } else {
+    if (!gpu.matrixAttention) console.log("attn_prefill_mx: timed although its check at device open failed (its results are wrong there)")
     // Each asked-for subgroup count with the largest padding that fits the device.
     for (const NSG of args.nsg!.split(",").map(Number)) {
       const PAD = [8, 0].find((pad) => matrixAttnWorkgroupBytes({ NSG, PAD: pad }, D) <= gpu.limits.maxComputeWorkgroupStorageSize)
@@ -92,7 +96,7 @@ interface Row {
 }
 const rows: Row[] = []
 const totals: Array<{ tokens: number; kernel: string; layerMs: number; modelS: number; tflops: number }> = []
-const checks: Array<{ tokens: number; kernel: string; cpuError: number; vsBase: number }> = []
+const checks: Array<{ tokens: number; kernel: string; cpuError: number; vsBase: number; nonFinite: number }> = []
 
 for (const [ti, n] of tokens.entries()) {
   if (elapsed() > maxSeconds) {
@@ -191,8 +195,9 @@ for (const [ti, n] of tokens.entries()) {
       })
       let vsBase = 0
       if (baseOut) for (let x = 0; x < got.length; x++) vsBase = Math.max(vsBase, Math.abs(got[x]! - baseOut[x]!))
-      checks.push({ tokens: n, kernel: kr.name, cpuError, vsBase })
-      console.log(`check at ${n} tokens, chunk at ${pos0}: ${kr.name} max |error| against the CPU on ${sample.length} rows ${cpuError.toExponential(2)}, against ${base.op} on the whole chunk ${vsBase.toExponential(2)}`)
+      const nonFinite = got.reduce((c, x) => c + (Number.isFinite(x) ? 0 : 1), 0)
+      checks.push({ tokens: n, kernel: kr.name, cpuError, vsBase, nonFinite })
+      console.log(`check at ${n} tokens, chunk at ${pos0}: ${kr.name} max |error| against the CPU on ${sample.length} rows ${cpuError.toExponential(2)}, against ${base.op} on the whole chunk ${vsBase.toExponential(2)}; ${nonFinite} of ${got.length} values not finite`)
     }
   }
   for (const b of [k, v, table, q, u.buffer, ...outs.values()]) b.destroy()

@@ -114,6 +114,14 @@ export const runPrefillAttention = async (
   }
 }
 
+/** Where and how a result is wrong: the worst element as (query, head, dim), and how many are not finite. */
+export const describeError = (c: AttnCase, got: Float32Array, at: number, error: number): string => {
+  const H = c.G * c.KV
+  const bad = got.reduce((n, x) => n + (Number.isFinite(x) ? 0 : 1), 0)
+  const where = at < 0 ? "" : ` at query ${Math.floor(at / (H * c.D))}, head ${Math.floor(at / c.D) % H}, dim ${at % c.D} (${got[at]})`
+  return `error ${error}${where}; ${bad} of ${got.length} values not finite`
+}
+
 /** attn_prefill_mx's override constants: SG lanes a subgroup, NSG subgroups (16 rows each), PAD halves after each staged row. */
 export interface MatrixAttnConstants {
   readonly SG: number
@@ -150,8 +158,8 @@ export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConsta
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
       const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined }, constants: { ...constants, G: c.G, D: c.D } }
       const got = await runPrefillAttention(gpu.device, await pipelines.get(key), c, inputs, rows, windows)
-      const { error } = worstError(got, want)
-      if (!(error <= ATTN_MATRIX_TOLERANCE)) return `attn_prefill_mx ${windows ? "WINDOW" : "plain"} differs from the CPU reference (error ${error})`
+      const { at, error } = worstError(got, want)
+      if (!(error <= ATTN_MATRIX_TOLERANCE)) return `attn_prefill_mx ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}`
     }
     return undefined
   } catch (e) {

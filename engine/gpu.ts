@@ -252,8 +252,8 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
 }
 
 /**
- * Whether one use of the matrix units (LEOAM_MATRIX_GEMM: prefill's GEMMs; LEOAM_MATRIX_ATTENTION:
- * prefill attention) is allowed where the device was opened with them (LEOAM_MATRIX_UNITS
+ * Whether one use of the matrix units (LEOAM_MATRIX_GEMM: the GEMMs, prefill's and batched
+ * decode's, everything matrixF16 gates; LEOAM_MATRIX_ATTENTION: prefill attention) is allowed where the device was opened with them (LEOAM_MATRIX_UNITS
  * decides that): unset, 1 or auto yes, 0 no. Side-by-side runs turn one off to time the other.
  */
 export const matrixKernelWanted = (variable: string, env: string | undefined): boolean => {

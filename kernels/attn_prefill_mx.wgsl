@@ -11,6 +11,9 @@
 // taken against a row's reference max m, which moves (and O is rescaled through workgroup
 // memory) only when a tile's max exceeds m by more than TAU; P <= e^TAU stays well inside
 // f16. m, l and O always describe the same sums, which is all the WINDOW state needs.
+// The D/16 accumulators are eight named variables, each used under `if (D > 16 i)` (D is an
+// override, so the branches are uniform), not an array: on an H100 (driver 580.159) the array
+// version, indexed by a loop counter, returned NaN where the emulation matched the CPU.
 // Offsets of matrix loads and stores derive only from subgroup_id and loop counters (Dawn
 // requires them uniform within a subgroup); the workgroup is NSG subgroups of exactly SG
 // lanes, SG the device's fixed subgroup size. Strides and offsets are multiples of 16 bytes.
@@ -43,6 +46,42 @@ var<workgroup> ss: array<f32, SS_SIZE>;   // per subgroup (16, BK): scores; also
 var<workgroup> ps: array<f16, PS_SIZE>;   // per subgroup (16, PLD): probabilities
 var<workgroup> row_a: array<f32, ROWS>;   // per row: the rescale factor of this tile, then 1 / l
 var<workgroup> rescale: u32;              // some row of the workgroup moved its reference max
+
+// The scalar sides of the accumulators' trips through this subgroup's scratch (16 x 16 f32 at
+// ss[sc]), each between barriers: block b holds output columns 16 b .. 16 b + 15.
+fn scale_scratch(sc: u32, sg: u32, lane: u32) {
+  workgroupBarrier();
+  for (var e = lane; e < 256u; e = e + SG) { ss[sc + e] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
+  workgroupBarrier();
+}
+
+fn scratch_to_out(b: u32, sc: u32, sg: u32, lane: u32, row0: u32, total_rows: u32, kvh: u32) {
+  workgroupBarrier();
+  for (var e = lane; e < 256u; e = e + SG) {
+    let r = row0 + sg * 16u + e / 16u;
+    if (r < total_rows) { out[((r / G) * p.H + kvh * G + r % G) * D + b * 16u + e % 16u] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
+  }
+  workgroupBarrier();
+}
+
+#if WINDOW
+fn state_to_scratch(b: u32, sc: u32, sg: u32, lane: u32, row0: u32, total_rows: u32, kvh: u32) {
+  for (var e = lane; e < 256u; e = e + SG) {
+    let r = min(row0 + sg * 16u + e / 16u, total_rows - 1u);
+    ss[sc + e] = state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u];
+  }
+  workgroupBarrier();
+}
+
+fn scratch_to_state(b: u32, sc: u32, sg: u32, lane: u32, row0: u32, total_rows: u32, kvh: u32) {
+  workgroupBarrier();
+  for (var e = lane; e < 256u; e = e + SG) {
+    let r = row0 + sg * 16u + e / 16u;
+    if (r < total_rows) { state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u] = ss[sc + e]; }
+  }
+  workgroupBarrier();
+}
+#endif
 
 @compute @workgroup_size(SG * NSG)
 fn main(
@@ -77,8 +116,14 @@ fn main(
   let pc = sg * 16u * PLD;      // this subgroup's probabilities in ps
   var mrun = NEG;
   var l = 0.0;
-  var o: array<subgroup_matrix_result<f32, 16, 16>, 8>;
-  for (var b = 0u; b < D / 16u; b = b + 1u) { o[b] = subgroup_matrix_result<f32, 16, 16>(); }
+  var o0 = subgroup_matrix_result<f32, 16, 16>();
+  var o1 = subgroup_matrix_result<f32, 16, 16>();
+  var o2 = subgroup_matrix_result<f32, 16, 16>();
+  var o3 = subgroup_matrix_result<f32, 16, 16>();
+  var o4 = subgroup_matrix_result<f32, 16, 16>();
+  var o5 = subgroup_matrix_result<f32, 16, 16>();
+  var o6 = subgroup_matrix_result<f32, 16, 16>();
+  var o7 = subgroup_matrix_result<f32, 16, 16>();
 
 #if WINDOW
   if ((p.flags & FIRST) == 0u) {
@@ -87,15 +132,14 @@ fn main(
       mrun = state[sb + D];
       l = state[sb + D + 1u];
     }
-    for (var b = 0u; b < D / 16u; b = b + 1u) {
-      for (var e = lane; e < 256u; e = e + SG) {
-        let r = min(row0 + sg * 16u + e / 16u, total_rows - 1u);
-        ss[sc + e] = state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u];
-      }
-      workgroupBarrier();
-      o[b] = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u);
-      workgroupBarrier();
-    }
+    if (D > 0u) { state_to_scratch(0u, sc, sg, lane, row0, total_rows, kvh); o0 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 16u) { state_to_scratch(1u, sc, sg, lane, row0, total_rows, kvh); o1 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 32u) { state_to_scratch(2u, sc, sg, lane, row0, total_rows, kvh); o2 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 48u) { state_to_scratch(3u, sc, sg, lane, row0, total_rows, kvh); o3 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 64u) { state_to_scratch(4u, sc, sg, lane, row0, total_rows, kvh); o4 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 80u) { state_to_scratch(5u, sc, sg, lane, row0, total_rows, kvh); o5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 96u) { state_to_scratch(6u, sc, sg, lane, row0, total_rows, kvh); o6 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+    if (D > 112u) { state_to_scratch(7u, sc, sg, lane, row0, total_rows, kvh); o7 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
   }
 #endif
 
@@ -160,24 +204,58 @@ fn main(
     }
     // A barrier: the probabilities are visible below, and the branch is uniform.
     if (workgroupUniformLoad(&rescale) != 0u) {
-      for (var b = 0u; b < D / 16u; b = b + 1u) {
-        subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
-        workgroupBarrier();
-        for (var e = lane; e < 256u; e = e + SG) { ss[sc + e] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
-        workgroupBarrier();
-        o[b] = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u);
-        workgroupBarrier();
-      }
+      if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scale_scratch(sc, sg, lane); o0 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scale_scratch(sc, sg, lane); o1 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scale_scratch(sc, sg, lane); o2 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 48u) { subgroupMatrixStore<row_major>(&ss, sc, o3, 16u); scale_scratch(sc, sg, lane); o3 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 64u) { subgroupMatrixStore<row_major>(&ss, sc, o4, 16u); scale_scratch(sc, sg, lane); o4 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scale_scratch(sc, sg, lane); o5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scale_scratch(sc, sg, lane); o6 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+      if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scale_scratch(sc, sg, lane); o7 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
     }
 
     // O += P V: left P (row-major in ps), right V (row-major in vs).
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
     let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
-    for (var b = 0u; b < D / 16u; b = b + 1u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, b * 16u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + b * 16u, LD);
-      o[b] = subgroupMatrixMultiplyAccumulate(p0, v0, o[b]);
-      o[b] = subgroupMatrixMultiplyAccumulate(p1, v1, o[b]);
+    if (D > 0u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 0u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 0u, LD);
+      o0 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o0));
+    }
+    if (D > 16u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 16u, LD);
+      o1 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o1));
+    }
+    if (D > 32u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 32u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 32u, LD);
+      o2 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o2));
+    }
+    if (D > 48u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 48u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 48u, LD);
+      o3 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o3));
+    }
+    if (D > 64u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 64u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 64u, LD);
+      o4 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o4));
+    }
+    if (D > 80u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 80u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 80u, LD);
+      o5 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o5));
+    }
+    if (D > 96u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 96u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 96u, LD);
+      o6 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o6));
+    }
+    if (D > 112u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 112u, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 112u, LD);
+      o7 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7));
     }
   }
 
@@ -190,25 +268,23 @@ fn main(
       state[sb + D] = mrun;
       state[sb + D + 1u] = l;
     }
-    for (var b = 0u; b < D / 16u; b = b + 1u) {
-      subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
-      workgroupBarrier();
-      for (var e = lane; e < 256u; e = e + SG) {
-        let r = row0 + sg * 16u + e / 16u;
-        if (r < total_rows) { state[state_base(r / G, kvh * G + r % G) + b * 16u + e % 16u] = ss[sc + e]; }
-      }
-      workgroupBarrier();
-    }
+    if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scratch_to_state(0u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scratch_to_state(1u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scratch_to_state(2u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 48u) { subgroupMatrixStore<row_major>(&ss, sc, o3, 16u); scratch_to_state(3u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 64u) { subgroupMatrixStore<row_major>(&ss, sc, o4, 16u); scratch_to_state(4u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scratch_to_state(5u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scratch_to_state(6u, sc, sg, lane, row0, total_rows, kvh); }
+    if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scratch_to_state(7u, sc, sg, lane, row0, total_rows, kvh); }
     return;
   }
 #endif
-  for (var b = 0u; b < D / 16u; b = b + 1u) {
-    subgroupMatrixStore<row_major>(&ss, sc, o[b], 16u);
-    workgroupBarrier();
-    for (var e = lane; e < 256u; e = e + SG) {
-      let r = row0 + sg * 16u + e / 16u;
-      if (r < total_rows) { out[((r / G) * p.H + kvh * G + r % G) * D + b * 16u + e % 16u] = ss[sc + e] * row_a[sg * 16u + e / 16u]; }
-    }
-    workgroupBarrier();
-  }
+  if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scratch_to_out(0u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scratch_to_out(1u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scratch_to_out(2u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 48u) { subgroupMatrixStore<row_major>(&ss, sc, o3, 16u); scratch_to_out(3u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 64u) { subgroupMatrixStore<row_major>(&ss, sc, o4, 16u); scratch_to_out(4u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scratch_to_out(5u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scratch_to_out(6u, sc, sg, lane, row0, total_rows, kvh); }
+  if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scratch_to_out(7u, sc, sg, lane, row0, total_rows, kvh); }
 }

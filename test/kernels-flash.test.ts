@@ -4,9 +4,11 @@
 // and on the device's own matrix units where it has them.
 import { afterAll, describe, expect, it } from "vitest"
 import { ATTN_MATRIX_TOLERANCE, type AttnCase, attnInputs, attnReference, checkMatrixAttention, type KeyWindow, matrixAttnConstants, runPrefillAttention } from "../engine/attn-check.ts"
-import { acquireGpu, type Gpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
+import { acquireGpu, type Gpu, matrixKernelWanted, releaseGpu, SUBGROUP_MATRIX_FEATURE, type SubgroupMatrixConfig } from "../engine/gpu.ts"
 import { worstError } from "../engine/matrix-check.ts"
+import { attnPrefillKey, matrixAttnFor, prefillRowsPerGroup, windowedPrefillKey } from "../engine/model-resources.ts"
 import { Pipelines } from "../engine/pipelines.ts"
+import { dummyPresets } from "../models/config.ts"
 import { emulateFlashAttention } from "./support/flash-emulation.ts"
 
 const gpu: Gpu = await acquireGpu()
@@ -74,5 +76,37 @@ describe.skipIf(noMatrix !== undefined)("attn_prefill_mx on the device's matrix 
   it("matches the CPU reference (the check the device runs before using it)", async () => {
     const constants = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, 128)!
     expect(await checkMatrixAttention(gpu, constants)).toBeUndefined()
+  })
+})
+
+describe("choosing the prefill attention kernel", () => {
+  const config = dummyPresets["llama-3.1-8b"]!
+  const f16: SubgroupMatrixConfig = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
+  const nvidia = { matrixAttention: f16, subgroupMinSize: 32, subgroupMaxSize: 32, limits: { maxComputeWorkgroupStorageSize: 49152 } as GPUSupportedLimits }
+
+  it("attn_prefill_mx with 16 rows a subgroup where the device passed its check, today's kernels elsewhere", () => {
+    const mx = matrixAttnFor(nvidia, config)
+    expect(mx).toEqual({ SG: 32, NSG: 4, PAD: 8 })
+    const key = attnPrefillKey(config, true, false, mx)
+    expect(key).toEqual({ op: "attn_prefill_mx", constants: { G: 4, D: 128, SG: 32, NSG: 4, PAD: 8 } })
+    expect(prefillRowsPerGroup(key)).toBe(64)
+    expect(windowedPrefillKey(key).flags).toEqual({ WINDOW: true })
+    // No matrix attention: the kernels of before, 32 rows a workgroup, under their old names.
+    expect(matrixAttnFor({ ...nvidia, matrixAttention: undefined }, config)).toBeUndefined()
+    expect(matrixAttnFor({ ...nvidia, subgroupMinSize: 16 }, config)).toBeUndefined()
+    expect(matrixAttnFor(nvidia, { ...config, headDim: 256 })).toBeUndefined()
+    for (const [sub, reg, op] of [[true, false, "attn_prefill_sg"], [false, false, "attn_prefill"], [true, true, "attn_prefill_reg"]] as const) {
+      const k = attnPrefillKey(config, sub, reg)
+      expect(k).toEqual({ op, constants: { G: 4, D: 128 } })
+      expect(prefillRowsPerGroup(k)).toBe(32)
+    }
+    if (!gpu.matrixAttention) expect(matrixAttnFor(gpu, config)).toBeUndefined()
+  })
+
+  it("reads LEOAM_MATRIX_ATTENTION and LEOAM_MATRIX_GEMM (default on where the matrix units are)", () => {
+    expect(matrixKernelWanted("LEOAM_MATRIX_ATTENTION", undefined)).toBe(true)
+    expect(matrixKernelWanted("LEOAM_MATRIX_ATTENTION", "auto")).toBe(true)
+    expect(matrixKernelWanted("LEOAM_MATRIX_GEMM", "0")).toBe(false)
+    expect(() => matrixKernelWanted("LEOAM_MATRIX_GEMM", "maybe")).toThrow(/LEOAM_MATRIX_GEMM/)
   })
 })

@@ -72,7 +72,7 @@ export const emulateFlashAttention = (source: string): string => {
   s = replace(s, new RegExp(lit("subgroupMatrixStore<row_major>(&ss, "), "g"), "emu_store(")
   s = replace(s, /subgroupMatrixMultiplyAccumulate\(/g, "emu_mma(")
   s = replace(s, new RegExp(lit(`${result}()`), "g"), "EmuAcc()")
-  s = replace(s, new RegExp(lit(result), "g"), "EmuAcc")
+  s = s.replace(new RegExp(lit(result), "g"), "EmuAcc") // declared types, if any are left
   // Subgroups of exactly SG lanes, whatever the device's own size; a zero the compiler cannot
   // fold keeps lavapipe from unrolling the emulated products.
   s = replace(s, /@builtin\(subgroup_id\) sg: u32,\s*@builtin\(subgroup_invocation_id\) lane: u32,/, "")
