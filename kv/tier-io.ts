@@ -5,6 +5,11 @@
 // and no two of them overlap, while disk reads run ahead on libuv's thread pool; a failed
 // load leaves no reservation behind; a seal is indexed all or nothing.
 //
+// A chunk linked from another session (DiskStore.linkChunks: a shared prefix, the same disk
+// bytes) is held in the host arena under its owner's key, so the sequences sharing it share
+// one host copy; each sequence using another's key is counted (per arena), and the entry
+// goes when the owner and the last of them have let go of it.
+//
 // Seals stay synchronous: DiskStore.putChunks appends to the session's segment file and
 // then indexes in one uninterrupted step. An await between the two would let another seal
 // append to the same file, and the first one's rollback (a truncate back to its start)
@@ -13,6 +18,7 @@
 import type { DiskStore } from "./disk-store.ts"
 import { chunkKey, type EvictionPolicy } from "./eviction.ts"
 import type { HostArena } from "./host-arena.ts"
+import { segmentFileName } from "./segments.ts"
 import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape } from "./quant.ts"
 import { traceSpan } from "./step-trace.ts"
 import { KvTierError, tierErrorOf } from "./tier-errors.ts"
@@ -86,20 +92,52 @@ export interface TierIo {
 /** Disk reads started ahead of the load whose turn it is. */
 const READ_AHEAD = 4
 
+/** Host entries read under another session's key, per arena: their users besides the owner, and those whose owner let go. */
+interface SharedHost {
+  readonly users: Map<string, number>
+  readonly ownerGone: Set<string>
+}
+const sharedHost = new WeakMap<HostArena, SharedHost>()
+
+/** The session whose segment file this is, when the name says it (a plain name; hashed names cannot be read back). */
+const sessionOfFile = (file: string): string | undefined => /^([A-Za-z0-9_-]{1,100})\.seg$/.exec(file)?.[1]
+
 export class LocalTierIo implements TierIo {
   /** Host buffers of disk reads (the CRC reads them; mapped staging memory is slow to read). */
   private readonly spare: Uint8Array[] = []
 
   /** Bits of the chunks this cache put into the host arena (else their LMDB entry says). */
   private readonly held = new Map<string, KvBits>()
+  /** Host keys of this session's chunks by "layer/chunk": its own, or a linked chunk's owner's (looked up once). */
+  private readonly hostKeys = new Map<string, string>()
+  /** Other sessions' host keys this cache counts itself a user of. */
+  private readonly using = new Set<string>()
+  private readonly shared: SharedHost
+  private current: string
 
   constructor(
     private readonly arena: HostArena,
     private readonly store: DiskStore,
-    public session: string,
+    session: string,
     /** The KV geometry, needed to quantize seals and to size quantized chunks. */
     private readonly shape?: KvShape,
-  ) {}
+  ) {
+    this.current = session
+    let shared = sharedHost.get(arena)
+    if (!shared) sharedHost.set(arena, (shared = { users: new Map(), ownerGone: new Set() }))
+    this.shared = shared
+  }
+
+  get session(): string {
+    return this.current
+  }
+
+  /** Another session: the chunks of the last one are no longer used from here. */
+  set session(session: string) {
+    if (session === this.current) return
+    this.releaseShared()
+    this.current = session
+  }
 
   /** The bits a chunk is stored at: as this cache stored it, else as its LMDB entry says. */
   private bitsOf(load: ChunkLoad): KvBits {
@@ -181,6 +219,7 @@ export class LocalTierIo implements TierIo {
       }
       if (ticket) {
         this.arena.completeStore(ticket)
+        if (!this.using.has(key)) this.shared.ownerGone.delete(key) // its owner holds it again
         this.held.set(key, bits)
       }
     } finally {
@@ -224,6 +263,7 @@ export class LocalTierIo implements TierIo {
     for (const { c, bits, bytes: b } of encoded) {
       const k = chunkKey(this.session, c.layer, c.chunk)
       this.arena.put(k, b)
+      this.shared.ownerGone.delete(k) // its owner holds it again
       this.held.set(k, bits)
       bytes += b.length
     }
@@ -241,6 +281,8 @@ export class LocalTierIo implements TierIo {
   }
 
   adoptLayer(layer: number): StoredLayer {
+    // A resume reads the session's entries afresh (chunks may have been linked into it since).
+    if (layer === 0) this.releaseShared()
     try {
       return {
         chunks: this.store.chunksOf(this.session, layer).map(({ chunk, entry }) => ({ chunk, tokens: entry.tokens })),
@@ -252,21 +294,42 @@ export class LocalTierIo implements TierIo {
   }
 
   setScore(layer: number, chunk: number, score: number): void {
-    this.arena.setScore(chunkKey(this.session, layer, chunk), score)
+    this.arena.setScore(this.keyOf({ layer, chunk }), score)
   }
 
   forget(layer: number, chunk: number): void {
-    const key = chunkKey(this.session, layer, chunk)
-    this.arena.remove(key)
+    const key = this.keyOf({ layer, chunk })
+    this.hostKeys.delete(`${layer}/${chunk}`)
     this.held.delete(key)
+    if (this.using.delete(key)) return this.letGo(key)
+    // The owner lets go: the entry stays while other sessions use it.
+    if ((this.shared.users.get(key) ?? 0) > 0) this.shared.ownerGone.add(key)
+    else this.arena.remove(key)
+  }
+
+  /** One user of another session's entry lets go of it: the last one removes it once its owner has. */
+  private letGo(key: string): void {
+    const users = (this.shared.users.get(key) ?? 1) - 1
+    if (users > 0) return void this.shared.users.set(key, users)
+    this.shared.users.delete(key)
+    if (this.shared.ownerGone.delete(key)) this.arena.remove(key)
+  }
+
+  /** Lets go of every other session's entry this cache used, and forgets which keys its chunks have. */
+  private releaseShared(): void {
+    for (const key of this.using) this.letGo(key)
+    this.using.clear()
+    this.hostKeys.clear()
   }
 
   dropSession(): void {
+    this.releaseShared()
     this.store.dropSession(this.session)
     this.held.clear()
   }
 
   truncateSession(keep: ReadonlyArray<number>): void {
+    this.releaseShared()
     try {
       this.store.truncateSession(this.session, keep)
     } catch (e) {
@@ -293,7 +356,34 @@ export class LocalTierIo implements TierIo {
     return bytes
   }
 
+  /**
+   * The host key of a chunk of this session: its own, or for a chunk linked from another
+   * session that still indexes the same bytes at the same place, that session's (this cache
+   * then counts as a user of it).
+   */
   private keyOf(load: { readonly layer: number; readonly chunk: number }): string {
-    return chunkKey(this.session, load.layer, load.chunk)
+    const at = `${load.layer}/${load.chunk}`
+    const known = this.hostKeys.get(at)
+    if (known !== undefined) return known
+    const own = chunkKey(this.session, load.layer, load.chunk)
+    let key = own
+    let entry
+    try {
+      entry = this.store.chunkEntry([this.session, load.layer, load.chunk])
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+    const owner = entry && entry.file !== segmentFileName(this.session) ? sessionOfFile(entry.file) : undefined
+    if (owner !== undefined && owner !== this.session) {
+      const theirs = this.store.chunkEntry([owner, load.layer, load.chunk])
+      if (theirs && theirs.file === entry!.file && theirs.offset === entry!.offset) {
+        key = chunkKey(owner, load.layer, load.chunk)
+        this.using.add(key)
+        this.shared.users.set(key, (this.shared.users.get(key) ?? 0) + 1)
+      }
+    }
+    // Only keys of chunks indexed on disk are kept (a chunk not stored yet may be linked or sealed later).
+    if (entry) this.hostKeys.set(at, key)
+    return key
   }
 }

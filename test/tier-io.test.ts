@@ -164,4 +164,34 @@ describe("LocalTierIo", () => {
     reopened.dropSession()
     expect(reopened.adoptLayer(0)).toEqual({ chunks: [], abstracts: [] })
   })
+
+  it("holds a linked chunk once in the host arena, under its owner's key, until the owner and the last user let go", async () => {
+    const { io, arena, store } = setup({ hostChunks: 8 })
+    await io.storeSealed([sealed(0, 0), sealed(0, 1), sealed(0, 2)])
+    // "b" and "c" begin like "doc": its first two chunks linked (the same disk bytes).
+    store.linkChunks("doc", "b", [2])
+    store.linkChunks("doc", "c", [2])
+    const b = new LocalTierIo(arena, store, "b")
+    const c = new LocalTierIo(arena, store, "c")
+    const staged: Array<{ chunk: number; bytes: Uint8Array }> = []
+    expect(await b.load(loadsOf([[0, 0], [0, 1]], staged), true)).toEqual(["host", "host"])
+    expect(await c.load(loadsOf([[0, 0]], staged), true)).toEqual(["host"])
+    expect(staged.map((x) => x.bytes)).toEqual([bytesOf(0, 0), bytesOf(0, 1), bytesOf(0, 0)])
+    // No second copy: the arena holds doc's three chunks only.
+    expect(arena.keys().sort()).toEqual([chunkKey("doc", 0, 0), chunkKey("doc", 0, 1), chunkKey("doc", 0, 2)])
+    // The owner lets go first: its entries that b and c use stay, the other goes.
+    for (const chunk of [0, 1, 2]) io.forget(0, chunk)
+    io.dropSession()
+    expect(arena.keys().sort()).toEqual([chunkKey("doc", 0, 0), chunkKey("doc", 0, 1)])
+    b.forget(0, 0)
+    expect(arena.has(chunkKey("doc", 0, 0))).toBe(true) // c still uses it
+    b.forget(0, 1)
+    expect(arena.has(chunkKey("doc", 0, 1))).toBe(false)
+    // The bytes stay on disk for the sessions whose entries point at them.
+    c.session = "elsewhere" // leaving a session lets go of what it used
+    expect(arena.keys()).toEqual([])
+    c.session = "c"
+    expect(await c.load(loadsOf([[0, 0]], staged), false)).toEqual(["disk"])
+    expect(staged.at(-1)!.bytes).toEqual(bytesOf(0, 0))
+  })
 })
