@@ -1,5 +1,5 @@
 // Prefill attention alone, side by side in one run: kernels/attn_prefill_mx.wgsl (flash
-// attention on the matrix units) and the kernel prefill uses without them (attn_prefill_sg
+// attention on the matrix units; O in registers, mx<NSG>, and in workgroup memory, mxs<NSG>) and the kernel prefill uses without them (attn_prefill_sg
 // where subgroups allow, else attn_prefill), at Llama-3.1-8B's heads (32 query heads, 8 KV
 // heads, head dim 128) over a paged f16 pool of N = 8K, 32K, 128K tokens.
 //   npx tsx bench/attn-bench.ts [--tokens 8192,32768,131072] [--chunk 512] [--points 4]
@@ -68,16 +68,20 @@ if (wanted.has("mx")) {
     console.log(`attn_prefill_mx: not run (${has ? "no room for its workgroup memory" : `the device has no f16 subgroup matrices: LEOAM_MATRIX_UNITS=${process.env.LEOAM_MATRIX_UNITS ?? "0"}`})`)
   } else {
     if (!gpu.matrixAttention) console.log("attn_prefill_mx: timed although its check at device open failed (its results are wrong there)")
-    // Each asked-for subgroup count with the largest padding that fits the device.
-    for (const NSG of args.nsg!.split(",").map(Number)) {
-      const PAD = [8, 0].find((pad) => matrixAttnWorkgroupBytes({ NSG, PAD: pad }, D) <= gpu.limits.maxComputeWorkgroupStorageSize)
-      if (PAD === undefined) console.log(`attn_prefill_mx with ${NSG} subgroups: no room for its workgroup memory`)
-      else kernels.push({ name: `mx${NSG}`, key: attnPrefillKey(config, true, false, { ...best, NSG, PAD }) })
+    // Each asked-for subgroup count with the largest padding that fits the device, in both
+    // forms (O in registers: mx<NSG>; O in workgroup memory, OSHARED: mxs<NSG>).
+    for (const shared of [false, true]) {
+      for (const NSG of args.nsg!.split(",").map(Number)) {
+        const PAD = [8, 0].find((pad) => matrixAttnWorkgroupBytes({ NSG, PAD: pad }, D, shared) <= gpu.limits.maxComputeWorkgroupStorageSize)
+        const name = `mx${shared ? "s" : ""}${NSG}`
+        if (PAD === undefined) console.log(`${name}: no room for its workgroup memory`)
+        else kernels.push({ name, key: attnPrefillKey(config, true, false, { constants: { ...best, NSG, PAD }, shared }) })
+      }
     }
   }
 }
 if (wanted.has("base")) kernels.push({ name: base.op, key: base })
-console.log(`attn-bench on ${gpu.adapterName}: H ${H}, KV ${KV}, D ${D}, chunk ${chunk}; kernels ${kernels.map((k) => `${k.name} (${JSON.stringify(k.key.constants)})`).join(", ")}`)
+console.log(`attn-bench on ${gpu.adapterName}: H ${H}, KV ${KV}, D ${D}, chunk ${chunk}; kernels ${kernels.map((k) => `${k.name} (${JSON.stringify({ ...k.key.flags, ...k.key.constants })})`).join(", ")}`)
 
 const pipelines = new Pipelines(gpu)
 const device = gpu.device

@@ -5,7 +5,8 @@
 // workgroup), so their f16 rounding and the wiring are checked against Hugging Face's greedy
 // ids and top-5 logits. The device is presented with 32-lane subgroups only for that choice
 // (the emulations derive lanes from the invocation index).
-//   npx tsx bench/sgmat-emulated-golden.ts [gemm|attn|both|off]   (default gemm; off: today's kernels)
+//   npx tsx bench/sgmat-emulated-golden.ts [gemm|attn|attn-shared|both|off]   (default gemm; off: today's kernels;
+//   attn-shared: attention in its OSHARED form)
 // Exits non-zero on a mismatch (the tolerance of bench/golden-check.ts). ~5 min on 2 cores.
 import { readFileSync } from "node:fs"
 import { generate } from "../engine/generate.ts"
@@ -24,9 +25,9 @@ interface Golden {
 }
 
 const mode = process.argv[2] ?? "gemm"
-if (!["gemm", "attn", "both", "off"].includes(mode)) throw new Error(`mode: gemm, attn, both or off, not ${mode}`)
+if (!["gemm", "attn", "attn-shared", "both", "off"].includes(mode)) throw new Error(`mode: gemm, attn, attn-shared, both or off, not ${mode}`)
 const gemmOn = mode === "gemm" || mode === "both"
-const attnOn = mode === "attn" || mode === "both"
+const attnOn = mode === "attn" || mode === "attn-shared" || mode === "both"
 const original = Pipelines.prototype.source
 Pipelines.prototype.source = function (this: Pipelines, key) {
   const text = original.call(this, key)
@@ -34,12 +35,12 @@ Pipelines.prototype.source = function (this: Pipelines, key) {
 }
 const real = await acquireGpu()
 const f16 = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
-const gpu: Gpu = mode === "off" ? real : { ...real, matrixF16: gemmOn ? f16 : undefined, matrixAttention: attnOn ? f16 : undefined, subgroupMinSize: 32, subgroupMaxSize: 32 }
+const gpu: Gpu = mode === "off" ? real : { ...real, matrixF16: gemmOn ? f16 : undefined, matrixAttention: attnOn ? f16 : undefined, matrixAttentionShared: mode === "attn-shared", subgroupMinSize: 32, subgroupMaxSize: 32 }
 const dir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
 const golden: Golden[] = JSON.parse(readFileSync(`${dir}/golden/hf-transformers-5.17-fp32.json`, "utf8"))
 const source = openHfModel(dir)
 const model = await GpuModel.load(gpu, source, { maxContext: 256 })
-console.log(`prefill GEMMs: ${model.keys.gemm.op}, attention: ${model.keys.attnPrefill.op} (${JSON.stringify(model.keys.attnPrefill.constants)}; sgmat and mx emulated) on ${real.adapterName}`)
+console.log(`prefill GEMMs: ${model.keys.gemm.op}, attention: ${model.keys.attnPrefill.op} (${JSON.stringify({ ...model.keys.attnPrefill.flags, ...model.keys.attnPrefill.constants })}; sgmat and mx emulated) on ${real.adapterName}`)
 let failures = 0
 for (const g of golden) {
   model.reset()

@@ -129,17 +129,26 @@ export interface MatrixAttnConstants {
   readonly PAD: number
 }
 
-/** Workgroup memory of attn_prefill_mx: Q (16 NSG rows), K and V (32 keys) of D + pad halves; S, P and per-row factors. */
-export const matrixAttnWorkgroupBytes = (k: Pick<MatrixAttnConstants, "NSG" | "PAD">, D: number): number => {
-  const rows = 16 * k.NSG
-  return (rows + 64) * (D + k.PAD) * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 4
+/** The kernel's constants and form: `shared` is OSHARED (O in workgroup memory), else O in registers. */
+export interface MatrixAttn {
+  readonly constants: MatrixAttnConstants
+  readonly shared: boolean
 }
 
-/** The largest configuration (4 then 2 subgroups, pad 8 then 0) that fits; undefined if none. */
-export const matrixAttnConstants = (lanes: number, maxWorkgroupBytes: number, D: number): MatrixAttnConstants | undefined => {
+/**
+ * Workgroup memory of attn_prefill_mx: Q (16 NSG rows), K and V (32 keys) of D + pad halves; S, P
+ * and per-row factors; with OSHARED also O (16 NSG rows of D f32).
+ */
+export const matrixAttnWorkgroupBytes = (k: Pick<MatrixAttnConstants, "NSG" | "PAD">, D: number, shared = false): number => {
+  const rows = 16 * k.NSG
+  return (rows + 64) * (D + k.PAD) * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 4 + (shared ? rows * D * 4 : 0)
+}
+
+/** The largest configuration (4 then 2 subgroups, pad 8 then 0) of a form that fits; undefined if none. */
+export const matrixAttnConstants = (lanes: number, maxWorkgroupBytes: number, D: number, shared = false): MatrixAttnConstants | undefined => {
   if (!(lanes >= 16 && lanes <= 64 && (lanes & (lanes - 1)) === 0) || D % 16 !== 0 || D > 128) return undefined
   for (const NSG of [4, 2]) {
-    for (const PAD of [8, 0]) if (matrixAttnWorkgroupBytes({ NSG, PAD }, D) <= maxWorkgroupBytes) return { SG: lanes, NSG, PAD }
+    for (const PAD of [8, 0]) if (matrixAttnWorkgroupBytes({ NSG, PAD }, D, shared) <= maxWorkgroupBytes) return { SG: lanes, NSG, PAD }
   }
   return undefined
 }
@@ -148,7 +157,7 @@ export const matrixAttnConstants = (lanes: number, maxWorkgroupBytes: number, D:
  * Undefined when attn_prefill_mx with these constants computes this device's attention
  * correctly (a plain pass and three WINDOW passes, GQA, partial tiles); else why not.
  */
-export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConstants): Promise<string | undefined> => {
+export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConstants, shared = false): Promise<string | undefined> => {
   const pipelines = new Pipelines(gpu)
   const c: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
   const inputs = attnInputs(c, 21)
@@ -156,10 +165,10 @@ export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConsta
   const rows = 16 * constants.NSG
   try {
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
-      const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined }, constants: { ...constants, G: c.G, D: c.D } }
+      const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined, OSHARED: shared }, constants: { ...constants, G: c.G, D: c.D } }
       const got = await runPrefillAttention(gpu.device, await pipelines.get(key), c, inputs, rows, windows)
       const { at, error } = worstError(got, want)
-      if (!(error <= ATTN_MATRIX_TOLERANCE)) return `attn_prefill_mx ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}`
+      if (!(error <= ATTN_MATRIX_TOLERANCE)) return `attn_prefill_mx${shared ? " OSHARED" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}`
     }
     return undefined
   } catch (e) {

@@ -39,6 +39,8 @@ export interface Gpu {
    * likewise needs LEOAM_MATRIX_GEMM not 0 and the GEMM's check.
    */
   readonly matrixAttention: SubgroupMatrixConfig | undefined
+  /** Where matrixAttention is set: true when only the OSHARED form (O in workgroup memory) passed. */
+  readonly matrixAttentionShared: boolean
 }
 
 export class GpuUnavailable extends Error {
@@ -228,6 +230,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     subgroupMatrixConfigs,
     matrixF16: matrixRefused ? undefined : matrixF16,
     matrixAttention: matrixRefused ? undefined : matrixF16,
+    matrixAttentionShared: false,
   }
   if (!gpu.matrixF16) return gpu
   // Imported here, not at the top: the checks need buffers.ts, which needs this module's globals.
@@ -241,14 +244,29 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
       ? await checkMatrixGemm(gpu, constants)
       : room
   if (refused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for the GEMMs (today's GEMM instead): ${refused}\n`)
-  const attnConstants = matrixAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128)
-  const attnRefused = !matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)
-    ? "LEOAM_MATRIX_ATTENTION=0"
-    : attnConstants
-      ? await checkMatrixAttention(gpu, attnConstants)
-      : room
+  // Attention: the register form, else the OSHARED form (O in workgroup memory), else none.
+  const attnCheck = async (shared: boolean) => {
+    const k = matrixAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128, shared)
+    return k ? checkMatrixAttention(gpu, k, shared) : room
+  }
+  let attnRefused: string | undefined = "LEOAM_MATRIX_ATTENTION=0"
+  let attnShared = false
+  if (matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
+    attnRefused = await attnCheck(false)
+    if (attnRefused !== undefined) {
+      const shared = await attnCheck(true)
+      process.stderr.write(`[leoam gpu] prefill attention on the matrix units, O in registers: ${attnRefused}; O in workgroup memory: ${shared ?? "ok, used"}\n`)
+      attnRefused = shared === undefined ? undefined : `${attnRefused}; OSHARED: ${shared}`
+      attnShared = shared === undefined
+    }
+  }
   if (attnRefused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for prefill attention (today's kernel instead): ${attnRefused}\n`)
-  return { ...gpu, matrixF16: refused === undefined ? gpu.matrixF16 : undefined, matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined }
+  return {
+    ...gpu,
+    matrixF16: refused === undefined ? gpu.matrixF16 : undefined,
+    matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined,
+    matrixAttentionShared: attnShared,
+  }
 }
 
 /**

@@ -5,7 +5,7 @@ import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { Gpu } from "./gpu.ts"
-import { type MatrixAttnConstants, matrixAttnConstants } from "./attn-check.ts"
+import { type MatrixAttn, matrixAttnConstants } from "./attn-check.ts"
 import { type MatrixGemmConstants, matrixGemmConstants } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
 
@@ -66,22 +66,27 @@ export const gemmColumnsPerGroup = (key: PipelineKey): number => (key.op === "ge
  * (gpu.ts; LEOAM_MATRIX_ATTENTION=0 turns it off), with a fixed subgroup size, a head dim that
  * is a multiple of 16 up to 128, and room for the kernel's workgroup memory.
  */
-export const matrixAttnFor = (gpu: Pick<Gpu, "matrixAttention" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixAttnConstants | undefined => {
+export const matrixAttnFor = (
+  gpu: Pick<Gpu, "matrixAttention" | "matrixAttentionShared" | "subgroupMinSize" | "subgroupMaxSize" | "limits">,
+  c: ModelConfig,
+): MatrixAttn | undefined => {
   if (!gpu.matrixAttention || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
-  return matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim)
+  const shared = gpu.matrixAttentionShared
+  const constants = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim, shared)
+  return constants && { constants, shared }
 }
 
 /** The prefill attention kernel: attn_prefill_mx on matrix units, else attn_prefill_reg on a CPU adapter, else attn_prefill_sg or attn_prefill. */
-export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, registers: boolean, matrix?: MatrixAttnConstants): PipelineKey => {
+export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, registers: boolean, matrix?: MatrixAttn): PipelineKey => {
   const G = c.numHeads / c.numKvHeads
-  if (matrix) return { op: "attn_prefill_mx", constants: { G, D: c.headDim, ...matrix } }
+  if (matrix) return { op: "attn_prefill_mx", ...(matrix.shared ? { flags: { OSHARED: true } } : {}), constants: { G, D: c.headDim, ...matrix.constants } }
   return { op: registers ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } }
 }
 
 /** Rows (query, head-in-group) per workgroup of a prefill attention key: 16 per subgroup for attn_prefill_mx, else 32. */
 export const prefillRowsPerGroup = (key: PipelineKey): number => (key.op === "attn_prefill_mx" ? 16 * (key.constants?.NSG ?? 4) : 32)
 
-export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false, matrixAttn?: MatrixAttnConstants) => {
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false, matrixAttn?: MatrixAttn) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {

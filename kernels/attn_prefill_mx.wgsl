@@ -14,6 +14,10 @@
 // The D/16 accumulators are eight named variables, each used under `if (D > 16 i)` (D is an
 // override, so the branches are uniform), not an array: on an H100 (driver 580.159) the array
 // version, indexed by a loop counter, returned NaN where the emulation matched the CPU.
+// OSHARED keeps O in workgroup memory instead (16 x D f32 per subgroup, each block loaded,
+// multiplied into and stored back every tile; rescaled in place): slower, but with no
+// accumulator living across the key loop, the form llama.cpp's WebGPU flash attention uses; the
+// device takes it only where the register form fails its check (engine/attn-check.ts).
 // Offsets of matrix loads and stores derive only from subgroup_id and loop counters (Dawn
 // requires them uniform within a subgroup); the workgroup is NSG subgroups of exactly SG
 // lanes, SG the device's fixed subgroup size. Strides and offsets are multiples of 16 bytes.
@@ -46,6 +50,10 @@ var<workgroup> ss: array<f32, SS_SIZE>;   // per subgroup (16, BK): scores; also
 var<workgroup> ps: array<f16, PS_SIZE>;   // per subgroup (16, PLD): probabilities
 var<workgroup> row_a: array<f32, ROWS>;   // per row: the rescale factor of this tile, then 1 / l
 var<workgroup> rescale: u32;              // some row of the workgroup moved its reference max
+#if OSHARED
+override OS_SIZE: u32 = ROWS * D;
+var<workgroup> os: array<f32, OS_SIZE>;   // (ROWS, D): the unnormalized output sums
+#endif
 
 // The scalar sides of the accumulators' trips through this subgroup's scratch (16 x 16 f32 at
 // ss[sc]), each between barriers: block b holds output columns 16 b .. 16 b + 15.
@@ -116,6 +124,10 @@ fn main(
   let pc = sg * 16u * PLD;      // this subgroup's probabilities in ps
   var mrun = NEG;
   var l = 0.0;
+#if OSHARED
+  let oc = sg * 16u * D;         // this subgroup's rows of os
+  for (var e = lane; e < 16u * D; e = e + SG) { os[oc + e] = 0.0; }
+#else
   var o0 = subgroup_matrix_result<f32, 16, 16>();
   var o1 = subgroup_matrix_result<f32, 16, 16>();
   var o2 = subgroup_matrix_result<f32, 16, 16>();
@@ -124,6 +136,7 @@ fn main(
   var o5 = subgroup_matrix_result<f32, 16, 16>();
   var o6 = subgroup_matrix_result<f32, 16, 16>();
   var o7 = subgroup_matrix_result<f32, 16, 16>();
+#endif
 
 #if WINDOW
   if ((p.flags & FIRST) == 0u) {
@@ -132,6 +145,12 @@ fn main(
       mrun = state[sb + D];
       l = state[sb + D + 1u];
     }
+#if OSHARED
+    for (var e = lane; e < 16u * D; e = e + SG) {
+      let r = min(row0 + sg * 16u + e / D, total_rows - 1u);
+      os[oc + e] = state[state_base(r / G, kvh * G + r % G) + e % D];
+    }
+#else
     if (D > 0u) { state_to_scratch(0u, sc, sg, lane, row0, total_rows, kvh); o0 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
     if (D > 16u) { state_to_scratch(1u, sc, sg, lane, row0, total_rows, kvh); o1 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
     if (D > 32u) { state_to_scratch(2u, sc, sg, lane, row0, total_rows, kvh); o2 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
@@ -140,6 +159,7 @@ fn main(
     if (D > 80u) { state_to_scratch(5u, sc, sg, lane, row0, total_rows, kvh); o5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
     if (D > 96u) { state_to_scratch(6u, sc, sg, lane, row0, total_rows, kvh); o6 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
     if (D > 112u) { state_to_scratch(7u, sc, sg, lane, row0, total_rows, kvh); o7 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+#endif
   }
 #endif
 
@@ -204,6 +224,10 @@ fn main(
     }
     // A barrier: the probabilities are visible below, and the branch is uniform.
     if (workgroupUniformLoad(&rescale) != 0u) {
+#if OSHARED
+      for (var e = lane; e < 16u * D; e = e + SG) { os[oc + e] = os[oc + e] * row_a[sg * 16u + e / D]; }
+      workgroupBarrier();
+#else
       if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scale_scratch(sc, sg, lane); o0 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
       if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scale_scratch(sc, sg, lane); o1 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
       if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scale_scratch(sc, sg, lane); o2 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
@@ -212,11 +236,20 @@ fn main(
       if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scale_scratch(sc, sg, lane); o5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
       if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scale_scratch(sc, sg, lane); o6 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
       if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scale_scratch(sc, sg, lane); o7 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ss, sc, 16u); workgroupBarrier(); }
+#endif
     }
 
     // O += P V: left P (row-major in ps), right V (row-major in vs).
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
     let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
+#if OSHARED
+    for (var b = 0u; b < D; b = b + 16u) {
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, b, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + b, LD);
+      let acc = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&os, oc + b, D);
+      subgroupMatrixStore<row_major>(&os, oc + b, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, acc)), D);
+    }
+#else
     if (D > 0u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 0u, LD);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 0u, LD);
@@ -257,6 +290,7 @@ fn main(
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 112u, LD);
       o7 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7));
     }
+#endif
   }
 
   workgroupBarrier();
@@ -268,6 +302,12 @@ fn main(
       state[sb + D] = mrun;
       state[sb + D + 1u] = l;
     }
+#if OSHARED
+    for (var e = lane; e < 16u * D; e = e + SG) {
+      let r = row0 + sg * 16u + e / D;
+      if (r < total_rows) { state[state_base(r / G, kvh * G + r % G) + e % D] = os[oc + e]; }
+    }
+#else
     if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scratch_to_state(0u, sc, sg, lane, row0, total_rows, kvh); }
     if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scratch_to_state(1u, sc, sg, lane, row0, total_rows, kvh); }
     if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scratch_to_state(2u, sc, sg, lane, row0, total_rows, kvh); }
@@ -276,9 +316,17 @@ fn main(
     if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scratch_to_state(5u, sc, sg, lane, row0, total_rows, kvh); }
     if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scratch_to_state(6u, sc, sg, lane, row0, total_rows, kvh); }
     if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scratch_to_state(7u, sc, sg, lane, row0, total_rows, kvh); }
+#endif
     return;
   }
 #endif
+#if OSHARED
+  workgroupBarrier();
+  for (var e = lane; e < 16u * D; e = e + SG) {
+    let r = row0 + sg * 16u + e / D;
+    if (r < total_rows) { out[((r / G) * p.H + kvh * G + r % G) * D + e % D] = os[oc + e] * row_a[sg * 16u + e / D]; }
+  }
+#else
   if (D > 0u) { subgroupMatrixStore<row_major>(&ss, sc, o0, 16u); scratch_to_out(0u, sc, sg, lane, row0, total_rows, kvh); }
   if (D > 16u) { subgroupMatrixStore<row_major>(&ss, sc, o1, 16u); scratch_to_out(1u, sc, sg, lane, row0, total_rows, kvh); }
   if (D > 32u) { subgroupMatrixStore<row_major>(&ss, sc, o2, 16u); scratch_to_out(2u, sc, sg, lane, row0, total_rows, kvh); }
@@ -287,4 +335,5 @@ fn main(
   if (D > 80u) { subgroupMatrixStore<row_major>(&ss, sc, o5, 16u); scratch_to_out(5u, sc, sg, lane, row0, total_rows, kvh); }
   if (D > 96u) { subgroupMatrixStore<row_major>(&ss, sc, o6, 16u); scratch_to_out(6u, sc, sg, lane, row0, total_rows, kvh); }
   if (D > 112u) { subgroupMatrixStore<row_major>(&ss, sc, o7, 16u); scratch_to_out(7u, sc, sg, lane, row0, total_rows, kvh); }
+#endif
 }

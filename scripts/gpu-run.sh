@@ -67,7 +67,7 @@
 #        time (PREFILL_BUDGET_S, default 560 s); JSON per run in $OUT/prefill-<order>-<n>.json
 #   attn: flash-attention prefill on the matrix units (issue 12 §3; bundle: `bash
 #        scripts/gpu-bundle.sh golden-check attn-bench leoam-cli`): bench/attn-bench.ts
-#        (attn_prefill_mx with 4 and 2 subgroups against today's attn_prefill_sg at 8K, 32K and
+#        (attn_prefill_mx with 4 and 2 subgroups, O in registers and OSHARED, against today's attn_prefill_sg at 8K, 32K and
 #        128K tokens of 8B heads; extra arguments go to it), the golden check with matrix
 #        attention on, then for each length of ATTN_E2E_LENGTHS (default 8192) the prefill
 #        mode's `leoam generate` with matrix attention on and, unless ATTN_E2E_OFF=0, off. The

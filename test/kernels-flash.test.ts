@@ -62,6 +62,19 @@ describe("attn_prefill_mx under emulated subgroup matrices", () => {
     await check(win, { ...c, qAmp: 24 }, 2, 8, [[32, 80], [0, 32], [80, 0]])
   })
 
+  it("OSHARED (O in workgroup memory): one pass and windowed passes, the max moving past TAU", async () => {
+    // D 64, 2 subgroups, pad 8, O's 8 KiB: 28 KiB.
+    const c: AttnCase = { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }
+    const code = emulateFlashAttention(pipelines.source({ op: "attn_prefill_mx", flags: { WINDOW: true, OSHARED: true } }))
+    const module = gpu.device.createShaderModule({ label: "attn_prefill_mx OSHARED emulated", code })
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error")
+    expect(errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`)).toEqual([])
+    const win = await gpu.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main", constants: { SG: 32, NSG: 2, PAD: 8, G: c.G, D: c.D } } })
+    await check(win, c, 2, 11, [[0, 0]])
+    await check(win, c, 2, 12, [[80, 0], [0, 32], [32, 80]])
+    await check(win, { ...c, qAmp: 24 }, 2, 13, [[32, 80], [0, 32], [80, 96], [96, 0]])
+  })
+
   it("choosing constants: 4 subgroups padded where 48 KiB allow, fewer where less, none past D 128", () => {
     expect(matrixAttnConstants(32, 49152, 128)).toEqual({ SG: 32, NSG: 4, PAD: 8 })
     expect(matrixAttnConstants(32, 32768, 128)).toEqual({ SG: 32, NSG: 2, PAD: 0 })
@@ -82,15 +95,22 @@ describe.skipIf(noMatrix !== undefined)("attn_prefill_mx on the device's matrix 
 describe("choosing the prefill attention kernel", () => {
   const config = dummyPresets["llama-3.1-8b"]!
   const f16: SubgroupMatrixConfig = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
-  const nvidia = { matrixAttention: f16, subgroupMinSize: 32, subgroupMaxSize: 32, limits: { maxComputeWorkgroupStorageSize: 49152 } as GPUSupportedLimits }
+  const nvidia = { matrixAttention: f16, matrixAttentionShared: false, subgroupMinSize: 32, subgroupMaxSize: 32, limits: { maxComputeWorkgroupStorageSize: 49152 } as GPUSupportedLimits }
 
   it("attn_prefill_mx with 16 rows a subgroup where the device passed its check, today's kernels elsewhere", () => {
     const mx = matrixAttnFor(nvidia, config)
-    expect(mx).toEqual({ SG: 32, NSG: 4, PAD: 8 })
+    expect(mx).toEqual({ constants: { SG: 32, NSG: 4, PAD: 8 }, shared: false })
     const key = attnPrefillKey(config, true, false, mx)
     expect(key).toEqual({ op: "attn_prefill_mx", constants: { G: 4, D: 128, SG: 32, NSG: 4, PAD: 8 } })
     expect(prefillRowsPerGroup(key)).toBe(64)
     expect(windowedPrefillKey(key).flags).toEqual({ WINDOW: true })
+    // Only O in workgroup memory passed: 2 subgroups unpadded fit 48 KiB with O's 16 KiB.
+    const shared = matrixAttnFor({ ...nvidia, matrixAttentionShared: true }, config)
+    expect(shared).toEqual({ constants: { SG: 32, NSG: 2, PAD: 0 }, shared: true })
+    const sharedKey = attnPrefillKey(config, true, false, shared)
+    expect(sharedKey.flags).toEqual({ OSHARED: true })
+    expect(prefillRowsPerGroup(sharedKey)).toBe(32)
+    expect(windowedPrefillKey(sharedKey).flags).toEqual({ OSHARED: true, WINDOW: true })
     // No matrix attention: the kernels of before, 32 rows a workgroup, under their old names.
     expect(matrixAttnFor({ ...nvidia, matrixAttention: undefined }, config)).toBeUndefined()
     expect(matrixAttnFor({ ...nvidia, subgroupMinSize: 16 }, config)).toBeUndefined()

@@ -5,7 +5,7 @@
 //   left  (row-major) from qs (Q) or ps (P):  A(r, k) = arr[o + r * s + k]
 //   right (col-major) from ks (K^T):          B(k, n) = ks[o + n * s + k]
 //   right (row-major) from vs (V):            B(k, n) = vs[o + k * s + n]
-//   result load / store (row-major) in ss:    C(r, n) <-> ss[o + r * s + n]
+//   result load / store (row-major) in ss:    C(r, n) <-> ss[o + r * s + n]  (and os, OSHARED)
 // Lane l of a subgroup of SG lanes holds the result elements e = l + j * SG (row e / 16,
 // column e % 16). Left and right operands are read at the multiply, not at the load, which
 // the kernel allows (no staged tile is written between the two).
@@ -52,6 +52,23 @@ fn emu_store(o: u32, c: EmuAcc, s: u32) {
 }
 `
 
+const emulationShared = `
+fn emu_load_os(o: u32, s: u32) -> EmuAcc {
+  var r = EmuAcc();
+  for (var j = 0u; j < 256u / SG + emu_zero; j = j + 1u) {
+    let e = emu_lane + j * SG;
+    r.v[j] = os[o + (e / 16u) * s + e % 16u];
+  }
+  return r;
+}
+fn emu_store_os(o: u32, c: EmuAcc, s: u32) {
+  for (var j = 0u; j < 256u / SG + emu_zero; j = j + 1u) {
+    let e = emu_lane + j * SG;
+    os[o + (e / 16u) * s + e % 16u] = c.v[j];
+  }
+}
+`
+
 const replace = (text: string, pattern: RegExp, by: string): string => {
   if (!pattern.test(text)) throw new Error(`flash emulation: ${pattern} not found in the kernel`)
   return text.replace(pattern, by)
@@ -68,8 +85,14 @@ export const emulateFlashAttention = (source: string): string => {
   s = replace(s, new RegExp(lit(`${left}(&ps, `), "g"), "emu_left(1u, ")
   s = replace(s, new RegExp(lit(`${right}col_major>(&ks, `), "g"), "emu_right(0u, ")
   s = replace(s, new RegExp(lit(`${right}row_major>(&vs, `), "g"), "emu_right(1u, ")
-  s = replace(s, new RegExp(lit(`subgroupMatrixLoad<${result}, row_major>(&ss, `), "g"), "emu_load(")
+  s = s.replace(new RegExp(lit(`subgroupMatrixLoad<${result}, row_major>(&ss, `), "g"), "emu_load(") // none with OSHARED
   s = replace(s, new RegExp(lit("subgroupMatrixStore<row_major>(&ss, "), "g"), "emu_store(")
+  // OSHARED: O's blocks loaded from and stored to os.
+  const shared = /var<workgroup> os:/.test(s)
+  if (shared) {
+    s = replace(s, new RegExp(lit(`subgroupMatrixLoad<${result}, row_major>(&os, `), "g"), "emu_load_os(")
+    s = replace(s, new RegExp(lit("subgroupMatrixStore<row_major>(&os, "), "g"), "emu_store_os(")
+  }
   s = replace(s, /subgroupMatrixMultiplyAccumulate\(/g, "emu_mma(")
   s = replace(s, new RegExp(lit(`${result}()`), "g"), "EmuAcc()")
   s = s.replace(new RegExp(lit(result), "g"), "EmuAcc") // declared types, if any are left
@@ -77,5 +100,5 @@ export const emulateFlashAttention = (source: string): string => {
   // fold keeps lavapipe from unrolling the emulated products.
   s = replace(s, /@builtin\(subgroup_id\) sg: u32,\s*@builtin\(subgroup_invocation_id\) lane: u32,/, "")
   s = replace(s, /(fn main\([\s\S]*?\n\) \{)/, "$1\n  let sg = lid / SG;\n  let lane = lid % SG;\n  emu_lane = lane;\n  emu_zero = select(0u, 1u, p.M == 0xffffffffu);")
-  return s + emulation
+  return s + emulation + (shared ? emulationShared : "")
 }
