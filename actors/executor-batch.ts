@@ -163,6 +163,9 @@ export const executorBatch = (deps: BatchDeps) => {
         : {}),
     }),
 
+    /** The lane of a run, while it runs. */
+    laneOf: (runId: string): GpuModel | undefined => lanes.get(runId),
+
     /** The lanes' models (a live policy change swaps their selection too). */
     models: (): GpuModel[] => [...lanes.values()],
 

@@ -293,7 +293,8 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
           beforeStep: () => {
             if (issued++ === 0) {
               firstStepAt = performance.now()
-              if (!batched) atDecode = model.tierStats()?.time_ms
+              // The cache the run decodes in: its lane in the batch, else the executor's model.
+              atDecode = (batch ? batch.laneOf(req.run_id) : model)?.tierStats()?.time_ms
             }
             if (s.pending && !batched) applyAtStep()
           },

@@ -54,6 +54,10 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 4, kvPolicy: parsePolicyDoc
       process.stderr.write(`batch-lanes: lane minimum ${min} bytes; splits seen ${JSON.stringify([...new Set(seen.map((l) => l.join("+")))])}\n`)
       const after = (yield* ask(adminSubjects.stats, {})).json.batch
       expect(after).toMatchObject({ decoding: 0, prefilling: 0, waiting_for_kv: 0, kv_reserved_bytes: 0, gpu_shares: { lanes: [] } })
+      // The lanes' decode steps count where their time went (the chunk choice, GPU attention), as a serial run's do.
+      const steps = (yield* ask(adminSubjects.stats, {})).json.steps
+      expect(steps.ms.scoring).toBeGreaterThan(0)
+      expect(steps.gpu_ms.attention).toBeGreaterThan(0)
     }),
   )
 })
