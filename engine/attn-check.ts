@@ -154,6 +154,29 @@ export const matrixAttnConstants = (lanes: number, maxWorkgroupBytes: number, D:
 }
 
 /**
+ * Cases that isolate a failing kernel's parts, for its refusal message: every key zero (all
+ * scores 0: only P V and the output path matter) and one query over one key (its output is
+ * that key's value whatever the scores).
+ */
+const narrowDown = async (device: GPUDevice, pipeline: GPUComputePipeline, c: AttnCase, rows: number, windows?: ReadonlyArray<KeyWindow>): Promise<string> => {
+  const one: AttnCase = { ...c, pos0: 0, M: 1 }
+  const zero = attnInputs(c, 31)
+  zero.k.bits.fill(0)
+  zero.k.values.fill(0)
+  const parts: string[] = []
+  try {
+    for (const [name, cc, inputs, w] of [["keys all zero", c, zero, windows], ["one key", one, attnInputs(one, 41), windows && [[0, 0] as const]]] as const) {
+      const got = await runPrefillAttention(device, pipeline, cc, inputs, rows, w)
+      const { at, error } = worstError(got, attnReference(cc, inputs))
+      parts.push(`${name}: ${describeError(cc, got, at, error)}`)
+    }
+  } catch (e) {
+    parts.push(`narrowing down failed: ${(e as Error).message}`)
+  }
+  return parts.join("; ")
+}
+
+/**
  * Undefined when attn_prefill_mx with these constants computes this device's attention
  * correctly (a plain pass and three WINDOW passes, GQA, partial tiles); else why not.
  */
@@ -166,9 +189,12 @@ export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConsta
   try {
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
       const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined, OSHARED: shared }, constants: { ...constants, G: c.G, D: c.D } }
-      const got = await runPrefillAttention(gpu.device, await pipelines.get(key), c, inputs, rows, windows)
+      const pipeline = await pipelines.get(key)
+      const got = await runPrefillAttention(gpu.device, pipeline, c, inputs, rows, windows)
       const { at, error } = worstError(got, want)
-      if (!(error <= ATTN_MATRIX_TOLERANCE)) return `attn_prefill_mx${shared ? " OSHARED" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}`
+      if (!(error <= ATTN_MATRIX_TOLERANCE)) {
+        return `attn_prefill_mx${shared ? " OSHARED" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}; ${await narrowDown(gpu.device, pipeline, c, rows, windows)}`
+      }
     }
     return undefined
   } catch (e) {
