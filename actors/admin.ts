@@ -105,7 +105,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
         requests: { completed: c.requests, generated_tokens: c.generated },
         ...(ex.batch ? { batch: ex.batch } : {}),
         tiers: {
-          gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read },
+          gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read, ...(ex.abstract_bytes ? { abstract_bytes: ex.abstract_bytes.gpu } : {}) },
           host: {
             budget_bytes: ex.host?.budget_bytes ?? h?.budgetBytes ?? null,
             resident_bytes: ex.host?.resident_bytes ?? h?.residentBytes ?? 0,
@@ -115,7 +115,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
             bytes_read: k.host.bytes_read,
             bytes_written: k.host.bytes_written,
           },
-          disk: { resident_bytes: d?.fileBytes ?? 0, hits: k.disk.hits, bytes_read: k.disk.bytes_read, bytes_written: k.disk.bytes_written },
+          disk: { resident_bytes: d?.fileBytes ?? 0, hits: k.disk.hits, bytes_read: k.disk.bytes_read, bytes_written: k.disk.bytes_written, ...(ex.abstract_bytes ? { abstract_bytes: ex.abstract_bytes.disk } : {}) },
         },
         steps: {
           count: t.decodeSteps,

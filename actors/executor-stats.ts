@@ -99,6 +99,7 @@ export const executorStats = (s: StatsSource): ExecutorStats => {
     policy: { name: s.policy.name, active_version: s.policy.active, pending_version: s.policy.pending ?? null },
     gpu: kv ? { budget_bytes: kv.gpu.budget_bytes, resident_bytes: kv.gpu.resident_bytes } : { budget_bytes: s.gpuBudgetBytes ?? null, resident_bytes: s.gpuResidentBytes },
     ...(kv ? { host: { budget_bytes: kv.host.budget_bytes, resident_bytes: kv.host.resident_bytes } } : {}),
+    ...(kv?.abstract_bytes ? { abstract_bytes: kv.abstract_bytes } : {}),
     runs: s.runs,
     tokens: s.tokens,
     current_run: s.current ?? null,

@@ -17,6 +17,7 @@ import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
+import { abstractLayout } from "../engine/kv/tiered/abstract-layout.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { type CompressionBits, parsePolicy, type PolicyName, type ResolvedPolicy } from "../protocol/policy.ts"
@@ -57,8 +58,12 @@ export const policyOf = (v: Variant): ResolvedPolicy =>
 
 export interface Engine {
   readonly model: GpuModel
-  /** Tiered policies: the GPU KV budget used; `raised` when TIER_FRACTIONS.gpu was refused as too small. */
-  readonly gpu?: { readonly budgetBytes: number; readonly kvFraction: number; readonly raised: boolean }
+  /**
+   * Tiered policies: the GPU KV budget used, of which `abstractBytes` hold the chunk abstracts
+   * (the rest, `kvFraction` of the request's KV, the KV itself); `raised` when TIER_FRACTIONS.gpu
+   * was refused as too small.
+   */
+  readonly gpu?: { readonly budgetBytes: number; readonly abstractBytes: number; readonly kvFraction: number; readonly raised: boolean }
   close(): Promise<void>
 }
 
@@ -82,10 +87,12 @@ export const loadEngine = async (gpu: Gpu, v: Variant, requestTokens: number): P
     return { model, close: async () => model.destroy() }
   }
   const source = openHfModel(MODEL_DIR)
-  const kvBytes = requestTokens * kvBytesPerToken(source.config)
+  const config = source.config
+  const kvBytes = requestTokens * kvBytesPerToken(config)
   source.close()
-  const wanted = Math.floor(kvBytes * TIER_FRACTIONS.gpu)
-  let budget = wanted
+  let abstractBytes = 0
+  let wanted = 0
+  let budget = 0
   for (let attempt = 0; ; attempt++) {
     const kvDir = mkdtempSync(join(tmpdir(), "leoam-kv-quality-"))
     const store = DiskStore.open({ kvDir })
@@ -94,10 +101,17 @@ export const loadEngine = async (gpu: Gpu, v: Variant, requestTokens: number): P
       await store.close()
       rmSync(kvDir, { recursive: true, force: true })
     }
+    if (attempt === 0) {
+      // The GPU's share of the KV, and besides it the chunk abstracts, counted in the budget too.
+      const spec = kvEngineOptions(policy, { arena, store, session: "kv-quality" }, config, maxContext).kv
+      abstractBytes = spec.kind === "tiered" ? abstractLayout(config, spec.policy, { maxContext, minChunkTokens: spec.policy.chunkMinTokens ?? spec.policy.chunkTokens }).bytes : 0
+      wanted = Math.floor(kvBytes * TIER_FRACTIONS.gpu) + abstractBytes
+      budget = wanted
+    }
     try {
       const model = await loadModel(gpu, policy, maxContext, { gpuBudgetBytes: budget, arena, store, session: "kv-quality" })
       const close = async () => (model.destroy(), await discard())
-      return { model, gpu: { budgetBytes: budget, kvFraction: budget / kvBytes, raised: budget > wanted }, close }
+      return { model, gpu: { budgetBytes: budget, abstractBytes, kvFraction: (budget - abstractBytes) / kvBytes, raised: budget > wanted }, close }
     } catch (e) {
       await discard()
       if ((e as { code?: string }).code !== "kv_budget_too_small" || attempt >= 1) throw e

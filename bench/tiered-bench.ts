@@ -11,7 +11,11 @@
 // `leoam+prefetch` is leoam+pipe+combine with prefetch (--prefetch-layers, --prefetch-from,
 // next-step prefetch on). --timeline PREFIX writes one more step of each
 // policy as an SVG timeline (PREFIX-<policy>.svg: GPU compute and attention, choice waits,
-// host->GPU staging, disk reads) and its spans into the JSON.
+// host->GPU staging, disk reads) and its spans into the JSON. `leoam+groups` scores group
+// abstracts of --group-chunks chunks first, then only the kept groups' chunks; `leoam+budget`
+// does so with the fine abstracts in a budgeted GPU cache filled from LMDB (issue 13 §4): each
+// prints the abstracts' GPU bytes, the chunk slots the budget leaves, and per step the groups
+// and chunks scored and the choice wait (which holds the scoring).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -43,6 +47,7 @@ const program = new Command()
   .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe, leoam+pipe+combine and leoam+prefetch", (v) => Number(v), 2)
   .option("--prefetch-layers <n>", "prefetch.layers of leoam+prefetch", (v) => Number(v), 1)
   .option("--prefetch-from <how>", "prefetch.from of leoam+prefetch: choice or query", "choice")
+  .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -70,9 +75,11 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     "leoam+pipe": { pipeline: { enabled: true, depth: o.pipelineDepth, combine: false } },
     "leoam+pipe+combine": { pipeline: { enabled: true, depth: o.pipelineDepth } },
     "leoam+prefetch": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
+    "leoam+groups": { abstracts: { group_chunks: o.groupChunks } },
+    "leoam+budget": { abstracts: { gpu_resident: "budgeted", group_chunks: o.groupChunks } },
   }
   if (base !== name && !(name in variants)) throw new RangeError(`unknown policy variant ${name}: ${Object.keys(variants).join(", ")}`)
-  const pipeline = variants[name] ?? {}
+  const pipeline = variants[name] ?? {} // the variant's pipeline, prefetch or abstracts
   const doc =
     base === "quest" || base === "leoam"
       ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression, ...pipeline }
@@ -145,6 +152,19 @@ const traceStep = async (gpu: Gpu, model: GpuModel, i: number, name: string): Pr
   return { step_ms: stepMs, spans }
 }
 
+/** The abstracts' GPU bytes and chunk slots, and per timed step (all layers) what scoring covered. */
+const abstractsLine = (kv: { abstract_bytes: { gpu: number }; compression: { gpu_slots: number }; abstract_scoring: { resident: string; group_chunks: number; gpu_slots: number; fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }; steps: number; warmup: { abstract_scoring: { fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }; steps: number } }, steps: number): string => {
+  const a = kv.abstract_scoring
+  const w = kv.warmup.abstract_scoring
+  // Per-step figures are averages since the fill: take the warm-up's share out.
+  const timed = (now: number, before: number) => (now * kv.steps - before * kv.warmup.steps) / steps
+  return (
+    `; abstracts ${a.resident}${a.group_chunks > 0 ? ` in groups of ${a.group_chunks}` : ""}: ${(kv.abstract_bytes.gpu / 2 ** 20).toFixed(2)} MiB on the GPU, ${kv.compression.gpu_slots} chunk slots a layer` +
+    `${a.resident === "budgeted" ? ` (${a.gpu_slots} abstract slots a layer, ${((a.fetched - w.fetched) / steps).toFixed(0)} fetched from LMDB per step)` : ""}, ` +
+    `per timed step ${timed(a.groups_scored_per_step, w.groups_scored_per_step).toFixed(0)} groups + ${timed(a.chunks_scored_per_step, w.chunks_scored_per_step).toFixed(0)} chunks scored`
+  )
+}
+
 const gpu = await acquireGpu()
 const config = resolveDummyConfig(o.preset)
 const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-tiered-bench-"))
@@ -171,6 +191,10 @@ for (const { name: policy, setting } of variants) {
     staging_waits: number
     pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number; layers_combined?: number }
     prefetch?: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number; late: number; ms: number }
+    compression: { gpu_slots: number }
+    abstract_bytes: { gpu: number; disk: number }
+    abstract_scoring: { resident: string; group_chunks: number; gpu_slots: number; fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }
+    steps: number
   }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
   const perStep = (k: "select" | "transfer" | "attention") => (kv ? (kv.time_ms[k] - kv.warmup.time_ms[k]) / row.steps : 0)
@@ -185,7 +209,8 @@ for (const { name: policy, setting } of variants) {
         : "") +
       (pf && pf.chunks + pf.late > 0
         ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
-        : "")
+        : "") +
+      abstractsLine(kv, row.steps)
     : ""
   console.log(
     row.error

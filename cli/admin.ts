@@ -133,6 +133,7 @@ export const formatStats = (s: AdminStatsReply): string => {
     `gpu    ${bytes(t.gpu.budget_bytes).padEnd(11)} ${bytes(t.gpu.resident_bytes).padEnd(11)} ${String(t.gpu.hits).padEnd(9)} ${String(t.gpu.misses).padEnd(9)} ${pct(t.gpu.hit_rate).padEnd(9)} ${bytes(t.gpu.bytes_read).padEnd(11)} -`,
     `host   ${bytes(t.host.budget_bytes).padEnd(11)} ${bytes(t.host.resident_bytes).padEnd(11)} ${String(t.host.hits).padEnd(9)} ${String(t.host.misses).padEnd(9)} ${pct(t.host.hit_rate).padEnd(9)} ${bytes(t.host.bytes_read).padEnd(11)} ${bytes(t.host.bytes_written)}`,
     `disk   -           ${bytes(t.disk.resident_bytes).padEnd(11)} ${String(t.disk.hits).padEnd(9)} -         -         ${bytes(t.disk.bytes_read).padEnd(11)} ${bytes(t.disk.bytes_written)}`,
+    ...(t.gpu.abstract_bytes !== undefined ? [`chunk abstracts: ${bytes(t.gpu.abstract_bytes)} on the GPU (in its budget), ${bytes(t.disk.abstract_bytes ?? 0)} in LMDB`] : []),
     `decode ${s.steps.count} steps, host ms/step: total ${perStep(m.total)} = choice wait ${perStep(m.scoring)} + transfer ${perStep(m.transfer)} + seal ${perStep(m.seal)} + rest ${perStep(m.rest)}; GPU attention ${perStep(s.steps.gpu_ms.attention)} (inside the waits)   prefill ${s.prefill.tokens} tokens in ${(s.prefill.ms / 1000).toFixed(1)} s (last ${s.prefill.recent.runs}: ${s.prefill.recent.tokens_per_s === null ? "-" : s.prefill.recent.tokens_per_s.toFixed(0)} tokens/s)`,
     ...prefetchLine(s),
   ].join("\n")

@@ -30,6 +30,7 @@ export type KernelName =
   | "copy"
   | "fill"
   | "abstract"
+  | "abstract_fold"
   | "quantize"
   | "chunk_mass"
   | "score"

@@ -75,6 +75,8 @@ export interface TierIo {
   storeSealed(chunks: ReadonlyArray<SealedChunk>): Promise<number>
   /** The session's chunk table and abstracts of one layer, as stored (to resume the sequence). */
   adoptLayer(layer: number): StoredLayer
+  /** A chunk's min then max abstract from LMDB (their source of truth; the GPU may hold a copy under budget). */
+  abstractOf(layer: number, chunk: number): Uint8Array
   /** The importance of a chunk the host arena holds (ignored when it does not). */
   setScore(layer: number, chunk: number, score: number): void
   /** Drops a chunk from the host arena (the sequence no longer reaches it). */
@@ -288,6 +290,14 @@ export class LocalTierIo implements TierIo {
         chunks: this.store.chunksOf(this.session, layer).map(({ chunk, entry }) => ({ chunk, tokens: entry.tokens })),
         abstracts: this.store.abstractsOf(this.session, layer),
       }
+    } catch (e) {
+      throw tierErrorOf(e)
+    }
+  }
+
+  abstractOf(layer: number, chunk: number): Uint8Array {
+    try {
+      return this.store.getAbstract([this.session, layer, chunk])
     } catch (e) {
       throw tierErrorOf(e)
     }

@@ -117,9 +117,11 @@ export const AdminStatsReply = Schema.Struct({
   requests: Schema.Struct({ completed: Schema.Int, generated_tokens: Schema.Int }),
   batch: Schema.optional(BatchStats),
   tiers: Schema.Struct({
-    gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number }),
+    /** abstract_bytes: the GPU copy of the chunk abstracts (tiered policies): counted in budget_bytes, besides the chunks of resident_bytes. */
+    gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, abstract_bytes: Schema.optional(Schema.Number) }),
     host: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, bytes_written: Schema.Number }),
-    disk: Schema.Struct({ resident_bytes: Schema.Number, hits: Schema.Int, bytes_read: Schema.Number, bytes_written: Schema.Number }),
+    /** abstract_bytes: the chunk abstracts of the executor's current sequence in LMDB. */
+    disk: Schema.Struct({ resident_bytes: Schema.Number, hits: Schema.Int, bytes_read: Schema.Number, bytes_written: Schema.Number, abstract_bytes: Schema.optional(Schema.Number) }),
   }),
   /** Decode steps and where their time went (ms, summed over steps). */
   steps: Schema.Struct({

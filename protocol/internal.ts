@@ -126,6 +126,8 @@ export const ExecutorStats = Schema.Struct({
   policy: Schema.Struct({ name: Schema.String, active_version: Schema.Int, pending_version: Schema.NullOr(Schema.Int) }),
   gpu: Schema.Struct({ budget_bytes: Schema.NullOr(Schema.Number), resident_bytes: Schema.Number }),
   host: Schema.optional(Schema.Struct({ budget_bytes: Schema.Number, resident_bytes: Schema.Number })),
+  /** The chunk abstracts of the executor's tiered cache: its GPU copy (in the budget) and the sequence's in LMDB. */
+  abstract_bytes: Schema.optional(Schema.Struct({ gpu: Schema.Number, disk: Schema.Number })),
   runs: Schema.Int,
   tokens: Schema.Int,
   current_run: Schema.NullOr(Schema.String),

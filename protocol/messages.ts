@@ -59,6 +59,24 @@ export const KvStats = Schema.Struct({
   abstracts: Schema.optional(Schema.Int),
   /** Bytes stored per tier: chunks in this cache's GPU slots, the host arena's (shared by sessions), the sequence's chunks on disk. */
   bytes_stored: Schema.optional(Schema.Struct({ gpu: Schema.Number, host: Schema.Number, disk: Schema.Number })),
+  /** Bytes of the chunk abstracts per tier: their GPU copy (counted in the GPU budget: fine slots, groups, the seal's scratch) and LMDB's (the sequence's). */
+  abstract_bytes: Schema.optional(Schema.Struct({ gpu: Schema.Number, disk: Schema.Number })),
+  /**
+   * Scoring under the policy's `abstracts`: all or budgeted fine abstracts on the GPU (slots per
+   * layer, resident now), chunks per group (0: none), abstracts uploaded from LMDB, and per step
+   * (all layers) the groups and chunks scored.
+   */
+  abstract_scoring: Schema.optional(
+    Schema.Struct({
+      resident: Schema.Literal("all", "budgeted"),
+      group_chunks: Schema.Int,
+      gpu_slots: Schema.Int,
+      gpu_resident: Schema.Int,
+      fetched: Schema.Int,
+      groups_scored_per_step: Schema.Number,
+      chunks_scored_per_step: Schema.Number,
+    }),
+  ),
   steps: Schema.Int,
   windows: Schema.Int,
   chunks_selected_per_step: Schema.Number,

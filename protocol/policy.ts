@@ -22,6 +22,9 @@ const DEFAULT_PIPELINE_DEPTH = 2
 /** The farthest layer a layer's query forecasts (prefetch.layers). */
 export const MAX_PREFETCH_LAYERS = 4
 
+/** The most chunks one group abstract may cover. */
+export const MAX_GROUP_CHUNKS = 4096
+
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
 const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
 
@@ -87,6 +90,19 @@ export const KvPolicyDocument = Schema.Struct({
       steps: Schema.optional(Schema.Boolean),
     }).annotations({ parseOptions: { onExcessProperty: "error" } }),
   ),
+  /**
+   * The chunk abstracts' GPU copy (leoam only), counted in the GPU budget either way:
+   * `gpu_resident` "all" (the default) keeps every abstract on the GPU; "budgeted" keeps a cache
+   * of them, evicted like chunks and filled from LMDB, and needs groups. `group_chunks` (0, the
+   * default: none; else 2-4096) adds a min/max abstract per group of that many chunks: a step
+   * scores the groups first, then only the chunks of the best ones. A change applies at the next request.
+   */
+  abstracts: Schema.optional(
+    Schema.Struct({
+      gpu_resident: Schema.optional(Schema.Literal("all", "budgeted")),
+      group_chunks: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_GROUP_CHUNKS))),
+    }).annotations({ parseOptions: { onExcessProperty: "error" } }),
+  ),
 }).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
 export type KvPolicyDocument = typeof KvPolicyDocument.Type
 
@@ -111,6 +127,9 @@ export interface ResolvedPolicy {
   readonly prefetchLayers?: number
   readonly prefetchFrom?: "choice" | "query"
   readonly prefetchSteps?: boolean
+  /** The chunk abstracts' GPU copy: all or a budgeted cache; chunks per group abstract (0: no groups). */
+  readonly abstractsResident: "all" | "budgeted"
+  readonly groupChunks: number
 }
 
 /** Adaptive chunking's bounds when left out. */
@@ -118,7 +137,7 @@ export const ADAPTIVE_MIN_TOKENS = 16
 export const ADAPTIVE_MAX_TOKENS = 256
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps" | "abstractsResident" | "groupChunks">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -176,7 +195,28 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
     throw new PolicyError("invalid_policy", `prefetch needs leoam (its GPU chunk cache); ${doc.name} has no choice to forecast`)
   }
   const fetching = { pipelineCombine: pipeline?.combine ?? true, prefetchLayers: prefetch?.layers ?? 0, prefetchFrom: prefetch?.from ?? "choice", prefetchSteps: prefetch?.steps ?? false }
-  return { name: doc.name, chunkTokens, ...(chunkMinTokens !== undefined ? { chunkMinTokens } : {}), budgetTokens, budgetFraction, sinkTokens, recentTokens, eviction: doc.eviction ?? d.eviction, compression, pipelineDepth, ...fetching }
+  const abstractsResident = doc.abstracts?.gpu_resident ?? "all"
+  const groupChunks = doc.abstracts?.group_chunks ?? 0
+  if ((abstractsResident !== "all" || groupChunks !== 0) && doc.name !== "leoam") throw new PolicyError("invalid_policy", `abstracts needs leoam (its selection scores them); ${doc.name} keeps none on the GPU to budget or group`)
+  if (groupChunks === 1) throw new PolicyError("invalid_policy", "abstracts.group_chunks 1 is no group: 0 (none) or 2 or more")
+  if (abstractsResident === "budgeted" && groupChunks === 0) {
+    throw new PolicyError("invalid_policy", "abstracts.gpu_resident budgeted needs group_chunks (2 or more): every step would otherwise score every chunk, so all abstracts would be needed at once")
+  }
+  return {
+    name: doc.name,
+    chunkTokens,
+    ...(chunkMinTokens !== undefined ? { chunkMinTokens } : {}),
+    budgetTokens,
+    budgetFraction,
+    sinkTokens,
+    recentTokens,
+    eviction: doc.eviction ?? d.eviction,
+    compression,
+    pipelineDepth,
+    ...fetching,
+    abstractsResident,
+    groupChunks,
+  }
 }
 
 const decodeDocument = Schema.decodeUnknownEither(KvPolicyDocument, { errors: "all", onExcessProperty: "error" })
@@ -220,6 +260,8 @@ export const policyView = (p: ResolvedPolicy) => ({
   prefetch_layers: p.prefetchLayers ?? 0,
   prefetch_from: p.prefetchFrom ?? "choice",
   prefetch_steps: p.prefetchSteps ?? false,
+  abstracts_gpu_resident: p.abstractsResident,
+  group_chunks: p.groupChunks,
 })
 
 /** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
@@ -242,6 +284,9 @@ export const ResolvedPolicyWire = Schema.Struct({
   prefetch_layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
   prefetch_from: Schema.optional(Schema.Literal("choice", "query")),
   prefetch_steps: Schema.optional(Schema.Boolean),
+  /** The abstracts' GPU copy and group size; left out by senders older than them: all, 0. */
+  abstracts_gpu_resident: Schema.optional(Schema.Literal("all", "budgeted")),
+  group_chunks: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_GROUP_CHUNKS))),
 })
 
 const ResolvedPolicyType = Schema.Struct({
@@ -259,6 +304,8 @@ const ResolvedPolicyType = Schema.Struct({
   prefetchLayers: Schema.optional(Schema.Number),
   prefetchFrom: Schema.optional(Schema.Literal("choice", "query")),
   prefetchSteps: Schema.optional(Schema.Boolean),
+  abstractsResident: Schema.Literal("all", "budgeted"),
+  groupChunks: Schema.Number,
 })
 
 export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
@@ -278,6 +325,8 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     prefetchLayers: w.prefetch_layers ?? 0,
     prefetchFrom: w.prefetch_from ?? "choice",
     prefetchSteps: w.prefetch_steps ?? false,
+    abstractsResident: w.abstracts_gpu_resident ?? "all",
+    groupChunks: w.group_chunks ?? 0,
   }),
   encode: (p) => policyView(p),
 })

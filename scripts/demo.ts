@@ -20,8 +20,10 @@ const say = (line: string) => process.stdout.write(`[leoam demo] ${line}\n`)
 
 const kvDir = mkdtempSync(join(tmpdir(), "leoam-demo-kv-"))
 // The default --max-batch 4: the lone request's lane gets the whole GPU budget (the budget is
-// split by the lanes in use, and 3 MiB holds 3 lanes of the 778 KiB a leoam lane needs here).
-const flags = ["--kv-policy", "leoam", "--gpu-kv-budget", "3MiB", "--host-kv-budget", "3MiB", "--kv-dir", kvDir]
+// split by the lanes in use, and 3 MiB holds 2 lanes of the 1.28 MiB a leoam lane needs here).
+// A 4K context (the prompt's 3K and the answer): the budget also holds the chunk abstracts of
+// the whole context, 520 KiB at 4K where the model's 16K would take 2 MiB of the 3.
+const flags = ["--kv-policy", "leoam", "--gpu-kv-budget", "3MiB", "--host-kv-budget", "3MiB", "--max-context", "4096", "--kv-dir", kvDir]
 say(`starting \`leoam serve ${flags.join(" ")}\` (embedded nats-server, bundled model models/tiny-leo-14m)`)
 const server = spawn(process.execPath, [bin, "serve", ...flags], { stdio: ["ignore", "pipe", "inherit"] })
 const url = await new Promise<string>((resolve, reject) => {

@@ -74,9 +74,16 @@
 #        toggles are on throughout (LEOAM_MATRIX_UNITS=auto) and the matrix GEMM off
 #        (LEOAM_MATRIX_GEMM=0), so only attention differs; the steps share ATTN_BUDGET_S
 #        (default 140 s)
+#   abstracts: abstracts under budget (issue 13 §4): the golden check, then tiered-bench at 8B
+#        64K and 128K (GPU 6 GiB, host 8 GiB) with leoam (every abstract on the GPU, counted in
+#        the budget), leoam+groups (group abstracts of GROUP_CHUNKS chunks, default 16, scored
+#        first) and leoam+budget (the same with the fine abstracts in a budgeted GPU cache filled
+#        from LMDB) side by side: abstract bytes on the GPU, chunk slots left, groups and chunks
+#        scored and the choice wait per step, ms/token; fits one 10-minute command (bundle:
+#        `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill|attn) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill|attn|abstracts) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
@@ -176,6 +183,19 @@ if [ "$suite" = compress ]; then
   timeout 480 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --compression 16,8,4,importance \
     --steps 6 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-compress.json" "$@" 2>&1 \
     | tee "$out/tiered-8b-64k-compress.txt" || echo "tiered-bench: failed or stopped (time)"
+  exit 0
+fi
+if [ "$suite" = abstracts ]; then
+  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  mkdir -p /tmp/leoam-kv
+  for ctx in 65536 131072; do
+    rm -rf /tmp/leoam-kv/*
+    # 64K: about 40 s a policy (load, a 12-15 s fill, 8 steps); 128K: fills twice as long, steps ~1 s.
+    limit=180; [ "$ctx" = 131072 ] && limit=300
+    timeout "$limit" node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context "$ctx" --policies leoam,leoam+groups,leoam+budget --group-chunks "${GROUP_CHUNKS:-16}" \
+      --steps 8 --max-seconds 12 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv \
+      --out "$out/tiered-8b-$((ctx / 1024))k-abstracts.json" "$@" 2>&1 | tee "$out/tiered-8b-$((ctx / 1024))k-abstracts.txt" || echo "tiered-bench ($ctx): failed or stopped (time)"
+  done
   exit 0
 fi
 if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then

@@ -210,6 +210,10 @@ layer(AdminNode.layer("leoam-admin-", { metricsPort: 0 }), { excludeTestServices
       expect(s.requests.completed).toBeGreaterThanOrEqual(4)
       expect(s.tiers.gpu.budget_bytes).toBe(MiB)
       expect(s.tiers.host.budget_bytes).toBe(MiB)
+      // The chunk abstracts' GPU copy, counted in that budget; the sequence's in LMDB.
+      expect(s.tiers.gpu.abstract_bytes).toBeGreaterThan(0)
+      expect(s.tiers.gpu.abstract_bytes).toBeLessThan(MiB)
+      expect(s.tiers.disk.abstract_bytes).toBeGreaterThanOrEqual(0)
       expect(s.tiers.disk.bytes_written).toBeGreaterThan(0)
       expect(s.tiers.host.bytes_written).toBeGreaterThan(0)
       expect(s.tiers.gpu.hits + s.tiers.gpu.misses).toBeGreaterThan(0)

@@ -76,7 +76,8 @@ describe("leoam generate", () => {
     const args = ["generate", "--ids", ids, "--max-tokens", "6", "--json"]
     const full = JSON.parse((await leoam(...args)).stdout)
     const kvDir = tempDir()
-    const r = await leoam(...args, "--kv-policy", writeTemp("all.json", '{"name":"leoam","selection":{"topk":{"budget_fraction":1}}}'), "--gpu-kv-budget", "1536KiB", "--host-kv-budget", "512KiB", "--kv-dir", kvDir)
+    // A context of 1024 (not the model's 16K): all its chunk abstracts stay on the GPU, within the budget.
+    const r = await leoam(...args, "--max-context", "1024", "--kv-policy", writeTemp("all.json", '{"name":"leoam","selection":{"topk":{"budget_fraction":1}}}'), "--gpu-kv-budget", "1536KiB", "--host-kv-budget", "512KiB", "--kv-dir", kvDir)
     expect(r.code).toBe(0)
     const out = JSON.parse(r.stdout)
     expect(out.ids).toEqual(full.ids) // attending every chunk is exact

@@ -89,6 +89,34 @@ describe("abstract.wgsl", () => {
   })
 })
 
+describe("abstract_fold.wgsl", () => {
+  it("starts a group from its first chunks and widens it by later ones: element-wise min of mins, max of maxes, exact", async () => {
+    const o = { KV: 2, D: 64 }
+    const words = o.KV * o.D // f16 elements of one abstract
+    const rand = rng(31)
+    // Seven sealed chunks' abstracts (min <= max elementwise), as a seal's scratch holds them.
+    const [a, b] = [randomHalf(rand, 7 * words, 3), randomHalf(rand, 7 * words, 3)]
+    const mins = Uint16Array.from(a.bits, (x, i) => (a.values[i] <= b.values[i] ? x : b.bits[i]))
+    const maxs = Uint16Array.from(a.bits, (x, i) => (a.values[i] <= b.values[i] ? b.bits[i] : x))
+    // Group 0 held chunk 0 from an earlier seal (its abstract seeded below); this seal brings
+    // chunks 1-2 to group 0 and starts group 1 with chunks 3-6: (group, first, count, init).
+    const seeded = randomHalf(rand, 2 * words, 3)
+    const dmin = rig.input(Uint16Array.from({ length: 2 * words }, (_, i) => (i < words ? mins[i] : seeded.bits[i])))
+    const dmax = rig.input(Uint16Array.from({ length: 2 * words }, (_, i) => (i < words ? maxs[i] : seeded.bits[i])))
+    const jobs = Uint32Array.from([0, 1, 2, 0, 1, 3, 4, 1])
+    await rig.run({ op: "abstract_fold" }, { layout: "uu", values: [o.KV, o.D] }, { 1: rig.input(mins), 2: rig.input(maxs), 3: rig.input(jobs), 4: dmin, 5: dmax }, [2, o.KV])
+    const gotMin = await rig.u16(dmin, 2 * words)
+    const gotMax = await rig.u16(dmax, 2 * words)
+    for (const [g, chunks] of [[0, [0, 1, 2]], [1, [3, 4, 5, 6]]] as const) {
+      for (let i = 0; i < words; i++) {
+        const want = (a: Uint16Array, pick: (x: number, y: number) => number) => chunks.map((c) => f16ToF32(a[c * words + i])).reduce((x, y) => pick(x, y))
+        expect(f16ToF32(gotMin[g * words + i])).toBe(want(mins, Math.min))
+        expect(f16ToF32(gotMax[g * words + i])).toBe(want(maxs, Math.max))
+      }
+    }
+  })
+})
+
 describe("score.wgsl", () => {
   it("bounds every q·k of each chunk from above and equals the CPU Quest score", async () => {
     const o = { blocks: 12, KV: 2, BS: 16, D: 64 }

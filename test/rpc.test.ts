@@ -43,11 +43,12 @@ describe("the internal RPC table", () => {
       parsePolicy({ name: "quest", selection: { topk: { budget_tokens: 128 } }, eviction: "lfu" }),
       parsePolicy({ name: "leoam", chunking: { adaptive: { min_tokens: 16, max_tokens: 128 } }, pipeline: { enabled: true, depth: 3 }, compression: { bits: 8 } }),
       parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 2, from: "query", steps: true } }),
+      parsePolicy({ name: "leoam", abstracts: { gpu_resident: "budgeted", group_chunks: 16 } }),
     ]
     for (const resolved of policies) {
       const wire = JSON.parse(JSON.stringify(Schema.encodeSync(PolicyChanged)({ version: 3, resolved })))
       expect(Object.keys(wire.resolved).sort()).toEqual([
-        "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "name", "pipeline_combine", "pipeline_depth",
+        "abstracts_gpu_resident", "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "group_chunks", "name", "pipeline_combine", "pipeline_depth",
         "prefetch_from", "prefetch_layers", "prefetch_steps", "recent_tokens", "sink_tokens",
       ])
       expect(Schema.decodeUnknownSync(PolicyChanged)(wire)).toEqual({ version: 3, resolved })

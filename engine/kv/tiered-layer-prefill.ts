@@ -82,12 +82,12 @@ export class TieredLayerPrefill implements LayerPrefill {
     const windowKey = windowedPrefillKey(ctx.keys.attnPrefill)
     this.attnLayer = [dispatchOf(device, ctx.pipelines.now(windowKey), [[0, shared.uWindow.buffer], [1, ctx.act.q], [2, this.layer.k], [3, this.layer.v], [4, shared.table], [5, ctx.act.attn], [6, shared.state]], 1, c.numKvHeads)]
     const maxChunks = Math.ceil(blocks / t.slotBlocks) + 1
-    this.abstracts = new AbstractJobs(device, ctx.pipelines, c, t.abstracts.map(() => this.layer.k), t.abstracts, maxChunks, bs, 0)
+    this.abstracts = new AbstractJobs(device, ctx.pipelines, c, t.pools.map(() => this.layer.k), t.abstracts.seal, Math.min(maxChunks, t.abstracts.layout.sealSlots), bs, 0)
     const toLayer = (b: number) => b - this.baseBlock
     this.source = {
       buffers: () => this.layer,
       runs: (start, tokens) => [{ block: toLayer(start / bs), blocks: Math.ceil(tokens / bs) }],
-      encodeAbstracts: (l, chunks, pass) => this.abstracts.encode(l, chunks.map((f) => [toLayer(f.start / bs), f.tokens, f.chunk] as const), pass),
+      encodeAbstracts: (l, jobs, pass) => this.abstracts.encode(l, jobs.map(({ f, at }) => [toLayer(f.start / bs), f.tokens, at] as const), pass),
     }
     // The prompt's blocks of the block table: identity into `layer`, the same for every layer.
     device.queue.writeBuffer(shared.table, this.baseBlock * 4, Uint32Array.from({ length: blocks }, (_, i) => i))

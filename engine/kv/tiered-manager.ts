@@ -336,10 +336,8 @@ export class TieredManager implements KvManager<TieredPolicy> {
     let count = this.pendingSelect
     this.pendingSelect = -1
     if (count < 0) {
-      step.compute((pass) => {
-        count = t.encodeSelect(l, pass)
-        this.prefetch.encode(l, pass)
-      })
+      count = await t.encodeChoice(l, step)
+      step.compute((pass) => this.prefetch.encode(l, pass))
       step.record((encoder) => (count > 0 && encoder.copyBufferToBuffer(t.selection, 0, this.selRead, 0, count * 8), this.prefetch.record(encoder)))
     }
     step.submit()

@@ -162,6 +162,28 @@ export class ChunkTables {
     return { amin, amax }
   }
 
+  /**
+   * Takes every layer's chunk table from what the disk tier holds (`stored`), handing each
+   * layer's abstracts to `abstracts`; every layer must hold the same tokens. Returns the length.
+   */
+  adopt(
+    stored: (l: number) => StoredLayer,
+    where: string,
+    limits: { maxChunks: number; slotTokens: number; abstractBytes: number },
+    abstracts: (l: number, amin: Uint8Array, amax: Uint8Array) => void,
+  ): number {
+    let length: number | undefined
+    for (let l = 0; l < this.layers.length; l++) {
+      const { amin, amax } = this.adoptLayer(l, stored(l), where, limits)
+      const at = this.layers[l].sealed
+      if (length !== undefined && length !== at) throw new KvTierError("chunk_missing", `${where}: layer ${l} holds ${at} tokens, layer 0 ${length}`)
+      length = at
+      abstracts(l, amin, amax)
+    }
+    this.tokens = length ?? 0
+    return this.tokens
+  }
+
   /** Forgets every chunk and token; returns whether any chunk was sealed. */
   reset(): boolean {
     let sealed = false

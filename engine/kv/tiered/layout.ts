@@ -9,6 +9,7 @@ import { blockWords, type KvShape } from "../../../kv/quant.ts"
 import { type CompressionBits, maxBitsOf } from "../../../kv/quant-policy.ts"
 import { KvBudgetError } from "../../../kv/tier-errors.ts"
 import type { ModelConfig } from "../../../models/types.ts"
+import { type AbstractLayout, abstractLayout, abstractsOf, type AbstractsPolicy } from "./abstract-layout.ts"
 
 /** How the tiered cache chooses what to attend. */
 export interface TieredPolicy {
@@ -40,6 +41,8 @@ export interface TieredPolicy {
   readonly prefetchLayers?: number
   readonly prefetchFrom?: "choice" | "query"
   readonly prefetchSteps?: boolean
+  /** The abstracts' GPU copy (abstract-layout.ts): all of them, no groups, when left out. */
+  readonly abstracts?: AbstractsPolicy
 }
 
 export interface TierStores {
@@ -94,6 +97,8 @@ export interface TierLayoutInput {
   readonly wantedPrefillChunks: number
   readonly maxChunks: number
   readonly budgetBytes: number
+  /** The chunk abstracts' GPU copy, over all layers (abstract-layout.ts): taken from the budget before any slot. */
+  readonly abstractBytes?: number
 }
 
 export interface TierLayout {
@@ -124,7 +129,7 @@ const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
 export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
   const layout = layoutWith(i, stagingAt(i, i.budgetBytes))
   if (layout) return layout
-  const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes)
+  const fixed = i.layers * ((1 + i.minimumSlots) * i.slotBytes + i.tailSlackBytes) + (i.abstractBytes ?? 0)
   let least = fixed + stagingAt(i, fixed).bytes
   for (let b = fixed + stagingAt(i, least).bytes; b !== least; b = fixed + stagingAt(i, least).bytes) least = b
   // Staging grows with the budget in steps, so a budget past the least one can still be
@@ -134,12 +139,13 @@ export const tierLayout = (i: TierLayoutInput): TierLayout | number => {
 
 /** The layout of the budget with this staging, or undefined when the minimum slots do not fit. */
 const layoutWith = (i: TierLayoutInput, staging: ReturnType<typeof stagingAt>): TierLayout | undefined => {
-  const perLayer = Math.floor((i.budgetBytes - staging.bytes) / i.layers) - i.tailSlackBytes
+  const abstracts = i.abstractBytes ?? 0
+  const perLayer = Math.floor((i.budgetBytes - staging.bytes - abstracts) / i.layers) - i.tailSlackBytes
   const slots = Math.floor(perLayer / i.slotBytes)
   if (!(slots >= 1 + i.minimumSlots)) return undefined
   const tailChunks = Math.max(1, Math.min(i.wantedPrefillChunks, Math.floor(slots / 2), slots - i.minimumSlots))
   const cacheSlots = Math.min(i.maxChunks, slots - tailChunks)
-  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }
+  return { ...staging, tailChunks, cacheSlots, bytes: staging.bytes + abstracts + i.layers * ((tailChunks + cacheSlots) * i.slotBytes + i.tailSlackBytes) }
 }
 
 /** The smallest chunk the policy cuts: chunk counts (abstracts, selection) are sized by it. */
@@ -155,6 +161,9 @@ export const minimumSlots = (p: TieredPolicy): number =>
 
 /** The sizes a tiered cache is laid out for. */
 type LayoutSizes = { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number }
+
+/** The abstracts' GPU layout of this model and policy (abstract-layout.ts). */
+const abstractsAt = (c: ModelConfig, policy: TieredPolicy, options: LayoutSizes): AbstractLayout => abstractLayout(c, policy, { ...options, minChunkTokens: minChunkTokens(policy) })
 
 /** The layout arithmetic's input for this model, policy and budget; throws KvBudgetError for a chunk size the cache cannot cut. */
 const layoutInput = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStores, "gpuBudgetBytes" | "arena">, options: LayoutSizes): TierLayoutInput => {
@@ -179,6 +188,7 @@ const layoutInput = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStor
     wantedPrefillChunks: Math.ceil(options.prefillChunk / policy.chunkTokens),
     maxChunks: Math.ceil(options.maxContext / minChunkTokens(policy)),
     budgetBytes: stores.gpuBudgetBytes,
+    abstractBytes: abstractsAt(c, policy, options).bytes,
   }
 }
 
@@ -186,15 +196,22 @@ const layoutInput = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStor
  * The GPU layout of a tiered cache for this model, policy and budget; throws KvBudgetError
  * (with the least budget that would do) where the constructor would refuse it.
  */
-export const tieredLayout = (c: ModelConfig, policy: TieredPolicy, stores: Pick<TierStores, "gpuBudgetBytes" | "arena">, options: LayoutSizes): TierLayout => {
+export const tieredLayout = (
+  c: ModelConfig,
+  policy: TieredPolicy,
+  stores: Pick<TierStores, "gpuBudgetBytes" | "arena">,
+  options: LayoutSizes,
+): TierLayout & { readonly abstracts: AbstractLayout } => {
   const layout = tierLayout(layoutInput(c, policy, stores, options))
+  const abstracts = abstractsAt(c, policy, options)
   if (typeof layout === "number") {
     throw new KvBudgetError(
       `a GPU KV budget of ${stores.gpuBudgetBytes} bytes cannot hold the tail and the sink and recent chunks: ` +
-        `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks`,
+        `at least ${layout} bytes (${(layout / 2 ** 20).toFixed(2)} MiB) are needed with ${policy.chunkTokens}-token chunks ` +
+        `(of which ${abstracts.bytes} for the chunk abstracts)`,
     )
   }
-  return layout
+  return { ...layout, abstracts }
 }
 
 /** The least GPU budget a tiered cache of this model and policy accepts (a batch lane's minimum share). */
@@ -244,6 +261,10 @@ export const checkPolicyChange = (current: TieredPolicy, next: TieredPolicy, cac
   }
   if (slotBitsOf(next) !== slotBitsOf(current)) {
     throw new KvLayoutChange(`GPU chunk slots of ${slotBitsOf(current)} bits -> ${slotBitsOf(next)} bits`)
+  }
+  const [a, b] = [abstractsOf(current), abstractsOf(next)]
+  if (a.resident !== b.resident || a.groupChunks !== b.groupChunks) {
+    throw new KvLayoutChange(`abstracts ${a.resident} in groups of ${a.groupChunks} -> ${b.resident} in groups of ${b.groupChunks}`)
   }
   const need = minimumSlots(next)
   if (need > cacheSlots) {

@@ -90,6 +90,8 @@ export class Prefetcher {
   encode(l: number, pass: GPUComputePassEncoder): void {
     const m = l + this.distance
     if (this.t.policy.prefetchFrom !== "query" || !this.on || m === l || m >= this.config.numLayers || this.forecasts[m] !== undefined) return
+    // Budgeted abstracts are not all on the GPU: no query forecast scores them (choice forecasts still run).
+    if (this.t.abstracts.layout.resident !== "all") return
     const L = this.t.tables.layers[m]
     if (L.starts.length === 0) return
     const c = this.config

@@ -1,5 +1,6 @@
 // Sealing: once a pass (or, layer-major, a layer) has written the tokens that complete
-// chunks, the GPU computes their min/max abstracts, copies them into the GPU chunk cache where admitted, and reads
+// chunks, the GPU computes their min/max abstracts (into the seal's scratch, then into the
+// abstract cache: abstract-cache.ts), copies the chunks into the GPU chunk cache where admitted, and reads
 // them (with their abstracts) back, in staging-sized groups, to be written through to the
 // disk and host tiers (TierIo). Under compression the GPU quantizes each group's chunks
 // (kernels/quantize.wgsl, kv/quant.ts's layout) into a scratch buffer just before its read-back
@@ -16,6 +17,7 @@ import type { ModelConfig } from "../../../models/types.ts"
 import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import { ReadbackRing } from "../../staging.ts"
+import type { AbstractBuffers, AbstractCache, SealJob } from "./abstract-cache.ts"
 import type { ChunkTables, FreshChunk } from "./chunks.ts"
 import { quantizeKey, tieredPipelineKeys } from "./select.ts"
 import type { TierCounters } from "./stats.ts"
@@ -31,11 +33,11 @@ export interface SealSource {
   buffers(l: number): { readonly k: GPUBuffer; readonly v: GPUBuffer }
   /** The physical block runs of tokens [start, start + tokens) in them. */
   runs(start: number, tokens: number): Array<{ block: number; blocks: number }>
-  /** Encodes the abstracts of layer l's `chunks` into the pass (their jobs written first). */
-  encodeAbstracts(l: number, chunks: ReadonlyArray<FreshChunk>, pass: GPUComputePassEncoder): void
+  /** Encodes the abstracts of layer l's chunks into the pass, each at its place in the seal's scratch (their jobs written first). */
+  encodeAbstracts(l: number, jobs: ReadonlyArray<SealJob>, pass: GPUComputePassEncoder): void
 }
 
-/** The abstract dispatch of a source: per layer, its K buffer and a jobs list, (chunks) vec4<u32> (first block, tokens, chunk, 0). */
+/** The abstract dispatch of a source: per layer, its K buffer and a jobs list, (chunks) vec4<u32> (first block, tokens, scratch place, 0). */
 export class AbstractJobs {
   private readonly uniform: Uniform
   private readonly jobs: GPUBuffer[]
@@ -46,7 +48,8 @@ export class AbstractJobs {
     pipelines: Pipelines,
     private readonly config: ModelConfig,
     keys: ReadonlyArray<GPUBuffer>,
-    abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>,
+    /** The seal's scratch, where every layer's abstracts go. */
+    abstracts: AbstractBuffers,
     maxJobs: number,
     blockTokens: number,
     /** Blocks of the ring a chunk may wrap around (0: none). */
@@ -58,12 +61,12 @@ export class AbstractJobs {
     this.uniform.set(c.numKvHeads, blockTokens, c.headDim, wrap)
     const key = tieredPipelineKeys(c).abstract
     this.dispatches = keys.map((k, l) => ({
-      ...dispatchOf(device, pipelines.now(key), [[0, this.uniform.buffer], [1, k], [2, this.jobs[l]], [3, abstracts[l].amin], [4, abstracts[l].amax]], 0),
+      ...dispatchOf(device, pipelines.now(key), [[0, this.uniform.buffer], [1, k], [2, this.jobs[l]], [3, abstracts.amin], [4, abstracts.amax]], 0),
       y: c.numKvHeads,
     }))
   }
 
-  /** Writes layer l's jobs ((first physical block, tokens, chunk) each) and encodes its dispatch. */
+  /** Writes layer l's jobs ((first physical block, tokens, scratch place) each) and encodes its dispatch. */
   encode(l: number, jobs: ReadonlyArray<readonly [number, number, number]>, pass: GPUComputePassEncoder): void {
     const data = new Uint32Array(jobs.length * 4)
     jobs.forEach((j, i) => data.set([j[0], j[1], j[2], 0], i * 4))
@@ -107,6 +110,8 @@ export class Sealer {
   private generation = 0
   /** Bytes of one chunk's min (or max) abstract: (KV, D/2) f16 pairs as f32 words. */
   private readonly abstractBytes: number
+  /** Abstracts one seal may compute (the scratch's places): TieredKv seals more in batches. */
+  readonly maxChunks: number
   private readonly shape: KvShape
 
   constructor(
@@ -114,7 +119,7 @@ export class Sealer {
     pipelines: Pipelines,
     private readonly config: ModelConfig,
     private readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>,
-    private readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>,
+    private readonly abstracts: AbstractCache,
     private readonly tables: ChunkTables,
     private readonly io: TierIo,
     ring: { readonly slotBytes: number; readonly slots: number },
@@ -125,16 +130,17 @@ export class Sealer {
     const c = config
     this.shape = { kvHeads: c.numKvHeads, blockTokens: tables.blockTokens, headDim: c.headDim }
     this.abstractBytes = c.numKvHeads * (c.headDim / 2) * 4
+    this.maxChunks = abstracts.layout.sealSlots
     this.readback = new ReadbackRing(device, { slotBytes: ring.slotBytes, slots: ring.slots, label: "kv seal read-back" })
     this.scratch = storageBuffer(device, "seal scratch (slotBlocks, KV, BS, D) f16", slotBlocks * tables.blockBytes)
     // A seal covers at most what the tail holds: one job per chunk, chunks of >= one block.
-    const ringJobs = new AbstractJobs(device, pipelines, c, pools.map((p) => p.k), abstracts, tables.tailBlocks + 1, tables.blockTokens, tables.tailBlocks)
+    const ringJobs = new AbstractJobs(device, pipelines, c, pools.map((p) => p.k), abstracts.seal, this.maxChunks, tables.blockTokens, tables.tailBlocks)
     this.ringJobs = ringJobs
     const bs = tables.blockTokens
     this.ring = {
       buffers: (l) => pools[l],
       runs: (start, tokens) => tables.tailRuns(start, tokens),
-      encodeAbstracts: (l, chunks, pass) => ringJobs.encode(l, chunks.map((f) => [tables.tailBlock(Math.floor(f.start / bs)), f.tokens, f.chunk] as const), pass),
+      encodeAbstracts: (l, jobs, pass) => ringJobs.encode(l, jobs.map(({ f, at }) => [tables.tailBlock(Math.floor(f.start / bs)), f.tokens, at] as const), pass),
     }
     if (!compress) return
     this.quantized = storageBuffer(device, "seal quantized (staging slot) u32", ring.slotBytes)
@@ -148,7 +154,7 @@ export class Sealer {
   }
 
   /**
-   * Submits the abstracts of the `fresh` chunks and, for each that `admit` gives a cache slot
+   * Submits the abstracts of the `fresh` chunks (at most maxChunks; into the abstract cache) and, for each that `admit` gives a cache slot
    * (its first block in the pool), its copy there; then starts reading them back, at the
    * bits of `setting` (quantized on the GPU), to store them through `io`. Under "importance"
    * `bitsOf` picks each chunk's bits from its abstract. Call once all layers have written those
@@ -167,13 +173,16 @@ export class Sealer {
     const forms = sealForms(setting)
     if (this.quantized === undefined && forms.some((b) => b !== 16)) throw new RangeError(`tiered KV: this cache was built without compression and cannot seal at ${setting} bits`)
     if (source !== this.ring && forms.some((b) => b !== 16)) throw new RangeError(`tiered KV: chunks outside the tail ring seal at 16 bits only, not ${setting}`)
+    if (fresh.length > this.maxChunks) throw new RangeError(`tiered KV: a seal of ${fresh.length} chunks; the scratch holds ${this.maxChunks} abstracts`)
     const encoder = this.device.createCommandEncoder()
     const pass = encoder.beginComputePass()
+    const jobs = fresh.map((f, at) => ({ f, at }))
     for (let l = 0; l < this.pools.length; l++) {
-      const mine = fresh.filter((f) => f.layer === l)
+      const mine = jobs.filter((j) => j.f.layer === l)
       if (mine.length > 0) source.encodeAbstracts(l, mine, pass)
     }
     pass.end()
+    this.abstracts.encodeSealed(encoder, jobs)
     const blockBytes = this.tables.blockBytes
     const groups = this.groupsOf(fresh, forms, source)
     for (const f of fresh) {
@@ -221,7 +230,7 @@ export class Sealer {
     const ab = this.abstractBytes
     const blockBytes = this.tables.blockBytes
     const groups: SealGroup[] = []
-    for (const f of fresh) {
+    fresh.forEach((f, at) => {
       const from = source.buffers(f.layer)
       const bytes = forms.reduce((a, bits) => a + chunkBytesAt(this.shape, f.tokens, bits), 0) + 2 * ab
       // Each read fits one staging buffer, so its sink sees all of it at once.
@@ -242,10 +251,10 @@ export class Sealer {
         g.copies.push({ src: this.quantized!, srcOffset: g.words * 4, size })
         g.words += size / 4
       }
-      g.copies.push({ src: this.abstracts[f.layer].amin, srcOffset: f.chunk * ab, size: ab }, { src: this.abstracts[f.layer].amax, srcOffset: f.chunk * ab, size: ab })
+      g.copies.push({ src: this.abstracts.seal.amin, srcOffset: at * ab, size: ab }, { src: this.abstracts.seal.amax, srcOffset: at * ab, size: ab })
       g.parts.push(f)
       g.bytes += bytes
-    }
+    })
     return groups
   }
 

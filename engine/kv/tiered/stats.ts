@@ -1,6 +1,7 @@
 // The tiered cache's per-request counters and the TierStats they are reported as (the `kv`
 // object of replies). Counters only: nothing here allocates or logs per token (STYLE 9).
 // TieredKv and its sealer add to them; reset() starts a new set.
+import type { AbstractLayout } from "./abstract-layout.ts"
 
 /** Per-request counters of the tiered cache (the `kv` object of replies). */
 export interface TierStats {
@@ -14,6 +15,22 @@ export interface TierStats {
   readonly abstracts: number
   /** Bytes stored per tier: chunks in the GPU cache's slots, the host arena's, the sequence's chunks on disk. */
   readonly bytes_stored: { readonly gpu: number; readonly host: number; readonly disk: number }
+  /** Bytes of the chunk abstracts per tier: their GPU copy (counted in the GPU budget) and LMDB's (the sequence's, min and max). */
+  readonly abstract_bytes: { readonly gpu: number; readonly disk: number }
+  /**
+   * Scoring (policy `abstracts`): where the fine abstracts live on the GPU (`all`, or a
+   * `budgeted` cache of `gpu_slots` per layer holding `gpu_resident` now), chunks per group
+   * (0: none), abstracts uploaded from LMDB, and per step (all layers) groups and chunks scored.
+   */
+  readonly abstract_scoring: {
+    readonly resident: "all" | "budgeted"
+    readonly group_chunks: number
+    readonly gpu_slots: number
+    readonly gpu_resident: number
+    readonly fetched: number
+    readonly groups_scored_per_step: number
+    readonly chunks_scored_per_step: number
+  }
   readonly steps: number
   readonly windows: number
   readonly chunks_selected_per_step: number
@@ -97,6 +114,9 @@ export const emptyCounters = () => ({
   routedLayers: 0,
   rewinds: 0,
   rewoundLayers: 0,
+  groupsScored: 0,
+  chunksScored: 0,
+  abstractFetches: 0,
   /** The upload ring's stalls when the counters started. */
   stallsAtReset: 0,
 })
@@ -119,6 +139,7 @@ export const tierStats = (
     readonly stalls: number
     readonly compression: { readonly bits: 16 | 8 | 4 | "importance"; readonly slotBits: number; readonly gpuSlots: number }
     readonly pipelineDepth: number
+    readonly abstractCopy: { readonly layout: AbstractLayout; readonly gpuResident: number }
   },
 ): TierStats => ({
   policy: at.policy,
@@ -129,6 +150,16 @@ export const tierStats = (
   chunks_sealed: k.chunksSealed,
   abstracts: at.abstracts,
   bytes_stored: { gpu: at.gpuResidentBytes, host: at.host.residentBytes, disk: at.diskStoredBytes },
+  abstract_bytes: { gpu: at.abstractCopy.layout.bytes, disk: at.abstracts * 2 * at.abstractCopy.layout.abstractBytes },
+  abstract_scoring: {
+    resident: at.abstractCopy.layout.resident,
+    group_chunks: at.abstractCopy.layout.groupChunks,
+    gpu_slots: at.abstractCopy.layout.slots,
+    gpu_resident: at.abstractCopy.gpuResident,
+    fetched: k.abstractFetches,
+    groups_scored_per_step: at.steps > 0 ? k.groupsScored / at.steps : 0,
+    chunks_scored_per_step: at.steps > 0 ? k.chunksScored / at.steps : 0,
+  },
   steps: at.steps,
   windows: k.windows,
   chunks_selected_per_step: at.steps > 0 ? k.selectedDecode / at.steps / at.layers : 0,

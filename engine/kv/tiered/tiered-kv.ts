@@ -2,7 +2,8 @@
 // through to the disk tier (segment files + LMDB) and cached in the host arena, both reached
 // through TierIo, and, within a byte budget (layout.ts), in a per-layer GPU chunk cache.
 // Each chunk has a min/max abstract per KV head, computed on the GPU when it is sealed
-// (seal.ts), kept on the GPU for scoring (select.ts) and in LMDB under [session, layer, chunk].
+// (seal.ts), kept in LMDB under [session, layer, chunk] and, within the budget, on the GPU for
+// scoring (abstract-cache.ts, select.ts; with groups, grouped-select.ts).
 //
 // GPU layout, per layer: one pool of KV blocks (the engine's paged layout) split into the
 // tail (a ring of blocks the model writes new tokens into; the same physical blocks in
@@ -14,20 +15,22 @@
 // at all. The caller drives it; only this class's methods change the cache's state.
 import type { DecodePlan, PlanPolicy, PrefillPlan } from "../../../kv/plan.ts"
 import { checkQuantShape, type KvShape } from "../../../kv/quant.ts"
-import { SealBits } from "../../../kv/quant-policy.ts"
-import { KvTierError } from "../../../kv/tier-errors.ts"
 import { LocalTierIo, type TierIo } from "../../../kv/tier-io.ts"
 import type { ModelConfig } from "../../../models/types.ts"
 import { storageBuffer } from "../../buffers.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import { UploadRing } from "../../staging.ts"
 import { GpuCache } from "./apply.ts"
-import { ChunkTables, type FreshChunk } from "./chunks.ts"
+import { ChunkTables } from "./chunks.ts"
 import { planChunks } from "../../../kv/chunk-plan.ts"
 import { adaptiveOf, checkPolicyChange, minChunkTokens, type QuantSlots, quantSlots, tailSlackBlocks, tieredLayout, type TieredPolicy, type TierStores } from "./layout.ts"
+import { AbstractCache } from "./abstract-cache.ts"
+import { GroupedChoice } from "./grouped-select.ts"
 import { Router } from "./route.ts"
 import { budgetTokens, Selector } from "./select.ts"
+import type { StepEncoder } from "../manager.ts"
 import { Sealer, type SealSource } from "./seal.ts"
+import { SealQueue } from "./seal-queue.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
 
 /** Aim for this many decode-attention workgroups per window. */
@@ -48,7 +51,8 @@ export class TieredKv {
   /** Decode's compressed cache slots over the same pool bytes (compression below 16 bits), else undefined. */
   readonly quant: QuantSlots | undefined
   readonly upload: UploadRing
-  readonly abstracts: ReadonlyArray<{ readonly amin: GPUBuffer; readonly amax: GPUBuffer }>
+  /** The chunk abstracts' GPU copy: all, or a budgeted cache, and the group abstracts. */
+  readonly abstracts: AbstractCache
   /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
   readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
 
@@ -58,14 +62,14 @@ export class TieredKv {
   private readonly io: TierIo
   private readonly sealer: Sealer
   private readonly selector: Selector
+  private readonly grouped: GroupedChoice | undefined
   /** The pipelined step's GPU side: the slot map, the route pass, the choices on their way back. */
   readonly router: Router
   private readonly blockBytes: number
   private counters = emptyCounters()
   private current: TieredPolicy
   private readonly shape: KvShape
-  /** The bits of each chunk sealed under `compression: "importance"`. */
-  private readonly sealBits = new SealBits()
+  private readonly seals: SealQueue
   /** The manager's own session (requests without one): its chunks are dropped at reset. */
   private readonly scratch: string
 
@@ -101,13 +105,11 @@ export class TieredKv {
       v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
     }))
     this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" })
-    const abstractBytes = this.maxChunks * c.numKvHeads * (c.headDim / 2) * 4
-    this.abstracts = Array.from({ length: c.numLayers }, (_, l) => ({
-      amin: storageBuffer(device, `L${l} chunk abstract min (chunks, KV, D/2) f16`, abstractBytes),
-      amax: storageBuffer(device, `L${l} chunk abstract max (chunks, KV, D/2) f16`, abstractBytes),
-    }))
+    this.abstracts = new AbstractCache(device, pipelines, c, layout.abstracts, this.io, policy.gpuEviction)
     this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks, (policy.compression ?? 16) !== 16)
+    this.seals = new SealQueue(this.sealer)
     this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
+    this.grouped = layout.abstracts.groupChunks > 0 ? new GroupedChoice(device, this.selector, this.abstracts) : undefined
     this.quant = quantSlots(policy, this.shape, this)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
@@ -132,6 +134,7 @@ export class TieredKv {
     this.checkPolicy(next)
     this.current = next
     this.io.setHostEviction(next.hostEviction)
+    this.abstracts.eviction = next.gpuEviction
   }
 
   /** Throws what setPolicy would. */
@@ -155,9 +158,9 @@ export class TieredKv {
     return this.tables.layers[l].starts.length
   }
 
-  /** GPU memory this cache holds for KV: pools, staging and read-back rings. */
+  /** GPU memory this cache holds for KV: pools, staging and read-back rings, abstracts. */
   get gpuBytes(): number {
-    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0)
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
   }
 
   /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
@@ -200,18 +203,7 @@ export class TieredKv {
     if (fresh.length === 0) return Promise.resolve()
     const admit = this.current.mode === "leoam"
     const policy = this.planPolicy
-    // The setting at seal time holds for these chunks, whatever the policy is when their read-back lands.
-    const setting = this.current.compression ?? 16
-    const sink = this.current.sinkTokens
-    const k = this.counters
-    const bitsOf = (f: { layer: number; start: number }, abstract: Uint8Array) => {
-      const bits = this.sealBits.bitsFor(setting, f.layer, f.start, sink, abstract)
-      if (bits === 16) k.sealedF16++
-      else if (bits === 8) k.sealedInt8++
-      else k.sealedInt4++
-      return bits
-    }
-    return this.sealer.seal(fresh, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), this.counters, setting, bitsOf, from?.source)
+    return this.seals.seal(fresh, this.current, this.counters, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), from?.source)
   }
 
   /** Adaptive chunking's bounds, or undefined for fixed chunks. */
@@ -253,7 +245,7 @@ export class TieredKv {
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
   settle(): Promise<void> {
-    return this.sealer.settle(this.counters)
+    return this.seals.settle(this.counters)
   }
 
   // --- selection ----------------------------------------------------------------------
@@ -268,9 +260,22 @@ export class TieredKv {
     return this.current.mode === "leoam" && this.tables.tokens > this.budgetTokens()
   }
 
-  /** Encodes layer l's scoring and selection into `selection`; returns how many chunks it chooses. */
+  /** Encodes layer l's scoring and selection of every chunk into `selection` (abstracts all resident); returns how many chunks it chooses. */
   encodeSelect(l: number, pass: GPUComputePassEncoder): number {
+    this.counters.chunksScored += this.chunkCount(l)
     return this.selector.encode(l, pass, this.tables.layers[l], this.tables.tokens, this.current, this.slotTokens)
+  }
+
+  /**
+   * Encodes layer l's choice into `selection`: the plain pass, or with groups or budgeted
+   * abstracts the grouped choice (which may submit and wait for the groups kept). Returns how many chunks it chooses.
+   */
+  encodeChoice(l: number, step: StepEncoder): number | Promise<number> {
+    const plan = this.selector.plan(this.tables.layers[l], this.tables.tokens, this.current, this.slotTokens)
+    if (this.grouped?.needed(plan)) return this.grouped.encode(l, step, plan, this.counters)
+    let count = 0
+    step.compute((pass) => (count = this.encodeSelect(l, pass)))
+    return count
   }
 
   /** The selection buffer (vec2<u32> (chunk, tokens) per chosen chunk) for read-back. */
@@ -295,7 +300,8 @@ export class TieredKv {
 
   /** Layers a pipelined step may run ahead of the last one whose choice the host has checked (0: not pipelined). */
   get pipelineDepth(): number {
-    return this.current.mode === "leoam" && this.quant === undefined ? (this.current.pipelineDepth ?? 0) : 0
+    // Groups need the host between two scoring passes: no choice can be routed on the GPU alone.
+    return this.current.mode === "leoam" && this.quant === undefined && this.grouped === undefined ? (this.current.pipelineDepth ?? 0) : 0
   }
 
   /** Counts a pipelined layer routed on the GPU. */
@@ -354,7 +360,7 @@ export class TieredKv {
 
   /** Undoes a failed layer-major prefill: back to `length` tokens, the chunks sealed past it dropped from every tier. */
   rollBack(length: number): void {
-    this.tables.rollBack(length, (l, ch) => (this.cache.drop(l, ch), this.io.forget(l, ch)))
+    this.tables.rollBack(length, (l, ch) => this.unseal(l, ch))
   }
 
   /**
@@ -370,7 +376,14 @@ export class TieredKv {
 
   /** Keeps the first `length` tokens; unseals chunks past them (their bytes are still in the tail). */
   truncate(length: number): void {
-    this.tables.truncate(length, (l, ch) => (this.cache.drop(l, ch), this.io.forget(l, ch)))
+    this.tables.truncate(length, (l, ch) => this.unseal(l, ch))
+  }
+
+  /** Chunk ch of layer l leaves the sequence: out of the GPU cache, its abstract slot and the host arena. */
+  private unseal(l: number, ch: number): void {
+    this.cache.drop(l, ch)
+    this.abstracts.drop(l, ch)
+    this.io.forget(l, ch)
   }
 
   /**
@@ -382,21 +395,8 @@ export class TieredKv {
   adopt(): number {
     if (this.tables.tokens > 0) throw new RangeError("tiered KV: adopt wants an empty cache")
     const c = this.config
-    const where = `session ${this.io.session}`
     const limits = { maxChunks: this.maxChunks, slotTokens: this.slotTokens, abstractBytes: c.numKvHeads * (c.headDim / 2) * 4 }
-    let length: number | undefined
-    for (let l = 0; l < c.numLayers; l++) {
-      const { amin, amax } = this.tables.adoptLayer(l, this.io.adoptLayer(l), where, limits)
-      const at = this.tables.layers[l].sealed
-      if (length !== undefined && length !== at) throw new KvTierError("chunk_missing", `${where}: layer ${l} holds ${at} tokens, layer 0 ${length}`)
-      length = at
-      if (amin.length > 0) {
-        this.device.queue.writeBuffer(this.abstracts[l].amin, 0, amin)
-        this.device.queue.writeBuffer(this.abstracts[l].amax, 0, amax)
-      }
-    }
-    this.tables.tokens = length ?? 0
-    return this.tables.tokens
+    return this.tables.adopt((l) => this.io.adoptLayer(l), `session ${this.io.session}`, limits, (l, amin, amax) => this.abstracts.adopt(l, amin, amax))
   }
 
   /**
@@ -441,6 +441,7 @@ export class TieredKv {
    */
   reset(): void {
     this.cache.clear()
+    this.abstracts.clear()
     const stored = this.io.session !== this.scratch
     if (!stored) {
       this.tables.layers.forEach((L, l) => {
@@ -449,8 +450,7 @@ export class TieredKv {
     }
     if (this.tables.reset() && !stored) this.io.dropSession()
     this.io.session = this.scratch
-    this.sealer.reset()
-    this.sealBits.reset()
+    this.seals.reset()
     this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
   }
 
@@ -469,6 +469,7 @@ export class TieredKv {
       stalls: this.upload.stalls,
       compression: { bits: this.current.compression ?? 16, slotBits: this.quant?.bits ?? 16, gpuSlots: this.quant?.slots ?? this.cacheSlots },
       pipelineDepth: this.pipelineDepth,
+      abstractCopy: { layout: this.abstracts.layout, gpuResident: this.abstracts.resident(this.abstractCount) },
     })
   }
 
@@ -478,10 +479,8 @@ export class TieredKv {
   }
 
   destroy(): void {
-    for (const a of this.abstracts) {
-      a.amin.destroy()
-      a.amax.destroy()
-    }
+    this.abstracts.destroy()
+    this.grouped?.destroy()
     for (const p of this.pools) {
       p.k.destroy()
       p.v.destroy()
