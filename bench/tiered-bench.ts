@@ -31,6 +31,7 @@ import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import type { TieredManager } from "../engine/kv/tiered-manager.ts"
+import { scoreTimes } from "./score-time.ts"
 import { type Span, stepSpans, TimelineEncoder, timelineSvg, traceHost } from "./step-timeline.ts"
 
 const program = new Command()
@@ -48,6 +49,7 @@ const program = new Command()
   .option("--prefetch-layers <n>", "prefetch.layers of leoam+prefetch", (v) => Number(v), 1)
   .option("--prefetch-from <how>", "prefetch.from of leoam+prefetch: choice or query", "choice")
   .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
+  .option("--score-time", "also time one layer's scoring on the GPU at the context's chunk count: every chunk, against groups then the kept groups' chunks (bench/score-time.ts)")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -220,6 +222,14 @@ for (const { name: policy, setting } of variants) {
 }
 const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
 if (ref) for (const r of rows) if (!r.error) console.log(`  ${`${r.policy} ${r.compression}`.padEnd(16)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all (${ref.compression})`)
-if (o.out) writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), device: gpu.adapterName, preset: o.preset, context, rows }, null, 2))
+const scoring = o.scoreTime ? await scoreTimes(gpu, config, { context, chunkTokens: 32, budgetFraction: o.budgetFraction, groupChunks: o.groupChunks, reps: 20 }) : undefined
+if (scoring) {
+  const s = scoring
+  console.log(
+    `  scoring one layer on the GPU, ${s.chunks} chunks of 32 tokens: every chunk ${s.plain_ms.toFixed(3)} ms; in groups of ${o.groupChunks}: ${s.groups} groups ${s.groups_ms.toFixed(3)} ms + ${s.kept} kept groups' chunks ${s.candidates_ms.toFixed(3)} ms, ` +
+      `and one more read-back round trip ${s.round_trip_ms.toFixed(3)} ms (each a submit waited for; x${config.numLayers} layers a step)`,
+  )
+}
+if (o.out) writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), device: gpu.adapterName, preset: o.preset, context, rows, ...(scoring ? { scoring } : {}) }, null, 2))
 if (!o.kvDir) rmSync(kvDir, { recursive: true, force: true })
 await releaseGpu()

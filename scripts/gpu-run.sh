@@ -79,7 +79,9 @@
 #        the budget), leoam+groups (group abstracts of GROUP_CHUNKS chunks, default 16, scored
 #        first) and leoam+budget (the same with the fine abstracts in a budgeted GPU cache filled
 #        from LMDB) side by side: abstract bytes on the GPU, chunk slots left, groups and chunks
-#        scored and the choice wait per step, ms/token; fits one 10-minute command (bundle:
+#        scored and the choice wait per step, ms/token, and one layer's scoring alone on the GPU
+#        (every chunk; groups, then the kept groups' chunks; a read-back round trip: --score-time);
+#        fits one 10-minute command (bundle:
 #        `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
 set -euo pipefail
 suite="${1:-all}"
@@ -192,7 +194,7 @@ if [ "$suite" = abstracts ]; then
     rm -rf /tmp/leoam-kv/*
     # 64K: about 40 s a policy (load, a 12-15 s fill, 8 steps); 128K: fills twice as long, steps ~1 s.
     limit=180; [ "$ctx" = 131072 ] && limit=300
-    timeout "$limit" node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context "$ctx" --policies leoam,leoam+groups,leoam+budget --group-chunks "${GROUP_CHUNKS:-16}" \
+    timeout "$limit" node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context "$ctx" --policies leoam,leoam+groups,leoam+budget --group-chunks "${GROUP_CHUNKS:-16}" --score-time \
       --steps 8 --max-seconds 12 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv \
       --out "$out/tiered-8b-$((ctx / 1024))k-abstracts.json" "$@" 2>&1 | tee "$out/tiered-8b-$((ctx / 1024))k-abstracts.txt" || echo "tiered-bench ($ctx): failed or stopped (time)"
   done
