@@ -153,13 +153,14 @@ export class GpuCache {
 
   /**
    * Prefetch: loads the chunks of `chunks` layer l does not hold into slots taken by policy
-   * (evicting none of `chunks`), at the current tick, between plans (layer l must have none in
+   * (evicting none of `chunks` nor of `keep`: a wrong forecast must not push out what the
+   * layer chose last), at the current tick, between plans (layer l must have none in
    * progress). Resolves to the chunks loaded and their bytes; a failed load frees its slots.
    */
-  async prefetch(l: number, chunks: ReadonlyArray<number>, policy: PlanPolicy, k: TierCounters): Promise<{ chunks: number[]; bytes: number }> {
+  async prefetch(l: number, chunks: ReadonlyArray<number>, keep: ReadonlyArray<number>, policy: PlanPolicy, k: TierCounters): Promise<{ chunks: number[]; bytes: number }> {
     const s = this.slots[l]
     if (this.quantized || this.progress[l] !== undefined) return { chunks: [], bytes: 0 }
-    const pinned = new Set(chunks.map(pinKey))
+    const pinned = new Set([...chunks, ...keep].map(pinKey))
     const loads: Placed[] = []
     for (const chunk of chunks) {
       if (s.get(chunk)) continue

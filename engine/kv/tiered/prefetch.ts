@@ -13,7 +13,8 @@
 // On the test model (lavapipe) "choice" loaded 38 chunks of which 13 were chosen, "query"
 // 26 of which 1, and most query forecasts came back too late for a pipelined layer.
 // Prefetch changes only what is resident, never what a layer attends: the tokens are those
-// of no prefetch. Loads go through the cache's one load path (host arena, else disk with
+// of no prefetch. It evicts none of the layer's last choice: a wrong forecast pushing out
+// chunks the layer goes on choosing cost more misses than it saved (test model, lavapipe). Loads go through the cache's one load path (host arena, else disk with
 // reads in flight, staged into the upload ring and flushed), one forecast after another and
 // only between plans: the manager awaits `idle()` before it plans, and a layer's own
 // forecast (`enter`) before it selects, so no layer's slots change while its route is on
@@ -46,7 +47,7 @@ export class Prefetcher {
   private forecasts: Array<Forecast | undefined>
   /** Per layer: what a prefetch loaded for its next visit. */
   private readonly loaded: Array<{ readonly chunks: number[]; readonly bytes: number } | undefined>
-  /** Per layer: its choice at its last visit (the steps forecast). */
+  /** Per layer: its choice at its last visit (the steps forecast; a prefetch evicts none of it). */
   private readonly lastChoice: Array<ReadonlyArray<number> | undefined>
   /** Prefetch loads, one after another. */
   private chain: Promise<void> = Promise.resolve()
@@ -156,7 +157,7 @@ export class Prefetcher {
     this.chain = this.chain.then(async () => {
       const t0 = performance.now()
       try {
-        const got = await this.t.prefetch(l, chunks)
+        const got = await this.t.prefetch(l, chunks, this.lastChoice[l] ?? [])
         this.loaded[l] = got
         this.k.chunks += got.chunks.length
         this.k.bytes += got.bytes
@@ -176,7 +177,7 @@ export class Prefetcher {
 
   /** Layer l's visit with its choice and the GPU cache's misses: what its forecast was worth. */
   visit(l: number, chosen: ReadonlyArray<number>, misses: number): void {
-    if (this.t.policy.prefetchSteps === true) this.lastChoice[l] = chosen
+    this.lastChoice[l] = chosen
     const m = l + this.distance
     if (this.t.policy.prefetchFrom !== "query" && this.on && m > l && m < this.config.numLayers && this.forecasts[m] === undefined) {
       this.forecasts[m] = { layer: m, chosen: [...chosen] }

@@ -320,9 +320,9 @@ export class TieredKv {
     return this.cache.applyDecode(l, plan, 0, true, this.counters, list)
   }
 
-  /** Prefetch: loads what of `chunks` layer l does not hold (GpuCache.prefetch). */
-  prefetch(l: number, chunks: ReadonlyArray<number>): Promise<{ chunks: number[]; bytes: number }> {
-    return this.cache.prefetch(l, chunks, this.planPolicy, this.counters)
+  /** Prefetch: loads what of `chunks` layer l does not hold, evicting none of `keep` (GpuCache.prefetch). */
+  prefetch(l: number, chunks: ReadonlyArray<number>, keep: ReadonlyArray<number>): Promise<{ chunks: number[]; bytes: number }> {
+    return this.cache.prefetch(l, chunks, keep, this.planPolicy, this.counters)
   }
 
   // --- decode: plan, then apply window by window -----------------------------------------
