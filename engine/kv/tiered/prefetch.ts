@@ -157,7 +157,8 @@ export class Prefetcher {
     this.chain = this.chain.then(async () => {
       const t0 = performance.now()
       try {
-        const got = await this.t.prefetch(l, chunks, this.lastChoice[l] ?? [])
+        const n = this.t.tables.layers[l].starts.length // a forecast names only chunks the layer has
+        const got = await this.t.prefetch(l, chunks.filter((ch) => ch < n), this.lastChoice[l] ?? [])
         this.loaded[l] = got
         this.k.chunks += got.chunks.length
         this.k.bytes += got.bytes
@@ -179,7 +180,8 @@ export class Prefetcher {
   visit(l: number, chosen: ReadonlyArray<number>, misses: number): void {
     this.lastChoice[l] = chosen
     const m = l + this.distance
-    if (this.t.policy.prefetchFrom !== "query" && this.on && m > l && m < this.config.numLayers && this.forecasts[m] === undefined) {
+    // Adaptive chunks are cut per layer: a chunk number names other tokens in another layer.
+    if (this.t.policy.prefetchFrom !== "query" && this.on && this.t.adaptive === undefined && m > l && m < this.config.numLayers && this.forecasts[m] === undefined) {
       this.forecasts[m] = { layer: m, chosen: [...chosen] }
       this.k.forecasts++
     }
