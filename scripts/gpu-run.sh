@@ -87,6 +87,10 @@ set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill|attn|abstracts) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
+# GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
+# ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
+golden=.bench-bundle/golden-check.mjs
+if [ "${GOLDEN_CHECK:-1}" = 0 ]; then golden=/tmp/golden-check-skipped.mjs; echo 'console.log("golden check skipped (GOLDEN_CHECK=0)")' > "$golden"; fi
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
 [ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
 for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
@@ -96,7 +100,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
 if [ "$suite" = compare ]; then
   for f in .bench-bundle/base/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
   echo "base: $(cat .bench-bundle/base/COMMIT)" | tee "$out/compare.txt"
-  node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+  node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   mkdir -p /tmp/leoam-kv
   # Per round: tiered-bench for both trees first (the comparison), then decode-compare.
   for round in 1 2; do
@@ -119,7 +123,7 @@ if [ "$suite" = compare ]; then
   exit 0
 fi
 if [ "$suite" = prefill ]; then
-  timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
   budget="${PREFILL_BUDGET_S:-560}"
   for n in ${PREFILL_LENGTHS:-8192 32768 65536 131072}; do
     awk -v n="$n" 'BEGIN { srand(12); for (i = 0; i < n; i++) printf "%d ", 1000 + int(rand() * 100000) }' > "/tmp/prefill-ids-$n.txt"
@@ -145,7 +149,7 @@ if [ "$suite" = attn ]; then
   export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
   timeout $((budget / 2)) node .bench-bundle/attn-bench.mjs --max-seconds $((budget / 3)) --out "$out/attn-bench.json" "$@" 2>&1 | tee "$out/attn-bench.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench.txt"
   if [ $((budget - SECONDS)) -gt 20 ]; then
-    LEOAM_MATRIX_ATTENTION=1 timeout 40 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-attention.txt" || echo "golden check, matrix attention: FAILED or stopped"
+    LEOAM_MATRIX_ATTENTION=1 timeout 40 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-attention.txt" || echo "golden check, matrix attention: FAILED or stopped"
   fi
   for n in ${ATTN_E2E_LENGTHS:-8192}; do
     awk -v n="$n" 'BEGIN { srand(12); for (i = 0; i < n; i++) printf "%d ", 1000 + int(rand() * 100000) }' > "/tmp/prefill-ids-$n.txt"
@@ -164,8 +168,8 @@ if [ "$suite" = attn ]; then
   exit 0
 fi
 if [ "$suite" = gemm ]; then
-  LEOAM_MATRIX_UNITS=0 timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
-  LEOAM_MATRIX_UNITS=auto timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
+  LEOAM_MATRIX_UNITS=0 timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
+  LEOAM_MATRIX_UNITS=auto timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
   LEOAM_MATRIX_UNITS=auto timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
   # The matrix kernel without row padding (less workgroup memory, more bank conflicts), at one M.
   LEOAM_MATRIX_UNITS=auto timeout 60 node .bench-bundle/gemm-bench.mjs --kernels sgmat --pad 0 --m 2048 --max-seconds 40 --out "$out/gemm-bench-pad0.json" 2>&1 | tee "$out/gemm-bench-pad0.txt" || echo "gemm-bench --pad 0: failed or stopped"
@@ -179,7 +183,7 @@ if [ "$suite" = gemm ]; then
   exit 0
 fi
 if [ "$suite" = compress ]; then
-  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
   mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
   # Each variant loads the model, fills 64K tokens through the seal path and times up to 6 steps.
   timeout 480 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --compression 16,8,4,importance \
@@ -188,9 +192,9 @@ if [ "$suite" = compress ]; then
   exit 0
 fi
 if [ "$suite" = abstracts ]; then
-  timeout 90 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
   mkdir -p /tmp/leoam-kv
-  for ctx in 65536 131072; do
+  for ctx in ${ABSTRACTS_CONTEXTS:-65536 131072}; do
     rm -rf /tmp/leoam-kv/*
     # 64K: about 40 s a policy (load, a 12-15 s fill, 8 steps); 128K: fills twice as long, steps ~1 s.
     limit=180; [ "$ctx" = 131072 ] && limit=300
@@ -208,7 +212,7 @@ if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
       --steps 6 --max-seconds 12 --gpu-kv-budget 6GiB --timeline /tmp/leoam-timelines/timeline-8b-128k \
       --out "$out/tiered-8b-128k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-128k-pipeline.txt" || echo "tiered-bench (128K): failed or stopped (time)"
   else
-    timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+    timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
     timeout 360 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam,leoam+pipe,leoam+pipe+combine,leoam+prefetch,offload-all "${pipe[@]}" \
       --steps 8 --max-seconds 12 --gpu-kv-budget 6GiB --timeline /tmp/leoam-timelines/timeline-8b-64k \
       --out "$out/tiered-8b-64k-pipeline.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline.txt" || echo "tiered-bench (6 GiB): failed or stopped (time)"
@@ -223,7 +227,7 @@ if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
 fi
 if [ "$suite" = mma ]; then
   export LEOAM_MATRIX_UNITS=auto
-  timeout 25 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
+  timeout 25 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
   timeout "${MMA_BATCH_S:-55}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections "${MMA_PROJECTIONS:-gemv,multi,mma}" \
     --mma-forms "${MMA_FORMS:-}" --steps 16 --max-seconds "$(( ${MMA_BATCH_S:-55} - 12 ))" --out "$out/batch-8b-1k.json" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
   timeout "${MMA_SKINNY_S:-25}" node .bench-bundle/skinny-bench.mjs --m "${MMA_SKINNY_M:-1,4,16}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
@@ -234,7 +238,7 @@ fi
 if [ "$suite" = batch ]; then
   # Timeouts sum to 580 s: one 10-minute command. BATCH_1K=0 or BATCH_32K=0 skips a part (to
   # run them as two commands with more room: BATCH_FILL_S, BATCH_MAX_S per 32K policy).
-  timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
   if [ "${BATCH_1K:-1}" = 1 ]; then
     timeout 110 node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections gemm,gemv,multi --steps 24 --max-seconds 90 \
       --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
@@ -269,7 +273,7 @@ fi
 if [ "$suite" = decode ]; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv -l 1 > "$out/clocks.csv" 2>&1 &
   clocks=$!
-  node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+  node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   node .bench-bundle/engine-bench.mjs --long-context 0 --out "$out/engine-bench.json" "$@" 2>&1 | tee "$out/engine-bench.txt"
   # UNCHECKED=1: the same again without Dawn's bounds checks and workgroup-memory zeroing.
   [ "${UNCHECKED:-0}" = 0 ] || LEOAM_DAWN_TOGGLES=disable_robustness,disable_workgroup_init node .bench-bundle/engine-bench.mjs \
@@ -279,7 +283,7 @@ if [ "$suite" = decode ]; then
   kill "$clocks" 2>/dev/null || true
   exit 0
 fi
-node .bench-bundle/golden-check.mjs models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
+node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
 if [ "$suite" = lab ]; then
   node .bench-bundle/decode-lab.mjs --out "$out/decode-lab.json" "$@" 2>&1 | tee "$out/decode-lab.txt"
   exit 0
