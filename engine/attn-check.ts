@@ -141,7 +141,7 @@ export interface MatrixAttn {
  */
 export const matrixAttnWorkgroupBytes = (k: Pick<MatrixAttnConstants, "NSG" | "PAD">, D: number, shared = false): number => {
   const rows = 16 * k.NSG
-  return (rows + 64) * (D + k.PAD) * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 4 + (shared ? rows * D * 4 : 0)
+  return (rows + 32) * (D + k.PAD) * 2 + D * 32 * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 4 + (shared ? rows * D * 4 : 0)
 }
 
 /** The largest configuration (4 then 2 subgroups, pad 8 then 0) of a form that fits; undefined if none. */

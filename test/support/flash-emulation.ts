@@ -4,7 +4,7 @@
 // sgmat-emulation.ts (gemm_sgmat), with the kernel's own operands:
 //   left  (row-major) from qs (Q) or ps (P):  A(r, k) = arr[o + r * s + k]
 //   right (col-major) from ks (K^T):          B(k, n) = ks[o + n * s + k]
-//   right (row-major) from vs (V):            B(k, n) = vs[o + k * s + n]
+//   right (col-major) from vt (V transposed): B(k, n) = vt[o + n * s + k]
 //   result load / store (row-major) in ss:    C(r, n) <-> ss[o + r * s + n]  (and os, OSHARED)
 // Lane l of a subgroup of SG lanes holds the result elements e = l + j * SG (row e / 16,
 // column e % 16). Left and right operands are read at the multiply, not at the load, which
@@ -24,7 +24,7 @@ fn emu_a(m: EmuL, r: u32, k: u32) -> f32 {
 }
 fn emu_b(m: EmuR, k: u32, n: u32) -> f32 {
   if (m.a == 0u) { return f32(ks[m.o + n * m.s + k]); }
-  return f32(vs[m.o + k * m.s + n]);
+  return f32(vt[m.o + n * m.s + k]);
 }
 fn emu_mma(a: EmuL, b: EmuR, c: EmuAcc) -> EmuAcc {
   var r = c;
@@ -84,7 +84,7 @@ export const emulateFlashAttention = (source: string): string => {
   s = replace(s, new RegExp(lit(`${left}(&qs, `), "g"), "emu_left(0u, ")
   s = replace(s, new RegExp(lit(`${left}(&ps, `), "g"), "emu_left(1u, ")
   s = replace(s, new RegExp(lit(`${right}col_major>(&ks, `), "g"), "emu_right(0u, ")
-  s = replace(s, new RegExp(lit(`${right}row_major>(&vs, `), "g"), "emu_right(1u, ")
+  s = replace(s, new RegExp(lit(`${right}col_major>(&vt, `), "g"), "emu_right(1u, ")
   s = s.replace(new RegExp(lit(`subgroupMatrixLoad<${result}, row_major>(&ss, `), "g"), "emu_load(") // none with OSHARED
   s = replace(s, new RegExp(lit("subgroupMatrixStore<row_major>(&ss, "), "g"), "emu_store(")
   // OSHARED: O's blocks loaded from and stored to os.
