@@ -77,16 +77,17 @@ export const SUBGROUP_MATRIX_FEATURE = "chromium-experimental-subgroup-matrix"
 export const MATRIX_TOGGLES = "allow_unsafe_apis,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model"
 
 /**
- * Whether to open the adapter with MATRIX_TOGGLES: unset or 0 never, =1 on any adapter, "auto"
- * on NVIDIA only (the f16 path there is a measured risk, not a default Dawn trusts). Off unless
- * asked: on an H100 (bench/results/2026-12-07-matrix-gemm-2) gemm_sgmat runs at 1.02-1.27x of
- * today's gemm and the batched decode projections on them at 1.9x gemv_multi's speed at 16
- * rows, but the kernels as on main were measured there only in equivalent forms (the golden
- * check with them on passed). Anything else is a configuration error.
+ * Whether to open the adapter with MATRIX_TOGGLES: 0 never, 1 on any adapter, "auto" (the
+ * default) on NVIDIA only: the f16 path there is a risk Dawn does not take by default, so it
+ * was measured on an H100 (driver 580.159, bench/results/2026-12-07-evening-gpu-session): the
+ * golden check passes with them on (17/17), prefill's gemm_sgmat runs at 0.96-1.14x of gemm,
+ * and a 16-row decode batch at 3.57x batch 1 against 1.27x with the GEMVs. Prefill attention
+ * on them is used only where its own check at device open passes (it did not there). Anything
+ * else is a configuration error.
  */
 export const matrixUnitsWanted = (env: string | undefined, vendor: string): boolean => {
-  const v = (env ?? "0").trim().toLowerCase()
-  if (v === "0" || v === "off" || v === "") return false
+  const v = (env ?? "auto").trim().toLowerCase()
+  if (v === "0" || v === "off") return false
   if (v === "1" || v === "on") return true
   if (v === "auto" || v === "") return /nvidia/i.test(vendor)
   throw new GpuUnavailable(`LEOAM_MATRIX_UNITS must be 0, 1 or auto, not "${env}"`)

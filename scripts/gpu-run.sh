@@ -21,7 +21,7 @@
 #        tiered-bench at 8B 64K (full, leoam) and, where bundled, decode-compare
 #        (full at 1K, quest at 8K)
 #   gemm: prefill's GEMM on the matrix units (issue 12): the golden check with them off
-#        (LEOAM_MATRIX_UNITS=0, the default) and on (=auto), then bench/gemm-bench.ts
+#        (LEOAM_MATRIX_UNITS=0) and on (=auto, the default on NVIDIA), then bench/gemm-bench.ts
 #        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it;
 #        GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the matrix units off, then on
 #   compress: KV compression (issue 13 §2): the golden check, then tiered-bench at 8B 64K
