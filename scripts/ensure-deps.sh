@@ -94,10 +94,21 @@ ensure_debian() {
 ensure_npm() {
   # deploy/install.sh installs the production packages itself (npm ci --omit=dev).
   if [ "${LEOAM_SKIP_NPM:-0}" = 1 ]; then return; fi
-  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    say "installing npm packages (npm ci)"
-    npm ci --no-audit --no-fund --loglevel=error || fail "npm ci"
+  # Installed packages are stamped with the lockfile's hash, not compared by time: a checkout
+  # touches package-lock.json's mtime (a git worktree sharing node_modules would reinstall it
+  # under the other checkout's feet) without changing what it locks.
+  local want stamp=node_modules/.leoam-lock.sha256
+  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+  if [ -d node_modules ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  # Installed before the stamp existed and not older than the lockfile: stamp it as it is.
+  if [ -d node_modules ] && [ ! -f "$stamp" ] && [ -f node_modules/.package-lock.json ] \
+    && [ ! package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "$want" > "$stamp"
+    return
   fi
+  say "installing npm packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error || fail "npm ci"
+  echo "$want" > "$stamp"
 }
 
 need_node
