@@ -8,8 +8,8 @@
 // the lanes share the host arena, whose overflow goes to disk (actors/kv-admission.ts:
 // arrival order; serial runs alone once the batch is empty). A plain request under a tiered
 // policy with fixed chunks links the whole chunks of its prompt's longest prefix that a
-// running request holds (kv/prefix-index.ts; disk entries pointing at the same bytes, written
-// once and freed with their last user) and prefills only the rest. Only this module's
+// running request or a stored session holds (kv/prefix-index.ts; disk entries pointing at
+// the same bytes, written once and freed with their last user) and prefills only the rest. Only this module's
 // functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
@@ -17,7 +17,7 @@ import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTier
 import type { GpuModel } from "../engine/model.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
-import { PrefixIndex, prefixChunkKeys } from "../kv/prefix-index.ts"
+import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { KvAdmission } from "./kv-admission.ts"
 
 export interface BatchDeps {
@@ -31,6 +31,8 @@ export interface BatchDeps {
   readonly maxBatch: number
   /** Prompt tokens prefilled between two decode steps. */
   readonly prefillSlice: number
+  /** Who holds which prompt and document chunks: the lanes running here and the stored sessions (shared with actors/executor-sessions.ts). */
+  readonly prefixes: PrefixIndex
   /** Before each batched decode step (a live policy change applies there). */
   readonly beforeStep: () => void
 }
@@ -47,33 +49,23 @@ export const executorBatch = (deps: BatchDeps) => {
 
   /** GPU budget shares of the tiered lanes running, by run id. */
   const shares = new Map<string, number>()
-  /** The prompt chunks the running lanes hold, by lane session; prompt tokens taken from them since start. */
-  const prefixes = new PrefixIndex()
+  /** Prompt tokens requests took from a shared prefix since start. */
   let sharedTokens = 0
 
   /**
    * A lane's first prefill turn under a tiered policy with fixed chunks: links the whole
-   * chunks of the longest prefix of `prompt` another running lane holds on disk (all layers
-   * sealed) into this lane's session and resumes them; resolves to the prompt tokens held.
-   * The lane then holds its prompt's chunks for later lanes (once its prefill seals them).
+   * chunks of the longest prefix of `prompt` that another running lane or a stored session
+   * holds on disk (all layers sealed) into this lane's session and resumes them; resolves
+   * to the prompt tokens held. The lane then holds its prompt's chunks for later lanes and
+   * sessions (once its prefill seals them).
    */
   const sharePrefix = (lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number) => async (): Promise<number> => {
-    const store = deps.tiers.store!
     const keys = prefixChunkKeys(prompt, chunkTokens)
     // The last prompt token is prefilled by the lane (its logits choose the first token).
-    const found = prefixes.longest(keys.slice(0, Math.floor((prompt.length - 1) / chunkTokens)))
-    let held = 0
-    if (found) {
-      const layers = lane.config.numLayers
-      let chunks = found.chunks
-      for (let l = 0; l < layers; l++) chunks = Math.min(chunks, store.chunksOf(found.sequence, l).length)
-      if (chunks > 0) {
-        store.linkChunks(found.sequence, session, Array.from({ length: layers }, () => chunks))
-        held = lane.openSession(session)
-        sharedTokens += held
-      }
-    }
-    prefixes.add(session, keys)
+    const linked = linkSharedPrefix(deps.prefixes, deps.tiers.store!, session, keys.slice(0, Math.floor((prompt.length - 1) / chunkTokens)), lane.config.numLayers)
+    const held = linked ? lane.openSession(session) : 0
+    sharedTokens += held
+    deps.prefixes.add(session, keys)
     return held
   }
 
@@ -116,7 +108,7 @@ export const executorBatch = (deps: BatchDeps) => {
       try {
         return await use(model, loop, session)
       } finally {
-        prefixes.remove(session)
+        deps.prefixes.remove(session)
         lanes.delete(runId)
         model.reset()
         model.destroy()

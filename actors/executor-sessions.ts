@@ -11,6 +11,8 @@ import { kvBytesPerToken } from "../engine/kv/registry.ts"
 import type { HostArena } from "../kv/host-arena.ts"
 import { SessionStore, type StoredSession } from "../kv/session-store.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
+import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
+import { releaseHostEntry } from "../kv/tier-io.ts"
 import { leoamError } from "../protocol/errors.ts"
 import type { RunRequest, RunSession, SessionRecordWire } from "../protocol/internal.ts"
 
@@ -24,6 +26,8 @@ export interface SessionContext {
   readonly policy: () => { readonly chunkTokens: number | undefined; readonly adaptive?: boolean; readonly version: number; readonly name: string }
   /** --kv-disk-budget: chunk bytes all sessions may hold on disk; past it the least recently used go (never the one in use). */
   readonly diskBudget?: number
+  /** Who holds which document and prompt chunks: the stored sessions (kept here) and the batch's running lanes. */
+  readonly prefixes: PrefixIndex
 }
 
 /** What a session run did, for the run's reply. */
@@ -48,6 +52,11 @@ const notFound = (id: string) => leoamError("session_not_found", `no session "${
 
 export const executorSessions = (ctx: SessionContext) => {
   const store = new SessionStore(ctx.store)
+  /** A stored session of this model holds its document's whole chunks for requests and sessions that begin alike. */
+  const holdPrefix = (s: StoredSession) => {
+    if (s.model === ctx.modelName) ctx.prefixes.add(s.id, prefixChunkKeys(s.ids, s.chunkTokens))
+  }
+  for (const s of store.list()) holdPrefix(s)
   /** Sessions whose chunks this process holds in its host arena (opened or used since start or their close). */
   const open = new Set<string>()
   /** Sessions a run, close or delete is using now, and the end of the last one queued on each. */
@@ -133,35 +142,27 @@ export const executorSessions = (ctx: SessionContext) => {
     return gone
   }
 
-  const drop = (id: string) => {
-    if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
+  /** Lets go of the session's host entries: each stays while a sequence sharing it uses it, and goes with the last. */
+  const releaseHost = (id: string) => {
+    if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) releaseHostEntry(ctx.arena, key)
     open.delete(id)
+  }
+
+  const drop = (id: string) => {
+    ctx.prefixes.remove(id)
+    releaseHost(id)
     store.drop(id)
   }
   let evictions = 0
 
   /**
-   * For a new session `id`: links the most whole chunks a stored session of this model and
-   * chunk size shares with `ids` (fixed chunking: chunk i is tokens [iC, (i+1)C), whose KV
-   * depends on those tokens and the ones before only). Returns the tokens shared.
+   * For a new session `id`: links the most whole chunks of `ids` that a stored session of
+   * this model or a running request has sealed (kv/prefix-index.ts: fixed chunking, chunk i
+   * is tokens [iC, (i+1)C), whose KV depends on those tokens and the ones before only).
+   * Returns the tokens shared.
    */
-  const sharePrefix = (id: string, ids: ReadonlyArray<number>, chunkTokens: number, layers: number): number => {
-    let best: { from: string; chunks: number } | undefined
-    for (const s of store.list()) {
-      if (s.model !== ctx.modelName || s.chunkTokens !== chunkTokens) continue
-      const max = Math.min(s.ids.length, ids.length)
-      let n = 0
-      while (n < max && s.ids[n] === ids[n]) n++
-      const chunks = Math.floor(n / chunkTokens)
-      if (chunks > (best?.chunks ?? 0)) best = { from: s.id, chunks }
-    }
-    if (!best) return 0
-    let chunks = best.chunks
-    for (let l = 0; l < layers; l++) chunks = Math.min(chunks, ctx.store.chunksOf(best.from, l).length)
-    if (chunks === 0) return 0
-    ctx.store.linkChunks(best.from, id, Array.from({ length: layers }, () => chunks))
-    return chunks * chunkTokens
-  }
+  const sharePrefix = (id: string, ids: ReadonlyArray<number>, chunkTokens: number, layers: number): number =>
+    (linkSharedPrefix(ctx.prefixes, ctx.store, id, prefixChunkKeys(ids, chunkTokens), layers)?.chunks ?? 0) * chunkTokens
 
   /** Resumes the stored session: its sealed length (never past its document: a question left behind by a failure is dropped first). */
   const resume = (model: GpuModel, id: string, tokens: number): number => {
@@ -206,7 +207,7 @@ export const executorSessions = (ctx: SessionContext) => {
       // The record follows its chunks: durable only once they are.
       if (ids !== doc) await ctx.store.flush()
       const p = ctx.policy()
-      store.put({ id: rs.id, owner: rs.owner, node: ctx.node, model: ctx.modelName, ids, chunkTokens, policyVersion: p.version })
+      holdPrefix(store.put({ id: rs.id, owner: rs.owner, node: ctx.node, model: ctx.modelName, ids, chunkTokens, policyVersion: p.version }))
       open.add(rs.id)
       if (grows) {
         const gone = evict(rs.id)
@@ -234,8 +235,7 @@ export const executorSessions = (ctx: SessionContext) => {
     /** Frees the session's host memory; its chunks and record stay on disk. */
     close: (id: string, owner: string): SessionRecordWire => {
       owned(id, owner)
-      if (ctx.arena) for (const key of ctx.arena.keys()) if (typeof key === "string" && key.startsWith(`${id}/`)) ctx.arena.remove(key)
-      open.delete(id)
+      releaseHost(id)
       return wire(owned(id, owner))
     },
     delete: (id: string, owner: string): void => {

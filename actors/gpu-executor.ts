@@ -18,6 +18,7 @@ import type { ModelConfig } from "../models/types.ts"
 import type { WeightSource } from "../models/types.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
 import type { HostArena } from "../kv/host-arena.ts"
+import { PrefixIndex } from "../kv/prefix-index.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import { parsePolicy, type ResolvedPolicy } from "../protocol/policy.ts"
 import type { KvStats } from "../protocol/messages.ts"
@@ -206,9 +207,12 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         return { held: { resolved, engine: engineOptions }, applies: s.model.checkKv(engineOptions) }
       })
 
+    // Prefix sharing (issue 14 §2): the stored sessions' documents and the running lanes' prompts, one index for both.
+    const prefixes = new PrefixIndex()
     const sessions =
       kv?.store &&
       executorSessions({
+        prefixes,
         store: kv.store,
         arena: kv.arena,
         node: options.node ?? "",
@@ -226,6 +230,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             policy: () => s.policy.resolved,
             tiers: { gpuBudgetBytes: kv?.gpuBudgetBytes, arena: kv?.arena, store: kv?.store },
             session,
+            prefixes,
             maxBatch,
             prefillSlice: options.prefillSlice ?? 256,
             beforeStep: () => {

@@ -1,11 +1,14 @@
-// Which sequences hold the sealed chunks of which prompt prefixes, so that a request whose
-// prompt begins like a running one's links those chunks (written once, on disk) instead of
-// prefilling and writing them again. With fixed chunking, chunk i holds tokens [iC, (i+1)C)
-// and its KV depends on those tokens and every one before, so its key chains a hash over
-// all of them (position included). A chunk key is reference-counted by the sequences that
-// hold it (its holders); the disk store frees a chunk's bytes once no sequence's index
-// entry points at them. Pure bookkeeping; the gpu-executor's batch alone changes it.
+// Which sequences hold the sealed chunks of which prompt prefixes, so that a request or a
+// session whose tokens begin like a running request's or a stored session's links those
+// chunks (written once, on disk) instead of prefilling and writing them again. With fixed
+// chunking, chunk i holds tokens [iC, (i+1)C) and its KV depends on those tokens and every
+// one before, so its key chains a hash over all of them (position included). A chunk key is
+// reference-counted by the sequences that hold it (its holders); the disk store frees a
+// chunk's bytes once no sequence's index entry points at them. The holders are the batch's
+// running lanes (their prompts) and the stored sessions (their documents); the
+// gpu-executor's batch and sessions change it.
 import { createHash } from "node:crypto"
+import type { DiskStore } from "./disk-store.ts"
 
 /**
  * The keys of the whole chunks of `ids` (chunk i: a hash of the chunk size and tokens
@@ -55,16 +58,39 @@ export class PrefixIndex {
     return this.holders.get(key)?.size ?? 0
   }
 
-  /** The sequence holding the longest run of `keys` from the first, and that run's length; undefined when none holds the first. */
-  longest(keys: ReadonlyArray<string>): { readonly sequence: string; readonly chunks: number } | undefined {
-    let candidates = [...(this.holders.get(keys[0] ?? "") ?? [])]
-    let chunks = 0
-    while (candidates.length > 0 && chunks < keys.length) {
-      const next = candidates.filter((s) => this.holders.get(keys[chunks])?.has(s))
-      if (next.length === 0) break
-      candidates = next
-      chunks++
-    }
-    return chunks > 0 ? { sequence: candidates[0], chunks } : undefined
+  /** Each sequence holding `keys[0]`, with how many of `keys` from the first it holds. */
+  runs(keys: ReadonlyArray<string>): Array<{ readonly sequence: string; readonly chunks: number }> {
+    return [...(this.holders.get(keys[0] ?? "") ?? [])].map((sequence) => {
+      const held = this.keysOf.get(sequence)!
+      let chunks = 0
+      while (chunks < keys.length && held[chunks] === keys[chunks]) chunks++
+      return { sequence, chunks }
+    })
   }
+
+}
+
+/**
+ * Links into `to` the whole chunks of the longest prefix of `keys` some other holder has
+ * sealed on disk in every layer (a holder registers its keys before its prefill seals them,
+ * so what counts is the least of its run and its sealed chunks), pointing `to`'s first
+ * entries at that holder's bytes. Returns the holder and the chunks linked; undefined when
+ * none has any sealed. Synchronous, so no seal, drop or link comes between the count and the link.
+ */
+export const linkSharedPrefix = (
+  index: PrefixIndex,
+  store: DiskStore,
+  to: string,
+  keys: ReadonlyArray<string>,
+  layers: number,
+): { readonly from: string; readonly chunks: number } | undefined => {
+  let best: { from: string; chunks: number } | undefined
+  for (const run of index.runs(keys)) {
+    if (run.sequence === to || run.chunks <= (best?.chunks ?? 0)) continue
+    let chunks = run.chunks
+    for (let l = 0; l < layers && chunks > 0; l++) chunks = Math.min(chunks, store.chunksOf(run.sequence, l).length)
+    if (chunks > (best?.chunks ?? 0)) best = { from: run.sequence, chunks }
+  }
+  if (best) store.linkChunks(best.from, to, Array.from({ length: layers }, () => best.chunks))
+  return best
 }

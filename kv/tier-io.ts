@@ -101,6 +101,17 @@ interface SharedHost {
 }
 const sharedHost = new WeakMap<HostArena, SharedHost>()
 
+/**
+ * The owner of a host entry lets go of it outside any cache (a stored session closed or
+ * deleted): it stays while other sequences use it (the last of them removes it) and goes now
+ * otherwise. A cache using it has counted itself before it loads it, so no load pins it here.
+ */
+export const releaseHostEntry = (arena: HostArena, key: string): void => {
+  const shared = sharedHost.get(arena)
+  if ((shared?.users.get(key) ?? 0) > 0) shared!.ownerGone.add(key)
+  else arena.remove(key)
+}
+
 /** The session whose segment file this is, when the name says it (a plain name; hashed names cannot be read back). */
 const sessionOfFile = (file: string): string | undefined => /^([A-Za-z0-9_-]{1,100})\.seg$/.exec(file)?.[1]
 
@@ -194,6 +205,8 @@ export class LocalTierIo implements TierIo {
     const key = this.keyOf(load)
     const held = this.arena.prepareLoad(key)
     if (held !== undefined) {
+      // Its owner reading it holds it again (a stored session resumed after it let go).
+      if (!this.using.has(key)) this.shared.ownerGone.delete(key)
       try {
         const bits = this.bitsOf(load)
         const want = this.lengthOf(load, bits)

@@ -103,7 +103,7 @@ export const BatchStats = Schema.Struct({
   prefilling: Schema.Int,
   waiting_for_kv: Schema.Int,
   kv_reserved_bytes: Schema.Number,
-  /** Prompt tokens whose chunks requests linked from a running request's (a shared prefix) instead of prefilling them, since start. */
+  /** Prompt tokens whose chunks requests linked from a running request's or a stored session's (a shared prefix) instead of prefilling them, since start. */
   shared_prefix_tokens: Schema.optional(Schema.Number),
   gpu_shares: Schema.optional(GpuShares),
 })

@@ -15,21 +15,27 @@ describe("prefix chunk keys", () => {
     expect(prefixChunkKeys([1, 2, 3, 4], 4)[0]).not.toBe(a[1])
   })
 
-  it("finds the longest run held from the first chunk, and counts holders", () => {
+  it("finds each holder's run from the first chunk, and counts holders", () => {
     const idx = new PrefixIndex()
     const doc = prefixChunkKeys([1, 2, 3, 4, 5, 6, 7, 8], 2)
     const other = prefixChunkKeys([1, 2, 3, 4, 0, 0], 2)
-    expect(idx.longest(doc)).toBeUndefined()
+    expect(idx.runs(doc)).toEqual([])
     idx.add("a", other)
     idx.add("b", doc.slice(0, 3))
-    expect(idx.longest(doc)).toEqual({ sequence: "b", chunks: 3 })
-    expect(idx.longest(other)).toEqual({ sequence: "a", chunks: 3 })
+    expect(idx.runs(doc)).toEqual([
+      { sequence: "a", chunks: 2 },
+      { sequence: "b", chunks: 3 },
+    ])
+    expect(idx.runs(other)).toEqual([
+      { sequence: "a", chunks: 3 },
+      { sequence: "b", chunks: 2 },
+    ])
     expect(idx.refs(doc[0])).toBe(2)
     expect(idx.refs(doc[2])).toBe(1)
     idx.remove("b")
-    expect(idx.longest(doc)).toEqual({ sequence: "a", chunks: 2 })
+    expect(idx.runs(doc)).toEqual([{ sequence: "a", chunks: 2 }])
     idx.remove("a")
     expect(idx.refs(doc[0])).toBe(0)
-    expect(idx.longest(doc)).toBeUndefined()
+    expect(idx.runs(doc)).toEqual([])
   })
 })

@@ -1,54 +1,128 @@
-// Prefix sharing between plain generate requests (issue 14 §2) in a node (leoam, fixed 16-token
-// chunks, --max-batch 2): a request whose prompt begins like a running one's links the whole
-// chunks of the common prefix (written once, on disk) instead of prefilling them, gets the
-// ids it gets alone, and the shared chunks' bytes outlive the request that wrote them while
-// the other still uses them, and are freed when the last user is gone.
+// Prefix sharing (issue 14 §2) in a node (leoam, fixed 16-token chunks, --max-batch 2): a
+// request whose prompt begins like a running request's or a stored session's document links
+// the whole chunks of the common prefix (written once, on disk) instead of prefilling them,
+// and a session opened on a document a running request holds does the same; each gets the
+// ids it gets alone, the shared bytes (disk and host arena) outlive the sequence that wrote
+// them while another still uses them, and are freed when the last user is gone.
 import { readdirSync } from "node:fs"
 import { join } from "node:path"
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { parsePolicyDocument } from "../protocol/policy.ts"
-import { adminSubjects, publicSubjects } from "../protocol/subjects.ts"
+import { adminSubjects, publicSubjects, sessionSubjects } from "../protocol/subjects.ts"
 import { ClusterTest } from "./support/cluster-layer.ts"
 
 const doc = Array.from({ length: 160 }, (_, i) => 10 + ((i * 37 + 11) % 3000)) // 10 whole chunks
 const a = { ids: [...doc, 101, 202, 303, 404, 505, 606], max_tokens: 8 }
-const b = { ids: [...doc, 111, 222, 333], max_tokens: 24 }
+const question = [111, 222, 333]
+const b = { ids: [...doc, ...question], max_tokens: 24 }
 
 layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDocument("leoam") }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+  /** Replies of requests run alone (nothing running beside them), by request. */
+  const alone = new Map<unknown, any>()
+  const setup = Effect.gen(function* () {
+    const { cluster, ask } = yield* ClusterTest
+    const aloneOf = (body: { ids: number[]; max_tokens: number }) =>
+      Effect.gen(function* () {
+        if (!alone.has(body)) alone.set(body, (yield* ask(publicSubjects.generate, body)).json)
+        return alone.get(body)
+      })
+    const stats = Effect.map(ask(adminSubjects.stats, {}), (r) => r.json)
+    const m = (yield* ask(publicSubjects.models, {})).json.models[0]
+    return {
+      ask,
+      aloneOf,
+      shared: Effect.map(stats, (s) => s.batch.shared_prefix_tokens as number),
+      hostBytes: Effect.map(stats, (s) => s.tiers.host.resident_bytes as number),
+      untilDecoding: Effect.gen(function* () {
+        while (((yield* stats).batch.decoding ?? 0) === 0) yield* Effect.sleep(10)
+      }),
+      chunkFiles: () => readdirSync(join(cluster.kvDir, "chunks")),
+      /** The KV of the document's 160 tokens (fp16 K and V of every layer). */
+      docBytes: 160 * m.layers * 2 * m.kv_heads * (m.hidden_size / m.heads) * 2,
+    }
+  })
+
   it.effect("a request sharing a running one's prefix links its chunks: same ids, written once, freed with the last user", () =>
     Effect.gen(function* () {
-      const { cluster, ask } = yield* ClusterTest
-      const chunkFiles = () => readdirSync(join(cluster.kvDir, "chunks")).length
-      const shared = Effect.map(ask(adminSubjects.stats, {}), (r) => r.json.batch.shared_prefix_tokens as number)
-      const aloneA = (yield* ask(publicSubjects.generate, a)).json
-      const aloneB = (yield* ask(publicSubjects.generate, b)).json
+      const { ask, aloneOf, shared, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setup
+      const aloneA = yield* aloneOf(a)
+      const aloneB = yield* aloneOf(b)
       expect(aloneA.error).toBeUndefined()
       expect(yield* shared).toBe(0) // one at a time: nothing running to share with
-      expect(chunkFiles()).toBe(0)
+      expect(chunkFiles()).toEqual([])
 
       const order: string[] = []
       const runA = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, a), () => Effect.sync(() => order.push("a"))))
       // Once a decodes (its prompt's chunks sealed), b joins: it links the document's 10 chunks.
-      while (((yield* ask(adminSubjects.stats, {})).json.batch.decoding ?? 0) === 0) yield* Effect.sleep(10)
+      yield* untilDecoding
       const runB = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
       const togetherA = (yield* runA).json
       // a has ended and dropped its chunks; b still reads the shared ones from a's bytes.
-      expect(chunkFiles()).toBeGreaterThan(0)
+      expect(chunkFiles().length).toBeGreaterThan(0)
       const togetherB = (yield* runB).json
       expect(order).toEqual(["a", "b"])
       expect(togetherA.ids).toEqual(aloneA.ids)
       expect(togetherB.ids).toEqual(aloneB.ids)
       expect(yield* shared).toBe(160)
-      // Written once: b wrote none of the document's KV (160 tokens, fp16 K and V of every layer), only what follows.
-      const m = (yield* ask(publicSubjects.models, {})).json.models[0]
-      const docBytes = 160 * m.layers * 2 * m.kv_heads * (m.hidden_size / m.heads) * 2
+      // Written once: b wrote none of the document's KV, only what follows.
       expect(aloneB.kv.disk.bytes_written).toBeGreaterThanOrEqual(docBytes)
       expect(togetherB.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
       // And b's first token came without prefilling them.
       expect(togetherB.timings.prefill_ms).toBeLessThan(aloneB.timings.prefill_ms)
       // Freed when the last user is gone.
-      expect(chunkFiles()).toBe(0)
+      expect(chunkFiles()).toEqual([])
+      expect(yield* hostBytes).toBe(0)
+    }),
+  )
+
+  it.effect("a request that begins like a stored session's document links its chunks; deleting the session keeps what the request reads", () =>
+    Effect.gen(function* () {
+      const { ask, aloneOf, shared, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setup
+      const aloneB = yield* aloneOf(b)
+      const opened = (yield* ask(sessionSubjects.open, { ids: doc })).json
+      expect(opened).toMatchObject({ tokens: 160 })
+      expect(opened.shared_tokens).toBeUndefined()
+      const before = yield* shared
+
+      const order: string[] = []
+      const run = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
+      // b has linked the session's chunks once it decodes; the session goes while b reads them.
+      yield* untilDecoding
+      expect((yield* ask(sessionSubjects.delete, { session: opened.session })).status).toBe("")
+      order.push("deleted")
+      const together = (yield* run).json
+      expect(order).toEqual(["deleted", "b"])
+      expect(together.ids).toEqual(aloneB.ids)
+      expect(yield* shared).toBe(before + 160)
+      expect(together.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
+      // Nothing left on disk or in the host arena.
+      expect(chunkFiles()).toEqual([])
+      expect(yield* hostBytes).toBe(0)
+    }),
+  )
+
+  it.effect("a session opened on a document a running request holds links its chunks: same answers, freed with the last user", () =>
+    Effect.gen(function* () {
+      const { ask, aloneOf, hostBytes, untilDecoding, chunkFiles } = yield* setup
+      const aloneB = yield* aloneOf(b)
+      const order: string[] = []
+      const run = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
+      yield* untilDecoding
+      const opened = (yield* ask(sessionSubjects.open, { ids: doc })).json
+      order.push("opened")
+      // The whole document taken from the request: the session wrote no KV of its own.
+      expect(opened).toMatchObject({ tokens: 160, shared_tokens: 160 })
+      expect(chunkFiles()).not.toContain(`${opened.session}.seg`)
+      expect((yield* run).json.ids).toEqual(aloneB.ids)
+      expect(order).toEqual(["opened", "b"])
+      // The request has ended; its bytes stay for the session, which answers as a fresh generate does.
+      expect(chunkFiles().length).toBeGreaterThan(0)
+      const asked = (yield* ask(sessionSubjects.generate, { session: opened.session, ids: question, max_tokens: b.max_tokens })).json
+      expect(asked.ids).toEqual(aloneB.ids)
+      expect((yield* ask(sessionSubjects.delete, { session: opened.session })).status).toBe("")
+      expect(chunkFiles()).toEqual([])
+      expect(yield* hostBytes).toBe(0)
     }),
   )
 })

@@ -10,7 +10,7 @@ import { chunkKey } from "../kv/eviction.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import type { FileIo } from "../kv/segments.ts"
 import { KvTierError } from "../kv/tier-errors.ts"
-import { type ChunkLoad, LocalTierIo, type SealedChunk } from "../kv/tier-io.ts"
+import { type ChunkLoad, LocalTierIo, releaseHostEntry, type SealedChunk } from "../kv/tier-io.ts"
 
 const temps: string[] = []
 const stores: DiskStore[] = []
@@ -193,5 +193,41 @@ describe("LocalTierIo", () => {
     c.session = "c"
     expect(await c.load(loadsOf([[0, 0]], staged), false)).toEqual(["disk"])
     expect(staged.at(-1)!.bytes).toEqual(bytesOf(0, 0))
+  })
+
+  it("a stored session letting go outside a cache (close, delete) keeps the entries a user reads until that user lets go", async () => {
+    const { io, arena, store } = setup({ hostChunks: 8 })
+    await io.storeSealed([sealed(0, 0), sealed(0, 1), sealed(0, 2)])
+    io.session = "scratch" // the run on "doc" ends: its entries stay, held by the stored session
+    store.linkChunks("doc", "req", [3]) // a request begins like it
+    const req = new LocalTierIo(arena, store, "req")
+    const staged: Array<{ chunk: number; bytes: Uint8Array }> = []
+    expect(await req.load(loadsOf([[0, 0], [0, 1]], staged), true)).toEqual(["host", "host"])
+    // The session is deleted: what the request uses stays, the rest goes.
+    for (const chunk of [0, 1, 2]) releaseHostEntry(arena, chunkKey("doc", 0, chunk))
+    store.dropSession("doc")
+    expect(arena.keys().sort()).toEqual([chunkKey("doc", 0, 0), chunkKey("doc", 0, 1)])
+    // Evicted meanwhile and read again from disk: back under the same key, still to go with the user.
+    arena.remove(chunkKey("doc", 0, 1))
+    expect(await req.load(loadsOf([[0, 1], [0, 2]], staged), true)).toEqual(["disk", "disk"])
+    expect(staged.map((x) => x.bytes)).toEqual([bytesOf(0, 0), bytesOf(0, 1), bytesOf(0, 1), bytesOf(0, 2)])
+    expect(arena.keys().sort()).toEqual([chunkKey("doc", 0, 0), chunkKey("doc", 0, 1), chunkKey("req", 0, 2)])
+    for (const chunk of [0, 1, 2]) req.forget(0, chunk)
+    expect(arena.keys()).toEqual([])
+  })
+
+  it("an owner reading its entry again holds it: a user letting go after the owner's close leaves it", async () => {
+    const { io, arena, store } = setup({ hostChunks: 8 })
+    await io.storeSealed([sealed(0, 0)])
+    io.session = "scratch"
+    store.linkChunks("doc", "req", [1])
+    const req = new LocalTierIo(arena, store, "req")
+    const staged: Array<{ chunk: number; bytes: Uint8Array }> = []
+    await req.load(loadsOf([[0, 0]], staged), true)
+    releaseHostEntry(arena, chunkKey("doc", 0, 0)) // closed while the request reads it
+    const resumed = new LocalTierIo(arena, store, "doc")
+    expect(await resumed.load(loadsOf([[0, 0]], staged), true)).toEqual(["host"])
+    req.forget(0, 0)
+    expect(arena.keys()).toEqual([chunkKey("doc", 0, 0)])
   })
 })
