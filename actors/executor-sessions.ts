@@ -10,6 +10,7 @@ import type { GpuModel } from "../engine/model.ts"
 import { kvBytesPerToken } from "../engine/kv/registry.ts"
 import type { HostArena } from "../kv/host-arena.ts"
 import { SessionStore, type StoredSession } from "../kv/session-store.ts"
+import { evictionPlan } from "../kv/session-eviction.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { releaseHostEntry } from "../kv/tier-io.ts"
@@ -122,23 +123,17 @@ export const executorSessions = (ctx: SessionContext) => {
   const bytesFor = (model: GpuModel, tokens: number) => tokens * kvBytesPerToken(model.config)
 
   /**
-   * Keeps the sessions' disk bytes within the budget: the least recently used go first, never
-   * `inUse` (the session of the run that just grew). Returns the ids evicted.
+   * Keeps the sessions' disk bytes within the budget (a chunk several sessions link counted
+   * once, kv/session-eviction.ts): the least recently used go first, never `inUse` (the
+   * session of the run that just grew) nor one a run is using. Returns the ids evicted.
    */
   const evict = (inUse: string): string[] => {
     const budget = ctx.diskBudget
     if (budget === undefined) return []
-    const all = store.list().map((s) => ({ s, bytes: store.diskBytes(s.id) }))
-    let total = all.reduce((n, x) => n + x.bytes, 0)
-    const gone: string[] = []
-    for (const { s, bytes } of all.sort((x, y) => (x.s.lastUsed < y.s.lastUsed ? -1 : x.s.lastUsed > y.s.lastUsed ? 1 : 0))) {
-      if (total <= budget) break
-      if (s.id === inUse || busy.has(s.id)) continue
-      drop(s.id)
-      total -= bytes
-      gone.push(s.id)
-      evictions++
-    }
+    const all = store.list().map((s) => ({ id: s.id, lastUsed: s.lastUsed, places: store.places(s.id) }))
+    const gone = evictionPlan(all, budget, (id) => id === inUse || busy.has(id))
+    for (const id of gone) drop(id)
+    evictions += gone.length
     return gone
   }
 

@@ -89,6 +89,16 @@ export class SessionStore {
     return this.store.dropSession(id)
   }
 
+  /** Where the session's chunks lie on disk ("file@offset": a chunk linked from another session lies at the other's place) and their lengths. */
+  places(id: string): Map<string, number> {
+    const places = new Map<string, number>()
+    for (let layer = 0; ; layer++) {
+      const chunks = this.store.chunksOf(id, layer)
+      if (chunks.length === 0) return places
+      for (const { entry } of chunks) places.set(`${entry.file}@${entry.offset}`, entry.length)
+    }
+  }
+
   /** Chunk bytes the session holds on disk (its live entries, layer by layer until one has none). */
   diskBytes(id: string): number {
     let bytes = 0

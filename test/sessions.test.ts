@@ -2,7 +2,8 @@
 // a temporary kv-dir, the test model): a session asked twice answers the same greedy ids as
 // a fresh generate of document + question, also after append and after a restart of the
 // node on the same kv-dir; another user cannot see or use it; bad input gets stable codes;
-// delete frees its disk entries; a GPU-only policy refuses sessions.
+// delete frees its disk entries; a GPU-only policy refuses sessions; the disk budget counts a
+// chunk sessions share once.
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -198,7 +199,9 @@ describe("sessions", () => {
     const mine = async () => (await ask(ann, sessionSubjects.list, {})).json.sessions.map((x: { session: string }) => x.session)
     const [p] = await mine() // the previous test's
     expect((await ask(ann, sessionSubjects.open, { ids: Array.from({ length: 400 }, () => 7) })).json.error?.code).toBe("budget_exceeded")
-    const a = (await ask(ann, sessionSubjects.open, { ids: doc })).json.session
+    // Documents unlike p's: one that began like it would share p's chunks, so p's eviction would free none of them.
+    const docA = doc.map((x) => x + 2)
+    const a = (await ask(ann, sessionSubjects.open, { ids: docA })).json.session
     expect(await mine()).toEqual([p, a])
     const b = (await ask(ann, sessionSubjects.open, { ids: doc.map((x) => x + 1) })).json.session
     expect(await mine()).toEqual([a, b]) // p was the least recently used
@@ -206,6 +209,11 @@ describe("sessions", () => {
     expect((await ask(ann, sessionSubjects.open, { ids: [5, 6, 7] })).json.error?.code).toBe("session_quota")
     expect((await ask(ben, sessionSubjects.open, { ids: [5, 6, 7] })).status).toBe("")
     expect(await mine()).toEqual([a, b, small])
+    // A document that begins like a stored one lies on disk once and counts once: nothing evicted.
+    const c = (await ask(ben, sessionSubjects.open, { ids: docA })).json
+    expect(c.shared_tokens).toBe(128)
+    expect(await mine()).toEqual([a, b, small])
+    expect((await ask(ben, sessionSubjects.delete, { session: c.session })).status).toBe("")
   })
 
   it("a document that begins like a stored one shares its whole chunks: written once, freed with the last user", async () => {
