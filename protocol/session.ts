@@ -49,7 +49,7 @@ export const SessionReply = Schema.Struct({
   subjects: SessionSubjects,
   /** Prefill of what this request added. */
   prefill_ms: Schema.Number,
-  /** open: the leading tokens whose chunks the new session shares with a stored one (not prefilled, not written again). */
+  /** open: the leading tokens whose chunks the new session shares with a stored session or a running request (not prefilled, not written again). */
   shared_tokens: Schema.optional(Schema.Int),
 }).annotations({ identifier: "SessionReply" })
 export type SessionReply = typeof SessionReply.Type

@@ -76,51 +76,39 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
     }),
   )
 
-  it.effect("a request that begins like a stored session's document links its chunks; deleting the session keeps what the request reads", () =>
+  it.effect("between requests and sessions, both ways: a session opened on a running request's document, then a request after that session, which is deleted under it", () =>
     Effect.gen(function* () {
       const { ask, aloneOf, shared, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setup
       const aloneB = yield* aloneOf(b)
-      const opened = (yield* ask(sessionSubjects.open, { ids: doc })).json
-      expect(opened).toMatchObject({ tokens: 160 })
-      expect(opened.shared_tokens).toBeUndefined()
-      const before = yield* shared
-
       const order: string[] = []
-      const run = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
-      // b has linked the session's chunks once it decodes; the session goes while b reads them.
-      yield* untilDecoding
-      expect((yield* ask(sessionSubjects.delete, { session: opened.session })).status).toBe("")
-      order.push("deleted")
-      const together = (yield* run).json
-      expect(order).toEqual(["deleted", "b"])
-      expect(together.ids).toEqual(aloneB.ids)
-      expect(yield* shared).toBe(before + 160)
-      expect(together.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
-      // Nothing left on disk or in the host arena.
-      expect(chunkFiles()).toEqual([])
-      expect(yield* hostBytes).toBe(0)
-    }),
-  )
-
-  it.effect("a session opened on a document a running request holds links its chunks: same answers, freed with the last user", () =>
-    Effect.gen(function* () {
-      const { ask, aloneOf, hostBytes, untilDecoding, chunkFiles } = yield* setup
-      const aloneB = yield* aloneOf(b)
-      const order: string[] = []
-      const run = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
+      const first = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
       yield* untilDecoding
       const opened = (yield* ask(sessionSubjects.open, { ids: doc })).json
       order.push("opened")
       // The whole document taken from the request: the session wrote no KV of its own.
       expect(opened).toMatchObject({ tokens: 160, shared_tokens: 160 })
       expect(chunkFiles()).not.toContain(`${opened.session}.seg`)
-      expect((yield* run).json.ids).toEqual(aloneB.ids)
+      expect((yield* first).json.ids).toEqual(aloneB.ids)
       expect(order).toEqual(["opened", "b"])
       // The request has ended; its bytes stay for the session, which answers as a fresh generate does.
       expect(chunkFiles().length).toBeGreaterThan(0)
       const asked = (yield* ask(sessionSubjects.generate, { session: opened.session, ids: question, max_tokens: b.max_tokens })).json
       expect(asked.ids).toEqual(aloneB.ids)
+
+      // A request that begins like the stored session's document links its chunks; the session
+      // is deleted while the request still reads them.
+      const before = yield* shared
+      const second = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b again"))))
+      yield* untilDecoding
       expect((yield* ask(sessionSubjects.delete, { session: opened.session })).status).toBe("")
+      order.push("deleted")
+      const together = (yield* second).json
+      expect(order.slice(2)).toEqual(["deleted", "b again"])
+      expect(together.ids).toEqual(aloneB.ids)
+      expect(yield* shared).toBe(before + 160)
+      expect(together.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
+      expect(together.timings.prefill_ms).toBeLessThan(aloneB.timings.prefill_ms)
+      // Nothing left on disk or in the host arena once the last user is gone.
       expect(chunkFiles()).toEqual([])
       expect(yield* hostBytes).toBe(0)
     }),
