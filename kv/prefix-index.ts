@@ -67,7 +67,6 @@ export class PrefixIndex {
       return { sequence, chunks }
     })
   }
-
 }
 
 /**
@@ -85,8 +84,10 @@ export const linkSharedPrefix = (
   layers: number,
 ): { readonly from: string; readonly chunks: number } | undefined => {
   let best: { from: string; chunks: number } | undefined
-  for (const run of index.runs(keys)) {
-    if (run.sequence === to || run.chunks <= (best?.chunks ?? 0)) continue
+  // Longest runs first: once a run is no longer than the best sealed count, none after it can beat it.
+  for (const run of index.runs(keys).sort((x, y) => y.chunks - x.chunks)) {
+    if (run.chunks <= (best?.chunks ?? 0)) break
+    if (run.sequence === to) continue
     let chunks = run.chunks
     for (let l = 0; l < layers && chunks > 0; l++) chunks = Math.min(chunks, store.chunksOf(run.sequence, l).length)
     if (chunks > (best?.chunks ?? 0)) best = { from: run.sequence, chunks }
