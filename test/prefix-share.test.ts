@@ -1,4 +1,4 @@
-// Prefix sharing (issue 14 §2) in a node (leoam, fixed 16-token chunks, --max-batch 2): a
+// Prefix sharing (issue 14 §2) in a node (leoam, fixed 32-token chunks, --max-batch 2): a
 // request whose prompt begins like a running request's or a stored session's document links
 // the whole chunks of the common prefix (written once, on disk) instead of prefilling them,
 // and a session opened on a document a running request holds does the same; each gets the
@@ -12,7 +12,7 @@ import { parsePolicyDocument } from "../protocol/policy.ts"
 import { adminSubjects, publicSubjects, sessionSubjects } from "../protocol/subjects.ts"
 import { ClusterTest } from "./support/cluster-layer.ts"
 
-const doc = Array.from({ length: 160 }, (_, i) => 10 + ((i * 37 + 11) % 3000)) // 10 whole chunks
+const doc = Array.from({ length: 160 }, (_, i) => 10 + ((i * 37 + 11) % 3000)) // 5 whole chunks
 const a = { ids: [...doc, 101, 202, 303, 404, 505, 606], max_tokens: 8 }
 const question = [111, 222, 333]
 const b = { ids: [...doc, ...question], max_tokens: 24 }
@@ -54,7 +54,7 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
 
       const order: string[] = []
       const runA = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, a), () => Effect.sync(() => order.push("a"))))
-      // Once a decodes (its prompt's chunks sealed), b joins: it links the document's 10 chunks.
+      // Once a decodes (its prompt's chunks sealed), b joins: it links the document's 5 chunks.
       yield* untilDecoding
       const runB = yield* Effect.fork(Effect.tap(ask(publicSubjects.generate, b), () => Effect.sync(() => order.push("b"))))
       const togetherA = (yield* runA).json
