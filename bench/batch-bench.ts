@@ -4,7 +4,10 @@
 // projections, against batch 1 through the model's own GEMV step. The tiered policies share
 // one host arena (`--host-kv-budget`) and one disk store; the GPU budget (`--gpu-kv-budget`)
 // is shared by the largest batch: each sequence gets budget / max(--batches) at every B
-// (its KV is filled once). Tokens are chosen on the GPU, steps submitted back to back after
+// (its KV is filled once). Full attention's sequences take their KV blocks from one shared
+// store (unless --no-shared-kv), so a batch attends all rows in one dispatch a layer
+// (engine/batch-attention.ts); a setup "P:rows" runs projections P with attention per row
+// instead, side by side. Tokens are chosen on the GPU, steps submitted back to back after
 // two warm-up steps (DESIGN §6). Prints a table and writes JSON (--out).
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -12,6 +15,9 @@ import { join } from "node:path"
 import { Command } from "commander"
 import { parseSize } from "../cli/sizes.ts"
 import { DecodeBatch, type Projections } from "../engine/batch.ts"
+import { readBack } from "../engine/buffers.ts"
+import { parseSkinnyForm } from "../engine/batch-mma.ts"
+import { KvBlockStore } from "../engine/kv/block-store.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { isTiered, kvEngineOptions } from "../engine/kv/registry.ts"
 import { GpuModel } from "../engine/model.ts"
@@ -37,7 +43,8 @@ const o = new Command()
   .option("--steps <n>", "timed steps per setup", (v) => Number(v), 16)
   .option("--max-seconds <s>", "stop starting new setups after this long", (v) => Number(v), 400)
   .option("--fill-seconds <s>", "stop filling sequences of a policy after this long (the largest batches are then skipped)", (v) => Number(v), 200)
-  .option("--mma-forms <list>", "forms of the matrix-unit projections, SPLITxCOLS (engine/batch-mma.ts), each its own setup", "")
+  .option("--mma-forms <list>", "forms of the matrix-unit projections, SPLITxCOLS[k] (engine/batch-mma.ts), each its own setup; a trailing :rows attends per row", "")
+  .option("--no-shared-kv", "full attention: each sequence its own KV pool (attention per row)")
   .option("--out <file>", "write the results as JSON")
   .parse()
   .opts()
@@ -45,13 +52,17 @@ const o = new Command()
 interface Row {
   policy: string
   batch: number
-  projections: Projections | "alone" | `mma/${string}`
+  projections: Projections | "alone" | `${Projections}:rows` | `mma/${string}`
   ms_per_step: number
   tokens_per_s: number
   steps: number
+  /** Where the same projections ran with attention the other way at this B: whether every row chose the same ids. */
+  same_ids?: boolean
   error?: string
 }
 
+const how = (setup: string) => setup.split(":")[1]
+const chosenIds = new Map<string, string>()
 const started = performance.now()
 const outOfTime = () => (performance.now() - started) / 1000 > o.maxSeconds
 const batches = list(o.batches).map(Number)
@@ -64,7 +75,7 @@ const c = lead.config
 const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-batch-bench-"))
 const rows: Row[] = []
 const print = (r: Row) =>
-  console.log(`${r.policy.padEnd(12)} B=${String(r.batch).padStart(2)} ${r.projections.padEnd(8)} ${r.error ? `error: ${r.error}` : `${r.ms_per_step.toFixed(2)} ms/step  ${r.tokens_per_s.toFixed(1)} tokens/s  (${r.steps} steps)`}`)
+  console.log(`${r.policy.padEnd(12)} B=${String(r.batch).padStart(2)} ${r.projections.padEnd(8)} ${r.error ? `error: ${r.error}` : `${r.ms_per_step.toFixed(2)} ms/step  ${r.tokens_per_s.toFixed(1)} tokens/s  (${r.steps} steps)${r.same_ids === undefined ? "" : r.same_ids ? "  same ids as attention the other way" : "  ids DIFFER from attention the other way"}`}`)
 console.log(`batch-bench: ${c.name}, ${o.context} tokens of context per sequence, device ${gpu.adapterName}`)
 
 /** Times `steps` back-to-back steps of `step` after two warm-up steps; ms per step. */
@@ -86,11 +97,13 @@ for (const name of list(o.policies)) {
   const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
   const maxContext = o.context + 2 * (o.steps + 2) + 16
   const seqs: GpuModel[] = []
+  // Full attention: every sequence's blocks in one store, so that a batch attends them together.
+  const shared = !tiered && policy.name === "full" && o.sharedKv ? new KvBlockStore(gpu.device, c, lead.blockTokens, maxB * Math.ceil(maxContext / lead.blockTokens)) : undefined
   try {
     const fillStart = performance.now()
     for (let i = 0; i < maxB && !outOfTime() && (performance.now() - fillStart) / 1000 < o.fillSeconds; i++) {
       const tiers = { gpuBudgetBytes: tiered ? Math.floor(parseSize(o.gpuKvBudget) / maxB) : undefined, arena, store, session: `bench-${name}-${i}` }
-      const model = await lead.sibling({ maxContext, ...kvEngineOptions(policy, tiers, c, maxContext) })
+      const model = await lead.sibling({ maxContext, ...kvEngineOptions(policy, tiers, c, maxContext), kvBlocks: shared })
       seqs.push(model)
       const f0 = performance.now()
       await synthesizeKv(model, o.context, 1 + i)
@@ -98,7 +111,7 @@ for (const name of list(o.policies)) {
       console.log(`  ${name}: sequence ${i} filled in ${((performance.now() - f0) / 1000).toFixed(1)} s`)
     }
     for (const b of batches) {
-      const chosen: Array<Row["projections"]> = [...(list(o.projections) as Projections[]), ...list(o.mmaForms).map((f) => `mma/${f}` as const)]
+      const chosen = [...list(o.projections), ...list(o.mmaForms).map((f) => `mma/${f}`)] as Array<Row["projections"]>
       const setups: Array<Row["projections"]> = b === 1 ? ["alone", ...chosen] : chosen
       for (const projections of setups) {
         if (outOfTime() || b > seqs.length) break
@@ -111,14 +124,21 @@ for (const name of list(o.policies)) {
           let batch: DecodeBatch | undefined
           if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
           else {
-            const [kind, form] = projections.split("/") as [Projections, string | undefined]
-            const [SPLIT, COLS] = (form ?? "").split("x").map(Number)
+            const [setup, how] = projections.split(":")
+            const [kind, form] = setup!.split("/") as [Projections, string | undefined]
             // minRows 1: the matrix units at every B, also where a batch would take the GEMVs.
-            batch = await DecodeBatch.open(lead, b, kind, { minRows: 1, ...(form ? { form: { SPLIT: SPLIT!, COLS: COLS as 1 | 2 } } : {}) })
+            batch = await DecodeBatch.open(lead, b, kind, { minRows: 1, rowAttention: how === "rows", ...(form ? { form: parseSkinnyForm(form) } : {}) })
             step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
           }
           const t = await time(step)
+          if (batch && b > 1 && shared && !batch.attendsTogether && how(projections) !== "rows") throw new Error("the rows did not attend together")
           batch?.destroy()
+          // Every row's chosen ids, against the same projections with attention the other way (together / per row).
+          const ids = (await Promise.all(members.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 4, (o.steps + 2) * 4))]))).join(";")
+          const key = `${name} ${b} ${projections.split(":")[0]}`
+          const before = chosenIds.get(key)
+          if (before === undefined) chosenIds.set(key, ids)
+          else row.same_ids = before === ids
           for (const m of members) {
             await m.settle()
             m.truncate(o.context) // the next setup starts from the same context
@@ -137,6 +157,7 @@ for (const name of list(o.policies)) {
     print(row)
   } finally {
     for (const m of seqs) m.destroy()
+    shared?.destroy()
     await store?.close()
   }
 }

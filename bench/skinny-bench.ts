@@ -1,15 +1,16 @@
 // Batched decode's projections alone, at Llama-3.1-8B's shapes: the matrix units (kernels/
 // half_rows.wgsl + gemm_skinny.wgsl, engine/batch-mma.ts) for several splits of K against
-// kernels/gemv_multi.wgsl, for M = 1, 4, 16 rows (forms SPLITxCOLS: SPLIT subgroups a
-// workgroup, each 1/SPLIT of K; COLS output tiles of 16 columns a workgroup), as ms per projection and the weight
-// bandwidth that makes (every weight is read once per 16 rows, or once per 8 with gemv_multi).
+// kernels/gemv_multi.wgsl (8 rows a pass, and 16: multi16), for M = 1, 4, 16 rows (forms
+// SPLITxCOLS[k]: SPLIT subgroups a workgroup, each 1/SPLIT of K; COLS output tiles of 16
+// columns a workgroup; k: K a pipeline constant), as ms per projection and the weight
+// bandwidth that makes (every weight is read once per 16 rows, or once per 8 with multi).
 // Four copies of each weight are cycled so that repeats do not hit the L2 cache. Checked
 // first against the CPU reference at K = 4096 (RMSNorm, SwiGLU and the residual fused).
-//   LEOAM_MATRIX_UNITS=auto npx tsx bench/skinny-bench.ts [--m 1,4,16] [--forms 8x1,16x1,8x2,16x2] [--out FILE]
+//   LEOAM_MATRIX_UNITS=auto npx tsx bench/skinny-bench.ts [--m 1,4,16] [--forms 8x1,16x1,8x2,16x2,16x2k] [--out FILE]
 import { writeFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { dispatchOf, type Dispatch, Uniform } from "../engine/buffers.ts"
-import { halfRowsKey, skinnyFor, skinnyKey } from "../engine/batch-mma.ts"
+import { halfRowsKey, parseSkinnyForm, skinnyFor, skinnyKey } from "../engine/batch-mma.ts"
 import { gemvShapes, type GemvOp } from "../engine/gemv-tuning.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { GEMM_TOLERANCE } from "../engine/matrix-check.ts"
@@ -27,11 +28,9 @@ console.log(`skinny-bench on ${gpu.adapterName}: matrix units ${base ? `on (SG $
 const device = gpu.device
 const pipelines = new Pipelines(gpu)
 const ms = args.m!.split(",").map(Number)
-const forms = args.forms!.split(",").map((f) => {
-  const [SPLIT, COLS] = f.split("x").map(Number)
-  if (![4, 8, 16].includes(SPLIT!) || (COLS !== 1 && COLS !== 2)) throw new Error(`--forms: SPLITxCOLS with SPLIT 4, 8 or 16 and COLS 1 or 2, not ${f}`)
-  return { SPLIT: SPLIT!, COLS: COLS as 1 | 2, name: f }
-})
+const forms = args.forms!.split(",").map((f) => ({ ...parseSkinnyForm(f), name: f }))
+/** Forms whose pipelines failed to build on this device (reported, then skipped). */
+const failed = new Set<string>()
 
 const checks: Array<{ form: string; flags: Record<string, boolean>; error: number; ok: boolean }> = []
 if (base) {
@@ -39,10 +38,15 @@ if (base) {
     const variants: Array<Record<string, boolean>> = [{ NORM: true, SWIGLU: true, ACC: true }, { BIAS: true, ACC: true }]
     for (const flags of variants) {
       const { NORM, ...rest } = flags
-      const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS }
-      const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k)), { M: 16, N: 128, K: 4096, flags }, 7, form.COLS)
-      checks.push({ form: form.name, flags, error, ok: error <= GEMM_TOLERANCE })
-      console.log(`check ${form.name} ${JSON.stringify(flags)}: relative error ${error.toExponential(2)} ${error <= GEMM_TOLERANCE ? "ok" : "WRONG"}`)
+      const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX }
+      try {
+        const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k, 4096)), { M: 16, N: 128, K: 4096, flags }, 7, form.COLS)
+        checks.push({ form: form.name, flags, error, ok: error <= GEMM_TOLERANCE })
+        console.log(`check ${form.name} ${JSON.stringify(flags)}: relative error ${error.toExponential(2)} ${error <= GEMM_TOLERANCE ? "ok" : "WRONG"}`)
+      } catch (e) {
+        failed.add(form.name)
+        console.log(`check ${form.name} ${JSON.stringify(flags)}: FAILED to build or run: ${(e as Error).message}`)
+      }
     }
   }
 }
@@ -77,19 +81,21 @@ for (const [op, flags] of ops) {
       }
     })
     const row = { op, M, kernel, ms: s * 1000, gbps: (n * k * 2 * Math.ceil(M / (kernel === "multi" ? 8 : 16))) / s / 1e9 }
+    // (multi16, like the matrix units, reads the weights once per 16 rows.)
     rows.push(row)
     console.log(`${op.padEnd(5)} M=${String(M).padStart(2)} ${kernel.padEnd(9)} ${row.ms.toFixed(4)} ms  ${row.gbps.toFixed(0)} GB/s of weights`)
   }
   for (const M of ms) {
     if (base) {
       for (const form of forms) {
+        if (failed.has(form.name)) continue
         const { NORM, ...rest } = flags
         const uh = new Uniform(device, "uh", "uufu")
         uh.set(M, k, 1e-5, 0)
         const ug = new Uniform(device, "ug", "uuuu")
         ug.set(M, n, k, 0)
         const half = await pipelines.get(halfRowsKey(NORM === true))
-        const gemm = await pipelines.get(skinnyKey(rest, { ...base, SPLIT: form.SPLIT, COLS: form.COLS }))
+        const gemm = await pipelines.get(skinnyKey(rest, { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX }, k))
         const rowsPadded = Math.ceil(M / 16) * 16
         await time(M, `mma/${form.name}`, (w) => [
           dispatchOf(device, half, [[0, uh.buffer], [1, x], [2, xh], ...(NORM ? [[4, gamma] as const] : [])], rowsPadded),
@@ -97,12 +103,14 @@ for (const [op, flags] of ops) {
         ])
       }
     }
-    const key: PipelineKey = { op: "gemv_multi", flags, constants: { WG: 128, ROWS: 2, MR: 8 } }
-    const groups = Math.ceil(n / 2)
-    const u = gemvUniform(device, "multi")
-    u.set(n, k, 1e-5, Math.min(groups, 65535))
-    const multi = await pipelines.get(key)
-    await time(M, "multi", (w) => [dispatchOf(device, multi, [[0, u.buffer], [1, w], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])], Math.min(groups, 65535), Math.ceil(groups / 65535), Math.ceil(M / 8))])
+    for (const MR of [8, 16]) {
+      const key: PipelineKey = { op: "gemv_multi", flags: { ...flags, MR16: MR === 16 }, constants: { WG: MR === 16 ? 64 : 128, ROWS: 2, MR } }
+      const groups = Math.ceil(n / 2)
+      const u = gemvUniform(device, "multi")
+      u.set(n, k, 1e-5, Math.min(groups, 65535))
+      const multi = await pipelines.get(key)
+      await time(M, MR === 8 ? "multi" : "multi16", (w) => [dispatchOf(device, multi, [[0, u.buffer], [1, w], [2, x], [3, y], ...(flags.NORM ? [[4, gamma] as const] : [])], Math.min(groups, 65535), Math.ceil(groups / 65535), Math.ceil(M / MR))])
+    }
   }
   for (const b of [...ws, x, gamma, xh, y]) b.destroy()
 }

@@ -21,17 +21,29 @@ export interface SkinnyConstants {
   readonly SG: number
   readonly SPLIT: number
   readonly COLS: 1 | 2
+  /** K a pipeline constant (one pipeline per K) instead of a uniform. */
+  readonly KFIX?: boolean
 }
 
-/** The default form (split of K, output tiles a workgroup). */
-export const SKINNY_FORM: Pick<SkinnyConstants, "SPLIT" | "COLS"> = { SPLIT: 8, COLS: 1 }
+/** A form: split of K, output tiles a workgroup, K fixed. */
+export type SkinnyForm = Pick<SkinnyConstants, "SPLIT" | "COLS" | "KFIX">
+
+/** The default form. */
+export const SKINNY_FORM: SkinnyForm = { SPLIT: 8, COLS: 1 }
+
+/** A form from its name, SPLITxCOLS with a trailing "k" for KFIX (e.g. 16x2k). */
+export const parseSkinnyForm = (name: string): SkinnyForm => {
+  const m = /^(4|8|16)x([12])(k?)$/.exec(name)
+  if (!m) throw new RangeError(`a matrix-unit form is SPLITxCOLS[k] with SPLIT 4, 8 or 16 and COLS 1 or 2, not ${name}`)
+  return { SPLIT: Number(m[1]), COLS: Number(m[2]) as 1 | 2, ...(m[3] ? { KFIX: true } : {}) }
+}
 
 /**
  * gemm_skinny's constants for a model on a device, or undefined where it cannot run: the
  * device must have been opened with the f16 matrix configuration (engine/gpu.ts), a fixed
  * subgroup size, and every projection's rows (gate/up: per half) and K multiples of 16.
  */
-export const skinnyFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize">, c: ModelConfig, form = SKINNY_FORM): SkinnyConstants | undefined => {
+export const skinnyFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize">, c: ModelConfig, form: SkinnyForm = SKINNY_FORM): SkinnyConstants | undefined => {
   if (!gpu.matrixF16 || gpu.subgroupMinSize !== gpu.subgroupMaxSize || gpu.subgroupMaxSize === undefined) return undefined
   const shapes = gemvShapes(c)
   const fits = (Object.keys(shapes) as GemvOp[]).every((op) => {
@@ -41,23 +53,28 @@ export const skinnyFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subg
   return fits ? { SG: gpu.subgroupMaxSize, ...form } : undefined
 }
 
-/** The key of gemm_skinny with `flags` (ACC, BIAS, SWIGLU) in form k; R2 / R4: right tiles per left tile. */
-export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants): PipelineKey => {
+/** The key of gemm_skinny with `flags` (ACC, BIAS, SWIGLU) in form k for K (KFIX forms); R2 / R4: right tiles per left tile. */
+export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants, K = 0): PipelineKey => {
   const cols2 = k.COLS === 2
   const swiglu = flags.SWIGLU === true
-  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, R2: cols2 || swiglu, R4: cols2 && swiglu }, constants: { SG: k.SG, SPLIT: k.SPLIT } }
+  const fixed = k.KFIX === true
+  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, R2: cols2 || swiglu, R4: cols2 && swiglu, KFIX: fixed }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
 }
 export const halfRowsKey = (norm: boolean): PipelineKey => ({ op: "half_rows", flags: { NORM: norm } })
 
 /** Every pipeline the matrix-unit projections of a model need (prewarm them before building). */
-export const mmaPipelineKeys = (k: SkinnyConstants, bias: boolean): PipelineKey[] => [
-  halfRowsKey(true),
-  halfRowsKey(false),
-  skinnyKey({}, k),
-  skinnyKey({ ACC: true }, k),
-  skinnyKey({ SWIGLU: true }, k),
-  ...(bias ? [skinnyKey({ BIAS: true }, k), skinnyKey({ ACC: true, BIAS: true }, k)] : []),
-]
+export const mmaPipelineKeys = (k: SkinnyConstants, bias: boolean, c: ModelConfig): PipelineKey[] => {
+  const shapes = gemvShapes(c)
+  return [
+    halfRowsKey(true),
+    halfRowsKey(false),
+    ...(Object.keys(shapes) as GemvOp[]).flatMap((op) => projectionFlags(op, bias).map((flags) => skinnyKey(flags, k, shapes[op][1]))),
+  ]
+}
+
+/** gemm_skinny's flags for a projection (with and without a bias where the model may have one). */
+const projectionFlags = (op: GemvOp, bias: boolean): Array<Record<string, boolean>> =>
+  op === "qkv" ? [{}, ...(bias ? [{ BIAS: true }] : [])] : op === "o" ? [{ ACC: true }, ...(bias ? [{ ACC: true, BIAS: true }] : [])] : op === "gu" ? [{ SWIGLU: true }] : op === "down" ? [{ ACC: true }] : [{}]
 
 export interface MmaInputs {
   readonly device: GPUDevice
@@ -93,7 +110,7 @@ export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) =>
     const uh = new Uniform(device, `batch half_rows ${op}`, "uufu")
     const ug = new Uniform(device, `batch gemm_skinny ${op}`, "uuuu")
     const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
-    const key = skinnyKey({ ...flags, ...(bias ? { BIAS: true } : {}) }, i.skinny)
+    const key = skinnyKey({ ...flags, ...(bias ? { BIAS: true } : {}) }, i.skinny, k)
     const outs = flags.SWIGLU ? n / 2 : n
     const gemm = dispatchOf(device, i.pipelines.now(key), [[0, ug.buffer], [1, xh], [2, w], [3, y], ...(bias ? [[5, bias] as const] : [])], outs / (16 * i.skinny.COLS), 1, 1)
     resizers.push((m) => {

@@ -4,9 +4,12 @@
 // one decode driver (engine/decode-driver.ts) with B rows: per layer the QKV projection of
 // all rows, then per row RoPE + KV append into its own pools and attention through its own
 // manager, then per row the combine into the batch's rows, then the O / gate-up / down
-// projections of all rows; the head projects all rows, and each row's logits are copied to
-// its model before it samples, so every sampling path (GPU argmax / Gumbel, host top-k / p
-// from `model.logits`) reads its row as after a step of its own. The projections are the
+// projections of all rows. Where every row's manager keeps its blocks in one shared
+// KvBlockStore (full attention, `kvBlocks`), RoPE, attention and combine are instead one
+// dispatch each per layer for all rows (engine/batch-attention.ts). The head projects all
+// rows, and each row's logits are copied to its model before it samples, so every sampling
+// path (GPU argmax / Gumbel, host top-k / p from `model.logits`) reads its row as after a
+// step of its own. The projections are the
 // prefill GEMMs (weights read once per step, 64-row tiles) or the decode GEMVs (one pass
 // over the weights per row, no wasted rows): which is faster at small B depends on the
 // device (bench/batch-bench.ts measures both). Only `step` changes state.
@@ -21,7 +24,8 @@ import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
 import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
 import type { ModelConfig } from "../models/types.ts"
-import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, skinnyFor } from "./batch-mma.ts"
+import { BatchAttention } from "./batch-attention.ts"
+import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
 
 /** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
 export interface BatchRow {
@@ -49,8 +53,10 @@ export const MMA_MIN_ROWS = 4
 
 /** The matrix-unit projections' form (default SKINNY_FORM) and the fewest rows that take them (default MMA_MIN_ROWS). */
 export interface MmaOptions {
-  readonly form?: typeof SKINNY_FORM
+  readonly form?: SkinnyForm
   readonly minRows?: number
+  /** Attention per row even where the rows share a KV block store (side-by-side benchmarks). */
+  readonly rowAttention?: boolean
 }
 
 /** Rows of x per gemv_multi workgroup. */
@@ -108,6 +114,9 @@ export class DecodeBatch {
   /** The projections of the current members' steps: `shared`, or `few`. */
   private active: Shared
   private readonly mmaMinRows: number
+  private readonly rowAttention: boolean
+  /** Attention of every row in one dispatch a layer, for rows in this store (made at the first such step). */
+  private attention: BatchAttention | undefined
   private readonly qkvBytes: number
   private readonly attnBytes: number
   private readonly rowPrograms = new Map<GpuModel, RowProgram>()
@@ -121,7 +130,7 @@ export class DecodeBatch {
   /** A batch on `lead`'s weights, its pipelines prewarmed first. */
   static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, lead.config, capacity), mma: MmaOptions = {}): Promise<DecodeBatch> {
     if (projections === "multi") await lead.pipelines.prewarm(multiPipelineKeys())
-    if (projections === "mma") await lead.pipelines.prewarm(mmaPipelineKeys(skinnyOf(lead, mma.form ?? SKINNY_FORM), lead.weights.layers.some((w) => w.bqkv || w.bo)))
+    if (projections === "mma") await lead.pipelines.prewarm(mmaPipelineKeys(skinnyOf(lead, mma.form ?? SKINNY_FORM), lead.weights.layers.some((w) => w.bqkv || w.bo), lead.config))
     return new DecodeBatch(lead, capacity, projections, mma)
   }
 
@@ -156,13 +165,14 @@ export class DecodeBatch {
     this.few = projections === "mma" ? gemvShared(inputs, act, u) : undefined
     this.active = this.shared
     this.mmaMinRows = mma.minRows ?? MMA_MIN_ROWS
+    this.rowAttention = mma.rowAttention ?? false
     this.embed = dispatchOf(device, lead.pipelines.now(lead.keys.embed), [[0, u.embedPrefill.buffer], [1, lead.weights.embed], [2, this.ids], [3, x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
     this.embedRows = (m) => {
       u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
       this.embed.y = m
     }
     this.steps = new PassEncoder(device)
-    this.driverRows = this.rowsOf([])
+    this.driverRows = this.rowsOf([], [])
   }
 
   /**
@@ -182,10 +192,37 @@ export class DecodeBatch {
     return decodeStep(this.driverRows, step)
   }
 
-  // The rows' programs and the step's layer lists for a new membership.
+  /** Whether the current members' steps attend all rows in one dispatch a layer (rows sharing a KV block store). */
+  get attendsTogether(): boolean {
+    return this.attention !== undefined && this.driverRows.kvs[0] === this.attention
+  }
+
+  // The step's layer lists for a new membership.
   private join(rows: ReadonlyArray<BatchRow>): void {
     const m = rows.length
     const members = rows.map((r) => r.model)
+    this.active = this.few && m < this.mmaMinRows ? this.few : this.shared
+    this.members = members
+    this.active.resize(m)
+    this.embedRows(m)
+    const store = members[0].kv.batched?.pool.store
+    if (!this.rowAttention && BatchAttention.fits(members.map((model) => model.kv), store)) {
+      let a = this.attention
+      if (!a || a.store !== store) {
+        a?.destroy()
+        const l = this.lead
+        a = this.attention = new BatchAttention({ device: l.gpu.device, pipelines: l.pipelines, config: l.config, keys: l.keys, store: store!, capacity: this.capacity, qkv: this.qkv, attn: this.attn })
+      }
+      a.use(members.map((model) => model.kv.batched!))
+      this.layers = this.active.layers.map((g, l) => ({ pre: [...g.pre, a.layers[l].rope], post: [a.layers[l].combine, ...g.post] }))
+      this.driverRows = this.rowsOf([a], this.layers)
+      return
+    }
+    this.joinRows(members)
+  }
+
+  // Attention per row, through each row's own manager: the rows' programs (RoPE + append, combine).
+  private joinRows(members: ReadonlyArray<GpuModel>): void {
     for (const model of this.rowPrograms.keys()) if (!members.includes(model)) this.rowPrograms.delete(model)
     const programs = members.map((model, row) => {
       const held = this.rowPrograms.get(model)
@@ -195,22 +232,21 @@ export class DecodeBatch {
       this.rowPrograms.set(model, program)
       return program
     })
-    this.active = this.few && m < this.mmaMinRows ? this.few : this.shared
     this.layers = this.active.layers.map((g, l) => ({
       pre: [...g.pre, ...programs.map((p) => p.layers[l].rope)],
       post: [...programs.map((p) => p.layers[l].combine), ...g.post],
     }))
-    this.members = members
-    this.driverRows = this.rowsOf(members)
-    this.active.resize(m)
-    this.embedRows(m)
+    this.driverRows = this.rowsOf(
+      members.map((m) => m.kv),
+      this.layers,
+    )
   }
 
-  private rowsOf(members: ReadonlyArray<GpuModel>): DecodeRows {
+  private rowsOf(kvs: DecodeRows["kvs"], layers: ReadonlyArray<LayerProgram>): DecodeRows {
     const vocabBytes = this.lead.config.vocabSize * 4
     return {
-      kvs: members.map((m) => m.kv),
-      layers: this.layers,
+      kvs,
+      layers,
       begin: (step) => {
         step.record((e) => {
           this.rows.forEach((r, b) => e.copyBufferToBuffer(r.model.tokenIds, (r.inSlot % GpuModel.idSlots) * 4, this.ids, b * 4, 4))
@@ -230,6 +266,7 @@ export class DecodeBatch {
 
   destroy(): void {
     for (const b of this.buffers) b.destroy()
+    this.attention?.destroy()
     this.shared.destroy?.()
     this.rowPrograms.clear()
   }
@@ -313,7 +350,7 @@ const mmaShared = (i: SharedInputs, a: SharedBuffers, capacity: number, skinny: 
   return { layers: p.layers.map((l) => ({ pre: l.pre, post: l.post })), head: p.head, resize: p.resize, destroy: p.destroy }
 }
 
-const skinnyOf = (lead: GpuModel, form: typeof SKINNY_FORM): SkinnyConstants => {
+const skinnyOf = (lead: GpuModel, form: SkinnyForm): SkinnyConstants => {
   const k = skinnyFor(lead.gpu, lead.config, form)
   if (!k) throw new RangeError(`matrix-unit projections need f16 subgroup matrices (LEOAM_MATRIX_UNITS) and a model whose rows and K are multiples of 16 (${lead.gpu.adapterName})`)
   return k

@@ -10,10 +10,13 @@ import { type Dispatch, storageBuffer } from "./buffers.ts"
 import type { CopyOut, SampleParams } from "./model.ts"
 import type { LayerProgram } from "./program.ts"
 
+/** What the driver asks of a row's attention: its KV manager's, or a batch's for all its rows (engine/batch-attention.ts). */
+export type DecodeKv = Pick<KvManager, "beginDecode" | "rewinds" | "attendDecode" | "endLayers" | "endDecode" | "afterDecode">
+
 /** One decode step's rows as the driver sees them. */
 export interface DecodeRows {
-  /** Row b's sequence's KV manager (its token slot was written by the step's preparation). */
-  readonly kvs: ReadonlyArray<KvManager>
+  /** Row b's sequence's KV manager (its token slot was written by the step's preparation), or one attention for all rows. */
+  readonly kvs: ReadonlyArray<DecodeKv>
   /** Per layer: `pre` ends with every row's query in its manager's `act.q` and its K, V appended; `post` starts with the combines. */
   readonly layers: ReadonlyArray<LayerProgram>
   /** Before the first layer: the rows' input tokens into the residual stream. */

@@ -23,6 +23,7 @@ import { buildProgram, type Program, rowLogits } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
 import { prefillByLayer } from "./prefill-by-layer.ts"
 import type { TierStats } from "./kv/tiered/index.ts"
+import type { KvBlockStore } from "./kv/block-store.ts"
 
 export interface EngineOptions {
   /** Most tokens the sequence may hold (prompt + generated); default: the model's max positions. */
@@ -39,6 +40,8 @@ export interface EngineOptions {
   readonly decode?: DecodeOptions
   /** Layer-major prefill where the KV manager offers it; false: token-major always. Default: on, unless LEOAM_PREFILL=token-major. */
   readonly layerMajor?: boolean
+  /** A KV block store shared with other sequences (full attention: a decode batch then attends them in one dispatch). */
+  readonly kvBlocks?: KvBlockStore
 }
 
 export interface DecodeOptions {
@@ -72,6 +75,7 @@ interface BuildOptions {
   readonly decode: Required<DecodeOptions>
   readonly kv: KvSpec
   readonly layerMajor: boolean
+  readonly kvBlocks?: KvBlockStore
 }
 
 /** The KV part of the engine options: which manager, and its policy. */
@@ -150,6 +154,7 @@ export class GpuModel {
       act: this.act,
       combine: this.u.combine,
       keys: this.keys,
+      blockStore: o.kvBlocks,
     })
     this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
     this.logits = this.act.logits
@@ -467,10 +472,10 @@ export class GpuModel {
    * context and GEMV / decode / KV setup: benchmarks compare setups side by side on one copy of the
    * weights. Its `destroy` leaves the weights to this model.
    */
-  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv" | "maxContext" | "layerMajor">): Promise<GpuModel> {
+  async sibling(options: Pick<EngineOptions, "gemv" | "decode" | "kv" | "maxContext" | "layerMajor" | "kvBlocks">): Promise<GpuModel> {
     const gemv = options.gemv ? resolveGemvTunings(this.config, options.gemv, subgroupsOf(this.gpu)) : this.built.gemv
     const maxContext = Math.max(1, Math.min(options.maxContext ?? this.maxContext, this.config.maxPositionEmbeddings))
-    const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv, layerMajor: options.layerMajor ?? this.built.layerMajor }
+    const built = { ...this.built, gemv, maxContext, decode: { ...this.built.decode, ...options.decode }, kv: options.kv ?? this.built.kv, layerMajor: options.layerMajor ?? this.built.layerMajor, kvBlocks: options.kvBlocks }
     const keys = modelKeys(this.gpu, this.config, gemv)
     await this.pipelines.prewarm([...Object.values(keys), ...kvKindOf(built.kv, this.config, built, keys.attnPrefill).pipelineKeys])
     const model = new GpuModel(this.gpu, this.weights, this.pipelines, this.config, built)

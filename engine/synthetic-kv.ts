@@ -13,18 +13,18 @@ export const synthesizeKv = async (model: GpuModel, tokens: number, seed = 1, am
   if (model.length !== 0) throw new RangeError("synthesizeKv wants an empty cache (reset the model first)")
   if (tokens > model.maxContext) throw new RangeError(`${tokens} tokens exceed the context of ${model.maxContext}`)
   const fill = await gpuFiller(model.gpu, model.pipelines)
-  const fillBuffer = (buffer: GPUBuffer, bytes: number, s: number) => {
+  const fillBuffer = (buffer: GPUBuffer, bytes: number, s: number, from: number) => {
     // In pieces the binding size allows; halves (2 bytes) are the fill's unit.
     const piece = Math.floor(Math.min(bytes, 1 << 30) / 256) * 256
-    for (let at = 0; at < bytes; at += piece) {
+    for (let at = from; at < bytes; at += piece) {
       const n = Math.min(piece, bytes - at)
-      if (!fill(buffer, at / 2, n / 2, { kind: "random", seed: s + at / piece, amplitude })) throw new Error("synthesizeKv: unaligned fill")
+      if (!fill(buffer, at / 2, n / 2, { kind: "random", seed: s + Math.floor((at - from) / piece), amplitude })) throw new Error("synthesizeKv: unaligned fill")
     }
   }
-  await model.kv.appendSynthetic(tokens, (bytes, batch) =>
+  await model.kv.appendSynthetic(tokens, (bytes, batch, from = 0) =>
     model.kv.pools.forEach((p, l) => {
-      fillBuffer(p.k, bytes, seed + batch * 7919 + l * 2)
-      fillBuffer(p.v, bytes, seed + batch * 7919 + l * 2 + 1)
+      fillBuffer(p.k, bytes, seed + batch * 7919 + l * 2, from)
+      fillBuffer(p.v, bytes, seed + batch * 7919 + l * 2 + 1, from)
     }),
   )
   await model.gpu.device.queue.onSubmittedWorkDone()

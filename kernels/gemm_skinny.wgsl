@@ -34,6 +34,11 @@ struct Params { M: u32, N: u32, K: u32, _a: u32 }
 override SG: u32 = 32u;
 /* Subgroups per workgroup, each a 1/SPLIT share of K. */
 override SPLIT: u32 = 8u;
+#if KFIX
+/* K as a pipeline constant (KFIX; then p.K must equal it): the driver then sees every
+   tile's rows 32-byte aligned and its loads' strides, which a uniform hides. */
+override KF: u32 = 4096u;
+#endif
 #if SWIGLU
 const PARTS: u32 = 2u;   // gate, up
 #else
@@ -88,20 +93,25 @@ fn main(
   @builtin(subgroup_id) sg: u32,
   @builtin(subgroup_invocation_id) lane: u32,
 ) {
+#if KFIX
+  let K = KF;
+#else
+  let K = p.K;
+#endif
   let j0 = wid.x * COLS;          // first output column
   let m0 = wid.z * 16u;
-  let steps = p.K / 16u;
-  let xo = m0 * p.K;
+  let steps = K / 16u;
+  let xo = m0 * K;
   // Right tiles' first rows of W: (gate j0, up N/2 + j0) with SWIGLU, then the same + 16 with COLS2.
 #if SWIGLU
-  let o0 = j0 * p.K;
-  let o1 = (p.N / 2u + j0) * p.K;
+  let o0 = j0 * K;
+  let o1 = (p.N / 2u + j0) * K;
 #else
-  let o0 = j0 * p.K;
-  let o1 = (j0 + 16u) * p.K;
+  let o0 = j0 * K;
+  let o1 = (j0 + 16u) * K;
 #endif
-  let o2 = o0 + 16u * p.K;
-  let o3 = o1 + 16u * p.K;
+  let o2 = o0 + 16u * K;
+  let o3 = o1 + 16u * K;
   var c0 = subgroup_matrix_result<f32, 16, 16>();
 #if R2
   var c1 = subgroup_matrix_result<f32, 16, 16>();
@@ -117,29 +127,29 @@ fn main(
     let k1 = (t + 1u * SPLIT) * 16u;
     let k2 = (t + 2u * SPLIT) * 16u;
     let k3 = (t + 3u * SPLIT) * 16u;
-    let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k0, p.K);
-    let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k1, p.K);
-    let a2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k2, p.K);
-    let a3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k3, p.K);
-    let b00 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k0, p.K);
-    let b01 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k1, p.K);
-    let b02 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k2, p.K);
-    let b03 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k3, p.K);
+    let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k0, K);
+    let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k1, K);
+    let a2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k2, K);
+    let a3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k3, K);
+    let b00 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k0, K);
+    let b01 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k1, K);
+    let b02 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k2, K);
+    let b03 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k3, K);
 #if R2
-    let b10 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k0, p.K);
-    let b11 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k1, p.K);
-    let b12 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k2, p.K);
-    let b13 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k3, p.K);
+    let b10 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k0, K);
+    let b11 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k1, K);
+    let b12 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k2, K);
+    let b13 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k3, K);
 #endif
 #if R4
-    let b20 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k0, p.K);
-    let b21 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k1, p.K);
-    let b22 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k2, p.K);
-    let b23 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k3, p.K);
-    let b30 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k0, p.K);
-    let b31 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k1, p.K);
-    let b32 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k2, p.K);
-    let b33 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k3, p.K);
+    let b20 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k0, K);
+    let b21 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k1, K);
+    let b22 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k2, K);
+    let b23 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k3, K);
+    let b30 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k0, K);
+    let b31 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k1, K);
+    let b32 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k2, K);
+    let b33 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k3, K);
 #endif
     c0 = subgroupMatrixMultiplyAccumulate(a0, b00, c0);
     c0 = subgroupMatrixMultiplyAccumulate(a1, b01, c0);
@@ -164,17 +174,17 @@ fn main(
   }
   for (; t < steps; t = t + SPLIT) {
     let k0 = t * 16u;
-    let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k0, p.K);
-    let b00 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k0, p.K);
+    let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + k0, K);
+    let b00 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o0 + k0, K);
     c0 = subgroupMatrixMultiplyAccumulate(a0, b00, c0);
 #if R2
-    let b10 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k0, p.K);
+    let b10 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o1 + k0, K);
     c1 = subgroupMatrixMultiplyAccumulate(a0, b10, c1);
 #endif
 #if R4
-    let b20 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k0, p.K);
+    let b20 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o2 + k0, K);
     c2 = subgroupMatrixMultiplyAccumulate(a0, b20, c2);
-    let b30 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k0, p.K);
+    let b30 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&w, o3 + k0, K);
     c3 = subgroupMatrixMultiplyAccumulate(a0, b30, c3);
 #endif
   }

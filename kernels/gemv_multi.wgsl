@@ -11,7 +11,11 @@ override WG: u32 = 128;
 override ROWS: u32 = 2;
 override MR: u32 = 4;
 const MAX_ROWS: u32 = 4u;
+#if MR16
+const MAX_MR: u32 = 16u;  // MR up to 16: one pass over the weights for a 16-row batch
+#else
 const MAX_MR: u32 = 8u;
+#endif
 
 // Partial sums: slot r * MR + j for row r of W and row j of x, then (NORM) MR slots of squares.
 var<workgroup> red: array<f32, WG * (ROWS + 1u) * MR>;

@@ -53,10 +53,12 @@
 #        (LEOAM_MATRIX_UNITS=auto): the golden check, then bench/batch-bench.ts at 8B shapes,
 #        full, 1K context, batch 1 alone against 4 and 16 with MMA_PROJECTIONS (default the
 #        GEMV, gemv_multi and matrix-unit projections) and the matrix-unit forms MMA_FORMS
-#        (e.g. 8x1,16x2), bench/skinny-bench.ts (the projections alone, M = MMA_SKINNY_M), and
-#        bench/gemm-bench.ts (gemm_sgmat against gemm at 8192^3 and M = MMA_GEMM_M, default
+#        (e.g. 8x1,16x2k; a trailing :rows attends per row instead of all rows together),
+#        bench/skinny-bench.ts (the projections alone, M = MMA_SKINNY_M, forms MMA_SKINNY_FORMS),
+#        and bench/gemm-bench.ts (gemm_sgmat against gemm at 8192^3 and M = MMA_GEMM_M, default
 #        512,4096); bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench skinny-bench
 #        gemm-bench`; MMA_BATCH_S, MMA_SKINNY_S, MMA_GEMM_S change the parts' limits
+#        (MMA_GEMM_S=0 skips gemm-bench)
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
 #        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
 #        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
@@ -230,8 +232,9 @@ if [ "$suite" = mma ]; then
   timeout 25 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
   timeout "${MMA_BATCH_S:-55}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections "${MMA_PROJECTIONS:-gemv,multi,mma}" \
     --mma-forms "${MMA_FORMS:-}" --steps 16 --max-seconds "$(( ${MMA_BATCH_S:-55} - 12 ))" --out "$out/batch-8b-1k.json" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
-  timeout "${MMA_SKINNY_S:-25}" node .bench-bundle/skinny-bench.mjs --m "${MMA_SKINNY_M:-1,4,16}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
-  timeout "${MMA_GEMM_S:-40}" node .bench-bundle/gemm-bench.mjs --m "${MMA_GEMM_M:-512,4096}" --max-seconds "$(( ${MMA_GEMM_S:-40} - 8 ))" \
+  timeout "${MMA_SKINNY_S:-25}" node .bench-bundle/skinny-bench.mjs --m "${MMA_SKINNY_M:-1,4,16}" --forms "${MMA_SKINNY_FORMS:-8x1,16x1,8x2,16x2}" \
+    --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
+  [ "${MMA_GEMM_S:-40}" = 0 ] || timeout "${MMA_GEMM_S:-40}" node .bench-bundle/gemm-bench.mjs --m "${MMA_GEMM_M:-512,4096}" --max-seconds "$(( ${MMA_GEMM_S:-40} - 8 ))" \
     --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed, stopped or a check missed"
   exit 0
 fi

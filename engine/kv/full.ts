@@ -5,7 +5,7 @@
 import { type Dispatch, dispatchOf, Uniform } from "../buffers.ts"
 import { prefillRowsPerGroup } from "../model-resources.ts"
 import { KvPool } from "./pool.ts"
-import { type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
+import { type BatchedKv, type KvApplies, type KvContext, type KvManager, type KvStats, type StepEncoder, cannotResume } from "./manager.ts"
 
 export class FullKv implements KvManager<unknown> {
   readonly pool: KvPool
@@ -19,7 +19,7 @@ export class FullKv implements KvManager<unknown> {
 
   constructor(private readonly ctx: KvContext) {
     const { device, config: c, act } = ctx
-    this.pool = new KvPool(device, c, ctx.blockTokens, ctx.maxContext)
+    this.pool = new KvPool(device, c, ctx.blockTokens, ctx.maxContext, ctx.blockStore)
     this.uDecode = new Uniform(device, "attn decode", "uuuuufuu")
     this.uPrefill = new Uniform(device, "attn prefill", "uuuuufuu")
     this.slotHost = new Uint32Array(ctx.prefillChunk)
@@ -42,6 +42,16 @@ export class FullKv implements KvManager<unknown> {
 
   get gpuBytes(): number {
     return this.pool.maxBlocks * this.pool.bytesPerToken * this.pool.blockTokens
+  }
+
+  /** Where the blocks live in a store shared with other sequences: a batch attends them for the manager (engine/batch-attention.ts). */
+  get batched(): BatchedKv | undefined {
+    return this.pool.store.shared ? this : undefined
+  }
+
+  /** The batch's step: the next token's slot, without the manager's own decode lists. */
+  reserveBatched(): number {
+    return this.pool.append()
   }
 
   /**
@@ -142,10 +152,18 @@ export class FullKv implements KvManager<unknown> {
     return { selectiveSteps: 0 }
   }
 
-  /** Fills the whole pool once (blocks are taken in order 0, 1, ... from an empty pool) and appends. */
-  async appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
-    fill(this.pool.layers[0].k.size, 0)
+  /**
+   * Appends, then fills the blocks taken once: from the first to the last of them (a store of
+   * its own: blocks 0, 1, ... in order; a shared one: in order too while nobody gave blocks
+   * back, else blocks between them, other sequences', are refilled with random data as well).
+   */
+  async appendSynthetic(tokens: number, fill: (bytes: number, batch: number, from?: number) => void): Promise<void> {
     for (let i = 0; i < tokens; i++) this.pool.append()
+    const blocks = this.pool.blockList
+    if (blocks.length === 0) return
+    const bytes = this.pool.store.blockBytes
+    const first = Math.min(...blocks)
+    fill((Math.max(...blocks) + 1) * bytes, 0, first * bytes)
   }
 
   destroy(): void {

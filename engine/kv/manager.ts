@@ -9,6 +9,8 @@ import type { ModelConfig } from "../../models/types.ts"
 import type { Dispatch, Uniform } from "../buffers.ts"
 import type { PipelineKey, Pipelines } from "../pipelines.ts"
 import type { TierStats } from "./tiered/index.ts"
+import type { KvBlockStore } from "./block-store.ts"
+import type { KvPool } from "./pool.ts"
 
 /**
  * The command stream of one step, shared by the driver and the manager: an open command
@@ -88,6 +90,19 @@ export interface KvContext {
   readonly combine: Uniform
   /** The model's attention kernels (the managers' dispatches use the same pipelines). */
   readonly keys: { readonly attnDecode: PipelineKey; readonly attnPrefill: PipelineKey }
+  /** Where a manager that keeps all KV in a paged pool takes its blocks: a store shared by a batch's sequences; absent: its own. */
+  readonly blockStore?: KvBlockStore
+}
+
+/**
+ * A manager that attends every token of a pool whose blocks live in a shared store: a decode
+ * batch (engine/batch-attention.ts) reserves its token and attends it with the other rows in
+ * one dispatch, instead of the manager's own decode.
+ */
+export interface BatchedKv {
+  readonly pool: KvPool
+  /** Reserves the step's token slot (block * BS + offset) and returns it; nothing else. */
+  reserveBatched(): number
 }
 
 export interface KvStats {
@@ -114,6 +129,8 @@ export interface KvManager<P = unknown> {
   readonly pools: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
   /** GPU bytes the manager holds for KV (pools, lists, staging). */
   readonly gpuBytes: number
+  /** Set where a batch may attend for the manager (BatchedKv). */
+  readonly batched?: BatchedKv
 
   /**
    * Reserves the step's token slot (written to `act.slot`) and writes the step's uniforms.
@@ -175,9 +192,9 @@ export interface KvManager<P = unknown> {
   stats(): KvStats
   /**
    * Benchmarks: appends `tokens` tokens without their prefill. Before each batch of appends
-   * `fill(bytes, batch)` must write K and V into the first `bytes` of every pool.
+   * `fill(bytes, batch, from)` must write K and V into bytes [from (default 0), bytes) of every pool.
    */
-  appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void>
+  appendSynthetic(tokens: number, fill: (bytes: number, batch: number, from?: number) => void): Promise<void>
   destroy(): void
 }
 

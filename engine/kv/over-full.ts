@@ -81,7 +81,7 @@ export abstract class OverFullKv<P> implements KvManager<P> {
     return { selectiveSteps: this.selectiveSteps }
   }
 
-  appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
+  appendSynthetic(tokens: number, fill: (bytes: number, batch: number, from?: number) => void): Promise<void> {
     return this.full.appendSynthetic(tokens, fill)
   }
 

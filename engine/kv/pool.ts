@@ -1,14 +1,27 @@
 // The paged KV cache of one sequence on the GPU: per layer a pool of blocks of BS tokens,
 // (blocks, KV, BS, D) f16 packed, and the lists the attention kernels read (block table for
-// prefill, (block, tokens) entries for decode). Blocks are handed out from a free list, so
-// logical and physical order may differ; only append/reset change the sequence.
+// prefill, (block, tokens) entries for decode). Blocks come from a KvBlockStore's free list
+// (the pool's own, or one shared by a batch's sequences), so logical and physical order may
+// differ; only append/truncate/reset change the sequence.
 import type { ModelConfig } from "../../models/types.ts"
 import { storageBuffer } from "../buffers.ts"
+import { KvBlockStore } from "./block-store.ts"
 
 /** Token slots a decode-attention workgroup covers per tile (its workgroup size). */
 export const ATTN_TILE = 256
 /** Aim for this many decode-attention workgroups (splits x kv heads) per step. */
 const TARGET_WORKGROUPS = 256
+
+/**
+ * How decode attention splits a list of n entries over workgroups (tiles of `tile` entries,
+ * about TARGET_WORKGROUPS workgroups with the KV heads): a batch's rows split as each would alone
+ * (engine/batch-attention.ts), so that a row's partials are the same.
+ */
+export const decodeSplits = (n: number, tile: number, kvHeads: number): { splits: number; entriesPerSplit: number } => {
+  const targetSplits = Math.max(1, Math.floor(TARGET_WORKGROUPS / kvHeads))
+  const entriesPerSplit = Math.max(tile, Math.ceil(Math.ceil(n / targetSplits) / tile) * tile)
+  return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit }
+}
 
 export class KvPool {
   readonly layers: ReadonlyArray<{ readonly k: GPUBuffer; readonly v: GPUBuffer }>
@@ -17,7 +30,8 @@ export class KvPool {
   readonly seqs: GPUBuffer // (1) vec2<u32> (first entry, entry count)
   readonly maxBlocks: number
   readonly maxSplits: number
-  private readonly free: number[] = []
+  /** Where the blocks live: the pool's own store, or a shared one (then not destroyed with the pool). */
+  readonly store: KvBlockStore
   private readonly blocks: number[] = []
   private tokens = 0
   private tableSynced = 0
@@ -31,20 +45,18 @@ export class KvPool {
     private readonly config: ModelConfig,
     readonly blockTokens: number,
     maxContext: number,
+    shared?: KvBlockStore,
   ) {
     if (ATTN_TILE % blockTokens !== 0) throw new RangeError(`block size ${blockTokens} must divide ${ATTN_TILE}`)
+    if (shared && shared.blockTokens !== blockTokens) throw new RangeError(`a shared KV store of ${shared.blockTokens}-token blocks, not ${blockTokens}`)
     this.maxBlocks = Math.ceil(maxContext / blockTokens)
     this.maxSplits = Math.ceil(this.maxBlocks / this.tileEntries)
     this.entryScratch = new Uint32Array(this.maxBlocks * 2)
-    const blockBytes = config.numKvHeads * blockTokens * config.headDim * 2
-    this.layers = Array.from({ length: config.numLayers }, (_, l) => ({
-      k: storageBuffer(device, `L${l} k pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
-      v: storageBuffer(device, `L${l} v pool (blocks, KV, BS, D) f16`, this.maxBlocks * blockBytes),
-    }))
+    this.store = shared ?? new KvBlockStore(device, config, blockTokens, this.maxBlocks, false)
+    this.layers = this.store.layers
     this.table = storageBuffer(device, "block table (blocks) u32", this.maxBlocks * 4)
     this.entries = storageBuffer(device, "decode entries (blocks) vec2<u32>", this.maxBlocks * 8)
     this.seqs = storageBuffer(device, "decode seqs (1) vec2<u32>", 16)
-    for (let b = this.maxBlocks - 1; b >= 0; b--) this.free.push(b)
   }
 
   get tileEntries(): number {
@@ -68,8 +80,8 @@ export class KvPool {
   append(): number {
     const off = this.tokens % this.blockTokens
     if (off === 0) {
-      const block = this.free.pop()
-      if (block === undefined) throw new RangeError("KV pool is full")
+      const block = this.blocks.length < this.maxBlocks ? this.store.take() : undefined
+      if (block === undefined) throw new RangeError(this.blocks.length < this.maxBlocks ? "the shared KV store is full" : "KV pool is full")
       this.blocks.push(block)
     }
     this.tokens++
@@ -103,34 +115,29 @@ export class KvPool {
     this.scratch[1] = n
     this.device.queue.writeBuffer(this.seqs, 0, this.scratch)
     this.syncTable()
-    const targetSplits = Math.max(1, Math.floor(TARGET_WORKGROUPS / this.config.numKvHeads))
-    const tile = this.tileEntries
-    const entriesPerSplit = Math.max(tile, Math.ceil(Math.ceil(n / targetSplits) / tile) * tile)
-    return { splits: Math.max(1, Math.ceil(n / entriesPerSplit)), entriesPerSplit }
+    return decodeSplits(n, this.tileEntries, this.config.numKvHeads)
   }
 
   /** Keeps the first `length` tokens, returning the blocks past them to the pool. */
   truncate(length: number): void {
     if (length >= this.tokens) return
     const keep = Math.ceil(length / this.blockTokens)
-    while (this.blocks.length > keep) this.free.push(this.blocks.pop()!)
+    while (this.blocks.length > keep) this.store.give(this.blocks.pop()!)
     this.tokens = length
     this.tableSynced = Math.min(this.tableSynced, keep)
     this.entriesSynced = Math.min(this.entriesSynced, keep)
   }
 
   reset(): void {
-    while (this.blocks.length > 0) this.free.push(this.blocks.pop()!)
+    while (this.blocks.length > 0) this.store.give(this.blocks.pop()!)
     this.tokens = 0
     this.tableSynced = 0
     this.entriesSynced = 0
   }
 
   destroy(): void {
-    for (const l of this.layers) {
-      l.k.destroy()
-      l.v.destroy()
-    }
+    this.reset() // a shared store gets the blocks back
+    if (!this.store.shared) this.store.destroy()
     this.table.destroy()
     this.entries.destroy()
     this.seqs.destroy()

@@ -227,7 +227,7 @@ export class QuestKv extends OverFullKv<SparsePolicy> {
   }
 
   /** As the full manager, then the abstracts of every full block, as a prefill computes them. */
-  override async appendSynthetic(tokens: number, fill: (bytes: number, batch: number) => void): Promise<void> {
+  override async appendSynthetic(tokens: number, fill: (bytes: number, batch: number, from?: number) => void): Promise<void> {
     await this.full.appendSynthetic(tokens, fill)
     const pool = this.full.pool
     this.sparse.queueAbstracts(pool.blockList.slice(0, Math.floor(tokens / pool.blockTokens)))
