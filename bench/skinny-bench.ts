@@ -10,7 +10,7 @@
 import { writeFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { dispatchOf, type Dispatch, Uniform } from "../engine/buffers.ts"
-import { halfRowsKey, parseSkinnyForm, skinnyFor, skinnyKey } from "../engine/batch-mma.ts"
+import { halfRowsKey, parseSkinnyForm, skinnyCols, skinnyFor, skinnyKey } from "../engine/batch-mma.ts"
 import { gemvShapes, type GemvOp } from "../engine/gemv-tuning.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { GEMM_TOLERANCE } from "../engine/matrix-check.ts"
@@ -40,7 +40,7 @@ if (base) {
       const { NORM, ...rest } = flags
       const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX }
       try {
-        const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k, 4096)), { M: 16, N: 128, K: 4096, flags }, 7, form.COLS)
+        const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k, 4096)), { M: 16, N: 128, K: 4096, flags }, 7, skinnyCols(form, flags.SWIGLU === true))
         checks.push({ form: form.name, flags, error, ok: error <= GEMM_TOLERANCE })
         console.log(`check ${form.name} ${JSON.stringify(flags)}: relative error ${error.toExponential(2)} ${error <= GEMM_TOLERANCE ? "ok" : "WRONG"}`)
       } catch (e) {
@@ -99,7 +99,7 @@ for (const [op, flags] of ops) {
         const rowsPadded = Math.ceil(M / 16) * 16
         await time(M, `mma/${form.name}`, (w) => [
           dispatchOf(device, half, [[0, uh.buffer], [1, x], [2, xh], ...(NORM ? [[4, gamma] as const] : [])], rowsPadded),
-          dispatchOf(device, gemm, [[0, ug.buffer], [1, xh], [2, w], [3, y]], outs / (16 * form.COLS), 1, rowsPadded / 16),
+          dispatchOf(device, gemm, [[0, ug.buffer], [1, xh], [2, w], [3, y]], outs / (16 * skinnyCols(form, flags.SWIGLU === true)), 1, rowsPadded / 16),
         ])
       }
     }

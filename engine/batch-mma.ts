@@ -15,12 +15,13 @@ export const MMA_ROWS = 16
 
 /**
  * gemm_skinny's form: SG lanes a subgroup, SPLIT subgroups a workgroup (each 1/SPLIT of K),
- * COLS output tiles of 16 columns a workgroup (1 or 2; 2 shares each left tile between two).
+ * COLS output tiles of 16 columns a workgroup (1, 2 or 4; more share each left tile between
+ * them; SwiGLU pairs take at most 2, whose gate and up are already 4 right tiles).
  */
 export interface SkinnyConstants {
   readonly SG: number
   readonly SPLIT: number
-  readonly COLS: 1 | 2
+  readonly COLS: 1 | 2 | 4
   /** K a pipeline constant (one pipeline per K) instead of a uniform. */
   readonly KFIX?: boolean
 }
@@ -33,10 +34,13 @@ export const SKINNY_FORM: SkinnyForm = { SPLIT: 8, COLS: 1 }
 
 /** A form from its name, SPLITxCOLS with a trailing "k" for KFIX (e.g. 16x2k). */
 export const parseSkinnyForm = (name: string): SkinnyForm => {
-  const m = /^(4|8|16)x([12])(k?)$/.exec(name)
-  if (!m) throw new RangeError(`a matrix-unit form is SPLITxCOLS[k] with SPLIT 4, 8 or 16 and COLS 1 or 2, not ${name}`)
-  return { SPLIT: Number(m[1]), COLS: Number(m[2]) as 1 | 2, ...(m[3] ? { KFIX: true } : {}) }
+  const m = /^(4|8|16)x([124])(k?)$/.exec(name)
+  if (!m) throw new RangeError(`a matrix-unit form is SPLITxCOLS[k] with SPLIT 4, 8 or 16 and COLS 1, 2 or 4, not ${name}`)
+  return { SPLIT: Number(m[1]), COLS: Number(m[2]) as 1 | 2 | 4, ...(m[3] ? { KFIX: true } : {}) }
 }
+
+/** Output tiles a workgroup of form k for a projection with or without SwiGLU pairs. */
+export const skinnyCols = (k: Pick<SkinnyConstants, "COLS">, swiglu: boolean): 1 | 2 | 4 => (swiglu && k.COLS === 4 ? 2 : k.COLS)
 
 /**
  * gemm_skinny's constants for a model on a device, or undefined where it cannot run: the
@@ -48,17 +52,18 @@ export const skinnyFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subg
   const shapes = gemvShapes(c)
   const fits = (Object.keys(shapes) as GemvOp[]).every((op) => {
     const [n, k] = shapes[op]
-    return (op === "gu" ? n / 2 : n) % (16 * form.COLS) === 0 && k % 16 === 0
+    return (op === "gu" ? n / 2 : n) % (16 * skinnyCols(form, op === "gu")) === 0 && k % 16 === 0
   })
   return fits ? { SG: gpu.subgroupMaxSize, ...form } : undefined
 }
 
 /** The key of gemm_skinny with `flags` (ACC, BIAS, SWIGLU) in form k for K (KFIX forms); R2 / R4: right tiles per left tile. */
 export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants, K = 0): PipelineKey => {
-  const cols2 = k.COLS === 2
   const swiglu = flags.SWIGLU === true
+  const cols = skinnyCols(k, swiglu)
   const fixed = k.KFIX === true
-  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, R2: cols2 || swiglu, R4: cols2 && swiglu, KFIX: fixed }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
+  const [cols2, cols4] = [cols === 2, cols === 4]
+  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, COLS4: cols4, R2: cols2 || cols4 || swiglu, R4: (cols2 && swiglu) || cols4, KFIX: fixed }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
 }
 export const halfRowsKey = (norm: boolean): PipelineKey => ({ op: "half_rows", flags: { NORM: norm } })
 
@@ -112,7 +117,7 @@ export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) =>
     const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
     const key = skinnyKey({ ...flags, ...(bias ? { BIAS: true } : {}) }, i.skinny, k)
     const outs = flags.SWIGLU ? n / 2 : n
-    const gemm = dispatchOf(device, i.pipelines.now(key), [[0, ug.buffer], [1, xh], [2, w], [3, y], ...(bias ? [[5, bias] as const] : [])], outs / (16 * i.skinny.COLS), 1, 1)
+    const gemm = dispatchOf(device, i.pipelines.now(key), [[0, ug.buffer], [1, xh], [2, w], [3, y], ...(bias ? [[5, bias] as const] : [])], outs / (16 * skinnyCols(i.skinny, flags.SWIGLU === true)), 1, 1)
     resizers.push((m) => {
       uh.set(m, k, c.rmsNormEps, 0)
       ug.set(m, n, k, 0)

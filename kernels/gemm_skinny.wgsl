@@ -7,11 +7,11 @@
 //   W: (N, K) f16 as stored;  y: (M, N) f32, or with SWIGLU (M, N/2) = silu(gate) * up where
 //   W = [gate; up] (rows [0, N/2) and [N/2, N)); ACC adds into y (the residual); BIAS adds
 //   bias[n] (SWIGLU: to gate and up before the activation). N (SWIGLU: N/2) and K multiples of 16.
-// A workgroup owns 16 output columns (COLS2: 32) for the 16 rows of workgroup z, as SPLIT
+// A workgroup owns 16 output columns (COLS2: 32, COLS4: 64) for the 16 rows of workgroup z, as SPLIT
 // subgroups that each take every SPLIT-th 16-wide step of K (neighbouring subgroups read
 // neighbouring bytes of each weight row), four steps' loads issued before their multiplies;
-// each left tile (16 rows of xh) serves R right tiles: R2 = SWIGLU or COLS2 (2), R4 = both (4;
-// the including code sets R2 and R4 from the flags). The SPLIT partial tiles are summed
+// each left tile (16 rows of xh) serves R right tiles: R2 = SWIGLU or COLS2 (2), R4 = both, or
+// COLS4 (4; the including code sets R2 and R4 from the flags). The SPLIT partial tiles are summed
 // through workgroup memory in the epilogue, one output tile at a time. Offsets of matrix loads and stores
 // derive only from workgroup_id, subgroup_id, uniforms and loop counters (Dawn requires them
 // uniform within a subgroup).
@@ -47,7 +47,11 @@ const PARTS: u32 = 1u;
 #if COLS2
 const COLS: u32 = 32u;
 #else
+#if COLS4
+const COLS: u32 = 64u;   // COLS4 (not with SWIGLU): four output tiles, each left tile serving four right ones
+#else
 const COLS: u32 = 16u;
+#endif
 #endif
 override CS_SIZE: u32 = SPLIT * PARTS * 256u;
 var<workgroup> cs: array<f32, CS_SIZE>;  // (subgroup, part, 16, 16) partial sums of one output tile
@@ -102,7 +106,8 @@ fn main(
   let m0 = wid.z * 16u;
   let steps = K / 16u;
   let xo = m0 * K;
-  // Right tiles' first rows of W: (gate j0, up N/2 + j0) with SWIGLU, then the same + 16 with COLS2.
+  // Right tiles' first rows of W: (gate j0, up N/2 + j0) with SWIGLU, then the same + 16 with
+  // COLS2; COLS4: j0, j0 + 16, j0 + 32, j0 + 48.
 #if SWIGLU
   let o0 = j0 * K;
   let o1 = (p.N / 2u + j0) * K;
@@ -110,8 +115,13 @@ fn main(
   let o0 = j0 * K;
   let o1 = (j0 + 16u) * K;
 #endif
+#if COLS4
+  let o2 = o0 + 32u * K;
+  let o3 = o0 + 48u * K;
+#else
   let o2 = o0 + 16u * K;
   let o3 = o1 + 16u * K;
+#endif
   var c0 = subgroup_matrix_result<f32, 16, 16>();
 #if R2
   var c1 = subgroup_matrix_result<f32, 16, 16>();
@@ -206,5 +216,19 @@ fn main(
 #endif
   workgroupBarrier();
   finish(lid, m0, j0 + 16u);
+#endif
+#if COLS4
+  workgroupBarrier();
+  subgroupMatrixStore<row_major>(&cs, at, c1, 16u);
+  workgroupBarrier();
+  finish(lid, m0, j0 + 16u);
+  workgroupBarrier();
+  subgroupMatrixStore<row_major>(&cs, at, c2, 16u);
+  workgroupBarrier();
+  finish(lid, m0, j0 + 32u);
+  workgroupBarrier();
+  subgroupMatrixStore<row_major>(&cs, at, c3, 16u);
+  workgroupBarrier();
+  finish(lid, m0, j0 + 48u);
 #endif
 }
