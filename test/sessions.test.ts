@@ -64,6 +64,9 @@ describe("sessions", () => {
   let ann: NatsConnection
   let ben: NatsConnection
   let session: string
+  /** Fresh generates (nothing stored shared with them) of document + q1, and of the appended session + q1. */
+  let wantQ1: { ids: number[]; usage: unknown }
+  let wantAppended: { ids: number[] }
   const fresh = async (ids: number[]) => (await ask(ann, publicSubjects.generate, { ids, max_tokens: MAX })).json
 
   beforeAll(async () => {
@@ -78,11 +81,14 @@ describe("sessions", () => {
   })
 
   it("open, then two questions: the same greedy ids as a fresh prefill of document + question, the session unchanged", async () => {
+    // Fresh prefills first: once the session is stored, a generate beginning with its document links its chunks.
+    const want = await fresh([...doc, ...q1])
+    wantQ1 = want
+    wantAppended = await fresh([...doc, ...q1, ...want.ids, ...q2, ...q1])
     const opened = await ask(ann, sessionSubjects.open, { ids: doc })
     expect(opened.status).toBe("")
     session = opened.json.session
     expect(opened.json).toMatchObject({ tokens: doc.length, node: "", subjects: { generate: sessionSubjects.generate } })
-    const want = await fresh([...doc, ...q1])
     const first = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
     const second = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
     expect(first.ids).toEqual(want.ids)
@@ -97,7 +103,7 @@ describe("sessions", () => {
     const wantLong = (await ask(ann, publicSubjects.generate, long)).json
     expect(wantLong.ids.length).toBeGreaterThan(30)
     const root = await client("root")
-    const want = await fresh([...doc, ...q1])
+    const want = wantQ1
     const order: string[] = []
     const running = ask(ann, publicSubjects.generate, long).then((r) => (order.push("generate"), r.json))
     // Once the generate decodes (its first tokens out), the session question joins the batch.
@@ -111,14 +117,14 @@ describe("sessions", () => {
 
   it("append: true keeps question and answer; append adds to the document", async () => {
     const kept = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX, append: true })).json
+    expect(kept.ids).toEqual(wantQ1.ids)
     const tokens = doc.length + q1.length + kept.ids.length
     expect(kept.session).toEqual({ session, tokens })
     const appended = (await ask(ann, sessionSubjects.append, { session, ids: q2 })).json
     expect(appended.tokens).toBe(tokens + q2.length)
-    const all = [...doc, ...q1, ...kept.ids, ...q2]
-    const want = await fresh([...all, ...q1])
+    // wantAppended: the fresh prefill of document, question, answer, q2 and the question again.
     const got = (await ask(ann, sessionSubjects.generate, { session, ids: q1, max_tokens: MAX })).json
-    expect(got.ids).toEqual(want.ids)
+    expect(got.ids).toEqual(wantAppended.ids)
   })
 
   it("another user can neither see nor use it", async () => {
@@ -220,6 +226,7 @@ describe("sessions", () => {
     const seg = (id: string) => join(kvDir, "chunks", `${id}.seg`)
     const source = Array.from({ length: 150 }, (_, i) => 3000 + i)
     const extra = Array.from({ length: 40 }, (_, i) => 900 + i)
+    const want = await fresh([...source, ...extra, ...q1]) // before anything stored begins like it
     const d1 = (await ask(ben, sessionSubjects.open, { ids: source })).json
     expect(d1.shared_tokens).toBeUndefined()
     expect(statSync(seg(d1.session)).size).toBe(4 * 8 * 16384) // 4 sealed chunks of 8 layers, 16 KiB each
@@ -229,7 +236,6 @@ describe("sessions", () => {
     expect(statSync(seg(x.session)).size).toBe(8 * 16384)
     expect((await ask(ben, sessionSubjects.delete, { session: d1.session })).status).toBe("")
     expect(existsSync(seg(d1.session))).toBe(true) // x still uses its bytes
-    const want = await fresh([...source, ...extra, ...q1])
     expect((await ask(ben, sessionSubjects.generate, { session: x.session, ids: q1, max_tokens: MAX })).json.ids).toEqual(want.ids)
     expect((await ask(ben, sessionSubjects.delete, { session: x.session })).status).toBe("")
     expect(existsSync(seg(d1.session))).toBe(false)
