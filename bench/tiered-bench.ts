@@ -63,6 +63,8 @@ interface Row {
   steps: number
   fill_ms: number
   kv?: unknown
+  /** Per timed step, the upload ring (tiered policies): bytes staged, copies recorded, flushes (a submit and a re-map each), those scattered, host ms in flush(). */
+  upload?: { bytes: number; copies: number; flushes: number; scattered: number; flush_ms: number }
   timeline?: { step_ms: number; spans: Span[] }
   error?: string
 }
@@ -106,14 +108,19 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     for (let i = 0; i < 2; i++) await step(i) // warm-up, immediately followed by the timed steps
     await gpu.device.queue.onSubmittedWorkDone()
     const statsBefore = model.tierStats()
+    const ring = (model.kv as Partial<TieredManager>).uploadRing
+    const ringAt = () => (ring ? { bytes: ring.bytesStaged, copies: ring.copies, flushes: ring.submits, scattered: ring.scattered, flush_ms: ring.flushMs } : undefined)
+    const ring0 = ringAt()
     const t0 = performance.now()
     let steps = 0
     while (steps < o.steps && (steps === 0 || performance.now() - t0 < o.maxSeconds * 1000)) await step(2 + steps++)
     await gpu.device.queue.onSubmittedWorkDone()
     const ms = (performance.now() - t0) / steps
+    const ring1 = ringAt()
+    const upload = ring0 && ring1 ? (Object.fromEntries(Object.entries(ring1).map(([k, v]) => [k, (v - ring0[k as keyof typeof ring0]) / steps])) as Row["upload"]) : undefined
     const kv = model.tierStats()
     const timeline = o.timeline ? await traceStep(gpu, model, 2 + steps, `${name}-${setting}`) : undefined
-    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(timeline ? { timeline } : {}) }
+    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(upload ? { upload } : {}), ...(timeline ? { timeline } : {}) }
   } catch (e) {
     return { policy: name, compression: setting, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
@@ -212,7 +219,10 @@ for (const { name: policy, setting } of variants) {
       (pf && pf.chunks + pf.late > 0
         ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
         : "") +
-      abstractsLine(kv, row.steps)
+      abstractsLine(kv, row.steps) +
+      (row.upload
+        ? `; upload ring per timed step: ${(row.upload.bytes / 2 ** 20).toFixed(1)} MiB staged, ${row.upload.copies.toFixed(0)} copies, ${row.upload.flushes.toFixed(1)} flushes (${row.upload.scattered.toFixed(1)} scattered), ${row.upload.flush_ms.toFixed(2)} ms in flush`
+        : "")
     : ""
   console.log(
     row.error

@@ -36,6 +36,7 @@ export type KernelName =
   | "score"
   | "select"
   | "route"
+  | "scatter"
   | "lse"
   | "block_mass"
   | "h2o_keep"

@@ -16,6 +16,24 @@ export interface RingOptions {
   readonly label?: string
 }
 
+/** A flushed slot's recorded copies: `size` bytes from byte `at` of the slot to `dst` at `dstOffset`. */
+export interface RecordedCopy {
+  readonly at: number
+  readonly dst: GPUBuffer
+  readonly dstOffset: number
+  readonly size: number
+}
+
+/**
+ * How a flush moves its slot's bytes to their destinations, when not by one
+ * copyBufferToBuffer per copy (engine/staging-scatter.ts: one copy and a scatter pass).
+ * `bytes` is how much of the slot was filled. Returns false, encoding nothing, where it
+ * cannot keep the copies' order (overlapping destinations): the flush then copies one by one.
+ */
+export interface CopyEncoder {
+  encode(encoder: GPUCommandEncoder, slot: GPUBuffer, bytes: number, copies: ReadonlyArray<RecordedCopy>): boolean
+}
+
 const checkOptions = (kind: string, o: RingOptions) => {
   if (!Number.isInteger(o.slotBytes) || o.slotBytes <= 0 || o.slotBytes % 4 !== 0) {
     throw new RangeError(`${kind}: slotBytes ${o.slotBytes} must be a positive multiple of 4`)
@@ -52,7 +70,7 @@ interface UploadSlot {
   /** Bytes packed so far, a multiple of 4. */
   used: number
   /** Recorded copies; `at` is the byte offset in this slot. */
-  readonly copies: Array<{ at: number; dst: GPUBuffer; dstOffset: number; size: number }>
+  readonly copies: RecordedCopy[]
 }
 
 /**
@@ -70,6 +88,11 @@ export class UploadRing {
   submits = 0
   /** Stages that waited for a slot to come back from the GPU. */
   stalls = 0
+  /** Copies recorded (what a flush without a CopyEncoder encodes one command each for). */
+  copies = 0
+  /** Flushes through `via` (a copy and a scatter pass each), and milliseconds of host time spent in flush(). */
+  scattered = 0
+  flushMs = 0
   private readonly slots: UploadSlot[]
   private readonly free: UploadSlot[] // oldest flush first: the next to come back
   private current: UploadSlot | undefined
@@ -80,6 +103,8 @@ export class UploadRing {
   constructor(
     private readonly device: GPUDevice,
     options: RingOptions,
+    /** Moves each flush's bytes (else one copyBufferToBuffer per copy). */
+    private readonly via?: CopyEncoder,
   ) {
     checkOptions("UploadRing", options)
     this.slotBytes = options.slotBytes
@@ -148,12 +173,17 @@ export class UploadRing {
   flush(): void {
     const slot = this.current
     if (slot === undefined || slot.used === 0) return
+    const t0 = performance.now()
     this.current = undefined
     slot.buffer.unmap() // a mapped buffer may not be used by a submit
     slot.view = undefined
     if (slot.copies.length > 0) {
       const encoder = this.device.createCommandEncoder({ label: "upload ring" })
-      for (const c of slot.copies) encoder.copyBufferToBuffer(slot.buffer, c.at, c.dst, c.dstOffset, c.size)
+      if (this.via?.encode(encoder, slot.buffer, slot.used, slot.copies)) {
+        this.scattered++
+      } else {
+        for (const c of slot.copies) encoder.copyBufferToBuffer(slot.buffer, c.at, c.dst, c.dstOffset, c.size)
+      }
       this.device.queue.submit([encoder.finish()])
       this.submits++
     }
@@ -161,6 +191,7 @@ export class UploadRing {
     slot.used = 0
     slot.ready = this.remap(slot)
     this.free.push(slot)
+    this.flushMs += performance.now() - t0
   }
 
   /** Destroys the staging buffers; unflushed stages are dropped, waiting ones reject. */
@@ -214,6 +245,7 @@ export class UploadRing {
     for (const c of copies) {
       if (c.size > 0) slot.copies.push({ at: at + c.from, dst: c.dst, dstOffset: c.dstOffset, size: c.size })
     }
+    this.copies += copies.length
     slot.used = at + align4(bytes)
     this.bytesStaged += bytes
     if (slot.used >= this.slotBytes) this.flush() // full: let the GPU start on it now

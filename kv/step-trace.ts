@@ -1,9 +1,10 @@
-// Optional spans of a decode step's host-side phases (waiting for a choice, staging chunks to
-// the GPU, disk reads), for a benchmark's timeline (bench/step-timeline.ts). Off unless a
-// benchmark sets a trace: then one branch per phase and nothing else (STYLE 9).
+// Optional spans of a decode step's host-side phases (waiting for a choice, planning the GPU
+// cache, staging chunks to the GPU and the staging ring's flush inside it, disk reads), for
+// a benchmark's timeline (bench/step-timeline.ts). Off unless a benchmark sets a trace: then
+// one branch per phase and nothing else (STYLE 9).
 
 /** The host lanes of a step's timeline. */
-export type TraceLane = "choice wait" | "host->GPU" | "disk read"
+export type TraceLane = "choice wait" | "host->GPU" | "disk read" | "plan" | "flush"
 
 export interface StepTrace {
   /** A span of `lane` from t0 to t1 (performance.now() ms); `label` names it (a layer). */

@@ -4,14 +4,18 @@
 // return scattered regions exactly. Slots are tiny so every test reuses them many times.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { readBack, storageBuffer, upload } from "../engine/buffers.ts"
-import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
+import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
+import { Pipelines } from "../engine/pipelines.ts"
 import { planReadback, ReadbackRing, type StagedCopy, UploadRing } from "../engine/staging.ts"
+import { UploadScatter } from "../engine/staging-scatter.ts"
 import { rng, type Rand } from "./kernel-rig.ts"
 
 let device: GPUDevice
+let gpu: Gpu
 
 beforeAll(async () => {
-  device = (await acquireGpu()).device
+  gpu = await acquireGpu()
+  device = gpu.device
 })
 
 afterAll(async () => {
@@ -154,6 +158,68 @@ describe("UploadRing", () => {
     await expect(ring.stage(4, () => {}, [])).rejects.toThrow(/destroyed/)
     await device.queue.onSubmittedWorkDone()
     dst.destroy()
+  })
+})
+
+describe("UploadScatter", () => {
+  /** A ring whose flushes scatter, and its scatter. */
+  const scatterRing = async (slotBytes: number, slots: number) => {
+    const pipelines = new Pipelines(gpu)
+    await pipelines.prewarm([{ op: "scatter" }])
+    const scatter = new UploadScatter(device, pipelines.now({ op: "scatter" }), slotBytes)
+    return { ring: new UploadRing(device, { slotBytes, slots }, scatter), scatter }
+  }
+
+  it("moves disjoint copies into two buffers byte-exactly in one copy and a pass per buffer", async () => {
+    await noValidationErrors(async () => {
+      const rand = rng(7)
+      const dstBytes = 1 << 18
+      const dsts = [storageBuffer(device, "scatter test k", dstBytes), storageBuffer(device, "scatter test v", dstBytes)]
+      const mirrors = dsts.map(() => new Uint8Array(dstBytes))
+      const { ring, scatter } = await scatterRing(1 << 16, 2)
+      // Chunk-like stages: a K half and a V half each, into slots of 8 KiB (some halves shorter, as the last chunk's).
+      const slots = Array.from({ length: 32 }, (_, i) => i).sort(() => rand() - 0.5)
+      for (let i = 0; i < 24; i++) {
+        const half = randomWords(rand, 4, 8192)
+        const data = randomBytes(rand, 2 * half)
+        const at = slots[i] * 8192
+        const copies: StagedCopy[] = [
+          { from: 0, dst: dsts[0], dstOffset: at, size: half },
+          { from: half, dst: dsts[1], dstOffset: at, size: half },
+        ]
+        mirrors[0].set(data.subarray(0, half), at)
+        mirrors[1].set(data.subarray(half), at)
+        await ring.stage(2 * half, (view) => view.set(data), copies)
+      }
+      ring.flush()
+      for (let b = 0; b < 2; b++) expect(await readBytes(dsts[b], dstBytes)).toEqual(mirrors[b])
+      expect(ring.scattered).toBe(ring.submits)
+      expect(scatter.dispatches).toBe(2 * ring.submits)
+      ring.destroy()
+      scatter.destroy()
+      for (const d of dsts) d.destroy()
+    })
+  })
+
+  it("copies one by one, in order, where destinations overlap", async () => {
+    await noValidationErrors(async () => {
+      const dst = storageBuffer(device, "scatter test overlap", 256)
+      const { ring, scatter } = await scatterRing(1024, 2)
+      const first = Uint8Array.from({ length: 64 }, (_, i) => i + 1)
+      const second = Uint8Array.from({ length: 64 }, (_, i) => 200 - i)
+      await ring.stage(64, (view) => view.set(first), [{ from: 0, dst, dstOffset: 0, size: 64 }])
+      await ring.stage(64, (view) => view.set(second), [{ from: 0, dst, dstOffset: 32, size: 64 }])
+      ring.flush()
+      const want = new Uint8Array(256)
+      want.set(first, 0)
+      want.set(second, 32)
+      expect(await readBytes(dst, 256)).toEqual(want)
+      expect(ring.scattered).toBe(0)
+      expect(scatter.dispatches).toBe(0)
+      ring.destroy()
+      scatter.destroy()
+      dst.destroy()
+    })
   })
 })
 

@@ -105,6 +105,11 @@ export class TieredManager implements KvManager<TieredPolicy> {
     return this.timing?.lastStamps ?? []
   }
 
+  /** Benchmarks: the upload ring's counters (bytes staged, copies, flushes and their host ms). */
+  get uploadRing(): TieredKv["upload"] {
+    return this.t.upload
+  }
+
   // --- decode ------------------------------------------------------------------
 
   async beginDecode(rewindable = false): Promise<void> {

@@ -116,8 +116,11 @@ export class GpuCache {
   }
 
   planDecode(l: number, chosen: ReadonlyArray<number>, policy: PlanPolicy): DecodePlan {
+    const t0 = performance.now()
     this.enter("decode")
-    return planDecode(this.slots[l], chosen, policy, this.tick + 1, l)
+    const plan = planDecode(this.slots[l], chosen, policy, this.tick + 1, l)
+    traceSpan("plan", t0, l)
+    return plan
   }
 
   /** Plans layer l's prefill windows over its sealed chunks and then its tail up to `end` (default: the sequence's end). */
@@ -230,8 +233,10 @@ export class GpuCache {
       this.progress[l] = undefined
       throw e
     } finally {
+      const f0 = performance.now()
       this.upload.flush()
       k.transferMs += performance.now() - t0
+      if (w.loads.length > 0) traceSpan("flush", f0, l)
       if (w.loads.length > 0) traceSpan("host->GPU", t0, l)
     }
   }

@@ -58,7 +58,7 @@ export class KvLayoutChange extends Error {
   readonly code = "kv_layout_change"
 }
 
-/** Staging buffers: upload slots and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
+/** Staging buffers: upload slots, the scatter's landing buffer and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
 const STAGING_MAX_BYTES = 16 * 2 ** 20
 const READBACK_SLOTS = 2
 /**
@@ -116,7 +116,8 @@ export interface TierLayout {
 const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
   const stagingSlotBytes = Math.ceil(Math.max(i.sealBytes, Math.min(STAGING_MAX_BYTES, budgetBytes / 64)) / 4) * 4
   const uploadSlots = uploadSlotsFor(budgetBytes)
-  const slots = uploadSlots + READBACK_SLOTS + (i.quantScratch ? 1 : 0)
+  // One slot more: the upload scatter's landing buffer (engine/staging-scatter.ts).
+  const slots = uploadSlots + 1 + READBACK_SLOTS + (i.quantScratch ? 1 : 0)
   return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * slots + i.scratchBytes }
 }
 

@@ -20,6 +20,7 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   select: { op: "select" } as PipelineKey,
   route: { op: "route" } as PipelineKey,
   abstractFold: { op: "abstract_fold" } as PipelineKey,
+  scatter: { op: "scatter" } as PipelineKey,
 })
 
 /** The seal's quantizer (compression below 16 bits): shapes as override constants. */

@@ -20,6 +20,7 @@ import type { ModelConfig } from "../../../models/types.ts"
 import { storageBuffer } from "../../buffers.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import { UploadRing } from "../../staging.ts"
+import { UploadScatter } from "../../staging-scatter.ts"
 import { GpuCache } from "./apply.ts"
 import { ChunkTables } from "./chunks.ts"
 import { planChunks } from "../../../kv/chunk-plan.ts"
@@ -27,7 +28,7 @@ import { adaptiveOf, checkPolicyChange, minChunkTokens, type QuantSlots, quantSl
 import { AbstractCache } from "./abstract-cache.ts"
 import { GroupedChoice } from "./grouped-select.ts"
 import { Router } from "./route.ts"
-import { budgetTokens, Selector } from "./select.ts"
+import { budgetTokens, Selector, tieredPipelineKeys } from "./select.ts"
 import type { StepEncoder } from "../manager.ts"
 import { Sealer, type SealSource } from "./seal.ts"
 import { SealQueue } from "./seal-queue.ts"
@@ -51,6 +52,8 @@ export class TieredKv {
   /** Decode's compressed cache slots over the same pool bytes (compression below 16 bits), else undefined. */
   readonly quant: QuantSlots | undefined
   readonly upload: UploadRing
+  /** The ring's flushes as one copy and a scatter pass (its landing buffer is one staging slot of the budget). */
+  private readonly scatter: UploadScatter
   /** The chunk abstracts' GPU copy: all, or a budgeted cache, and the group abstracts. */
   readonly abstracts: AbstractCache
   /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
@@ -104,7 +107,8 @@ export class TieredKv {
       k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
       v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
     }))
-    this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" })
+    this.scatter = new UploadScatter(device, pipelines.now(tieredPipelineKeys(c).scatter), layout.stagingSlotBytes)
+    this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" }, this.scatter)
     this.abstracts = new AbstractCache(device, pipelines, c, layout.abstracts, this.io, policy.gpuEviction)
     this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks, (policy.compression ?? 16) !== 16)
     this.seals = new SealQueue(this.sealer)
@@ -160,7 +164,7 @@ export class TieredKv {
 
   /** GPU memory this cache holds for KV: pools, staging and read-back rings, abstracts. */
   get gpuBytes(): number {
-    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.scatter.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
   }
 
   /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
@@ -490,5 +494,6 @@ export class TieredKv {
     this.selector.destroy()
     this.sealer.destroy()
     this.upload.destroy()
+    this.scatter.destroy()
   }
 }
