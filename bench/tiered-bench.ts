@@ -15,7 +15,9 @@
 // abstracts of --group-chunks chunks first, then only the kept groups' chunks; `leoam+budget`
 // does so with the fine abstracts in a budgeted GPU cache filled from LMDB (issue 13 §4): each
 // prints the abstracts' GPU bytes, the chunk slots the budget leaves, and per step the groups
-// and chunks scored and the choice wait (which holds the scoring).
+// and chunks scored and the choice wait (which holds the scoring). --cold-disk times the steps
+// again with the disk tier's files dropped from the page cache before each (bench/page-cache.ts),
+// so that disk reads are reported cold beside warm.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -31,6 +33,7 @@ import { resolveDummyConfig } from "../models/config.ts"
 import { DummyWeightSource } from "../models/dummy.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import type { TieredManager } from "../engine/kv/tiered-manager.ts"
+import { type Dropped, dropPageCache } from "./page-cache.ts"
 import { scoreTimes } from "./score-time.ts"
 import { type Span, stepSpans, TimelineEncoder, timelineSvg, traceHost } from "./step-timeline.ts"
 
@@ -51,6 +54,7 @@ const program = new Command()
   .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
   .option("--score-time", "also time one layer's scoring on the GPU at the context's chunk count: every chunk, against groups then the kept groups' chunks (bench/score-time.ts)")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
+  .option("--cold-disk", "after the timed steps of each tiered policy, time as many again with the disk tier's files dropped from the page cache before each (bench/page-cache.ts): disk reads cold, beside the warm ones")
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
@@ -63,6 +67,11 @@ interface Row {
   steps: number
   fill_ms: number
   kv?: unknown
+  /**
+   * --cold-disk: the same steps again, each after the disk tier's files were dropped from the page
+   * cache (untimed): ms/token, disk bytes read per step, and what the first drop did.
+   */
+  cold?: { ms_per_token: number; steps: number; disk_bytes_per_step: number; warm_disk_bytes_per_step: number; dropped: Dropped }
   /** Per timed step, the upload ring (tiered policies): bytes staged, copies recorded, flushes (a submit and a re-map each), those scattered, host ms in flush(). */
   upload?: { bytes: number; copies: number; flushes: number; scattered: number; flush_ms: number }
   timeline?: { step_ms: number; spans: Span[] }
@@ -119,8 +128,9 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     const ring1 = ringAt()
     const upload = ring0 && ring1 ? (Object.fromEntries(Object.entries(ring1).map(([k, v]) => [k, (v - ring0[k as keyof typeof ring0]) / steps])) as Row["upload"]) : undefined
     const kv = model.tierStats()
-    const timeline = o.timeline ? await traceStep(gpu, model, 2 + steps, `${name}-${setting}`) : undefined
-    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(upload ? { upload } : {}), ...(timeline ? { timeline } : {}) }
+    const cold = o.coldDisk && kv ? await coldSteps(gpu, dir, steps, (i) => step(2 + steps + i), () => model!.tierStats()!.disk.bytes_read, statsBefore!.disk.bytes_read) : undefined
+    const timeline = o.timeline ? await traceStep(gpu, model, 2 + steps + (cold?.steps ?? 0), `${name}-${setting}`) : undefined
+    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(cold ? { cold } : {}), ...(upload ? { upload } : {}), ...(timeline ? { timeline } : {}) }
   } catch (e) {
     return { policy: name, compression: setting, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
@@ -132,6 +142,24 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
       await store.close()
     }
   }
+}
+
+/** --cold-disk: `steps` decode steps, each timed alone after the disk tier's files under `dir` left the page cache. */
+const coldSteps = async (gpu: Gpu, dir: string, steps: number, step: (i: number) => Promise<unknown>, diskRead: () => number, warmupRead: number): Promise<Row["cold"]> => {
+  const read0 = diskRead()
+  let ms = 0
+  let dropped: Dropped | undefined
+  for (let i = 0; i < steps; i++) {
+    await gpu.device.queue.onSubmittedWorkDone()
+    const d = dropPageCache(dir)
+    // The first drop shows the files were cached (by the fill's writes) and left; later ones only the last step's reads.
+    dropped ??= d
+    const t0 = performance.now()
+    await step(i)
+    await gpu.device.queue.onSubmittedWorkDone()
+    ms += performance.now() - t0
+  }
+  return { ms_per_token: ms / steps, steps, disk_bytes_per_step: (diskRead() - read0) / steps, warm_disk_bytes_per_step: (read0 - warmupRead) / steps, dropped: dropped! }
 }
 
 /** One more decode step, traced: GPU passes by timestamp, host phases by their spans; written as an SVG. */
@@ -224,10 +252,14 @@ for (const { name: policy, setting } of variants) {
         ? `; upload ring per timed step: ${(row.upload.bytes / 2 ** 20).toFixed(1)} MiB staged, ${row.upload.copies.toFixed(0)} copies, ${row.upload.flushes.toFixed(1)} flushes (${row.upload.scattered.toFixed(1)} scattered), ${row.upload.flush_ms.toFixed(2)} ms in flush`
         : "")
     : ""
+  const c = row.cold
+  const coldLine = c
+    ? `\n  ${`${name} (cold disk)`.padEnd(12)} ${c.ms_per_token.toFixed(2).padStart(9)} ms/token over ${c.steps} steps, disk read ${(c.disk_bytes_per_step / 2 ** 20).toFixed(1)} MiB per step (warm steps: ${(c.warm_disk_bytes_per_step / 2 ** 20).toFixed(1)} MiB); before each, ${c.dropped.files} files (${(c.dropped.bytes / 2 ** 30).toFixed(2)} GiB) dropped from the page cache (at the first drop, Cached fell ${c.dropped.cachedFellBytes === undefined ? "?" : `${(c.dropped.cachedFellBytes / 2 ** 30).toFixed(2)} GiB`})${c.dropped.failed > 0 ? `, dd failed on ${c.dropped.failed}` : ""}`
+    : ""
   console.log(
     row.error
       ? `  ${name.padEnd(12)} FAILED ${row.error}`
-      : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token over ${row.steps} steps (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}`,
+      : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token over ${row.steps} steps (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}${coldLine}`,
   )
 }
 const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
