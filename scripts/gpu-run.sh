@@ -42,6 +42,12 @@
 #        scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
 #   pipeline-128k: the same 6 GiB / 8 GiB side by side at 8B 128K (16 GiB of KV: disk reads
 #        every step): leoam, leoam+pipe+combine, leoam+prefetch, offload-all; one command
+#   disk-128k: disk reads cold and warm side by side (issue 13): tiered-bench at 8B 128K (GPU 6
+#        GiB, host 8 GiB: half the KV only on disk) with DISK_POLICIES (default leoam) and
+#        --cold-disk: each policy's warm timed steps, then as many with the disk tier's files
+#        dropped from the page cache before each (bench/page-cache.ts); ms/token and disk MiB
+#        per step of both, one timeline; fits one 10-minute command (bundle: `bash
+#        scripts/gpu-bundle.sh tiered-bench`); extra arguments go to tiered-bench
 #   batch: continuous batching (issue 14): the golden check, then bench/batch-bench.ts at 8B
 #        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
@@ -87,7 +93,7 @@
 #        `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|batch|mma|prefill|attn|abstracts) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|abstracts) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -225,6 +231,16 @@ if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
       --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
   fi
   tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  exit 0
+fi
+if [ "$suite" = disk-128k ]; then
+  mkdir -p /tmp/leoam-kv /tmp/leoam-timelines && rm -rf /tmp/leoam-kv/* /tmp/leoam-timelines/*
+  df -T /tmp/leoam-kv | tee "$out/disk-128k-fs.txt"
+  timeout 570 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --policies "${DISK_POLICIES:-leoam}" --cold-disk \
+    --steps 6 --max-seconds 12 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline /tmp/leoam-timelines/timeline-8b-128k \
+    --out "$out/tiered-8b-128k-disk.json" "$@" 2>&1 | tee "$out/tiered-8b-128k-disk.txt" || echo "tiered-bench (128K, cold and warm disk): failed or stopped (time)"
+  tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  rm -rf /tmp/leoam-kv/*
   exit 0
 fi
 if [ "$suite" = mma ]; then

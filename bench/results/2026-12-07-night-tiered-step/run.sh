@@ -4,7 +4,7 @@
 # own process under a V8 CPU profile (so the host's share of the step is seen per function).
 # Bundled with `BASE=<commit> bash scripts/gpu-bundle.sh tiered-bench` and run as
 #   . .gpu/prelude.sh && OUT=$OUT bash bench/results/2026-12-07-night-tiered-step/run.sh
-# STEP_POLICIES (default leoam,leoam+pipe+combine) are what this tree runs; the base runs leoam.
+# STEP_POLICIES (default leoam) are what this tree runs; the base runs leoam.
 set -uo pipefail
 res=/tmp/leoam-step
 rm -rf "$res" && mkdir -p "$res"
@@ -24,8 +24,8 @@ run() { # run NAME LIMIT MJS ARGS...: one tiered-bench process under a CPU profi
     || echo "$name: exit $?" | tee -a "$res/log.txt"
   rm -rf "/tmp/leoam-kv-$name"
 }
-run base 50 .bench-bundle/base/tiered-bench.mjs --policies leoam
-run step 85 .bench-bundle/tiered-bench.mjs --policies "${STEP_POLICIES:-leoam,leoam+pipe+combine}"
+run base 62 .bench-bundle/base/tiered-bench.mjs --policies leoam
+run step 70 .bench-bundle/tiered-bench.mjs --policies "${STEP_POLICIES:-leoam}"
 echo "total $SECONDS s" | tee -a "$res/log.txt"
 tar -czf "$OUT/step.tar.gz" -C "$res" .
 cp "$res/console.txt" "$res/log.txt" "$OUT/" 2>/dev/null || true

@@ -58,7 +58,7 @@ export class KvLayoutChange extends Error {
   readonly code = "kv_layout_change"
 }
 
-/** Staging buffers: upload slots, the scatter's landing buffer and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
+/** Staging buffers: upload slots and read-back slots, each budget / 64 (a seal at least, 16 MiB at most). */
 const STAGING_MAX_BYTES = 16 * 2 ** 20
 const READBACK_SLOTS = 2
 /**
@@ -103,7 +103,10 @@ export interface TierLayoutInput {
 
 export interface TierLayout {
   readonly stagingSlotBytes: number
+  /** Upload ring slots (a landing buffer of the same size besides them where `scatter`). */
   readonly uploadSlots: number
+  /** Whether the ring's flushes scatter from a landing buffer (one copy and a pass) instead of a copy per chunk half. */
+  readonly scatter: boolean
   readonly readbackSlots: number
   /** Tail ring chunks per layer (one at least), besides the slack: prefill passes fill what the unsealed tokens leave. */
   readonly tailChunks: number
@@ -116,9 +119,11 @@ export interface TierLayout {
 const stagingAt = (i: TierLayoutInput, budgetBytes: number) => {
   const stagingSlotBytes = Math.ceil(Math.max(i.sealBytes, Math.min(STAGING_MAX_BYTES, budgetBytes / 64)) / 4) * 4
   const uploadSlots = uploadSlotsFor(budgetBytes)
-  // One slot more: the upload scatter's landing buffer (engine/staging-scatter.ts).
-  const slots = uploadSlots + 1 + READBACK_SLOTS + (i.quantScratch ? 1 : 0)
-  return { stagingSlotBytes, uploadSlots, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * slots + i.scratchBytes }
+  // Where the ring has four slots or more, one of them is the upload scatter's landing buffer
+  // (engine/staging-scatter.ts): the same bytes, so the budget's split does not change.
+  const scatter = uploadSlots >= 4
+  const slots = uploadSlots + READBACK_SLOTS + (i.quantScratch ? 1 : 0)
+  return { stagingSlotBytes, uploadSlots: uploadSlots - (scatter ? 1 : 0), scatter, readbackSlots: READBACK_SLOTS, bytes: stagingSlotBytes * slots + i.scratchBytes }
 }
 
 /**

@@ -52,8 +52,8 @@ export class TieredKv {
   /** Decode's compressed cache slots over the same pool bytes (compression below 16 bits), else undefined. */
   readonly quant: QuantSlots | undefined
   readonly upload: UploadRing
-  /** The ring's flushes as one copy and a scatter pass (its landing buffer is one staging slot of the budget). */
-  private readonly scatter: UploadScatter
+  /** The ring's flushes as one copy and a scatter pass (its landing buffer is one upload slot's bytes), where the layout has room. */
+  private readonly scatter: UploadScatter | undefined
   /** The chunk abstracts' GPU copy: all, or a budgeted cache, and the group abstracts. */
   readonly abstracts: AbstractCache
   /** Per layer: K and V pools of `physicalBlocks` blocks, (blocks, KV, BS, D) f16 (the engine's KvPool uses them). */
@@ -107,7 +107,7 @@ export class TieredKv {
       k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
       v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
     }))
-    this.scatter = new UploadScatter(device, pipelines.now(tieredPipelineKeys(c).scatter), layout.stagingSlotBytes)
+    this.scatter = layout.scatter ? new UploadScatter(device, pipelines.now(tieredPipelineKeys(c).scatter), layout.stagingSlotBytes) : undefined
     this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" }, this.scatter)
     this.abstracts = new AbstractCache(device, pipelines, c, layout.abstracts, this.io, policy.gpuEviction)
     this.sealer = new Sealer(device, pipelines, c, this.pools, this.abstracts, this.tables, this.io, { slotBytes: layout.stagingSlotBytes, slots: layout.readbackSlots }, this.slotBlocks, (policy.compression ?? 16) !== 16)
@@ -164,7 +164,7 @@ export class TieredKv {
 
   /** GPU memory this cache holds for KV: pools, staging and read-back rings, abstracts. */
   get gpuBytes(): number {
-    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + this.scatter.bytes + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + (this.scatter?.bytes ?? 0) + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
   }
 
   /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
@@ -494,6 +494,6 @@ export class TieredKv {
     this.selector.destroy()
     this.sealer.destroy()
     this.upload.destroy()
-    this.scatter.destroy()
+    this.scatter?.destroy()
   }
 }
