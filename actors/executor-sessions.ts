@@ -13,7 +13,7 @@ import { SessionStore, type StoredSession } from "../kv/session-store.ts"
 import { evictionPlan } from "../kv/session-eviction.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
-import { releaseHostEntry } from "../kv/tier-io.ts"
+import { releaseHostEntry, releaseHostPlaces } from "../kv/tier-io.ts"
 import { leoamError } from "../protocol/errors.ts"
 import type { RunRequest, RunSession, SessionRecordWire } from "../protocol/internal.ts"
 
@@ -146,6 +146,7 @@ export const executorSessions = (ctx: SessionContext) => {
   const drop = (id: string) => {
     ctx.prefixes.remove(id)
     releaseHost(id)
+    if (ctx.arena) releaseHostPlaces(ctx.arena, id)
     store.drop(id)
   }
   let evictions = 0

@@ -8,7 +8,10 @@
 // A chunk linked from another session (DiskStore.linkChunks: a shared prefix, the same disk
 // bytes) is held in the host arena under its owner's key, so the sequences sharing it share
 // one host copy; each sequence using another's key is counted (per arena), and the entry
-// goes when the owner and the last of them have let go of it.
+// goes when the owner and the last of them have let go of it. The owner is the session whose
+// segment file holds the bytes while it still indexes them there; once it has let go (a
+// request ended, a session deleted), the first sequence to read them holds them under its own
+// key for the others (found by the bytes' place, file and offset).
 //
 // Seals stay synchronous: DiskStore.putChunks appends to the session's segment file and
 // then indexes in one uninterrupted step. An await between the two would let another seal
@@ -98,6 +101,8 @@ const READ_AHEAD = 4
 interface SharedHost {
   readonly users: Map<string, number>
   readonly ownerGone: Set<string>
+  /** Bytes linked from a file whose session let go of them, by place ("file@offset"): the session holding them under its own key. */
+  readonly places: Map<string, string>
 }
 const sharedHost = new WeakMap<HostArena, SharedHost>()
 
@@ -110,6 +115,12 @@ export const releaseHostEntry = (arena: HostArena, key: string): void => {
   const shared = sharedHost.get(arena)
   if ((shared?.users.get(key) ?? 0) > 0) shared!.ownerGone.add(key)
   else arena.remove(key)
+}
+
+/** A session is gone (deleted or evicted): the places it held for others are free for the next reader. */
+export const releaseHostPlaces = (arena: HostArena, session: string): void => {
+  const places = sharedHost.get(arena)?.places
+  if (places) for (const [place, holder] of places) if (holder === session) places.delete(place)
 }
 
 /** The session whose segment file this is, when the name says it (a plain name; hashed names cannot be read back). */
@@ -125,6 +136,8 @@ export class LocalTierIo implements TierIo {
   private readonly hostKeys = new Map<string, string>()
   /** Other sessions' host keys this cache counts itself a user of. */
   private readonly using = new Set<string>()
+  /** This session's host keys of linked bytes it holds for others (their places), whose file's session let go. */
+  private readonly placed = new Map<string, string>()
   private readonly shared: SharedHost
   private current: string
 
@@ -137,7 +150,7 @@ export class LocalTierIo implements TierIo {
   ) {
     this.current = session
     let shared = sharedHost.get(arena)
-    if (!shared) sharedHost.set(arena, (shared = { users: new Map(), ownerGone: new Set() }))
+    if (!shared) sharedHost.set(arena, (shared = { users: new Map(), ownerGone: new Set(), places: new Map() }))
     this.shared = shared
   }
 
@@ -325,6 +338,9 @@ export class LocalTierIo implements TierIo {
     this.hostKeys.delete(`${layer}/${chunk}`)
     this.held.delete(key)
     if (this.using.delete(key)) return this.letGo(key)
+    const place = this.placed.get(key)
+    if (place !== undefined && this.shared.places.get(place) === this.session) this.shared.places.delete(place)
+    this.placed.delete(key)
     // The owner lets go: the entry stays while other sessions use it.
     if ((this.shared.users.get(key) ?? 0) > 0) this.shared.ownerGone.add(key)
     else this.arena.remove(key)
@@ -398,15 +414,33 @@ export class LocalTierIo implements TierIo {
     }
     const owner = entry && entry.file !== segmentFileName(this.session) ? sessionOfFile(entry.file) : undefined
     if (owner !== undefined && owner !== this.session) {
-      const theirs = this.store.chunkEntry([owner, load.layer, load.chunk])
-      if (theirs && theirs.file === entry!.file && theirs.offset === entry!.offset) {
-        key = chunkKey(owner, load.layer, load.chunk)
+      const holder = this.holderOf(owner, entry!, load)
+      if (holder !== undefined) {
+        key = chunkKey(holder, load.layer, load.chunk)
         this.using.add(key)
         this.shared.users.set(key, (this.shared.users.get(key) ?? 0) + 1)
-      }
+      } else this.placed.set(own, `${entry!.file}@${entry!.offset}`)
     }
     // Only keys of chunks indexed on disk are kept (a chunk not stored yet may be linked or sealed later).
     if (entry) this.hostKeys.set(at, key)
     return key
+  }
+
+  /**
+   * The session holding a linked chunk's bytes in the host arena for this one: the owner of
+   * their file while it indexes them at the same place, else the sequence that first read them
+   * after it let go (it still indexes them there); undefined when this one is to hold them.
+   */
+  private holderOf(owner: string, entry: { readonly file: string; readonly offset: number }, load: { readonly layer: number; readonly chunk: number }): string | undefined {
+    const holds = (session: string) => {
+      const theirs = this.store.chunkEntry([session, load.layer, load.chunk])
+      return theirs !== undefined && theirs.file === entry.file && theirs.offset === entry.offset
+    }
+    if (holds(owner)) return owner
+    const place = `${entry.file}@${entry.offset}`
+    const holder = this.shared.places.get(place)
+    if (holder !== undefined && holder !== this.session && holds(holder)) return holder
+    this.shared.places.set(place, this.session)
+    return undefined
   }
 }

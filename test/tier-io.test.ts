@@ -230,4 +230,37 @@ describe("LocalTierIo", () => {
     req.forget(0, 0)
     expect(arena.keys()).toEqual([chunkKey("doc", 0, 0)])
   })
+
+  it("once the file's owner has let go, the first sequence reading linked bytes holds them for the others", async () => {
+    const { io, arena, store } = setup({ hostChunks: 8 })
+    await io.storeSealed([sealed(0, 0), sealed(0, 1)])
+    store.linkChunks("doc", "a", [2]) // e.g. a session opened on a running request's document
+    io.forget(0, 0)
+    io.forget(0, 1)
+    io.dropSession() // the request ends: its file stays for "a"
+    expect(arena.keys()).toEqual([])
+    store.linkChunks("a", "b", [2]) // b begins like a: its entries point into doc's file too
+    store.linkChunks("a", "c", [1])
+    const a = new LocalTierIo(arena, store, "a")
+    const b = new LocalTierIo(arena, store, "b")
+    const c = new LocalTierIo(arena, store, "c")
+    const staged: Array<{ chunk: number; bytes: Uint8Array }> = []
+    expect(await a.load(loadsOf([[0, 0]], staged), true)).toEqual(["disk"])
+    expect(await b.load(loadsOf([[0, 0], [0, 1]], staged), true)).toEqual(["host", "disk"])
+    expect(await c.load(loadsOf([[0, 0]], staged), true)).toEqual(["host"])
+    expect(await a.load(loadsOf([[0, 1]], staged), true)).toEqual(["host"]) // b read chunk 1 first and holds it
+    expect(staged.map((x) => x.bytes)).toEqual([bytesOf(0, 0), bytesOf(0, 0), bytesOf(0, 1), bytesOf(0, 0), bytesOf(0, 1)])
+    // One host copy of each chunk.
+    expect(arena.keys().sort()).toEqual([chunkKey("a", 0, 0), chunkKey("b", 0, 1)])
+    // a lets go first: b and c still read its entry; it goes with the last of them.
+    a.forget(0, 0)
+    expect(arena.has(chunkKey("a", 0, 0))).toBe(true)
+    b.forget(0, 0)
+    c.forget(0, 0)
+    expect(arena.has(chunkKey("a", 0, 0))).toBe(false)
+    // a no longer holds chunk 0's place: the next reader does.
+    const d = new LocalTierIo(arena, store, "b")
+    expect(await d.load(loadsOf([[0, 0]], staged), true)).toEqual(["disk"])
+    expect(arena.has(chunkKey("b", 0, 0))).toBe(true)
+  })
 })
