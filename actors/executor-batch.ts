@@ -121,12 +121,14 @@ export const executorBatch = (deps: BatchDeps) => {
 
   return {
     /** Runs `prompt` in the batch once its KV is admitted; its lane is freed when it ends. */
-    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined }> =>
+    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined; shared: number }> =>
       withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop, session) => {
         const policy = deps.policy()
         const sharing = isTiered(policy) && policy.chunkMinTokens === undefined && deps.tiers.store !== undefined && lane.hasSessions
-        const r = await loop.generate(lane, prompt, options, sharing ? sharePrefix(lane, session, prompt, policy.chunkTokens) : undefined)
-        return { r, kv: lane.tierStats() }
+        let shared = 0
+        const prepare = sharing ? sharePrefix(lane, session, prompt, policy.chunkTokens) : undefined
+        const r = await loop.generate(lane, prompt, options, prepare && (async () => (shared = await prepare())))
+        return { r, kv: lane.tierStats(), shared }
       }),
 
     /**

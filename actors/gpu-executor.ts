@@ -331,7 +331,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         )
       const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
       const session = req.session
-      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats } = yield* enginePromise(() =>
+      const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats; shared?: number } = yield* enginePromise(() =>
         session ? inSession(session) : batch ? batch.run(req.run_id, req.ids, genOptions(maxTokens)) : gen(req.ids, maxTokens, false).then((r) => ({ r })),
       )
       const r = out.r
@@ -350,6 +350,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         decode_ms_per_token: r.timings.decodeMsPerToken,
         total_ms: r.timings.totalMs,
         ...(stats ? { kv: stats } : {}),
+        ...(out.shared ? { shared_tokens: out.shared } : {}),
         ...(out.session ? { session: out.session } : {}),
       }
       return result

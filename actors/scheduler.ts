@@ -284,7 +284,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         ids: outIds,
         text: outText,
         finish_reason: finish,
-        usage: { prompt_tokens: result.session?.prompt_tokens ?? ids.length, completion_tokens: outIds.length },
+        usage: { prompt_tokens: result.session?.prompt_tokens ?? ids.length, completion_tokens: outIds.length, ...(result.shared_tokens ? { cached_tokens: result.shared_tokens } : {}) },
         timings: {
           queue_ms: started - receivedAt,
           prefill_ms: result.prefill_ms,

@@ -52,6 +52,8 @@ export const RunResult = Schema.Struct({
   decode_ms_per_token: Schema.Number,
   total_ms: Schema.Number,
   kv: Schema.optional(KvStats),
+  /** A generate's prompt tokens taken from a shared prefix's chunks instead of prefilled (absent when none). */
+  shared_tokens: Schema.optional(Schema.Int),
   /** A session run: the session's length after it, and the tokens of the whole prompt (document and question). */
   session: Schema.optional(Schema.Struct({ id: Schema.String, tokens: Schema.Int, prompt_tokens: Schema.Int, shared_tokens: Schema.optional(Schema.Int) })),
 })

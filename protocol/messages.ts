@@ -43,7 +43,12 @@ export const GenerateRequest = Schema.Struct({
 }).annotations({ identifier: "GenerateRequest", parseOptions: { onExcessProperty: "error" } })
 export type GenerateRequest = typeof GenerateRequest.Type
 
-export const Usage = Schema.Struct({ prompt_tokens: Schema.Int, completion_tokens: Schema.Int })
+export const Usage = Schema.Struct({
+  prompt_tokens: Schema.Int,
+  completion_tokens: Schema.Int,
+  /** Prompt tokens whose KV was not prefilled: the whole chunks of a prefix shared with a running request or a stored session (absent when none). */
+  cached_tokens: Schema.optional(Schema.Int),
+})
 
 const TierCounters = { hits: Schema.Int, bytes_read: Schema.Number }
 

@@ -9,6 +9,7 @@ import { startHttpGateway, type HttpGateway } from "../actors/http-gateway.ts"
 import { loadChatTemplate } from "../actors/http/chat-template.ts"
 import { FieldError, fromLeoam } from "../actors/http/errors.ts"
 import { completionToGenerate, decodeChat, decodeCompletion } from "../actors/http/requests.ts"
+import { usageOf } from "../actors/http/responses.ts"
 import type { EmbeddedNats } from "../actors/nats.ts"
 import { startEmbeddedNats } from "../actors/nats-server.ts"
 import { leoamError } from "../protocol/errors.ts"
@@ -86,6 +87,14 @@ describe("chat templates", () => {
     const e = refusal(() => file.render(messages))
     expect([e.param, e.message]).toEqual(["messages", expect.stringContaining("no system messages")])
     expect(() => loadChatTemplate(dir, join(dir, "missing.jinja"))).toThrow(/no such file/)
+  })
+})
+
+describe("usage", () => {
+  it("counts a shared prefix's tokens as OpenAI's cached prompt tokens, only when there are some", () => {
+    const reply = (usage: { prompt_tokens: number; completion_tokens: number; cached_tokens?: number }) => ({ model: "m", ids: [], text: "", finish_reason: "stop" as const, usage, timings: { queue_ms: 0, prefill_ms: 0, decode_ms_per_token: 0, total_ms: 0 } })
+    expect(usageOf(reply({ prompt_tokens: 163, completion_tokens: 4, cached_tokens: 160 }))).toEqual({ prompt_tokens: 163, completion_tokens: 4, total_tokens: 167, prompt_tokens_details: { cached_tokens: 160 } })
+    expect(usageOf(reply({ prompt_tokens: 163, completion_tokens: 4 }))).toEqual({ prompt_tokens: 163, completion_tokens: 4, total_tokens: 167 })
   })
 })
 

@@ -65,6 +65,9 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
       expect(togetherA.ids).toEqual(aloneA.ids)
       expect(togetherB.ids).toEqual(aloneB.ids)
       expect(yield* shared).toBe(160)
+      // The reply counts them as cached prompt tokens.
+      expect(togetherB.usage).toEqual({ prompt_tokens: b.ids.length, completion_tokens: b.max_tokens, cached_tokens: 160 })
+      expect(aloneB.usage.cached_tokens).toBeUndefined()
       // Written once: b wrote none of the document's KV, only what follows.
       expect(aloneB.kv.disk.bytes_written).toBeGreaterThanOrEqual(docBytes)
       expect(togetherB.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
@@ -106,6 +109,7 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
       expect(order.slice(2)).toEqual(["deleted", "b again"])
       expect(together.ids).toEqual(aloneB.ids)
       expect(yield* shared).toBe(before + 160)
+      expect(together.usage.cached_tokens).toBe(160)
       expect(together.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
       expect(together.timings.prefill_ms).toBeLessThan(aloneB.timings.prefill_ms)
       // Nothing left on disk or in the host arena once the last user is gone.

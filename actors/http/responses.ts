@@ -14,6 +14,8 @@ export const usageOf = (r: GenerateReply) => ({
   prompt_tokens: r.usage.prompt_tokens,
   completion_tokens: r.usage.completion_tokens,
   total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens,
+  // OpenAI's place for prompt tokens served from a cache: here, a shared prefix's chunks.
+  ...(r.usage.cached_tokens ? { prompt_tokens_details: { cached_tokens: r.usage.cached_tokens } } : {}),
 })
 
 /** The whole answer of a request that did not stream. */
