@@ -1,10 +1,14 @@
 // Time to first token of a question to a session against a fresh prefill of the same
 // document + question: one in-process leoam node (all actors, a tiered policy, a temporary
-// kv-dir), a warm-up generate, then per round a fresh generate of document + question and
-// the same question asked to the session twice (the second one finds the host arena warm).
-// Each reply's prefill_ms is its time to first token as the executor measures it; the
-// client-side round trip is printed beside it. Checks that the session answers the fresh
-// generate's greedy ids. Prints a table and writes JSON with --out.
+// kv-dir), a warm-up generate, a fresh generate of document + question per round (before the
+// session exists: with --max-batch above 1 a generate beginning with a stored session's
+// document links its chunks), the session's open, then per round the question asked to the
+// session twice (the second one finds the host arena warm) and, with --max-batch above 1, as
+// a plain generate of document + question, which shares the session's chunks (prefix
+// sharing). Each reply's prefill_ms is its time to first token as the executor measures it;
+// the client-side round trip is printed beside it. Checks that every answer is the first
+// one's greedy ids. --no-fresh skips the fresh generates (the open's prefill is the
+// document's cost then). Prints a table and writes JSON with --out.
 //
 //   npx tsx bench/session-ttft.ts --tokens 2048                        # this CPU, bundled model
 //   npx tsx bench/session-ttft.ts --model dummy:llama-3.1-8b --tokens 32768 --device gpu \
@@ -24,14 +28,16 @@ const opts = new Command("session-ttft")
   .option("--tokens <n>", "document tokens", (v) => Number(v), 2048)
   .option("--question <n>", "question tokens", (v) => Number(v), 16)
   .option("--max-tokens <n>", "tokens generated per answer", (v) => Number(v), 4)
-  .option("--rounds <n>", "rounds (fresh, session, session)", (v) => Number(v), 2)
+  .option("--rounds <n>", "rounds (fresh, session, session, shared)", (v) => Number(v), 2)
+  .option("--max-batch <n>", "the node's --max-batch (above 1: plain generates share a stored session's chunks)", (v) => Number(v), 1)
+  .option("--no-fresh", "skip the fresh generates of document + question")
   .option("--policy <name>", "a tiered policy", "leoam")
   .option("--gpu-kv-budget <size>", "GPU bytes for KV (default: no limit)")
   .option("--host-kv-budget <size>", "host arena bytes", "256MiB")
   .addOption(new Option("--device <kind>").choices(["cpu", "gpu", "auto"]).default("auto"))
   .option("--out <file>", "write the results as JSON")
   .parse()
-  .opts<{ model: string; tokens: number; question: number; maxTokens: number; rounds: number; policy: string; gpuKvBudget?: string; hostKvBudget: string; device: "cpu" | "gpu" | "auto"; out?: string }>()
+  .opts<{ model: string; tokens: number; question: number; maxTokens: number; rounds: number; maxBatch: number; fresh: boolean; policy: string; gpuKvBudget?: string; hostKvBudget: string; device: "cpu" | "gpu" | "auto"; out?: string }>()
 
 const kvDir = mkdtempSync(join(tmpdir(), "leoam-session-ttft-"))
 const node = await startNode({
@@ -43,6 +49,7 @@ const node = await startNode({
   hostKvBudget: parseSize(opts.hostKvBudget),
   ...(opts.gpuKvBudget ? { gpuKvBudget: parseSize(opts.gpuKvBudget) } : {}),
   kvPolicy: parsePolicyDocument(opts.policy),
+  maxBatch: opts.maxBatch,
 })
 const nc = await connectNats(node.url, "session-ttft")
 const ask = async (subject: string, body: unknown) => {
@@ -53,19 +60,32 @@ const ask = async (subject: string, body: unknown) => {
   return { json, ms: performance.now() - t0 }
 }
 const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 131 + salt * 17) % 3000))
-const rows: Array<{ what: string; prefill_ms: number; round_trip_ms: number; same_ids?: boolean }> = []
+const rows: Array<{ what: string; prefill_ms: number; round_trip_ms: number; same_ids?: boolean; cached_tokens?: number }> = []
 try {
   await ask(publicSubjects.generate, { ids: ids(32, 9), max_tokens: 2 }) // warm-up: pipelines, first run
   const doc = ids(opts.tokens, 1)
+  const questions = Array.from({ length: opts.rounds }, (_, r) => ids(opts.question, 100 + r))
+  /** Each round's first answer: the fresh generate's, else the session's first. */
+  const first: Array<string | undefined> = questions.map(() => undefined)
+  const same = (r: number, got: ReadonlyArray<number>) => (first[r] ??= JSON.stringify(got)) === JSON.stringify(got)
+  if (opts.fresh) {
+    for (const [r, q] of questions.entries()) {
+      const fresh = await ask(publicSubjects.generate, { ids: [...doc, ...q], max_tokens: opts.maxTokens })
+      same(r, fresh.json.ids)
+      rows.push({ what: `generate, document + question (round ${r + 1})`, prefill_ms: fresh.json.timings.prefill_ms, round_trip_ms: fresh.ms })
+    }
+  }
   const opened = await ask(sessionSubjects.open, { ids: doc })
   rows.push({ what: `session.open (${opts.tokens} tokens)`, prefill_ms: opened.json.prefill_ms, round_trip_ms: opened.ms })
-  for (let r = 0; r < opts.rounds; r++) {
-    const q = ids(opts.question, 100 + r)
-    const fresh = await ask(publicSubjects.generate, { ids: [...doc, ...q], max_tokens: opts.maxTokens })
-    rows.push({ what: `generate, document + question (round ${r + 1})`, prefill_ms: fresh.json.timings.prefill_ms, round_trip_ms: fresh.ms })
+  for (const [r, q] of questions.entries()) {
     for (const k of [1, 2]) {
       const s = await ask(sessionSubjects.generate, { session: opened.json.session, ids: q, max_tokens: opts.maxTokens })
-      rows.push({ what: `session.generate #${k} (round ${r + 1})`, prefill_ms: s.json.timings.prefill_ms, round_trip_ms: s.ms, same_ids: JSON.stringify(s.json.ids) === JSON.stringify(fresh.json.ids) })
+      rows.push({ what: `session.generate #${k} (round ${r + 1})`, prefill_ms: s.json.timings.prefill_ms, round_trip_ms: s.ms, same_ids: same(r, s.json.ids) })
+    }
+    if (opts.maxBatch > 1) {
+      const shared = await ask(publicSubjects.generate, { ids: [...doc, ...q], max_tokens: opts.maxTokens })
+      const cached = shared.json.usage.cached_tokens as number | undefined
+      rows.push({ what: `generate, shared prefix (round ${r + 1})`, prefill_ms: shared.json.timings.prefill_ms, round_trip_ms: shared.ms, same_ids: same(r, shared.json.ids), ...(cached ? { cached_tokens: cached } : {}) })
     }
   }
 } finally {
@@ -73,11 +93,19 @@ try {
   await node.stop()
   rmSync(kvDir, { recursive: true, force: true })
 }
-const fresh = rows.filter((r) => r.what.startsWith("generate")).map((r) => r.prefill_ms)
-const session = rows.filter((r) => r.what.startsWith("session.generate")).map((r) => r.prefill_ms)
+const of = (prefix: string) => rows.filter((r) => r.what.startsWith(prefix)).map((r) => r.prefill_ms)
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-console.log(`model ${opts.model}, policy ${opts.policy}, document ${opts.tokens} tokens, question ${opts.question}`)
-console.log("what".padEnd(48), "TTFT ms".padStart(10), "round trip ms".padStart(14), " same ids")
-for (const r of rows) console.log(r.what.padEnd(48), r.prefill_ms.toFixed(1).padStart(10), r.round_trip_ms.toFixed(1).padStart(14), r.same_ids === undefined ? "" : ` ${r.same_ids}`)
-console.log(`median TTFT: fresh ${median(fresh).toFixed(1)} ms, session ${median(session).toFixed(1)} ms: ${(median(fresh) / median(session)).toFixed(1)}x`)
-if (opts.out) writeFileSync(opts.out, JSON.stringify({ options: opts, rows, speedup: median(fresh) / median(session) }, null, 2) + "\n")
+// The document's cost: a fresh generate of document + question, else the session's open.
+const fresh = opts.fresh ? of("generate, document") : of("session.open")
+const session = of("session.generate")
+const shared = of("generate, shared")
+console.log(`model ${opts.model}, policy ${opts.policy}, document ${opts.tokens} tokens, question ${opts.question}, --max-batch ${opts.maxBatch}`)
+console.log("what".padEnd(48), "TTFT ms".padStart(10), "round trip ms".padStart(14), " same ids", " cached")
+for (const r of rows) console.log(r.what.padEnd(48), r.prefill_ms.toFixed(1).padStart(10), r.round_trip_ms.toFixed(1).padStart(14), r.same_ids === undefined ? "" : ` ${r.same_ids}`, r.cached_tokens ?? "")
+const first = opts.fresh ? "fresh" : "open"
+console.log(`median TTFT: ${first} ${median(fresh).toFixed(1)} ms, session ${median(session).toFixed(1)} ms: ${(median(fresh) / median(session)).toFixed(1)}x`)
+if (shared.length > 0) console.log(`median TTFT of a generate sharing the session's prefix: ${median(shared).toFixed(1)} ms: ${(median(fresh) / median(shared)).toFixed(1)}x`)
+if (opts.out) {
+  const sharedSpeedup = shared.length > 0 ? { shared_speedup: median(fresh) / median(shared) } : {}
+  writeFileSync(opts.out, JSON.stringify({ options: opts, rows, speedup: median(fresh) / median(session), ...sharedSpeedup }, null, 2) + "\n")
+}

@@ -91,9 +91,16 @@
 #        (every chunk; groups, then the kept groups' chunks; a read-back round trip: --score-time);
 #        fits one 10-minute command (bundle:
 #        `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
+#   sessions: sessions and prefix sharing (issue 14 §2; bundle: `bash scripts/gpu-bundle.sh
+#        golden-check session-ttft`): the golden check, then bench/session-ttft.ts at 8B shapes
+#        (dummy weights), a SESSION_TOKENS-token document (default 32768), GPU 6 GiB, host 8 GiB,
+#        --max-batch 4, one round, no fresh generate (the open's prefill is the document's
+#        cost): the open, the question to the session twice, and a plain generate of document +
+#        question that shares the stored session's chunks; TTFT of each, same ids; stopped at
+#        SESSION_S (default 400 s); extra arguments go to session-ttft
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|abstracts) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|abstracts|sessions) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -128,6 +135,13 @@ if [ "$suite" = compare ]; then
       timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
     done
   done
+  exit 0
+fi
+if [ "$suite" = sessions ]; then
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  timeout "${SESSION_S:-400}" node .bench-bundle/session-ttft.mjs --model dummy:llama-3.1-8b --tokens "${SESSION_TOKENS:-32768}" --device gpu \
+    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --max-batch 4 --rounds 1 --no-fresh --out "$out/session-ttft.json" "$@" 2>&1 \
+    | tee "$out/session-ttft.txt" || echo "session-ttft: failed or stopped" | tee -a "$out/session-ttft.txt"
   exit 0
 fi
 if [ "$suite" = prefill ]; then
