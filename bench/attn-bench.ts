@@ -3,7 +3,7 @@
 // where subgroups allow, else attn_prefill), at Llama-3.1-8B's heads (32 query heads, 8 KV
 // heads, head dim 128) over a paged f16 pool of N = 8K, 32K, 128K tokens.
 //   npx tsx bench/attn-bench.ts [--tokens 8192,32768,131072] [--chunk 512] [--points 4]
-//                               [--kernels mx,base] [--nsg 4,2] [--max-seconds 100] [--out FILE]
+//                               [--kernels mx,mxd,base] [--nsg 4,2] [--max-seconds 100] [--out FILE]
 // Prefill attends in chunks of --chunk queries (the engine's prefill chunk), chunk c at
 // positions c * chunk.. over keys 0 .. (c + 1) * chunk - 1. Each kernel is timed on --points
 // chunks spread over the prompt (the last one included); a chunk's time is linear in its
@@ -77,6 +77,20 @@ if (wanted.has("mx")) {
         if (PAD === undefined) console.log(`${name}: no room for its workgroup memory`)
         else kernels.push({ name, key: attnPrefillKey(config, true, false, { constants: { ...best, NSG, PAD }, shared }) })
       }
+    }
+  }
+}
+// mxd<NSG>: the register form with K and V loaded as matrices straight from the pool (KDIRECT,
+// no staging: Q, S and P only in workgroup memory).
+if (wanted.has("mxd") && gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
+  const best = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, D)
+  for (const NSG of args.nsg!.split(",").map(Number)) {
+    const rows = 16 * NSG
+    const PAD = [8, 0].find((pad) => matrixAttnWorkgroupBytes({ NSG, PAD: pad }, D) - 32 * (D + pad) * 2 * 2 <= gpu.limits.maxComputeWorkgroupStorageSize)
+    if (!best || PAD === undefined) console.log(`mxd${NSG}: not run (${best ? "no room" : "no matrix attention constants"}; ${rows} rows)`)
+    else {
+      const key = attnPrefillKey(config, true, false, { constants: { ...best, NSG, PAD }, shared: false })
+      kernels.push({ name: `mxd${NSG}`, key: { ...key, flags: { ...key.flags, KDIRECT: true } } })
     }
   }
 }

@@ -136,12 +136,12 @@ export interface MatrixAttn {
 }
 
 /**
- * Workgroup memory of attn_prefill_mx: Q (16 NSG rows), K and V (32 keys) of D + pad halves; S, P
- * and per-row factors; with OSHARED also O (16 NSG rows of D f32).
+ * Workgroup memory of attn_prefill_mx: Q (16 NSG rows), K and V (32 keys each) of D + pad halves;
+ * S, P and per-row factors; the 16-byte rescale flag; with OSHARED also O (16 NSG rows of D f32).
  */
 export const matrixAttnWorkgroupBytes = (k: Pick<MatrixAttnConstants, "NSG" | "PAD">, D: number, shared = false): number => {
   const rows = 16 * k.NSG
-  return (rows + 32) * (D + k.PAD) * 2 + D * 32 * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 4 + (shared ? rows * D * 4 : 0)
+  return (rows + 64) * (D + k.PAD) * 2 + rows * 32 * 4 + rows * (32 + k.PAD) * 2 + rows * 4 + 16 + (shared ? rows * D * 4 : 0)
 }
 
 /** The largest configuration (4 then 2 subgroups, pad 8 then 0) of a form that fits; undefined if none. */

@@ -20,9 +20,19 @@
 // device takes it only where the register form fails its check (engine/attn-check.ts).
 // Offsets of matrix loads and stores derive only from subgroup_id and loop counters (Dawn
 // requires them uniform within a subgroup); the workgroup is NSG subgroups of exactly SG
-// lanes, SG the device's fixed subgroup size. Strides and offsets are multiples of 16 bytes.
+// lanes, SG the device's fixed subgroup size. Strides and offsets are multiples of 16 bytes,
+// and so is every workgroup variable's size: on an H100 (driver 580.159) this kernel with a
+// 4-byte `rescale: u32` beside its matrix arrays gave garbage from every matrix load and store
+// (NaN, values of 1e3, V shifted by a column) while the same loads and stores in a shader with
+// only 16-byte-multiple variables were exact (bench/flash-diag.ts; test/kernels-flash.test.ts
+// checks the sizes).
 enable f16;
 enable chromium_experimental_subgroup_matrix;
+#if KDIRECT
+// The pool offsets of K and V come from the block table: uniform (workgroup-uniform positions),
+// which the analysis cannot see through a storage load.
+diagnostic(off, chromium.subgroup_matrix_uniformity);
+#endif
 
 #include lib/attn_prefill_io.wgsl
 
@@ -40,20 +50,37 @@ override LD: u32 = D + PAD;          // row stride of qs and ks (halves)
 override PLD: u32 = BK + PAD;        // row stride of ps (halves)
 override QS_SIZE: u32 = ROWS * LD;
 override KS_SIZE: u32 = BK * LD;
-override VT_SIZE: u32 = D * BK;
 override SS_SIZE: u32 = ROWS * BK;
 override PS_SIZE: u32 = ROWS * PLD;
 
 var<workgroup> qs: array<f16, QS_SIZE>;   // (ROWS, LD): the rows' queries * scale
+#if !KDIRECT
 var<workgroup> ks: array<f16, KS_SIZE>;   // (BK, LD): the tile's keys
-var<workgroup> vt: array<f16, VT_SIZE>;   // (D, BK): the tile's values, transposed (V's columns as rows)
+var<workgroup> vs: array<f16, KS_SIZE>;   // (BK, LD): the tile's values
+#endif
 var<workgroup> ss: array<f32, SS_SIZE>;   // per subgroup (16, BK): scores; also a 16 x 16 scratch
 var<workgroup> ps: array<f16, PS_SIZE>;   // per subgroup (16, PLD): probabilities
 var<workgroup> row_a: array<f32, ROWS>;   // per row: the rescale factor of this tile, then 1 / l
-var<workgroup> rescale: u32;              // some row of the workgroup moved its reference max
+var<workgroup> rescale: vec4<u32>;        // x: some row of the workgroup moved its reference max (16 bytes: see above)
 #if OSHARED
 override OS_SIZE: u32 = ROWS * D;
 var<workgroup> os: array<f32, OS_SIZE>;   // (ROWS, D): the unnormalized output sums
+#endif
+
+// The first column of output block b (< D / 16) in vs. A function, not `16u * b`: the blocks
+// past D are dead branches, but Dawn checks constant matrix offsets against the array's size
+// (D < 128 failed pipeline creation on an H100 with a constant offset there).
+fn v_col(b: u32) -> u32 { return min(b, D / 16u - 1u) * 16u; }
+
+#if KDIRECT
+// KDIRECT: K and V are not staged; a tile's two halves of 16 keys are loaded as matrices
+// straight from the pool (a half lies in one block: BS is a multiple of 16). This returns the
+// first f16 of the K (and V) row of the 16 keys from `pos` (a multiple of 16), or for keys wholly
+// past kend those of the last visible 16: pool data either way (finite), masked to P = 0.
+fn kv_rows(pos: u32, kend: u32, kvh: u32) -> u32 {
+  let at = min(pos, ((kend - 1u) / 16u) * 16u);
+  return ((table[at / p.BS] * p.KV + kvh) * p.BS + at % p.BS) * D;
+}
 #endif
 
 // The scalar sides of the accumulators' trips through this subgroup's scratch (16 x 16 f32 at
@@ -164,9 +191,19 @@ fn main(
   }
 #endif
 
+#if KDIRECT
+  workgroupBarrier();   // qs is staged (the staged form's loop has this barrier at its top)
+#endif
   for (var kt = kbeg; kt < kend; kt = kt + BK) {
+#if KDIRECT
+    // No barrier: this subgroup's scores and probabilities were last read before the previous
+    // tile's workgroupUniformLoad, and nothing else is shared.
+    if (lid == 0u) { rescale.x = 0u; }
+    let kb0 = kv_rows(kt, kend, kvh);
+    let kb1 = kv_rows(kt + 16u, kend, kvh);
+#else
     workgroupBarrier();
-    if (lid == 0u) { rescale = 0u; }
+    if (lid == 0u) { rescale.x = 0u; }
     for (var i = lid; i < BK * half_d; i = i + threads) {
       let key = i / half_d;
       let w = i % half_d;
@@ -181,18 +218,24 @@ fn main(
       let vh = bitcast<vec2<f16>>(vw);
       ks[key * LD + 2u * w] = kh.x;
       ks[key * LD + 2u * w + 1u] = kh.y;
-      vt[(2u * w) * BK + key] = vh.x;
-      vt[(2u * w + 1u) * BK + key] = vh.y;
+      vs[key * LD + 2u * w] = vh.x;
+      vs[key * LD + 2u * w + 1u] = vh.y;
     }
     workgroupBarrier();
+#endif
 
     // S = Q K^T: left Q rows (row-major in qs), right K^T (K's rows as columns: col-major in ks).
     var s0 = subgroup_matrix_result<f32, 16, 16>();
     var s1 = subgroup_matrix_result<f32, 16, 16>();
     for (var kd = 0u; kd < D; kd = kd + 16u) {
       let a = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&qs, sg * 16u * LD + kd, LD);
+#if KDIRECT
+      let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb0 + kd, D);
+      let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb1 + kd, D);
+#else
       let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ks, kd, LD);
       let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ks, 16u * LD + kd, LD);
+#endif
       s0 = subgroupMatrixMultiplyAccumulate(a, b0, s0);
       s1 = subgroupMatrixMultiplyAccumulate(a, b1, s1);
     }
@@ -210,7 +253,7 @@ fn main(
       var alpha = 1.0;
       if (tmax > mrun + TAU) {
         alpha = exp(mrun - tmax);   // 0 from the empty state
-        if (l > 0.0) { rescale = 1u; }
+        if (l > 0.0) { rescale.x = 1u; }
         mrun = tmax;
         l = l * alpha;
       }
@@ -224,7 +267,7 @@ fn main(
       }
     }
     // A barrier: the probabilities are visible below, and the branch is uniform.
-    if (workgroupUniformLoad(&rescale) != 0u) {
+    if (workgroupUniformLoad(&rescale).x != 0u) {
 #if OSHARED
       for (var e = lane; e < 16u * D; e = e + SG) { os[oc + e] = os[oc + e] * row_a[sg * 16u + e / D]; }
       workgroupBarrier();
@@ -240,56 +283,100 @@ fn main(
 #endif
     }
 
-    // O += P V: left P (row-major in ps), right V (col-major in vt, V transposed: on an H100,
-    // driver 580.159, V loaded as a row-major right matrix from workgroup memory gave wrong O).
+    // O += P V: left P (row-major in ps), right V (row-major in vs).
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
     let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
 #if OSHARED
     for (var b = 0u; b < D; b = b + 16u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, b * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, b * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + b, D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + b, D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, b, LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + b, LD);
+#endif
       let acc = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&os, oc + b, D);
       subgroupMatrixStore<row_major>(&os, oc + b, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, acc)), D);
     }
 #else
     if (D > 0u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 0u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 0u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(0u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(0u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(0u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(0u), LD);
+#endif
       o0 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o0));
     }
     if (D > 16u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 16u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 16u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(1u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(1u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(1u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(1u), LD);
+#endif
       o1 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o1));
     }
     if (D > 32u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 32u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 32u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(2u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(2u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(2u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(2u), LD);
+#endif
       o2 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o2));
     }
     if (D > 48u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 48u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 48u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(3u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(3u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(3u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(3u), LD);
+#endif
       o3 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o3));
     }
     if (D > 64u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 64u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 64u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(4u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(4u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(4u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(4u), LD);
+#endif
       o4 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o4));
     }
     if (D > 80u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 80u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 80u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(5u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(5u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(5u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(5u), LD);
+#endif
       o5 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o5));
     }
     if (D > 96u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 96u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 96u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(6u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(6u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(6u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(6u), LD);
+#endif
       o6 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o6));
     }
     if (D > 112u) {
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 112u * BK, BK);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&vt, 112u * BK + 16u, BK);
+#if KDIRECT
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(7u), D);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(7u), D);
+#else
+      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, v_col(7u), LD);
+      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vs, 16u * LD + v_col(7u), LD);
+#endif
       o7 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7));
     }
 #endif

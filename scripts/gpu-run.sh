@@ -82,6 +82,14 @@
 #        toggles are on throughout (LEOAM_MATRIX_UNITS=auto) and the matrix GEMM off
 #        (LEOAM_MATRIX_GEMM=0), so only attention differs; the steps share ATTN_BUDGET_S
 #        (default 140 s)
+#   flash-diag: where attn_prefill_mx goes wrong on this device (issue 12 §3; bundle: `bash
+#        scripts/gpu-bundle.sh flash-diag golden-check attn-bench`): bench/flash-diag.ts (micro
+#        products through each load/store form, the kernel at small shapes, one half emulated,
+#        variants), the golden check with matrix attention on (where bundled), then attn-bench
+#        at FLASH_TOKENS (default 8192,32768,131072) with FLASH_NSG subgroups (default 4) and
+#        FLASH_KERNELS (default mx,mxd,base: O in registers, the same with K and V loaded
+#        straight from the pool, attn_prefill_sg); FLASH_BENCH=0 skips the bench; one
+#        100-second command
 #   abstracts: abstracts under budget (issue 13 §4): the golden check, then tiered-bench at 8B
 #        64K and 128K (GPU 6 GiB, host 8 GiB) with leoam (every abstract on the GPU, counted in
 #        the budget), leoam+groups (group abstracts of GROUP_CHUNKS chunks, default 16, scored
@@ -100,7 +108,7 @@
 #        SESSION_S (default 400 s); extra arguments go to session-ttft
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|abstracts|sessions) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|flash-diag|abstracts|sessions) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -163,6 +171,18 @@ if [ "$suite" = prefill ]; then
         || echo "prefill $order $n: failed or stopped after $((SECONDS - t0)) s" | tee -a "$out/prefill.txt"
     done
   done
+  exit 0
+fi
+if [ "$suite" = flash-diag ]; then
+  nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$out/device.txt" || true
+  export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
+  timeout 35 node .bench-bundle/flash-diag.mjs "$@" 2>&1 | tee "$out/flash-diag.txt" || echo "flash-diag: failed or stopped" | tee -a "$out/flash-diag.txt"
+  if [ -f .bench-bundle/golden-check.mjs ]; then
+    LEOAM_MATRIX_ATTENTION=1 timeout 40 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-attention.txt" || echo "golden check, matrix attention: FAILED or stopped"
+  fi
+  if [ "${FLASH_BENCH:-1}" = 1 ] && [ -f .bench-bundle/attn-bench.mjs ] && [ "$SECONDS" -lt 60 ]; then
+    timeout $((95 - SECONDS)) node .bench-bundle/attn-bench.mjs --tokens "${FLASH_TOKENS:-8192,32768,131072}" --nsg "${FLASH_NSG:-4}" --kernels "${FLASH_KERNELS:-mx,mxd,base}" --max-seconds 30 --out "$out/attn-bench.json" 2>&1 | tee "$out/attn-bench.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench.txt"
+  fi
   exit 0
 fi
 if [ "$suite" = attn ]; then

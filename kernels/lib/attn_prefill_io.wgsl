@@ -19,8 +19,14 @@ struct Params { M: u32, H: u32, KV: u32, BS: u32, pos0: u32, scale: f32, _a: u32
 #endif
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+#if KDIRECT
+// The same pools as halves, for kernels that load K and V tiles as matrices (attn_prefill_mx).
+@group(0) @binding(2) var<storage, read> kpool: array<f16>;
+@group(0) @binding(3) var<storage, read> vpool: array<f16>;
+#else
 @group(0) @binding(2) var<storage, read> kpool: array<u32>;
 @group(0) @binding(3) var<storage, read> vpool: array<u32>;
+#endif
 @group(0) @binding(4) var<storage, read> table: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 

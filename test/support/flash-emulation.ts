@@ -4,7 +4,8 @@
 // sgmat-emulation.ts (gemm_sgmat), with the kernel's own operands:
 //   left  (row-major) from qs (Q) or ps (P):  A(r, k) = arr[o + r * s + k]
 //   right (col-major) from ks (K^T):          B(k, n) = ks[o + n * s + k]
-//   right (col-major) from vt (V transposed): B(k, n) = vt[o + n * s + k]
+//   right (row-major) from vs (V):            B(k, n) = vs[o + k * s + n]
+//   KDIRECT: right from the pools (f16):      B(k, n) = kpool[o + n * s + k], vpool[o + k * s + n]
 //   result load / store (row-major) in ss:    C(r, n) <-> ss[o + r * s + n]  (and os, OSHARED)
 // Lane l of a subgroup of SG lanes holds the result elements e = l + j * SG (row e / 16,
 // column e % 16). Left and right operands are read at the multiply, not at the load, which
@@ -21,10 +22,6 @@ fn emu_right(a: u32, o: u32, s: u32) -> EmuR { return EmuR(a, o, s); }
 fn emu_a(m: EmuL, r: u32, k: u32) -> f32 {
   if (m.a == 0u) { return f32(qs[m.o + r * m.s + k]); }
   return f32(ps[m.o + r * m.s + k]);
-}
-fn emu_b(m: EmuR, k: u32, n: u32) -> f32 {
-  if (m.a == 0u) { return f32(ks[m.o + n * m.s + k]); }
-  return f32(vt[m.o + n * m.s + k]);
 }
 fn emu_mma(a: EmuL, b: EmuR, c: EmuAcc) -> EmuAcc {
   var r = c;
@@ -74,6 +71,20 @@ const replace = (text: string, pattern: RegExp, by: string): string => {
   return text.replace(pattern, by)
 }
 
+// The right operand: K^T and V from the staged tiles, or (KDIRECT) straight from the pools.
+const rightStaged = `
+fn emu_b(m: EmuR, k: u32, n: u32) -> f32 {
+  if (m.a == 0u) { return f32(ks[m.o + n * m.s + k]); }
+  return f32(vs[m.o + k * m.s + n]);
+}
+`
+const rightDirect = `
+fn emu_b(m: EmuR, k: u32, n: u32) -> f32 {
+  if (m.a == 0u) { return f32(kpool[m.o + n * m.s + k]); }
+  return f32(vpool[m.o + k * m.s + n]);
+}
+`
+
 /** attn_prefill_mx's source (as Pipelines.source gives it) with subgroup matrices emulated. */
 export const emulateFlashAttention = (source: string): string => {
   const left = "subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>"
@@ -83,8 +94,9 @@ export const emulateFlashAttention = (source: string): string => {
   let s = replace(source, /enable chromium_experimental_subgroup_matrix;/, "")
   s = replace(s, new RegExp(lit(`${left}(&qs, `), "g"), "emu_left(0u, ")
   s = replace(s, new RegExp(lit(`${left}(&ps, `), "g"), "emu_left(1u, ")
-  s = replace(s, new RegExp(lit(`${right}col_major>(&ks, `), "g"), "emu_right(0u, ")
-  s = replace(s, new RegExp(lit(`${right}col_major>(&vt, `), "g"), "emu_right(1u, ")
+  const direct = /var<storage, read> kpool: array<f16>/.test(s)
+  s = replace(s, new RegExp(lit(`${right}col_major>(${direct ? "&kpool" : "&ks"}, `), "g"), "emu_right(0u, ")
+  s = replace(s, new RegExp(lit(`${right}row_major>(${direct ? "&vpool" : "&vs"}, `), "g"), "emu_right(1u, ")
   s = s.replace(new RegExp(lit(`subgroupMatrixLoad<${result}, row_major>(&ss, `), "g"), "emu_load(") // none with OSHARED
   s = replace(s, new RegExp(lit("subgroupMatrixStore<row_major>(&ss, "), "g"), "emu_store(")
   // OSHARED: O's blocks loaded from and stored to os.
@@ -100,5 +112,40 @@ export const emulateFlashAttention = (source: string): string => {
   // fold keeps lavapipe from unrolling the emulated products.
   s = replace(s, /@builtin\(subgroup_id\) sg: u32,\s*@builtin\(subgroup_invocation_id\) lane: u32,/, "")
   s = replace(s, /(fn main\([\s\S]*?\n\) \{)/, "$1\n  let sg = lid / SG;\n  let lane = lid % SG;\n  emu_lane = lane;\n  emu_zero = select(0u, 1u, p.M == 0xffffffffu);")
-  return s + emulation + (shared ? emulationShared : "")
+  return s + emulation + (direct ? rightDirect : rightStaged) + (shared ? emulationShared : "")
+}
+
+/**
+ * The byte size of each workgroup variable of a kernel's text, its override sizes evaluated with
+ * `constants` (over the declared defaults). The matrix kernels keep every one a multiple of 16
+ * bytes: on an H100 (driver 580.159) attn_prefill_mx with a 4-byte u32 among its matrix arrays
+ * read and wrote garbage through its matrix loads and stores, which no emulation reproduces.
+ */
+export const workgroupVariableBytes = (source: string, constants: Readonly<Record<string, number>>): Record<string, number> => {
+  const values = new Map<string, number>()
+  for (const [, name, expr] of source.matchAll(/^\s*(?:override|const) (\w+): u32 = ([^;]+);/gm)) {
+    const value = constants[name!] ?? evaluate(expr!, values)
+    values.set(name!, value)
+  }
+  const scalar: Record<string, number> = { f16: 2, f32: 4, u32: 4, i32: 4 }
+  const bytes = (type: string): number => {
+    const array = /^array<(\w+), (\w+)>$/.exec(type)
+    if (array) return scalar[array[1]!]! * (values.get(array[2]!) ?? Number(array[2]!.replace(/u$/, "")))
+    const vec = /^vec(\d)<(\w+)>$/.exec(type)
+    if (vec) return Number(vec[1]) * scalar[vec[2]!]!
+    if (type in scalar) return scalar[type]!
+    throw new Error(`workgroupVariableBytes: type ${type} not handled`)
+  }
+  return Object.fromEntries([...source.matchAll(/^var<workgroup> (\w+): ([^;]+);/gm)].map(([, name, type]) => [name!, bytes(type!.trim())]))
+}
+
+/** An override's initializer: u32 literals, names already known, + - * / and parentheses. */
+const evaluate = (expr: string, values: ReadonlyMap<string, number>): number => {
+  const text = expr.replace(/(\d+)u\b/g, "$1").replace(/[A-Za-z_]\w*/g, (name) => {
+    const v = values.get(name)
+    if (v === undefined) throw new Error(`workgroupVariableBytes: ${name} unknown in ${expr}`)
+    return String(v)
+  })
+  if (!/^[\d\s+\-*/()]+$/.test(text)) throw new Error(`workgroupVariableBytes: cannot evaluate ${expr}`)
+  return Math.floor(Function(`"use strict"; return (${text})`)() as number)
 }

@@ -1,0 +1,239 @@
+// Where kernels/attn_prefill_mx.wgsl goes wrong on a device with subgroup matrices, in one
+// run (issue 12 §3): it failed its device-open check on an H100 while the emulation passed.
+//   npx tsx bench/flash-diag.ts [--micro] [--full] [--hybrid] [--variants]   (all by default)
+// 1. micro: one 16 x 32 by 32 x 16 product per subgroup (4 subgroups) through each load and
+//    store form the kernel uses (left P from workgroup f16, right V row- or column-major from
+//    workgroup f16, result to storage or through workgroup scratch, accumulator loaded from
+//    workgroup, rescaled between two products, constant- or override-sized arrays, a
+//    workgroupUniformLoad flag of 4 or 16 bytes declared first or last), each against the
+//    exact product (inputs are multiples of 1/16).
+// 2. full: the kernel in both forms at small shapes against the CPU reference (with every key
+//    zero, one key, the device-open check's case), printing the worst element and a row.
+// 3. hybrid: the register form with Q K^T emulated in plain WGSL (P V on the matrix units),
+//    and with P V emulated (Q K^T on the matrix units): which half is wrong in place.
+// 4. variants: the kernel with 549bf3c's 4-byte flag, fewer subgroups, rescales, KDIRECT.
+// Results of the first run: bench/results/2026-12-07-night-flash-attention/.
+import { parseArgs } from "node:util"
+import { type AttnCase, attnInputs, attnReference, describeError, type KeyWindow, runPrefillAttention } from "../engine/attn-check.ts"
+import { readF32, storageBuffer, upload } from "../engine/buffers.ts"
+import { acquireGpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
+import { worstError } from "../engine/matrix-check.ts"
+import { Pipelines } from "../engine/pipelines.ts"
+import { emulatePv, emulateQk, type Micro, microShader, u32Flag } from "./flash-diag-kernels.ts"
+
+const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, dry: { type: "string" } } })
+const all = !args.micro && !args.full && !args.hybrid && !args.variants
+
+if (args.dry) {
+  // The transformed texts, written to the folder given (checked by eye and by a compile on a
+  // device with subgroup matrices; lavapipe cannot compile them).
+  const { mkdirSync, writeFileSync } = await import("node:fs")
+  mkdirSync(args.dry, { recursive: true })
+  const p = new Pipelines({ hasSubgroups: true } as never)
+  const src = (shared: boolean, window: boolean) => p.source({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared } })
+  const k = { SG: 32, NSG: 4, PAD: 8, G: 4, D: 128 }
+  writeFileSync(`${args.dry}/qk.wgsl`, emulateQk(src(false, false)))
+  writeFileSync(`${args.dry}/pv.wgsl`, emulatePv(src(false, false)))
+  writeFileSync(`${args.dry}/pv-window.wgsl`, emulatePv(src(false, true)))
+  writeFileSync(`${args.dry}/u32.wgsl`, u32Flag(src(false, false)))
+  writeFileSync(`${args.dry}/micro.wgsl`, microShader({ right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "u32", first: false } }))
+  void k
+  process.exit(0)
+}
+const gpu = await acquireGpu()
+const device = gpu.device
+console.log(`flash-diag on ${gpu.adapterName}: subgroups ${gpu.subgroupMinSize}..${gpu.subgroupMaxSize}, workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, matrix attention at open: ${gpu.matrixAttention ? (gpu.matrixAttentionShared ? "OSHARED" : "registers") : "refused"}; toggles ${process.env.LEOAM_DAWN_TOGGLES ?? "(none extra)"}`)
+if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
+  console.log("no subgroup matrices on this device: nothing to diagnose")
+  await releaseGpu()
+  process.exit(0)
+}
+const SG = gpu.subgroupMaxSize
+
+const compile = async (label: string, code: string, constants: Record<string, number> = {}): Promise<GPUComputePipeline | string> => {
+  const module = device.createShaderModule({ label, code })
+  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error")
+  if (errors.length > 0) return `compile error: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ").slice(0, 400)}`
+  try {
+    return await device.createComputePipelineAsync({ label, layout: "auto", compute: { module, entryPoint: "main", constants } })
+  } catch (e) {
+    return `pipeline error: ${(e as Error).message.slice(0, 400)}`
+  }
+}
+
+// ---- 1. micro ----------------------------------------------------------------------------
+/** A (16 x 32), B (32 x 16), C0 (16 x 16): multiples of 1/16 in [-2, 2), exact in f16 and in f32 sums. */
+const microInputs = (() => {
+  let s = 12345
+  const next = () => {
+    s = (s * 1103515245 + 12345) % 2147483648
+    return (Math.floor((s / 2147483648) * 64) - 32) / 16
+  }
+  return Float32Array.from({ length: 1280 }, next)
+})()
+
+const microWant = (m: Micro): Float32Array => {
+  const x = microInputs
+  const ab = new Float32Array(256)
+  for (let r = 0; r < 16; r++) for (let n = 0; n < 16; n++) for (let k = 0; k < 32; k++) ab[r * 16 + n]! += x[r * 32 + k]! * x[512 + k * 16 + n]!
+  const o = ab.map((v, e) => v + (m.acc === "load" ? x[1024 + e]! : 0))
+  return m.rescale ? o.map((v, e) => (v * (Math.floor(e / 16) + 1)) / 16 + ab[e]!) : o
+}
+
+const runMicro = async (m: Micro): Promise<string> => {
+  const pipeline = await compile("micro", microShader(m), { SG })
+  if (typeof pipeline === "string") return pipeline
+  const inp = upload(device, "micro in", microInputs)
+  const res = storageBuffer(device, "micro out", 1024 * 4)
+  const enc = device.createCommandEncoder()
+  const pass = enc.beginComputePass()
+  pass.setPipeline(pipeline)
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [inp, res].map((buffer, binding) => ({ binding, resource: { buffer } })) }))
+  pass.dispatchWorkgroups(1)
+  pass.end()
+  device.queue.submit([enc.finish()])
+  const got = await readF32(device, res, 0, 1024)
+  inp.destroy()
+  res.destroy()
+  const want = microWant(m)
+  const parts: string[] = []
+  let worst = 0
+  for (let sg = 0; sg < 4; sg++) {
+    let e = 0
+    let at = 0
+    for (let i = 0; i < 256; i++) {
+      const d = Math.abs(got[sg * 256 + i]! - want[i]!)
+      if (!(d <= e)) [e, at] = [Number.isNaN(d) ? Infinity : d, i]
+    }
+    worst = Math.max(worst, e)
+    if (e > 1e-3) parts.push(`subgroup ${sg}: ${e.toPrecision(3)} at (${Math.floor(at / 16)}, ${at % 16}); row 0 got [${Array.from(got.subarray(sg * 256, sg * 256 + 6), (v) => v.toFixed(3)).join(", ")}] want [${Array.from(want.subarray(0, 6), (v) => v.toFixed(3)).join(", ")}]`)
+  }
+  // What a wrong result equals instead, if it is one of the usual mistakes.
+  if (worst > 1e-3) {
+    const x = microInputs
+    const guesses: Record<string, (r: number, n: number) => number> = {
+      transposed: (r, n) => want[n * 16 + r]!,
+      "A B without C0": (r, n) => { let s = 0; for (let k = 0; k < 32; k++) s += x[r * 32 + k]! * x[512 + k * 16 + n]!; return s },
+      "only keys 0..15": (r, n) => { let s = 0; for (let k = 0; k < 16; k++) s += x[r * 32 + k]! * x[512 + k * 16 + n]!; return s },
+      "B transposed (B^T read)": (r, n) => { let s = 0; for (let k = 0; k < 16; k++) s += x[r * 32 + k]! * x[512 + n * 16 + k]! + x[r * 32 + 16 + k]! * x[512 + 256 + n * 16 + k]!; return s },
+      zero: () => 0,
+    }
+    for (const [name, f] of Object.entries(guesses)) {
+      let e = 0
+      for (let i = 0; i < 256; i++) e = Math.max(e, Math.abs(got[i]! - f(Math.floor(i / 16), i % 16)))
+      if (e < 1e-3) parts.push(`subgroup 0 equals ${name}`)
+    }
+  }
+  return `${worst <= 1e-3 ? "ok" : "WRONG"} ${worst.toPrecision(3)}${parts.length ? `; ${parts.join("; ")}` : ""}`
+}
+
+if (all || args.micro) {
+  console.log("\n== micro: a 16x32 P by a 32x16 V per subgroup, 4 subgroups")
+  const cases: Array<[string, Micro]> = [
+    ["right row-major, result to storage", { right: "row", store: "storage", acc: "zero", sizes: "const" }],
+    ["right col-major, result to storage", { right: "col", store: "storage", acc: "zero", sizes: "const" }],
+    ["right row-major, through scratch", { right: "row", store: "scratch", acc: "zero", sizes: "const" }],
+    ["right col-major, through scratch", { right: "col", store: "scratch", acc: "zero", sizes: "const" }],
+    ["right col-major, two statements", { right: "col", store: "storage", acc: "zero", sizes: "const", chain: false }],
+    ["right col-major, accumulator loaded", { right: "col", store: "scratch", acc: "load", sizes: "const" }],
+    ["right col-major, override sizes", { right: "col", store: "scratch", acc: "zero", sizes: "override" }],
+    ["right col-major, override sizes, loaded, rescaled", { right: "col", store: "scratch", acc: "load", sizes: "override", rescale: true }],
+    ["right row-major, override sizes, loaded, rescaled", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true }],
+    ["right row-major, const sizes, loaded, rescaled", { right: "row", store: "scratch", acc: "load", sizes: "const", rescale: true }],
+    ["+ u32 flag declared last", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "u32", first: false } }],
+    ["+ u32 flag declared first", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "u32", first: true } }],
+    ["+ vec4<u32> flag declared last", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "vec4<u32>", first: false } }],
+    ["+ vec4<u32> flag declared first", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "vec4<u32>", first: true } }],
+    ["col-major + u32 flag declared last", { right: "col", store: "scratch", acc: "zero", sizes: "const", flag: { type: "u32", first: false } }],
+  ]
+  for (const [name, m] of cases) console.log(`${name}: ${await runMicro(m).catch((e: Error) => `failed: ${e.message}`)}`)
+}
+
+// ---- 2. full kernel ----------------------------------------------------------------------
+const pipelines = new Pipelines(gpu)
+const kernelSource = (shared: boolean, window: boolean) => pipelines.source({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared } })
+const constantsFor = (c: AttnCase, shared: boolean) => ({ SG, NSG: shared ? 2 : 4, PAD: shared ? 0 : 8, G: c.G, D: c.D })
+
+const runCase = (...a: Parameters<typeof runCaseOnce>) => runCaseOnce(...a).catch((e: Error) => console.log(`${a[0]}: failed: ${e.message}`))
+const runCaseOnce = async (label: string, code: string, c: AttnCase, nsg: number, constants: Record<string, number>, opts: { zeroKeys?: boolean; windows?: ReadonlyArray<KeyWindow>; seed?: number } = {}) => {
+  const pipeline = await compile(label, code, constants)
+  if (typeof pipeline === "string") return console.log(`${label}: ${pipeline}`)
+  const inputs = attnInputs(c, opts.seed ?? 21)
+  if (opts.zeroKeys) {
+    inputs.k.bits.fill(0)
+    inputs.k.values.fill(0)
+  }
+  const want = attnReference(c, inputs)
+  const got = await runPrefillAttention(device, pipeline, c, inputs, 16 * nsg, opts.windows)
+  const { at, error } = worstError(got, want)
+  const H = c.G * c.KV
+  const row = at < 0 ? 0 : Math.floor(at / c.D) * c.D
+  const show = (a: Float32Array) => Array.from(a.subarray(row, row + 6), (v) => v.toFixed(3)).join(", ")
+  // How many (query, head) rows are wrong, and which row indices (query * G + g of its kv head) first.
+  const badRows: number[] = []
+  for (let r = 0; r < c.M * H; r++) {
+    let e = 0
+    for (let d = 0; d < c.D; d++) e = Math.max(e, Math.abs(got[r * c.D + d]! - want[r * c.D + d]!))
+    if (!(e <= 4e-3)) badRows.push(r)
+  }
+  const rowsOf = badRows.slice(0, 8).map((r) => `q${Math.floor(r / H)}h${r % H}`).join(" ")
+  console.log(`${label} ${JSON.stringify(c)}${opts.zeroKeys ? " keys zero" : ""}${opts.windows ? ` windows ${JSON.stringify(opts.windows)}` : ""}: ${error <= 4e-3 ? "ok" : "WRONG"} ${describeError(c, got, at, error)}; ${badRows.length}/${c.M * H} rows wrong ${rowsOf}; that row got [${show(got)}] want [${show(want)}]`)
+}
+
+const checkCase: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
+if (all || args.full) {
+  console.log("\n== full kernel against the CPU reference")
+  for (const shared of [false, true]) {
+    const name = shared ? "OSHARED" : "registers"
+    const tiny: AttnCase[] = [
+      { G: 1, KV: 1, D: 64, BS: 16, pos0: 0, M: 1 },
+      { G: 3, KV: 2, D: 64, BS: 16, pos0: 0, M: 45 },
+      { G: 1, KV: 1, D: 128, BS: 16, pos0: 0, M: 1 },
+      { G: 1, KV: 1, D: 128, BS: 16, pos0: 0, M: 32 },
+      { G: 4, KV: 1, D: 128, BS: 16, pos0: 0, M: 16 },
+    ]
+    for (const c of tiny) await runCase(name, kernelSource(shared, false), c, shared ? 2 : 4, constantsFor(c, shared))
+    const small: AttnCase = { G: 1, KV: 1, D: 64, BS: 16, pos0: 0, M: 16 }
+    await runCase(name, kernelSource(shared, false), small, shared ? 2 : 4, constantsFor(small, shared), { zeroKeys: true })
+    await runCase(name, kernelSource(shared, false), checkCase, shared ? 2 : 4, constantsFor(checkCase, shared), { zeroKeys: true })
+    await runCase(name, kernelSource(shared, false), checkCase, shared ? 2 : 4, constantsFor(checkCase, shared))
+    await runCase(`${name} WINDOW`, kernelSource(shared, true), checkCase, shared ? 2 : 4, constantsFor(checkCase, shared), { windows: [[0, 32], [32, 64], [64, 0]] })
+  }
+}
+
+// ---- 3. hybrid ---------------------------------------------------------------------------
+if (all || args.hybrid) {
+  console.log("\n== hybrid: one half emulated, the other on the matrix units (registers form)")
+  const k = constantsFor(checkCase, false)
+  for (const [name, f] of [["Q K^T emulated, P V real", emulateQk], ["P V emulated, Q K^T real", emulatePv]] as const) {
+    await runCase(name, f(kernelSource(false, false)), checkCase, 4, k)
+    await runCase(name, f(kernelSource(false, false)), checkCase, 4, k, { zeroKeys: true })
+    await runCase(`${name} WINDOW`, f(kernelSource(false, true)), checkCase, 4, k, { windows: [[0, 32], [32, 64], [64, 0]] })
+  }
+}
+
+// ---- 4. variants -------------------------------------------------------------------------
+if (all || args.variants) {
+  console.log("\n== variants of the kernel text")
+  const k = constantsFor(checkCase, false)
+  const ks = constantsFor(checkCase, true)
+  const variants: Array<[string, string, Record<string, number>, number]> = [
+    ["u32 flag (as 549bf3c)", u32Flag(kernelSource(false, false)), k, 4],
+    ["u32 flag (as 549bf3c) OSHARED", u32Flag(kernelSource(true, false)), ks, 2],
+    ["2 subgroups, no pad", kernelSource(false, false), { ...k, NSG: 2, PAD: 0 }, 2],
+    ["1 subgroup", kernelSource(false, false), { ...k, NSG: 1 }, 1],
+  ]
+  for (const [name, code, constants, nsg] of variants) await runCase(name, code, checkCase, nsg, constants)
+  await runCase("qAmp 24 (the max moves: rescales)", kernelSource(false, false), { ...checkCase, qAmp: 24 }, 4, k)
+  // K and V straight from the pool as matrices (KDIRECT).
+  const direct = (shared: boolean, window: boolean) => pipelines.source({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared, KDIRECT: true } })
+  await runCase("KDIRECT", direct(false, false), checkCase, 4, k)
+  await runCase("KDIRECT qAmp 24", direct(false, false), { ...checkCase, qAmp: 24 }, 4, k)
+  await runCase("KDIRECT WINDOW", direct(false, true), checkCase, 4, k, { windows: [[0, 32], [32, 64], [64, 0]] })
+  await runCase("KDIRECT WINDOW BS 32", direct(false, true), { ...checkCase, BS: 32 }, 4, k, { windows: [[64, 0], [0, 64]] })
+  await runCase("KDIRECT D 64", direct(false, false), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 4, { ...k, G: 3, D: 64 })
+  await runCase("KDIRECT OSHARED", direct(true, false), checkCase, 2, ks)
+  await runCase("qAmp 24 OSHARED", kernelSource(true, false), { ...checkCase, qAmp: 24 }, 2, ks)
+}
+
+await releaseGpu()
