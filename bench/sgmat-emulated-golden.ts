@@ -1,4 +1,5 @@
-// The tiny model's golden prompts with prefill's projections through kernels/gemm_sgmat.wgsl
+// The tiny model's golden prompts with prefill's projections through kernels/gemm_sgmat.wgsl (or
+// gemm_sgmat_staged.wgsl where LEOAM_MATRIX_GEMM_TILING names a staged tiling, e.g. 22.22.32)
 // and/or its attention through kernels/attn_prefill_mx.wgsl on a device without subgroup
 // matrices (lavapipe): the kernels run under the emulations of test/support/, wired in exactly
 // as on a GPU that has them (pipeline keys, dispatch widths, fused epilogues, rows per
@@ -31,7 +32,8 @@ const attnOn = mode === "attn" || mode === "attn-shared" || mode === "both"
 const original = Pipelines.prototype.source
 Pipelines.prototype.source = function (this: Pipelines, key) {
   const text = original.call(this, key)
-  return key.op === "gemm_sgmat" ? emulateSubgroupMatrices(text, "xs", "w") : key.op === "attn_prefill_mx" ? emulateFlashAttention(text) : text
+  if (key.op === "gemm_sgmat" || key.op === "gemm_sgmat_staged") return emulateSubgroupMatrices(text, "xs", key.op === "gemm_sgmat" ? "w" : "ws")
+  return key.op === "attn_prefill_mx" ? emulateFlashAttention(text) : text
 }
 const real = await acquireGpu()
 const f16 = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }

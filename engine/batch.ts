@@ -18,7 +18,7 @@ import { decodeStep, type DecodeRows } from "./decode-driver.ts"
 import type { Gpu } from "./gpu.ts"
 import type { StepEncoder } from "./kv/manager.ts"
 import { type GemvOp, gemvShapes } from "./gemv-tuning.ts"
-import { createUniforms, gemmColumnsPerGroup, gemvUniform } from "./model-resources.ts"
+import { createUniforms, gemmColumnsPerGroup, gemmRowsPerGroup, gemvUniform } from "./model-resources.ts"
 import type { PipelineKey } from "./pipelines.ts"
 import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
 import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
@@ -279,7 +279,7 @@ type SharedInputs = Parameters<typeof gemvLayers>[0]
 type SharedBuffers = Parameters<typeof rowLayers>[1] & { readonly logits: GPUBuffer }
 type Uniforms = ReturnType<typeof createUniforms>
 
-// The prefill GEMMs over m rows (64-row tiles), and the head as one more GEMM after the final norm.
+// The prefill GEMMs over m rows (gemmRowsPerGroup-row tiles), and the head as one more GEMM after the final norm.
 const gemmShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
   const c = i.config
   const g = rowLayers(i, a, u)
@@ -294,7 +294,7 @@ const gemmShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
       u.setGemmRows(m)
       uHead.set(m, c.vocabSize, c.hiddenSize)
       for (const d of [...g.rows, finalNorm]) d.y = m
-      for (const d of [...g.gemms, headGemm]) d.y = Math.ceil(m / 64)
+      for (const d of [...g.gemms, headGemm]) d.y = Math.ceil(m / gemmRowsPerGroup(i.keys.gemm))
     },
   }
 }

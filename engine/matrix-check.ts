@@ -35,10 +35,25 @@ export const gemmReference = (c: GemmCase, x: Float32Array, w: Float32Array, bia
     for (let j = 0; j < outs; j++) {
       const v = flags.SWIGLU ? (z[j]! / (1 + Math.exp(-z[j]!))) * z[N / 2 + j]! : z[j]!
       y[m * outs + j] = (flags.ACC && y0 ? y0[m * outs + j]! : 0) + v
-      if (scale) scale[m * outs + j] = Math.max(1, Math.abs(y[m * outs + j]!), flags.SWIGLU ? Math.abs(z[N / 2 + j]!) * Math.max(1, Math.abs(z[j]!)) : 0)
+      if (scale) scale[m * outs + j] = Math.max(1, Math.abs(y[m * outs + j]!), flags.SWIGLU ? swigluErrorScale(z[j]!, z[N / 2 + j]!) : 0)
     }
   }
   return y
+}
+
+/**
+ * What SwiGLU makes of its products' own error: y = silu(g) * u, so to first order
+ * dy = silu'(g) * u * dg + silu(g) * du. With each product off by at most e * max(1, |z|)
+ * (the plain product's metric), |dy| <= e * (|silu'(g) * u| * max(1, |g|) + |silu(g)| * max(1, |u|)),
+ * and this is that bracket. Measured against it, a SwiGLU output is within tolerance exactly
+ * when it is as accurate as its f16-input products allow. The earlier |u| * max(1, |g|) left
+ * out the second term: where |u| is small and g large, silu(g) ~ g multiplies u's own error
+ * (the H100's 2.3e-3 "SwiGLU error", bench/results/2026-12-07-night-matrix-gemm).
+ */
+export const swigluErrorScale = (g: number, u: number): number => {
+  const s = 1 / (1 + Math.exp(-g))
+  const dsilu = s * (1 + g * (1 - s))
+  return Math.abs(dsilu * u) * Math.max(1, Math.abs(g)) + Math.abs(g * s) * Math.max(1, Math.abs(u))
 }
 
 /** Largest |got - want| relative to max(1, |want|), or to `scale` where given. */
@@ -83,16 +98,14 @@ export const toHalf = (v: Float32Array): { bits: Uint16Array; values: Float32Arr
 
 /**
  * Runs one GEMM (a pipeline of gemm or gemm_sgmat compiled with c.flags: same bindings) on
- * seeded data, one dispatch of (N / columnsPerGroup, M / 64) workgroups, and returns its
+ * seeded data, one dispatch of (N / block.columns, M / block.rows) workgroups, and returns its
  * worst relative error against gemmReference. Activations are given to the reference rounded
  * to f16, as the matrix kernel stages them; the f32 kernel's own rounding stays inside `tol`.
- * With SWIGLU the error is relative to max(1, |y|, |up| * max(1, |gate|)): silu(gate) * up
- * multiplies the product's own error in gate by up (and in up by ~gate), so an error of e
- * in the product becomes ~e * |up| * max(1, |gate|) in y whatever |y| is. Against |y|
- * alone, the H100's matrix units (plain product 1.7e-4 off at K = 4096, f16-exact inputs)
- * measured 2.3e-3 to 4.5e-3 through SwiGLU with |up| ~ 20 (bench/results/2026-12-07-matrix-gemm-2).
+ * A plain product's error is relative to max(1, |y|); a SwiGLU output's to its products'
+ * error carried through silu(gate) * up as well (swigluErrorScale), so both are measured in
+ * units of the products' own accuracy.
  */
-export const gemmError = async (device: GPUDevice, pipeline: GPUComputePipeline, c: GemmCase, columnsPerGroup: number, seed = 1): Promise<number> => {
+export const gemmError = async (device: GPUDevice, pipeline: GPUComputePipeline, c: GemmCase, block: { rows: number; columns: number }, seed = 1): Promise<number> => {
   const { M, N, K, flags } = c
   const outs = flags.SWIGLU ? N / 2 : N
   const x = toHalf(seededValues(seed, M * K, 2)).values
@@ -115,7 +128,7 @@ export const gemmError = async (device: GPUDevice, pipeline: GPUComputePipeline,
     const pass = encoder.beginComputePass()
     pass.setPipeline(pipeline)
     pass.setBindGroup(0, group)
-    pass.dispatchWorkgroups(Math.ceil(N / columnsPerGroup), Math.ceil(M / 64))
+    pass.dispatchWorkgroups(Math.ceil(N / block.columns), Math.ceil(M / block.rows))
     pass.end()
     device.queue.submit([encoder.finish()])
     const got = await readF32(device, buffers.y, 0, M * outs)
@@ -128,46 +141,129 @@ export const gemmError = async (device: GPUDevice, pipeline: GPUComputePipeline,
   }
 }
 
-/** gemm_sgmat's override constants: SG lanes a subgroup, PAD halves after each staged row. */
-export interface MatrixGemmConstants {
+/**
+ * A matrix GEMM kernel and its tiling: a workgroup of SGM x SGN subgroups of SG lanes, each
+ * TM x TN tiles of 16 x 16, K in steps of BK, PAD halves after each staged row.
+ * - `staged: false`: kernels/gemm_sgmat.wgsl, the measured form (0.96-1.14x of gemm on the
+ *   H100): only X staged, W's tiles loaded straight from global memory; fixed at 2 x 2
+ *   subgroups of 2 x 4 tiles (64 x 128), BK 32; N (SWIGLU: N/2) a multiple of 16.
+ * - `staged: true`: kernels/gemm_sgmat_staged.wgsl, both operands staged, any TM, TN in {2, 4}
+ *   (its flags TM4 / TN4), SGM, SGN, BK (overrides). Not yet timed on a GPU: the engine uses it
+ *   only where LEOAM_MATRIX_GEMM_TILING asks (matrixGemmTilingFromEnv).
+ */
+export interface MatrixGemmTiling {
+  readonly staged: boolean
   readonly SG: number
   readonly PAD: number
+  readonly SGM: number
+  readonly SGN: number
+  readonly TM: number
+  readonly TN: number
+  readonly BK: number
+}
+export type MatrixGemmShape = Omit<MatrixGemmTiling, "SG" | "PAD">
+
+/** Output rows (BM) and W rows (BN; SWIGLU: BN / 2 outputs) of one workgroup. */
+export const matrixGemmBlock = (t: Pick<MatrixGemmTiling, "SGM" | "SGN" | "TM" | "TN">): { rows: number; columns: number } => ({ rows: t.SGM * t.TM * 16, columns: t.SGN * t.TN * 16 })
+
+/**
+ * Workgroup memory: staged, two stages of X and W tiles as f16 (BK + PAD halves a row) and one
+ * f32 16 x 16 tile a subgroup for the epilogue; W from global memory, two stages of X (64 rows)
+ * and 4 x 512 f32.
+ */
+export const matrixGemmWorkgroupBytes = (t: MatrixGemmTiling): number => {
+  if (!t.staged) return 2 * 64 * (32 + t.PAD) * 2 + 4 * 512 * 4
+  const { rows, columns } = matrixGemmBlock(t)
+  return 2 * (rows + columns) * (t.BK + t.PAD) * 2 + t.SGM * t.SGN * 1024
 }
 
-/** Workgroup memory of gemm_sgmat: two stages of X (64 rows of 32 + pad halves); 4 x 512 f32 for the epilogue. */
-export const matrixGemmWorkgroupBytes = (pad: number): number => 2 * 64 * (32 + pad) * 2 + 4 * 512 * 4
+/** The one shape of kernels/gemm_sgmat.wgsl (W from global memory). */
+export const GLOBAL_W_SHAPE: MatrixGemmShape = { staged: false, SGM: 2, SGN: 2, TM: 2, TN: 4, BK: 32 }
 
-/** The constants for a device's subgroup size (16..64) and workgroup memory; undefined if none fit. */
-export const matrixGemmConstants = (lanes: number, maxWorkgroupBytes: number): MatrixGemmConstants | undefined => {
+/**
+ * Why a tiling cannot run (undefined if it can). Staged: TM, TN in {2, 4}; BK a multiple of
+ * 16; each thread's share of a step's global loads (BM x BK / 4 vec4 of X, BN x BK / 8 of W)
+ * whole and at most the kernel's 8 registers. Both: workgroup memory and invocations within
+ * the device's limits.
+ */
+export const matrixGemmTilingProblem = (t: MatrixGemmTiling, maxWorkgroupBytes: number, maxInvocations = 1024): string | undefined => {
+  if (!t.staged && ["SGM", "SGN", "TM", "TN", "BK"].some((k) => t[k as keyof MatrixGemmShape] !== GLOBAL_W_SHAPE[k as keyof MatrixGemmShape])) return "gemm_sgmat has one shape, 24.22.32"
+  if (![2, 4].includes(t.TM) || ![2, 4].includes(t.TN)) return "TM and TN must be 2 or 4"
+  if (!(t.BK >= 16 && t.BK % 16 === 0)) return "BK must be a multiple of 16"
+  const threads = t.SGM * t.SGN * t.SG
+  if (threads > maxInvocations) return `${threads} invocations`
+  if (t.staged) {
+    const { rows, columns } = matrixGemmBlock(t)
+    for (const [what, loads] of [["X", (rows * t.BK) / 4], ["W", (columns * t.BK) / 8]] as const) {
+      if (loads % threads !== 0 || loads / threads > 8 || loads < threads) return `${what}'s ${loads} loads a step do not split into 1..8 per thread of ${threads}`
+    }
+  }
+  const bytes = matrixGemmWorkgroupBytes(t)
+  return bytes > maxWorkgroupBytes ? `${bytes} bytes of workgroup memory, ${maxWorkgroupBytes} allowed` : undefined
+}
+
+/** A staged tiling written TMTN.SGMSGN.BK (e.g. 44.22.32: 4 x 4 tiles a subgroup, 2 x 2 subgroups, K steps of 32), or "global" for gemm_sgmat. */
+export const parseMatrixGemmShape = (text: string): MatrixGemmShape => {
+  if (text === "global") return GLOBAL_W_SHAPE
+  const m = /^([24])([24])\.(\d)(\d)\.(\d+)$/.exec(text)
+  if (!m) throw new Error(`a matrix GEMM tiling is "global" or TMTN.SGMSGN.BK such as 44.22.32, not "${text}"`)
+  return { staged: true, TM: Number(m[1]), TN: Number(m[2]), SGM: Number(m[3]), SGN: Number(m[4]), BK: Number(m[5]) }
+}
+
+/** The name parseMatrixGemmShape reads. */
+export const matrixGemmShapeName = (t: MatrixGemmShape): string => (t.staged ? `${t.TM}${t.TN}.${t.SGM}${t.SGN}.${t.BK}` : "global")
+
+/**
+ * The shape the engine uses: LEOAM_MATRIX_GEMM_TILING (parseMatrixGemmShape's text) where set,
+ * else gemm_sgmat (W from global memory), the only form measured on a GPU so far.
+ */
+export const matrixGemmShapeFromEnv = (env = process.env.LEOAM_MATRIX_GEMM_TILING): MatrixGemmShape | undefined =>
+  env === undefined || env.trim() === "" ? undefined : parseMatrixGemmShape(env.trim())
+
+/**
+ * The tiling for a device's subgroup size (16..64) and workgroup memory: `shape` (default:
+ * LEOAM_MATRIX_GEMM_TILING, else gemm_sgmat's) with rows padded by 8 halves, else none;
+ * undefined if neither fits.
+ */
+export const matrixGemmConstants = (lanes: number, maxWorkgroupBytes: number, shape: MatrixGemmShape = matrixGemmShapeFromEnv() ?? GLOBAL_W_SHAPE): MatrixGemmTiling | undefined => {
   if (!(lanes >= 16 && lanes <= 64 && (lanes & (lanes - 1)) === 0)) return undefined
-  const pad = [8, 0].find((p) => matrixGemmWorkgroupBytes(p) <= maxWorkgroupBytes)
-  return pad === undefined ? undefined : { SG: lanes, PAD: pad }
+  return [8, 0].map((PAD) => ({ SG: lanes, PAD, ...shape })).find((t) => matrixGemmTilingProblem(t, maxWorkgroupBytes) === undefined)
 }
 
 /** Relative error a correct f16-input, f32-accumulating GEMM stays under at K <= 256. */
 export const GEMM_TOLERANCE = 2e-3
 
+/** The pipeline key of a tiling's kernel for a GEMM's flags (ACC, BIAS, SWIGLU). */
+export const matrixGemmKey = (flags: Record<string, boolean>, t: MatrixGemmTiling): PipelineKey =>
+  t.staged
+    ? {
+        op: "gemm_sgmat_staged",
+        flags: { ...flags, ...(t.TM === 4 ? { TM4: true } : {}), ...(t.TN === 4 ? { TN4: true } : {}) },
+        constants: { SG: t.SG, PAD: t.PAD, SGM: t.SGM, SGN: t.SGN, BK: t.BK },
+      }
+    : { op: "gemm_sgmat", flags, constants: { SG: t.SG, PAD: t.PAD } }
+
 /**
- * Undefined when gemm_sgmat with these constants computes this device's products correctly (M, N
- * not multiples of the 64 x 128 tile, N (SWIGLU: N/2) a multiple of 16 as the kernel needs,
- * three K steps, every epilogue); else why not, for the
- * caller to report before falling back to gemm.wgsl.
+ * Undefined when the tiling's kernel computes this device's products correctly (M, N
+ * not multiples of the workgroup's tile, three K steps, every epilogue); else why not, for
+ * the caller to report before falling back to gemm.wgsl.
  */
-export const checkMatrixGemm = async (gpu: Gpu, constants: MatrixGemmConstants): Promise<string | undefined> => {
+export const checkMatrixGemm = async (gpu: Gpu, tiling: MatrixGemmTiling): Promise<string | undefined> => {
   const pipelines = new Pipelines(gpu)
-  const key: PipelineKey = { op: "gemm_sgmat", constants: { ...constants } }
+  const block = matrixGemmBlock(tiling)
   const cases: GemmCase[] = [
-    { M: 70, N: 208, K: 96, flags: { ACC: true, BIAS: true } },
-    { M: 3, N: 288, K: 32, flags: { SWIGLU: true } },
+    // gemm_sgmat needs N (SWIGLU: N/2) a multiple of 16; the staged kernel nothing.
+    { M: block.rows + 6, N: block.columns + 80, K: 3 * tiling.BK, flags: { ACC: true, BIAS: true } },
+    { M: 3, N: 2 * block.columns + 32, K: tiling.BK, flags: { SWIGLU: true } },
   ]
   try {
     for (const [i, c] of cases.entries()) {
-      const pipeline = await pipelines.get({ ...key, flags: c.flags })
-      const error = await gemmError(gpu.device, pipeline, c, 128, 11 + 7 * i)
-      if (!(error <= GEMM_TOLERANCE)) return `gemm_sgmat ${JSON.stringify(c)} differs from the CPU reference (relative error ${error})`
+      const pipeline = await pipelines.get(matrixGemmKey(c.flags, tiling))
+      const error = await gemmError(gpu.device, pipeline, c, block, 11 + 7 * i)
+      if (!(error <= GEMM_TOLERANCE)) return `${matrixGemmKey(c.flags, tiling).op} ${matrixGemmShapeName(tiling)} ${JSON.stringify(c)} differs from the CPU reference (relative error ${error})`
     }
     return undefined
   } catch (e) {
-    return `gemm_sgmat failed: ${(e as Error).message}`
+    return `${matrixGemmKey({}, tiling).op} ${matrixGemmShapeName(tiling)} failed: ${(e as Error).message}`
   }
 }

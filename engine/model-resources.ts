@@ -6,7 +6,7 @@ import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { Gpu } from "./gpu.ts"
 import { type MatrixAttn, matrixAttnConstants } from "./attn-check.ts"
-import { type MatrixGemmConstants, matrixGemmConstants } from "./matrix-check.ts"
+import { matrixGemmBlock, matrixGemmConstants, matrixGemmKey, type MatrixGemmTiling } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
 
 /** The pipeline keys of a model's kernels on this device: pipelineKeys with what the device offers. */
@@ -27,19 +27,20 @@ export const attnDecodeKey = (c: ModelConfig): PipelineKey => ({
 export const ARGMAX_GROUPS = 64
 
 /**
- * The constants of gemm_sgmat for prefill's GEMMs on the matrix units, or undefined for
- * today's gemm: the device must have been opened with an f16 matrix configuration (gpu.ts,
- * which also checked the kernel there), a fixed subgroup size of 16..64, room for the
- * kernel's workgroup memory, every projection's K (hidden, heads x head dim, intermediate) a
- * multiple of 32 and its rows (q + k + v, hidden, intermediate) a multiple of 16.
+ * The matrix GEMM's tiling for prefill's GEMMs on the matrix units, or undefined for today's
+ * gemm: the device must have been opened with an f16 matrix configuration (gpu.ts, which
+ * also checked the kernel there), a fixed subgroup size of 16..64, room for the kernel's
+ * workgroup memory, and every projection's K (hidden, heads x head dim, intermediate) a
+ * multiple of the tiling's K step. gemm_sgmat (W from global memory) also needs the rows
+ * (q + k + v, hidden, intermediate) multiples of 16; the staged kernel clamps W's rows.
  */
-export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixGemmConstants | undefined => {
+export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "limits">, c: ModelConfig): MatrixGemmTiling | undefined => {
   if (!gpu.matrixF16 || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
+  const tiling = matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
+  if (!tiling) return undefined
   const ks = [c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize]
-  if (!ks.every((k) => k % 32 === 0)) return undefined
   const ns = [(c.numHeads + 2 * c.numKvHeads) * c.headDim, c.hiddenSize, c.intermediateSize]
-  if (!ns.every((n) => n % 16 === 0)) return undefined
-  return matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)
+  return ks.every((k) => k % tiling.BK === 0) && (tiling.staged || ns.every((n) => n % 16 === 0)) ? tiling : undefined
 }
 
 /**
@@ -51,14 +52,22 @@ export const matrixGemmFor = (gpu: Pick<Gpu, "matrixF16" | "subgroupMinSize" | "
  */
 export const registerGemmFor = (gpu: Pick<Gpu, "kind">): boolean => gpu.kind === "cpu"
 
-/** A prefill GEMM's key: gemm_sgmat where `matrix` is set, else gemm_reg where `registers`, else gemm. */
-export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmConstants | undefined, registers = false): PipelineKey =>
-  matrix !== undefined
-    ? { op: "gemm_sgmat", flags, constants: { ...matrix } }
-    : { op: registers ? "gemm_reg" : "gemm", ...(Object.keys(flags).length > 0 ? { flags } : {}) }
+/** A prefill GEMM's key: the matrix GEMM (gemm_sgmat or gemm_sgmat_staged) where `matrix` is set, else gemm_reg where `registers`, else gemm. */
+export const gemmKey = (flags: Record<string, boolean>, matrix: MatrixGemmTiling | undefined, registers = false): PipelineKey =>
+  matrix !== undefined ? matrixGemmKey(flags, matrix) : { op: registers ? "gemm_reg" : "gemm", ...(Object.keys(flags).length > 0 ? { flags } : {}) }
 
-/** Output columns per workgroup (dispatch x) of a prefill GEMM; rows per workgroup are 64 for both. */
-export const gemmColumnsPerGroup = (key: PipelineKey): number => (key.op === "gemm_sgmat" ? 128 : 64)
+/** A matrix GEMM's workgroup tile from its key (matrixGemmKey's flags and constants). */
+const matrixBlock = (key: PipelineKey) =>
+  key.op === "gemm_sgmat"
+    ? { rows: 64, columns: 128 }
+    : matrixGemmBlock({ SGM: key.constants?.SGM ?? 2, SGN: key.constants?.SGN ?? 2, TM: key.flags?.TM4 ? 4 : 2, TN: key.flags?.TN4 ? 4 : 2 })
+const isMatrix = (key: PipelineKey) => key.op === "gemm_sgmat" || key.op === "gemm_sgmat_staged"
+
+/** Columns of W (dispatch x) per workgroup of a prefill GEMM (SWIGLU: half as many outputs). */
+export const gemmColumnsPerGroup = (key: PipelineKey): number => (isMatrix(key) ? matrixBlock(key).columns : 64)
+
+/** Output rows (dispatch y) per workgroup of a prefill GEMM. */
+export const gemmRowsPerGroup = (key: PipelineKey): number => (isMatrix(key) ? matrixBlock(key).rows : 64)
 
 /**
  * The constants of attn_prefill_mx (flash attention on the matrix units) for this model, or
@@ -86,7 +95,7 @@ export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, regist
 /** Rows (query, head-in-group) per workgroup of a prefill attention key: 16 per subgroup for attn_prefill_mx, else 32. */
 export const prefillRowsPerGroup = (key: PipelineKey): number => (key.op === "attn_prefill_mx" ? 16 * (key.constants?.NSG ?? 4) : 32)
 
-export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmConstants, registerGemm = false, matrixAttn?: MatrixAttn) => {
+export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmTiling, registerGemm = false, matrixAttn?: MatrixAttn) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)
   const G = c.numHeads / c.numKvHeads
   return {

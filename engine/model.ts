@@ -14,7 +14,7 @@ import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, modelKeys, type pipelineKeys, subgroupsOf } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, gemmRowsPerGroup, modelKeys, type pipelineKeys, subgroupsOf } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -277,7 +277,7 @@ export class GpuModel {
     this.u.ropePrefill.set(m, c.numHeads, c.numKvHeads, c.headDim, this.built.blockTokens)
     this.u.setGemmRows(m)
     for (const r of p.rows) r.y = m
-    for (const g of p.gemms) g.y = Math.ceil(m / 64)
+    for (const g of p.gemms) g.y = Math.ceil(m / gemmRowsPerGroup(this.keys.gemm))
   }
 
   // --- decode --------------------------------------------------------------------

@@ -15,6 +15,7 @@ export type KernelName =
   | "gemv_sg"
   | "gemm"
   | "gemm_sgmat"
+  | "gemm_sgmat_staged"
   | "gemm_skinny"
   | "half_rows"
   | "gemm_reg"

@@ -26,7 +26,7 @@ export interface Program {
     readonly headLast: ReadonlyArray<Dispatch>
     /** Dispatches with one workgroup row per token (y = m). */
     readonly rows: ReadonlyArray<Dispatch>
-    /** The GEMMs (y = m / 64; x by the kernel, gemmColumnsPerGroup). */
+    /** The GEMMs (y = m / gemmRowsPerGroup, x = n / gemmColumnsPerGroup: by the kernel). */
     readonly gemms: ReadonlyArray<Dispatch>
   }
   readonly sample: { readonly argmax: ReadonlyArray<Dispatch>; readonly gumbel: ReadonlyArray<Dispatch> }
@@ -111,7 +111,7 @@ export interface RowBuffers {
  * QKV GEMM] (RoPE and the KV append follow per sequence), `post` = [O GEMM (+ residual),
  * norm, gate/up GEMM (SwiGLU), down GEMM (+ residual)]. Prefill's layers and the batched
  * decode step (engine/batch.ts) are both built on it; the caller sets y of `rows` (= m)
- * and of `gemms` (= m / 64) and the GEMM uniforms' rows.
+ * and of `gemms` (= m / gemmRowsPerGroup) and the GEMM uniforms' rows.
  */
 export const rowLayers = (
   i: Pick<ProgramInputs, "device" | "pipelines" | "config" | "weights" | "keys">,

@@ -22,8 +22,15 @@
 #        (full at 1K, quest at 8K)
 #   gemm: prefill's GEMM on the matrix units (issue 12): the golden check with them off
 #        (LEOAM_MATRIX_UNITS=0) and on (=auto, the default on NVIDIA), then bench/gemm-bench.ts
-#        (sgmat and today's gemm at 8192^3 and the 8B layer shapes); extra arguments go to it;
-#        GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the matrix units off, then on
+#        (sgmat and today's gemm at 8192^3 and the 8B layer shapes; matrix attention off, so its
+#        device-open check does not run, nor in the golden checks: GEMM_GOLDEN, default "0 auto",
+#        the LEOAM_MATRIX_UNITS values to check with, each within GEMM_GOLDEN_S, default 90);
+#        extra arguments go to it (e.g. --tilings
+#        44.22.32,42.24.32 --m 512,4096); GEMM_BENCH_S (default 200) limits it; GEMM_PAD0=0 skips
+#        the unpadded run; GEMM_TOGGLES (e.g. disable_robustness) runs gemm-bench once more with
+#        those Dawn toggles and GEMM_TOGGLES_ARGS (default: the same arguments) within
+#        GEMM_TOGGLES_S (default 60); GEMM_E2E=1 adds engine-bench (8K prefill, decode) with the
+#        matrix units off, then on
 #   compress: KV compression (issue 13 §2): the golden check, then tiered-bench at 8B 64K
 #        (GPU 6 GiB, host 8 GiB) with full and leoam at compression 16, 8, 4 and importance side
 #        by side in one process (seals quantize on the GPU); fits one 10-minute command
@@ -210,11 +217,22 @@ if [ "$suite" = attn ]; then
   exit 0
 fi
 if [ "$suite" = gemm ]; then
-  LEOAM_MATRIX_UNITS=0 timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-off.txt" || echo "golden check, matrix units off: FAILED"
-  LEOAM_MATRIX_UNITS=auto timeout 90 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check, matrix units on: FAILED"
-  LEOAM_MATRIX_UNITS=auto timeout 200 node .bench-bundle/gemm-bench.mjs --max-seconds 150 --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed or stopped"
+  for mu in ${GEMM_GOLDEN:-0 auto}; do
+    name=on; [ "$mu" = 0 ] && name=off
+    LEOAM_MATRIX_UNITS=$mu LEOAM_MATRIX_ATTENTION=0 timeout "${GEMM_GOLDEN_S:-90}" node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-$name.txt" || echo "golden check, matrix units $name: FAILED"
+  done
+  gs="${GEMM_BENCH_S:-200}"
+  LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_ATTENTION=0 timeout "$gs" node .bench-bundle/gemm-bench.mjs --max-seconds "$(( gs * 3 / 4 ))" --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed, stopped or a check missed"
+  if [ -n "${GEMM_TOGGLES:-}" ]; then
+    ts="${GEMM_TOGGLES_S:-60}"
+    # shellcheck disable=SC2086
+    LEOAM_DAWN_TOGGLES="$GEMM_TOGGLES" LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_ATTENTION=0 timeout "$ts" node .bench-bundle/gemm-bench.mjs --max-seconds "$(( ts * 3 / 4 ))" \
+      --out "$out/gemm-bench-toggles.json" ${GEMM_TOGGLES_ARGS:-"$@"} 2>&1 | tee "$out/gemm-bench-toggles.txt" || echo "gemm-bench ($GEMM_TOGGLES): failed, stopped or a check missed"
+  fi
   # The matrix kernel without row padding (less workgroup memory, more bank conflicts), at one M.
-  LEOAM_MATRIX_UNITS=auto timeout 60 node .bench-bundle/gemm-bench.mjs --kernels sgmat --pad 0 --m 2048 --max-seconds 40 --out "$out/gemm-bench-pad0.json" 2>&1 | tee "$out/gemm-bench-pad0.txt" || echo "gemm-bench --pad 0: failed or stopped"
+  if [ "${GEMM_PAD0:-1}" = 1 ]; then
+    LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_ATTENTION=0 timeout 60 node .bench-bundle/gemm-bench.mjs --kernels sgmat --pad 0 --m 2048 --max-seconds 40 --out "$out/gemm-bench-pad0.json" 2>&1 | tee "$out/gemm-bench-pad0.txt" || echo "gemm-bench --pad 0: failed or stopped"
+  fi
   # GEMM_E2E=1 (engine-bench bundled too): 8K prefill and decode at 8B shapes with the matrix
   # units off, then on (the toggles they need also apply to every other kernel).
   if [ "${GEMM_E2E:-0}" = 1 ] && [ -f .bench-bundle/engine-bench.mjs ]; then

@@ -4,8 +4,8 @@
 // choice between it and today's gemm.wgsl.
 import { afterAll, describe, expect, it } from "vitest"
 import { acquireGpu, type Gpu, matrixUnitsWanted, pickMatrixF16, readMatrixConfigs, releaseGpu, type SubgroupMatrixConfig } from "../engine/gpu.ts"
-import { checkMatrixGemm, type GemmCase, gemmError, GEMM_TOLERANCE, matrixGemmConstants, matrixGemmWorkgroupBytes } from "../engine/matrix-check.ts"
-import { gemmColumnsPerGroup, matrixGemmFor, pipelineKeys } from "../engine/model-resources.ts"
+import { checkMatrixGemm, type GemmCase, gemmError, GEMM_TOLERANCE, matrixGemmBlock, matrixGemmConstants, GLOBAL_W_SHAPE, matrixGemmKey, matrixGemmShapeFromEnv, matrixGemmShapeName, type MatrixGemmTiling, matrixGemmTilingProblem, matrixGemmWorkgroupBytes, parseMatrixGemmShape, swigluErrorScale } from "../engine/matrix-check.ts"
+import { gemmColumnsPerGroup, gemmRowsPerGroup, matrixGemmFor, pipelineKeys } from "../engine/model-resources.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveGemvTunings } from "../engine/gemv-tuning.ts"
 import { dummyPresets } from "../models/config.ts"
@@ -23,39 +23,56 @@ afterAll(async () => {
 })
 
 const variants: ReadonlyArray<Record<string, boolean>> = [{}, { ACC: true }, { BIAS: true }, { ACC: true, BIAS: true }, { SWIGLU: true }, { SWIGLU: true, ACC: true }]
-// M and N off the 64 x 128 tile, three K steps of 32 (both stages of the double buffer).
-const cases: GemmCase[] = variants.map((flags) => ({ M: 70, N: flags.SWIGLU ? 288 : 208, K: 96, flags }))
 
 describe("gemm_sgmat", () => {
   it("tiling, double buffering and both epilogue paths under emulated subgroup matrices match the CPU reference", async () => {
     if (!gpu.hasF16 || !gpu.hasSubgroups) return expect.fail(`the test device lacks shader-f16 or subgroups (${gpu.adapterName})`)
     const pipelines = new Pipelines(gpu)
-    // lavapipe compiles each emulated variant for tens of seconds: the two epilogue paths only
-    // (a plain store with bias; SwiGLU pairs added into y), with the staged rows padded by 4
-    // halves (off the GPU's 8) and by none.
-    const emulated: Array<[number, GemmCase]> = [
-      [4, { M: 70, N: 208, K: 96, flags: { BIAS: true } }],
-      [0, { M: 70, N: 288, K: 96, flags: { SWIGLU: true, ACC: true } }],
+    // Each emulated variant runs in about a second on lavapipe. gemm_sgmat (W from global
+    // memory): a plain store with bias, rows padded by 4 halves (off the GPU's 8); SwiGLU pairs
+    // added into y, no padding. gemm_sgmat_staged: 4 x 4 tiles a subgroup (one subgroup, K
+    // steps of 16) with SwiGLU pairs added into y, padded by 4; 2 x 2 tiles in 1 x 2 subgroups,
+    // K steps of 32, a plain store with bias, no padding. M and N off the tile, three K steps
+    // (both stages of the double buffer).
+    const global = { SG: 32, ...GLOBAL_W_SHAPE }
+    const emulated: Array<[MatrixGemmTiling, GemmCase]> = [
+      [{ ...global, PAD: 4 }, { M: 70, N: 208, K: 96, flags: { BIAS: true } }],
+      [{ ...global, PAD: 0 }, { M: 70, N: 288, K: 96, flags: { SWIGLU: true, ACC: true } }],
+      [{ staged: true, SG: 32, PAD: 4, SGM: 1, SGN: 1, TM: 4, TN: 4, BK: 16 }, { M: 70, N: 96, K: 48, flags: { SWIGLU: true, ACC: true } }],
+      [{ staged: true, SG: 32, PAD: 0, SGM: 1, SGN: 2, TM: 2, TN: 2, BK: 32 }, { M: 40, N: 72, K: 96, flags: { BIAS: true } }],
     ]
-    for (const [i, [PAD, c]] of emulated.entries()) {
-      const code = emulateSubgroupMatrices(pipelines.source({ op: "gemm_sgmat", flags: c.flags }), "xs", "w")
+    for (const [i, [t, c]] of emulated.entries()) {
+      expect(matrixGemmTilingProblem(t, gpu.limits.maxComputeWorkgroupStorageSize)).toBeUndefined()
+      const key = matrixGemmKey(c.flags, t)
+      const code = emulateSubgroupMatrices(pipelines.source(key), "xs", t.staged ? "ws" : "w")
       const module = gpu.device.createShaderModule({ label: "gemm_sgmat emulated", code })
       const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error")
       expect(errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`)).toEqual([])
-      const pipeline = await gpu.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main", constants: { SG: 32, PAD } } })
-      const error = await gemmError(gpu.device, pipeline, c, 128, 300 + i)
-      expect(error, `PAD ${PAD} ${JSON.stringify(c)}`).toBeLessThan(GEMM_TOLERANCE)
+      const pipeline = await gpu.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main", constants: { ...key.constants } } })
+      const error = await gemmError(gpu.device, pipeline, c, matrixGemmBlock(t), 300 + i)
+      expect(error, `${JSON.stringify(t)} ${JSON.stringify(c)}`).toBeLessThan(GEMM_TOLERANCE)
     }
   })
 
   it.skipIf(noMatrix !== undefined)("on the device's matrix units: every epilogue against the CPU reference", async () => {
     const pipelines = new Pipelines(gpu)
-    for (const [i, c] of cases.entries()) {
-      const constants = matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)!
-      const pipeline = await pipelines.get({ op: "gemm_sgmat", flags: c.flags, constants: { ...constants } })
-      expect(await gemmError(gpu.device, pipeline, c, 128, 400 + i), JSON.stringify(c)).toBeLessThan(GEMM_TOLERANCE)
+    const t = matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)!
+    const block = matrixGemmBlock(t)
+    for (const [i, flags] of variants.entries()) {
+      const c: GemmCase = { M: block.rows + 6, N: flags.SWIGLU ? 2 * block.columns + 32 : block.columns + 80, K: 3 * t.BK, flags }
+      const pipeline = await pipelines.get(matrixGemmKey(flags, t))
+      expect(await gemmError(gpu.device, pipeline, c, block, 400 + i), JSON.stringify(c)).toBeLessThan(GEMM_TOLERANCE)
     }
-    expect(await checkMatrixGemm(gpu, matrixGemmConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize)!)).toBeUndefined()
+    expect(await checkMatrixGemm(gpu, t)).toBeUndefined()
+  })
+
+  it("SwiGLU's error is measured against its products' error carried through silu(gate) * up", () => {
+    // Where up is small and gate large, silu(gate) ~ gate multiplies up's own error.
+    expect(swigluErrorScale(40, 0.01)).toBeCloseTo(40.4, 6)
+    // Where gate is very negative, silu and its slope vanish: the bound is small, not 1.
+    expect(swigluErrorScale(-40, 20)).toBeLessThan(1e-12)
+    // At gate 0: silu'(0) = 1/2, silu(0) = 0.
+    expect(swigluErrorScale(0, 8)).toBeCloseTo(4, 12)
   })
 })
 
@@ -73,18 +90,45 @@ describe("choosing the prefill GEMM", () => {
   })
 
   it("gemm_sgmat with the subgroup size where the device has them, today's gemm where a shape or limit does not fit", () => {
-    expect(matrixGemmFor(nvidia, config)).toEqual({ SG: 32, PAD: 8 })
-    const keys = pipelineKeys(config, gemv, true, { SG: 32, PAD: 8 })
+    const tiling = { SG: 32, PAD: 8, ...GLOBAL_W_SHAPE }
+    expect(matrixGemmFor(nvidia, config)).toEqual(tiling)
+    const keys = pipelineKeys(config, gemv, true, tiling)
     expect(keys.gemmSwiglu).toEqual({ op: "gemm_sgmat", flags: { SWIGLU: true }, constants: { SG: 32, PAD: 8 } })
     expect(gemmColumnsPerGroup(keys.gemmAcc)).toBe(128)
+    expect(gemmRowsPerGroup(keys.gemmAcc)).toBe(64)
     expect(gemmColumnsPerGroup(pipelineKeys(config, gemv, true).gemmAcc)).toBe(64)
+    expect(gemmRowsPerGroup(pipelineKeys(config, gemv, true).gemmAcc)).toBe(64)
     // The fallback's pipeline names are those of before (cache keys, prewarm lists).
     expect(pipelineKeys(config, gemv, true).gemm).toEqual({ op: "gemm" })
     expect(matrixGemmFor({ ...nvidia, subgroupMinSize: 16 }, config)).toBeUndefined()
     // Too little workgroup memory for the padded rows: no padding; less than the unpadded kernel needs: none.
-    expect(matrixGemmFor({ ...nvidia, limits: { maxComputeWorkgroupStorageSize: matrixGemmWorkgroupBytes(8) - 1 } as GPUSupportedLimits }, config)).toEqual({ SG: 32, PAD: 0 })
-    expect(matrixGemmFor({ ...nvidia, limits: { maxComputeWorkgroupStorageSize: matrixGemmWorkgroupBytes(0) - 1 } as GPUSupportedLimits }, config)).toBeUndefined()
+    const limit = (bytes: number) => ({ ...nvidia, limits: { maxComputeWorkgroupStorageSize: bytes } as GPUSupportedLimits })
+    expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes(tiling) - 1), config)).toEqual({ ...tiling, PAD: 0 })
+    expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes({ ...tiling, PAD: 0 }) - 1), config)).toBeUndefined()
     expect(matrixGemmFor(nvidia, { ...config, intermediateSize: 14336 + 16 })).toBeUndefined()
+    expect(matrixGemmTilingProblem({ ...tiling, TM: 4 }, 49152)).toMatch(/one shape/)
+  })
+
+  it("gemm_sgmat_staged where LEOAM_MATRIX_GEMM_TILING asks, with its workgroup tile", () => {
+    expect(matrixGemmShapeFromEnv(undefined)).toBeUndefined()
+    expect(matrixGemmShapeFromEnv("global")).toEqual(GLOBAL_W_SHAPE)
+    const shape = matrixGemmShapeFromEnv("44.22.32")!
+    expect(shape).toEqual({ staged: true, TM: 4, TN: 4, SGM: 2, SGN: 2, BK: 32 })
+    expect(matrixGemmShapeName(shape)).toBe("44.22.32")
+    expect(() => parseMatrixGemmShape("33.22.32")).toThrow(/TMTN/)
+    const tiling = matrixGemmConstants(32, 49152, shape)!
+    expect(tiling).toEqual({ SG: 32, PAD: 8, ...shape })
+    const key = matrixGemmKey({ SWIGLU: true }, tiling)
+    expect(key).toEqual({ op: "gemm_sgmat_staged", flags: { SWIGLU: true, TM4: true, TN4: true }, constants: { SG: 32, PAD: 8, SGM: 2, SGN: 2, BK: 32 } })
+    expect([gemmRowsPerGroup(key), gemmColumnsPerGroup(key)]).toEqual([128, 128])
+    const wide = matrixGemmKey({}, matrixGemmConstants(32, 49152, parseMatrixGemmShape("44.24.16"))!)
+    expect([gemmRowsPerGroup(wide), gemmColumnsPerGroup(wide)]).toEqual([128, 256])
+    // 44 KiB with padded rows; unpadded where less is offered; none below that.
+    expect(matrixGemmConstants(32, matrixGemmWorkgroupBytes(tiling) - 1, shape)).toEqual({ ...tiling, PAD: 0 })
+    expect(matrixGemmConstants(32, matrixGemmWorkgroupBytes({ ...tiling, PAD: 0 }) - 1, shape)).toBeUndefined()
+    expect(matrixGemmTilingProblem({ ...tiling, TM: 3 }, 49152)).toMatch(/TM/)
+    expect(matrixGemmTilingProblem({ ...tiling, SGM: 1, SGN: 1, TM: 2, TN: 2, BK: 16 }, 49152)).toBeUndefined()
+    expect(matrixGemmTilingProblem({ ...tiling, SGM: 4, SGN: 4, TM: 2, TN: 2, BK: 16 }, 49152)).toMatch(/loads/)
   })
 
   it("picks the 16x16x16 f16 -> f32 configuration and reads LEOAM_MATRIX_UNITS", () => {
