@@ -12,6 +12,8 @@ export interface Micro {
   readonly chain?: boolean // mma(a1, b1, mma(a0, b0, o)) as the kernel, else two statements
   /** A workgroup flag read through workgroupUniformLoad, as the kernel's `rescale`: its type, declared before or after the arrays. */
   readonly flag?: { readonly type: "u32" | "vec4<u32>"; readonly first: boolean }
+  /** As the kernel's key loop: staging (P by its row owners, through a data-dependent branch), loads and product repeated this many times, a barrier at each top. */
+  readonly loop?: number
 }
 
 export const microShader = (m: Micro): string => {
@@ -19,6 +21,8 @@ export const microShader = (m: Micro): string => {
   const ld = m.right === "row" ? 24 : 32
   const b0 = m.right === "row" ? "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&wb, 0u, 24u)" : "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&wb, 0u, 32u)"
   const b1 = m.right === "row" ? "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&wb, 16u * 24u, 24u)" : "subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&wb, 16u, 32u)"
+  // With a loop the accumulator starts at zero (C0 is not staged).
+  const init = m.acc === "zero" || m.loop ? "subgroup_matrix_result<f32, 16, 16>()" : "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ws, sg * 256u, 16u)"
   const product = (o: string) =>
     m.chain === false ? `${o} = subgroupMatrixMultiplyAccumulate(a0, b0, ${o});\n  ${o} = subgroupMatrixMultiplyAccumulate(a1, b1, ${o});` : `${o} = subgroupMatrixMultiplyAccumulate(a1, b1, subgroupMatrixMultiplyAccumulate(a0, b0, ${o}));`
   return `enable f16;
@@ -36,20 +40,27 @@ var<workgroup> wb: array<f16, WB>;
 var<workgroup> ws: array<f32, WS>;
 ${m.flag && !m.flag.first ? flagDecl(m) : ""}@compute @workgroup_size(SG * 4u)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  if (lane < 16u) { for (var k = 0u; k < 32u; k = k + 1u) { wa[sg * 640u + lane * 40u + k] = f16(inp[lane * 32u + k]); } }
+  ${m.loop ? `var o = ${init};\n  for (var t = 0u; t < ${m.loop}u; t = t + 1u) {\n  workgroupBarrier();` : ""}
+  if (lane < 16u) {
+    for (var k = 0u; k < 32u; k = k + 1u) {
+      let v = inp[lane * 32u + k];
+      if (v > 0.5) { wa[sg * 640u + lane * 40u + k] = f16(v); } else { wa[sg * 640u + lane * 40u + k] = f16(v); }
+    }
+  }
   for (var i = lid; i < 512u; i = i + SG * 4u) {
     let key = i / 16u;
     let n = i % 16u;
     ${m.right === "row" ? "wb[key * 24u + n] = f16(inp[512u + i]);" : "wb[n * 32u + key] = f16(inp[512u + i]);"}
   }
-  for (var e = lane; e < 256u; e = e + SG) { ws[sg * 256u + e] = inp[1024u + e]; }
+  ${m.loop ? "" : "for (var e = lane; e < 256u; e = e + SG) { ws[sg * 256u + e] = inp[1024u + e]; }"}
   ${m.flag ? `if (lid == 0u) { flag${m.flag.type === "u32" ? "" : ".x"} = 7u; }\n  if (workgroupUniformLoad(&flag)${m.flag.type === "u32" ? "" : ".x"} != 7u) { return; }` : "workgroupBarrier();"}
   let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&wa, sg * 640u, 40u);
   let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&wa, sg * 640u + 16u, 40u);
   let b0 = ${b0};
   let b1 = ${b1};
-  var o = ${m.acc === "zero" ? "subgroup_matrix_result<f32, 16, 16>()" : "subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&ws, sg * 256u, 16u)"};
+  ${m.loop ? "" : `var o = ${init};`}
   ${product("o")}
+  ${m.loop ? "}" : ""}
   ${
     m.rescale
       ? `workgroupBarrier();

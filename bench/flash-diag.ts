@@ -37,6 +37,7 @@ if (args.dry) {
   writeFileSync(`${args.dry}/pv-window.wgsl`, emulatePv(src(false, true)))
   writeFileSync(`${args.dry}/u32.wgsl`, u32Flag(src(false, false)))
   writeFileSync(`${args.dry}/micro.wgsl`, microShader({ right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "u32", first: false } }))
+  writeFileSync(`${args.dry}/micro-loop.wgsl`, microShader({ right: "row", store: "scratch", acc: "zero", sizes: "override", loop: 3, flag: { type: "u32", first: false } }))
   void k
   process.exit(0)
 }
@@ -76,6 +77,7 @@ const microWant = (m: Micro): Float32Array => {
   const x = microInputs
   const ab = new Float32Array(256)
   for (let r = 0; r < 16; r++) for (let n = 0; n < 16; n++) for (let k = 0; k < 32; k++) ab[r * 16 + n]! += x[r * 32 + k]! * x[512 + k * 16 + n]!
+  if (m.loop) return ab.map((v) => v * m.loop!)
   const o = ab.map((v, e) => v + (m.acc === "load" ? x[1024 + e]! : 0))
   return m.rescale ? o.map((v, e) => (v * (Math.floor(e / 16) + 1)) / 16 + ab[e]!) : o
 }
@@ -145,6 +147,9 @@ if (all || args.micro) {
     ["+ vec4<u32> flag declared last", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "vec4<u32>", first: false } }],
     ["+ vec4<u32> flag declared first", { right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "vec4<u32>", first: true } }],
     ["col-major + u32 flag declared last", { right: "col", store: "scratch", acc: "zero", sizes: "const", flag: { type: "u32", first: false } }],
+    ["3-tile loop, owners' branch", { right: "row", store: "scratch", acc: "zero", sizes: "override", loop: 3 }],
+    ["3-tile loop, owners' branch, u32 flag last", { right: "row", store: "scratch", acc: "zero", sizes: "override", loop: 3, flag: { type: "u32", first: false } }],
+    ["3-tile loop, owners' branch, vec4<u32> flag last", { right: "row", store: "scratch", acc: "zero", sizes: "override", loop: 3, flag: { type: "vec4<u32>", first: false } }],
   ]
   for (const [name, m] of cases) console.log(`${name}: ${await runMicro(m).catch((e: Error) => `failed: ${e.message}`)}`)
 }
