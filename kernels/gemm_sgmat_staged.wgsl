@@ -19,7 +19,9 @@
 // TN/2 up tiles of the same outputs, paired in the epilogue, so gate and up stay f32
 // accumulators until silu(gate) * up. W's rows are clamped and outputs guarded, so N needs no
 // multiple. Offsets of matrix loads and stores derive only from workgroup_id, subgroup_id,
-// overrides and loop counters (Dawn requires them uniform).
+// overrides and loop counters (Dawn requires them uniform). Every workgroup variable, row
+// stride and matrix offset is a multiple of 16 bytes (attn_prefill_mx's matrix loads all went
+// wrong on an H100 beside a 4-byte workgroup variable; test/gemm-sgmat.test.ts checks the sizes).
 enable f16;
 enable chromium_experimental_subgroup_matrix;
 // Loop bounds and matrix offsets are uniform per subgroup by construction (subgroup_id,

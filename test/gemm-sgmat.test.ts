@@ -129,6 +129,18 @@ describe("choosing the prefill GEMM", () => {
     expect(matrixGemmTilingProblem({ ...tiling, TM: 3 }, 49152)).toMatch(/TM/)
     expect(matrixGemmTilingProblem({ ...tiling, SGM: 1, SGN: 1, TM: 2, TN: 2, BK: 16 }, 49152)).toBeUndefined()
     expect(matrixGemmTilingProblem({ ...tiling, SGM: 4, SGN: 4, TM: 2, TN: 2, BK: 16 }, 49152)).toMatch(/loads/)
+    // Every workgroup variable (xs, ws, cs) a multiple of 16 bytes, and row strides too: a 4-byte
+    // variable beside matrix arrays broke every matrix load of attn_prefill_mx on an H100 (0fc756c).
+    for (const name of ["44.22.32", "42.24.32", "44.12.32", "22.22.64", "44.22.16", "44.24.16", "44.42.16"]) {
+      for (const PAD of [0, 8]) {
+        const t = { SG: 32, PAD, ...parseMatrixGemmShape(name) }
+        const { rows, columns } = matrixGemmBlock(t)
+        const vars = [2 * rows * (t.BK + PAD) * 2, 2 * columns * (t.BK + PAD) * 2, t.SGM * t.SGN * 1024]
+        expect(vars.map((b) => b % 16), name).toEqual([0, 0, 0])
+        expect(((t.BK + PAD) * 2) % 16, name).toBe(0)
+        expect(vars.reduce((a, b) => a + b), name).toBe(matrixGemmWorkgroupBytes(t))
+      }
+    }
   })
 
   it("picks the 16x16x16 f16 -> f32 configuration and reads LEOAM_MATRIX_UNITS", () => {
