@@ -9,12 +9,16 @@
 // arrival order; serial runs alone once the batch is empty). A plain request under a tiered
 // policy with fixed chunks links the whole chunks of its prompt's longest prefix that a
 // running request or a stored session holds (kv/prefix-index.ts; disk entries pointing at
-// the same bytes, written once and freed with their last user) and prefills only the rest. Only this module's
-// functions change the lanes.
+// the same bytes, written once and freed with their last user) and prefills only the rest.
+// Under a GPU budget, lanes of a policy that keeps all KV on the GPU take their blocks from one
+// store of the budget's size (engine/kv/block-store.ts), so that a batch of full-attention
+// lanes attends all of them in one dispatch a layer (engine/batch-attention.ts); admission
+// keeps their blocks within it. Only this module's functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTiers } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
+import { KvBlockStore } from "../engine/kv/block-store.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
@@ -51,6 +55,31 @@ export const executorBatch = (deps: BatchDeps) => {
   const shares = new Map<string, number>()
   /** Prompt tokens requests took from a shared prefix since start. */
   let sharedTokens = 0
+  /** The GPU budget as one store of KV blocks for the lanes that keep all KV on the GPU, on the weights it was made for. */
+  let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
+  /** Stores of earlier weights, freed once their lanes gave every block back. */
+  const retired: KvBlockStore[] = []
+
+  /**
+   * The block store of a lane that keeps all KV on the GPU, where a GPU budget sizes it (and a
+   * layer's pool of it is a buffer the device can bind): made at the first such lane.
+   */
+  const sharedBlocks = (main: GpuModel): KvBlockStore | undefined => {
+    const budget = deps.tiers.gpuBudgetBytes
+    if (budget === undefined) return undefined
+    for (const old of retired.filter((r) => r.available === r.blocks)) {
+      retired.splice(retired.indexOf(old), 1)
+      old.destroy()
+    }
+    if (blocks?.weights === main.weights) return blocks.store
+    const c = main.config
+    const count = Math.floor(budget / (main.blockTokens * kvBytesPerToken(c)))
+    const layerBytes = count * main.blockTokens * c.numKvHeads * c.headDim * 2
+    if (count < 1 || layerBytes > main.gpu.limits.maxStorageBufferBindingSize) return undefined
+    if (blocks) retired.push(blocks.store)
+    blocks = { store: new KvBlockStore(main.gpu.device, c, main.blockTokens, count), weights: main.weights }
+    return blocks.store
+  }
 
   /**
    * A lane's first prefill turn under a tiered policy with fixed chunks: links the whole
@@ -102,7 +131,7 @@ export const executorBatch = (deps: BatchDeps) => {
       const main = deps.model()
       const session = `${deps.session}-lane-${laneCount++}`
       const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session }, main.config, tokens)
-      const model = await main.sibling({ maxContext: tokens, ...kv })
+      const model = await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) })
       lanes.set(runId, model)
       loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
       try {
@@ -151,6 +180,7 @@ export const executorBatch = (deps: BatchDeps) => {
       waiting_for_kv: admission.stats.waiting,
       kv_reserved_bytes: admission.stats.reservedBytes,
       shared_prefix_tokens: sharedTokens,
+      attended_together_steps: loop?.attendedTogether ?? 0,
       // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
       ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined
         ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()] } }
@@ -163,7 +193,11 @@ export const executorBatch = (deps: BatchDeps) => {
     /** The lanes' models (a live policy change swaps their selection too). */
     models: (): GpuModel[] => [...lanes.values()],
 
-    destroy: () => loop?.destroy(),
+    destroy: () => {
+      loop?.destroy()
+      blocks?.store.destroy()
+      for (const old of retired) old.destroy()
+    },
   }
 }
 

@@ -57,6 +57,11 @@ export class BatchLoop {
   ) {
   }
 
+  /** Batched steps whose rows attended together in one dispatch a layer (rows in one KV block store), since the loop started. */
+  get attendedTogether(): number {
+    return this.batch?.stepsTogether ?? 0
+  }
+
   /** Sequences decoding, and those still prefilling. */
   get sizes(): { readonly decoding: number; readonly prefilling: number } {
     return { decoding: this.decoding.length, prefilling: this.prefilling.length }

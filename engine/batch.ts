@@ -189,8 +189,12 @@ export class DecodeBatch {
     }
     this.rows = rows
     if (!sameMembers(this.members, rows)) this.join(rows)
+    if (rows.length > 1 && this.attendsTogether) this.stepsTogether++
     return decodeStep(this.driverRows, step)
   }
+
+  /** Steps of two or more rows that attended together (rows sharing a KV block store), since the batch was made. */
+  stepsTogether = 0
 
   /** Whether the current members' steps attend all rows in one dispatch a layer (rows sharing a KV block store). */
   get attendsTogether(): boolean {

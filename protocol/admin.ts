@@ -105,6 +105,8 @@ export const BatchStats = Schema.Struct({
   kv_reserved_bytes: Schema.Number,
   /** Prompt tokens whose chunks requests linked from a running request's or a stored session's (a shared prefix) instead of prefilling them, since start. */
   shared_prefix_tokens: Schema.optional(Schema.Number),
+  /** Batched decode steps whose rows attended in one dispatch a layer (full-attention lanes in the GPU budget's block store), since start. */
+  attended_together_steps: Schema.optional(Schema.Number),
   gpu_shares: Schema.optional(GpuShares),
 })
 

@@ -1,7 +1,8 @@
 // Continuous batching in a node (issue 14 §1), over a real nats-server with --max-batch 3:
 // concurrent generate requests get the greedy ids each gets alone, a streamed one streams
 // what its reply says, a cancelled one ends early without touching the others, and
-// admin.stats shows the batch.
+// admin.stats shows the batch. The node has a GPU budget, so its full-attention lanes take
+// their KV blocks from one store and the batch attends them together (engine/batch-attention.ts).
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { adminSubjects, cancelSubject, publicSubjects } from "../protocol/subjects.ts"
@@ -10,7 +11,7 @@ import { ClusterTest } from "./support/cluster-layer.ts"
 const words = [610, 451, 1262, 621, 333, 670, 1016, 330, 288, 1846]
 const prompt = (n: number, shift: number) => Array.from({ length: n }, (_, i) => words[(i * 3 + shift) % words.length]!)
 
-layer(ClusterTest.layer({ maxContext: 1024, maxBatch: 3, queueCapacity: 16 }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+layer(ClusterTest.layer({ maxContext: 1024, maxBatch: 3, queueCapacity: 16, gpuKvBudget: 16 * 2 ** 20 }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
   it.effect("concurrent requests get the ids they get alone; streaming, cancel and admin.stats work in the batch", () =>
     Effect.gen(function* () {
       const { cluster, ask } = yield* ClusterTest
@@ -53,6 +54,7 @@ layer(ClusterTest.layer({ maxContext: 1024, maxBatch: 3, queueCapacity: 16 }), {
       expect(events.at(-1)?.done).toBe(true)
       const after = (yield* ask(adminSubjects.stats, {})).json
       expect(after.batch).toMatchObject({ max: 3, decoding: 0, prefilling: 0, waiting_for_kv: 0, kv_reserved_bytes: 0 })
+      expect(after.batch.attended_together_steps).toBeGreaterThan(0)
     }),
   )
 })
