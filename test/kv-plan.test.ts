@@ -6,7 +6,7 @@ import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { type EvictionPolicy, importance, lfu, lru } from "../kv/eviction.ts"
 import { GpuSlots, pinKey } from "../kv/gpu-slots.ts"
-import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, scoreWindow } from "../kv/plan.ts"
+import { applyToSlots, type DecodePlan, planDecode, planDecodeSimulated, planPrefill, type PlanPolicy, scoreWindow } from "../kv/plan.ts"
 
 const policies: Record<string, EvictionPolicy> = { lru, lfu, importance }
 
@@ -125,6 +125,33 @@ describe("decode plans", () => {
       }),
       { numRuns: 400 },
     )
+  })
+
+  it("are the simulated plans exactly (evictions in order, slots, versions), planned without simulating where one window holds the misses", () => {
+    // Caches larger than arbCache's, so that one-window plans with evictions are common.
+    const arbLarge = fc
+      .record({ slots: fc.integer({ min: 1, max: 24 }), fill: fc.array(fc.record({ chunk: fc.integer({ min: 0, max: 47 }), visits: fc.integer({ min: 0, max: 3 }) }), { maxLength: 60 }) })
+      .map(({ slots, fill }) => {
+        const c = new GpuSlots(slots, 1)
+        let tick = 0
+        for (const f of fill) {
+          tick++
+          if (!c.get(f.chunk)) c.take(f.chunk, lru, new Set(), tick)
+          for (let v = 0; v < f.visits; v++) (c.touch(f.chunk, tick), c.chosen(f.chunk, tick))
+        }
+        return { cache: c, tick }
+      })
+    const arbWide = fc.uniqueArray(fc.integer({ min: 0, max: 55 }), { maxLength: 30 })
+    for (const [caches, chosens] of [[arbCache, arbChosen], [arbLarge, arbWide]] as const) {
+      fc.assert(
+        fc.property(caches, chosens, arbPolicy, ({ cache, tick }, chosen, policy) => {
+          const before = snapshot(cache)
+          expect(planDecode(cache, chosen, policy, tick + 1)).toEqual(planDecodeSimulated(cache, chosen, policy, tick + 1))
+          expect(snapshot(cache)).toEqual(before)
+        }),
+        { numRuns: 400 },
+      )
+    }
   })
 
   it("never evict a pinned chunk, fit each window in the slots, and attend every chosen chunk once", () => {
