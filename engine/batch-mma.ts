@@ -29,8 +29,13 @@ export interface SkinnyConstants {
 /** A form: split of K, output tiles a workgroup, K fixed. */
 export type SkinnyForm = Pick<SkinnyConstants, "SPLIT" | "COLS" | "KFIX">
 
-/** The default form. */
-export const SKINNY_FORM: SkinnyForm = { SPLIT: 8, COLS: 1 }
+/**
+ * The default form: 16 subgroups a workgroup, two output tiles each. On an H100 at 8B shapes
+ * and 1K context it was the fastest of 8x1, 16x1 and 16x2 at every B: 16.09 / 18.71 / 30.60
+ * ms/step at B = 1 / 4 / 16 against 8x1's 18.52 / 21.16 / 32.97
+ * (bench/results/2026-12-07-evening-gpu-session/mma/batch-8b-1k.txt).
+ */
+export const SKINNY_FORM: SkinnyForm = { SPLIT: 16, COLS: 2 }
 
 /** A form from its name, SPLITxCOLS with a trailing "k" for KFIX (e.g. 16x2k). */
 export const parseSkinnyForm = (name: string): SkinnyForm => {
