@@ -153,3 +153,15 @@ export const u32Flag = (src: string): string => {
   s = sub(s, /rescale\.x = /g, "rescale = ")
   return sub(s, /workgroupUniformLoad\(&rescale\)\.x/, "workgroupUniformLoad(&rescale)")
 }
+
+/**
+ * The kernel with parts taken out, for timing only (its results are wrong): "softmax" (no row
+ * owner: P and l never written), "qk" (no Q K^T products), "pv" (no P V products).
+ */
+export const without = (src: string, parts: ReadonlyArray<"softmax" | "qk" | "pv">): string => {
+  let s = src
+  if (parts.includes("softmax")) s = sub(s, /let owner = lane < 16u;/, "let owner = lane > 1000u;")
+  if (parts.includes("qk")) s = sub(s, /s([01]) = subgroupMatrixMultiplyAccumulate\(a, b[01], s[01]\);/g, "")
+  if (parts.includes("pv")) s = sub(s, /(o\d) = subgroupMatrixMultiplyAccumulate\(p1, v1, subgroupMatrixMultiplyAccumulate\(p0, v0, o\d\)\);/g, "")
+  return s
+}

@@ -12,17 +12,21 @@
 // 3. hybrid: the register form with Q K^T emulated in plain WGSL (P V on the matrix units),
 //    and with P V emulated (Q K^T on the matrix units): which half is wrong in place.
 // 4. variants: the kernel with 549bf3c's 4-byte flag, fewer subgroups, rescales, KDIRECT.
+// 5. timing: where a tile's time goes: one 512-query chunk at position 7680 of 8B heads with
+//    parts of the kernel taken out (results wrong, times comparable): no softmax, no Q K^T,
+//    no P V, K/V straight from the pool (KDIRECT), staging alone.
 // Results of the first run: bench/results/2026-12-07-night-flash-attention/.
 import { parseArgs } from "node:util"
 import { type AttnCase, attnInputs, attnReference, describeError, type KeyWindow, runPrefillAttention } from "../engine/attn-check.ts"
-import { readF32, storageBuffer, upload } from "../engine/buffers.ts"
+import { readF32, storageBuffer, Uniform, upload } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
 import { worstError } from "../engine/matrix-check.ts"
 import { Pipelines } from "../engine/pipelines.ts"
-import { emulatePv, emulateQk, type Micro, microShader, u32Flag } from "./flash-diag-kernels.ts"
+import { emulatePv, emulateQk, type Micro, microShader, u32Flag, without } from "./flash-diag-kernels.ts"
+import { fillRandom, timeKernel } from "./gpu-timing.ts"
 
-const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, dry: { type: "string" } } })
-const all = !args.micro && !args.full && !args.hybrid && !args.variants
+const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, timing: { type: "boolean" }, dry: { type: "string" } } })
+const all = !args.micro && !args.full && !args.hybrid && !args.variants && !args.timing
 
 if (args.dry) {
   // The transformed texts, written to the folder given (checked by eye and by a compile on a
@@ -36,6 +40,8 @@ if (args.dry) {
   writeFileSync(`${args.dry}/pv.wgsl`, emulatePv(src(false, false)))
   writeFileSync(`${args.dry}/pv-window.wgsl`, emulatePv(src(false, true)))
   writeFileSync(`${args.dry}/u32.wgsl`, u32Flag(src(false, false)))
+  writeFileSync(`${args.dry}/without.wgsl`, without(src(false, false), ["softmax", "qk", "pv"]))
+  writeFileSync(`${args.dry}/without-direct.wgsl`, without(p.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } }), ["softmax", "pv"]))
   writeFileSync(`${args.dry}/micro.wgsl`, microShader({ right: "row", store: "scratch", acc: "load", sizes: "override", rescale: true, flag: { type: "u32", first: false } }))
   writeFileSync(`${args.dry}/micro-loop.wgsl`, microShader({ right: "row", store: "scratch", acc: "zero", sizes: "override", loop: 3, flag: { type: "u32", first: false } }))
   void k
@@ -239,6 +245,100 @@ if (all || args.variants) {
   await runCase("KDIRECT D 64", direct(false, false), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 4, { ...k, G: 3, D: 64 })
   await runCase("KDIRECT OSHARED", direct(true, false), checkCase, 2, ks)
   await runCase("qAmp 24 OSHARED", kernelSource(true, false), { ...checkCase, qAmp: 24 }, 2, ks)
+}
+
+if (all || args.timing) {
+  console.log("\n== timing: a 512-query chunk at position 7680, 8B heads (32 query, 8 KV, D 128), 4 subgroups; parts taken out")
+  const [H, KV, D, BS, chunk, pos0] = [32, 8, 128, 16, 512, 7680]
+  const blocks = (pos0 + chunk) / BS
+  const kp = storageBuffer(device, "k pool", blocks * KV * BS * D * 2)
+  const vp = storageBuffer(device, "v pool", blocks * KV * BS * D * 2)
+  await fillRandom(gpu, [kp, vp], 3, 1)
+  const table = upload(device, "table", Uint32Array.from({ length: blocks }, (_, b) => b))
+  const q = storageBuffer(device, "q", chunk * H * D * 4)
+  await fillRandom(gpu, [q], 4, 1)
+  const out = storageBuffer(device, "out", chunk * H * D * 4)
+  const u = new Uniform(device, "timing", "uuuuufuu")
+  u.set(chunk, H, KV, BS, pos0, 1 / Math.sqrt(D))
+  const k = { SG, NSG: 4, PAD: 8, G: 4, D }
+  const staged = kernelSource(false, false)
+  const direct = pipelines.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } })
+  const cases: Array<[string, string]> = [
+    ["whole kernel", staged],
+    ["no softmax", without(staged, ["softmax"])],
+    ["no Q K^T", without(staged, ["qk"])],
+    ["no P V", without(staged, ["pv"])],
+    ["staging alone", without(staged, ["softmax", "qk", "pv"])],
+    ["KDIRECT", direct],
+    ["KDIRECT, no softmax", without(direct, ["softmax"])],
+    ["KDIRECT, no P V", without(direct, ["pv"])],
+  ]
+  const flops = 4 * H * D * (chunk * pos0 + (chunk * (chunk + 1)) / 2)
+  for (const [name, code] of cases) {
+    try {
+      const pipeline = await compile(name, code, k)
+      if (typeof pipeline === "string") {
+        console.log(`${name}: ${pipeline}`)
+        continue
+      }
+      const group = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [u.buffer, q, kp, vp, table, out].map((buffer, binding) => ({ binding, resource: { buffer } })) })
+      const seconds = await timeKernel(device, 5, 3, (pass) => {
+        pass.setPipeline(pipeline)
+        pass.setBindGroup(0, group)
+        pass.dispatchWorkgroups((chunk * 4) / 64, KV)
+      })
+      console.log(`${name}: ${(seconds * 1e3).toFixed(3)} ms (${(flops / seconds / 1e12).toFixed(2)} TFLOPS-equivalent)`)
+    } catch (e) {
+      console.log(`${name}: failed: ${(e as Error).message}`)
+    }
+  }
+}
+
+if (all || args.timing) {
+  console.log("\n== timing: a 512-query chunk at position 7680, 8B heads (32 query, 8 KV, D 128), 4 subgroups; parts taken out")
+  const [H, KV, D, BS, chunk, pos0] = [32, 8, 128, 16, 512, 7680]
+  const blocks = (pos0 + chunk) / BS
+  const kp = storageBuffer(device, "k pool", blocks * KV * BS * D * 2)
+  const vp = storageBuffer(device, "v pool", blocks * KV * BS * D * 2)
+  await fillRandom(gpu, [kp, vp], 3, 1)
+  const table = upload(device, "table", Uint32Array.from({ length: blocks }, (_, b) => b))
+  const q = storageBuffer(device, "q", chunk * H * D * 4)
+  await fillRandom(gpu, [q], 4, 1)
+  const out = storageBuffer(device, "out", chunk * H * D * 4)
+  const u = new Uniform(device, "timing", "uuuuufuu")
+  u.set(chunk, H, KV, BS, pos0, 1 / Math.sqrt(D))
+  const k = { SG, NSG: 4, PAD: 8, G: 4, D }
+  const staged = kernelSource(false, false)
+  const direct = pipelines.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } })
+  const cases: Array<[string, string]> = [
+    ["whole kernel", staged],
+    ["no softmax", without(staged, ["softmax"])],
+    ["no Q K^T", without(staged, ["qk"])],
+    ["no P V", without(staged, ["pv"])],
+    ["staging alone", without(staged, ["softmax", "qk", "pv"])],
+    ["KDIRECT", direct],
+    ["KDIRECT, no softmax", without(direct, ["softmax"])],
+    ["KDIRECT, no P V", without(direct, ["pv"])],
+  ]
+  const flops = 4 * H * D * (chunk * pos0 + (chunk * (chunk + 1)) / 2)
+  for (const [name, code] of cases) {
+    try {
+      const pipeline = await compile(name, code, k)
+      if (typeof pipeline === "string") {
+        console.log(`${name}: ${pipeline}`)
+        continue
+      }
+      const group = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [u.buffer, q, kp, vp, table, out].map((buffer, binding) => ({ binding, resource: { buffer } })) })
+      const seconds = await timeKernel(device, 5, 3, (pass) => {
+        pass.setPipeline(pipeline)
+        pass.setBindGroup(0, group)
+        pass.dispatchWorkgroups((chunk * 4) / 64, KV)
+      })
+      console.log(`${name}: ${(seconds * 1e3).toFixed(3)} ms (${(flops / seconds / 1e12).toFixed(2)} TFLOPS-equivalent)`)
+    } catch (e) {
+      console.log(`${name}: failed: ${(e as Error).message}`)
+    }
+  }
 }
 
 await releaseGpu()

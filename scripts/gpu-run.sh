@@ -92,7 +92,7 @@
 #   flash-diag: where attn_prefill_mx goes wrong on this device (issue 12 §3; bundle: `bash
 #        scripts/gpu-bundle.sh flash-diag golden-check attn-bench`): bench/flash-diag.ts (micro
 #        products through each load/store form, the kernel at small shapes, one half emulated,
-#        variants), the golden check with matrix attention on (where bundled), then attn-bench
+#        variants, a chunk's time with parts of the kernel taken out), the golden check with matrix attention on (where bundled), then attn-bench
 #        at FLASH_TOKENS (default 8192,32768,131072) with FLASH_NSG subgroups (default 4) and
 #        FLASH_KERNELS (default mx,mxd,base: O in registers, the same with K and V loaded
 #        straight from the pool, attn_prefill_sg); FLASH_BENCH=0 skips the bench; one
@@ -183,7 +183,7 @@ fi
 if [ "$suite" = flash-diag ]; then
   nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$out/device.txt" || true
   export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
-  timeout 35 node .bench-bundle/flash-diag.mjs "$@" 2>&1 | tee "$out/flash-diag.txt" || echo "flash-diag: failed or stopped" | tee -a "$out/flash-diag.txt"
+  timeout 45 node .bench-bundle/flash-diag.mjs "$@" 2>&1 | tee "$out/flash-diag.txt" || echo "flash-diag: failed or stopped" | tee -a "$out/flash-diag.txt"
   if [ -f .bench-bundle/golden-check.mjs ]; then
     LEOAM_MATRIX_ATTENTION=1 timeout 40 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-attention.txt" || echo "golden check, matrix attention: FAILED or stopped"
   fi
