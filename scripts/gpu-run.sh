@@ -92,11 +92,11 @@
 #   flash-diag: where attn_prefill_mx goes wrong on this device (issue 12 §3; bundle: `bash
 #        scripts/gpu-bundle.sh flash-diag golden-check attn-bench`): bench/flash-diag.ts (micro
 #        products through each load/store form, the kernel at small shapes, one half emulated,
-#        variants, a chunk's time with parts of the kernel taken out), the golden check with matrix attention on (where bundled), then attn-bench
-#        at FLASH_TOKENS (default 8192,32768,131072) with FLASH_NSG subgroups (default 4) and
+#        variants, a chunk's time with parts of the kernel taken out), the golden check with
+#        matrix attention on (where bundled), then attn-bench at FLASH_TOKENS (default 8192,32768,131072) with FLASH_NSG subgroups (default 4) and
 #        FLASH_KERNELS (default mx,mxd,base: O in registers, the same with K and V loaded
 #        straight from the pool, attn_prefill_sg); FLASH_BENCH=0 skips the bench; one
-#        100-second command
+#        110-second command
 #   abstracts: abstracts under budget (issue 13 §4): the golden check, then tiered-bench at 8B
 #        64K and 128K (GPU 6 GiB, host 8 GiB) with leoam (every abstract on the GPU, counted in
 #        the budget), leoam+groups (group abstracts of GROUP_CHUNKS chunks, default 16, scored
