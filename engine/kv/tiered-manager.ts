@@ -104,7 +104,6 @@ export class TieredManager implements KvManager<TieredPolicy> {
   get lastStamps(): ReadonlyArray<readonly [bigint, bigint]> {
     return this.timing?.lastStamps ?? []
   }
-
   /** Benchmarks: the upload ring's counters (bytes staged, copies, flushes and their host ms). */
   get uploadRing(): TieredKv["upload"] {
     return this.t.upload
