@@ -9,11 +9,13 @@
 // arrival order; serial runs alone once the batch is empty). A plain request under a tiered
 // policy with fixed chunks links the whole chunks of its prompt's longest prefix that a
 // running request or a stored session holds (kv/prefix-index.ts; disk entries pointing at
-// the same bytes, written once and freed with their last user) and prefills only the rest.
-// Under a GPU budget, lanes of a policy that keeps all KV on the GPU take their blocks from one
-// store of the budget's size (engine/kv/block-store.ts), so that a batch of full-attention
-// lanes attends all of them in one dispatch a layer (engine/batch-attention.ts); admission
-// keeps their blocks within it. Only this module's functions change the lanes.
+// the same bytes, written once and freed with their last user) and prefills only the rest;
+// a lane that ends while such a request waits for KV room keeps its prompt's chunks for it
+// (kv/prefix-holds.ts). Under a GPU budget, lanes of a policy that keeps all KV on the GPU
+// take their blocks from one store of the budget's size (engine/kv/block-store.ts), so that a
+// batch of full-attention lanes attends all of them in one dispatch a layer
+// (engine/batch-attention.ts); admission keeps their blocks within it. Only this module's
+// functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTiers } from "../engine/kv/registry.ts"
@@ -22,6 +24,7 @@ import { KvBlockStore } from "../engine/kv/block-store.ts"
 import type { TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
+import { PrefixHolds } from "../kv/prefix-holds.ts"
 import { KvAdmission } from "./kv-admission.ts"
 
 export interface BatchDeps {
@@ -55,6 +58,8 @@ export const executorBatch = (deps: BatchDeps) => {
   const shares = new Map<string, number>()
   /** Prompt tokens requests took from a shared prefix since start. */
   let sharedTokens = 0
+  /** Ended lanes' prompt chunks kept for the requests waiting to start that begin alike. */
+  const holds = deps.tiers.store ? new PrefixHolds(deps.prefixes, deps.tiers.store) : undefined
   /** The GPU budget as one store of KV blocks for the lanes that keep all KV on the GPU, on the weights it was made for. */
   let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
   /** Stores of earlier weights, freed once their lanes gave every block back. */
@@ -88,10 +93,11 @@ export const executorBatch = (deps: BatchDeps) => {
    * to the prompt tokens held. The lane then holds its prompt's chunks for later lanes and
    * sessions (once its prefill seals them).
    */
-  const sharePrefix = (lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number) => async (): Promise<number> => {
+  const sharePrefix = (runId: string, lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number) => async (): Promise<number> => {
     const keys = prefixChunkKeys(prompt, chunkTokens)
     // The last prompt token is prefilled by the lane (its logits choose the first token).
     const linked = linkSharedPrefix(deps.prefixes, deps.tiers.store!, session, keys.slice(0, Math.floor((prompt.length - 1) / chunkTokens)), lane.config.numLayers)
+    holds?.settle(runId)
     const held = linked ? lane.openSession(session) : 0
     sharedTokens += held
     deps.prefixes.add(session, keys)
@@ -137,6 +143,12 @@ export const executorBatch = (deps: BatchDeps) => {
       try {
         return await use(model, loop, session)
       } finally {
+        try {
+          // Runs waiting to start that begin like this one take its prompt's chunks from a hold.
+          holds?.holdFor(session, model.config.numLayers, runId)
+        } catch (e) {
+          process.stderr.write(`leoam gpu-executor: no hold for the prefix of ${session} (${(e as Error).message}); runs waiting for it prefill theirs\n`)
+        }
         deps.prefixes.remove(session)
         lanes.delete(runId)
         model.reset()
@@ -150,15 +162,18 @@ export const executorBatch = (deps: BatchDeps) => {
 
   return {
     /** Runs `prompt` in the batch once its KV is admitted; its lane is freed when it ends. */
-    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined; shared: number }> =>
-      withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop, session) => {
+    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined; shared: number }> => {
+      const sharable = (policy: ResolvedPolicy) => isTiered(policy) && policy.chunkMinTokens === undefined && deps.tiers.store !== undefined
+      const now = deps.policy()
+      if (sharable(now)) holds?.wait(runId, prefixChunkKeys(prompt, now.chunkTokens).slice(0, Math.floor((prompt.length - 1) / now.chunkTokens)))
+      return withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop, session) => {
         const policy = deps.policy()
-        const sharing = isTiered(policy) && policy.chunkMinTokens === undefined && deps.tiers.store !== undefined && lane.hasSessions
         let shared = 0
-        const prepare = sharing ? sharePrefix(lane, session, prompt, policy.chunkTokens) : undefined
+        const prepare = sharable(policy) && lane.hasSessions ? sharePrefix(runId, lane, session, prompt, policy.chunkTokens) : undefined
         const r = await loop.generate(lane, prompt, options, prepare && (async () => (shared = await prepare())))
         return { r, kv: lane.tierStats(), shared }
-      }),
+      }).finally(() => holds?.settle(runId))
+    },
 
     /**
      * A session run in the batch: a lane of `tokens` tokens (the session's document, the

@@ -30,12 +30,12 @@ export class PrefixIndex {
   /** Sequences holding each chunk key. */
   private readonly holders = new Map<string, Set<string>>()
   /** Each sequence's chunk keys. */
-  private readonly keysOf = new Map<string, ReadonlyArray<string>>()
+  private readonly keysBy = new Map<string, ReadonlyArray<string>>()
 
   /** `sequence` holds the chunks of these keys (its prompt's whole chunks, in order). */
   add(sequence: string, keys: ReadonlyArray<string>): void {
     this.remove(sequence)
-    this.keysOf.set(sequence, keys)
+    this.keysBy.set(sequence, keys)
     for (const key of keys) {
       let set = this.holders.get(key)
       if (!set) this.holders.set(key, (set = new Set()))
@@ -45,12 +45,17 @@ export class PrefixIndex {
 
   /** `sequence` holds nothing any more (its chunks are dropped, or it ended). */
   remove(sequence: string): void {
-    for (const key of this.keysOf.get(sequence) ?? []) {
+    for (const key of this.keysBy.get(sequence) ?? []) {
       const set = this.holders.get(key)
       set?.delete(sequence)
       if (set?.size === 0) this.holders.delete(key)
     }
-    this.keysOf.delete(sequence)
+    this.keysBy.delete(sequence)
+  }
+
+  /** The chunk keys `sequence` holds (none when it holds nothing). */
+  keysOf(sequence: string): ReadonlyArray<string> {
+    return this.keysBy.get(sequence) ?? []
   }
 
   /** How many sequences hold the chunk of `key`. */
@@ -61,7 +66,7 @@ export class PrefixIndex {
   /** Each sequence holding `keys[0]`, with how many of `keys` from the first it holds. */
   runs(keys: ReadonlyArray<string>): Array<{ readonly sequence: string; readonly chunks: number }> {
     return [...(this.holders.get(keys[0] ?? "") ?? [])].map((sequence) => {
-      const held = this.keysOf.get(sequence)!
+      const held = this.keysBy.get(sequence)!
       let chunks = 0
       while (chunks < keys.length && held[chunks] === keys[chunks]) chunks++
       return { sequence, chunks }

@@ -17,10 +17,9 @@ const a = { ids: [...doc, 101, 202, 303, 404, 505, 606], max_tokens: 8 }
 const question = [111, 222, 333]
 const b = { ids: [...doc, ...question], max_tokens: 24 }
 
-layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDocument("leoam") }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
-  /** Replies of requests run alone (nothing running beside them), by request. */
-  const alone = new Map<unknown, any>()
-  const setup = Effect.gen(function* () {
+/** The node's helpers; `alone` keeps the replies of requests run alone (nothing running beside them), by request. */
+const setupWith = (alone: Map<unknown, any>) =>
+  Effect.gen(function* () {
     const { cluster, ask } = yield* ClusterTest
     const aloneOf = (body: { ids: number[]; max_tokens: number }) =>
       Effect.gen(function* () {
@@ -42,6 +41,9 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
       docBytes: 160 * m.layers * 2 * m.kv_heads * (m.hidden_size / m.heads) * 2,
     }
   })
+
+layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDocument("leoam") }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+  const setup = setupWith(new Map())
 
   it.effect("a request sharing a running one's prefix links its chunks: same ids, written once, freed with the last user", () =>
     Effect.gen(function* () {
@@ -118,3 +120,26 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
     }),
   )
 })
+
+// A GPU budget that holds one lane (a lane's least is ~0.87 MB here): a request arriving while
+// another runs waits for KV room until that one ends, and takes its prefix from a hold.
+layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDocument("leoam"), gpuKvBudget: 1_000_000 }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+  it.effect("a request waiting for KV room while another runs takes the ended one's prefix (kept for it), then nothing is left", () =>
+    Effect.gen(function* () {
+      const { ask, aloneOf, shared, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setupWith(new Map())
+      const aloneB = yield* aloneOf(b)
+      const runA = yield* Effect.fork(ask(publicSubjects.generate, { ...a, max_tokens: 12 }))
+      yield* untilDecoding
+      const runB = yield* Effect.fork(ask(publicSubjects.generate, b))
+      expect((yield* runA).json.error).toBeUndefined()
+      const second = (yield* runB).json
+      expect(second.ids).toEqual(aloneB.ids)
+      expect(second.usage.cached_tokens).toBe(160)
+      expect(yield* shared).toBe(160)
+      expect(second.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
+      expect(chunkFiles()).toEqual([])
+      expect(yield* hostBytes).toBe(0)
+    }),
+  )
+})
+
