@@ -38,7 +38,7 @@ if (base) {
     const variants: Array<Record<string, boolean>> = [{ NORM: true, SWIGLU: true, ACC: true }, { BIAS: true, ACC: true }]
     for (const flags of variants) {
       const { NORM, ...rest } = flags
-      const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX }
+      const k = { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX, WSTAGE: form.WSTAGE }
       try {
         const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), await pipelines.get(skinnyKey(rest, k, 4096)), { M: 16, N: 128, K: 4096, flags }, 7, skinnyCols(form, flags.SWIGLU === true))
         checks.push({ form: form.name, flags, error, ok: error <= GEMM_TOLERANCE })
@@ -95,7 +95,7 @@ for (const [op, flags] of ops) {
         const ug = new Uniform(device, "ug", "uuuu")
         ug.set(M, n, k, 0)
         const half = await pipelines.get(halfRowsKey(NORM === true))
-        const gemm = await pipelines.get(skinnyKey(rest, { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX }, k))
+        const gemm = await pipelines.get(skinnyKey(rest, { ...base, SPLIT: form.SPLIT, COLS: form.COLS, KFIX: form.KFIX, WSTAGE: form.WSTAGE }, k))
         const rowsPadded = Math.ceil(M / 16) * 16
         await time(M, `mma/${form.name}`, (w) => [
           dispatchOf(device, half, [[0, uh.buffer], [1, x], [2, xh], ...(NORM ? [[4, gamma] as const] : [])], rowsPadded),

@@ -24,10 +24,12 @@ export interface SkinnyConstants {
   readonly COLS: 1 | 2 | 4
   /** K a pipeline constant (one pipeline per K) instead of a uniform. */
   readonly KFIX?: boolean
+  /** W's tiles copied through workgroup memory with 16-byte loads instead of matrix loads from storage. */
+  readonly WSTAGE?: boolean
 }
 
 /** A form: split of K, output tiles a workgroup, K fixed. */
-export type SkinnyForm = Pick<SkinnyConstants, "SPLIT" | "COLS" | "KFIX">
+export type SkinnyForm = Pick<SkinnyConstants, "SPLIT" | "COLS" | "KFIX" | "WSTAGE">
 
 /**
  * The default form: 16 subgroups a workgroup, two output tiles each. On an H100 at 8B shapes
@@ -37,11 +39,11 @@ export type SkinnyForm = Pick<SkinnyConstants, "SPLIT" | "COLS" | "KFIX">
  */
 export const SKINNY_FORM: SkinnyForm = { SPLIT: 16, COLS: 2 }
 
-/** A form from its name, SPLITxCOLS with a trailing "k" for KFIX (e.g. 16x2k). */
+/** A form from its name, SPLITxCOLS with a trailing "k" for KFIX and "s" for WSTAGE (e.g. 16x2k, 8x4s). */
 export const parseSkinnyForm = (name: string): SkinnyForm => {
-  const m = /^(4|8|16)x([124])(k?)$/.exec(name)
-  if (!m) throw new RangeError(`a matrix-unit form is SPLITxCOLS[k] with SPLIT 4, 8 or 16 and COLS 1, 2 or 4, not ${name}`)
-  return { SPLIT: Number(m[1]), COLS: Number(m[2]) as 1 | 2 | 4, ...(m[3] ? { KFIX: true } : {}) }
+  const m = /^(4|8|16)x([124])(k?)(s?)$/.exec(name)
+  if (!m) throw new RangeError(`a matrix-unit form is SPLITxCOLS[k][s] with SPLIT 4, 8 or 16 and COLS 1, 2 or 4, not ${name}`)
+  return { SPLIT: Number(m[1]), COLS: Number(m[2]) as 1 | 2 | 4, ...(m[3] ? { KFIX: true } : {}), ...(m[4] ? { WSTAGE: true } : {}) }
 }
 
 /** Output tiles a workgroup of form k for a projection with or without SwiGLU pairs. */
@@ -68,7 +70,7 @@ export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants, K 
   const cols = skinnyCols(k, swiglu)
   const fixed = k.KFIX === true
   const [cols2, cols4] = [cols === 2, cols === 4]
-  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, COLS4: cols4, R2: cols2 || cols4 || swiglu, R4: (cols2 && swiglu) || cols4, KFIX: fixed }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
+  return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, COLS4: cols4, R2: cols2 || cols4 || swiglu, R4: (cols2 && swiglu) || cols4, KFIX: fixed, WSTAGE: k.WSTAGE === true }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
 }
 export const halfRowsKey = (norm: boolean): PipelineKey => ({ op: "half_rows", flags: { NORM: norm } })
 

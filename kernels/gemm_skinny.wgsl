@@ -24,7 +24,11 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 struct Params { M: u32, N: u32, K: u32, _a: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> xh: array<f16>;
+#if WSTAGE
+@group(0) @binding(2) var<storage, read> wv: array<vec4<u32>>;  // W as 16-byte words (8 halves)
+#else
 @group(0) @binding(2) var<storage, read> w: array<f16>;
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
@@ -54,6 +58,40 @@ const COLS: u32 = 16u;
 #endif
 #endif
 override CS_SIZE: u32 = SPLIT * PARTS * 256u;
+#if WSTAGE
+// WSTAGE: each subgroup copies its right tiles of one step of K through workgroup memory with
+// one 16-byte load per lane and tile (the matrix loads then read workgroup memory), the next
+// step's loads in flight while this one multiplies. Needs uniform trip counts: one step of
+// K per subgroup and iteration, a barrier after the copy and after the multiplies.
+#if R4
+const RT: u32 = 4u;
+#else
+#if R2
+const RT: u32 = 2u;
+#else
+const RT: u32 = 1u;
+#endif
+#endif
+override WS_SIZE: u32 = SPLIT * RT * 256u;
+var<workgroup> ws: array<f16, WS_SIZE>;  // (subgroup, right tile, 16 columns n, 16 k) f16
+
+// Copies a 16-byte word of W (8 halves of row n, from k = 8h) to its place in tile r of the stage at b.
+fn stage(b: u32, r: u32, n: u32, h: u32, v: vec4<u32>) {
+  let o = b + r * 256u + n * 16u + h * 8u;
+  let e0 = unpack2x16float(v.x);
+  let e1 = unpack2x16float(v.y);
+  let e2 = unpack2x16float(v.z);
+  let e3 = unpack2x16float(v.w);
+  ws[o] = f16(e0.x);
+  ws[o + 1u] = f16(e0.y);
+  ws[o + 2u] = f16(e1.x);
+  ws[o + 3u] = f16(e1.y);
+  ws[o + 4u] = f16(e2.x);
+  ws[o + 5u] = f16(e2.y);
+  ws[o + 6u] = f16(e3.x);
+  ws[o + 7u] = f16(e3.y);
+}
+#endif
 var<workgroup> cs: array<f32, CS_SIZE>;  // (subgroup, part, 16, 16) partial sums of one output tile
 
 // Sums the SPLIT partial tiles in cs and writes output rows m0.., columns j.. (SWIGLU: of the
@@ -130,6 +168,44 @@ fn main(
   var c2 = subgroup_matrix_result<f32, 16, 16>();
   var c3 = subgroup_matrix_result<f32, 16, 16>();
 #endif
+#if WSTAGE
+  let kw = K / 8u;                // 16-byte words per row of W
+  var rows = array<u32, 4>(o0 / K, o1 / K, o2 / K, o3 / K);
+  let sb = sg * RT * 256u;        // this subgroup's stage
+  let n = lane / 2u;
+  let h = lane % 2u;
+  var nxt: array<vec4<u32>, 4>;
+  if (sg < steps) {
+    for (var r = 0u; r < RT; r = r + 1u) { nxt[r] = wv[(rows[r] + n) * kw + sg * 2u + h]; }
+  }
+  let iters = (steps + SPLIT - 1u) / SPLIT;
+  for (var i = 0u; i < iters; i = i + 1u) {
+    let t = i * SPLIT + sg;
+    if (t < steps) {
+      for (var r = 0u; r < RT; r = r + 1u) { stage(sb, r, n, h, nxt[r]); }
+    }
+    workgroupBarrier();
+    if (t + SPLIT < steps) {
+      for (var r = 0u; r < RT; r = r + 1u) { nxt[r] = wv[(rows[r] + n) * kw + (t + SPLIT) * 2u + h]; }
+    }
+    if (t < steps) {
+      let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&xh, xo + t * 16u, K);
+      let b00 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ws, sb, 16u);
+      c0 = subgroupMatrixMultiplyAccumulate(a0, b00, c0);
+#if R2
+      let b10 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ws, sb + 256u, 16u);
+      c1 = subgroupMatrixMultiplyAccumulate(a0, b10, c1);
+#endif
+#if R4
+      let b20 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ws, sb + 512u, 16u);
+      c2 = subgroupMatrixMultiplyAccumulate(a0, b20, c2);
+      let b30 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&ws, sb + 768u, 16u);
+      c3 = subgroupMatrixMultiplyAccumulate(a0, b30, c3);
+#endif
+    }
+    workgroupBarrier();
+  }
+#else
   var t = sg;
   // Four steps of K at a time: their loads are independent of the accumulation chains.
   for (; t + 3u * SPLIT < steps; t = t + 4u * SPLIT) {
@@ -198,6 +274,7 @@ fn main(
     c3 = subgroupMatrixMultiplyAccumulate(a0, b30, c3);
 #endif
   }
+#endif
   // Epilogue, one output tile at a time: (c0), or (c0, c1) as (gate, up); COLS2: then (c1), or (c2, c3).
   let at = sg * PARTS * 256u;
   subgroupMatrixStore<row_major>(&cs, at, c0, 16u);
