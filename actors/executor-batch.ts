@@ -69,6 +69,19 @@ export const executorBatch = (deps: BatchDeps) => {
    * The block store of a lane that keeps all KV on the GPU, where a GPU budget sizes it (and a
    * layer's pool of it is a buffer the device can bind): made at the first such lane.
    */
+  /**
+   * Frees the store once no lane holds its blocks and the policy's lanes no longer use it (a
+   * tiered policy: its lanes have budget shares of their own). Across a live change between a
+   * tiered policy and one that keeps all KV on the GPU, the store and tiered shares may both be
+   * allocated until the old policy's lanes end (up to twice the budget).
+   */
+  const freeIdleStore = (): void => {
+    if (blocks && blocks.store.available === blocks.store.blocks && isTiered(deps.policy())) {
+      blocks.store.destroy()
+      blocks = undefined
+    }
+  }
+
   const sharedBlocks = (main: GpuModel): KvBlockStore | undefined => {
     const budget = deps.tiers.gpuBudgetBytes
     if (budget === undefined) return undefined
@@ -153,6 +166,7 @@ export const executorBatch = (deps: BatchDeps) => {
         lanes.delete(runId)
         model.reset()
         model.destroy()
+        freeIdleStore()
       }
     } finally {
       shares.delete(runId)
