@@ -10,6 +10,7 @@ import { readBack, readF32 } from "../engine/buffers.ts"
 import { argmax, CpuModel } from "../engine/cpu-reference.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
+import { KvPool } from "../engine/kv/pool.ts"
 import { GpuModel } from "../engine/model.ts"
 import { openHfModel } from "../models/safetensors.ts"
 
@@ -92,4 +93,33 @@ describe("batched attention over a shared KV block store", () => {
     expect(store.available).toBe(store.blocks)
     store.destroy()
   }, 60_000)
+
+  it("hands each sequence's pool blocks of its own, takes them back on truncate and destroy, and refuses past its size", () => {
+    const c = lead.config
+    const store = new KvBlockStore(gpu.device, c, 16, 5)
+    const a = new KvPool(gpu.device, c, 16, 64, store)
+    const b = new KvPool(gpu.device, c, 16, 64, store)
+    try {
+      expect(a.layers).toBe(store.layers)
+      for (let t = 0; t < 33; t++) a.append() // 3 blocks
+      for (let t = 0; t < 20; t++) b.append() // 2 blocks
+      expect(new Set([...a.blockList, ...b.blockList]).size).toBe(5)
+      // b's 33rd token needs a sixth block.
+      expect(() => {
+        while (b.length < 33) b.append()
+      }).toThrow("the shared KV store is full")
+      expect(b.length).toBe(32)
+      a.truncate(16)
+      expect(store.available).toBe(2)
+      // A pool's own limit still holds: 64 tokens are 4 blocks.
+      b.reset()
+      for (let t = 0; t < 64; t++) b.append()
+      expect(() => b.append()).toThrow("KV pool is full")
+    } finally {
+      a.destroy()
+      b.destroy()
+    }
+    expect(store.available).toBe(store.blocks)
+    store.destroy()
+  })
 })
