@@ -49,7 +49,7 @@ if (args.dry) {
 }
 const gpu = await acquireGpu()
 const device = gpu.device
-console.log(`flash-diag on ${gpu.adapterName}: subgroups ${gpu.subgroupMinSize}..${gpu.subgroupMaxSize}, workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, matrix attention at open: ${gpu.matrixAttention ? (gpu.matrixAttentionShared ? "OSHARED" : "registers") : "refused"}; toggles ${process.env.LEOAM_DAWN_TOGGLES ?? "(none extra)"}`)
+console.log(`flash-diag on ${gpu.adapterName}: subgroups ${gpu.subgroupMinSize}..${gpu.subgroupMaxSize}, workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, matrix attention at open: ${gpu.matrixAttention ? (gpu.matrixAttentionShared ? "OSHARED" : gpu.matrixAttentionDirect ? "KDIRECT" : "registers") : "refused"}; toggles ${process.env.LEOAM_DAWN_TOGGLES ?? "(none extra)"}`)
 if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
   console.log("no subgroup matrices on this device: nothing to diagnose")
   await releaseGpu()

@@ -129,10 +129,11 @@ export interface MatrixAttnConstants {
   readonly PAD: number
 }
 
-/** The kernel's constants and form: `shared` is OSHARED (O in workgroup memory), else O in registers. */
+/** The kernel's constants and form: `shared` is OSHARED (O in workgroup memory), else O in registers; `direct` is KDIRECT (K/V loaded from the pool, not staged). */
 export interface MatrixAttn {
   readonly constants: MatrixAttnConstants
   readonly shared: boolean
+  readonly direct?: boolean
 }
 
 /**
@@ -180,7 +181,7 @@ const narrowDown = async (device: GPUDevice, pipeline: GPUComputePipeline, c: At
  * Undefined when attn_prefill_mx with these constants computes this device's attention
  * correctly (a plain pass and three WINDOW passes, GQA, partial tiles); else why not.
  */
-export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConstants, shared = false): Promise<string | undefined> => {
+export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConstants, shared = false, direct = false): Promise<string | undefined> => {
   const pipelines = new Pipelines(gpu)
   const c: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
   const inputs = attnInputs(c, 21)
@@ -188,12 +189,12 @@ export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConsta
   const rows = 16 * constants.NSG
   try {
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
-      const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined, OSHARED: shared }, constants: { ...constants, G: c.G, D: c.D } }
+      const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined, OSHARED: shared, KDIRECT: direct }, constants: { ...constants, G: c.G, D: c.D } }
       const pipeline = await pipelines.get(key)
       const got = await runPrefillAttention(gpu.device, pipeline, c, inputs, rows, windows)
       const { at, error } = worstError(got, want)
       if (!(error <= ATTN_MATRIX_TOLERANCE)) {
-        return `attn_prefill_mx${shared ? " OSHARED" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}; ${await narrowDown(gpu.device, pipeline, c, rows, windows)}`
+        return `attn_prefill_mx${shared ? " OSHARED" : ""}${direct ? " KDIRECT" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}; ${await narrowDown(gpu.device, pipeline, c, rows, windows)}`
       }
     }
     return undefined

@@ -41,6 +41,8 @@ export interface Gpu {
   readonly matrixAttention: SubgroupMatrixConfig | undefined
   /** Where matrixAttention is set: true when only the OSHARED form (O in workgroup memory) passed. */
   readonly matrixAttentionShared: boolean
+  /** Where matrixAttention is set: true when LEOAM_MATRIX_ATTENTION=direct asked for the KDIRECT form (K/V loaded from the pool as matrices) and it passed. */
+  readonly matrixAttentionDirect: boolean
 }
 
 export class GpuUnavailable extends Error {
@@ -232,6 +234,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     matrixF16: matrixRefused ? undefined : matrixF16,
     matrixAttention: matrixRefused ? undefined : matrixF16,
     matrixAttentionShared: false,
+    matrixAttentionDirect: false,
   }
   if (!gpu.matrixF16) return gpu
   // Imported here, not at the top: the checks need buffers.ts, which needs this module's globals.
@@ -245,14 +248,19 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
       ? await checkMatrixGemm(gpu, constants)
       : room
   if (refused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for the GEMMs (today's GEMM instead): ${refused}\n`)
-  // Attention: the register form, else the OSHARED form (O in workgroup memory), else none.
-  const attnCheck = async (shared: boolean) => {
+  // Attention: the register form, else the OSHARED form (O in workgroup memory), else none;
+  // LEOAM_MATRIX_ATTENTION=direct: the KDIRECT form alone (K and V loaded from the pool).
+  const attnCheck = async (shared: boolean, direct = false) => {
     const k = matrixAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128, shared)
-    return k ? checkMatrixAttention(gpu, k, shared) : room
+    return k ? checkMatrixAttention(gpu, k, shared, direct) : room
   }
   let attnRefused: string | undefined = "LEOAM_MATRIX_ATTENTION=0"
   let attnShared = false
-  if (matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
+  const attnDirect = process.env.LEOAM_MATRIX_ATTENTION?.trim().toLowerCase() === "direct"
+  if (attnDirect) {
+    attnRefused = await attnCheck(false, true)
+    if (attnRefused !== undefined) attnRefused = `KDIRECT: ${attnRefused}`
+  } else if (matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
     attnRefused = await attnCheck(false)
     if (attnRefused !== undefined) {
       const shared = await attnCheck(true)
@@ -267,6 +275,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     matrixF16: refused === undefined ? gpu.matrixF16 : undefined,
     matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined,
     matrixAttentionShared: attnShared,
+    matrixAttentionDirect: attnDirect && attnRefused === undefined,
   }
 }
 
@@ -274,6 +283,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
  * Whether one use of the matrix units (LEOAM_MATRIX_GEMM: the GEMMs, prefill's and batched
  * decode's, everything matrixF16 gates; LEOAM_MATRIX_ATTENTION: prefill attention) is allowed where the device was opened with them (LEOAM_MATRIX_UNITS
  * decides that): unset, 1 or auto yes, 0 no. Side-by-side runs turn one off to time the other.
+ * (LEOAM_MATRIX_ATTENTION=direct, the KDIRECT form, is read before this by openGpu.)
  */
 export const matrixKernelWanted = (variable: string, env: string | undefined): boolean => {
   const v = (env ?? "auto").trim().toLowerCase()

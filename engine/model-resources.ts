@@ -76,19 +76,22 @@ export const gemmRowsPerGroup = (key: PipelineKey): number => (isMatrix(key) ? m
  * is a multiple of 16 up to 128, and room for the kernel's workgroup memory.
  */
 export const matrixAttnFor = (
-  gpu: Pick<Gpu, "matrixAttention" | "matrixAttentionShared" | "subgroupMinSize" | "subgroupMaxSize" | "limits">,
+  gpu: Pick<Gpu, "matrixAttention" | "matrixAttentionShared" | "matrixAttentionDirect" | "subgroupMinSize" | "subgroupMaxSize" | "limits">,
   c: ModelConfig,
 ): MatrixAttn | undefined => {
   if (!gpu.matrixAttention || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
   const shared = gpu.matrixAttentionShared
   const constants = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim, shared)
-  return constants && { constants, shared }
+  return constants && { constants, shared, ...(gpu.matrixAttentionDirect ? { direct: true } : {}) }
 }
 
 /** The prefill attention kernel: attn_prefill_mx on matrix units, else attn_prefill_reg on a CPU adapter, else attn_prefill_sg or attn_prefill. */
 export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, registers: boolean, matrix?: MatrixAttn): PipelineKey => {
   const G = c.numHeads / c.numKvHeads
-  if (matrix) return { op: "attn_prefill_mx", ...(matrix.shared ? { flags: { OSHARED: true } } : {}), constants: { G, D: c.headDim, ...matrix.constants } }
+  if (matrix) {
+    const flags = { ...(matrix.shared ? { OSHARED: true } : {}), ...(matrix.direct ? { KDIRECT: true } : {}) }
+    return { op: "attn_prefill_mx", ...(Object.keys(flags).length > 0 ? { flags } : {}), constants: { G, D: c.headDim, ...matrix.constants } }
+  }
   return { op: registers ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } }
 }
 

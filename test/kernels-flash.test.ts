@@ -120,7 +120,7 @@ describe.skipIf(noMatrix !== undefined)("attn_prefill_mx on the device's matrix 
 describe("choosing the prefill attention kernel", () => {
   const config = dummyPresets["llama-3.1-8b"]!
   const f16: SubgroupMatrixConfig = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
-  const nvidia = { matrixAttention: f16, matrixAttentionShared: false, subgroupMinSize: 32, subgroupMaxSize: 32, limits: { maxComputeWorkgroupStorageSize: 49152 } as GPUSupportedLimits }
+  const nvidia = { matrixAttention: f16, matrixAttentionShared: false, matrixAttentionDirect: false, subgroupMinSize: 32, subgroupMaxSize: 32, limits: { maxComputeWorkgroupStorageSize: 49152 } as GPUSupportedLimits }
 
   it("attn_prefill_mx with 16 rows a subgroup where the device passed its check, today's kernels elsewhere", () => {
     const mx = matrixAttnFor(nvidia, config)
@@ -136,6 +136,10 @@ describe("choosing the prefill attention kernel", () => {
     expect(sharedKey.flags).toEqual({ OSHARED: true })
     expect(prefillRowsPerGroup(sharedKey)).toBe(32)
     expect(windowedPrefillKey(sharedKey).flags).toEqual({ OSHARED: true, WINDOW: true })
+    // LEOAM_MATRIX_ATTENTION=direct passed: K and V loaded from the pool (KDIRECT), WINDOW kept.
+    const direct = matrixAttnFor({ ...nvidia, matrixAttentionDirect: true }, config)
+    expect(direct).toEqual({ constants: { SG: 32, NSG: 4, PAD: 8 }, shared: false, direct: true })
+    expect(windowedPrefillKey(attnPrefillKey(config, true, false, direct)).flags).toEqual({ KDIRECT: true, WINDOW: true })
     // No matrix attention: the kernels of before, 32 rows a workgroup, under their old names.
     expect(matrixAttnFor({ ...nvidia, matrixAttention: undefined }, config)).toBeUndefined()
     expect(matrixAttnFor({ ...nvidia, subgroupMinSize: 16 }, config)).toBeUndefined()
