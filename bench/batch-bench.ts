@@ -14,7 +14,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Command } from "commander"
 import { parseSize } from "../cli/sizes.ts"
-import { DecodeBatch, type Projections } from "../engine/batch.ts"
+import { DecodeBatch, type MmaOptions, type Projections } from "../engine/batch.ts"
+import { TimedStep } from "./gpu-timing.ts"
 import { readBack } from "../engine/buffers.ts"
 import { parseSkinnyForm } from "../engine/batch-mma.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
@@ -45,6 +46,7 @@ const o = new Command()
   .option("--fill-seconds <s>", "stop filling sequences of a policy after this long (the largest batches are then skipped)", (v) => Number(v), 200)
   .option("--mma-forms <list>", "forms of the matrix-unit projections, SPLITxCOLS[k] (engine/batch-mma.ts), each its own setup; a trailing :rows attends per row", "")
   .option("--no-shared-kv", "full attention: each sequence its own KV pool (attention per row)")
+  .option("--profile", "after each setup, one step more with every dispatch timed on the GPU (timestamp queries): GPU time per kernel")
   .option("--out <file>", "write the results as JSON")
   .parse()
   .opts()
@@ -58,10 +60,50 @@ interface Row {
   steps: number
   /** Where the same projections ran with attention the other way at this B: whether every row chose the same ids. */
   same_ids?: boolean
+  /** --profile: one step's GPU time per kernel (µs, summed over its dispatches) and its dispatches, the step's span and its time inside kernels (ms). */
+  profile?: { span_ms: number; busy_ms: number; kernels: Array<{ kernel: string; us: number; dispatches: number }> }
   error?: string
 }
 
 const how = (setup: string) => setup.split(":")[1]
+/** DecodeBatch.open's projections and options for a setup "P[/FORM][:rows]"; minRows 1: the matrix units at every B, also where a batch would take the GEMVs. */
+const batchArgs = (setup: string): [Projections, MmaOptions] => {
+  const [what, rows] = setup.split(":")
+  const [kind, form] = what!.split("/") as [Projections, string | undefined]
+  return [kind, { minRows: 1, rowAttention: rows === "rows", ...(form ? { form: parseSkinnyForm(form) } : {}) }]
+}
+
+/** One step with every dispatch in a timed pass of its own (bench/gpu-timing.ts): GPU time per kernel, largest first. */
+const profile = async (step: (timed: TimedStep) => void | Promise<void>): Promise<NonNullable<Row["profile"]>> => {
+  const device = gpu.device
+  const maxQueries = 8192
+  const querySet = device.createQuerySet({ type: "timestamp", count: maxQueries })
+  const resolve = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
+  const read = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+  try {
+    const timed = new TimedStep(device, querySet, resolve, read)
+    await step(timed)
+    await read.mapAsync(GPUMapMode.READ)
+    const stamps = new BigUint64Array(read.getMappedRange().slice(0, timed.labels.length * 16))
+    read.unmap()
+    const kernels = new Map<string, { us: number; dispatches: number }>()
+    let busy = 0
+    timed.labels.forEach((label, i) => {
+      const us = Number(stamps[2 * i + 1]! - stamps[2 * i]!) / 1000
+      const k = kernels.get(label) ?? { us: 0, dispatches: 0 }
+      k.us += us
+      k.dispatches++
+      kernels.set(label, k)
+      busy += us
+    })
+    const span = timed.labels.length > 0 ? Number(stamps[2 * timed.labels.length - 1]! - stamps[0]!) / 1e6 : 0
+    return { span_ms: span, busy_ms: busy / 1000, kernels: [...kernels.entries()].map(([kernel, k]) => ({ kernel, ...k })).sort((a, b) => b.us - a.us) }
+  } finally {
+    querySet.destroy()
+    resolve.destroy()
+    read.destroy()
+  }
+}
 const chosenIds = new Map<string, string>()
 const started = performance.now()
 const outOfTime = () => (performance.now() - started) / 1000 > o.maxSeconds
@@ -124,10 +166,7 @@ for (const name of list(o.policies)) {
           let batch: DecodeBatch | undefined
           if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
           else {
-            const [setup, how] = projections.split(":")
-            const [kind, form] = setup!.split("/") as [Projections, string | undefined]
-            // minRows 1: the matrix units at every B, also where a batch would take the GEMVs.
-            batch = await DecodeBatch.open(lead, b, kind, { minRows: 1, rowAttention: how === "rows", ...(form ? { form: parseSkinnyForm(form) } : {}) })
+            batch = await DecodeBatch.open(lead, b, ...batchArgs(projections))
             step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
           }
           const t = await time(step)
@@ -139,6 +178,17 @@ for (const name of list(o.policies)) {
           const before = chosenIds.get(key)
           if (before === undefined) chosenIds.set(key, ids)
           else row.same_ids = before === ids
+          if (o.profile && gpu.device.features.has("timestamp-query")) {
+            try {
+              if (batch) batch = await DecodeBatch.open(lead, b, ...batchArgs(projections))
+              const i = 2 + o.steps
+              row.profile = await profile((timed) => (batch ? batch.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })), timed) : members[0].decode(i, sample(i), undefined, timed)))
+            } catch (e) {
+              console.log(`    profile failed: ${(e as Error).message}`)
+            } finally {
+              batch?.destroy()
+            }
+          }
           for (const m of members) {
             await m.settle()
             m.truncate(o.context) // the next setup starts from the same context
@@ -149,6 +199,10 @@ for (const name of list(o.policies)) {
         }
         rows.push(row)
         print(row)
+        if (row.profile) {
+          const p = row.profile
+          console.log(`    one step timed per dispatch: ${p.busy_ms.toFixed(2)} ms in kernels, ${p.span_ms.toFixed(2)} ms span; ${p.kernels.slice(0, 8).map((k) => `${k.kernel} ${(k.us / 1000).toFixed(2)} ms/${k.dispatches}`).join(", ")}`)
+        }
       }
     }
   } catch (e) {

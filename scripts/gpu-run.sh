@@ -71,7 +71,8 @@
 #        and bench/gemm-bench.ts (gemm_sgmat against gemm at 8192^3 and M = MMA_GEMM_M, default
 #        512,4096); bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench skinny-bench
 #        gemm-bench`; MMA_BATCH_S, MMA_SKINNY_S, MMA_GEMM_S change the parts' limits
-#        (MMA_GEMM_S=0 skips gemm-bench)
+#        (MMA_GEMM_S=0 skips gemm-bench); MMA_PROFILE=1: batch-bench times one more step per
+#        setup with every dispatch timed (GPU time per kernel)
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
 #        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
 #        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
@@ -299,7 +300,7 @@ if [ "$suite" = mma ]; then
   export LEOAM_MATRIX_UNITS=auto
   timeout 25 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
   timeout "${MMA_BATCH_S:-55}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,16 --policies full --projections "${MMA_PROJECTIONS:-gemv,multi,mma}" \
-    --mma-forms "${MMA_FORMS:-}" --steps 16 --max-seconds "$(( ${MMA_BATCH_S:-55} - 12 ))" --out "$out/batch-8b-1k.json" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
+    --mma-forms "${MMA_FORMS:-}" ${MMA_PROFILE:+--profile} --steps 16 --max-seconds "$(( ${MMA_BATCH_S:-55} - 12 ))" --out "$out/batch-8b-1k.json" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
   timeout "${MMA_SKINNY_S:-25}" node .bench-bundle/skinny-bench.mjs --m "${MMA_SKINNY_M:-1,4,16}" --forms "${MMA_SKINNY_FORMS:-8x1,16x1,8x2,16x2}" \
     --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
   [ "${MMA_GEMM_S:-40}" = 0 ] || timeout "${MMA_GEMM_S:-40}" node .bench-bundle/gemm-bench.mjs --m "${MMA_GEMM_M:-512,4096}" --max-seconds "$(( ${MMA_GEMM_S:-40} - 8 ))" \
