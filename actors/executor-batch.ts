@@ -106,8 +106,8 @@ export const executorBatch = (deps: BatchDeps) => {
    * to the prompt tokens held. The lane then holds its prompt's chunks for later lanes and
    * sessions (once its prefill seals them).
    */
-  const sharePrefix = (runId: string, lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number) => async (): Promise<number> => {
-    const keys = prefixChunkKeys(prompt, chunkTokens)
+  const sharePrefix = (runId: string, lane: GpuModel, session: string, prompt: ReadonlyArray<number>, chunkTokens: number, user: string) => async (): Promise<number> => {
+    const keys = prefixChunkKeys(prompt, chunkTokens, user)
     // The last prompt token is prefilled by the lane (its logits choose the first token).
     const linked = linkSharedPrefix(deps.prefixes, deps.tiers.store!, session, keys.slice(0, Math.floor((prompt.length - 1) / chunkTokens)), lane.config.numLayers)
     holds?.settle(runId)
@@ -176,14 +176,15 @@ export const executorBatch = (deps: BatchDeps) => {
 
   return {
     /** Runs `prompt` in the batch once its KV is admitted; its lane is freed when it ends. */
-    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions): Promise<{ r: GenerateResult; kv: TierStats | undefined; shared: number }> => {
+    /** `user` scopes prefix sharing: the requester's own requests and sessions only. */
+    run: (runId: string, prompt: ReadonlyArray<number>, options: GenerateOptions, user: string): Promise<{ r: GenerateResult; kv: TierStats | undefined; shared: number }> => {
       const sharable = (policy: ResolvedPolicy) => isTiered(policy) && policy.chunkMinTokens === undefined && deps.tiers.store !== undefined
       const now = deps.policy()
-      if (sharable(now)) holds?.wait(runId, prefixChunkKeys(prompt, now.chunkTokens).slice(0, Math.floor((prompt.length - 1) / now.chunkTokens)))
+      if (sharable(now)) holds?.wait(runId, prefixChunkKeys(prompt, now.chunkTokens, user).slice(0, Math.floor((prompt.length - 1) / now.chunkTokens)))
       return withLane(runId, Math.min(prompt.length + options.maxTokens + LANE_SLACK, deps.model().maxContext), async (lane, loop, session) => {
         const policy = deps.policy()
         let shared = 0
-        const prepare = sharable(policy) && lane.hasSessions ? sharePrefix(runId, lane, session, prompt, policy.chunkTokens) : undefined
+        const prepare = sharable(policy) && lane.hasSessions ? sharePrefix(runId, lane, session, prompt, policy.chunkTokens, user) : undefined
         const r = await loop.generate(lane, prompt, options, prepare && (async () => (shared = await prepare())))
         return { r, kv: lane.tierStats(), shared }
       }).finally(() => holds?.settle(runId))

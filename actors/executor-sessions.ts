@@ -55,7 +55,7 @@ export const executorSessions = (ctx: SessionContext) => {
   const store = new SessionStore(ctx.store)
   /** A stored session of this model holds its document's whole chunks for requests and sessions that begin alike. */
   const holdPrefix = (s: StoredSession) => {
-    if (s.model === ctx.modelName) ctx.prefixes.add(s.id, prefixChunkKeys(s.ids, s.chunkTokens))
+    if (s.model === ctx.modelName) ctx.prefixes.add(s.id, prefixChunkKeys(s.ids, s.chunkTokens, s.owner))
   }
   for (const s of store.list()) holdPrefix(s)
   /** Sessions whose chunks this process holds in its host arena (opened or used since start or their close). */
@@ -157,8 +157,8 @@ export const executorSessions = (ctx: SessionContext) => {
    * is tokens [iC, (i+1)C), whose KV depends on those tokens and the ones before only).
    * Returns the tokens shared.
    */
-  const sharePrefix = (id: string, ids: ReadonlyArray<number>, chunkTokens: number, layers: number): number =>
-    (linkSharedPrefix(ctx.prefixes, ctx.store, id, prefixChunkKeys(ids, chunkTokens), layers)?.chunks ?? 0) * chunkTokens
+  const sharePrefix = (id: string, owner: string, ids: ReadonlyArray<number>, chunkTokens: number, layers: number): number =>
+    (linkSharedPrefix(ctx.prefixes, ctx.store, id, prefixChunkKeys(ids, chunkTokens, owner), layers)?.chunks ?? 0) * chunkTokens
 
   /** Resumes the stored session: its sealed length (never past its document: a question left behind by a failure is dropped first). */
   const resume = (model: GpuModel, id: string, tokens: number): number => {
@@ -184,7 +184,7 @@ export const executorSessions = (ctx: SessionContext) => {
       throw leoamError("context_overflow", `the session has ${doc.length} tokens and the request ${req.ids.length}; the context holds ${model.maxContext}${rs.op === "generate" ? " (with at least one new token)" : ""}`)
     }
     // A new document that begins like a stored one shares its whole chunks (written once, on disk).
-    const shared = rs.op === "open" ? sharePrefix(rs.id, req.ids, chunkTokens, model.config.numLayers) : 0
+    const shared = rs.op === "open" ? sharePrefix(rs.id, rs.owner, req.ids, chunkTokens, model.config.numLayers) : 0
     const sealed = resume(model, rs.id, doc.length + shared)
     const prompt = [...doc, ...req.ids].slice(sealed)
     let keep = doc.length

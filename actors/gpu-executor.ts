@@ -332,7 +332,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
       const session = req.session
       const out: Partial<SessionOutcome> & Pick<SessionOutcome, "r"> & { kv?: KvStats; shared?: number } = yield* enginePromise(() =>
-        session ? inSession(session) : batch ? batch.run(req.run_id, req.ids, genOptions(maxTokens)) : gen(req.ids, maxTokens, false).then((r) => ({ r })),
+        session ? inSession(session) : batch ? batch.run(req.run_id, req.ids, genOptions(maxTokens), req.user ?? "anonymous") : gen(req.ids, maxTokens, false).then((r) => ({ r })),
       )
       const r = out.r
       const cancelled = s.cancelled.has(req.run_id)

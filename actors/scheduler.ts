@@ -117,6 +117,8 @@ export interface Admitted {
   readonly maxTokens: number
   /** A question to a stored session (actors/sessions.ts): the executor resumes it first. */
   readonly session?: RunSession
+  /** The requester (RunRequest.user). */
+  readonly user: string
 }
 
 export interface SchedulerService {
@@ -175,10 +177,10 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
       if (req.max_tokens !== undefined && req.max_tokens > room) {
         return yield* leoamError("context_overflow", `max_tokens ${req.max_tokens} does not fit: the prompt has ${ids.length} tokens of a ${s.model.context_length}-token context`)
       }
-      return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room) } satisfies Admitted
+      return { req, ids, maxTokens: req.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, room), user: requesterOf(headers).user } satisfies Admitted
     })
 
-    const generate = Effect.fn("Scheduler.generate")(function* ({ req, ids, maxTokens, session }: Admitted, receivedAt: number) {
+    const generate = Effect.fn("Scheduler.generate")(function* ({ req, ids, maxTokens, session, user }: Admitted, receivedAt: number) {
       const started = performance.now()
       const stops = req.stop ?? []
       const longestStop = stops.reduce((n, x) => Math.max(n, x.length), 0)
@@ -246,6 +248,7 @@ const make = (nc: NatsConnection, options: SchedulerOptions) =>
         tokens: tokensSubject,
         ...(req.stream !== undefined ? { progress: true } : {}),
         ...(session ? { session } : {}),
+        user,
       }
       // Waits as long as the executor heartbeats the run; a lost run is actor_unavailable (or retried before any token).
       if (req.stream !== undefined) {

@@ -11,12 +11,13 @@ import { createHash } from "node:crypto"
 import type { DiskStore } from "./disk-store.ts"
 
 /**
- * The keys of the whole chunks of `ids` (chunk i: a hash of the chunk size and tokens
- * [0, (i+1)C)); a partial last chunk has none.
+ * The keys of the whole chunks of `ids` for `user`'s requests and sessions (chunk i: a hash of
+ * the user, the chunk size and tokens [0, (i+1)C)); a partial last chunk has none. Keys of
+ * different users never match, so no one's first token is sped up by another user's prefix.
  */
-export const prefixChunkKeys = (ids: ReadonlyArray<number>, chunkTokens: number): string[] => {
+export const prefixChunkKeys = (ids: ReadonlyArray<number>, chunkTokens: number, user: string): string[] => {
   const keys: string[] = []
-  let previous = `chunk ${chunkTokens}`
+  let previous = JSON.stringify({ user, chunk: chunkTokens })
   for (let end = chunkTokens; end <= ids.length; end += chunkTokens) {
     const h = createHash("sha256").update(previous)
     h.update(new Uint8Array(Uint32Array.from(ids.slice(end - chunkTokens, end)).buffer))

@@ -41,6 +41,12 @@ export const RunRequest = Schema.Struct({
   /** Also send prefill progress events to `tokens` (token-event.ts), a few a second. */
   progress: Schema.optional(Schema.Boolean),
   session: Schema.optional(RunSession),
+  /**
+   * The requester ("anonymous" without --users): prompts share sealed prefix chunks only with
+   * the same user's requests and sessions, so a faster first token tells no one whether
+   * another user's prompt began the same way. Left out (an older scheduler): "anonymous".
+   */
+  user: Schema.optional(Schema.String),
 }).annotations(strict)
 export type RunRequest = typeof RunRequest.Type
 

@@ -37,7 +37,7 @@ const seal = (store: DiskStore, session: string, chunks: number) => {
 const segments = (dir: string) => fs.readdirSync(path.join(dir, "kv", "chunks")).sort()
 
 describe("prefix holds", () => {
-  const prompt = prefixChunkKeys([1, 2, 3, 4, 5, 6, 7, 8], 2)
+  const prompt = prefixChunkKeys([1, 2, 3, 4, 5, 6, 7, 8], 2, "u")
 
   it("keep an ended lane's prompt chunks for the run waiting with the same prefix, until it has linked them", () => {
     const { dir, store, index, holds } = setup()
@@ -66,7 +66,7 @@ describe("prefix holds", () => {
     index.add("lane-0", prompt)
     seal(store, "lane-0", 4)
     holds.wait("run-a", prompt) // the lane's own run: never a reason to hold
-    holds.wait("run-c", prefixChunkKeys([9, 9, 9, 9], 2))
+    holds.wait("run-c", prefixChunkKeys([9, 9, 9, 9], 2, "u"))
     expect(holds.holdFor("lane-0", 2, "run-a")).toBeUndefined()
     holds.wait("run-b", prompt.slice(0, 2))
     holds.wait("run-d", prompt.slice(0, 1))

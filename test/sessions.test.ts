@@ -1,7 +1,7 @@
 // Persistent sessions on a real node (embedded nats-server with client users, leoam policy,
 // a temporary kv-dir, the test model): a session asked twice answers the same greedy ids as
 // a fresh generate of document + question, also after append and after a restart of the
-// node on the same kv-dir; another user cannot see or use it; bad input gets stable codes;
+// node on the same kv-dir; another user cannot see or use it, nor share its chunks; bad input gets stable codes;
 // delete frees its disk entries; a GPU-only policy refuses sessions; the disk budget counts a
 // chunk sessions share once.
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
@@ -142,6 +142,14 @@ describe("sessions", () => {
     const mine = (await ask(ann, sessionSubjects.list, {})).json
     expect(mine.sessions.map((s: { session: string }) => s.session)).toEqual([session])
     expect(mine.sessions[0].bytes.disk).toBeGreaterThan(0)
+    // Prefix sharing stays within a user: ann's generate of her document links the session's
+    // 4 whole chunks, ben's prefills them itself (a faster first token would tell him her document).
+    const own = (await ask(ann, publicSubjects.generate, { ids: [...doc, ...q1], max_tokens: MAX })).json
+    const other = (await ask(ben, publicSubjects.generate, { ids: [...doc, ...q1], max_tokens: MAX })).json
+    expect(own.usage.cached_tokens).toBe(128)
+    expect(other.usage.cached_tokens).toBeUndefined()
+    expect(other.ids).toEqual(wantQ1.ids)
+    expect(own.ids).toEqual(wantQ1.ids)
   })
 
   it("bad input gets stable codes", async () => {
@@ -215,11 +223,13 @@ describe("sessions", () => {
     expect((await ask(ann, sessionSubjects.open, { ids: [5, 6, 7] })).json.error?.code).toBe("session_quota")
     expect((await ask(ben, sessionSubjects.open, { ids: [5, 6, 7] })).status).toBe("")
     expect(await mine()).toEqual([a, b, small])
-    // A document that begins like a stored one lies on disk once and counts once: nothing evicted.
-    const c = (await ask(ben, sessionSubjects.open, { ids: docA })).json
+    // A document that begins like one of the same user's stored ones lies on disk once and
+    // counts once: nothing evicted (another user's would share nothing).
+    expect((await ask(ann, sessionSubjects.delete, { session: small })).status).toBe("")
+    const c = (await ask(ann, sessionSubjects.open, { ids: docA })).json
     expect(c.shared_tokens).toBe(128)
-    expect(await mine()).toEqual([a, b, small])
-    expect((await ask(ben, sessionSubjects.delete, { session: c.session })).status).toBe("")
+    expect(await mine()).toEqual([a, b, c.session])
+    expect((await ask(ann, sessionSubjects.delete, { session: c.session })).status).toBe("")
   })
 
   it("a document that begins like a stored one shares its whole chunks: written once, freed with the last user", async () => {
