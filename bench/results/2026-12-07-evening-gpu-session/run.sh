@@ -9,18 +9,7 @@
 set -uo pipefail
 res=/tmp/leoam-res
 rm -rf "$res" && mkdir -p "$res"
-part() { # part NAME SECONDS MODE [ENV=VALUE...] [-- ARGS...]: one gpu-run.sh mode into $res/NAME, cut at SECONDS
-  local name=$1 limit=$2 mode=$3
-  shift 3
-  local envs=()
-  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
-  [ $# -gt 0 ] && shift
-  mkdir -p "$res/$name"
-  echo "== $name: ${envs[*]} gpu-run.sh $mode $* (limit $limit s, at $SECONDS s)" | tee -a "$res/log.txt"
-  env GOLDEN_CHECK=0 OUT="$res/$name" "${envs[@]}" timeout "$limit" bash scripts/gpu-run.sh "$mode" "$@" >> "$res/$name/console.txt" 2>&1 \
-    || echo "$name: exit $? (stopped at its limit or failed)" | tee -a "$res/log.txt"
-  tail -n 30 "$res/$name/console.txt"
-}
+. scripts/gpu-part.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
 cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
 mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64
