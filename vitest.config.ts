@@ -1,4 +1,24 @@
+import { BaseSequencer, type TestSpecification } from "vitest/node"
 import { defineConfig } from "vitest/config"
+
+/**
+ * The files that take minutes on the 2-core CI box (lavapipe; the CI logs of 2026-12-07:
+ * layer-prefill 340 s, cli 147 s, tiered 117 s, kv-quality 81 s, tiered-compression 71 s).
+ * A clean clone has no vitest cache of durations, so vitest would start the largest files
+ * first and one of these could start late and run alone at the end; they start first instead.
+ */
+const LONGEST = ["layer-prefill", "cli", "tiered", "kv-quality", "tiered-compression"]
+
+class LongestFirst extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const rank = (f: TestSpecification) => {
+      const i = LONGEST.findIndex((name) => f.moduleId.endsWith(`/test/${name}.test.ts`))
+      return i < 0 ? LONGEST.length : i
+    }
+    const sorted = await super.sort(files)
+    return sorted.map((f, i) => ({ f, i })).sort((a, b) => rank(a.f) - rank(b.f) || a.i - b.i).map(({ f }) => f)
+  }
+}
 
 export default defineConfig({
   test: {
@@ -8,5 +28,6 @@ export default defineConfig({
     // lavapipe and the CPU reference each want a core; two workers on the 2-core CI box.
     pool: "forks",
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
+    sequence: { sequencer: LongestFirst },
   },
 })
