@@ -13,6 +13,7 @@ struct Params { M: u32, K: u32, eps: f32, _a: u32 }
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, WG>;
+#include lib/rms_scale.wgsl
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -25,18 +26,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   var scale = 1.0;
 #if NORM
-  var ss = 0.0;
-  for (var i = lid; i < k4; i = i + WG) {
-    let v = x[base + i];
-    ss = ss + dot(v, v);
-  }
-  red[lid] = ss;
-  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-    workgroupBarrier();
-    if (lid < stride) { red[lid] = red[lid] + red[lid + stride]; }
-  }
-  workgroupBarrier();
-  scale = inverseSqrt(red[0] / f32(p.K) + p.eps);
+  scale = row_rms_scale(base, k4, p.K, p.eps, lid);
 #endif
   for (var i = lid; i < k4; i = i + WG) {
     var v = x[base + i] * scale;

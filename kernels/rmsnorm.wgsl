@@ -8,23 +8,13 @@ struct Params { H: u32, eps: f32, _a: u32, _b: u32 }
 
 override WG: u32 = 256;
 var<workgroup> red: array<f32, WG>;
+#include lib/rms_scale.wgsl
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let n4 = p.H / 4u;
   let base = wid.y * n4;   // one workgroup per row, rows along y
-  var ss = 0.0;
-  for (var i = lid; i < n4; i = i + WG) {
-    let v = x[base + i];
-    ss = ss + dot(v, v);
-  }
-  red[lid] = ss;
-  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-    workgroupBarrier();
-    if (lid < stride) { red[lid] = red[lid] + red[lid + stride]; }
-  }
-  workgroupBarrier();
-  let scale = inverseSqrt(red[0] / f32(p.H) + p.eps);
+  let scale = row_rms_scale(base, n4, p.H, p.eps, lid);
   for (var i = lid; i < n4; i = i + WG) {
     let g = gamma[i];
     y[base + i] = x[base + i] * scale * vec4<f32>(unpack2x16float(g.x), unpack2x16float(g.y));
