@@ -122,14 +122,10 @@ out="${OUT:-bench/results}"
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
 golden=.bench-bundle/golden-check.mjs
 if [ "${GOLDEN_CHECK:-1}" = 0 ]; then golden=/tmp/golden-check-skipped.mjs; echo 'console.log("golden check skipped (GOLDEN_CHECK=0)")' > "$golden"; fi
-mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64 "$out"
-[ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
-for f in .bench-bundle/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
-[ -d .bench-bundle/node_modules/lmdb ] || [ ! -f .bench-bundle/lmdb.tar.xz ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
-command -v nats-server >/dev/null || [ ! -f .bench-bundle/nats-server.xz ] || { xz -dc .bench-bundle/nats-server.xz > /usr/local/bin/nats-server; chmod +x /usr/local/bin/nats-server; }
+mkdir -p "$out"
+bash scripts/gpu-unpack.sh
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv || true
 if [ "$suite" = compare ]; then
-  for f in .bench-bundle/base/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
   echo "base: $(cat .bench-bundle/base/COMMIT)" | tee "$out/compare.txt"
   node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt"
   mkdir -p /tmp/leoam-kv

@@ -12,10 +12,7 @@ rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
 cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64
-[ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
-[ -f .bench-bundle/golden-check.mjs ] || xz -dkc .bench-bundle/golden-check.mjs.xz > .bench-bundle/golden-check.mjs
-[ -d .bench-bundle/node_modules/lmdb ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
+bash scripts/gpu-unpack.sh
 LEOAM_MATRIX_UNITS=auto timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-on.txt" 2>&1 || echo "golden check (matrix units on): FAILED or stopped" | tee -a "$res/log.txt"
 LEOAM_MATRIX_UNITS=0 timeout 40 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-off.txt" 2>&1 || echo "golden check (matrix units off): FAILED or stopped" | tee -a "$res/log.txt"
 head -3 "$res/golden-check-matrix-on.txt"; grep -c "^ok" "$res"/golden-check-*.txt; grep -v "^ok" "$res/golden-check-matrix-on.txt" | tail -5

@@ -17,10 +17,7 @@ rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
 cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64
-[ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
-for f in .bench-bundle/*.mjs.xz .bench-bundle/base/*.mjs.xz; do [ -f "${f%.xz}" ] || xz -dkc "$f" > "${f%.xz}"; done
-[ -d .bench-bundle/node_modules/lmdb ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
+bash scripts/gpu-unpack.sh
 LEOAM_MATRIX_UNITS=auto timeout 45 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-on.txt" 2>&1 || echo "golden check (matrix units on): FAILED or stopped" | tee -a "$res/log.txt"
 cp "$res/golden-check-matrix-on.txt" "$res/device.txt" "$OUT/"; grep -c "^ok" "$res"/golden-check-*.txt; grep -i "matrix\|attention" "$res/golden-check-matrix-on.txt" | head -5
 part flash 80 flash-diag

@@ -10,10 +10,7 @@ res=/tmp/leoam-step
 rm -rf "$res" && mkdir -p "$res"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$res/device.txt"
 cat .bench-bundle/COMMIT .bench-bundle/base/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-mkdir -p .bench-bundle/node_modules/webgpu/dist/linux-x64
-[ -f .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node ] || xz -dc .bench-bundle/dawn.node.xz > .bench-bundle/node_modules/webgpu/dist/linux-x64/dawn.node
-[ -d .bench-bundle/node_modules/lmdb ] || tar -xJf .bench-bundle/lmdb.tar.xz -C .bench-bundle
-for f in .bench-bundle/tiered-bench.mjs .bench-bundle/base/tiered-bench.mjs; do [ -f "$f" ] || xz -dk "$f.xz"; done
+bash scripts/gpu-unpack.sh
 common=(--preset llama-3.1-8b --context 65536 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --steps 6 --max-seconds 6)
 run() { # run NAME LIMIT MJS ARGS...: one tiered-bench process under a CPU profile
   local name=$1 limit=$2 mjs=$3
