@@ -11,8 +11,10 @@
 // running request or a stored session holds (kv/prefix-index.ts; disk entries pointing at
 // the same bytes, written once and freed with their last user) and prefills only the rest;
 // a lane that ends while such a request waits for KV room keeps its prompt's chunks for it
-// (kv/prefix-holds.ts). Under a GPU budget, lanes of a policy that keeps all KV on the GPU
-// take their blocks from one store of the budget's size (engine/kv/block-store.ts), so that a
+// (kv/prefix-holds.ts); on the GPU a lane copies such chunks from the slots of a lane running
+// beside it that holds them instead of uploading them (engine/kv/tiered/peers.ts). Under a
+// GPU budget, lanes of a policy that keeps all KV on the GPU take their blocks from one store
+// of the budget's size (engine/kv/block-store.ts), so that a
 // batch of full-attention lanes attends all of them in one dispatch a layer
 // (engine/batch-attention.ts); admission keeps their blocks within it. Only this module's
 // functions change the lanes.
@@ -21,7 +23,7 @@ import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTiers } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
-import type { TierStats } from "../engine/kv/tiered/index.ts"
+import { TierPeers, type TierStats } from "../engine/kv/tiered/index.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { PrefixHolds } from "../kv/prefix-holds.ts"
@@ -60,6 +62,8 @@ export const executorBatch = (deps: BatchDeps) => {
   let sharedTokens = 0
   /** Ended lanes' prompt chunks kept for the requests waiting to start that begin alike. */
   const holds = deps.tiers.store ? new PrefixHolds(deps.prefixes, deps.tiers.store) : undefined
+  /** The tiered lanes running, which copy the shared prefix chunks a peer holds on the GPU from its slots instead of uploading them. */
+  const peers = deps.tiers.store ? new TierPeers(deps.tiers.store) : undefined
   /** The GPU budget as one store of KV blocks for the lanes that keep all KV on the GPU, on the weights it was made for. */
   let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
   /** Stores of earlier weights, freed once their lanes gave every block back. */
@@ -149,7 +153,7 @@ export const executorBatch = (deps: BatchDeps) => {
       if (isTiered(policy) && gpuBudgetBytes !== undefined) shares.set(runId, gpuBudgetBytes)
       const main = deps.model()
       const session = `${deps.session}-lane-${laneCount++}`
-      const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session }, main.config, tokens)
+      const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session, peers }, main.config, tokens)
       const model = await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) })
       lanes.set(runId, model)
       loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
@@ -211,6 +215,7 @@ export const executorBatch = (deps: BatchDeps) => {
       kv_reserved_bytes: admission.stats.reservedBytes,
       shared_prefix_tokens: sharedTokens,
       attended_together_steps: loop?.attendedTogether ?? 0,
+      ...(peers ? { gpu_peer_copies: { chunks: peers.copies, bytes: peers.bytes, lanes: peers.size } } : {}),
       // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
       ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined
         ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()] } }

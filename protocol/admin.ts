@@ -108,6 +108,12 @@ export const BatchStats = Schema.Struct({
   /** Batched decode steps whose rows attended in one dispatch a layer (full-attention lanes in the GPU budget's block store), since start. */
   attended_together_steps: Schema.optional(Schema.Number),
   gpu_shares: Schema.optional(GpuShares),
+  /**
+   * Shared prefix chunks a tiered lane copied on the device from a lane running beside it (the
+   * same stored bytes) instead of uploading them from host or disk, and their bytes (the uploads
+   * saved), since start; the tiered lanes offering their GPU slots now.
+   */
+  gpu_peer_copies: Schema.optional(Schema.Struct({ chunks: Schema.Int, bytes: Schema.Number, lanes: Schema.Int })),
 })
 
 /** leoam.v1.admin.stats: totals since the node started. */

@@ -55,7 +55,8 @@ const TierCounters = { hits: Schema.Int, bytes_read: Schema.Number }
 /** KV statistics of one request under a tiered policy (leoam, offload-all). */
 export const KvStats = Schema.Struct({
   policy: Schema.String,
-  gpu: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number }),
+  /** peer_copies, peer_copy_bytes: GPU misses copied on the device from a lane running beside this one that holds the same stored bytes of a shared prefix chunk (the uploads saved). */
+  gpu: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number, peer_copies: Schema.optional(Schema.Int), peer_copy_bytes: Schema.optional(Schema.Number) }),
   host: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number, bytes_written: Schema.Number }),
   disk: Schema.Struct({ ...TierCounters, bytes_written: Schema.Number }),
   chunk_tokens: Schema.Int,

@@ -32,12 +32,14 @@ const setupWith = (alone: Map<unknown, any>) =>
       ask,
       aloneOf,
       shared: Effect.map(stats, (s) => s.batch.shared_prefix_tokens as number),
+      peerCopies: Effect.map(stats, (s) => s.batch.gpu_peer_copies as { chunks: number; bytes: number; lanes: number }),
       hostBytes: Effect.map(stats, (s) => s.tiers.host.resident_bytes as number),
       untilDecoding: Effect.gen(function* () {
         while (((yield* stats).batch.decoding ?? 0) === 0) yield* Effect.sleep(10)
       }),
       chunkFiles: () => readdirSync(join(cluster.kvDir, "chunks")),
       /** The KV of the document's 160 tokens (fp16 K and V of every layer). */
+      layers: m.layers as number,
       docBytes: 160 * m.layers * 2 * m.kv_heads * (m.hidden_size / m.heads) * 2,
     }
   })
@@ -47,7 +49,7 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
 
   it.effect("a request sharing a running one's prefix links its chunks: same ids, written once, freed with the last user", () =>
     Effect.gen(function* () {
-      const { ask, aloneOf, shared, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setup
+      const { ask, aloneOf, shared, peerCopies, layers, hostBytes, untilDecoding, chunkFiles, docBytes } = yield* setup
       const aloneA = yield* aloneOf(a)
       const aloneB = yield* aloneOf(b)
       expect(aloneA.error).toBeUndefined()
@@ -75,6 +77,15 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 2, kvPolicy: parsePolicyDoc
       expect(togetherB.kv.disk.bytes_written).toBe(aloneB.kv.disk.bytes_written - docBytes)
       // And b's first token came without prefilling them.
       expect(togetherB.timings.prefill_ms).toBeLessThan(aloneB.timings.prefill_ms)
+      // On the GPU: b's prefill attends the linked chunks, which a's slots hold (no budget: all
+      // resident), so each was copied there on the device, once per layer, and nothing was read
+      // from the host or uploaded.
+      expect(aloneB.kv.gpu.peer_copies).toBe(0)
+      expect(togetherB.kv.gpu.peer_copy_bytes).toBe(docBytes)
+      expect(togetherB.kv.gpu.peer_copies).toBe(5 * layers)
+      expect(togetherB.kv.host.bytes_read).toBe(0)
+      expect(togetherB.kv.compression.upload_bytes).toBe(0)
+      expect(yield* peerCopies).toEqual({ chunks: togetherB.kv.gpu.peer_copies, bytes: docBytes, lanes: 0 })
       // Freed when the last user is gone.
       expect(chunkFiles()).toEqual([])
       expect(yield* hostBytes).toBe(0)

@@ -16,7 +16,7 @@ import { attnDecodeKey, windowedPrefillKey } from "../model-resources.ts"
 import type { PipelineKey } from "../pipelines.ts"
 import type { SparsePolicy } from "../sparse.ts"
 import { chunkMassKey } from "./tiered/mass.ts"
-import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredMinimumBytes, tieredPipelineKeys, type TieredPolicy, type TierStores } from "./tiered/index.ts"
+import { KvBudgetError, quantizeKey, TIER_PARTIALS, tieredDecodeKey, tieredLayout, tieredMinimumBytes, tieredPipelineKeys, type TieredPolicy, type TierPeers, type TierStores } from "./tiered/index.ts"
 import { FullKv } from "./full.ts"
 import { H2oKv, type H2oPolicy, h2oPipelineKeys } from "./h2o.ts"
 import type { KvApplies, KvContext, KvManager } from "./manager.ts"
@@ -40,6 +40,8 @@ export interface KvTiers {
   readonly store?: DiskStore
   /** Key prefix of this model's chunks in the host arena and LMDB. */
   readonly session: string
+  /** The node's tiered lanes (device copies of shared prefix chunks between them). */
+  readonly peers?: TierPeers
 }
 
 /** KV bytes per token of a model (all layers, K and V, f16). */
@@ -71,7 +73,7 @@ export const kvEngineOptions = (policy: ResolvedPolicy, tiers: KvTiers, config: 
     kv: {
       kind: "tiered",
       policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, chunkMinTokens: policy.chunkMinTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth, pipelineCombine: policy.pipelineCombine, prefetchLayers: policy.prefetchLayers, prefetchFrom: policy.prefetchFrom, prefetchSteps: policy.prefetchSteps, abstracts: { resident: policy.abstractsResident, groupChunks: policy.groupChunks } },
-      stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session },
+      stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session, peers: tiers.peers },
     },
   }
 }

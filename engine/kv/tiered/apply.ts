@@ -15,6 +15,7 @@ import { storageBuffer } from "../../buffers.ts"
 import type { UploadRing } from "../../staging.ts"
 import type { ChunkTables } from "./chunks.ts"
 import type { QuantSlots } from "./layout.ts"
+import type { PeerLink, TierPeers } from "./peers.ts"
 import type { TierCounters } from "./stats.ts"
 
 export interface CacheGeometry {
@@ -27,6 +28,8 @@ export interface CacheGeometry {
   readonly shape: KvShape
   /** Decode's compressed slots over the same bytes, when the policy compresses. */
   readonly quant?: QuantSlots
+  /** The node's tiered lanes: chunks a peer holds with the same stored bytes are copied from its slot, not uploaded (peers.ts). */
+  readonly peers?: TierPeers
 }
 
 export class GpuCache {
@@ -44,6 +47,9 @@ export class GpuCache {
   private tick = 0
   /** Per layer, the plan being applied and its next window. */
   private readonly progress: Array<{ plan: object; next: number } | undefined>
+  /** Per layer: chunks placed whose load is not flushed yet (no peer may copy them). */
+  private readonly loading: Array<Set<number>>
+  private readonly peer: PeerLink | undefined
 
   constructor(
     private readonly device: GPUDevice,
@@ -59,6 +65,8 @@ export class GpuCache {
     this.slots = g.pools.map((_, l) => new GpuSlots(g.cacheSlots, g.slotBytes, this.observerOf(l)))
     this.heldBits = g.pools.map(() => new Map())
     this.progress = g.pools.map(() => undefined)
+    this.loading = g.pools.map(() => new Set())
+    this.peer = g.peers?.join({ device, session: () => io.session, blockBytes: tables.blockBytes, pools: g.pools, residentBlock: (l, ch) => this.residentBlock(l, ch) })
     this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", maxEntries * 8)
     this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
     this.entryHost = new Uint32Array(maxEntries * 2)
@@ -71,6 +79,12 @@ export class GpuCache {
   /** The first pool block of cache slot `slot`. */
   blockOf(slot: number): number {
     return this.tables.tailBlocks + slot * this.g.slotBlocks
+  }
+
+  /** The first pool block of chunk ch of layer l where an fp16 slot holds it and its bytes are in the queue (what a peer may copy). */
+  residentBlock(l: number, ch: number): number | undefined {
+    const e = this.quantized || this.loading[l].has(ch) ? undefined : this.slots[l].get(ch)
+    return e && this.blockOf(e.slot)
   }
 
   /** Bytes of the chunks resident over all layers (slot bytes: a compressed slot counts its K and V parts). */
@@ -91,6 +105,7 @@ export class GpuCache {
     this.slots = this.g.pools.map((_, l) => (phase === "decode" ? new GpuSlots(q.slots, (q.kSlotWords + q.vSlotWords) * 4, this.observerOf(l)) : new GpuSlots(this.g.cacheSlots, this.g.slotBytes, this.observerOf(l))))
     for (const s of this.slots) s.clear() // empty already: tells the observers
     for (const m of this.heldBits) m.clear()
+    for (const m of this.loading) m.clear()
     this.progress.fill(undefined)
   }
 
@@ -112,6 +127,7 @@ export class GpuCache {
   clear(): void {
     for (const s of this.slots) s.clear()
     for (const m of this.heldBits) m.clear()
+    for (const m of this.loading) m.clear()
     this.progress.fill(undefined)
   }
 
@@ -178,6 +194,7 @@ export class GpuCache {
       throw e
     } finally {
       this.upload.flush()
+      this.landed(l, loads)
     }
     return { chunks: loads.map((p) => p.chunk), bytes: loads.reduce((n, p) => n + this.tables.chunkBytes(l, p.chunk), 0) }
   }
@@ -235,14 +252,50 @@ export class GpuCache {
     } finally {
       const f0 = performance.now()
       this.upload.flush()
+      this.landed(l, w.loads)
       k.transferMs += performance.now() - t0
       if (w.loads.length > 0) traceSpan("flush", f0, l)
       if (w.loads.length > 0) traceSpan("host->GPU", t0, l)
     }
   }
 
-  /** Stages each load's chunk (host arena, else disk) into its cache slot's K and V blocks. */
-  private async load(l: number, loads: ReadonlyArray<Placed>, promote: boolean, k: TierCounters): Promise<void> {
+  /** Loads of layer l flushed (or failed): their slots are a peer's to copy from once resident. */
+  private landed(l: number, loads: ReadonlyArray<Placed>): void {
+    for (const p of loads) this.loading[l].delete(p.chunk)
+  }
+
+  /**
+   * Copies on the device the loads a peer lane holds with the same stored bytes (peers.ts),
+   * submitted at once; returns the others.
+   */
+  private copyFromPeers(l: number, loads: ReadonlyArray<Placed>, k: TierCounters): ReadonlyArray<Placed> {
+    if (this.peer === undefined || this.quantized) return loads
+    const pool = this.g.pools[l]
+    const rest: Placed[] = []
+    let encoder: GPUCommandEncoder | undefined
+    for (const p of loads) {
+      const src = this.peer.source(l, p.chunk)
+      if (src === undefined) {
+        rest.push(p)
+        continue
+      }
+      const bytes = this.tables.chunkBytes(l, p.chunk)
+      const dst = this.blockOf(p.slot) * this.tables.blockBytes
+      encoder ??= this.device.createCommandEncoder({ label: "kv chunks from a peer lane" })
+      encoder.copyBufferToBuffer(src.k, src.offset, pool.k, dst, bytes / 2)
+      encoder.copyBufferToBuffer(src.v, src.offset, pool.v, dst, bytes / 2)
+      k.peerCopies++
+      k.peerCopyBytes += bytes
+      this.peer.copied(bytes)
+    }
+    if (encoder) this.device.queue.submit([encoder.finish()])
+    return rest
+  }
+
+  /** Stages each load's chunk (host arena, else disk; or a peer lane's slot) into its cache slot's K and V blocks. */
+  private async load(l: number, all: ReadonlyArray<Placed>, promote: boolean, k: TierCounters): Promise<void> {
+    for (const p of all) this.loading[l].add(p.chunk)
+    const loads = this.copyFromPeers(l, all, k)
     if (loads.length === 0) return
     const pool = this.g.pools[l]
     const blockBytes = this.tables.blockBytes
@@ -347,6 +400,7 @@ export class GpuCache {
   }
 
   destroy(): void {
+    this.peer?.leave()
     this.entries.destroy()
     this.seqs.destroy()
   }

@@ -15,5 +15,6 @@ export {
   type TierStores,
 } from "./layout.ts"
 export { quantizeKey, tieredDecodeKey, tieredPipelineKeys } from "./select.ts"
+export { TierPeers } from "./peers.ts"
 export type { TierStats } from "./stats.ts"
 export { TieredKv } from "./tiered-kv.ts"

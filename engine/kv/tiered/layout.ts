@@ -10,6 +10,7 @@ import { type CompressionBits, maxBitsOf } from "../../../kv/quant-policy.ts"
 import { KvBudgetError } from "../../../kv/tier-errors.ts"
 import type { ModelConfig } from "../../../models/types.ts"
 import { type AbstractLayout, abstractLayout, abstractsOf, type AbstractsPolicy } from "./abstract-layout.ts"
+import type { TierPeers } from "./peers.ts"
 
 /** How the tiered cache chooses what to attend. */
 export interface TieredPolicy {
@@ -51,6 +52,8 @@ export interface TierStores {
   readonly store: DiskStore
   /** The session id the chunks are kept under (LMDB keys, host keys). */
   readonly session: string
+  /** The node's tiered lanes, whose GPU slots this cache may copy shared prefix chunks from (peers.ts). */
+  readonly peers?: TierPeers
 }
 
 /** A policy change that needs a new KV cache (another manager or chunk size): it applies at the next request. */

@@ -6,7 +6,8 @@ import type { AbstractLayout } from "./abstract-layout.ts"
 /** Per-request counters of the tiered cache (the `kv` object of replies). */
 export interface TierStats {
   readonly policy: string
-  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number }
+  /** peer_copies, peer_copy_bytes: misses copied on the device from a peer lane's slot holding the same stored bytes (the uploads saved). */
+  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; peer_copies: number; peer_copy_bytes: number }
   readonly host: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; bytes_written: number }
   readonly disk: { hits: number; bytes_read: number; bytes_written: number }
   readonly chunk_tokens: number
@@ -104,6 +105,9 @@ export const emptyCounters = () => ({
   sealedInt8: 0,
   sealedInt4: 0,
   uploadBytes: 0,
+  /** Chunks copied on the device from a peer lane's slot instead of uploaded (peers.ts), and their bytes. */
+  peerCopies: 0,
+  peerCopyBytes: 0,
   windows: 0,
   selectedDecode: 0,
   selectedTokens: 0,
@@ -143,7 +147,7 @@ export const tierStats = (
   },
 ): TierStats => ({
   policy: at.policy,
-  gpu: { budget_bytes: at.gpuBudgetBytes, resident_bytes: at.gpuResidentBytes, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead },
+  gpu: { budget_bytes: at.gpuBudgetBytes, resident_bytes: at.gpuResidentBytes, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead, peer_copies: k.peerCopies, peer_copy_bytes: k.peerCopyBytes },
   host: { budget_bytes: at.host.budgetBytes, resident_bytes: at.host.residentBytes, hits: k.hostHits, misses: k.hostMisses, bytes_read: k.hostBytesRead, bytes_written: k.hostWritten },
   disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
   chunk_tokens: at.chunkTokens,

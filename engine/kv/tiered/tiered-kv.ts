@@ -115,7 +115,7 @@ export class TieredKv {
     this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
     this.grouped = layout.abstracts.groupChunks > 0 ? new GroupedChoice(device, this.selector, this.abstracts) : undefined
     this.quant = quantSlots(policy, this.shape, this)
-    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant }
+    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant, peers: stores.peers }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
     const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots })
     this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
