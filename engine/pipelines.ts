@@ -37,6 +37,7 @@ export type KernelName =
   | "score"
   | "select"
   | "route"
+  | "group_expand"
   | "scatter"
   | "lse"
   | "block_mass"

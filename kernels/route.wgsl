@@ -3,10 +3,12 @@
 // first: a chunk whose slot map entry names a pool block is a hit and gets its blocks'
 // attn_decode entries, in choice order (as the host's plan writes them); a chunk with no
 // slot is counted as a miss. The layer's tail follows, then (first entry, count) in seqs.
-//   selection: (count) vec2<u32> (chunk, _) from select.wgsl
+//   selection: (count) vec2<u32> (chunk, _) from select.wgsl;  chosen: (1) vec2<u32> its
+//              (0, length), as select.wgsl wrote it: a grouped choice listed on the GPU may
+//              hold fewer than `count` (its upper bound); the route takes the smaller
 //   slot_map:  (layers, maxChunks) u32, first pool block of the chunk's cache slot, NONE if not resident
 //   entries:   (E) vec2<u32> (physical block, tokens);  seqs: (1) vec2<u32> (0, entry count)
-//   misses:    (4) u32, [0] the chunks of the choice that are not resident
+//   misses:    (4) u32, [0] the chunks of the choice that are not resident, [1] the choice's length
 // One workgroup; thread i takes a contiguous run of the choice, so that a scan of the
 // threads' hit counts gives every hit its place.
 struct Params { count: u32, slot_blocks: u32, BS: u32, map_base: u32, sealed: u32, tokens: u32, tail_blocks: u32, pad: u32 }
@@ -16,6 +18,7 @@ struct Params { count: u32, slot_blocks: u32, BS: u32, map_base: u32, sealed: u3
 @group(0) @binding(3) var<storage, read_write> entries: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> seqs: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> misses: array<u32>;
+@group(0) @binding(6) var<storage, read> chosen: array<vec2<u32>>;
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
@@ -26,9 +29,10 @@ var<workgroup> missed: atomic<u32>;
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) { atomicStore(&missed, 0u); }
-  let per = (p.count + WG - 1u) / WG;
-  let i0 = min(lid * per, p.count);
-  let i1 = min(i0 + per, p.count);
+  let count = min(p.count, chosen[0].y);
+  let per = (count + WG - 1u) / WG;
+  let i0 = min(lid * per, count);
+  let i1 = min(i0 + per, count);
   var hits = 0u;
   for (var i = i0; i < i1; i = i + 1u) {
     if (slot_map[p.map_base + selection[i].x] != NONE) { hits = hits + 1u; }
@@ -63,5 +67,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) {
     seqs[0] = vec2<u32>(0u, chunked + tail);
     misses[0] = atomicLoad(&missed);
+    misses[1] = count;
   }
 }

@@ -15,7 +15,7 @@ import { type Dispatch, dispatchOf, Uniform } from "../buffers.ts"
 import { ATTN_TILE } from "./pool.ts"
 import { KvLayoutChange, TIER_PARTIALS, tieredDecodeKey, TieredKv, type TieredPolicy, type TierStores } from "./tiered/index.ts"
 import type { KvApplies, KvContext, KvManager, KvStats, LayerPrefill, Rewind, StepEncoder } from "./manager.ts"
-import { type ChoiceRead, readChoice } from "./tiered/route.ts"
+import { type ChoiceRead, readChoice, type RecordedChoice } from "./tiered/route.ts"
 import { traceSpan } from "../../kv/step-trace.ts"
 import { TieredPrefill } from "./tiered-prefill.ts"
 import { AttnTiming } from "./tiered/attn-timing.ts"
@@ -193,7 +193,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
    * Encodes layer l's select (and prefetch's forecast) and, where the route can hold the choice,
    * its route and the copies of its choice; else undefined, the selection kept for the unpipelined path.
    */
-  private route(l: number, step: StepEncoder): { count: number; read: () => { layer: number; count: number; buffer: GPUBuffer } } | undefined {
+  private route(l: number, step: StepEncoder): { count: number; read: () => RecordedChoice } | undefined {
     const t = this.t
     // An unpipelined layer's last window is still in the open encoder: it must reach the
     // queue before this layer writes the attention's uniform.
@@ -203,12 +203,12 @@ export class TieredManager implements KvManager<TieredPolicy> {
     step.compute((pass) => {
       count = t.encodeSelect(l, pass)
       this.prefetch.encode(l, pass)
-      if (count === 0 || !t.router.canRoute(l, count)) return
+      if (count <= 0 || !t.router.canRoute(l, count)) return
       t.router.encode(l, pass, count)
       routed = true
     })
     if (routed) {
-      let read: { layer: number; count: number; buffer: GPUBuffer } | undefined
+      let read: RecordedChoice | undefined
       step.record((encoder) => ((read = t.router.reads.record(encoder, l, count, t.selection, t.router.misses)), this.prefetch.record(encoder)))
       return { count, read: () => read! }
     }

@@ -3,12 +3,15 @@
 // chunks resident (budgeted: uploaded from LMDB), then scores only those chunks and selects
 // as the plain pass does, into the same selection buffer. A group's bound is the largest of its
 // chunks' bounds, so a chunk is skipped only where whole groups bound higher. It costs a
-// second host round trip per layer; it saves scoring, and (budgeted) GPU memory. Owns the
-// kept groups' read-back buffer; the manager reads the final choice as before.
+// second host round trip per layer; it saves scoring, and (budgeted) GPU memory. A pipelined
+// step (every abstract resident) lists the kept groups' chunks on the GPU instead
+// (encodeOnGpu): the same candidates, no read-back between the two passes. Owns the kept
+// groups' read-back buffer; the manager reads the final choice as before.
 import { traceSpan } from "../../../kv/step-trace.ts"
 import type { StepEncoder } from "../manager.ts"
 import { groupsKept } from "./abstract-layout.ts"
 import type { AbstractCache } from "./abstract-cache.ts"
+import type { Router } from "./route.ts"
 import type { ChoicePlan, Selector } from "./select.ts"
 import type { TierCounters } from "./stats.ts"
 
@@ -70,6 +73,22 @@ export class GroupedChoice {
     counters.chunksScored += mids.length
     let count = 0
     step.compute((pass) => (count = this.selector.encodeCandidates(l, pass, plan, mids, slots)))
+    return count
+  }
+
+  /**
+   * Pipelined: encodes layer l's grouped choice into this pass with no host in between (groups
+   * scored and kept, their chunks listed, scored and selected on the GPU), the count of chunks
+   * scored going back with the choice (router.reads). Returns how many chunks it chooses at
+   * most, or -1, encoding nothing, where only the host can choose: budgeted abstracts (fetched
+   * from LMDB by the host), or a choice the route cannot hold (the unpipelined path reads it).
+   */
+  encodeOnGpu(l: number, pass: GPUComputePassEncoder, plan: ChoicePlan, router: Router, counters: TierCounters): number {
+    const count = Math.min(plan.n, plan.S + plan.R + plan.K)
+    if (this.cache.layout.resident !== "all" || !router.canRoute(l, count)) return -1
+    const groups = this.groupsOf(plan)
+    router.reads.scored = this.selector.encodeGroupsOnGpu(l, pass, plan, { ...groups, size: this.cache.layout.groupChunks })
+    counters.groupsScored += groups.g1 - groups.g0
     return count
   }
 

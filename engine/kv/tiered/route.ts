@@ -16,7 +16,7 @@ const NONE = 0xffffffff
 export class Router {
   /** (layers, maxChunks) u32: first pool block of the chunk's cache slot, NONE when not resident. */
   private readonly slotMap: GPUBuffer
-  /** (4) u32: [0] the misses of the last routed choice. */
+  /** (4) u32: [0] the misses of the last routed choice, [1] its length (route.wgsl), [2] chunks it scored (ChoiceReads.scored). */
   readonly misses: GPUBuffer
   private readonly mirror: Uint32Array
   /** Per layer, the range [lo, hi) of the mirror not yet written to the GPU (lo >= hi: none). */
@@ -34,7 +34,7 @@ export class Router {
     private readonly config: ModelConfig,
     private readonly maxChunks: number,
     /** The cache's chunk tables and geometry. */
-    private readonly g: { readonly tables: ChunkTables; readonly slotTokens: number; readonly slotBlocks: number; readonly tailBlocks: number; readonly cacheSlots: number },
+    private readonly g: { readonly tables: ChunkTables; readonly slotTokens: number; readonly slotBlocks: number; readonly tailBlocks: number; readonly cacheSlots: number; readonly scored: (chunks: number) => void },
   ) {
     const layers = config.numLayers
     this.slotMap = storageBuffer(device, "tier slot map (layers, chunks) u32", layers * maxChunks * 4)
@@ -42,7 +42,7 @@ export class Router {
     this.mirror = new Uint32Array(layers * maxChunks).fill(NONE)
     this.dirty = Array.from({ length: layers }, () => ({ lo: 0, hi: maxChunks }))
     this.u = new Uniform(device, "tier route", "uuuuuuuu")
-    this.reads = new ChoiceReads(device, maxChunks)
+    this.reads = new ChoiceReads(device, maxChunks, g.scored)
     this.wholeChunks = Array.from({ length: layers }, () => 0)
   }
 
@@ -66,8 +66,8 @@ export class Router {
     return count * this.g.slotBlocks + Math.ceil((t.tokens - t.layers[l].sealed) / t.blockTokens)
   }
 
-  /** Binds the buffers the route pass reads and writes (the cache's, built after the map it observes). */
-  bind(buffers: { readonly selection: GPUBuffer; readonly entries: GPUBuffer; readonly seqs: GPUBuffer }): void {
+  /** Binds the buffers the route pass reads and writes (the cache's, built after the map it observes); `chosen`: the selection's length. */
+  bind(buffers: { readonly selection: GPUBuffer; readonly chosen: GPUBuffer; readonly entries: GPUBuffer; readonly seqs: GPUBuffer }): void {
     const key = tieredPipelineKeys(this.config).route
     this.dispatch = dispatchOf(this.device, this.pipelines.now(key), [
       [0, this.u.buffer],
@@ -76,6 +76,7 @@ export class Router {
       [3, buffers.entries],
       [4, buffers.seqs],
       [5, this.misses],
+      [6, buffers.chosen],
     ])
   }
 
@@ -116,7 +117,8 @@ export class Router {
 
   /**
    * Encodes layer l's route of its `count` chosen chunks (in `selection`, after the select
-   * pass) into the entries list: resident chunks of slotBlocks full blocks each, then the tail.
+   * pass; at most `count`, see route.wgsl) into the entries list: resident chunks of
+   * slotBlocks full blocks each, then the tail.
    */
   encode(l: number, pass: GPUComputePassEncoder, count: number): void {
     this.sync(l)
@@ -145,11 +147,17 @@ export const readChoice = async (buffer: GPUBuffer, count: number): Promise<numb
   return out
 }
 
-/** A layer's choice on its way back to the host: (count) vec2<u32> (chunk, _), then the route's miss count. */
-export interface ChoiceRead {
+/** A layer's choice recorded for read-back (its copies encoded; map it after their submit). */
+export interface RecordedChoice {
   readonly layer: number
   readonly count: number
   readonly buffer: GPUBuffer
+  /** Whether the words after the miss count hold the chunks its grouped choice scored on the GPU. */
+  readonly scored: boolean
+}
+
+/** A layer's choice on its way back to the host: (count) vec2<u32> (chunk, _), then the route's miss count and the choice's length (at most count). */
+export interface ChoiceRead extends RecordedChoice {
   /** Resolves once mapped (rejects only if the device is lost). */
   readonly mapped: Promise<void>
   /** When its copy was submitted (performance.now()), for the wait's share of the timeline. */
@@ -165,37 +173,46 @@ export class ChoiceReads {
   private readonly all: GPUBuffer[] = []
   private readonly bytes: number
   private draining: Array<Promise<void>> = []
+  /**
+   * Set by a grouped choice listed on the GPU at its encode: (1) u32 the chunks it scored,
+   * copied with the layer's choice by the next record and counted when read (by `count`).
+   */
+  scored: GPUBuffer | undefined
 
   constructor(
     private readonly device: GPUDevice,
     maxChunks: number,
+    private readonly count: (chunksScored: number) => void,
   ) {
     this.bytes = maxChunks * 8 + 16
   }
 
   /** Records the copies of layer l's choice and miss count into a free buffer; map it after the submit. */
-  record(encoder: GPUCommandEncoder, l: number, count: number, selection: GPUBuffer, misses: GPUBuffer): { layer: number; count: number; buffer: GPUBuffer } {
+  record(encoder: GPUCommandEncoder, l: number, count: number, selection: GPUBuffer, misses: GPUBuffer): RecordedChoice {
     const buffer =
       this.free.pop() ??
       this.device.createBuffer({ label: "tier choice read-back", size: this.bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
     if (!this.all.includes(buffer)) this.all.push(buffer)
     if (count > 0) encoder.copyBufferToBuffer(selection, 0, buffer, 0, count * 8)
-    encoder.copyBufferToBuffer(misses, 0, buffer, count * 8, 4)
-    return { layer: l, count, buffer }
+    encoder.copyBufferToBuffer(misses, 0, buffer, count * 8, 8)
+    const scored = this.scored
+    this.scored = undefined
+    if (scored) encoder.copyBufferToBuffer(scored, 0, buffer, count * 8 + 8, 4)
+    return { layer: l, count, buffer, scored: scored !== undefined }
   }
 
   /** Starts mapping a recorded read (after its submit). */
-  map(r: { layer: number; count: number; buffer: GPUBuffer }): ChoiceRead {
-    const mapped = r.buffer.mapAsync(GPUMapMode.READ, 0, r.count * 8 + 4)
+  map(r: RecordedChoice): ChoiceRead {
+    const mapped = r.buffer.mapAsync(GPUMapMode.READ, 0, r.count * 8 + 12)
     mapped.catch(() => undefined)
     return { ...r, mapped, at: performance.now() }
   }
 
   /** The chosen chunks and the GPU's miss count of a mapped read; gives its buffer back. */
   take(r: ChoiceRead): { chosen: number[]; misses: number } {
-    const view = new Uint32Array(r.buffer.getMappedRange(0, r.count * 8 + 4))
-    const chosen = new Array<number>(r.count)
-    for (let i = 0; i < r.count; i++) chosen[i] = view[i * 2]
+    const view = this.view(r)
+    const chosen = new Array<number>(Math.min(r.count, view[r.count * 2 + 1]))
+    for (let i = 0; i < chosen.length; i++) chosen[i] = view[i * 2]
     const misses = view[r.count * 2]
     r.buffer.unmap()
     this.free.push(r.buffer)
@@ -207,12 +224,20 @@ export class ChoiceReads {
     this.draining.push(
       r.mapped.then(
         () => {
+          this.view(r) // its scoring was done all the same
           r.buffer.unmap()
           this.free.push(r.buffer)
         },
         () => undefined,
       ),
     )
+  }
+
+  /** A mapped read's words; counts the chunks its grouped choice scored. */
+  private view(r: ChoiceRead): Uint32Array {
+    const view = new Uint32Array(r.buffer.getMappedRange(0, r.count * 8 + 12))
+    if (r.scored) this.count(view[r.count * 2 + 2])
+    return view
   }
 
   /** Waits for discarded reads to come back. */

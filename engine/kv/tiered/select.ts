@@ -2,7 +2,8 @@
 // min/max abstracts against the current query, then the sink, the recent and the best
 // chunks under the token budget are selected, on the GPU; the choice (a few bytes) is
 // read back by the caller. With group abstracts (grouped-select.ts) groups are scored first
-// and only the kept groups' chunks, listed with their abstract slots, are scored. Owns the
+// and only the kept groups' chunks, listed with their abstract slots, are scored: listed by
+// the host, or for a pipelined step on the GPU (group_expand.wgsl). Owns the
 // score and selection buffers and uniforms; the abstracts are the AbstractCache's. Only the
 // encode methods write them.
 import { maxBitsOf } from "../../../kv/quant-policy.ts"
@@ -19,6 +20,7 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
   score: { op: "score", flags: { ALL_HEADS: true }, constants: { G: c.numHeads / c.numKvHeads, HALF_D: c.headDim / 2 } } as PipelineKey,
   select: { op: "select" } as PipelineKey,
   route: { op: "route" } as PipelineKey,
+  groupExpand: { op: "group_expand" } as PipelineKey,
   abstractFold: { op: "abstract_fold" } as PipelineKey,
   scatter: { op: "scatter" } as PipelineKey,
 })
@@ -47,7 +49,8 @@ export class Selector {
   private readonly scores: GPUBuffer
   /** (chunks) vec2<u32> (chunk, tokens) per chosen chunk, best first after sink and recent. */
   readonly selection: GPUBuffer
-  private readonly selectSeqs: GPUBuffer
+  /** (1) vec2<u32> (0, chunks chosen): the selection's length, as the select pass wrote it. */
+  readonly selectSeqs: GPUBuffer
   private readonly u: { score: Uniform; select: Uniform }
   /** Per layer: score and select over every chunk (abstract slot = chunk). */
   private readonly plain: Array<{ readonly score: Dispatch; readonly select: Dispatch }> = []
@@ -63,14 +66,16 @@ export class Selector {
   private readonly groupScores: GPUBuffer | undefined
   readonly groupSelection: GPUBuffer | undefined
   private readonly groupSeqs: GPUBuffer | undefined
+  /** With groups, pipelined: the kept groups' candidates listed on the GPU (built at first use). */
+  private onGpu: GpuListed | undefined
 
   constructor(
     private readonly device: GPUDevice,
-    pipelines: Pipelines,
+    private readonly pipelines: Pipelines,
     private readonly config: ModelConfig,
-    abstracts: Pick<AbstractCache, "fine" | "groups" | "layout">,
+    private readonly abstracts: Pick<AbstractCache, "fine" | "groups" | "layout">,
     /** (chunk, H, D) f32, the roped queries of the step. */
-    q: GPUBuffer,
+    private readonly q: GPUBuffer,
     private readonly maxChunks: number,
     private readonly blockTokens: number,
   ) {
@@ -158,6 +163,51 @@ export class Selector {
     return Math.min(count, S + R + K)
   }
 
+  /**
+   * Pipelined, every abstract resident: encodes layer l's groups [g0, g1) scored and the
+   * `keep` best kept, their chunks listed between the plan's sink and recent ones
+   * (group_expand.wgsl), then scored and selected, all in this pass: the choice the host's
+   * encodeCandidates makes from the same groups, with no read-back between. Returns the buffer
+   * that receives the count of chunks listed from groups ((1) u32).
+   */
+  encodeGroupsOnGpu(l: number, pass: GPUComputePassEncoder, plan: ChoicePlan, g: { readonly g0: number; readonly g1: number; readonly keep: number; readonly size: number }): GPUBuffer {
+    const d = (this.onGpu ??= this.gpuListed())
+    this.encodeGroups(l, pass, g.g0, g.g1, g.keep)
+    const c = this.config
+    d.uniform.set(plan.n, plan.S, plan.R, plan.K, g.size, g.keep, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim), this.blockTokens, this.maxChunks, 0)
+    // At most every chunk of the kept groups: the score pass's workgroups past the listed count return at once.
+    const most = plan.S + plan.R + Math.min(g.keep * g.size, Math.max(0, plan.n - plan.S - plan.R))
+    pass.setPipeline(d.expand.pipeline)
+    pass.setBindGroup(0, d.expand.bindGroup)
+    pass.dispatchWorkgroups(1)
+    const { score, select } = d.layers[l]
+    pass.setPipeline(score.pipeline)
+    pass.setBindGroup(0, score.bindGroup)
+    pass.dispatchWorkgroups(Math.min(most, 65535), Math.max(1, Math.ceil(most / 65535)))
+    pass.setPipeline(select.pipeline)
+    pass.setBindGroup(0, select.bindGroup)
+    pass.dispatchWorkgroups(1)
+    return d.listed
+  }
+
+  /** The GPU-listed candidates' buffers and dispatches: their score and select uniforms are written by group_expand.wgsl. */
+  private gpuListed(): GpuListed {
+    const device = this.device
+    const keys = tieredPipelineKeys(this.config)
+    const params = (label: string, bytes: number) => device.createBuffer({ label, size: bytes, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE })
+    const scoreP = params("listed score params (4) u32", 16)
+    const selectP = params("listed select params (8) u32", 32)
+    const listed = storageBuffer(this.device, "chunks listed from groups (1) u32", 16)
+    const uniform = new Uniform(device, "group expand", "uuuuuuuufuuu")
+    const mk = (key: PipelineKey, entries: Array<readonly [number, GPUBuffer]>): Dispatch => dispatchOf(device, this.pipelines.now(key), entries)
+    const expand = mk(keys.groupExpand, [[0, uniform.buffer], [1, this.groupSelection!], [2, this.candIds], [3, scoreP], [4, selectP], [5, listed]])
+    const layers = this.abstracts.fine.map((ab) => ({
+      score: mk(keys.score, [[0, scoreP], [1, this.q], [2, ab.amin], [3, ab.amax], [4, this.candIds], [5, this.scores]]),
+      select: mk(keys.select, [[0, selectP], [1, this.scores], [2, this.candIds], [3, this.selection], [4, this.selectSeqs]]),
+    }))
+    return { uniform, expand, layers, listed, buffers: [scoreP, selectP, listed, uniform.buffer] }
+  }
+
   private dispatch(pass: GPUComputePassEncoder, d: { readonly score: Dispatch; readonly select: Dispatch }, n: number, S: number, R: number, K: number): void {
     const c = this.config
     this.u.score.set(n, c.numKvHeads, c.headDim, 1 / Math.sqrt(c.headDim))
@@ -171,6 +221,15 @@ export class Selector {
   }
 
   destroy(): void {
+    for (const b of this.onGpu?.buffers ?? []) b.destroy()
     for (const b of [this.chunkIds, this.scores, this.selection, this.selectSeqs, this.candSlots, this.candIds, this.groupList, this.groupScores, this.groupSelection, this.groupSeqs]) b?.destroy()
   }
+}
+
+interface GpuListed {
+  readonly uniform: Uniform
+  readonly expand: Dispatch
+  readonly layers: ReadonlyArray<{ readonly score: Dispatch; readonly select: Dispatch }>
+  readonly listed: GPUBuffer
+  readonly buffers: ReadonlyArray<GPUBuffer>
 }

@@ -117,9 +117,9 @@ export class TieredKv {
     this.quant = quantSlots(policy, this.shape, this)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant, peers: stores.peers }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
-    const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots })
+    const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots, scored: (n) => (this.counters.chunksScored += n) })
     this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
-    router.bind({ selection: this.selector.selection, entries: this.cache.entries, seqs: this.cache.seqs })
+    router.bind({ selection: this.selector.selection, chosen: this.selector.selectSeqs, entries: this.cache.entries, seqs: this.cache.seqs })
     this.router = router
   }
 
@@ -242,9 +242,7 @@ export class TieredKv {
 
   /** Chunk abstracts the sequence holds (over all layers). */
   get abstractCount(): number {
-    let n = 0
-    for (const L of this.tables.layers) n += L.starts.length
-    return n
+    return this.tables.layers.reduce((n, L) => n + L.starts.length, 0)
   }
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
@@ -264,8 +262,10 @@ export class TieredKv {
     return this.current.mode === "leoam" && this.tables.tokens > this.budgetTokens()
   }
 
-  /** Encodes layer l's scoring and selection of every chunk into `selection` (abstracts all resident); returns how many chunks it chooses. */
+  /** Encodes layer l's choice into `selection` on the GPU alone (with groups: grouped-select.ts); returns how many chunks it chooses (grouped: at most), or -1 where only the host can choose. */
   encodeSelect(l: number, pass: GPUComputePassEncoder): number {
+    const plan = this.selector.plan(this.tables.layers[l], this.tables.tokens, this.current, this.slotTokens)
+    if (this.grouped?.needed(plan)) return this.grouped.encodeOnGpu(l, pass, plan, this.router, this.counters)
     this.counters.chunksScored += this.chunkCount(l)
     return this.selector.encode(l, pass, this.tables.layers[l], this.tables.tokens, this.current, this.slotTokens)
   }
@@ -304,8 +304,8 @@ export class TieredKv {
 
   /** Layers a pipelined step may run ahead of the last one whose choice the host has checked (0: not pipelined). */
   get pipelineDepth(): number {
-    // Groups need the host between two scoring passes: no choice can be routed on the GPU alone.
-    return this.current.mode === "leoam" && this.quant === undefined && this.grouped === undefined ? (this.current.pipelineDepth ?? 0) : 0
+    // Budgeted abstracts come from LMDB through the host: no choice can be routed on the GPU alone.
+    return this.current.mode === "leoam" && this.quant === undefined && this.abstracts.layout.resident === "all" ? (this.current.pipelineDepth ?? 0) : 0
   }
 
   /** Counts a pipelined layer routed on the GPU. */
