@@ -62,8 +62,8 @@ export const executorBatch = (deps: BatchDeps) => {
   let sharedTokens = 0
   /** Ended lanes' prompt chunks kept for the requests waiting to start that begin alike. */
   const holds = deps.tiers.store ? new PrefixHolds(deps.prefixes, deps.tiers.store) : undefined
-  /** The tiered lanes running, which copy the shared prefix chunks a peer holds on the GPU from its slots instead of uploading them. */
-  const peers = deps.tiers.store ? new TierPeers(deps.tiers.store) : undefined
+  /** The tiered lanes running, which copy the shared prefix chunks a peer holds on the GPU from its slots instead of uploading them (LEOAM_PEER_COPIES=0: not, to compare). */
+  const peers = deps.tiers.store && process.env.LEOAM_PEER_COPIES !== "0" ? new TierPeers(deps.tiers.store) : undefined
   /** The GPU budget as one store of KV blocks for the lanes that keep all KV on the GPU, on the weights it was made for. */
   let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
   /** Stores of earlier weights, freed once their lanes gave every block back. */

@@ -114,9 +114,16 @@
 #        cost): the open, the question to the session twice, and a plain generate of document +
 #        question that shares the stored session's chunks; TTFT of each, same ids; stopped at
 #        SESSION_S (default 400 s); extra arguments go to session-ttft
+#   peer-share: prefix sharing on the GPU between running lanes (issue 14 §2; bundle: `bash
+#        scripts/gpu-bundle.sh golden-check peer-share`): the golden check, then bench/peer-share.ts
+#        at 8B shapes (dummy weights), a PEER_TOKENS-token document (default 8192), GPU 6 GiB
+#        (split between the two lanes), host 8 GiB: request B joins A, which decodes the same
+#        document, with peer copies on and then off (LEOAM_PEER_COPIES=0): B's TTFT, bytes
+#        copied from A's slots, read from the host and uploaded, same ids; stopped at PEER_S
+#        (default 400 s); extra arguments go to peer-share
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|flash-diag|abstracts|sessions) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -154,6 +161,13 @@ if [ "$suite" = sessions ]; then
   timeout "${SESSION_S:-400}" node .bench-bundle/session-ttft.mjs --model dummy:llama-3.1-8b --tokens "${SESSION_TOKENS:-32768}" --device gpu \
     --gpu-kv-budget 6GiB --host-kv-budget 8GiB --max-batch 4 --rounds 1 --no-fresh --out "$out/session-ttft.json" "$@" 2>&1 \
     | tee "$out/session-ttft.txt" || echo "session-ttft: failed or stopped" | tee -a "$out/session-ttft.txt"
+  exit 0
+fi
+if [ "$suite" = peer-share ]; then
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  timeout "${PEER_S:-400}" node .bench-bundle/peer-share.mjs --model dummy:llama-3.1-8b --tokens "${PEER_TOKENS:-8192}" --device gpu \
+    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --out "$out/peer-share.json" "$@" 2>&1 \
+    | tee "$out/peer-share.txt" || echo "peer-share: failed or stopped" | tee -a "$out/peer-share.txt"
   exit 0
 fi
 if [ "$suite" = prefill ]; then
