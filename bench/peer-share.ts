@@ -7,7 +7,9 @@
 //
 //   npx tsx bench/peer-share.ts --tokens 512 --device cpu                  # this CPU, bundled model
 //   npx tsx bench/peer-share.ts --model dummy:llama-3.1-8b --tokens 8192 --device gpu \
-//     --gpu-kv-budget 6GiB --host-kv-budget 8GiB --out bench/results/peer-share.json
+//     --host-kv-budget 8GiB --out bench/results/peer-share.json
+// No GPU budget by default: under one, a lone lane holds all of it (actors/kv-admission.ts),
+// so B would wait for A to end and take its prefix from a hold, with no lane to copy from.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -25,7 +27,7 @@ const opts = new Command("peer-share")
   .option("--a-tokens <n>", "tokens A generates (it must still decode when B joins)", (v) => Number(v), 64)
   .option("--max-tokens <n>", "tokens B generates", (v) => Number(v), 4)
   .option("--policy <name>", "a tiered policy with fixed chunks", "leoam")
-  .option("--gpu-kv-budget <size>", "GPU bytes for KV, split between the two lanes (default: no limit)")
+  .option("--gpu-kv-budget <size>", "GPU bytes for KV (default: no limit; under one B waits for A to end)")
   .option("--host-kv-budget <size>", "host arena bytes", "256MiB")
   .addOption(new Option("--device <kind>").choices(["cpu", "gpu", "auto"]).default("auto"))
   .option("--out <file>", "write the results as JSON")

@@ -116,9 +116,10 @@
 #        SESSION_S (default 400 s); extra arguments go to session-ttft
 #   peer-share: prefix sharing on the GPU between running lanes (issue 14 §2; bundle: `bash
 #        scripts/gpu-bundle.sh golden-check peer-share`): the golden check, then bench/peer-share.ts
-#        at 8B shapes (dummy weights), a PEER_TOKENS-token document (default 8192), GPU 6 GiB
-#        (split between the two lanes), host 8 GiB: request B joins A, which decodes the same
-#        document, with peer copies on and then off (LEOAM_PEER_COPIES=0): B's TTFT, bytes
+#        at 8B shapes (dummy weights), a PEER_TOKENS-token document (default 8192), host 8 GiB,
+#        no GPU budget (each lane's cache sized for its context: under a budget a lone lane
+#        holds all of it and B would wait for A to end): request B joins A, which decodes the
+#        same document, with peer copies on and then off (LEOAM_PEER_COPIES=0): B's TTFT, bytes
 #        copied from A's slots, read from the host and uploaded, same ids; stopped at PEER_S
 #        (default 400 s); extra arguments go to peer-share
 set -euo pipefail
@@ -166,7 +167,7 @@ fi
 if [ "$suite" = peer-share ]; then
   timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
   timeout "${PEER_S:-400}" node .bench-bundle/peer-share.mjs --model dummy:llama-3.1-8b --tokens "${PEER_TOKENS:-8192}" --device gpu \
-    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --out "$out/peer-share.json" "$@" 2>&1 \
+    --host-kv-budget 8GiB --out "$out/peer-share.json" "$@" 2>&1 \
     | tee "$out/peer-share.txt" || echo "peer-share: failed or stopped" | tee -a "$out/peer-share.txt"
   exit 0
 fi
