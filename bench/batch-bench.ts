@@ -7,8 +7,12 @@
 // (its KV is filled once). Full attention's sequences take their KV blocks from one shared
 // store (unless --no-shared-kv), so a batch attends all rows in one dispatch a layer
 // (engine/batch-attention.ts); a setup "P:rows" runs projections P with attention per row
-// instead, side by side. Tokens are chosen on the GPU, steps submitted back to back after
-// two warm-up steps (DESIGN §6). Prints a table and writes JSON (--out).
+// instead, and "P:rowsample" samples per row (each row's logits copied to its model, 2
+// dispatches a row) instead of all rows in one pass (engine/batch-sampling.ts), side by side
+// (both: "P:rows:rowsample"). Tokens are chosen on the GPU, steps submitted back to back after
+// two warm-up steps (DESIGN §6); with --read-back every step's tokens are read back before the
+// next is encoded, as the serving loop does (engine/batch-loop.ts: one read of all rows, or
+// with rowsample one per row). Prints a table and writes JSON (--out).
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -46,7 +50,8 @@ const o = new Command()
   .option("--fill-seconds <s>", "stop filling sequences of a policy after this long (the largest batches are then skipped)", (v) => Number(v), 200)
   .option("--mma-forms <list>", "forms of the matrix-unit projections, SPLITxCOLS[k] (engine/batch-mma.ts), each its own setup; a trailing :rows attends per row", "")
   .option("--no-shared-kv", "full attention: each sequence its own KV pool (attention per row)")
-  .option("--profile", "after each setup, one step more with every dispatch timed on the GPU (timestamp queries): GPU time per kernel")
+  .option("--profile", "after each setup, one step more with every dispatch timed on the GPU (timestamp queries): GPU time per kernel, and the step's dispatches, copies, queue writes and read-backs")
+  .option("--read-back", "read every step's tokens back before encoding the next (as the serving loop)")
   .option("--out <file>", "write the results as JSON")
   .parse()
   .opts()
@@ -61,28 +66,42 @@ interface Row {
   /** Where the same projections ran with attention the other way at this B: whether every row chose the same ids. */
   same_ids?: boolean
   /** --profile: one step's GPU time per kernel (µs, summed over its dispatches) and its dispatches, the step's span and its time inside kernels (ms). */
-  profile?: { span_ms: number; busy_ms: number; kernels: Array<{ kernel: string; us: number; dispatches: number }> }
+  profile?: { span_ms: number; busy_ms: number; kernels: Array<{ kernel: string; us: number; dispatches: number }>; dispatches: number; copies: number; writes: number; maps: number }
   error?: string
 }
 
-const how = (setup: string) => setup.split(":")[1]
-/** DecodeBatch.open's projections and options for a setup "P[/FORM][:rows]"; minRows 1: the matrix units at every B, also where a batch would take the GEMVs. */
+/** A setup's variants: "rows" (attention per row), "rowsample" (sampling per row). */
+const how = (setup: string) => setup.split(":").slice(1)
+/** DecodeBatch.open's projections and options for a setup "P[/FORM][:rows][:rowsample]"; minRows 1: the matrix units at every B, also where a batch would take the GEMVs. */
 const batchArgs = (setup: string): [Projections, MmaOptions] => {
-  const [what, rows] = setup.split(":")
+  const [what, ...variants] = setup.split(":")
   const [kind, form] = what!.split("/") as [Projections, string | undefined]
-  return [kind, { minRows: 1, rowAttention: rows === "rows", ...(form ? { form: parseSkinnyForm(form) } : {}) }]
+  return [kind, { minRows: 1, rowAttention: variants.includes("rows"), rowSampling: variants.includes("rowsample"), ...(form ? { form: parseSkinnyForm(form) } : {}) }]
 }
 
 /** One step with every dispatch in a timed pass of its own (bench/gpu-timing.ts): GPU time per kernel, largest first. */
 const profile = async (step: (timed: TimedStep) => void | Promise<void>): Promise<NonNullable<Row["profile"]>> => {
   const device = gpu.device
-  const maxQueries = 8192
+  const maxQueries = 4096 // WebGPU's most queries in a set (lavapipe refuses more)
   const querySet = device.createQuerySet({ type: "timestamp", count: maxQueries })
   const resolve = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
   const read = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+  // The step's queue writes (uniforms, block lists, input tokens), counted while it is encoded.
+  const queue = device.queue
+  const write = queue.writeBuffer
+  let writes = 0
+  queue.writeBuffer = (...args: Parameters<GPUQueue["writeBuffer"]>) => {
+    writes++
+    return write.apply(queue, args)
+  }
+  const maps0 = maps
   try {
     const timed = new TimedStep(device, querySet, resolve, read)
-    await step(timed)
+    try {
+      await step(timed)
+    } finally {
+      queue.writeBuffer = write
+    }
     await read.mapAsync(GPUMapMode.READ)
     const stamps = new BigUint64Array(read.getMappedRange().slice(0, timed.labels.length * 16))
     read.unmap()
@@ -97,13 +116,61 @@ const profile = async (step: (timed: TimedStep) => void | Promise<void>): Promis
       busy += us
     })
     const span = timed.labels.length > 0 ? Number(stamps[2 * timed.labels.length - 1]! - stamps[0]!) / 1e6 : 0
-    return { span_ms: span, busy_ms: busy / 1000, kernels: [...kernels.entries()].map(([kernel, k]) => ({ kernel, ...k })).sort((a, b) => b.us - a.us) }
+    const counts = { dispatches: timed.dispatches, copies: timed.copies, writes, maps: maps - maps0 }
+    return { span_ms: span, busy_ms: busy / 1000, kernels: [...kernels.entries()].map(([kernel, k]) => ({ kernel, ...k })).sort((a, b) => b.us - a.us), ...counts }
   } finally {
     querySet.destroy()
     resolve.destroy()
     read.destroy()
   }
 }
+/** Read-backs mapped so far (--read-back): one a step for all rows, or one per row. */
+let maps = 0
+
+/**
+ * A setup's step (i consumes slot i, chooses slot i + 1 of every member; `timed` for --profile)
+ * and every member's chosen ids so far. With --read-back each step's tokens come back before the
+ * next: the batch's one read (the rows' next inputs from the host, as engine/batch-loop.ts), or
+ * alone and with per-row sampling a read per row through the row's own buffer (as before).
+ */
+const stepper = (members: ReadonlyArray<GpuModel>, batch: DecodeBatch | undefined, rowSampling: boolean) => {
+  const sample = (i: number) => ({ outSlot: i + 1, temperature: 0, seed: 0, step: i })
+  const fromSlots = async () => (await Promise.all(members.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 4, (o.steps + 2) * 4))]))).join(";")
+  if (!o.readBack) {
+    const step = (i: number, timed?: TimedStep) => (batch ? batch.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })), timed) : members[0].decode(i, sample(i), undefined, timed))
+    return { step, ids: fromSlots, destroy: () => {} }
+  }
+  const chosen: number[][] = members.map(() => [])
+  const ids = async () => chosen.map((c) => c.slice(0, o.steps + 2)).join(";")
+  if (batch && !rowSampling) {
+    const last = members.map((_, b) => 1 + b) // each sequence's slot 0 (writeToken after its fill)
+    const step = async (i: number, timed?: TimedStep) => {
+      await batch.step(members.map((model, b) => ({ model, inSlot: i, sample: sample(i), token: last[b], idsOnHost: true })), timed)
+      maps++
+      for (const [b, id] of (await batch.readTokens()).entries()) {
+        last[b] = id
+        chosen[b]!.push(id)
+      }
+    }
+    return { step, ids, destroy: () => {} }
+  }
+  const reads = members.map(() => gpu.device.createBuffer({ label: "bench token read-back", size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }))
+  const step = async (i: number, timed?: TimedStep) => {
+    const copyOut = (b: number) => ({ src: members[b]!.tokenIds, offset: ((i + 1) % GpuModel.idSlots) * 4, dst: reads[b]! })
+    if (batch) await batch.step(members.map((model, b) => ({ model, inSlot: i, sample: sample(i), copyOut: copyOut(b) })), timed)
+    else await members[0]!.decode(i, sample(i), copyOut(0), timed)
+    await Promise.all(
+      reads.map(async (r, b) => {
+        maps++
+        await r.mapAsync(GPUMapMode.READ, 0, 16)
+        chosen[b]!.push(new Uint32Array(r.getMappedRange(0, 16))[0]!)
+        r.unmap()
+      }),
+    )
+  }
+  return { step, ids, destroy: () => reads.forEach((r) => r.destroy()) }
+}
+
 const chosenIds = new Map<string, string>()
 const started = performance.now()
 const outOfTime = () => (performance.now() - started) / 1000 > o.maxSeconds
@@ -161,39 +228,34 @@ for (const name of list(o.policies)) {
         try {
           const members = seqs.slice(0, b)
           // Each step consumes slot i and writes slot i + 1 of every sequence (steps past the context are refused).
-          const sample = (i: number) => ({ outSlot: i + 1, temperature: 0, seed: 0, step: i })
-          let step: (i: number) => void | Promise<void>
-          let batch: DecodeBatch | undefined
-          if (projections === "alone") step = (i) => members[0].decode(i, sample(i))
-          else {
-            batch = await DecodeBatch.open(lead, b, ...batchArgs(projections))
-            step = (i) => batch!.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })))
-          }
-          const t = await time(step)
-          if (batch && b > 1 && shared && !batch.attendsTogether && how(projections) !== "rows") throw new Error("the rows did not attend together")
-          batch?.destroy()
-          // Every row's chosen ids, against the same projections with attention the other way (together / per row).
-          const ids = (await Promise.all(members.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 4, (o.steps + 2) * 4))]))).join(";")
-          const key = `${name} ${b} ${projections.split(":")[0]}`
-          const before = chosenIds.get(key)
-          if (before === undefined) chosenIds.set(key, ids)
-          else row.same_ids = before === ids
-          if (o.profile && gpu.device.features.has("timestamp-query")) {
-            try {
-              if (batch) batch = await DecodeBatch.open(lead, b, ...batchArgs(projections))
-              const i = 2 + o.steps
-              row.profile = await profile((timed) => (batch ? batch.step(members.map((model) => ({ model, inSlot: i, sample: sample(i) })), timed) : members[0].decode(i, sample(i), undefined, timed)))
-            } catch (e) {
-              console.log(`    profile failed: ${(e as Error).message}`)
-            } finally {
-              batch?.destroy()
+          const batch = projections === "alone" ? undefined : await DecodeBatch.open(lead, b, ...batchArgs(projections))
+          const setup = stepper(members, batch, how(projections).includes("rowsample"))
+          try {
+            const t = await time((i) => setup.step(i))
+            Object.assign(row, { ms_per_step: t.ms, tokens_per_s: (b * 1000) / t.ms, steps: t.steps })
+            if (batch && b > 1 && shared && !batch.attendsTogether && !how(projections).includes("rows")) throw new Error("the rows did not attend together")
+            // One step more, as the timed ones (the batch's tokens in place), every dispatch timed.
+            if (o.profile && gpu.device.features.has("timestamp-query")) {
+              try {
+                row.profile = await profile((timed) => setup.step(2 + o.steps, timed))
+              } catch (e) {
+                console.log(`    profile failed: ${(e as Error).message}`)
+              }
             }
+            // Every row's chosen ids, against the same projections with attention or sampling the other way.
+            const ids = await setup.ids()
+            const key = `${name} ${b} ${projections.split(":")[0]}`
+            const before = chosenIds.get(key)
+            if (before === undefined) chosenIds.set(key, ids)
+            else row.same_ids = before === ids
+          } finally {
+            batch?.destroy()
+            setup.destroy()
           }
           for (const m of members) {
             await m.settle()
             m.truncate(o.context) // the next setup starts from the same context
           }
-          Object.assign(row, { ms_per_step: t.ms, tokens_per_s: (b * 1000) / t.ms, steps: t.steps })
         } catch (e) {
           row.error = (e as Error).message
         }
@@ -201,6 +263,7 @@ for (const name of list(o.policies)) {
         print(row)
         if (row.profile) {
           const p = row.profile
+          console.log(`    one step: ${p.dispatches} dispatches, ${p.copies} copies, ${p.writes} queue writes, ${p.maps} read-backs`)
           console.log(`    one step timed per dispatch: ${p.busy_ms.toFixed(2)} ms in kernels, ${p.span_ms.toFixed(2)} ms span; ${p.kernels.slice(0, 8).map((k) => `${k.kernel} ${(k.us / 1000).toFixed(2)} ms/${k.dispatches}`).join(", ")}`)
         }
       }

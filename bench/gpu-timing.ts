@@ -75,6 +75,9 @@ export class FilteredStep extends PassEncoder {
  */
 export class TimedStep implements StepEncoder {
   readonly labels: string[] = []
+  /** The step's dispatches (timed and sampling's), and its buffer copies (read-backs' included). */
+  dispatches = 0
+  copies = 0
   private encoder: GPUCommandEncoder
 
   constructor(
@@ -89,6 +92,7 @@ export class TimedStep implements StepEncoder {
   encode(dispatches: ReadonlyArray<Dispatch>): void {
     for (const d of dispatches) {
       if (d.x === 0 || d.y === 0 || d.z === 0) continue
+      this.dispatches++
       const i = this.labels.length
       const timed = !sampling(d)
       const pass = this.encoder.beginComputePass(timed ? { timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } } : {})
@@ -100,12 +104,12 @@ export class TimedStep implements StepEncoder {
 
   compute(use: (pass: GPUComputePassEncoder) => void): void {
     const pass = this.encoder.beginComputePass()
-    use(pass)
+    use(this.countingPass(pass))
     pass.end()
   }
 
   record(use: (encoder: GPUCommandEncoder) => void): void {
-    use(this.encoder)
+    use(this.counting())
   }
 
   submit(): void {
@@ -114,10 +118,35 @@ export class TimedStep implements StepEncoder {
   }
 
   finish(last?: (encoder: GPUCommandEncoder) => void): void {
-    last?.(this.encoder)
+    last?.(this.counting())
     const n = 2 * this.labels.length
     this.encoder.resolveQuerySet(this.querySet, 0, n, this.resolve, 0)
     this.encoder.copyBufferToBuffer(this.resolve, 0, this.read, 0, n * 8)
     this.device.queue.submit([this.encoder.finish()])
   }
+
+  /** The encoder, its copies counted. */
+  private counting(): GPUCommandEncoder {
+    const encoder = this.encoder
+    const copy = (...args: unknown[]) => {
+      this.copies++
+      return (encoder.copyBufferToBuffer as (...a: unknown[]) => void).apply(encoder, args)
+    }
+    return new Proxy(encoder, { get: (t, k) => (k === "copyBufferToBuffer" ? copy : bound(t, k)) })
+  }
+
+  /** A pass whose dispatches are counted (dispatches a manager encodes itself). */
+  private countingPass(pass: GPUComputePassEncoder): GPUComputePassEncoder {
+    const dispatch = (x: number, y?: number, z?: number) => {
+      this.dispatches++
+      pass.dispatchWorkgroups(x, y, z)
+    }
+    return new Proxy(pass, { get: (t, k) => (k === "dispatchWorkgroups" ? dispatch : bound(t, k)) })
+  }
+}
+
+// A property of a WebGPU object, its methods bound to it (they check their receiver).
+const bound = (target: object, key: string | symbol): unknown => {
+  const v = Reflect.get(target, key) as unknown
+  return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v
 }

@@ -41,6 +41,8 @@ interface Member {
   ids: number[]
   firstTokenAt: number
   finishReason: "length" | "stop"
+  /** Its last token was chosen in a batch step, which leaves it in the batch: a step alone writes it to the model first. */
+  batched: boolean
 }
 
 export class BatchLoop {
@@ -81,7 +83,7 @@ export class BatchLoop {
       if (!options.continue) model.reset()
       const onGpu = options.temperature <= 0 || ((options.topK ?? 0) <= 0 && (options.topP ?? 1) >= 1)
       const readback = model.gpu.device.createBuffer({ label: "batch token readback", size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-      this.prefilling.push({ model, prompt, options, onGpu, readback, prepare, resolve, reject, t0: performance.now(), base: model.length, prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length" })
+      this.prefilling.push({ model, prompt, options, onGpu, readback, prepare, resolve, reject, t0: performance.now(), base: model.length, prefilled: 0, ids: [], firstTokenAt: 0, finishReason: "length", batched: false })
       this.running ??= this.drive().finally(() => (this.running = undefined))
     })
   }
@@ -145,16 +147,23 @@ export class BatchLoop {
     let members = [...this.decoding]
     this.beforeStep?.()
     for (const m of members) m.options.beforeStep?.()
+    // Step k consumes token k - 1 and chooses token k. In a batch the GPU-sampled rows' tokens
+    // stay in the batch and come back in one read for all rows (`readTokens`).
     const rows: BatchRow[] = members.map((m) => {
-      const k = m.ids.length // step k consumes token k - 1 and chooses token k
-      return { model: m.model, inSlot: k - 1, ...(m.onGpu ? { sample: this.params(m, k), copyOut: this.copyOut(m, k) } : {}) }
+      const k = m.ids.length
+      return { model: m.model, inSlot: k - 1, token: m.ids[k - 1], ...(m.onGpu ? { sample: this.params(m, k), idsOnHost: true } : {}) }
     })
     const lengths = members.map((m) => m.model.length)
+    const rowOf = new Map(members.map((m, b) => [m, b]))
+    // The batch's tokens by row, where the step was batched.
+    let tokens: Uint32Array | undefined
     try {
-      if (rows.length === 1) await rows[0].model.decode(rows[0].inSlot, rows[0].sample, rows[0].copyOut)
+      if (rows.length === 1) await this.decodeAlone(members[0], rows[0])
       else {
         this.batch ??= await DecodeBatch.open(this.lead, this.options.capacity, this.options.projections)
         await this.batch.step(rows)
+        for (const m of members) m.batched = true
+        if (members.some((m) => m.onGpu)) tokens = await this.batch.readTokens()
       }
     } catch (e) {
       if (rows.length === 1) return this.fail(members[0], e)
@@ -164,7 +173,7 @@ export class BatchLoop {
       members.map(async (m) => {
         try {
           const k = m.ids.length
-          const done = m.onGpu ? await this.accept(m, await this.read(m)) : await this.acceptHost(m, k)
+          const done = m.onGpu ? await this.accept(m, tokens ? tokens[rowOf.get(m)!]! : await this.read(m)) : await this.acceptHost(m, k)
           if (done || m.model.length >= m.model.maxContext) await this.finish(m)
         } catch (e) {
           this.fail(m, e)
@@ -184,13 +193,21 @@ export class BatchLoop {
       try {
         await m.model.settle()
         m.model.truncate(lengths[i])
-        await m.model.decode(rows[i].inSlot, rows[i].sample, rows[i].copyOut)
+        await this.decodeAlone(m, rows[i])
         ok.push(m)
       } catch (e) {
         this.fail(m, e)
       }
     }
     return ok
+  }
+
+  /** A step of one sequence through its own model, its token read back through its own buffer. */
+  private async decodeAlone(m: Member, row: BatchRow): Promise<void> {
+    const k = m.ids.length
+    if (m.batched) m.model.writeToken(row.inSlot, m.ids[k - 1])
+    m.batched = false
+    await m.model.decode(row.inSlot, row.sample, row.sample && this.copyOut(m, k))
   }
 
   private params(m: Member, step: number) {

@@ -7,9 +7,11 @@
 // projections of all rows. Where every row's manager keeps its blocks in one shared
 // KvBlockStore (full attention, `kvBlocks`), RoPE, attention and combine are instead one
 // dispatch each per layer for all rows (engine/batch-attention.ts). The head projects all
-// rows, and each row's logits are copied to its model before it samples, so every sampling
-// path (GPU argmax / Gumbel, host top-k / p from `model.logits`) reads its row as after a
-// step of its own. The projections are the
+// rows; the rows sampled on the GPU (argmax / Gumbel) choose their tokens in one pass over
+// the batch's logits (engine/batch-sampling.ts) into the batch's input ids, so that a row
+// that stays in place takes its next input from there, with no copy; the tokens of all rows
+// come back in one read (`readTokens`). Only rows sampled on the host (top-k / p, from
+// `model.logits`) get their logits copied to their model. The projections are the
 // prefill GEMMs (weights read once per step, 64-row tiles) or the decode GEMVs (one pass
 // over the weights per row, no wasted rows): which is faster at small B depends on the
 // device (bench/batch-bench.ts measures both). Only `step` changes state.
@@ -25,6 +27,7 @@ import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
 import type { ModelConfig } from "../models/types.ts"
 import { BatchAttention } from "./batch-attention.ts"
+import { BatchSampling } from "./batch-sampling.ts"
 import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
 
 /** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
@@ -34,6 +37,16 @@ export interface BatchRow {
   readonly inSlot: number
   readonly sample?: SampleParams
   readonly copyOut?: CopyOut
+  /** The input token, where the caller knows it (read back from the step before): written from the host unless it is in place. */
+  readonly token?: number
+  /**
+   * The sampled token stays in the batch (for its next step and `readTokens`): its model's
+   * tokenIds[outSlot] is not written, so a caller that steps the model alone next writes it
+   * (`writeToken`) or passes `token`.
+   */
+  readonly idsOnHost?: boolean
+  /** Also copies the row's logits to its model's `logits` (tests); rows without `sample` always get them (host sampling reads them). */
+  readonly logits?: boolean
 }
 
 /**
@@ -57,6 +70,8 @@ export interface MmaOptions {
   readonly minRows?: number
   /** Attention per row even where the rows share a KV block store (side-by-side benchmarks). */
   readonly rowAttention?: boolean
+  /** Sampling per row, as before engine/batch-sampling.ts: each row's logits copied to its model, which samples them (side-by-side benchmarks). */
+  readonly rowSampling?: boolean
 }
 
 /** Rows of x per gemv_multi workgroup. */
@@ -115,6 +130,13 @@ export class DecodeBatch {
   private active: Shared
   private readonly mmaMinRows: number
   private readonly rowAttention: boolean
+  /** The rows' token choice in one pass (undefined: per row through their models, MmaOptions.rowSampling). */
+  private readonly sampling: BatchSampling | undefined
+  /** Where the last step left each GPU-sampled row's token in `ids`: its row and the slot it stands for (the next input there needs no write). */
+  private placed = new Map<GpuModel, { readonly row: number; readonly slot: number }>()
+  /** `placed` as the current step found it. */
+  private inPlace = new Map<GpuModel, { readonly row: number; readonly slot: number }>()
+  private readonly hostIds: Uint32Array
   /** Attention of every row in one dispatch a layer, for rows in this store (made at the first such step). */
   private attention: BatchAttention | undefined
   private readonly qkvBytes: number
@@ -166,6 +188,8 @@ export class DecodeBatch {
     this.active = this.shared
     this.mmaMinRows = mma.minRows ?? MMA_MIN_ROWS
     this.rowAttention = mma.rowAttention ?? false
+    this.sampling = mma.rowSampling ? undefined : new BatchSampling({ device, pipelines: lead.pipelines, keys: lead.keys, vocabSize: c.vocabSize, capacity, logits: this.logits, tokens: this.ids })
+    this.hostIds = new Uint32Array(capacity)
     this.embed = dispatchOf(device, lead.pipelines.now(lead.keys.embed), [[0, u.embedPrefill.buffer], [1, lead.weights.embed], [2, this.ids], [3, x]], Math.ceil(c.hiddenSize / 2 / 256), 1)
     this.embedRows = (m) => {
       u.embedPrefill.set(c.hiddenSize, 0, c.vocabSize, m, 0)
@@ -185,12 +209,30 @@ export class DecodeBatch {
     if (rows.length === 0 || rows.length > this.capacity) throw new RangeError(`a batch step takes 1 to ${this.capacity} rows, not ${rows.length}`)
     for (const r of rows) {
       if (r.model.weights !== this.lead.weights) throw new RangeError("a batch's rows share its weights (GpuModel.sibling)")
-      r.model.prepareStep()
+      r.model.prepareStep(false)
     }
     this.rows = rows
     if (!sameMembers(this.members, rows)) this.join(rows)
+    // Rows attended together take their RoPE from the batch's attention; per row, from their own.
+    if (!this.attendsTogether) for (const r of rows) r.model.prepareStep()
     if (rows.length > 1 && this.attendsTogether) this.stepsTogether++
-    return decodeStep(this.driverRows, step)
+    // Until the step is encoded no token is in place: a failed step leaves `ids` unknown.
+    this.inPlace = this.placed
+    this.placed = new Map()
+    const placed = new Map<GpuModel, { row: number; slot: number }>()
+    if (this.sampling) rows.forEach((r, row) => r.sample && placed.set(r.model, { row, slot: r.sample.outSlot % GpuModel.idSlots }))
+    const encoding = decodeStep(this.driverRows, step)
+    if (!encoding) this.placed = placed
+    else return encoding.then(() => void (this.placed = placed))
+  }
+
+  /**
+   * The tokens the last step sampled, one per row in row order, in one read. A step copies them
+   * out where a row has `idsOnHost`; the next step may be encoded before this resolves.
+   */
+  readTokens(): Promise<Uint32Array> {
+    if (!this.sampling) throw new Error("readTokens: this batch samples per row (rowSampling)")
+    return this.sampling.read()
   }
 
   /** Steps of two or more rows that attended together (rows sharing a KV block store), since the batch was made. */
@@ -252,24 +294,57 @@ export class DecodeBatch {
       kvs,
       layers,
       begin: (step) => {
-        step.record((e) => {
-          this.rows.forEach((r, b) => e.copyBufferToBuffer(r.model.tokenIds, (r.inSlot % GpuModel.idSlots) * 4, this.ids, b * 4, 4))
-        })
+        this.writeInputs(step)
         step.encode([this.embed])
       },
       end: (step) => {
         step.encode(this.active.head)
-        step.record((e) => this.rows.forEach((r, b) => e.copyBufferToBuffer(this.logits, b * vocabBytes, r.model.logits, 0, vocabBytes)))
-        for (const r of this.rows) if (r.sample) r.model.encodeSample(step, r.sample)
+        const sampling = this.sampling
+        const logits = this.rows.map((r, b) => [r, b] as const).filter(([r]) => !sampling || !r.sample || r.logits)
+        if (logits.length > 0) step.record((e) => logits.forEach(([r, b]) => e.copyBufferToBuffer(this.logits, b * vocabBytes, r.model.logits, 0, vocabBytes)))
+        if (!sampling) for (const r of this.rows) r.sample && r.model.encodeSample(step, r.sample)
+        else if (this.rows.some((r) => r.sample)) {
+          sampling.set(this.rows.map((r) => r.sample))
+          step.encode(sampling.dispatches)
+        }
       },
       last: (e) => {
+        if (this.sampling) {
+          this.rows.forEach((r, b) => r.sample && !r.idsOnHost && e.copyBufferToBuffer(this.ids, b * 4, r.model.tokenIds, (r.sample.outSlot % GpuModel.idSlots) * 4, 4))
+          if (this.rows.some((r) => r.sample && r.idsOnHost)) this.sampling.copyOut(e, this.rows.length)
+        }
         for (const r of this.rows) if (r.copyOut) e.copyBufferToBuffer(r.copyOut.src, r.copyOut.offset, r.copyOut.dst, 0, 4)
       },
     }
   }
 
+  // The rows' input tokens into `ids`: nothing for a row whose token the last step left in its
+  // place, the host's `token` where given (one write per run of rows), else a copy from its model.
+  private writeInputs(step: StepEncoder): void {
+    const copies: number[] = []
+    let run = -1
+    const flush = (end: number) => {
+      if (run >= 0) this.lead.gpu.device.queue.writeBuffer(this.ids, run * 4, this.hostIds, run, end - run)
+      run = -1
+    }
+    this.rows.forEach((r, b) => {
+      const slot = r.inSlot % GpuModel.idSlots
+      const held = this.inPlace.get(r.model)
+      if (held?.row === b && held.slot === slot) return flush(b)
+      if (r.token === undefined) {
+        copies.push(b)
+        return flush(b)
+      }
+      this.hostIds[b] = r.token
+      if (run < 0) run = b
+    })
+    flush(this.rows.length)
+    if (copies.length > 0) step.record((e) => copies.forEach((b) => e.copyBufferToBuffer(this.rows[b].model.tokenIds, (this.rows[b].inSlot % GpuModel.idSlots) * 4, this.ids, b * 4, 4)))
+  }
+
   destroy(): void {
     for (const b of this.buffers) b.destroy()
+    this.sampling?.destroy()
     this.attention?.destroy()
     this.shared.destroy?.()
     this.rowPrograms.clear()

@@ -125,6 +125,9 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     argmax: { op: "argmax" },
     gumbel: { op: "argmax", flags: { GUMBEL: true } },
     argmaxFinal: { op: "argmax", flags: { FINAL: true } },
+    // Every row of a decode batch at once (engine/batch-sampling.ts).
+    argmaxRows: { op: "argmax", flags: { ROWS: true } },
+    argmaxRowsFinal: { op: "argmax", flags: { FINAL: true, ROWS: true } },
     candidates: { op: "select", flags: { VALUES: true } },
     lse: { op: "lse" },
     lseFinal: { op: "lse", flags: { FINAL: true } },

@@ -298,10 +298,10 @@ export class GpuModel {
     return decodeStep(this.alone, step)
   }
 
-  /** Before a decode step (alone or as a row of a batch): the context's room, the step's RoPE. */
-  prepareStep(): void {
+  /** Before a decode step (alone or as a row of a batch): the context's room, the step's RoPE (unless a batch that attends its rows together writes it: `rope` false). */
+  prepareStep(rope = true): void {
     if (this.length + 1 > this.maxContext) throw new ContextOverflow(`context of ${this.maxContext} tokens is full`)
-    this.writeRope(this.kv.length, 1)
+    if (rope) this.writeRope(this.kv.length, 1)
   }
 
   /**

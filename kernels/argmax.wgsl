@@ -4,7 +4,13 @@
 // Pass FINAL=false: each workgroup reduces a slice to (value, index) in part;
 // pass FINAL=true: one workgroup reduces part to the chosen id, written to ids[out_slot].
 //   logits: (V) f32;  part: (groups) vec2<f32> (value, bitcast index);  ids: (slots) u32
+// With ROWS, every row of a decode batch in one dispatch (workgroup y = row), each with its
+// own (seed, step, temperature) from rows[]: the same slices, noise and reductions as the
+// row alone, so a row's token does not depend on its batch-mates. Then logits: (rows, V);
+// part: (rows, groups); ids: (rows) u32, row r's token at ids[r] (out_slot unused).
 struct Params { V: u32, groups: u32, out_slot: u32, seed: u32, step: u32, inv_temp: f32, _a: u32, _b: u32 }
+// One row's sampling: Gumbel-max where gumbel != 0, else argmax.
+struct Row { seed: u32, step: u32, inv_temp: f32, gumbel: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 #if FINAL
 @group(0) @binding(2) var<storage, read_write> part: array<vec2<f32>>;
@@ -12,6 +18,9 @@ struct Params { V: u32, groups: u32, out_slot: u32, seed: u32, step: u32, inv_te
 #else
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> part: array<vec2<f32>>;
+#if ROWS
+@group(0) @binding(4) var<storage, read> rows: array<Row>;
+#endif
 #endif
 
 override WG: u32 = 256;
@@ -24,17 +33,31 @@ fn pcg(v: u32) -> u32 {
   return (word >> 22u) ^ word;
 }
 
-fn score(i: u32) -> f32 {
+// 23 bits: (k + 0.5) / 2^23 is exact in f32 and strictly inside (0, 1), so the noise is finite.
+fn gumbel_u(seed: u32, step: u32, i: u32) -> f32 {
+  let h = pcg(pcg(pcg(seed) ^ step) ^ i);
+  return (f32(h >> 9u) + 0.5) / 8388608.0;
+}
+
+fn score(row: u32, i: u32) -> f32 {
 #if FINAL
   return 0.0;
 #else
+#if ROWS
+  let r = rows[row];
+  let l = logits[row * p.V + i];
+  if (r.gumbel != 0u) {
+    let u = gumbel_u(r.seed, r.step, i);
+    return l * r.inv_temp - log(-log(u));
+  }
+  return l;
+#else
 #if GUMBEL
-  let h = pcg(pcg(pcg(p.seed) ^ p.step) ^ i);
-  // 23 bits: (k + 0.5) / 2^23 is exact in f32 and strictly inside (0, 1), so the noise is finite.
-  let u = (f32(h >> 9u) + 0.5) / 8388608.0;
+  let u = gumbel_u(p.seed, p.step, i);
   return logits[i] * p.inv_temp - log(-log(u));
 #else
   return logits[i];
+#endif
 #endif
 #endif
 }
@@ -48,9 +71,12 @@ fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   var bv = -3.4e38;
   var bi = 0xffffffffu;
+  // The row of a batch (ROWS; 0 otherwise): its slice of part.
+  let row = wid.y;
+  let base = row * p.groups;
 #if FINAL
   for (var g = lid; g < p.groups; g = g + WG) {
-    let c = part[g];
+    let c = part[base + g];
     let ci = bitcast<u32>(c.y);
     if (better(c.x, ci, bv, bi)) { bv = c.x; bi = ci; }
   }
@@ -59,7 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let start = wid.x * per;
   let stop = min(start + per, p.V);
   for (var i = start + lid; i < stop; i = i + WG) {
-    let v = score(i);
+    let v = score(row, i);
     if (better(v, i, bv, bi)) { bv = v; bi = i; }
   }
 #endif
@@ -75,9 +101,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (lid == 0u) {
 #if FINAL
-    ids[p.out_slot] = best_i[0];
+#if ROWS
+    ids[row] = best_i[0];
 #else
-    part[wid.x] = vec2<f32>(best_v[0], bitcast<f32>(best_i[0]));
+    ids[p.out_slot] = best_i[0];
+#endif
+#else
+    part[base + wid.x] = vec2<f32>(best_v[0], bitcast<f32>(best_i[0]));
 #endif
   }
 }

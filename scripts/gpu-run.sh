@@ -73,6 +73,15 @@
 #        gemm-bench`; MMA_BATCH_S, MMA_SKINNY_S, MMA_GEMM_S change the parts' limits
 #        (MMA_GEMM_S=0 skips gemm-bench); MMA_PROFILE=1: batch-bench times one more step per
 #        setup with every dispatch timed (GPU time per kernel)
+#   rows: the per-row work of a batched step (issue 14 §1) in one ~250-second command, matrix
+#        units on (LEOAM_MATRIX_UNITS=auto): the golden check, then bench/batch-bench.ts at 8B
+#        shapes, full, 1K context, batch 1 alone against 1, 4, 8 and 16 with ROWS_PROJECTIONS
+#        (default mma,mma:rowsample: every row's token chosen in one pass and read back once,
+#        against the per-row sampling before it), --profile (dispatches, copies, queue writes and
+#        read-backs of one step, GPU time per kernel), first with steps back to back, then
+#        with --read-back (each step's tokens read before the next, as the serving loop);
+#        bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`; ROWS_S (default 110)
+#        limits each batch-bench run; extra arguments go to both
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
 #        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
 #        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
@@ -124,7 +133,7 @@
 #        (default 400 s); extra arguments go to peer-share
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -316,6 +325,16 @@ if [ "$suite" = mma ]; then
     --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed or stopped"
   [ "${MMA_GEMM_S:-40}" = 0 ] || timeout "${MMA_GEMM_S:-40}" node .bench-bundle/gemm-bench.mjs --m "${MMA_GEMM_M:-512,4096}" --max-seconds "$(( ${MMA_GEMM_S:-40} - 8 ))" \
     --out "$out/gemm-bench.json" "$@" 2>&1 | tee "$out/gemm-bench.txt" || echo "gemm-bench: failed, stopped or a check missed"
+  exit 0
+fi
+if [ "$suite" = rows ]; then
+  export LEOAM_MATRIX_UNITS=auto
+  timeout 25 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
+  for how in back-to-back read-back; do
+    flag=""; [ "$how" = read-back ] && flag="--read-back"
+    timeout "${ROWS_S:-110}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,8,16 --policies full --projections "${ROWS_PROJECTIONS:-mma,mma:rowsample}" \
+      --profile $flag --steps 16 --max-seconds "$(( ${ROWS_S:-110} - 15 ))" --out "$out/rows-8b-1k-$how.json" "$@" 2>&1 | tee "$out/rows-8b-1k-$how.txt" || echo "batch-bench 1K ($how): failed or stopped"
+  done
   exit 0
 fi
 if [ "$suite" = batch ]; then

@@ -63,7 +63,7 @@ describe("batched attention over a shared KV block store", () => {
       }
       const lastLogits: Float32Array[] = []
       for (let step = 1; step < 5; step++) {
-        const rows = models.flatMap((model, i) => (step < seqs[i]!.tokens ? [{ model, inSlot: step - 1, sample: greedy(step) }] : []))
+        const rows = models.flatMap((model, i) => (step < seqs[i]!.tokens ? [{ model, inSlot: step - 1, sample: greedy(step), logits: true }] : []))
         await batch.step(rows)
         expect(batch.attendsTogether).toBe(true)
         for (const [i, model] of models.entries()) if (step === seqs[i]!.tokens - 1) lastLogits[i] = await readF32(gpu.device, model.logits)

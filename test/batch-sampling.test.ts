@@ -1,0 +1,89 @@
+// Token choice for all rows of a decode batch in one pass (engine/batch-sampling.ts) on the
+// bundled model (lavapipe): greedy rows and Gumbel rows with their own temperature and seed get
+// the ids they get alone (generate), whatever their batch-mates and row order; the tokens of
+// all rows come back in one read, the rows' next inputs from the host or in place in the batch.
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { DecodeBatch } from "../engine/batch.ts"
+import { generate, type GenerateOptions } from "../engine/generate.ts"
+import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
+import { readBack } from "../engine/buffers.ts"
+import { GpuModel } from "../engine/model.ts"
+import { openHfModel } from "../models/safetensors.ts"
+
+const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
+const TOKENS = 6
+
+let gpu: Gpu
+let lead: GpuModel
+
+beforeAll(async () => {
+  gpu = await acquireGpu()
+  lead = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 64 })
+})
+
+afterAll(async () => {
+  lead?.destroy()
+  await releaseGpu()
+})
+
+interface Seq {
+  readonly prompt: ReadonlyArray<number>
+  readonly options: GenerateOptions
+}
+
+const seqs: ReadonlyArray<Seq> = [
+  { prompt: [1, 17, 305, 42, 9, 1200, 77], options: { maxTokens: TOKENS, temperature: 0 } },
+  { prompt: [1, 500, 8, 8, 91, 33], options: { maxTokens: TOKENS, temperature: 0.8, seed: 3 } },
+  { prompt: [1, 2000, 64, 7, 7, 7, 310, 12, 5], options: { maxTokens: TOKENS, temperature: 1.3, seed: 7 } },
+  { prompt: [1, 500, 8, 8, 91, 33], options: { maxTokens: TOKENS, temperature: 0.8, seed: 4 } },
+]
+
+const params = (s: Seq, step: number) => ({ outSlot: step, temperature: s.options.temperature, seed: s.options.seed ?? 0, step })
+
+/**
+ * `order` (indices into seqs) through one batch: each prefilled and its first token chosen
+ * alone, then TOKENS - 1 batch steps; with `onHost` the tokens come back through readTokens
+ * and go in again as each row's `token`, else through the models' tokenIds.
+ */
+const batched = async (models: ReadonlyArray<GpuModel>, order: ReadonlyArray<number>, onHost: boolean): Promise<number[][]> => {
+  const batch = new DecodeBatch(lead, order.length, "gemv")
+  try {
+    const ids: number[][] = order.map(() => [])
+    for (const [b, i] of order.entries()) {
+      const model = models[b]!
+      model.reset()
+      await model.prefill(seqs[i]!.prompt)
+      model.sample(params(seqs[i]!, 0))
+      ids[b]!.push(new Uint32Array(await readBack(gpu.device, model.tokenIds, 0, 4))[0]!)
+    }
+    for (let k = 1; k < TOKENS; k++) {
+      await batch.step(order.map((i, b) => ({ model: models[b]!, inSlot: k - 1, sample: params(seqs[i]!, k), ...(onHost ? { token: ids[b]![k - 1], idsOnHost: true } : {}) })))
+      if (onHost) for (const [b, id] of (await batch.readTokens()).entries()) ids[b]!.push(id)
+    }
+    if (!onHost) return Promise.all(models.slice(0, order.length).map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 0, TOKENS * 4))]))
+    return ids
+  } finally {
+    batch.destroy()
+  }
+}
+
+describe("sampling every row of a batch in one pass", () => {
+  it("gives greedy and seeded rows the ids they get alone, in any order and company, read back once a step", async () => {
+    const models = await Promise.all(seqs.map(() => lead.sibling({ maxContext: 64 })))
+    try {
+      const alone: number[][] = []
+      for (const [i, s] of seqs.entries()) alone.push((await generate(models[i]!, s.prompt, s.options)).ids)
+      // Rows 1 and 3 differ only in their seed: their streams are their own.
+      expect(alone[1]).not.toEqual(alone[3])
+      for (const onHost of [true, false]) {
+        const all = await batched(models, [0, 1, 2, 3], onHost)
+        expect(all, `all rows, tokens ${onHost ? "read together" : "in tokenIds"}`).toEqual(alone)
+      }
+      // Other company and order: the same ids per sequence.
+      const some = await batched(models, [3, 2, 1], true)
+      expect(some).toEqual([alone[3], alone[2], alone[1]])
+    } finally {
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
+})
