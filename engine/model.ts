@@ -154,7 +154,7 @@ export class GpuModel {
       act: this.act,
       combine: this.u.combine,
       keys: this.keys,
-      blockStore: o.kvBlocks,
+      blockStore: o.kvBlocks, weights: weights.layers,
     })
     this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
     this.logits = this.act.logits

@@ -18,6 +18,7 @@ export type KernelName =
   | "gemm_sgmat_staged"
   | "gemm_skinny"
   | "half_rows"
+  | "hidden_rows"
   | "gemm_reg"
   | "rope_kv"
   | "attn_decode"

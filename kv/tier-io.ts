@@ -25,6 +25,7 @@ import { segmentFileName } from "./segments.ts"
 import { bitsOfDtype, chunkBytesAt, dtypeOfBits, type KvBits, type KvShape } from "./quant.ts"
 import { traceSpan } from "./step-trace.ts"
 import { KvTierError, tierErrorOf } from "./tier-errors.ts"
+import { HIDDEN_LAYER_BASE } from "./recompute-cost.ts"
 
 export interface ChunkLoad {
   readonly layer: number
@@ -92,6 +93,8 @@ export interface TierIo {
   hostBytes(): { readonly budgetBytes: number; readonly residentBytes: number }
   /** Bytes of the session's chunks on disk, over `layers` layers (an index scan: for replies, not per token). */
   storedBytes(layers: number): number
+  /** Whether the host arena holds a chunk now (a load of it would not read the disk). */
+  hostHolds(layer: number, chunk: number): boolean
 }
 
 /** Disk reads started ahead of the load whose turn it is. */
@@ -369,8 +372,11 @@ export class LocalTierIo implements TierIo {
 
   truncateSession(keep: ReadonlyArray<number>): void {
     this.releaseShared()
+    // Recompute's hidden records (layer HIDDEN_LAYER_BASE + l) are kept and dropped with their chunks.
+    const withHidden = [...keep]
+    keep.forEach((n, l) => (withHidden[HIDDEN_LAYER_BASE + l] = n))
     try {
-      this.store.truncateSession(this.session, keep)
+      this.store.truncateSession(this.session, withHidden)
     } catch (e) {
       throw tierErrorOf(e)
     }
@@ -378,6 +384,10 @@ export class LocalTierIo implements TierIo {
 
   setHostEviction(policy: EvictionPolicy): void {
     this.arena.setPolicy(policy)
+  }
+
+  hostHolds(layer: number, chunk: number): boolean {
+    return this.arena.has(this.keyOf({ layer, chunk }))
   }
 
   hostBytes() {

@@ -25,6 +25,14 @@ export const MAX_PREFETCH_LAYERS = 4
 /** The most chunks one group abstract may cover. */
 export const MAX_GROUP_CHUNKS = 4096
 
+/** Recomputing K/V of disk-tier chunks from their stored hidden states (engine/kv/tiered/recompute.ts). */
+export type RecomputeMode = "off" | "auto" | "always"
+const RecomputeModeSchema = Schema.Literal("off", "auto", "always")
+/** The cost model's defaults: a disk (NVMe) read rate and the GPU's sustained f16 GEMM rate. */
+export const RECOMPUTE_DISK_GB_PER_S = 3
+export const RECOMPUTE_GEMM_TFLOPS = 100
+const Rate = Schema.Number.pipe(Schema.greaterThan(0), Schema.lessThanOrEqualTo(1e6))
+
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
 const Count = Schema.Int.pipe(Schema.between(0, 1 << 24))
 
@@ -103,6 +111,23 @@ export const KvPolicyDocument = Schema.Struct({
       group_chunks: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_GROUP_CHUNKS))),
     }).annotations({ parseOptions: { onExcessProperty: "error" } }),
   ),
+  /**
+   * Recompute instead of fetch (ALISA; tiered policies with fp16 chunks): chunks sealed by a
+   * layer-major prefill keep their layer's input hidden states (fp16) on disk beside their K/V,
+   * and a GPU cache miss the host arena cannot serve reads those and recomputes K and V on the
+   * GPU (RMSNorm, the K/V rows of the QKV projection, RoPE) into its slot. `mode` "off" (the
+   * default), "always", or "auto": on where the cost model says a disk chunk's hidden states
+   * read at `disk_gb_per_s` (default 3) plus their projection at `gemm_tflops` (default 100)
+   * take less time than its K/V read; for MHA models it does, for GQA models (hidden states
+   * larger than K+V) never. Changed live: at the next step; chunks sealed while off are fetched.
+   */
+  recompute: Schema.optional(
+    Schema.Struct({
+      mode: RecomputeModeSchema,
+      disk_gb_per_s: Schema.optional(Rate),
+      gemm_tflops: Schema.optional(Rate),
+    }).annotations({ parseOptions: { onExcessProperty: "error" } }),
+  ),
 }).annotations({ identifier: "KvPolicyDocument", parseOptions: { onExcessProperty: "error" } })
 export type KvPolicyDocument = typeof KvPolicyDocument.Type
 
@@ -130,6 +155,8 @@ export interface ResolvedPolicy {
   /** The chunk abstracts' GPU copy: all or a budgeted cache; chunks per group abstract (0: no groups). */
   readonly abstractsResident: "all" | "budgeted"
   readonly groupChunks: number
+  /** Recompute of disk chunks from hidden states, and the cost model's rates ("auto"); off when left out. */
+  readonly recompute?: { readonly mode: RecomputeMode; readonly diskGBps: number; readonly gemmTflops: number }
 }
 
 /** Adaptive chunking's bounds when left out. */
@@ -137,7 +164,7 @@ export const ADAPTIVE_MIN_TOKENS = 16
 export const ADAPTIVE_MAX_TOKENS = 256
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps" | "abstractsResident" | "groupChunks">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps" | "abstractsResident" | "groupChunks" | "recompute">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -202,6 +229,9 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   if (abstractsResident === "budgeted" && groupChunks === 0) {
     throw new PolicyError("invalid_policy", "abstracts.gpu_resident budgeted needs group_chunks (2 or more): every step would otherwise score every chunk, so all abstracts would be needed at once")
   }
+  const recompute = { mode: doc.recompute?.mode ?? "off", diskGBps: doc.recompute?.disk_gb_per_s ?? RECOMPUTE_DISK_GB_PER_S, gemmTflops: doc.recompute?.gemm_tflops ?? RECOMPUTE_GEMM_TFLOPS } as const
+  if (recompute.mode !== "off" && doc.name !== "leoam" && doc.name !== "offload-all") throw new PolicyError("invalid_policy", `recompute needs a tiered policy (leoam, offload-all); ${doc.name} has no disk tier`)
+  if (recompute.mode !== "off" && compression !== 16) throw new PolicyError("invalid_policy", `recompute writes fp16 K/V into the GPU cache: it needs compression.bits 16, not ${JSON.stringify(compression)}`)
   return {
     name: doc.name,
     chunkTokens,
@@ -216,6 +246,7 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
     ...fetching,
     abstractsResident,
     groupChunks,
+    recompute,
   }
 }
 
@@ -262,6 +293,9 @@ export const policyView = (p: ResolvedPolicy) => ({
   prefetch_steps: p.prefetchSteps ?? false,
   abstracts_gpu_resident: p.abstractsResident,
   group_chunks: p.groupChunks,
+  recompute_mode: p.recompute?.mode ?? "off",
+  recompute_disk_gb_per_s: p.recompute?.diskGBps ?? RECOMPUTE_DISK_GB_PER_S,
+  recompute_gemm_tflops: p.recompute?.gemmTflops ?? RECOMPUTE_GEMM_TFLOPS,
 })
 
 /** A resolved policy on the wire (snake_case, every parameter filled in), decoded to a ResolvedPolicy. */
@@ -287,6 +321,10 @@ export const ResolvedPolicyWire = Schema.Struct({
   /** The abstracts' GPU copy and group size; left out by senders older than them: all, 0. */
   abstracts_gpu_resident: Schema.optional(Schema.Literal("all", "budgeted")),
   group_chunks: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_GROUP_CHUNKS))),
+  /** Recompute from hidden states and its cost model's rates; left out by senders older than it: off. */
+  recompute_mode: Schema.optional(RecomputeModeSchema),
+  recompute_disk_gb_per_s: Schema.optional(Schema.Number),
+  recompute_gemm_tflops: Schema.optional(Schema.Number),
 })
 
 const ResolvedPolicyType = Schema.Struct({
@@ -306,6 +344,7 @@ const ResolvedPolicyType = Schema.Struct({
   prefetchSteps: Schema.optional(Schema.Boolean),
   abstractsResident: Schema.Literal("all", "budgeted"),
   groupChunks: Schema.Number,
+  recompute: Schema.optional(Schema.Struct({ mode: RecomputeModeSchema, diskGBps: Schema.Number, gemmTflops: Schema.Number })),
 })
 
 export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof ResolvedPolicyWire.Encoded> = Schema.transform(ResolvedPolicyWire, ResolvedPolicyType, {
@@ -327,6 +366,7 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     prefetchSteps: w.prefetch_steps ?? false,
     abstractsResident: w.abstracts_gpu_resident ?? "all",
     groupChunks: w.group_chunks ?? 0,
+    recompute: { mode: w.recompute_mode ?? "off", diskGBps: w.recompute_disk_gb_per_s ?? RECOMPUTE_DISK_GB_PER_S, gemmTflops: w.recompute_gemm_tflops ?? RECOMPUTE_GEMM_TFLOPS },
   }),
   encode: (p) => policyView(p),
 })

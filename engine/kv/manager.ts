@@ -9,6 +9,7 @@ import type { ModelConfig } from "../../models/types.ts"
 import type { Dispatch, Uniform } from "../buffers.ts"
 import type { PipelineKey, Pipelines } from "../pipelines.ts"
 import type { TierStats } from "./tiered/index.ts"
+import type { RecomputeModel } from "./tiered/recompute-pass.ts"
 import type { KvBlockStore } from "./block-store.ts"
 import type { KvPool } from "./pool.ts"
 
@@ -73,6 +74,8 @@ export interface AttentionBuffers {
   /** (H, partials, D) f32 and (H, partials) vec2 (max, sum): decode attention partials. */
   readonly partO: GPUBuffer
   readonly partML: GPUBuffer
+  /** (chunk, hidden) f32, the residual stream (a layer's input while its attention runs); recompute records it. */
+  readonly x?: GPUBuffer
 }
 
 /** What every manager is built from (besides its policy). */
@@ -88,8 +91,10 @@ export interface KvContext {
   readonly act: AttentionBuffers
   /** The combine's uniform (H, S, D, stride): the manager sets S (and stride) per step or layer. */
   readonly combine: Uniform
-  /** The model's attention kernels (the managers' dispatches use the same pipelines). */
-  readonly keys: { readonly attnDecode: PipelineKey; readonly attnPrefill: PipelineKey }
+  /** The model's attention kernels (the managers' dispatches use the same pipelines); the tiered cache's recompute reuses its GEMM, RMSNorm and RoPE. */
+  readonly keys: { readonly attnDecode: PipelineKey; readonly attnPrefill: PipelineKey } & Partial<RecomputeModel["keys"]>
+  /** The model's layer weights (the tiered cache's recompute projects K and V with them). */
+  readonly weights?: RecomputeModel["weights"]
   /** Where a manager that keeps all KV in a paged pool takes its blocks: a store shared by a batch's sequences; absent: its own. */
   readonly blockStore?: KvBlockStore
 }

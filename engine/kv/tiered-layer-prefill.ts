@@ -15,6 +15,7 @@ import { prefillRowsPerGroup, windowedPrefillKey } from "../model-resources.ts"
 import type { KvContext, LayerPrefill, StepEncoder } from "./manager.ts"
 import type { TieredKv } from "./tiered/index.ts"
 import { AbstractJobs, type SealSource } from "./tiered/seal.ts"
+import type { HiddenRecorder } from "./tiered/hidden-record.ts"
 
 /** Window flags of the windowed prefill attention (attn_prefill WINDOW). */
 const FIRST = 1
@@ -55,6 +56,8 @@ export class TieredLayerPrefill implements LayerPrefill {
   private readonly attnLayer: Dispatch[]
   private readonly abstracts: AbstractJobs
   private readonly source: SealSource
+  /** Recompute (policy `recompute`): the layer's input hidden states, recorded on disk beside the chunks sealed. */
+  private readonly hidden: HiddenRecorder | undefined
   /** Layers begun (their tail ring was overwritten by slices). */
   private begun = 0
   private done = false
@@ -92,6 +95,7 @@ export class TieredLayerPrefill implements LayerPrefill {
     // The prompt's blocks of the block table: identity into `layer`, the same for every layer.
     device.queue.writeBuffer(shared.table, this.baseBlock * 4, Uint32Array.from({ length: blocks }, (_, i) => i))
     tables.extend(n)
+    this.hidden = t.recompute.recorder(this.pos0, this.end, ctx.act.x)
   }
 
   beginSlice(_l: number, i: number): void {
@@ -111,6 +115,7 @@ export class TieredLayerPrefill implements LayerPrefill {
     const pool = t.pools[l]
     const blockBytes = t.tables.blockBytes
     if (i === 0) this.begun = l + 1
+    this.hidden?.capture(t0, t1, step)
     step.record((e) => {
       for (const [src, dst] of [[pool.k, this.layer.k], [pool.v, this.layer.v]] as const) {
         let at = (b0 - this.baseBlock) * blockBytes
@@ -150,10 +155,11 @@ export class TieredLayerPrefill implements LayerPrefill {
     const t = this.t
     const bs = this.ctx.blockTokens
     const blockBytes = t.tables.blockBytes
+    const before = t.chunkCount(l)
     const sealing = t.seal(undefined, { layer: l, source: this.source })
     const sealed = t.tables.layers[l].sealed
     if (sealed < this.end) this.toTail(l, sealed, this.end, blockBytes, bs)
-    await sealing
+    await Promise.all([sealing, this.hidden?.record(l, before)])
   }
 
   /** Copies tokens [from, to) (from a block boundary) of layer l from `layer` back to their tail ring blocks. */
@@ -188,6 +194,7 @@ export class TieredLayerPrefill implements LayerPrefill {
     this.layer.k.destroy()
     this.layer.v.destroy()
     this.abstracts.destroy()
+    this.hidden?.destroy()
   }
 }
 

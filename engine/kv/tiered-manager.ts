@@ -64,10 +64,10 @@ export class TieredManager implements KvManager<TieredPolicy> {
   ) {
     const { device, config: c, act } = ctx
     this.t = new TieredKv(device, ctx.pipelines, c, policy, stores, {
-      blockTokens: ctx.blockTokens,
-      maxContext: ctx.maxContext,
+      blockTokens: ctx.blockTokens, maxContext: ctx.maxContext,
       prefillChunk: ctx.prefillChunk,
       q: act.q,
+      model: ctx, // recompute's weights and kernel keys (policy `recompute`)
     })
     const t = this.t
     this.missedLast = Array.from({ length: c.numLayers }, () => false)

@@ -16,6 +16,7 @@ import type { UploadRing } from "../../staging.ts"
 import type { ChunkTables } from "./chunks.ts"
 import type { QuantSlots } from "./layout.ts"
 import type { PeerLink, TierPeers } from "./peers.ts"
+import type { Recompute } from "./recompute.ts"
 import type { TierCounters } from "./stats.ts"
 
 export interface CacheGeometry {
@@ -30,6 +31,8 @@ export interface CacheGeometry {
   readonly quant?: QuantSlots
   /** The node's tiered lanes: chunks a peer holds with the same stored bytes are copied from its slot, not uploaded (peers.ts). */
   readonly peers?: TierPeers
+  /** Recompute of disk chunks from their hidden records (policy `recompute`). */
+  readonly recompute?: Recompute
 }
 
 export class GpuCache {
@@ -49,6 +52,8 @@ export class GpuCache {
   private readonly progress: Array<{ plan: object; next: number } | undefined>
   /** Per layer: chunks placed whose load is not flushed yet (no peer may copy them). */
   private readonly loading: Array<Set<number>>
+  /** Per layer: chunks whose slot holds K/V recomputed from hidden states (recompute.ts), not the stored bytes. */
+  private readonly recomputed: Array<Set<number>>
   private readonly peer: PeerLink | undefined
 
   constructor(
@@ -66,6 +71,7 @@ export class GpuCache {
     this.heldBits = g.pools.map(() => new Map())
     this.progress = g.pools.map(() => undefined)
     this.loading = g.pools.map(() => new Set())
+    this.recomputed = g.pools.map(() => new Set())
     this.peer = g.peers?.join({ device, session: () => io.session, blockBytes: tables.blockBytes, pools: g.pools, residentBlock: (l, ch) => this.residentBlock(l, ch) })
     this.entries = storageBuffer(device, "tier attention entries (blocks) vec2<u32>", maxEntries * 8)
     this.seqs = storageBuffer(device, "tier attention seqs (1) vec2<u32>", 16)
@@ -83,7 +89,7 @@ export class GpuCache {
 
   /** The first pool block of chunk ch of layer l where an fp16 slot holds it and its bytes are in the queue (what a peer may copy). */
   residentBlock(l: number, ch: number): number | undefined {
-    const e = this.quantized || this.loading[l].has(ch) ? undefined : this.slots[l].get(ch)
+    const e = this.quantized || this.loading[l].has(ch) || this.recomputed[l].has(ch) ? undefined : this.slots[l].get(ch)
     return e && this.blockOf(e.slot)
   }
 
@@ -105,7 +111,7 @@ export class GpuCache {
     this.slots = this.g.pools.map((_, l) => (phase === "decode" ? new GpuSlots(q.slots, (q.kSlotWords + q.vSlotWords) * 4, this.observerOf(l)) : new GpuSlots(this.g.cacheSlots, this.g.slotBytes, this.observerOf(l))))
     for (const s of this.slots) s.clear() // empty already: tells the observers
     for (const m of this.heldBits) m.clear()
-    for (const m of this.loading) m.clear()
+    for (const m of [...this.loading, ...this.recomputed]) m.clear()
     this.progress.fill(undefined)
   }
 
@@ -115,6 +121,7 @@ export class GpuCache {
     // scratch for the read-back, not cache slots: admitting there is left to do).
     if (this.quantized) return undefined
     const slot = this.slots[l].take(chunk, policy.eviction, new Set(), ++this.tick)
+    this.recomputed[l].delete(chunk)
     return slot === undefined ? undefined : this.blockOf(slot)
   }
 
@@ -122,12 +129,13 @@ export class GpuCache {
   drop(l: number, ch: number): void {
     if (this.slots[l].get(ch)) this.slots[l].drop(ch)
     this.heldBits[l].delete(ch)
+    this.recomputed[l].delete(ch)
   }
 
   clear(): void {
     for (const s of this.slots) s.clear()
     for (const m of this.heldBits) m.clear()
-    for (const m of this.loading) m.clear()
+    for (const m of [...this.loading, ...this.recomputed]) m.clear()
     this.progress.fill(undefined)
   }
 
@@ -292,10 +300,27 @@ export class GpuCache {
     return rest
   }
 
-  /** Stages each load's chunk (host arena, else disk; or a peer lane's slot) into its cache slot's K and V blocks. */
+  /** Stages each load's chunk (host arena, else disk; or a peer lane's slot; or recomputed from its hidden record) into its cache slot's K and V blocks. */
   private async load(l: number, all: ReadonlyArray<Placed>, promote: boolean, k: TierCounters): Promise<void> {
     for (const p of all) this.loading[l].add(p.chunk)
-    const loads = this.copyFromPeers(l, all, k)
+    const rest = this.copyFromPeers(l, all, k)
+    // Chunks the recompute claims are read as hidden states and recomputed on the GPU, beside the tiers' loads.
+    const own = this.quantized ? [] : (this.g.recompute?.claims(l, rest) ?? [])
+    const loads = own.length > 0 ? rest.filter((p) => !own.includes(p)) : rest
+    // A recomputed slot differs from the stored bytes by rounding: never a peer's source.
+    for (const p of all) this.recomputed[l].delete(p.chunk)
+    for (const p of own) this.recomputed[l].add(p.chunk)
+    const recomputing = this.g.recompute?.run(l, own, (slot) => this.blockOf(slot))
+    try {
+      await this.loadTiers(l, loads, promote, k)
+    } finally {
+      // No recompute is left writing into slots that a failed window gives back.
+      await recomputing?.catch(() => undefined)
+    }
+    await recomputing
+  }
+
+  private async loadTiers(l: number, loads: ReadonlyArray<Placed>, promote: boolean, k: TierCounters): Promise<void> {
     if (loads.length === 0) return
     const pool = this.g.pools[l]
     const blockBytes = this.tables.blockBytes

@@ -9,6 +9,7 @@ import { blockWords, type KvShape } from "../../../kv/quant.ts"
 import { type CompressionBits, maxBitsOf } from "../../../kv/quant-policy.ts"
 import { KvBudgetError } from "../../../kv/tier-errors.ts"
 import type { ModelConfig } from "../../../models/types.ts"
+import type { ResolvedPolicy } from "../../../protocol/policy.ts"
 import { type AbstractLayout, abstractLayout, abstractsOf, type AbstractsPolicy } from "./abstract-layout.ts"
 import type { TierPeers } from "./peers.ts"
 
@@ -44,6 +45,8 @@ export interface TieredPolicy {
   readonly prefetchSteps?: boolean
   /** The abstracts' GPU copy (abstract-layout.ts): all of them, no groups, when left out. */
   readonly abstracts?: AbstractsPolicy
+  /** Recompute of disk chunks from their hidden states (recompute.ts); off when left out. */
+  readonly recompute?: ResolvedPolicy["recompute"]
 }
 
 export interface TierStores {

@@ -53,6 +53,21 @@ export interface TierStats {
   /** Prefetch (policy `prefetch`, engine/kv/tiered/prefetch.ts). */
   readonly prefetch?: FetchStats
   /**
+   * Recompute (policy `recompute`, engine/kv/tiered/recompute.ts): the setting and whether it
+   * applies to this model now; of the chunks read from disk (disk.hits), those recomputed from
+   * their hidden records and those fetched as K/V; hidden bytes read (also in disk.bytes_read)
+   * and written (records kept beside K/V); host ms of its loads (reads, then GPU submits).
+   */
+  readonly recompute?: {
+    readonly mode: "off" | "auto" | "always"
+    readonly active: boolean
+    readonly chunks_recomputed: number
+    readonly chunks_fetched_from_disk: number
+    readonly hidden_bytes_read: number
+    readonly hidden_bytes_written: number
+    readonly ms: number
+  }
+  /**
    * Compression (policy `compression.bits`): the setting, the bits of decode's GPU slots (16:
    * fp16), the chunks sealed at each bits, and the bytes uploaded into the GPU chunk cache
    * (what host and disk sent, compressed where the slots are, fp16 where they are not).
@@ -121,6 +136,11 @@ export const emptyCounters = () => ({
   groupsScored: 0,
   chunksScored: 0,
   abstractFetches: 0,
+  /** Recompute (recompute.ts): chunks recomputed from hidden records, their bytes read, records written, host ms of its loads. */
+  recomputed: 0,
+  hiddenBytesRead: 0,
+  hiddenWritten: 0,
+  recomputeMs: 0,
   /** The upload ring's stalls when the counters started. */
   stallsAtReset: 0,
 })

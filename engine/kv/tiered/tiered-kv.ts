@@ -33,6 +33,7 @@ import type { StepEncoder } from "../manager.ts"
 import { Sealer, type SealSource } from "./seal.ts"
 import { SealQueue } from "./seal-queue.ts"
 import { emptyCounters, tierStats, type TierStats } from "./stats.ts"
+import { Recompute, type RecomputeSource } from "./recompute.ts"
 
 /** Aim for this many decode-attention workgroups per window. */
 const TARGET_WORKGROUPS = 256
@@ -75,6 +76,8 @@ export class TieredKv {
   private readonly seals: SealQueue
   /** The manager's own session (requests without one): its chunks are dropped at reset. */
   private readonly scratch: string
+  /** Recompute of disk chunks from hidden records (policy `recompute`): the layer-major prefill records them. */
+  readonly recompute: Recompute
 
   constructor(
     private readonly device: GPUDevice,
@@ -82,7 +85,7 @@ export class TieredKv {
     private readonly config: ModelConfig,
     policy: TieredPolicy,
     private readonly stores: TierStores,
-    options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number; readonly q: GPUBuffer },
+    options: { readonly blockTokens: number; readonly maxContext: number; readonly prefillChunk: number; readonly q: GPUBuffer; readonly model?: RecomputeSource },
   ) {
     const c = config
     const bs = options.blockTokens
@@ -115,7 +118,8 @@ export class TieredKv {
     this.selector = new Selector(device, pipelines, c, this.abstracts, options.q, this.maxChunks, bs)
     this.grouped = layout.abstracts.groupChunks > 0 ? new GroupedChoice(device, this.selector, this.abstracts) : undefined
     this.quant = quantSlots(policy, this.shape, this)
-    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant, peers: stores.peers }
+    this.recompute = new Recompute(device, pipelines, c, this.tables, this.pools, this.io, stores.store, options.model, policy, () => this.counters)
+    const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant, peers: stores.peers, recompute: this.recompute }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
     const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots, scored: (n) => (this.counters.chunksScored += n) })
     this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
@@ -139,6 +143,7 @@ export class TieredKv {
     this.current = next
     this.io.setHostEviction(next.hostEviction)
     this.abstracts.eviction = next.gpuEviction
+    this.recompute.setPolicy(next)
   }
 
   /** Throws what setPolicy would. */
@@ -164,7 +169,7 @@ export class TieredKv {
 
   /** GPU memory this cache holds for KV: pools, staging and read-back rings, abstracts. */
   get gpuBytes(): number {
-    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.upload.bytes + (this.scatter?.bytes ?? 0) + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
+    return this.config.numLayers * this.physicalBlocks * 2 * this.blockBytes + this.recompute.gpuBytes + this.upload.bytes + (this.scatter?.bytes ?? 0) + this.sealer.readback.bytes + this.sealer.scratch.size + (this.sealer.quantized?.size ?? 0) + this.abstracts.gpuBytes
   }
 
   /** Tokens that can be appended before the next seal: what of the tail the unsealed tokens leave. */
@@ -247,7 +252,7 @@ export class TieredKv {
 
   /** Waits for the host and disk copies of sealed chunks (call before reading any tier). */
   settle(): Promise<void> {
-    return this.seals.settle(this.counters)
+    return this.recompute.ready().then(() => this.seals.settle(this.counters))
   }
 
   // --- selection ----------------------------------------------------------------------
@@ -388,6 +393,7 @@ export class TieredKv {
     this.cache.drop(l, ch)
     this.abstracts.drop(l, ch)
     this.io.forget(l, ch)
+    this.recompute.unsealed(l, ch)
   }
 
   /**
@@ -447,11 +453,7 @@ export class TieredKv {
     this.cache.clear()
     this.abstracts.clear()
     const stored = this.io.session !== this.scratch
-    if (!stored) {
-      this.tables.layers.forEach((L, l) => {
-        for (let ch = 0; ch < L.starts.length; ch++) this.io.forget(l, ch)
-      })
-    }
+    if (!stored) this.tables.layers.forEach((L, l) => L.starts.forEach((_, ch) => this.io.forget(l, ch)))
     if (this.tables.reset() && !stored) this.io.dropSession()
     this.io.session = this.scratch
     this.seals.reset()
@@ -460,7 +462,7 @@ export class TieredKv {
 
   /** Counters since the last reset. */
   stats(steps: number): TierStats {
-    return tierStats(this.counters, {
+    return this.recompute.stats(this.counters, tierStats(this.counters, {
       policy: this.current.mode,
       gpuBudgetBytes: this.stores.gpuBudgetBytes,
       gpuResidentBytes: this.cache.residentBytes,
@@ -474,7 +476,7 @@ export class TieredKv {
       compression: { bits: this.current.compression ?? 16, slotBits: this.quant?.bits ?? 16, gpuSlots: this.quant?.slots ?? this.cacheSlots },
       pipelineDepth: this.pipelineDepth,
       abstractCopy: { layout: this.abstracts.layout, gpuResident: this.abstracts.resident(this.abstractCount) },
-    })
+    }))
   }
 
   /** Adds GPU time of decode attention passes (timestamp queries). */
@@ -485,11 +487,9 @@ export class TieredKv {
   destroy(): void {
     this.abstracts.destroy()
     this.grouped?.destroy()
-    for (const p of this.pools) {
-      p.k.destroy()
-      p.v.destroy()
-    }
+    for (const p of this.pools) for (const b of [p.k, p.v]) b.destroy()
     this.cache.destroy()
+    this.recompute.destroy()
     this.router.destroy()
     this.selector.destroy()
     this.sealer.destroy()
