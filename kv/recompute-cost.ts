@@ -6,7 +6,13 @@
 // are read once per layer visit for all of its chunks; at a window of many chunks their read
 // is small beside the chunks' and is left out here. Per token, so the choice does not depend
 // on the chunk size; the benchmark (bench/recompute-bench.ts) measures where it really lies.
-import type { ModelConfig } from "../models/types.ts"
+
+/** The shapes the cost depends on (a ModelConfig has them). */
+export interface RecomputeShape {
+  readonly hiddenSize: number
+  readonly numKvHeads: number
+  readonly headDim: number
+}
 
 /** The hidden-state records of layer l are stored under layer HIDDEN_LAYER_BASE + l of the chunk index. */
 export const HIDDEN_LAYER_BASE = 1 << 20
@@ -27,7 +33,7 @@ export interface RecomputeCost {
   readonly crossoverGBps: number
 }
 
-export const recomputeCost = (c: Pick<ModelConfig, "hiddenSize" | "numKvHeads" | "headDim">, diskGBps: number, gemmTflops: number): RecomputeCost => {
+export const recomputeCost = (c: RecomputeShape, diskGBps: number, gemmTflops: number): RecomputeCost => {
   const kvBytes = 2 * c.numKvHeads * c.headDim * 2
   const hiddenBytes = c.hiddenSize * 2
   const flops = 2 * c.hiddenSize * 2 * c.numKvHeads * c.headDim
@@ -41,5 +47,5 @@ export const recomputeCost = (c: Pick<ModelConfig, "hiddenSize" | "numKvHeads" |
 }
 
 /** Whether a policy's recompute setting recomputes this model's disk chunks. */
-export const recomputesFor = (p: { readonly mode: "off" | "auto" | "always"; readonly diskGBps: number; readonly gemmTflops: number } | undefined, c: Pick<ModelConfig, "hiddenSize" | "numKvHeads" | "headDim">): boolean =>
+export const recomputesFor = (p: { readonly mode: "off" | "auto" | "always"; readonly diskGBps: number; readonly gemmTflops: number } | undefined, c: RecomputeShape): boolean =>
   p !== undefined && (p.mode === "always" || (p.mode === "auto" && recomputeCost(c, p.diskGBps, p.gemmTflops).pays))
