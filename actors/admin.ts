@@ -128,6 +128,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
           },
           gpu_ms: { attention: t.kvMs.attention },
           ...(k.prefetch ? { prefetch: { ...k.prefetch } } : {}),
+          ...(k.recompute ? { recompute: { ...k.recompute } } : {}),
         },
         prefill: {
           tokens: t.prefillTokens,

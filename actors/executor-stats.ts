@@ -12,6 +12,8 @@ export interface KvTotals {
   chunks_sealed: number
   /** Prefetch's loads and what they were worth (KvStats.prefetch). */
   prefetch: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number }
+  /** Disk chunks recomputed from hidden records or fetched as K/V, hidden bytes read and written (KvStats.recompute). */
+  recompute: { chunks_recomputed: number; chunks_fetched_from_disk: number; hidden_bytes_read: number; hidden_bytes_written: number }
 }
 
 /** Everything the executor has done since it started (admin stats). */
@@ -38,6 +40,7 @@ export const emptyTotals = (): ExecutorTotals => ({
     steps: 0,
     chunks_sealed: 0,
     prefetch: { chunks: 0, bytes: 0, hits: 0, misses: 0, wasted_bytes: 0 },
+    recompute: { chunks_recomputed: 0, chunks_fetched_from_disk: 0, hidden_bytes_read: 0, hidden_bytes_written: 0 },
   },
   decodeSteps: 0,
   decodeMs: 0,
@@ -74,6 +77,8 @@ export const addKv = (t: ExecutorTotals, kv: KvStats, atDecode: KvStats["time_ms
   t.kv.chunks_sealed += kv.chunks_sealed
   const p = t.kv.prefetch
   if (kv.prefetch) for (const k of Object.keys(p) as Array<keyof typeof p>) p[k] += kv.prefetch[k]
+  const r = t.kv.recompute
+  if (kv.recompute) for (const k of Object.keys(r) as Array<keyof typeof r>) r[k] += kv.recompute[k]
   for (const k of Object.keys(t.kvMs) as Array<keyof ExecutorTotals["kvMs"]>) t.kvMs[k] += kv.time_ms[k] - (atDecode?.[k] ?? kv.time_ms[k])
 }
 

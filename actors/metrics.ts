@@ -37,6 +37,8 @@ export const statsRegistry = () => {
     stepSeconds: counter("leoam_decode_seconds_total", "decode host wall time by phase: total, and the disjoint phases scoring, transfer, seal, rest that add up to it", ["phase"]),
     stepGpuSeconds: counter("leoam_decode_gpu_seconds_total", "decode GPU time by kernel (overlaps the host phases scoring and transfer)", ["kernel"]),
     prefetchChunks: counter("leoam_prefetch_chunks_total", "KV chunks prefetched into the GPU cache, by outcome at their layer's visit: loaded, hit (chosen), miss (a chosen chunk still missing)", ["outcome"]),
+    recomputeChunks: counter("leoam_recompute_chunks_total", "KV chunks read from disk, by how: recomputed (hidden states read, K and V recomputed on the GPU) or fetched (K and V read)", ["how"]),
+    recomputeBytes: counter("leoam_recompute_hidden_bytes_total", "hidden-state record bytes of recompute, read and written", ["kind"]),
     prefetchBytes: counter("leoam_prefetch_bytes_total", "KV bytes prefetched into the GPU cache: loaded, and wasted (loaded, not chosen)", ["kind"]),
     prefillTokens: counter("leoam_prefill_tokens_total", "prompt tokens prefilled"),
     prefillSeconds: counter("leoam_prefill_seconds_total", "prefill wall time"),
@@ -82,6 +84,11 @@ export const statsRegistry = () => {
     if (p) {
       for (const [outcome, n] of [["loaded", p.chunks], ["hit", p.hits], ["miss", p.misses]] as const) setCounter(m.prefetchChunks, n, { outcome })
       for (const [kind, n] of [["loaded", p.bytes], ["wasted", p.wasted_bytes]] as const) setCounter(m.prefetchBytes, n, { kind })
+    }
+    const r = s.steps.recompute
+    if (r) {
+      for (const [how, n] of [["recomputed", r.chunks_recomputed], ["fetched", r.chunks_fetched_from_disk]] as const) setCounter(m.recomputeChunks, n, { how })
+      for (const [kind, n] of [["read", r.hidden_bytes_read], ["written", r.hidden_bytes_written]] as const) setCounter(m.recomputeBytes, n, { kind })
     }
     setCounter(m.prefillTokens, s.prefill.tokens)
     setCounter(m.prefillSeconds, s.prefill.ms / 1000)

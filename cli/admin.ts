@@ -123,6 +123,13 @@ const prefetchLine = (s: AdminStatsReply): string[] => {
   return [`prefetch ${p.chunks} chunks (${bytes(p.bytes)}): ${p.hits} chosen (${pct(p.hits / p.chunks)}), ${bytes(p.wasted_bytes)} wasted; ${p.misses} chosen chunks still missed at forecast layers`]
 }
 
+/** Recompute's line, where it wrote or read any hidden record: disk chunks recomputed against fetched, hidden bytes. */
+const recomputeLine = (s: AdminStatsReply): string[] => {
+  const r = s.steps.recompute
+  if (!r || r.hidden_bytes_written + r.hidden_bytes_read === 0) return []
+  return [`recompute ${r.chunks_recomputed} disk chunks from hidden states, ${r.chunks_fetched_from_disk} fetched as K/V; hidden records ${bytes(r.hidden_bytes_read)} read, ${bytes(r.hidden_bytes_written)} written`]
+}
+
 export const formatStats = (s: AdminStatsReply): string => {
   const t = s.tiers
   const perStep = (ms: number) => (s.steps.count > 0 ? (ms / s.steps.count).toFixed(2) : "-")
@@ -136,6 +143,7 @@ export const formatStats = (s: AdminStatsReply): string => {
     ...(t.gpu.abstract_bytes !== undefined ? [`chunk abstracts: ${bytes(t.gpu.abstract_bytes)} on the GPU (in its budget), ${bytes(t.disk.abstract_bytes ?? 0)} in LMDB`] : []),
     `decode ${s.steps.count} steps, host ms/step: total ${perStep(m.total)} = choice wait ${perStep(m.scoring)} + transfer ${perStep(m.transfer)} + seal ${perStep(m.seal)} + rest ${perStep(m.rest)}; GPU attention ${perStep(s.steps.gpu_ms.attention)} (inside the waits)   prefill ${s.prefill.tokens} tokens in ${(s.prefill.ms / 1000).toFixed(1)} s (last ${s.prefill.recent.runs}: ${s.prefill.recent.tokens_per_s === null ? "-" : s.prefill.recent.tokens_per_s.toFixed(0)} tokens/s)`,
     ...prefetchLine(s),
+    ...recomputeLine(s),
   ].join("\n")
 }
 

@@ -151,6 +151,11 @@ export const AdminStatsReply = Schema.Struct({
      * still missing (misses), and bytes loaded but not chosen (wasted).
      */
     prefetch: Schema.optional(Schema.Struct({ chunks: Schema.Int, bytes: Schema.Number, hits: Schema.Int, misses: Schema.Int, wasted_bytes: Schema.Number })),
+    /**
+     * Recompute (policy `recompute`): of the chunks read from disk, those recomputed on the GPU
+     * from their hidden records and those fetched as K/V; hidden bytes read and written.
+     */
+    recompute: Schema.optional(Schema.Struct({ chunks_recomputed: Schema.Int, chunks_fetched_from_disk: Schema.Int, hidden_bytes_read: Schema.Number, hidden_bytes_written: Schema.Number })),
   }),
   /** Prompt tokens and wall time of every prefill; tokens/s overall and over the last few (null before any). */
   prefill: Schema.Struct({

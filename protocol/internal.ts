@@ -120,6 +120,8 @@ export const ExecutorTotals = Schema.Struct({
     chunks_sealed: Schema.Number,
     /** Left out by executors older than prefetch. */
     prefetch: Schema.optional(Schema.Struct({ chunks: Schema.Number, bytes: Schema.Number, hits: Schema.Number, misses: Schema.Number, wasted_bytes: Schema.Number })),
+    /** Left out by executors older than recompute. */
+    recompute: Schema.optional(Schema.Struct({ chunks_recomputed: Schema.Number, chunks_fetched_from_disk: Schema.Number, hidden_bytes_read: Schema.Number, hidden_bytes_written: Schema.Number })),
   }),
   decodeSteps: Schema.Number,
   decodeMs: Schema.Number,

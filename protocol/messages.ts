@@ -130,6 +130,22 @@ export const KvStats = Schema.Struct({
       upload_bytes: Schema.Number,
     }),
   ),
+  /**
+   * Recompute (policy `recompute`): the setting and whether it applies to this model now; of
+   * the chunks read from disk (disk.hits), those recomputed from their hidden records and those
+   * fetched as K/V; hidden bytes read (also in disk.bytes_read) and written; host ms of its loads.
+   */
+  recompute: Schema.optional(
+    Schema.Struct({
+      mode: Schema.Literal("off", "auto", "always"),
+      active: Schema.Boolean,
+      chunks_recomputed: Schema.Int,
+      chunks_fetched_from_disk: Schema.Int,
+      hidden_bytes_read: Schema.Number,
+      hidden_bytes_written: Schema.Number,
+      ms: Schema.Number,
+    }),
+  ),
 }).annotations({ identifier: "KvStats" })
 export type KvStats = typeof KvStats.Type
 

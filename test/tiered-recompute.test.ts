@@ -9,6 +9,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
+import { addKv, emptyTotals } from "../actors/executor-stats.ts"
+import { statsRegistry } from "../actors/metrics.ts"
 import { readBack } from "../engine/buffers.ts"
 import { generate } from "../engine/generate.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
@@ -21,6 +23,8 @@ import { halfToFloat } from "../kv/quant.ts"
 import { HIDDEN_LAYER_BASE, recomputeCost, recomputesFor } from "../kv/recompute-cost.ts"
 import { openHfModel } from "../models/safetensors.ts"
 import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
+import type { AdminStatsReply } from "../protocol/admin.ts"
+import type { KvStats } from "../protocol/messages.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 
 const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
@@ -164,5 +168,25 @@ describe("recompute in the policy document and its cost model", () => {
     expect([recomputesFor(auto, longchat), recomputesFor(auto, llama8b), recomputesFor(auto, tiny)]).toEqual([true, false, false])
     expect(recomputesFor({ ...auto, mode: "always" }, tiny)).toBe(true)
     expect(recomputesFor({ ...auto, mode: "off" }, longchat)).toBe(false)
+  })
+})
+
+describe("recompute in admin stats and Prometheus", () => {
+  it("sums the requests' recompute counters and exports them beside the leoam_* counters", async () => {
+    const t = emptyTotals()
+    const tier = { hits: 0, misses: 0, bytes_read: 0, budget_bytes: 0, resident_bytes: 0, bytes_written: 0 }
+    const kv = (recomputed: number, fetched: number) =>
+      ({ policy: "leoam", gpu: tier, host: tier, disk: { hits: recomputed + fetched, bytes_read: 0, bytes_written: 0 }, chunk_tokens: 16, chunks_sealed: 0, steps: 1, windows: 0, chunks_selected_per_step: 0, tokens_selected_per_step: 0, time_ms: { select: 0, transfer: 0, seal: 0, attention: 0 }, staging_waits: 0,
+        recompute: { mode: "always", active: true, chunks_recomputed: recomputed, chunks_fetched_from_disk: fetched, hidden_bytes_read: recomputed * 100, hidden_bytes_written: 7, ms: 1 } }) as KvStats
+    addKv(t, kv(3, 1), undefined)
+    addKv(t, kv(2, 4), undefined)
+    expect(t.kv.recompute).toEqual({ chunks_recomputed: 5, chunks_fetched_from_disk: 5, hidden_bytes_read: 500, hidden_bytes_written: 14 })
+    const { registry, set } = statsRegistry()
+    const tiers = { gpu: { budget_bytes: 1, resident_bytes: 0, hits: 0, misses: 0, hit_rate: null, bytes_read: 0 }, host: { budget_bytes: 1, resident_bytes: 0, hits: 0, misses: 0, hit_rate: null, bytes_read: 0, bytes_written: 0 }, disk: { resident_bytes: 0, hits: 10, bytes_read: 0, bytes_written: 0 } }
+    set({ policy: { name: "leoam", active_version: 1, pending_version: null }, queue: { depth: 0, capacity: 1, in_flight: 0 }, requests: { completed: 2, generated_tokens: 2 }, tiers, steps: { count: 2, ms: { total: 1, scoring: 0, transfer: 0, seal: 0, rest: 1 }, gpu_ms: { attention: 0 }, recompute: t.kv.recompute }, prefill: { tokens: 0, ms: 0 } } as unknown as AdminStatsReply)
+    const text = await registry.metrics()
+    expect(text).toContain('leoam_recompute_chunks_total{how="recomputed"} 5')
+    expect(text).toContain('leoam_recompute_chunks_total{how="fetched"} 5')
+    expect(text).toContain('leoam_recompute_hidden_bytes_total{kind="read"} 500')
   })
 })
