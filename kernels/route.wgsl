@@ -1,13 +1,16 @@
 // The GPU-side split of a tiered layer's chunk choice into hits and misses, so that a
 // pipelined decode step attends the resident chunks without the host reading the choice
-// first: a chunk whose slot map entry names a pool block is a hit and gets its blocks'
+// first: a chunk whose slot map entry names a block is a hit and gets its blocks'
 // attn_decode entries, in choice order (as the host's plan writes them); a chunk with no
 // slot is counted as a miss. The layer's tail follows, then (first entry, count) in seqs.
 //   selection: (count) vec2<u32> (chunk, _) from select.wgsl;  chosen: (1) vec2<u32> its
 //              (0, length), as select.wgsl wrote it: a grouped choice listed on the GPU may
 //              hold fewer than `count` (its upper bound); the route takes the smaller
-//   slot_map:  (layers, maxChunks) u32, first pool block of the chunk's cache slot, NONE if not resident
-//   entries:   (E) vec2<u32> (physical block, tokens);  seqs: (1) vec2<u32> (0, entry count)
+//   slot_map:  (layers, maxChunks) u32, the entry of the chunk's cache slot's first block,
+//              NONE if not resident: bits << 24 | block, bits 0 for fp16 slots (block: the pool
+//              block) and 8 or 4 for decode's compressed slots (block: slot * slot_blocks)
+//   entries:   (E) vec2<u32> (block, tokens | bits << 16), attn_decode's form (bits 0: fp16);
+//              seqs: (1) vec2<u32> (0, entry count)
 //   misses:    (4) u32, [0] the chunks of the choice that are not resident, [1] the choice's length
 // One workgroup; thread i takes a contiguous run of the choice, so that a scan of the
 // threads' hit counts gives every hit its place.
@@ -50,10 +53,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   }
   var e = (scan[lid] - hits) * p.slot_blocks;
   for (var i = i0; i < i1; i = i + 1u) {
-    let block = slot_map[p.map_base + selection[i].x];
-    if (block == NONE) { continue; }
+    let slot = slot_map[p.map_base + selection[i].x];
+    if (slot == NONE) { continue; }
+    let block = slot & 0xffffffu;
+    let tokens = p.BS | ((slot >> 24u) << 16u);
     for (var j = 0u; j < p.slot_blocks; j = j + 1u) {
-      entries[e] = vec2<u32>(block + j, p.BS);
+      entries[e] = vec2<u32>(block + j, tokens);
       e = e + 1u;
     }
   }

@@ -217,6 +217,11 @@ export class HostArena {
     return true
   }
 
+  /** The caller's last importance of a chunk (0 when never set or not resident). */
+  scoreOf(key: Key): number {
+    return this.entries.get(key)?.score ?? 0
+  }
+
   /** Evicts unpinned chunks holding at least `needBytes`, chosen by the policy; null (nothing evicted) if it cannot. */
   evict(needBytes: number): ReadonlyArray<Key> | null {
     if (needBytes <= 0) return []

@@ -83,6 +83,8 @@ export interface TierIo {
   abstractOf(layer: number, chunk: number): Uint8Array
   /** The importance of a chunk the host arena holds (ignored when it does not). */
   setScore(layer: number, chunk: number, score: number): void
+  /** That importance, as last set (0 when unknown: never set, or the chunk is not in the host arena). */
+  scoreOf(layer: number, chunk: number): number
   /** Drops a chunk from the host arena (the sequence no longer reaches it). */
   forget(layer: number, chunk: number): void
   /** Drops the session's chunks from the disk tier. */
@@ -334,6 +336,10 @@ export class LocalTierIo implements TierIo {
 
   setScore(layer: number, chunk: number, score: number): void {
     this.arena.setScore(this.keyOf({ layer, chunk }), score)
+  }
+
+  scoreOf(layer: number, chunk: number): number {
+    return this.arena.scoreOf(this.keyOf({ layer, chunk }))
   }
 
   forget(layer: number, chunk: number): void {

@@ -120,7 +120,11 @@ export const KvStats = Schema.Struct({
       ms: Schema.Number,
     }),
   ),
-  /** Compression: the setting, decode's GPU slot bits, chunks sealed per dtype, bytes uploaded into the GPU chunk cache. */
+  /**
+   * Compression: the setting, decode's GPU slot bits, chunks sealed per dtype, bytes uploaded into
+   * the GPU chunk cache; the fill of decode's compressed slots at the switch from prefill (chunks,
+   * bytes, host ms) and sealed chunks admitted to them from the seal's quantizer on the GPU.
+   */
   compression: Schema.optional(
     Schema.Struct({
       bits: Schema.Union(Schema.Literal(16, 8, 4), Schema.Literal("importance")),
@@ -128,6 +132,8 @@ export const KvStats = Schema.Struct({
       gpu_slots: Schema.Int,
       sealed: Schema.Struct({ f16: Schema.Int, int8: Schema.Int, int4: Schema.Int }),
       upload_bytes: Schema.Number,
+      warm: Schema.Struct({ chunks: Schema.Int, bytes: Schema.Number, ms: Schema.Number }),
+      admitted: Schema.Int,
     }),
   ),
   /**

@@ -3,6 +3,7 @@
 // the count of chunks that are not resident; exactly, for choices longer than the workgroup,
 // and for a choice shorter than the host's bound (select.wgsl's length wins). And
 // kernels/group_expand.wgsl against the host's listing of a grouped choice's candidates.
+// Compressed slots: a map word is bits << 24 | slot * slotBlocks, and an entry's y tokens | bits << 16.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { KernelRig, rng, shuffled } from "./kernel-rig.ts"
@@ -32,6 +33,8 @@ interface Case {
   readonly resident: number
   /** The select pass's length of the choice, where below count (a grouped choice listed on the GPU). */
   readonly chosen?: number
+  /** Compressed slots: resident chunks alternate between these bits (attn_decode's QUANT entries). */
+  readonly bits?: ReadonlyArray<8 | 4>
 }
 
 /** The CPU reference: what GpuCache.writeEntries writes for a window of the choice's hits with the tail. */
@@ -39,12 +42,13 @@ const reference = (c: Case, choice: ReadonlyArray<number>, map: Uint32Array) => 
   const entries: number[] = []
   let misses = 0
   for (const ch of choice) {
-    const block = map[c.layer * c.chunks + ch]
-    if (block === NONE) {
+    const word = map[c.layer * c.chunks + ch]
+    if (word === NONE) {
       misses++
       continue
     }
-    for (let j = 0; j < c.slotBlocks; j++) entries.push(block + j, c.BS)
+    const block = word & 0xffffff
+    for (let j = 0; j < c.slotBlocks; j++) entries.push(block + j, c.BS | ((word >>> 24) << 16))
   }
   for (let t = c.sealed; t < c.tokens; t += c.BS) entries.push(Math.floor(t / c.BS) % c.tailBlocks, Math.min(c.BS, c.tokens - t))
   return { entries, misses }
@@ -56,14 +60,15 @@ describe("route kernel", () => {
     { chunks: 900, count: 700, slotBlocks: 1, BS: 16, sealed: 14400, tokens: 14435, tailBlocks: 5, layer: 1, resident: 500 },
     { chunks: 64, count: 30, slotBlocks: 4, BS: 8, sealed: 2048, tokens: 2048, tailBlocks: 9, layer: 2, resident: 64 },
     { chunks: 300, count: 280, slotBlocks: 2, BS: 16, sealed: 4800, tokens: 4810, tailBlocks: 6, layer: 0, resident: 150, chosen: 263 },
+    { chunks: 300, count: 280, slotBlocks: 2, BS: 16, sealed: 4800, tokens: 4811, tailBlocks: 4, layer: 1, resident: 200, bits: [4, 8] },
   ]
   for (const c of cases) {
-    it(`routes ${c.chosen ?? c.count} of ${c.chunks} chunks (bound ${c.count}, ${c.resident} resident) and a tail of ${c.tokens - c.sealed} tokens`, async () => {
+    it(`routes ${c.chosen ?? c.count} of ${c.chunks} chunks (bound ${c.count}, ${c.resident} resident${c.bits ? `, compressed ${c.bits.join("/")}` : ""}) and a tail of ${c.tokens - c.sealed} tokens`, async () => {
       const rand = rng(c.chunks + c.count)
       const layers = c.layer + 1
       const map = new Uint32Array(layers * c.chunks).fill(NONE)
       const residentChunks = shuffled(rand, Array.from({ length: c.chunks }, (_, i) => i)).slice(0, c.resident)
-      residentChunks.forEach((ch, i) => (map[c.layer * c.chunks + ch] = 100 + i * c.slotBlocks))
+      residentChunks.forEach((ch, i) => (map[c.layer * c.chunks + ch] = c.bits ? ((c.bits[i % c.bits.length] << 24) | (i * c.slotBlocks)) >>> 0 : 100 + i * c.slotBlocks))
       const choice = shuffled(rand, Array.from({ length: c.chunks }, (_, i) => i)).slice(0, c.count)
       const selection = new Uint32Array(c.count * 2)
       choice.forEach((ch, i) => selection.set([ch, c.BS], i * 2))

@@ -113,6 +113,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
 
   async beginDecode(rewindable = false): Promise<void> {
     await this.settle()
+    await this.t.warmDecode() // at the switch to compressed slots: filled before any layer routes or plans
     this.prefill.slotHost[0] = this.t.append()
     this.ctx.device.queue.writeBuffer(this.ctx.act.slot, 0, this.prefill.slotHost.buffer, 0, 4)
     this.selecting = this.t.selects()
@@ -322,8 +323,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
       s0 = this.attendWindow(l, step, count, cap, s0)
       if (!plan.windows[i].last) step.submit()
     }
-    // The next layer's pre goes into this step's encoder, which is submitted before that
-    // layer writes its own lists and uniforms.
+    // The next layer's pre goes into this step's encoder, submitted before that layer writes its lists and uniforms.
     this.ctx.combine.set(c.numHeads, s0, c.headDim, TIER_PARTIALS)
     this.openWindow = true
   }

@@ -5,7 +5,8 @@
 // then the entries list (decode) or block table (prefill). A plan applies only in order,
 // to the state it was made from; a failed load frees the window's slots again.
 // With quantized slots (layout.ts QuantSlots), prefill and decode use the same pool bytes as
-// fp16 slots and as compressed slots: the cache starts empty at each switch between them.
+// fp16 slots and as compressed slots: the cache empties at each switch between them, and
+// decode's compressed slots are filled at once after the switch (warm, warm.ts's order).
 import { GpuSlots, pinKey, type SlotObserver } from "../../../kv/gpu-slots.ts"
 import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
 import { blockWords, chunkBytesAt, convertChunk, dequantizeInto, type KvBits, type KvShape } from "../../../kv/quant.ts"
@@ -14,10 +15,24 @@ import type { TierIo } from "../../../kv/tier-io.ts"
 import { storageBuffer } from "../../buffers.ts"
 import type { UploadRing } from "../../staging.ts"
 import type { ChunkTables } from "./chunks.ts"
-import type { QuantSlots } from "./layout.ts"
+import type { QuantSlots, TieredPolicy } from "./layout.ts"
 import type { PeerLink, TierPeers } from "./peers.ts"
 import type { Recompute } from "./recompute.ts"
 import type { TierCounters } from "./stats.ts"
+import { warmOrder } from "./warm.ts"
+
+/**
+ * Who is told of a layer's slot changes (the pipelined step's GPU slot map): given the
+ * attention entry of a slot's first block, fp16 (its pool block) or compressed (slot *
+ * slotBlocks, its bits in the top byte), and told again once a compressed chunk's bits are known.
+ */
+export type CacheObserver = SlotObserver & { held(chunk: number, slot: number): void }
+
+/** Where a sealed chunk admitted to a compressed slot goes: byte offsets of its K part in the K pool and V part in the V pool. */
+export interface QuantAdmission {
+  readonly k: number
+  readonly v: number
+}
 
 export interface CacheGeometry {
   /** Per layer: K and V pools, (blocks, KV, BS, D) f16: the tail ring's blocks, then the slots'. */
@@ -55,6 +70,8 @@ export class GpuCache {
   /** Per layer: chunks whose slot holds K/V recomputed from hidden states (recompute.ts), not the stored bytes. */
   private readonly recomputed: Array<Set<number>>
   private readonly peer: PeerLink | undefined
+  /** Per layer, the observer of its current slots. */
+  private readonly observers: Array<CacheObserver | undefined> = []
 
   constructor(
     private readonly device: GPUDevice,
@@ -64,8 +81,8 @@ export class GpuCache {
     private readonly upload: UploadRing,
     /** The most entries of a window: every block of the pool. */
     maxEntries: number,
-    /** Who is told of each layer's slot changes (the pipelined step's GPU slot map), given a slot's first pool block. */
-    private readonly observe?: (l: number, blockOf: (slot: number) => number) => SlotObserver,
+    /** Who is told of each layer's slot changes (the pipelined step's GPU slot map), given a slot's first entry (CacheObserver). */
+    private readonly observe?: (l: number, entryOf: (slot: number, chunk: number) => number) => CacheObserver,
   ) {
     this.slots = g.pools.map((_, l) => new GpuSlots(g.cacheSlots, g.slotBytes, this.observerOf(l)))
     this.heldBits = g.pools.map(() => new Map())
@@ -79,7 +96,21 @@ export class GpuCache {
   }
 
   private observerOf(l: number): SlotObserver | undefined {
-    return this.observe?.(l, (slot) => this.blockOf(slot))
+    this.observers[l] = this.observe?.(l, (slot, chunk) => this.entryOf(l, slot, chunk))
+    return this.observers[l]
+  }
+
+  /** The attention entry of slot `slot`'s first block: its pool block, or in compressed slots slot * slotBlocks with the chunk's bits in the top byte. */
+  private entryOf(l: number, slot: number, chunk: number): number {
+    const q = this.g.quant
+    if (q === undefined || this.phase === "prefill") return this.blockOf(slot)
+    return (slot * this.g.slotBlocks) | ((this.heldBits[l].get(chunk) ?? q.bits) << 24)
+  }
+
+  /** Records the bits compressed chunk ch of layer l is held at (and tells the slot map). */
+  private hold(l: number, ch: number, slot: number, bits: KvBits): void {
+    this.heldBits[l].set(ch, bits)
+    this.observers[l]?.held(ch, slot)
   }
 
   /** The first pool block of cache slot `slot`. */
@@ -115,14 +146,44 @@ export class GpuCache {
     this.progress.fill(undefined)
   }
 
-  /** A slot for a chunk just sealed (evicting by policy, nothing pinned): its first pool block, or undefined. */
-  admit(l: number, chunk: number, policy: PlanPolicy): number | undefined {
-    // Compressed slots take a chunk only through a load, from the host tier (the seal's quantizer writes a
-    // scratch for the read-back, not cache slots: admitting there is left to do).
-    if (this.quantized) return undefined
+  /**
+   * A slot for a chunk just sealed (evicting by policy, nothing pinned): its first pool block,
+   * or in compressed slots where its seal quantizes it at `bits` the slot can hold, where its
+   * K and V parts go (the sealer copies them there from its quantizer's output, on the GPU);
+   * undefined where it is not admitted.
+   */
+  admit(l: number, chunk: number, policy: PlanPolicy, bits?: KvBits): number | QuantAdmission | undefined {
+    const q = this.quantized ? this.g.quant! : undefined
+    if (q && (bits === undefined || bits === 16 || bits > q.bits)) return undefined
     const slot = this.slots[l].take(chunk, policy.eviction, new Set(), ++this.tick)
+    if (slot === undefined) return undefined
     this.recomputed[l].delete(chunk)
-    return slot === undefined ? undefined : this.blockOf(slot)
+    if (!q) return this.blockOf(slot)
+    this.hold(l, chunk, slot, bits!)
+    return { k: (q.qbase + slot * q.kSlotWords) * 4, v: (q.qbase + slot * q.vSlotWords) * 4 }
+  }
+
+  /**
+   * At the switch to decode's compressed slots (a no-op otherwise, and after it): empties them
+   * and fills each layer's with its chunks in warm.ts's order, as many as fit, each layer's in
+   * one prefetch (the stored bytes go up as they are, flushed per layer); counted in `k.warm*`.
+   */
+  async warm(policy: TieredPolicy, k: TierCounters): Promise<void> {
+    if (this.g.quant === undefined || this.phase === "decode") return
+    this.enter("decode")
+    if (policy.mode !== "leoam") return
+    const t0 = performance.now()
+    const plan = { eviction: policy.gpuEviction, mode: policy.mode }
+    try {
+      for (let l = 0; l < this.slots.length; l++) {
+        const order = warmOrder(this.tables.layers[l], policy.sinkTokens, (ch) => this.io.scoreOf(l, ch)).slice(0, this.g.quant.slots)
+        const r = await this.prefetch(l, order, [], plan, k)
+        k.warmChunks += r.chunks.length
+        k.warmBytes += r.bytes
+      }
+    } finally {
+      k.warmMs += performance.now() - t0
+    }
   }
 
   /** Forgets chunk ch of layer l (it was unsealed). */
@@ -186,7 +247,7 @@ export class GpuCache {
    */
   async prefetch(l: number, chunks: ReadonlyArray<number>, keep: ReadonlyArray<number>, policy: PlanPolicy, k: TierCounters): Promise<{ chunks: number[]; bytes: number }> {
     const s = this.slots[l]
-    if (this.quantized || this.progress[l] !== undefined) return { chunks: [], bytes: 0 }
+    if (this.progress[l] !== undefined) return { chunks: [], bytes: 0 }
     const pinned = new Set([...chunks, ...keep].map(pinKey))
     const loads: Placed[] = []
     for (const chunk of chunks) {
@@ -204,7 +265,7 @@ export class GpuCache {
       this.upload.flush()
       this.landed(l, loads)
     }
-    return { chunks: loads.map((p) => p.chunk), bytes: loads.reduce((n, p) => n + this.tables.chunkBytes(l, p.chunk), 0) }
+    return { chunks: loads.map((p) => p.chunk), bytes: loads.reduce((n, p) => n + this.heldBytes(l, p.chunk), 0) }
   }
 
   /** Bytes of resident chunk ch of layer l as its slot holds it. */
@@ -377,7 +438,7 @@ export class GpuCache {
           { from: 0, dst: pool.k, dstOffset: (q.qbase + slot * q.kSlotWords) * 4, size: kBytes },
           { from: kBytes, dst: pool.v, dstOffset: (q.qbase + slot * q.vSlotWords) * 4, size: data.length - kBytes },
         ]
-        this.heldBits[l].set(chunk, bits)
+        this.hold(l, chunk, slot, bits)
         k.uploadBytes += data.length
         return this.upload.stage(data.length, (view) => view.set(data), copies)
       }

@@ -52,7 +52,7 @@ export class Prefetcher {
   /** Prefetch loads, one after another. */
   private chain: Promise<void> = Promise.resolve()
   private maps: Array<Promise<void>> = []
-  /** Whether this step prefetches (leoam, fp16 GPU slots, a choosing step, a forecast on). */
+  /** Whether this step prefetches (leoam, a choosing step, a forecast on; fp16 or compressed GPU slots alike). */
   private on = false
   private k = emptyCounters()
 
@@ -78,7 +78,7 @@ export class Prefetcher {
     const p = this.t.policy
     this.forecasts = this.forecasts.map(() => undefined) // forecasts still on their way land in the old array
     this.drop()
-    this.on = selecting && p.mode === "leoam" && this.t.quant === undefined && (this.distance > 0 || p.prefetchSteps === true)
+    this.on = selecting && p.mode === "leoam" && (this.distance > 0 || p.prefetchSteps === true)
     if (!this.on || p.prefetchSteps !== true) return
     const upTo = this.distance > 0 ? Math.min(this.distance, this.config.numLayers) : this.config.numLayers
     for (let l = 0; l < upTo; l++) {

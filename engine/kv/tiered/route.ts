@@ -1,10 +1,11 @@
 // The pipelined step's GPU side (issue 13 §1): a GPU copy of every layer's slot map (chunk ->
-// first pool block of its cache slot), kept in step with the host's GpuSlots through their
-// observer, and the route pass (kernels/route.wgsl) that turns a layer's choice into the
+// the attention entry of its cache slot's first block: its pool block, or in decode's
+// compressed slots slot * slotBlocks with the chunk's bits in the top byte, as attn_decode's
+// QUANT variant reads them), kept in step with the host's GpuSlots through their observer, and the route pass (kernels/route.wgsl) that turns a layer's choice into the
 // attention entries of its resident chunks plus a miss count, with no host in between.
 // The host reads the choice back later, off the layer's critical path (ChoiceReads).
 // Only the cache's slot changes (through `observe`) and `sync` write the map.
-import type { SlotObserver } from "../../../kv/gpu-slots.ts"
+import type { CacheObserver } from "./apply.ts"
 import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import { tieredPipelineKeys } from "./select.ts"
@@ -14,7 +15,7 @@ import type { ChunkTables } from "./chunks.ts"
 const NONE = 0xffffffff
 
 export class Router {
-  /** (layers, maxChunks) u32: first pool block of the chunk's cache slot, NONE when not resident. */
+  /** (layers, maxChunks) u32: the entry of the chunk's cache slot's first block (bits << 24 | block), NONE when not resident. */
   private readonly slotMap: GPUBuffer
   /** (4) u32: [0] the misses of the last routed choice, [1] its length (route.wgsl), [2] chunks it scored (ChoiceReads.scored). */
   readonly misses: GPUBuffer
@@ -37,6 +38,8 @@ export class Router {
     private readonly g: { readonly tables: ChunkTables; readonly slotTokens: number; readonly slotBlocks: number; readonly tailBlocks: number; readonly cacheSlots: number; readonly scored: (chunks: number) => void },
   ) {
     const layers = config.numLayers
+    // An entry's block takes the low 24 bits of a map word, the bits of a compressed slot the top 8.
+    if (g.tailBlocks + g.cacheSlots * g.slotBlocks >= 2 ** 24) throw new RangeError(`tiered KV: ${g.cacheSlots} slots of ${g.slotBlocks} blocks exceed the route's 24-bit blocks`)
     this.slotMap = storageBuffer(device, "tier slot map (layers, chunks) u32", layers * maxChunks * 4)
     this.misses = storageBuffer(device, "tier route misses (4) u32", 16)
     this.mirror = new Uint32Array(layers * maxChunks).fill(NONE)
@@ -80,8 +83,8 @@ export class Router {
     ])
   }
 
-  /** The observer of layer l's slots, given the pool block of a slot. */
-  observe(l: number, blockOf: (slot: number) => number): SlotObserver {
+  /** The observer of layer l's slots, given the entry of a slot's first block (for the chunk it holds). */
+  observe(l: number, entryOf: (slot: number, chunk: number) => number): CacheObserver {
     const base = l * this.maxChunks
     const d = this.dirty[l]
     const mark = (chunk: number) => {
@@ -90,7 +93,11 @@ export class Router {
     }
     return {
       placed: (chunk, slot) => {
-        this.mirror[base + chunk] = blockOf(slot)
+        this.mirror[base + chunk] = entryOf(slot, chunk)
+        mark(chunk)
+      },
+      held: (chunk, slot) => {
+        this.mirror[base + chunk] = entryOf(slot, chunk)
         mark(chunk)
       },
       dropped: (chunk) => {

@@ -6,7 +6,7 @@
 import { SealBits } from "../../../kv/quant-policy.ts"
 import type { FreshChunk } from "./chunks.ts"
 import type { TieredPolicy } from "./layout.ts"
-import type { Sealer, SealSource } from "./seal.ts"
+import type { Admit, Sealer, SealSource } from "./seal.ts"
 import type { TierCounters } from "./stats.ts"
 
 export class SealQueue {
@@ -18,7 +18,7 @@ export class SealQueue {
   constructor(private readonly sealer: Sealer) {}
 
   /** Seals `fresh` under `policy` (admitted to the GPU cache by `admit`), from `source` (default: the tail ring). Resolves once every read-back is queued. */
-  seal(fresh: ReadonlyArray<FreshChunk>, policy: TieredPolicy, counters: TierCounters, admit: (f: FreshChunk) => number | undefined, source?: SealSource): Promise<void> {
+  seal(fresh: ReadonlyArray<FreshChunk>, policy: TieredPolicy, counters: TierCounters, admit: Admit, source?: SealSource): Promise<void> {
     // The setting at seal time holds for these chunks, whatever the policy is when their read-back lands.
     const setting = policy.compression ?? 16
     const sink = policy.sinkTokens

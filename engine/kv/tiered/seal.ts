@@ -10,7 +10,7 @@
 // (which seals at 16 bits only). Owns the tail ring's abstract and quantize dispatches, the seal jobs, the in-pool copy's scratch, the
 // quantized scratch and the read-back ring. A reset bumps the generation: read-backs of an
 // earlier sequence still in flight then store nothing.
-import { chunkBytesAt, type KvBits, type KvShape } from "../../../kv/quant.ts"
+import { blockWords, chunkBytesAt, type KvBits, type KvShape } from "../../../kv/quant.ts"
 import { type CompressionBits, sealForms } from "../../../kv/quant-policy.ts"
 import type { SealedChunk, TierIo } from "../../../kv/tier-io.ts"
 import type { ModelConfig } from "../../../models/types.ts"
@@ -18,11 +18,18 @@ import { dispatchOf, type Dispatch, storageBuffer, Uniform } from "../../buffers
 import type { Pipelines } from "../../pipelines.ts"
 import { ReadbackRing } from "../../staging.ts"
 import type { AbstractBuffers, AbstractCache, SealJob } from "./abstract-cache.ts"
+import type { QuantAdmission } from "./apply.ts"
 import type { ChunkTables, FreshChunk } from "./chunks.ts"
 import { quantizeKey, tieredPipelineKeys } from "./select.ts"
 import type { TierCounters } from "./stats.ts"
 
 type Copy = { src: GPUBuffer; srcOffset: number; size: number }
+
+/** Where a sealed chunk goes in the GPU cache: its first pool block (fp16 slots), or its compressed slot's K and V parts. */
+export type Admission = number | QuantAdmission
+
+/** Gives a fresh chunk a GPU cache slot, or not; `bits` is what the seal quantizes it to on the GPU, if it does (one form only). */
+export type Admit = (f: FreshChunk, bits?: KvBits) => Admission | undefined
 
 /**
  * Where the chunks being sealed lie: the tail ring of every layer's pool (token-major
@@ -91,6 +98,10 @@ interface SealGroup {
   bytes: number
   /** u32 words of the quantized scratch this group uses. */
   words: number
+  /** Per chunk quantized in one form: its word in the scratch. */
+  readonly quantAt: Map<FreshChunk, number>
+  /** Chunks admitted to compressed slots: copied there from the scratch right after the quantize pass. */
+  readonly admitted: Array<{ readonly layer: number; readonly word: number; readonly kBytes: number; readonly size: number; readonly to: QuantAdmission }>
 }
 
 export class Sealer {
@@ -164,7 +175,7 @@ export class Sealer {
    */
   seal(
     fresh: ReadonlyArray<FreshChunk>,
-    admit: (f: FreshChunk) => number | undefined,
+    admit: Admit,
     counters: TierCounters,
     setting: CompressionBits = 16,
     bitsOf: (f: FreshChunk, abstract: Uint8Array) => KvBits = () => 16,
@@ -185,9 +196,19 @@ export class Sealer {
     this.abstracts.encodeSealed(encoder, jobs)
     const blockBytes = this.tables.blockBytes
     const groups = this.groupsOf(fresh, forms, source)
+    // One compressed form: admitted chunks are copied into compressed slots from the quantizer's output.
+    const quantBits = forms.length === 1 && forms[0] !== 16 ? forms[0] : undefined
     for (const f of fresh) {
-      const block = admit(f)
+      const block = admit(f, quantBits)
       if (block === undefined) continue
+      if (typeof block !== "number") {
+        const g = groups.find((x) => x.quantAt.has(f))!
+        const size = chunkBytesAt(this.shape, f.tokens, quantBits!)
+        const kBytes = Math.ceil(f.tokens / this.shape.blockTokens) * blockWords(this.shape, quantBits as 8 | 4).k * 4
+        g.admitted.push({ layer: f.layer, word: g.quantAt.get(f)!, kBytes, size, to: block })
+        counters.admittedQuant++
+        continue
+      }
       const pool = this.pools[f.layer]
       const from = source.buffers(f.layer)
       for (const [src, dst] of [[from.k, pool.k], [from.v, pool.v]] as const) {
@@ -236,7 +257,7 @@ export class Sealer {
       // Each read fits one staging buffer, so its sink sees all of it at once.
       let g = groups[groups.length - 1]
       if (!g || g.bytes + bytes > this.readback.slotBytes) {
-        g = { parts: [], copies: [], jobs: new Map(), bytes: 0, words: 0 }
+        g = { parts: [], copies: [], jobs: new Map(), bytes: 0, words: 0, quantAt: new Map(), admitted: [] }
         groups.push(g)
       }
       for (const bits of forms) {
@@ -249,6 +270,7 @@ export class Sealer {
         jobs.push(this.tables.tailBlock(Math.floor(f.start / this.tables.blockTokens)), f.tokens, g.words, bits)
         g.jobs.set(f.layer, jobs)
         g.copies.push({ src: this.quantized!, srcOffset: g.words * 4, size })
+        if (forms.length === 1) g.quantAt.set(f, g.words)
         g.words += size / 4
       }
       g.copies.push({ src: this.abstracts.seal.amin, srcOffset: at * ab, size: ab }, { src: this.abstracts.seal.amax, srcOffset: at * ab, size: ab })
@@ -258,7 +280,10 @@ export class Sealer {
     return groups
   }
 
-  /** Quantizes a group's chunks into the scratch, in the encoder of its read-back copies (queue order keeps groups apart). */
+  /**
+   * Quantizes a group's chunks into the scratch, in the encoder of its read-back copies (queue
+   * order keeps groups apart), then copies those admitted into their compressed slots.
+   */
   private encodeQuantize(encoder: GPUCommandEncoder, g: SealGroup): void {
     const pass = encoder.beginComputePass()
     for (const [l, jobs] of g.jobs) {
@@ -269,6 +294,11 @@ export class Sealer {
       pass.dispatchWorkgroups(jobs.length / 4, this.config.numKvHeads)
     }
     pass.end()
+    for (const a of g.admitted) {
+      const pool = this.pools[a.layer]
+      encoder.copyBufferToBuffer(this.quantized!, a.word * 4, pool.k, a.to.k, a.kBytes)
+      encoder.copyBufferToBuffer(this.quantized!, a.word * 4 + a.kBytes, pool.v, a.to.v, a.size - a.kBytes)
+    }
   }
 
   /** The chunks of one read-back: each one's forms, then its abstracts, back to back; each stored at its chosen bits. */

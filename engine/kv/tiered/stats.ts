@@ -78,6 +78,10 @@ export interface TierStats {
     readonly gpu_slots: number
     readonly sealed: { readonly f16: number; readonly int8: number; readonly int4: number }
     readonly upload_bytes: number
+    /** The fill of decode's compressed slots at the switch from prefill (GpuCache.warm): chunks, bytes, host ms. */
+    readonly warm: { readonly chunks: number; readonly bytes: number; readonly ms: number }
+    /** Sealed chunks admitted to compressed slots straight from the seal's quantizer (a GPU copy). */
+    readonly admitted: number
   }
 }
 
@@ -123,6 +127,10 @@ export const emptyCounters = () => ({
   /** Chunks copied on the device from a peer lane's slot instead of uploaded (peers.ts), and their bytes. */
   peerCopies: 0,
   peerCopyBytes: 0,
+  warmChunks: 0,
+  warmBytes: 0,
+  warmMs: 0,
+  admittedQuant: 0,
   windows: 0,
   selectedDecode: 0,
   selectedTokens: 0,
@@ -197,5 +205,7 @@ export const tierStats = (
     gpu_slots: at.compression.gpuSlots,
     sealed: { f16: k.sealedF16, int8: k.sealedInt8, int4: k.sealedInt4 },
     upload_bytes: k.uploadBytes,
+    warm: { chunks: k.warmChunks, bytes: k.warmBytes, ms: k.warmMs },
+    admitted: k.admittedQuant,
   },
 })

@@ -121,7 +121,7 @@ export class TieredKv {
     this.recompute = new Recompute(device, pipelines, c, this.tables, this.pools, this.io, stores.store, options.model, policy, () => this.counters)
     const geometry = { pools: this.pools, cacheSlots: this.cacheSlots, slotBlocks: this.slotBlocks, slotBytes: this.slotBytes, shape: this.shape, quant: this.quant, peers: stores.peers, recompute: this.recompute }
     const maxEntries = this.tailBlocks + Math.max(this.cacheSlots, this.quant?.slots ?? 0) * this.slotBlocks
-    const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.cacheSlots, scored: (n) => (this.counters.chunksScored += n) })
+    const router = new Router(device, pipelines, c, this.maxChunks, { tables: this.tables, slotTokens: this.slotTokens, slotBlocks: this.slotBlocks, tailBlocks: this.tailBlocks, cacheSlots: this.quant?.slots ?? this.cacheSlots, scored: (n) => (this.counters.chunksScored += n) })
     this.cache = new GpuCache(device, geometry, this.tables, this.io, this.upload, maxEntries, (l, blockOf) => router.observe(l, blockOf))
     router.bind({ selection: this.selector.selection, chosen: this.selector.selectSeqs, entries: this.cache.entries, seqs: this.cache.seqs })
     this.router = router
@@ -182,11 +182,6 @@ export class TieredKv {
     return this.tables.append()
   }
 
-  /** The seal read-back ring. */
-  get readback() {
-    return this.sealer.readback
-  }
-
   /** (blocks) vec2<u32> (physical block, tokens): the attention entries of the decode window just applied. */
   get entries(): GPUBuffer {
     return this.cache.entries
@@ -212,7 +207,7 @@ export class TieredKv {
     if (fresh.length === 0) return Promise.resolve()
     const admit = this.current.mode === "leoam"
     const policy = this.planPolicy
-    return this.seals.seal(fresh, this.current, this.counters, (f) => (admit ? this.cache.admit(f.layer, f.chunk, policy) : undefined), from?.source)
+    return this.seals.seal(fresh, this.current, this.counters, (f, bits) => (admit ? this.cache.admit(f.layer, f.chunk, policy, bits) : undefined), from?.source)
   }
 
   /** Adaptive chunking's bounds, or undefined for fixed chunks. */
@@ -310,7 +305,7 @@ export class TieredKv {
   /** Layers a pipelined step may run ahead of the last one whose choice the host has checked (0: not pipelined). */
   get pipelineDepth(): number {
     // Budgeted abstracts come from LMDB through the host: no choice can be routed on the GPU alone.
-    return this.current.mode === "leoam" && this.quant === undefined && this.abstracts.layout.resident === "all" ? (this.current.pipelineDepth ?? 0) : 0
+    return this.current.mode === "leoam" && this.abstracts.layout.resident === "all" ? (this.current.pipelineDepth ?? 0) : 0
   }
 
   /** Counts a pipelined layer routed on the GPU. */
@@ -327,6 +322,11 @@ export class TieredKv {
   /** A routed layer's plan (one window) applied as by applyDecodeWindow; the route wrote the hits' entries, so `false` writes none, "loads" the misses'. */
   applyRouted(l: number, plan: DecodePlan, list: false | "loads"): Promise<number> {
     return this.cache.applyDecode(l, plan, 0, true, this.counters, list)
+  }
+
+  /** At a decode step's start: the switch to compressed slots, if due, fills them at once (GpuCache.warm). */
+  warmDecode(): Promise<void> {
+    return this.cache.warm(this.current, this.counters)
   }
 
   /** Prefetch: loads what of `chunks` layer l does not hold, evicting none of `keep` (GpuCache.prefetch). */
