@@ -17,7 +17,12 @@
 // prints the abstracts' GPU bytes, the chunk slots the budget leaves, and per step the groups
 // and chunks scored and the choice wait (which holds the scoring). --cold-disk times the steps
 // again with the disk tier's files dropped from the page cache before each (bench/page-cache.ts),
-// so that disk reads are reported cold beside warm.
+// so that disk reads are reported cold beside warm. `leoam+all` is everything together (issue
+// 13): compression (--all-compression, int4 by default: decode's compressed GPU slots, filled
+// at the switch and taking newly sealed chunks from the GPU quantizer), the pipelined step with
+// the combine, and prefetch. A policy may carry its own compression as `name@bits` (e.g.
+// `leoam@4`), which overrides --compression for it. Each tiered row prints GPU misses per timed
+// step and, with compressed slots, the fill at the switch (chunks, MiB, host ms).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -51,6 +56,7 @@ const program = new Command()
   .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe, leoam+pipe+combine and leoam+prefetch", (v) => Number(v), 2)
   .option("--prefetch-layers <n>", "prefetch.layers of leoam+prefetch", (v) => Number(v), 1)
   .option("--prefetch-from <how>", "prefetch.from of leoam+prefetch: choice or query", "choice")
+  .option("--all-compression <bits>", "compression.bits of leoam+all (16, 8, 4 or importance)", "4")
   .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
   .option("--score-time", "also time one layer's scoring on the GPU at the context's chunk count: every chunk, against groups then the kept groups' chunks (bench/score-time.ts)")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
@@ -88,6 +94,7 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     "leoam+pipe": { pipeline: { enabled: true, depth: o.pipelineDepth, combine: false } },
     "leoam+pipe+combine": { pipeline: { enabled: true, depth: o.pipelineDepth } },
     "leoam+prefetch": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
+    "leoam+all": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
     "leoam+groups": { abstracts: { group_chunks: o.groupChunks } },
     "leoam+budget": { abstracts: { gpu_resident: "budgeted", group_chunks: o.groupChunks } },
   }
@@ -215,7 +222,13 @@ const settings = String(o.compression).split(",")
 // Compression applies to the tiered policies: each runs once per setting, the others once.
 const variants = String(o.policies)
   .split(",")
-  .flatMap((name) => (name.startsWith("leoam") || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]))
+  .flatMap((spec) => {
+    // `name@bits` runs once at those bits; leoam+all once at --all-compression; other tiered policies at each setting.
+    const [name, bits] = spec.split("@")
+    if (bits !== undefined) return [{ name, setting: bits }]
+    if (name === "leoam+all") return [{ name, setting: String(o.allCompression) }]
+    return name.startsWith("leoam") || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]
+  })
 for (const { name: policy, setting } of variants) {
   const row = await runPolicy(gpu, policy, kvDir, context, setting)
   rows.push(row)
@@ -228,7 +241,7 @@ for (const { name: policy, setting } of variants) {
     staging_waits: number
     pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number; layers_combined?: number }
     prefetch?: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number; late: number; ms: number }
-    compression: { gpu_slots: number }
+    compression: { gpu_slots: number; slot_bits: number; warm: { chunks: number; bytes: number; ms: number }; admitted: number }
     abstract_bytes: { gpu: number; disk: number }
     abstract_scoring: { resident: string; group_chunks: number; gpu_slots: number; fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }
     steps: number
@@ -239,13 +252,16 @@ for (const { name: policy, setting } of variants) {
   const pf = kv?.prefetch
   const pf0 = kv?.warmup.prefetch
   const extra = kv
-    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses}, host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
+    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} (${timed(kv.gpu.misses, kv.warmup.gpu.misses)} misses per timed step), host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
       `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}` +
       (kv.pipeline.depth > 0
         ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed, ${timed(kv.pipeline.layers_combined, kv.warmup.pipeline.layers_combined)} combined`
         : "") +
       (pf && pf.chunks + pf.late > 0
         ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
+        : "") +
+      (kv.compression.slot_bits < 16
+        ? `; int${kv.compression.slot_bits} GPU slots filled at the switch: ${kv.compression.warm.chunks} chunks, ${(kv.compression.warm.bytes / 2 ** 20).toFixed(1)} MiB, ${kv.compression.warm.ms.toFixed(1)} ms host; ${kv.compression.admitted} sealed chunks admitted from the GPU quantizer`
         : "") +
       abstractsLine(kv, row.steps) +
       (row.upload

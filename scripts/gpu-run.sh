@@ -55,6 +55,16 @@
 #        dropped from the page cache before each (bench/page-cache.ts); ms/token and disk MiB
 #        per step of both, one timeline; fits one 10-minute command (bundle: `bash
 #        scripts/gpu-bundle.sh tiered-bench`); extra arguments go to tiered-bench
+#   together / together-128k: everything together (issue 13's done-when): tiered-bench at 8B 64K
+#        (together) or 128K (together-128k), GPU 6 GiB, host 8 GiB, with leoam (fp16), each
+#        mechanism alone (leoam@4: int4 compressed GPU slots, filled at the switch; leoam+pipe+
+#        combine; leoam+prefetch) and leoam+all (int4, TOGETHER_BITS to change it, with the
+#        pipeline, the combine and prefetch) beside offload-all; --cold-disk: each policy's warm
+#        timed steps, then as many with the disk tier's files dropped from the page cache; one
+#        step of each as an SVG timeline (the leoam+all one loose, all in timelines.tar.gz);
+#        GPU misses per timed step and the fill at the switch in the text; each fits one
+#        10-minute command (bundle: `bash scripts/gpu-bundle.sh tiered-bench`); TOGETHER_POLICIES
+#        replaces the list; extra arguments go to tiered-bench
 #   batch: continuous batching (issue 14): the golden check, then bench/batch-bench.ts at 8B
 #        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
@@ -133,7 +143,7 @@
 #        (default 400 s); extra arguments go to peer-share
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -312,6 +322,21 @@ if [ "$suite" = disk-128k ]; then
   timeout 570 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --policies "${DISK_POLICIES:-leoam}" --cold-disk \
     --steps 6 --max-seconds 12 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline /tmp/leoam-timelines/timeline-8b-128k \
     --out "$out/tiered-8b-128k-disk.json" "$@" 2>&1 | tee "$out/tiered-8b-128k-disk.txt" || echo "tiered-bench (128K, cold and warm disk): failed or stopped (time)"
+  tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  rm -rf /tmp/leoam-kv/*
+  exit 0
+fi
+if [ "$suite" = together ] || [ "$suite" = together-128k ]; then
+  mkdir -p /tmp/leoam-kv /tmp/leoam-timelines && rm -rf /tmp/leoam-kv/* /tmp/leoam-timelines/*
+  ctx=65536; policies="leoam,leoam@4,leoam+pipe+combine,leoam+prefetch,leoam+all,offload-all"
+  # 128K: fills take twice as long; the pipeline alone is left out to fit the command.
+  [ "$suite" = together-128k ] && ctx=131072 && policies="leoam,leoam@4,leoam+prefetch,leoam+all,offload-all"
+  name="tiered-8b-$((ctx / 1024))k-together"
+  timeout 570 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context "$ctx" --policies "${TOGETHER_POLICIES:-$policies}" --all-compression "${TOGETHER_BITS:-4}" \
+    --pipeline-depth "${PIPE_DEPTH:-2}" --prefetch-layers "${PREFETCH_LAYERS:-1}" --cold-disk --steps 6 --max-seconds 10 \
+    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline "/tmp/leoam-timelines/timeline-8b-$((ctx / 1024))k" \
+    --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name.txt" || echo "tiered-bench ($ctx, together): failed or stopped (time)"
+  cp /tmp/leoam-timelines/timeline-8b-*-leoam_all-*.svg "$out/" 2>/dev/null || true
   tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
   rm -rf /tmp/leoam-kv/*
   exit 0
