@@ -141,9 +141,17 @@
 #        same document, with peer copies on and then off (LEOAM_PEER_COPIES=0): B's TTFT, bytes
 #        copied from A's slots, read from the host and uploaded, same ids; stopped at PEER_S
 #        (default 400 s); extra arguments go to peer-share
+#   recompute: recompute against fetch (issue 13 §5, policy `recompute`; bundle: `bash
+#        scripts/gpu-bundle.sh recompute-bench`): bench/recompute-bench.ts at LongChat-7B (MHA)
+#        and Llama-3.1-8B (GQA) shapes, chunks of RECOMPUTE_TOKENS (default 16,32,64,128,256)
+#        tokens, RECOMPUTE_CHUNKS (default 128) chunks of one layer per run: their K/V read from
+#        disk and written into GPU slots, against their hidden states read and K/V recomputed
+#        on the GPU (and the recompute alone), warm and cold (--cold-disk), with the disk rate
+#        below which recompute pays; records under /tmp/leoam-kv; stopped at RECOMPUTE_S
+#        (default 300 s); extra arguments go to recompute-bench
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -314,6 +322,15 @@ if [ "$suite" = pipeline ] || [ "$suite" = pipeline-128k ]; then
       --out "$out/tiered-8b-64k-pipeline-gpu12.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-pipeline-gpu12.txt" || echo "tiered-bench (12 GiB): failed or stopped (time)"
   fi
   tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  exit 0
+fi
+if [ "$suite" = recompute ]; then
+  mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
+  df -T /tmp/leoam-kv | tee "$out/recompute-fs.txt"
+  timeout "${RECOMPUTE_S:-300}" node .bench-bundle/recompute-bench.mjs --models longchat-7b-32k,llama-3.1-8b --chunk-tokens "${RECOMPUTE_TOKENS:-16,32,64,128,256}" \
+    --chunks "${RECOMPUTE_CHUNKS:-128}" --reps 3 --cold-disk --kv-dir /tmp/leoam-kv --out "$out/recompute.json" "$@" 2>&1 | tee "$out/recompute.txt" \
+    || echo "recompute-bench: failed or stopped (time)" | tee -a "$out/recompute.txt"
+  rm -rf /tmp/leoam-kv/*
   exit 0
 fi
 if [ "$suite" = disk-128k ]; then
