@@ -23,6 +23,10 @@
 // the combine, and prefetch. A policy may carry its own compression as `name@bits` (e.g.
 // `leoam@4`), which overrides --compression for it. Each tiered row prints GPU misses per timed
 // step and, with compressed slots, the fill at the switch (chunks, MiB, host ms).
+// `leoam+recompute` is leoam with recompute always on (issue 13 §5): the synthetic fill writes a
+// random hidden-state record beside every sealed chunk (no prefill records them here), so each
+// disk miss reads that and recomputes K/V on the GPU instead of reading K/V; its row prints the
+// chunks recomputed and fetched per timed step.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -39,6 +43,9 @@ import { DummyWeightSource } from "../models/dummy.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import type { TieredManager } from "../engine/kv/tiered-manager.ts"
 import { type Dropped, dropPageCache } from "./page-cache.ts"
+import { HIDDEN_LAYER_BASE } from "../kv/recompute-cost.ts"
+import type { TieredKv } from "../engine/kv/tiered/index.ts"
+import { randomFillSync } from "node:crypto"
 import { scoreTimes } from "./score-time.ts"
 import { type Span, stepSpans, TimelineEncoder, timelineSvg, traceHost } from "./step-timeline.ts"
 
@@ -97,6 +104,7 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     "leoam+all": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
     "leoam+groups": { abstracts: { group_chunks: o.groupChunks } },
     "leoam+budget": { abstracts: { gpu_resident: "budgeted", group_chunks: o.groupChunks } },
+    "leoam+recompute": { recompute: { mode: "always" } },
   }
   if (base !== name && !(name in variants)) throw new RangeError(`unknown policy variant ${name}: ${Object.keys(variants).join(", ")}`)
   const pipeline = variants[name] ?? {} // the variant's pipeline, prefetch or abstracts
@@ -119,6 +127,7 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     model = await GpuModel.load(gpu, new DummyWeightSource(config), { maxContext, ...options })
     const f0 = performance.now()
     await synthesizeKv(model, context)
+    if (name === "leoam+recompute") writeHiddenRecords(model, store!, session)
     const fillMs = performance.now() - f0
     const step = async (i: number) => model!.decode(0, { outSlot: 1 + (i % 8), temperature: 0, seed: 0, step: i })
     for (let i = 0; i < 2; i++) await step(i) // warm-up, immediately followed by the timed steps
@@ -149,6 +158,28 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
       await store.close()
     }
   }
+}
+
+/** Random fp16 hidden-state records (magnitudes 0.5..1) beside every chunk the cache sealed, one buffer per chunk size. */
+const writeHiddenRecords = (model: GpuModel, store: DiskStore, session: string): void => {
+  const t = (model.kv as unknown as { t: TieredKv }).t
+  const rows = new Map<number, Uint8Array>()
+  const recordOf = (tokens: number) => {
+    let r = rows.get(tokens)
+    if (r === undefined) {
+      const h = new Uint16Array(tokens * model.config.hiddenSize)
+      randomFillSync(h)
+      for (let i = 0; i < h.length; i++) h[i] = (h[i] & 0x83ff) | (14 << 10)
+      rows.set(tokens, (r = new Uint8Array(h.buffer)))
+    }
+    return r
+  }
+  t.tables.layers.forEach((L, l) => {
+    for (let ch = 0; ch < L.sizes.length; ch += 256) {
+      const sizes = L.sizes.slice(ch, ch + 256)
+      store.putChunks(sizes.map((tokens, i) => ({ key: [session, HIDDEN_LAYER_BASE + l, ch + i] as const, bytes: recordOf(tokens), meta: { tokens, dtype: "f16" } })))
+    }
+  })
 }
 
 /** --cold-disk: `steps` decode steps, each timed alone after the disk tier's files under `dir` left the page cache. */
@@ -244,6 +275,7 @@ for (const { name: policy, setting } of variants) {
     compression: { gpu_slots: number; slot_bits: number; warm: { chunks: number; bytes: number; ms: number }; admitted: number }
     abstract_bytes: { gpu: number; disk: number }
     abstract_scoring: { resident: string; group_chunks: number; gpu_slots: number; fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }
+    recompute?: { active: boolean; chunks_recomputed: number; chunks_fetched_from_disk: number }
     steps: number
   }
   const kv = row.kv as (Kv & { warmup: Kv }) | undefined
@@ -257,6 +289,7 @@ for (const { name: policy, setting } of variants) {
       (kv.pipeline.depth > 0
         ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed, ${timed(kv.pipeline.layers_combined, kv.warmup.pipeline.layers_combined)} combined`
         : "") +
+      (kv.recompute?.active ? `; recompute per timed step: ${timed(kv.recompute.chunks_recomputed, kv.warmup.recompute?.chunks_recomputed)} chunks recomputed, ${timed(kv.recompute.chunks_fetched_from_disk, kv.warmup.recompute?.chunks_fetched_from_disk)} fetched from disk` : "") +
       (pf && pf.chunks + pf.late > 0
         ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
         : "") +

@@ -142,13 +142,16 @@
 #        copied from A's slots, read from the host and uploaded, same ids; stopped at PEER_S
 #        (default 400 s); extra arguments go to peer-share
 #   recompute: recompute against fetch (issue 13 §5, policy `recompute`; bundle: `bash
-#        scripts/gpu-bundle.sh recompute-bench`): bench/recompute-bench.ts at LongChat-7B (MHA)
+#        scripts/gpu-bundle.sh recompute-bench tiered-bench`): bench/recompute-bench.ts at LongChat-7B (MHA)
 #        and Llama-3.1-8B (GQA) shapes, chunks of RECOMPUTE_TOKENS (default 16,32,64,128,256)
 #        tokens, RECOMPUTE_CHUNKS (default 128) chunks of one layer per run: their K/V read from
 #        disk and written into GPU slots, against their hidden states read and K/V recomputed
 #        on the GPU (and the recompute alone), warm and cold (--cold-disk), with the disk rate
 #        below which recompute pays; records under /tmp/leoam-kv; stopped at RECOMPUTE_S
-#        (default 300 s); extra arguments go to recompute-bench
+#        (default 200 s); extra arguments go to recompute-bench. Then (RECOMPUTE_E2E=0 skips it)
+#        tiered-bench at LongChat-7B 32K, GPU 6 GiB, host 8 GiB, leoam against leoam+recompute
+#        (recompute always; random hidden records beside every chunk), warm and cold disk,
+#        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share|recompute) shift || true ;; *) suite=all ;; esac
@@ -327,9 +330,13 @@ fi
 if [ "$suite" = recompute ]; then
   mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
   df -T /tmp/leoam-kv | tee "$out/recompute-fs.txt"
-  timeout "${RECOMPUTE_S:-300}" node .bench-bundle/recompute-bench.mjs --models longchat-7b-32k,llama-3.1-8b --chunk-tokens "${RECOMPUTE_TOKENS:-16,32,64,128,256}" \
+  timeout "${RECOMPUTE_S:-200}" node .bench-bundle/recompute-bench.mjs --models longchat-7b-32k,llama-3.1-8b --chunk-tokens "${RECOMPUTE_TOKENS:-16,32,64,128,256}" \
     --chunks "${RECOMPUTE_CHUNKS:-128}" --reps 3 --cold-disk --kv-dir /tmp/leoam-kv --out "$out/recompute.json" "$@" 2>&1 | tee "$out/recompute.txt" \
     || echo "recompute-bench: failed or stopped (time)" | tee -a "$out/recompute.txt"
+  rm -rf /tmp/leoam-kv/*
+  [ "${RECOMPUTE_E2E:-1}" = 0 ] || timeout "${RECOMPUTE_E2E_S:-330}" node .bench-bundle/tiered-bench.mjs --preset longchat-7b-32k --context 32768 --policies leoam,leoam+recompute \
+    --cold-disk --steps 6 --max-seconds 10 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-7b-32k-recompute.json" 2>&1 \
+    | tee "$out/tiered-7b-32k-recompute.txt" || echo "tiered-bench (7B 32K, recompute): failed or stopped (time)" | tee -a "$out/tiered-7b-32k-recompute.txt"
   rm -rf /tmp/leoam-kv/*
   exit 0
 fi
