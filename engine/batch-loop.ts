@@ -9,6 +9,8 @@
 // each row takes the step again alone.
 // Only the loop (`drive`) changes the members.
 import { DecodeBatch, type BatchRow, type Projections } from "./batch.ts"
+import { MAX_BATCH_CANDIDATES, type StepRead } from "./batch-sampling.ts"
+import type { Candidates } from "./candidates.ts"
 import { type GenerateOptions, type GenerateResult, NumericalFailure } from "./generate.ts"
 import { type CopyOut, GpuModel } from "./model.ts"
 import { sampleCandidates, sampleHost } from "./sampling.ts"
@@ -148,22 +150,24 @@ export class BatchLoop {
     this.beforeStep?.()
     for (const m of members) m.options.beforeStep?.()
     // Step k consumes token k - 1 and chooses token k. In a batch the GPU-sampled rows' tokens
-    // stay in the batch and come back in one read for all rows (`readTokens`).
+    // stay in the batch, and come back with the host-sampled rows' candidates in one read for
+    // all rows (`readStep`).
     const rows: BatchRow[] = members.map((m) => {
       const k = m.ids.length
-      return { model: m.model, inSlot: k - 1, token: m.ids[k - 1], ...(m.onGpu ? { sample: this.params(m, k), idsOnHost: true } : {}) }
+      const host = m.onGpu ? undefined : this.candidateCount(m)
+      return { model: m.model, inSlot: k - 1, token: m.ids[k - 1], ...(m.onGpu ? { sample: this.params(m, k), idsOnHost: true } : host ? { candidates: { count: host, temperature: m.options.temperature } } : {}) }
     })
     const lengths = members.map((m) => m.model.length)
     const rowOf = new Map(members.map((m, b) => [m, b]))
-    // The batch's tokens by row, where the step was batched.
-    let tokens: Uint32Array | undefined
+    // What the batch read back, where the step was batched.
+    let read: StepRead | undefined
     try {
       if (rows.length === 1) await this.decodeAlone(members[0], rows[0])
       else {
         this.batch ??= await DecodeBatch.open(this.lead, this.options.capacity, this.options.projections)
         await this.batch.step(rows)
         for (const m of members) m.batched = true
-        if (members.some((m) => m.onGpu)) tokens = await this.batch.readTokens()
+        if (rows.some((r) => r.idsOnHost || r.candidates)) read = await this.batch.readStep()
       }
     } catch (e) {
       if (rows.length === 1) return this.fail(members[0], e)
@@ -173,7 +177,12 @@ export class BatchLoop {
       members.map(async (m) => {
         try {
           const k = m.ids.length
-          const done = m.onGpu ? await this.accept(m, tokens ? tokens[rowOf.get(m)!]! : await this.read(m)) : await this.acceptHost(m, k)
+          const b = rowOf.get(m)!
+          const candidates = read?.candidates.get(b)
+          const batch = this.batch
+          const done = m.onGpu
+            ? await this.accept(m, read ? read.tokens[b]! : await this.read(m))
+            : await this.acceptHost(m, k, candidates && batch ? { candidates, logits: () => batch.rowLogits(b) } : undefined)
           if (done || m.model.length >= m.model.maxContext) await this.finish(m)
         } catch (e) {
           this.fail(m, e)
@@ -225,11 +234,22 @@ export class BatchLoop {
     return id
   }
 
-  /** Top-k / top-p on the host from the sequence's logits; writes the token for the next step. */
-  private async acceptHost(m: Member, step: number): Promise<boolean> {
+  /** Candidates a host-sampled sequence reads back (its top-k, else TOP_P_CANDIDATES), where a batch can read them for it (undefined: through its model). */
+  private candidateCount(m: Member): number | undefined {
     const o = m.options
-    const cand = await m.model.topCandidates(o.topK && o.topK > 0 ? o.topK : TOP_P_CANDIDATES, o.temperature)
-    const id = sampleCandidates(cand.ids, cand.logits, cand, o, step) ?? sampleHost(await m.model.readLogits(), o, step)
+    const count = Math.max(1, Math.min(o.topK && o.topK > 0 ? o.topK : TOP_P_CANDIDATES, m.model.config.vocabSize))
+    return count <= MAX_BATCH_CANDIDATES ? count : undefined
+  }
+
+  /**
+   * Top-k / top-p on the host from the sequence's logits (its candidates, read with a batch
+   * step's tokens or else from its model; all its logits where they hold too little of top-p);
+   * writes the token for the next step.
+   */
+  private async acceptHost(m: Member, step: number, batched?: { readonly candidates: Candidates; readonly logits: () => Promise<Float32Array> }): Promise<boolean> {
+    const o = m.options
+    const cand = batched?.candidates ?? (await m.model.topCandidates(o.topK && o.topK > 0 ? o.topK : TOP_P_CANDIDATES, o.temperature))
+    const id = sampleCandidates(cand.ids, cand.logits, cand, o, step) ?? sampleHost(await (batched?.logits() ?? m.model.readLogits()), o, step)
     const done = await this.accept(m, id)
     if (!done) m.model.writeToken(step, id)
     return done

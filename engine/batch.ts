@@ -15,7 +15,7 @@
 // prefill GEMMs (weights read once per step, 64-row tiles) or the decode GEMVs (one pass
 // over the weights per row, no wasted rows): which is faster at small B depends on the
 // device (bench/batch-bench.ts measures both). Only `step` changes state.
-import { type Bound, type Dispatch, dispatchOf, storageBuffer, Uniform } from "./buffers.ts"
+import { type Bound, type Dispatch, dispatchOf, readF32, storageBuffer, Uniform } from "./buffers.ts"
 import { decodeStep, type DecodeRows } from "./decode-driver.ts"
 import type { Gpu } from "./gpu.ts"
 import type { StepEncoder } from "./kv/manager.ts"
@@ -27,7 +27,7 @@ import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
 import type { ModelConfig } from "../models/types.ts"
 import { BatchAttention } from "./batch-attention.ts"
-import { BatchSampling } from "./batch-sampling.ts"
+import { BatchSampling, type CandidateRequest, type StepRead } from "./batch-sampling.ts"
 import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
 
 /** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
@@ -40,11 +40,17 @@ export interface BatchRow {
   /** The input token, where the caller knows it (read back from the step before): written from the host unless it is in place. */
   readonly token?: number
   /**
-   * The sampled token stays in the batch (for its next step and `readTokens`): its model's
-   * tokenIds[outSlot] is not written, so a caller that steps the model alone next writes it
-   * (`writeToken`) or passes `token`.
+   * The sampled token stays in the batch (for its next step and `readStep`, which the caller
+   * then calls after every step): its model's tokenIds[outSlot] is not written, so a caller
+   * that steps the model alone next writes it (`writeToken`) or passes `token`.
    */
   readonly idsOnHost?: boolean
+  /**
+   * A row sampled on the host (top-k / top-p, no `sample`): its `count` best logits (at most
+   * MAX_BATCH_CANDIDATES) and softmax mass come back with `readStep` (as its model's
+   * topCandidates), instead of its logits being copied to its model.
+   */
+  readonly candidates?: CandidateRequest
   /** Also copies the row's logits to its model's `logits` (tests); rows without `sample` always get them (host sampling reads them). */
   readonly logits?: boolean
 }
@@ -230,9 +236,20 @@ export class DecodeBatch {
    * The tokens the last step sampled, one per row in row order, in one read. A step copies them
    * out where a row has `idsOnHost`; the next step may be encoded before this resolves.
    */
-  readTokens(): Promise<Uint32Array> {
-    if (!this.sampling) throw new Error("readTokens: this batch samples per row (rowSampling)")
+  async readTokens(): Promise<Uint32Array> {
+    return (await this.readStep()).tokens
+  }
+
+  /** The tokens of the oldest step not yet read, and the candidates its host-sampled rows asked for (by row), in one read. */
+  readStep(): Promise<StepRead> {
+    if (!this.sampling) throw new Error("readStep: this batch samples per row (rowSampling)")
     return this.sampling.read()
+  }
+
+  /** Row `row`'s logits of the last step (a host-sampled row whose candidates were too few for its top-p), until the next step. */
+  rowLogits(row: number): Promise<Float32Array> {
+    const v = this.lead.config.vocabSize
+    return readF32(this.lead.gpu.device, this.logits, row * v * 4, v)
   }
 
   /** Steps of two or more rows that attended together (rows sharing a KV block store), since the batch was made. */
@@ -300,18 +317,23 @@ export class DecodeBatch {
       end: (step) => {
         step.encode(this.active.head)
         const sampling = this.sampling
-        const logits = this.rows.map((r, b) => [r, b] as const).filter(([r]) => !sampling || !r.sample || r.logits)
+        const asked = sampling ? this.rows.flatMap((r, b) => (r.candidates && !r.sample ? [[b, r.candidates] as const] : [])) : []
+        const logits = this.rows.map((r, b) => [r, b] as const).filter(([r]) => !sampling || r.logits || (!r.sample && !r.candidates))
         if (logits.length > 0) step.record((e) => logits.forEach(([r, b]) => e.copyBufferToBuffer(this.logits, b * vocabBytes, r.model.logits, 0, vocabBytes)))
         if (!sampling) for (const r of this.rows) r.sample && r.model.encodeSample(step, r.sample)
-        else if (this.rows.some((r) => r.sample)) {
-          sampling.set(this.rows.map((r) => r.sample))
-          step.encode(sampling.dispatches)
+        else {
+          if (this.rows.some((r) => r.sample)) {
+            sampling.set(this.rows.map((r) => r.sample))
+            step.encode(sampling.dispatches)
+          }
+          sampling.ask(asked)
+          if (asked.length > 0) step.encode(sampling.candidateDispatches)
         }
       },
       last: (e) => {
         if (this.sampling) {
           this.rows.forEach((r, b) => r.sample && !r.idsOnHost && e.copyBufferToBuffer(this.ids, b * 4, r.model.tokenIds, (r.sample.outSlot % GpuModel.idSlots) * 4, 4))
-          if (this.rows.some((r) => r.sample && r.idsOnHost)) this.sampling.copyOut(e, this.rows.length)
+          if (this.rows.some((r) => (r.sample && r.idsOnHost) || (r.candidates && !r.sample))) this.sampling.copyOut(e, this.rows.length)
         }
         for (const r of this.rows) if (r.copyOut) e.copyBufferToBuffer(r.copyOut.src, r.copyOut.offset, r.copyOut.dst, 0, 4)
       },

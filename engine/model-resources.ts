@@ -131,6 +131,8 @@ export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups
     candidates: { op: "select", flags: { VALUES: true } },
     lse: { op: "lse" },
     lseFinal: { op: "lse", flags: { FINAL: true } },
+    candidatesRows: { op: "select", flags: { VALUES: true, ROWS: true } },
+    lseRows: { op: "lse", flags: { ROWS: true } },
   } satisfies Record<string, PipelineKey>
 }
 

@@ -6,13 +6,18 @@
 //   chunk, then the partial block (when partial > 0)
 //   entries: (KV, stride) vec2<u32> (block, tokens);  seqs: (KV) vec2<u32> (first, count)
 // With VALUES (top-k sampling candidates: scores = logits, blocks = token ids, KV = 1) the
-// chosen entries are (id, bits of its logit).
+// chosen entries are (id, bits of its logit). With ROWS as well, the candidates of several
+// rows of a decode batch's logits (rows, n) at once: workgroup j takes row rows[j].x's
+// rows[j].y best (its own K), written as list j.
 struct Params { n: u32, KV: u32, S: u32, R: u32, K: u32, BS: u32, stride: u32, partial: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read> blocks: array<u32>;
 @group(0) @binding(3) var<storage, read_write> entries: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> seqs: array<vec2<u32>>;
+#if ROWS
+@group(0) @binding(5) var<storage, read> rows: array<vec4<u32>>;
+#endif
 
 const WG: u32 = 256u;   // one thread per radix bin
 
@@ -34,11 +39,29 @@ fn put(kvh: u32, block: u32, tokens: u32) {
   entries[kvh * p.stride + j] = vec2<u32>(block, tokens);
 }
 
+// Candidate i's score for list kvh.
+fn score_of(i: u32, kvh: u32) -> f32 {
+#if ROWS
+  return scores[rows[kvh].x * p.n + i];
+#else
+  return scores[i * p.KV + kvh];
+#endif
+}
+
+// How many of the candidates list kvh keeps.
+fn keep_of(kvh: u32) -> u32 {
+#if ROWS
+  return rows[kvh].y;
+#else
+  return p.K;
+#endif
+}
+
 // A selected candidate: with VALUES (sampling candidates) its score's bits instead of tokens.
 fn put_scored(kvh: u32, i: u32) {
 #if VALUES
   let j = atomicAdd(&count, 1u);
-  entries[kvh * p.stride + j] = vec2<u32>(blocks[i], bitcast<u32>(scores[i * p.KV + kvh]));
+  entries[kvh * p.stride + j] = vec2<u32>(blocks[i], bitcast<u32>(score_of(i, kvh)));
 #else
   put(kvh, blocks[i], p.BS);
 #endif
@@ -49,7 +72,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let kvh = wid.x;
   let lo = min(p.S, p.n);                  // candidates are [lo, hi)
   let hi = max(lo, select(0u, p.n - p.R, p.n > p.R));
-  let k = min(p.K, hi - lo);
+  let k = min(keep_of(kvh), hi - lo);
   if (lid == 0u) {
     atomicStore(&count, 0u);
     atomicStore(&ties, 0u);
@@ -64,7 +87,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let known = prefix;
     let mask = select(0u, 0xffffffffu << (shift + 8u), round > 0u);
     for (var i = lo + lid; i < hi; i = i + WG) {
-      let key = key_of(scores[i * p.KV + kvh]);
+      let key = key_of(score_of(i, kvh));
       if ((key & mask) == (known & mask)) { atomicAdd(&hist[(key >> shift) & 0xffu], 1u); }
     }
     workgroupBarrier();
@@ -95,7 +118,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   // Compaction: above the threshold always, equal to it up to the quota.
   if (k > 0u) {
     for (var i = lo + lid; i < hi; i = i + WG) {
-      let key = key_of(scores[i * p.KV + kvh]);
+      let key = key_of(score_of(i, kvh));
       if (key > threshold) {
         put_scored(kvh, i);
       } else if (key == threshold && atomicAdd(&ties, 1u) < tie_quota) {

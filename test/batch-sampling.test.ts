@@ -1,9 +1,12 @@
 // Token choice for all rows of a decode batch in one pass (engine/batch-sampling.ts) on the
 // bundled model (lavapipe): greedy rows and Gumbel rows with their own temperature and seed get
 // the ids they get alone (generate), whatever their batch-mates and row order; the tokens of
-// all rows come back in one read, the rows' next inputs from the host or in place in the batch.
+// all rows come back in one read, the rows' next inputs from the host or in place in the batch;
+// through the serving loop (engine/batch-loop.ts), top-k and top-p rows too, their candidates
+// read with the batch's tokens.
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { DecodeBatch } from "../engine/batch.ts"
+import { BatchLoop } from "../engine/batch-loop.ts"
 import { generate, type GenerateOptions } from "../engine/generate.ts"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { readBack } from "../engine/buffers.ts"
@@ -86,4 +89,65 @@ describe("sampling every row of a batch in one pass", () => {
       for (const m of models) m.destroy()
     }
   }, 120_000)
+
+  it("through the loop, top-k and top-p rows beside them get their alone ids, their candidates read with the batch's tokens", async () => {
+    const jobs: ReadonlyArray<Seq> = [
+      seqs[0]!,
+      seqs[1]!,
+      { prompt: [1, 17, 305, 42, 9, 1200, 77], options: { maxTokens: TOKENS, temperature: 0.9, topK: 20, seed: 5 } },
+      { prompt: [1, 2000, 64, 7, 7, 7, 310, 12, 5], options: { maxTokens: TOKENS, temperature: 1.1, topP: 0.9, seed: 6 } },
+      { prompt: [1, 500, 8, 8, 91, 33], options: { maxTokens: TOKENS, temperature: 0.7, topK: 40, topP: 0.8, seed: 8 } },
+    ]
+    const models = await Promise.all(jobs.map(() => lead.sibling({ maxContext: 64 })))
+    const loop = new BatchLoop(lead, { capacity: jobs.length, prefillSlice: 64 })
+    try {
+      const alone: number[][] = []
+      for (const [i, j] of jobs.entries()) alone.push((await generate(models[i]!, j.prompt, j.options)).ids)
+      // Reads of candidates through a model's own buffers: its first token, and steps it takes alone.
+      const ownReads = models.map(() => 0)
+      models.forEach((m, i) => {
+        const own = m.topCandidates.bind(m)
+        m.topCandidates = (count, temperature) => {
+          ownReads[i]!++
+          return own(count, temperature)
+        }
+      })
+      const got = await Promise.all(jobs.map((j, i) => loop.generate(models[i]!, j.prompt, j.options)))
+      expect(got.map((r) => r.ids)).toEqual(alone)
+      // The host-sampled rows took most of their steps in the batch, their candidates read with it.
+      for (const i of [2, 3, 4]) expect(ownReads[i], `row ${i}`).toBeLessThan(TOKENS - 2)
+    } finally {
+      loop.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
+
+  it("reads every host-sampled row's candidates and softmax mass as its model reads them alone", async () => {
+    const models = await Promise.all([0, 1, 2].map(() => lead.sibling({ maxContext: 64 })))
+    const batch = new DecodeBatch(lead, 3, "gemv")
+    try {
+      for (const [i, m] of models.entries()) {
+        await m.prefill(seqs[i]!.prompt)
+        m.writeToken(0, 100 + i)
+      }
+      const asked = [
+        { count: 20, temperature: 0.9 },
+        { count: 1024, temperature: 1.3 },
+        { count: 1, temperature: 2 },
+      ]
+      await batch.step(models.map((model, i) => ({ model, inSlot: 0, candidates: asked[i]!, logits: true })))
+      const read = await batch.readStep()
+      for (const [i, m] of models.entries()) {
+        const alone = await m.topCandidates(asked[i]!.count, asked[i]!.temperature)
+        const got = read.candidates.get(i)!
+        const byId = (c: typeof alone) => [...c.ids].map((id, k) => [id, c.logits[k]!] as const).sort((a, b) => a[0] - b[0])
+        expect(byId(got), `row ${i}: candidates`).toEqual(byId(alone))
+        expect([got.max, got.sumExp], `row ${i}: softmax mass`).toEqual([alone.max, alone.sumExp])
+        expect(await batch.rowLogits(i)).toEqual(await m.readLogits())
+      }
+    } finally {
+      batch.destroy()
+      for (const m of models) m.destroy()
+    }
+  }, 60_000)
 })
