@@ -91,9 +91,13 @@ interface Row {
   error?: string
 }
 
+// Every step decodes one token: two warm-up steps, the timed ones, as many again cold
+// (--cold-disk) and the traced one (--timeline), with room to spare.
+const decodeRoom = 2 + o.steps * (o.coldDisk ? 2 : 1) + (o.timeline ? 1 : 0) + 8
+
 const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number, setting: string): Promise<Row> => {
   const config = resolveDummyConfig(o.preset)
-  const maxContext = context + o.steps + 8
+  const maxContext = context + decodeRoom
   const bits = setting === "importance" ? "importance" : Number(setting)
   const compression = bits !== 16 ? { compression: { bits } } : {}
   const base = name.startsWith("leoam") ? "leoam" : name
@@ -244,7 +248,7 @@ const gpu = await acquireGpu()
 const config = resolveDummyConfig(o.preset)
 const kvDir = o.kvDir ?? mkdtempSync(join(tmpdir(), "leoam-tiered-bench-"))
 // The decode steps must fit in the model's positions.
-const context = Math.min(o.context, config.maxPositionEmbeddings - o.steps - 8)
+const context = Math.min(o.context, config.maxPositionEmbeddings - decodeRoom)
 const kvGiB = (context * kvBytesPerToken(config)) / 2 ** 30
 console.log(`tiered KV decode: ${o.preset} shapes (${config.numLayers} layers, ${config.numKvHeads} KV heads), ${context} tokens of random KV = ${kvGiB.toFixed(2)} GiB, on ${gpu.adapterName}`)
 console.log(`tiered policies: GPU KV budget ${o.gpuKvBudget}, host ${o.hostKvBudget}, disk ${kvDir}; quest and leoam attend ${(o.budgetFraction * 100).toFixed(0)}% of the tokens per step`)
