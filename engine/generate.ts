@@ -92,15 +92,31 @@ const decodeOnGpu = async (model: GpuModel, options: GenerateOptions): Promise<L
   model.sample(params(0), reads.next(model.tokenIds, 0))
   pending.push(reads.take())
   let submitted = 1 // tokens whose computation is queued
+  let stopped = false
   try {
-    while (pending.length > 0) {
+    while (pending.length > 0 && !stopped) {
       // Queue ahead: step s consumes token s-1 and produces token s.
       while (submitted < options.maxTokens && pending.length < LAG && model.length < model.maxContext) {
         options.beforeStep?.()
-        await model.decode(submitted - 1, params(submitted), reads.next(model.tokenIds, submitted))
+        const issued = Promise.resolve(model.decode(submitted - 1, params(submitted), reads.next(model.tokenIds, submitted)))
+        // The first token goes out while the first step's host work runs, not after it: a tiered
+        // cache fills its compressed GPU slots there (GpuCache.warm). The GPU's order is unchanged.
+        const first = out.ids.length === 0 ? pending.shift() : undefined
+        if (first) {
+          issued.catch(() => undefined) // awaited below: a failure while the first token is read is not left unhandled
+          try {
+            stopped = accept(await first)
+          } catch (e) {
+            await issued.catch(() => undefined) // the step ends before the error goes up
+            throw e
+          }
+        }
+        await issued
         pending.push(reads.take())
         submitted++
+        if (stopped) break
       }
+      if (stopped) break
       const id = await pending.shift()!
       if (accept(id)) break
       if (pending.length === 0 && submitted < options.maxTokens) break // context full
