@@ -41,7 +41,7 @@ export interface Gpu {
   readonly matrixAttention: SubgroupMatrixConfig | undefined
   /** Where matrixAttention is set: true when only the OSHARED form (O in workgroup memory) passed. */
   readonly matrixAttentionShared: boolean
-  /** Where matrixAttention is set: true when LEOAM_MATRIX_ATTENTION=direct asked for the KDIRECT form (K/V loaded from the pool as matrices) and it passed. */
+  /** Where matrixAttention is set: true when the KDIRECT form (K/V loaded from the pool as matrices) passed its check and is used (the first choice, unless LEOAM_MATRIX_ATTENTION=staged). */
   readonly matrixAttentionDirect: boolean
 }
 
@@ -248,25 +248,31 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
       ? await checkMatrixGemm(gpu, constants)
       : room
   if (refused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for the GEMMs (today's GEMM instead): ${refused}\n`)
-  // Attention: the register form, else the OSHARED form (O in workgroup memory), else none;
-  // LEOAM_MATRIX_ATTENTION=direct: the KDIRECT form alone (K and V loaded from the pool).
+  // Attention: the KDIRECT form (K and V loaded from the pool as matrices; 1.3-1.6x the register
+  // form on an H100, bench/results/2026-12-07-late-gpu-session), else the register form, else the
+  // OSHARED form (O in workgroup memory), else none. LEOAM_MATRIX_ATTENTION=direct: KDIRECT alone;
+  // =staged: the staged forms alone (register, then OSHARED).
   const attnCheck = async (shared: boolean, direct = false) => {
     const k = matrixAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128, shared)
     return k ? checkMatrixAttention(gpu, k, shared, direct) : room
   }
+  const attnEnv = process.env.LEOAM_MATRIX_ATTENTION?.trim().toLowerCase()
+  if (attnEnv !== undefined && !["", "0", "off", "1", "on", "auto", "direct", "staged"].includes(attnEnv)) {
+    throw new GpuUnavailable(`LEOAM_MATRIX_ATTENTION must be 0, 1, auto, direct or staged, not "${process.env.LEOAM_MATRIX_ATTENTION}"`)
+  }
   let attnRefused: string | undefined = "LEOAM_MATRIX_ATTENTION=0"
   let attnShared = false
-  const attnDirect = process.env.LEOAM_MATRIX_ATTENTION?.trim().toLowerCase() === "direct"
-  if (attnDirect) {
-    attnRefused = await attnCheck(false, true)
-    if (attnRefused !== undefined) attnRefused = `KDIRECT: ${attnRefused}`
-  } else if (matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
-    attnRefused = await attnCheck(false)
-    if (attnRefused !== undefined) {
-      const shared = await attnCheck(true)
-      process.stderr.write(`[leoam gpu] prefill attention on the matrix units, O in registers: ${attnRefused}; O in workgroup memory: ${shared ?? "ok, used"}\n`)
-      attnRefused = shared === undefined ? undefined : `${attnRefused}; OSHARED: ${shared}`
-      attnShared = shared === undefined
+  let attnDirect = false
+  if (attnEnv === "direct" || attnEnv === "staged" || matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
+    const direct = attnEnv === "staged" ? "LEOAM_MATRIX_ATTENTION=staged" : await attnCheck(false, true)
+    attnDirect = direct === undefined
+    attnRefused = direct === undefined ? undefined : `KDIRECT: ${direct}`
+    if (!attnDirect && attnEnv !== "direct") {
+      const registers = await attnCheck(false)
+      const shared = registers === undefined ? undefined : await attnCheck(true)
+      if (attnEnv !== "staged") process.stderr.write(`[leoam gpu] prefill attention on the matrix units, K/V from the pool (KDIRECT): ${direct}; O in registers: ${registers ?? "ok, used"}${registers === undefined ? "" : `; O in workgroup memory: ${shared ?? "ok, used"}`}\n`)
+      attnRefused = registers === undefined || shared === undefined ? undefined : `${attnRefused}; registers: ${registers}; OSHARED: ${shared}`
+      attnShared = registers !== undefined && shared === undefined
     }
   }
   if (attnRefused !== undefined) process.stderr.write(`[leoam gpu] matrix units not used for prefill attention (today's kernel instead): ${attnRefused}\n`)
@@ -275,7 +281,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     matrixF16: refused === undefined ? gpu.matrixF16 : undefined,
     matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined,
     matrixAttentionShared: attnShared,
-    matrixAttentionDirect: attnDirect && attnRefused === undefined,
+    matrixAttentionDirect: attnDirect,
   }
 }
 
