@@ -53,7 +53,7 @@ const tieredOf = (model: GpuModel): TieredKv => (model.kv as unknown as { t: Tie
 
 type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
 
-const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, atStep?: (model: GpuModel, step: number, options: Options) => void) => {
+const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, atStep?: (model: GpuModel, step: number, options: Options) => void, keep = false) => {
   const weights = openHfModel(modelDir)
   const c = weights.config
   const tokens = ids.length + maxTokens + 8
@@ -69,7 +69,7 @@ const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: numbe
     const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => atStep?.(model, step++, options) })
     return { ids: got.ids, kv: model.tierStats()!, model, store }
   } finally {
-    if (!atStep) {
+    if (!keep) {
       model.destroy()
       await store.close()
     }
@@ -79,9 +79,12 @@ const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: numbe
 describe("recompute from hidden states", () => {
   it("recomputes disk misses with the tokens of fetching them, and turns off live", async () => {
     const prompt = passKeyPrompt(tok, 256, passKey(5), 0.5)
-    const off = await run(leoam(), prompt.ids, 7)
-    expect(off.kv.recompute?.chunks_recomputed).toBe(0)
-    expect(off.kv.recompute?.hidden_bytes_written).toBe(0)
+    // Off, switched on live before the last step: it applies (its kernels compiled by the step's settle),
+    // but the prefill kept no hidden records, so nothing is recomputed.
+    const off = await run(leoam(), prompt.ids, 7, (model, step, options) => {
+      if (step === 5) expect(model.swapKvPolicy(options(leoam({ mode: "always" })))).toBe(true)
+    })
+    expect(off.kv.recompute).toMatchObject({ mode: "always", active: true, chunks_recomputed: 0, hidden_bytes_written: 0 })
     expect(off.kv.disk.hits).toBeGreaterThan(0)
 
     const seen: Array<{ recomputed: number; fetched: number }> = []
@@ -90,7 +93,7 @@ describe("recompute from hidden states", () => {
       const r = model.tierStats()!.recompute!
       seen.push({ recomputed: r.chunks_recomputed, fetched: r.chunks_fetched_from_disk })
       if (step === 4) swapped = model.swapKvPolicy(options(leoam({ mode: "off" })))
-    })
+    }, true)
     try {
       expect(on.ids).toEqual(off.ids)
       const r = on.kv.recompute!
