@@ -148,8 +148,8 @@ export const gemmError = async (device: GPUDevice, pipeline: GPUComputePipeline,
  *   H100): only X staged, W's tiles loaded straight from global memory; fixed at 2 x 2
  *   subgroups of 2 x 4 tiles (64 x 128), BK 32; N (SWIGLU: N/2) a multiple of 16.
  * - `staged: true`: kernels/gemm_sgmat_staged.wgsl, both operands staged, any TM, TN in {2, 4}
- *   (its flags TM4 / TN4), SGM, SGN, BK (overrides). Not yet timed on a GPU: the engine uses it
- *   only where LEOAM_MATRIX_GEMM_TILING asks (matrixGemmTilingFromEnv).
+ *   (its flags TM4 / TN4), SGM, SGN, BK (overrides). The engine's default (DEFAULT_MATRIX_GEMM_SHAPE,
+ *   42.24.32) unless LEOAM_MATRIX_GEMM_TILING names another.
  */
 export interface MatrixGemmTiling {
   readonly staged: boolean
@@ -214,20 +214,33 @@ export const parseMatrixGemmShape = (text: string): MatrixGemmShape => {
 export const matrixGemmShapeName = (t: MatrixGemmShape): string => (t.staged ? `${t.TM}${t.TN}.${t.SGM}${t.SGN}.${t.BK}` : "global")
 
 /**
- * The shape the engine uses: LEOAM_MATRIX_GEMM_TILING (parseMatrixGemmShape's text) where set,
- * else gemm_sgmat (W from global memory), the only form measured on a GPU so far.
+ * The staged tiling the engine uses unless LEOAM_MATRIX_GEMM_TILING says otherwise: the fastest
+ * measured on an H100 (bench/results/2026-12-07-late-gpu-session: 93.6 TFLOPS at 8192^3, 3.3x
+ * today's gemm and 3.0x gemm_sgmat; 44.22.32 81.1, 22.22.64 55.8), checked there at every
+ * epilogue. Where it does not fit the device, gemm_sgmat (W from global memory).
  */
+export const DEFAULT_MATRIX_GEMM_SHAPE: MatrixGemmShape = { staged: true, TM: 4, TN: 2, SGM: 2, SGN: 4, BK: 32 }
+
+/** LEOAM_MATRIX_GEMM_TILING (parseMatrixGemmShape's text) where set; undefined leaves the engine's default. */
 export const matrixGemmShapeFromEnv = (env = process.env.LEOAM_MATRIX_GEMM_TILING): MatrixGemmShape | undefined =>
   env === undefined || env.trim() === "" ? undefined : parseMatrixGemmShape(env.trim())
 
 /**
  * The tiling for a device's subgroup size (16..64) and workgroup memory: `shape` (default:
- * LEOAM_MATRIX_GEMM_TILING, else gemm_sgmat's) with rows padded by 8 halves, else none;
- * undefined if neither fits.
+ * LEOAM_MATRIX_GEMM_TILING, else DEFAULT_MATRIX_GEMM_SHAPE and, where that does not fit,
+ * gemm_sgmat's) with rows padded by 8 halves, else none; undefined if nothing fits.
  */
-export const matrixGemmConstants = (lanes: number, maxWorkgroupBytes: number, shape: MatrixGemmShape = matrixGemmShapeFromEnv() ?? GLOBAL_W_SHAPE): MatrixGemmTiling | undefined => {
+export const matrixGemmConstants = (lanes: number, maxWorkgroupBytes: number, shape?: MatrixGemmShape): MatrixGemmTiling | undefined => {
   if (!(lanes >= 16 && lanes <= 64 && (lanes & (lanes - 1)) === 0)) return undefined
-  return [8, 0].map((PAD) => ({ SG: lanes, PAD, ...shape })).find((t) => matrixGemmTilingProblem(t, maxWorkgroupBytes) === undefined)
+  const shapes = shape ? [shape] : (() => {
+    const env = matrixGemmShapeFromEnv()
+    return env ? [env] : [DEFAULT_MATRIX_GEMM_SHAPE, GLOBAL_W_SHAPE]
+  })()
+  for (const s of shapes) {
+    const t = [8, 0].map((PAD) => ({ SG: lanes, PAD, ...s })).find((t) => matrixGemmTilingProblem(t, maxWorkgroupBytes) === undefined)
+    if (t) return t
+  }
+  return undefined
 }
 
 /** Relative error a correct f16-input, f32-accumulating GEMM stays under at K <= 256. */

@@ -4,7 +4,7 @@
 // choice between it and today's gemm.wgsl.
 import { afterAll, describe, expect, it } from "vitest"
 import { acquireGpu, type Gpu, matrixUnitsWanted, pickMatrixF16, readMatrixConfigs, releaseGpu, type SubgroupMatrixConfig } from "../engine/gpu.ts"
-import { checkMatrixGemm, type GemmCase, gemmError, GEMM_TOLERANCE, matrixGemmBlock, matrixGemmConstants, GLOBAL_W_SHAPE, matrixGemmKey, matrixGemmShapeFromEnv, matrixGemmShapeName, type MatrixGemmTiling, matrixGemmTilingProblem, matrixGemmWorkgroupBytes, parseMatrixGemmShape, swigluErrorScale } from "../engine/matrix-check.ts"
+import { checkMatrixGemm, DEFAULT_MATRIX_GEMM_SHAPE, type GemmCase, gemmError, GEMM_TOLERANCE, matrixGemmBlock, matrixGemmConstants, GLOBAL_W_SHAPE, matrixGemmKey, matrixGemmShapeFromEnv, matrixGemmShapeName, type MatrixGemmTiling, matrixGemmTilingProblem, matrixGemmWorkgroupBytes, parseMatrixGemmShape, swigluErrorScale } from "../engine/matrix-check.ts"
 import { gemmColumnsPerGroup, gemmRowsPerGroup, matrixGemmFor, pipelineKeys } from "../engine/model-resources.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { resolveGemvTunings } from "../engine/gemv-tuning.ts"
@@ -89,22 +89,29 @@ describe("choosing the prefill GEMM", () => {
     if (noMatrix) expect(matrixGemmFor(gpu, config)).toBeUndefined()
   })
 
-  it("gemm_sgmat with the subgroup size where the device has them, today's gemm where a shape or limit does not fit", () => {
+  it("gemm_sgmat_staged 42.24.32 with the subgroup size where the device has them, gemm_sgmat where it does not fit, today's gemm where nothing does", () => {
+    const staged = { SG: 32, PAD: 8, ...DEFAULT_MATRIX_GEMM_SHAPE }
+    expect(DEFAULT_MATRIX_GEMM_SHAPE).toEqual(parseMatrixGemmShape("42.24.32"))
+    expect(matrixGemmFor(nvidia, config)).toEqual(staged)
     const tiling = { SG: 32, PAD: 8, ...GLOBAL_W_SHAPE }
-    expect(matrixGemmFor(nvidia, config)).toEqual(tiling)
     const keys = pipelineKeys(config, gemv, true, tiling)
     expect(keys.gemmSwiglu).toEqual({ op: "gemm_sgmat", flags: { SWIGLU: true }, constants: { SG: 32, PAD: 8 } })
     expect(gemmColumnsPerGroup(keys.gemmAcc)).toBe(128)
     expect(gemmRowsPerGroup(keys.gemmAcc)).toBe(64)
+    const stagedKeys = pipelineKeys(config, gemv, true, staged)
+    expect([gemmRowsPerGroup(stagedKeys.gemmAcc), gemmColumnsPerGroup(stagedKeys.gemmAcc)]).toEqual([128, 128])
     expect(gemmColumnsPerGroup(pipelineKeys(config, gemv, true).gemmAcc)).toBe(64)
     expect(gemmRowsPerGroup(pipelineKeys(config, gemv, true).gemmAcc)).toBe(64)
     // The fallback's pipeline names are those of before (cache keys, prewarm lists).
     expect(pipelineKeys(config, gemv, true).gemm).toEqual({ op: "gemm" })
     expect(matrixGemmFor({ ...nvidia, subgroupMinSize: 16 }, config)).toBeUndefined()
-    // Too little workgroup memory for the padded rows: no padding; less than the unpadded kernel needs: none.
+    // Less workgroup memory: the staged tiling unpadded, then gemm_sgmat padded, then unpadded, then none.
     const limit = (bytes: number) => ({ ...nvidia, limits: { maxComputeWorkgroupStorageSize: bytes } as GPUSupportedLimits })
+    expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes(staged) - 1), config)).toEqual({ ...staged, PAD: 0 })
+    expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes({ ...staged, PAD: 0 }) - 1), config)).toEqual(tiling)
     expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes(tiling) - 1), config)).toEqual({ ...tiling, PAD: 0 })
     expect(matrixGemmFor(limit(matrixGemmWorkgroupBytes({ ...tiling, PAD: 0 }) - 1), config)).toBeUndefined()
+    // K steps of 32: an intermediate size of 14352 fits neither.
     expect(matrixGemmFor(nvidia, { ...config, intermediateSize: 14336 + 16 })).toBeUndefined()
     expect(matrixGemmTilingProblem({ ...tiling, TM: 4 }, 49152)).toMatch(/one shape/)
   })
