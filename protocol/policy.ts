@@ -119,7 +119,8 @@ export const KvPolicyDocument = Schema.Struct({
    * default), "always", or "auto": on where the cost model says a disk chunk's hidden states
    * read at `disk_gb_per_s` (default 3) plus their projection at `gemm_tflops` (default 100)
    * take less time than its K/V read; for MHA models it does, for GQA models (hidden states
-   * larger than K+V) never. Changed live: at the next step; chunks sealed while off are fetched.
+   * larger than K+V) never, nor with compressed chunks ("always" needs fp16 chunks). Changed
+   * live: at the next step; chunks sealed while off are fetched.
    */
   recompute: Schema.optional(
     Schema.Struct({
@@ -231,7 +232,8 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   }
   const recompute = { mode: doc.recompute?.mode ?? "off", diskGBps: doc.recompute?.disk_gb_per_s ?? RECOMPUTE_DISK_GB_PER_S, gemmTflops: doc.recompute?.gemm_tflops ?? RECOMPUTE_GEMM_TFLOPS } as const
   if (recompute.mode !== "off" && doc.name !== "leoam" && doc.name !== "offload-all") throw new PolicyError("invalid_policy", `recompute needs a tiered policy (leoam, offload-all); ${doc.name} has no disk tier`)
-  if (recompute.mode !== "off" && compression !== 16) throw new PolicyError("invalid_policy", `recompute writes fp16 K/V into the GPU cache: it needs compression.bits 16, not ${JSON.stringify(compression)}`)
+  // auto with compressed chunks resolves but stays inactive (recompute.ts): their K/V are already small.
+  if (recompute.mode === "always" && compression !== 16) throw new PolicyError("invalid_policy", `recompute always writes fp16 K/V into the GPU cache: it needs compression.bits 16, not ${JSON.stringify(compression)}`)
   return {
     name: doc.name,
     chunkTokens,

@@ -153,7 +153,8 @@ describe("recompute in the policy document and its cost model", () => {
     expect(parsePolicy("leoam").recompute).toEqual({ mode: "off", diskGBps: 3, gemmTflops: 100 })
     expect(parsePolicy({ name: "leoam", recompute: { mode: "auto", disk_gb_per_s: 7 } }).recompute).toEqual({ mode: "auto", diskGBps: 7, gemmTflops: 100 })
     expect(() => parsePolicy({ name: "quest", recompute: { mode: "always" } })).toThrow(/recompute needs a tiered policy/)
-    expect(() => parsePolicy({ name: "leoam", compression: { bits: 8 }, recompute: { mode: "auto" } })).toThrow(/compression.bits 16/)
+    expect(() => parsePolicy({ name: "leoam", compression: { bits: 8 }, recompute: { mode: "always" } })).toThrow(/compression.bits 16/)
+    expect(parsePolicy({ name: "leoam", compression: { bits: 8 }, recompute: { mode: "auto" } }).recompute?.mode).toBe("auto")
     expect(() => parsePolicy({ name: "leoam", recompute: { mode: "sometimes" } })).toThrow(/invalid KV policy/)
     expect(() => parsePolicy({ name: "leoam", recompute: { mode: "auto", disk_gb_per_s: 0 } })).toThrow(/invalid KV policy/)
 

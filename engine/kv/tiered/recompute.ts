@@ -37,6 +37,8 @@ import type { TierCounters, TierStats } from "./stats.ts"
 export class Recompute {
   private policy: TieredPolicy["recompute"]
   private pass: RecomputePass | undefined
+  /** The policy's mode (the policy above is undefined where compression rules recompute out). */
+  private mode: "off" | "auto" | "always" = "off"
   private readonly model: RecomputeModel | undefined
   /** "session/layer/chunk" of chunks unsealed since their hidden record was written. */
   private readonly stale = new Set<string>()
@@ -62,7 +64,9 @@ export class Recompute {
   }
 
   setPolicy(next: TieredPolicy): void {
-    this.policy = next.recompute
+    // Compressed chunks are never recomputed: the GPU slots of decode may hold them compressed, and their K/V are small already.
+    this.policy = (next.compression ?? 16) === 16 ? next.recompute : undefined
+    this.mode = next.recompute?.mode ?? "off"
     if (this.model !== undefined && recomputesFor(this.policy, this.c)) this.compiled ??= this.pipelines.prewarm([hiddenRowsKey(true), hiddenRowsKey(false)])
   }
 
@@ -160,7 +164,7 @@ export class Recompute {
     return {
       ...s,
       recompute: {
-        mode: this.policy?.mode ?? "off",
+        mode: this.mode,
         active: this.on,
         chunks_recomputed: k.recomputed,
         chunks_fetched_from_disk: k.diskHits - k.recomputed,
