@@ -25,7 +25,7 @@ const o = new Command()
   .option("--tokens <n>", "tokens generated", (v) => Number(v), 32)
   .option("--gpu-fractions <list>", "GPU KV budgets as fractions of the request's KV", "0.25,0.6")
   .option("--depths <list>", "pipeline depths (0: off), rewinding every miss as before the combine", "0,2")
-  .option("--variants <list>", "instead of --depths: off, pipe, combine, prefetch, prefetch-query, prefetch-only (pipelined ones at --depth)")
+  .option("--variants <list>", "instead of --depths: off, pipe, combine, prefetch, prefetch-query, prefetch-hidden, prefetch-only (pipelined ones at --depth)")
   .option("--depth <n>", "pipeline.depth of --variants", (v) => Number(v), 2)
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -42,6 +42,7 @@ const named: Record<string, object> = {
   combine: pipe(true),
   prefetch: { ...pipe(true), prefetch: { layers: 1, from: "choice", steps: true } },
   "prefetch-query": { ...pipe(true), prefetch: { layers: 1, from: "query", steps: true } },
+  "prefetch-hidden": { ...pipe(true), prefetch: { layers: 1, from: "hidden", steps: true } },
   "prefetch-only": { prefetch: { layers: 1, from: "choice", steps: true } },
 }
 const variants: Array<{ label: string; depth: number; extra: object }> = o.variants

@@ -8,6 +8,7 @@ import type { Gpu } from "./gpu.ts"
 import { type MatrixAttn, matrixAttnConstants } from "./attn-check.ts"
 import { matrixGemmBlock, matrixGemmConstants, matrixGemmKey, type MatrixGemmTiling } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
+import type { ForecastInputs } from "./kv/manager.ts"
 
 /** The pipeline keys of a model's kernels on this device: pipelineKeys with what the device offers. */
 export const modelKeys = (gpu: Gpu, c: ModelConfig, gemv: GemvTunings) =>
@@ -227,3 +228,11 @@ export const subgroupsOf = (gpu: Gpu): number | undefined => (gpu.hasSubgroups ?
 
 /** attn_prefill_sg needs the 8 lanes of a row in one subgroup. */
 export const prefillWithSubgroups = (gpu: Gpu) => gpu.hasSubgroups && gpu.subgroupMinSize >= 8
+
+/** The model's side of prefetch's hidden-state forecast (KvContext.forecast): its decode input, RoPE, layers and QKV GEMV. */
+export const forecastInputs = (a: { readonly x: GPUBuffer; readonly rope: GPUBuffer }, layers: ForecastInputs["layers"], keys: ReturnType<typeof pipelineKeys>, gemv: GemvTunings): ForecastInputs => ({
+  x: a.x,
+  rope: a.rope,
+  layers,
+  gemv: { key: keys.gemvQkv, biasKey: keys.gemvQkvBias, rowsPerGroup: gemvRowsPerGroup(gemv.qkv) },
+})

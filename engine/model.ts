@@ -14,7 +14,7 @@ import { gpuFiller } from "./gpu-fill.ts"
 import type { Gpu } from "./gpu.ts"
 import { Pipelines } from "./pipelines.ts"
 import { defaultGemvTuning, type GemvTuningOption, type GemvTunings, resolveGemvTunings } from "./gemv-tuning.ts"
-import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, gemmRowsPerGroup, modelKeys, type pipelineKeys, subgroupsOf } from "./model-resources.ts"
+import { allocateActivations, ARGMAX_GROUPS, canFuseRope, createUniforms, fillRope, forecastInputs, gemmRowsPerGroup, modelKeys, type pipelineKeys, subgroupsOf } from "./model-resources.ts"
 import { type Candidates, SamplingCandidates } from "./candidates.ts"
 import { checkKernelShapes, destroyWeights, type GpuFill, type ModelWeights, uploadWeights } from "./weights.ts"
 import type { KvApplies, KvManager, KvStats, StepEncoder } from "./kv/manager.ts"
@@ -145,9 +145,7 @@ export class GpuModel {
     this.act = allocateActivations(device, config, o.prefillChunk, kind.partials)
     this.u = createUniforms(device, config, o.gemv, o.blockTokens)
     this.kv = kind.create({
-      device,
-      pipelines,
-      config,
+      device, pipelines, config,
       blockTokens: o.blockTokens,
       maxContext: o.maxContext,
       prefillChunk: o.prefillChunk,
@@ -155,6 +153,7 @@ export class GpuModel {
       combine: this.u.combine,
       keys: this.keys,
       blockStore: o.kvBlocks, weights: weights.layers,
+      forecast: forecastInputs(this.act, weights.layers, this.keys, o.gemv),
     })
     this.tokenIds = storageBuffer(device, "token ids (slots) u32", ID_SLOTS * 4)
     this.logits = this.act.logits

@@ -102,11 +102,14 @@ export const KvStats = Schema.Struct({
    * their layer; visits of layers whose forecast was loaded; chunks and bytes loaded ahead; at
    * those visits, loaded chunks chosen (hits), chosen chunks still missing (misses), bytes
    * loaded and not chosen (wasted); failed loads; host ms in the loads (overlapping the waits).
+   * The forecasts' quality at the visits of layers whose forecast landed, over the chunks the
+   * layer scores (sink and recent, always chosen, left out): forecast chunks, chosen chunks, and
+   * forecast chunks chosen (precision: forecast_chosen / forecast_chunks; recall: / chosen_chunks).
    */
   prefetch: Schema.optional(
     Schema.Struct({
       layers: Schema.Int,
-      from: Schema.Literal("choice", "query"),
+      from: Schema.Literal("choice", "query", "hidden"),
       steps: Schema.Boolean,
       forecasts: Schema.Int,
       late: Schema.Int,
@@ -118,6 +121,9 @@ export const KvStats = Schema.Struct({
       wasted_bytes: Schema.Number,
       failed: Schema.Int,
       ms: Schema.Number,
+      forecast_chunks: Schema.Int,
+      chosen_chunks: Schema.Int,
+      forecast_chosen: Schema.Int,
     }),
   ),
   /**

@@ -87,14 +87,15 @@ export const KvPolicyDocument = Schema.Struct({
    * (0-4) forecasts layer l + N's choice from layer l's (consecutive layers choose alike) and
    * loads the forecast chunks not resident while the layers between compute; `from` says
    * how: "choice" (default) takes layer l's chosen chunks, "query" scores layer l + N's chunks
-   * against layer l's query on the GPU. `steps` (default false) loads each layer's last-step
+   * against layer l's query on the GPU, "hidden" (InfiniGen's) against layer l + N's query
+   * projected from layer l's input (normed and multiplied by layer l + N's W_q on the GPU). `steps` (default false) loads each layer's last-step
    * choice back at the start of a step for the first N layers (all layers when N is 0), which
    * no earlier layer forecasts. Exact: it changes only what is resident, never what is attended.
    */
   prefetch: Schema.optional(
     Schema.Struct({
       layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
-      from: Schema.optional(Schema.Literal("choice", "query")),
+      from: Schema.optional(Schema.Literal("choice", "query", "hidden")),
       steps: Schema.optional(Schema.Boolean),
     }).annotations({ parseOptions: { onExcessProperty: "error" } }),
   ),
@@ -151,7 +152,7 @@ export interface ResolvedPolicy {
   readonly pipelineCombine?: boolean
   /** Prefetch: the layer distance of the query forecast (0: none) and the last step's choice. */
   readonly prefetchLayers?: number
-  readonly prefetchFrom?: "choice" | "query"
+  readonly prefetchFrom?: "choice" | "query" | "hidden"
   readonly prefetchSteps?: boolean
   /** The chunk abstracts' GPU copy: all or a budgeted cache; chunks per group abstract (0: no groups). */
   readonly abstractsResident: "all" | "budgeted"
@@ -318,7 +319,7 @@ export const ResolvedPolicyWire = Schema.Struct({
   /** Left out by senders older than the combine: true; older than prefetch: 0 and false. */
   pipeline_combine: Schema.optional(Schema.Boolean),
   prefetch_layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
-  prefetch_from: Schema.optional(Schema.Literal("choice", "query")),
+  prefetch_from: Schema.optional(Schema.Literal("choice", "query", "hidden")),
   prefetch_steps: Schema.optional(Schema.Boolean),
   /** The abstracts' GPU copy and group size; left out by senders older than them: all, 0. */
   abstracts_gpu_resident: Schema.optional(Schema.Literal("all", "budgeted")),
@@ -342,7 +343,7 @@ const ResolvedPolicyType = Schema.Struct({
   pipelineDepth: Schema.Number,
   pipelineCombine: Schema.optional(Schema.Boolean),
   prefetchLayers: Schema.optional(Schema.Number),
-  prefetchFrom: Schema.optional(Schema.Literal("choice", "query")),
+  prefetchFrom: Schema.optional(Schema.Literal("choice", "query", "hidden")),
   prefetchSteps: Schema.optional(Schema.Boolean),
   abstractsResident: Schema.Literal("all", "budgeted"),
   groupChunks: Schema.Number,

@@ -126,6 +126,15 @@
 #        (every chunk; groups, then the kept groups' chunks; a read-back round trip: --score-time);
 #        fits one 10-minute command (bundle:
 #        `bash scripts/gpu-bundle.sh golden-check tiered-bench`); extra arguments go to tiered-bench
+#   prefetch-forecast: prefetch's forecasts (issue 13 §1; bundle: `bash scripts/gpu-bundle.sh
+#        golden-check prefetch-forecast pipeline-testmodel tiered-bench`): the golden check, then
+#        bench/prefetch-forecast.ts on the bundled model (pass keys of 2K, 6K and 11K tokens,
+#        forecasts choice, query and hidden at N 1 and 2: precision and recall, which should
+#        match lavapipe's), then bench/pipeline-testmodel.ts at 11K (GPU 25 % of the KV; off,
+#        combine, prefetch from choice and from hidden: ms/token on real attention), then
+#        tiered-bench at 8B 64K (6 GiB / 8 GiB) with leoam, leoam+pipe+combine and
+#        leoam+prefetch from hidden (the forecast's cost at 8B shapes; random KV, so its
+#        precision there means nothing); stopped at PREFETCH_S (default 540 s) in all
 #   sessions: sessions and prefix sharing (issue 14 §2; bundle: `bash scripts/gpu-bundle.sh
 #        golden-check session-ttft`): the golden check, then bench/session-ttft.ts at 8B shapes
 #        (dummy weights), a SESSION_TOKENS-token document (default 32768), GPU 6 GiB, host 8 GiB,
@@ -154,7 +163,7 @@
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|peer-share|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|prefetch-forecast|peer-share|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -291,6 +300,19 @@ if [ "$suite" = compress ]; then
   timeout 480 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies full,leoam --compression 16,8,4,importance \
     --steps 6 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-compress.json" "$@" 2>&1 \
     | tee "$out/tiered-8b-64k-compress.txt" || echo "tiered-bench: failed or stopped (time)"
+  exit 0
+fi
+if [ "$suite" = prefetch-forecast ]; then
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED or stopped"
+  end=$((SECONDS + ${PREFETCH_S:-540}))
+  timeout $((end - SECONDS)) node .bench-bundle/prefetch-forecast.mjs --contexts 2048,6144,11264 --layers 1,2 --tokens 16 \
+    --out "$out/prefetch-forecast.json" 2>&1 | tee "$out/prefetch-forecast.txt" || echo "prefetch-forecast: failed or stopped (time)"
+  timeout $((end - SECONDS)) node .bench-bundle/pipeline-testmodel.mjs --context 11264 --tokens 32 --gpu-fractions 0.25 --variants off,combine,prefetch,prefetch-hidden \
+    --out "$out/pipeline-testmodel-11k.json" 2>&1 | tee "$out/pipeline-testmodel-11k.txt" || echo "pipeline-testmodel: failed or stopped (time)"
+  mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
+  timeout $((end - SECONDS)) node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam,leoam+pipe+combine,leoam+prefetch \
+    --prefetch-layers 1 --prefetch-from hidden --steps 6 --max-seconds 15 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv \
+    --out "$out/tiered-8b-64k-prefetch-hidden.json" "$@" 2>&1 | tee "$out/tiered-8b-64k-prefetch-hidden.txt" || echo "tiered-bench: failed or stopped (time)"
   exit 0
 fi
 if [ "$suite" = abstracts ]; then

@@ -78,6 +78,20 @@ export interface AttentionBuffers {
   readonly x?: GPUBuffer
 }
 
+/**
+ * What prefetch's hidden-state forecast (InfiniGen's; engine/kv/tiered/forecast-query.ts) needs
+ * of the model: the decode row's residual input, its RoPE, each layer's attention norm and QKV
+ * weights, and the model's QKV GEMV (with its attention norm fused) and its rows per workgroup.
+ */
+export interface ForecastInputs {
+  /** (chunk, hidden) f32: row 0 is layer l's input while layer l attends (decode). */
+  readonly x: GPUBuffer
+  /** (chunk, D/2) vec2 (cos, sin): row 0 is the decode position's. */
+  readonly rope: GPUBuffer
+  readonly layers: ReadonlyArray<{ readonly attnNorm: GPUBuffer; readonly wqkv: GPUBuffer; readonly bqkv?: GPUBuffer }>
+  readonly gemv: { readonly key: PipelineKey; readonly biasKey: PipelineKey; readonly rowsPerGroup: number }
+}
+
 /** What every manager is built from (besides its policy). */
 export interface KvContext {
   readonly device: GPUDevice
@@ -97,6 +111,8 @@ export interface KvContext {
   readonly weights?: RecomputeModel["weights"]
   /** Where a manager that keeps all KV in a paged pool takes its blocks: a store shared by a batch's sequences; absent: its own. */
   readonly blockStore?: KvBlockStore
+  /** The model's side of prefetch's hidden-state forecast; absent (no model, or a batch's rows): that forecast is off. */
+  readonly forecast?: ForecastInputs
 }
 
 /**

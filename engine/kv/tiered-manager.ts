@@ -76,7 +76,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     this.selRead = device.createBuffer({ label: "selected chunks read-back", size: Math.max(16, t.maxChunks * 8), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
     this.prefill = new TieredPrefill(ctx, t)
     this.timing = AttnTiming.of(device)
-    this.prefetch = new Prefetcher(device, ctx.pipelines, c, t, act.q)
+    this.prefetch = new Prefetcher(device, ctx.pipelines, c, t, act.q, ctx.forecast)
     const key = tieredDecodeKey(ctx.keys.attnDecode, policy)
     for (const kvl of t.pools) {
       const entries: Array<readonly [number, GPUBuffer]> = [[0, this.uAttn.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, t.entries], [5, t.seqs], [6, act.partO], [7, act.partML]]

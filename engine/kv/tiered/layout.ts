@@ -41,7 +41,7 @@ export interface TieredPolicy {
   readonly pipelineCombine?: boolean
   /** Prefetch (engine/kv/tiered/prefetch.ts): the forecast's layer distance (0 or left out: none), from a layer's choice or query, and the last step's choice. */
   readonly prefetchLayers?: number
-  readonly prefetchFrom?: "choice" | "query"
+  readonly prefetchFrom?: "choice" | "query" | "hidden"
   readonly prefetchSteps?: boolean
   /** The abstracts' GPU copy (abstract-layout.ts): all of them, no groups, when left out. */
   readonly abstracts?: AbstractsPolicy

@@ -6,8 +6,10 @@
 //   for layer l + N (consecutive layers choose alike; chunks cover the same tokens in every
 //   layer with fixed chunking);
 // - layers N, from "query": layer l + N's chunks scored against layer l's query, on the GPU
-//   right after layer l's own select, read back off the critical path (InfiniGen's idea, but
-//   without its next-layer query projection: a layer's query meets the next layer's keys);
+//   right after layer l's own select, read back off the critical path (a layer's query meets
+//   the next layer's keys);
+// - layers N, from "hidden" (InfiniGen's): scored as "query", but against layer l + N's query
+//   projected from layer l's input (forecast-query.ts; needs the model's inputs, else off);
 // - steps: for the first N layers (all of them when N is 0), which no earlier layer of the
 //   step forecasts, the layer's choice at the last step.
 // On the test model (lavapipe) "choice" loaded 38 chunks of which 13 were chosen, "query"
@@ -20,10 +22,13 @@
 // forecast (`enter`) before it selects, so no layer's slots change while its route is on
 // the GPU unchecked. The counters say what the forecasts were worth, at each forecast
 // layer's visit: prefetched chunks chosen (hits), prefetched and not chosen (wasted bytes),
-// chosen chunks still missing (misses).
+// chosen chunks still missing (misses), and the forecast's precision and recall over the chunks
+// the layer scores (sink and recent, always chosen, left out), whether loaded or not.
 import type { ModelConfig } from "../../../models/types.ts"
 import type { Pipelines } from "../../pipelines.ts"
-import { Selector } from "./select.ts"
+import type { ForecastInputs } from "../manager.ts"
+import { ForecastQuery } from "./forecast-query.ts"
+import { choicePlan, Selector } from "./select.ts"
 import type { FetchStats, TierStats } from "./stats.ts"
 import type { TieredKv } from "./tiered-kv.ts"
 
@@ -34,15 +39,17 @@ interface Forecast {
   started?: Promise<void>
 }
 
-const emptyCounters = () => ({ forecasts: 0, late: 0, visits: 0, chunks: 0, bytes: 0, hits: 0, misses: 0, wastedBytes: 0, failed: 0, ms: 0 })
+const emptyCounters = () => ({ forecasts: 0, late: 0, visits: 0, chunks: 0, bytes: 0, hits: 0, misses: 0, wastedBytes: 0, failed: 0, ms: 0, forecastChunks: 0, chosenChunks: 0, forecastChosen: 0 })
 
 export class Prefetcher {
-  /** Scores the forecast layer (its own uniforms, scores and selection: it runs in the same pass as the layer's select). */
-  private selector: Selector | undefined
+  /** Scores the forecast layer (its own uniforms, scores and selection: it runs in the same pass as the layer's select), by forecast. */
+  private readonly selectors: { query?: Selector; hidden?: Selector } = {}
+  /** "hidden": the forecast query's projection (built at first use). */
+  private projection: ForecastQuery | undefined
   private readonly free: GPUBuffer[] = []
   private readonly all: GPUBuffer[] = []
   /** The forecast encoded in the current pass: its copy recorded after the pass, mapped after the submit. */
-  private encoded: { layer: number; count: number; buffer?: GPUBuffer } | undefined
+  private encoded: { layer: number; count: number; selection: GPUBuffer; buffer?: GPUBuffer } | undefined
   /** This step's forecasts, by the layer they forecast. */
   private forecasts: Array<Forecast | undefined>
   /** Per layer: what a prefetch loaded for its next visit. */
@@ -63,6 +70,8 @@ export class Prefetcher {
     private readonly t: TieredKv,
     /** (chunk, H, D) f32, the roped queries of the step. */
     private readonly q: GPUBuffer,
+    /** The model's side of the "hidden" forecast; absent: that forecast is off. */
+    private readonly forecast?: ForecastInputs,
   ) {
     this.forecasts = Array.from({ length: config.numLayers }, () => undefined)
     this.loaded = Array.from({ length: config.numLayers }, () => undefined)
@@ -87,19 +96,30 @@ export class Prefetcher {
     }
   }
 
-  /** Encodes layer l + N's forecast (its chunks scored against layer l's query) into the pass of layer l's select. */
+  /** Encodes layer l + N's forecast (its chunks scored against layer l's query, or "hidden" the query projected for it) into the pass of layer l's select. */
   encode(l: number, pass: GPUComputePassEncoder): void {
     const m = l + this.distance
-    if (this.t.policy.prefetchFrom !== "query" || !this.on || m === l || m >= this.config.numLayers || this.forecasts[m] !== undefined) return
+    const from = this.t.policy.prefetchFrom ?? "choice"
+    if (from === "choice" || !this.on || m === l || m >= this.config.numLayers || this.forecasts[m] !== undefined) return
+    if (from === "hidden" && this.forecast === undefined) return
     // Budgeted abstracts are not all on the GPU: no query forecast scores them (choice forecasts still run).
     if (this.t.abstracts.layout.resident !== "all") return
     const L = this.t.tables.layers[m]
     if (L.starts.length === 0) return
-    const c = this.config
-    this.selector ??= new Selector(this.device, this.pipelines, c, this.t.abstracts, this.q, this.t.maxChunks, this.t.blockTokens)
-    const count = this.selector.encode(m, pass, L, this.t.tables.tokens, this.t.policy, this.t.slotTokens)
+    const selector = this.selectorOf(from)
+    if (from === "hidden") this.projection!.encode(m, pass)
+    const count = selector.encode(m, pass, L, this.t.tables.tokens, this.t.policy, this.t.slotTokens)
     this.drop()
-    this.encoded = count > 0 ? { layer: m, count } : undefined
+    this.encoded = count > 0 ? { layer: m, count, selection: selector.selection } : undefined
+  }
+
+  private selectorOf(from: "query" | "hidden"): Selector {
+    const s = this.selectors[from]
+    if (s) return s
+    const c = this.config
+    if (from === "hidden") this.projection = new ForecastQuery(this.device, this.pipelines, c, this.forecast!, this.t.blockTokens)
+    const q = from === "hidden" ? this.projection!.q : this.q
+    return (this.selectors[from] = new Selector(this.device, this.pipelines, c, this.t.abstracts, q, this.t.maxChunks, this.t.blockTokens))
   }
 
   /** Forgets a forecast encoded and never mapped (a rewind discarded its layer's selection). */
@@ -113,7 +133,7 @@ export class Prefetcher {
     const e = this.encoded
     if (!e || e.buffer) return
     e.buffer = this.free.pop() ?? this.newBuffer()
-    encoder.copyBufferToBuffer(this.selector!.selection, 0, e.buffer, 0, e.count * 8)
+    encoder.copyBufferToBuffer(e.selection, 0, e.buffer, 0, e.count * 8)
   }
 
   /** Maps the forecast recorded (after the submit that carries its copy); it lands on its own. */
@@ -181,7 +201,7 @@ export class Prefetcher {
     this.lastChoice[l] = chosen
     const m = l + this.distance
     // Adaptive chunks are cut per layer: a chunk number names other tokens in another layer.
-    if (this.t.policy.prefetchFrom !== "query" && this.on && this.t.adaptive === undefined && m > l && m < this.config.numLayers && this.forecasts[m] === undefined) {
+    if ((this.t.policy.prefetchFrom ?? "choice") === "choice" && this.on && this.t.adaptive === undefined && m > l && m < this.config.numLayers && this.forecasts[m] === undefined) {
       this.forecasts[m] = { layer: m, chosen: [...chosen] }
       this.k.forecasts++
     }
@@ -190,6 +210,7 @@ export class Prefetcher {
     this.forecasts[l] = undefined // counted once (a rewound layer is visited again)
     this.k.visits++
     this.k.misses += misses
+    this.judge(l, f.chosen!, chosen)
     const got = this.loaded[l]
     this.loaded[l] = undefined
     if (!got) return
@@ -198,6 +219,17 @@ export class Prefetcher {
       if (wanted.has(ch)) this.k.hits++
       else this.k.wastedBytes += this.t.tables.chunkBytes(l, ch)
     }
+  }
+
+  /** Counts a landed forecast's precision and recall at its layer's visit, over the chunks the layer scores. */
+  private judge(l: number, forecast: ReadonlyArray<number>, chosen: ReadonlyArray<number>): void {
+    const { n, S, R } = choicePlan(this.t.tables.layers[l], this.t.tables.tokens, this.t.policy, this.t.slotTokens)
+    const scored = (ch: number) => ch >= S && ch < n - R
+    const forecastSet = new Set(forecast.filter(scored))
+    const picked = chosen.filter(scored)
+    this.k.forecastChunks += forecastSet.size
+    this.k.chosenChunks += picked.length
+    for (const ch of picked) if (forecastSet.has(ch)) this.k.forecastChosen++
   }
 
   /** The tier stats with prefetch's counters and the pipeline's combined layers. */
@@ -218,6 +250,9 @@ export class Prefetcher {
       wasted_bytes: k.wastedBytes,
       failed: k.failed,
       ms: k.ms,
+      forecast_chunks: k.forecastChunks,
+      chosen_chunks: k.chosenChunks,
+      forecast_chosen: k.forecastChosen,
     }
     return { ...tiers, pipeline: { ...tiers.pipeline, layers_combined: combined }, prefetch }
   }
@@ -246,7 +281,8 @@ export class Prefetcher {
   }
 
   destroy(): void {
-    this.selector?.destroy()
+    for (const s of Object.values(this.selectors)) s.destroy()
+    this.projection?.destroy()
     for (const b of this.all) b.destroy()
   }
 }

@@ -44,6 +44,25 @@ export interface ChoicePlan {
   readonly K: number
 }
 
+/**
+ * Layer l's choice at this length: sink, the chunks starting within the first sink tokens;
+ * recent, those ending within the last recent tokens; K more of at most slotTokens each fill the budget.
+ */
+export const choicePlan = (L: LayerChunks, tokens: number, p: TieredPolicy, slotTokens: number): ChoicePlan => {
+  const n = L.starts.length
+  const tail = tokens - L.sealed
+  let S = 0
+  while (S < n && L.starts[S] < p.sinkTokens) S++
+  const need = Math.max(0, p.recentTokens - tail)
+  let R = 0
+  while (R < n - S && L.starts[n - 1 - R] + L.sizes[n - 1 - R] > L.sealed - need) R++
+  const kept = (S > 0 ? L.starts[S - 1] + L.sizes[S - 1] : 0) + (R > 0 ? L.sealed - L.starts[n - R] : 0)
+  // At least one scored chunk: a budget that sink, recent and tail use up entirely would
+  // otherwise attend nothing chosen by the query (it then exceeds the budget by a chunk).
+  const K = Math.max(n - S - R > 0 ? 1 : 0, Math.floor((budgetTokens(p, tokens, slotTokens) - tail - kept) / slotTokens))
+  return { n, S, R, K }
+}
+
 export class Selector {
   private readonly chunkIds: GPUBuffer
   private readonly scores: GPUBuffer
@@ -109,23 +128,9 @@ export class Selector {
     })
   }
 
-  /**
-   * Layer l's choice at this length: sink, the chunks starting within the first sink tokens;
-   * recent, those ending within the last recent tokens; K more of at most slotTokens each fill the budget.
-   */
+  /** Layer l's choice at this length (choicePlan). */
   plan(L: LayerChunks, tokens: number, p: TieredPolicy, slotTokens: number): ChoicePlan {
-    const n = L.starts.length
-    const tail = tokens - L.sealed
-    let S = 0
-    while (S < n && L.starts[S] < p.sinkTokens) S++
-    const need = Math.max(0, p.recentTokens - tail)
-    let R = 0
-    while (R < n - S && L.starts[n - 1 - R] + L.sizes[n - 1 - R] > L.sealed - need) R++
-    const kept = (S > 0 ? L.starts[S - 1] + L.sizes[S - 1] : 0) + (R > 0 ? L.sealed - L.starts[n - R] : 0)
-    // At least one scored chunk: a budget that sink, recent and tail use up entirely would
-    // otherwise attend nothing chosen by the query (it then exceeds the budget by a chunk).
-    const K = Math.max(n - S - R > 0 ? 1 : 0, Math.floor((budgetTokens(p, tokens, slotTokens) - tail - kept) / slotTokens))
-    return { n, S, R, K }
+    return choicePlan(L, tokens, p, slotTokens)
   }
 
   /**

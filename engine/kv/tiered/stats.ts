@@ -90,11 +90,13 @@ export interface TierStats {
  * for their layer; visits of layers whose forecast was loaded; chunks and bytes it loaded;
  * at those visits, loaded chunks chosen (hits), chosen chunks still missing (misses) and the
  * bytes of loaded chunks not chosen (wasted); loads that failed; host ms in its loads
- * (they overlap the choice waits: no term of the step's phases).
+ * (they overlap the choice waits: no term of the step's phases). The forecasts' quality at
+ * those visits, over the chunks each layer scores (sink and recent left out): forecast chunks,
+ * chosen chunks and forecast chunks chosen (precision and recall, whether loaded or not).
  */
 export interface FetchStats {
   readonly layers: number
-  readonly from: "choice" | "query"
+  readonly from: "choice" | "query" | "hidden"
   readonly steps: boolean
   readonly forecasts: number
   readonly late: number
@@ -106,6 +108,9 @@ export interface FetchStats {
   readonly wasted_bytes: number
   readonly failed: number
   readonly ms: number
+  readonly forecast_chunks: number
+  readonly chosen_chunks: number
+  readonly forecast_chosen: number
 }
 
 export const emptyCounters = () => ({
