@@ -9,7 +9,8 @@
 // (engine/batch-attention.ts); a setup "P:rows" runs projections P with attention per row
 // instead, and "P:rowsample" samples per row (each row's logits copied to its model, 2
 // dispatches a row) instead of all rows in one pass (engine/batch-sampling.ts), side by side
-// (both: "P:rows:rowsample"). Tokens are chosen on the GPU, steps submitted back to back after
+// (both: "P:rows:rowsample"); with --read-back, "P:overlap" encodes each step before the one
+// before it is read. Tokens are chosen on the GPU, steps submitted back to back after
 // two warm-up steps (DESIGN §6); with --read-back every step's tokens are read back before the
 // next is encoded, as the serving loop does (engine/batch-loop.ts: one read of all rows, or
 // with rowsample one per row). Prints a table and writes JSON (--out).
@@ -131,9 +132,11 @@ let maps = 0
  * A setup's step (i consumes slot i, chooses slot i + 1 of every member; `timed` for --profile)
  * and every member's chosen ids so far. With --read-back each step's tokens come back before the
  * next: the batch's one read (the rows' next inputs from the host, as engine/batch-loop.ts), or
- * alone and with per-row sampling a read per row through the row's own buffer (as before).
+ * alone and with per-row sampling a read per row through the row's own buffer (as before);
+ * with `overlap` step i is encoded (its inputs in place in the batch) before step i - 1's
+ * tokens are read, as the loop runs ahead.
  */
-const stepper = (members: ReadonlyArray<GpuModel>, batch: DecodeBatch | undefined, rowSampling: boolean) => {
+const stepper = (members: ReadonlyArray<GpuModel>, batch: DecodeBatch | undefined, rowSampling: boolean, overlap: boolean) => {
   const sample = (i: number) => ({ outSlot: i + 1, temperature: 0, seed: 0, step: i })
   const fromSlots = async () => (await Promise.all(members.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 4, (o.steps + 2) * 4))]))).join(";")
   if (!o.readBack) {
@@ -142,6 +145,28 @@ const stepper = (members: ReadonlyArray<GpuModel>, batch: DecodeBatch | undefine
   }
   const chosen: number[][] = members.map(() => [])
   const ids = async () => chosen.map((c) => c.slice(0, o.steps + 2)).join(";")
+  if (batch && !rowSampling && overlap) {
+    let unread = 0
+    const collect = async () => {
+      maps++
+      unread--
+      for (const [b, id] of (await batch.readTokens()).entries()) chosen[b]!.push(id)
+    }
+    const step = async (i: number, timed?: TimedStep) => {
+      // The first step's inputs are each sequence's slot 0; later ones are in place.
+      await batch.step(members.map((model, b) => ({ model, inSlot: i, sample: sample(i), idsOnHost: true, ...(unread === 0 && chosen[0]!.length === 0 ? { token: 1 + b } : {}) })), timed)
+      unread++
+      if (unread > 1) await collect()
+    }
+    return {
+      step,
+      ids: async () => {
+        while (unread > 0) await collect()
+        return ids()
+      },
+      destroy: () => {},
+    }
+  }
   if (batch && !rowSampling) {
     const last = members.map((_, b) => 1 + b) // each sequence's slot 0 (writeToken after its fill)
     const step = async (i: number, timed?: TimedStep) => {
@@ -229,7 +254,7 @@ for (const name of list(o.policies)) {
           const members = seqs.slice(0, b)
           // Each step consumes slot i and writes slot i + 1 of every sequence (steps past the context are refused).
           const batch = projections === "alone" ? undefined : await DecodeBatch.open(lead, b, ...batchArgs(projections))
-          const setup = stepper(members, batch, how(projections).includes("rowsample"))
+          const setup = stepper(members, batch, how(projections).includes("rowsample"), how(projections).includes("overlap"))
           try {
             const t = await time((i) => setup.step(i))
             Object.assign(row, { ms_per_step: t.ms, tokens_per_s: (b * 1000) / t.ms, steps: t.steps })

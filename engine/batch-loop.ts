@@ -21,6 +21,8 @@ export interface BatchLoopOptions {
   /** Most prompt tokens prefilled between two decode steps. */
   readonly prefillSlice: number
   readonly projections?: Projections
+  /** Encode a batched step before the last one's tokens are read, where its rows allow (default true). */
+  readonly overlap?: boolean
 }
 
 /** Candidates read back for top-p sampling without top-k (as generate.ts). */
@@ -47,10 +49,20 @@ interface Member {
   batched: boolean
 }
 
+/** An encoded step: its sequences, rows and their lengths before it; `failed`: what its encoding threw. */
+interface InFlight {
+  readonly members: ReadonlyArray<Member>
+  readonly rows: ReadonlyArray<BatchRow>
+  readonly lengths: ReadonlyArray<number>
+  readonly failed?: unknown
+}
+
 export class BatchLoop {
   private batch: DecodeBatch | undefined
   private readonly prefilling: Member[] = []
   private readonly decoding: Member[] = []
+  /** A batched step encoded before the one in flight was read (see `step`). */
+  private ahead: InFlight | undefined
   private running: Promise<void> | undefined
 
   constructor(
@@ -65,6 +77,9 @@ export class BatchLoop {
   get attendedTogether(): number {
     return this.batch?.stepsTogether ?? 0
   }
+
+  /** Batched steps encoded before the step before them was read (see `step`), since the loop started. */
+  stepsAhead = 0
 
   /** Sequences decoding, and those still prefilling. */
   get sizes(): { readonly decoding: number; readonly prefilling: number } {
@@ -144,34 +159,90 @@ export class BatchLoop {
     }
   }
 
-  /** One decode step of every decoding sequence: alone through its own GEMVs, else as a batch. */
+  /**
+   * One decode step of every decoding sequence: alone through its own GEMVs, else as a batch.
+   * Where nothing can change the next batched step's rows (every row sampled on the GPU, none
+   * finishing by length or context, no prompt waiting), it is encoded before this one's
+   * tokens are read, its inputs in place in the batch (as generate.ts queues steps ahead
+   * alone): the GPU runs it while the host reads. A row that then stops had its step computed
+   * for nothing; its cache is truncated to the tokens it returns.
+   */
   private async step(): Promise<void> {
-    let members = [...this.decoding]
+    const current = this.ahead ?? (await this.encode([...this.decoding], false))
+    this.ahead = undefined
+    if (this.canRunAhead(current)) {
+      this.ahead = await this.encode(current.members, true)
+      this.stepsAhead++
+    }
+    await this.collect(current)
+  }
+
+  /**
+   * Encodes a step of `members`: step k consumes token k - 1 and chooses token k (`ahead`: the
+   * step after the one in flight, whose tokens are in place in the batch). In a batch the
+   * GPU-sampled rows' tokens stay there, and come back with the host-sampled rows'
+   * candidates in one read for all rows (`readStep`).
+   */
+  private async encode(members: ReadonlyArray<Member>, ahead: boolean): Promise<InFlight> {
     this.beforeStep?.()
     for (const m of members) m.options.beforeStep?.()
-    // Step k consumes token k - 1 and chooses token k. In a batch the GPU-sampled rows' tokens
-    // stay in the batch, and come back with the host-sampled rows' candidates in one read for
-    // all rows (`readStep`).
     const rows: BatchRow[] = members.map((m) => {
-      const k = m.ids.length
+      const k = m.ids.length + (ahead ? 1 : 0)
       const host = m.onGpu ? undefined : this.candidateCount(m)
-      return { model: m.model, inSlot: k - 1, token: m.ids[k - 1], ...(m.onGpu ? { sample: this.params(m, k), idsOnHost: true } : host ? { candidates: { count: host, temperature: m.options.temperature } } : {}) }
+      const token = ahead ? {} : { token: m.ids[k - 1] }
+      return { model: m.model, inSlot: k - 1, ...token, ...(m.onGpu ? { sample: this.params(m, k), idsOnHost: true } : host ? { candidates: { count: host, temperature: m.options.temperature } } : {}) }
     })
-    const lengths = members.map((m) => m.model.length)
-    const rowOf = new Map(members.map((m, b) => [m, b]))
-    // What the batch read back, where the step was batched.
-    let read: StepRead | undefined
+    const step = { members, rows, lengths: members.map((m) => m.model.length) }
     try {
       if (rows.length === 1) await this.decodeAlone(members[0], rows[0])
       else {
         this.batch ??= await DecodeBatch.open(this.lead, this.options.capacity, this.options.projections)
         await this.batch.step(rows)
         for (const m of members) m.batched = true
-        if (rows.some((r) => r.idsOnHost || r.candidates)) read = await this.batch.readStep()
       }
+      return step
     } catch (e) {
-      if (rows.length === 1) return this.fail(members[0], e)
-      members = await this.alone(members, rows, lengths)
+      return { ...step, failed: e }
+    }
+  }
+
+  /** Whether the step after `s` can be encoded before `s` is read (see `step`). */
+  private canRunAhead(s: InFlight): boolean {
+    return (
+      this.options.overlap !== false &&
+      s.failed === undefined &&
+      s.rows.length > 1 &&
+      this.prefilling.length === 0 &&
+      s.members.length === this.decoding.length &&
+      s.members.every((m) => m.onGpu && m.ids.length + 2 <= m.options.maxTokens && m.model.length < m.model.maxContext)
+    )
+  }
+
+  /** Reads a step's tokens and takes them; finishes the sequences that are done. */
+  private async collect(s: InFlight): Promise<void> {
+    // Rows that finished or failed while the step was in flight (it ran ahead of their end) take nothing from it.
+    const keep = s.members.map((m) => this.decoding.includes(m))
+    let members = s.members.filter((_, b) => keep[b])
+    const rowOf = new Map(s.members.map((m, b) => [m, b]))
+    // What the batch read back, where the step was batched.
+    let read: StepRead | undefined
+    let failed = s.failed
+    if (failed === undefined && s.rows.length > 1 && s.rows.some((r) => r.idsOnHost || r.candidates)) {
+      try {
+        read = await this.batch!.readStep()
+      } catch (e) {
+        failed = e
+      }
+    }
+    if (failed !== undefined) {
+      if (s.rows.length === 1) return members.length > 0 ? this.fail(members[0], failed) : undefined
+      // A step run ahead of this one is dropped (its tokens read and left): the rows take this step again alone.
+      if (this.ahead) {
+        if (this.ahead.failed === undefined) await this.batch!.readStep().catch(() => undefined)
+        this.ahead = undefined
+      }
+      const at = (xs: ReadonlyArray<BatchRow> | ReadonlyArray<number>) => xs.filter((_, b) => keep[b])
+      members = await this.alone(members, at(s.rows) as BatchRow[], at(s.lengths) as number[])
     }
     await Promise.all(
       members.map(async (m) => {

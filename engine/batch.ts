@@ -354,6 +354,8 @@ export class DecodeBatch {
       const held = this.inPlace.get(r.model)
       if (held?.row === b && held.slot === slot) return flush(b)
       if (r.token === undefined) {
+        // The model's tokenIds do not hold a token the batch kept (idsOnHost), so a moved row needs `token`.
+        if (r.idsOnHost && held !== undefined) throw new RangeError("a batch row whose token stayed in the batch moved without its `token`")
         copies.push(b)
         return flush(b)
       }

@@ -89,7 +89,9 @@
 #        (default mma,mma:rowsample: every row's token chosen in one pass and read back once,
 #        against the per-row sampling before it), --profile (dispatches, copies, queue writes and
 #        read-backs of one step, GPU time per kernel), first with steps back to back, then
-#        with --read-back (each step's tokens read before the next, as the serving loop);
+#        with --read-back (each step's tokens read before the next, as the serving loop) and
+#        ROWS_READ_PROJECTIONS (default those and mma:overlap: each step encoded before the
+#        one before it is read, as the loop runs ahead);
 #        bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`; ROWS_S (default 110)
 #        limits each batch-bench run; extra arguments go to both
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
@@ -402,8 +404,9 @@ if [ "$suite" = rows ]; then
   export LEOAM_MATRIX_UNITS=auto
   timeout 25 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
   for how in back-to-back read-back; do
-    flag=""; [ "$how" = read-back ] && flag="--read-back"
-    timeout "${ROWS_S:-110}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,8,16 --policies full --projections "${ROWS_PROJECTIONS:-mma,mma:rowsample}" \
+    flag=""; projections="${ROWS_PROJECTIONS:-mma,mma:rowsample}"
+    [ "$how" = read-back ] && flag="--read-back" && projections="${ROWS_READ_PROJECTIONS:-$projections,mma:overlap}"
+    timeout "${ROWS_S:-110}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,8,16 --policies full --projections "$projections" \
       --profile $flag --steps 16 --max-seconds "$(( ${ROWS_S:-110} - 15 ))" --out "$out/rows-8b-1k-$how.json" "$@" 2>&1 | tee "$out/rows-8b-1k-$how.txt" || echo "batch-bench 1K ($how): failed or stopped"
   done
   exit 0

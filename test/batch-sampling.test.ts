@@ -150,4 +150,31 @@ describe("sampling every row of a batch in one pass", () => {
       for (const m of models) m.destroy()
     }
   }, 60_000)
+
+  it("through the loop, steps run ahead of their read give the ids alone, also to a row that stops while one is in flight", async () => {
+    const jobs = [seqs[0]!, seqs[1]!, seqs[2]!]
+    const models = await Promise.all(jobs.map(() => lead.sibling({ maxContext: 64 })))
+    try {
+      const alone: number[][] = []
+      for (const [i, j] of jobs.entries()) alone.push((await generate(models[i]!, j.prompt, { ...j.options, maxTokens: 10 })).ids)
+      // Row 1 stops at its fourth token: the step after it is in flight by then.
+      const options = jobs.map((j, i) => ({ ...j.options, maxTokens: 10, ...(i === 1 ? { stopIds: [alone[1]![3]!] } : {}) }))
+      const want = alone.map((ids, i) => (i === 1 ? ids.slice(0, ids.indexOf(alone[1]![3]!) + 1) : ids))
+      for (const overlap of [true, false]) {
+        const loop = new BatchLoop(lead, { capacity: 3, prefillSlice: 64, overlap })
+        try {
+          const got = await Promise.all(jobs.map((j, i) => loop.generate(models[i]!, j.prompt, options[i]!)))
+          expect(got.map((r) => r.ids), `overlap ${overlap}`).toEqual(want)
+          // Each cache holds what was returned, not the step run past a stop.
+          for (const [i, r] of got.entries()) expect(models[i]!.length).toBe(jobs[i]!.prompt.length + r.ids.length - 1)
+          if (overlap) expect(loop.stepsAhead).toBeGreaterThan(0)
+          else expect(loop.stepsAhead).toBe(0)
+        } finally {
+          loop.destroy()
+        }
+      }
+    } finally {
+      for (const m of models) m.destroy()
+    }
+  }, 120_000)
 })
