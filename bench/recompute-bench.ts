@@ -40,7 +40,8 @@ const o = new Command()
   .option("--kv-dir <dir>", "where the records are written (default: a temporary directory)")
   .option("--disk-gb-per-s <n>", "the cost model's disk rate, for its prediction beside the measurement", parseFloat, 3)
   .option("--gemm-tflops <n>", "the cost model's GEMM rate", parseFloat, 100)
-  .option("--out <file>", "write the rows as JSON")
+  .option("--out <file>", "write the rows as JSON (after each case, so that a run stopped by time keeps what it measured)")
+  .option("--max-seconds <n>", "start no case after this many seconds (the remaining ones are listed as skipped)", parseFloat, Number.POSITIVE_INFINITY)
   .parse()
   .opts()
 
@@ -92,6 +93,11 @@ const readAll = async (count: number, read: (i: number) => Promise<Uint8Array>, 
 }
 
 const rows: Case[] = []
+const skipped: string[] = []
+const started = performance.now()
+const save = () => {
+  if (o.out) writeFileSync(o.out, JSON.stringify({ device: `${gpu.adapterName} (${gpu.kind})`, chunks: o.chunks, reps: o.reps, rows, skipped }, null, 2))
+}
 for (const name of String(o.models).split(",")) {
   const c: ModelConfig | undefined = dummyPresets[name]
   if (!c) throw new Error(`unknown preset ${name}`)
@@ -115,6 +121,11 @@ for (const name of String(o.models).split(",")) {
   const pass = new RecomputePass(device, pipelines, c, { weights: [{ wqkv, attnNorm, bqkv: undefined }], keys: { gemm: keys.gemm, gemmBias: keys.gemmBias, rmsnorm: keys.rmsnorm, rope: keys.rope } }, [pool], BLOCK)
   for (const tokens of String(o.chunkTokens).split(",").map(Number)) {
     if (tokens % BLOCK !== 0 || tokens > RECOMPUTE_ROWS) throw new Error(`chunk size ${tokens}: a multiple of ${BLOCK} up to ${RECOMPUTE_ROWS}`)
+    if (performance.now() - started > o.maxSeconds * 1000) {
+      skipped.push(`${name} ${tokens}`)
+      console.log(`${name.padEnd(16)} ${String(tokens).padStart(4)} tok  skipped (--max-seconds ${o.maxSeconds})`)
+      continue
+    }
     const store = DiskStore.open({ kvDir: join(dir, `${name}-${tokens}`) })
     const session = "bench"
     const kvBytes = tokens * kvRows * 2
@@ -200,6 +211,7 @@ for (const name of String(o.models).split(",")) {
       ...(fetchCold !== undefined ? { pays_cold: recomputeCold! < fetchCold } : {}),
     }
     rows.push(row)
+    save()
     const f = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(3))
     console.log(
       `${name.padEnd(16)} ${String(tokens).padStart(4)} tok  K/V ${(kvBytes / 1024).toFixed(0).padStart(5)} KiB, hidden ${(hiddenBytes / 1024).toFixed(0).padStart(5)} KiB  ms/chunk: fetch warm ${f(fetchWarm)} cold ${f(fetchCold)} | recompute warm ${f(recomputeWarm)} cold ${f(recomputeCold)} (GPU alone ${f(gpuMs)})  ` +
@@ -210,6 +222,6 @@ for (const name of String(o.models).split(",")) {
   pass.destroy()
   for (const b of [wqkv, attnNorm, pool.k, pool.v]) b.destroy()
 }
-if (o.out) writeFileSync(o.out, JSON.stringify({ device: `${gpu.adapterName} (${gpu.kind})`, chunks: o.chunks, reps: o.reps, rows }, null, 2))
+save()
 if (!o.kvDir) rmSync(dir, { recursive: true, force: true })
 await releaseGpu()

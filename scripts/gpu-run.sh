@@ -355,7 +355,7 @@ if [ "$suite" = recompute ]; then
   mkdir -p /tmp/leoam-kv && rm -rf /tmp/leoam-kv/*
   df -T /tmp/leoam-kv | tee "$out/recompute-fs.txt"
   timeout "${RECOMPUTE_S:-200}" node .bench-bundle/recompute-bench.mjs --models longchat-7b-32k,llama-3.1-8b --chunk-tokens "${RECOMPUTE_TOKENS:-16,32,64,128,256}" \
-    --chunks "${RECOMPUTE_CHUNKS:-128}" --reps 3 --cold-disk --kv-dir /tmp/leoam-kv --out "$out/recompute.json" "$@" 2>&1 | tee "$out/recompute.txt" \
+    --chunks "${RECOMPUTE_CHUNKS:-128}" --reps 3 --cold-disk --kv-dir /tmp/leoam-kv --max-seconds "$(( ${RECOMPUTE_S:-200} * 3 / 4 ))" --out "$out/recompute.json" "$@" 2>&1 | tee "$out/recompute.txt" \
     || echo "recompute-bench: failed or stopped (time)" | tee -a "$out/recompute.txt"
   rm -rf /tmp/leoam-kv/*
   [ "${RECOMPUTE_E2E:-1}" = 0 ] || timeout "${RECOMPUTE_E2E_S:-330}" node .bench-bundle/tiered-bench.mjs --preset longchat-7b-32k --context 32768 --policies leoam,leoam+recompute \
