@@ -215,6 +215,7 @@ export const executorBatch = (deps: BatchDeps) => {
       kv_reserved_bytes: admission.stats.reservedBytes,
       shared_prefix_tokens: sharedTokens,
       attended_together_steps: loop?.attendedTogether ?? 0,
+      steps_ahead: loop?.stepsAhead ?? 0,
       ...(peers ? { gpu_peer_copies: { chunks: peers.copies, bytes: peers.bytes, lanes: peers.size } } : {}),
       // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
       ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined

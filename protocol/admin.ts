@@ -107,6 +107,8 @@ export const BatchStats = Schema.Struct({
   shared_prefix_tokens: Schema.optional(Schema.Number),
   /** Batched decode steps whose rows attended in one dispatch a layer (full-attention lanes in the GPU budget's block store), since start. */
   attended_together_steps: Schema.optional(Schema.Number),
+  /** Batched decode steps encoded before the step before them was read back (the GPU ran them while the host read), since start. */
+  steps_ahead: Schema.optional(Schema.Number),
   gpu_shares: Schema.optional(GpuShares),
   /**
    * Shared prefix chunks a tiered lane copied on the device from a lane running beside it (the

@@ -55,6 +55,7 @@ layer(ClusterTest.layer({ maxContext: 1024, maxBatch: 3, queueCapacity: 16, gpuK
       const after = (yield* ask(adminSubjects.stats, {})).json
       expect(after.batch).toMatchObject({ max: 3, decoding: 0, prefilling: 0, waiting_for_kv: 0, kv_reserved_bytes: 0 })
       expect(after.batch.attended_together_steps).toBeGreaterThan(0)
+      expect(after.batch.steps_ahead).toBeGreaterThan(0)
     }),
   )
 })
