@@ -4,7 +4,10 @@
 // KV fits: lanes of a policy that keeps all KV on the GPU reserve (prompt + max_tokens)
 // tokens of KV against the GPU budget; a tiered lane gets a share of the GPU budget when it
 // is built, the free bytes split among the lanes that start together (the whole budget for
-// a lone request; fewer lanes than B when B shares would fall below a lane's minimum), and
+// a lone request; fewer lanes than B when B shares would fall below a lane's minimum); a
+// request that then waits for budget alone gets a share that running lanes give back at the
+// next step boundary (actors/lane-reshare.ts: they move to smaller shares, and grow back
+// when a lane ends); and
 // the lanes share the host arena, whose overflow goes to disk (actors/kv-admission.ts:
 // arrival order; serial runs alone once the batch is empty). A plain request under a tiered
 // policy with fixed chunks links the whole chunks of its prompt's longest prefix that a
@@ -28,6 +31,7 @@ import type { ResolvedPolicy } from "../protocol/policy.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { PrefixHolds } from "../kv/prefix-holds.ts"
 import { KvAdmission } from "./kv-admission.ts"
+import { LaneReshare } from "./lane-reshare.ts"
 
 export interface BatchDeps {
   /** The executor's model now (the lanes' weights; replaced by a policy change). */
@@ -68,6 +72,15 @@ export const executorBatch = (deps: BatchDeps) => {
   let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
   /** Stores of earlier weights, freed once their lanes gave every block back. */
   const retired: KvBlockStore[] = []
+  /** Moves running tiered lanes to other budget shares at step boundaries (a newcomer's share; a lane ended). */
+  const reshare = new LaneReshare({
+    admission,
+    shares,
+    lanes,
+    main: deps.model,
+    loop: () => loop,
+    stores: (gpuBudgetBytes, session) => ({ gpuBudgetBytes, arena: deps.tiers.arena!, store: deps.tiers.store!, session, peers }),
+  })
 
   /**
    * The block store of a lane that keeps all KV on the GPU, where a GPU budget sizes it (and a
@@ -146,7 +159,7 @@ export const executorBatch = (deps: BatchDeps) => {
    * Builds a lane for `tokens` tokens once its KV is admitted, hands it to `use` (which runs
    * it through the loop), and frees it when `use` ends.
    */
-  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop, session: string) => Promise<T>): Promise<T> => {
+  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop, session: string) => Promise<T>, movable = false): Promise<T> => {
     const policy = deps.policy()
     const { reserved, gpuBudgetBytes } = await admit(policy, tokens)
     try {
@@ -156,7 +169,8 @@ export const executorBatch = (deps: BatchDeps) => {
       const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session, peers }, main.config, tokens)
       const model = await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) })
       lanes.set(runId, model)
-      loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice }, deps.beforeStep)
+      if (movable && shares.has(runId)) reshare.add(runId, { session, minBytes: laneMinBytes(policy, tokens) })
+      loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice, between: () => reshare.atBoundary(), betweenWaits: () => reshare.wanted() }, deps.beforeStep)
       try {
         return await use(model, loop, session)
       } finally {
@@ -167,14 +181,19 @@ export const executorBatch = (deps: BatchDeps) => {
           process.stderr.write(`leoam gpu-executor: no hold for the prefix of ${session} (${(e as Error).message}); runs waiting for it prefill theirs\n`)
         }
         deps.prefixes.remove(session)
+        // The lane now: another if it moved to another share; none left if a move lost it.
+        const now = lanes.get(runId) ?? model
         lanes.delete(runId)
-        model.reset()
-        model.destroy()
+        if (!reshare.remove(runId)) {
+          now.reset()
+          now.destroy()
+        }
         freeIdleStore()
       }
     } finally {
+      const held = shares.get(runId) ?? reserved
       shares.delete(runId)
-      admission.release(reserved)
+      admission.release(held)
     }
   }
 
@@ -190,8 +209,8 @@ export const executorBatch = (deps: BatchDeps) => {
         let shared = 0
         const prepare = sharable(policy) && lane.hasSessions ? sharePrefix(runId, lane, session, prompt, policy.chunkTokens, user) : undefined
         const r = await loop.generate(lane, prompt, options, prepare && (async () => (shared = await prepare())))
-        return { r, kv: lane.tierStats(), shared }
-      }).finally(() => holds?.settle(runId))
+        return { r, kv: (lanes.get(runId) ?? lane).tierStats(), shared }
+      }, true).finally(() => holds?.settle(runId))
     },
 
     /**
@@ -217,9 +236,9 @@ export const executorBatch = (deps: BatchDeps) => {
       attended_together_steps: loop?.attendedTogether ?? 0,
       steps_ahead: loop?.stepsAhead ?? 0,
       ...(peers ? { gpu_peer_copies: { chunks: peers.copies, bytes: peers.bytes, lanes: peers.size } } : {}),
-      // How the GPU budget is split among the tiered lanes running (each share fixed when its lane was built).
+      // How the GPU budget is split among the tiered lanes running, and how often lanes moved to another share.
       ...(isTiered(deps.policy()) && deps.tiers.gpuBudgetBytes !== undefined
-        ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()] } }
+        ? { gpu_shares: { budget_bytes: deps.tiers.gpuBudgetBytes, lane_min_bytes: laneMinBytes(deps.policy(), deps.model().maxContext), lanes: [...shares.values()], reshares: { shrunk: reshare.shrunk, grown: reshare.grown, ms: reshare.ms } } }
         : {}),
     }),
 

@@ -7,7 +7,9 @@
 // share of the budget (a tiered lane, whose layout is fixed when it is built): the free bytes
 // split among the runs that can start now, each at least a lane's minimum, so a lone run gets
 // the whole budget and a budget that cannot fit B lanes runs fewer. Pure bookkeeping with
-// promises; the gpu-executor's batch (actors/executor-batch.ts) alone calls it.
+// promises; the gpu-executor's batch (actors/executor-batch.ts) alone calls it. A tiered
+// run's share may change while it runs (`resize`: actors/lane-reshare.ts moves lanes to give
+// a run that waits for budget alone its share).
 
 /** What a waiting run asks for: fixed bytes, or a share of at least `minBytes`. */
 type Ask = { readonly bytes: number } | { readonly minBytes: number }
@@ -54,6 +56,24 @@ export class KvAdmission {
         this.wakeWaiting()
       })
     })
+  }
+
+  /** A running run's reservation changes from `from` to `to` bytes (a tiered lane moved to another share). */
+  resize(from: number, to: number): void {
+    this.reserved += to - from
+    this.wakeWaiting()
+  }
+
+  /**
+   * The least share the first waiting run asks for, where it waits for budget alone (a place
+   * is free, no serial run holds the executor or waits, and the free budget is below its
+   * minimum): what running lanes may give back. Else undefined.
+   */
+  get blockedShare(): number | undefined {
+    const first = this.waiting[0]
+    if (!first || !("minBytes" in first.ask) || this.budgetBytes === undefined) return undefined
+    if (this.serialRunning || this.serialWaiting > 0 || this.held >= this.places || this.held === 0) return undefined
+    return this.budgetBytes - this.reserved < first.ask.minBytes ? first.ask.minBytes : undefined
   }
 
   release(bytes: number | undefined): void {

@@ -7,7 +7,7 @@
 // its cache truncated to the tokens it returns. One sequence's failure (its prefill, an
 // invalid token, its KV manager failing a step) fails only it: after a failed batch step
 // each row takes the step again alone.
-// Only the loop (`drive`) changes the members.
+// Only the loop (`drive`) changes the members, and between steps `replace` and `lose`.
 import { DecodeBatch, type BatchRow, type Projections } from "./batch.ts"
 import { MAX_BATCH_CANDIDATES, type StepRead } from "./batch-sampling.ts"
 import type { Candidates } from "./candidates.ts"
@@ -23,13 +23,18 @@ export interface BatchLoopOptions {
   readonly projections?: Projections
   /** Encode a batched step before the last one's tokens are read, where its rows allow (default true). */
   readonly overlap?: boolean
+  /** At each step boundary, before the next prompt slice and step (where lanes may be moved: `replace`). */
+  readonly between?: () => Promise<void>
+  /** Whether `between` has work waiting: then no step is encoded ahead, so that the boundary comes with nothing in flight. */
+  readonly betweenWaits?: () => boolean
 }
 
 /** Candidates read back for top-p sampling without top-k (as generate.ts). */
 const TOP_P_CANDIDATES = 1024
 
 interface Member {
-  readonly model: GpuModel
+  /** Replaced between steps when the lane moves to another KV budget share (`replace`). */
+  model: GpuModel
   readonly prompt: ReadonlyArray<number>
   readonly options: GenerateOptions
   readonly onGpu: boolean
@@ -105,6 +110,27 @@ export class BatchLoop {
     })
   }
 
+  /** Whether `model` is a sequence decoding now (past its prompt, not finished). */
+  isDecoding(model: GpuModel): boolean {
+    return this.decoding.some((m) => m.model === model)
+  }
+
+  /**
+   * Between steps (from `between`): the decoding sequence on `old` goes on on `next`, which
+   * holds the same sequence (a lane moved to another KV budget share).
+   */
+  replace(old: GpuModel, next: GpuModel): void {
+    const m = this.decoding.find((d) => d.model === old)
+    if (!m) throw new RangeError("replace: no decoding sequence on that model")
+    m.model = next
+  }
+
+  /** Between steps: the decoding sequence on `model` fails with `e` (its lane was lost moving). */
+  lose(model: GpuModel, e: unknown): void {
+    const m = this.decoding.find((d) => d.model === model)
+    if (m) this.fail(m, e)
+  }
+
   /** Resolves when no sequence is left. */
   async idle(): Promise<void> {
     while (this.running) await this.running
@@ -116,6 +142,8 @@ export class BatchLoop {
 
   private async drive(): Promise<void> {
     while (this.prefilling.length > 0 || this.decoding.length > 0) {
+      // A boundary with no step in flight (one encoded ahead waits for its turn: `betweenWaits` holds the next back).
+      if (this.options.between && !this.ahead) await this.between(this.options.between)
       // A slice of the oldest prompt, while there is room in the batch for it to join.
       if (this.prefilling.length > 0 && this.decoding.length < this.options.capacity) await this.prefillSlice(this.prefilling[0])
       if (this.decoding.length > 0) await this.step()
@@ -156,6 +184,15 @@ export class BatchLoop {
       this.decoding.push(m)
     } catch (e) {
       this.fail(m, e)
+    }
+  }
+
+  /** The boundary's work; its failure fails the decoding sequences (a lane it moved may be gone). */
+  private async between(work: () => Promise<void>): Promise<void> {
+    try {
+      await work()
+    } catch (e) {
+      for (const m of [...this.decoding]) this.fail(m, e)
     }
   }
 
@@ -210,6 +247,7 @@ export class BatchLoop {
   private canRunAhead(s: InFlight): boolean {
     return (
       this.options.overlap !== false &&
+      this.options.betweenWaits?.() !== true &&
       s.failed === undefined &&
       s.rows.length > 1 &&
       this.prefilling.length === 0 &&

@@ -87,13 +87,21 @@ const Tier = {
 /**
  * How a tiered policy's GPU budget is split among the batch's lanes: each lane gets a share
  * when it starts (the free bytes split among the lanes starting together; all of it for a
- * lone request), at least the least budget a lane's KV manager accepts.
+ * lone request), at least the least budget a lane's KV manager accepts; running plain
+ * requests' lanes give part of theirs back to a request that waits for budget, and grow
+ * again when a lane ends.
  */
 export const GpuShares = Schema.Struct({
   budget_bytes: Schema.Number,
   lane_min_bytes: Schema.Number,
   /** The share of each tiered lane running, in the order they started. */
   lanes: Schema.Array(Schema.Number),
+  /**
+   * Running lanes moved to another share at a step boundary, since start: to a smaller one
+   * (giving a request that waited for budget its share) and to a larger one (after a lane ended),
+   * and the milliseconds the moves took (the batch's steps wait meanwhile).
+   */
+  reshares: Schema.optional(Schema.Struct({ shrunk: Schema.Int, grown: Schema.Int, ms: Schema.Number })),
 })
 
 /** The continuous batch (--max-batch above 1): its bound, runs decoding and prefilling, runs waiting for KV room, GPU KV bytes reserved by the batch's lanes, and under leoam or offload-all how the GPU budget is split. */

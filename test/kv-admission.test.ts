@@ -31,6 +31,29 @@ describe("KvAdmission", () => {
     expect(started.at(-1)).toBe("e1")
   })
 
+  it("a run waiting for budget alone says what it asks (blockedShare), and gets what a running share gives back (resize)", async () => {
+    const a = new KvAdmission(2, 100)
+    const shares: Array<number | undefined> = []
+    void a.admitShare(30).then((b) => shares.push(b))
+    await flush()
+    expect(shares).toEqual([100]) // alone: the whole budget
+    expect(a.blockedShare).toBeUndefined()
+    void a.admitShare(30).then((b) => shares.push(b))
+    await flush()
+    expect(a.blockedShare).toBe(30)
+    a.resize(100, 50)
+    await flush()
+    expect(shares).toEqual([100, 50])
+    expect(a.stats).toEqual({ running: 2, waiting: 0, reservedBytes: 100 })
+    // No place left: nothing to give back for.
+    void a.admitShare(30)
+    await flush()
+    expect(a.blockedShare).toBeUndefined()
+    a.release(50)
+    await flush()
+    expect(a.stats).toEqual({ running: 2, waiting: 0, reservedBytes: 100 })
+  })
+
   it("admits a run larger than the budget when the batch is empty (its KV manager refuses it if it cannot fit)", async () => {
     const a = new KvAdmission(4, 10)
     let started = false

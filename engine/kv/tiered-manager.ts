@@ -22,7 +22,7 @@ import { AttnTiming } from "./tiered/attn-timing.ts"
 import { Prefetcher } from "./tiered/prefetch.ts"
 
 export class TieredManager implements KvManager<TieredPolicy> {
-  private readonly t: TieredKv
+  readonly t: TieredKv // the cache (a lane moved to another budget share reads it: tiered/reshare.ts)
   /** Per layer: attn_decode over the tiers' entries of one window, into partials from its first split. */
   private readonly attnDecode: Dispatch[] = []
   private readonly uAttn: Uniform // attn_decode (H, KV, BS, entries per split, stride, scale, per-head lists, first split; QUANT: qbase, slot blocks, K and V slot words)

@@ -7,7 +7,7 @@
 // With quantized slots (layout.ts QuantSlots), prefill and decode use the same pool bytes as
 // fp16 slots and as compressed slots: the cache empties at each switch between them, and
 // decode's compressed slots are filled at once after the switch (warm, warm.ts's order).
-import { GpuSlots, pinKey, type SlotObserver } from "../../../kv/gpu-slots.ts"
+import { GpuSlots, pinKey, type SlotEntry, type SlotObserver } from "../../../kv/gpu-slots.ts"
 import { applyToSlots, type DecodePlan, planDecode, planPrefill, type PlanPolicy, type Placed, type PrefillPlan, scoreWindow, type SlotWindow } from "../../../kv/plan.ts"
 import { blockWords, chunkBytesAt, convertChunk, dequantizeInto, type KvBits, type KvShape } from "../../../kv/quant.ts"
 import { traceSpan } from "../../../kv/step-trace.ts"
@@ -122,6 +122,11 @@ export class GpuCache {
   residentBlock(l: number, ch: number): number | undefined {
     const e = this.quantized || this.loading[l].has(ch) || this.recomputed[l].has(ch) ? undefined : this.slots[l].get(ch)
     return e && this.blockOf(e.slot)
+  }
+
+  /** Layer l's resident chunks as its eviction policy sees them (what a lane moved to a smaller share keeps: reshare.ts). */
+  residents(l: number): ReadonlyArray<Readonly<SlotEntry>> {
+    return this.slots[l].entries()
   }
 
   /** Bytes of the chunks resident over all layers (slot bytes: a compressed slot counts its K and V parts). */

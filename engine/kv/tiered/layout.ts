@@ -12,6 +12,7 @@ import type { ModelConfig } from "../../../models/types.ts"
 import type { ResolvedPolicy } from "../../../protocol/policy.ts"
 import { type AbstractLayout, abstractLayout, abstractsOf, type AbstractsPolicy } from "./abstract-layout.ts"
 import type { TierPeers } from "./peers.ts"
+import type { TierIo } from "../../../kv/tier-io.ts"
 
 /** How the tiered cache chooses what to attend. */
 export interface TieredPolicy {
@@ -57,6 +58,8 @@ export interface TierStores {
   readonly session: string
   /** The node's tiered lanes, whose GPU slots this cache may copy shared prefix chunks from (peers.ts). */
   readonly peers?: TierPeers
+  /** The host and disk side of a lane moved to another budget share (reshare.ts): its sessions, host entries and links go on. */
+  readonly io?: TierIo
 }
 
 /** A policy change that needs a new KV cache (another manager or chunk size): it applies at the next request. */

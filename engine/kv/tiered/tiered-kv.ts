@@ -62,8 +62,8 @@ export class TieredKv {
 
   /** The chunk tables (tail geometry, per-layer chunks): read by the manager's layer-major prefill, which also extends them. */
   readonly tables: ChunkTables
-  private readonly cache: GpuCache
-  private readonly io: TierIo
+  readonly cache: GpuCache // read by a lane moved to another budget share (reshare.ts), as io
+  readonly io: TierIo
   private readonly sealer: Sealer
   private readonly selector: Selector
   private readonly grouped: GroupedChoice | undefined
@@ -93,7 +93,7 @@ export class TieredKv {
     this.current = policy
     this.shape = { kvHeads: c.numKvHeads, blockTokens: bs, headDim: c.headDim }
     if ((policy.compression ?? 16) !== 16) checkQuantShape(this.shape)
-    this.io = new LocalTierIo(stores.arena, stores.store, stores.session, this.shape)
+    this.io = stores.io ?? new LocalTierIo(stores.arena, stores.store, stores.session, this.shape)
     this.scratch = stores.session
     this.io.setHostEviction(policy.hostEviction)
     this.blockTokens = bs
