@@ -111,7 +111,7 @@ export interface KvContext {
   readonly weights?: RecomputeModel["weights"]
   /** Where a manager that keeps all KV in a paged pool takes its blocks: a store shared by a batch's sequences; absent: its own. */
   readonly blockStore?: KvBlockStore
-  /** The model's side of prefetch's hidden-state forecast; absent (no model, or a batch's rows): that forecast is off. */
+  /** The model's side of prefetch's hidden-state forecast (GpuModel always gives it); absent: that forecast is off. */
   readonly forecast?: ForecastInputs
 }
 
