@@ -72,7 +72,7 @@ export const executorBatch = (deps: BatchDeps) => {
   let blocks: { readonly store: KvBlockStore; readonly weights: GpuModel["weights"] } | undefined
   /** Stores of earlier weights, freed once their lanes gave every block back. */
   const retired: KvBlockStore[] = []
-  /** Moves running tiered lanes to other budget shares at step boundaries (a newcomer's share; a lane ended). */
+  /** Moves running tiered lanes to other budget shares at step boundaries (a newcomer's share; a lane ended; LEOAM_RESHARE=0: not, to compare). */
   const reshare = new LaneReshare({
     admission,
     shares,
@@ -170,7 +170,7 @@ export const executorBatch = (deps: BatchDeps) => {
       const model = await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) })
       lanes.set(runId, model)
       if (movable && shares.has(runId)) reshare.add(runId, { session, minBytes: laneMinBytes(policy, tokens) })
-      loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice, between: () => reshare.atBoundary(), betweenWaits: () => reshare.wanted() }, deps.beforeStep)
+      loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice, ...(process.env.LEOAM_RESHARE === "0" ? {} : { between: () => reshare.atBoundary(), betweenWaits: () => reshare.wanted() }) }, deps.beforeStep)
       try {
         return await use(model, loop, session)
       } finally {

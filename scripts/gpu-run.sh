@@ -152,6 +152,13 @@
 #        same document, with peer copies on and then off (LEOAM_PEER_COPIES=0): B's TTFT, bytes
 #        copied from A's slots, read from the host and uploaded, same ids; stopped at PEER_S
 #        (default 400 s); extra arguments go to peer-share
+#   reshare: live re-sharing of the GPU budget (issue 14 §1; bundle: `bash scripts/gpu-bundle.sh
+#        golden-check reshare-bench`): the golden check, then bench/reshare-bench.ts at 8B shapes
+#        (dummy weights), GPU 6 GiB / host 8 GiB, A a RESHARE_TOKENS-token prompt (default 8192)
+#        decoding 128 tokens, B (1024 tokens, 4) arriving while A decodes, re-sharing on and off
+#        (LEOAM_RESHARE=0: B waits for A): B's wall time and first token, A's ms/token against
+#        alone, the moves and their ms, same ids; stopped at RESHARE_S (default 400 s); extra
+#        arguments go to reshare-bench
 #   recompute: recompute against fetch (issue 13 §5, policy `recompute`; bundle: `bash
 #        scripts/gpu-bundle.sh recompute-bench tiered-bench`): bench/recompute-bench.ts at LongChat-7B (MHA)
 #        and Llama-3.1-8B (GQA) shapes, chunks of RECOMPUTE_TOKENS (default 16,32,64,128,256)
@@ -165,7 +172,7 @@
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|prefetch-forecast|peer-share|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -210,6 +217,14 @@ if [ "$suite" = peer-share ]; then
   timeout "${PEER_S:-400}" node .bench-bundle/peer-share.mjs --model dummy:llama-3.1-8b --tokens "${PEER_TOKENS:-8192}" --device gpu \
     --host-kv-budget 8GiB --out "$out/peer-share.json" "$@" 2>&1 \
     | tee "$out/peer-share.txt" || echo "peer-share: failed or stopped" | tee -a "$out/peer-share.txt"
+  exit 0
+fi
+if [ "$suite" = reshare ]; then
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  timeout "${RESHARE_S:-400}" node .bench-bundle/reshare-bench.mjs --model dummy:llama-3.1-8b --tokens "${RESHARE_TOKENS:-8192}" \
+    --a-tokens 128 --b-tokens 1024 --max-tokens 4 --gpu-kv-budget 6GiB --host-kv-budget 8GiB --device gpu \
+    --out "$out/reshare.json" "$@" 2>&1 \
+    | tee "$out/reshare.txt" || echo "reshare: failed or stopped" | tee -a "$out/reshare.txt"
   exit 0
 fi
 if [ "$suite" = prefill ]; then
