@@ -3,52 +3,85 @@
 // layer-major), leoam attending every chunk gives full attention's greedy ids at 2K and 6K
 // tokens, writes the same chunks (boundaries, KV bytes) and abstracts to disk as
 // token-major prefill, and a prompt appended after a sequence attends that history too.
+// The three prompts are prefixes of one 6K prompt (pass-key prompts end to end, each prefix
+// ending in a query), so full attention's answers for all three come from one 6K prefill.
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
+import type { GpuModel } from "../engine/model.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import { halfToFloat } from "../kv/quant.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
 const greedy = { maxTokens: 4, temperature: 0 }
 /** leoam attending every chunk: decode is exact, so ids compare with full attention's. */
 const everyChunk = { name: "leoam", selection: { topk: { budget_fraction: 1 } } }
 
-let gpu: Gpu
-let tok: Tokenizer
+const bundled = useBundledModel()
 let store: DiskStore
 
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
+beforeAll(() => {
   store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-layer-prefill-")) })
 })
 
 afterAll(async () => {
   await store?.close()
-  await releaseGpu()
 })
+
+/** Where the append case's and the 2K case's prompts end: multiples of the 512-token prefill pass. */
+const APPEND_END = 1536
+const TWO_K = 2048
+const SIX_K = 6000
+
+/**
+ * One 6K prompt of three pass-key prompts end to end (BOS only at the start): [0, 1536) with its
+ * key early (the append case's history holds it), [1536, 2048) and [2048, 6000); each ends in
+ * the query, so each prefix asks for a key.
+ */
+const sixK = () => [
+  ...passKeyPrompt(bundled.tok, APPEND_END, passKey(8), 0.2).ids,
+  ...passKeyPrompt(bundled.tok, TWO_K - APPEND_END + 1, passKey(7), 0.4).ids.slice(1),
+  ...passKeyPrompt(bundled.tok, SIX_K - TWO_K + 1, passKey(9), 0.6).ids.slice(1),
+]
+
+/**
+ * Full attention's greedy ids for the prompt's prefixes at 1536, 2048 (4 tokens each) and 6000
+ * (2 tokens), from one model: each prefix continues the sequence from the previous one (its
+ * generated tokens truncated away), so the 6K prompt is prefilled once, in the passes of one
+ * prefill of it (the prefixes end on pass boundaries). A hook of its own (a 6K prefill takes
+ * minutes on lavapipe under load), before the cases.
+ */
+let want: { ids: number[]; append: number[]; twoK: number[]; sixK: number[] }
+beforeAll(async () => {
+  const ids = sixK()
+  expect(ids.length).toBe(SIX_K)
+  const full = await bundled.load({ maxContext: SIX_K + greedy.maxTokens })
+  try {
+    const upTo = async (from: number, to: number, maxTokens: number) => {
+      full.truncate(from)
+      return (await generate(full, ids.slice(from, to), { maxTokens, temperature: 0, continue: true })).ids
+    }
+    const append = await upTo(0, APPEND_END, greedy.maxTokens)
+    const twoK = await upTo(APPEND_END, TWO_K, greedy.maxTokens)
+    want = { ids, append, twoK, sixK: await upTo(TWO_K, SIX_K, 2) }
+  } finally {
+    full.destroy()
+  }
+}, 1_800_000)
 
 /** The bundled model under leoam with a quarter of `tokens`' KV on the GPU and 30 % in host memory. */
 const tiered = async (session: string, tokens: number, layerMajor: boolean): Promise<GpuModel> => {
-  const source = openHfModel(modelDir)
-  const kvBytes = tokens * kvBytesPerToken(source.config)
+  const kvBytes = tokens * kvBytesPerToken(bundled.config)
   const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.3) })
-  const kv = kvEngineOptions(parsePolicy(everyChunk), { gpuBudgetBytes: Math.floor(kvBytes * 0.25), arena, store, session }, source.config, tokens)
-  return GpuModel.load(gpu, source, { maxContext: tokens, ...kv, layerMajor })
+  const kv = kvEngineOptions(parsePolicy(everyChunk), { gpuBudgetBytes: Math.floor(kvBytes * 0.25), arena, store, session }, bundled.config, tokens)
+  return bundled.load({ maxContext: tokens, ...kv, layerMajor })
 }
-
-const fullModel = (tokens: number) => GpuModel.load(gpu, openHfModel(modelDir), { maxContext: tokens })
 
 /** Stored chunks of session `a` against `b` (those below chunk `below` of each layer): same boundaries; the largest difference of a K/V and of an abstract value. */
 const compareStored = (a: string, b: string, layers: number, below = Number.POSITIVE_INFINITY) => {
@@ -77,16 +110,13 @@ const compareStored = (a: string, b: string, layers: number, below = Number.POSI
 
 describe("layer-major tiered prefill", () => {
   it("2K tokens: full attention's greedy ids; the same chunks and abstracts as token-major prefill", async () => {
-    const ids = passKeyPrompt(tok, 2000, passKey(7), 0.4).ids
+    const ids = want.ids.slice(0, TWO_K)
     const tokens = ids.length + greedy.maxTokens + 8
-    const full = await fullModel(tokens)
-    const want = await generate(full, ids, greedy)
-    full.destroy()
     const byLayer = await tiered("lm2k", tokens, true)
     const byToken = await tiered("tm2k", tokens, false)
     try {
       const got = await generate(byLayer, ids, greedy)
-      expect(got.ids).toEqual(want.ids)
+      expect(got.ids).toEqual(want.twoK)
       const kv = byLayer.tierStats()!
       // The prompt's own chunks are never read back during its prefill: only decode reads.
       expect(kv.chunks_sealed).toBe(Math.floor((ids.length + greedy.maxTokens - 1) / 32) * byLayer.config.numLayers)
@@ -108,18 +138,15 @@ describe("layer-major tiered prefill", () => {
   }, 600_000)
 
   it("a prompt appended after a sequence (unsealed tail included) attends its sealed history and tail", async () => {
-    const all = passKeyPrompt(tok, 1400, passKey(8), 0.2).ids
-    const first = all.slice(0, 601) // 18 whole chunks and 25 tokens left in the tail
+    const all = want.ids.slice(0, APPEND_END)
+    const first = all.slice(0, 601) // 18 whole chunks and 25 tokens left in the tail; the key is in them
     const rest = all.slice(601)
     const tokens = all.length + greedy.maxTokens + 8
-    const full = await fullModel(tokens)
-    const want = await generate(full, all, greedy)
-    full.destroy()
     const model = await tiered("append", tokens, true)
     try {
       await model.prefill(first)
       const got = await generate(model, rest, { ...greedy, continue: true })
-      expect(got.ids).toEqual(want.ids)
+      expect(got.ids).toEqual(want.append)
       expect(model.tierStats()!.windows).toBeGreaterThan(0) // the history was attended through the tiers
     } finally {
       model.destroy()
@@ -127,15 +154,11 @@ describe("layer-major tiered prefill", () => {
   }, 600_000)
 
   it("6K tokens: full attention's greedy ids", async () => {
-    const ids = passKeyPrompt(tok, 6000, passKey(9), 0.6).ids
-    const tokens = ids.length + greedy.maxTokens + 8
-    const full = await fullModel(tokens)
-    const want = await generate(full, ids, { ...greedy, maxTokens: 2 })
-    full.destroy()
+    const tokens = want.ids.length + greedy.maxTokens + 8
     const model = await tiered("lm6k", tokens, true)
     try {
-      const got = await generate(model, ids, { ...greedy, maxTokens: 2 })
-      expect(got.ids).toEqual(want.ids)
+      const got = await generate(model, want.ids, { ...greedy, maxTokens: 2 })
+      expect(got.ids).toEqual(want.sixK)
     } finally {
       model.destroy()
     }
