@@ -25,7 +25,7 @@ const opts = new Command("reshare-bench")
   .option("--b-tokens <n>", "B's prompt tokens", (v) => Number(v), 64)
   .option("--a-tokens <n>", "tokens A generates (it must still decode when B arrives)", (v) => Number(v), 48)
   .option("--max-tokens <n>", "tokens B generates", (v) => Number(v), 4)
-  .option("--policy <name>", "a tiered policy", "leoam")
+  .option("--policy <name>", "a tiered policy, by name or as a JSON document (e.g. '{\"name\":\"leoam\",\"compression\":{\"bits\":8}}')", "leoam")
   .option("--gpu-kv-budget <size>", "GPU bytes for KV, shared by the lanes", "3MiB")
   .option("--host-kv-budget <size>", "host arena bytes", "256MiB")
   .addOption(new Option("--device <kind>").choices(["cpu", "gpu", "auto"]).default("auto"))
@@ -48,7 +48,7 @@ const pair = async (reshare: boolean) => {
     kvDir,
     hostKvBudget: parseSize(opts.hostKvBudget),
     gpuKvBudget: parseSize(opts.gpuKvBudget),
-    kvPolicy: parsePolicyDocument(opts.policy),
+    kvPolicy: parsePolicyDocument(opts.policy.startsWith("{") ? JSON.parse(opts.policy) : opts.policy),
     maxBatch: 2,
   })
   const nc = await connectNats(node.url, "reshare-bench")
