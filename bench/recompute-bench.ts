@@ -22,6 +22,7 @@ import { defaultGemvTuning, resolveGemvTunings } from "../engine/gemv-tuning.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { RECOMPUTE_ROWS, RecomputePass, hiddenRowsKey } from "../engine/kv/tiered/recompute-pass.ts"
 import { modelKeys, subgroupsOf } from "../engine/model-resources.ts"
+import { RECOMPUTE_GEMM_TFLOPS } from "../protocol/policy.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HIDDEN_LAYER_BASE, recomputeCost } from "../kv/recompute-cost.ts"
@@ -39,7 +40,7 @@ const o = new Command()
   .option("--cold-disk", "also time each case with the store's files dropped from the page cache before each run")
   .option("--kv-dir <dir>", "where the records are written (default: a temporary directory)")
   .option("--disk-gb-per-s <n>", "the cost model's disk rate, for its prediction beside the measurement", parseFloat, 3)
-  .option("--gemm-tflops <n>", "the cost model's GEMM rate", parseFloat, 100)
+  .option("--gemm-tflops <n>", "the cost model's GEMM rate (the policy's default)", parseFloat, RECOMPUTE_GEMM_TFLOPS)
   .option("--out <file>", "write the rows as JSON (after each case, so that a run stopped by time keeps what it measured)")
   .option("--max-seconds <n>", "start no case after this many seconds (the remaining ones are listed as skipped)", parseFloat, Number.POSITIVE_INFINITY)
   .parse()

@@ -28,9 +28,15 @@ export const MAX_GROUP_CHUNKS = 4096
 /** Recomputing K/V of disk-tier chunks from their stored hidden states (engine/kv/tiered/recompute.ts). */
 export type RecomputeMode = "off" | "auto" | "always"
 const RecomputeModeSchema = Schema.Literal("off", "auto", "always")
-/** The cost model's defaults: a disk (NVMe) read rate and the GPU's sustained f16 GEMM rate. */
+/**
+ * The cost model's defaults: a disk (NVMe) read rate and the K/V projection's sustained rate.
+ * 12 TFLOPS is what the recompute pass reached on an H100 at LongChat-7B shapes (7.7 at 16-token
+ * chunks, 11.8 at 64, 13.9 at 256; bench/results/2026-12-07-late-gpu-session run 2): a chunk's
+ * projection is a skinny GEMM bound by reading W_k and W_v, far from the card's peak, and at it
+ * the model's crossover (1.47 GB/s) is the measured one (0.9-1.7 GB/s).
+ */
 export const RECOMPUTE_DISK_GB_PER_S = 3
-export const RECOMPUTE_GEMM_TFLOPS = 100
+export const RECOMPUTE_GEMM_TFLOPS = 12
 const Rate = Schema.Number.pipe(Schema.greaterThan(0), Schema.lessThanOrEqualTo(1e6))
 
 const Tokens = Schema.Int.pipe(Schema.between(1, 1 << 24))
@@ -118,7 +124,7 @@ export const KvPolicyDocument = Schema.Struct({
    * and a GPU cache miss the host arena cannot serve reads those and recomputes K and V on the
    * GPU (RMSNorm, the K/V rows of the QKV projection, RoPE) into its slot. `mode` "off" (the
    * default), "always", or "auto": on where the cost model says a disk chunk's hidden states
-   * read at `disk_gb_per_s` (default 3) plus their projection at `gemm_tflops` (default 100)
+   * read at `disk_gb_per_s` (default 3) plus their projection at `gemm_tflops` (default 12, measured)
    * take less time than its K/V read; for MHA models it does, for GQA models (hidden states
    * larger than K+V) never, nor with compressed chunks ("always" needs fp16 chunks). Changed
    * live: at the next step; chunks sealed while off are fetched.

@@ -150,8 +150,8 @@ describe("recompute from hidden states", () => {
 
 describe("recompute in the policy document and its cost model", () => {
   it("resolves, refuses what cannot recompute, and chooses by the model's shapes", () => {
-    expect(parsePolicy("leoam").recompute).toEqual({ mode: "off", diskGBps: 3, gemmTflops: 100 })
-    expect(parsePolicy({ name: "leoam", recompute: { mode: "auto", disk_gb_per_s: 7 } }).recompute).toEqual({ mode: "auto", diskGBps: 7, gemmTflops: 100 })
+    expect(parsePolicy("leoam").recompute).toEqual({ mode: "off", diskGBps: 3, gemmTflops: 12 })
+    expect(parsePolicy({ name: "leoam", recompute: { mode: "auto", disk_gb_per_s: 7 } }).recompute).toEqual({ mode: "auto", diskGBps: 7, gemmTflops: 12 })
     expect(() => parsePolicy({ name: "quest", recompute: { mode: "always" } })).toThrow(/recompute needs a tiered policy/)
     expect(() => parsePolicy({ name: "leoam", compression: { bits: 8 }, recompute: { mode: "always" } })).toThrow(/compression.bits 16/)
     expect(parsePolicy({ name: "leoam", compression: { bits: 8 }, recompute: { mode: "auto" } }).recompute?.mode).toBe("auto")
@@ -170,6 +170,10 @@ describe("recompute in the policy document and its cost model", () => {
     expect(recomputeCost(llama8b, 0.1, 1000)).toMatchObject({ pays: false, crossoverGBps: 0 })
     const auto = { mode: "auto", diskGBps: 3, gemmTflops: 100 } as const
     expect([recomputesFor(auto, longchat), recomputesFor(auto, llama8b), recomputesFor(auto, tiny)]).toEqual([true, false, false])
+    // At the measured 12 TFLOPS (the default) the crossover is ~1.47 GB/s: not at 3, yes at 1.
+    expect(recomputeCost(longchat, 3, 12).crossoverGBps).toBeCloseTo(1.465, 2)
+    expect(recomputesFor({ ...auto, gemmTflops: 12 }, longchat)).toBe(false)
+    expect(recomputesFor({ ...auto, diskGBps: 1, gemmTflops: 12 }, longchat)).toBe(true)
     expect(recomputesFor({ ...auto, mode: "always" }, tiny)).toBe(true)
     expect(recomputesFor({ ...auto, mode: "off" }, longchat)).toBe(false)
   })
