@@ -5,53 +5,37 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
 import { chunkBytesAt } from "../kv/quant.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const tiered = async (policy: unknown, fractions: { gpu: number; host: number }, tokens: number) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
+  const c = bundled.config
   const kvBytes = tokens * kvBytesPerToken(c)
   const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-tierq-")) })
   const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * fractions.host) })
   const tiers = { gpuBudgetBytes: Math.floor(kvBytes * fractions.gpu), arena, store, session: "q" }
   const options = (p: unknown) => kvEngineOptions(parsePolicy(p), tiers, c, tokens + 64)
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens + 64, ...options(policy) })
+  const model = await bundled.load({ maxContext: tokens + 64, ...options(policy) })
   return { model, store, options, close: async () => (model.destroy(), await store.close()) }
 }
 
 describe("tiered KV cache with compressed chunks", () => {
   it("int8 in the host and disk tiers finds a 2K-token pass key with the GPU holding a fifth of the KV", async () => {
-    const p = passKeyPrompt(tok, 2048, passKey(7), 0.6)
+    const p = passKeyPrompt(bundled.tok, 2048, passKey(7), 0.6)
     const policy = { name: "leoam", chunking: { fixed: { tokens: 16 } }, selection: { topk: { budget_tokens: 256, sink_tokens: 16, recent_tokens: 32 } }, compression: { bits: 8 } }
     const t = await tiered(policy, { gpu: 0.2, host: 0.25 }, p.ids.length + 6)
     try {
       const got = await generate(t.model, p.ids, { maxTokens: 6, temperature: 0 })
-      expect(tok.decode(got.ids)).toContain(p.key)
+      expect(bundled.tok.decode(got.ids)).toContain(p.key)
       const kv = t.model.tierStats()!
       expect(kv.disk.bytes_read).toBeGreaterThan(0)
       const dtypes = new Set(t.store.chunksOf("q", 0).map((c) => c.entry.dtype))
@@ -69,7 +53,7 @@ describe("tiered KV cache with compressed chunks", () => {
   }, 300_000)
 
   it("switches compression live within the slot bits: importance-mixed chunks before the change, int8 after it, both read back in the run", async () => {
-    const ids = passKeyPrompt(tok, 700, passKey(5), 0.3).ids
+    const ids = passKeyPrompt(bundled.tok, 700, passKey(5), 0.3).ids
     const policy = (bits: 16 | 8 | 4 | "importance") => ({ name: "leoam", selection: { topk: { budget_fraction: 1 } }, compression: { bits } })
     const t = await tiered(policy("importance"), { gpu: 0.3, host: 0.3 }, ids.length + 72)
     try {

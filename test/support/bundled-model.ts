@@ -1,8 +1,8 @@
 // The bundled test model (models/tiny-leo-14m) on the process's one GPU (lavapipe in CI), set up
 // once for a test file: the device and the tokenizer before its tests, released after them.
-// Every model the file loads through `load` shares one upload of the weights and one set of
-// compiled pipelines (GpuModel.sibling, with its own KV, activations and context), which on
-// lavapipe saves the pipeline compilation and weight upload of each model after the first.
+// Each model `load` gives is loaded afresh (GpuModel.load): siblings of one lead model (shared
+// weights and pipelines) made tiered-compression's cases slower on lavapipe, 67-78 s against
+// 43-58 s, not faster.
 import { afterAll, beforeAll } from "vitest"
 import { acquireGpu, type Gpu, releaseGpu } from "../../engine/gpu.ts"
 import { type EngineOptions, GpuModel } from "../../engine/model.ts"
@@ -16,23 +16,23 @@ export interface BundledModel {
   readonly gpu: Gpu
   readonly tok: Tokenizer
   readonly config: ModelConfig
-  /** A model on the shared weights and pipelines (full attention unless `kv` says otherwise); its `destroy` leaves the weights. */
-  load(options: Pick<EngineOptions, "maxContext" | "kv" | "layerMajor" | "decode" | "gemv">): Promise<GpuModel>
+  /** The bundled model with these options (full attention unless `kv` says otherwise). */
+  load(options: EngineOptions): Promise<GpuModel>
 }
 
 /** Registers the file's beforeAll / afterAll and returns the fixture (its fields are set once beforeAll ran). */
 export const useBundledModel = (): BundledModel => {
   let gpu: Gpu | undefined
   let tok: Tokenizer | undefined
-  let lead: GpuModel | undefined
+  let config: ModelConfig | undefined
   beforeAll(async () => {
     gpu = await acquireGpu()
     tok = loadTokenizer(modelDir)
-    // The smallest context: the lead only owns the weights and pipelines; tests' models are its siblings.
-    lead = await GpuModel.load(gpu, openHfModel(modelDir), { maxContext: 16 })
+    const source = openHfModel(modelDir)
+    config = source.config
+    source.close()
   })
   afterAll(async () => {
-    lead?.destroy()
     await releaseGpu()
   })
   const ready = <T,>(v: T | undefined): T => {
@@ -47,8 +47,8 @@ export const useBundledModel = (): BundledModel => {
       return ready(tok)
     },
     get config() {
-      return ready(lead).config
+      return ready(config)
     },
-    load: (options) => ready(lead).sibling(options),
+    load: (options) => GpuModel.load(ready(gpu), openHfModel(modelDir), options),
   }
 }
