@@ -6,31 +6,17 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
+import type { GpuModel } from "../engine/model.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const leoam = (pipeline?: { enabled?: boolean; depth?: number }) => ({
   name: "leoam",
@@ -42,15 +28,14 @@ const leoam = (pipeline?: { enabled?: boolean; depth?: number }) => ({
 type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
 
 const run = async (policy: unknown, ids: ReadonlyArray<number>, gpuFraction: number, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: Options) => void) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
+  const c = bundled.config
   const tokens = ids.length + maxTokens + 8
   const kvBytes = tokens * kvBytesPerToken(c)
   const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-pipe-")) })
   const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
   const tiers = { gpuBudgetBytes: Math.floor(kvBytes * gpuFraction), arena, store, session: "p" }
   const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options(policy) })
+  const model = await bundled.load({ maxContext: tokens, ...options(policy) })
   try {
     let step = 0
     const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => beforeStep?.(model, step++, options) })
@@ -62,7 +47,7 @@ const run = async (policy: unknown, ids: ReadonlyArray<number>, gpuFraction: num
 }
 
 describe("pipelined tiered decode step", () => {
-  const prompt = () => passKeyPrompt(tok, 512, passKey(3), 0.4).ids
+  const prompt = () => passKeyPrompt(bundled.tok, 512, passKey(3), 0.4).ids
 
   it("gives the same tokens and the same GPU cache hits and misses as the unpipelined step, rewinding where a checked layer missed", async () => {
     const ids = prompt()

@@ -7,31 +7,17 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
+import type { GpuModel } from "../engine/model.ts"
 import { DiskStore } from "../kv/disk-store.ts"
 import { HostArena } from "../kv/host-arena.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const leoam = (extra: object = {}) => ({
   name: "leoam",
@@ -43,8 +29,7 @@ const leoam = (extra: object = {}) => ({
 type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
 
 const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: Options) => void) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
+  const c = bundled.config
   const tokens = ids.length + maxTokens + 8
   const kvBytes = tokens * kvBytesPerToken(c)
   const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-prefetch-")) })
@@ -52,7 +37,7 @@ const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: numbe
   const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
   const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 1.2), arena, store, session: "f" }
   const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options(policy) })
+  const model = await bundled.load({ maxContext: tokens, ...options(policy) })
   try {
     let step = 0
     const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => beforeStep?.(model, step++, options) })
@@ -64,12 +49,12 @@ const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: numbe
 }
 
 describe("pipelined step: combine and prefetch", () => {
-  const p = () => passKeyPrompt(tok, 512, passKey(3), 0.4)
+  const p = () => passKeyPrompt(bundled.tok, 512, passKey(3), 0.4)
 
   it("completes layers that miss by a combine and prefetches forecast chunks, with the tokens of the unpipelined step", async () => {
     const prompt = p()
     const off = await run(leoam(), prompt.ids, 10)
-    expect(tok.decode(off.ids)).toContain(prompt.key)
+    expect(bundled.tok.decode(off.ids)).toContain(prompt.key)
     expect(off.kv.gpu.misses).toBeGreaterThan(0)
     expect(off.kv.prefetch?.forecasts).toBe(0)
 
