@@ -10,15 +10,12 @@
 //     --host-kv-budget 8GiB --out bench/results/peer-share.json
 // No GPU budget by default: under one, a lone lane holds all of it (actors/kv-admission.ts),
 // so B would wait for A to end and take its prefix from a hold, with no lane to copy from.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { writeFileSync } from "node:fs"
 import { Command, Option } from "commander"
-import { connectNats } from "../actors/nats.ts"
-import { startNode } from "../actors/node.ts"
 import { parsePolicyDocument } from "../protocol/policy.ts"
 import { adminSubjects, publicSubjects } from "../protocol/subjects.ts"
 import { parseSize } from "../cli/sizes.ts"
+import { startBenchNode } from "./bench-node.ts"
 
 const opts = new Command("peer-share")
   .option("--model <dir>", "a model directory or dummy:PRESET", new URL("../models/tiny-leo-14m", import.meta.url).pathname)
@@ -41,25 +38,16 @@ const b = { ids: [...doc, ...ids(opts.question, 3)], max_tokens: opts.maxTokens 
 
 const pair = async (peers: boolean) => {
   process.env.LEOAM_PEER_COPIES = peers ? "1" : "0"
-  const kvDir = mkdtempSync(join(tmpdir(), "leoam-peer-share-"))
-  const node = await startNode({
-    actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
+  const bench = await startBenchNode("peer-share", {
     model: opts.model,
     maxContext: opts.tokens + opts.question + opts.aTokens + 64,
     device: opts.device,
-    kvDir,
     hostKvBudget: parseSize(opts.hostKvBudget),
     ...(opts.gpuKvBudget ? { gpuKvBudget: parseSize(opts.gpuKvBudget) } : {}),
     kvPolicy: parsePolicyDocument(opts.policy),
     maxBatch: 2,
   })
-  const nc = await connectNats(node.url, "peer-share")
-  const ask = async (subject: string, body: unknown) => {
-    const m = await nc.request(subject, new TextEncoder().encode(JSON.stringify(body)), { timeout: 3_600_000 })
-    const json = m.json<any>()
-    if (json.error) throw new Error(`${subject}: ${json.error.code}: ${json.error.message}`)
-    return json
-  }
+  const ask = bench.ask
   try {
     await ask(publicSubjects.generate, { ids: ids(32, 9), max_tokens: 2 }) // warm-up: pipelines, first run
     const alone = await ask(publicSubjects.generate, b)
@@ -83,9 +71,7 @@ const pair = async (peers: boolean) => {
       lanes_left: stats.gpu_peer_copies?.lanes ?? 0,
     }
   } finally {
-    await nc.close()
-    await node.stop()
-    rmSync(kvDir, { recursive: true, force: true })
+    await bench.close()
   }
 }
 

@@ -9,15 +9,12 @@
 //   npx tsx bench/reshare-bench.ts --device cpu --gpu-kv-budget 3MiB      # this CPU, bundled model
 //   npx tsx bench/reshare-bench.ts --model dummy:llama-3.1-8b --tokens 8192 --a-tokens 128 \
 //     --gpu-kv-budget 6GiB --host-kv-budget 8GiB --device gpu --out bench/results/reshare.json
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { writeFileSync } from "node:fs"
 import { Command, Option } from "commander"
-import { connectNats } from "../actors/nats.ts"
-import { startNode } from "../actors/node.ts"
 import { parsePolicyDocument } from "../protocol/policy.ts"
 import { adminSubjects, publicSubjects } from "../protocol/subjects.ts"
 import { parseSize } from "../cli/sizes.ts"
+import { startBenchNode } from "./bench-node.ts"
 
 const opts = new Command("reshare-bench")
   .option("--model <dir>", "a model directory or dummy:PRESET", new URL("../models/tiny-leo-14m", import.meta.url).pathname)
@@ -39,25 +36,16 @@ const b = { ids: ids(opts.bTokens, 2), max_tokens: opts.maxTokens }
 
 const pair = async (reshare: boolean) => {
   process.env.LEOAM_RESHARE = reshare ? "1" : "0"
-  const kvDir = mkdtempSync(join(tmpdir(), "leoam-reshare-"))
-  const node = await startNode({
-    actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
+  const bench = await startBenchNode("reshare", {
     model: opts.model,
     maxContext: Math.max(opts.tokens + opts.aTokens, opts.bTokens + opts.maxTokens) + 64,
     device: opts.device,
-    kvDir,
     hostKvBudget: parseSize(opts.hostKvBudget),
     gpuKvBudget: parseSize(opts.gpuKvBudget),
     kvPolicy: parsePolicyDocument(opts.policy.startsWith("{") ? JSON.parse(opts.policy) : opts.policy),
     maxBatch: 2,
   })
-  const nc = await connectNats(node.url, "reshare-bench")
-  const ask = async (subject: string, body: unknown) => {
-    const m = await nc.request(subject, new TextEncoder().encode(JSON.stringify(body)), { timeout: 3_600_000 })
-    const json = m.json<any>()
-    if (json.error) throw new Error(`${subject}: ${json.error.code}: ${json.error.message}`)
-    return json
-  }
+  const ask = bench.ask
   try {
     await ask(publicSubjects.generate, { ids: ids(32, 9), max_tokens: 2 }) // warm-up: pipelines, first run
     const aloneA = await ask(publicSubjects.generate, a)
@@ -87,9 +75,7 @@ const pair = async (reshare: boolean) => {
       move_ms: after.ms - before.ms,
     }
   } finally {
-    await nc.close()
-    await node.stop()
-    rmSync(kvDir, { recursive: true, force: true })
+    await bench.close()
   }
 }
 

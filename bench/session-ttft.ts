@@ -13,15 +13,12 @@
 //   npx tsx bench/session-ttft.ts --tokens 2048                        # this CPU, bundled model
 //   npx tsx bench/session-ttft.ts --model dummy:llama-3.1-8b --tokens 32768 --device gpu \
 //     --gpu-kv-budget 6GiB --host-kv-budget 8GiB --out bench/results/session-ttft-h200.json
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { writeFileSync } from "node:fs"
 import { Command, Option } from "commander"
-import { connectNats } from "../actors/nats.ts"
-import { startNode } from "../actors/node.ts"
 import { parsePolicyDocument } from "../protocol/policy.ts"
 import { publicSubjects, sessionSubjects } from "../protocol/subjects.ts"
 import { parseSize } from "../cli/sizes.ts"
+import { startBenchNode } from "./bench-node.ts"
 
 const opts = new Command("session-ttft")
   .option("--model <dir>", "a model directory or dummy:PRESET", new URL("../models/tiny-leo-14m", import.meta.url).pathname)
@@ -39,24 +36,18 @@ const opts = new Command("session-ttft")
   .parse()
   .opts<{ model: string; tokens: number; question: number; maxTokens: number; rounds: number; maxBatch: number; fresh: boolean; policy: string; gpuKvBudget?: string; hostKvBudget: string; device: "cpu" | "gpu" | "auto"; out?: string }>()
 
-const kvDir = mkdtempSync(join(tmpdir(), "leoam-session-ttft-"))
-const node = await startNode({
-  actors: ["gpu-executor", "disk-store", "host-cache", "scheduler"],
+const bench = await startBenchNode("session-ttft", {
   model: opts.model,
   maxContext: opts.tokens + opts.question + opts.maxTokens + 64,
   device: opts.device,
-  kvDir,
   hostKvBudget: parseSize(opts.hostKvBudget),
   ...(opts.gpuKvBudget ? { gpuKvBudget: parseSize(opts.gpuKvBudget) } : {}),
   kvPolicy: parsePolicyDocument(opts.policy),
   maxBatch: opts.maxBatch,
 })
-const nc = await connectNats(node.url, "session-ttft")
 const ask = async (subject: string, body: unknown) => {
   const t0 = performance.now()
-  const m = await nc.request(subject, new TextEncoder().encode(JSON.stringify(body)), { timeout: 3_600_000 })
-  const json = m.json<any>()
-  if (json.error) throw new Error(`${subject}: ${json.error.code}: ${json.error.message}`)
+  const json = await bench.ask(subject, body)
   return { json, ms: performance.now() - t0 }
 }
 const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 131 + salt * 17) % 3000))
@@ -89,9 +80,7 @@ try {
     }
   }
 } finally {
-  await nc.close()
-  await node.stop()
-  rmSync(kvDir, { recursive: true, force: true })
+  await bench.close()
 }
 const of = (prefix: string) => rows.filter((r) => r.what.startsWith(prefix)).map((r) => r.prefill_ms)
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
