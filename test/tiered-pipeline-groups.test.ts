@@ -4,34 +4,12 @@
 // turns itself off where groups are on. Same greedy tokens as the unpipelined step at the same
 // policy, the pass key found, and the chunks scored counted from what the GPU scored. Budgeted
 // abstracts (fetched from LMDB by the host) still go the unpipelined way (pipeline depth 0).
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
-import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
-import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
+import { runTiered } from "./support/tiered-run.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 // 256 tokens in 16-token chunks: 16 a layer in 8 groups of 2, of which a step keeps 5 (twice the ~5 chunks the budget chooses, in groups).
 const leoam = (extra: object = {}) => ({
@@ -42,30 +20,15 @@ const leoam = (extra: object = {}) => ({
   ...extra,
 })
 
-const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
-  const tokens = ids.length + maxTokens + 8
-  const kvBytes = tokens * kvBytesPerToken(c)
-  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-pipe-groups-")) })
+const run = (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number) =>
   // A GPU cache that holds a choice but not every chunk, a host arena of half the KV: layers miss, some reads go to disk.
-  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
-  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 1.2), arena, store, session: "g" }
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...kvEngineOptions(parsePolicy(policy), tiers, c, tokens) })
-  try {
-    const got = await generate(model, ids, { maxTokens, temperature: 0 })
-    return { ids: got.ids, kv: model.tierStats()! }
-  } finally {
-    model.destroy()
-    await store.close()
-  }
-}
+  runTiered(bundled, policy, ids, maxTokens, { gpu: 1.2, host: 0.5, name: "pipe-groups" })
 
 describe("pipelined step with group abstracts", () => {
   it("routes grouped choices chosen on the GPU alone, with the tokens of the unpipelined step and honest scoring counts", async () => {
-    const prompt = passKeyPrompt(tok, 256, passKey(5), 0.4)
+    const prompt = passKeyPrompt(bundled.tok, 256, passKey(5), 0.4)
     const off = await run(leoam(), prompt.ids, 6)
-    expect(tok.decode(off.ids)).toContain(prompt.key)
+    expect(bundled.tok.decode(off.ids)).toContain(prompt.key)
     const scoring = off.kv.abstract_scoring
     expect(scoring.groups_scored_per_step).toBeGreaterThan(0)
     expect(off.kv.pipeline.layers_routed).toBe(0)

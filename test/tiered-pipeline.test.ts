@@ -3,18 +3,11 @@
 // sees the same hits and misses (a checked layer that missed is computed again the
 // unpipelined way); with a cache that holds every chunk, no layer is rewound; and the
 // pipeline is switched on and off live, at the next step.
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
-import { generate } from "../engine/generate.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
-import { parsePolicy } from "../protocol/policy.ts"
 import { useBundledModel } from "./support/bundled-model.ts"
+import { runTiered, type TieredOptions } from "./support/tiered-run.ts"
 
 const bundled = useBundledModel()
 
@@ -25,26 +18,8 @@ const leoam = (pipeline?: { enabled?: boolean; depth?: number }) => ({
   ...(pipeline ? { pipeline } : {}),
 })
 
-type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
-
-const run = async (policy: unknown, ids: ReadonlyArray<number>, gpuFraction: number, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: Options) => void) => {
-  const c = bundled.config
-  const tokens = ids.length + maxTokens + 8
-  const kvBytes = tokens * kvBytesPerToken(c)
-  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-pipe-")) })
-  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
-  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * gpuFraction), arena, store, session: "p" }
-  const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
-  const model = await bundled.load({ maxContext: tokens, ...options(policy) })
-  try {
-    let step = 0
-    const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => beforeStep?.(model, step++, options) })
-    return { ids: got.ids, kv: model.tierStats()! }
-  } finally {
-    model.destroy()
-    await store.close()
-  }
-}
+const run = (policy: unknown, ids: ReadonlyArray<number>, gpuFraction: number, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: TieredOptions) => void) =>
+  runTiered(bundled, policy, ids, maxTokens, { gpu: gpuFraction, host: 0.5, name: "pipe" }, beforeStep)
 
 describe("pipelined tiered decode step", () => {
   const prompt = () => passKeyPrompt(bundled.tok, 512, passKey(3), 0.4).ids

@@ -3,34 +3,13 @@
 // forecasts layer l + 1's choice far better than layer l's own choice or query do, and, like
 // every prefetch, changes only what is resident: the tokens are those without prefetch. One
 // prefill; each forecast decodes from the same state after a live policy change.
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
-import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
+import { openTiered } from "./support/tiered-run.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const leoam = (from?: string) => ({
   name: "leoam",
@@ -41,17 +20,12 @@ const leoam = (from?: string) => ({
 
 describe("prefetch from the hidden state", () => {
   it("forecasts the next layer's choice from its projected query, without changing the tokens", async () => {
-    const prompt = passKeyPrompt(tok, 512, passKey(7), 0.5)
-    const weights = openHfModel(modelDir)
-    const c = weights.config
+    const prompt = passKeyPrompt(bundled.tok, 512, passKey(7), 0.5)
     const maxTokens = 6
-    const tokens = prompt.ids.length + maxTokens + 8
-    const kvBytes = tokens * kvBytesPerToken(c)
-    const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-prefetch-hidden-")) })
-    const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
-    const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 0.6), arena, store, session: "h" }
-    const options = (from?: string) => kvEngineOptions(parsePolicy(leoam(from)), tiers, c, tokens)
-    const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options() })
+    // A GPU cache of 0.6 of the KV, a host arena of half: layers choose chunks they do not hold.
+    const t = await openTiered(bundled, leoam(), prompt.ids.length + maxTokens + 8, { gpu: 0.6, host: 0.5, name: "h" })
+    const model = t.model
+    const options = (from?: string) => t.options(leoam(from))
     try {
       await model.prefill(prompt.ids.slice(0, -1))
       const decode = async (from?: string) => {
@@ -65,7 +39,7 @@ describe("prefetch from the hidden state", () => {
         return { ids: got.ids, from: f.from, forecasts: d("forecasts"), late: d("late"), precision: d("forecast_chosen") / d("forecast_chunks"), recall: d("forecast_chosen") / d("chosen_chunks") }
       }
       const off = await decode()
-      expect(tok.decode(off.ids)).toContain(prompt.key)
+      expect(bundled.tok.decode(off.ids)).toContain(prompt.key)
       const choice = await decode("choice")
       const hidden = await decode("hidden")
       for (const r of [choice, hidden]) {
@@ -78,8 +52,7 @@ describe("prefetch from the hidden state", () => {
       expect(hidden.precision).toBeGreaterThan(choice.precision + 0.2)
       expect(hidden.recall).toBeGreaterThan(choice.recall + 0.2)
     } finally {
-      model.destroy()
-      await store.close()
+      await t.close()
     }
   }, 600_000)
 })

@@ -4,18 +4,12 @@
 // query, the first layer's from the last step's choice) into the GPU cache. Neither changes
 // what is attended: greedy tokens are those of the unpipelined step at the same policy, and the
 // pass key is still found. Prefetch is switched on live, at the next step.
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
-import { generate } from "../engine/generate.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import { useBundledModel } from "./support/bundled-model.ts"
+import { runTiered, type TieredOptions } from "./support/tiered-run.ts"
 
 const bundled = useBundledModel()
 
@@ -26,27 +20,9 @@ const leoam = (extra: object = {}) => ({
   ...extra,
 })
 
-type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
-
-const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: Options) => void) => {
-  const c = bundled.config
-  const tokens = ids.length + maxTokens + 8
-  const kvBytes = tokens * kvBytesPerToken(c)
-  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-prefetch-")) })
-  // A GPU cache that holds a choice (7 chunks a layer) but not every chunk, a host arena of half the KV: layers miss, some reads go to disk.
-  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
-  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 1.2), arena, store, session: "f" }
-  const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
-  const model = await bundled.load({ maxContext: tokens, ...options(policy) })
-  try {
-    let step = 0
-    const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => beforeStep?.(model, step++, options) })
-    return { ids: got.ids, kv: model.tierStats()! }
-  } finally {
-    model.destroy()
-    await store.close()
-  }
-}
+// A GPU cache that holds a choice (7 chunks a layer) but not every chunk, a host arena of half the KV: layers miss, some reads go to disk.
+const run = (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, beforeStep?: (model: GpuModel, step: number, options: TieredOptions) => void) =>
+  runTiered(bundled, policy, ids, maxTokens, { gpu: 1.2, host: 0.5, name: "prefetch" }, beforeStep)
 
 describe("pipelined step: combine and prefetch", () => {
   const p = () => passKeyPrompt(bundled.tok, 512, passKey(3), 0.4)

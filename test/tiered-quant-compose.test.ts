@@ -4,34 +4,12 @@
 // misses none; the pipelined step routes on compressed slots (the route writes attn_decode's
 // QUANT entries) with the greedy ids of the unpipelined step at the same compression, with
 // the combine and prefetch too.
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
-import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
-import { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
-import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
+import { runTiered } from "./support/tiered-run.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const leoam = (extra: object = {}) => ({
   name: "leoam",
@@ -42,26 +20,13 @@ const leoam = (extra: object = {}) => ({
 })
 
 /** Greedy ids and tier stats of `policy` with a GPU budget of `gpu` times the fp16 KV (the host arena holds half). */
-const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, gpuFraction: number) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
-  const tokens = ids.length + maxTokens + 8
-  const kvBytes = tokens * kvBytesPerToken(c)
-  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-quantpipe-")) })
-  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
-  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * gpuFraction), arena, store, session: "qp" }
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...kvEngineOptions(parsePolicy(policy), tiers, c, tokens) })
-  try {
-    const got = await generate(model, ids, { maxTokens, temperature: 0 })
-    return { ids: got.ids, kv: model.tierStats()!, layers: c.numLayers }
-  } finally {
-    model.destroy()
-    await store.close()
-  }
-}
+const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, gpuFraction: number) => ({
+  ...(await runTiered(bundled, policy, ids, maxTokens, { gpu: gpuFraction, host: 0.5, name: "quantpipe" })),
+  layers: bundled.config.numLayers,
+})
 
 describe("compressed GPU slots with the decode core", () => {
-  const prompt = () => passKeyPrompt(tok, 256, passKey(3), 0.4)
+  const prompt = () => passKeyPrompt(bundled.tok, 256, passKey(3), 0.4)
   // A budget that holds every int4 chunk (1.2) and one that holds a choice but not every chunk (0.5).
   const runs = new Map<string, ReturnType<typeof run>>()
   const once = (key: string, policy: unknown, gpuFraction: number) => {
@@ -74,7 +39,7 @@ describe("compressed GPU slots with the decode core", () => {
     // 18 tokens decoded: with the prompt's, they seal one more 16-token chunk per layer during decode.
     const got = await once("alone", leoam(), 1.2)
     const kv = got.kv
-    expect(tok.decode(got.ids)).toContain(p.key)
+    expect(bundled.tok.decode(got.ids)).toContain(p.key)
     const chunks = Math.floor(p.ids.length / 16)
     expect(kv.compression.slot_bits).toBe(4)
     expect(kv.compression.gpu_slots).toBeGreaterThanOrEqual(chunks + 1)

@@ -4,42 +4,22 @@
 // equal the stored ones within fp16 rounding of the hidden states, the greedy tokens equal
 // those with recompute off, and a live policy change turns it off at the next step. The cost
 // model: pays for MHA shapes (LongChat-7B), never for GQA (Llama-3.1-8B, the test model).
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { addKv, emptyTotals } from "../actors/executor-stats.ts"
 import { statsRegistry } from "../actors/metrics.ts"
 import { readBack } from "../engine/buffers.ts"
-import { generate } from "../engine/generate.ts"
-import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
-import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
 import type { TieredKv } from "../engine/kv/tiered/index.ts"
 import { GpuModel } from "../engine/model.ts"
-import { DiskStore } from "../kv/disk-store.ts"
-import { HostArena } from "../kv/host-arena.ts"
 import { halfToFloat } from "../kv/quant.ts"
 import { HIDDEN_LAYER_BASE, recomputeCost, recomputesFor } from "../kv/recompute-cost.ts"
-import { openHfModel } from "../models/safetensors.ts"
-import { loadTokenizer, type Tokenizer } from "../models/tokenizer.ts"
 import type { AdminStatsReply } from "../protocol/admin.ts"
 import type { KvStats } from "../protocol/messages.ts"
 import { parsePolicy } from "../protocol/policy.ts"
+import { useBundledModel } from "./support/bundled-model.ts"
+import { runTiered, type TieredOptions } from "./support/tiered-run.ts"
 
-const modelDir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
-
-let gpu: Gpu
-let tok: Tokenizer
-
-beforeAll(async () => {
-  gpu = await acquireGpu()
-  tok = loadTokenizer(modelDir)
-})
-
-afterAll(async () => {
-  await releaseGpu()
-})
+const bundled = useBundledModel()
 
 const leoam = (recompute?: object) => ({
   name: "leoam",
@@ -51,34 +31,13 @@ const leoam = (recompute?: object) => ({
 /** The tiered cache behind a model (tests only). */
 const tieredOf = (model: GpuModel): TieredKv => (model.kv as unknown as { t: TieredKv }).t
 
-type Options = (p: unknown) => ReturnType<typeof kvEngineOptions>
-
-const run = async (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, atStep?: (model: GpuModel, step: number, options: Options) => void, keep = false) => {
-  const weights = openHfModel(modelDir)
-  const c = weights.config
-  const tokens = ids.length + maxTokens + 8
-  const kvBytes = tokens * kvBytesPerToken(c)
-  const store = DiskStore.open({ kvDir: mkdtempSync(join(tmpdir(), "leoam-recompute-")) })
-  // A GPU cache that holds a choice but not every chunk, a host arena of a third of the KV: misses go to disk.
-  const arena = new HostArena({ budgetBytes: Math.floor(kvBytes / 3) })
-  const tiers = { gpuBudgetBytes: Math.floor(kvBytes * 1.2), arena, store, session: "r" }
-  const options: Options = (p) => kvEngineOptions(parsePolicy(p), tiers, c, tokens)
-  const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options(policy) })
-  try {
-    let step = 0
-    const got = await generate(model, ids, { maxTokens, temperature: 0, beforeStep: () => atStep?.(model, step++, options) })
-    return { ids: got.ids, kv: model.tierStats()!, model, store }
-  } finally {
-    if (!keep) {
-      model.destroy()
-      await store.close()
-    }
-  }
-}
+// A GPU cache that holds a choice but not every chunk, a host arena of a third of the KV: misses go to disk.
+const run = (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number, atStep?: (model: GpuModel, step: number, options: TieredOptions) => void, keep = false) =>
+  runTiered(bundled, policy, ids, maxTokens, { gpu: 1.2, host: 1 / 3, name: "r" }, atStep, keep)
 
 describe("recompute from hidden states", () => {
   it("recomputes disk misses with the tokens of fetching them, and turns off live", async () => {
-    const prompt = passKeyPrompt(tok, 256, passKey(5), 0.5)
+    const prompt = passKeyPrompt(bundled.tok, 256, passKey(5), 0.5)
     // Off, switched on live before the last step: it applies (its kernels compiled by the step's settle),
     // but the prefill kept no hidden records, so nothing is recomputed.
     const off = await run(leoam(), prompt.ids, 7, (model, step, options) => {
@@ -118,8 +77,8 @@ describe("recompute from hidden states", () => {
       expect(on.store.chunkEntry(["r", HIDDEN_LAYER_BASE + l, ch])?.tokens).toBe(16)
       await t.recompute.run(l, [{ chunk: ch, slot: 0 }], () => block)
       const bytes = stored.length / 2
-      const k = new Uint16Array(await readBack(gpu.device, t.pools[l].k, block * bytes, bytes))
-      const v = new Uint16Array(await readBack(gpu.device, t.pools[l].v, block * bytes, bytes))
+      const k = new Uint16Array(await readBack(bundled.gpu.device, t.pools[l].k, block * bytes, bytes))
+      const v = new Uint16Array(await readBack(bundled.gpu.device, t.pools[l].v, block * bytes, bytes))
       const want = new Uint16Array(stored.buffer, stored.byteOffset, stored.length / 2)
       // Both come from the same projection, the recompute's input rounded to fp16 first (relative
       // 2^-11): each value within two fp16 units of the stored one, or, near zero where the dot
