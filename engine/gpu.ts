@@ -257,20 +257,18 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     return k ? checkMatrixAttention(gpu, k, shared, direct) : room
   }
   const attnEnv = process.env.LEOAM_MATRIX_ATTENTION?.trim().toLowerCase()
-  if (attnEnv !== undefined && !["", "0", "off", "1", "on", "auto", "direct", "staged"].includes(attnEnv)) {
-    throw new GpuUnavailable(`LEOAM_MATRIX_ATTENTION must be 0, 1, auto, direct or staged, not "${process.env.LEOAM_MATRIX_ATTENTION}"`)
-  }
+  const attnForm = attnEnv === "direct" || attnEnv === "staged" ? attnEnv : matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION, ["direct", "staged"]) ? "any" : "off"
   let attnRefused: string | undefined = "LEOAM_MATRIX_ATTENTION=0"
   let attnShared = false
   let attnDirect = false
-  if (attnEnv === "direct" || attnEnv === "staged" || matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION)) {
-    const direct = attnEnv === "staged" ? "LEOAM_MATRIX_ATTENTION=staged" : await attnCheck(false, true)
+  if (attnForm !== "off") {
+    const direct = attnForm === "staged" ? "LEOAM_MATRIX_ATTENTION=staged" : await attnCheck(false, true)
     attnDirect = direct === undefined
     attnRefused = direct === undefined ? undefined : `KDIRECT: ${direct}`
-    if (!attnDirect && attnEnv !== "direct") {
+    if (!attnDirect && attnForm !== "direct") {
       const registers = await attnCheck(false)
       const shared = registers === undefined ? undefined : await attnCheck(true)
-      if (attnEnv !== "staged") process.stderr.write(`[leoam gpu] prefill attention on the matrix units, K/V from the pool (KDIRECT): ${direct}; O in registers: ${registers ?? "ok, used"}${registers === undefined ? "" : `; O in workgroup memory: ${shared ?? "ok, used"}`}\n`)
+      if (attnForm !== "staged") process.stderr.write(`[leoam gpu] prefill attention on the matrix units, K/V from the pool (KDIRECT): ${direct}; O in registers: ${registers ?? "ok, used"}${registers === undefined ? "" : `; O in workgroup memory: ${shared ?? "ok, used"}`}\n`)
       attnRefused = registers === undefined || shared === undefined ? undefined : `${attnRefused}; registers: ${registers}; OSHARED: ${shared}`
       attnShared = registers !== undefined && shared === undefined
     }
@@ -289,13 +287,14 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
  * Whether one use of the matrix units (LEOAM_MATRIX_GEMM: the GEMMs, prefill's and batched
  * decode's, everything matrixF16 gates; LEOAM_MATRIX_ATTENTION: prefill attention) is allowed where the device was opened with them (LEOAM_MATRIX_UNITS
  * decides that): unset, 1 or auto yes, 0 no. Side-by-side runs turn one off to time the other.
- * (LEOAM_MATRIX_ATTENTION=direct, the KDIRECT form, is read before this by openGpu.)
+ * (LEOAM_MATRIX_ATTENTION's forms, direct and staged, are read before this by openGpu; `otherValues` names them in the error.)
  */
-export const matrixKernelWanted = (variable: string, env: string | undefined): boolean => {
+export const matrixKernelWanted = (variable: string, env: string | undefined, otherValues: ReadonlyArray<string> = []): boolean => {
   const v = (env ?? "auto").trim().toLowerCase()
   if (v === "0" || v === "off") return false
   if (v === "1" || v === "on" || v === "auto" || v === "") return true
-  throw new GpuUnavailable(`${variable} must be 0, 1 or auto, not "${env}"`)
+  const values = ["0", "1", "auto", ...otherValues]
+  throw new GpuUnavailable(`${variable} must be ${values.slice(0, -1).join(", ")} or ${values.at(-1)}, not "${env}"`)
 }
 
 /** The process's device, opened on first use with the options of that first call. */
