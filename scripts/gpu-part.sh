@@ -1,5 +1,8 @@
-# Sourced by a combined GPU command (bench/results/*/run.sh), which sets $res (its scratch
-# folder) and $OUT (what the device tool returns):
+# Sourced by a combined GPU command (bench/results/*/run.sh), which sets $OUT (what the device
+# tool returns) and starts with `part_begin`:
+#   part_begin
+# empties the command's scratch folder $res (/tmp/leoam-res), writes the card, its driver and the
+# bundle's commit to $res/device.txt (and the console), and unpacks the bundle; then
 #   part NAME SECONDS MODE [ENV=VALUE...] [-- ARGS...]
 # runs one scripts/gpu-run.sh mode into $res/NAME with GOLDEN_CHECK=0 (the command checks once,
 # up front), cut at SECONDS, and returns it as $OUT/NAME.tar.gz as soon as it ends (the device
@@ -17,4 +20,12 @@ part() {
   tail -n 25 "$res/$name/console.txt"
   tar -czf "$OUT/$name.tar.gz" -C "$res" "$name"
   cp "$res/log.txt" "$OUT/"
+}
+
+part_begin() {
+  res=/tmp/leoam-res
+  rm -rf "$res" && mkdir -p "$res"
+  nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
+  cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
+  bash scripts/gpu-unpack.sh
 }

@@ -7,12 +7,8 @@
 # cut at its share of the 10-minute command (the device tool returns at most 8 files, so each
 # mode's folder comes back as one tarball).
 set -uo pipefail
-res=/tmp/leoam-res
-rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
-cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-bash scripts/gpu-unpack.sh
+part_begin
 LEOAM_MATRIX_UNITS=auto timeout 60 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-on.txt" 2>&1 || echo "golden check (matrix units on): FAILED or stopped" | tee -a "$res/log.txt"
 LEOAM_MATRIX_UNITS=0 timeout 40 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-off.txt" 2>&1 || echo "golden check (matrix units off): FAILED or stopped" | tee -a "$res/log.txt"
 head -3 "$res/golden-check-matrix-on.txt"; grep -c "^ok" "$res"/golden-check-*.txt; grep -v "^ok" "$res/golden-check-matrix-on.txt" | tail -5

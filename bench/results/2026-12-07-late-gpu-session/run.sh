@@ -11,12 +11,8 @@
 # (`gpu-run.sh rows`, issue 14 §1); the staged matrix GEMM (issue 12 §2); a 32K tiered prefill
 # where matrix attention passed its device-open check (issue 12 §4). About 520 s.
 set -uo pipefail
-res=/tmp/leoam-res
-rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
-cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-bash scripts/gpu-unpack.sh
+part_begin
 LEOAM_MATRIX_UNITS=auto timeout 45 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-on.txt" 2>&1 || echo "golden check (matrix units on): FAILED or stopped" | tee -a "$res/log.txt"
 cp "$res/golden-check-matrix-on.txt" "$res/device.txt" "$OUT/"; grep -c "^ok" "$res"/golden-check-*.txt; grep -i "matrix\|attention" "$res/golden-check-matrix-on.txt" | head -5
 part flash 75 flash-diag

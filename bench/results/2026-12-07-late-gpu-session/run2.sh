@@ -9,12 +9,8 @@
 # timelines); a 64K tiered prefill with the new defaults (issue 12 §4); recompute against fetch
 # (issue 13 §5); LongChat-7B 32K together. Parts in that order, each returned as it ends.
 set -uo pipefail
-res=/tmp/leoam-res
-rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
-cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-bash scripts/gpu-unpack.sh
+part_begin
 LEOAM_MATRIX_UNITS=auto timeout 45 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-defaults.txt" 2>&1 || echo "golden check (defaults): FAILED or stopped" | tee -a "$res/log.txt"
 cp "$res/device.txt" "$res/golden-check-defaults.txt" "$OUT/"; grep -c "^ok" "$res/golden-check-defaults.txt"; grep -v "^ok" "$res/golden-check-defaults.txt" | head -8
 part together 170 together TOGETHER_POLICIES=leoam,leoam@4,leoam+all,offload-all

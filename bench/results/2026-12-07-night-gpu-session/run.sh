@@ -12,12 +12,8 @@
 # (issue 13 §1), and a 32K tiered prefill if matrix attention passed its device-open check
 # (issue 12 §4). About 400 s; the parts' limits were cut to fit what was left of the budget.
 set -uo pipefail
-res=/tmp/leoam-res
-rm -rf "$res" && mkdir -p "$res"
 . scripts/gpu-part.sh
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$res/device.txt"
-cat .bench-bundle/COMMIT 2>/dev/null | tee -a "$res/device.txt" || true
-bash scripts/gpu-unpack.sh
+part_begin
 LEOAM_MATRIX_UNITS=auto timeout 45 node .bench-bundle/golden-check.mjs models/tiny-leo-14m > "$res/golden-check-matrix-on.txt" 2>&1 || echo "golden check (matrix units on): FAILED or stopped" | tee -a "$res/log.txt"
 cp "$res/golden-check-matrix-on.txt" "$res/device.txt" "$OUT/"; grep -c "^ok" "$res"/golden-check-*.txt; grep -i "matrix\|attention" "$res/golden-check-matrix-on.txt" | head -5
 part flash 80 flash-diag
