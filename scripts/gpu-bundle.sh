@@ -31,11 +31,11 @@ case " $progs " in *" kv-quality "*) cp -r bench/data .bench-bundle/data ;; esac
 cp node_modules/webgpu/index.js node_modules/webgpu/package.json .bench-bundle/node_modules/webgpu/
 stripped node_modules/webgpu/dist/linux-x64/dawn.node > .bench-bundle/dawn.node.xz
 # lmdb is a native module (not bundled): its package and linux-x64 binary travel as a tarball.
-# Only what Node 20 on glibc loads (ABI 115, N-API as the fallback): no C sources, source maps,
+# Only what Node 20 on glibc loads (ABI 115; the N-API fallback is left out): no C sources, source maps,
 # tests or musl and other-ABI binaries, so the bundle leaves room in the device tool's 64 MiB.
 XZ_OPT=-9e tar -cJf .bench-bundle/lmdb.tar.xz \
   --exclude='node_modules/lmdb/dependencies' --exclude='*.map' --exclude='node_modules/msgpackr/dist/test*' \
-  --exclude='*.musl.node' --exclude='*.abi127.*' --exclude='*.c' --exclude='*.h' \
+  --exclude='*.musl.node' --exclude='*.abi127.*' --exclude='*.napi.*' --exclude='*.c' --exclude='*.h' --exclude='*.cpp' --exclude='*.md' \
   node_modules/lmdb node_modules/@lmdb/lmdb-linux-x64 node_modules/msgpackr \
   node_modules/ordered-binary node_modules/weak-lru-cache node_modules/node-gyp-build-optional-packages node_modules/@harperfast \
   node_modules/detect-libc

@@ -70,7 +70,9 @@
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
 #        then offload-all, at batch 1/4/8/16 under a 6 GiB GPU / 8 GiB host budget shared by
 #        the batch (BATCH_1K=0 / BATCH_32K=0 skip a part; BATCH_32K_BATCHES, BATCH_32K_STEPS,
-#        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S change it); fits one 10-minute command
+#        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S, BATCH_LEOAM_S and BATCH_OFFLOAD_S, the
+#        limits of the 32K policies other than offload-all and of offload-all, change it); fits
+#        one 10-minute command
 #        (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
 #   mma: the matrix units (issue 12 §2, issue 14 §1) in one 150-second command, with them on
 #        (LEOAM_MATRIX_UNITS=auto): the golden check, then bench/batch-bench.ts at 8B shapes,
@@ -440,7 +442,7 @@ if [ "$suite" = batch ]; then
     # BATCH_FILL_S (the largest batches are skipped if that is not enough) and no setup
     # starts past BATCH_MAX_S, so what was measured is kept.
     for policy in ${BATCH_32K_POLICIES:-leoam offload-all}; do
-      limit=190; [ "$policy" = offload-all ] && limit=220
+      limit=${BATCH_LEOAM_S:-190}; [ "$policy" = offload-all ] && limit=${BATCH_OFFLOAD_S:-220}
       timeout "$limit" node .bench-bundle/batch-bench.mjs --context 32768 --batches "${BATCH_32K_BATCHES:-1,4,8,16}" --policies "$policy" \
         --projections "${BATCH_32K_PROJECTIONS:-gemm}" --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --steps "${BATCH_32K_STEPS:-4}" \
         --fill-seconds "${BATCH_FILL_S:-120}" --max-seconds "${BATCH_MAX_S:-$((limit - 25))}" \
