@@ -14,7 +14,7 @@
 // two warm-up steps (DESIGN §6); with --read-back every step's tokens are read back before the
 // next is encoded, as the serving loop does (engine/batch-loop.ts: one read of all rows, or
 // with rowsample one per row). Prints a table and writes JSON (--out).
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Command } from "commander"
@@ -40,7 +40,7 @@ const o = new Command()
   .option("--model <spec>", "a model directory, or dummy:<preset>", "dummy:llama-3.1-8b")
   .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
   .option("--batches <list>", "batch sizes", "1,4,16")
-  .option("--policies <list>", "KV policies (full, quest, leoam, offload-all)", "full")
+  .option("--policies <list>", "KV policies (full, quest, leoam, offload-all); name@bits keeps a tiered policy's chunks at those bits (16, 8, 4 or importance), e.g. leoam@4", "full")
   .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl), mma (the matrix units, engine/batch-mma.ts; LEOAM_MATRIX_UNITS=auto)", "gemm,gemv,multi")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
@@ -222,12 +222,19 @@ const time = async (step: (i: number) => void | Promise<void>): Promise<{ ms: nu
   return { ms: (performance.now() - t0) / o.steps, steps: o.steps }
 }
 
-for (const name of list(o.policies)) {
+for (const spec of list(o.policies)) {
   if (outOfTime()) break
-  const doc = name === "quest" || name === "leoam" ? { name, selection: { topk: { budget_fraction: o.budgetFraction } } } : { name }
+  // `name@bits` (e.g. leoam@4): that policy with its chunks kept at those bits (compression.bits).
+  const [base, bits] = spec.split("@") as [string, string | undefined]
+  const name = spec
+  const compression = bits === undefined ? {} : { compression: { bits: bits === "importance" ? "importance" : Number(bits) } }
+  const doc = base === "quest" || base === "leoam" ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression } : { name: base, ...compression }
   const policy = parsePolicy(doc)
   const tiered = isTiered(policy)
-  const store = tiered ? DiskStore.open({ kvDir }) : undefined
+  // A directory per policy: an LMDB index closed and reopened in one process is refused as damaged.
+  const policyDir = join(kvDir, spec.replace(/[^a-z0-9-]/gi, "_"))
+  if (tiered) mkdirSync(policyDir, { recursive: true })
+  const store = tiered ? DiskStore.open({ kvDir: policyDir }) : undefined
   const arena = tiered ? new HostArena({ budgetBytes: parseSize(o.hostKvBudget) }) : undefined
   const maxContext = o.context + 2 * (o.steps + 2) + 16
   const seqs: GpuModel[] = []
@@ -236,7 +243,7 @@ for (const name of list(o.policies)) {
   try {
     const fillStart = performance.now()
     for (let i = 0; i < maxB && !outOfTime() && (performance.now() - fillStart) / 1000 < o.fillSeconds; i++) {
-      const tiers = { gpuBudgetBytes: tiered ? Math.floor(parseSize(o.gpuKvBudget) / maxB) : undefined, arena, store, session: `bench-${name}-${i}` }
+      const tiers = { gpuBudgetBytes: tiered ? Math.floor(parseSize(o.gpuKvBudget) / maxB) : undefined, arena, store, session: `bench-${name.replace(/[^a-z0-9-]/gi, "_")}-${i}` }
       const model = await lead.sibling({ maxContext, ...kvEngineOptions(policy, tiers, c, maxContext), kvBlocks: shared })
       seqs.push(model)
       const f0 = performance.now()
