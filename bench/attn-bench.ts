@@ -1,9 +1,11 @@
 // Prefill attention alone, side by side in one run: kernels/attn_prefill_mx.wgsl (flash
-// attention on the matrix units; O in registers, mx<NSG>, and in workgroup memory, mxs<NSG>) and the kernel prefill uses without them (attn_prefill_sg
+// attention on the matrix units; O in registers, mx<NSG>, and in workgroup memory, mxs<NSG>; K and V
+// straight from the pool, mxd<NSG>), kernels/attn_prefill_fa.wgsl (the keys split among a
+// workgroup's NSG subgroups in RT row tiles, fa<NSG>r<RT>) and the kernel prefill uses without them (attn_prefill_sg
 // where subgroups allow, else attn_prefill), at Llama-3.1-8B's heads (32 query heads, 8 KV
 // heads, head dim 128) over a paged f16 pool of N = 8K, 32K, 128K tokens.
 //   npx tsx bench/attn-bench.ts [--tokens 8192,32768,131072] [--chunk 512] [--points 4]
-//                               [--kernels mx,mxd,base] [--nsg 4,2] [--max-seconds 100] [--out FILE]
+//                               [--kernels mx,mxd,fa,base] [--nsg 4,2] [--rt 1,2] [--max-seconds 100] [--out FILE]
 // Prefill attends in chunks of --chunk queries (the engine's prefill chunk), chunk c at
 // positions c * chunk.. over keys 0 .. (c + 1) * chunk - 1. Each kernel is timed on --points
 // chunks spread over the prompt (the last one included); a chunk's time is linear in its
@@ -16,7 +18,7 @@ import { writeFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { readBack, readF32, storageBuffer, Uniform, upload } from "../engine/buffers.ts"
 import { attention } from "../engine/cpu-reference.ts"
-import { matrixAttnConstants, matrixAttnWorkgroupBytes } from "../engine/attn-check.ts"
+import { matrixAttnConstants, matrixAttnWorkgroupBytes, splitAttnKey, splitAttnWorkgroupBytes } from "../engine/attn-check.ts"
 import { acquireGpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
 import { seededValues } from "../engine/matrix-check.ts"
 import { attnPrefillKey, prefillRowsPerGroup, prefillWithSubgroups } from "../engine/model-resources.ts"
@@ -32,6 +34,7 @@ const { values: args } = parseArgs({
     points: { type: "string", default: "4" },
     kernels: { type: "string", default: "mx,base" },
     nsg: { type: "string", default: "4,2" },
+    rt: { type: "string", default: "1,2" },
     "max-seconds": { type: "string", default: "100" },
     out: { type: "string" },
   },
@@ -91,6 +94,18 @@ if (wanted.has("mxd") && gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUF
     else {
       const key = attnPrefillKey(config, true, false, { constants: { ...best, NSG, PAD }, shared: false })
       kernels.push({ name: `mxd${NSG}`, key: { ...key, flags: { ...key.flags, KDIRECT: true } } })
+    }
+  }
+}
+// fa<NSG>r<RT>: attn_prefill_fa, NSG subgroups a workgroup in RT row tiles of 16 rows, each tile's
+// keys split among NSG / RT of them (subgroups of 32 lanes).
+if (wanted.has("fa") && gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
+  for (const NSG of args.nsg!.split(",").map(Number)) {
+    for (const RT of args.rt!.split(",").map(Number)) {
+      const name = `fa${NSG}r${RT}`
+      if (NSG % RT !== 0 || gpu.subgroupMaxSize !== 32 || gpu.subgroupMinSize !== 32) console.log(`${name}: not run (${NSG % RT !== 0 ? "RT must divide NSG" : "needs subgroups of 32 lanes"})`)
+      else if (splitAttnWorkgroupBytes({ NSG, RT }, D) > gpu.limits.maxComputeWorkgroupStorageSize) console.log(`${name}: no room for its workgroup memory`)
+      else kernels.push({ name, key: splitAttnKey({ G, D }, { SG: 32, NSG, RT }) })
     }
   }
 }

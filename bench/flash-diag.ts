@@ -1,6 +1,6 @@
 // Where kernels/attn_prefill_mx.wgsl goes wrong on a device with subgroup matrices, in one
 // run (issue 12 §3): it failed its device-open check on an H100 while the emulation passed.
-//   npx tsx bench/flash-diag.ts [--micro] [--full] [--hybrid] [--variants]   (all by default)
+//   npx tsx bench/flash-diag.ts [--micro] [--full] [--hybrid] [--variants] [--split] [--timing]   (all by default)
 // 1. micro: one 16 x 32 by 32 x 16 product per subgroup (4 subgroups) through each load and
 //    store form the kernel uses (left P from workgroup f16, right V row- or column-major from
 //    workgroup f16, result to storage or through workgroup scratch, accumulator loaded from
@@ -12,6 +12,9 @@
 // 3. hybrid: the register form with Q K^T emulated in plain WGSL (P V on the matrix units),
 //    and with P V emulated (Q K^T on the matrix units): which half is wrong in place.
 // 4. variants: the kernel with 549bf3c's 4-byte flag, fewer subgroups, rescales, KDIRECT.
+// 6. split: attn_prefill_fa (the keys split among a workgroup's subgroups, LEOAM_MATRIX_ATTENTION=split)
+//    against the CPU reference: 4, 2 and 1 splits, 1 and 2 row tiles, D 64 and 128, GQA,
+//    WINDOW passes, keys zero, rescales.
 // 5. timing: where a tile's time goes: one 512-query chunk at position 7680 of 8B heads with
 //    parts of the kernel taken out (results wrong, times comparable): no softmax, no Q K^T,
 //    no P V, K/V straight from the pool (KDIRECT), staging alone.
@@ -25,8 +28,8 @@ import { Pipelines } from "../engine/pipelines.ts"
 import { emulatePv, emulateQk, type Micro, microShader, u32Flag, without } from "./flash-diag-kernels.ts"
 import { fillRandom, timeKernel } from "./gpu-timing.ts"
 
-const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, timing: { type: "boolean" }, dry: { type: "string" } } })
-const all = !args.micro && !args.full && !args.hybrid && !args.variants && !args.timing
+const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, timing: { type: "boolean" }, split: { type: "boolean" }, dry: { type: "string" } } })
+const all = !args.micro && !args.full && !args.hybrid && !args.variants && !args.timing && !args.split
 
 if (args.dry) {
   // The transformed texts, written to the folder given (checked by eye and by a compile on a
@@ -49,7 +52,7 @@ if (args.dry) {
 }
 const gpu = await acquireGpu()
 const device = gpu.device
-console.log(`flash-diag on ${gpu.adapterName}: subgroups ${gpu.subgroupMinSize}..${gpu.subgroupMaxSize}, workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, matrix attention at open: ${gpu.matrixAttention ? (gpu.matrixAttentionShared ? "OSHARED" : gpu.matrixAttentionDirect ? "KDIRECT" : "registers") : "refused"}; toggles ${process.env.LEOAM_DAWN_TOGGLES ?? "(none extra)"}`)
+console.log(`flash-diag on ${gpu.adapterName}: subgroups ${gpu.subgroupMinSize}..${gpu.subgroupMaxSize}, workgroup memory ${gpu.limits.maxComputeWorkgroupStorageSize} B, matrix attention at open: ${gpu.matrixAttention ? (gpu.matrixAttentionSplit ? "split (attn_prefill_fa)" : gpu.matrixAttentionShared ? "OSHARED" : gpu.matrixAttentionDirect ? "KDIRECT" : "registers") : "refused"}; toggles ${process.env.LEOAM_DAWN_TOGGLES ?? "(none extra)"}`)
 if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
   console.log("no subgroup matrices on this device: nothing to diagnose")
   await releaseGpu()
@@ -245,6 +248,27 @@ if (all || args.variants) {
   await runCase("KDIRECT D 64", direct(false, false), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 4, { ...k, G: 3, D: 64 })
   await runCase("KDIRECT OSHARED", direct(true, false), checkCase, 2, ks)
   await runCase("qAmp 24 OSHARED", kernelSource(true, false), { ...checkCase, qAmp: 24 }, 2, ks)
+}
+
+// ---- 6. split ---------------------------------------------------------------------------
+if (all || args.split) {
+  console.log("\n== split: attn_prefill_fa (keys split among subgroups) against the CPU reference")
+  const split = (window: boolean) => pipelines.source({ op: "attn_prefill_fa", flags: { WINDOW: window, KDIRECT: true } })
+  const forms: Array<[number, number]> = [[4, 1], [4, 2], [2, 1], [1, 1]]
+  for (const [NSG, RT] of forms) {
+    const name = `SPLIT NSG ${NSG} RT ${RT}`
+    const k = { SG, NSG, RT, G: checkCase.G, D: checkCase.D }
+    await runCase(name, split(false), checkCase, RT, k)
+    await runCase(`${name} qAmp 24`, split(false), { ...checkCase, qAmp: 24 }, RT, k)
+    await runCase(`${name} WINDOW`, split(true), checkCase, RT, k, { windows: [[0, 32], [32, 64], [64, 0]] })
+  }
+  const k = { SG, NSG: 4, RT: 1, G: checkCase.G, D: checkCase.D }
+  await runCase("SPLIT keys zero", split(false), checkCase, 1, k, { zeroKeys: true })
+  await runCase("SPLIT one query", split(false), { G: 1, KV: 1, D: 128, BS: 16, pos0: 0, M: 1 }, 1, { ...k, G: 1 })
+  await runCase("SPLIT long", split(false), { G: 4, KV: 2, D: 128, BS: 16, pos0: 900, M: 70 }, 1, k)
+  await runCase("SPLIT WINDOW BS 32 qAmp 24", split(true), { ...checkCase, BS: 32, qAmp: 24 }, 1, k, { windows: [[64, 0], [0, 64]] })
+  await runCase("SPLIT D 64", split(false), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 1, { ...k, G: 3, D: 64 })
+  await runCase("SPLIT D 64 WINDOW", split(true), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 1, { ...k, G: 3, D: 64 }, { windows: [[80, 0], [0, 32], [32, 80]] })
 }
 
 if (all || args.timing) {

@@ -27,7 +27,7 @@ interface Golden {
 const [modelDir = "models/tiny-leo-14m", goldenFile = `${modelDir}/golden/hf-transformers-5.17-fp32.json`] = process.argv.slice(2)
 const golden: Golden[] = JSON.parse(readFileSync(goldenFile, "utf8"))
 const gpu = await acquireGpu()
-console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups}, matrix units for the GEMMs ${gpu.matrixF16 ? "on" : "off"}, for prefill attention ${gpu.matrixAttention ? (gpu.matrixAttentionShared ? "on, OSHARED" : gpu.matrixAttentionDirect ? "on, KDIRECT" : "on") : "off"})`)
+console.log(`golden check on ${gpu.adapterName} (subgroups ${gpu.hasSubgroups}, matrix units for the GEMMs ${gpu.matrixF16 ? "on" : "off"}, for prefill attention ${gpu.matrixAttention ? (gpu.matrixAttentionSplit ? "on, split (attn_prefill_fa)" : gpu.matrixAttentionShared ? "on, OSHARED" : gpu.matrixAttentionDirect ? "on, KDIRECT" : "on") : "off"})`)
 const tok = loadTokenizer(modelDir)
 let failures = 0
 // The default GEMV and, where the device has subgroups, the subgroup GEMV the benchmark may pick.

@@ -6,8 +6,9 @@
 // workgroup), so their f16 rounding and the wiring are checked against Hugging Face's greedy
 // ids and top-5 logits. The device is presented with 32-lane subgroups only for that choice
 // (the emulations derive lanes from the invocation index).
-//   npx tsx bench/sgmat-emulated-golden.ts [gemm|attn|attn-shared|attn-direct|both|off]   (default gemm; off: today's kernels;
-//   attn-shared: attention in its OSHARED form; attn-direct: in its KDIRECT form)
+//   npx tsx bench/sgmat-emulated-golden.ts [gemm|attn|attn-shared|attn-direct|attn-split|both|off]   (default gemm; off: today's kernels;
+//   attn-shared: attention in its OSHARED form; attn-direct: in its KDIRECT form; attn-split:
+//   kernels/attn_prefill_fa.wgsl, the keys split among subgroups)
 // Exits non-zero on a mismatch (the tolerance of bench/golden-check.ts). ~5 min on 2 cores.
 import { readFileSync } from "node:fs"
 import { generate } from "../engine/generate.ts"
@@ -26,18 +27,18 @@ interface Golden {
 }
 
 const mode = process.argv[2] ?? "gemm"
-if (!["gemm", "attn", "attn-shared", "attn-direct", "both", "off"].includes(mode)) throw new Error(`mode: gemm, attn, attn-shared, attn-direct, both or off, not ${mode}`)
+if (!["gemm", "attn", "attn-shared", "attn-direct", "attn-split", "both", "off"].includes(mode)) throw new Error(`mode: gemm, attn, attn-shared, attn-direct, attn-split, both or off, not ${mode}`)
 const gemmOn = mode === "gemm" || mode === "both"
-const attnOn = mode === "attn" || mode === "attn-shared" || mode === "attn-direct" || mode === "both"
+const attnOn = mode === "attn" || mode === "attn-shared" || mode === "attn-direct" || mode === "attn-split" || mode === "both"
 const original = Pipelines.prototype.source
 Pipelines.prototype.source = function (this: Pipelines, key) {
   const text = original.call(this, key)
   if (key.op === "gemm_sgmat" || key.op === "gemm_sgmat_staged") return emulateSubgroupMatrices(text, "xs", key.op === "gemm_sgmat" ? "w" : "ws")
-  return key.op === "attn_prefill_mx" ? emulateFlashAttention(text) : text
+  return key.op === "attn_prefill_mx" || key.op === "attn_prefill_fa" ? emulateFlashAttention(text) : text
 }
 const real = await acquireGpu()
 const f16 = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }
-const gpu: Gpu = mode === "off" ? real : { ...real, matrixF16: gemmOn ? f16 : undefined, matrixAttention: attnOn ? f16 : undefined, matrixAttentionShared: mode === "attn-shared", matrixAttentionDirect: mode === "attn-direct", subgroupMinSize: 32, subgroupMaxSize: 32 }
+const gpu: Gpu = mode === "off" ? real : { ...real, matrixF16: gemmOn ? f16 : undefined, matrixAttention: attnOn ? f16 : undefined, matrixAttentionShared: mode === "attn-shared", matrixAttentionDirect: mode === "attn-direct", matrixAttentionSplit: mode === "attn-split", subgroupMinSize: 32, subgroupMaxSize: 32 }
 const dir = new URL("../models/tiny-leo-14m", import.meta.url).pathname
 const golden: Golden[] = JSON.parse(readFileSync(`${dir}/golden/hf-transformers-5.17-fp32.json`, "utf8"))
 const source = openHfModel(dir)

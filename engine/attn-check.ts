@@ -129,11 +129,13 @@ export interface MatrixAttnConstants {
   readonly PAD: number
 }
 
-/** The kernel's constants and form: `shared` is OSHARED (O in workgroup memory), else O in registers; `direct` is KDIRECT (K/V loaded from the pool, not staged). */
+/** The kernel's constants and form (`split`: attn_prefill_fa instead): `shared` is OSHARED (O in workgroup memory), else O in registers; `direct` is KDIRECT (K/V loaded from the pool, not staged). */
 export interface MatrixAttn {
   readonly constants: MatrixAttnConstants
   readonly shared: boolean
   readonly direct?: boolean
+  /** attn_prefill_fa's constants where LEOAM_MATRIX_ATTENTION=split chose it (it is used instead of attn_prefill_mx). */
+  readonly split?: SplitAttnConstants
 }
 
 /**
@@ -181,24 +183,62 @@ const narrowDown = async (device: GPUDevice, pipeline: GPUComputePipeline, c: At
  * Undefined when attn_prefill_mx with these constants computes this device's attention
  * correctly (a plain pass and three WINDOW passes, GQA, partial tiles); else why not.
  */
-export const checkMatrixAttention = async (gpu: Gpu, constants: MatrixAttnConstants, shared = false, direct = false): Promise<string | undefined> => {
+export const checkMatrixAttention = (gpu: Gpu, constants: MatrixAttnConstants, shared = false, direct = false): Promise<string | undefined> =>
+  checkAttnKernel(gpu, (window) => ({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared, KDIRECT: direct } }), constants, 16 * constants.NSG, `attn_prefill_mx${shared ? " OSHARED" : ""}${direct ? " KDIRECT" : ""}`)
+
+/** The same check for attn_prefill_fa (the keys split among subgroups) with these constants. */
+export const checkSplitAttention = (gpu: Gpu, constants: SplitAttnConstants): Promise<string | undefined> =>
+  checkAttnKernel(gpu, (window) => splitAttnKey({ G: 4, D: 128 }, constants, window), constants, 16 * constants.RT, "attn_prefill_fa")
+
+const checkAttnKernel = async (gpu: Gpu, keyOf: (window: boolean) => PipelineKey, constants: object, rows: number, name: string): Promise<string | undefined> => {
   const pipelines = new Pipelines(gpu)
   const c: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
   const inputs = attnInputs(c, 21)
   const want = attnReference(c, inputs)
-  const rows = 16 * constants.NSG
   try {
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
-      const key: PipelineKey = { op: "attn_prefill_mx", flags: { WINDOW: windows !== undefined, OSHARED: shared, KDIRECT: direct }, constants: { ...constants, G: c.G, D: c.D } }
+      const base = keyOf(windows !== undefined)
+      const key: PipelineKey = { ...base, constants: { ...constants, ...base.constants, G: c.G, D: c.D } }
       const pipeline = await pipelines.get(key)
       const got = await runPrefillAttention(gpu.device, pipeline, c, inputs, rows, windows)
       const { at, error } = worstError(got, want)
       if (!(error <= ATTN_MATRIX_TOLERANCE)) {
-        return `attn_prefill_mx${shared ? " OSHARED" : ""}${direct ? " KDIRECT" : ""} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}; ${await narrowDown(gpu.device, pipeline, c, rows, windows)}`
+        return `${name} ${windows ? "WINDOW" : "plain"} differs from the CPU reference: ${describeError(c, got, at, error)}; ${await narrowDown(gpu.device, pipeline, c, rows, windows)}`
       }
     }
     return undefined
   } catch (e) {
-    return `attn_prefill_mx failed: ${(e as Error).message}`
+    return `${name} failed: ${(e as Error).message}`
   }
+}
+
+/**
+ * attn_prefill_fa's override constants: subgroups of SG (32) lanes, NSG of them a workgroup in
+ * RT row tiles of 16 rows, so NSG / RT subgroups split each tile's keys.
+ */
+export interface SplitAttnConstants {
+  readonly SG: number
+  readonly NSG: number
+  readonly RT: number
+}
+
+/** attn_prefill_fa's key (K and V read from the pool as halves: KDIRECT's bindings). */
+export const splitAttnKey = (shape: { readonly G: number; readonly D: number }, k: SplitAttnConstants, window = false): PipelineKey => ({
+  op: "attn_prefill_fa",
+  flags: window ? { KDIRECT: true, WINDOW: true } : { KDIRECT: true },
+  constants: { G: shape.G, D: shape.D, SG: k.SG, NSG: k.NSG, RT: k.RT },
+})
+
+/**
+ * Workgroup memory of attn_prefill_fa: the 16-byte flag; Q (16 RT rows of D + 8 halves); per
+ * subgroup its scores (16 x 68 f32) and probabilities (16 x 72 f16); two f32 per subgroup row.
+ */
+export const splitAttnWorkgroupBytes = (k: Pick<SplitAttnConstants, "NSG" | "RT">, D: number): number =>
+  16 + 16 * k.RT * (D + 8) * 2 + k.NSG * 16 * 68 * 4 + k.NSG * 16 * 72 * 2 + k.NSG * 16 * 4 * 2
+
+/** The first of 4 key splits, then 2, then 1 (one row tile) that fits; undefined off 32-lane subgroups or D past 128. */
+export const splitAttnConstants = (lanes: number, maxWorkgroupBytes: number, D: number): SplitAttnConstants | undefined => {
+  if (lanes !== 32 || D % 16 !== 0 || D > 128) return undefined
+  const NSG = [4, 2, 1].find((n) => splitAttnWorkgroupBytes({ NSG: n, RT: 1 }, D) <= maxWorkgroupBytes)
+  return NSG === undefined ? undefined : { SG: 32, NSG, RT: 1 }
 }

@@ -43,6 +43,8 @@ export interface Gpu {
   readonly matrixAttentionShared: boolean
   /** Where matrixAttention is set: true when the KDIRECT form (K/V loaded from the pool as matrices) passed its check and is used (the first choice, unless LEOAM_MATRIX_ATTENTION=staged). */
   readonly matrixAttentionDirect: boolean
+  /** Where matrixAttention is set: true when LEOAM_MATRIX_ATTENTION=split asked for attn_prefill_fa (the keys split among a workgroup's subgroups) and it passed its check. */
+  readonly matrixAttentionSplit?: boolean
 }
 
 export class GpuUnavailable extends Error {
@@ -239,7 +241,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
   if (!gpu.matrixF16) return gpu
   // Imported here, not at the top: the checks need buffers.ts, which needs this module's globals.
   const { checkMatrixGemm, matrixGemmConstants } = await import("./matrix-check.ts")
-  const { checkMatrixAttention, matrixAttnConstants } = await import("./attn-check.ts")
+  const { checkMatrixAttention, checkSplitAttention, matrixAttnConstants, splitAttnConstants } = await import("./attn-check.ts")
   const room = `no room for its workgroup memory (${device.limits.maxComputeWorkgroupStorageSize} bytes)`
   const constants = matrixGemmConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize)
   const refused = !matrixKernelWanted("LEOAM_MATRIX_GEMM", process.env.LEOAM_MATRIX_GEMM)
@@ -257,11 +259,26 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     return k ? checkMatrixAttention(gpu, k, shared, direct) : room
   }
   const attnEnv = process.env.LEOAM_MATRIX_ATTENTION?.trim().toLowerCase()
-  const attnForm = attnEnv === "direct" || attnEnv === "staged" ? attnEnv : matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION, ["direct", "staged"]) ? "any" : "off"
+  const attnForm =
+    attnEnv === "direct" || attnEnv === "staged" || attnEnv === "split"
+      ? attnEnv
+      : matrixKernelWanted("LEOAM_MATRIX_ATTENTION", process.env.LEOAM_MATRIX_ATTENTION, ["direct", "staged", "split"])
+        ? "any"
+        : "off"
   let attnRefused: string | undefined = "LEOAM_MATRIX_ATTENTION=0"
   let attnShared = false
   let attnDirect = false
-  if (attnForm !== "off") {
+  let attnSplit = false
+  // =split: attn_prefill_fa (the keys split among a workgroup's subgroups; not yet timed against
+  // KDIRECT on a GPU, so only on request), else the forms below as without it.
+  if (attnForm === "split") {
+    const k = splitAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128)
+    const split = k ? await checkSplitAttention(gpu, k) : `${room}, or subgroups of ${gpu.subgroupMaxSize} lanes, not 32`
+    attnSplit = split === undefined
+    attnRefused = undefined
+    process.stderr.write(`[leoam gpu] prefill attention on the matrix units, keys split among subgroups (attn_prefill_fa): ${split ?? "ok, used"}\n`)
+  }
+  if (attnForm !== "off" && !attnSplit) {
     const direct = attnForm === "staged" ? "LEOAM_MATRIX_ATTENTION=staged" : await attnCheck(false, true)
     attnDirect = direct === undefined
     attnRefused = direct === undefined ? undefined : `KDIRECT: ${direct}`
@@ -280,6 +297,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     matrixAttention: attnRefused === undefined ? gpu.matrixAttention : undefined,
     matrixAttentionShared: attnShared,
     matrixAttentionDirect: attnDirect,
+    matrixAttentionSplit: attnSplit,
   }
 }
 

@@ -5,7 +5,7 @@ import type { ModelConfig } from "../models/types.ts"
 import { storageBuffer, Uniform } from "./buffers.ts"
 import { type GemvOp, type GemvTunings, gemvKey, gemvRowsPerGroup } from "./gemv-tuning.ts"
 import type { Gpu } from "./gpu.ts"
-import { type MatrixAttn, matrixAttnConstants } from "./attn-check.ts"
+import { type MatrixAttn, matrixAttnConstants, splitAttnConstants, splitAttnKey } from "./attn-check.ts"
 import { matrixGemmBlock, matrixGemmConstants, matrixGemmKey, type MatrixGemmTiling } from "./matrix-check.ts"
 import type { PipelineKey } from "./pipelines.ts"
 import type { ForecastInputs } from "./kv/manager.ts"
@@ -77,18 +77,20 @@ export const gemmRowsPerGroup = (key: PipelineKey): number => (isMatrix(key) ? m
  * is a multiple of 16 up to 128, and room for the kernel's workgroup memory.
  */
 export const matrixAttnFor = (
-  gpu: Pick<Gpu, "matrixAttention" | "matrixAttentionShared" | "matrixAttentionDirect" | "subgroupMinSize" | "subgroupMaxSize" | "limits">,
+  gpu: Pick<Gpu, "matrixAttention" | "matrixAttentionShared" | "matrixAttentionDirect" | "matrixAttentionSplit" | "subgroupMinSize" | "subgroupMaxSize" | "limits">,
   c: ModelConfig,
 ): MatrixAttn | undefined => {
   if (!gpu.matrixAttention || gpu.subgroupMinSize !== gpu.subgroupMaxSize) return undefined
   const shared = gpu.matrixAttentionShared
   const constants = matrixAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim, shared)
-  return constants && { constants, shared, ...(gpu.matrixAttentionDirect ? { direct: true } : {}) }
+  const split = gpu.matrixAttentionSplit ? splitAttnConstants(gpu.subgroupMaxSize, gpu.limits.maxComputeWorkgroupStorageSize, c.headDim) : undefined
+  return constants && { constants, shared, ...(gpu.matrixAttentionDirect ? { direct: true } : {}), ...(split ? { split } : {}) }
 }
 
 /** The prefill attention kernel: attn_prefill_mx on matrix units, else attn_prefill_reg on a CPU adapter, else attn_prefill_sg or attn_prefill. */
 export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, registers: boolean, matrix?: MatrixAttn): PipelineKey => {
   const G = c.numHeads / c.numKvHeads
+  if (matrix?.split) return splitAttnKey({ G, D: c.headDim }, matrix.split)
   if (matrix) {
     const flags = { ...(matrix.shared ? { OSHARED: true } : {}), ...(matrix.direct ? { KDIRECT: true } : {}) }
     return { op: "attn_prefill_mx", ...(Object.keys(flags).length > 0 ? { flags } : {}), constants: { G, D: c.headDim, ...matrix.constants } }
@@ -96,8 +98,9 @@ export const attnPrefillKey = (c: ModelConfig, prefillSubgroups: boolean, regist
   return { op: registers ? "attn_prefill_reg" : prefillSubgroups ? "attn_prefill_sg" : "attn_prefill", constants: { G, D: c.headDim } }
 }
 
-/** Rows (query, head-in-group) per workgroup of a prefill attention key: 16 per subgroup for attn_prefill_mx, else 32. */
-export const prefillRowsPerGroup = (key: PipelineKey): number => (key.op === "attn_prefill_mx" ? 16 * (key.constants?.NSG ?? 4) : 32)
+/** Rows (query, head-in-group) per workgroup of a prefill attention key: 16 per subgroup for attn_prefill_mx, 16 per row tile for attn_prefill_fa, else 32. */
+export const prefillRowsPerGroup = (key: PipelineKey): number =>
+  key.op === "attn_prefill_mx" ? 16 * (key.constants?.NSG ?? 4) : key.op === "attn_prefill_fa" ? 16 * (key.constants?.RT ?? 1) : 32
 
 export const pipelineKeys = (c: ModelConfig, gemv: GemvTunings, prefillSubgroups: boolean, matrix?: MatrixGemmTiling, registerGemm = false, matrixAttn?: MatrixAttn) => {
   const g = (op: GemvOp, flags: Record<string, boolean>): PipelineKey => gemvKey(gemv[op], flags)

@@ -27,6 +27,7 @@ export type KernelName =
   | "attn_prefill_sg"
   | "attn_prefill_reg"
   | "attn_prefill_mx"
+  | "attn_prefill_fa"
   | "swiglu"
   | "argmax"
   | "copy"

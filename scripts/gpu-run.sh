@@ -121,6 +121,16 @@
 #        FLASH_KERNELS (default mx,mxd,base: O in registers, the same with K and V loaded
 #        straight from the pool, attn_prefill_sg); FLASH_BENCH=0 skips the bench; one
 #        110-second command
+#   flash-split: attn_prefill_fa, the keys split among a workgroup's subgroups
+#        (LEOAM_MATRIX_ATTENTION=split; issue 12 §3; bundle: `bash scripts/gpu-bundle.sh
+#        flash-diag golden-check attn-bench leoam-cli`): flash-diag --split (the kernel against
+#        the CPU reference: 4, 2 and 1 splits, 1 and 2 row tiles, D 64 and 128, GQA, WINDOW,
+#        rescales), the golden check with LEOAM_MATRIX_ATTENTION=split, then attn-bench at
+#        SPLIT_TOKENS (default 8192,32768,131072) with SPLIT_KERNELS (default mxd,fa: KDIRECT
+#        with 4 and 2 subgroups against fa4r1, fa4r2, fa2r1, fa2r2; add base for
+#        attn_prefill_sg), then for each length of SPLIT_E2E_LENGTHS (default 8192) the
+#        prefill mode's `leoam generate` with =split and =direct; matrix GEMM off throughout;
+#        stopped at SPLIT_S (default 420 s)
 #   abstracts: abstracts under budget (issue 13 §4): the golden check, then tiered-bench at 8B
 #        64K and 128K (GPU 6 GiB, host 8 GiB) with leoam (every abstract on the GPU, counted in
 #        the budget), leoam+groups (group abstracts of GROUP_CHUNKS chunks, default 16, scored
@@ -174,7 +184,7 @@
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -259,6 +269,35 @@ if [ "$suite" = flash-diag ]; then
   fi
   if [ "${FLASH_BENCH:-1}" = 1 ] && [ -f .bench-bundle/attn-bench.mjs ] && [ "$SECONDS" -lt 60 ]; then
     timeout $((95 - SECONDS)) node .bench-bundle/attn-bench.mjs --tokens "${FLASH_TOKENS:-8192,32768,131072}" --nsg "${FLASH_NSG:-4}" --kernels "${FLASH_KERNELS:-mx,mxd,base}" --max-seconds 30 --out "$out/attn-bench.json" 2>&1 | tee "$out/attn-bench.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench.txt"
+  fi
+  exit 0
+fi
+if [ "$suite" = flash-split ]; then
+  nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$out/device.txt" || true
+  budget="${SPLIT_S:-420}"
+  export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
+  if [ -f .bench-bundle/flash-diag.mjs ]; then
+    LEOAM_MATRIX_ATTENTION=split timeout 60 node .bench-bundle/flash-diag.mjs --split 2>&1 | tee "$out/flash-diag-split.txt" || echo "flash-diag --split: failed or stopped" | tee -a "$out/flash-diag-split.txt"
+  fi
+  LEOAM_MATRIX_ATTENTION=split timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-split.txt" || echo "golden check, LEOAM_MATRIX_ATTENTION=split: FAILED or stopped" | tee -a "$out/golden-check-split.txt"
+  left=$((budget - SECONDS - 60))
+  [ "$left" -gt 30 ] || left=30
+  timeout "$left" node .bench-bundle/attn-bench.mjs --tokens "${SPLIT_TOKENS:-8192,32768,131072}" --nsg 4,2 --rt 1,2 --kernels "${SPLIT_KERNELS:-mxd,fa}" \
+    --max-seconds $((left * 2 / 3)) --out "$out/attn-bench-split.json" 2>&1 | tee "$out/attn-bench-split.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench-split.txt"
+  if [ -f .bench-bundle/leoam-cli.mjs ]; then
+    for n in ${SPLIT_E2E_LENGTHS:-8192}; do
+      awk -v n="$n" 'BEGIN { srand(12); for (i = 0; i < n; i++) printf "%d ", 1000 + int(rand() * 100000) }' > "/tmp/prefill-ids-$n.txt"
+      for form in split direct; do
+        left=$((budget - SECONDS))
+        [ "$left" -gt 20 ] || { echo "prefill $n, $form: skipped (time)" | tee -a "$out/prefill-split.txt"; continue; }
+        rm -rf /tmp/leoam-kv && mkdir -p /tmp/leoam-kv
+        echo "== $n tokens, LEOAM_MATRIX_ATTENTION=$form (limit ${left} s)" | tee -a "$out/prefill-split.txt"
+        LEOAM_MATRIX_ATTENTION=$form timeout "$left" node .bench-bundle/leoam-cli.mjs generate --model dummy:llama-3.1-8b --ids-file "/tmp/prefill-ids-$n.txt" \
+          --max-tokens 16 --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --json > "$out/prefill-$form-$n.json" 2>> "$out/prefill-split.txt" \
+          && node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`prefill_ms ${r.timings.prefill_ms}, decode ${r.timings.decode_ms_per_token} ms/token; ids ${JSON.stringify(r.ids).slice(0, 100)}`)' "$out/prefill-$form-$n.json" | tee -a "$out/prefill-split.txt" \
+          || echo "prefill $n, $form: failed or stopped" | tee -a "$out/prefill-split.txt"
+      done
+    done
   fi
   exit 0
 fi

@@ -1,6 +1,6 @@
-// kernels/attn_prefill_mx.wgsl with Dawn's subgroup matrices replaced by plain WGSL, so that
-// its tiling, lazy online softmax, rescaling and WINDOW state run (and are checked) on a
-// device without the feature, such as lavapipe. Test-only; the same idea as
+// kernels/attn_prefill_mx.wgsl (and attn_prefill_fa.wgsl) with Dawn's subgroup matrices replaced
+// by plain WGSL, so that its tiling, lazy online softmax, rescaling and WINDOW state run (and are
+// checked) on a device without the feature, such as lavapipe. Test-only; the same idea as
 // sgmat-emulation.ts (gemm_sgmat), with the kernel's own operands:
 //   left  (row-major) from qs (Q) or ps (P):  A(r, k) = arr[o + r * s + k]
 //   right (col-major) from ks (K^T):          B(k, n) = ks[o + n * s + k]
@@ -85,6 +85,23 @@ fn emu_b(m: EmuR, k: u32, n: u32) -> f32 {
 }
 `
 
+// attn_prefill_fa joins a row's two halves with subgroupShuffleXor over the emulated subgroups
+// of SG lanes (lavapipe's own subgroups are 8 lanes): through workgroup memory, between
+// barriers (the kernel calls it in uniform control flow).
+const emulationShuffle = `
+override EMU_N: u32 = SG * NSG;
+var<workgroup> emu_x: array<f32, EMU_N>;
+var<private> emu_lid: u32;
+fn emu_xor(x: f32, m: u32) -> f32 {
+  workgroupBarrier();
+  emu_x[emu_lid] = x;
+  workgroupBarrier();
+  let y = emu_x[emu_lid ^ m];
+  workgroupBarrier();
+  return y;
+}
+`
+
 /** attn_prefill_mx's source (as Pipelines.source gives it) with subgroup matrices emulated. */
 export const emulateFlashAttention = (source: string): string => {
   const left = "subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>"
@@ -111,8 +128,11 @@ export const emulateFlashAttention = (source: string): string => {
   // Subgroups of exactly SG lanes, whatever the device's own size; a zero the compiler cannot
   // fold keeps lavapipe from unrolling the emulated products.
   s = replace(s, /@builtin\(subgroup_id\) sg: u32,\s*@builtin\(subgroup_invocation_id\) lane: u32,/, "")
-  s = replace(s, /(fn main\([\s\S]*?\n\) \{)/, "$1\n  let sg = lid / SG;\n  let lane = lid % SG;\n  emu_lane = lane;\n  emu_zero = select(0u, 1u, p.M == 0xffffffffu);")
-  return s + emulation + (direct ? rightDirect : rightStaged) + (shared ? emulationShared : "")
+  s = replace(s, /(fn main\([\s\S]*?\n\) \{)/, "$1\n  let sg = lid / SG;\n  let lane = lid % SG;\n  emu_lane = lane;\n  emu_lid = lid;\n  emu_zero = select(0u, 1u, p.M == 0xffffffffu);")
+  const shuffles = /subgroupShuffleXor\(/.test(s)
+  if (shuffles) s = s.replace(/subgroupShuffleXor\(/g, "emu_xor(")
+  else s = s.replace("\n  emu_lid = lid;", "")
+  return s + emulation + (direct ? rightDirect : rightStaged) + (shared ? emulationShared : "") + (shuffles ? emulationShuffle : "")
 }
 
 /**
