@@ -20,7 +20,7 @@ import { join } from "node:path"
 import { Command } from "commander"
 import { parseSize } from "../cli/sizes.ts"
 import { DecodeBatch, type MmaOptions, type Projections } from "../engine/batch.ts"
-import { TimedStep } from "./gpu-timing.ts"
+import { profileStep, type TimedStep } from "./gpu-timing.ts"
 import { readBack } from "../engine/buffers.ts"
 import { parseSkinnyForm } from "../engine/batch-mma.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
@@ -80,50 +80,11 @@ const batchArgs = (setup: string): [Projections, MmaOptions] => {
   return [kind, { minRows: 1, rowAttention: variants.includes("rows"), rowSampling: variants.includes("rowsample"), ...(form ? { form: parseSkinnyForm(form) } : {}) }]
 }
 
-/** One step with every dispatch in a timed pass of its own (bench/gpu-timing.ts): GPU time per kernel, largest first. */
+/** One step with every dispatch in a timed pass of its own (bench/gpu-timing.ts): GPU time per kernel, largest first, and the step's read-backs. */
 const profile = async (step: (timed: TimedStep) => void | Promise<void>): Promise<NonNullable<Row["profile"]>> => {
-  const device = gpu.device
-  const maxQueries = 4096 // WebGPU's most queries in a set (lavapipe refuses more)
-  const querySet = device.createQuerySet({ type: "timestamp", count: maxQueries })
-  const resolve = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
-  const read = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-  // The step's queue writes (uniforms, block lists, input tokens), counted while it is encoded.
-  const queue = device.queue
-  const write = queue.writeBuffer
-  let writes = 0
-  queue.writeBuffer = (...args: Parameters<GPUQueue["writeBuffer"]>) => {
-    writes++
-    return write.apply(queue, args)
-  }
   const maps0 = maps
-  try {
-    const timed = new TimedStep(device, querySet, resolve, read)
-    try {
-      await step(timed)
-    } finally {
-      queue.writeBuffer = write
-    }
-    await read.mapAsync(GPUMapMode.READ)
-    const stamps = new BigUint64Array(read.getMappedRange().slice(0, timed.labels.length * 16))
-    read.unmap()
-    const kernels = new Map<string, { us: number; dispatches: number }>()
-    let busy = 0
-    timed.labels.forEach((label, i) => {
-      const us = Number(stamps[2 * i + 1]! - stamps[2 * i]!) / 1000
-      const k = kernels.get(label) ?? { us: 0, dispatches: 0 }
-      k.us += us
-      k.dispatches++
-      kernels.set(label, k)
-      busy += us
-    })
-    const span = timed.labels.length > 0 ? Number(stamps[2 * timed.labels.length - 1]! - stamps[0]!) / 1e6 : 0
-    const counts = { dispatches: timed.dispatches, copies: timed.copies, writes, maps: maps - maps0 }
-    return { span_ms: span, busy_ms: busy / 1000, kernels: [...kernels.entries()].map(([kernel, k]) => ({ kernel, ...k })).sort((a, b) => b.us - a.us), ...counts }
-  } finally {
-    querySet.destroy()
-    resolve.destroy()
-    read.destroy()
-  }
+  const p = await profileStep(gpu.device, step)
+  return { ...p, kernels: [...p.kernels], maps: maps - maps0 }
 }
 /** Read-backs mapped so far (--read-back): one a step for all rows, or one per row. */
 let maps = 0

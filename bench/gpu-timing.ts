@@ -71,7 +71,8 @@ export class FilteredStep extends PassEncoder {
 /**
  * One decode step with every dispatch in a pass of its own, timed (begin, end) into
  * `querySet` (2 queries per dispatch); the step's last submit resolves them into `read`.
- * `labels` names the timed dispatches in order. For a step without read-backs (one submit).
+ * `labels` names the timed dispatches in order. A step may submit several times (the queries
+ * are resolved at its end).
  */
 export class TimedStep implements StepEncoder {
   readonly labels: string[] = []
@@ -102,10 +103,39 @@ export class TimedStep implements StepEncoder {
     }
   }
 
+  /**
+   * A pass a manager encodes itself (the tiered cache's scoring, selection, route): each of its
+   * dispatches runs in a timed pass of its own, with the pipeline and bind groups set before it
+   * replayed there.
+   */
   compute(use: (pass: GPUComputePassEncoder) => void): void {
-    const pass = this.encoder.beginComputePass()
-    use(this.countingPass(pass))
-    pass.end()
+    let pipeline: GPUComputePipeline | undefined
+    const groups = new Map<number, [GPUBindGroup | null, Iterable<number> | undefined]>()
+    const timedPass = (dispatch: (pass: GPUComputePassEncoder) => void) => {
+      this.dispatches++
+      const i = this.labels.length
+      this.labels.push(pipeline?.label ?? "manager pass")
+      const pass = this.encoder.beginComputePass({ timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } })
+      if (pipeline) pass.setPipeline(pipeline)
+      for (const [index, [group, offsets]] of groups) pass.setBindGroup(index, group, offsets)
+      dispatch(pass)
+      pass.end()
+    }
+    const recording = {
+      setPipeline: (p: GPUComputePipeline) => void (pipeline = p),
+      setBindGroup: (index: number, group: GPUBindGroup | null, offsets?: Iterable<number>) => void groups.set(index, [group, offsets === undefined ? undefined : [...offsets]]),
+      dispatchWorkgroups: (x: number, y?: number, z?: number) => {
+        if (x === 0 || y === 0 || z === 0) return
+        timedPass((pass) => pass.dispatchWorkgroups(x, y, z))
+      },
+      dispatchWorkgroupsIndirect: (buffer: GPUBuffer, offset: number) => timedPass((pass) => pass.dispatchWorkgroupsIndirect(buffer, offset)),
+      end: () => {},
+      pushDebugGroup: () => {},
+      popDebugGroup: () => {},
+      insertDebugMarker: () => {},
+      label: "timed manager pass",
+    }
+    use(recording as unknown as GPUComputePassEncoder)
   }
 
   record(use: (encoder: GPUCommandEncoder) => void): void {
@@ -134,15 +164,6 @@ export class TimedStep implements StepEncoder {
     }
     return new Proxy(encoder, { get: (t, k) => (k === "copyBufferToBuffer" ? copy : bound(t, k)) })
   }
-
-  /** A pass whose dispatches are counted (dispatches a manager encodes itself). */
-  private countingPass(pass: GPUComputePassEncoder): GPUComputePassEncoder {
-    const dispatch = (x: number, y?: number, z?: number) => {
-      this.dispatches++
-      pass.dispatchWorkgroups(x, y, z)
-    }
-    return new Proxy(pass, { get: (t, k) => (k === "dispatchWorkgroups" ? dispatch : bound(t, k)) })
-  }
 }
 
 // A property of a WebGPU object, its methods bound to it (they check their receiver).
@@ -150,3 +171,74 @@ const bound = (target: object, key: string | symbol): unknown => {
   const v = Reflect.get(target, key) as unknown
   return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v
 }
+
+/** profileStep's result: GPU time per kernel (µs summed over its dispatches), largest first, and the step's counts. */
+export interface StepProfile {
+  /** From the first timed dispatch's start to the last one's end (ms). */
+  readonly span_ms: number
+  /** Time inside timed dispatches (ms). */
+  readonly busy_ms: number
+  readonly kernels: ReadonlyArray<{ readonly kernel: string; readonly us: number; readonly dispatches: number }>
+  readonly dispatches: number
+  readonly copies: number
+  /** Queue writes (uniforms, block lists, input tokens) made while the step was encoded. */
+  readonly writes: number
+}
+
+/** Runs one step with every dispatch in a timed pass of its own (TimedStep): GPU time per kernel. Needs "timestamp-query". */
+export const profileStep = async (device: GPUDevice, step: (timed: TimedStep) => void | Promise<void>): Promise<StepProfile> => {
+  const maxQueries = 4096 // WebGPU's most queries in a set (lavapipe refuses more)
+  const querySet = device.createQuerySet({ type: "timestamp", count: maxQueries })
+  const resolve = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC })
+  const read = device.createBuffer({ size: maxQueries * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+  const queue = device.queue
+  const write = queue.writeBuffer
+  let writes = 0
+  queue.writeBuffer = (...args: Parameters<GPUQueue["writeBuffer"]>) => {
+    writes++
+    return write.apply(queue, args)
+  }
+  try {
+    const timed = new TimedStep(device, querySet, resolve, read)
+    try {
+      await step(timed)
+    } finally {
+      queue.writeBuffer = write
+    }
+    if (timed.labels.length > maxQueries / 2) throw new RangeError(`the step has ${timed.labels.length} timed dispatches; a query set holds ${maxQueries / 2}`)
+    await read.mapAsync(GPUMapMode.READ)
+    const stamps = new BigUint64Array(read.getMappedRange().slice(0, timed.labels.length * 16))
+    read.unmap()
+    const kernels = new Map<string, { us: number; dispatches: number }>()
+    let busy = 0
+    timed.labels.forEach((label, i) => {
+      const us = Number(stamps[2 * i + 1]! - stamps[2 * i]!) / 1000
+      const k = kernels.get(label) ?? { us: 0, dispatches: 0 }
+      k.us += us
+      k.dispatches++
+      kernels.set(label, k)
+      busy += us
+    })
+    const span = timed.labels.length > 0 ? Number(stamps[2 * timed.labels.length - 1]! - stamps[0]!) / 1e6 : 0
+    return {
+      span_ms: span,
+      busy_ms: busy / 1000,
+      kernels: [...kernels.entries()].map(([kernel, k]) => ({ kernel, ...k })).sort((a, b) => b.us - a.us),
+      dispatches: timed.dispatches,
+      copies: timed.copies,
+      writes,
+    }
+  } finally {
+    querySet.destroy()
+    resolve.destroy()
+    read.destroy()
+  }
+}
+
+/** A profile's largest kernels as one line: "name ms/dispatches, ...". */
+export const profileLine = (p: StepProfile, most = 10): string =>
+  `${p.busy_ms.toFixed(2)} ms in kernels, ${p.span_ms.toFixed(2)} ms span, ${p.dispatches} dispatches, ${p.copies} copies, ${p.writes} queue writes; ` +
+  p.kernels
+    .slice(0, most)
+    .map((k) => `${k.kernel} ${(k.us / 1000).toFixed(2)} ms/${k.dispatches}`)
+    .join(", ")

@@ -47,6 +47,7 @@ import { HIDDEN_LAYER_BASE } from "../kv/recompute-cost.ts"
 import type { TieredKv } from "../engine/kv/tiered/index.ts"
 import { randomFillSync } from "node:crypto"
 import { scoreTimes } from "./score-time.ts"
+import { profileLine, profileStep, type StepProfile } from "./gpu-timing.ts"
 import { type Span, stepSpans, TimelineEncoder, timelineSvg, traceHost } from "./step-timeline.ts"
 
 const program = new Command()
@@ -67,6 +68,7 @@ const program = new Command()
   .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
   .option("--score-time", "also time one layer's scoring on the GPU at the context's chunk count: every chunk, against groups then the kept groups' chunks (bench/score-time.ts)")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
+  .option("--profile", "one more step of each policy with every dispatch timed on the GPU (timestamp queries): GPU time per kernel")
   .option("--cold-disk", "after the timed steps of each tiered policy, time as many again with the disk tier's files dropped from the page cache before each (bench/page-cache.ts): disk reads cold, beside the warm ones")
   .option("--out <file>", "write the results as JSON")
   .parse()
@@ -88,12 +90,14 @@ interface Row {
   /** Per timed step, the upload ring (tiered policies): bytes staged, copies recorded, flushes (a submit and a re-map each), those scattered, host ms in flush(). */
   upload?: { bytes: number; copies: number; flushes: number; scattered: number; flush_ms: number }
   timeline?: { step_ms: number; spans: Span[] }
+  /** --profile: one more step, every dispatch timed (its kernels' GPU time; not one of the timed steps). */
+  profile?: StepProfile
   error?: string
 }
 
 // Every step decodes one token: two warm-up steps, the timed ones, as many again cold
 // (--cold-disk) and the traced one (--timeline), with room to spare.
-const decodeRoom = 2 + o.steps * (o.coldDisk ? 2 : 1) + (o.timeline ? 1 : 0) + 8
+const decodeRoom = 2 + o.steps * (o.coldDisk ? 2 : 1) + (o.timeline ? 1 : 0) + (o.profile ? 1 : 0) + 8
 
 const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number, setting: string): Promise<Row> => {
   const config = resolveDummyConfig(o.preset)
@@ -150,7 +154,9 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     const kv = model.tierStats()
     const cold = o.coldDisk && kv ? await coldSteps(gpu, dir, steps, (i) => step(2 + steps + i), () => model!.tierStats()!.disk.bytes_read, statsBefore!.disk.bytes_read) : undefined
     const timeline = o.timeline ? await traceStep(gpu, model, 2 + steps + (cold?.steps ?? 0), `${name}-${setting}`) : undefined
-    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(cold ? { cold } : {}), ...(upload ? { upload } : {}), ...(timeline ? { timeline } : {}) }
+    const at = 2 + steps + (cold?.steps ?? 0) + (timeline ? 1 : 0)
+    const profile = o.profile && gpu.device.features.has("timestamp-query") ? await profileStep(gpu.device, (timed) => model!.decode(0, { outSlot: 1 + (at % 8), temperature: 0, seed: 0, step: at }, undefined, timed)) : undefined
+    return { policy: name, compression: setting, ms_per_token: ms, steps, fill_ms: fillMs, ...(kv ? { kv: { ...kv, warmup: statsBefore } } : {}), ...(cold ? { cold } : {}), ...(upload ? { upload } : {}), ...(timeline ? { timeline } : {}), ...(profile ? { profile } : {}) }
   } catch (e) {
     return { policy: name, compression: setting, ms_per_token: NaN, steps: 0, fill_ms: 0, error: `${(e as { code?: string }).code ?? "error"}: ${(e as Error).message}` }
   } finally {
@@ -314,6 +320,7 @@ for (const { name: policy, setting } of variants) {
       ? `  ${name.padEnd(12)} FAILED ${row.error}`
       : `  ${name.padEnd(12)} ${row.ms_per_token.toFixed(2).padStart(9)} ms/token over ${row.steps} steps (fill ${(row.fill_ms / 1000).toFixed(1)} s)${extra}${coldLine}`,
   )
+  if (row.profile) console.log(`  ${`${name} (profiled step)`.padEnd(12)} ${profileLine(row.profile, 14)}`)
 }
 const ref = rows.find((r) => r.policy === "offload-all" && !r.error)
 if (ref) for (const r of rows) if (!r.error) console.log(`  ${`${r.policy} ${r.compression}`.padEnd(16)} ${(ref.ms_per_token / r.ms_per_token).toFixed(2)}x offload-all (${ref.compression})`)
