@@ -165,3 +165,16 @@ export const without = (src: string, parts: ReadonlyArray<"softmax" | "qk" | "pv
   if (parts.includes("pv")) s = sub(s, /(o\d) = subgroupMatrixMultiplyAccumulate\(p1, v1, subgroupMatrixMultiplyAccumulate\(p0, v0, o\d\)\);/g, "")
   return s
 }
+
+/**
+ * attn_prefill_fa (kernels/attn_prefill_fa.wgsl) with parts taken out, for timing only (the
+ * results are wrong): the softmax's two loops over a tile's keys, the Q K^T products, the P V
+ * products (the compiler may drop the loads that fed them too).
+ */
+export const withoutSplit = (src: string, parts: ReadonlyArray<"softmax" | "qk" | "pv">): string => {
+  let s = src
+  if (parts.includes("softmax")) s = sub(s, /for \(var j = 0u; j < BK \/ 2u; j = j \+ 1u\) \{/g, "for (var j = 0u; j < 0u; j = j + 1u) {")
+  if (parts.includes("qk")) s = sub(s, /s([0-3]) = subgroupMatrixMultiplyAccumulate\(a, b[0-3], s[0-3]\);/g, "")
+  if (parts.includes("pv")) s = sub(s, /(o\d) = subgroupMatrixMultiplyAccumulate\(p3, v3, .*\);/g, "")
+  return s
+}

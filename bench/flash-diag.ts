@@ -14,7 +14,8 @@
 // 4. variants: the kernel with 549bf3c's 4-byte flag, fewer subgroups, rescales, KDIRECT.
 // 6. split: attn_prefill_fa (the keys split among a workgroup's subgroups, LEOAM_MATRIX_ATTENTION=split)
 //    against the CPU reference: 4, 2 and 1 splits, 1 and 2 row tiles, D 64 and 128, GQA,
-//    WINDOW passes, keys zero, rescales.
+//    WINDOW passes, keys zero, rescales; then its time on one chunk (as in 5) with parts taken
+//    out, beside KDIRECT.
 // 5. timing: where a tile's time goes: one 512-query chunk at position 7680 of 8B heads with
 //    parts of the kernel taken out (results wrong, times comparable): no softmax, no Q K^T,
 //    no P V, K/V straight from the pool (KDIRECT), staging alone.
@@ -25,7 +26,7 @@ import { readF32, storageBuffer, Uniform, upload } from "../engine/buffers.ts"
 import { acquireGpu, releaseGpu, SUBGROUP_MATRIX_FEATURE } from "../engine/gpu.ts"
 import { worstError } from "../engine/matrix-check.ts"
 import { Pipelines } from "../engine/pipelines.ts"
-import { emulatePv, emulateQk, type Micro, microShader, u32Flag, without } from "./flash-diag-kernels.ts"
+import { emulatePv, emulateQk, type Micro, microShader, u32Flag, without, withoutSplit } from "./flash-diag-kernels.ts"
 import { fillRandom, timeKernel } from "./gpu-timing.ts"
 
 const { values: args } = parseArgs({ options: { micro: { type: "boolean" }, full: { type: "boolean" }, hybrid: { type: "boolean" }, variants: { type: "boolean" }, timing: { type: "boolean" }, split: { type: "boolean" }, dry: { type: "string" } } })
@@ -269,10 +270,21 @@ if (all || args.split) {
   await runCase("SPLIT WINDOW BS 32 qAmp 24", split(true), { ...checkCase, BS: 32, qAmp: 24 }, 1, k, { windows: [[64, 0], [0, 64]] })
   await runCase("SPLIT D 64", split(false), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 1, { ...k, G: 3, D: 64 })
   await runCase("SPLIT D 64 WINDOW", split(true), { G: 3, KV: 2, D: 64, BS: 16, pos0: 70, M: 37 }, 1, { ...k, G: 3, D: 64 }, { windows: [[80, 0], [0, 32], [32, 80]] })
+  await timeParts("split timing: a 512-query chunk at position 7680, 8B heads, attn_prefill_fa; parts taken out (results wrong, times comparable)", [
+    ["KDIRECT (attn_prefill_mx, 4 subgroups, 64 rows)", pipelines.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } }), { SG, NSG: 4, PAD: 8 }, 64],
+    ...([[4, 1], [4, 2], [2, 1]] as const).flatMap(([NSG, RT]): Array<[string, string, Record<string, number>, number]> => [
+      [`fa${NSG}r${RT} whole`, split(false), { SG, NSG, RT }, 16 * RT],
+      [`fa${NSG}r${RT} no softmax`, withoutSplit(split(false), ["softmax"]), { SG, NSG, RT }, 16 * RT],
+      [`fa${NSG}r${RT} no Q K^T`, withoutSplit(split(false), ["qk"]), { SG, NSG, RT }, 16 * RT],
+      [`fa${NSG}r${RT} no P V`, withoutSplit(split(false), ["pv"]), { SG, NSG, RT }, 16 * RT],
+      [`fa${NSG}r${RT} loads and merge alone`, withoutSplit(split(false), ["softmax", "qk", "pv"]), { SG, NSG, RT }, 16 * RT],
+    ]),
+  ])
 }
 
-if (all || args.timing) {
-  console.log("\n== timing: a 512-query chunk at position 7680, 8B heads (32 query, 8 KV, D 128), 4 subgroups; parts taken out")
+/** Times each (label, code, constants, rows a workgroup) on one 512-query chunk at position 7680 of 8B heads. */
+async function timeParts(title: string, cases: ReadonlyArray<readonly [string, string, Record<string, number>, number]>): Promise<void> {
+  console.log(`\n== ${title}`)
   const [H, KV, D, BS, chunk, pos0] = [32, 8, 128, 16, 512, 7680]
   const blocks = (pos0 + chunk) / BS
   const kp = storageBuffer(device, "k pool", blocks * KV * BS * D * 2)
@@ -284,23 +296,10 @@ if (all || args.timing) {
   const out = storageBuffer(device, "out", chunk * H * D * 4)
   const u = new Uniform(device, "timing", "uuuuufuu")
   u.set(chunk, H, KV, BS, pos0, 1 / Math.sqrt(D))
-  const k = { SG, NSG: 4, PAD: 8, G: 4, D }
-  const staged = kernelSource(false, false)
-  const direct = pipelines.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } })
-  const cases: Array<[string, string]> = [
-    ["whole kernel", staged],
-    ["no softmax", without(staged, ["softmax"])],
-    ["no Q K^T", without(staged, ["qk"])],
-    ["no P V", without(staged, ["pv"])],
-    ["staging alone", without(staged, ["softmax", "qk", "pv"])],
-    ["KDIRECT", direct],
-    ["KDIRECT, no softmax", without(direct, ["softmax"])],
-    ["KDIRECT, no P V", without(direct, ["pv"])],
-  ]
   const flops = 4 * H * D * (chunk * pos0 + (chunk * (chunk + 1)) / 2)
-  for (const [name, code] of cases) {
+  for (const [name, code, constants, rows] of cases) {
     try {
-      const pipeline = await compile(name, code, k)
+      const pipeline = await compile(name, code, { ...constants, G: H / KV, D })
       if (typeof pipeline === "string") {
         console.log(`${name}: ${pipeline}`)
         continue
@@ -309,13 +308,30 @@ if (all || args.timing) {
       const seconds = await timeKernel(device, 5, 3, (pass) => {
         pass.setPipeline(pipeline)
         pass.setBindGroup(0, group)
-        pass.dispatchWorkgroups((chunk * 4) / 64, KV)
+        pass.dispatchWorkgroups((chunk * (H / KV)) / rows, KV)
       })
       console.log(`${name}: ${(seconds * 1e3).toFixed(3)} ms (${(flops / seconds / 1e12).toFixed(2)} TFLOPS-equivalent)`)
     } catch (e) {
       console.log(`${name}: failed: ${(e as Error).message}`)
     }
   }
+  for (const b of [kp, vp, table, q, out, u.buffer]) b.destroy()
+}
+
+if (all || args.timing) {
+  const staged = kernelSource(false, false)
+  const direct = pipelines.source({ op: "attn_prefill_mx", flags: { KDIRECT: true } })
+  const k = { SG, NSG: 4, PAD: 8 }
+  await timeParts("timing: a 512-query chunk at position 7680, 8B heads (32 query, 8 KV, D 128), 4 subgroups; parts taken out", [
+    ["whole kernel", staged, k, 64],
+    ["no softmax", without(staged, ["softmax"]), k, 64],
+    ["no Q K^T", without(staged, ["qk"]), k, 64],
+    ["no P V", without(staged, ["pv"]), k, 64],
+    ["staging alone", without(staged, ["softmax", "qk", "pv"]), k, 64],
+    ["KDIRECT", direct, k, 64],
+    ["KDIRECT, no softmax", without(direct, ["softmax"]), k, 64],
+    ["KDIRECT, no P V", without(direct, ["pv"]), k, 64],
+  ])
 }
 
 await releaseGpu()

@@ -125,7 +125,7 @@
 #        (LEOAM_MATRIX_ATTENTION=split; issue 12 §3; bundle: `bash scripts/gpu-bundle.sh
 #        flash-diag golden-check attn-bench leoam-cli`): flash-diag --split (the kernel against
 #        the CPU reference: 4, 2 and 1 splits, 1 and 2 row tiles, D 64 and 128, GQA, WINDOW,
-#        rescales), the golden check with LEOAM_MATRIX_ATTENTION=split, then attn-bench at
+#        rescales; then a chunk's time with parts taken out, beside KDIRECT), the golden check with LEOAM_MATRIX_ATTENTION=split, then attn-bench at
 #        SPLIT_TOKENS (default 8192,32768,131072) with SPLIT_KERNELS (default mxd,fa: KDIRECT
 #        with 4 and 2 subgroups against fa4r1, fa4r2, fa2r1, fa2r2; add base for
 #        attn_prefill_sg), then for each length of SPLIT_E2E_LENGTHS (default 8192) the
@@ -277,7 +277,7 @@ if [ "$suite" = flash-split ]; then
   budget="${SPLIT_S:-420}"
   export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
   if [ -f .bench-bundle/flash-diag.mjs ]; then
-    LEOAM_MATRIX_ATTENTION=split timeout 60 node .bench-bundle/flash-diag.mjs --split 2>&1 | tee "$out/flash-diag-split.txt" || echo "flash-diag --split: failed or stopped" | tee -a "$out/flash-diag-split.txt"
+    LEOAM_MATRIX_ATTENTION=split timeout 90 node .bench-bundle/flash-diag.mjs --split 2>&1 | tee "$out/flash-diag-split.txt" || echo "flash-diag --split: failed or stopped" | tee -a "$out/flash-diag-split.txt"
   fi
   LEOAM_MATRIX_ATTENTION=split timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-split.txt" || echo "golden check, LEOAM_MATRIX_ATTENTION=split: FAILED or stopped" | tee -a "$out/golden-check-split.txt"
   left=$((budget - SECONDS - 60))
