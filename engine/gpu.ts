@@ -275,7 +275,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     const k = splitAttnConstants(gpu.subgroupMaxSize, device.limits.maxComputeWorkgroupStorageSize, 128)
     const split = k ? await checkSplitAttention(gpu, k) : `${room}, or subgroups of ${gpu.subgroupMaxSize} lanes, not 32`
     attnSplit = split === undefined
-    attnRefused = undefined
+    if (attnSplit) attnRefused = undefined
     process.stderr.write(`[leoam gpu] prefill attention on the matrix units, keys split among subgroups (attn_prefill_fa): ${split ?? "ok, used"}\n`)
   }
   if (attnForm !== "off" && !attnSplit) {
