@@ -23,6 +23,7 @@ import { DecodeBatch, type MmaOptions, type Projections } from "../engine/batch.
 import { profileStep, type TimedStep } from "./gpu-timing.ts"
 import { readBack } from "../engine/buffers.ts"
 import { parseSkinnyForm } from "../engine/batch-mma.ts"
+import { parseStreamForm } from "../engine/batch-stream.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
 import { acquireGpu, releaseGpu } from "../engine/gpu.ts"
 import { isTiered, kvEngineOptions } from "../engine/kv/registry.ts"
@@ -41,7 +42,7 @@ const o = new Command()
   .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
   .option("--batches <list>", "batch sizes", "1,4,16")
   .option("--policies <list>", "KV policies (full, quest, leoam, offload-all); name@bits keeps a tiered policy's chunks at those bits (16, 8, 4 or importance), e.g. leoam@4", "full")
-  .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl), mma (the matrix units, engine/batch-mma.ts; LEOAM_MATRIX_UNITS=auto)", "gemm,gemv,multi")
+  .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl), mma (the matrix units, engine/batch-mma.ts; LEOAM_MATRIX_UNITS=auto), stream (kernels/gemm_stream.wgsl, engine/batch-stream.ts; stream/4x2h a form)", "gemm,gemv,multi")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
   .option("--host-kv-budget <size>", "host arena of the tiered policies, shared by every sequence", "8GiB")
@@ -60,7 +61,7 @@ const o = new Command()
 interface Row {
   policy: string
   batch: number
-  projections: Projections | "alone" | `${Projections}:rows` | `mma/${string}`
+  projections: Projections | "alone" | `${Projections}:rows` | `mma/${string}` | `stream/${string}`
   ms_per_step: number
   tokens_per_s: number
   steps: number
@@ -73,11 +74,17 @@ interface Row {
 
 /** A setup's variants: "rows" (attention per row), "rowsample" (sampling per row). */
 const how = (setup: string) => setup.split(":").slice(1)
-/** DecodeBatch.open's projections and options for a setup "P[/FORM][:rows][:rowsample]"; minRows 1: the matrix units at every B, also where a batch would take the GEMVs. */
+/**
+ * DecodeBatch.open's projections and options for a setup "P[/FORM][:rows][:rowsample]" (FORM:
+ * mma's SPLITxCOLS, stream's RxUNROLL[h][/WG]); minRows 1: the matrix units or gemm_stream at
+ * every B, also where a batch would take the GEMVs.
+ */
 const batchArgs = (setup: string): [Projections, MmaOptions] => {
   const [what, ...variants] = setup.split(":")
-  const [kind, form] = what!.split("/") as [Projections, string | undefined]
-  return [kind, { minRows: 1, rowAttention: variants.includes("rows"), rowSampling: variants.includes("rowsample"), ...(form ? { form: parseSkinnyForm(form) } : {}) }]
+  const [kind, ...rest] = what!.split("/") as [Projections, ...string[]]
+  const form = rest.length > 0 ? rest.join("/") : undefined
+  const forms = form === undefined ? {} : kind === "stream" ? { stream: parseStreamForm(form) } : { form: parseSkinnyForm(form) }
+  return [kind, { minRows: 1, rowAttention: variants.includes("rows"), rowSampling: variants.includes("rowsample"), ...forms }]
 }
 
 /** One step with every dispatch in a timed pass of its own (bench/gpu-timing.ts): GPU time per kernel, largest first, and the step's read-backs. */

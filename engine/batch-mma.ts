@@ -88,11 +88,15 @@ export const mmaPipelineKeys = (k: SkinnyConstants, bias: boolean, c: ModelConfi
 const projectionFlags = (op: GemvOp, bias: boolean): Array<Record<string, boolean>> =>
   op === "qkv" ? [{}, ...(bias ? [{ BIAS: true }] : [])] : op === "o" ? [{ ACC: true }, ...(bias ? [{ ACC: true, BIAS: true }] : [])] : op === "gu" ? [{ SWIGLU: true }] : op === "down" ? [{ ACC: true }] : [{}]
 
-export interface MmaInputs {
+/** What the batch's row projections read: the device, its pipelines (prewarmed), the model. */
+export interface RowInputs {
   readonly device: GPUDevice
   readonly pipelines: Pipelines
   readonly config: ModelConfig
   readonly weights: ModelWeights
+}
+
+export interface MmaInputs extends RowInputs {
   readonly skinny: SkinnyConstants
 }
 
@@ -104,12 +108,52 @@ export interface MmaBuffers {
   readonly logits: GPUBuffer
 }
 
+/** The bindings of one projection's product: xh (rows, K) f16, W, y, the bias where there is one. */
+export interface ProductBindings {
+  readonly xh: GPUBuffer
+  readonly w: GPUBuffer
+  readonly y: GPUBuffer
+  readonly bias?: GPUBuffer
+}
+
+/** One projection's product xh . W^T into y: its dispatch, and what a step of m rows sets (uniforms, workgroups, the pipeline). */
+export interface RowProduct {
+  readonly dispatch: Dispatch
+  readonly resize: (m: number) => void
+}
+
+/** Builds the product of projection `op` with `flags` (ACC, BIAS, SWIGLU). */
+export type ProductOf = (op: GemvOp, flags: Record<string, boolean>, b: ProductBindings) => RowProduct
+
+/** gemm_skinny (the matrix units) as a batch's product: one pass over the weights for every 16 rows. */
+export const skinnyProduct =
+  (i: MmaInputs): ProductOf =>
+  (op, flags, b) => {
+    const [n, k] = gemvShapes(i.config)[op]
+    const ug = new Uniform(i.device, `batch gemm_skinny ${op}`, "uuuu")
+    const key = skinnyKey(flags, i.skinny, k)
+    const outs = flags.SWIGLU ? n / 2 : n
+    const dispatch = dispatchOf(i.device, i.pipelines.now(key), [[0, ug.buffer], [1, b.xh], [2, b.w], [3, b.y], ...(b.bias ? [[5, b.bias] as const] : [])], outs / (16 * skinnyCols(i.skinny, flags.SWIGLU === true)), 1, 1)
+    return {
+      dispatch,
+      resize: (m) => {
+        ug.set(m, n, k, 0)
+        dispatch.z = Math.ceil(m / MMA_ROWS)
+      },
+    }
+  }
+
+/** The matrix-unit projections (rowProjections with gemm_skinny). */
+export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) => rowProjections(i, a, capacity, skinnyProduct(i))
+
 /**
- * The batch's projections of every layer and the head on the matrix units, for `capacity`
- * rows: `layers[l].pre` = QKV (before RoPE), `post` = O (+ residual), gate/up (SwiGLU), down
- * (+ residual); `resize(m)` sets the rows of a step. Owns one scratch buffer (rows, K) f16.
+ * The batch's projections of every layer and the head over the rows rounded to f16, for
+ * `capacity` rows: `layers[l].pre` = QKV (before RoPE), `post` = O (+ residual), gate/up
+ * (SwiGLU), down (+ residual); `resize(m)` sets the rows of a step. `product` builds each
+ * projection's product (gemm_skinny, gemm_stream). Owns one scratch buffer (rows, K) f16,
+ * rows a multiple of 16 whose rows past a step's m are zeros.
  */
-export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) => {
+export const rowProjections = (i: RowInputs, a: MmaBuffers, capacity: number, product: ProductOf) => {
   const c = i.config
   const device = i.device
   const rows = Math.ceil(capacity / MMA_ROWS) * MMA_ROWS
@@ -118,20 +162,16 @@ export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) =>
   const resizers: Array<(m: number) => void> = []
   // x (rows, k) f32 -> xh, normalized by `gamma` where given; then xh . W^T into y.
   const project = (op: GemvOp, flags: Record<string, boolean>, w: GPUBuffer, x: GPUBuffer, y: GPUBuffer, gamma?: GPUBuffer, bias?: GPUBuffer): Dispatch[] => {
-    const [n, k] = gemvShapes(c)[op]
+    const [, k] = gemvShapes(c)[op]
     const uh = new Uniform(device, `batch half_rows ${op}`, "uufu")
-    const ug = new Uniform(device, `batch gemm_skinny ${op}`, "uuuu")
     const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
-    const key = skinnyKey({ ...flags, ...(bias ? { BIAS: true } : {}) }, i.skinny, k)
-    const outs = flags.SWIGLU ? n / 2 : n
-    const gemm = dispatchOf(device, i.pipelines.now(key), [[0, ug.buffer], [1, xh], [2, w], [3, y], ...(bias ? [[5, bias] as const] : [])], outs / (16 * skinnyCols(i.skinny, flags.SWIGLU === true)), 1, 1)
+    const gemm = product(op, { ...flags, ...(bias ? { BIAS: true } : {}) }, { xh, w, y, ...(bias ? { bias } : {}) })
     resizers.push((m) => {
       uh.set(m, k, c.rmsNormEps, 0)
-      ug.set(m, n, k, 0)
       half.x = Math.ceil(m / MMA_ROWS) * MMA_ROWS
-      gemm.z = Math.ceil(m / MMA_ROWS)
+      gemm.resize(m)
     })
-    return [half, gemm]
+    return [half, gemm.dispatch]
   }
   const layers = i.weights.layers.map((w) => ({
     pre: project("qkv", {}, w.wqkv, a.x, a.qkv, w.attnNorm, w.bqkv),

@@ -15,20 +15,20 @@
 // prefill GEMMs (weights read once per step, 64-row tiles) or the decode GEMVs (one pass
 // over the weights per row, no wasted rows): which is faster at small B depends on the
 // device (bench/batch-bench.ts measures both). Only `step` changes state.
-import { type Bound, type Dispatch, dispatchOf, readF32, storageBuffer, Uniform } from "./buffers.ts"
+import { type Bound, type Dispatch, dispatchOf, readF32, storageBuffer } from "./buffers.ts"
 import { decodeStep, type DecodeRows } from "./decode-driver.ts"
 import type { Gpu } from "./gpu.ts"
 import type { StepEncoder } from "./kv/manager.ts"
-import { type GemvOp, gemvShapes } from "./gemv-tuning.ts"
-import { createUniforms, gemmColumnsPerGroup, gemmRowsPerGroup, gemvUniform } from "./model-resources.ts"
-import type { PipelineKey } from "./pipelines.ts"
+import { createUniforms } from "./model-resources.ts"
 import { type CopyOut, GpuModel, type SampleParams } from "./model.ts"
-import { gemvLayers, type LayerProgram, rowLayers } from "./program.ts"
+import type { LayerProgram } from "./program.ts"
 import { PassEncoder } from "./step-encoder.ts"
 import type { ModelConfig } from "../models/types.ts"
 import { BatchAttention } from "./batch-attention.ts"
 import { BatchSampling, type CandidateRequest, type StepRead } from "./batch-sampling.ts"
-import { mmaPipelineKeys, mmaProjections, type SkinnyConstants, SKINNY_FORM, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
+import { halfRowsKey, mmaPipelineKeys, SKINNY_FORM, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
+import { type StreamForm, streamFor, streamPipelineKeys, streamRowCounts } from "./batch-stream.ts"
+import { gemmShared, gemvShared, mmaShared, multiPipelineKeys, multiShared, type Shared, skinnyOf, streamOf, streamShared } from "./batch-projections.ts"
 
 /** One sequence's part of a batched step: as `GpuModel.decode`'s arguments. */
 export interface BatchRow {
@@ -57,10 +57,11 @@ export interface BatchRow {
 
 /**
  * How the rows' projections run: the prefill GEMMs, the decode GEMVs (one pass over the
- * weights per row), kernels/gemv_multi.wgsl (one pass over the weights for every 8 rows), or
- * the matrix units (engine/batch-mma.ts: one pass for every 16 rows; where skinnyFor allows).
+ * weights per row), kernels/gemv_multi.wgsl (one pass over the weights for every 8 rows), the
+ * matrix units (engine/batch-mma.ts: one pass for every 16 rows; where skinnyFor allows), or
+ * kernels/gemm_stream.wgsl (engine/batch-stream.ts: one pass for every 16 rows at GEMV speed).
  */
-export type Projections = "gemm" | "gemv" | "multi" | "mma"
+export type Projections = "gemm" | "gemv" | "multi" | "mma" | "stream"
 
 /**
  * Fewer rows than this take the GEMVs in a batch with "mma" projections: the matrix units
@@ -70,9 +71,13 @@ export type Projections = "gemm" | "gemv" | "multi" | "mma"
  */
 export const MMA_MIN_ROWS = 4
 
-/** The matrix-unit projections' form (default SKINNY_FORM) and the fewest rows that take them (default MMA_MIN_ROWS). */
+/** Fewer rows than this take the GEMVs in a batch with "stream" projections (one row: the GEMV step, with RoPE fused). */
+export const STREAM_MIN_ROWS = 2
+
+/** The matrix-unit projections' form (default SKINNY_FORM), the streamed ones' (default STREAM_FORM), and the fewest rows that take them (default MMA_MIN_ROWS, STREAM_MIN_ROWS). */
 export interface MmaOptions {
   readonly form?: SkinnyForm
+  readonly stream?: StreamForm
   readonly minRows?: number
   /** Attention per row even where the rows share a KV block store (side-by-side benchmarks). */
   readonly rowAttention?: boolean
@@ -80,8 +85,6 @@ export interface MmaOptions {
   readonly rowSampling?: boolean
 }
 
-/** Rows of x per gemv_multi workgroup. */
-const MULTI_ROWS = 8
 /** The batch's buffers hold whole groups of this many rows (gemv_multi's 8, the matrix units' 16). */
 const ROW_GROUP = 16
 
@@ -97,19 +100,30 @@ const ROW_GROUP = 16
  * - a GPU opened with the matrix units (LEOAM_MATRIX_UNITS) and a model they fit: those from
  *   MMA_MIN_ROWS rows (steps of fewer rows take the GEMVs): on the same H100, B=16 took 32.9
  *   ms/step against gemv_multi's 62.1, B=4 22.2 against the GEMVs' 23.0
- *   (bench/results/2026-12-07-matrix-gemm-2).
+ *   (bench/results/2026-12-07-matrix-gemm-2);
+ * - any other GPU batch of 2 rows or more: the streamed projections (gemm_stream), unless
+ *   LEOAM_SKINNY_GEMM=old asks for the choice above. They are the default without a GPU
+ *   measurement: they pass the same checks as the others on lavapipe, and the matrix units
+ *   stream the weights at ~1 TB/s where the GEMVs reach ~2.4 (H100, 8B; bench/skinny-bench.ts
+ *   and `scripts/gpu-run.sh stream` compare them).
  */
-export const defaultProjections = (gpu: Pick<Gpu, "kind" | "matrixF16" | "subgroupMinSize" | "subgroupMaxSize">, config: ModelConfig, capacity: number): Projections =>
-  gpu.kind === "cpu" ? "gemm" : capacity >= MMA_MIN_ROWS && skinnyFor(gpu, config) ? "mma" : capacity <= 4 ? "gemv" : "multi"
+export const defaultProjections = (
+  gpu: Pick<Gpu, "kind" | "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "hasF16" | "hasSubgroups">,
+  config: ModelConfig,
+  capacity: number,
+  env: string | undefined = process.env.LEOAM_SKINNY_GEMM,
+): Projections => {
+  if (gpu.kind === "cpu") return "gemm"
+  if (streamWanted(env) && capacity >= STREAM_MIN_ROWS && streamFor(gpu, config)) return "stream"
+  return capacity >= MMA_MIN_ROWS && skinnyFor(gpu, config) ? "mma" : capacity <= 4 ? "gemv" : "multi"
+}
 
-/** The batch's share of a step: its projections over m rows. */
-interface Shared {
-  readonly layers: ReadonlyArray<{ readonly pre: ReadonlyArray<Dispatch>; readonly post: ReadonlyArray<Dispatch> }>
-  readonly head: ReadonlyArray<Dispatch>
-  /** Sets the dispatches' and uniforms' rows. */
-  readonly resize: (m: number) => void
-  /** Frees buffers of its own. */
-  readonly destroy?: () => void
+/** LEOAM_SKINNY_GEMM: "stream" (or unset, "auto") takes gemm_stream for batches on a GPU, "old" the matrix units / GEMVs / gemv_multi as before. */
+export const streamWanted = (env: string | undefined): boolean => {
+  const v = (env ?? "auto").trim().toLowerCase()
+  if (v === "auto" || v === "stream" || v === "") return true
+  if (v === "old") return false
+  throw new RangeError(`LEOAM_SKINNY_GEMM must be stream, old or auto, not "${env}"`)
 }
 
 /** What one row's per-layer dispatches were built for. */
@@ -130,7 +144,7 @@ export class DecodeBatch {
   private readonly embed: Dispatch
   private readonly embedRows: (m: number) => void
   private readonly shared: Shared
-  /** "mma": the GEMVs, for steps of fewer than MMA_MIN_ROWS rows. */
+  /** "mma", "stream": the GEMVs, for steps of fewer than MMA_MIN_ROWS (STREAM_MIN_ROWS) rows. */
   private readonly few: Shared | undefined
   /** The projections of the current members' steps: `shared`, or `few`. */
   private active: Shared
@@ -159,10 +173,15 @@ export class DecodeBatch {
   static async open(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, lead.config, capacity), mma: MmaOptions = {}): Promise<DecodeBatch> {
     if (projections === "multi") await lead.pipelines.prewarm(multiPipelineKeys())
     if (projections === "mma") await lead.pipelines.prewarm(mmaPipelineKeys(skinnyOf(lead, mma.form ?? SKINNY_FORM), lead.weights.layers.some((w) => w.bqkv || w.bo), lead.config))
+    if (projections === "stream") {
+      const bias = lead.weights.layers.some((w) => w.bqkv || w.bo)
+      const keys = streamPipelineKeys(streamOf(lead, mma.stream), bias, lead.config, streamRowCounts(capacity, mma.minRows ?? STREAM_MIN_ROWS))
+      await lead.pipelines.prewarm([halfRowsKey(true), halfRowsKey(false), ...keys])
+    }
     return new DecodeBatch(lead, capacity, projections, mma)
   }
 
-  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi", "mma": after `open` prewarmed their pipelines). */
+  /** A batch on `lead`'s weights; its rows may be `lead` and any of its siblings ("multi", "mma", "stream": after `open` prewarmed their pipelines). */
   constructor(lead: GpuModel, capacity: number, projections: Projections = defaultProjections(lead.gpu, lead.config, capacity), mma: MmaOptions = {}) {
     const c = lead.config
     const device = lead.gpu.device
@@ -189,10 +208,18 @@ export class DecodeBatch {
     const inputs = { device, pipelines: lead.pipelines, config: c, weights: lead.weights, keys: lead.keys, gemv: lead.gemv }
     const act = { x, xn, qkv: this.qkv, attn: this.attn, ffn, logits: this.logits }
     this.shared =
-      projections === "gemm" ? gemmShared(inputs, act, u) : projections === "gemv" ? gemvShared(inputs, act, u) : projections === "multi" ? multiShared(inputs, act) : mmaShared(inputs, act, capacity, skinnyOf(lead, mma.form ?? SKINNY_FORM))
-    this.few = projections === "mma" ? gemvShared(inputs, act, u) : undefined
+      projections === "gemm"
+        ? gemmShared(inputs, act, u)
+        : projections === "gemv"
+          ? gemvShared(inputs, act, u)
+          : projections === "multi"
+            ? multiShared(inputs, act)
+            : projections === "stream"
+              ? streamShared(inputs, act, capacity, streamOf(lead, mma.stream), mma.minRows ?? STREAM_MIN_ROWS)
+              : mmaShared(inputs, act, capacity, skinnyOf(lead, mma.form ?? SKINNY_FORM))
+    this.few = projections === "mma" || projections === "stream" ? gemvShared(inputs, act, u) : undefined
     this.active = this.shared
-    this.mmaMinRows = mma.minRows ?? MMA_MIN_ROWS
+    this.mmaMinRows = mma.minRows ?? (projections === "stream" ? STREAM_MIN_ROWS : MMA_MIN_ROWS)
     this.rowAttention = mma.rowAttention ?? false
     this.sampling = mma.rowSampling ? undefined : new BatchSampling({ device, pipelines: lead.pipelines, keys: lead.keys, vocabSize: c.vocabSize, capacity, logits: this.logits, tokens: this.ids })
     this.hostIds = new Uint32Array(capacity)
@@ -378,87 +405,3 @@ export class DecodeBatch {
 const sameMembers = (members: ReadonlyArray<GpuModel>, rows: ReadonlyArray<BatchRow>): boolean =>
   members.length === rows.length && rows.every((r, i) => r.model === members[i])
 
-type SharedInputs = Parameters<typeof gemvLayers>[0]
-type SharedBuffers = Parameters<typeof rowLayers>[1] & { readonly logits: GPUBuffer }
-type Uniforms = ReturnType<typeof createUniforms>
-
-// The prefill GEMMs over m rows (gemmRowsPerGroup-row tiles), and the head as one more GEMM after the final norm.
-const gemmShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
-  const c = i.config
-  const g = rowLayers(i, a, u)
-  const P = i.pipelines.now.bind(i.pipelines)
-  const uHead = new Uniform(i.device, "batch gemm head", "uuuu")
-  const finalNorm = dispatchOf(i.device, P(i.keys.rmsnorm), [[0, u.rmsnorm.buffer], [1, a.x], [2, i.weights.finalNorm], [3, a.xn]], 1)
-  const headGemm = dispatchOf(i.device, P(i.keys.gemm), [[0, uHead.buffer], [1, a.xn], [2, i.weights.lmHead], [3, a.logits]], Math.ceil(c.vocabSize / gemmColumnsPerGroup(i.keys.gemm)), 1)
-  return {
-    layers: g.layers,
-    head: [finalNorm, headGemm],
-    resize: (m) => {
-      u.setGemmRows(m)
-      uHead.set(m, c.vocabSize, c.hiddenSize)
-      for (const d of [...g.rows, finalNorm]) d.y = m
-      for (const d of [...g.gemms, headGemm]) d.y = Math.ceil(m / gemmRowsPerGroup(i.keys.gemm))
-    },
-  }
-}
-
-// The decode GEMVs, one row of x per workgroup z.
-const gemvShared = (i: SharedInputs, a: SharedBuffers, u: Uniforms): Shared => {
-  const g = gemvLayers(i, a, u)
-  return {
-    layers: g.layers.map((l) => ({ pre: [l.qkv], post: l.post })),
-    head: [g.head],
-    resize: (m) => {
-      for (const d of g.all) d.z = m
-    },
-  }
-}
-
-// kernels/gemv_multi.wgsl: each weight read once per MULTI_ROWS rows, RMSNorm, SwiGLU and the residual fused.
-const multiShared = (i: SharedInputs, a: SharedBuffers): Shared => {
-  const c = i.config
-  const ROWS = 2
-  const key = (flags: Record<string, boolean>): PipelineKey => ({ op: "gemv_multi", flags, constants: { WG: 128, ROWS, MR: MULTI_ROWS } })
-  const all: Dispatch[] = []
-  const g = (op: GemvOp, flags: Record<string, boolean>, entries: Array<readonly [number, GPUBuffer]>) => {
-    const [n, k] = gemvShapes(c)[op]
-    const groups = Math.ceil(n / ROWS)
-    const u = gemvUniform(i.device, `batch gemv_multi ${op}`)
-    u.set(n, k, c.rmsNormEps, Math.min(groups, 65535))
-    const d = dispatchOf(i.device, i.pipelines.now(key(flags)), [[0, u.buffer], ...entries], Math.min(groups, 65535), Math.ceil(groups / 65535))
-    all.push(d)
-    return d
-  }
-  const layers = i.weights.layers.map((w) => ({
-    pre: [g("qkv", { NORM: true, BIAS: w.bqkv !== undefined }, [[1, w.wqkv], [2, a.x], [3, a.qkv], [4, w.attnNorm], ...(w.bqkv ? [[5, w.bqkv] as const] : [])])],
-    post: [
-      g("o", { ACC: true, BIAS: w.bo !== undefined }, [[1, w.wo], [2, a.attn], [3, a.x], ...(w.bo ? [[5, w.bo] as const] : [])]),
-      g("gu", { NORM: true, SWIGLU: true }, [[1, w.wgu], [2, a.x], [3, a.ffn], [4, w.mlpNorm]]),
-      g("down", { ACC: true }, [[1, w.wdown], [2, a.ffn], [3, a.x]]),
-    ],
-  }))
-  const head = g("head", { NORM: true }, [[1, i.weights.lmHead], [2, a.x], [3, a.logits], [4, i.weights.finalNorm]])
-  return {
-    layers,
-    head: [head],
-    resize: (m) => {
-      for (const d of all) d.z = Math.ceil(m / MULTI_ROWS)
-    },
-  }
-}
-
-// The matrix units (engine/batch-mma.ts): each weight read once per 16 rows.
-const mmaShared = (i: SharedInputs, a: SharedBuffers, capacity: number, skinny: SkinnyConstants): Shared => {
-  const p = mmaProjections({ ...i, skinny }, a, capacity)
-  return { layers: p.layers.map((l) => ({ pre: l.pre, post: l.post })), head: p.head, resize: p.resize, destroy: p.destroy }
-}
-
-const skinnyOf = (lead: GpuModel, form: SkinnyForm): SkinnyConstants => {
-  const k = skinnyFor(lead.gpu, lead.config, form)
-  if (!k) throw new RangeError(`matrix-unit projections need f16 subgroup matrices (LEOAM_MATRIX_UNITS) and a model whose rows and K are multiples of 16 (${lead.gpu.adapterName})`)
-  return k
-}
-
-/** The pipelines gemv_multi needs for a model (prewarm them before a batch with "multi" projections). */
-const multiFlags: ReadonlyArray<Record<string, boolean>> = [{ NORM: true }, { NORM: true, BIAS: true }, { ACC: true }, { ACC: true, BIAS: true }, { NORM: true, SWIGLU: true }]
-const multiPipelineKeys = (): PipelineKey[] => multiFlags.map((flags) => ({ op: "gemv_multi", flags, constants: { WG: 128, ROWS: 2, MR: MULTI_ROWS } }))

@@ -17,6 +17,7 @@ export type KernelName =
   | "gemm_sgmat"
   | "gemm_sgmat_staged"
   | "gemm_skinny"
+  | "gemm_stream"
   | "half_rows"
   | "hidden_rows"
   | "gemm_reg"

@@ -53,11 +53,12 @@ export const skinnyReference = (c: SkinnyCase, xl: Float32Array, w: Float32Array
 
 /**
  * Runs half_rows (`half`, compiled with NORM as c.flags.NORM) and gemm_skinny (`gemm`, with
- * c's other flags, `cols` output tiles a workgroup) on seeded data as batch.ts does and returns the worst relative error of y
+ * c's other flags, `cols` output tiles a workgroup) or gemm_stream (`grid` its workgroups) on
+ * seeded data as batch.ts does and returns the worst relative error of y
  * against skinnyReference. The padding rows of xh start as NaN: the kernel must rewrite them
  * (a NaN row would poison nothing else, but zeros keep the scratch clean).
  */
-export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, gemm: GPUComputePipeline, c: SkinnyCase, seed = 1, cols = 1): Promise<number> => {
+export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, gemm: GPUComputePipeline, c: SkinnyCase, seed = 1, cols = 1, grid?: readonly [number, number, number]): Promise<number> => {
   const { M, N, K, flags } = c
   const rows = Math.ceil(M / 16) * 16
   const outs = flags.SWIGLU ? N / 2 : N
@@ -80,7 +81,8 @@ export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, g
   }
   try {
     const h = dispatchOf(device, half, [[0, uh.buffer], [1, buffers.x], [2, buffers.xh], ...(flags.NORM ? [[4, buffers.gamma] as const] : [])], rows)
-    const g = dispatchOf(device, gemm, [[0, ug.buffer], [1, buffers.xh], [2, buffers.w], [3, buffers.y], ...(flags.BIAS ? [[5, buffers.bias] as const] : [])], outs / (16 * cols), 1, rows / 16)
+    const [gx, gy, gz] = grid ?? [outs / (16 * cols), 1, rows / 16]
+    const g = dispatchOf(device, gemm, [[0, ug.buffer], [1, buffers.xh], [2, buffers.w], [3, buffers.y], ...(flags.BIAS ? [[5, buffers.bias] as const] : [])], gx, gy, gz)
     const encoder = device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     for (const d of [h, g]) {

@@ -96,6 +96,19 @@
 #        one before it is read, as the loop runs ahead);
 #        bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`; ROWS_S (default 110)
 #        limits each batch-bench run; extra arguments go to both
+#   stream: the streamed skinny GEMM (kernels/gemm_stream.wgsl, issue 14 §1) against the matrix
+#        units' gemm_skinny in one ~300-second command, matrix units on (LEOAM_MATRIX_UNITS=auto):
+#        the golden check, then
+#        bench/skinny-bench.ts at 8B shapes (qkv, o, gate/up, down, lm_head; M = STREAM_M,
+#        default 1,2,4,8,16; gemm_stream's forms STREAM_FORMS, default 4x2,4x1,4x4,2x2,8x2,
+#        4x2/256,4x2h; gemm_skinny's STREAM_MMA_FORMS, default 16x2, today's; gemv_multi and the
+#        decode GEMVs): ms and GB/s of weights per projection, each form checked against the
+#        CPU reference first; then bench/batch-bench.ts, full attention, 1K context, batch 1
+#        alone against B = STREAM_BATCHES (default 2,4,8,16) with STREAM_PROJECTIONS (default
+#        mma,stream: old against new in one process), --profile (GPU time per kernel);
+#        STREAM_SKINNY_S (default 150) and STREAM_BATCH_S (default 130) limit the parts;
+#        bundle: `bash scripts/gpu-bundle.sh golden-check skinny-bench batch-bench`; extra
+#        arguments go to batch-bench
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
 #        --kv-policy leoam --gpu-kv-budget 6GiB --host-kv-budget 8GiB --json` (issue 12 §4;
 #        bundle: `bash scripts/gpu-bundle.sh golden-check leoam-cli`): for each length of
@@ -185,7 +198,7 @@
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -466,6 +479,16 @@ if [ "$suite" = rows ]; then
     timeout "${ROWS_S:-110}" node .bench-bundle/batch-bench.mjs --context 1024 --batches 1,4,8,16 --policies full --projections "$projections" \
       --profile $flag --steps 16 --max-seconds "$(( ${ROWS_S:-110} - 15 ))" --out "$out/rows-8b-1k-$how.json" "$@" 2>&1 | tee "$out/rows-8b-1k-$how.txt" || echo "batch-bench 1K ($how): failed or stopped"
   done
+  exit 0
+fi
+if [ "$suite" = stream ]; then
+  export LEOAM_MATRIX_UNITS=auto
+  timeout 30 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
+  timeout "${STREAM_SKINNY_S:-150}" node .bench-bundle/skinny-bench.mjs --m "${STREAM_M:-1,2,4,8,16}" --forms "${STREAM_MMA_FORMS:-16x2}" \
+    --stream-forms "${STREAM_FORMS:-4x2,4x1,4x4,2x2,8x2,4x2/256,4x2h}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed, stopped or a check missed"
+  timeout "${STREAM_BATCH_S:-130}" node .bench-bundle/batch-bench.mjs --context 1024 --batches "1,${STREAM_BATCHES:-2,4,8,16}" --policies full \
+    --projections "${STREAM_PROJECTIONS:-mma,stream}" --profile --steps 16 --max-seconds "$(( ${STREAM_BATCH_S:-130} - 15 ))" \
+    --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
   exit 0
 fi
 if [ "$suite" = batch ]; then

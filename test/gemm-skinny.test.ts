@@ -77,14 +77,14 @@ describe("where the batch may use the matrix units", () => {
     if (noMatrix) expect(skinnyFor(gpu, c)).toBeUndefined()
   })
 
-  it("is the default from MMA_MIN_ROWS rows where it fits; the GEMVs, gemv_multi or the GEMMs elsewhere", () => {
+  it("with LEOAM_SKINNY_GEMM=old, is the default from MMA_MIN_ROWS rows where it fits; the GEMVs, gemv_multi or the GEMMs elsewhere", () => {
     const c = dummyPresets["llama-3.1-8b"]!
-    const h100 = { ...nvidia, kind: "discrete" as const }
-    expect(defaultProjections(h100, c, 16)).toBe("mma")
-    expect(defaultProjections(h100, c, MMA_MIN_ROWS)).toBe("mma")
-    expect(defaultProjections(h100, c, MMA_MIN_ROWS - 1)).toBe("gemv")
-    expect(defaultProjections({ ...h100, matrixF16: undefined }, c, 16)).toBe("multi")
-    expect(defaultProjections({ ...h100, kind: "cpu" }, c, 16)).toBe("gemm")
+    const h100 = { ...nvidia, kind: "discrete" as const, hasF16: true, hasSubgroups: true }
+    expect(defaultProjections(h100, c, 16, "old")).toBe("mma")
+    expect(defaultProjections(h100, c, MMA_MIN_ROWS, "old")).toBe("mma")
+    expect(defaultProjections(h100, c, MMA_MIN_ROWS - 1, "old")).toBe("gemv")
+    expect(defaultProjections({ ...h100, matrixF16: undefined }, c, 16, "old")).toBe("multi")
+    expect(defaultProjections({ ...h100, kind: "cpu" }, c, 16, "old")).toBe("gemm")
   })
 })
 
