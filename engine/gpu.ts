@@ -5,6 +5,7 @@
 // The GPU's matrix units (Dawn's experimental subgroup matrices) are asked for only when
 // LEOAM_MATRIX_UNITS says so (see matrixUnitsWanted).
 import { create, globals } from "webgpu"
+import { pollDawnByTimer } from "./dawn-poll.ts"
 
 /** One of the adapter's subgroup-matrix shapes: result (M x N) += left (M x K) * right (K x N). */
 export interface SubgroupMatrixConfig {
@@ -238,6 +239,7 @@ const openGpu = async (options: GpuOptions): Promise<Gpu> => {
     matrixAttentionShared: false,
     matrixAttentionDirect: false,
   }
+  if (gpu.kind === "cpu") pollDawnByTimer()
   if (!gpu.matrixF16) return gpu
   // Imported here, not at the top: the checks need buffers.ts, which needs this module's globals.
   const { checkMatrixGemm, matrixGemmConstants } = await import("./matrix-check.ts")
