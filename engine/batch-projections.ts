@@ -8,7 +8,7 @@ import type { PipelineKey } from "./pipelines.ts"
 import type { GpuModel } from "./model.ts"
 import { gemvLayers, rowLayers } from "./program.ts"
 import { mmaProjections, rowProjections, type SkinnyConstants, type SkinnyForm, skinnyFor } from "./batch-mma.ts"
-import { type StreamConstants, STREAM_FORM, type StreamForm, streamFor, streamProduct, streamRowCounts } from "./batch-stream.ts"
+import { type StreamConstants, type StreamForm, streamFor, streamFormOf, streamProduct, streamRowCounts } from "./batch-stream.ts"
 
 /** The batch's share of a step: its projections over m rows. */
 export interface Shared {
@@ -104,7 +104,7 @@ export const streamShared = (i: SharedInputs, a: SharedBuffers, capacity: number
   return { layers: p.layers.map((l) => ({ pre: l.pre, post: l.post })), head: p.head, resize: p.resize, destroy: p.destroy }
 }
 
-export const streamOf = (lead: GpuModel, form: StreamForm = STREAM_FORM): StreamConstants => {
+export const streamOf = (lead: GpuModel, form: StreamForm = streamFormOf()): StreamConstants => {
   const k = streamFor(lead.gpu, lead.config, form)
   if (!k) throw new RangeError("streamed projections need every projection's K a multiple of 8")
   return k

@@ -42,6 +42,9 @@ export const parseStreamForm = (name: string): StreamForm => {
   return { R: Number(m[1]) as 2 | 4 | 8, UNROLL: Number(m[2]) as 1 | 2 | 4, F16: m[3] === "h", WG: m[4] ? Number(m[4]) : 128 }
 }
 
+/** The form a batch streams with: LEOAM_STREAM_FORM's (a name for parseStreamForm), else STREAM_FORM. */
+export const streamFormOf = (env: string | undefined = process.env.LEOAM_STREAM_FORM): StreamForm => (env?.trim() ? parseStreamForm(env.trim()) : STREAM_FORM)
+
 /** The form's name (parseStreamForm's inverse). */
 export const streamFormName = (f: StreamForm): string => `${f.R}x${f.UNROLL}${f.F16 ? "h" : ""}${f.WG === 128 ? "" : `/${f.WG}`}`
 

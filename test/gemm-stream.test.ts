@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, it } from "vitest"
 import { acquireGpu, type Gpu, releaseGpu } from "../engine/gpu.ts"
 import { halfRowsKey } from "../engine/batch-mma.ts"
-import { parseStreamForm, STREAM_FORM, streamFor, streamFormName, streamGrid, streamKey, streamRowCounts, streamRows } from "../engine/batch-stream.ts"
+import { parseStreamForm, STREAM_FORM, streamFor, streamFormName, streamFormOf, streamGrid, streamKey, streamRowCounts, streamRows } from "../engine/batch-stream.ts"
 import { GEMM_TOLERANCE } from "../engine/matrix-check.ts"
 import { Pipelines } from "../engine/pipelines.ts"
 import { type SkinnyCase, skinnyError } from "../engine/skinny-check.ts"
@@ -85,6 +85,9 @@ describe("where the batch streams its projections", () => {
     expect(defaultProjections({ ...h100, matrixF16: undefined }, c, 16, "auto")).toBe("stream")
     expect(defaultProjections({ ...h100, kind: "cpu" }, c, 16, "auto")).toBe("gemm")
     expect(() => streamWanted("fast")).toThrow(/stream, old or auto/)
+    expect(streamFormOf(undefined)).toEqual(STREAM_FORM)
+    expect(streamFormOf(" 2x2 ")).toEqual({ R: 2, UNROLL: 2, F16: false, WG: 128 })
+    expect(() => streamFormOf("3x2")).toThrow(/RxUNROLL/)
   })
 })
 
