@@ -20,7 +20,9 @@
 // so that disk reads are reported cold beside warm. `leoam+all` is everything together (issue
 // 13): compression (--all-compression, int4 by default: decode's compressed GPU slots, filled
 // at the switch and taking newly sealed chunks from the GPU quantizer), the pipelined step with
-// the combine, and prefetch. A policy may carry its own compression as `name@bits` (e.g.
+// the combine, and prefetch (adaptive unless --prefetch-adaptive off); `leoam+all-fixed` is it
+// with prefetch always on, `leoam+all-noprefetch` without prefetch. --cpu-profile PREFIX writes
+// the host's CPU profile (node:inspector) of each policy's timed steps. A policy may carry its own compression as `name@bits` (e.g.
 // `leoam@4`), which overrides --compression for it. Each tiered row prints GPU misses per timed
 // step and, with compressed slots, the fill at the switch (chunks, MiB, host ms).
 // `leoam+recompute` is leoam with recompute always on (issue 13 §5): the synthetic fill writes a
@@ -28,6 +30,7 @@
 // disk miss reads that and recomputes K/V on the GPU instead of reading K/V; its row prints the
 // chunks recomputed and fetched per timed step.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { Session } from "node:inspector"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Command } from "commander"
@@ -64,12 +67,15 @@ const program = new Command()
   .option("--pipeline-depth <n>", "pipeline.depth of leoam+pipe, leoam+pipe+combine and leoam+prefetch", (v) => Number(v), 2)
   .option("--prefetch-layers <n>", "prefetch.layers of leoam+prefetch", (v) => Number(v), 1)
   .option("--prefetch-from <how>", "prefetch.from of leoam+prefetch: choice, query or hidden", "choice")
+  .option("--prefetch-adaptive <on|off>", "prefetch.adaptive of leoam+prefetch and leoam+all (leoam+all-fixed: off; leoam+all-noprefetch: no prefetch)", "on")
+  .option("--prefetch-probe-steps <n>", "prefetch.probe_steps of adaptive prefetch", (v) => Number(v), 16)
   .option("--all-compression <bits>", "compression.bits of leoam+all (16, 8, 4 or importance)", "4")
   .option("--group-chunks <n>", "abstracts.group_chunks of leoam+groups and leoam+budget", (v) => Number(v), 16)
   .option("--score-time", "also time one layer's scoring on the GPU at the context's chunk count: every chunk, against groups then the kept groups' chunks (bench/score-time.ts)")
   .option("--timeline <prefix>", "write one more step of each policy as PREFIX-<policy>.svg")
   .option("--profile", "one more step of each policy with every dispatch timed on the GPU (timestamp queries): GPU time per kernel")
   .option("--cold-disk", "after the timed steps of each tiered policy, time as many again with the disk tier's files dropped from the page cache before each (bench/page-cache.ts): disk reads cold, beside the warm ones")
+  .option("--cpu-profile <prefix>", "write the host's CPU profile of each policy's timed steps as PREFIX-<policy>.cpuprofile (node:inspector; open in Chrome DevTools)")
   .option("--out <file>", "write the results as JSON")
   .parse()
 const o = program.opts()
@@ -105,11 +111,15 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
   const bits = setting === "importance" ? "importance" : Number(setting)
   const compression = bits !== 16 ? { compression: { bits } } : {}
   const base = name.startsWith("leoam") ? "leoam" : name
+  const prefetch = (adaptive: boolean) => ({ prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true, adaptive, probe_steps: o.prefetchProbeSteps } })
+  const adaptive = o.prefetchAdaptive === "on"
   const variants: Record<string, object> = {
     "leoam+pipe": { pipeline: { enabled: true, depth: o.pipelineDepth, combine: false } },
     "leoam+pipe+combine": { pipeline: { enabled: true, depth: o.pipelineDepth } },
-    "leoam+prefetch": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
-    "leoam+all": { pipeline: { enabled: true, depth: o.pipelineDepth }, prefetch: { layers: o.prefetchLayers, from: o.prefetchFrom, steps: true } },
+    "leoam+prefetch": { pipeline: { enabled: true, depth: o.pipelineDepth }, ...prefetch(adaptive) },
+    "leoam+all": { pipeline: { enabled: true, depth: o.pipelineDepth }, ...prefetch(adaptive) },
+    "leoam+all-fixed": { pipeline: { enabled: true, depth: o.pipelineDepth }, ...prefetch(false) },
+    "leoam+all-noprefetch": { pipeline: { enabled: true, depth: o.pipelineDepth } },
     "leoam+groups": { abstracts: { group_chunks: o.groupChunks } },
     "leoam+budget": { abstracts: { gpu_resident: "budgeted", group_chunks: o.groupChunks } },
     "leoam+recompute": { recompute: { mode: "always" } },
@@ -144,11 +154,13 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     const ring = (model.kv as Partial<TieredManager>).uploadRing
     const ringAt = () => (ring ? { bytes: ring.bytesStaged, copies: ring.copies, flushes: ring.submits, scattered: ring.scattered, flush_ms: ring.flushMs } : undefined)
     const ring0 = ringAt()
+    const cpuProfile = o.cpuProfile ? await startProfile() : undefined
     const t0 = performance.now()
     let steps = 0
     while (steps < o.steps && (steps === 0 || performance.now() - t0 < o.maxSeconds * 1000)) await step(2 + steps++)
     await gpu.device.queue.onSubmittedWorkDone()
     const ms = (performance.now() - t0) / steps
+    if (cpuProfile) writeFileSync(`${o.cpuProfile}-${`${name}-${setting}`.replace(/[^a-z0-9-]/gi, "_")}.cpuprofile`, JSON.stringify(await cpuProfile()))
     const ring1 = ringAt()
     const upload = ring0 && ring1 ? (Object.fromEntries(Object.entries(ring1).map(([k, v]) => [k, (v - ring0[k as keyof typeof ring0]) / steps])) as Row["upload"]) : undefined
     const kv = model.tierStats()
@@ -167,6 +179,21 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
       store.dropSession(session)
       await store.close()
     }
+  }
+}
+
+/** Starts the inspector's CPU profiler; the function returned stops it and gives the profile. */
+const startProfile = async (): Promise<() => Promise<object>> => {
+  const session = new Session()
+  session.connect()
+  const post = (method: string, params?: object) => new Promise<Record<string, unknown>>((resolve, reject) => session.post(method, params, (e, r) => (e ? reject(e) : resolve(r as Record<string, unknown>))))
+  await post("Profiler.enable")
+  await post("Profiler.setSamplingInterval", { interval: 200 })
+  await post("Profiler.start")
+  return async () => {
+    const { profile } = await post("Profiler.stop")
+    session.disconnect()
+    return profile as object
   }
 }
 
@@ -267,7 +294,7 @@ const variants = String(o.policies)
     // `name@bits` runs once at those bits; leoam+all once at --all-compression; other tiered policies at each setting.
     const [name, bits] = spec.split("@")
     if (bits !== undefined) return [{ name, setting: bits }]
-    if (name === "leoam+all") return [{ name, setting: String(o.allCompression) }]
+    if (name.startsWith("leoam+all")) return [{ name, setting: String(o.allCompression) }]
     return name.startsWith("leoam") || name === "offload-all" ? settings.map((s) => ({ name, setting: s })) : [{ name, setting: "16" }]
   })
 for (const { name: policy, setting } of variants) {
@@ -281,7 +308,7 @@ for (const { name: policy, setting } of variants) {
     time_ms: Record<string, number>
     staging_waits: number
     pipeline: { depth: number; layers_routed: number; rewinds: number; layers_rewound: number; layers_combined?: number }
-    prefetch?: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number; late: number; ms: number }
+    prefetch?: { chunks: number; bytes: number; hits: number; misses: number; wasted_bytes: number; late: number; ms: number; adaptive?: boolean; paused_steps?: number; pauses?: number; probes?: number; judged?: { precision: number; load_ms_per_chunk: number; miss_ms_per_chunk: number } }
     compression: { gpu_slots: number; slot_bits: number; warm: { chunks: number; bytes: number; ms: number }; admitted: number }
     abstract_bytes: { gpu: number; disk: number }
     abstract_scoring: { resident: string; group_chunks: number; gpu_slots: number; fetched: number; groups_scored_per_step: number; chunks_scored_per_step: number }
@@ -301,7 +328,10 @@ for (const { name: policy, setting } of variants) {
         : "") +
       (kv.recompute?.active ? `; recompute per timed step: ${timed(kv.recompute.chunks_recomputed, kv.warmup.recompute?.chunks_recomputed)} chunks recomputed, ${timed(kv.recompute.chunks_fetched_from_disk, kv.warmup.recompute?.chunks_fetched_from_disk)} fetched from disk` : "") +
       (pf && pf.chunks + pf.late > 0
-        ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts`
+        ? `; prefetch per timed step: ${timed(pf.chunks, pf0?.chunks)} chunks loaded (${timed(pf.bytes / 2 ** 20, (pf0?.bytes ?? 0) / 2 ** 20)} MiB, ${timed(pf.ms, pf0?.ms)} ms host), ${timed(pf.hits, pf0?.hits)} chosen, ${timed(pf.wasted_bytes / 2 ** 20, (pf0?.wasted_bytes ?? 0) / 2 ** 20)} MiB wasted, ${timed(pf.misses, pf0?.misses)} chosen still missing, ${timed(pf.late, pf0?.late)} late forecasts` +
+          (pf.adaptive
+            ? `; adaptive: ${(pf.paused_steps ?? 0) - (pf0?.paused_steps ?? 0)} of ${row.steps} timed steps sat out (${pf.pauses ?? 0} pauses, ${pf.probes ?? 0} probes in all)${pf.judged ? `, last judged: precision ${(pf.judged.precision * 100).toFixed(1)} %, ${pf.judged.load_ms_per_chunk.toFixed(3)} ms a chunk loaded against ${pf.judged.miss_ms_per_chunk.toFixed(3)} a chunk missed` : ""}`
+            : "")
         : "") +
       (kv.compression.slot_bits < 16
         ? `; int${kv.compression.slot_bits} GPU slots filled at the switch: ${kv.compression.warm.chunks} chunks, ${(kv.compression.warm.bytes / 2 ** 20).toFixed(1)} MiB, ${kv.compression.warm.ms.toFixed(1)} ms host; ${kv.compression.admitted} sealed chunks admitted from the GPU quantizer`

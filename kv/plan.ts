@@ -108,7 +108,8 @@ const oneWindow = (cache: GpuSlots, hits: number[], misses: number[], eviction: 
   const evict: number[] = []
   const need = misses.length - free.length
   if (need > 0) {
-    const chosen = eviction.select(cache.entries(), need * cache.chunkBytes, new Set(hits.map(pinKey)))
+    // The hits' own keys (made once per entry): no string built per hit and layer.
+    const chosen = eviction.select(cache.entries(), need * cache.chunkBytes, new Set(hits.map((ch) => cache.get(ch)!.key)))
     if (chosen === null) return undefined
     for (const key of chosen) {
       const ch = Number(key)

@@ -137,8 +137,8 @@ export class LocalTierIo implements TierIo {
 
   /** Bits of the chunks this cache put into the host arena (else their LMDB entry says). */
   private readonly held = new Map<string, KvBits>()
-  /** Host keys of this session's chunks by "layer/chunk": its own, or a linked chunk's owner's (looked up once). */
-  private readonly hostKeys = new Map<string, string>()
+  /** Host keys of this session's chunks by layer, then chunk: its own, or a linked chunk's owner's (looked up once). */
+  private readonly hostKeys = new Map<number, string[]>()
   /** Other sessions' host keys this cache counts itself a user of. */
   private readonly using = new Set<string>()
   /** This session's host keys of linked bytes it holds for others (their places), whose file's session let go. */
@@ -344,7 +344,8 @@ export class LocalTierIo implements TierIo {
 
   forget(layer: number, chunk: number): void {
     const key = this.keyOf({ layer, chunk })
-    this.hostKeys.delete(`${layer}/${chunk}`)
+    const keys = this.hostKeys.get(layer)
+    if (keys) delete keys[chunk]
     this.held.delete(key)
     if (this.using.delete(key)) return this.letGo(key)
     const place = this.placed.get(key)
@@ -417,8 +418,9 @@ export class LocalTierIo implements TierIo {
    * then counts as a user of it).
    */
   private keyOf(load: { readonly layer: number; readonly chunk: number }): string {
-    const at = `${load.layer}/${load.chunk}`
-    const known = this.hostKeys.get(at)
+    // By layer, then chunk: no string built per lookup (several per chunk a decode step chooses).
+    let keys = this.hostKeys.get(load.layer)
+    const known = keys?.[load.chunk]
     if (known !== undefined) return known
     const own = chunkKey(this.session, load.layer, load.chunk)
     let key = own
@@ -438,7 +440,10 @@ export class LocalTierIo implements TierIo {
       } else this.placed.set(own, `${entry!.file}@${entry!.offset}`)
     }
     // Only keys of chunks indexed on disk are kept (a chunk not stored yet may be linked or sealed later).
-    if (entry) this.hostKeys.set(at, key)
+    if (entry) {
+      if (keys === undefined) this.hostKeys.set(load.layer, (keys = []))
+      keys[load.chunk] = key
+    }
     return key
   }
 

@@ -105,6 +105,9 @@ export const KvStats = Schema.Struct({
    * The forecasts' quality at the visits of layers whose forecast landed, over the chunks the
    * layer scores (sink and recent, always chosen, left out): forecast chunks, chosen chunks, and
    * forecast chunks chosen (precision: forecast_chosen / forecast_chunks; recall: / chosen_chunks).
+   * Adaptive prefetch (policy `prefetch.adaptive`; left out by older executors): whether on, steps
+   * it sat out, pauses, probes, and its last judgement over its recent steps: loaded chunks chosen
+   * / loaded (precision), host ms per chunk loaded, and the miss path's host ms per chunk missed.
    */
   prefetch: Schema.optional(
     Schema.Struct({
@@ -124,6 +127,11 @@ export const KvStats = Schema.Struct({
       forecast_chunks: Schema.Int,
       chosen_chunks: Schema.Int,
       forecast_chosen: Schema.Int,
+      adaptive: Schema.optional(Schema.Boolean),
+      paused_steps: Schema.optional(Schema.Int),
+      pauses: Schema.optional(Schema.Int),
+      probes: Schema.optional(Schema.Int),
+      judged: Schema.optional(Schema.Struct({ precision: Schema.Number, load_ms_per_chunk: Schema.Number, miss_ms_per_chunk: Schema.Number })),
     }),
   ),
   /**

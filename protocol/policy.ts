@@ -21,6 +21,9 @@ export const MAX_PIPELINE_DEPTH = 8
 const DEFAULT_PIPELINE_DEPTH = 2
 /** The farthest layer a layer's query forecasts (prefetch.layers). */
 export const MAX_PREFETCH_LAYERS = 4
+/** Adaptive prefetch: steps it sits out, when its loads cost more than the misses they saved, before it probes again (prefetch.probe_steps). */
+export const DEFAULT_PREFETCH_PROBE_STEPS = 16
+export const MAX_PREFETCH_PROBE_STEPS = 4096
 
 /** The most chunks one group abstract may cover. */
 export const MAX_GROUP_CHUNKS = 4096
@@ -96,13 +99,19 @@ export const KvPolicyDocument = Schema.Struct({
    * against layer l's query on the GPU, "hidden" (InfiniGen's) against layer l + N's query
    * projected from layer l's input (normed and multiplied by layer l + N's W_q on the GPU). `steps` (default false) loads each layer's last-step
    * choice back at the start of a step for the first N layers (all layers when N is 0), which
-   * no earlier layer forecasts. Exact: it changes only what is resident, never what is attended.
+   * no earlier layer forecasts. `adaptive` (default false) judges each step by the last ones
+   * that prefetched: where its loads cost more host time than the misses they saved (chunks
+   * chosen x the miss path's ms per chunk, measured live), it sits out `probe_steps` steps
+   * (default 16, 1-4096) and then probes one step; changed live, at the next step. Exact: it
+   * changes only what is resident, never what is attended.
    */
   prefetch: Schema.optional(
     Schema.Struct({
       layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
       from: Schema.optional(Schema.Literal("choice", "query", "hidden")),
       steps: Schema.optional(Schema.Boolean),
+      adaptive: Schema.optional(Schema.Boolean),
+      probe_steps: Schema.optional(Schema.Int.pipe(Schema.between(1, MAX_PREFETCH_PROBE_STEPS))),
     }).annotations({ parseOptions: { onExcessProperty: "error" } }),
   ),
   /**
@@ -160,6 +169,9 @@ export interface ResolvedPolicy {
   readonly prefetchLayers?: number
   readonly prefetchFrom?: "choice" | "query" | "hidden"
   readonly prefetchSteps?: boolean
+  /** Adaptive prefetch (off when left out) and the steps it sits out before a probe. */
+  readonly prefetchAdaptive?: boolean
+  readonly prefetchProbeSteps?: number
   /** The chunk abstracts' GPU copy: all or a budgeted cache; chunks per group abstract (0: no groups). */
   readonly abstractsResident: "all" | "budgeted"
   readonly groupChunks: number
@@ -172,7 +184,7 @@ export const ADAPTIVE_MIN_TOKENS = 16
 export const ADAPTIVE_MAX_TOKENS = 256
 
 /** Defaults: Quest's 16-token pages; leoam's 32-token chunks; a budget of 10 % of the context. */
-const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps" | "abstractsResident" | "groupChunks" | "recompute">> = {
+const defaults: Record<PolicyName, Omit<ResolvedPolicy, "name" | "compression" | "pipelineDepth" | "pipelineCombine" | "prefetchLayers" | "prefetchFrom" | "prefetchSteps" | "prefetchAdaptive" | "prefetchProbeSteps" | "abstractsResident" | "groupChunks" | "recompute">> = {
   full: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   "offload-all": { chunkTokens: 32, budgetTokens: undefined, budgetFraction: undefined, sinkTokens: 0, recentTokens: 0, eviction: "lru" },
   h2o: { chunkTokens: 16, budgetTokens: undefined, budgetFraction: 0.1, sinkTokens: 0, recentTokens: 64, eviction: "lru" },
@@ -229,7 +241,7 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
   if (prefetch !== undefined && doc.name !== "leoam" && ((prefetch.layers ?? 0) > 0 || prefetch.steps === true)) {
     throw new PolicyError("invalid_policy", `prefetch needs leoam (its GPU chunk cache); ${doc.name} has no choice to forecast`)
   }
-  const fetching = { pipelineCombine: pipeline?.combine ?? true, prefetchLayers: prefetch?.layers ?? 0, prefetchFrom: prefetch?.from ?? "choice", prefetchSteps: prefetch?.steps ?? false }
+  const fetching = { pipelineCombine: pipeline?.combine ?? true, prefetchLayers: prefetch?.layers ?? 0, prefetchFrom: prefetch?.from ?? "choice", prefetchSteps: prefetch?.steps ?? false, prefetchAdaptive: prefetch?.adaptive ?? false, prefetchProbeSteps: prefetch?.probe_steps ?? DEFAULT_PREFETCH_PROBE_STEPS }
   const abstractsResident = doc.abstracts?.gpu_resident ?? "all"
   const groupChunks = doc.abstracts?.group_chunks ?? 0
   if ((abstractsResident !== "all" || groupChunks !== 0) && doc.name !== "leoam") throw new PolicyError("invalid_policy", `abstracts needs leoam (its selection scores them); ${doc.name} keeps none on the GPU to budget or group`)
@@ -300,6 +312,8 @@ export const policyView = (p: ResolvedPolicy) => ({
   prefetch_layers: p.prefetchLayers ?? 0,
   prefetch_from: p.prefetchFrom ?? "choice",
   prefetch_steps: p.prefetchSteps ?? false,
+  prefetch_adaptive: p.prefetchAdaptive ?? false,
+  prefetch_probe_steps: p.prefetchProbeSteps ?? DEFAULT_PREFETCH_PROBE_STEPS,
   abstracts_gpu_resident: p.abstractsResident,
   group_chunks: p.groupChunks,
   recompute_mode: p.recompute?.mode ?? "off",
@@ -327,6 +341,9 @@ export const ResolvedPolicyWire = Schema.Struct({
   prefetch_layers: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_PREFETCH_LAYERS))),
   prefetch_from: Schema.optional(Schema.Literal("choice", "query", "hidden")),
   prefetch_steps: Schema.optional(Schema.Boolean),
+  /** Left out by senders older than adaptive prefetch: off, 16. */
+  prefetch_adaptive: Schema.optional(Schema.Boolean),
+  prefetch_probe_steps: Schema.optional(Schema.Int.pipe(Schema.between(1, MAX_PREFETCH_PROBE_STEPS))),
   /** The abstracts' GPU copy and group size; left out by senders older than them: all, 0. */
   abstracts_gpu_resident: Schema.optional(Schema.Literal("all", "budgeted")),
   group_chunks: Schema.optional(Schema.Int.pipe(Schema.between(0, MAX_GROUP_CHUNKS))),
@@ -351,6 +368,8 @@ const ResolvedPolicyType = Schema.Struct({
   prefetchLayers: Schema.optional(Schema.Number),
   prefetchFrom: Schema.optional(Schema.Literal("choice", "query", "hidden")),
   prefetchSteps: Schema.optional(Schema.Boolean),
+  prefetchAdaptive: Schema.optional(Schema.Boolean),
+  prefetchProbeSteps: Schema.optional(Schema.Number),
   abstractsResident: Schema.Literal("all", "budgeted"),
   groupChunks: Schema.Number,
   recompute: Schema.optional(Schema.Struct({ mode: RecomputeModeSchema, diskGBps: Schema.Number, gemmTflops: Schema.Number })),
@@ -373,6 +392,8 @@ export const ResolvedPolicyFromWire: Schema.Schema<ResolvedPolicy, typeof Resolv
     prefetchLayers: w.prefetch_layers ?? 0,
     prefetchFrom: w.prefetch_from ?? "choice",
     prefetchSteps: w.prefetch_steps ?? false,
+    prefetchAdaptive: w.prefetch_adaptive ?? false,
+    prefetchProbeSteps: w.prefetch_probe_steps ?? DEFAULT_PREFETCH_PROBE_STEPS,
     abstractsResident: w.abstracts_gpu_resident ?? "all",
     groupChunks: w.group_chunks ?? 0,
     recompute: { mode: w.recompute_mode ?? "off", diskGBps: w.recompute_disk_gb_per_s ?? RECOMPUTE_DISK_GB_PER_S, gemmTflops: w.recompute_gemm_tflops ?? RECOMPUTE_GEMM_TFLOPS },

@@ -65,6 +65,17 @@
 #        GPU misses per timed step and the fill at the switch in the text; each fits one
 #        10-minute command (bundle: `bash scripts/gpu-bundle.sh tiered-bench`); TOGETHER_POLICIES
 #        replaces the list; extra arguments go to tiered-bench
+#   prefetch-128k: prefetch at 8B 128K (issue 13: leoam+all at 1051 ms/token, ~800 of them
+#        prefetch), GPU 6 GiB, host 8 GiB, int4 GPU slots, pipeline depth 2 with the combine:
+#        tiered-bench with leoam+all (prefetch adaptive: it sits out steps where its loads cost
+#        more host time than the misses they saved, probing every PREFETCH_PROBE_STEPS, default
+#        4 here), leoam+all-fixed (prefetch always on, as before, with its one eviction pass a
+#        layer) and leoam+all-noprefetch side by side (8 steps, no cold disk: the host arena
+#        holds all of int4 128K), one step of each as an SVG timeline and the host's CPU profile
+#        of each one's timed steps, all in $OUT/prefetch-128k.tar.gz (the leoam+all timeline
+#        loose); then offload-all alone, 2 steps (~6 s a token), within its own limit; fits one
+#        10-minute command (bundle: `bash scripts/gpu-bundle.sh tiered-bench`); PF128_POLICIES
+#        replaces the first list; extra arguments go to the first tiered-bench
 #   batch: continuous batching (issue 14): the golden check, then bench/batch-bench.ts at 8B
 #        shapes (dummy weights, random KV): full at 1K context, batch 1 (alone) against 4
 #        and 16 with the GEMM and the GEMV projections; then 32K context per sequence, leoam,
@@ -201,7 +212,7 @@
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|prefetch-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -459,6 +470,21 @@ if [ "$suite" = together ] || [ "$suite" = together-128k ]; then
     --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name.txt" || echo "tiered-bench ($ctx, together): failed or stopped (time)"
   cp /tmp/leoam-timelines/timeline-8b-*-leoam_all-*.svg "$out/" 2>/dev/null || true
   tar -czf "$out/timelines.tar.gz" -C /tmp/leoam-timelines . || true
+  rm -rf /tmp/leoam-kv/*
+  exit 0
+fi
+if [ "$suite" = prefetch-128k ]; then
+  mkdir -p /tmp/leoam-kv /tmp/leoam-pf128 && rm -rf /tmp/leoam-kv/* /tmp/leoam-pf128/*
+  # Three fills of ~30-50 s, the int4 switch and 8 steps each: within 400 s; offload-all then has 150.
+  timeout 400 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --policies "${PF128_POLICIES:-leoam+all,leoam+all-fixed,leoam+all-noprefetch}" \
+    --all-compression 4 --pipeline-depth 2 --prefetch-layers 1 --prefetch-probe-steps "${PREFETCH_PROBE_STEPS:-4}" --steps 8 --max-seconds 10 \
+    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --timeline /tmp/leoam-pf128/timeline-8b-128k --cpu-profile /tmp/leoam-pf128/cpu-8b-128k \
+    --out "$out/tiered-8b-128k-prefetch.json" "$@" 2>&1 | tee "$out/tiered-8b-128k-prefetch.txt" || echo "tiered-bench (128K, prefetch): failed or stopped (time)"
+  cp /tmp/leoam-pf128/timeline-8b-128k-leoam_all-4.svg "$out/" 2>/dev/null || true
+  tar -czf "$out/prefetch-128k.tar.gz" -C /tmp/leoam-pf128 . || true
+  rm -rf /tmp/leoam-kv/*
+  timeout 150 node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 131072 --policies offload-all --steps 2 --max-seconds 10 \
+    --gpu-kv-budget 6GiB --host-kv-budget 8GiB --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-128k-offload.json" 2>&1 | tee "$out/tiered-8b-128k-offload.txt" || echo "tiered-bench (128K, offload-all): failed or stopped (time)"
   rm -rf /tmp/leoam-kv/*
   exit 0
 fi

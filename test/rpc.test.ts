@@ -42,7 +42,7 @@ describe("the internal RPC table", () => {
       parsePolicy("leoam"),
       parsePolicy({ name: "quest", selection: { topk: { budget_tokens: 128 } }, eviction: "lfu" }),
       parsePolicy({ name: "leoam", chunking: { adaptive: { min_tokens: 16, max_tokens: 128 } }, pipeline: { enabled: true, depth: 3 }, compression: { bits: 8 } }),
-      parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 2, from: "query", steps: true } }),
+      parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 2, from: "query", steps: true, adaptive: true, probe_steps: 5 } }),
       parsePolicy({ name: "leoam", abstracts: { gpu_resident: "budgeted", group_chunks: 16 } }),
       parsePolicy({ name: "leoam", recompute: { mode: "auto", disk_gb_per_s: 7 } }),
     ]
@@ -50,7 +50,7 @@ describe("the internal RPC table", () => {
       const wire = JSON.parse(JSON.stringify(Schema.encodeSync(PolicyChanged)({ version: 3, resolved })))
       expect(Object.keys(wire.resolved).sort()).toEqual([
         "abstracts_gpu_resident", "budget_fraction", "budget_tokens", "chunk_min_tokens", "chunk_tokens", "compression_bits", "eviction", "group_chunks", "name", "pipeline_combine", "pipeline_depth",
-        "prefetch_from", "prefetch_layers", "prefetch_steps", "recent_tokens", "recompute_disk_gb_per_s", "recompute_gemm_tflops", "recompute_mode", "sink_tokens",
+        "prefetch_adaptive", "prefetch_from", "prefetch_layers", "prefetch_probe_steps", "prefetch_steps", "recent_tokens", "recompute_disk_gb_per_s", "recompute_gemm_tflops", "recompute_mode", "sink_tokens",
       ])
       expect(Schema.decodeUnknownSync(PolicyChanged)(wire)).toEqual({ version: 3, resolved })
     }

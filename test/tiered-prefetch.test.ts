@@ -7,6 +7,7 @@
 import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import type { GpuModel } from "../engine/model.ts"
+import { PrefetchGate } from "../engine/kv/tiered/prefetch-gate.ts"
 import { parsePolicy } from "../protocol/policy.ts"
 import { useBundledModel } from "./support/bundled-model.ts"
 import { runTiered, type TieredOptions } from "./support/tiered-run.ts"
@@ -69,13 +70,13 @@ describe("pipelined step: combine and prefetch", () => {
     const on = await run(leoam(), prompt.ids, 8, (model, step, options) => {
       if (step !== 3) return
       before = model.tierStats()!.prefetch!.forecasts
-      swaps.push(model.swapKvPolicy(options(leoam({ prefetch: { layers: 2, from: "query" } }))))
+      swaps.push(model.swapKvPolicy(options(leoam({ prefetch: { layers: 2, from: "query", adaptive: true, probe_steps: 2 } }))))
     })
     expect(swaps).toEqual([true])
     expect(on.ids).toEqual(off.ids)
     expect(before).toBe(0)
     const f = on.kv.prefetch!
-    expect([f.layers, f.from]).toEqual([2, "query"])
+    expect([f.layers, f.from, f.adaptive]).toEqual([2, "query", true])
     // Unpipelined, a query forecast comes back with its layer's choice, in time for the layer two on.
     expect(f.forecasts).toBeGreaterThan(0)
     expect(f.late).toBe(0)
@@ -96,5 +97,43 @@ describe("prefetch and combine in the policy document", () => {
     expect(() => parsePolicy({ name: "quest", prefetch: { layers: 1 } })).toThrow(/prefetch needs leoam/)
     expect(() => parsePolicy({ name: "leoam", prefetch: { layers: 5 } })).toThrow(/invalid KV policy/)
     expect(() => parsePolicy({ name: "leoam", prefetch: { from: "keys" } })).toThrow(/invalid KV policy/)
+    expect(parsePolicy("leoam")).toMatchObject({ prefetchAdaptive: false, prefetchProbeSteps: 16 })
+    expect(parsePolicy({ name: "leoam", prefetch: { layers: 1, adaptive: true, probe_steps: 3 } })).toMatchObject({ prefetchAdaptive: true, prefetchProbeSteps: 3 })
+    expect(() => parsePolicy({ name: "leoam", prefetch: { probe_steps: 0 } })).toThrow(/invalid KV policy/)
+  })
+})
+
+describe("adaptive prefetch's gate", () => {
+  // 100 chunks loaded a step at 0.05 ms each (5 ms); the miss path 50 misses in 2.5 ms (0.05 ms a chunk).
+  const step = (hits: number) => ({ chunks: 100, hits, ms: 5, misses: 50, missMs: 2.5 })
+
+  it("goes on while the misses saved pay for the loads, sits out probe_steps steps when not, then probes", () => {
+    const g = new PrefetchGate()
+    expect(g.next(undefined, 3)).toBe(true) // nothing judged yet
+    expect(g.next(step(100), 3)).toBe(true) // every load chosen: 5 ms saved for 5 spent
+    // 8 chosen in 100 (random KV at 8B 128K): 108 hits * 0.05 ms < 10 ms spent over the window: pause.
+    expect(g.next(step(8), 3)).toBe(false)
+    expect(g.last?.precision).toBeCloseTo(108 / 200)
+    expect([g.pauses, g.pausedSteps, g.probes]).toEqual([1, 1, 0])
+    expect(g.next(undefined, 3)).toBe(false)
+    expect(g.next(undefined, 3)).toBe(false)
+    expect(g.next(undefined, 3)).toBe(true) // the probe, after 3 steps sat out
+    expect([g.pauses, g.pausedSteps, g.probes]).toEqual([1, 3, 1])
+    // The probe alone decides: it paid, so prefetch goes on.
+    expect(g.next(step(100), 3)).toBe(true)
+    expect(g.next(step(100), 3)).toBe(true)
+    // Where a miss costs 10x a load, 13 chosen in 100 pay.
+    const dear = new PrefetchGate()
+    expect(dear.next({ chunks: 100, hits: 13, ms: 5, misses: 50, missMs: 25 }, 3)).toBe(true)
+    expect(dear.next({ chunks: 100, hits: 5, ms: 5, misses: 50, missMs: 25 }, 3)).toBe(false)
+  })
+
+  it("decides nothing on too few loads, and judges a miss at a load's cost where none was left", () => {
+    const g = new PrefetchGate()
+    expect(g.next({ chunks: 3, hits: 0, ms: 1, misses: 9, missMs: 1 }, 2)).toBe(true)
+    expect(g.last).toBeUndefined()
+    const h = new PrefetchGate()
+    expect(h.next({ chunks: 40, hits: 10, ms: 4, misses: 0, missMs: 0 }, 2)).toBe(false)
+    expect(h.last).toEqual({ precision: 0.25, loadMs: 0.1, missMs: 0.1 })
   })
 })

@@ -72,7 +72,7 @@ export const kvEngineOptions = (policy: ResolvedPolicy, tiers: KvTiers, config: 
   return {
     kv: {
       kind: "tiered",
-      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, chunkMinTokens: policy.chunkMinTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth, pipelineCombine: policy.pipelineCombine, prefetchLayers: policy.prefetchLayers, prefetchFrom: policy.prefetchFrom, prefetchSteps: policy.prefetchSteps, abstracts: { resident: policy.abstractsResident, groupChunks: policy.groupChunks }, recompute: policy.recompute },
+      policy: { mode: policy.name === "offload-all" ? "offload-all" : "leoam", chunkTokens: policy.chunkTokens, chunkMinTokens: policy.chunkMinTokens, ...selection, gpuEviction: eviction, hostEviction: eviction, compression: policy.compression, pipelineDepth: policy.pipelineDepth, pipelineCombine: policy.pipelineCombine, prefetchLayers: policy.prefetchLayers, prefetchFrom: policy.prefetchFrom, prefetchSteps: policy.prefetchSteps, prefetchAdaptive: policy.prefetchAdaptive, prefetchProbeSteps: policy.prefetchProbeSteps, abstracts: { resident: policy.abstractsResident, groupChunks: policy.groupChunks }, recompute: policy.recompute },
       stores: { gpuBudgetBytes, arena: tiers.arena, store: tiers.store, session: tiers.session, peers: tiers.peers },
     },
   }

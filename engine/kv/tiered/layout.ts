@@ -44,6 +44,9 @@ export interface TieredPolicy {
   readonly prefetchLayers?: number
   readonly prefetchFrom?: "choice" | "query" | "hidden"
   readonly prefetchSteps?: boolean
+  /** Adaptive prefetch (prefetch-gate.ts; off when left out) and the steps it sits out before a probe. */
+  readonly prefetchAdaptive?: boolean
+  readonly prefetchProbeSteps?: number
   /** The abstracts' GPU copy (abstract-layout.ts): all of them, no groups, when left out. */
   readonly abstracts?: AbstractsPolicy
   /** Recompute of disk chunks from their hidden states (recompute.ts); off when left out. */

@@ -25,9 +25,11 @@
 // chosen chunks still missing (misses), and the forecast's precision and recall over the chunks
 // the layer scores (sink and recent, always chosen, left out), whether loaded or not.
 import type { ModelConfig } from "../../../models/types.ts"
+import { DEFAULT_PREFETCH_PROBE_STEPS } from "../../../protocol/policy.ts"
 import type { Pipelines } from "../../pipelines.ts"
 import type { ForecastInputs } from "../manager.ts"
 import { ForecastQuery } from "./forecast-query.ts"
+import { type GateSample, PrefetchGate } from "./prefetch-gate.ts"
 import { choicePlan, Selector } from "./select.ts"
 import type { FetchStats, TierStats } from "./stats.ts"
 import type { TieredKv } from "./tiered-kv.ts"
@@ -62,6 +64,10 @@ export class Prefetcher {
   /** Whether this step prefetches (leoam, a choosing step, a forecast on; fp16 or compressed GPU slots alike). */
   private on = false
   private k = emptyCounters()
+  /** Adaptive prefetch: whether the coming step prefetches (prefetch-gate.ts). */
+  private readonly gate = new PrefetchGate()
+  /** At the start of a step that prefetched: its counters and the miss path's, to judge it by at the next step. */
+  private stepStart: { readonly chunks: number; readonly hits: number; readonly ms: number; readonly misses: number; readonly missMs: number } | undefined
 
   constructor(
     private readonly device: GPUDevice,
@@ -87,13 +93,37 @@ export class Prefetcher {
     const p = this.t.policy
     this.forecasts = this.forecasts.map(() => undefined) // forecasts still on their way land in the old array
     this.drop()
-    this.on = selecting && p.mode === "leoam" && (this.distance > 0 || p.prefetchSteps === true)
+    const wanted = selecting && p.mode === "leoam" && (this.distance > 0 || p.prefetchSteps === true)
+    this.on = wanted && this.judged(p.prefetchAdaptive === true, p.prefetchProbeSteps ?? DEFAULT_PREFETCH_PROBE_STEPS)
     if (!this.on || p.prefetchSteps !== true) return
     const upTo = this.distance > 0 ? Math.min(this.distance, this.config.numLayers) : this.config.numLayers
     for (let l = 0; l < upTo; l++) {
       const chosen = this.lastChoice[l]
       if (chosen) this.forecasts[l] = { layer: l, chosen: [...chosen] }
     }
+  }
+
+  /** Adaptive: the last step's figures (where it prefetched) given to the gate, which says whether this one does; always true when not adaptive. */
+  private judged(adaptive: boolean, probeSteps: number): boolean {
+    const at = this.stepStart
+    const now = this.figures()
+    this.stepStart = undefined
+    if (!adaptive) {
+      this.gate.reset()
+      return true
+    }
+    const d = at && { chunks: now.chunks - at.chunks, hits: now.hits - at.hits, ms: now.ms - at.ms, misses: now.misses - at.misses, missMs: now.missMs - at.missMs }
+    // Counters reset between requests: a step across a reset says nothing.
+    const sample: GateSample | undefined = d && Object.values(d).every((v) => v >= 0) ? d : undefined
+    const on = this.gate.next(sample, probeSteps)
+    if (on) this.stepStart = now
+    return on
+  }
+
+  /** Prefetch's counters and the miss path's (misses, transfer ms) now. */
+  private figures() {
+    const c = this.t.counters
+    return { chunks: this.k.chunks, hits: this.k.hits, ms: this.k.ms, misses: c.gpuMisses, missMs: c.transferMs }
   }
 
   /** Encodes layer l + N's forecast (its chunks scored against layer l's query, or "hidden" the query projected for it) into the pass of layer l's select. */
@@ -253,6 +283,11 @@ export class Prefetcher {
       forecast_chunks: k.forecastChunks,
       chosen_chunks: k.chosenChunks,
       forecast_chosen: k.forecastChosen,
+      adaptive: p.prefetchAdaptive ?? false,
+      paused_steps: this.gate.pausedSteps,
+      pauses: this.gate.pauses,
+      probes: this.gate.probes,
+      ...(this.gate.last ? { judged: { precision: this.gate.last.precision, load_ms_per_chunk: this.gate.last.loadMs, miss_ms_per_chunk: this.gate.last.missMs } } : {}),
     }
     return { ...tiers, pipeline: { ...tiers.pipeline, layers_combined: combined }, prefetch }
   }
@@ -264,6 +299,9 @@ export class Prefetcher {
     this.loaded.fill(undefined)
     this.lastChoice.fill(undefined)
     this.k = emptyCounters()
+    this.stepStart = undefined
+    // A pause stays (the forecasts' worth is the workload's); its counters start again with the others.
+    this.gate.pausedSteps = this.gate.pauses = this.gate.probes = 0
   }
 
   /** Waits for loads and forecast read-backs in flight. */

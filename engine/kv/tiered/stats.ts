@@ -93,6 +93,8 @@ export interface TierStats {
  * (they overlap the choice waits: no term of the step's phases). The forecasts' quality at
  * those visits, over the chunks each layer scores (sink and recent left out): forecast chunks,
  * chosen chunks and forecast chunks chosen (precision and recall, whether loaded or not).
+ * Adaptive prefetch (prefetch-gate.ts): whether on; steps it sat out, pauses, probes; and its
+ * last judgement: loaded chunks chosen / loaded, host ms per chunk loaded and per chunk missed.
  */
 export interface FetchStats {
   readonly layers: number
@@ -111,6 +113,11 @@ export interface FetchStats {
   readonly forecast_chunks: number
   readonly chosen_chunks: number
   readonly forecast_chosen: number
+  readonly adaptive?: boolean
+  readonly paused_steps?: number
+  readonly pauses?: number
+  readonly probes?: number
+  readonly judged?: { readonly precision: number; readonly load_ms_per_chunk: number; readonly miss_ms_per_chunk: number }
 }
 
 export const emptyCounters = () => ({

@@ -70,7 +70,7 @@ export class TieredKv {
   /** The pipelined step's GPU side: the slot map, the route pass, the choices on their way back. */
   readonly router: Router
   private readonly blockBytes: number
-  private counters = emptyCounters()
+  counters = emptyCounters() // the request's (prefetch's gate reads the miss path's transfer ms per miss)
   private current: TieredPolicy
   private readonly shape: KvShape
   private readonly seals: SealQueue
