@@ -80,7 +80,7 @@ for (const { k, name } of streams) {
     const outs = flags.SWIGLU ? 64 : 128
     try {
       const gemm = await pipelines.get(streamKey(rest, k, streamRows(M)))
-      const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true)), gemm, { M, N: 128, K: 4096, flags }, 7, 1, streamGrid(k, outs, flags.SWIGLU === true, M))
+      const error = await skinnyError(device, await pipelines.get(halfRowsKey(NORM === true, k.X32)), gemm, { M, N: 128, K: 4096, flags }, 7, 1, streamGrid(k, outs, flags.SWIGLU === true, M), k.X32 !== true)
       const ok = error <= streamBound(k)
       checks.push({ form: `stream/${name}`, flags, error, ok: ok || k.F16 })
       console.log(`check stream/${name} ${JSON.stringify(flags)}: relative error ${error.toExponential(2)} ${ok ? "ok" : "WRONG"}${k.F16 ? ` (f16 pieces: bound ${streamBound(k)})` : ""}`)
@@ -108,7 +108,7 @@ for (const [op, flags] of ops) {
   const ws = Array.from({ length: 4 }, (_, i) => device.createBuffer({ label: `w ${op} ${i}`, size: n * k * 2, usage }))
   const x = device.createBuffer({ label: "x (16, K) f32", size: 16 * k * 4, usage })
   const gamma = device.createBuffer({ label: "gamma", size: k * 2, usage })
-  const xh = device.createBuffer({ label: "xh (16, K) f16", size: 16 * k * 2, usage })
+  const xh = device.createBuffer({ label: "xh (16, K) f16, or f32 for X32", size: 16 * k * 4, usage })
   const y = device.createBuffer({ label: "y (16, outs) f32", size: 16 * outs * 4, usage })
   await fillRandom(gpu, [...ws, x, gamma], 3, 0.5)
   const time = async (M: number, kernel: string, make: (w: GPUBuffer) => Dispatch[]) => {
@@ -151,7 +151,7 @@ for (const [op, flags] of ops) {
       ug.set(M, n, k, 0)
       const uh = new Uniform(device, "uh", "uufu")
       uh.set(M, k, 1e-5, 0)
-      const half = await pipelines.get(halfRowsKey(NORM === true))
+      const half = await pipelines.get(halfRowsKey(NORM === true, sk.X32))
       const gemm = await pipelines.get(streamKey(rest, sk, streamRows(M)))
       const rowsPadded = Math.ceil(M / 16) * 16
       const [gx, gy, gz] = streamGrid(sk, outs, flags.SWIGLU === true, M)

@@ -72,7 +72,8 @@ export const skinnyKey = (flags: Record<string, boolean>, k: SkinnyConstants, K 
   const [cols2, cols4] = [cols === 2, cols === 4]
   return { op: "gemm_skinny", flags: { ...flags, COLS2: cols2, COLS4: cols4, R2: cols2 || cols4 || swiglu, R4: (cols2 && swiglu) || cols4, KFIX: fixed, WSTAGE: k.WSTAGE === true }, constants: { SG: k.SG, SPLIT: k.SPLIT, ...(fixed ? { KF: K } : {}) } }
 }
-export const halfRowsKey = (norm: boolean): PipelineKey => ({ op: "half_rows", flags: { NORM: norm } })
+/** half_rows with NORM where `norm`; `f32`: its rows as f32, not rounded, for gemm_stream's X32. */
+export const halfRowsKey = (norm: boolean, f32 = false): PipelineKey => ({ op: "half_rows", flags: { NORM: norm, ...(f32 ? { F32: true } : {}) } })
 
 /** Every pipeline the matrix-unit projections of a model need (prewarm them before building). */
 export const mmaPipelineKeys = (k: SkinnyConstants, bias: boolean, c: ModelConfig): PipelineKey[] => {
@@ -150,21 +151,21 @@ export const mmaProjections = (i: MmaInputs, a: MmaBuffers, capacity: number) =>
  * The batch's projections of every layer and the head over the rows rounded to f16, for
  * `capacity` rows: `layers[l].pre` = QKV (before RoPE), `post` = O (+ residual), gate/up
  * (SwiGLU), down (+ residual); `resize(m)` sets the rows of a step. `product` builds each
- * projection's product (gemm_skinny, gemm_stream). Owns one scratch buffer (rows, K) f16,
- * rows a multiple of 16 whose rows past a step's m are zeros.
+ * projection's product (gemm_skinny, gemm_stream). Owns one scratch buffer (rows, K) f16
+ * (`f32Rows`: as f32, not rounded), rows a multiple of 16 whose rows past a step's m are zeros.
  */
-export const rowProjections = (i: RowInputs, a: MmaBuffers, capacity: number, product: ProductOf) => {
+export const rowProjections = (i: RowInputs, a: MmaBuffers, capacity: number, product: ProductOf, f32Rows = false) => {
   const c = i.config
   const device = i.device
   const rows = Math.ceil(capacity / MMA_ROWS) * MMA_ROWS
   const maxK = Math.max(...Object.values(gemvShapes(c)).map(([, k]) => k))
-  const xh = storageBuffer(device, "batch xh (rows, K) f16", rows * maxK * 2)
+  const xh = storageBuffer(device, `batch xh (rows, K) ${f32Rows ? "f32" : "f16"}`, rows * maxK * (f32Rows ? 4 : 2))
   const resizers: Array<(m: number) => void> = []
   // x (rows, k) f32 -> xh, normalized by `gamma` where given; then xh . W^T into y.
   const project = (op: GemvOp, flags: Record<string, boolean>, w: GPUBuffer, x: GPUBuffer, y: GPUBuffer, gamma?: GPUBuffer, bias?: GPUBuffer): Dispatch[] => {
     const [, k] = gemvShapes(c)[op]
     const uh = new Uniform(device, `batch half_rows ${op}`, "uufu")
-    const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
+    const half = dispatchOf(device, i.pipelines.now(halfRowsKey(gamma !== undefined, f32Rows)), [[0, uh.buffer], [1, x], [2, xh], ...(gamma ? [[4, gamma] as const] : [])], rows)
     const gemm = product(op, { ...flags, ...(bias ? { BIAS: true } : {}) }, { xh, w, y, ...(bias ? { bias } : {}) })
     resizers.push((m) => {
       uh.set(m, k, c.rmsNormEps, 0)

@@ -100,7 +100,7 @@ export const mmaShared = (i: SharedInputs, a: SharedBuffers, capacity: number, s
 
 // gemm_stream (engine/batch-stream.ts): each weight read once per 16 rows at GEMV speed.
 export const streamShared = (i: SharedInputs, a: SharedBuffers, capacity: number, k: StreamConstants, minRows: number): Shared => {
-  const p = rowProjections(i, a, capacity, streamProduct(i, k, streamRowCounts(capacity, minRows)))
+  const p = rowProjections(i, a, capacity, streamProduct(i, k, streamRowCounts(capacity, minRows)), k.X32 === true)
   return { layers: p.layers.map((l) => ({ pre: l.pre, post: l.post })), head: p.head, resize: p.resize, destroy: p.destroy }
 }
 

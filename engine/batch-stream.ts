@@ -16,13 +16,15 @@ export const STREAM_MAX_ROWS = 16
 
 /**
  * gemm_stream's form: WG threads a workgroup, R rows of W a team pass (SwiGLU: R/2 gate and
- * R/2 up rows), UNROLL steps of K loaded ahead, F16 the 8-term pieces in f16 (else f32 FMAs).
+ * R/2 up rows), UNROLL steps of K loaded ahead, F16 the 8-term pieces in f16 (else f32 FMAs),
+ * X32 the rows of x as f32 (half_rows' F32: twice the bytes of x, no conversions).
  */
 export interface StreamForm {
   readonly WG: number
   readonly R: 2 | 4 | 8
   readonly UNROLL: 1 | 2 | 4
   readonly F16: boolean
+  readonly X32?: boolean
 }
 
 /**
@@ -35,18 +37,18 @@ export interface StreamForm {
  */
 export const STREAM_FORM: StreamForm = { WG: 128, R: 4, UNROLL: 2, F16: false }
 
-/** A form from its name: R x UNROLL, "h" for f16 pieces, "/WG" (e.g. 4x2h, 8x1, 4x2h/256). */
+/** A form from its name: R x UNROLL, "h" for f16 pieces or "f" for f32 rows of x, "/WG" (e.g. 4x2h, 8x1, 4x2f/256). */
 export const parseStreamForm = (name: string): StreamForm => {
-  const m = /^([248])x([124])(h?)(?:\/(64|128|256))?$/.exec(name)
-  if (!m) throw new RangeError(`a streamed form is RxUNROLL[h][/WG] with R 2, 4 or 8, UNROLL 1, 2 or 4 and WG 64, 128 or 256, not ${name}`)
-  return { R: Number(m[1]) as 2 | 4 | 8, UNROLL: Number(m[2]) as 1 | 2 | 4, F16: m[3] === "h", WG: m[4] ? Number(m[4]) : 128 }
+  const m = /^([248])x([124])([hf]?)(?:\/(64|128|256))?$/.exec(name)
+  if (!m) throw new RangeError(`a streamed form is RxUNROLL[h|f][/WG] with R 2, 4 or 8, UNROLL 1, 2 or 4 and WG 64, 128 or 256, not ${name}`)
+  return { R: Number(m[1]) as 2 | 4 | 8, UNROLL: Number(m[2]) as 1 | 2 | 4, F16: m[3] === "h", ...(m[3] === "f" ? { X32: true } : {}), WG: m[4] ? Number(m[4]) : 128 }
 }
 
 /** The form a batch streams with: LEOAM_STREAM_FORM's (a name for parseStreamForm), else STREAM_FORM. */
 export const streamFormOf = (env: string | undefined = process.env.LEOAM_STREAM_FORM): StreamForm => (env?.trim() ? parseStreamForm(env.trim()) : STREAM_FORM)
 
 /** The form's name (parseStreamForm's inverse). */
-export const streamFormName = (f: StreamForm): string => `${f.R}x${f.UNROLL}${f.F16 ? "h" : ""}${f.WG === 128 ? "" : `/${f.WG}`}`
+export const streamFormName = (f: StreamForm): string => `${f.R}x${f.UNROLL}${f.F16 ? "h" : f.X32 ? "f" : ""}${f.WG === 128 ? "" : `/${f.WG}`}`
 
 /** gemm_stream's constants on a device: the form (F16 only with shader-f16) and the teams a workgroup. */
 export interface StreamConstants extends StreamForm {
@@ -75,7 +77,7 @@ export const streamColumns = (k: StreamConstants, swiglu: boolean): number => k.
 /** The key of gemm_stream with `flags` (ACC, BIAS, SWIGLU) in form k for MR rows a pass. */
 export const streamKey = (flags: Record<string, boolean>, k: StreamConstants, MR: number): PipelineKey => ({
   op: "gemm_stream",
-  flags: { ...flags, F16: k.F16 },
+  flags: { ...flags, F16: k.F16, X32: k.X32 === true },
   constants: { WG: k.WG, R: k.R, UNROLL: k.UNROLL, MR, CPW: streamColumns(k, flags.SWIGLU === true) },
 })
 

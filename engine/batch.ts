@@ -175,8 +175,9 @@ export class DecodeBatch {
     if (projections === "mma") await lead.pipelines.prewarm(mmaPipelineKeys(skinnyOf(lead, mma.form ?? SKINNY_FORM), lead.weights.layers.some((w) => w.bqkv || w.bo), lead.config))
     if (projections === "stream") {
       const bias = lead.weights.layers.some((w) => w.bqkv || w.bo)
-      const keys = streamPipelineKeys(streamOf(lead, mma.stream), bias, lead.config, streamRowCounts(capacity, mma.minRows ?? STREAM_MIN_ROWS))
-      await lead.pipelines.prewarm([halfRowsKey(true), halfRowsKey(false), ...keys])
+      const k = streamOf(lead, mma.stream)
+      const keys = streamPipelineKeys(k, bias, lead.config, streamRowCounts(capacity, mma.minRows ?? STREAM_MIN_ROWS))
+      await lead.pipelines.prewarm([halfRowsKey(true, k.X32), halfRowsKey(false, k.X32), ...keys])
     }
     return new DecodeBatch(lead, capacity, projections, mma)
   }

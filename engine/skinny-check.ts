@@ -16,8 +16,8 @@ export interface SkinnyCase {
 
 export const SKINNY_EPS = 1e-5
 
-/** x' as the kernel multiplies it: (with NORM x * rsqrt(mean(x^2) + eps) * gamma), rounded to f16. */
-export const skinnyLeft = (c: SkinnyCase, x: Float32Array, gamma: Float32Array): Float32Array => {
+/** x' as the kernel multiplies it: (with NORM x * rsqrt(mean(x^2) + eps) * gamma), rounded to f16 (unless `round` is false: half_rows' F32). */
+export const skinnyLeft = (c: SkinnyCase, x: Float32Array, gamma: Float32Array, round = true): Float32Array => {
   const out = new Float32Array(c.M * c.K)
   for (let m = 0; m < c.M; m++) {
     let ss = 0
@@ -25,7 +25,7 @@ export const skinnyLeft = (c: SkinnyCase, x: Float32Array, gamma: Float32Array):
     const scale = c.flags.NORM ? 1 / Math.sqrt(ss / c.K + SKINNY_EPS) : 1
     for (let k = 0; k < c.K; k++) {
       const v = Math.fround(Math.fround(x[m * c.K + k]! * scale) * (c.flags.NORM ? gamma[k]! : 1))
-      out[m * c.K + k] = f16ToF32(f32ToF16Bits(v))
+      out[m * c.K + k] = round ? f16ToF32(f32ToF16Bits(Math.max(-65504, Math.min(65504, v)))) : v
     }
   }
   return out
@@ -54,11 +54,11 @@ export const skinnyReference = (c: SkinnyCase, xl: Float32Array, w: Float32Array
 /**
  * Runs half_rows (`half`, compiled with NORM as c.flags.NORM) and gemm_skinny (`gemm`, with
  * c's other flags, `cols` output tiles a workgroup) or gemm_stream (`grid` its workgroups) on
- * seeded data as batch.ts does and returns the worst relative error of y
+ * seeded data as batch.ts does (`roundLeft` false: half_rows' F32 rows) and returns the worst relative error of y
  * against skinnyReference. The padding rows of xh start as NaN: the kernel must rewrite them
  * (a NaN row would poison nothing else, but zeros keep the scratch clean).
  */
-export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, gemm: GPUComputePipeline, c: SkinnyCase, seed = 1, cols = 1, grid?: readonly [number, number, number]): Promise<number> => {
+export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, gemm: GPUComputePipeline, c: SkinnyCase, seed = 1, cols = 1, grid?: readonly [number, number, number], roundLeft = true): Promise<number> => {
   const { M, N, K, flags } = c
   const rows = Math.ceil(M / 16) * 16
   const outs = flags.SWIGLU ? N / 2 : N
@@ -74,7 +74,8 @@ export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, g
   const buffers = {
     x: upload(device, "x (M, K) f32", x),
     gamma: upload(device, "gamma (K) f16", gamma.bits),
-    xh: upload(device, "xh (rows, K) f16", new Uint16Array(rows * K).fill(0x7e00)), // NaN: padding rows must be rewritten
+    // NaN (as f16 or f32: half_rows may write f32 rows): padding rows must be rewritten.
+    xh: upload(device, "xh (rows, K) f16 or f32", new Uint16Array(rows * K * 2).fill(0x7e00)),
     w: upload(device, "w (N, K) f16", w.bits),
     y: upload(device, "y (M, outs) f32", y0),
     bias: upload(device, "bias (N) f32", bias),
@@ -93,7 +94,7 @@ export const skinnyError = async (device: GPUDevice, half: GPUComputePipeline, g
     pass.end()
     device.queue.submit([encoder.finish()])
     const got = await readF32(device, buffers.y, 0, M * outs)
-    return worstError(got, skinnyReference(c, skinnyLeft(c, x, gamma.values), w.values, bias, y0)).error
+    return worstError(got, skinnyReference(c, skinnyLeft(c, x, gamma.values, roundLeft), w.values, bias, y0)).error
   } finally {
     for (const b of Object.values(buffers)) b.destroy()
     uh.buffer.destroy()

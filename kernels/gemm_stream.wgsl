@@ -14,6 +14,8 @@
 //   y: (M, N) f32, or with SWIGLU (M, N/2) = silu(gate) * up where W = [gate; up] (rows
 //   [0, N/2) and [N/2, N)); ACC adds into y (the residual); BIAS adds bias[n] (SWIGLU: to
 //   gate and up before the activation).
+// X32: xh holds x' as f32, not rounded (half_rows.wgsl's F32), two 16-byte loads per 8 halves
+// of W instead of one plus 8 conversions (f32 FMAs only).
 // F16: each 8-term piece of a dot product is multiplied and summed in f16 (packed halves),
 // then added to the f32 sum: fewer instructions per weight than f32 FMAs plus conversions,
 // which is what limits 16 rows a pass; the pieces are rounded to f16 (about 5e-4 of a piece).
@@ -32,7 +34,11 @@ diagnostic(off, subgroup_uniformity);
 
 struct Params { M: u32, N: u32, K: u32, _a: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
+#if X32
+@group(0) @binding(1) var<storage, read> xh: array<vec4<f32>>;   // (rows, K) as f32 (half_rows' F32)
+#else
 @group(0) @binding(1) var<storage, read> xh: array<vec4<u32>>;
+#endif
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if BIAS
@@ -146,12 +152,19 @@ fn main(
         }
 #endif
         for (var m = 0u; m < MR; m = m + 1u) {
+#if X32
+          let xa = xh[2u * (xbase + m * kv + i + u * lanes)];
+          let xb = xh[2u * (xbase + m * kv + i + u * lanes) + 1u];
+#else
           let xv = xh[xbase + m * kv + i + u * lanes];
+#endif
 #if F16
           for (var r = 0u; r < R; r = r + 1u) { acc[r * MAX_MR + m] = acc[r * MAX_MR + m] + dot8(wv[u * MAX_R + r], xv); }
 #else
+#if !X32
           let xa = vec4<f32>(unpack2x16float(xv.x), unpack2x16float(xv.y));
           let xb = vec4<f32>(unpack2x16float(xv.z), unpack2x16float(xv.w));
+#endif
           for (var r = 0u; r < R; r = r + 1u) {
             let a = wf[2u * r];
             let b = wf[2u * r + 1u];
@@ -173,15 +186,24 @@ fn main(
     // The steps of K left (fewer than UNROLL per lane), one at a time.
     for (; i < kv; i = i + lanes) {
       for (var m = 0u; m < MR; m = m + 1u) {
+#if X32
+        let xa = xh[2u * (xbase + m * kv + i)];
+        let xb = xh[2u * (xbase + m * kv + i) + 1u];
+#else
         let xv = xh[xbase + m * kv + i];
+#endif
         for (var r = 0u; r < R; r = r + 1u) {
           let v = w[rowoff[r] + i];
 #if F16
           acc[r * MAX_MR + m] = acc[r * MAX_MR + m] + dot8(v, xv);
 #else
+#if !X32
+          let xa = vec4<f32>(unpack2x16float(xv.x), unpack2x16float(xv.y));
+          let xb = vec4<f32>(unpack2x16float(xv.z), unpack2x16float(xv.w));
+#endif
           acc[r * MAX_MR + m] = acc[r * MAX_MR + m]
-            + dot(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), vec4<f32>(unpack2x16float(xv.x), unpack2x16float(xv.y)))
-            + dot(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), vec4<f32>(unpack2x16float(xv.z), unpack2x16float(xv.w)));
+            + dot(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), xa)
+            + dot(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), xb);
 #endif
         }
       }

@@ -111,14 +111,15 @@
 #        units' gemm_skinny in one ~360-second command, matrix units on (LEOAM_MATRIX_UNITS=auto):
 #        the golden check, then
 #        bench/skinny-bench.ts at 8B shapes (qkv, o, gate/up, down, lm_head; M = STREAM_M,
-#        default 1,2,4,8,16; gemm_stream's forms STREAM_FORMS, default 4x2 (the default),
-#        4x4,4x1,2x2,8x1 and 4x2h (f16 pieces: too inexact to use, timed to tell whether the
-#        ALUs bound the kernel); gemm_skinny's STREAM_MMA_FORMS, default 16x2 (today's) and
+#        default 1,2,4,8,16; gemm_stream's forms STREAM_FORMS, default 4x2 (the default), 4x2f
+#        (x as f32: no conversions), 4x4,4x1,2x2,8x1 and 4x2h (f16 pieces: too inexact to use,
+#        timed to tell whether the ALUs bound the kernel); gemm_skinny's STREAM_MMA_FORMS, default 16x2 (today's) and
 #        8x2s,16x2k (never timed on a GPU); gemv_multi and the decode GEMVs): ms and GB/s of
 #        weights per projection, each form checked against the CPU reference first; then
 #        bench/batch-bench.ts, full attention, 1K context, batch 1 alone against B =
-#        STREAM_BATCHES (default 2,4,8,16) with STREAM_PROJECTIONS (default mma,stream,stream/2x2:
-#        old against new, and the new with a smaller register tile, in one process), --profile
+#        STREAM_BATCHES (default 4,16) with STREAM_PROJECTIONS (default mma,stream,stream/4x2f,
+#        stream/2x2: old against new, the new with f32 rows of x and with a smaller register
+#        tile, in one process), --profile
 #        (GPU time per kernel); STREAM_SKINNY_S (default 180) and STREAM_BATCH_S (default 150)
 #        limit the parts; LEOAM_STREAM_FORM picks the batch's default form (e.g. 4x1);
 #        bundle: `bash scripts/gpu-bundle.sh golden-check skinny-bench batch-bench`; extra
@@ -514,9 +515,9 @@ if [ "$suite" = stream ]; then
   export LEOAM_MATRIX_UNITS=auto
   timeout 30 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
   timeout "${STREAM_SKINNY_S:-180}" node .bench-bundle/skinny-bench.mjs --m "${STREAM_M:-1,2,4,8,16}" --forms "${STREAM_MMA_FORMS:-16x2,8x2s,16x2k}" \
-    --stream-forms "${STREAM_FORMS:-4x2,4x4,4x1,2x2,8x1,4x2h}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed, stopped or a check missed"
-  timeout "${STREAM_BATCH_S:-150}" node .bench-bundle/batch-bench.mjs --context 1024 --batches "1,${STREAM_BATCHES:-2,4,8,16}" --policies full \
-    --projections "${STREAM_PROJECTIONS:-mma,stream,stream/2x2}" --profile --steps 16 --max-seconds "$(( ${STREAM_BATCH_S:-150} - 15 ))" \
+    --stream-forms "${STREAM_FORMS:-4x2,4x2f,4x4,4x1,2x2,8x1,4x2h}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed, stopped or a check missed"
+  timeout "${STREAM_BATCH_S:-150}" node .bench-bundle/batch-bench.mjs --context 1024 --batches "1,${STREAM_BATCHES:-4,16}" --policies full \
+    --projections "${STREAM_PROJECTIONS:-mma,stream,stream/4x2f,stream/2x2}" --profile --steps 16 --max-seconds "$(( ${STREAM_BATCH_S:-150} - 15 ))" \
     --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
   exit 0
 fi

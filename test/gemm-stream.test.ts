@@ -43,7 +43,7 @@ const check = async (subgroups: boolean, form: string, c: SkinnyCase, seed: numb
   const { NORM, ...flags } = c.flags
   const gemm = await pipelines.get(streamKey(flags, k, streamRows(c.M)))
   const outs = flags.SWIGLU ? c.N / 2 : c.N
-  return skinnyError(gpu.device, await pipelines.get(halfRowsKey(NORM === true)), gemm, c, seed, 1, streamGrid(k, outs, flags.SWIGLU === true, c.M))
+  return skinnyError(gpu.device, await pipelines.get(halfRowsKey(NORM === true, k.X32)), gemm, c, seed, 1, streamGrid(k, outs, flags.SWIGLU === true, c.M), k.X32 !== true)
 }
 
 describe("gemm_stream", () => {
@@ -52,11 +52,13 @@ describe("gemm_stream", () => {
     for (const [i, c] of cases.entries()) expect(await check(true, form, c, 60 + i), JSON.stringify(c)).toBeLessThan(GEMM_TOLERANCE)
   })
 
-  it("the other forms (a few rows a pass): 2 and 8 rows of W a team, 1 step in flight, a workgroup of 64, without subgroups; f16 pieces within their looser bound", async () => {
+  it("the other forms (a few rows a pass): 2 and 8 rows of W a team, 1 step in flight, a workgroup of 64, without subgroups, f32 rows of x; f16 pieces within their looser bound", async () => {
     const forms: Array<[boolean, string, SkinnyCase]> = [
       [true, "8x1/64", cases[1]!],
       [false, "4x2", cases[1]!],
       [false, "2x1", { ...cases[2]!, M: 2 }],
+      [true, "4x2f", cases[1]!],
+      [true, "2x1f", cases[2]!],
     ]
     for (const [i, [subgroups, form, c]] of forms.entries()) {
       expect(await check(subgroups, form, c, 70 + i), `${form}${subgroups ? "" : " without subgroups"} ${JSON.stringify(c)}`).toBeLessThan(GEMM_TOLERANCE)
@@ -87,6 +89,8 @@ describe("where the batch streams its projections", () => {
     expect(() => streamWanted("fast")).toThrow(/stream, old or auto/)
     expect(streamFormOf(undefined)).toEqual(STREAM_FORM)
     expect(streamFormOf(" 2x2 ")).toEqual({ R: 2, UNROLL: 2, F16: false, WG: 128 })
+    expect(streamFormOf("4x1f/256")).toEqual({ R: 4, UNROLL: 1, F16: false, X32: true, WG: 256 })
+    expect(streamFormName(parseStreamForm("4x1f/256"))).toBe("4x1f/256")
     expect(() => streamFormOf("3x2")).toThrow(/RxUNROLL/)
   })
 })
@@ -102,25 +106,28 @@ describe("a decode batch on the streamed projections", () => {
     try {
       const alone = []
       for (const [i, m] of models.entries()) alone.push((await generate(m, prompts[i]!, { maxTokens: tokens, temperature: 0 })).ids)
-      const batch = await DecodeBatch.open(lead, 3, "stream")
-      try {
-        const greedy = (step: number) => ({ outSlot: step, temperature: 0, seed: 0, step })
-        for (const [i, m] of models.entries()) {
-          m.reset()
-          await m.prefill(prompts[i]!)
-          m.sample(greedy(0))
+      // The default form, then the f32 rows of x (half_rows' F32, a scratch of f32).
+      for (const stream of [STREAM_FORM, parseStreamForm("4x2f")]) {
+        const batch = await DecodeBatch.open(lead, 3, "stream", { stream })
+        try {
+          const greedy = (step: number) => ({ outSlot: step, temperature: 0, seed: 0, step })
+          for (const [i, m] of models.entries()) {
+            m.reset()
+            await m.prefill(prompts[i]!)
+            m.sample(greedy(0))
+          }
+          // Steps 1-2: three rows (a pass of 4); step 3: rows 0 and 1 (a pass of 2), row 2 alone;
+          // step 4: row 2 (one row: the GEMVs), rows 0 and 1 alone.
+          for (let s = 1; s < tokens; s++) {
+            const inBatch = s < 3 ? models : s === 3 ? models.slice(0, 2) : models.slice(2)
+            for (const m of models) if (!inBatch.includes(m)) await m.decode(s - 1, greedy(s))
+            await batch.step(inBatch.map((model) => ({ model, inSlot: s - 1, sample: greedy(s) })))
+          }
+          const batched = await Promise.all(models.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 0, tokens * 4))]))
+          expect(batched, streamFormName(stream)).toEqual(alone)
+        } finally {
+          batch.destroy()
         }
-        // Steps 1-2: three rows (a pass of 4); step 3: rows 0 and 1 (a pass of 2), row 2 alone;
-        // step 4: row 2 (one row: the GEMVs), rows 0 and 1 alone.
-        for (let s = 1; s < tokens; s++) {
-          const inBatch = s < 3 ? models : s === 3 ? models.slice(0, 2) : models.slice(2)
-          for (const m of models) if (!inBatch.includes(m)) await m.decode(s - 1, greedy(s))
-          await batch.step(inBatch.map((model) => ({ model, inSlot: s - 1, sample: greedy(s) })))
-        }
-        const batched = await Promise.all(models.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 0, tokens * 4))]))
-        expect(batched).toEqual(alone)
-      } finally {
-        batch.destroy()
       }
     } finally {
       for (const m of models.slice(1)) m.destroy()
