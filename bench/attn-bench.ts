@@ -1,11 +1,11 @@
 // Prefill attention alone, side by side in one run: kernels/attn_prefill_mx.wgsl (flash
 // attention on the matrix units; O in registers, mx<NSG>, and in workgroup memory, mxs<NSG>; K and V
 // straight from the pool, mxd<NSG>), kernels/attn_prefill_fa.wgsl (the keys split among a
-// workgroup's NSG subgroups in RT row tiles, fa<NSG>r<RT>) and the kernel prefill uses without them (attn_prefill_sg
+// workgroup's NSG subgroups in RT row tiles, tiles of BK keys: fa<NSG>r<RT>[k32]) and the kernel prefill uses without them (attn_prefill_sg
 // where subgroups allow, else attn_prefill), at Llama-3.1-8B's heads (32 query heads, 8 KV
 // heads, head dim 128) over a paged f16 pool of N = 8K, 32K, 128K tokens.
 //   npx tsx bench/attn-bench.ts [--tokens 8192,32768,131072] [--chunk 512] [--points 4]
-//                               [--kernels mx,mxd,fa,base] [--nsg 4,2] [--rt 1,2] [--max-seconds 100] [--out FILE]
+//                               [--kernels mx,mxd,fa,base] [--nsg 4,2] [--fa 4x1,4x2,8x1x32] [--max-seconds 100] [--out FILE]
 // Prefill attends in chunks of --chunk queries (the engine's prefill chunk), chunk c at
 // positions c * chunk.. over keys 0 .. (c + 1) * chunk - 1. Each kernel is timed on --points
 // chunks spread over the prompt (the last one included); a chunk's time is linear in its
@@ -34,7 +34,7 @@ const { values: args } = parseArgs({
     points: { type: "string", default: "4" },
     kernels: { type: "string", default: "mx,base" },
     nsg: { type: "string", default: "4,2" },
-    rt: { type: "string", default: "1,2" },
+    fa: { type: "string", default: "4x1,4x2,4x4,2x1,8x1x32" },
     "max-seconds": { type: "string", default: "100" },
     out: { type: "string" },
   },
@@ -97,16 +97,16 @@ if (wanted.has("mxd") && gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUF
     }
   }
 }
-// fa<NSG>r<RT>: attn_prefill_fa, NSG subgroups a workgroup in RT row tiles of 16 rows, each tile's
-// keys split among NSG / RT of them (subgroups of 32 lanes).
+// fa<NSG>r<RT>[k32]: attn_prefill_fa, NSG subgroups a workgroup in RT row tiles of 16 rows, each
+// tile's keys split among NSG / RT of them (subgroups of 32 lanes), in tiles of 64 keys (k32: 32);
+// --fa lists them as NSGxRT or NSGxRTxBK.
 if (wanted.has("fa") && gpu.device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
-  for (const NSG of args.nsg!.split(",").map(Number)) {
-    for (const RT of args.rt!.split(",").map(Number)) {
-      const name = `fa${NSG}r${RT}`
-      if (NSG % RT !== 0 || gpu.subgroupMaxSize !== 32 || gpu.subgroupMinSize !== 32) console.log(`${name}: not run (${NSG % RT !== 0 ? "RT must divide NSG" : "needs subgroups of 32 lanes"})`)
-      else if (splitAttnWorkgroupBytes({ NSG, RT }, D) > gpu.limits.maxComputeWorkgroupStorageSize) console.log(`${name}: no room for its workgroup memory`)
-      else kernels.push({ name, key: splitAttnKey({ G, D }, { SG: 32, NSG, RT }) })
-    }
+  for (const form of args.fa!.split(",")) {
+    const [NSG, RT, BK = 64] = form.split("x").map(Number) as [number, number, number?]
+    const name = `fa${NSG}r${RT}${BK === 32 ? "k32" : ""}`
+    if (NSG % RT !== 0 || (BK !== 32 && BK !== 64) || gpu.subgroupMaxSize !== 32 || gpu.subgroupMinSize !== 32) console.log(`${name}: not run (${NSG % RT !== 0 ? "RT must divide NSG" : BK !== 32 && BK !== 64 ? "BK is 32 or 64" : "needs subgroups of 32 lanes"})`)
+    else if (splitAttnWorkgroupBytes({ NSG, RT, BK }, D) > gpu.limits.maxComputeWorkgroupStorageSize) console.log(`${name}: no room for its workgroup memory`)
+    else kernels.push({ name, key: splitAttnKey({ G, D }, { SG: 32, NSG, RT, BK }) })
   }
 }
 if (wanted.has("base")) kernels.push({ name: base.op, key: base })

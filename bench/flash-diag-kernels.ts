@@ -175,6 +175,6 @@ export const withoutSplit = (src: string, parts: ReadonlyArray<"softmax" | "qk" 
   let s = src
   if (parts.includes("softmax")) s = sub(s, /for \(var j = 0u; j < BK \/ 2u; j = j \+ 1u\) \{/g, "for (var j = 0u; j < 0u; j = j + 1u) {")
   if (parts.includes("qk")) s = sub(s, /s([0-3]) = subgroupMatrixMultiplyAccumulate\(a, b[0-3], s[0-3]\);/g, "")
-  if (parts.includes("pv")) s = sub(s, /(o\d) = subgroupMatrixMultiplyAccumulate\(p3, v3, .*\);/g, "")
+  if (parts.includes("pv")) s = sub(s, /(o\d) = subgroupMatrixMultiplyAccumulate\(p[13], v[13], .*\);/g, "")
   return s
 }

@@ -184,22 +184,28 @@ const narrowDown = async (device: GPUDevice, pipeline: GPUComputePipeline, c: At
  * correctly (a plain pass and three WINDOW passes, GQA, partial tiles); else why not.
  */
 export const checkMatrixAttention = (gpu: Gpu, constants: MatrixAttnConstants, shared = false, direct = false): Promise<string | undefined> =>
-  checkAttnKernel(gpu, (window) => ({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared, KDIRECT: direct } }), constants, 16 * constants.NSG, `attn_prefill_mx${shared ? " OSHARED" : ""}${direct ? " KDIRECT" : ""}`)
+  checkAttnKernel(
+    gpu,
+    (window) => ({ op: "attn_prefill_mx", flags: { WINDOW: window, OSHARED: shared, KDIRECT: direct }, constants: { ...constants, G: ATTN_CHECK_CASE.G, D: ATTN_CHECK_CASE.D } }),
+    16 * constants.NSG,
+    `attn_prefill_mx${shared ? " OSHARED" : ""}${direct ? " KDIRECT" : ""}`,
+  )
 
 /** The same check for attn_prefill_fa (the keys split among subgroups) with these constants. */
 export const checkSplitAttention = (gpu: Gpu, constants: SplitAttnConstants): Promise<string | undefined> =>
-  checkAttnKernel(gpu, (window) => splitAttnKey({ G: 4, D: 128 }, constants, window), constants, 16 * constants.RT, "attn_prefill_fa")
+  checkAttnKernel(gpu, (window) => splitAttnKey(ATTN_CHECK_CASE, constants, window), 16 * constants.RT, "attn_prefill_fa")
 
-const checkAttnKernel = async (gpu: Gpu, keyOf: (window: boolean) => PipelineKey, constants: object, rows: number, name: string): Promise<string | undefined> => {
+/** The case a device checks a matrix attention kernel on: partial tiles, GQA rows, a causal offset. */
+const ATTN_CHECK_CASE: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
+
+const checkAttnKernel = async (gpu: Gpu, keyOf: (window: boolean) => PipelineKey, rows: number, name: string): Promise<string | undefined> => {
   const pipelines = new Pipelines(gpu)
-  const c: AttnCase = { G: 4, KV: 2, D: 128, BS: 16, pos0: 37, M: 45 }
+  const c = ATTN_CHECK_CASE
   const inputs = attnInputs(c, 21)
   const want = attnReference(c, inputs)
   try {
     for (const windows of [undefined, [[0, 32], [32, 64], [64, 0]] as const]) {
-      const base = keyOf(windows !== undefined)
-      const key: PipelineKey = { ...base, constants: { ...constants, ...base.constants, G: c.G, D: c.D } }
-      const pipeline = await pipelines.get(key)
+      const pipeline = await pipelines.get(keyOf(windows !== undefined))
       const got = await runPrefillAttention(gpu.device, pipeline, c, inputs, rows, windows)
       const { at, error } = worstError(got, want)
       if (!(error <= ATTN_MATRIX_TOLERANCE)) {
@@ -213,28 +219,32 @@ const checkAttnKernel = async (gpu: Gpu, keyOf: (window: boolean) => PipelineKey
 }
 
 /**
- * attn_prefill_fa's override constants: subgroups of SG (32) lanes, NSG of them a workgroup in
- * RT row tiles of 16 rows, so NSG / RT subgroups split each tile's keys.
+ * attn_prefill_fa's form: subgroups of SG (32) lanes, NSG of them a workgroup in RT row tiles of
+ * 16 rows, so NSG / RT subgroups split each tile's keys; tiles of BK keys (64, or 32: the flag
+ * BK32; not an override constant).
  */
 export interface SplitAttnConstants {
   readonly SG: number
   readonly NSG: number
   readonly RT: number
+  readonly BK?: 32 | 64
 }
 
 /** attn_prefill_fa's key (K and V read from the pool as halves: KDIRECT's bindings). */
 export const splitAttnKey = (shape: { readonly G: number; readonly D: number }, k: SplitAttnConstants, window = false): PipelineKey => ({
   op: "attn_prefill_fa",
-  flags: window ? { KDIRECT: true, WINDOW: true } : { KDIRECT: true },
+  flags: { KDIRECT: true, ...(window ? { WINDOW: true } : {}), ...(k.BK === 32 ? { BK32: true } : {}) },
   constants: { G: shape.G, D: shape.D, SG: k.SG, NSG: k.NSG, RT: k.RT },
 })
 
 /**
  * Workgroup memory of attn_prefill_fa: the 16-byte flag; Q (16 RT rows of D + 8 halves); per
- * subgroup its scores (16 x 68 f32) and probabilities (16 x 72 f16); two f32 per subgroup row.
+ * subgroup its scores (16 x (BK + 4) f32) and probabilities (16 x (BK + 8) f16); two f32 per subgroup row.
  */
-export const splitAttnWorkgroupBytes = (k: Pick<SplitAttnConstants, "NSG" | "RT">, D: number): number =>
-  16 + 16 * k.RT * (D + 8) * 2 + k.NSG * 16 * 68 * 4 + k.NSG * 16 * 72 * 2 + k.NSG * 16 * 4 * 2
+export const splitAttnWorkgroupBytes = (k: Pick<SplitAttnConstants, "NSG" | "RT" | "BK">, D: number): number => {
+  const bk = k.BK ?? 64
+  return 16 + 16 * k.RT * (D + 8) * 2 + k.NSG * 16 * (bk + 4) * 4 + k.NSG * 16 * (bk + 8) * 2 + k.NSG * 16 * 4 * 2
+}
 
 /** The first of 4 key splits, then 2, then 1 (one row tile) that fits; undefined off 32-lane subgroups or D past 128. */
 export const splitAttnConstants = (lanes: number, maxWorkgroupBytes: number, D: number): SplitAttnConstants | undefined => {

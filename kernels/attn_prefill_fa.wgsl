@@ -6,7 +6,8 @@
 // latency of its serial softmax (10-13 TFLOPS, bench/results/2026-12-07-late-gpu-session).
 // Here a workgroup owns ROWS = 16 RT rows (query, head-in-group) of one kv head; its NSG
 // subgroups are RT row tiles times KSPLIT = NSG / RT key splits: subgroup sg takes row tile
-// sg % RT and the key tiles sg / RT, sg / RT + KSPLIT, ... of BK = 64 keys, each split with
+// sg % RT and the key tiles sg / RT, sg / RT + KSPLIT, ... of BK = 64 keys (32 with the flag
+// BK32: half the score registers and workgroup memory, twice the barriers), each split with
 // its own online softmax state (m, l, O), merged once at the end through workgroup memory.
 // The same chunk is then KSPLIT times as many subgroups. Per tile a subgroup computes its
 // 16 x 64 scores on the matrix units (Q staged once as f16, pre-scaled; K as matrices straight
@@ -33,7 +34,11 @@ override D: u32 = 128;    // head dim: multiple of 16, at most 128
 override SG: u32 = 32u;   // lanes per subgroup: 32
 override NSG: u32 = 4u;   // subgroups per workgroup
 override RT: u32 = 1u;    // row tiles of 16 rows per workgroup (divides NSG)
+#if BK32
+const BK: u32 = 32u;      // keys per tile
+#else
 const BK: u32 = 64u;      // keys per tile
+#endif
 const NEG: f32 = -3.0e38;
 const TAU: f32 = 8.0;     // how far a tile's max may pass the reference max before O is rescaled
 
@@ -186,29 +191,39 @@ fn main(
     let kt = kbeg + (t * KSPLIT + split) * BK;
     let kb0 = kv_rows(kt, kend, kvh);
     let kb1 = kv_rows(kt + 16u, kend, kvh);
+#if !BK32
     let kb2 = kv_rows(kt + 32u, kend, kvh);
     let kb3 = kv_rows(kt + 48u, kend, kvh);
+#endif
 
     // S = Q K^T: left Q rows (row-major in qs), right K^T (K's rows as columns: col-major in the pool).
     var s0 = subgroup_matrix_result<f32, 16, 16>();
     var s1 = subgroup_matrix_result<f32, 16, 16>();
+#if !BK32
     var s2 = subgroup_matrix_result<f32, 16, 16>();
     var s3 = subgroup_matrix_result<f32, 16, 16>();
+#endif
     for (var kd = 0u; kd < D; kd = kd + 16u) {
       let a = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&qs, rt * 16u * LD + kd, LD);
       let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb0 + kd, D);
       let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb1 + kd, D);
+#if !BK32
       let b2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb2 + kd, D);
       let b3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&kpool, kb3 + kd, D);
+#endif
       s0 = subgroupMatrixMultiplyAccumulate(a, b0, s0);
       s1 = subgroupMatrixMultiplyAccumulate(a, b1, s1);
+#if !BK32
       s2 = subgroupMatrixMultiplyAccumulate(a, b2, s2);
       s3 = subgroupMatrixMultiplyAccumulate(a, b3, s3);
+#endif
     }
     subgroupMatrixStore<row_major>(&ss, sc, s0, SLD);
     subgroupMatrixStore<row_major>(&ss, sc + 16u, s1, SLD);
+#if !BK32
     subgroupMatrixStore<row_major>(&ss, sc + 32u, s2, SLD);
     subgroupMatrixStore<row_major>(&ss, sc + 48u, s3, SLD);
+#endif
     workgroupBarrier();
     // Every read of the previous step's flag is done: clear the next step's.
     if (lid == 0u) { flag[(t + 1u) % 2u] = 0u; }
@@ -252,63 +267,97 @@ fn main(
     // O += P V: left P (row-major in ps), right V (row-major in the pool).
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc, PLD);
     let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 16u, PLD);
+#if !BK32
     let p2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 32u, PLD);
     let p3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ps, pc + 48u, PLD);
+#endif
     if (D > 0u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(0u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(0u), D);
+#if BK32
+      o0 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o0));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(0u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(0u), D);
       o0 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o0))));
+#endif
     }
     if (D > 16u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(1u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(1u), D);
+#if BK32
+      o1 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o1));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(1u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(1u), D);
       o1 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o1))));
+#endif
     }
     if (D > 32u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(2u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(2u), D);
+#if BK32
+      o2 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o2));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(2u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(2u), D);
       o2 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o2))));
+#endif
     }
     if (D > 48u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(3u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(3u), D);
+#if BK32
+      o3 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o3));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(3u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(3u), D);
       o3 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o3))));
+#endif
     }
     if (D > 64u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(4u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(4u), D);
+#if BK32
+      o4 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o4));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(4u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(4u), D);
       o4 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o4))));
+#endif
     }
     if (D > 80u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(5u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(5u), D);
+#if BK32
+      o5 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o5));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(5u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(5u), D);
       o5 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o5))));
+#endif
     }
     if (D > 96u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(6u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(6u), D);
+#if BK32
+      o6 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o6));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(6u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(6u), D);
       o6 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o6))));
+#endif
     }
     if (D > 112u) {
       let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb0 + v_col(7u), D);
       let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb1 + v_col(7u), D);
+#if BK32
+      o7 = subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7));
+#else
       let v2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb2 + v_col(7u), D);
       let v3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&vpool, kb3 + v_col(7u), D);
       o7 = subgroupMatrixMultiplyAccumulate(p3, v3, subgroupMatrixMultiplyAccumulate(p2, v2, subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, o7))));
+#endif
     }
   }
 

@@ -152,11 +152,12 @@
 #   flash-split: attn_prefill_fa, the keys split among a workgroup's subgroups
 #        (LEOAM_MATRIX_ATTENTION=split; issue 12 §3; bundle: `bash scripts/gpu-bundle.sh
 #        flash-diag golden-check attn-bench leoam-cli`): flash-diag --split (the kernel against
-#        the CPU reference: 4, 2 and 1 splits, 1, 2 and 4 row tiles, D 64 and 128, GQA, WINDOW,
+#        the CPU reference: 4, 2 and 1 splits, 1, 2 and 4 row tiles, 64- and 32-key tiles, D 64 and 128, GQA, WINDOW,
 #        rescales; then a chunk's time with parts taken out, beside KDIRECT), the golden check with LEOAM_MATRIX_ATTENTION=split, then attn-bench at
 #        SPLIT_TOKENS (default 8192,32768,131072) with SPLIT_KERNELS (default mxd,fa: KDIRECT
-#        with 4 and 2 subgroups against fa4r1, fa4r2, fa4r4 (no split: the softmax alone
-#        differs from KDIRECT), fa2r1, fa2r2; add base for
+#        with 4 and 2 subgroups against SPLIT_FORMS, NSGxRT[xBK] (default 4x1,4x2,4x4,2x1,8x1x32:
+#        fa4r1 the engine's choice; fa4r4 no split, only the softmax differs from KDIRECT;
+#        fa8r1k32 8 splits of 32-key tiles); add base for
 #        attn_prefill_sg), then for each length of SPLIT_E2E_LENGTHS (default 8192) the
 #        prefill mode's `leoam generate` with =split and =direct; matrix GEMM off throughout;
 #        stopped at SPLIT_S (default 420 s)
@@ -311,7 +312,7 @@ if [ "$suite" = flash-split ]; then
   LEOAM_MATRIX_ATTENTION=split timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-split.txt" || echo "golden check, LEOAM_MATRIX_ATTENTION=split: FAILED or stopped" | tee -a "$out/golden-check-split.txt"
   left=$((budget - SECONDS - 60))
   [ "$left" -gt 30 ] || left=30
-  timeout "$left" node .bench-bundle/attn-bench.mjs --tokens "${SPLIT_TOKENS:-8192,32768,131072}" --nsg 4,2 --rt 1,2,4 --kernels "${SPLIT_KERNELS:-mxd,fa}" \
+  timeout "$left" node .bench-bundle/attn-bench.mjs --tokens "${SPLIT_TOKENS:-8192,32768,131072}" --nsg 4,2 --fa "${SPLIT_FORMS:-4x1,4x2,4x4,2x1,8x1x32}" --kernels "${SPLIT_KERNELS:-mxd,fa}" \
     --max-seconds $((left * 2 / 3)) --out "$out/attn-bench-split.json" 2>&1 | tee "$out/attn-bench-split.txt" || echo "attn-bench: failed or stopped" | tee -a "$out/attn-bench-split.txt"
   if [ -f .bench-bundle/leoam-cli.mjs ]; then
     for n in ${SPLIT_E2E_LENGTHS:-8192}; do

@@ -50,12 +50,14 @@ describe("attn_prefill_fa under emulated subgroup matrices", () => {
 
   it("every workgroup variable a multiple of 16 bytes, and their sum what the constants are chosen by", () => {
     for (const window of [false, true]) {
-      const source = pipelines.source({ op: "attn_prefill_fa", flags: { WINDOW: window, KDIRECT: true } })
-      for (const D of [64, 128]) {
-        for (const [NSG, RT] of [[1, 1], [2, 1], [2, 2], [4, 1], [4, 2]] as const) {
-          const sizes = workgroupVariableBytes(source, { D, NSG, RT, SG: 32, G: 4 })
-          for (const [name, bytes] of Object.entries(sizes)) expect(bytes % 16, `${name} (${bytes} bytes), D ${D}, NSG ${NSG}, RT ${RT}`).toBe(0)
-          expect(Object.values(sizes).reduce((a, b) => a + b, 0)).toBe(splitAttnWorkgroupBytes({ NSG, RT }, D))
+      for (const BK of [64, 32] as const) {
+        const source = pipelines.source({ op: "attn_prefill_fa", flags: { WINDOW: window, KDIRECT: true, BK32: BK === 32 } })
+        for (const D of [64, 128]) {
+          for (const [NSG, RT] of [[1, 1], [2, 1], [2, 2], [4, 1], [4, 2], [8, 1]] as const) {
+            const sizes = workgroupVariableBytes(source, { D, NSG, RT, SG: 32, G: 4 })
+            for (const [name, bytes] of Object.entries(sizes)) expect(bytes % 16, `${name} (${bytes} bytes), D ${D}, NSG ${NSG}, RT ${RT}, BK ${BK}`).toBe(0)
+            expect(Object.values(sizes).reduce((a, b) => a + b, 0)).toBe(splitAttnWorkgroupBytes({ NSG, RT, BK }, D))
+          }
         }
       }
     }
