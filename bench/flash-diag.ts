@@ -61,7 +61,18 @@ if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
 }
 const SG = gpu.subgroupMaxSize
 
-const compile = async (label: string, code: string, constants: Record<string, number> = {}): Promise<GPUComputePipeline | string> => {
+// One pipeline per (text, constants): several cases share one (GPU compiles take about a second each).
+const compiled = new Map<string, Promise<GPUComputePipeline | string>>()
+const compile = (label: string, code: string, constants: Record<string, number> = {}): Promise<GPUComputePipeline | string> => {
+  const key = `${JSON.stringify(constants)}\n${code}`
+  let pipeline = compiled.get(key)
+  if (pipeline === undefined) {
+    pipeline = compileOnce(label, code, constants)
+    compiled.set(key, pipeline)
+  }
+  return pipeline
+}
+const compileOnce = async (label: string, code: string, constants: Record<string, number>): Promise<GPUComputePipeline | string> => {
   const module = device.createShaderModule({ label, code })
   const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error")
   if (errors.length > 0) return `compile error: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ").slice(0, 400)}`
