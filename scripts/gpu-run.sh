@@ -108,20 +108,19 @@
 #        bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`; ROWS_S (default 110)
 #        limits each batch-bench run; extra arguments go to both
 #   stream: the streamed skinny GEMM (kernels/gemm_stream.wgsl, issue 14 §1) against the matrix
-#        units' gemm_skinny in one ~360-second command, matrix units on (LEOAM_MATRIX_UNITS=auto):
-#        the golden check, then
-#        bench/skinny-bench.ts at 8B shapes (qkv, o, gate/up, down, lm_head; M = STREAM_M,
-#        default 1,2,4,8,16; gemm_stream's forms STREAM_FORMS, default 4x2 (the default), 4x2f
-#        (x as f32: no conversions), 4x4,4x1,2x2,8x1 and 4x2h (f16 pieces: too inexact to use,
-#        timed to tell whether the ALUs bound the kernel); gemm_skinny's STREAM_MMA_FORMS, default 16x2 (today's) and
-#        8x2s,16x2k (never timed on a GPU); gemv_multi and the decode GEMVs): ms and GB/s of
-#        weights per projection, each form checked against the CPU reference first; then
+#        units' gemm_skinny in one ~200-second command, matrix units on (LEOAM_MATRIX_UNITS=auto):
+#        the golden check, then bench/skinny-bench.ts at 8B shapes (qkv, o, gate/up, down,
+#        lm_head; M = STREAM_M, default 1,2,4,8,16; gemm_stream's forms STREAM_FORMS, default
+#        4x2 (the default), 4x2f (x as f32: no conversions), 2x2, 4x1 and 4x2h (f16 pieces: too
+#        inexact to use, timed to tell whether the ALUs bound the kernel; others: 4x4, 8x1,
+#        4x2/256); gemm_skinny's STREAM_MMA_FORMS, default 16x2 (today's) and 8x2s (W staged;
+#        never timed on a GPU); gemv_multi and the decode GEMVs): ms and GB/s of weights per
+#        projection, each form checked against the CPU reference first; then
 #        bench/batch-bench.ts, full attention, 1K context, batch 1 alone against B =
-#        STREAM_BATCHES (default 4,16) with STREAM_PROJECTIONS (default mma,stream,stream/4x2f,
-#        stream/2x2: old against new, the new with f32 rows of x and with a smaller register
-#        tile, in one process), --profile
-#        (GPU time per kernel); STREAM_SKINNY_S (default 180) and STREAM_BATCH_S (default 150)
-#        limit the parts; LEOAM_STREAM_FORM picks the batch's default form (e.g. 4x1);
+#        STREAM_BATCHES (default 16) with STREAM_PROJECTIONS (default mma,stream,stream/4x2f:
+#        old against new, and the new with f32 rows of x, in one process), --profile (GPU time
+#        per kernel); STREAM_SKINNY_S (default 100) and STREAM_BATCH_S (default 90) limit the
+#        parts; LEOAM_STREAM_FORM picks the batch's default form (e.g. 4x2f);
 #        bundle: `bash scripts/gpu-bundle.sh golden-check skinny-bench batch-bench`; extra
 #        arguments go to batch-bench
 #   prefill: time to first token of `leoam generate --model dummy:llama-3.1-8b --ids-file F
@@ -516,10 +515,10 @@ fi
 if [ "$suite" = stream ]; then
   export LEOAM_MATRIX_UNITS=auto
   timeout 30 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-matrix-on.txt" || echo "golden check: FAILED or stopped"
-  timeout "${STREAM_SKINNY_S:-180}" node .bench-bundle/skinny-bench.mjs --m "${STREAM_M:-1,2,4,8,16}" --forms "${STREAM_MMA_FORMS:-16x2,8x2s,16x2k}" \
-    --stream-forms "${STREAM_FORMS:-4x2,4x2f,4x4,4x1,2x2,8x1,4x2h}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed, stopped or a check missed"
-  timeout "${STREAM_BATCH_S:-150}" node .bench-bundle/batch-bench.mjs --context 1024 --batches "1,${STREAM_BATCHES:-4,16}" --policies full \
-    --projections "${STREAM_PROJECTIONS:-mma,stream,stream/4x2f,stream/2x2}" --profile --steps 16 --max-seconds "$(( ${STREAM_BATCH_S:-150} - 15 ))" \
+  timeout "${STREAM_SKINNY_S:-100}" node .bench-bundle/skinny-bench.mjs --m "${STREAM_M:-1,2,4,8,16}" --forms "${STREAM_MMA_FORMS:-16x2,8x2s}" \
+    --stream-forms "${STREAM_FORMS:-4x2,4x2f,2x2,4x1,4x2h}" --out "$out/skinny-bench.json" 2>&1 | tee "$out/skinny-bench.txt" || echo "skinny-bench: failed, stopped or a check missed"
+  timeout "${STREAM_BATCH_S:-90}" node .bench-bundle/batch-bench.mjs --context 1024 --batches "1,${STREAM_BATCHES:-16}" --policies full \
+    --projections "${STREAM_PROJECTIONS:-mma,stream,stream/4x2f}" --profile --steps 16 --max-seconds "$(( ${STREAM_BATCH_S:-90} - 15 ))" \
     --out "$out/batch-8b-1k.json" "$@" 2>&1 | tee "$out/batch-8b-1k.txt" || echo "batch-bench 1K: failed or stopped"
   exit 0
 fi
