@@ -134,8 +134,7 @@ fn main(
       let j = min(j0 + r % OUTS, outs_all - 1u);
       rowoff[r] = (j + (r / OUTS) * half) * kv;
     }
-    var acc: array<f32, MAX_R * MAX_MR>;
-    for (var s = 0u; s < R * MR; s = s + 1u) { acc[s] = 0.0; }
+    var acc: array<f32, MAX_R * MAX_MR>;   // slot r * MAX_MR + m; zero (WGSL initializes it)
     var i = lane;
     for (; i + (UNROLL - 1u) * lanes < kv; i = i + UNROLL * lanes) {
       var wv: array<vec4<u32>, MAX_UNROLL * MAX_R>;
