@@ -153,7 +153,7 @@
 #        flash-diag golden-check attn-bench leoam-cli`): flash-diag --split (the kernel
 #        against the CPU reference: 4, 2 and 1 splits, 1, 2 and 4 row tiles, 64- and 32-key
 #        tiles, D 64 and 128, GQA, WINDOW, rescales; then a chunk's time with parts taken out,
-#        beside KDIRECT; 120 s), the golden check with LEOAM_MATRIX_ATTENTION=split, then
+#        beside KDIRECT; 2/7 of SPLIT_S), the golden check with LEOAM_MATRIX_ATTENTION=split, then
 #        attn-bench at SPLIT_TOKENS (default 8192,32768,131072) with SPLIT_KERNELS (default
 #        mxd,fa: KDIRECT with 4 and 2 subgroups against SPLIT_FORMS, NSGxRT[xBK], default
 #        4x1,4x2,4x4,2x1,8x1x32: fa4r1 is the engine's choice, fa4r4 has no split so only its
@@ -307,7 +307,7 @@ if [ "$suite" = flash-split ]; then
   budget="${SPLIT_S:-420}"
   export LEOAM_MATRIX_UNITS=auto LEOAM_MATRIX_GEMM=0
   if [ -f .bench-bundle/flash-diag.mjs ]; then
-    LEOAM_MATRIX_ATTENTION=split timeout 120 node .bench-bundle/flash-diag.mjs --split 2>&1 | tee "$out/flash-diag-split.txt" || echo "flash-diag --split: failed or stopped" | tee -a "$out/flash-diag-split.txt"
+    LEOAM_MATRIX_ATTENTION=split timeout $((budget * 2 / 7)) node .bench-bundle/flash-diag.mjs --split 2>&1 | tee "$out/flash-diag-split.txt" || echo "flash-diag --split: failed or stopped" | tee -a "$out/flash-diag-split.txt"
   fi
   LEOAM_MATRIX_ATTENTION=split timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check-split.txt" || echo "golden check, LEOAM_MATRIX_ATTENTION=split: FAILED or stopped" | tee -a "$out/golden-check-split.txt"
   left=$((budget - SECONDS - 60))
