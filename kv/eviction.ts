@@ -44,8 +44,7 @@ export const takeInOrder = (
 ): Key[] | null => {
   if (needBytes <= 0) return []
   const n = view.length
-  const rank = new Float64Array(n) // (view index) primary key, of candidates
-  const candidates = new Int32Array(n) // view indices of unpinned entries
+  const { rank, candidates } = scratchFor(n)
   let count = 0
   let available = 0
   let shortest = Infinity
@@ -65,7 +64,7 @@ export const takeInOrder = (
     return x.lastAccess !== y.lastAccess ? x.lastAccess < y.lastAccess : x.key < y.key
   }
   const most = shortest > 0 ? Math.ceil(needBytes / shortest) : count
-  const order = most * 4 < count ? firstInOrder(candidates, count, most, before) : allInOrder(candidates, count, before)
+  const order = most * 4 < count ? firstInOrder(candidates, count, most, rank, before) : allInOrder(candidates, count, before)
   const out: Key[] = []
   let freed = 0
   for (let i = 0; freed < needBytes; i++) {
@@ -74,6 +73,13 @@ export const takeInOrder = (
     freed += e.length
   }
   return out
+}
+
+/** takeInOrder's scratch: (view index) primary key of candidates, and the candidates' view indices; reused (it runs to completion, never nested). */
+let scratch = { rank: new Float64Array(1024), candidates: new Int32Array(1024) }
+const scratchFor = (n: number) => {
+  if (scratch.rank.length < n) scratch = { rank: new Float64Array(n * 2), candidates: new Int32Array(n * 2) }
+  return scratch
 }
 
 /** A min-heap of all `count` candidates; the i-th call (i = 0, 1, ...) gives the i-th in order. */
@@ -102,7 +108,7 @@ const allInOrder = (candidates: Int32Array, count: number, before: (a: number, b
 }
 
 /** The first `k` of the candidates in order, kept in one pass by a bounded max-heap and sorted. */
-const firstInOrder = (candidates: Int32Array, count: number, k: number, before: (a: number, b: number) => boolean): ((i: number) => number) => {
+const firstInOrder = (candidates: Int32Array, count: number, k: number, rank: Float64Array, before: (a: number, b: number) => boolean): ((i: number) => number) => {
   const heap = new Int32Array(k) // max-heap: the last in order on top
   let size = 0
   const siftDown = (i: number): void => {
@@ -117,6 +123,7 @@ const firstInOrder = (candidates: Int32Array, count: number, k: number, before: 
     }
     heap[i] = item
   }
+  // Once the heap is full, most entries come after its top by their primary key alone: no call for those.
   for (let j = 0; j < count; j++) {
     const x = candidates[j]!
     if (size < k) {
@@ -128,7 +135,7 @@ const firstInOrder = (candidates: Int32Array, count: number, k: number, before: 
         i = p
       }
       heap[i] = x
-    } else if (before(x, heap[0]!)) {
+    } else if (rank[x]! < rank[heap[0]!]! || (rank[x]! === rank[heap[0]!]! && before(x, heap[0]!))) {
       heap[0] = x
       siftDown(0)
     }

@@ -265,6 +265,26 @@ describe("eviction policies: evict n or nothing", () => {
       { numRuns: 300 },
     )
   })
+
+  it("take entries in the order of a full sort (primary, then recency, then key), few of many or most of them", () => {
+    const primaries = { lru: (e: { lastAccess: number }) => e.lastAccess, lfu: (e: { accesses: number }) => e.accesses, importance: (e: { score: number; scoredAt: number }) => (e.score > 0 ? Math.log2(e.score) : -Infinity) + e.scoredAt / 1024 }
+    const arbView = fc.uniqueArray(
+      fc.record({ key: fc.integer({ min: 0, max: 400 }).map(String), length: fc.integer({ min: 1, max: 9 }), lastAccess: fc.integer({ min: 0, max: 6 }), accesses: fc.integer({ min: 1, max: 3 }), score: fc.integer({ min: 0, max: 3 }), scoredAt: fc.integer({ min: 0, max: 6 }) }),
+      { selector: (e) => e.key, maxLength: 200 },
+    )
+    fc.assert(
+      fc.property(arbView, fc.integer({ min: 0, max: 300 }), fc.array(fc.integer({ min: 0, max: 400 }).map(String), { maxLength: 60 }), fc.constantFrom("lru", "lfu", "importance") as fc.Arbitrary<keyof typeof primaries>, (view, need, pins, name) => {
+        const pinned = new Set(pins)
+        const primary = primaries[name] as (e: (typeof view)[number]) => number
+        const sorted = view.filter((e) => !pinned.has(e.key)).sort((a, b) => primary(a) - primary(b) || a.lastAccess - b.lastAccess || (a.key < b.key ? -1 : 1))
+        const want: string[] = []
+        let freed = 0
+        for (const e of sorted) if (freed < need) (want.push(e.key), (freed += e.length))
+        expect(policies[name].select(view, need, pinned)).toEqual(freed < need ? null : want)
+      }),
+      { numRuns: 400 },
+    )
+  })
 })
 
 describe("exact eviction orders (one chunk of one byte per slot)", () => {
