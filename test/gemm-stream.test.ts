@@ -56,9 +56,7 @@ describe("gemm_stream", () => {
     const forms: Array<[boolean, string, SkinnyCase]> = [
       [true, "8x1/64", cases[1]!],
       [false, "4x2", cases[1]!],
-      [false, "2x1", { ...cases[2]!, M: 2 }],
-      [true, "4x2f", cases[1]!],
-      [true, "2x1f", cases[2]!],
+      [true, "2x1f", { ...cases[2]!, M: 2 }],
     ]
     for (const [i, [subgroups, form, c]] of forms.entries()) {
       expect(await check(subgroups, form, c, 70 + i), `${form}${subgroups ? "" : " without subgroups"} ${JSON.stringify(c)}`).toBeLessThan(GEMM_TOLERANCE)
@@ -106,28 +104,27 @@ describe("a decode batch on the streamed projections", () => {
     try {
       const alone = []
       for (const [i, m] of models.entries()) alone.push((await generate(m, prompts[i]!, { maxTokens: tokens, temperature: 0 })).ids)
-      // The default form, then the f32 rows of x (half_rows' F32, a scratch of f32).
-      for (const stream of [STREAM_FORM, parseStreamForm("4x2f")]) {
-        const batch = await DecodeBatch.open(lead, 3, "stream", { stream })
-        try {
-          const greedy = (step: number) => ({ outSlot: step, temperature: 0, seed: 0, step })
-          for (const [i, m] of models.entries()) {
-            m.reset()
-            await m.prefill(prompts[i]!)
-            m.sample(greedy(0))
-          }
-          // Steps 1-2: three rows (a pass of 4); step 3: rows 0 and 1 (a pass of 2), row 2 alone;
-          // step 4: row 2 (one row: the GEMVs), rows 0 and 1 alone.
-          for (let s = 1; s < tokens; s++) {
-            const inBatch = s < 3 ? models : s === 3 ? models.slice(0, 2) : models.slice(2)
-            for (const m of models) if (!inBatch.includes(m)) await m.decode(s - 1, greedy(s))
-            await batch.step(inBatch.map((model) => ({ model, inSlot: s - 1, sample: greedy(s) })))
-          }
-          const batched = await Promise.all(models.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 0, tokens * 4))]))
-          expect(batched, streamFormName(stream)).toEqual(alone)
-        } finally {
-          batch.destroy()
+      // The default form (X32's scratch of f32 rows is left to the kernel checks above: each
+      // form compiles a dozen pipelines, seconds each on lavapipe without its shader cache).
+      const batch = await DecodeBatch.open(lead, 3, "stream")
+      try {
+        const greedy = (step: number) => ({ outSlot: step, temperature: 0, seed: 0, step })
+        for (const [i, m] of models.entries()) {
+          m.reset()
+          await m.prefill(prompts[i]!)
+          m.sample(greedy(0))
         }
+        // Steps 1-2: three rows (a pass of 4); step 3: rows 0 and 1 (a pass of 2), row 2 alone;
+        // step 4: row 2 (one row: the GEMVs), rows 0 and 1 alone.
+        for (let s = 1; s < tokens; s++) {
+          const inBatch = s < 3 ? models : s === 3 ? models.slice(0, 2) : models.slice(2)
+          for (const m of models) if (!inBatch.includes(m)) await m.decode(s - 1, greedy(s))
+          await batch.step(inBatch.map((model) => ({ model, inSlot: s - 1, sample: greedy(s) })))
+        }
+        const batched = await Promise.all(models.map(async (m) => [...new Uint32Array(await readBack(gpu.device, m.tokenIds, 0, tokens * 4))]))
+        expect(batched).toEqual(alone)
+      } finally {
+        batch.destroy()
       }
     } finally {
       for (const m of models.slice(1)) m.destroy()
