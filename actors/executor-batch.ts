@@ -19,15 +19,18 @@
 // GPU budget, lanes of a policy that keeps all KV on the GPU take their blocks from one store
 // of the budget's size (engine/kv/block-store.ts), so that a
 // batch of full-attention lanes attends all of them in one dispatch a layer
-// (engine/batch-attention.ts); admission keeps their blocks within it. Only this module's
-// functions change the lanes.
+// (engine/batch-attention.ts); admission keeps their blocks within it. A session run's lane
+// stays on the GPU after it, on the session, while no other run wants the GPU (`parked`):
+// the session's next question goes on in it. Only this module's functions change the lanes.
 import { BatchLoop } from "../engine/batch-loop.ts"
 import type { GenerateOptions, GenerateResult } from "../engine/generate.ts"
 import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTiers } from "../engine/kv/registry.ts"
 import type { GpuModel } from "../engine/model.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
 import { TierPeers, type TierStats } from "../engine/kv/tiered/index.ts"
+import { runPhase } from "../kv/run-phases.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
+import type { SessionLane } from "./executor-sessions.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { PrefixHolds } from "../kv/prefix-holds.ts"
 import { KvAdmission } from "./kv-admission.ts"
@@ -52,6 +55,8 @@ export interface BatchDeps {
 
 /** Extra tokens a lane holds beyond prompt + max_tokens (the tiered tail's slack). */
 const LANE_SLACK = 16
+/** Extra tokens a session run's lane holds, so that it can stay for the session's next questions (parked). */
+const SESSION_ROOM = 4096
 
 export const executorBatch = (deps: BatchDeps) => {
   let loop: BatchLoop | undefined
@@ -156,23 +161,72 @@ export const executorBatch = (deps: BatchDeps) => {
   }
 
   /**
-   * Builds a lane for `tokens` tokens once its KV is admitted, hands it to `use` (which runs
-   * it through the loop), and frees it when `use` ends.
+   * The lane of the last session run, kept with its admission (its GPU budget share) while no
+   * other run wants one: that session's next run goes on in it (no lane to build, no chunk
+   * tables and abstracts to resume from LMDB, the chunks its GPU slots hold not uploaded
+   * again; a 16-token question to a 32K document paid all three). Any other run, a serial
+   * one, a policy or weights change, or the session's close or delete lets it go first.
    */
-  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop, session: string) => Promise<T>, movable = false): Promise<T> => {
+  let parked: { readonly stored: string; readonly lane: GpuModel; readonly session: string; readonly reserved: number | undefined; readonly gpuBudgetBytes: number | undefined; readonly main: GpuModel; readonly policy: ResolvedPolicy } | undefined
+  /** Serial runs waiting for the executor: no lane is parked for a session meanwhile. */
+  let serialWaiting = 0
+  /** Session runs that went on in a parked lane, since start. */
+  let warmRuns = 0
+
+  /** Lets the parked lane go (only where it is stored session `stored`, if given). */
+  const unpark = (stored?: string): void => {
+    const p = parked
+    if (!p || (stored !== undefined && p.stored !== stored)) return
+    parked = undefined
+    try {
+      p.lane.reset()
+      p.lane.destroy()
+    } finally {
+      admission.release(p.reserved)
+      freeIdleStore()
+    }
+  }
+
+  /** The parked lane for a run on stored session `stored` of `tokens` tokens, if it can go on there; any other lets the parked one go. */
+  const takeParked = (stored: string | undefined, tokens: number, policy: ResolvedPolicy) => {
+    const p = parked
+    if (p && p.stored === stored && p.policy === policy && p.main === deps.model() && p.lane.maxContext >= tokens) {
+      parked = undefined
+      warmRuns++
+      return p
+    }
+    unpark()
+    return undefined
+  }
+
+  /**
+   * Builds a lane for `tokens` tokens once its KV is admitted, hands it to `use` (which runs
+   * it through the loop), and frees it when `use` ends. A run on stored session `stored`
+   * takes the lane parked on it, if any, and parks its own where `use` calls park().
+   */
+  const withLane = async <T>(runId: string, tokens: number, use: (lane: GpuModel, loop: BatchLoop, session: string, parking: SessionLane) => Promise<T>, movable = false, stored?: string): Promise<T> => {
     const policy = deps.policy()
-    const { reserved, gpuBudgetBytes } = await admit(policy, tokens)
+    let t = performance.now()
+    const reuse = takeParked(stored, tokens, policy)
+    // A session's lane is built with room for its next questions, so that it can stay for them.
+    if (stored !== undefined && !reuse) tokens = Math.min(tokens + SESSION_ROOM, deps.model().maxContext)
+    const { reserved, gpuBudgetBytes } = reuse ?? (await admit(policy, tokens))
+    t = runPhase("admit", t)
+    let parks = false
     try {
       if (isTiered(policy) && gpuBudgetBytes !== undefined) shares.set(runId, gpuBudgetBytes)
       const main = deps.model()
-      const session = `${deps.session}-lane-${laneCount++}`
+      const session = reuse?.session ?? `${deps.session}-lane-${laneCount++}`
       const kv = kvEngineOptions(policy, { ...deps.tiers, gpuBudgetBytes, session, peers }, main.config, tokens)
-      const model = await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) })
+      const model = reuse?.lane ?? (await main.sibling({ maxContext: tokens, ...kv, ...(isTiered(policy) ? {} : { kvBlocks: sharedBlocks(main) }) }))
       lanes.set(runId, model)
+      runPhase("lane", t)
       if (movable && shares.has(runId)) reshare.add(runId, { session, minBytes: laneMinBytes(policy, tokens) })
       loop ??= new BatchLoop(main, { capacity: deps.maxBatch, prefillSlice: deps.prefillSlice, ...(process.env.LEOAM_RESHARE === "0" ? {} : { between: () => reshare.atBoundary(), betweenWaits: () => reshare.wanted() }) }, deps.beforeStep)
+      // LEOAM_SESSION_PARK=0: no lane stays (every session run resumes from the tiers, to compare).
+      const parking = { warm: reuse !== undefined, park: () => (parks = stored !== undefined && process.env.LEOAM_SESSION_PARK !== "0") }
       try {
-        return await use(model, loop, session)
+        return await use(model, loop, session, parking)
       } finally {
         try {
           // Runs waiting to start that begin like this one take its prompt's chunks from a hold.
@@ -184,7 +238,11 @@ export const executorBatch = (deps: BatchDeps) => {
         // The lane now: another if it moved to another share; none left if a move lost it.
         const now = lanes.get(runId) ?? model
         lanes.delete(runId)
-        if (!reshare.remove(runId)) {
+        // Parked only where nothing waits for the executor's budget or the executor itself.
+        const moved = reshare.remove(runId)
+        parks &&= !moved && admission.stats.waiting === 0 && serialWaiting === 0 && deps.policy() === policy && deps.model() === main
+        if (parks) parked = { stored: stored!, lane: now, session, reserved: shares.get(runId) ?? reserved, gpuBudgetBytes, main, policy }
+        else if (!moved) {
           now.reset()
           now.destroy()
         }
@@ -193,7 +251,7 @@ export const executorBatch = (deps: BatchDeps) => {
     } finally {
       const held = shares.get(runId) ?? reserved
       shares.delete(runId)
-      admission.release(held)
+      if (!parks) admission.release(held)
     }
   }
 
@@ -215,14 +273,29 @@ export const executorBatch = (deps: BatchDeps) => {
 
     /**
      * A session run in the batch: a lane of `tokens` tokens (the session's document, the
-     * run's prompt and its tokens) where `use` resumes the session and generates through
-     * the loop (`generate` with `continue`; `maxTokens` 0 only prefills).
+     * run's prompt and its tokens; room for later questions besides) where `use` resumes
+     * stored session `stored` (or goes on in the lane parked on it: `parking.warm`) and
+     * generates through the loop (`generate` with `continue`; `maxTokens` 0 only prefills).
      */
-    session: <T>(runId: string, tokens: number, use: (lane: GpuModel, generate: (prompt: ReadonlyArray<number>, options: GenerateOptions) => Promise<GenerateResult>) => Promise<T>): Promise<T> =>
-      withLane(runId, Math.min(tokens + LANE_SLACK, deps.model().maxContext), (lane, loop) => use(lane, (prompt, options) => loop.generate(lane, prompt, { ...options, continue: true }))),
+    session: <T>(runId: string, stored: string, tokens: number, use: (lane: GpuModel, generate: (prompt: ReadonlyArray<number>, options: GenerateOptions) => Promise<GenerateResult>, parking: SessionLane) => Promise<T>): Promise<T> =>
+      withLane(runId, Math.min(tokens + LANE_SLACK, deps.model().maxContext), (lane, loop, _, parking) => use(lane, (prompt, options) => loop.generate(lane, prompt, { ...options, continue: true }), parking), false, stored),
+
+    /** Chunk bytes the GPU slots of the lane parked on stored session `stored` hold, else 0. */
+    parkedBytes: (stored: string): number => (parked?.stored === stored ? (parked.lane.tierStats()?.bytes_stored.gpu ?? 0) : 0),
+
+    /** Lets the lane parked on stored session `stored` go (its close or delete). */
+    leaveSession: (stored: string): void => unpark(stored),
 
     /** Takes the executor alone (a serial run): once the batch is empty, holding new lanes back meanwhile. */
-    enterSerial: (): Promise<void> => admission.enterSerial(),
+    enterSerial: async (): Promise<void> => {
+      serialWaiting++
+      try {
+        unpark()
+        await admission.enterSerial()
+      } finally {
+        serialWaiting--
+      }
+    },
     leaveSerial: (): void => admission.leaveSerial(),
 
     /** The batch for admin stats. */
@@ -233,6 +306,8 @@ export const executorBatch = (deps: BatchDeps) => {
       waiting_for_kv: admission.stats.waiting,
       kv_reserved_bytes: admission.stats.reservedBytes,
       shared_prefix_tokens: sharedTokens,
+      warm_session_runs: warmRuns,
+      parked_session_lanes: parked ? 1 : 0,
       attended_together_steps: loop?.attendedTogether ?? 0,
       steps_ahead: loop?.stepsAhead ?? 0,
       ...(peers ? { gpu_peer_copies: { chunks: peers.copies, bytes: peers.bytes, lanes: peers.size } } : {}),
@@ -249,6 +324,7 @@ export const executorBatch = (deps: BatchDeps) => {
     models: (): GpuModel[] => [...lanes.values()],
 
     destroy: () => {
+      unpark()
       loop?.destroy()
       blocks?.store.destroy()
       for (const old of retired) old.destroy()

@@ -7,6 +7,7 @@
 // session take turns (`exclusive`), and a session is never evicted while a run uses it.
 import type { GenerateResult } from "../engine/generate.ts"
 import type { GpuModel } from "../engine/model.ts"
+import type { TierStats } from "../engine/kv/tiered/index.ts"
 import { kvBytesPerToken } from "../engine/kv/registry.ts"
 import type { HostArena } from "../kv/host-arena.ts"
 import { SessionStore, type StoredSession } from "../kv/session-store.ts"
@@ -14,6 +15,7 @@ import { evictionPlan } from "../kv/session-eviction.ts"
 import type { DiskStore } from "../kv/disk-store.ts"
 import { linkSharedPrefix, prefixChunkKeys, type PrefixIndex } from "../kv/prefix-index.ts"
 import { releaseHostEntry, releaseHostPlaces } from "../kv/tier-io.ts"
+import { reportPhase, runPhase } from "../kv/run-phases.ts"
 import { leoamError } from "../protocol/errors.ts"
 import type { RunRequest, RunSession, SessionRecordWire } from "../protocol/internal.ts"
 
@@ -29,12 +31,27 @@ export interface SessionContext {
   readonly diskBudget?: number
   /** Who holds which document and prompt chunks: the stored sessions (kept here) and the batch's running lanes. */
   readonly prefixes: PrefixIndex
+  /** GPU bytes of the lane parked on session `id` (actors/executor-batch.ts), else 0. */
+  readonly gpuBytes?: (id: string) => number
 }
 
 /** What a session run did, for the run's reply. */
 export interface SessionOutcome {
   readonly r: GenerateResult
+  /** The run's tiered cache counters, read before it leaves the session (which starts new ones). */
+  readonly kv?: TierStats
   readonly session: { readonly id: string; readonly tokens: number; readonly prompt_tokens: number }
+}
+
+/**
+ * A lane of the batch that may stay on the session between its runs, on the GPU
+ * (actors/executor-batch.ts): `warm` when it holds the session's first `length` tokens as
+ * its last run left them (nothing to resume, nothing to upload that is still resident);
+ * `park()` at the end of a run that left it so keeps it for the next.
+ */
+export interface SessionLane {
+  readonly warm: boolean
+  park(): void
 }
 
 /** Generates `maxTokens` at most after `prompt`, continuing the sequence the model holds (0: prefills only). */
@@ -101,8 +118,8 @@ export const executorSessions = (ctx: SessionContext) => {
     created: s.created,
     last_used: s.lastUsed,
     open: open.has(s.id),
-    // A session is on the GPU only while a run uses it (then the cache holds its chunks).
-    bytes: { gpu: 0, host: hostBytes(s.id), disk: store.diskBytes(s.id) },
+    // A session is on the GPU while a run uses it, and after one in the lane parked on it (its cache's slots).
+    bytes: { gpu: ctx.gpuBytes?.(s.id) ?? 0, host: hostBytes(s.id), disk: store.diskBytes(s.id) },
   })
 
   /** Refuses a session under a policy that cannot hold it: GPU-only policies, another model or chunk size. */
@@ -169,8 +186,20 @@ export const executorSessions = (ctx: SessionContext) => {
     return model.openSession(id)
   }
 
+  /** Leaves the run's tokens past `keep` (a question's) and stays on the session; false where the tail lost tokens it needs (then close). */
+  const stay = (model: GpuModel, keep: number): boolean => {
+    try {
+      model.closeSession(keep, true)
+      return true
+    } catch (e) {
+      if (e instanceof RangeError) return false
+      throw e
+    }
+  }
+
   /** One run on a session (inside `exclusive`): see RunSession. `prefill` prefills a document (open, append). */
-  const run = async (model: GpuModel, req: RunRequest, rs: RunSession, generate: Generator, prefill: Generator = prefillOnly(model)): Promise<SessionOutcome> => {
+  const run = async (model: GpuModel, req: RunRequest, rs: RunSession, generate: Generator, prefill: Generator = prefillOnly(model), lane?: SessionLane): Promise<SessionOutcome> => {
+    let t = performance.now()
     const existing = rs.op === "open" ? store.get(rs.id) : owned(rs.id, rs.owner)
     if (rs.op === "open" && existing) throw leoamError("invalid_request", `session "${rs.id}" exists`)
     const chunkTokens = check(model, existing)
@@ -185,21 +214,29 @@ export const executorSessions = (ctx: SessionContext) => {
     }
     // A new document that begins like a stored one shares its whole chunks (written once, on disk).
     const shared = rs.op === "open" ? sharePrefix(rs.id, rs.owner, req.ids, chunkTokens, model.config.numLayers) : 0
-    const sealed = resume(model, rs.id, doc.length + shared)
+    t = runPhase("find", t)
+    const sealed = lane?.warm && model.length <= doc.length + shared ? model.length : resume(model, rs.id, doc.length + shared)
+    t = runPhase("resume", t)
     const prompt = [...doc, ...req.ids].slice(sealed)
     let keep = doc.length
     let ids = doc
+    let parked = false
     try {
       let r: GenerateResult
       if (rs.op === "generate") {
         r = await generate(prompt, Math.min(req.max_tokens, model.maxContext - total))
       } else if (prompt.length > 0) r = await prefill(prompt, 0)
       else r = { ids: [], finishReason: "length", promptTokens: 0, timings: { prefillMs: 0, decodeMsPerToken: 0, totalMs: 0 } }
+      reportPhase("first token", r.timings.prefillMs)
+      t = runPhase("decode", t + r.timings.prefillMs)
+      const kv = model.tierStats()
       if (rs.op !== "generate" || rs.keep) {
         ids = [...doc, ...req.ids, ...r.ids]
         keep = ids.length
       }
-      model.closeSession(keep)
+      // A lane the batch may keep stays on the session, on the GPU, for its next run.
+      const stays = lane !== undefined && stay(model, keep)
+      if (!stays) model.closeSession(keep)
       // The record follows its chunks: durable only once they are.
       if (ids !== doc) await ctx.store.flush()
       const p = ctx.policy()
@@ -209,10 +246,15 @@ export const executorSessions = (ctx: SessionContext) => {
         const gone = evict(rs.id)
         if (gone.length > 0) process.stderr.write(`leoam gpu-executor: --kv-disk-budget ${ctx.diskBudget}: evicted ${gone.length} least recently used session(s): ${gone.join(", ")}\n`)
       }
-      return { r, session: { id: rs.id, tokens: ids.length, prompt_tokens: total, ...(shared > 0 ? { shared_tokens: shared } : {}) } }
+      runPhase("close", t)
+      if (stays) {
+        lane!.park()
+        parked = true
+      }
+      return { r, ...(kv ? { kv } : {}), session: { id: rs.id, tokens: ids.length, prompt_tokens: total, ...(shared > 0 ? { shared_tokens: shared } : {}) } }
     } finally {
-      // Idempotent: after a failure the question's chunks go, the document's stay.
-      model.closeSession(keep)
+      // Idempotent: after a failure the question's chunks go, the document's stay (and the lane leaves the session).
+      if (!parked) model.closeSession(keep)
     }
   }
 
@@ -224,8 +266,8 @@ export const executorSessions = (ctx: SessionContext) => {
 
   return {
     /** One run on a session, after the earlier ones on it; `model` builds (or is) the model it runs in, for `tokensFor` tokens. */
-    run: (req: RunRequest, rs: RunSession, use: (tokens: number, run: (model: GpuModel, generate: Generator, prefill?: Generator) => Promise<SessionOutcome>) => Promise<SessionOutcome>) =>
-      exclusive(rs.id, () => use(tokensFor(req, rs), (model, generate, prefill) => run(model, req, rs, generate, prefill))),
+    run: (req: RunRequest, rs: RunSession, use: (tokens: number, run: (model: GpuModel, generate: Generator, prefill?: Generator, lane?: SessionLane) => Promise<SessionOutcome>) => Promise<SessionOutcome>) =>
+      exclusive(rs.id, () => use(tokensFor(req, rs), (model, generate, prefill, lane) => run(model, req, rs, generate, prefill, lane))),
     exclusive,
     info: (id: string, owner: string): SessionRecordWire => wire(owned(id, owner)),
     /** Frees the session's host memory; its chunks and record stay on disk. */

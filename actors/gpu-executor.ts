@@ -219,6 +219,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         modelName: s.description.name,
         policy: () => ({ chunkTokens: s.policy.resolved.chunkTokens, adaptive: s.policy.resolved.chunkMinTokens !== undefined, version: s.policy.version, name: s.policy.resolved.name }),
         diskBudget: options.sessionDiskBudget,
+        gpuBytes: (id) => batch?.parkedBytes(id) ?? 0,
       })
 
     const maxBatch = Math.max(1, options.maxBatch ?? 1)
@@ -323,10 +324,7 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       const inSession = (rs: NonNullable<RunRequest["session"]>) =>
         sessions!.run(req, rs, (tokens, runIn) =>
           batch
-            ? batch.session(req.run_id, tokens, async (lane, generateIn) => ({
-                ...(await runIn(lane, (prompt, n) => generateIn(prompt, genOptions(n)), (prompt) => generateIn(prompt, genOptions(0)))),
-                kv: lane.tierStats(),
-              }))
+            ? batch.session(req.run_id, rs.id, tokens, (lane, generateIn, parking) => runIn(lane, (prompt, n) => generateIn(prompt, genOptions(n)), (prompt) => generateIn(prompt, genOptions(0)), parking))
             : runIn(model, (prompt, n) => gen(prompt, n, true)),
         )
       const maxTokens = Math.min(req.max_tokens, model.maxContext - req.ids.length)
@@ -336,7 +334,8 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
       )
       const r = out.r
       const cancelled = s.cancelled.has(req.run_id)
-      const stats = batched ? out.kv : model.tierStats()
+      // A session run's counters are read before it leaves the session (SessionOutcome.kv).
+      const stats = out.kv ?? (batched ? undefined : model.tierStats())
       const t = s.totals
       t.decodeSteps += issued
       t.decodeMs += firstStepAt === undefined ? 0 : performance.now() - firstStepAt
@@ -406,11 +405,20 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
         if (!sessions) return yield* leoamError("session_not_found", `no session "${id}": this gpu-executor keeps none (no disk store)`)
         if (op === "info") return yield* engine(() => sessions.info(id, owner))
         // Never beside a run on the same session: close and delete wait for the runs on it before them.
-        if (op === "close") return yield* enginePromise(() => sessions.exclusive(id, () => sessions.close(id, owner)))
+        if (op === "close") {
+          return yield* enginePromise(() =>
+            sessions.exclusive(id, () => {
+              const info = sessions.close(id, owner)
+              batch?.leaveSession(id)
+              return info
+            }),
+          )
+        }
         return yield* enginePromise(() =>
           sessions.exclusive(id, () => {
             const info = sessions.info(id, owner)
             sessions.delete(id, owner)
+            batch?.leaveSession(id)
             return info
           }),
         )

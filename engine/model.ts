@@ -399,9 +399,9 @@ export class GpuModel {
     return this.kv.openSession(id)
   }
 
-  /** Leaves the stored session, keeping its first `keepTokens` tokens' sealed chunks in the tiers (call after settle). */
-  closeSession(keepTokens: number): void {
-    this.kv.closeSession?.(keepTokens)
+  /** Leaves the stored session, keeping its first `keepTokens` tokens' sealed chunks in the tiers (call after settle); `stay`: stays on it, holding them (KvManager.closeSession). */
+  closeSession(keepTokens: number, stay = false): void {
+    this.kv.closeSession?.(keepTokens, stay)
   }
 
   kvStats(): KvStats {

@@ -113,6 +113,9 @@ export const BatchStats = Schema.Struct({
   kv_reserved_bytes: Schema.Number,
   /** Prompt tokens whose chunks requests linked from a running request's or a stored session's (a shared prefix) instead of prefilling them, since start. */
   shared_prefix_tokens: Schema.optional(Schema.Number),
+  /** Session runs that went on in the lane parked on their session (kept on the GPU since its last run: nothing resumed from LMDB, the chunks it holds not uploaded), since start; lanes parked now (0 or 1). */
+  warm_session_runs: Schema.optional(Schema.Number),
+  parked_session_lanes: Schema.optional(Schema.Int),
   /** Batched decode steps whose rows attended in one dispatch a layer (full-attention lanes in the GPU budget's block store), since start. */
   attended_together_steps: Schema.optional(Schema.Number),
   /** Batched decode steps encoded before the step before them was read back (the GPU ran them while the host read), since start. */

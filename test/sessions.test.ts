@@ -95,6 +95,8 @@ describe("sessions", () => {
     expect(second.ids).toEqual(want.ids)
     expect(second.usage).toEqual(want.usage)
     expect(second.session).toBeUndefined()
+    // The questions go on in the open's lane, parked on the session: every document chunk is still in its GPU slots, none uploaded.
+    for (const r of [first, second]) expect([r.kv.gpu.misses, r.kv.host.hits, r.kv.disk.hits]).toEqual([0, 0, 0])
     console.log(`TTFT: fresh generate of ${doc.length + q1.length} tokens ${want.timings.prefill_ms.toFixed(1)} ms; session question ${first.timings.prefill_ms.toFixed(1)} / ${second.timings.prefill_ms.toFixed(1)} ms`)
   })
 
@@ -188,8 +190,13 @@ describe("sessions", () => {
   })
 
   it("close keeps it on disk; delete frees its disk entries", async () => {
+    const root = await client("root")
+    const parked = async () => (await ask(root, adminSubjects.stats, {})).json.batch.parked_session_lanes
+    // The last test's question left its lane on the session, on the GPU; close lets it go.
+    expect(await parked()).toBe(1)
     const closed = await ask(ann, sessionSubjects.close, { session })
     expect(closed.json).toEqual({ session, closed: true })
+    expect(await parked()).toBe(0)
     const listed = (await ask(ann, sessionSubjects.list, {})).json.sessions[0]
     expect(listed).toMatchObject({ open: false, bytes: { host: 0 } })
     expect(listed.bytes.disk).toBeGreaterThan(0)

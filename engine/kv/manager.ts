@@ -207,9 +207,12 @@ export interface KvManager<P = unknown> {
   openSession?(id: string): number
   /**
    * Leaves the stored session (after `settle`): its sealed chunks past `keepTokens` are dropped
-   * from every tier, the rest stay; the manager is back on its own sequence, empty.
+   * from every tier, the rest stay; the manager is back on its own sequence, empty. With
+   * `stay` it stays on the session instead, holding its first `keepTokens` tokens (at most
+   * the sequence) where they are, GPU cache included, for the session's next run to go on
+   * from (a RangeError where the tail no longer holds its last tokens: close without then).
    */
-  closeSession?(keepTokens: number): void
+  closeSession?(keepTokens: number, stay?: boolean): void
   stats(): KvStats
   /**
    * Benchmarks: appends `tokens` tokens without their prefill. Before each batch of appends

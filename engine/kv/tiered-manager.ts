@@ -466,8 +466,8 @@ export class TieredManager implements KvManager<TieredPolicy> {
     return this.t.openSession(id)
   }
 
-  closeSession(keepTokens: number): void {
-    this.t.closeSession(keepTokens)
+  closeSession(keepTokens: number, stay?: boolean): void {
+    this.t.closeSession(keepTokens, stay)
     this.steps = 0
   }
 

@@ -106,10 +106,8 @@ export class TieredKv {
     this.cacheSlots = layout.cacheSlots
     this.physicalBlocks = this.tailBlocks + this.cacheSlots * this.slotBlocks
     this.tables = new ChunkTables(c.numLayers, bs, this.tailBlocks, this.blockBytes)
-    this.pools = Array.from({ length: c.numLayers }, (_, l) => ({
-      k: storageBuffer(device, `L${l} tiered k pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
-      v: storageBuffer(device, `L${l} tiered v pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes),
-    }))
+    const pool = (l: number, kv: string) => storageBuffer(device, `L${l} tiered ${kv} pool (tail + cache blocks, KV, BS, D) f16`, this.physicalBlocks * this.blockBytes)
+    this.pools = Array.from({ length: c.numLayers }, (_, l) => ({ k: pool(l, "k"), v: pool(l, "v") }))
     this.scatter = layout.scatter ? new UploadScatter(device, pipelines.now(tieredPipelineKeys(c).scatter), layout.stagingSlotBytes) : undefined
     this.upload = new UploadRing(device, { slotBytes: layout.stagingSlotBytes, slots: layout.uploadSlots, label: "kv upload ring" }, this.scatter)
     this.abstracts = new AbstractCache(device, pipelines, c, layout.abstracts, this.io, policy.gpuEviction)
@@ -426,11 +424,12 @@ export class TieredKv {
   }
 
   /**
-   * Leaves the stored session (after settle): sealed chunks past `keepTokens` (a question's)
-   * are dropped from host and disk, the rest stay there; back on the scratch session, empty.
+   * Leaves the stored session (after settle): sealed chunks past `keepTokens` (a question's) are dropped from host and disk, the rest stay there; back on the scratch session, empty.
+   * `stay`: on the session still, its first `keepTokens` tokens where they are, GPU slots too (truncate's RangeError where the tail lost some).
    */
-  closeSession(keepTokens: number): void {
+  closeSession(keepTokens: number, stay = false): void {
     if (this.io.session === this.scratch) return
+    if (stay) this.truncate(Math.min(keepTokens, this.tables.tokens))
     const keep = this.tables.layers.map((L, l) => {
       let n = 0
       while (n < L.starts.length && L.starts[n] + L.sizes[n] <= keepTokens) n++
@@ -440,7 +439,8 @@ export class TieredKv {
     try {
       this.io.truncateSession(keep)
     } finally {
-      this.reset()
+      if (!stay) this.reset()
+      else this.counters = { ...emptyCounters(), stallsAtReset: this.upload.stalls }
     }
   }
 
