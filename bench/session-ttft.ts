@@ -55,14 +55,17 @@ const bench = await startBenchNode("session-ttft", {
 })
 // Where each request's time goes (the node runs in this process): the session run's phases
 // (kv/run-phases.ts) and, inside them, the tiered cache's host phases (kv/step-trace.ts), summed.
-let phases: Partial<Record<RunPhase | TraceLane, number>> = {}
+let phases: Partial<Record<RunPhase | TraceLane | "gpu hits" | "gpu misses", number>> = {}
 setRunPhases((phase, ms) => (phases[phase] = (phases[phase] ?? 0) + ms))
 setStepTrace({ span: (lane, t0, t1) => (phases[lane] = (phases[lane] ?? 0) + t1 - t0) })
 const ask = async (subject: string, body: unknown) => {
   phases = {}
   const t0 = performance.now()
   const json = await bench.ask(subject, body)
-  return { json, ms: performance.now() - t0, phases }
+  const ms = performance.now() - t0
+  // The run's chunk windows the lane's GPU slots held, and those it uploaded (or copied from a peer).
+  if (json.kv) Object.assign(phases, { "gpu hits": json.kv.gpu.hits, "gpu misses": json.kv.gpu.misses })
+  return { json, ms, phases }
 }
 const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 131 + salt * 17) % 3000))
 const rows: Array<{ what: string; prefill_ms: number; round_trip_ms: number; same_ids?: boolean; cached_tokens?: number; phases_ms?: typeof phases }> = []
@@ -109,7 +112,7 @@ console.log(`model ${opts.model}, policy ${opts.policy}, document ${opts.tokens}
 console.log("what".padEnd(48), "TTFT ms".padStart(10), "round trip ms".padStart(14), " same ids", " cached")
 for (const r of rows) console.log(r.what.padEnd(48), r.prefill_ms.toFixed(1).padStart(10), r.round_trip_ms.toFixed(1).padStart(14), r.same_ids === undefined ? "" : ` ${r.same_ids}`, r.cached_tokens ?? "")
 console.log("phases, ms (host->GPU, flush and disk read are spans inside them, summed over layers):")
-for (const r of rows) console.log(" ", r.what.padEnd(46), Object.entries(r.phases_ms ?? {}).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", "))
+for (const r of rows) console.log(" ", r.what.padEnd(46), Object.entries(r.phases_ms ?? {}).map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toFixed(1)}`).join(", "))
 const first = opts.fresh ? "fresh" : "open"
 console.log(`median TTFT: ${first} ${median(fresh).toFixed(1)} ms, session ${median(session).toFixed(1)} ms: ${(median(fresh) / median(session)).toFixed(1)}x`)
 if (shared.length > 0) console.log(`median TTFT of a generate sharing the session's prefix: ${median(shared).toFixed(1)} ms: ${(median(fresh) / median(shared)).toFixed(1)}x`)
