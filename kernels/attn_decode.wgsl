@@ -16,6 +16,13 @@
 //   part_o:   (M, H, S, D) f32;  part_ml: (M, H, S) vec2 (max score, sum of exp); workgroup
 //             `split` writes partial s0 + split, so passes over several lists (windows of a
 //             tiered cache) fill disjoint partials that one attn_combine merges
+//   QFOLD:    (with QUANT) kernels/lib/attn_decode_quant.wgsl instead: the same entries, bindings
+//             and partials, the per-block key scales loaded once per tile and the mins folded
+//             into a bias, rows read as whole vec4<u32> words, 8 value channels a thread
+//             (LEOAM_QUANT_ATTN=fold; bench/attn-decode-quant.ts times both)
+#if QFOLD
+#include lib/attn_decode_quant.wgsl
+#else
 struct Params {
   H: u32, KV: u32, BS: u32, EPS: u32, S: u32, scale: f32, per_head: u32, s0: u32,
 #if QUANT
@@ -253,3 +260,4 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     part_ml[(m * p.H + kvh * G + lid) * p.S + p.s0 + split] = vec2<f32>(mrun[lid], ltot[lid]);
   }
 }
+#endif

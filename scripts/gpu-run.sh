@@ -212,9 +212,18 @@
 #        tiered-bench at LongChat-7B 32K, GPU 6 GiB, host 8 GiB, leoam against leoam+recompute
 #        (recompute always; random hidden records beside every chunk), warm and cold disk,
 #        stopped at RECOMPUTE_E2E_S (default 330 s)
+#   attn-quant: decode attention over compressed slots (issue 13 §2; bundle: `bash
+#        scripts/gpu-bundle.sh golden-check attn-decode-quant tiered-bench`): the golden check,
+#        then bench/attn-decode-quant.ts (attn_decode alone, fp16 against int8 and int4 in QUANT's
+#        first form and its fold form, LEOAM_QUANT_ATTN=fold, at 8B and LongChat-7B heads over 4K,
+#        16K and 64K tokens, 32 layers a submit; first its check of both forms against the CPU
+#        reference on small mixed lists), stopped at ATTNQ_S (default 200 s); extra arguments go
+#        to it. Then (ATTNQ_E2E=0 skips it) tiered-bench at 8B 64K, GPU 6 GiB, host 8 GiB,
+#        leoam+all (int4, pipeline, prefetch) with the first form and then the fold form, each
+#        stopped at ATTNQ_E2E_S (default 140 s)
 set -euo pipefail
 suite="${1:-all}"
-case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|prefetch-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute) shift || true ;; *) suite=all ;; esac
+case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|prefetch-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute|attn-quant) shift || true ;; *) suite=all ;; esac
 out="${OUT:-bench/results}"
 # GOLDEN_CHECK=0: every mode skips its golden check (a combined run checks once, up front).
 # ABSTRACTS_CONTEXTS (default "65536 131072"): the contexts of the abstracts mode.
@@ -245,6 +254,23 @@ if [ "$suite" = compare ]; then
       timeout 120 node "$dir/decode-compare.mjs" llama-3.1-8b 1024 8192 128 2>&1 | tee -a "$out/compare.txt" || true
     done
   done
+  exit 0
+fi
+if [ "$suite" = attn-quant ]; then
+  timeout 60 node "$golden" models/tiny-leo-14m 2>&1 | tee "$out/golden-check.txt" || echo "golden check: FAILED"
+  timeout "${ATTNQ_S:-200}" node .bench-bundle/attn-decode-quant.mjs --out "$out/attn-decode-quant.json" "$@" 2>&1 \
+    | tee "$out/attn-decode-quant.txt" || echo "attn-decode-quant: failed or stopped" | tee -a "$out/attn-decode-quant.txt"
+  if [ "${ATTNQ_E2E:-1}" != 0 ]; then
+    mkdir -p /tmp/leoam-kv
+    for form in first fold; do
+      rm -rf /tmp/leoam-kv/*
+      LEOAM_QUANT_ATTN=$form timeout "${ATTNQ_E2E_S:-140}" node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam+all \
+        --all-compression 4 --pipeline-depth 2 --prefetch-layers 1 --steps 6 --max-seconds 10 --gpu-kv-budget 6GiB --host-kv-budget 8GiB \
+        --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-all-$form.json" 2>&1 | tee "$out/tiered-8b-64k-all-$form.txt" \
+        || echo "tiered-bench (64K leoam+all, $form): failed or stopped (time)" | tee -a "$out/tiered-8b-64k-all-$form.txt"
+    done
+    rm -rf /tmp/leoam-kv/*
+  fi
   exit 0
 fi
 if [ "$suite" = sessions ]; then

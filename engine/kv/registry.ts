@@ -116,7 +116,7 @@ export const kvKindOf = (spec: KvSpec, c: ModelConfig, sizes: KvSizes, attnPrefi
         pipelineKeys: [
           ...Object.values(tieredPipelineKeys(c)),
           windowedPrefillKey(attnPrefill),
-          tieredDecodeKey(attnDecodeKey(c), spec.policy),
+          tieredDecodeKey(attnDecodeKey(c), spec.policy, sizes.blockTokens),
           ...((spec.policy.compression ?? 16) !== 16 ? [quantizeKey(c, sizes.blockTokens)] : []),
           ...(spec.policy.chunkMinTokens !== undefined ? [chunkMassKey(c, sizes.blockTokens)] : []),
         ],

@@ -77,7 +77,7 @@ export class TieredManager implements KvManager<TieredPolicy> {
     this.prefill = new TieredPrefill(ctx, t)
     this.timing = AttnTiming.of(device)
     this.prefetch = new Prefetcher(device, ctx.pipelines, c, t, act.q, ctx.forecast)
-    const key = tieredDecodeKey(ctx.keys.attnDecode, policy)
+    const key = tieredDecodeKey(ctx.keys.attnDecode, policy, ctx.blockTokens)
     for (const kvl of t.pools) {
       const entries: Array<readonly [number, GPUBuffer]> = [[0, this.uAttn.buffer], [1, act.q], [2, kvl.k], [3, kvl.v], [4, t.entries], [5, t.seqs], [6, act.partO], [7, act.partML]]
       this.attnDecode.push(dispatchOf(device, ctx.pipelines.now(key), entries, 1, c.numKvHeads))

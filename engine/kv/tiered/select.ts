@@ -28,9 +28,25 @@ export const tieredPipelineKeys = (c: ModelConfig) => ({
 /** The seal's quantizer (compression below 16 bits): shapes as override constants. */
 export const quantizeKey = (c: ModelConfig, blockTokens: number): PipelineKey => ({ op: "quantize", constants: { D: c.headDim, GV: Math.min(32, c.headDim), BS: blockTokens } })
 
-/** The decode attention of a tiered cache: the model's, with dequantization fused in (QUANT) where decode's slots are compressed. */
-export const tieredDecodeKey = (base: PipelineKey, p: TieredPolicy): PipelineKey =>
-  maxBitsOf(p.compression ?? 16) === 16 ? base : { ...base, flags: { ...base.flags, QUANT: true } }
+/**
+ * The decode attention of a tiered cache: the model's, with dequantization fused in (QUANT) where
+ * decode's slots are compressed. LEOAM_QUANT_ATTN=fold picks that variant's restructured form
+ * (QFOLD: kernels/lib/attn_decode_quant.wgsl, sized by the block's tokens BS); it is not the
+ * default until a GPU run shows it correct and faster (bench/attn-decode-quant.ts; it hangs
+ * lavapipe for some shapes, so CI cannot run it).
+ */
+export const tieredDecodeKey = (base: PipelineKey, p: TieredPolicy, blockTokens: number): PipelineKey => {
+  if (maxBitsOf(p.compression ?? 16) === 16) return base
+  const fold = quantAttnForm(process.env.LEOAM_QUANT_ATTN) === "fold"
+  return { ...base, flags: { ...base.flags, QUANT: true, ...(fold ? { QFOLD: true } : {}) }, ...(fold ? { constants: { ...base.constants, BS: blockTokens } } : {}) }
+}
+
+/** LEOAM_QUANT_ATTN: "fold" or unset/"first" (the first form); anything else is an error. */
+export const quantAttnForm = (value: string | undefined): "first" | "fold" => {
+  if (value === undefined || value === "" || value === "first") return "first"
+  if (value === "fold") return "fold"
+  throw new RangeError(`LEOAM_QUANT_ATTN must be "first" or "fold", not "${value}"`)
+}
 
 /** Tokens attended per step by the policy at this length. */
 export const budgetTokens = (p: TieredPolicy, length: number, slotTokens: number): number =>
