@@ -220,7 +220,7 @@
 #        reference on small mixed lists), stopped at ATTNQ_S (default 200 s); extra arguments go
 #        to it. Then (ATTNQ_E2E=0 skips it) tiered-bench at 8B 64K, GPU 6 GiB, host 8 GiB,
 #        leoam+all (int4, pipeline, prefetch) with the first form and then the fold form, each
-#        stopped at ATTNQ_E2E_S (default 140 s)
+#        stopped at ATTNQ_E2E_S (default 140 s); ATTNQ_E2E_ARGS (e.g. --profile) go to those tiered-bench runs
 set -euo pipefail
 suite="${1:-all}"
 case "$suite" in all|engine|tiered|tiered-128k|check|quality|lab|decode|compare|gemm|compress|pipeline|pipeline-128k|disk-128k|together|together-128k|prefetch-128k|batch|mma|rows|stream|prefill|attn|flash-diag|flash-split|abstracts|sessions|prefetch-forecast|peer-share|reshare|recompute|attn-quant) shift || true ;; *) suite=all ;; esac
@@ -266,7 +266,7 @@ if [ "$suite" = attn-quant ]; then
       rm -rf /tmp/leoam-kv/*
       LEOAM_QUANT_ATTN=$form timeout "${ATTNQ_E2E_S:-140}" node .bench-bundle/tiered-bench.mjs --preset llama-3.1-8b --context 65536 --policies leoam+all \
         --all-compression 4 --pipeline-depth 2 --prefetch-layers 1 --steps 6 --max-seconds 10 --gpu-kv-budget 6GiB --host-kv-budget 8GiB \
-        --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-all-$form.json" 2>&1 | tee "$out/tiered-8b-64k-all-$form.txt" \
+        --kv-dir /tmp/leoam-kv --out "$out/tiered-8b-64k-all-$form.json" ${ATTNQ_E2E_ARGS:-} 2>&1 | tee "$out/tiered-8b-64k-all-$form.txt" \
         || echo "tiered-bench (64K leoam+all, $form): failed or stopped (time)" | tee -a "$out/tiered-8b-64k-all-$form.txt"
     done
     rm -rf /tmp/leoam-kv/*
