@@ -101,11 +101,13 @@ const ROW_GROUP = 16
  *   MMA_MIN_ROWS rows (steps of fewer rows take the GEMVs): on the same H100, B=16 took 32.9
  *   ms/step against gemv_multi's 62.1, B=4 22.2 against the GEMVs' 23.0
  *   (bench/results/2026-12-07-matrix-gemm-2);
- * - any other GPU batch of 2 rows or more: the streamed projections (gemm_stream), unless
- *   LEOAM_SKINNY_GEMM=old asks for the choice above. They are the default without a GPU
- *   measurement: they pass the same checks as the others on lavapipe, and the matrix units
- *   stream the weights at ~1 TB/s where the GEMVs reach ~2.4 (H100, 8B; bench/skinny-bench.ts
- *   and `scripts/gpu-run.sh stream` compare them).
+ * - a GPU without them (or a model they do not fit), 2 rows or more: the streamed projections
+ *   (gemm_stream), in place of gemv_multi's measured 1.75x at B=16. LEOAM_SKINNY_GEMM=stream
+ *   takes them on every GPU, =old never. They are not the default where the matrix units are:
+ *   gemm_stream has not run on a GPU yet (it passes the same checks as the others on lavapipe),
+ *   while the matrix units' 6.25x at B=16 is measured, though they stream the weights at only
+ *   ~1 TB/s where the GEMVs reach ~2.4 (H100, 8B; bench/skinny-bench.ts and
+ *   `scripts/gpu-run.sh stream` compare them: bench/results/2026-12-08-gpu-session/runB.sh).
  */
 export const defaultProjections = (
   gpu: Pick<Gpu, "kind" | "matrixF16" | "subgroupMinSize" | "subgroupMaxSize" | "hasF16" | "hasSubgroups">,
@@ -114,15 +116,20 @@ export const defaultProjections = (
   env: string | undefined = process.env.LEOAM_SKINNY_GEMM,
 ): Projections => {
   if (gpu.kind === "cpu") return "gemm"
-  if (streamWanted(env) && capacity >= STREAM_MIN_ROWS && streamFor(gpu, config)) return "stream"
-  return capacity >= MMA_MIN_ROWS && skinnyFor(gpu, config) ? "mma" : capacity <= 4 ? "gemv" : "multi"
+  const want = streamWanted(env)
+  const mma = capacity >= MMA_MIN_ROWS && skinnyFor(gpu, config)
+  if (want !== "old" && !(want === "auto" && mma) && capacity >= STREAM_MIN_ROWS && streamFor(gpu, config)) return "stream"
+  return mma ? "mma" : capacity <= 4 ? "gemv" : "multi"
 }
 
-/** LEOAM_SKINNY_GEMM: "stream" (or unset, "auto") takes gemm_stream for batches on a GPU, "old" the matrix units / GEMVs / gemv_multi as before. */
-export const streamWanted = (env: string | undefined): boolean => {
+/**
+ * LEOAM_SKINNY_GEMM: "stream" takes gemm_stream for every batch on a GPU, "old" the matrix units /
+ * GEMVs / gemv_multi as before, "auto" (or unset) gemm_stream only where the matrix units are not used.
+ */
+export const streamWanted = (env: string | undefined): "auto" | "stream" | "old" => {
   const v = (env ?? "auto").trim().toLowerCase()
-  if (v === "auto" || v === "stream" || v === "") return true
-  if (v === "old") return false
+  if (v === "auto" || v === "") return "auto"
+  if (v === "stream" || v === "old") return v
   throw new RangeError(`LEOAM_SKINNY_GEMM must be stream, old or auto, not "${env}"`)
 }
 

@@ -67,7 +67,7 @@ describe("gemm_stream", () => {
 })
 
 describe("where the batch streams its projections", () => {
-  it("passes of 1, 2, 4, 8 or 16 rows; any GPU from STREAM_MIN_ROWS rows unless LEOAM_SKINNY_GEMM=old", () => {
+  it("passes of 1, 2, 4, 8 or 16 rows; from STREAM_MIN_ROWS rows on a GPU without the matrix units, or any GPU with LEOAM_SKINNY_GEMM=stream", () => {
     expect([1, 2, 3, 5, 8, 9, 16, 17, 40].map(streamRows)).toEqual([1, 2, 4, 8, 8, 16, 16, 16, 16])
     expect(streamRowCounts(16, 2)).toEqual([2, 4, 8, 16])
     expect(streamRowCounts(3, 1)).toEqual([1, 2, 4])
@@ -78,8 +78,10 @@ describe("where the batch streams its projections", () => {
     expect(streamFor({ ...h100, hasSubgroups: false }, c)).toEqual({ ...STREAM_FORM, teams: 1 })
     expect(streamFor({ ...h100, hasF16: false }, c, parseStreamForm("8x1h/256"))).toEqual({ WG: 256, R: 8, UNROLL: 1, F16: false, teams: 8 })
     expect(streamFor(h100, { ...c, hiddenSize: c.hiddenSize + 4 })).toBeUndefined()
-    expect(defaultProjections(h100, c, 16, "auto")).toBe("stream")
+    expect(defaultProjections(h100, c, 16, "auto")).toBe("mma")
+    expect(defaultProjections(h100, c, 16, "stream")).toBe("stream")
     expect(defaultProjections(h100, c, 2, "stream")).toBe("stream")
+    expect(defaultProjections({ ...h100, matrixF16: undefined }, c, 2, "auto")).toBe("stream")
     expect(defaultProjections(h100, c, 1, "auto")).toBe("gemv")
     expect(defaultProjections(h100, c, 16, "old")).toBe("mma")
     expect(defaultProjections({ ...h100, matrixF16: undefined }, c, 16, "auto")).toBe("stream")
