@@ -183,8 +183,11 @@
 #        golden-check session-ttft`): the golden check, then bench/session-ttft.ts at 8B shapes
 #        (dummy weights), a SESSION_TOKENS-token document (default 32768), GPU 6 GiB, host 8 GiB,
 #        --max-batch 4, one round, no fresh generate (the open's prefill is the document's
-#        cost): the open, the question to the session twice, and a plain generate of document +
-#        question that shares the stored session's chunks; TTFT of each, same ids; stopped at
+#        cost): the open, the question to the session twice (in the open's lane, parked on the
+#        session), a plain generate of document + question that shares the stored session's
+#        chunks, and the question once more (cold: resumed from the tiers); TTFT of each, each
+#        request's phases (lane, resume, first token, host->GPU, GPU slot hits and misses),
+#        same ids (LEOAM_SESSION_PARK=0 before it: no parked lane, to compare); stopped at
 #        SESSION_S (default 400 s); extra arguments go to session-ttft
 #   peer-share: prefix sharing on the GPU between running lanes (issue 14 §2; bundle: `bash
 #        scripts/gpu-bundle.sh golden-check peer-share`): the golden check, then bench/peer-share.ts
