@@ -105,7 +105,7 @@ export const adminHandlers = (ctx: AdminContext): Record<keyof typeof adminSubje
         requests: { completed: c.requests, generated_tokens: c.generated },
         ...(ex.batch ? { batch: ex.batch } : {}),
         tiers: {
-          gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read, ...(ex.abstract_bytes ? { abstract_bytes: ex.abstract_bytes.gpu } : {}) },
+          gpu: { ...ex.gpu, hits: k.gpu.hits, misses: k.gpu.misses, prefill_hits: k.gpu.prefill_hits ?? 0, prefill_misses: k.gpu.prefill_misses ?? 0, hit_rate: ratio(k.gpu.hits, k.gpu.misses), bytes_read: k.gpu.bytes_read, ...(ex.abstract_bytes ? { abstract_bytes: ex.abstract_bytes.gpu } : {}) },
           host: {
             budget_bytes: ex.host?.budget_bytes ?? h?.budgetBytes ?? null,
             resident_bytes: ex.host?.resident_bytes ?? h?.residentBytes ?? 0,

@@ -5,7 +5,8 @@ import type { ExecutorStats } from "../protocol/internal.ts"
 
 /** Totals over runs of the per-request KV counters. */
 export interface KvTotals {
-  gpu: { hits: number; misses: number; bytes_read: number }
+  /** Decode's hits and misses; prefill windows' apart (TierStats.gpu). */
+  gpu: { hits: number; misses: number; prefill_hits: number; prefill_misses: number; bytes_read: number }
   host: { hits: number; misses: number; bytes_read: number; bytes_written: number }
   disk: { hits: number; bytes_read: number; bytes_written: number }
   steps: number
@@ -34,7 +35,7 @@ export const RECENT_PREFILLS = 8
 
 export const emptyTotals = (): ExecutorTotals => ({
   kv: {
-    gpu: { hits: 0, misses: 0, bytes_read: 0 },
+    gpu: { hits: 0, misses: 0, prefill_hits: 0, prefill_misses: 0, bytes_read: 0 },
     host: { hits: 0, misses: 0, bytes_read: 0, bytes_written: 0 },
     disk: { hits: 0, bytes_read: 0, bytes_written: 0 },
     steps: 0,

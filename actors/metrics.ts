@@ -31,6 +31,7 @@ export const statsRegistry = () => {
     hits: counter("leoam_tier_hits_total", "KV chunk hits per tier", ["tier"]),
     misses: counter("leoam_tier_misses_total", "KV chunk misses per tier", ["tier"]),
     hitRate: gauge("leoam_tier_hit_ratio", "hits / (hits + misses) per tier", ["tier"]),
+    prefillChunks: counter("leoam_gpu_prefill_chunks_total", "KV chunks of prefill windows in the GPU cache, by outcome: hit (held), miss (loaded); leoam_tier_hits_total and leoam_tier_misses_total count decode's for tier gpu", ["outcome"]),
     read: counter("leoam_tier_read_bytes_total", "KV bytes read from a tier", ["tier"]),
     written: counter("leoam_tier_written_bytes_total", "KV bytes written to a tier", ["tier"]),
     steps: counter("leoam_decode_steps_total", "decode steps"),
@@ -77,6 +78,9 @@ export const statsRegistry = () => {
       if (t.hit_rate !== undefined && t.hit_rate !== null) m.hitRate.set(label, t.hit_rate)
       if (t.bytes_written !== undefined) setCounter(m.written, t.bytes_written, label)
     }
+    const g = s.tiers.gpu
+    if (g.prefill_hits !== undefined) setCounter(m.prefillChunks, g.prefill_hits, { outcome: "hit" })
+    if (g.prefill_misses !== undefined) setCounter(m.prefillChunks, g.prefill_misses, { outcome: "miss" })
     setCounter(m.steps, s.steps.count)
     for (const [phase, ms] of Object.entries(s.steps.ms)) setCounter(m.stepSeconds, ms / 1000, { phase })
     for (const [kernel, ms] of Object.entries(s.steps.gpu_ms)) setCounter(m.stepGpuSeconds, ms / 1000, { kernel })

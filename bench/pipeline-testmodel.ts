@@ -76,7 +76,7 @@ for (const fraction of String(o.gpuFractions).split(",").map(Number)) {
       const first = rows.find((r) => r.gpu_fraction === fraction)!
       const f = kv.prefetch
       console.log(
-        `GPU ${fraction} of the KV, ${label}: ${row.ms_per_token.toFixed(1)} ms/token, GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} (prefill included), ` +
+        `GPU ${fraction} of the KV, ${label}: ${row.ms_per_token.toFixed(1)} ms/token, GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} (decode; prefill windows ${kv.gpu.prefill_hits}/${kv.gpu.prefill_misses}), ` +
           `${kv.pipeline.layers_routed} of ${row.layer_visits} layer visits routed, ${kv.pipeline.rewinds} rewinds (${kv.pipeline.layers_rewound} layers recomputed), ${kv.pipeline.layers_combined ?? 0} combined; ` +
           (f && f.forecasts > 0 ? `prefetch ${f.chunks} chunks loaded, ${f.hits} chosen, ${f.wasted_bytes} bytes wasted, ${f.late} of ${f.forecasts} forecasts late; ` : "") +
           `key ${row.key_found ? "found" : "missed"}; ids ${first === row ? "-" : JSON.stringify(first.ids) === JSON.stringify(got.ids) ? `= ${first.variant}` : `DIFFER from ${first.variant}`}`,

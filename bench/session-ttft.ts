@@ -55,7 +55,7 @@ const bench = await startBenchNode("session-ttft", {
 })
 // Where each request's time goes (the node runs in this process): the session run's phases
 // (kv/run-phases.ts) and, inside them, the tiered cache's host phases (kv/step-trace.ts), summed.
-let phases: Partial<Record<RunPhase | TraceLane | "gpu hits" | "gpu misses", number>> = {}
+let phases: Partial<Record<RunPhase | TraceLane | "gpu hits" | "gpu misses" | "gpu prefill hits" | "gpu prefill misses", number>> = {}
 setRunPhases((phase, ms) => (phases[phase] = (phases[phase] ?? 0) + ms))
 setStepTrace({ span: (lane, t0, t1) => (phases[lane] = (phases[lane] ?? 0) + t1 - t0) })
 const ask = async (subject: string, body: unknown) => {
@@ -63,8 +63,8 @@ const ask = async (subject: string, body: unknown) => {
   const t0 = performance.now()
   const json = await bench.ask(subject, body)
   const ms = performance.now() - t0
-  // The run's chunk windows the lane's GPU slots held, and those it uploaded (or copied from a peer).
-  if (json.kv) Object.assign(phases, { "gpu hits": json.kv.gpu.hits, "gpu misses": json.kv.gpu.misses })
+  // The chunks the lane's GPU slots held, and those it uploaded (or copied from a peer): decode's choices, and prefill's windows apart.
+  if (json.kv) Object.assign(phases, { "gpu hits": json.kv.gpu.hits, "gpu misses": json.kv.gpu.misses, "gpu prefill hits": json.kv.gpu.prefill_hits ?? 0, "gpu prefill misses": json.kv.gpu.prefill_misses ?? 0 })
   return { json, ms, phases }
 }
 const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 131 + salt * 17) % 3000))

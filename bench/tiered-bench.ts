@@ -302,7 +302,7 @@ for (const { name: policy, setting } of variants) {
   rows.push(row)
   const name = setting === "16" ? policy : `${policy}/${setting === "importance" ? "imp" : `int${setting}`}`
   type Kv = {
-    gpu: { hits: number; misses: number }
+    gpu: { hits: number; misses: number; prefill_hits?: number; prefill_misses?: number }
     host: { bytes_read: number }
     disk: { bytes_read: number; bytes_written: number }
     time_ms: Record<string, number>
@@ -321,7 +321,7 @@ for (const { name: policy, setting } of variants) {
   const pf = kv?.prefetch
   const pf0 = kv?.warmup.prefetch
   const extra = kv
-    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} (${timed(kv.gpu.misses, kv.warmup.gpu.misses)} misses per timed step), host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
+    ? `  GPU hits ${kv.gpu.hits} misses ${kv.gpu.misses} of decode's choices (${timed(kv.gpu.misses, kv.warmup.gpu.misses)} misses per timed step), host read ${(kv.host.bytes_read / 2 ** 30).toFixed(2)} GiB, disk read ${(kv.disk.bytes_read / 2 ** 30).toFixed(2)} GiB (incl. warm-up), disk written ${(kv.disk.bytes_written / 2 ** 30).toFixed(2)} GiB; ` +
       `per timed step: select wait ${perStep("select").toFixed(1)} ms, transfer ${perStep("transfer").toFixed(1)} ms, attention (GPU) ${perStep("attention").toFixed(1)} ms; staging waits ${kv.staging_waits - kv.warmup.staging_waits}` +
       (kv.pipeline.depth > 0
         ? `; pipeline depth ${kv.pipeline.depth}: per timed step ${((kv.pipeline.layers_routed - kv.warmup.pipeline.layers_routed) / row.steps).toFixed(1)} layers routed, ${((kv.pipeline.rewinds - kv.warmup.pipeline.rewinds) / row.steps).toFixed(1)} rewinds, ${((kv.pipeline.layers_rewound - kv.warmup.pipeline.layers_rewound) / row.steps).toFixed(1)} layers recomputed, ${timed(kv.pipeline.layers_combined, kv.warmup.pipeline.layers_combined)} combined`

@@ -138,8 +138,12 @@ export const AdminStatsReply = Schema.Struct({
   requests: Schema.Struct({ completed: Schema.Int, generated_tokens: Schema.Int }),
   batch: Schema.optional(BatchStats),
   tiers: Schema.Struct({
-    /** abstract_bytes: the GPU copy of the chunk abstracts (tiered policies): counted in budget_bytes, besides the chunks of resident_bytes. */
-    gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, abstract_bytes: Schema.optional(Schema.Number) }),
+    /**
+     * hits, misses, hit_rate: decode's chosen chunks the GPU slots held or loaded; prefill_hits,
+     * prefill_misses: prefill windows' chunks, counted apart (left out by older nodes).
+     * abstract_bytes: the GPU copy of the chunk abstracts (tiered policies): counted in budget_bytes, besides the chunks of resident_bytes.
+     */
+    gpu: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, prefill_hits: Schema.optional(Schema.Int), prefill_misses: Schema.optional(Schema.Int), hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, abstract_bytes: Schema.optional(Schema.Number) }),
     host: Schema.Struct({ ...Tier, hits: Schema.Int, misses: Schema.Int, hit_rate: Schema.NullOr(Schema.Number), bytes_read: Schema.Number, bytes_written: Schema.Number }),
     /** abstract_bytes: the chunk abstracts of the executor's current sequence in LMDB. */
     disk: Schema.Struct({ resident_bytes: Schema.Number, hits: Schema.Int, bytes_read: Schema.Number, bytes_written: Schema.Number, abstract_bytes: Schema.optional(Schema.Number) }),

@@ -113,7 +113,8 @@ export const PolicyHistory = Schema.Struct({ history: Schema.Array(PolicyVersion
 /** The gpu-executor's totals since it started (admin stats). */
 export const ExecutorTotals = Schema.Struct({
   kv: Schema.Struct({
-    gpu: Schema.Struct({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number }),
+    /** prefill_hits, prefill_misses: left out by executors older than the split (their hits and misses include prefill's). */
+    gpu: Schema.Struct({ hits: Schema.Number, misses: Schema.Number, prefill_hits: Schema.optional(Schema.Number), prefill_misses: Schema.optional(Schema.Number), bytes_read: Schema.Number }),
     host: Schema.Struct({ hits: Schema.Number, misses: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
     disk: Schema.Struct({ hits: Schema.Number, bytes_read: Schema.Number, bytes_written: Schema.Number }),
     steps: Schema.Number,

@@ -55,8 +55,13 @@ const TierCounters = { hits: Schema.Int, bytes_read: Schema.Number }
 /** KV statistics of one request under a tiered policy (leoam, offload-all). */
 export const KvStats = Schema.Struct({
   policy: Schema.String,
-  /** peer_copies, peer_copy_bytes: GPU misses copied on the device from a lane running beside this one that holds the same stored bytes of a shared prefix chunk (the uploads saved). */
-  gpu: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number, peer_copies: Schema.optional(Schema.Int), peer_copy_bytes: Schema.optional(Schema.Number) }),
+  /**
+   * hits, misses: decode's chosen chunks the GPU slots held or loaded (one per chunk chosen, per
+   * layer and step); prefill_hits, prefill_misses: prefill windows' chunks held or loaded, counted
+   * apart (left out by older executors, which counted them in hits and misses); bytes_read: both
+   * phases. peer_copies, peer_copy_bytes: GPU misses copied on the device from a lane running beside this one that holds the same stored bytes of a shared prefix chunk (the uploads saved).
+   */
+  gpu: Schema.Struct({ ...TierCounters, misses: Schema.Int, prefill_hits: Schema.optional(Schema.Int), prefill_misses: Schema.optional(Schema.Int), budget_bytes: Schema.Number, resident_bytes: Schema.Number, peer_copies: Schema.optional(Schema.Int), peer_copy_bytes: Schema.optional(Schema.Number) }),
   host: Schema.Struct({ ...TierCounters, misses: Schema.Int, budget_bytes: Schema.Number, resident_bytes: Schema.Number, bytes_written: Schema.Number }),
   disk: Schema.Struct({ ...TierCounters, bytes_written: Schema.Number }),
   chunk_tokens: Schema.Int,

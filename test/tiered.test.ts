@@ -88,6 +88,12 @@ describe("tiered KV cache, exact policies", () => {
       const kv = t.model.tierStats()!
       expect(kv.chunks_sealed).toBe(Math.floor((ids.length + 39) / 32) * full.config.numLayers) // every layer's chunks
       expect(kv.gpu.hits).toBeGreaterThan(0)
+      // A prompt appended to the sequence attends its sealed chunks in prefill windows: counted
+      // apart from decode's choices (gpu.hits and misses: one per chosen chunk, layer and step).
+      await generate(t.model, ids.slice(0, 16), { ...greedy, maxTokens: 2, continue: true })
+      const after = t.model.tierStats()!
+      expect(after.gpu.hits + after.gpu.misses).toBe(Math.round(after.chunks_selected_per_step * after.steps * full.config.numLayers))
+      expect(after.gpu.prefill_hits + after.gpu.prefill_misses).toBeGreaterThanOrEqual(Math.floor(ids.length / 32) * full.config.numLayers)
     } finally {
       await t.close()
     }

@@ -297,8 +297,8 @@ export class GpuCache {
   /** Applies prefill window i (see TieredKv.applyPrefillWindow), writing its part of `table`. */
   async applyPrefill(l: number, plan: PrefillPlan, i: number, table: GPUBuffer, promote: boolean, k: TierCounters): Promise<{ k0: number; k1: number; first: boolean; last: boolean }> {
     const w = this.begin(l, plan, i)
-    k.gpuHits += w.touch.length
-    k.gpuMisses += w.loads.length
+    k.gpuPrefillHits += w.touch.length
+    k.gpuPrefillMisses += w.loads.length
     for (const ch of w.touch) k.gpuBytesRead += this.tables.chunkBytes(l, ch)
     await this.applyWindow(l, w, plan.tick, promote, k)
     const bs = this.tables.blockTokens

@@ -6,8 +6,15 @@ import type { AbstractLayout } from "./abstract-layout.ts"
 /** Per-request counters of the tiered cache (the `kv` object of replies). */
 export interface TierStats {
   readonly policy: string
-  /** peer_copies, peer_copy_bytes: misses copied on the device from a peer lane's slot holding the same stored bytes (the uploads saved). */
-  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; peer_copies: number; peer_copy_bytes: number }
+  /**
+   * hits, misses: decode's chosen chunks the layer's GPU slots held or had to load (one per
+   * chunk chosen, per layer and step); prefill_hits, prefill_misses: prefill windows' chunks
+   * held or loaded (a window attends every sealed chunk, so they are counted apart: mixed in,
+   * they would swamp decode's per-step figures). bytes_read: the held chunks' bytes, both phases.
+   * peer_copies, peer_copy_bytes: misses copied on the device from a peer lane's slot holding
+   * the same stored bytes (the uploads saved).
+   */
+  readonly gpu: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; prefill_hits: number; prefill_misses: number; bytes_read: number; peer_copies: number; peer_copy_bytes: number }
   readonly host: { budget_bytes: number; resident_bytes: number; hits: number; misses: number; bytes_read: number; bytes_written: number }
   readonly disk: { hits: number; bytes_read: number; bytes_written: number }
   readonly chunk_tokens: number
@@ -121,8 +128,11 @@ export interface FetchStats {
 }
 
 export const emptyCounters = () => ({
+  /** Decode's chosen chunks held and loaded; prefill windows' apart (TierStats.gpu). */
   gpuHits: 0,
   gpuMisses: 0,
+  gpuPrefillHits: 0,
+  gpuPrefillMisses: 0,
   gpuBytesRead: 0,
   hostHits: 0,
   hostMisses: 0,
@@ -187,7 +197,7 @@ export const tierStats = (
   },
 ): TierStats => ({
   policy: at.policy,
-  gpu: { budget_bytes: at.gpuBudgetBytes, resident_bytes: at.gpuResidentBytes, hits: k.gpuHits, misses: k.gpuMisses, bytes_read: k.gpuBytesRead, peer_copies: k.peerCopies, peer_copy_bytes: k.peerCopyBytes },
+  gpu: { budget_bytes: at.gpuBudgetBytes, resident_bytes: at.gpuResidentBytes, hits: k.gpuHits, misses: k.gpuMisses, prefill_hits: k.gpuPrefillHits, prefill_misses: k.gpuPrefillMisses, bytes_read: k.gpuBytesRead, peer_copies: k.peerCopies, peer_copy_bytes: k.peerCopyBytes },
   host: { budget_bytes: at.host.budgetBytes, resident_bytes: at.host.residentBytes, hits: k.hostHits, misses: k.hostMisses, bytes_read: k.hostBytesRead, bytes_written: k.hostWritten },
   disk: { hits: k.diskHits, bytes_read: k.diskBytesRead, bytes_written: k.diskWritten },
   chunk_tokens: at.chunkTokens,
