@@ -28,6 +28,7 @@ import { isTiered, kvBytesPerToken, kvEngineOptions, kvMinimumBytes, type KvTier
 import type { GpuModel } from "../engine/model.ts"
 import { KvBlockStore } from "../engine/kv/block-store.ts"
 import { TierPeers, type TierStats } from "../engine/kv/tiered/index.ts"
+import { laneTierStats } from "../engine/kv/tiered/reshare.ts"
 import { runPhase } from "../kv/run-phases.ts"
 import type { ResolvedPolicy } from "../protocol/policy.ts"
 import type { SessionLane } from "./executor-sessions.ts"
@@ -267,7 +268,8 @@ export const executorBatch = (deps: BatchDeps) => {
         let shared = 0
         const prepare = sharable(policy) && lane.hasSessions ? sharePrefix(runId, lane, session, prompt, policy.chunkTokens, user) : undefined
         const r = await loop.generate(lane, prompt, options, prepare && (async () => (shared = await prepare())))
-        return { r, kv: (lanes.get(runId) ?? lane).tierStats(), shared }
+        // The whole request's counters, also where its lane was moved to another share (reshare.ts).
+        return { r, kv: laneTierStats(lanes.get(runId) ?? lane), shared }
       }, true).finally(() => holds?.settle(runId))
     },
 

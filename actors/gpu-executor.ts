@@ -20,6 +20,7 @@ import type { DiskStore } from "../kv/disk-store.ts"
 import type { HostArena } from "../kv/host-arena.ts"
 import { PrefixIndex } from "../kv/prefix-index.ts"
 import { kvBytesPerToken, kvEngineOptions } from "../engine/kv/registry.ts"
+import { laneTierStats } from "../engine/kv/tiered/reshare.ts"
 import { parsePolicy, type ResolvedPolicy } from "../protocol/policy.ts"
 import type { KvStats } from "../protocol/messages.ts"
 import { type LeoamError, leoamError } from "../protocol/errors.ts"
@@ -300,7 +301,8 @@ const make = (nc: NatsConnection, options: GpuExecutorOptions) =>
             if (issued++ === 0) {
               firstStepAt = performance.now()
               // The cache the run decodes in: its lane in the batch, else the executor's model.
-              atDecode = (batch ? batch.laneOf(req.run_id) : model)?.tierStats()?.time_ms
+              const lane = batch ? batch.laneOf(req.run_id) : model
+              atDecode = lane && laneTierStats(lane)?.time_ms
             }
             if (s.pending && !batched) applyAtStep()
           },

@@ -5,7 +5,8 @@
 // they get alone; admin.stats says how the budget was split. A request arriving while a lone
 // lane holds the whole budget joins at the next step boundary: the running lane moves to half
 // (actors/lane-reshare.ts), and grows back once the newcomer ends. The lanes' GPU KV buffers
-// (pools, staging and read-back rings, abstracts) are counted from the device's allocations.
+// (pools, staging and read-back rings, abstracts) are counted from the device's allocations;
+// the moved lane's reply counts its whole request.
 import { expect, layer } from "@effect/vitest"
 import { Effect, Fiber, Option } from "effect"
 import { globals } from "webgpu"
@@ -129,6 +130,9 @@ layer(ClusterTest.layer({ maxContext: 512, maxBatch: 4, kvPolicy: parsePolicyDoc
       expect(replyB.ids).toEqual(aloneB.ids)
       expect(replyA.ids).toEqual(aloneA.ids)
       expect(replyB.kv.gpu.budget_bytes).toBe(BUDGET / 2)
+      // A's reply counts its whole request across its two moves, as alone: decode steps, chunks sealed, chunks chosen.
+      const counted = (kv: typeof aloneA.kv) => [kv.steps, kv.chunks_sealed, kv.gpu.hits + kv.gpu.misses]
+      expect(counted(replyA.kv)).toEqual(counted(aloneA.kv))
       expect(seen.has(`${BUDGET / 2}+${BUDGET / 2}`)).toBe(true)
       const after = yield* stats
       process.stderr.write(`lane-reshare: A ${replyA.timings.decode_ms_per_token} ms/token, B total ${replyB.timings.total_ms} ms; splits seen ${JSON.stringify([...seen])}; reshares ${JSON.stringify(after.gpu_shares.reshares)}; peak live lane KV bytes ${peakBytes - base} of ${BUDGET}\n`)

@@ -9,12 +9,25 @@
 // what it would have), and the chunks the old GPU cache held are loaded again, as many as the
 // new cache holds, those its eviction policy would keep first. The old lane is destroyed
 // before the new one is built, so the two never hold GPU memory at once: the budget stays
-// whole while a share shrinks. What a lane counted in its stats before the move is not kept.
+// whole while a share shrinks. What the lane counted before the move is kept beside the new
+// lane (laneTierStats adds it), so that the reply's `kv` covers the whole request.
 import type { GpuModel } from "../../model.ts"
 import { TieredManager } from "../tiered-manager.ts"
 import { KvBudgetError } from "../../../kv/tier-errors.ts"
 import { slotBitsOf, tieredLayout, type TierStores } from "./layout.ts"
 import type { TieredKv } from "./tiered-kv.ts"
+import type { TierStats } from "./stats.ts"
+import { addTierStats } from "./stats-sum.ts"
+
+// Per moved lane, what its earlier lanes counted (before each move, summed).
+const earlier = new WeakMap<GpuModel, TierStats>()
+
+/** A lane's tier stats over its request: its own since it was built, plus what the lanes it was moved from counted. */
+export const laneTierStats = (lane: GpuModel): TierStats | undefined => {
+  const now = lane.tierStats()
+  const before = earlier.get(lane)
+  return now && before ? addTierStats(before, now) : now
+}
 
 /** What a lane of this cache must carry over, read before the cache goes: the tail's blocks and the token ids. */
 interface Carried {
@@ -47,12 +60,14 @@ export const moveLane = async (main: GpuModel, lane: GpuModel, stores: Omit<Tier
   const sealed = old.tables.layers.map((L) => L.sealed)
   if (sealed.some((s) => s !== sealed[0])) return undefined
   const carried = await readCarried(lane, old, sealed[0] ?? 0)
+  const counted = laneTierStats(lane)
   const spec = { kind: "tiered" as const, policy: old.policy, stores: { ...stores, io: old.io } }
   lane.destroy()
   let next: GpuModel | undefined
   try {
     next = await main.sibling({ maxContext: lane.maxContext, kv: spec })
     await restore(next, carried)
+    if (counted) earlier.set(next, counted)
     return next
   } catch (e) {
     next?.destroy()
