@@ -36,26 +36,28 @@ const tok = loadTokenizer(o.model)
 const p = passKeyPrompt(tok, o.context, passKey(11), 0.5)
 const rows: Array<Record<string, unknown>> = []
 const pipe = (combine: boolean) => ({ pipeline: { enabled: true, depth: o.depth, combine } })
+// leoam pipelines by default: off and prefetch-only say pipeline enabled false.
+const unpiped = { pipeline: { enabled: false } }
 const named: Record<string, object> = {
-  off: {},
+  off: unpiped,
   pipe: pipe(false),
   combine: pipe(true),
   prefetch: { ...pipe(true), prefetch: { layers: 1, from: "choice", steps: true } },
   "prefetch-query": { ...pipe(true), prefetch: { layers: 1, from: "query", steps: true } },
   "prefetch-hidden": { ...pipe(true), prefetch: { layers: 1, from: "hidden", steps: true } },
-  "prefetch-only": { prefetch: { layers: 1, from: "choice", steps: true } },
+  "prefetch-only": { ...unpiped, prefetch: { layers: 1, from: "choice", steps: true } },
 }
 const variants: Array<{ label: string; depth: number; extra: object }> = o.variants
   ? String(o.variants)
       .split(",")
       .map((v) => {
         if (!(v in named)) throw new RangeError(`unknown variant ${v}: ${Object.keys(named).join(", ")}`)
-        return { label: v, depth: "pipeline" in named[v] ? o.depth : 0, extra: named[v] }
+        return { label: v, depth: (named[v] as { pipeline: { enabled: boolean } }).pipeline.enabled ? o.depth : 0, extra: named[v] }
       })
   : String(o.depths)
       .split(",")
       .map(Number)
-      .map((depth) => ({ label: `depth ${depth}`, depth, extra: depth > 0 ? pipe(false) : {} }))
+      .map((depth) => ({ label: `depth ${depth}`, depth, extra: depth > 0 ? pipe(false) : unpiped }))
 for (const fraction of String(o.gpuFractions).split(",").map(Number)) {
   for (const { label, depth, extra } of variants) {
     const weights = openHfModel(o.model)

@@ -1,6 +1,6 @@
 // How well each prefetch forecast predicts a layer's choice (issue 13 §1), on the bundled test
 // model's real attention (random-KV benchmarks cannot say: their layers share no likeness):
-// greedy decoding after pass-key prompts under the default `leoam` policy, unpipelined (so that
+// greedy decoding after pass-key prompts under the default `leoam` policy, unpipelined (pipeline enabled false, so that
 // every forecast lands before its layer), once without prefetch and once per forecast, `from`
 // "choice" (layer l's chosen chunks), "query" (layer l + N's chunks scored against layer l's
 // query) and "hidden" (InfiniGen's: against layer l + N's query projected from layer l's input).
@@ -58,7 +58,7 @@ for (const context of o.contexts as number[]) {
   const store = DiskStore.open({ kvDir: dir })
   const arena = new HostArena({ budgetBytes: Math.floor(kvBytes * 0.5) })
   const tiers = { gpuBudgetBytes: Math.floor(kvBytes * o.gpuFraction), arena, store, session: "f" }
-  const options = (v: { from: string; layers: number }) => kvEngineOptions(parsePolicy({ name: "leoam", ...(v.from === "off" ? {} : { prefetch: { layers: v.layers, from: v.from } }) }), tiers, c, tokens)
+  const options = (v: { from: string; layers: number }) => kvEngineOptions(parsePolicy({ name: "leoam", pipeline: { enabled: false }, ...(v.from === "off" ? {} : { prefetch: { layers: v.layers, from: v.from } }) }), tiers, c, tokens)
   const model = await GpuModel.load(gpu, weights, { maxContext: tokens, ...options(variants[0]) })
   try {
     const t0 = performance.now()

@@ -125,7 +125,10 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     "leoam+recompute": { recompute: { mode: "always" } },
   }
   if (base !== name && !(name in variants)) throw new RangeError(`unknown policy variant ${name}: ${Object.keys(variants).join(", ")}`)
-  const pipeline = variants[name] ?? {} // the variant's pipeline, prefetch or abstracts
+  // The variant's pipeline, prefetch or abstracts. leoam pipelines by default (depth 2, combine:
+  // leoam+pipe+combine); the bench's leoam and the variants of one mechanism alone keep the
+  // unpipelined step, so their rows compare with the earlier runs'.
+  const pipeline = { ...(base === "leoam" ? { pipeline: { enabled: false } } : {}), ...(variants[name] ?? {}) }
   const doc =
     base === "quest" || base === "leoam"
       ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression, ...pipeline }

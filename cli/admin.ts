@@ -17,7 +17,7 @@ export interface AdminConnection {
   readonly timeoutMs: number
 }
 
-type View = { name: string; chunk_tokens: number; chunk_min_tokens?: number | null; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string }
+type View = { name: string; chunk_tokens: number; chunk_min_tokens?: number | null; budget_tokens: number | null; budget_fraction: number | null; sink_tokens: number; recent_tokens: number; eviction: string; compression_bits?: 16 | 8 | 4 | "importance"; pipeline_depth?: number; pipeline_combine?: boolean }
 
 const withNats = async <T>(c: AdminConnection, f: (nc: NatsConnection) => Promise<T>): Promise<T> => {
   const nc = await connectClient(c.natsUrl, "leoam-admin", c.auth).catch((e) => {
@@ -49,7 +49,9 @@ const print = (json: boolean, value: unknown, human: () => string) => process.st
 const describe = (v: View) => {
   const budget = v.budget_tokens !== null ? `${v.budget_tokens} tokens` : v.budget_fraction !== null ? `${+(v.budget_fraction * 100).toFixed(2)}% of the context` : "all tokens"
   const chunks = v.chunk_min_tokens != null ? `adaptive ${v.chunk_min_tokens}..${v.chunk_tokens}-token chunks` : `${v.chunk_tokens}-token chunks`
-  return `${v.name}: ${chunks}, attends ${budget} (sink ${v.sink_tokens}, recent ${v.recent_tokens}), eviction ${v.eviction}`
+  const bits = v.compression_bits !== undefined && v.compression_bits !== 16 ? `, ${v.compression_bits === "importance" ? "int8/int4 by importance" : `int${v.compression_bits}`} chunks` : ""
+  const pipeline = v.pipeline_depth ? `, pipelined step depth ${v.pipeline_depth}${v.pipeline_combine !== false ? " with the combine" : ""}` : ""
+  return `${v.name}: ${chunks}, attends ${budget} (sink ${v.sink_tokens}, recent ${v.recent_tokens}), eviction ${v.eviction}${bits}${pipeline}`
 }
 
 /** A policy argument: a registered name, or a JSON file. */

@@ -2,7 +2,7 @@
 // history) and the node's statistics. Reachable only by NATS users with admin permissions
 // (README, "Access control"). A policy travels as data (KvPolicyDocument), never code.
 import { Schema } from "effect"
-import { KvPolicyDocument } from "./policy.ts"
+import { KvPolicyDocument, ResolvedPolicyWire } from "./policy.ts"
 
 /** When a change takes effect: the next decode step (same KV manager and chunk size) or the next request (a new KV cache). */
 export const Applies = Schema.Literal("next_step", "next_request")
@@ -21,16 +21,14 @@ export const PolicyHistoryRequest = Schema.Struct({
   limit: Schema.optional(Schema.Int.pipe(Schema.between(1, 100_000))),
 }).annotations({ identifier: "PolicyHistoryRequest", parseOptions: { onExcessProperty: "error" } })
 
-/** A policy with every parameter filled in (the engine's view of a document). */
+/**
+ * A policy with every parameter filled in (the engine's view of a document): the wire's
+ * resolved policy (compression, pipeline, prefetch, abstracts and recompute included, so that
+ * `admin.policy.list` shows e.g. leoam's pipelined default), names and eviction as strings.
+ */
 export const ResolvedPolicyView = Schema.Struct({
+  ...ResolvedPolicyWire.fields,
   name: Schema.String,
-  chunk_tokens: Schema.Int,
-  /** Adaptive chunking's smallest chunk (chunk_tokens the largest); null or left out for fixed chunks. */
-  chunk_min_tokens: Schema.optional(Schema.NullOr(Schema.Int)),
-  budget_tokens: Schema.NullOr(Schema.Int),
-  budget_fraction: Schema.NullOr(Schema.Number),
-  sink_tokens: Schema.Int,
-  recent_tokens: Schema.Int,
   eviction: Schema.String,
 })
 

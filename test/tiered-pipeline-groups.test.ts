@@ -27,7 +27,7 @@ const run = (policy: unknown, ids: ReadonlyArray<number>, maxTokens: number) =>
 describe("pipelined step with group abstracts", () => {
   it("routes grouped choices chosen on the GPU alone, with the tokens of the unpipelined step and honest scoring counts", async () => {
     const prompt = passKeyPrompt(bundled.tok, 256, passKey(5), 0.4)
-    const off = await run(leoam(), prompt.ids, 6)
+    const off = await run(leoam({ pipeline: { enabled: false } }), prompt.ids, 6)
     expect(bundled.tok.decode(off.ids)).toContain(prompt.key)
     const scoring = off.kv.abstract_scoring
     expect(scoring.groups_scored_per_step).toBeGreaterThan(0)

@@ -27,7 +27,7 @@ describe("pipelined tiered decode step", () => {
   it("gives the same tokens and the same GPU cache hits and misses as the unpipelined step, rewinding where a checked layer missed", async () => {
     const ids = prompt()
     // A GPU cache that holds a choice (7 chunks a layer) but not every chunk: layers miss.
-    const off = await run(leoam(), ids, 1.2, 12)
+    const off = await run(leoam({ enabled: false }), ids, 1.2, 12)
     expect(off.kv.gpu.misses).toBeGreaterThan(0)
     for (const depth of [1, 3]) {
       const on = await run(leoam({ enabled: true, depth }), ids, 1.2, 12)
@@ -45,7 +45,7 @@ describe("pipelined tiered decode step", () => {
 
   it("rewinds nothing when the GPU cache holds every chunk, and switches on and off live", async () => {
     const ids = prompt()
-    const off = await run(leoam(), ids, 3, 16)
+    const off = await run(leoam({ enabled: false }), ids, 3, 16)
     const swaps: boolean[] = []
     let routedWhileOff = -1
     const on = await run(leoam({ enabled: true }), ids, 3, 16, (model, step, options) => {

@@ -2,7 +2,8 @@
 // layer l + 1's query projected from layer l's input (its attention norm and W_q, on the GPU)
 // forecasts layer l + 1's choice far better than layer l's own choice or query do, and, like
 // every prefetch, changes only what is resident: the tokens are those without prefetch. One
-// prefill; each forecast decodes from the same state after a live policy change.
+// prefill; each forecast decodes from the same state after a live policy change. Unpipelined on
+// purpose (pipeline enabled false; leoam pipelines by default): every forecast lands in time.
 import { describe, expect, it } from "vitest"
 import { passKey, passKeyPrompt } from "../bench/passkey.ts"
 import { generate } from "../engine/generate.ts"
@@ -15,6 +16,7 @@ const leoam = (from?: string) => ({
   name: "leoam",
   chunking: { fixed: { tokens: 16 } },
   selection: { topk: { budget_tokens: 128, sink_tokens: 16, recent_tokens: 32 } },
+  pipeline: { enabled: false },
   ...(from ? { prefetch: { layers: 1, from } } : {}),
 })
 

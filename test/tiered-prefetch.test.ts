@@ -30,7 +30,7 @@ describe("pipelined step: combine and prefetch", () => {
 
   it("completes layers that miss by a combine and prefetches forecast chunks, with the tokens of the unpipelined step", async () => {
     const prompt = p()
-    const off = await run(leoam(), prompt.ids, 10)
+    const off = await run(leoam({ pipeline: { enabled: false } }), prompt.ids, 10)
     expect(bundled.tok.decode(off.ids)).toContain(prompt.key)
     expect(off.kv.gpu.misses).toBeGreaterThan(0)
     expect(off.kv.prefetch?.forecasts).toBe(0)
@@ -64,13 +64,15 @@ describe("pipelined step: combine and prefetch", () => {
 
   it("switches prefetch on live, at the next step, without changing the tokens", async () => {
     const prompt = p()
-    const off = await run(leoam(), prompt.ids, 8)
+    // Unpipelined on purpose (pipeline enabled false): the forecast's timing below is the unpipelined step's.
+    const unpiped = { pipeline: { enabled: false } }
+    const off = await run(leoam(unpiped), prompt.ids, 8)
     let before: number | undefined
     const swaps: boolean[] = []
-    const on = await run(leoam(), prompt.ids, 8, (model, step, options) => {
+    const on = await run(leoam(unpiped), prompt.ids, 8, (model, step, options) => {
       if (step !== 3) return
       before = model.tierStats()!.prefetch!.forecasts
-      swaps.push(model.swapKvPolicy(options(leoam({ prefetch: { layers: 2, from: "query", adaptive: true, probe_steps: 2 } }))))
+      swaps.push(model.swapKvPolicy(options(leoam({ ...unpiped, prefetch: { layers: 2, from: "query", adaptive: true, probe_steps: 2 } }))))
     })
     expect(swaps).toEqual([true])
     expect(on.ids).toEqual(off.ids)
@@ -86,7 +88,13 @@ describe("pipelined step: combine and prefetch", () => {
 
 describe("prefetch and combine in the policy document", () => {
   it("resolves defaults, takes leoam only, and bounds the layer distance", () => {
-    expect(parsePolicy("leoam")).toMatchObject({ pipelineCombine: true, prefetchLayers: 0, prefetchFrom: "choice", prefetchSteps: false })
+    // leoam pipelines by default (depth 2, combine), fp16, no prefetch; enabled false turns the pipeline off; the other policies have none.
+    expect(parsePolicy("leoam")).toMatchObject({ pipelineDepth: 2, pipelineCombine: true, compression: 16, prefetchLayers: 0, prefetchFrom: "choice", prefetchSteps: false })
+    expect(parsePolicy({ name: "leoam", pipeline: { enabled: false } })).toMatchObject({ pipelineDepth: 0 })
+    expect(parsePolicy({ name: "leoam", pipeline: { depth: 3 } })).toMatchObject({ pipelineDepth: 3 })
+    expect(parsePolicy({ name: "leoam", pipeline: { combine: false } })).toMatchObject({ pipelineDepth: 2, pipelineCombine: false })
+    for (const name of ["full", "offload-all", "h2o", "quest"]) expect(parsePolicy(name).pipelineDepth).toBe(0)
+    expect(() => parsePolicy({ name: "leoam", pipeline: { enabled: false, depth: 2 } })).toThrow(/pipeline.depth with pipeline.enabled false/)
     expect(parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 1, steps: true } })).toMatchObject({
       pipelineDepth: 2,
       pipelineCombine: false,

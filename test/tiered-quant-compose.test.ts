@@ -37,7 +37,7 @@ describe("compressed GPU slots with the decode core", () => {
   it("warms the compressed slots at the switch and admits chunks sealed in decode: a budget holding every int4 chunk misses none", async () => {
     const p = prompt()
     // 18 tokens decoded: with the prompt's, they seal one more 16-token chunk per layer during decode.
-    const got = await once("alone", leoam(), 1.2)
+    const got = await once("alone", leoam({ pipeline: { enabled: false } }), 1.2)
     const kv = got.kv
     expect(bundled.tok.decode(got.ids)).toContain(p.key)
     const chunks = Math.floor(p.ids.length / 16)
@@ -54,12 +54,12 @@ describe("compressed GPU slots with the decode core", () => {
   it("pipelines on compressed slots (route, combine, prefetch) with the unpipelined step's greedy ids", async () => {
     // Every chunk held: every layer is routed and none rewinds.
     const all = await once("piped", leoam({ pipeline: { enabled: true, depth: 2 } }), 1.2)
-    const alone = await once("alone", leoam(), 1.2)
+    const alone = await once("alone", leoam({ pipeline: { enabled: false } }), 1.2)
     expect(all.ids).toEqual(alone.ids)
     expect(all.kv.pipeline.rewinds).toBe(0)
     expect(all.kv.pipeline.layers_routed).toBeGreaterThan(0)
     // Not every chunk held: layers miss, evict, rewind or combine; prefetch loads forecasts.
-    const off = await once("off", leoam(), 0.5)
+    const off = await once("off", leoam({ pipeline: { enabled: false } }), 0.5)
     expect(off.kv.gpu.misses).toBeGreaterThan(0)
     const piped = await once("piped-tight", leoam({ pipeline: { enabled: true, depth: 2 }, prefetch: { layers: 1, steps: true } }), 0.5)
     expect(piped.ids).toEqual(off.ids)
