@@ -55,6 +55,10 @@ describe("tiered KV cache with compressed chunks", () => {
   it("switches compression live within the slot bits: importance-mixed chunks before the change, int8 after it, both read back in the run", async () => {
     const ids = passKeyPrompt(bundled.tok, 700, passKey(5), 0.3).ids
     const policy = (bits: 16 | 8 | 4 | "importance") => ({ name: "leoam", selection: { topk: { budget_fraction: 1 } }, compression: { bits } })
+    // The change comes before step 4; the chunk [704, 736) seals at step 35, after it, and is
+    // read back by the steps after that (every chunk is attended). The tiers are sized for 72
+    // steps (the least GPU budget is more than 30 % of 748 tokens' KV).
+    const steps = 48
     const t = await tiered(policy("importance"), { gpu: 0.3, host: 0.3 }, ids.length + 72)
     try {
       // Another slot format (fp16 or int4 slots) is a new layout: it waits for the next request.
@@ -63,14 +67,14 @@ describe("tiered KV cache with compressed chunks", () => {
       let step = 0
       let swapped: boolean | undefined
       const got = await generate(t.model, ids, {
-        maxTokens: 72,
+        maxTokens: steps,
         temperature: 0,
         beforeStep: () => {
           if (step++ === 4) swapped = t.model.swapKvPolicy(t.options(policy(8)))
         },
       })
       expect(swapped).toBe(true)
-      expect(got.ids.length).toBe(72)
+      expect(got.ids.length).toBe(steps)
       const layers = t.model.config.numLayers
       const prefill = Math.floor(ids.length / 32)
       const all = Array.from({ length: layers }, (_, l) => t.store.chunksOf("q", l).map((c) => c.entry.dtype))
