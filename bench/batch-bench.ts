@@ -41,7 +41,7 @@ const o = new Command()
   .option("--model <spec>", "a model directory, or dummy:<preset>", "dummy:llama-3.1-8b")
   .option("--context <n>", "tokens of (random) KV per sequence before decoding", (v) => Number(v), 1024)
   .option("--batches <list>", "batch sizes", "1,4,16")
-  .option("--policies <list>", "KV policies (full, quest, leoam, leoam+nopipe: leoam unpipelined, offload-all); name@bits keeps a tiered policy's chunks at those bits (16, 8, 4 or importance), e.g. leoam@4", "full")
+  .option("--policies <list>", "KV policies (full, quest, leoam, leoam+pipe: leoam pipelined, leoam+nopipe: leoam unpipelined, offload-all); name@bits keeps a tiered policy's chunks at those bits (16, 8, 4 or importance), e.g. leoam@4", "full")
   .option("--projections <list>", "batched projections: gemm, gemv, multi (kernels/gemv_multi.wgsl), mma (the matrix units, engine/batch-mma.ts; LEOAM_MATRIX_UNITS=auto), stream (kernels/gemm_stream.wgsl, engine/batch-stream.ts; stream/4x2h a form)", "gemm,gemv,multi")
   .option("--budget-fraction <f>", "tokens attended per step by quest and leoam, as a fraction of the context", (v) => Number(v), 0.1)
   .option("--gpu-kv-budget <size>", "GPU KV budget of the tiered policies, shared by the largest batch", "6GiB")
@@ -193,14 +193,16 @@ const time = async (step: (i: number) => void | Promise<void>): Promise<{ ms: nu
 for (const spec of list(o.policies)) {
   if (outOfTime()) break
   // `name@bits` (e.g. leoam@4): that policy with its chunks kept at those bits (compression.bits).
-  // `leoam+nopipe`: leoam with pipeline enabled false (leoam's default pipelines: depth 2 where a
-  // step can rewind, batch 1 alone; the combine alone in a batch, whose rows keep no layer inputs).
+  // `leoam+pipe`: leoam with the pipeline enabled (depth 2 where a step can rewind, batch 1 alone;
+  // the combine alone in a batch, whose rows keep no layer inputs); `leoam+nopipe`: enabled false
+  // (leoam's default, said explicitly).
   const [head, bits] = spec.split("@") as [string, string | undefined]
+  const piped = head === "leoam+pipe"
   const unpiped = head === "leoam+nopipe"
-  const base = unpiped ? "leoam" : head
+  const base = unpiped || piped ? "leoam" : head
   const name = spec
   const compression = bits === undefined ? {} : { compression: { bits: bits === "importance" ? "importance" : Number(bits) } }
-  const pipeline = unpiped ? { pipeline: { enabled: false } } : {}
+  const pipeline = unpiped ? { pipeline: { enabled: false } } : piped ? { pipeline: { enabled: true } } : {}
   const doc = base === "quest" || base === "leoam" ? { name: base, selection: { topk: { budget_fraction: o.budgetFraction } }, ...compression, ...pipeline } : { name: base, ...compression }
   const policy = parsePolicy(doc)
   const tiered = isTiered(policy)

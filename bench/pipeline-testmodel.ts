@@ -36,7 +36,7 @@ const tok = loadTokenizer(o.model)
 const p = passKeyPrompt(tok, o.context, passKey(11), 0.5)
 const rows: Array<Record<string, unknown>> = []
 const pipe = (combine: boolean) => ({ pipeline: { enabled: true, depth: o.depth, combine } })
-// leoam pipelines by default: off and prefetch-only say pipeline enabled false.
+// off and prefetch-only say pipeline enabled false (leoam's default) explicitly.
 const unpiped = { pipeline: { enabled: false } }
 const named: Record<string, object> = {
   off: unpiped,

@@ -125,9 +125,9 @@ const runPolicy = async (gpu: Gpu, name: string, kvDir: string, context: number,
     "leoam+recompute": { recompute: { mode: "always" } },
   }
   if (base !== name && !(name in variants)) throw new RangeError(`unknown policy variant ${name}: ${Object.keys(variants).join(", ")}`)
-  // The variant's pipeline, prefetch or abstracts. leoam pipelines by default (depth 2, combine:
-  // leoam+pipe+combine); the bench's leoam and the variants of one mechanism alone keep the
-  // unpipelined step, so their rows compare with the earlier runs'.
+  // The variant's pipeline, prefetch or abstracts. The bench's leoam and the variants of one
+  // mechanism alone say the unpipelined step (leoam's default) explicitly, so their rows compare
+  // with the earlier runs' whatever the default.
   const pipeline = { ...(base === "leoam" ? { pipeline: { enabled: false } } : {}), ...(variants[name] ?? {}) }
   const doc =
     base === "quest" || base === "leoam"

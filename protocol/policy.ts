@@ -74,15 +74,17 @@ export const KvPolicyDocument = Schema.Struct({
   /** `bits`: KV chunks sealed into the host and disk tiers as fp16 (16, the default), int8, int4, or "importance" (hot int8, cold int4); tiered policies only. */
   compression: Schema.optional(Schema.Struct({ bits: CompressionBitsSchema }).annotations({ parseOptions: { onExcessProperty: "error" } })),
   /**
-   * The pipelined decode step (leoam only): `enabled` (default true for leoam; `false` turns it
-   * off) lets a step attend each layer's resident chunks without waiting for the host to read
+   * The pipelined decode step (leoam only): `enabled` (default false; a `depth` alone turns it
+   * on) lets a step attend each layer's resident chunks without waiting for the host to read
    * the layer's choice, running up to `depth` layers (1-8, default 2) ahead of the last choice
    * the host has checked; a checked layer that missed the GPU cache is computed again.
    * `combine` (default true): a layer expected to miss (it missed at its last visit) attends
    * its resident chunks at once and its misses once they are loaded, the two merged by
    * log-sum-exp, instead of waiting for its choice before attending anything. Exact: the same
-   * tokens as off. On by default since it measured faster on an H100 (8B 64K: 37.1 against
-   * 66.9 ms/token with the context on the GPU; 181.4 against 185.2 at 6 GiB, within noise).
+   * tokens as off. Measured faster for one sequence on an H100 (8B 64K: 37.1 against 66.9
+   * ms/token with the context on the GPU; 181.4 against 185.2 at 6 GiB, within noise), but a
+   * decode batch's rows (every served request) cannot run ahead and only combine, which is
+   * unmeasured on a GPU and 1.7x slower on lavapipe (the demo): so not the default.
    */
   pipeline: Schema.optional(
     Schema.Struct({
@@ -238,8 +240,9 @@ export const resolvePolicy = (doc: KvPolicyDocument): ResolvedPolicy => {
     throw new PolicyError("invalid_policy", `pipeline needs leoam (its GPU chunk cache); ${doc.name} has no choice to pipeline`)
   }
   if (pipeline?.enabled === false && pipeline.depth !== undefined) throw new PolicyError("invalid_policy", "pipeline.depth with pipeline.enabled false")
-  // leoam pipelines unless told not to; the other policies have no GPU chunk cache to route through.
-  const pipelineDepth = doc.name === "leoam" && pipeline?.enabled !== false ? (pipeline?.depth ?? DEFAULT_PIPELINE_DEPTH) : 0
+  // Off unless asked for: a served request decodes in a batch, whose rows cannot run layers ahead
+  // (only the combine applies there), and that has not been measured on a GPU.
+  const pipelineDepth = pipeline?.enabled === true || (pipeline?.enabled === undefined && pipeline?.depth !== undefined) ? (pipeline.depth ?? DEFAULT_PIPELINE_DEPTH) : 0
   const prefetch = doc.prefetch
   if (prefetch !== undefined && doc.name !== "leoam" && ((prefetch.layers ?? 0) > 0 || prefetch.steps === true)) {
     throw new PolicyError("invalid_policy", `prefetch needs leoam (its GPU chunk cache); ${doc.name} has no choice to forecast`)

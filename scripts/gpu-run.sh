@@ -83,8 +83,9 @@
 #        the batch (BATCH_1K=0 / BATCH_32K=0 skip a part; BATCH_32K_BATCHES, BATCH_32K_STEPS,
 #        BATCH_32K_POLICIES, BATCH_FILL_S, BATCH_MAX_S, BATCH_LEOAM_S and BATCH_OFFLOAD_S, the
 #        limits of the 32K policies other than offload-all and of offload-all, change it); fits
-#        one 10-minute command. leoam pipelines by default (the combine alone in a batch);
-#        BATCH_1K=0 BATCH_32K_POLICIES="leoam leoam+nopipe" sets it beside the unpipelined step
+#        one 10-minute command. leoam is unpipelined by default; BATCH_1K=0
+#        BATCH_32K_POLICIES="leoam leoam+pipe" sets the pipelined step (the combine alone in a
+#        batch) beside it
 #        (bundle: `bash scripts/gpu-bundle.sh golden-check batch-bench`)
 #   mma: the matrix units (issue 12 §2, issue 14 §1) in one 150-second command, with them on
 #        (LEOAM_MATRIX_UNITS=auto): the golden check, then bench/batch-bench.ts at 8B shapes,

@@ -96,8 +96,8 @@ layer(AdminNode.layer("leoam-admin-", { metricsPort: 0 }), { excludeTestServices
       const get = yield* ask(nc, adminSubjects.policyGet, {})
       expect(get.status).toBe("")
       expect(get.json).toMatchObject({ version: 1, policy: { name: "leoam" }, user: "startup", executor: { active_version: 1, pending_version: null } })
-      // leoam's defaults: fp16, the pipelined step at depth 2 with the combine, no prefetch.
-      expect(get.json.resolved).toMatchObject({ name: "leoam", chunk_tokens: 32, budget_fraction: 0.1, eviction: "lru", compression_bits: 16, pipeline_depth: 2, pipeline_combine: true, prefetch_layers: 0 })
+      // leoam's defaults: fp16, the unpipelined step, no prefetch.
+      expect(get.json.resolved).toMatchObject({ name: "leoam", chunk_tokens: 32, budget_fraction: 0.1, eviction: "lru", compression_bits: 16, pipeline_depth: 0, prefetch_layers: 0 })
       const list = yield* ask(nc, adminSubjects.policyList, {})
       expect(list.json.policies.map((p: { name: string }) => p.name)).toEqual(["full", "offload-all", "h2o", "quest", "leoam"])
       expect(list.json.eviction).toEqual(["lru", "lfu", "importance"])
@@ -130,15 +130,15 @@ layer(AdminNode.layer("leoam-admin-", { metricsPort: 0 }), { excludeTestServices
         const changes = [
           { policy: { name: "leoam", eviction: "lfu" }, reason: "lfu for a while" },
           { policy: { name: "leoam", eviction: "importance", selection: { topk: { budget_fraction: 0.25, sink_tokens: 32, recent_tokens: 32 } } } },
-          // The pipelined step (leoam's default) turned off live.
-          { policy: { name: "leoam", selection: { topk: { budget_tokens: 160 } }, pipeline: { enabled: false } } },
+          // The pipelined step turned on live.
+          { policy: { name: "leoam", selection: { topk: { budget_tokens: 160 } }, pipeline: { enabled: true } } },
         ]
         const appliedWhileRunning: boolean[] = []
         for (const [i, change] of changes.entries()) {
           const set = yield* ask(nc, adminSubjects.policySet, change)
           expect(set.status, JSON.stringify(set.json)).toBe("")
           expect(set.json).toMatchObject({ version: before + i + 1, applies: "next_step", user: "anonymous" })
-          expect(set.json.resolved.pipeline_depth).toBe(i === 2 ? 0 : 2)
+          expect(set.json.resolved.pipeline_depth).toBe(i === 2 ? 2 : 0)
           // The executor switches at its next decode step, while the generations are still going.
           yield* until(Effect.map(activeVersion, (v) => v === before + i + 1), 60_000, `v${before + i + 1} to apply`)
           appliedWhileRunning.push(done < 3)
@@ -158,7 +158,7 @@ layer(AdminNode.layer("leoam-admin-", { metricsPort: 0 }), { excludeTestServices
         const after = yield* ask(nc, publicSubjects.generate, { ids: prompt(7, 100), max_tokens: 4 })
         expect(after.status).toBe("")
         expect(after.json.kv.chunk_tokens).toBe(16)
-        expect(after.json.kv.pipeline.depth).toBe(2) // the layout change's document leaves the pipeline out: on
+        expect(after.json.kv.pipeline.depth).toBe(0) // the layout change's document leaves the pipeline out: off
         const get = yield* ask(nc, adminSubjects.policyGet, {})
         expect(get.json.executor).toEqual({ active_version: before + 4, pending_version: null })
 
@@ -346,7 +346,7 @@ layer(AdminNode.layer("leoam-acl-", { users }), { excludeTestServices: true, tim
           })
         const asAlice = ["--nats-user", "alice", "--nats-pass", "alice-secret"]
         const file = join(yield* tempDir("leoam-policy-"), "p.json")
-        writeFileSync(file, JSON.stringify({ name: "leoam", eviction: "importance", selection: { topk: { budget_fraction: 0.2 } } }))
+        writeFileSync(file, JSON.stringify({ name: "leoam", eviction: "importance", selection: { topk: { budget_fraction: 0.2 } }, pipeline: { enabled: true } }))
         const set = yield* leoam("admin", "policy", "set", file, "--reason", "from the CLI", "--json", ...asAlice)
         expect(set.code, set.stderr).toBe(0)
         const version = JSON.parse(set.stdout).version

@@ -88,11 +88,12 @@ describe("pipelined step: combine and prefetch", () => {
 
 describe("prefetch and combine in the policy document", () => {
   it("resolves defaults, takes leoam only, and bounds the layer distance", () => {
-    // leoam pipelines by default (depth 2, combine), fp16, no prefetch; enabled false turns the pipeline off; the other policies have none.
-    expect(parsePolicy("leoam")).toMatchObject({ pipelineDepth: 2, pipelineCombine: true, compression: 16, prefetchLayers: 0, prefetchFrom: "choice", prefetchSteps: false })
+    // leoam's defaults: unpipelined, fp16, no prefetch; enabled (or a depth) turns the pipeline on; the other policies have none.
+    expect(parsePolicy("leoam")).toMatchObject({ pipelineDepth: 0, pipelineCombine: true, compression: 16, prefetchLayers: 0, prefetchFrom: "choice", prefetchSteps: false })
+    expect(parsePolicy({ name: "leoam", pipeline: { enabled: true } })).toMatchObject({ pipelineDepth: 2, pipelineCombine: true })
     expect(parsePolicy({ name: "leoam", pipeline: { enabled: false } })).toMatchObject({ pipelineDepth: 0 })
     expect(parsePolicy({ name: "leoam", pipeline: { depth: 3 } })).toMatchObject({ pipelineDepth: 3 })
-    expect(parsePolicy({ name: "leoam", pipeline: { combine: false } })).toMatchObject({ pipelineDepth: 2, pipelineCombine: false })
+    expect(parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false } })).toMatchObject({ pipelineDepth: 2, pipelineCombine: false })
     for (const name of ["full", "offload-all", "h2o", "quest"]) expect(parsePolicy(name).pipelineDepth).toBe(0)
     expect(() => parsePolicy({ name: "leoam", pipeline: { enabled: false, depth: 2 } })).toThrow(/pipeline.depth with pipeline.enabled false/)
     expect(parsePolicy({ name: "leoam", pipeline: { enabled: true, combine: false }, prefetch: { layers: 1, steps: true } })).toMatchObject({
