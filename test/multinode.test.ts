@@ -143,11 +143,13 @@ describe("several nodes on one NATS", () => {
         const leases = new Map<string, NodeLease>()
         const sub = client.subscribe(clusterSubjects.leases, { callback: (_e, m) => void leases.set(m.json<NodeLease>().node, m.json<NodeLease>()) })
         yield* Effect.addFinalizer(() => Effect.sync(() => sub.unsubscribe()))
-        const N = 8
+        // Enough requests that a takes at least 2 (the queue group spreads them at random), each
+        // long enough to be seen held: with 8 of 24 tokens all could end before a held 2.
+        const N = 12
         let answered = 0
         const load = yield* Effect.fork(
           Effect.all(
-            Array.from({ length: N }, () => Effect.tap(generate(client, 24), () => Effect.sync(() => answered++))),
+            Array.from({ length: N }, () => Effect.tap(generate(client, 64), () => Effect.sync(() => answered++))),
             { concurrency: "unbounded" },
           ),
         )
