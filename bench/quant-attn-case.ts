@@ -6,18 +6,10 @@
 // attn_decode's QUANT variant and attn_combine must give, within f32 rounding).
 import { blockWords, chunkBytesAt, dequantizeChunk, type KvShape, quantizeChunk } from "../kv/quant.ts"
 import { f16ToF32, f32ToF16Bits } from "../models/half.ts"
+import { mulberry32 } from "../engine/seeded.ts"
 
 /** mulberry32: a seeded uniform [0, 1) generator. */
-const rng = (seed: number) => {
-  let a = seed >>> 0
-  return (): number => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const rng = mulberry32
 
 /** n f16 values uniform in [-amp, amp): bits (padded to an even count) and exact values. */
 const randomHalf = (rand: () => number, n: number, amp: number) => {

@@ -7,6 +7,7 @@ import { f16ToF32, f32ToF16Bits } from "../models/half.ts"
 import { readF32, Uniform, upload } from "./buffers.ts"
 import type { Gpu } from "./gpu.ts"
 import { type PipelineKey, Pipelines } from "./pipelines.ts"
+import { mulberry32 } from "./seeded.ts"
 
 export interface GemmCase {
   readonly M: number
@@ -73,16 +74,8 @@ export const worstError = (got: Float32Array, want: Float32Array, scale?: Float3
 
 /** Seeded values in [-amp, amp) (mulberry32), the same on every run. */
 export const seededValues = (seed: number, n: number, amp = 1): Float32Array => {
-  let a = seed >>> 0
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * amp
-  }
-  return out
+  const next = mulberry32(seed)
+  return Float32Array.from({ length: n }, () => (next() * 2 - 1) * amp)
 }
 
 /** f16 bits of each value (padded to an even count) and the f16 values themselves (what the kernels multiply). */

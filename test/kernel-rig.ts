@@ -6,20 +6,12 @@ import { bind, readBack, storageBuffer, Uniform, upload } from "../engine/buffer
 import type { Gpu } from "../engine/gpu.ts"
 import { type PipelineKey, Pipelines } from "../engine/pipelines.ts"
 import { f16ToF32, f32ToF16Bits } from "../models/half.ts"
+import { mulberry32 } from "../engine/seeded.ts"
 
 // --- data ---------------------------------------------------------------------------
 
 /** mulberry32: a seeded uniform [0, 1) generator. */
-export const rng = (seed: number) => {
-  let a = seed >>> 0
-  return (): number => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export const rng = mulberry32
 
 export type Rand = ReturnType<typeof rng>
 
